@@ -1,0 +1,119 @@
+//! Per-CPU data, reached through the GS base in O(1), and each CPU's GDT and TSS.
+//!
+//! `PerCpu` starts with three words that assembly-like accessors read with one
+//! `%gs`-relative load: `self_ptr` (offset 0), `index` (8) and `curthread` (16). A CPU's
+//! `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP reads
+//! during start-up.
+
+use alloc::boxed::Box;
+use core::arch::asm;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
+use x86_64::instructions::tables::load_tss;
+use x86_64::registers::model_specific::GsBase;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::VirtAddr;
+
+/// Most CPUs the kernel will bring up.
+pub const MAX_CPUS: usize = 64;
+
+/// IST slot used by the double-fault handler (a known-good stack).
+pub const DOUBLE_FAULT_IST: u16 = 0;
+
+/// Data owned by one CPU.
+#[repr(C)]
+pub struct PerCpu {
+    self_ptr: usize,
+    index: usize,
+    curthread: usize,
+    /// This CPU's local APIC id.
+    pub lapic_id: AtomicU32,
+}
+
+/// Number of CPUs brought up so far (the BSP counts from the start).
+pub(crate) static NCPUS: AtomicUsize = AtomicUsize::new(0);
+/// LAPIC id of CPU index i.
+pub(crate) static LAPIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
+pub(crate) static ONLINE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Sets up this CPU's GDT (with its own TSS and double-fault stack) and GS base.
+/// Called once on each CPU, with interrupts disabled, after the heap is up.
+pub fn init_this_cpu(index: usize, lapic_id: u32) {
+    let df_stack: &'static mut [u8] = Box::leak(alloc::vec![0u8; 16 * 1024].into_boxed_slice());
+    let mut tss = TaskStateSegment::new();
+    let top = df_stack.as_ptr() as u64 + df_stack.len() as u64;
+    tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = VirtAddr::new(top & !0xF);
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
+    let gdt: &'static mut GlobalDescriptorTable = Box::leak(Box::new(GlobalDescriptorTable::new()));
+    let code = gdt.append(Descriptor::kernel_code_segment());
+    let data = gdt.append(Descriptor::kernel_data_segment());
+    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+    let gdt: &'static GlobalDescriptorTable = gdt;
+    gdt.load();
+    // SAFETY: the selectors index the GDT just loaded, whose descriptors are a 64-bit code
+    // segment, a data segment and an available TSS that lives forever (leaked).
+    unsafe {
+        CS::set_reg(code);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        SS::set_reg(data);
+        load_tss(tss_sel);
+    }
+    let pc: &'static mut PerCpu = Box::leak(Box::new(PerCpu {
+        self_ptr: 0,
+        index,
+        curthread: 0,
+        lapic_id: AtomicU32::new(lapic_id),
+    }));
+    pc.self_ptr = pc as *mut PerCpu as usize;
+    GsBase::write(VirtAddr::new(pc.self_ptr as u64));
+    LAPIC_IDS[index].store(lapic_id, Ordering::Relaxed);
+}
+
+/// Index of the running CPU (one `%gs`-relative load).
+#[inline]
+pub fn index() -> usize {
+    let v: usize;
+    // SAFETY: GS base points at this CPU's `PerCpu` (set by `init_this_cpu` before any caller
+    // runs); offset 8 is `index`. The load has no side effects.
+    unsafe { asm!("mov {}, gs:[8]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
+}
+
+/// The current thread pointer of the running CPU.
+#[inline]
+pub fn curthread() -> usize {
+    let v: usize;
+    // SAFETY: as in `index`; offset 16 is `curthread`.
+    unsafe { asm!("mov {}, gs:[16]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
+}
+
+/// Sets the current thread pointer of the running CPU.
+#[inline]
+pub fn set_curthread(v: usize) {
+    // SAFETY: as in `index`; offset 16 is `curthread`, written only by its own CPU.
+    unsafe { asm!("mov gs:[16], {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Number of CPUs online (or starting).
+pub fn ncpus() -> usize {
+    NCPUS.load(Ordering::Acquire)
+}
+
+/// LAPIC id of CPU `index`.
+pub fn lapic_id_of(index: usize) -> u32 {
+    LAPIC_IDS[index].load(Ordering::Relaxed)
+}
+
+/// Whether CPU `index` finished its start-up.
+pub fn is_online(index: usize) -> bool {
+    index < MAX_CPUS && ONLINE[index].load(Ordering::Acquire)
+}
+
+/// The faulting address of the last page fault (CR2).
+pub fn fault_address() -> u64 {
+    x86_64::registers::control::Cr2::read_raw()
+}

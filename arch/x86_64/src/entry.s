@@ -1,0 +1,261 @@
+# ithreads x86_64 entry code (AT&T syntax). Everything that must be assembly lives here:
+#   1. the PVH ELF note and 32-bit entry (QEMU -kernel), paging, long mode;
+#   2. the application-processor trampoline (real mode -> long mode), copied to 0x8000;
+#   3. trap_common: the shared tail of the 256 generated interrupt stubs;
+#   4. context switch and the first frame of a new thread.
+
+# ---------------------------------------------------------------------------------------
+# 1. PVH boot. QEMU reads XEN_ELFNOTE_PHYS32_ENTRY (type 18) and enters pvh_start32 in
+#    32-bit protected mode, paging off, %ebx = physical address of struct hvm_start_info.
+
+.section .note.Xen, "a", @note
+.p2align 2
+    .long 4                     # name size ("Xen\0")
+    .long 8                     # descriptor size
+    .long 18                    # XEN_ELFNOTE_PHYS32_ENTRY
+    .asciz "Xen"
+    .p2align 2
+    .quad pvh_start32
+
+.section .text.boot, "ax"
+.code32
+.global pvh_start32
+pvh_start32:
+    cli
+    cld
+    movl %ebx, %esi                     # keep start_info
+    # Zero .bss (page tables and the boot stack live there).
+    movl $__bss_start, %edi
+    movl $__bss_end, %ecx
+    subl %edi, %ecx
+    xorl %eax, %eax
+    rep stosb
+    movl $boot_stack_top, %esp
+
+    # PML4[0] -> PDPT; PDPT[0..4] -> four page directories; 2048 x 2 MiB pages identity-map
+    # the low 4 GiB, with 3..4 GiB (LAPIC, IOAPIC, PCI BARs) uncached.
+    movl $boot_pdpt, %eax
+    orl $0x3, %eax
+    movl %eax, boot_pml4
+    xorl %ecx, %ecx
+1:  movl %ecx, %eax
+    shll $12, %eax
+    addl $boot_pd, %eax
+    orl $0x3, %eax
+    movl %eax, boot_pdpt(,%ecx,8)
+    incl %ecx
+    cmpl $4, %ecx
+    jb 1b
+    xorl %ecx, %ecx
+2:  movl %ecx, %eax
+    shll $21, %eax
+    orl $0x83, %eax                     # present, writable, 2 MiB page
+    cmpl $1536, %ecx
+    jb 3f
+    orl $0x18, %eax                     # PWT | PCD above 3 GiB
+3:  movl %eax, boot_pd(,%ecx,8)
+    incl %ecx
+    cmpl $2048, %ecx
+    jb 2b
+
+    movl $boot_pml4, %eax
+    movl %eax, %cr3
+    movl %cr4, %eax
+    orl $0x20, %eax                     # PAE
+    movl %eax, %cr4
+    movl $0xC0000080, %ecx              # EFER
+    rdmsr
+    orl $0x900, %eax                    # LME | NXE
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80010001, %eax               # PG | WP | PE
+    movl %eax, %cr0
+    lgdt boot_gdt_ptr
+    ljmp $0x08, $long_mode_entry
+
+.code64
+long_mode_entry:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+    movl %esi, %edi                     # start_info (zero-extended)
+    movabsq $boot_stack_top, %rsp
+    xorl %ebp, %ebp
+    call arch_boot_bsp
+4:  hlt
+    jmp 4b
+
+.section .rodata.boot, "a"
+.p2align 3
+boot_gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF            # 0x08: 64-bit code
+    .quad 0x00CF92000000FFFF            # 0x10: data
+boot_gdt_end:
+boot_gdt_ptr:
+    .word boot_gdt_end - boot_gdt - 1
+    .long boot_gdt
+
+.section .bss.boot, "aw", @nobits
+.p2align 12
+.global boot_pml4
+boot_pml4:  .skip 4096
+boot_pdpt:  .skip 4096
+boot_pd:    .skip 4096 * 4
+.p2align 4
+boot_stack: .skip 65536
+.global boot_stack_top
+boot_stack_top:
+
+# ---------------------------------------------------------------------------------------
+# 2. AP trampoline. Copied to AP_TRAMPOLINE (0x8000) and started by INIT-SIPI-SIPI with
+#    vector 0x08. Position-dependent: every address is (label - ap_tramp_start + 0x8000).
+#    The BSP fills the data slots (cr3, stack, entry, argument) before each start.
+
+.section .rodata.ap_tramp, "a"
+.code16
+.global ap_tramp_start
+.global ap_tramp_end
+.global ap_tramp_cr3
+.global ap_tramp_stack
+.global ap_tramp_entry
+.global ap_tramp_arg
+.set TR, 0x8000
+ap_tramp_start:
+    cli
+    cld
+    xorw %ax, %ax
+    movw %ax, %ds
+    lgdtl (ap_gdt_ptr - ap_tramp_start + TR)
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    ljmpl $0x08, $(ap_tramp32 - ap_tramp_start + TR)
+.code32
+ap_tramp32:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl %cr4, %eax
+    orl $0x20, %eax
+    movl %eax, %cr4
+    movl (ap_tramp_cr3 - ap_tramp_start + TR), %eax
+    movl %eax, %cr3
+    movl $0xC0000080, %ecx
+    rdmsr
+    orl $0x900, %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80010001, %eax
+    movl %eax, %cr0
+    ljmp $0x18, $(ap_tramp64 - ap_tramp_start + TR)
+.code64
+ap_tramp64:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movq (ap_tramp_stack - ap_tramp_start + TR), %rsp
+    movq (ap_tramp_arg - ap_tramp_start + TR), %rdi
+    movq (ap_tramp_entry - ap_tramp_start + TR), %rax
+    xorl %ebp, %ebp
+    jmp *%rax
+.p2align 3
+ap_gdt:
+    .quad 0
+    .quad 0x00CF9A000000FFFF            # 0x08: 32-bit code
+    .quad 0x00CF92000000FFFF            # 0x10: data
+    .quad 0x00AF9A000000FFFF            # 0x18: 64-bit code
+ap_gdt_end:
+ap_gdt_ptr:
+    .word ap_gdt_end - ap_gdt - 1
+    .long ap_gdt - ap_tramp_start + TR
+.p2align 3
+ap_tramp_cr3:   .quad 0
+ap_tramp_stack: .quad 0
+ap_tramp_entry: .quad 0
+ap_tramp_arg:   .quad 0
+ap_tramp_end:
+
+# ---------------------------------------------------------------------------------------
+# 3. Interrupt entry. Each generated stub pushed (error code or 0) and the vector; here we
+#    save the general registers so the stack holds a `TrapFrame` (see trap.rs), call
+#    `trap_dispatch(&mut TrapFrame)` and return. Interrupt gates keep IF clear throughout.
+#    The frame is 22 quadwords and the CPU 16-byte-aligns RSP before pushing its part, so
+#    the call below is made with an aligned stack. The kernel runs in ring 0 only and keeps
+#    one GS base per CPU, so there is no swapgs.
+
+.section .text.trap, "ax"
+.global trap_common
+trap_common:
+    pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, %rdi
+    call trap_dispatch
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rbp
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rbx
+    popq %rax
+    addq $16, %rsp                      # vector, error code
+    iretq
+
+# ---------------------------------------------------------------------------------------
+# 4. Context switch: context_switch(from: *mut usize, to: *const usize).
+#    Saves the callee-saved registers on the current stack, stores RSP in *from, loads RSP
+#    from *to and pops the same registers. A new thread's stack is prepared by
+#    `new_context` so that the pops load its entry and argument and `ret` lands in
+#    thread_trampoline.
+
+.section .text, "ax"
+.global context_switch
+context_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq (%rsi), %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+
+.global thread_trampoline
+thread_trampoline:
+    movq %r12, %rdi                     # argument
+    xorl %ebp, %ebp                     # end of the frame-pointer chain
+    call *%r13                          # entry (never returns)
+    ud2

@@ -1,0 +1,132 @@
+//! # ithreads on x86_64
+//!
+//! The only crate with assembly, port I/O, MSRs, descriptor tables and APIC access. It boots
+//! (PVH entry from QEMU `-kernel`, long mode, identity-mapped low 4 GiB), brings up every CPU
+//! the MADT lists, and implements [`machine::Machine`] for the portable crates as
+//! [`X86_64`].
+//!
+//! ## Protocol
+//!
+//! * Boot: `entry.s` → [`boot`]`::arch_boot_bsp` (console, heap, GDT/IDT/GS, LAPIC, clock
+//!   calibration, MADT) → the kernel's `entry_point!` function on the boot stack with
+//!   interrupts disabled. The kernel then calls [`smp::start_aps`]; each AP arrives in the
+//!   kernel's AP function, also with interrupts disabled.
+//! * Interrupts: see [`trap`] for one interrupt's path. Handlers and the scheduler hooks are
+//!   registered by the kernel; the LAPIC EOI is sent by [`trap`] after the handler.
+//! * Per-CPU data hangs off the GS base ([`cpu`]); the current thread pointer is one
+//!   `%gs`-relative word.
+//! * Locks: [`sync::IrqSpinLock`] (interrupts disabled while held) protects the console and
+//!   the heap, nothing else.
+#![no_std]
+
+extern crate alloc;
+
+pub mod apic;
+pub mod boot;
+pub mod cpu;
+pub mod exit;
+pub mod mem;
+pub mod serial;
+pub mod smp;
+pub mod sync;
+pub mod trap;
+
+use core::arch::{asm, global_asm};
+
+use machine::{IntrOff, Machine};
+
+global_asm!(include_str!("entry.s"), options(att_syntax));
+global_asm!(include_str!(concat!(env!("OUT_DIR"), "/trap_stubs.s")), options(att_syntax));
+
+extern "C" {
+    fn context_switch(from: *mut usize, to: *const usize);
+    fn thread_trampoline();
+}
+
+/// The x86_64 machine.
+pub struct X86_64;
+
+fn restore_intr(was_enabled: bool) {
+    if was_enabled {
+        x86_64::instructions::interrupts::enable();
+    }
+}
+
+impl Machine for X86_64 {
+    /// The saved stack pointer; callee-saved registers are on the stack (entry.s).
+    type Context = usize;
+
+    const MAX_CPUS: usize = cpu::MAX_CPUS;
+
+    #[inline]
+    fn cpu_index() -> usize {
+        cpu::index()
+    }
+
+    fn ncpus() -> usize {
+        cpu::ncpus()
+    }
+
+    #[inline]
+    fn curthread() -> *const () {
+        cpu::curthread() as *const ()
+    }
+
+    #[inline]
+    fn set_curthread(thread: *const (), _proof: &IntrOff) {
+        cpu::set_curthread(thread as usize);
+    }
+
+    #[inline]
+    fn intr_disable() -> IntrOff {
+        let was = x86_64::instructions::interrupts::are_enabled();
+        x86_64::instructions::interrupts::disable();
+        // SAFETY: interrupts are now disabled and `restore_intr(was)` restores the old state.
+        unsafe { IntrOff::new_unchecked(was, restore_intr) }
+    }
+
+    unsafe fn intr_enable() {
+        x86_64::instructions::interrupts::enable();
+    }
+
+    fn intr_enabled() -> bool {
+        x86_64::instructions::interrupts::are_enabled()
+    }
+
+    fn wait_for_interrupt(_proof: &IntrOff) {
+        // SAFETY: `sti; hlt` is atomic with respect to interrupts (the STI shadow), so a
+        // wakeup IPI cannot slip in between and be missed; we disable them again before
+        // returning, as the token promises.
+        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+
+    fn send_resched(cpu: usize) {
+        apic::send_ipi(cpu::lapic_id_of(cpu), apic::RESCHED_VECTOR);
+    }
+
+    fn now_ns() -> u64 {
+        apic::now_ns()
+    }
+
+    fn new_context(stack_top: usize, entry: extern "C" fn(usize) -> !, arg: usize) -> usize {
+        // Frame popped by `context_switch`: r15, r14, r13, r12, rbx, rbp, then `ret` into
+        // thread_trampoline, which calls r13(r12). After the `ret` RSP is 16-aligned, so the
+        // `call` gives the entry the ABI's alignment.
+        let a = (stack_top - 16) & !0xF;
+        let frame = a - 7 * 8;
+        let words = [0u64, 0, entry as *const () as u64, arg as u64, 0, 0, thread_trampoline as *const () as u64];
+        // SAFETY: `frame..a` lies inside the new thread's stack (the caller allocated
+        // `stack_top` as its top, with far more than 80 bytes), unused until the first switch.
+        unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), frame as *mut u64, 7) };
+        frame
+    }
+
+    fn empty_context() -> usize {
+        0
+    }
+
+    unsafe fn switch(from: *mut usize, to: *const usize) {
+        // SAFETY: per the trait contract (interrupts off, valid contexts, exclusive).
+        unsafe { context_switch(from, to) }
+    }
+}

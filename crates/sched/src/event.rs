@@ -1,0 +1,82 @@
+//! [`Event`]: the smallest sleep/wakeup object — an auto-reset flag that threads sleep on.
+//!
+//! It is what the scheduler's own tests and the kernel's start-up use to hand control
+//! between threads; the `sync` crate's sleep queues and turnstiles are built the same way
+//! on [`Scheduler::sleep_prepare`] / [`Scheduler::sleep_commit`] / [`Scheduler::wakeup`].
+//!
+//! Protocol: `set` publishes the flag, then wakes every registered waiter. A waiter prepares
+//! to sleep, registers under the waiter lock, and re-checks the flag under that lock before
+//! committing; so a `set` either happens before the re-check (the waiter sees the flag) or
+//! finds the waiter registered (and wakes it). One waiter consumes each `set`.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use machine::Machine;
+
+use crate::spin::SpinLock;
+use crate::thread::Thread;
+use crate::Scheduler;
+
+/// An auto-reset event.
+pub struct Event<M: Machine> {
+    sched: &'static Scheduler<M>,
+    flag: AtomicBool,
+    waiters: SpinLock<Vec<Arc<Thread<M>>>>,
+}
+
+impl<M: Machine> Event<M> {
+    /// A cleared event.
+    pub const fn new(sched: &'static Scheduler<M>) -> Self {
+        Event { sched, flag: AtomicBool::new(false), waiters: SpinLock::new(Vec::new()) }
+    }
+
+    /// Sets the event and wakes the waiters (callable from interrupt handlers).
+    pub fn set(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let woken = {
+            let io = M::intr_disable();
+            let mut w = self.waiters.lock(&io);
+            core::mem::take(&mut *w)
+        };
+        for t in &woken {
+            self.sched.wakeup(t);
+        }
+    }
+
+    /// Sleeps until the event is set, then clears it.
+    pub fn wait(&self) {
+        self.wait_deadline(u64::MAX);
+    }
+
+    /// Like [`Event::wait`] but gives up at `deadline_ns` ([`Machine::now_ns`] time).
+    /// Returns whether the event was consumed.
+    pub fn wait_deadline(&self, deadline_ns: u64) -> bool {
+        let me = self.sched.current_arc();
+        loop {
+            if self.flag.swap(false, Ordering::SeqCst) {
+                return true;
+            }
+            if M::now_ns() >= deadline_ns {
+                let io = M::intr_disable();
+                self.waiters.lock(&io).retain(|t| !Arc::ptr_eq(t, &me));
+                return false;
+            }
+            let io = M::intr_disable();
+            self.sched.sleep_prepare(&io);
+            {
+                let mut w = self.waiters.lock(&io);
+                if self.flag.load(Ordering::SeqCst) {
+                    drop(w);
+                    self.sched.sleep_cancel(&io);
+                    continue;
+                }
+                if !w.iter().any(|t| Arc::ptr_eq(t, &me)) {
+                    w.push(me.clone());
+                }
+            }
+            self.sched.sleep_commit_deadline(deadline_ns, &io);
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The thread object.
+//!
+//! A [`Thread`] is shared through `Arc`: the CPU running it holds one reference, a run queue
+//! holds one while it is queued, a sleeper list holds one while it sleeps, a [`JoinHandle`]
+//! holds one. Its stack is freed when the last reference goes, which can only happen after it
+//! has switched away for the last time (the CPU's reference is dropped in `finish_switch`,
+//! on another thread's stack).
+//!
+//! ## State word
+//!
+//! `state` is changed only with atomic operations:
+//!
+//! ```text
+//!            sleep_prepare()            schedule(Block)
+//! RUNNING ───────────────────▶ SLEEPING ───────────────▶ BLOCKED
+//!    ▲  ▲        wakeup(): CAS    │                          │
+//!    │  └─────────────────────────┘   wakeup(): CAS + enqueue │
+//!    └───────────────────────────────────────────────────────┘
+//! RUNNING ── exit() ──▶ DEAD
+//! ```
+//!
+//! RUNNING means "on a CPU or on a run queue". SLEEPING means the thread announced it is
+//! going to sleep but is still on its CPU: a waker that finds it there only flips it back to
+//! RUNNING, and the thread's `schedule(Block)` then returns at once — the classic lost-wakeup
+//! window is closed by the state word, not by a lock. Only the waker that moves a thread out
+//! of BLOCKED enqueues it. `on_cpu` stays true until the thread's registers are saved; a CPU
+//! that picks the thread from a run queue waits for it to clear before switching to it.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use intrusive_collections::{intrusive_adapter, LinkedListAtomicLink};
+use machine::Machine;
+
+use crate::pri::Priority;
+use crate::spin::SpinLock;
+use crate::Scheduler;
+
+/// On a CPU or a run queue.
+pub const RUNNING: u8 = 0;
+/// Announced sleep; still on its CPU.
+pub const SLEEPING: u8 = 1;
+/// Off CPU, waiting for a wakeup.
+pub const BLOCKED: u8 = 2;
+/// Exited; will never run again.
+pub const DEAD: u8 = 3;
+
+/// `bound` value of a thread that may run on any CPU.
+pub(crate) const UNBOUND: usize = usize::MAX;
+
+/// Thread states as `ps` shows them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ThreadState {
+    /// Running on a CPU (`on_cpu`) or waiting in a run queue.
+    Running,
+    /// About to sleep or asleep.
+    Sleeping,
+    /// Exited.
+    Dead,
+}
+
+pub(crate) struct JoinState<M: Machine> {
+    pub(crate) exited: bool,
+    pub(crate) joiner: Option<Arc<Thread<M>>>,
+}
+
+/// A kernel thread.
+pub struct Thread<M: Machine> {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) sched: &'static Scheduler<M>,
+    pub(crate) base_pri: AtomicU8,
+    pub(crate) pri: AtomicU8,
+    pub(crate) state: AtomicU8,
+    pub(crate) on_cpu: AtomicBool,
+    /// The CPU it runs on, or last ran on, or is queued on.
+    pub(crate) cpu: AtomicUsize,
+    pub(crate) bound: AtomicUsize,
+    pub(crate) is_idle: bool,
+    /// Nesting count of `preempt_disable`; touched only by the thread itself.
+    pub(crate) preempt_count: AtomicU32,
+    pub(crate) ctx: UnsafeCell<M::Context>,
+    pub(crate) _stack: Option<Box<[u64]>>,
+    #[allow(clippy::type_complexity)]
+    pub(crate) start: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    pub(crate) rq_link: LinkedListAtomicLink,
+    pub(crate) join: SpinLock<JoinState<M>>,
+    /// Context switches onto this thread.
+    pub(crate) switches: AtomicU64,
+    /// Nanoseconds spent on a CPU, summed at each switch away.
+    pub(crate) run_ns: AtomicU64,
+    pub(crate) last_on_ns: AtomicU64,
+}
+
+// SAFETY: `ctx` and `start` are touched only by the CPU that switches the thread in or out,
+// with the run-queue lock held and `on_cpu` as the hand-off (see the module doc); every other
+// field is atomic or behind a `SpinLock`.
+unsafe impl<M: Machine> Sync for Thread<M> {}
+// SAFETY: as above; a thread object may be dropped on any CPU.
+unsafe impl<M: Machine> Send for Thread<M> {}
+
+intrusive_adapter!(pub(crate) RqAdapter<M> = Arc<Thread<M>>: Thread<M> { rq_link => LinkedListAtomicLink } where M: Machine);
+
+impl<M: Machine> Thread<M> {
+    /// Unique id (never reused).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The name given at creation.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Effective priority (base, or higher while lent by waiters).
+    pub fn priority(&self) -> Priority {
+        Priority::new(self.pri.load(Ordering::Relaxed)).unwrap_or(Priority::MAX)
+    }
+
+    /// Base priority.
+    pub fn base_priority(&self) -> Priority {
+        Priority::new(self.base_pri.load(Ordering::Relaxed)).unwrap_or(Priority::MAX)
+    }
+
+    /// State for display.
+    pub fn state(&self) -> ThreadState {
+        match self.state.load(Ordering::Relaxed) {
+            RUNNING => ThreadState::Running,
+            DEAD => ThreadState::Dead,
+            _ => ThreadState::Sleeping,
+        }
+    }
+
+    /// Whether the thread is on a CPU right now.
+    pub fn is_on_cpu(&self) -> bool {
+        self.on_cpu.load(Ordering::Relaxed)
+    }
+
+    /// The CPU it runs on or last ran on.
+    pub fn last_cpu(&self) -> usize {
+        self.cpu.load(Ordering::Relaxed)
+    }
+
+    /// The CPU it is bound to, if any.
+    pub fn bound_cpu(&self) -> Option<usize> {
+        match self.bound.load(Ordering::Relaxed) {
+            UNBOUND => None,
+            c => Some(c),
+        }
+    }
+
+    /// Whether this is a CPU's idle thread.
+    pub fn is_idle(&self) -> bool {
+        self.is_idle
+    }
+
+    /// Number of times a CPU switched to this thread.
+    pub fn switch_count(&self) -> u64 {
+        self.switches.load(Ordering::Relaxed)
+    }
+
+    /// Time spent on a CPU up to its last switch away, in nanoseconds.
+    pub fn run_time_ns(&self) -> u64 {
+        self.run_ns.load(Ordering::Relaxed)
+    }
+}
+
+/// Owner's handle to a spawned thread; [`JoinHandle::join`] waits for it to exit.
+pub struct JoinHandle<M: Machine> {
+    pub(crate) thread: Arc<Thread<M>>,
+}
+
+impl<M: Machine> JoinHandle<M> {
+    /// The thread.
+    pub fn thread(&self) -> &Arc<Thread<M>> {
+        &self.thread
+    }
+
+    /// Sleeps until the thread has exited.
+    pub fn join(self) {
+        let t = self.thread;
+        t.sched.join_thread(&t);
+    }
+}

@@ -1,0 +1,96 @@
+//! The kernel command line (`-append`): space-separated `key=value` options, parsed into
+//! [`Options`]. An unknown key or a malformed value is an error naming the option; the
+//! kernel reports it (`@@ cmdline-error`) and exits with the failure status. The options are
+//! listed in docs/PROTOCOL.md.
+
+use alloc::string::{String, ToString};
+
+/// What to do after boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// The default scenario.
+    Scenario,
+    /// The in-kernel test suite.
+    Tests,
+}
+
+/// A deliberate failure, to test the host harness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HarnessCheck {
+    /// Panic after boot.
+    Panic,
+    /// Hang after boot.
+    Hang,
+}
+
+/// Typed kernel options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// `run=`
+    pub run: RunMode,
+    /// `test.filter=`
+    pub test_filter: String,
+    /// `test.harness=`
+    pub harness: Option<HarnessCheck>,
+    /// `hz=`
+    pub hz: u32,
+    /// `scenario.ms=`
+    pub scenario_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { run: RunMode::Scenario, test_filter: String::new(), harness: None, hz: 100, scenario_ms: 2000 }
+    }
+}
+
+/// A rejected option.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CmdlineError {
+    /// The key as written.
+    pub option: String,
+    /// Why it was rejected.
+    pub msg: String,
+}
+
+fn err(option: &str, msg: &str) -> CmdlineError {
+    CmdlineError { option: option.to_string(), msg: msg.to_string() }
+}
+
+fn number<T: core::str::FromStr + PartialOrd + Copy>(key: &str, v: &str, lo: T, hi: T) -> Result<T, CmdlineError> {
+    match v.parse::<T>() {
+        Ok(n) if n >= lo && n <= hi => Ok(n),
+        _ => Err(err(key, "expected a number in range")),
+    }
+}
+
+/// Parses a command line.
+pub fn parse(line: &str) -> Result<Options, CmdlineError> {
+    let mut o = Options::default();
+    for word in line.split_ascii_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            return Err(err(word, "expected key=value"));
+        };
+        match key {
+            "run" => {
+                o.run = match value {
+                    "scenario" => RunMode::Scenario,
+                    "tests" => RunMode::Tests,
+                    _ => return Err(err(key, "expected scenario or tests")),
+                }
+            }
+            "test.filter" => o.test_filter = value.to_string(),
+            "test.harness" => {
+                o.harness = Some(match value {
+                    "panic" => HarnessCheck::Panic,
+                    "hang" => HarnessCheck::Hang,
+                    _ => return Err(err(key, "expected panic or hang")),
+                })
+            }
+            "hz" => o.hz = number(key, value, 10u32, 1000)?,
+            "scenario.ms" => o.scenario_ms = number(key, value, 10u64, 60_000)?,
+            _ => return Err(err(key, "unknown option")),
+        }
+    }
+    Ok(o)
+}

@@ -1,0 +1,127 @@
+//! # The ithreads kernel
+//!
+//! Wires the portable crates to the x86_64 machine: one scheduler, the clock and IPI
+//! vectors, CPU start-up, then either the default scenario or the in-kernel test suite
+//! (kernel command line, see `cmdline`). This crate has no `unsafe`: everything that needs
+//! it lives in `arch` (the machine) or the portable crates.
+//!
+//! ## Start-up order (BSP)
+//! 1. `arch` boots, sets up the heap, descriptor tables, LAPIC, and calls [`kmain`] with
+//!    interrupts disabled.
+//! 2. The command line is parsed; a bad option ends the run (`@@ cmdline-error`).
+//! 3. Interrupt hooks and vectors are registered, the BSP becomes a scheduler CPU, its clock
+//!    starts, the APs are started (each becomes a scheduler CPU and starts its clock).
+//! 4. `@@ boot` is printed and the `main` thread is spawned; the BSP enters its idle loop.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod cmdline;
+mod panic;
+mod scenario;
+mod tests;
+
+use arch::apic;
+use arch::boot::BootInfo;
+use arch::trap::{self, TrapFrame};
+use arch::{kprintln, X86_64};
+use machine::{IntrOff, Machine};
+use sched::{Priority, Scheduler};
+
+use cmdline::{HarnessCheck, Options, RunMode};
+
+/// The scheduler of this kernel.
+pub static SCHED: Scheduler<X86_64> = Scheduler::new();
+
+/// A sleep/wakeup event on this kernel's scheduler.
+pub type Event = sched::Event<X86_64>;
+
+arch::entry_point!(kmain);
+
+fn intr_enter(io: &IntrOff) {
+    SCHED.intr_enter(io);
+}
+
+fn intr_exit(io: &IntrOff) {
+    SCHED.intr_exit(io);
+}
+
+fn clock_interrupt(_f: &mut TrapFrame, io: &IntrOff) {
+    SCHED.tick(io);
+}
+
+fn resched_ipi(_f: &mut TrapFrame, _io: &IntrOff) {
+    // Nothing to do here: the CPU's need_resched flag is set, and intr_exit acts on it.
+}
+
+fn kmain(info: &'static BootInfo) -> ! {
+    let opts: &'static Options = match cmdline::parse(info.cmdline) {
+        Ok(o) => alloc::boxed::Box::leak(alloc::boxed::Box::new(o)),
+        Err(e) => {
+            kprintln!("@@ cmdline-error option={} msg={}", e.option, e.msg);
+            arch::exit::exit_qemu(false);
+        }
+    };
+    trap::set_hooks(intr_enter, intr_exit);
+    trap::set_fault_hook(panic::fault);
+    let vectors: [(u8, trap::Handler); 4] = [
+        (apic::TIMER_VECTOR, clock_interrupt),
+        (apic::RESCHED_VECTOR, resched_ipi),
+        (apic::CALL_VECTOR, tests::smp::call_ipi),
+        (apic::STOP_VECTOR, panic::stop_handler),
+    ];
+    for (v, h) in vectors {
+        if let Err(e) = trap::register(v, h) {
+            panic!("cannot register vector {v:#x}: {e:?}");
+        }
+    }
+    let io = X86_64::intr_disable();
+    SCHED.init_cpu(&io);
+    apic::start_timer(opts.hz);
+    if let Err(e) = arch::smp::start_aps(&info.ap_lapic_ids, ap_main) {
+        panic!("CPU {} (LAPIC id {}) did not come online", e.cpu, e.lapic_id);
+    }
+    let ncpus = X86_64::ncpus();
+    while !(0..ncpus).all(|c| SCHED.cpu_online(c)) {
+        core::hint::spin_loop();
+    }
+    kprintln!(
+        "ithreads: {} CPUs, TSC {} MHz, heap {} MiB at {:#x}",
+        ncpus,
+        info.tsc_hz / 1_000_000,
+        info.heap.1 >> 20,
+        info.heap.0
+    );
+    kprintln!("@@ boot cpus={} hz={} cmdline={}", ncpus, opts.hz, info.cmdline);
+    SCHED.spawn("main", Priority::KTHREAD, None, move || main_thread(opts));
+    drop(io);
+    SCHED.idle_loop()
+}
+
+fn ap_main() -> ! {
+    let io = X86_64::intr_disable();
+    SCHED.init_cpu(&io);
+    apic::start_timer(apic::timer_hz());
+    drop(io);
+    SCHED.idle_loop()
+}
+
+fn main_thread(opts: &'static Options) {
+    match opts.harness {
+        Some(HarnessCheck::Panic) => panic!("deliberate panic (test.harness=panic)"),
+        Some(HarnessCheck::Hang) => {
+            kprintln!("@@ test-begin harness::deliberate_hang");
+            loop {
+                SCHED.sleep_ns(1_000_000_000);
+            }
+        }
+        None => {}
+    }
+    let ok = match opts.run {
+        RunMode::Tests => tests::run_all(&opts.test_filter),
+        RunMode::Scenario => scenario::run(opts),
+    };
+    arch::exit::exit_qemu(ok);
+}

@@ -1,0 +1,39 @@
+//! The in-kernel test suite: the tests registered with `ktest!` in this crate's modules,
+//! run one after another on the `main` thread, each reported on serial (docs/PROTOCOL.md).
+
+pub mod cmdline;
+pub mod sched;
+pub mod smp;
+
+use arch::kprintln;
+use ktest::{TestLine, TestResult};
+use machine::Machine;
+
+/// Runs every selected test; returns whether all passed.
+pub fn run_all(filter: &str) -> bool {
+    let (mut passed, mut failed) = (0, 0);
+    for t in ktest::registry().iter().filter(|t| ktest::selected(t.name, filter)) {
+        kprintln!("{}", TestLine::Begin(t.name));
+        let t0 = arch::X86_64::now_ns();
+        let result: TestResult = (t.run)();
+        let ms = (arch::X86_64::now_ns() - t0) / 1_000_000;
+        kprintln!("{}", TestLine::End { name: t.name, result: &result, ms });
+        if result.is_ok() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    kprintln!("{}", TestLine::Done { passed, failed });
+    failed == 0
+}
+
+/// Nanoseconds now.
+pub fn now_ns() -> u64 {
+    arch::X86_64::now_ns()
+}
+
+/// Number of CPUs.
+pub fn ncpus() -> usize {
+    arch::X86_64::ncpus()
+}

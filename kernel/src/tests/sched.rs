@@ -1,0 +1,261 @@
+//! Scheduler behaviour on the real machine: preemption by IPI, round-robin, many short
+//! threads, lossless sleep/wakeup across CPUs, binding, timed sleep.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use ktest::{kassert, kassert_eq, ktest, TestResult};
+use sched::Priority;
+
+use super::{ncpus, now_ns};
+use crate::{Event, SCHED};
+
+fn pri(p: u8) -> Priority {
+    Priority::new(p).expect("test priority in range")
+}
+
+/// A low-priority thread spins on CPU `target`; a high-priority thread bound there sleeps
+/// on an event. Another CPU (if there is one) sets the event: the high thread must run on
+/// `target` right away — through the reschedule IPI, not at the end of the low thread's
+/// time slice — while the low thread is still spinning.
+fn higher_priority_wakeup_preempts() -> TestResult {
+    let n = ncpus();
+    let target = n - 1;
+    let waker_cpu = 0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let spins = Arc::new(AtomicU64::new(0));
+    let low = {
+        let (stop, spins) = (stop.clone(), spins.clone());
+        SCHED.spawn("hog-low", pri(10), Some(target), move || {
+            while !stop.load(Ordering::Relaxed) {
+                spins.fetch_add(1, Ordering::Relaxed);
+                core::hint::spin_loop();
+            }
+        })
+    };
+    let ev: Arc<Event> = Arc::new(Event::new(&SCHED));
+    let ready = Arc::new(AtomicBool::new(false));
+    let ran_at = Arc::new(AtomicU64::new(0));
+    let ran_cpu = Arc::new(AtomicUsize::new(usize::MAX));
+    let spins_when_ran = Arc::new(AtomicU64::new(0));
+    let high = {
+        let (ev, ready, ran_at, ran_cpu, spins, spins_when_ran) =
+            (ev.clone(), ready.clone(), ran_at.clone(), ran_cpu.clone(), spins.clone(), spins_when_ran.clone());
+        SCHED.spawn("prio-high", pri(60), Some(target), move || {
+            ready.store(true, Ordering::SeqCst);
+            ev.wait();
+            ran_at.store(now_ns(), Ordering::SeqCst);
+            ran_cpu.store(SCHED.cpu_index(), Ordering::SeqCst);
+            spins_when_ran.store(spins.load(Ordering::Relaxed), Ordering::SeqCst);
+        })
+    };
+    // Run the waker on another CPU when there is one.
+    SCHED.bind_current(Some(waker_cpu));
+    while !ready.load(Ordering::SeqCst) || high.thread().state() != sched::ThreadState::Sleeping {
+        SCHED.sleep_ns(1_000_000);
+    }
+    // Let the hog get the CPU and start spinning.
+    let s0 = spins.load(Ordering::Relaxed);
+    while spins.load(Ordering::Relaxed) == s0 {
+        SCHED.sleep_ns(1_000_000);
+    }
+    let ticks_before = SCHED.cpu_stats(target).ticks;
+    let ipis_before = SCHED.cpu_stats(target).resched_ipis;
+    let t0 = now_ns();
+    ev.set();
+    let deadline = t0 + 2_000_000_000;
+    while ran_at.load(Ordering::SeqCst) == 0 && now_ns() < deadline {
+        core::hint::spin_loop();
+    }
+    let latency = ran_at.load(Ordering::SeqCst).saturating_sub(t0);
+    let ticks = SCHED.cpu_stats(target).ticks - ticks_before;
+    stop.store(true, Ordering::Relaxed);
+    high.join();
+    low.join();
+    SCHED.bind_current(None);
+    kassert!(ran_at.load(Ordering::SeqCst) != 0, "high-priority thread never ran");
+    kassert_eq!(ran_cpu.load(Ordering::SeqCst), target, "high-priority thread ran on the wrong CPU");
+    kassert!(spins_when_ran.load(Ordering::SeqCst) > s0, "hog was not running when preempted");
+    if n > 1 {
+        kassert!(
+            SCHED.cpu_stats(target).resched_ipis > ipis_before,
+            "no reschedule IPI reached CPU {target}"
+        );
+    }
+    // A slice is TIMESLICE_TICKS ticks: preemption by IPI must not wait for one to end.
+    kassert!(
+        ticks < sched::TIMESLICE_TICKS as u64,
+        "preemption took {ticks} clock ticks ({latency} ns): it waited for the time slice"
+    );
+    Ok(())
+}
+ktest!(T_PREEMPT, "sched::preempt::higher_priority_wakeup", higher_priority_wakeup_preempts);
+
+/// Three equal-priority CPU hogs bound to one CPU all make progress, switching by time slice.
+fn equal_priority_round_robin() -> TestResult {
+    let target = ncpus() - 1;
+    const K: usize = 3;
+    let hz = arch::apic::timer_hz() as u64;
+    let run_ns = 30 * 1_000_000_000 / hz; // thirty clock ticks
+    let counters: Arc<[AtomicU64; K]> = Arc::new([const { AtomicU64::new(0) }; K]);
+    let start = now_ns();
+    let mut hs = Vec::new();
+    for i in 0..K {
+        let c = counters.clone();
+        hs.push(SCHED.spawn("rr-hog", pri(20), Some(target), move || {
+            while now_ns() < start + run_ns {
+                c[i].fetch_add(1, Ordering::Relaxed);
+                core::hint::spin_loop();
+            }
+        }));
+    }
+    let switches: Vec<u64> = hs.iter().map(|h| h.thread().switch_count()).collect();
+    let threads: Vec<_> = hs.iter().map(|h| h.thread().clone()).collect();
+    for h in hs {
+        h.join();
+    }
+    let counts: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+    let _ = switches;
+    for (i, t) in threads.iter().enumerate() {
+        // Each hog got the CPU several times: 30 ticks / 2-tick slices / 3 threads ≈ 5.
+        kassert!(t.switch_count() >= 3, "hog {i} got the CPU only {} times (counts {counts:?})", t.switch_count());
+    }
+    kassert!(min > 0, "a hog starved: {counts:?}");
+    kassert!(min * 4 >= max, "unfair shares: {counts:?}");
+    Ok(())
+}
+ktest!(T_RR, "sched::rr::equal_priority_share", equal_priority_round_robin);
+
+/// 1,000 short-lived threads, placed by the scheduler across all CPUs, all run and are joined.
+fn thousand_short_lived_threads() -> TestResult {
+    const N: usize = 1000;
+    let live0 = SCHED.live_threads();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let per_cpu: Arc<[AtomicUsize; arch::cpu::MAX_CPUS]> = Arc::new([const { AtomicUsize::new(0) }; arch::cpu::MAX_CPUS]);
+    let mut hs = Vec::with_capacity(N);
+    for _ in 0..N {
+        let (ran, per_cpu) = (ran.clone(), per_cpu.clone());
+        hs.push(SCHED.spawn("short", Priority::KTHREAD, None, move || {
+            ran.fetch_add(1, Ordering::Relaxed);
+            per_cpu[SCHED.cpu_index()].fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    for h in hs {
+        h.join();
+    }
+    kassert_eq!(ran.load(Ordering::Relaxed), N);
+    kassert_eq!(SCHED.live_threads(), live0, "threads still alive after join");
+    let used = (0..ncpus()).filter(|&c| per_cpu[c].load(Ordering::Relaxed) > 0).count();
+    if ncpus() > 1 {
+        kassert!(used > 1, "all 1000 threads ran on one CPU");
+    }
+    Ok(())
+}
+ktest!(T_SHORT, "sched::threads::thousand_short_lived", thousand_short_lived_threads);
+
+/// Two threads on different CPUs (when there are two) hand a token back and forth 100,000
+/// times by sleeping on events. A lost wakeup would leave both asleep: each wait has a
+/// deadline, and a timeout with the token not ours is reported as the round it happened in.
+fn pingpong_no_lost_wakeup() -> TestResult {
+    const ROUNDS: u64 = 100_000;
+    let n = ncpus();
+    let turn = Arc::new(AtomicU64::new(0));
+    let evs: Arc<[Event; 2]> = Arc::new([Event::new(&SCHED), Event::new(&SCHED)]);
+    let lost = Arc::new(AtomicU64::new(u64::MAX));
+    let mut hs = Vec::new();
+    for side in 0..2u64 {
+        let (turn, evs, lost) = (turn.clone(), evs.clone(), lost.clone());
+        let cpu = if side == 0 { 0 } else { n - 1 };
+        hs.push(SCHED.spawn("pingpong", Priority::KTHREAD, Some(cpu), move || {
+            for r in 0..ROUNDS {
+                let mine = 2 * r + side;
+                while turn.load(Ordering::SeqCst) != mine {
+                    if lost.load(Ordering::Relaxed) != u64::MAX {
+                        return;
+                    }
+                    if !evs[side as usize].wait_deadline(now_ns() + 5_000_000_000)
+                        && turn.load(Ordering::SeqCst) != mine
+                    {
+                        lost.store(mine, Ordering::SeqCst);
+                        evs[1 - side as usize].set();
+                        return;
+                    }
+                }
+                turn.store(mine + 1, Ordering::SeqCst);
+                evs[1 - side as usize].set();
+            }
+        }));
+    }
+    for h in hs {
+        h.join();
+    }
+    let l = lost.load(Ordering::SeqCst);
+    kassert!(l == u64::MAX, "wakeup lost: step {l} of {} timed out", 2 * ROUNDS);
+    kassert_eq!(turn.load(Ordering::SeqCst), 2 * ROUNDS);
+    Ok(())
+}
+ktest!(T_PINGPONG, "sched::sleep::pingpong_100k", pingpong_no_lost_wakeup);
+
+/// A bound thread runs only on its CPU; `bind_current` moves a running thread.
+fn binding_holds() -> TestResult {
+    let n = ncpus();
+    let bad = Arc::new(AtomicUsize::new(0));
+    let mut hs = Vec::new();
+    for c in 0..n {
+        let bad = bad.clone();
+        hs.push(SCHED.spawn("bound", Priority::KTHREAD, Some(c), move || {
+            for _ in 0..50 {
+                if SCHED.cpu_index() != c {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+                SCHED.yield_now();
+            }
+        }));
+    }
+    for h in hs {
+        h.join();
+    }
+    kassert_eq!(bad.load(Ordering::Relaxed), 0, "bound threads seen on other CPUs");
+    for c in (0..n).rev() {
+        SCHED.bind_current(Some(c));
+        for _ in 0..10 {
+            kassert_eq!(SCHED.cpu_index(), c, "after bind_current");
+            SCHED.yield_now();
+        }
+    }
+    SCHED.bind_current(None);
+    Ok(())
+}
+ktest!(T_BIND, "sched::bind::stays_on_cpu", binding_holds);
+
+/// `sleep_ns` sleeps at least as long as asked, and not absurdly longer.
+fn timed_sleep() -> TestResult {
+    for ms in [1u64, 20, 50] {
+        let t0 = now_ns();
+        SCHED.sleep_ns(ms * 1_000_000);
+        let took = now_ns() - t0;
+        kassert!(took >= ms * 1_000_000, "sleep {ms} ms returned after {took} ns");
+        kassert!(took < ms * 1_000_000 + 1_000_000_000, "sleep {ms} ms took {took} ns");
+    }
+    Ok(())
+}
+ktest!(T_SLEEP, "sched::sleep::timed", timed_sleep);
+
+/// `join` returns only after the thread's body finished, whichever ends first.
+fn join_waits() -> TestResult {
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let h = SCHED.spawn("slow", Priority::KTHREAD, None, move || {
+        SCHED.sleep_ns(20_000_000);
+        d.store(true, Ordering::SeqCst);
+    });
+    h.join();
+    kassert!(done.load(Ordering::SeqCst), "join returned before the thread finished");
+    let h = SCHED.spawn("quick", Priority::KTHREAD, None, || {});
+    SCHED.sleep_ns(5_000_000);
+    h.join(); // already exited: must not sleep
+    Ok(())
+}
+ktest!(T_JOIN, "sched::join::waits_for_exit", join_waits);
