@@ -40,7 +40,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { run: RunMode::Scenario, test_filter: String::new(), harness: None, hz: 100, scenario_ms: 2000 }
+        Options {
+            run: RunMode::Scenario,
+            test_filter: String::new(),
+            harness: None,
+            hz: 100,
+            scenario_ms: 2000,
+        }
     }
 }
 
@@ -57,7 +63,12 @@ fn err(option: &str, msg: &str) -> CmdlineError {
     CmdlineError { option: option.to_string(), msg: msg.to_string() }
 }
 
-fn number<T: core::str::FromStr + PartialOrd + Copy>(key: &str, v: &str, lo: T, hi: T) -> Result<T, CmdlineError> {
+fn number<T: core::str::FromStr + PartialOrd + Copy>(
+    key: &str,
+    v: &str,
+    lo: T,
+    hi: T,
+) -> Result<T, CmdlineError> {
     match v.parse::<T>() {
         Ok(n) if n >= lo && n <= hi => Ok(n),
         _ => Err(err(key, "expected a number in range")),

@@ -32,7 +32,7 @@ pub fn run(opts: &Options) -> bool {
                 while !stop.load(Ordering::Relaxed) {
                     work[k * n + cpu].fetch_add(1, Ordering::Relaxed);
                     i += 1;
-                    if k > 0 && i % 20_000 == 0 {
+                    if k > 0 && i.is_multiple_of(20_000) {
                         SCHED.sleep_ns(2_000_000 * k as u64);
                     }
                     core::hint::spin_loop();

@@ -130,8 +130,8 @@ pub fn calibrate() {
     let count = (PIT_HZ * MS / 1000) as u16;
     write(REG_TIMER_DIV, 0x3); // divide by 16
     write(REG_LVT_TIMER, 1 << 16); // masked, one-shot
-    // SAFETY: PIT channel 2 and port 0x61 (its gate and output) are fixed PC ports that no
-    // one else uses after boot.
+                                   // SAFETY: PIT channel 2 and port 0x61 (its gate and output) are fixed PC ports that no
+                                   // one else uses after boot.
     unsafe {
         let mut p61: Port<u8> = Port::new(0x61);
         let mut cmd: Port<u8> = Port::new(0x43);

@@ -96,7 +96,9 @@ extern "C" fn arch_boot_bsp(start_info: usize) -> ! {
     let kernel_end = core::ptr::addr_of!(__kernel_end) as usize;
     let entries: &[HvmMemmapEntry] = if si.version >= 1 && si.memmap_paddr != 0 {
         // SAFETY: version >= 1 loaders provide `memmap_entries` entries at `memmap_paddr`.
-        unsafe { core::slice::from_raw_parts(si.memmap_paddr as *const HvmMemmapEntry, si.memmap_entries as usize) }
+        unsafe {
+            core::slice::from_raw_parts(si.memmap_paddr as *const HvmMemmapEntry, si.memmap_entries as usize)
+        }
     } else {
         &[]
     };
@@ -156,7 +158,11 @@ fn pick_heap(entries: &[HvmMemmapEntry], kernel_end: usize) -> Option<(usize, us
 struct IdentityMap;
 
 impl AcpiHandler for IdentityMap {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical_address: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
         // SAFETY: the low 4 GiB are identity-mapped, so the physical address is the virtual
         // one; the caller guarantees a valid `T` lives there.
         unsafe {

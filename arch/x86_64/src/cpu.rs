@@ -61,12 +61,8 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         SS::set_reg(data);
         load_tss(tss_sel);
     }
-    let pc: &'static mut PerCpu = Box::leak(Box::new(PerCpu {
-        self_ptr: 0,
-        index,
-        curthread: 0,
-        lapic_id: AtomicU32::new(lapic_id),
-    }));
+    let pc: &'static mut PerCpu =
+        Box::leak(Box::new(PerCpu { self_ptr: 0, index, curthread: 0, lapic_id: AtomicU32::new(lapic_id) }));
     pc.self_ptr = pc as *mut PerCpu as usize;
     GsBase::write(VirtAddr::new(pc.self_ptr as u64));
     LAPIC_IDS[index].store(lapic_id, Ordering::Relaxed);

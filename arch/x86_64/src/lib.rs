@@ -114,7 +114,8 @@ impl Machine for X86_64 {
         // `call` gives the entry the ABI's alignment.
         let a = (stack_top - 16) & !0xF;
         let frame = a - 7 * 8;
-        let words = [0u64, 0, entry as *const () as u64, arg as u64, 0, 0, thread_trampoline as *const () as u64];
+        let words =
+            [0u64, 0, entry as *const () as u64, arg as u64, 0, 0, thread_trampoline as *const () as u64];
         // SAFETY: `frame..a` lies inside the new thread's stack (the caller allocated
         // `stack_top` as its top, with far more than 80 bytes), unused until the first switch.
         unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), frame as *mut u64, 7) };

@@ -155,9 +155,15 @@ mod tests {
     #[test]
     fn lines_match_the_protocol() {
         assert_eq!(TestLine::Begin("a::b").to_string(), "@@ test-begin a::b");
-        assert_eq!(TestLine::End { name: "a::b", result: &Ok(()), ms: 3 }.to_string(), "@@ test a::b pass ms=3");
+        assert_eq!(
+            TestLine::End { name: "a::b", result: &Ok(()), ms: 3 }.to_string(),
+            "@@ test a::b pass ms=3"
+        );
         let e: TestResult = Err("x\ny".into());
-        assert_eq!(TestLine::End { name: "a", result: &e, ms: 0 }.to_string(), "@@ test a fail ms=0 msg=x | y");
+        assert_eq!(
+            TestLine::End { name: "a", result: &e, ms: 0 }.to_string(),
+            "@@ test a fail ms=0 msg=x | y"
+        );
         assert_eq!(TestLine::Done { passed: 2, failed: 1 }.to_string(), "@@ tests-done passed=2 failed=1");
     }
 

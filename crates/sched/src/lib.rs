@@ -299,14 +299,12 @@ impl<M: Machine> Scheduler<M> {
         bound: Option<usize>,
         f: impl FnOnce() + Send + 'static,
     ) -> JoinHandle<M> {
-        assert!(
-            bound.is_none_or(|c| self.cpu_online(c)),
-            "spawn({name}): CPU {bound:?} is not online"
-        );
+        assert!(bound.is_none_or(|c| self.cpu_online(c)), "spawn({name}): CPU {bound:?} is not online");
         let words = STACK_SIZE / 8;
         let mut stack = alloc::vec![0u64; words].into_boxed_slice();
         let top = stack.as_mut_ptr() as usize + words * 8;
-        let t = Arc::new(self.new_thread(String::from(name), pri, bound, false, Some(stack), M::empty_context()));
+        let t =
+            Arc::new(self.new_thread(String::from(name), pri, bound, false, Some(stack), M::empty_context()));
         let ctx = M::new_context(top, thread_start::<M>, Arc::as_ptr(&t) as usize);
         // SAFETY: the thread is not visible to any other CPU yet; we are its only user.
         unsafe {
@@ -516,12 +514,14 @@ impl<M: Machine> Scheduler<M> {
         loop {
             match t.state.load(Ordering::SeqCst) {
                 SLEEPING => {
-                    if t.state.compare_exchange(SLEEPING, RUNNING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    if t.state.compare_exchange(SLEEPING, RUNNING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                    {
                         return true;
                     }
                 }
                 BLOCKED => {
-                    if t.state.compare_exchange(BLOCKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    if t.state.compare_exchange(BLOCKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                    {
                         let target = self.select_cpu(t);
                         self.enqueue(t.clone(), target, io);
                         return true;
@@ -667,10 +667,9 @@ impl<M: Machine> Scheduler<M> {
 
         let leaving = match reason {
             Reason::Exit => true,
-            Reason::Block => prev
-                .state
-                .compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok(),
+            Reason::Block => {
+                prev.state.compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            }
             Reason::Preempt | Reason::Yield => false,
         };
         let mut migrate_to = None;

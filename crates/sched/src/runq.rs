@@ -27,11 +27,7 @@ impl<M: Machine> Default for RunQueue<M> {
 impl<M: Machine> RunQueue<M> {
     /// An empty queue.
     pub const fn new() -> Self {
-        RunQueue {
-            lists: [const { LinkedList::new(RqAdapter::NEW) }; NPRI],
-            bitmap: [0; WORDS],
-            len: 0,
-        }
+        RunQueue { lists: [const { LinkedList::new(RqAdapter::NEW) }; NPRI], bitmap: [0; WORDS], len: 0 }
     }
 
     /// Number of queued threads.
@@ -72,7 +68,10 @@ impl<M: Machine> RunQueue<M> {
 
     /// Removes the most urgent thread that `eligible` accepts (work stealing: unbound threads
     /// only). Scans from the highest priority down.
-    pub fn pop_highest_where(&mut self, mut eligible: impl FnMut(&Thread<M>) -> bool) -> Option<Arc<Thread<M>>> {
+    pub fn pop_highest_where(
+        &mut self,
+        mut eligible: impl FnMut(&Thread<M>) -> bool,
+    ) -> Option<Arc<Thread<M>>> {
         for p in (0..NPRI).rev() {
             if self.bitmap[p / 64] & (1 << (p % 64)) == 0 {
                 continue;
@@ -84,7 +83,11 @@ impl<M: Machine> RunQueue<M> {
         None
     }
 
-    fn take_from(&mut self, p: usize, mut eligible: impl FnMut(&Thread<M>) -> bool) -> Option<Arc<Thread<M>>> {
+    fn take_from(
+        &mut self,
+        p: usize,
+        mut eligible: impl FnMut(&Thread<M>) -> bool,
+    ) -> Option<Arc<Thread<M>>> {
         let mut cursor = self.lists[p].front_mut();
         while let Some(t) = cursor.get() {
             if eligible(t) {

@@ -39,11 +39,7 @@ impl<T> SpinLock<T> {
     /// for the one lock that is held across a context switch.
     pub(crate) fn raw_lock(&self) {
         loop {
-            if self
-                .locked
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
+            if self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 return;
             }
             while self.locked.load(Ordering::Relaxed) {

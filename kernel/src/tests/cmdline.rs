@@ -7,7 +7,8 @@ use crate::cmdline::{parse, HarnessCheck, Options, RunMode};
 
 fn defaults_and_every_option() -> TestResult {
     kassert_eq!(parse("").map_err(|e| e.option), Ok(Options::default()));
-    let o = parse("run=tests test.filter=sched:: hz=250 scenario.ms=500 test.harness=hang").map_err(|e| e.option)?;
+    let o = parse("run=tests test.filter=sched:: hz=250 scenario.ms=500 test.harness=hang")
+        .map_err(|e| e.option)?;
     kassert_eq!(o.run, RunMode::Tests);
     kassert_eq!(o.test_filter, "sched::".to_string());
     kassert_eq!(o.hz, 250);

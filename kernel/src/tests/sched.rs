@@ -40,8 +40,14 @@ fn higher_priority_wakeup_preempts() -> TestResult {
     let ran_cpu = Arc::new(AtomicUsize::new(usize::MAX));
     let spins_when_ran = Arc::new(AtomicU64::new(0));
     let high = {
-        let (ev, ready, ran_at, ran_cpu, spins, spins_when_ran) =
-            (ev.clone(), ready.clone(), ran_at.clone(), ran_cpu.clone(), spins.clone(), spins_when_ran.clone());
+        let (ev, ready, ran_at, ran_cpu, spins, spins_when_ran) = (
+            ev.clone(),
+            ready.clone(),
+            ran_at.clone(),
+            ran_cpu.clone(),
+            spins.clone(),
+            spins_when_ran.clone(),
+        );
         SCHED.spawn("prio-high", pri(60), Some(target), move || {
             ready.store(true, Ordering::SeqCst);
             ev.wait();
@@ -120,7 +126,11 @@ fn equal_priority_round_robin() -> TestResult {
     let _ = switches;
     for (i, t) in threads.iter().enumerate() {
         // Each hog got the CPU several times: 30 ticks / 2-tick slices / 3 threads ≈ 5.
-        kassert!(t.switch_count() >= 3, "hog {i} got the CPU only {} times (counts {counts:?})", t.switch_count());
+        kassert!(
+            t.switch_count() >= 3,
+            "hog {i} got the CPU only {} times (counts {counts:?})",
+            t.switch_count()
+        );
     }
     kassert!(min > 0, "a hog starved: {counts:?}");
     kassert!(min * 4 >= max, "unfair shares: {counts:?}");
@@ -133,7 +143,8 @@ fn thousand_short_lived_threads() -> TestResult {
     const N: usize = 1000;
     let live0 = SCHED.live_threads();
     let ran = Arc::new(AtomicUsize::new(0));
-    let per_cpu: Arc<[AtomicUsize; arch::cpu::MAX_CPUS]> = Arc::new([const { AtomicUsize::new(0) }; arch::cpu::MAX_CPUS]);
+    let per_cpu: Arc<[AtomicUsize; arch::cpu::MAX_CPUS]> =
+        Arc::new([const { AtomicUsize::new(0) }; arch::cpu::MAX_CPUS]);
     let mut hs = Vec::with_capacity(N);
     for _ in 0..N {
         let (ran, per_cpu) = (ran.clone(), per_cpu.clone());

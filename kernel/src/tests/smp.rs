@@ -41,9 +41,9 @@ fn all_cpus_online_and_ticking() -> TestResult {
     let hz = apic::timer_hz() as u64;
     // Wait ten clock periods; every CPU, busy or idle (halted), must have taken ticks.
     SCHED.sleep_ns(10 * 1_000_000_000 / hz);
-    for c in 0..n {
+    for (c, b) in before.iter().enumerate() {
         let after = SCHED.cpu_stats(c).ticks;
-        kassert!(after > before[c] + 2, "CPU {c} took {} clock interrupts in 10 periods", after - before[c]);
+        kassert!(after > b + 2, "CPU {c} took {} clock interrupts in 10 periods", after - b);
     }
     Ok(())
 }
@@ -57,12 +57,12 @@ fn ipi_every_pair() -> TestResult {
     for src in 0..n {
         senders.push(SCHED.spawn("ipi-sender", Priority::KTHREAD, Some(src), move || {
             for _ in 0..ROUNDS {
-                for dst in 0..n {
+                for (dst, mailbox) in MAILBOX.iter().enumerate().take(n) {
                     // Wait until dst has counted our previous call, so each send is one IPI.
-                    while MAILBOX[dst].load(Ordering::Acquire) & (1 << src) != 0 {
+                    while mailbox.load(Ordering::Acquire) & (1 << src) != 0 {
                         core::hint::spin_loop();
                     }
-                    MAILBOX[dst].fetch_or(1 << src, Ordering::AcqRel);
+                    mailbox.fetch_or(1 << src, Ordering::AcqRel);
                     apic::send_ipi(arch::cpu::lapic_id_of(dst), apic::CALL_VECTOR);
                 }
             }
@@ -78,7 +78,11 @@ fn ipi_every_pair() -> TestResult {
             while RECEIVED[i].load(Ordering::Relaxed) - before[i] < ROUNDS && now_ns() < deadline {
                 SCHED.yield_now();
             }
-            kassert_eq!(RECEIVED[i].load(Ordering::Relaxed) - before[i], ROUNDS, "IPIs CPU {src} -> CPU {dst}");
+            kassert_eq!(
+                RECEIVED[i].load(Ordering::Relaxed) - before[i],
+                ROUNDS,
+                "IPIs CPU {src} -> CPU {dst}"
+            );
         }
     }
     Ok(())

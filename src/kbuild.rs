@@ -1,0 +1,155 @@
+//! Building the kernel ELF (once per process).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use crate::setup::{self, workspace_root, KERNEL_TARGET};
+
+/// The kernel's package name.
+pub const KERNEL_PACKAGE: &str = "ithreads-kernel";
+
+/// The target directory of the kernel build, relative to the workspace root
+/// (separate from `target/` so that this can run inside an outer `cargo`).
+pub const KERNEL_TARGET_DIR: &str = "target/kernel";
+
+/// The kernel ELF's path (whether or not it has been built).
+pub fn kernel_path() -> PathBuf {
+    workspace_root()
+        .join(KERNEL_TARGET_DIR)
+        .join(KERNEL_TARGET)
+        .join("release")
+        .join(KERNEL_PACKAGE)
+}
+
+/// Sets up the host ([`setup::ensure_tools`]) and builds the kernel, once per
+/// process; later calls return the cached result. Returns the ELF's path.
+pub fn kernel() -> Result<PathBuf, String> {
+    static KERNEL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static BUILDING: Mutex<()> = Mutex::new(());
+    if let Some(done) = KERNEL.get() {
+        return done.clone();
+    }
+    // One build at a time, even if tests ask from several threads.
+    let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    KERNEL
+        .get_or_init(|| {
+            setup::ensure_tools()?;
+            build()
+        })
+        .clone()
+}
+
+/// Environment variables that would override the workspace's
+/// `.cargo/config.toml` (or the build's target) in the child cargo.
+pub fn is_overriding_env(key: &str) -> bool {
+    matches!(
+        key,
+        "RUSTFLAGS"
+            | "CARGO_ENCODED_RUSTFLAGS"
+            | "CARGO_BUILD_TARGET"
+            | "CARGO_BUILD_RUSTFLAGS"
+            | "CARGO_BUILD_TARGET_DIR"
+            | "CARGO_BUILD_RUSTC_WRAPPER"
+            | "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER"
+            | "RUSTC_WRAPPER"
+            | "RUSTC_WORKSPACE_WRAPPER"
+    ) || key.starts_with("CARGO_TARGET_")
+        || key.starts_with("CARGO_PROFILE_")
+}
+
+/// The cargo command that builds the kernel (not yet run).
+pub fn build_command() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        KERNEL_PACKAGE,
+        "--target",
+        KERNEL_TARGET,
+        "--target-dir",
+        &workspace_root()
+            .join(KERNEL_TARGET_DIR)
+            .display()
+            .to_string(),
+    ]);
+    for (key, _) in std::env::vars_os() {
+        if let Some(key) = key.to_str() {
+            if is_overriding_env(key) {
+                cmd.env_remove(key);
+            }
+        }
+    }
+    cmd
+}
+
+fn build() -> Result<PathBuf, String> {
+    println!("build: kernel (cargo build --release -p {KERNEL_PACKAGE} --target {KERNEL_TARGET})");
+    let out = build_command()
+        .output()
+        .map_err(|e| format!("build: cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "build: the kernel build failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let elf = kernel_path();
+    if !elf.is_file() {
+        return Err(format!(
+            "build: cargo succeeded but {} does not exist",
+            elf.display()
+        ));
+    }
+    Ok(elf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overriding_env() {
+        for k in [
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "CARGO_BUILD_TARGET",
+            "CARGO_TARGET_DIR",
+            "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "RUSTC_WRAPPER",
+            "RUSTC_WORKSPACE_WRAPPER",
+        ] {
+            assert!(is_overriding_env(k), "{k}");
+        }
+        for k in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN", "CARGO"] {
+            assert!(!is_overriding_env(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn elf_path() {
+        assert!(
+            kernel_path().ends_with("target/kernel/x86_64-unknown-none/release/ithreads-kernel")
+        );
+        let cmd = build_command();
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            &args[..6],
+            [
+                "build",
+                "--release",
+                "-p",
+                "ithreads-kernel",
+                "--target",
+                "x86_64-unknown-none"
+            ]
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! The ithreads host tool as a library: set up the host, build the kernel,
+//! boot it in QEMU, parse the serial protocol (`docs/PROTOCOL.md`) and judge
+//! the results. `src/main.rs` is the command-line front end; `tests/` boot the
+//! real kernel through the same functions.
+
+pub mod harness;
+pub mod kbuild;
+pub mod protocol;
+pub mod qemu;
+pub mod setup;
+
+pub use harness::{run_suite, SuiteReport};
+pub use protocol::Event;
+pub use qemu::{boot, Accel, BootConfig, BootReport, Outcome};

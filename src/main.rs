@@ -1,0 +1,252 @@
+//! `ithreads`: set up the host, build the kernel, boot it in QEMU, run the
+//! in-kernel tests or the scenario. See `ithreads --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use ithreads::harness::{self, Goal};
+use ithreads::protocol::Event;
+use ithreads::qemu::{self, Accel, BootConfig, Source};
+use ithreads::{kbuild, setup};
+
+#[derive(Parser)]
+#[command(
+    name = "ithreads",
+    version,
+    about = "Sets up the host, builds the ithreads kernel and boots it in QEMU \
+             (no subcommand = `run`)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot with `run=scenario` and show the scenario's results (the default).
+    Run(RunArgs),
+    /// Run the in-kernel test suite (on 1, 2 and 4 CPUs unless --smp is given).
+    Test(TestArgs),
+    /// Boot with the given kernel command line and echo every serial line.
+    Boot(BootArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    smp: u32,
+    /// Accelerator (default: kvm only with real hardware virtualization).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Seconds before QEMU is killed and the boot reported as a hang.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Also show the kernel's free-text lines and QEMU's stderr.
+    #[arg(long, short)]
+    verbose: bool,
+    /// More kernel command-line options (`key=value ...`).
+    #[arg(long, default_value = "")]
+    append: String,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Number of CPUs (default: boot the suite on 1, 2 and 4 CPUs in turn).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
+    smp: Option<u32>,
+    /// Accelerator (default: kvm only with real hardware virtualization).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Run only the tests whose name contains PATTERN.
+    #[arg(long, value_name = "PATTERN")]
+    filter: Option<String>,
+    /// Seconds before QEMU is killed and the boot reported as a hang.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Also show the kernel's free-text lines and QEMU's stderr.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct BootArgs {
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    smp: u32,
+    /// Accelerator (default: kvm only with real hardware virtualization).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// The kernel command line.
+    #[arg(long, default_value = "")]
+    append: String,
+    /// Seconds before QEMU is killed and the boot reported as a hang.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(a) => run(a),
+        Command::Test(a) => test(a),
+        Command::Boot(a) => boot(a),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Setup (tools, then accelerator), then the kernel build.
+fn prepare(forced: Option<Accel>) -> Result<(Accel, PathBuf), String> {
+    setup::ensure_tools()?;
+    let accel = setup::accel(forced);
+    let kernel = kbuild::kernel()?;
+    Ok((accel, kernel))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn run(a: RunArgs) -> Result<ExitCode, String> {
+    let (accel, kernel) = prepare(a.accel)?;
+    let cfg = BootConfig {
+        smp: a.smp,
+        accel: Some(accel),
+        append: qemu::join_cmdline("run=scenario", &a.append),
+        extra_args: Vec::new(),
+        timeout: Duration::from_secs(a.timeout),
+    };
+    println!(
+        "boot: {} CPUs, {accel}, cmdline {:?}, timeout {} s",
+        cfg.smp, cfg.append, a.timeout
+    );
+    if a.verbose {
+        let args = qemu::qemu_args(&cfg, accel, &kernel);
+        println!("boot: {} {}", qemu::QEMU, qemu::shell_words(&args));
+    }
+    let start = Instant::now();
+    let verbose = a.verbose;
+    let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, event| {
+        let t = secs(start.elapsed());
+        match (source, event) {
+            (Source::Serial, Some(Event::Boot { cpus, hz, .. })) => {
+                println!("boot: {cpus} CPUs online, hz {hz} ({t:.2} s)");
+            }
+            (Source::Serial, Some(Event::ScenarioDone)) => {
+                println!("scenario: done ({t:.2} s)");
+            }
+            (Source::Serial, Some(Event::Panic { cpu, msg })) => {
+                println!("PANIC on cpu {cpu}: {msg}");
+            }
+            (Source::Serial, Some(Event::CmdlineError { option, msg })) => {
+                println!("cmdline error: option {option}: {msg}");
+            }
+            (Source::Serial, Some(Event::Test { .. } | Event::TestBegin { .. })) if verbose => {
+                println!("{line}");
+            }
+            (Source::Serial, Some(Event::Unknown(l))) => {
+                println!("unknown protocol line: {l}");
+            }
+            (Source::Serial, None) if verbose => println!("  | {line}"),
+            (Source::Stderr, _) if verbose => println!("  qemu: {line}"),
+            _ => {}
+        }
+    })?;
+    let results = report.results();
+    if !results.is_empty() {
+        println!("\nresults ({} records):", results.len());
+        print!("{}", harness::results_table(&results));
+        println!();
+    }
+    match harness::boot_failure(&report, Goal::Scenario) {
+        None => {
+            println!(
+                "run: ok ({}, {:.2} s)",
+                report.outcome,
+                secs(report.elapsed)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(f) => {
+            print!("{f}");
+            println!("run: FAILED");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn test(a: TestArgs) -> Result<ExitCode, String> {
+    let filter = harness::filter_option(a.filter.as_deref())?;
+    let (accel, _kernel) = prepare(a.accel)?;
+    let base = BootConfig {
+        smp: 1,
+        accel: Some(accel),
+        append: filter,
+        extra_args: Vec::new(),
+        timeout: Duration::from_secs(a.timeout),
+    };
+    let smps = match a.smp {
+        Some(n) => vec![n],
+        None => vec![1, 2, 4],
+    };
+    let report = harness::run_suites(&base, &smps, a.verbose);
+    if !report.success() {
+        println!("\nfailures:");
+        for b in &report.boots {
+            for t in b.failed_tests() {
+                println!("  [smp {}] {}", t.smp, t.name);
+            }
+            if let Some(f) = &b.failure {
+                println!("  {}", f.lines().next().unwrap_or(""));
+            }
+        }
+    }
+    println!("{}", report.totals_line());
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn boot(a: BootArgs) -> Result<ExitCode, String> {
+    let (accel, kernel) = prepare(a.accel)?;
+    let cfg = BootConfig {
+        smp: a.smp,
+        accel: Some(accel),
+        append: a.append,
+        extra_args: Vec::new(),
+        timeout: Duration::from_secs(a.timeout),
+    };
+    let args = qemu::qemu_args(&cfg, accel, &kernel);
+    println!("boot: {} {}", qemu::QEMU, qemu::shell_words(&args));
+    let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, _| match source {
+        Source::Serial => println!("{line}"),
+        Source::Stderr => eprintln!("{line}"),
+    })?;
+    if let Some(addrs) = report.backtrace() {
+        println!("backtrace:");
+        for line in harness::format_backtrace(&report.kernel, addrs) {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "boot: {} after {:.2} s",
+        report.outcome,
+        secs(report.elapsed)
+    );
+    Ok(if report.exited_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,341 @@
+//! Parser for the kernel's serial line protocol (`docs/PROTOCOL.md`).
+//!
+//! Every line that starts with `@@ ` is a protocol line; [`parse_line`] turns
+//! it into an [`Event`]. A protocol line that does not match its documented
+//! shape becomes [`Event::Unknown`] so that nothing the kernel prints is lost.
+//! Every other line is free text and [`parse_line`] returns `None` for it.
+
+/// The prefix that marks a protocol line.
+pub const PREFIX: &str = "@@ ";
+
+/// One parsed `@@ ` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `@@ boot cpus=<n> hz=<hz> cmdline=<rest of line>`: every CPU is online.
+    Boot { cpus: u32, hz: u32, cmdline: String },
+    /// `@@ test-begin <name>`: a test starts.
+    TestBegin { name: String },
+    /// `@@ test <name> pass ms=<n>` or `@@ test <name> fail ms=<n> msg=<text>`.
+    Test {
+        name: String,
+        pass: bool,
+        ms: u64,
+        /// The failure message (`None` for a passed test).
+        msg: Option<String>,
+    },
+    /// `@@ tests-done passed=<n> failed=<n>`: the suite ended.
+    TestsDone { passed: u32, failed: u32 },
+    /// `@@ panic cpu=<n> msg=<text>`: a kernel panic.
+    Panic { cpu: u32, msg: String },
+    /// `@@ backtrace <hex addr> ...`: return addresses, innermost first.
+    Backtrace(Vec<u64>),
+    /// `@@ cmdline-error option=<key> msg=<text>`: bad kernel command line.
+    CmdlineError { option: String, msg: String },
+    /// `@@ result <key>=<value> ...`: one record of the scenario's summary.
+    Result(Vec<(String, String)>),
+    /// `@@ scenario-done`: the scenario ended.
+    ScenarioDone,
+    /// A `@@ ` line of unknown kind or malformed shape (the whole line).
+    Unknown(String),
+}
+
+/// Parses one serial line (without its line terminator; trailing whitespace
+/// and `\r` are ignored). Returns `None` for a free-text line.
+pub fn parse_line(line: &str) -> Option<Event> {
+    let body = line.strip_prefix(PREFIX)?.trim_end();
+    Some(parse_body(body).unwrap_or_else(|| Event::Unknown(line.trim_end().to_string())))
+}
+
+fn parse_body(body: &str) -> Option<Event> {
+    let (kind, args) = body.split_once(' ').unwrap_or((body, ""));
+    match kind {
+        "boot" => {
+            let (cpus, rest) = field(args, "cpus")?;
+            let (hz, rest) = field(rest, "hz")?;
+            let cmdline = rest.strip_prefix("cmdline=")?;
+            Some(Event::Boot {
+                cpus: cpus.parse().ok()?,
+                hz: hz.parse().ok()?,
+                cmdline: cmdline.trim().to_string(),
+            })
+        }
+        "test-begin" => Some(Event::TestBegin {
+            name: single_word(args)?.to_string(),
+        }),
+        "test" => {
+            let (name, rest) = args.split_once(' ')?;
+            if name.is_empty() {
+                return None;
+            }
+            let (verdict, rest) = rest.split_once(' ')?;
+            let (ms, rest) = field(rest, "ms")?;
+            let ms = ms.parse().ok()?;
+            let (pass, msg) = match verdict {
+                "pass" if rest.is_empty() => (true, None),
+                "fail" => (false, Some(rest.strip_prefix("msg=")?.to_string())),
+                _ => return None,
+            };
+            Some(Event::Test {
+                name: name.to_string(),
+                pass,
+                ms,
+                msg,
+            })
+        }
+        "tests-done" => {
+            let (passed, rest) = field(args, "passed")?;
+            let (failed, rest) = field(rest, "failed")?;
+            if !rest.is_empty() {
+                return None;
+            }
+            Some(Event::TestsDone {
+                passed: passed.parse().ok()?,
+                failed: failed.parse().ok()?,
+            })
+        }
+        "panic" => {
+            let (cpu, rest) = field(args, "cpu")?;
+            Some(Event::Panic {
+                cpu: cpu.parse().ok()?,
+                msg: rest.strip_prefix("msg=")?.to_string(),
+            })
+        }
+        "backtrace" => args
+            .split_whitespace()
+            .map(parse_hex)
+            .collect::<Option<Vec<u64>>>()
+            .map(Event::Backtrace),
+        "cmdline-error" => {
+            let (option, rest) = field(args, "option")?;
+            if option.is_empty() {
+                return None;
+            }
+            Some(Event::CmdlineError {
+                option: option.to_string(),
+                msg: rest.strip_prefix("msg=")?.to_string(),
+            })
+        }
+        "result" => {
+            let pairs = args
+                .split_whitespace()
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            (!pairs.is_empty()).then_some(Event::Result(pairs))
+        }
+        "scenario-done" if args.trim().is_empty() => Some(Event::ScenarioDone),
+        _ => None,
+    }
+}
+
+/// Takes a leading `key=value` token from `s`; returns the value and the rest
+/// after the single separating space (empty if the token ends the line).
+fn field<'a>(s: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
+    let s = s.strip_prefix(key)?.strip_prefix('=')?;
+    Some(s.split_once(' ').unwrap_or((s, "")))
+}
+
+fn single_word(s: &str) -> Option<&str> {
+    let s = s.trim();
+    (!s.is_empty() && !s.contains(char::is_whitespace)).then_some(s)
+}
+
+fn parse_hex(s: &str) -> Option<u64> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    u64::from_str_radix(digits, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(line: &str) -> Event {
+        parse_line(line).expect("a protocol line")
+    }
+
+    fn unknown(line: &str) {
+        assert_eq!(
+            p(line),
+            Event::Unknown(line.trim_end().to_string()),
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn free_text_is_not_an_event() {
+        assert_eq!(parse_line("hello"), None);
+        assert_eq!(parse_line(""), None);
+        assert_eq!(parse_line("@@"), None);
+        assert_eq!(parse_line(" @@ boot cpus=1 hz=100 cmdline="), None);
+        assert_eq!(parse_line("@@boot"), None);
+    }
+
+    #[test]
+    fn boot() {
+        assert_eq!(
+            p("@@ boot cpus=4 hz=100 cmdline=run=tests test.filter=sched"),
+            Event::Boot {
+                cpus: 4,
+                hz: 100,
+                cmdline: "run=tests test.filter=sched".into()
+            }
+        );
+        assert_eq!(
+            p("@@ boot cpus=1 hz=1000 cmdline=\r"),
+            Event::Boot {
+                cpus: 1,
+                hz: 1000,
+                cmdline: String::new()
+            }
+        );
+        unknown("@@ boot cpus=x hz=100 cmdline=");
+        unknown("@@ boot cpus=4 cmdline=");
+        unknown("@@ boot hz=100 cpus=4 cmdline=");
+        unknown("@@ boot cpus=4 hz=100");
+        unknown("@@ boot");
+    }
+
+    #[test]
+    fn test_begin() {
+        assert_eq!(
+            p("@@ test-begin sched::rr::equal_share"),
+            Event::TestBegin {
+                name: "sched::rr::equal_share".into()
+            }
+        );
+        unknown("@@ test-begin");
+        unknown("@@ test-begin a b");
+    }
+
+    #[test]
+    fn test_pass_and_fail() {
+        assert_eq!(
+            p("@@ test sched::rr::equal_share pass ms=12"),
+            Event::Test {
+                name: "sched::rr::equal_share".into(),
+                pass: true,
+                ms: 12,
+                msg: None
+            }
+        );
+        assert_eq!(
+            p("@@ test a::b fail ms=0 msg=assertion failed: x == 1 (left: 2)"),
+            Event::Test {
+                name: "a::b".into(),
+                pass: false,
+                ms: 0,
+                msg: Some("assertion failed: x == 1 (left: 2)".into())
+            }
+        );
+        assert_eq!(
+            p("@@ test a::b fail ms=3 msg="),
+            Event::Test {
+                name: "a::b".into(),
+                pass: false,
+                ms: 3,
+                msg: Some(String::new())
+            }
+        );
+        unknown("@@ test a::b pass");
+        unknown("@@ test a::b pass ms=");
+        unknown("@@ test a::b pass ms=-1");
+        unknown("@@ test a::b pass ms=5 extra");
+        unknown("@@ test a::b fail ms=5");
+        unknown("@@ test a::b maybe ms=5");
+        unknown("@@ test a::b");
+        unknown("@@ test");
+    }
+
+    #[test]
+    fn tests_done() {
+        assert_eq!(
+            p("@@ tests-done passed=10 failed=2"),
+            Event::TestsDone {
+                passed: 10,
+                failed: 2
+            }
+        );
+        unknown("@@ tests-done passed=10");
+        unknown("@@ tests-done failed=2 passed=10");
+        unknown("@@ tests-done passed=10 failed=2 more=1");
+    }
+
+    #[test]
+    fn panic() {
+        assert_eq!(
+            p("@@ panic cpu=3 msg=deliberate panic (test.harness=panic) at kernel/src/main.rs:10:5"),
+            Event::Panic {
+                cpu: 3,
+                msg: "deliberate panic (test.harness=panic) at kernel/src/main.rs:10:5".into()
+            }
+        );
+        unknown("@@ panic cpu=3");
+        unknown("@@ panic msg=x");
+        unknown("@@ panic cpu=three msg=x");
+    }
+
+    #[test]
+    fn backtrace() {
+        assert_eq!(
+            p("@@ backtrace ffffffff80001234 0x200abc 0XDEAD"),
+            Event::Backtrace(vec![0xffff_ffff_8000_1234, 0x20_0abc, 0xdead])
+        );
+        assert_eq!(p("@@ backtrace"), Event::Backtrace(vec![]));
+        unknown("@@ backtrace 12g4");
+        unknown("@@ backtrace 0x");
+        unknown("@@ backtrace 1ffffffffffffffff");
+    }
+
+    #[test]
+    fn cmdline_error() {
+        assert_eq!(
+            p("@@ cmdline-error option=bogus.option msg=unknown option"),
+            Event::CmdlineError {
+                option: "bogus.option".into(),
+                msg: "unknown option".into()
+            }
+        );
+        unknown("@@ cmdline-error option=hz");
+        unknown("@@ cmdline-error option= msg=x");
+        unknown("@@ cmdline-error msg=x");
+    }
+
+    #[test]
+    fn result() {
+        assert_eq!(
+            p("@@ result cpu=0 switches=1234 name=a=b"),
+            Event::Result(vec![
+                ("cpu".into(), "0".into()),
+                ("switches".into(), "1234".into()),
+                ("name".into(), "a=b".into()),
+            ])
+        );
+        assert_eq!(
+            p("@@ result empty="),
+            Event::Result(vec![("empty".into(), String::new())])
+        );
+        unknown("@@ result");
+        unknown("@@ result novalue");
+        unknown("@@ result =3");
+    }
+
+    #[test]
+    fn scenario_done() {
+        assert_eq!(p("@@ scenario-done"), Event::ScenarioDone);
+        assert_eq!(p("@@ scenario-done  \r"), Event::ScenarioDone);
+        unknown("@@ scenario-done now");
+    }
+
+    #[test]
+    fn unknown_kinds() {
+        unknown("@@ ");
+        unknown("@@ hello world");
+        unknown("@@ BOOT cpus=1 hz=100 cmdline=");
+        unknown("@@ scenario-done-ish");
+    }
+}

@@ -1,0 +1,212 @@
+//! Setting up the host: the Rust target, QEMU, and the accelerator choice.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use crate::qemu::{Accel, QEMU};
+
+/// The Rust target the kernel is built for.
+pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
+
+/// Makes sure the Rust target and QEMU are installed, installing them when
+/// possible; prints what it does. Runs once per process (the result is cached).
+pub fn ensure_tools() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        ensure_target()?;
+        let qemu = ensure_qemu()?;
+        println!(
+            "setup: Rust target {KERNEL_TARGET} installed; QEMU at {}",
+            qemu.display()
+        );
+        Ok(())
+    })
+    .clone()
+}
+
+fn ensure_target() -> Result<(), String> {
+    let listed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match listed {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.lines().any(|l| l.trim() == KERNEL_TARGET) {
+                return Ok(());
+            }
+        }
+        Ok(out) => {
+            return Err(format!(
+                "setup: `rustup target list --installed` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "setup: cannot run rustup ({e}); install rustup, then run \
+                 `rustup target add {KERNEL_TARGET}`"
+            ))
+        }
+    }
+    println!("setup: installing Rust target {KERNEL_TARGET} (rustup target add {KERNEL_TARGET})");
+    run_visible(Command::new("rustup").args(["target", "add", KERNEL_TARGET]))
+}
+
+fn ensure_qemu() -> Result<PathBuf, String> {
+    if let Some(path) = find_in_path(QEMU) {
+        return Ok(path);
+    }
+    const INSTALL: &str = "apt-get update && apt-get install -y qemu-system-x86";
+    if !is_root() {
+        return Err(format!(
+            "setup: {QEMU} is not on PATH and this user is not root; install it with:\n    \
+             sudo apt-get update && sudo apt-get install -y qemu-system-x86"
+        ));
+    }
+    println!("setup: installing QEMU ({INSTALL})");
+    run_visible(Command::new("apt-get").arg("update"))?;
+    run_visible(
+        Command::new("apt-get")
+            .args(["install", "-y", "qemu-system-x86"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    find_in_path(QEMU).ok_or_else(|| format!("setup: {QEMU} still not on PATH after installing"))
+}
+
+/// Runs `cmd` with its output going to the terminal.
+fn run_visible(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("setup: {shown} failed ({s})")),
+        Err(e) => Err(format!("setup: cannot run {shown}: {e}")),
+    }
+}
+
+/// Whether this process runs as root (asks `id -u`).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The first executable file called `name` in `$PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// The accelerator and why it was chosen.
+pub fn choose_accel(forced: Option<Accel>) -> (Accel, String) {
+    if let Some(a) = forced {
+        return (a, "forced by --accel".into());
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop);
+    decide_accel(&cpuinfo, kvm.map_err(|e| e.to_string()))
+}
+
+/// The decision of [`choose_accel`] from the text of `/proc/cpuinfo` and the
+/// result of opening `/dev/kvm` read-write.
+pub fn decide_accel(cpuinfo: &str, kvm_open: Result<(), String>) -> (Accel, String) {
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| {
+            l.split_once(':')
+                .map(|(_, f)| f)
+                .unwrap_or("")
+                .split_whitespace()
+        })
+        .any(|f| f == "vmx" || f == "svm");
+    match (hw, kvm_open) {
+        (true, Ok(())) => (Accel::Kvm, "vmx/svm present and /dev/kvm opens".into()),
+        (true, Err(e)) => (
+            Accel::Tcg,
+            format!("/dev/kvm does not open read-write: {e}"),
+        ),
+        (false, Ok(())) => (
+            Accel::Tcg,
+            "no vmx/svm in /proc/cpuinfo; /dev/kvm here is not hardware virtualization".into(),
+        ),
+        (false, Err(_)) => (
+            Accel::Tcg,
+            "no vmx/svm in /proc/cpuinfo; no /dev/kvm".into(),
+        ),
+    }
+}
+
+/// Chooses the accelerator (`forced` wins) and prints the choice, once per
+/// process for each distinct choice.
+pub fn accel(forced: Option<Accel>) -> Accel {
+    static PRINTED: Mutex<Vec<Accel>> = Mutex::new(Vec::new());
+    let (accel, why) = choose_accel(forced);
+    let mut printed = PRINTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !printed.contains(&accel) {
+        printed.push(accel);
+        if accel == Accel::Kvm && forced.is_none() {
+            println!("accel: kvm");
+        } else {
+            println!("accel: {accel} ({why})");
+        }
+    }
+    accel
+}
+
+/// The workspace root (the root package's directory).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_HW: &str = "processor\t: 0\nflags\t\t: fpu vme sse2 hypervisor\n";
+    const VMX: &str = "processor\t: 0\nflags\t\t: fpu vmx sse2\nvmx flags\t: ept\n";
+
+    #[test]
+    fn kvm_only_with_hardware_and_device() {
+        assert_eq!(decide_accel(VMX, Ok(())).0, Accel::Kvm);
+        assert_eq!(decide_accel("flags : svm\n", Ok(())).0, Accel::Kvm);
+        let (a, why) = decide_accel(NO_HW, Ok(()));
+        assert_eq!(a, Accel::Tcg);
+        assert_eq!(
+            why,
+            "no vmx/svm in /proc/cpuinfo; /dev/kvm here is not hardware virtualization"
+        );
+        assert_eq!(decide_accel(VMX, Err("denied".into())).0, Accel::Tcg);
+        assert_eq!(decide_accel(NO_HW, Err("absent".into())).0, Accel::Tcg);
+        // "vmx flags" is a line name, not a flag.
+        assert_eq!(
+            decide_accel("flags : fpu\nvmx flags : ept\n", Ok(())).0,
+            Accel::Tcg
+        );
+    }
+
+    #[test]
+    fn forced_accel_wins() {
+        assert_eq!(choose_accel(Some(Accel::Kvm)).0, Accel::Kvm);
+        assert_eq!(choose_accel(Some(Accel::Tcg)).0, Accel::Tcg);
+    }
+
+    #[test]
+    fn path_lookup() {
+        assert!(find_in_path("sh").is_some());
+        assert!(find_in_path("no-such-program-ithreads").is_none());
+    }
+}
