@@ -24,11 +24,7 @@ pub struct TestResult {
 impl std::fmt::Display for TestResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let verdict = if self.pass { "pass" } else { "FAIL" };
-        write!(
-            f,
-            "[smp {}] {verdict} {} ({} ms)",
-            self.smp, self.name, self.ms
-        )?;
+        write!(f, "[smp {}] {verdict} {} ({} ms)", self.smp, self.name, self.ms)?;
         if let Some(msg) = &self.msg {
             write!(f, "\n        {msg}")?;
         }
@@ -135,18 +131,9 @@ pub fn judge_suite_boot(report: &BootReport) -> BootVerdict {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Test {
-                name,
-                pass,
-                ms,
-                msg,
-            } => Some(TestResult {
-                smp,
-                name: name.clone(),
-                pass: *pass,
-                ms: *ms,
-                msg: msg.clone(),
-            }),
+            Event::Test { name, pass, ms, msg } => {
+                Some(TestResult { smp, name: name.clone(), pass: *pass, ms: *ms, msg: msg.clone() })
+            }
             _ => None,
         })
         .collect();
@@ -193,25 +180,16 @@ pub fn boot_failure(report: &BootReport, goal: Goal) -> Option<String> {
 /// The one-line reason why `report` failed `goal`, or `None`.
 pub fn boot_problem(report: &BootReport, goal: Goal) -> Option<String> {
     if let Some((cpu, msg)) = report.panic() {
-        return Some(format!(
-            "kernel panic on cpu {cpu}: {msg} ({})",
-            report.outcome
-        ));
+        return Some(format!("kernel panic on cpu {cpu}: {msg} ({})", report.outcome));
     }
     if let Some((option, msg)) = report.cmdline_error() {
-        return Some(format!(
-            "kernel rejected the command line option {option}: {msg} ({})",
-            report.outcome
-        ));
+        return Some(format!("kernel rejected the command line option {option}: {msg} ({})", report.outcome));
     }
     let secs = report.config.timeout.as_secs_f64();
     let code = match &report.outcome {
         Outcome::Hang { last_test } => {
             let finished = |name: &str| {
-                report
-                    .events
-                    .iter()
-                    .any(|e| matches!(e, Event::Test { name: n, .. } if n == name))
+                report.events.iter().any(|e| matches!(e, Event::Test { name: n, .. } if n == name))
             };
             let place = match last_test {
                 None if goal == Goal::Tests => ", before any test began".to_string(),
@@ -219,9 +197,7 @@ pub fn boot_problem(report: &BootReport, goal: Goal) -> Option<String> {
                 Some(t) if finished(t) => format!(", after test {t} finished"),
                 Some(t) => format!(", in test {t}"),
             };
-            return Some(format!(
-                "hang: no exit within {secs:.0} s{place}; qemu was killed"
-            ));
+            return Some(format!("hang: no exit within {secs:.0} s{place}; qemu was killed"));
         }
         Outcome::Signaled { signal } => {
             return Some(format!("qemu was killed by signal {signal}"));
@@ -231,9 +207,7 @@ pub fn boot_problem(report: &BootReport, goal: Goal) -> Option<String> {
     match goal {
         Goal::Tests => {
             let Some((passed, failed)) = report.tests_done() else {
-                return Some(format!(
-                    "qemu exited with status {code} before `@@ tests-done`"
-                ));
+                return Some(format!("qemu exited with status {code} before `@@ tests-done`"));
             };
             let seen_pass = count_tests(report, true);
             let seen_fail = count_tests(report, false);
@@ -243,39 +217,28 @@ pub fn boot_problem(report: &BootReport, goal: Goal) -> Option<String> {
                      {seen_pass} passed / {seen_fail} failed `@@ test` lines"
                 ));
             }
-            let expected = if failed == 0 {
-                EXIT_SUCCESS
-            } else {
-                EXIT_FAILURE
-            };
+            let expected = if failed == 0 { EXIT_SUCCESS } else { EXIT_FAILURE };
             (code != expected).then(|| {
                 format!("qemu exited with status {code}, expected {expected} after {failed} failed tests")
             })
         }
         Goal::Scenario => {
             if code != EXIT_SUCCESS {
-                Some(format!(
-                    "qemu exited with status {code}, expected {EXIT_SUCCESS}"
-                ))
+                Some(format!("qemu exited with status {code}, expected {EXIT_SUCCESS}"))
             } else if !report.scenario_done() {
-                Some(format!(
-                    "qemu exited with status {code} without `@@ scenario-done`"
-                ))
+                Some(format!("qemu exited with status {code} without `@@ scenario-done`"))
             } else {
                 None
             }
         }
-        Goal::Exit => (code != EXIT_SUCCESS)
-            .then(|| format!("qemu exited with status {code}, expected {EXIT_SUCCESS}")),
+        Goal::Exit => {
+            (code != EXIT_SUCCESS).then(|| format!("qemu exited with status {code}, expected {EXIT_SUCCESS}"))
+        }
     }
 }
 
 fn count_tests(report: &BootReport, pass: bool) -> usize {
-    report
-        .events
-        .iter()
-        .filter(|e| matches!(e, Event::Test { pass: p, .. } if *p == pass))
-        .count()
+    report.events.iter().filter(|e| matches!(e, Event::Test { pass: p, .. } if *p == pass)).count()
 }
 
 /// The kernel option selecting tests by `filter` (`test.filter=PATTERN`), or
@@ -283,9 +246,9 @@ fn count_tests(report: &BootReport, pass: bool) -> usize {
 pub fn filter_option(filter: Option<&str>) -> Result<String, String> {
     match filter {
         None => Ok(String::new()),
-        Some(f) if f.is_empty() || f.contains(char::is_whitespace) => Err(format!(
-            "test filter {f:?} must be a non-empty word without spaces"
-        )),
+        Some(f) if f.is_empty() || f.contains(char::is_whitespace) => {
+            Err(format!("test filter {f:?} must be a non-empty word without spaces"))
+        }
         Some(f) => Ok(format!("test.filter={f}")),
     }
 }
@@ -298,29 +261,12 @@ pub fn run_suite(cfg: &BootConfig) -> SuiteReport {
 
 /// [`run_suite`]; with `verbose` also prints the free-text serial lines.
 pub fn run_suite_with(cfg: &BootConfig, verbose: bool) -> SuiteReport {
-    let cfg = BootConfig {
-        append: qemu::join_cmdline("run=tests", &cfg.append),
-        ..cfg.clone()
-    };
+    let cfg = BootConfig { append: qemu::join_cmdline("run=tests", &cfg.append), ..cfg.clone() };
     let smp = cfg.smp;
     println!("[smp {smp}] boot: cmdline {:?}", cfg.append);
     let booted = qemu::boot_with(&cfg, |source, line, event| match (source, event) {
-        (
-            Source::Serial,
-            Some(Event::Test {
-                name,
-                pass,
-                ms,
-                msg,
-            }),
-        ) => {
-            let t = TestResult {
-                smp,
-                name: name.clone(),
-                pass: *pass,
-                ms: *ms,
-                msg: msg.clone(),
-            };
+        (Source::Serial, Some(Event::Test { name, pass, ms, msg })) => {
+            let t = TestResult { smp, name: name.clone(), pass: *pass, ms: *ms, msg: msg.clone() };
             println!("{t}");
         }
         (Source::Serial, Some(Event::Panic { cpu, msg })) => {
@@ -362,19 +308,14 @@ pub fn run_suite_with(cfg: &BootConfig, verbose: bool) -> SuiteReport {
             }
         }
     };
-    SuiteReport {
-        boots: vec![verdict],
-    }
+    SuiteReport { boots: vec![verdict] }
 }
 
 /// Runs the suite once per entry of `smps` and adds up the results.
 pub fn run_suites(base: &BootConfig, smps: &[u32], verbose: bool) -> SuiteReport {
     let mut all = SuiteReport::default();
     for &smp in smps {
-        let cfg = BootConfig {
-            smp,
-            ..base.clone()
-        };
+        let cfg = BootConfig { smp, ..base.clone() };
         all.boots.extend(run_suite_with(&cfg, verbose).boots);
     }
     all
@@ -418,10 +359,7 @@ pub fn parse_addr2line(text: &str, addrs: &[u64]) -> Vec<Frame> {
     while let Some(line) = lines.next() {
         if line.starts_with("0x") {
             let addr = addrs.get(frames.len()).copied().unwrap_or(0);
-            frames.push(Frame {
-                addr,
-                locations: Vec::new(),
-            });
+            frames.push(Frame { addr, locations: Vec::new() });
         } else if let Some(frame) = frames.last_mut() {
             let file = match lines.peek() {
                 Some(next) if !next.starts_with("0x") => lines.next().unwrap_or(""),
@@ -438,11 +376,7 @@ pub fn parse_addr2line(text: &str, addrs: &[u64]) -> Vec<Frame> {
 /// The backtrace as display lines: symbolized if possible, raw otherwise.
 pub fn format_backtrace(elf: &Path, addrs: &[u64]) -> Vec<String> {
     let Some(frames) = symbolize(elf, addrs) else {
-        return addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("#{i:<2} {a:#018x}"))
-            .collect();
+        return addrs.iter().enumerate().map(|(i, a)| format!("#{i:<2} {a:#018x}")).collect();
     };
     let mut out = Vec::new();
     for (i, f) in frames.iter().enumerate() {
@@ -476,32 +410,17 @@ pub fn results_table(records: &[&[(String, String)]]) -> String {
         .iter()
         .map(|r| {
             cols.iter()
-                .map(|c| {
-                    r.iter()
-                        .find(|(k, _)| k == c)
-                        .map(|(_, v)| v.as_str())
-                        .unwrap_or("-")
-                })
+                .map(|c| r.iter().find(|(k, _)| k == c).map(|(_, v)| v.as_str()).unwrap_or("-"))
                 .collect()
         })
         .collect();
     let widths: Vec<usize> = cols
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|(i, c)| rows.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
         .collect();
-    let numeric: Vec<bool> = (0..cols.len())
-        .map(|i| {
-            rows.iter()
-                .all(|r| r[i] == "-" || r[i].parse::<f64>().is_ok())
-        })
-        .collect();
+    let numeric: Vec<bool> =
+        (0..cols.len()).map(|i| rows.iter().all(|r| r[i] == "-" || r[i].parse::<f64>().is_ok())).collect();
     let fmt_row = |cells: &[&str]| {
         let parts: Vec<String> = cells
             .iter()
@@ -602,12 +521,7 @@ mod tests {
 
     #[test]
     fn hang_is_a_failure() {
-        let r = report(
-            &["@@ test-begin a::b"],
-            Outcome::Hang {
-                last_test: Some("a::b".into()),
-            },
-        );
+        let r = report(&["@@ test-begin a::b"], Outcome::Hang { last_test: Some("a::b".into()) });
         let v = judge_suite_boot(&r);
         assert_eq!(v.failed(), 1);
         let f = v.failure.unwrap();
@@ -622,11 +536,7 @@ mod tests {
             (&done[..], 35, "expected 33"),
             (&[][..], 33, "before `@@ tests-done`"),
             (&["@@ tests-done passed=3 failed=0"][..], 33, "disagrees"),
-            (
-                &["@@ cmdline-error option=x msg=unknown"][..],
-                35,
-                "option x",
-            ),
+            (&["@@ cmdline-error option=x msg=unknown"][..], 35, "option x"),
         ] {
             let v = judge_suite_boot(&report(lines, Outcome::Exited { code }));
             let f = v.failure.expect(what);
@@ -648,25 +558,17 @@ mod tests {
     #[test]
     fn totals() {
         let mut s = SuiteReport::default();
-        let r = report(
-            &["@@ test a pass ms=1", "@@ tests-done passed=1 failed=0"],
-            Outcome::Exited { code: 33 },
-        );
+        let r =
+            report(&["@@ test a pass ms=1", "@@ tests-done passed=1 failed=0"], Outcome::Exited { code: 33 });
         s.boots.push(judge_suite_boot(&r));
-        s.boots.push(judge_suite_boot(&report(
-            &[],
-            Outcome::Hang { last_test: None },
-        )));
+        s.boots.push(judge_suite_boot(&report(&[], Outcome::Hang { last_test: None })));
         assert_eq!(s.totals_line(), "1 passed, 1 failed");
     }
 
     #[test]
     fn filter_options() {
         assert_eq!(filter_option(None).unwrap(), "");
-        assert_eq!(
-            filter_option(Some("sched::rr")).unwrap(),
-            "test.filter=sched::rr"
-        );
+        assert_eq!(filter_option(Some("sched::rr")).unwrap(), "test.filter=sched::rr");
         assert!(filter_option(Some("a b")).is_err());
         assert!(filter_option(Some("")).is_err());
     }
@@ -696,14 +598,8 @@ mod tests {
 
     #[test]
     fn table() {
-        let a = vec![
-            ("cpu".to_string(), "0".to_string()),
-            ("name".into(), "idle".into()),
-        ];
-        let b = vec![
-            ("cpu".to_string(), "1".to_string()),
-            ("switches".into(), "12345".into()),
-        ];
+        let a = vec![("cpu".to_string(), "0".to_string()), ("name".into(), "idle".into())];
+        let b = vec![("cpu".to_string(), "1".to_string()), ("switches".into(), "12345".into())];
         let t = results_table(&[&a, &b]);
         assert_eq!(
             t,

@@ -15,11 +15,7 @@ pub const KERNEL_TARGET_DIR: &str = "target/kernel";
 
 /// The kernel ELF's path (whether or not it has been built).
 pub fn kernel_path() -> PathBuf {
-    workspace_root()
-        .join(KERNEL_TARGET_DIR)
-        .join(KERNEL_TARGET)
-        .join("release")
-        .join(KERNEL_PACKAGE)
+    workspace_root().join(KERNEL_TARGET_DIR).join(KERNEL_TARGET).join("release").join(KERNEL_PACKAGE)
 }
 
 /// Sets up the host ([`setup::ensure_tools`]) and builds the kernel, once per
@@ -69,10 +65,7 @@ pub fn build_command() -> Command {
         "--target",
         KERNEL_TARGET,
         "--target-dir",
-        &workspace_root()
-            .join(KERNEL_TARGET_DIR)
-            .display()
-            .to_string(),
+        &workspace_root().join(KERNEL_TARGET_DIR).display().to_string(),
     ]);
     for (key, _) in std::env::vars_os() {
         if let Some(key) = key.to_str() {
@@ -86,9 +79,7 @@ pub fn build_command() -> Command {
 
 fn build() -> Result<PathBuf, String> {
     println!("build: kernel (cargo build --release -p {KERNEL_PACKAGE} --target {KERNEL_TARGET})");
-    let out = build_command()
-        .output()
-        .map_err(|e| format!("build: cannot run cargo: {e}"))?;
+    let out = build_command().output().map_err(|e| format!("build: cannot run cargo: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "build: the kernel build failed ({}):\n{}{}",
@@ -99,10 +90,7 @@ fn build() -> Result<PathBuf, String> {
     }
     let elf = kernel_path();
     if !elf.is_file() {
-        return Err(format!(
-            "build: cargo succeeded but {} does not exist",
-            elf.display()
-        ));
+        return Err(format!("build: cargo succeeded but {} does not exist", elf.display()));
     }
     Ok(elf)
 }
@@ -132,24 +120,12 @@ mod tests {
 
     #[test]
     fn elf_path() {
-        assert!(
-            kernel_path().ends_with("target/kernel/x86_64-unknown-none/release/ithreads-kernel")
-        );
+        assert!(kernel_path().ends_with("target/kernel/x86_64-unknown-none/release/ithreads-kernel"));
         let cmd = build_command();
-        let args: Vec<_> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             &args[..6],
-            [
-                "build",
-                "--release",
-                "-p",
-                "ithreads-kernel",
-                "--target",
-                "x86_64-unknown-none"
-            ]
+            ["build", "--release", "-p", "ithreads-kernel", "--target", "x86_64-unknown-none"]
         );
     }
 }

@@ -125,10 +125,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         extra_args: Vec::new(),
         timeout: Duration::from_secs(a.timeout),
     };
-    println!(
-        "boot: {} CPUs, {accel}, cmdline {:?}, timeout {} s",
-        cfg.smp, cfg.append, a.timeout
-    );
+    println!("boot: {} CPUs, {accel}, cmdline {:?}, timeout {} s", cfg.smp, cfg.append, a.timeout);
     if a.verbose {
         let args = qemu::qemu_args(&cfg, accel, &kernel);
         println!("boot: {} {}", qemu::QEMU, qemu::shell_words(&args));
@@ -169,11 +166,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
     }
     match harness::boot_failure(&report, Goal::Scenario) {
         None => {
-            println!(
-                "run: ok ({}, {:.2} s)",
-                report.outcome,
-                secs(report.elapsed)
-            );
+            println!("run: ok ({}, {:.2} s)", report.outcome, secs(report.elapsed));
             Ok(ExitCode::SUCCESS)
         }
         Some(f) => {
@@ -211,11 +204,7 @@ fn test(a: TestArgs) -> Result<ExitCode, String> {
         }
     }
     println!("{}", report.totals_line());
-    Ok(if report.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn boot(a: BootArgs) -> Result<ExitCode, String> {
@@ -239,14 +228,6 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
             println!("  {line}");
         }
     }
-    println!(
-        "boot: {} after {:.2} s",
-        report.outcome,
-        secs(report.elapsed)
-    );
-    Ok(if report.exited_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    println!("boot: {} after {:.2} s", report.outcome, secs(report.elapsed));
+    Ok(if report.exited_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

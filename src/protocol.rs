@@ -59,9 +59,7 @@ fn parse_body(body: &str) -> Option<Event> {
                 cmdline: cmdline.trim().to_string(),
             })
         }
-        "test-begin" => Some(Event::TestBegin {
-            name: single_word(args)?.to_string(),
-        }),
+        "test-begin" => Some(Event::TestBegin { name: single_word(args)?.to_string() }),
         "test" => {
             let (name, rest) = args.split_once(' ')?;
             if name.is_empty() {
@@ -75,12 +73,7 @@ fn parse_body(body: &str) -> Option<Event> {
                 "fail" => (false, Some(rest.strip_prefix("msg=")?.to_string())),
                 _ => return None,
             };
-            Some(Event::Test {
-                name: name.to_string(),
-                pass,
-                ms,
-                msg,
-            })
+            Some(Event::Test { name: name.to_string(), pass, ms, msg })
         }
         "tests-done" => {
             let (passed, rest) = field(args, "passed")?;
@@ -88,23 +81,15 @@ fn parse_body(body: &str) -> Option<Event> {
             if !rest.is_empty() {
                 return None;
             }
-            Some(Event::TestsDone {
-                passed: passed.parse().ok()?,
-                failed: failed.parse().ok()?,
-            })
+            Some(Event::TestsDone { passed: passed.parse().ok()?, failed: failed.parse().ok()? })
         }
         "panic" => {
             let (cpu, rest) = field(args, "cpu")?;
-            Some(Event::Panic {
-                cpu: cpu.parse().ok()?,
-                msg: rest.strip_prefix("msg=")?.to_string(),
-            })
+            Some(Event::Panic { cpu: cpu.parse().ok()?, msg: rest.strip_prefix("msg=")?.to_string() })
         }
-        "backtrace" => args
-            .split_whitespace()
-            .map(parse_hex)
-            .collect::<Option<Vec<u64>>>()
-            .map(Event::Backtrace),
+        "backtrace" => {
+            args.split_whitespace().map(parse_hex).collect::<Option<Vec<u64>>>().map(Event::Backtrace)
+        }
         "cmdline-error" => {
             let (option, rest) = field(args, "option")?;
             if option.is_empty() {
@@ -143,10 +128,7 @@ fn single_word(s: &str) -> Option<&str> {
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
-    let digits = s
-        .strip_prefix("0x")
-        .or_else(|| s.strip_prefix("0X"))
-        .unwrap_or(s);
+    let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
     u64::from_str_radix(digits, 16).ok()
 }
 
@@ -159,11 +141,7 @@ mod tests {
     }
 
     fn unknown(line: &str) {
-        assert_eq!(
-            p(line),
-            Event::Unknown(line.trim_end().to_string()),
-            "{line:?}"
-        );
+        assert_eq!(p(line), Event::Unknown(line.trim_end().to_string()), "{line:?}");
     }
 
     #[test]
@@ -179,19 +157,11 @@ mod tests {
     fn boot() {
         assert_eq!(
             p("@@ boot cpus=4 hz=100 cmdline=run=tests test.filter=sched"),
-            Event::Boot {
-                cpus: 4,
-                hz: 100,
-                cmdline: "run=tests test.filter=sched".into()
-            }
+            Event::Boot { cpus: 4, hz: 100, cmdline: "run=tests test.filter=sched".into() }
         );
         assert_eq!(
             p("@@ boot cpus=1 hz=1000 cmdline=\r"),
-            Event::Boot {
-                cpus: 1,
-                hz: 1000,
-                cmdline: String::new()
-            }
+            Event::Boot { cpus: 1, hz: 1000, cmdline: String::new() }
         );
         unknown("@@ boot cpus=x hz=100 cmdline=");
         unknown("@@ boot cpus=4 cmdline=");
@@ -204,9 +174,7 @@ mod tests {
     fn test_begin() {
         assert_eq!(
             p("@@ test-begin sched::rr::equal_share"),
-            Event::TestBegin {
-                name: "sched::rr::equal_share".into()
-            }
+            Event::TestBegin { name: "sched::rr::equal_share".into() }
         );
         unknown("@@ test-begin");
         unknown("@@ test-begin a b");
@@ -216,12 +184,7 @@ mod tests {
     fn test_pass_and_fail() {
         assert_eq!(
             p("@@ test sched::rr::equal_share pass ms=12"),
-            Event::Test {
-                name: "sched::rr::equal_share".into(),
-                pass: true,
-                ms: 12,
-                msg: None
-            }
+            Event::Test { name: "sched::rr::equal_share".into(), pass: true, ms: 12, msg: None }
         );
         assert_eq!(
             p("@@ test a::b fail ms=0 msg=assertion failed: x == 1 (left: 2)"),
@@ -234,12 +197,7 @@ mod tests {
         );
         assert_eq!(
             p("@@ test a::b fail ms=3 msg="),
-            Event::Test {
-                name: "a::b".into(),
-                pass: false,
-                ms: 3,
-                msg: Some(String::new())
-            }
+            Event::Test { name: "a::b".into(), pass: false, ms: 3, msg: Some(String::new()) }
         );
         unknown("@@ test a::b pass");
         unknown("@@ test a::b pass ms=");
@@ -253,13 +211,7 @@ mod tests {
 
     #[test]
     fn tests_done() {
-        assert_eq!(
-            p("@@ tests-done passed=10 failed=2"),
-            Event::TestsDone {
-                passed: 10,
-                failed: 2
-            }
-        );
+        assert_eq!(p("@@ tests-done passed=10 failed=2"), Event::TestsDone { passed: 10, failed: 2 });
         unknown("@@ tests-done passed=10");
         unknown("@@ tests-done failed=2 passed=10");
         unknown("@@ tests-done passed=10 failed=2 more=1");
@@ -295,10 +247,7 @@ mod tests {
     fn cmdline_error() {
         assert_eq!(
             p("@@ cmdline-error option=bogus.option msg=unknown option"),
-            Event::CmdlineError {
-                option: "bogus.option".into(),
-                msg: "unknown option".into()
-            }
+            Event::CmdlineError { option: "bogus.option".into(), msg: "unknown option".into() }
         );
         unknown("@@ cmdline-error option=hz");
         unknown("@@ cmdline-error option= msg=x");
@@ -315,10 +264,7 @@ mod tests {
                 ("name".into(), "a=b".into()),
             ])
         );
-        assert_eq!(
-            p("@@ result empty="),
-            Event::Result(vec![("empty".into(), String::new())])
-        );
+        assert_eq!(p("@@ result empty="), Event::Result(vec![("empty".into(), String::new())]));
         unknown("@@ result");
         unknown("@@ result novalue");
         unknown("@@ result =3");

@@ -69,11 +69,7 @@ impl Default for BootConfig {
 impl BootConfig {
     /// A configuration with `smp` CPUs and the command line `append`.
     pub fn new(smp: u32, append: impl Into<String>) -> Self {
-        BootConfig {
-            smp,
-            append: append.into(),
-            ..BootConfig::default()
-        }
+        BootConfig { smp, append: append.into(), ..BootConfig::default() }
     }
 
     /// The same configuration with `timeout`.
@@ -107,12 +103,7 @@ pub fn qemu_args(cfg: &BootConfig, accel: Accel, kernel: &Path) -> Vec<String> {
 }
 
 /// [`qemu_args`] with an explicit firmware choice.
-pub fn build_args(
-    cfg: &BootConfig,
-    accel: Accel,
-    kernel: &Path,
-    bios: Option<&Path>,
-) -> Vec<String> {
+pub fn build_args(cfg: &BootConfig, accel: Accel, kernel: &Path, bios: Option<&Path>) -> Vec<String> {
     let mut args: Vec<String> = vec!["-M".into(), "pc".into()];
     if let Some(bios) = bios {
         args.extend(["-bios".into(), bios.display().to_string()]);
@@ -151,10 +142,7 @@ pub fn build_args(
 pub fn shell_words(args: &[String]) -> String {
     args.iter()
         .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.,=/:+@%".contains(c))
-            {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,=/:+@%".contains(c)) {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', r"'\''"))
@@ -182,9 +170,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Exited { code } => write!(f, "qemu exited with status {code}"),
             Outcome::Signaled { signal } => write!(f, "qemu was killed by signal {signal}"),
             Outcome::Hang { last_test: None } => write!(f, "hang (no test had begun)"),
-            Outcome::Hang {
-                last_test: Some(name),
-            } => write!(f, "hang (last test begun: {name})"),
+            Outcome::Hang { last_test: Some(name) } => write!(f, "hang (last test begun: {name})"),
         }
     }
 }
@@ -320,8 +306,7 @@ pub fn boot_elf(
 ) -> Result<BootReport, String> {
     let mut cmd = Command::new(QEMU);
     cmd.args(qemu_args(cfg, accel, kernel));
-    let run =
-        supervise(cmd, cfg.timeout, on_line).map_err(|e| format!("cannot run {QEMU}: {e}"))?;
+    let run = supervise(cmd, cfg.timeout, on_line).map_err(|e| format!("cannot run {QEMU}: {e}"))?;
     Ok(BootReport {
         outcome: run.outcome,
         events: run.events,
@@ -353,17 +338,13 @@ pub fn supervise(
 ) -> std::io::Result<Supervised> {
     let start = Instant::now();
     let deadline = start + timeout;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let (tx, rx) = mpsc::channel::<(Source, String)>();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let readers = [
-        spawn_reader(Source::Serial, stdout, tx.clone()),
-        spawn_reader(Source::Stderr, stderr, tx),
-    ];
+    let readers =
+        [spawn_reader(Source::Serial, stdout, tx.clone()), spawn_reader(Source::Stderr, stderr, tx)];
 
     let mut out = Supervised {
         outcome: Outcome::Hang { last_test: None },
@@ -489,12 +470,7 @@ mod tests {
 
     #[test]
     fn args_tcg_with_qboot() {
-        let args = build_args(
-            &cfg(),
-            Accel::Tcg,
-            Path::new("/k/ithreads-kernel"),
-            Some(Path::new(QBOOT)),
-        );
+        let args = build_args(&cfg(), Accel::Tcg, Path::new("/k/ithreads-kernel"), Some(Path::new(QBOOT)));
         let expected = "-M pc -bios /usr/share/qemu/qboot.rom -m 256M -smp 2 \
              -kernel /k/ithreads-kernel -append 'run=tests test.filter=sched' \
              -display none -serial stdio -monitor none -no-reboot \
@@ -509,25 +485,15 @@ mod tests {
     fn args_kvm_without_bios_and_extra_args_last() {
         let mut c = cfg();
         c.smp = 4;
-        c.extra_args = ["-icount", "shift=0,align=off,sleep=off", "-device", "edu"]
-            .map(String::from)
-            .to_vec();
+        c.extra_args =
+            ["-icount", "shift=0,align=off,sleep=off", "-device", "edu"].map(String::from).to_vec();
         let args = build_args(&c, Accel::Kvm, Path::new("k"), None);
         assert!(!args.contains(&"-bios".to_string()));
         assert_eq!(&args[..2], ["-M", "pc"]);
         let tail: Vec<&str> = args[args.len() - 8..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
-            [
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host",
-                "-icount",
-                "shift=0,align=off,sleep=off",
-                "-device",
-                "edu"
-            ]
+            ["-accel", "kvm", "-cpu", "host", "-icount", "shift=0,align=off,sleep=off", "-device", "edu"]
         );
         let i = args.iter().position(|a| a == "-smp").unwrap();
         assert_eq!(args[i + 1], "4");
@@ -543,18 +509,10 @@ mod tests {
 
     #[test]
     fn cmdline_join() {
-        assert_eq!(
-            join_cmdline("run=tests", " test.filter=x "),
-            "run=tests test.filter=x"
-        );
+        assert_eq!(join_cmdline("run=tests", " test.filter=x "), "run=tests test.filter=x");
         assert_eq!(join_cmdline("", "a=1"), "a=1");
         assert_eq!(join_cmdline("a=1", "  "), "a=1");
-        assert_eq!(
-            BootConfig::new(1, "run=tests")
-                .with_append("hz=1000")
-                .append,
-            "run=tests hz=1000"
-        );
+        assert_eq!(BootConfig::new(1, "run=tests").with_append("hz=1000").append, "run=tests hz=1000");
     }
 
     fn sh(script: &str) -> Command {
@@ -567,10 +525,8 @@ mod tests {
     fn supervise_exit_and_events() {
         let mut seen = Vec::new();
         let run = supervise(
-            sh(
-                "printf 'hello\\r\\n@@ test-begin a::b\\r\\n@@ test a::b pass ms=1\\n'; \
-                echo oops >&2; printf '@@ tests-done passed=1 failed=0'; exit 33",
-            ),
+            sh("printf 'hello\\r\\n@@ test-begin a::b\\r\\n@@ test a::b pass ms=1\\n'; \
+                echo oops >&2; printf '@@ tests-done passed=1 failed=0'; exit 33"),
             Duration::from_secs(20),
             |src, line, ev| seen.push((src, line.to_string(), ev.is_some())),
         )
@@ -578,22 +534,11 @@ mod tests {
         assert_eq!(run.outcome, Outcome::Exited { code: 33 });
         assert_eq!(
             run.serial_log,
-            [
-                "hello",
-                "@@ test-begin a::b",
-                "@@ test a::b pass ms=1",
-                "@@ tests-done passed=1 failed=0"
-            ]
+            ["hello", "@@ test-begin a::b", "@@ test a::b pass ms=1", "@@ tests-done passed=1 failed=0"]
         );
         assert_eq!(run.stderr, ["oops"]);
         assert_eq!(run.events.len(), 3);
-        assert_eq!(
-            run.events[2],
-            Event::TestsDone {
-                passed: 1,
-                failed: 0
-            }
-        );
+        assert_eq!(run.events[2], Event::TestsDone { passed: 1, failed: 0 });
         assert_eq!(seen.len(), 5);
         assert!(seen.contains(&(Source::Stderr, "oops".into(), false)));
     }
@@ -602,32 +547,22 @@ mod tests {
     fn supervise_hang_names_last_test() {
         let t = Instant::now();
         let run = supervise(
-            sh(
-                "echo '@@ test-begin x::one'; echo '@@ test x::one pass ms=0'; \
-                echo '@@ test-begin x::two'; exec sleep 30",
-            ),
+            sh("echo '@@ test-begin x::one'; echo '@@ test x::one pass ms=0'; \
+                echo '@@ test-begin x::two'; exec sleep 30"),
             Duration::from_millis(700),
             |_, _, _| {},
         )
         .unwrap();
         assert!(t.elapsed() < Duration::from_secs(10));
-        assert_eq!(
-            run.outcome,
-            Outcome::Hang {
-                last_test: Some("x::two".into())
-            }
-        );
+        assert_eq!(run.outcome, Outcome::Hang { last_test: Some("x::two".into()) });
         assert_eq!(run.events.len(), 3);
     }
 
     #[test]
     fn supervise_hang_with_closed_output() {
-        let run = supervise(
-            sh("exec >/dev/null 2>&1; exec sleep 30"),
-            Duration::from_millis(500),
-            |_, _, _| {},
-        )
-        .unwrap();
+        let run =
+            supervise(sh("exec >/dev/null 2>&1; exec sleep 30"), Duration::from_millis(500), |_, _, _| {})
+                .unwrap();
         assert_eq!(run.outcome, Outcome::Hang { last_test: None });
     }
 
@@ -639,11 +574,6 @@ mod tests {
 
     #[test]
     fn supervise_missing_program_is_an_error() {
-        assert!(supervise(
-            Command::new("/nonexistent/qemu"),
-            Duration::from_secs(1),
-            |_, _, _| {}
-        )
-        .is_err());
+        assert!(supervise(Command::new("/nonexistent/qemu"), Duration::from_secs(1), |_, _, _| {}).is_err());
     }
 }

@@ -16,19 +16,14 @@ pub fn ensure_tools() -> Result<(), String> {
     DONE.get_or_init(|| {
         ensure_target()?;
         let qemu = ensure_qemu()?;
-        println!(
-            "setup: Rust target {KERNEL_TARGET} installed; QEMU at {}",
-            qemu.display()
-        );
+        println!("setup: Rust target {KERNEL_TARGET} installed; QEMU at {}", qemu.display());
         Ok(())
     })
     .clone()
 }
 
 fn ensure_target() -> Result<(), String> {
-    let listed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
+    let listed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     match listed {
         Ok(out) if out.status.success() => {
             let text = String::from_utf8_lossy(&out.stdout);
@@ -99,11 +94,7 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 /// The accelerator and why it was chosen.
@@ -112,11 +103,7 @@ pub fn choose_accel(forced: Option<Accel>) -> (Accel, String) {
         return (a, "forced by --accel".into());
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop);
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map(drop);
     decide_accel(&cpuinfo, kvm.map_err(|e| e.to_string()))
 }
 
@@ -126,27 +113,15 @@ pub fn decide_accel(cpuinfo: &str, kvm_open: Result<(), String>) -> (Accel, Stri
     let hw = cpuinfo
         .lines()
         .filter(|l| l.starts_with("flags"))
-        .flat_map(|l| {
-            l.split_once(':')
-                .map(|(_, f)| f)
-                .unwrap_or("")
-                .split_whitespace()
-        })
+        .flat_map(|l| l.split_once(':').map(|(_, f)| f).unwrap_or("").split_whitespace())
         .any(|f| f == "vmx" || f == "svm");
     match (hw, kvm_open) {
         (true, Ok(())) => (Accel::Kvm, "vmx/svm present and /dev/kvm opens".into()),
-        (true, Err(e)) => (
-            Accel::Tcg,
-            format!("/dev/kvm does not open read-write: {e}"),
-        ),
-        (false, Ok(())) => (
-            Accel::Tcg,
-            "no vmx/svm in /proc/cpuinfo; /dev/kvm here is not hardware virtualization".into(),
-        ),
-        (false, Err(_)) => (
-            Accel::Tcg,
-            "no vmx/svm in /proc/cpuinfo; no /dev/kvm".into(),
-        ),
+        (true, Err(e)) => (Accel::Tcg, format!("/dev/kvm does not open read-write: {e}")),
+        (false, Ok(())) => {
+            (Accel::Tcg, "no vmx/svm in /proc/cpuinfo; /dev/kvm here is not hardware virtualization".into())
+        }
+        (false, Err(_)) => (Accel::Tcg, "no vmx/svm in /proc/cpuinfo; no /dev/kvm".into()),
     }
 }
 
@@ -185,17 +160,11 @@ mod tests {
         assert_eq!(decide_accel("flags : svm\n", Ok(())).0, Accel::Kvm);
         let (a, why) = decide_accel(NO_HW, Ok(()));
         assert_eq!(a, Accel::Tcg);
-        assert_eq!(
-            why,
-            "no vmx/svm in /proc/cpuinfo; /dev/kvm here is not hardware virtualization"
-        );
+        assert_eq!(why, "no vmx/svm in /proc/cpuinfo; /dev/kvm here is not hardware virtualization");
         assert_eq!(decide_accel(VMX, Err("denied".into())).0, Accel::Tcg);
         assert_eq!(decide_accel(NO_HW, Err("absent".into())).0, Accel::Tcg);
         // "vmx flags" is a line name, not a flag.
-        assert_eq!(
-            decide_accel("flags : fpu\nvmx flags : ept\n", Ok(())).0,
-            Accel::Tcg
-        );
+        assert_eq!(decide_accel("flags : fpu\nvmx flags : ept\n", Ok(())).0, Accel::Tcg);
     }
 
     #[test]

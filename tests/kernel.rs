@@ -12,7 +12,17 @@ fn cfg(smp: u32, append: &str) -> BootConfig {
     BootConfig::new(smp, append).with_timeout(TIMEOUT)
 }
 
+/// Boots one at a time: the in-kernel tests check scheduling behaviour (preemption within a
+/// time slice, fair shares), and several QEMUs fighting for two host cores would starve
+/// their vCPUs. The hang test (an idle guest) does not take the lock.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn boot(cfg: &BootConfig) -> BootReport {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    boot_unserialized(cfg)
+}
+
+fn boot_unserialized(cfg: &BootConfig) -> BootReport {
     qemu::boot(cfg).unwrap_or_else(|e| panic!("could not boot: {e}"))
 }
 
@@ -71,12 +81,9 @@ fn harness_reports_panic() {
 
 #[test]
 fn harness_reports_hang() {
-    let r = boot(&cfg(2, "test.harness=hang").with_timeout(Duration::from_secs(20)));
+    let r = boot_unserialized(&cfg(2, "test.harness=hang").with_timeout(Duration::from_secs(20)));
     let why = tail(&r);
-    assert!(
-        matches!(r.outcome, Outcome::Hang { .. }),
-        "expected a hang\n{why}"
-    );
+    assert!(matches!(r.outcome, Outcome::Hang { .. }), "expected a hang\n{why}");
     let v = judge_suite_boot(&r);
     assert!(v.is_failure(), "{why}");
     assert!(v.failure_text().contains("hang"), "{}", v.failure_text());
@@ -88,9 +95,7 @@ fn unknown_cmdline_option_is_rejected() {
     let why = tail(&r);
     assert_eq!(r.exit_code(), Some(qemu::EXIT_FAILURE), "{why}");
     assert!(
-        r.events
-            .iter()
-            .any(|e| matches!(e, Event::CmdlineError { option, .. } if option == "bogus.option")),
+        r.events.iter().any(|e| matches!(e, Event::CmdlineError { option, .. } if option == "bogus.option")),
         "no `@@ cmdline-error option=bogus.option`\n{why}"
     );
 }

@@ -1,7 +1,9 @@
-//! The default scenario (`run=scenario`): CPU-bound threads of three priorities on every CPU,
-//! a ping-pong pair across CPUs, the clock ticking everywhere, for `scenario.ms`. Prints a
-//! summary as `@@ result` records (docs/PROTOCOL.md). Later issues grow this into the device
-//! workload.
+//! The default scenario (`run=scenario`): on every CPU, three threads of different
+//! priorities with different duty cycles (high: run 1 ms, sleep 3 ms; mid: run 2 ms, sleep
+//! 2 ms; low: never sleeps and gets what is left), and a ping-pong pair handing a token
+//! between the first and last CPU by sleep/wakeup (IPIs when they are different CPUs), for
+//! `scenario.ms`. Prints a summary as `@@ result` records (docs/PROTOCOL.md). Later issues
+//! grow this into the device workload.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -14,45 +16,60 @@ use sched::Priority;
 use crate::cmdline::Options;
 use crate::{Event, SCHED};
 
+/// Name, priority, run ms, sleep ms (0: never sleeps).
+const CLASSES: [(&str, u8, u64, u64); 3] = [("low", 8, 0, 0), ("mid", 24, 2, 2), ("high", 40, 1, 3)];
+
+fn now() -> u64 {
+    arch::X86_64::now_ns()
+}
+
 /// Runs the scenario; returns whether it went as expected.
 pub fn run(opts: &Options) -> bool {
     let n = arch::X86_64::ncpus();
     let stop = Arc::new(AtomicBool::new(false));
-    let classes = [("low", 8u8), ("mid", 24), ("high", 40)];
-    let work: Arc<Vec<AtomicU64>> = Arc::new((0..classes.len() * n).map(|_| AtomicU64::new(0)).collect());
+    let work: Arc<Vec<AtomicU64>> = Arc::new((0..CLASSES.len() * n).map(|_| AtomicU64::new(0)).collect());
     let before: Vec<sched::CpuStats> = (0..n).map(|c| SCHED.cpu_stats(c)).collect();
     let mut hs = Vec::new();
     for cpu in 0..n {
-        for (k, &(name, p)) in classes.iter().enumerate() {
+        for (k, &(name, p, run_ms, sleep_ms)) in CLASSES.iter().enumerate() {
             let (stop, work) = (stop.clone(), work.clone());
             let pri = Priority::new(p).expect("priority in range");
             hs.push(SCHED.spawn(name, pri, Some(cpu), move || {
-                // Higher classes sleep now and then so lower ones get the CPU.
-                let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    work[k * n + cpu].fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                    if k > 0 && i.is_multiple_of(20_000) {
-                        SCHED.sleep_ns(2_000_000 * k as u64);
+                    let until = if sleep_ms == 0 { u64::MAX } else { now() + run_ms * 1_000_000 };
+                    while now() < until && !stop.load(Ordering::Relaxed) {
+                        work[k * n + cpu].fetch_add(1, Ordering::Relaxed);
+                        core::hint::spin_loop();
                     }
-                    core::hint::spin_loop();
+                    if sleep_ms != 0 {
+                        SCHED.sleep_ns(sleep_ms * 1_000_000);
+                    }
                 }
             }));
         }
     }
-    // Cross-CPU ping-pong: wakeups by IPI.
+    // Cross-CPU ping-pong in bursts of 200 rounds, 5 ms apart: at priority 50 it would
+    // otherwise take its CPUs from everything else.
     let rounds = Arc::new(AtomicU64::new(0));
     let evs: Arc<[Event; 2]> = Arc::new([Event::new(&SCHED), Event::new(&SCHED)]);
     for side in 0..2usize {
         let (stop, rounds, evs) = (stop.clone(), rounds.clone(), evs.clone());
         let cpu = if side == 0 { 0 } else { n - 1 };
-        hs.push(SCHED.spawn("pingpong", Priority::new(50).expect("in range"), Some(cpu), move || {
+        let pri = Priority::new(50).expect("in range");
+        hs.push(SCHED.spawn("pingpong", pri, Some(cpu), move || {
+            let mut mine = 0u64;
             if side == 0 {
                 evs[1].set();
             }
             while !stop.load(Ordering::Relaxed) {
-                evs[side].wait_deadline(arch::X86_64::now_ns() + 100_000_000);
+                if !evs[side].wait_deadline(now() + 100_000_000) {
+                    continue;
+                }
+                mine += 1;
                 rounds.fetch_add(1, Ordering::Relaxed);
+                if side == 0 && mine.is_multiple_of(200) {
+                    SCHED.sleep_ns(5_000_000);
+                }
                 evs[1 - side].set();
             }
             evs[1 - side].set();
@@ -64,13 +81,12 @@ pub fn run(opts: &Options) -> bool {
         h.join();
     }
     let mut ok = rounds.load(Ordering::Relaxed) > 0;
-    for cpu in 0..n {
+    for (cpu, b) in before.iter().enumerate() {
         let s = SCHED.cpu_stats(cpu);
-        let b = before[cpu];
-        let w: Vec<u64> = (0..classes.len()).map(|k| work[k * n + cpu].load(Ordering::Relaxed)).collect();
+        let w: Vec<u64> = (0..CLASSES.len()).map(|k| work[k * n + cpu].load(Ordering::Relaxed)).collect();
         ok &= s.ticks > b.ticks && w.iter().all(|&x| x > 0);
         kprintln!(
-            "@@ result cpu={} ticks={} switches={} resched_ipis={} work_low={} work_mid={} work_high={}",
+            "@@ result scope=cpu cpu={} ticks={} switches={} resched_ipis={} work_low={} work_mid={} work_high={}",
             cpu,
             s.ticks - b.ticks,
             s.switches - b.switches,
@@ -81,11 +97,11 @@ pub fn run(opts: &Options) -> bool {
         );
     }
     kprintln!(
-        "@@ result total cpus={} ms={} pingpong_rounds={} threads={}",
+        "@@ result scope=total cpus={} ms={} pingpong_rounds={} threads={}",
         n,
         opts.scenario_ms,
         rounds.load(Ordering::Relaxed),
-        classes.len() * n + 2
+        CLASSES.len() * n + 2
     );
     kprintln!("@@ scenario-done");
     ok

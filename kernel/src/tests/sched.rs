@@ -138,33 +138,69 @@ fn equal_priority_round_robin() -> TestResult {
 }
 ktest!(T_RR, "sched::rr::equal_priority_share", equal_priority_round_robin);
 
-/// 1,000 short-lived threads, placed by the scheduler across all CPUs, all run and are joined.
+/// 1,000 short-lived threads across all CPUs (thread i bound to CPU i mod n, so every CPU
+/// creates-by-IPI, runs, and reaps its share) all run once, exit and are joined.
 fn thousand_short_lived_threads() -> TestResult {
     const N: usize = 1000;
+    let n = ncpus();
     let live0 = SCHED.live_threads();
     let ran = Arc::new(AtomicUsize::new(0));
+    let wrong_cpu = Arc::new(AtomicUsize::new(0));
     let per_cpu: Arc<[AtomicUsize; arch::cpu::MAX_CPUS]> =
         Arc::new([const { AtomicUsize::new(0) }; arch::cpu::MAX_CPUS]);
     let mut hs = Vec::with_capacity(N);
-    for _ in 0..N {
-        let (ran, per_cpu) = (ran.clone(), per_cpu.clone());
-        hs.push(SCHED.spawn("short", Priority::KTHREAD, None, move || {
+    for i in 0..N {
+        let (ran, per_cpu, wrong_cpu) = (ran.clone(), per_cpu.clone(), wrong_cpu.clone());
+        let cpu = i % n;
+        hs.push(SCHED.spawn("short", Priority::KTHREAD, Some(cpu), move || {
             ran.fetch_add(1, Ordering::Relaxed);
-            per_cpu[SCHED.cpu_index()].fetch_add(1, Ordering::Relaxed);
+            let here = SCHED.cpu_index();
+            per_cpu[here].fetch_add(1, Ordering::Relaxed);
+            if here != cpu {
+                wrong_cpu.fetch_add(1, Ordering::Relaxed);
+            }
         }));
     }
     for h in hs {
         h.join();
     }
     kassert_eq!(ran.load(Ordering::Relaxed), N);
-    kassert_eq!(SCHED.live_threads(), live0, "threads still alive after join");
-    let used = (0..ncpus()).filter(|&c| per_cpu[c].load(Ordering::Relaxed) > 0).count();
-    if ncpus() > 1 {
-        kassert!(used > 1, "all 1000 threads ran on one CPU");
+    kassert_eq!(wrong_cpu.load(Ordering::Relaxed), 0, "threads ran off their CPU");
+    for c in 0..n {
+        let expect = N / n + usize::from(c < N % n);
+        kassert_eq!(per_cpu[c].load(Ordering::Relaxed), expect, "threads run on CPU {c}");
     }
+    kassert_eq!(SCHED.live_threads(), live0, "threads still alive after join");
     Ok(())
 }
 ktest!(T_SHORT, "sched::threads::thousand_short_lived", thousand_short_lived_threads);
+
+/// Unbound CPU-bound threads spread over the CPUs (placement on idle CPUs, idle stealing).
+fn unbound_threads_spread() -> TestResult {
+    let n = ncpus();
+    let used: Arc<[AtomicUsize; arch::cpu::MAX_CPUS]> =
+        Arc::new([const { AtomicUsize::new(0) }; arch::cpu::MAX_CPUS]);
+    let hz = arch::apic::timer_hz() as u64;
+    let until = now_ns() + 10 * 1_000_000_000 / hz;
+    let hs: Vec<_> = (0..n)
+        .map(|_| {
+            let used = used.clone();
+            SCHED.spawn("spread", Priority::KTHREAD, None, move || {
+                while now_ns() < until {
+                    used[SCHED.cpu_index()].fetch_add(1, Ordering::Relaxed);
+                    core::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join();
+    }
+    let busy = (0..n).filter(|&c| used[c].load(Ordering::Relaxed) > 0).count();
+    kassert!(busy >= n.min(2), "{n} CPU-bound threads ran on only {busy} CPU(s)");
+    Ok(())
+}
+ktest!(T_SPREAD, "sched::threads::unbound_spread", unbound_threads_spread);
 
 /// Two threads on different CPUs (when there are two) hand a token back and forth 100,000
 /// times by sleeping on events. A lost wakeup would leave both asleep: each wait has a
