@@ -3,6 +3,7 @@
 //! the results. `src/main.rs` is the command-line front end; `tests/` boot the
 //! real kernel through the same functions.
 
+pub mod bench;
 pub mod harness;
 pub mod kbuild;
 pub mod protocol;

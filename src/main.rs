@@ -35,6 +35,8 @@ enum Command {
     Test(TestArgs),
     /// Boot with the given kernel command line and echo every serial line.
     Boot(BootArgs),
+    /// Run the in-kernel benchmarks (TCG with -icount: figures are guest instructions).
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -91,12 +93,39 @@ struct BootArgs {
     timeout: u64,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Number of CPUs (the benchmarks run on CPU 0; the others idle).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
+    smp: u32,
+    /// Run only the benchmarks whose name contains PATTERN.
+    #[arg(long, value_name = "PATTERN")]
+    filter: Option<String>,
+    /// Also write the figures to FILE as JSON Lines, one record per figure.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Accelerator: tcg counts instructions (-icount), kvm counts TSC cycles
+    /// (default: kvm only with real hardware virtualization).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Samples per figure (the kernel's default is 100000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    samples: Option<u32>,
+    /// Seconds before QEMU is killed and the boot reported as a hang.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Also show the kernel's free-text lines and QEMU's stderr.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(a) => run(a),
         Command::Test(a) => test(a),
         Command::Boot(a) => boot(a),
+        Command::Bench(a) => bench(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("{e}");
@@ -230,4 +259,67 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
     }
     println!("boot: {} after {:.2} s", report.outcome, secs(report.elapsed));
     Ok(if report.exited_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn bench(a: BenchArgs) -> Result<ExitCode, String> {
+    let (accel, kernel) = prepare(a.accel)?;
+    let cfg = ithreads::bench::config(
+        a.smp,
+        accel,
+        a.filter.as_deref(),
+        a.samples,
+        Duration::from_secs(a.timeout),
+    )?;
+    println!(
+        "bench: {} CPUs, accel {}, unit {}, cmdline {:?}",
+        cfg.smp,
+        ithreads::bench::accel_label(accel),
+        ithreads::bench::unit(accel),
+        cfg.append
+    );
+    if a.verbose {
+        let args = qemu::qemu_args(&cfg, accel, &kernel);
+        println!("bench: {} {}", qemu::QEMU, qemu::shell_words(&args));
+    }
+    let verbose = a.verbose;
+    let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, event| match (source, event) {
+        (Source::Serial, Some(Event::Bench { .. })) if verbose => println!("{line}"),
+        (Source::Serial, Some(Event::Panic { cpu, msg })) => println!("PANIC on cpu {cpu}: {msg}"),
+        (Source::Serial, Some(Event::CmdlineError { option, msg })) => {
+            println!("cmdline error: option {option}: {msg}");
+        }
+        (Source::Serial, Some(Event::Unknown(l))) => println!("unknown protocol line: {l}"),
+        (Source::Serial, None) if verbose => println!("  | {line}"),
+        (Source::Stderr, _) if verbose => println!("  qemu: {line}"),
+        _ => {}
+    })?;
+    let records = ithreads::bench::records(&report);
+    if records.is_empty() {
+        println!("\nno figures");
+    } else {
+        let unit = &records[0].unit;
+        println!(
+            "\n{} figures ({unit}; baseline.empty is the measurement loop, the others are net of it):",
+            records.len()
+        );
+        print!("{}", ithreads::bench::table(&records));
+    }
+    if let Some(path) = &a.json {
+        let file =
+            std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        ithreads::bench::write_json_lines(std::io::BufWriter::new(file), &records)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("bench: {} records written to {}", records.len(), path.display());
+    }
+    match ithreads::bench::failure(&report) {
+        None => {
+            println!("bench: ok ({}, {:.2} s)", report.outcome, secs(report.elapsed));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(f) => {
+            print!("{f}");
+            println!("bench: FAILED");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

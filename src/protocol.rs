@@ -35,6 +35,10 @@ pub enum Event {
     Result(Vec<(String, String)>),
     /// `@@ scenario-done`: the scenario ended.
     ScenarioDone,
+    /// `@@ bench name=<n> unit=<u> samples=<n> median=<n> p99=<n> min=<n>`: one figure.
+    Bench { name: String, unit: String, samples: u64, median: u64, p99: u64, min: u64 },
+    /// `@@ bench-done`: every selected benchmark ran.
+    BenchDone,
     /// A `@@ ` line of unknown kind or malformed shape (the whole line).
     Unknown(String),
 }
@@ -111,6 +115,26 @@ fn parse_body(body: &str) -> Option<Event> {
             (!pairs.is_empty()).then_some(Event::Result(pairs))
         }
         "scenario-done" if args.trim().is_empty() => Some(Event::ScenarioDone),
+        "bench" => {
+            let (name, rest) = field(args, "name")?;
+            let (unit, rest) = field(rest, "unit")?;
+            let (samples, rest) = field(rest, "samples")?;
+            let (median, rest) = field(rest, "median")?;
+            let (p99, rest) = field(rest, "p99")?;
+            let (min, rest) = field(rest, "min")?;
+            if name.is_empty() || unit.is_empty() || !rest.is_empty() {
+                return None;
+            }
+            Some(Event::Bench {
+                name: name.to_string(),
+                unit: unit.to_string(),
+                samples: samples.parse().ok()?,
+                median: median.parse().ok()?,
+                p99: p99.parse().ok()?,
+                min: min.parse().ok()?,
+            })
+        }
+        "bench-done" if args.trim().is_empty() => Some(Event::BenchDone),
         _ => None,
     }
 }
@@ -275,6 +299,41 @@ mod tests {
         assert_eq!(p("@@ scenario-done"), Event::ScenarioDone);
         assert_eq!(p("@@ scenario-done  \r"), Event::ScenarioDone);
         unknown("@@ scenario-done now");
+    }
+
+    #[test]
+    fn bench() {
+        assert_eq!(
+            p("@@ bench name=mutex.adaptive.enter_exit unit=instructions samples=100000 median=9 p99=11 min=9"),
+            Event::Bench {
+                name: "mutex.adaptive.enter_exit".into(),
+                unit: "instructions".into(),
+                samples: 100_000,
+                median: 9,
+                p99: 11,
+                min: 9
+            }
+        );
+        assert_eq!(
+            p("@@ bench name=baseline.empty unit=cycles samples=1 median=0 p99=0 min=0\r"),
+            Event::Bench {
+                name: "baseline.empty".into(),
+                unit: "cycles".into(),
+                samples: 1,
+                median: 0,
+                p99: 0,
+                min: 0
+            }
+        );
+        unknown("@@ bench name=x unit=instructions samples=1 median=2 p99=3");
+        unknown("@@ bench name=x unit=instructions samples=1 median=2 p99=3 min=1 extra=1");
+        unknown("@@ bench name= unit=instructions samples=1 median=2 p99=3 min=1");
+        unknown("@@ bench name=x unit= samples=1 median=2 p99=3 min=1");
+        unknown("@@ bench name=x unit=i samples=1 median=-2 p99=3 min=1");
+        unknown("@@ bench unit=i name=x samples=1 median=2 p99=3 min=1");
+        unknown("@@ bench");
+        assert_eq!(p("@@ bench-done"), Event::BenchDone);
+        unknown("@@ bench-done now");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub enum RunMode {
     Scenario,
     /// The in-kernel test suite.
     Tests,
+    /// The benchmarks (`kernel/src/bench/`).
+    Bench,
 }
 
 /// A deliberate failure, to test the host harness.
@@ -36,6 +38,12 @@ pub struct Options {
     pub hz: u32,
     /// `scenario.ms=`
     pub scenario_ms: u64,
+    /// `bench.filter=`
+    pub bench_filter: String,
+    /// `bench.samples=`
+    pub bench_samples: usize,
+    /// `bench.unit=`: what the TSC counts (the host knows, the kernel cannot tell).
+    pub bench_unit: &'static str,
 }
 
 impl Default for Options {
@@ -46,6 +54,9 @@ impl Default for Options {
             harness: None,
             hz: 100,
             scenario_ms: 2000,
+            bench_filter: String::new(),
+            bench_samples: 100_000,
+            bench_unit: "tsc",
         }
     }
 }
@@ -87,7 +98,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                 o.run = match value {
                     "scenario" => RunMode::Scenario,
                     "tests" => RunMode::Tests,
-                    _ => return Err(err(key, "expected scenario or tests")),
+                    "bench" => RunMode::Bench,
+                    _ => return Err(err(key, "expected scenario, tests or bench")),
                 }
             }
             "test.filter" => o.test_filter = value.to_string(),
@@ -100,6 +112,16 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
             }
             "hz" => o.hz = number(key, value, 10u32, 1000)?,
             "scenario.ms" => o.scenario_ms = number(key, value, 10u64, 60_000)?,
+            "bench.filter" => o.bench_filter = value.to_string(),
+            "bench.samples" => o.bench_samples = number(key, value, 1usize, 1_000_000)?,
+            "bench.unit" => {
+                o.bench_unit = match value {
+                    "instructions" => "instructions",
+                    "cycles" => "cycles",
+                    "tsc" => "tsc",
+                    _ => return Err(err(key, "expected instructions, cycles or tsc")),
+                }
+            }
             _ => return Err(err(key, "unknown option")),
         }
     }

@@ -18,7 +18,9 @@
 
 extern crate alloc;
 
+mod bench;
 mod cmdline;
+mod intr;
 mod panic;
 mod scenario;
 mod tests;
@@ -35,18 +37,13 @@ use cmdline::{HarnessCheck, Options, RunMode};
 /// The scheduler of this kernel.
 pub static SCHED: Scheduler<X86_64> = Scheduler::new();
 
+/// The interrupt priority levels of every CPU.
+pub static SPL: ipl::SplState<X86_64> = ipl::SplState::new();
+
 /// A sleep/wakeup event on this kernel's scheduler.
 pub type Event = sched::Event<X86_64>;
 
 arch::entry_point!(kmain);
-
-fn intr_enter(io: &IntrOff) {
-    SCHED.intr_enter(io);
-}
-
-fn intr_exit(io: &IntrOff) {
-    SCHED.intr_exit(io);
-}
 
 fn clock_interrupt(_f: &mut TrapFrame, io: &IntrOff) {
     SCHED.tick(io);
@@ -64,7 +61,7 @@ fn kmain(info: &'static BootInfo) -> ! {
             arch::exit::exit_qemu(false);
         }
     };
-    trap::set_hooks(intr_enter, intr_exit);
+    intr::init();
     trap::set_fault_hook(panic::fault);
     let vectors: [(u8, trap::Handler); 4] = [
         (apic::TIMER_VECTOR, clock_interrupt),
@@ -122,6 +119,7 @@ fn main_thread(opts: &'static Options) {
     let ok = match opts.run {
         RunMode::Tests => tests::run_all(&opts.test_filter),
         RunMode::Scenario => scenario::run(opts),
+        RunMode::Bench => bench::run(opts),
     };
     arch::exit::exit_qemu(ok);
 }

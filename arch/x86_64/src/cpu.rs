@@ -28,6 +28,8 @@ pub struct PerCpu {
     self_ptr: usize,
     index: usize,
     curthread: usize,
+    /// The CPU's interrupt priority level (offset 24; read and written with one `%gs` op).
+    ipl: u64,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
 }
@@ -61,8 +63,13 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         SS::set_reg(data);
         load_tss(tss_sel);
     }
-    let pc: &'static mut PerCpu =
-        Box::leak(Box::new(PerCpu { self_ptr: 0, index, curthread: 0, lapic_id: AtomicU32::new(lapic_id) }));
+    let pc: &'static mut PerCpu = Box::leak(Box::new(PerCpu {
+        self_ptr: 0,
+        index,
+        curthread: 0,
+        ipl: 0,
+        lapic_id: AtomicU32::new(lapic_id),
+    }));
     pc.self_ptr = pc as *mut PerCpu as usize;
     GsBase::write(VirtAddr::new(pc.self_ptr as u64));
     LAPIC_IDS[index].store(lapic_id, Ordering::Relaxed);
@@ -92,6 +99,22 @@ pub fn curthread() -> usize {
 pub fn set_curthread(v: usize) {
     // SAFETY: as in `index`; offset 16 is `curthread`, written only by its own CPU.
     unsafe { asm!("mov gs:[16], {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// The running CPU's interrupt priority level.
+#[inline]
+pub fn ipl() -> u8 {
+    let v: u64;
+    // SAFETY: as in `index`; offset 24 is `ipl`.
+    unsafe { asm!("mov {}, gs:[24]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v as u8
+}
+
+/// Sets the running CPU's interrupt priority level.
+#[inline]
+pub fn set_ipl(level: u8) {
+    // SAFETY: as in `index`; offset 24 is `ipl`, written only by its own CPU.
+    unsafe { asm!("mov qword ptr gs:[24], {}", in(reg) level as u64, options(nostack, preserves_flags)) };
 }
 
 /// Number of CPUs online (or starting).

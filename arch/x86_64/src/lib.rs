@@ -22,6 +22,7 @@
 extern crate alloc;
 
 pub mod apic;
+pub mod bench_prims;
 pub mod boot;
 pub mod cpu;
 pub mod exit;
@@ -129,5 +130,17 @@ impl Machine for X86_64 {
     unsafe fn switch(from: *mut usize, to: *const usize) {
         // SAFETY: per the trait contract (interrupts off, valid contexts, exclusive).
         unsafe { context_switch(from, to) }
+    }
+}
+
+impl ipl::IplCpu for X86_64 {
+    #[inline]
+    fn ipl_get() -> u8 {
+        cpu::ipl()
+    }
+
+    #[inline]
+    fn ipl_set(level: u8) {
+        cpu::set_ipl(level);
     }
 }

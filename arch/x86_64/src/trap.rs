@@ -9,9 +9,10 @@
 //!    the resulting [`TrapFrame`]. All gates are interrupt gates: IF stays clear until
 //!    `iretq`, so handlers do not nest.
 //! 3. Exceptions (vectors 0..32) go to the fault path: a description and a panic.
-//!    Interrupts (32..256) call the kernel's `intr_enter` hook, the handler registered for
-//!    the vector, send the LAPIC EOI, then call the `intr_exit` hook — the scheduler's
-//!    preemption point, which may switch threads before `iretq`.
+//!    Interrupts (32..256) go to the kernel's interrupt hook: the SPL layer decides whether
+//!    the vector runs now or is recorded as pending (replayed by `splx`); if it runs, the
+//!    kernel calls [`run_handler`], sends the LAPIC EOI and reaches the scheduler's
+//!    interrupt-exit preemption point, which may switch threads before `iretq`.
 //!
 //! Handlers are plain `fn(&mut TrapFrame, &IntrOff)` registered per vector; the table is
 //! written at boot (and later by the interrupt framework) with release stores and read with
@@ -55,12 +56,12 @@ pub struct TrapFrame {
 /// A handler for one interrupt vector. Runs with interrupts disabled.
 pub type Handler = fn(&mut TrapFrame, &IntrOff);
 
-/// Hook run around every interrupt handler.
-pub type Hook = fn(&IntrOff);
+/// The kernel's interrupt path: decides deferral (SPL), runs the handler through
+/// [`run_handler`], sends the EOI, and reaches the scheduler.
+pub type InterruptHook = fn(&mut TrapFrame, &IntrOff);
 
 static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
-static ENTER_HOOK: AtomicUsize = AtomicUsize::new(0);
-static EXIT_HOOK: AtomicUsize = AtomicUsize::new(0);
+static INTERRUPT_HOOK: AtomicUsize = AtomicUsize::new(0);
 static FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// First vector that is an interrupt rather than an exception.
@@ -81,26 +82,20 @@ pub fn register(vector: u8, h: Handler) -> Result<(), RegisterError> {
         return Err(RegisterError::Exception(vector));
     }
     HANDLERS[vector as usize]
-        .compare_exchange(0, h as usize, Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(0, h as *const () as usize, Ordering::AcqRel, Ordering::Acquire)
         .map(|_| ())
         .map_err(|_| RegisterError::Taken(vector))
 }
 
-/// Sets the hooks the scheduler uses to see interrupt entry and exit.
-pub fn set_hooks(enter: Hook, exit: Hook) {
-    ENTER_HOOK.store(enter as usize, Ordering::Release);
-    EXIT_HOOK.store(exit as usize, Ordering::Release);
+/// Sets the kernel's interrupt path (see the module doc). Without one, handlers run
+/// directly and are acknowledged.
+pub fn set_interrupt_hook(hook: InterruptHook) {
+    INTERRUPT_HOOK.store(hook as *const () as usize, Ordering::Release);
 }
 
 /// Sets the function that reports a fatal CPU exception (the kernel panics there).
 pub fn set_fault_hook(f: fn(&TrapFrame) -> !) {
-    FAULT_HOOK.store(f as usize, Ordering::Release);
-}
-
-fn load_hook(slot: &AtomicUsize) -> Option<Hook> {
-    let p = slot.load(Ordering::Acquire);
-    // SAFETY: non-zero values in the hook slots are only ever stored from `Hook` values.
-    (p != 0).then(|| unsafe { core::mem::transmute::<usize, Hook>(p) })
+    FAULT_HOOK.store(f as *const () as usize, Ordering::Release);
 }
 
 /// Called by `trap_common` (entry.s) with interrupts disabled.
@@ -116,20 +111,55 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if vector == apic::SPURIOUS_VECTOR as usize {
         return; // no EOI for spurious interrupts
     }
-    if let Some(enter) = load_hook(&ENTER_HOOK) {
-        enter(&io);
+    let hook = INTERRUPT_HOOK.load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: only `set_interrupt_hook` stores here, from an `InterruptHook`.
+        let hook = unsafe { core::mem::transmute::<usize, InterruptHook>(hook) };
+        hook(frame, &io);
+    } else {
+        run_handler(vector as u8, frame, &io);
+        apic::eoi();
     }
-    let h = HANDLERS[vector].load(Ordering::Acquire);
+}
+
+/// Runs the handler registered for `vector` (interrupts disabled), or reports a stray.
+pub fn run_handler(vector: u8, frame: &mut TrapFrame, io: &IntrOff) {
+    let h = HANDLERS[vector as usize].load(Ordering::Acquire);
     if h != 0 {
         // SAFETY: non-zero handler slots hold `Handler` values (see `register`).
         let h = unsafe { core::mem::transmute::<usize, Handler>(h) };
-        h(frame, &io);
+        h(frame, io);
     } else {
         crate::kprintln!("trap: stray interrupt on vector {vector:#x} (cpu {})", crate::cpu::index());
     }
-    apic::eoi();
-    if let Some(exit) = load_hook(&EXIT_HOOK) {
-        exit(&io);
+}
+
+/// A frame for replaying a deferred interrupt from thread context: the vector is real, the
+/// registers are not (handlers of deferred vectors must not depend on them).
+pub fn replay_frame(vector: u8) -> TrapFrame {
+    TrapFrame {
+        r15: 0,
+        r14: 0,
+        r13: 0,
+        r12: 0,
+        r11: 0,
+        r10: 0,
+        r9: 0,
+        r8: 0,
+        rbp: 0,
+        rdi: 0,
+        rsi: 0,
+        rdx: 0,
+        rcx: 0,
+        rbx: 0,
+        rax: 0,
+        vector: vector as u64,
+        error: 0,
+        rip: 0,
+        cs: 0x08,
+        rflags: 0,
+        rsp: 0,
+        ss: 0x10,
     }
 }
 

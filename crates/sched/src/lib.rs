@@ -55,7 +55,7 @@ pub use event::Event;
 pub use pri::{Priority, NPRI};
 pub use runq::RunQueue;
 pub use spin::{SpinGuard, SpinLock};
-pub use thread::{JoinHandle, Thread, ThreadState};
+pub use thread::{HeldLocks, JoinHandle, Thread, ThreadState, MAX_HELD_LOCKS};
 use thread::{JoinState, BLOCKED, DEAD, RUNNING, SLEEPING, UNBOUND};
 
 /// Clock ticks a thread may run before an equal-priority thread gets the CPU.
@@ -89,6 +89,8 @@ pub struct CpuSched<M: Machine> {
     /// The priority of the thread on this CPU, read by other CPUs for placement.
     cur_pri: AtomicU8,
     cur_idle: AtomicBool,
+    /// Address of the thread on this CPU (for `is_running`: never dereferenced).
+    running: AtomicUsize,
     need_resched: AtomicBool,
     slice_expired: AtomicBool,
     slice_left: AtomicU32,
@@ -122,6 +124,7 @@ impl<M: Machine> CpuSched<M> {
             nqueued: AtomicUsize::new(0),
             cur_pri: AtomicU8::new(0),
             cur_idle: AtomicBool::new(true),
+            running: AtomicUsize::new(0),
             need_resched: AtomicBool::new(false),
             slice_expired: AtomicBool::new(false),
             slice_left: AtomicU32::new(TIMESLICE_TICKS),
@@ -165,6 +168,10 @@ pub struct Scheduler<M: Machine> {
     /// Earliest deadline in `sleepers` (u64::MAX when empty), read without the lock by `tick`.
     next_deadline: AtomicU64,
     live_threads: AtomicUsize,
+    /// `fn(&IntrOff) -> bool`: may the current thread be preempted now (0: always)?
+    preempt_gate: AtomicUsize,
+    /// `fn()`: called before a thread blocks (the lock checker's sleep check; 0: none).
+    sleep_check: AtomicUsize,
 }
 
 impl<M: Machine> Default for Scheduler<M> {
@@ -182,6 +189,8 @@ impl<M: Machine> Scheduler<M> {
             sleepers: SpinLock::new(Vec::new()),
             next_deadline: AtomicU64::new(u64::MAX),
             live_threads: AtomicUsize::new(0),
+            preempt_gate: AtomicUsize::new(0),
+            sleep_check: AtomicUsize::new(0),
         }
     }
 
@@ -215,6 +224,7 @@ impl<M: Machine> Scheduler<M> {
             start: UnsafeCell::new(None),
             rq_link: LinkedListAtomicLink::new(),
             join: SpinLock::new(JoinState { exited: false, joiner: None }),
+            held: SpinLock::new(thread::HeldLocks::new()),
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
             last_on_ns: AtomicU64::new(M::now_ns()),
@@ -239,6 +249,7 @@ impl<M: Machine> Scheduler<M> {
         local.current = Some(idle);
         c.cur_pri.store(Priority::IDLE.get(), Ordering::Relaxed);
         c.cur_idle.store(true, Ordering::Relaxed);
+        c.running.store(M::curthread() as usize, Ordering::Relaxed);
         c.online.store(true, Ordering::Release);
     }
 
@@ -428,8 +439,26 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
+    /// Sets the hooks the layers above use: `preempt_gate` answers whether the current thread
+    /// may be preempted now (the SPL layer says no above `IPL_NONE` and remembers to come
+    /// back); `sleep_check` runs before a thread blocks (the lock checker).
+    pub fn set_hooks(&self, preempt_gate: fn(&IntrOff) -> bool, sleep_check: fn()) {
+        self.preempt_gate.store(preempt_gate as *const () as usize, Ordering::Release);
+        self.sleep_check.store(sleep_check as *const () as usize, Ordering::Release);
+    }
+
+    fn gate_open(&self, io: &IntrOff) -> bool {
+        let g = self.preempt_gate.load(Ordering::Acquire);
+        if g == 0 {
+            return true;
+        }
+        // SAFETY: only `set_hooks` stores here, from a `fn(&IntrOff) -> bool`.
+        let g = unsafe { core::mem::transmute::<usize, fn(&IntrOff) -> bool>(g) };
+        g(io)
+    }
+
     /// Switches away now if this CPU was asked to reschedule and we may be preempted.
-    fn preempt_check(&'static self) {
+    pub fn preempt_check(&'static self) {
         if !M::intr_enabled() {
             return; // the caller's interrupt-disabled section ends in an interrupt or schedule
         }
@@ -438,6 +467,7 @@ impl<M: Machine> Scheduler<M> {
         if c.need_resched.load(Ordering::Relaxed)
             && c.intr_depth.load(Ordering::Relaxed) == 0
             && self.current().preempt_count.load(Ordering::Relaxed) == 0
+            && self.gate_open(&io)
         {
             self.schedule(Reason::Preempt, &io);
         }
@@ -473,12 +503,14 @@ impl<M: Machine> Scheduler<M> {
 
     /// Second half: leave the CPU until a wakeup (returns at once if one already came).
     pub fn sleep_commit(&'static self, proof: &IntrOff) {
+        self.run_sleep_check();
         self.schedule(Reason::Block, proof);
     }
 
     /// Like [`Scheduler::sleep_commit`], but a timeout wakes the thread at `deadline_ns`
     /// (`u64::MAX`: no timeout). Returns early on any wakeup; callers re-check.
     pub fn sleep_commit_deadline(&'static self, deadline_ns: u64, proof: &IntrOff) {
+        self.run_sleep_check();
         if deadline_ns != u64::MAX {
             let mut s = self.sleepers.lock(proof);
             s.push((deadline_ns, self.current_arc()));
@@ -489,6 +521,56 @@ impl<M: Machine> Scheduler<M> {
             // Woken (or timed out): drop our timeout entry so the list stays short.
             let me = M::curthread() as *const Thread<M>;
             self.sleepers.lock(proof).retain(|(_, t)| !core::ptr::eq(Arc::as_ptr(t), me));
+        }
+    }
+
+    fn run_sleep_check(&self) {
+        let f = self.sleep_check.load(Ordering::Acquire);
+        if f != 0 {
+            // SAFETY: only `set_hooks` stores here, from a `fn()`.
+            let f = unsafe { core::mem::transmute::<usize, fn()>(f) };
+            f();
+        }
+    }
+
+    /// Whether the thread at address `t` is on some CPU right now. The address is only
+    /// compared, never dereferenced, so it is safe to ask about a thread that may have
+    /// exited (the adaptive mutex asks about a lock owner it holds no reference to).
+    pub fn is_running(&self, t: *const ()) -> bool {
+        let t = t as usize;
+        (0..M::ncpus()).any(|c| self.cpus[c].running.load(Ordering::Relaxed) == t)
+    }
+
+    /// Changes a thread's effective priority (priority inheritance lends and withdraws
+    /// through here): requeues it if it waits in a run queue, and asks its CPU to reschedule
+    /// if the change makes something else more urgent there.
+    pub fn set_priority(&'static self, t: &Thread<M>, pri: Priority) {
+        let io = M::intr_disable();
+        loop {
+            let cpu = t.cpu.load(Ordering::Acquire);
+            let c = &self.cpus[cpu];
+            let mut rq = c.rq.lock(&io);
+            if t.cpu.load(Ordering::Acquire) != cpu {
+                continue; // moved while we took the lock
+            }
+            if let Some(queued) = rq.remove(t) {
+                t.pri.store(pri.get(), Ordering::Relaxed);
+                rq.push_back(queued);
+                drop(rq);
+                if pri.get() > c.cur_pri.load(Ordering::Relaxed) {
+                    self.kick(cpu);
+                }
+                return;
+            }
+            let old = t.pri.swap(pri.get(), Ordering::Relaxed);
+            if c.running.load(Ordering::Relaxed) == t as *const Thread<M> as usize {
+                c.cur_pri.store(pri.get(), Ordering::Relaxed);
+                if pri.get() < old && rq.highest().is_some_and(|h| h > pri) {
+                    drop(rq);
+                    self.kick(cpu);
+                }
+            }
+            return;
         }
     }
 
@@ -566,6 +648,9 @@ impl<M: Machine> Scheduler<M> {
         let me = self.current_arc();
         assert!(!me.is_idle, "an idle thread cannot exit");
         let io = M::intr_disable();
+        // Dead and uncounted before the joiner can run: whoever `join` returns to sees it so.
+        self.live_threads.fetch_sub(1, Ordering::Relaxed);
+        me.state.store(DEAD, Ordering::SeqCst);
         let joiner = {
             let mut j = me.join.lock(&io);
             j.exited = true;
@@ -574,8 +659,6 @@ impl<M: Machine> Scheduler<M> {
         if let Some(w) = joiner {
             self.wakeup_locked(&w, &io);
         }
-        self.live_threads.fetch_sub(1, Ordering::Relaxed);
-        me.state.store(DEAD, Ordering::SeqCst);
         drop(me);
         self.schedule(Reason::Exit, &io);
         unreachable!("a dead thread was switched back in");
@@ -594,6 +677,7 @@ impl<M: Machine> Scheduler<M> {
         if depth == 0
             && c.need_resched.load(Ordering::Relaxed)
             && self.current().preempt_count.load(Ordering::Relaxed) == 0
+            && self.gate_open(proof)
         {
             self.schedule(Reason::Preempt, proof);
         }
@@ -719,6 +803,7 @@ impl<M: Machine> Scheduler<M> {
         let from = prev.ctx.get();
         let to = next.ctx.get() as *const M::Context;
         M::set_curthread(Arc::as_ptr(&next) as *const (), _proof);
+        c.running.store(Arc::as_ptr(&next) as usize, Ordering::Relaxed);
         local.current = Some(next);
         local.prev = Some(prev);
         local.prev_migrate_to = migrate_to;

@@ -62,6 +62,57 @@ pub enum ThreadState {
     Dead,
 }
 
+/// Most locks one thread can hold at once as far as the lock checker tracks them.
+pub const MAX_HELD_LOCKS: usize = 32;
+
+/// The locks a thread holds, as the lock layer's checker records them: pairs of (lock
+/// address, checker data). Written by the thread itself (and by interrupt handlers running on
+/// its CPU, which release what they take before returning); read by `ps`-like reporting.
+pub struct HeldLocks {
+    len: usize,
+    slots: [(usize, usize); MAX_HELD_LOCKS],
+}
+
+impl HeldLocks {
+    pub(crate) const fn new() -> Self {
+        HeldLocks { len: 0, slots: [(0, 0); MAX_HELD_LOCKS] }
+    }
+
+    /// Records a lock; `false` if the table is full (the checker reports that).
+    pub fn push(&mut self, lock: usize, data: usize) -> bool {
+        if self.len == MAX_HELD_LOCKS {
+            return false;
+        }
+        self.slots[self.len] = (lock, data);
+        self.len += 1;
+        true
+    }
+
+    /// Forgets the most recent record of `lock`; returns its data, or `None` if not held.
+    pub fn remove(&mut self, lock: usize) -> Option<usize> {
+        let i = self.slots[..self.len].iter().rposition(|&(l, _)| l == lock)?;
+        let data = self.slots[i].1;
+        self.slots.copy_within(i + 1..self.len, i);
+        self.len -= 1;
+        Some(data)
+    }
+
+    /// The records, oldest first.
+    pub fn as_slice(&self) -> &[(usize, usize)] {
+        &self.slots[..self.len]
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no lock is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 pub(crate) struct JoinState<M: Machine> {
     pub(crate) exited: bool,
     pub(crate) joiner: Option<Arc<Thread<M>>>,
@@ -88,6 +139,8 @@ pub struct Thread<M: Machine> {
     pub(crate) start: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     pub(crate) rq_link: LinkedListAtomicLink,
     pub(crate) join: SpinLock<JoinState<M>>,
+    /// Locks held, for the lock checker.
+    pub(crate) held: SpinLock<HeldLocks>,
     /// Context switches onto this thread.
     pub(crate) switches: AtomicU64,
     /// Nanoseconds spent on a CPU, summed at each switch away.
@@ -160,6 +213,11 @@ impl<M: Machine> Thread<M> {
     /// Number of times a CPU switched to this thread.
     pub fn switch_count(&self) -> u64 {
         self.switches.load(Ordering::Relaxed)
+    }
+
+    /// The lock checker's record of the locks this thread holds (take with interrupts off).
+    pub fn held_locks(&self) -> &SpinLock<HeldLocks> {
+        &self.held
     }
 
     /// Time spent on a CPU up to its last switch away, in nanoseconds.

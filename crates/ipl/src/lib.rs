@@ -1,0 +1,465 @@
+//! # Interrupt priority levels (SPL), the deferred model
+//!
+//! Levels, lowest first: `NONE < SOFTCLOCK < SOFTBIO < SOFTNET < SOFTSERIAL < VM < SCHED <
+//! HIGH` (clock-class hardware sits at `SCHED`, serial/IPI-class at `HIGH`). Each level maps
+//! onto a scheduling priority ([`Ipl::priority`]) at the top of the scheduler's range, where the
+//! interrupt threads of issue #4 will run.
+//!
+//! ## Protocol
+//!
+//! * **Raising is a write.** [`SplState::splraise`] reads this CPU's level and, if the new one is
+//!   higher, stores it — one `%gs`-relative load and store on x86_64 ([`IplCpu`]); no `cli`,
+//!   no APIC access. Interrupts stay enabled in hardware.
+//! * **Deferral.** Every interrupt's entry code calls [`SplState::intr_arrive`] with its vector
+//!   (interrupts disabled). If the vector's level is at or below the CPU's level, the vector is
+//!   recorded in this CPU's [`PendingQueue`] and the entry code acknowledges the hardware (EOI;
+//!   a level-triggered source must also be masked by the arch hook) and returns without running
+//!   the handler. Otherwise the handler runs at the vector's level and [`SplState::intr_done`]
+//!   puts the old level back.
+//! * **Replay.** [`SplState::splx`] stores the lower level, then checks one per-CPU word of
+//!   pending levels against a table entry; only if something is pending above the new level
+//!   does it take the slow path, which disables interrupts and replays the pending vectors
+//!   highest level first, each at its own level, through the replay hook the kernel
+//!   registered (the same handler path as a live interrupt).
+//! * **Preemption.** A thread is never preempted while its CPU is above `NONE` (the kernel's
+//!   interrupt-exit hook asks [`SplState::may_preempt`]). A reschedule request that arrives
+//!   then is recorded as the pseudo-pending bit `PREEMPT`, which only a drop to `NONE`
+//!   replays, through the preempt hook. So a thread keeps its CPU — and this CPU's level stays
+//!   its own — from `splraise` to `splx`, and a per-CPU level is the thread's level.
+//! * **Spin mutex nesting** (NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`):
+//!   [`SplState::spin_enter`] raises the level and remembers the level from before the
+//!   *outermost* spin mutex; [`SplState::spin_exit`] restores it when the last one is released.
+//!   Spin mutexes may be released in any order; the level only drops at the end.
+//! * Per-CPU state is touched only by its own CPU: the level through [`IplCpu`], the pending
+//!   queue with interrupts disabled (entry code, replay) or by atomic loads (the `splx` check).
+#![no_std]
+
+use core::fmt;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use machine::{IntrOff, Machine};
+use sched::Priority;
+
+/// An interrupt priority level.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+#[repr(u8)]
+pub enum Ipl {
+    /// Nothing blocked; threads may be preempted.
+    None = 0,
+    /// Soft clock interrupts (callouts).
+    SoftClock = 1,
+    /// Soft block-I/O completion.
+    SoftBio = 2,
+    /// Soft network processing.
+    SoftNet = 3,
+    /// Soft serial line processing.
+    SoftSerial = 4,
+    /// Virtual memory and most hardware devices: the highest level with interrupt threads.
+    Vm = 5,
+    /// The clock and the scheduler.
+    Sched = 6,
+    /// Everything (serial-class hardware, IPIs).
+    High = 7,
+}
+
+/// Number of levels.
+pub const NIPL: usize = 8;
+
+/// All levels, lowest first.
+pub const ALL: [Ipl; NIPL] =
+    [Ipl::None, Ipl::SoftClock, Ipl::SoftBio, Ipl::SoftNet, Ipl::SoftSerial, Ipl::Vm, Ipl::Sched, Ipl::High];
+
+impl Ipl {
+    /// The level from its number.
+    pub const fn from_u8(v: u8) -> Option<Ipl> {
+        if (v as usize) < NIPL {
+            Some(ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// The level's name as NetBSD spells it (`IPL_VM`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Ipl::None => "IPL_NONE",
+            Ipl::SoftClock => "IPL_SOFTCLOCK",
+            Ipl::SoftBio => "IPL_SOFTBIO",
+            Ipl::SoftNet => "IPL_SOFTNET",
+            Ipl::SoftSerial => "IPL_SOFTSERIAL",
+            Ipl::Vm => "IPL_VM",
+            Ipl::Sched => "IPL_SCHED",
+            Ipl::High => "IPL_HIGH",
+        }
+    }
+
+    /// The scheduling priority of a thread that serves this level (`None` for `IPL_NONE`:
+    /// ordinary threads keep their own). Soft levels map into the soft-interrupt band, hard
+    /// levels into the interrupt band, four priorities apart.
+    pub const fn priority(self) -> Option<Priority> {
+        let p = match self {
+            Ipl::None => return None,
+            Ipl::SoftClock => Priority::SOFTINT_BASE.get(),
+            Ipl::SoftBio => Priority::SOFTINT_BASE.get() + 4,
+            Ipl::SoftNet => Priority::SOFTINT_BASE.get() + 8,
+            Ipl::SoftSerial => Priority::SOFTINT_BASE.get() + 12,
+            Ipl::Vm => Priority::INTR_BASE.get(),
+            Ipl::Sched => Priority::INTR_BASE.get() + 8,
+            Ipl::High => Priority::INTR_BASE.get() + 12,
+        };
+        Priority::new(p)
+    }
+}
+
+impl fmt::Display for Ipl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a CPU provides for SPL: its current level in per-CPU memory, reached without
+/// migration windows (one `%gs`-relative instruction on x86_64).
+pub trait IplCpu: Machine {
+    /// This CPU's level.
+    fn ipl_get() -> u8;
+    /// Sets this CPU's level.
+    fn ipl_set(level: u8);
+}
+
+/// A saved level, returned by `splraise` and consumed by `splx`.
+#[must_use = "a raised SPL must be lowered with splx"]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Spl(u8);
+
+impl Spl {
+    /// The saved level.
+    pub fn ipl(self) -> Ipl {
+        Ipl::from_u8(self.0).unwrap_or(Ipl::High)
+    }
+}
+
+/// `levels` bit of the pseudo-pending preemption (replayed only at `IPL_NONE`).
+const PREEMPT_BIT: u32 = 1 << 0;
+
+/// `ABOVE[l]`: the `levels` bits that a drop to level `l` must replay.
+const ABOVE: [u32; NIPL] = {
+    let mut t = [0u32; NIPL];
+    let mut l = 0;
+    while l < NIPL {
+        // Bits l+1 ..= 7 are levels above l.
+        t[l] = (0xFFu32 << (l + 1)) & 0xFF;
+        l += 1;
+    }
+    t[0] |= PREEMPT_BIT;
+    t
+};
+
+/// Vector table value of a vector that is never deferred (e.g. the panic-stop IPI).
+pub const NEVER_DEFER: u8 = 0xFF;
+
+/// One CPU's deferred interrupts: a bit per vector and a summary bit per level.
+pub struct PendingQueue {
+    /// Bit `l` (1..=7): some vector of level `l` is pending. Bit 0: a preemption is pending.
+    levels: AtomicU32,
+    vectors: [AtomicU64; 4],
+    /// Spin mutexes held on this CPU.
+    spin_count: AtomicU32,
+    /// Level before the outermost spin mutex.
+    spin_oldspl: AtomicU8,
+    /// Deferred interrupts recorded (statistics).
+    deferred: AtomicU64,
+    /// Deferred interrupts replayed (statistics).
+    replayed: AtomicU64,
+}
+
+impl PendingQueue {
+    const fn new() -> Self {
+        PendingQueue {
+            levels: AtomicU32::new(0),
+            vectors: [const { AtomicU64::new(0) }; 4],
+            spin_count: AtomicU32::new(0),
+            spin_oldspl: AtomicU8::new(0),
+            deferred: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counters of one CPU's SPL activity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SplStats {
+    /// Interrupts that arrived at or below the CPU's level and were recorded.
+    pub deferred: u64,
+    /// Recorded interrupts later run by `splx`.
+    pub replayed: u64,
+}
+
+/// What the entry code does with an interrupt that arrived.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arrival {
+    /// Run the handler now; call `intr_done(old)` afterwards.
+    Run {
+        /// The level to restore.
+        old: u8,
+    },
+    /// Recorded as pending: acknowledge the hardware and return.
+    Deferred,
+}
+
+/// Runs one deferred vector (interrupts disabled, level already set to the vector's).
+pub type ReplayHook = fn(vector: u8, proof: &IntrOff);
+/// Called (interrupts enabled, level `NONE`) when a deferred preemption is replayed.
+pub type PreemptHook = fn();
+
+/// The SPL state of every CPU, and the level of every vector.
+pub struct SplState<M: IplCpu> {
+    cpus: [PendingQueue; sched::MAX_CPUS],
+    vector_ipl: [AtomicU8; 256],
+    replay: AtomicUsize,
+    preempt: AtomicUsize,
+    _m: core::marker::PhantomData<M>,
+}
+
+impl<M: IplCpu> Default for SplState<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M: IplCpu> SplState<M> {
+    /// No vector has a level yet (all run at `IPL_HIGH`) and no hook is set.
+    pub const fn new() -> Self {
+        SplState {
+            cpus: [const { PendingQueue::new() }; sched::MAX_CPUS],
+            vector_ipl: [const { AtomicU8::new(Ipl::High as u8) }; 256],
+            replay: AtomicUsize::new(0),
+            preempt: AtomicUsize::new(0),
+            _m: core::marker::PhantomData,
+        }
+    }
+
+    /// Sets the functions that replay a vector and a deferred preemption.
+    pub fn set_hooks(&self, replay: ReplayHook, preempt: PreemptHook) {
+        self.replay.store(replay as *const () as usize, Ordering::Release);
+        self.preempt.store(preempt as *const () as usize, Ordering::Release);
+    }
+
+    /// Declares the level of a vector (`None`: never deferred).
+    pub fn set_vector_ipl(&self, vector: u8, ipl: Option<Ipl>) {
+        self.vector_ipl[vector as usize].store(ipl.map_or(NEVER_DEFER, |l| l as u8), Ordering::Release);
+    }
+
+    /// The level of a vector (`None`: never deferred).
+    pub fn vector_ipl(&self, vector: u8) -> Option<Ipl> {
+        Ipl::from_u8(self.vector_ipl[vector as usize].load(Ordering::Relaxed))
+    }
+
+    /// This CPU's level.
+    #[inline]
+    pub fn current(&self) -> Ipl {
+        Ipl::from_u8(M::ipl_get()).unwrap_or(Ipl::High)
+    }
+
+    /// Raises this CPU's level to at least `ipl`; returns the previous level.
+    #[inline]
+    pub fn splraise(&self, ipl: Ipl) -> Spl {
+        let old = M::ipl_get();
+        if (ipl as u8) > old {
+            M::ipl_set(ipl as u8);
+        }
+        Spl(old)
+    }
+
+    /// Raises to `ipl` and returns a guard that lowers on drop.
+    #[inline]
+    pub fn raise(&self, ipl: Ipl) -> SplGuard<'_, M> {
+        SplGuard { state: self, saved: self.splraise(ipl) }
+    }
+
+    /// Sets this CPU's level back to `s`, replaying interrupts left pending above it.
+    #[inline]
+    pub fn splx(&self, s: Spl) {
+        M::ipl_set(s.0);
+        let q = &self.cpus[M::cpu_index()];
+        if q.levels.load(Ordering::Relaxed) & ABOVE[s.0 as usize] != 0 {
+            self.replay_pending(s.0);
+        }
+    }
+
+    #[cold]
+    fn replay_pending(&self, to: u8) {
+        let mut preempt = false;
+        {
+            let io = M::intr_disable();
+            let q = &self.cpus[M::cpu_index()];
+            loop {
+                let pending = q.levels.load(Ordering::Relaxed) & ABOVE[to as usize];
+                if pending == 0 {
+                    break;
+                }
+                let top = 31 - pending.leading_zeros();
+                if top == 0 {
+                    q.levels.fetch_and(!PREEMPT_BIT, Ordering::Relaxed);
+                    preempt = true;
+                    continue;
+                }
+                match self.take_vector(q, top as u8) {
+                    Some(v) => {
+                        q.replayed.fetch_add(1, Ordering::Relaxed);
+                        M::ipl_set(top as u8);
+                        let hook = self.replay.load(Ordering::Acquire);
+                        if hook != 0 {
+                            // SAFETY: only `set_hooks` stores into `replay`, from a `ReplayHook`.
+                            let hook = unsafe { core::mem::transmute::<usize, ReplayHook>(hook) };
+                            hook(v, &io);
+                        }
+                        M::ipl_set(to);
+                    }
+                    None => {
+                        q.levels.fetch_and(!(1 << top), Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if preempt {
+            let hook = self.preempt.load(Ordering::Acquire);
+            if hook != 0 {
+                // SAFETY: only `set_hooks` stores into `preempt`, from a `PreemptHook`.
+                let hook = unsafe { core::mem::transmute::<usize, PreemptHook>(hook) };
+                hook();
+            }
+        }
+    }
+
+    /// Removes one pending vector of `level` (the highest-numbered first), clearing the level's
+    /// summary bit when it was the last. Interrupts disabled, own CPU.
+    fn take_vector(&self, q: &PendingQueue, level: u8) -> Option<u8> {
+        let mut found = None;
+        let mut more = false;
+        for w in (0..4).rev() {
+            let mut bits = q.vectors[w].load(Ordering::Relaxed);
+            while bits != 0 {
+                let b = 63 - bits.leading_zeros() as usize;
+                bits &= !(1u64 << b);
+                let v = (w * 64 + b) as u8;
+                if self.vector_ipl[v as usize].load(Ordering::Relaxed) == level {
+                    if found.is_none() {
+                        q.vectors[w].fetch_and(!(1u64 << b), Ordering::Relaxed);
+                        found = Some(v);
+                    } else {
+                        more = true;
+                        break;
+                    }
+                }
+            }
+            if more {
+                break;
+            }
+        }
+        if !more {
+            q.levels.fetch_and(!(1 << level), Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Called by interrupt entry code, interrupts disabled: run now, or record as pending.
+    #[inline]
+    pub fn intr_arrive(&self, vector: u8, _proof: &IntrOff) -> Arrival {
+        let level = self.vector_ipl[vector as usize].load(Ordering::Relaxed);
+        let cur = M::ipl_get();
+        if level == NEVER_DEFER {
+            return Arrival::Run { old: cur };
+        }
+        if level <= cur {
+            let q = &self.cpus[M::cpu_index()];
+            q.vectors[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::Relaxed);
+            q.levels.fetch_or(1 << level, Ordering::Relaxed);
+            q.deferred.fetch_add(1, Ordering::Relaxed);
+            return Arrival::Deferred;
+        }
+        M::ipl_set(level);
+        Arrival::Run { old: cur }
+    }
+
+    /// After a handler run by `intr_arrive`: restores the level (interrupts still disabled, so
+    /// nothing new can be pending above it).
+    #[inline]
+    pub fn intr_done(&self, old: u8, _proof: &IntrOff) {
+        M::ipl_set(old);
+    }
+
+    /// Whether the interrupted thread may be preempted now (its CPU is at `IPL_NONE`). If not,
+    /// records a pending preemption for the drop to `IPL_NONE`.
+    pub fn may_preempt(&self, _proof: &IntrOff) -> bool {
+        if M::ipl_get() == Ipl::None as u8 {
+            return true;
+        }
+        self.cpus[M::cpu_index()].levels.fetch_or(PREEMPT_BIT, Ordering::Relaxed);
+        false
+    }
+
+    /// Raises to `ipl` for a spin mutex; remembers the level before the outermost one.
+    #[inline]
+    pub fn spin_enter(&self, ipl: Ipl) {
+        let s = self.splraise(ipl);
+        // At a raised level we cannot migrate: the CPU index is stable from here.
+        let q = &self.cpus[M::cpu_index()];
+        if q.spin_count.fetch_add(1, Ordering::Relaxed) == 0 {
+            q.spin_oldspl.store(s.0, Ordering::Relaxed);
+        }
+    }
+
+    /// Releases one spin mutex's hold on the level; the outermost restores it.
+    #[inline]
+    pub fn spin_exit(&self) {
+        let q = &self.cpus[M::cpu_index()];
+        let n = q.spin_count.fetch_sub(1, Ordering::Relaxed);
+        assert!(n > 0, "spin_exit without spin_enter");
+        if n == 1 {
+            let s = Spl(q.spin_oldspl.load(Ordering::Relaxed));
+            self.splx(s);
+        }
+    }
+
+    /// Spin mutexes held on this CPU.
+    pub fn spin_count(&self) -> u32 {
+        self.cpus[M::cpu_index()].spin_count.load(Ordering::Relaxed)
+    }
+
+    /// Counters of `cpu`.
+    pub fn stats(&self, cpu: usize) -> SplStats {
+        let q = &self.cpus[cpu];
+        SplStats {
+            deferred: q.deferred.load(Ordering::Relaxed),
+            replayed: q.replayed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether `vector` is pending on this CPU.
+    pub fn is_pending(&self, vector: u8) -> bool {
+        let q = &self.cpus[M::cpu_index()];
+        q.vectors[vector as usize / 64].load(Ordering::Relaxed) & (1 << (vector % 64)) != 0
+    }
+}
+
+/// Lowers the level on drop (the guard form of `splraise`/`splx`).
+pub struct SplGuard<'a, M: IplCpu> {
+    state: &'a SplState<M>,
+    saved: Spl,
+}
+
+impl<M: IplCpu> SplGuard<'_, M> {
+    /// The level that will be restored.
+    pub fn saved(&self) -> Ipl {
+        self.saved.ipl()
+    }
+}
+
+impl<M: IplCpu> Drop for SplGuard<'_, M> {
+    fn drop(&mut self) {
+        self.state.splx(self.saved);
+    }
+}
+
+#[cfg(test)]
+mod tests;

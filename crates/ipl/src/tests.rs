@@ -1,0 +1,235 @@
+//! Host tests of the SPL protocol on a one-CPU host machine (each test thread is its own CPU:
+//! the level and the interrupt flag are thread-local).
+
+extern crate std;
+
+use std::cell::{Cell, RefCell};
+use std::vec::Vec;
+
+use super::*;
+
+std::thread_local! {
+    static LEVEL: Cell<u8> = const { Cell::new(0) };
+    static INTR_ON: Cell<bool> = const { Cell::new(true) };
+    static LOG: RefCell<Vec<(u8, u8)>> = const { RefCell::new(Vec::new()) };
+    static PREEMPTS: Cell<u32> = const { Cell::new(0) };
+}
+
+struct OneCpu;
+
+fn restore(on: bool) {
+    INTR_ON.with(|f| f.set(on));
+}
+
+impl Machine for OneCpu {
+    type Context = ();
+    const MAX_CPUS: usize = 1;
+    fn cpu_index() -> usize {
+        0
+    }
+    fn ncpus() -> usize {
+        1
+    }
+    fn curthread() -> *const () {
+        core::ptr::null()
+    }
+    fn set_curthread(_t: *const (), _p: &IntrOff) {}
+    fn intr_disable() -> IntrOff {
+        let was = INTR_ON.with(|f| f.replace(false));
+        // SAFETY: the thread-local flag is this host CPU's interrupt flag, now cleared;
+        // `restore` puts `was` back.
+        unsafe { IntrOff::new_unchecked(was, restore) }
+    }
+    unsafe fn intr_enable() {
+        restore(true);
+    }
+    fn intr_enabled() -> bool {
+        INTR_ON.with(|f| f.get())
+    }
+    fn wait_for_interrupt(_p: &IntrOff) {}
+    fn send_resched(_cpu: usize) {}
+    fn now_ns() -> u64 {
+        0
+    }
+    fn new_context(_s: usize, _e: extern "C" fn(usize) -> !, _a: usize) {}
+    fn empty_context() {}
+    unsafe fn switch(_from: *mut (), _to: *const ()) {
+        panic!("the SPL tests never switch threads");
+    }
+}
+
+impl IplCpu for OneCpu {
+    fn ipl_get() -> u8 {
+        LEVEL.with(|l| l.get())
+    }
+    fn ipl_set(level: u8) {
+        LEVEL.with(|l| l.set(level));
+    }
+}
+
+fn replay_hook(vector: u8, _p: &IntrOff) {
+    assert!(!OneCpu::intr_enabled(), "replay must run with interrupts disabled");
+    LOG.with(|l| l.borrow_mut().push((vector, OneCpu::ipl_get())));
+}
+
+fn preempt_hook() {
+    assert_eq!(OneCpu::ipl_get(), 0);
+    PREEMPTS.with(|p| p.set(p.get() + 1));
+}
+
+fn state() -> &'static SplState<OneCpu> {
+    let s: &'static SplState<OneCpu> = std::boxed::Box::leak(std::boxed::Box::new(SplState::new()));
+    s.set_hooks(replay_hook, preempt_hook);
+    s.set_vector_ipl(0x40, Some(Ipl::SoftNet));
+    s.set_vector_ipl(0x41, Some(Ipl::SoftNet));
+    s.set_vector_ipl(0x50, Some(Ipl::Vm));
+    s.set_vector_ipl(0x60, Some(Ipl::Sched));
+    s.set_vector_ipl(0xF2, None);
+    s
+}
+
+fn log() -> Vec<(u8, u8)> {
+    LOG.with(|l| l.take())
+}
+
+/// Simulates a hardware interrupt arriving now: returns whether the handler ran.
+fn interrupt(s: &SplState<OneCpu>, vector: u8) -> bool {
+    let io = OneCpu::intr_disable();
+    match s.intr_arrive(vector, &io) {
+        Arrival::Run { old } => {
+            LOG.with(|l| l.borrow_mut().push((vector, OneCpu::ipl_get())));
+            s.intr_done(old, &io);
+            true
+        }
+        Arrival::Deferred => false,
+    }
+}
+
+#[test]
+fn levels_are_ordered_and_map_to_interrupt_priorities() {
+    for w in ALL.windows(2) {
+        assert!(w[0] < w[1]);
+    }
+    assert_eq!(Ipl::None.priority(), None);
+    let mut last = Priority::KTHREAD;
+    for l in &ALL[1..] {
+        let p = l.priority().unwrap();
+        assert!(p > last, "{l} maps to {p}, not above {last}");
+        assert!(p >= Priority::SOFTINT_BASE);
+        last = p;
+    }
+    assert!(Ipl::Vm.priority().unwrap() >= Priority::INTR_BASE);
+    assert_eq!(Ipl::from_u8(8), None);
+    assert_eq!(Ipl::Vm.name(), "IPL_VM");
+}
+
+#[test]
+fn nesting_restores_each_level() {
+    let s = state();
+    let a = s.splraise(Ipl::SoftNet);
+    assert_eq!(s.current(), Ipl::SoftNet);
+    let b = s.splraise(Ipl::Vm);
+    let c = s.splraise(Ipl::SoftBio); // lower: no change
+    assert_eq!(s.current(), Ipl::Vm);
+    assert_eq!(c.ipl(), Ipl::Vm);
+    s.splx(c);
+    assert_eq!(s.current(), Ipl::Vm);
+    s.splx(b);
+    assert_eq!(s.current(), Ipl::SoftNet);
+    s.splx(a);
+    assert_eq!(s.current(), Ipl::None);
+    {
+        let _g = s.raise(Ipl::High);
+        assert_eq!(s.current(), Ipl::High);
+        let _h = s.raise(Ipl::Vm);
+        assert_eq!(s.current(), Ipl::High);
+    }
+    assert_eq!(s.current(), Ipl::None);
+}
+
+#[test]
+fn interrupts_at_or_below_the_level_are_deferred_and_replayed_highest_first() {
+    let s = state();
+    let outer = s.splraise(Ipl::SoftNet);
+    let inner = s.splraise(Ipl::Vm);
+    assert!(!interrupt(s, 0x40), "SOFTNET vector ran at IPL_VM");
+    assert!(!interrupt(s, 0x50), "VM vector ran at IPL_VM");
+    assert!(interrupt(s, 0x60), "SCHED vector deferred at IPL_VM");
+    assert!(interrupt(s, 0xF2), "never-deferred vector deferred");
+    assert_eq!(log(), [(0x60, Ipl::Sched as u8), (0xF2, Ipl::Vm as u8)]);
+    assert!(s.is_pending(0x40) && s.is_pending(0x50));
+    // Dropping to SOFTNET replays the VM vector only, at IPL_VM.
+    s.splx(inner);
+    assert_eq!(log(), [(0x50, Ipl::Vm as u8)]);
+    assert!(s.is_pending(0x40) && !s.is_pending(0x50));
+    assert!(!interrupt(s, 0x41));
+    // Dropping to NONE replays both SOFTNET vectors, at IPL_SOFTNET.
+    s.splx(outer);
+    let mut l = log();
+    l.sort();
+    assert_eq!(l, [(0x40, Ipl::SoftNet as u8), (0x41, Ipl::SoftNet as u8)]);
+    assert_eq!(s.current(), Ipl::None);
+    assert!(OneCpu::intr_enabled(), "replay left interrupts disabled");
+    assert_eq!(s.stats(0), SplStats { deferred: 3, replayed: 3 });
+}
+
+#[test]
+fn replay_order_is_by_level_not_arrival() {
+    let s = state();
+    let x = s.splraise(Ipl::High);
+    for v in [0x40, 0x60, 0x50] {
+        assert!(!interrupt(s, v));
+    }
+    s.splx(x);
+    assert_eq!(log(), [(0x60, Ipl::Sched as u8), (0x50, Ipl::Vm as u8), (0x40, Ipl::SoftNet as u8)]);
+}
+
+#[test]
+fn a_vector_pending_twice_is_replayed_once() {
+    let s = state();
+    let x = s.splraise(Ipl::Vm);
+    assert!(!interrupt(s, 0x40));
+    assert!(!interrupt(s, 0x40));
+    s.splx(x);
+    assert_eq!(log(), [(0x40, Ipl::SoftNet as u8)]);
+}
+
+#[test]
+fn preemption_waits_for_ipl_none() {
+    let s = state();
+    let a = s.splraise(Ipl::SoftClock);
+    {
+        let io = OneCpu::intr_disable();
+        assert!(!s.may_preempt(&io));
+    }
+    let b = s.splraise(Ipl::Vm);
+    s.splx(b);
+    assert_eq!(PREEMPTS.with(|p| p.get()), 0, "preempted above IPL_NONE");
+    s.splx(a);
+    assert_eq!(PREEMPTS.with(|p| p.get()), 1);
+    let io = OneCpu::intr_disable();
+    assert!(s.may_preempt(&io));
+}
+
+#[test]
+fn spin_mutex_levels_nest_and_restore_at_the_outermost_exit() {
+    let s = state();
+    s.spin_enter(Ipl::Vm);
+    s.spin_enter(Ipl::Sched);
+    assert_eq!(s.current(), Ipl::Sched);
+    assert_eq!(s.spin_count(), 2);
+    assert!(!interrupt(s, 0x50));
+    // Release in acquisition order: the level stays up until the last one goes.
+    s.spin_exit();
+    assert_eq!(s.current(), Ipl::Sched);
+    assert!(log().is_empty());
+    s.spin_exit();
+    assert_eq!(s.current(), Ipl::None);
+    assert_eq!(log(), [(0x50, Ipl::Vm as u8)]);
+    // Inside an outer splraise the saved level is the raised one.
+    let x = s.splraise(Ipl::SoftNet);
+    s.spin_enter(Ipl::Vm);
+    s.spin_exit();
+    assert_eq!(s.current(), Ipl::SoftNet);
+    s.splx(x);
+}

@@ -1,0 +1,491 @@
+//! Reader–writer lock with turnstile blocking.
+//!
+//! Lock word: bit 0 `WAITERS` (threads blocked on the turnstile), bit 1 `WRITE_LOCKED`,
+//! bit 2 `WRITE_WANTED` (a writer waits: new readers must block). When write-locked, the
+//! rest of the word is the owner's address (threads are 8-aligned); otherwise it is the
+//! reader count in units of [`READER`].
+//!
+//! * Read enter: one `cmpxchg` adding a reader, if no writer holds or wants the lock.
+//! * Write enter: one `cmpxchg` 0 → owner | `WRITE_LOCKED`.
+//! * Exits are one `cmpxchg` unless `WAITERS` is set; then the turnstile decides: a writer's
+//!   release hands the lock to the most urgent waiter — if that is a reader, to *every*
+//!   waiting reader at once; the last reader out hands it to the first waiting writer.
+//!   A waiting writer sets `WRITE_WANTED`, so readers cannot starve it; a writer's release
+//!   admits all queued readers, so writers cannot starve them.
+
+use core::cell::UnsafeCell;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use ipl::Ipl;
+use machine::Machine;
+
+use crate::witness::{LockKind, Violation};
+use crate::Env;
+
+const WAITERS: usize = 1;
+const WRITE_LOCKED: usize = 2;
+const WRITE_WANTED: usize = 4;
+const FLAGS: usize = 7;
+/// One reader.
+pub const READER: usize = 8;
+
+/// The lock without data: also the `lock_api` raw rwlock.
+pub struct RawRwLock<E: Env> {
+    word: AtomicUsize,
+    name: &'static str,
+    class: AtomicU32,
+    _e: PhantomData<E>,
+}
+
+fn me<E: Env>() -> usize {
+    E::M::curthread() as usize
+}
+
+impl<E: Env> RawRwLock<E> {
+    /// A free lock named `name`.
+    pub const fn new(name: &'static str) -> Self {
+        RawRwLock { word: AtomicUsize::new(0), name, class: AtomicU32::new(0), _e: PhantomData }
+    }
+
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Number of readers holding it now (0 if write-locked or free).
+    pub fn readers(&self) -> usize {
+        let w = self.word.load(Ordering::Relaxed);
+        if w & WRITE_LOCKED != 0 {
+            0
+        } else {
+            w / READER
+        }
+    }
+
+    fn check_acquire(&self) -> bool {
+        let w = &E::sync().witness;
+        let class = w.class_of::<E::M>(&self.class, self.name, LockKind::RwLock);
+        let cur = E::spl().current();
+        w.acquire::<E::M>(
+            E::sched().current().held_locks(),
+            self.addr(),
+            class,
+            LockKind::RwLock,
+            cur.name(),
+            cur > Ipl::Vm,
+        )
+    }
+
+    fn check_release(&self) -> bool {
+        let w = &E::sync().witness;
+        let class = w.class_of::<E::M>(&self.class, self.name, LockKind::RwLock);
+        w.release::<E::M>(E::sched().current().held_locks(), self.addr(), class)
+    }
+
+    fn note(&self, contended: bool) {
+        let w = &E::sync().witness;
+        if w.stats_on() {
+            let class = w.class_of::<E::M>(&self.class, self.name, LockKind::RwLock);
+            w.count(class, contended, 0, 0);
+        }
+    }
+
+    /// Acquires for reading. `false` only if the checker refused (recursion, `Record`).
+    #[inline]
+    pub fn read_enter(&self) -> bool {
+        let active = E::sync().witness.active();
+        if active && !self.check_acquire() {
+            return false;
+        }
+        let v = self.word.load(Ordering::Relaxed);
+        let fast = v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0
+            && self.word.compare_exchange(v, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if !fast {
+            self.enter_slow(false);
+        }
+        if active {
+            self.note(!fast);
+        }
+        true
+    }
+
+    /// Acquires for writing. `false` only if the checker refused.
+    #[inline]
+    pub fn write_enter(&self) -> bool {
+        let active = E::sync().witness.active();
+        if active && !self.check_acquire() {
+            return false;
+        }
+        let me = me::<E>();
+        let fast =
+            self.word.compare_exchange(0, me | WRITE_LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if !fast {
+            self.enter_slow(true);
+        }
+        if active {
+            self.note(!fast);
+        }
+        true
+    }
+
+    /// Tries to acquire for reading without waiting.
+    pub fn try_read(&self) -> bool {
+        let v = self.word.load(Ordering::Relaxed);
+        let ok = v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0
+            && self.word.compare_exchange(v, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if ok && E::sync().witness.active() {
+            self.check_acquire();
+        }
+        ok
+    }
+
+    /// Tries to acquire for writing without waiting.
+    pub fn try_write(&self) -> bool {
+        let ok = self
+            .word
+            .compare_exchange(0, me::<E>() | WRITE_LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if ok && E::sync().witness.active() {
+            self.check_acquire();
+        }
+        ok
+    }
+
+    #[cold]
+    fn enter_slow(&self, writer: bool) {
+        let sched = E::sched();
+        let sync = E::sync();
+        let me = me::<E>();
+        loop {
+            let v = self.word.load(Ordering::Relaxed);
+            // Take it if we can.
+            if writer {
+                if v == 0 {
+                    if self
+                        .word
+                        .compare_exchange(0, me | WRITE_LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                if v & WRITE_LOCKED != 0 && v & !FLAGS == me {
+                    panic!("rwlock \"{}\": recursive write acquisition", self.name);
+                }
+            } else if v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0 {
+                if self.word.compare_exchange(v, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    return;
+                }
+                continue;
+            }
+            // A running writer will be done soon: spin rather than block.
+            if v & WRITE_LOCKED != 0 && sched.is_running((v & !FLAGS) as *const ()) {
+                E::M::relax();
+                continue;
+            }
+            let granted = AtomicBool::new(false);
+            let me_arc = sched.current_arc();
+            let io = E::M::intr_disable();
+            let mut ts = sync.turnstiles.lock(&io);
+            let v = self.word.load(Ordering::Relaxed);
+            let free_for_us = if writer { v == 0 } else { v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0 };
+            if free_for_us {
+                continue;
+            }
+            let want = v | WAITERS | if writer { WRITE_WANTED } else { 0 };
+            if want != v && self.word.compare_exchange(v, want, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            {
+                continue;
+            }
+            let owner = (v & WRITE_LOCKED != 0).then_some((v & !FLAGS) as *const sched::Thread<E::M>);
+            if ts.block(sched, self.addr(), &me_arc, writer, owner, &granted).is_err() {
+                drop(ts);
+                drop(io);
+                sync.witness
+                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_arc.name().into() });
+                panic!("rwlock \"{}\": deadlock", self.name);
+            }
+            sched.sleep_prepare(&io);
+            drop(ts);
+            while !granted.load(Ordering::Acquire) {
+                sched.sleep_commit(&io);
+                sched.sleep_prepare(&io);
+            }
+            sched.sleep_cancel(&io);
+            return; // granted: the word was set for us by the releaser
+        }
+    }
+
+    /// Releases a read hold.
+    #[inline]
+    pub fn read_exit(&self) {
+        if E::sync().witness.active() && !self.check_release() {
+            return;
+        }
+        let mut v = self.word.load(Ordering::Relaxed);
+        loop {
+            assert!(
+                v & WRITE_LOCKED == 0 && v >= READER,
+                "rwlock \"{}\": read_exit without a read hold",
+                self.name
+            );
+            if v & WAITERS != 0 && v / READER == 1 {
+                return self.last_reader_exit();
+            }
+            match self.word.compare_exchange_weak(v, v - READER, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(x) => v = x,
+            }
+        }
+    }
+
+    /// Releases the write hold.
+    #[inline]
+    pub fn write_exit(&self) {
+        if E::sync().witness.active() && !self.check_release() {
+            return;
+        }
+        let me = me::<E>();
+        if self.word.compare_exchange(me | WRITE_LOCKED, 0, Ordering::Release, Ordering::Relaxed).is_err() {
+            self.write_exit_slow(me);
+        }
+    }
+
+    #[cold]
+    fn last_reader_exit(&self) {
+        let sched = E::sched();
+        let woken = {
+            let io = E::M::intr_disable();
+            let mut ts = E::sync().turnstiles.lock(&io);
+            let v = self.word.load(Ordering::Relaxed);
+            if v / READER != 1 || v & WAITERS == 0 {
+                // Someone changed it meanwhile (another reader left or joined): plain exit.
+                drop(ts);
+                drop(io);
+                return self.read_exit_retry();
+            }
+            // Waiters behind readers are writers (readers only block when a writer is
+            // waiting or holding): hand to the most urgent.
+            match ts.take_first(self.addr()) {
+                None => {
+                    self.word.store(0, Ordering::Release);
+                    None
+                }
+                Some(w) => self.grant(&mut ts, sched, None, w),
+            }
+        };
+        for t in woken.into_iter().flatten() {
+            sched.wakeup(&t);
+        }
+    }
+
+    fn read_exit_retry(&self) {
+        let mut v = self.word.load(Ordering::Relaxed);
+        loop {
+            if v & WAITERS != 0 && v / READER == 1 {
+                return self.last_reader_exit();
+            }
+            match self.word.compare_exchange_weak(v, v - READER, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(x) => v = x,
+            }
+        }
+    }
+
+    #[cold]
+    fn write_exit_slow(&self, me: usize) {
+        let v = self.word.load(Ordering::Relaxed);
+        assert!(
+            v & WRITE_LOCKED != 0 && v & !FLAGS == me,
+            "rwlock \"{}\": write_exit by a thread that does not hold it for writing",
+            self.name
+        );
+        let sched = E::sched();
+        let woken = {
+            let io = E::M::intr_disable();
+            let mut ts = E::sync().turnstiles.lock(&io);
+            let me_ptr = me as *const sched::Thread<E::M>;
+            match ts.take_first(self.addr()) {
+                None => {
+                    ts.transfer(sched, self.addr(), Some(me_ptr), None);
+                    self.word.store(0, Ordering::Release);
+                    None
+                }
+                Some(w) => self.grant(&mut ts, sched, Some(me_ptr), w),
+            }
+        };
+        for t in woken.into_iter().flatten() {
+            sched.wakeup(&t);
+        }
+        sched.preempt_check();
+    }
+
+    /// Grants the lock to `first` (and, if it is a reader, to every waiting reader).
+    /// Returns the threads to wake.
+    fn grant(
+        &self,
+        ts: &mut crate::turnstile::TsGuard<'_, E::M>,
+        sched: &'static sched::Scheduler<E::M>,
+        old_owner: Option<*const sched::Thread<E::M>>,
+        first: crate::turnstile::Waiter<E::M>,
+    ) -> Option<alloc::vec::Vec<alloc::sync::Arc<sched::Thread<E::M>>>> {
+        let lock = self.addr();
+        let mut wake = alloc::vec::Vec::new();
+        if first.writer {
+            ts.transfer(sched, lock, old_owner, Some(&first.thread));
+            let more = ts.waiters(lock) > 0;
+            let flags =
+                if more { WAITERS } else { 0 } | if ts.writer_waiting(lock) { WRITE_WANTED } else { 0 };
+            self.word.store(
+                alloc::sync::Arc::as_ptr(&first.thread) as usize | WRITE_LOCKED | flags,
+                Ordering::Release,
+            );
+            first.grant();
+            wake.push(first.thread.clone());
+        } else {
+            ts.transfer(sched, lock, old_owner, None);
+            let mut readers = ts.take_readers(lock);
+            readers.push(first);
+            for r in &readers {
+                ts.unblock(sched, &r.thread);
+            }
+            let more = ts.waiters(lock) > 0;
+            let flags = if more { WAITERS | WRITE_WANTED } else { 0 };
+            self.word.store((readers.len() * READER) | flags, Ordering::Release);
+            for r in &readers {
+                r.grant();
+                wake.push(r.thread.clone());
+            }
+        }
+        Some(wake)
+    }
+}
+
+/// A reader–writer lock protecting a `T`.
+pub struct RwLock<T, E: Env> {
+    raw: RawRwLock<E>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: readers share `&T` (needs `Sync`), a writer gets `&mut T` alone (needs `Send`).
+unsafe impl<T: Send + Sync, E: Env> Sync for RwLock<T, E> {}
+// SAFETY: moving the lock moves the `T`.
+unsafe impl<T: Send, E: Env> Send for RwLock<T, E> {}
+
+impl<T, E: Env> RwLock<T, E> {
+    /// A free lock named `name`.
+    pub const fn new(name: &'static str, value: T) -> Self {
+        RwLock { raw: RawRwLock::new(name), value: UnsafeCell::new(value) }
+    }
+
+    /// Shared access.
+    pub fn read(&self) -> RwLockReadGuard<'_, T, E> {
+        let held = self.raw.read_enter();
+        RwLockReadGuard { l: self, held }
+    }
+
+    /// Exclusive access.
+    pub fn write(&self) -> RwLockWriteGuard<'_, T, E> {
+        let held = self.raw.write_enter();
+        RwLockWriteGuard { l: self, held }
+    }
+
+    /// The raw lock.
+    pub fn raw(&self) -> &RawRwLock<E> {
+        &self.raw
+    }
+}
+
+/// Shared hold; releases on drop.
+pub struct RwLockReadGuard<'a, T, E: Env> {
+    l: &'a RwLock<T, E>,
+    held: bool,
+}
+
+/// Exclusive hold; releases on drop.
+pub struct RwLockWriteGuard<'a, T, E: Env> {
+    l: &'a RwLock<T, E>,
+    held: bool,
+}
+
+impl<T, E: Env> Deref for RwLockReadGuard<'_, T, E> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        // SAFETY: we hold a read lock: no writer exists.
+        unsafe { &*self.l.value.get() }
+    }
+}
+
+impl<T, E: Env> Drop for RwLockReadGuard<'_, T, E> {
+    fn drop(&mut self) {
+        if self.held {
+            self.l.raw.read_exit();
+        }
+    }
+}
+
+impl<T, E: Env> Deref for RwLockWriteGuard<'_, T, E> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        // SAFETY: we hold the write lock.
+        unsafe { &*self.l.value.get() }
+    }
+}
+
+impl<T, E: Env> DerefMut for RwLockWriteGuard<'_, T, E> {
+    fn deref_mut(&mut self) -> &mut T {
+        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        // SAFETY: we hold the write lock; `&mut self` is unique.
+        unsafe { &mut *self.l.value.get() }
+    }
+}
+
+impl<T, E: Env> Drop for RwLockWriteGuard<'_, T, E> {
+    fn drop(&mut self) {
+        if self.held {
+            self.l.raw.write_exit();
+        }
+    }
+}
+
+/// `lock_api` adapter.
+pub struct LockApiRawRwLock<E: Env>(RawRwLock<E>);
+
+// SAFETY: shared holds exclude exclusive ones and vice versa (the lock word protocol above);
+// guards stay on their thread (`GuardNoSend`) because write ownership is by thread.
+unsafe impl<E: Env> lock_api::RawRwLock for LockApiRawRwLock<E> {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = LockApiRawRwLock(RawRwLock::new("lock_api::RwLock"));
+    type GuardMarker = lock_api::GuardNoSend;
+
+    fn lock_shared(&self) {
+        self.0.read_enter();
+    }
+
+    fn try_lock_shared(&self) -> bool {
+        self.0.try_read()
+    }
+
+    unsafe fn unlock_shared(&self) {
+        self.0.read_exit();
+    }
+
+    fn lock_exclusive(&self) {
+        self.0.write_enter();
+    }
+
+    fn try_lock_exclusive(&self) -> bool {
+        self.0.try_write()
+    }
+
+    unsafe fn unlock_exclusive(&self) {
+        self.0.write_exit();
+    }
+}
+
+/// A `lock_api` rwlock backed by the kernel's rwlock.
+pub type LockApiRwLock<T, E> = lock_api::RwLock<LockApiRawRwLock<E>, T>;

@@ -1,0 +1,126 @@
+//! The benchmark runner (`run=bench`): every benchmark registered with `kbench!` (see the
+//! `kbench` crate's documentation for how to add one) whose name contains `bench.filter=`,
+//! run one after another on CPU 0, each figure printed as an `@@ bench` line, then
+//! `@@ bench-done` (docs/PROTOCOL.md).
+//!
+//! How figures are taken: the `main` thread binds itself to CPU 0; the other CPUs have
+//! nothing to run and halt in their idle loops (under TCG `-icount` every vCPU shares one
+//! instruction count, so a busy CPU would inflate every sample). Preemption is disabled
+//! while a benchmark measures (the `Bencher`'s hooks); interrupts stay enabled, so the clock
+//! interrupt lands inside a few samples — the median ignores them, p99 may show them.
+//! `baseline.empty` (the measurement loop around nothing) is measured first in every boot,
+//! whatever the filter, and its median is subtracted from every `Bencher::iter` figure.
+
+mod baseline;
+
+use alloc::vec::Vec;
+
+use arch::kprintln;
+use kbench::{BenchLine, Bencher, KBench};
+use ktest::{kassert, kassert_eq, ktest, TestResult};
+use machine::Machine;
+
+use crate::cmdline::Options;
+use crate::SCHED;
+
+fn quiet_begin() {
+    SCHED.preempt_disable();
+}
+
+fn quiet_end() {
+    SCHED.preempt_enable();
+}
+
+/// A bencher taking `samples` samples, with preemption disabled while it measures.
+pub fn bencher(samples: usize) -> Bencher {
+    Bencher::new(samples).with_hooks(quiet_begin, quiet_end)
+}
+
+/// Why the registry is unusable (a name the protocol cannot carry, or a duplicate).
+fn check_names(reg: &[KBench]) -> Result<(), alloc::string::String> {
+    let mut seen: Vec<&str> = Vec::new();
+    for k in reg {
+        if k.name.is_empty() || k.name.contains(char::is_whitespace) || k.name.contains('=') {
+            return Err(alloc::format!("benchmark name {:?} is empty or has a space or '='", k.name));
+        }
+        if seen.contains(&k.name) {
+            return Err(alloc::format!("benchmark name {} is registered twice", k.name));
+        }
+        seen.push(k.name);
+    }
+    Ok(())
+}
+
+/// Runs every selected benchmark on CPU 0; returns whether the run was valid.
+pub fn run(opts: &Options) -> bool {
+    let reg = kbench::registry();
+    if let Err(e) = check_names(reg) {
+        kprintln!("bench: {e}");
+        return false;
+    }
+    SCHED.bind_current(Some(0));
+    let (filter, unit) = (opts.bench_filter.as_str(), opts.bench_unit);
+    kprintln!(
+        "bench: {} samples per figure, unit {unit}, on CPU {} of {}, filter {:?}",
+        opts.bench_samples,
+        SCHED.cpu_index(),
+        arch::X86_64::ncpus(),
+        filter
+    );
+    let mut b = bencher(opts.bench_samples);
+    kbench::empty(&mut b);
+    let Some(empty) = b.summary() else { return false };
+    b.set_overhead(empty.median);
+    if kbench::selected(kbench::EMPTY, filter) {
+        kprintln!("{}", BenchLine::Result { name: kbench::EMPTY, unit, summary: empty });
+    }
+    for k in reg.iter().filter(|k| k.name != kbench::EMPTY && kbench::selected(k.name, filter)) {
+        b.reset();
+        (k.run)(&mut b);
+        match b.summary() {
+            Some(summary) => kprintln!("{}", BenchLine::Result { name: k.name, unit, summary }),
+            None => kprintln!("bench: {} took no samples here (skipped)", k.name),
+        }
+    }
+    kprintln!("{}", BenchLine::Done);
+    true
+}
+
+fn registry_has_the_baselines() -> TestResult {
+    let reg = kbench::registry();
+    check_names(reg)?;
+    for name in [kbench::EMPTY, "baseline.cli_spinlock.enter_exit", "baseline.lock_cmpxchg_pair"] {
+        kassert!(reg.iter().any(|k| k.name == name), "{name} is not registered");
+    }
+    Ok(())
+}
+ktest!(T_REGISTRY, "bench::registry::baselines", registry_has_the_baselines);
+
+fn baselines_take_samples() -> TestResult {
+    let mut b = bencher(200);
+    for k in kbench::registry().iter().filter(|k| k.name.starts_with("baseline.")) {
+        b.reset();
+        (k.run)(&mut b);
+        let s = b.summary().ok_or(alloc::format!("{} took no samples", k.name))?;
+        kassert_eq!(s.samples, 200, "{}", k.name);
+        kassert!(s.min <= s.median && s.median <= s.p99, "{}: {s:?}", k.name);
+    }
+    Ok(())
+}
+ktest!(T_SAMPLES, "bench::baseline::take_samples", baselines_take_samples);
+
+fn bench_options() -> TestResult {
+    let o = crate::cmdline::parse("run=bench bench.filter=baseline. bench.samples=2000 bench.unit=cycles")
+        .map_err(|e| e.option)?;
+    kassert_eq!(o.run, crate::cmdline::RunMode::Bench);
+    kassert_eq!(o.bench_filter.as_str(), "baseline.");
+    kassert_eq!(o.bench_samples, 2000);
+    kassert_eq!(o.bench_unit, "cycles");
+    kassert_eq!(crate::cmdline::Options::default().bench_samples, 100_000);
+    for bad in ["bench.samples=0", "bench.samples=x", "bench.unit=ns"] {
+        let e = crate::cmdline::parse(bad).err().ok_or(alloc::format!("{bad} accepted"))?;
+        kassert!(bad.starts_with(e.option.as_str()), "{bad} blamed {}", e.option);
+    }
+    Ok(())
+}
+ktest!(T_OPTIONS, "bench::cmdline::options", bench_options);

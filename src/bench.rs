@@ -1,0 +1,254 @@
+//! Benchmark boots (`ithreads bench`): the QEMU configuration (TCG with `-icount` so the
+//! guest TSC counts instructions, or KVM and cycles), the figures the kernel reports as
+//! `@@ bench` lines, the table, and the JSON Lines records — an interface scripts use, so
+//! the record's fields, their order and their spelling stay as they are:
+//!
+//! ```text
+//! {"bench": "mutex.adaptive.enter_exit", "model": "-", "smp": 1, "accel": "tcg-icount", "unit": "instructions", "samples": 100000, "median": 9, "p99": 11, "min": 9}
+//! ```
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::harness::{self, Goal};
+use crate::protocol::Event;
+use crate::qemu::{self, Accel, BootConfig, BootReport};
+
+/// QEMU's `-icount` setting for benchmarks under TCG: the guest TSC advances by exactly one
+/// per executed guest instruction, virtual time does not follow the host clock, and idle
+/// time is skipped — runs are deterministic.
+pub const ICOUNT: &str = "shift=0,align=off,sleep=off";
+
+/// The kernel's default number of samples per figure (`bench.samples=`).
+pub const DEFAULT_SAMPLES: u32 = 100_000;
+
+/// The `accel` label of the records: `tcg-icount` or `kvm`.
+pub fn accel_label(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Tcg => "tcg-icount",
+        Accel::Kvm => "kvm",
+    }
+}
+
+/// What the guest TSC counts under `accel` (the kernel's `bench.unit=`).
+pub fn unit(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Tcg => "instructions",
+        Accel::Kvm => "cycles",
+    }
+}
+
+/// A benchmark boot: `run=bench` on `smp` CPUs with `accel` (TCG gets `-icount`), only the
+/// benchmarks whose name contains `filter`, `samples` per figure (the kernel's default if
+/// `None`). An empty or spaced filter is an error.
+pub fn config(
+    smp: u32,
+    accel: Accel,
+    filter: Option<&str>,
+    samples: Option<u32>,
+    timeout: Duration,
+) -> Result<BootConfig, String> {
+    let mut append = format!("run=bench bench.unit={}", unit(accel));
+    if let Some(f) = filter {
+        if f.is_empty() || f.contains(char::is_whitespace) {
+            return Err(format!("bench filter {f:?} must be a non-empty word without spaces"));
+        }
+        append = qemu::join_cmdline(&append, &format!("bench.filter={f}"));
+    }
+    if let Some(n) = samples {
+        append = qemu::join_cmdline(&append, &format!("bench.samples={n}"));
+    }
+    let extra_args = match accel {
+        Accel::Tcg => vec!["-icount".to_string(), ICOUNT.to_string()],
+        Accel::Kvm => Vec::new(),
+    };
+    Ok(BootConfig { smp, accel: Some(accel), append, extra_args, timeout })
+}
+
+/// One figure, as written to the JSON Lines file (field order is the format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    pub bench: String,
+    /// The interrupt dispatch model the boot used (`-` where it does not apply).
+    pub model: String,
+    pub smp: u32,
+    pub accel: String,
+    pub unit: String,
+    pub samples: u64,
+    pub median: u64,
+    pub p99: u64,
+    pub min: u64,
+}
+
+/// The figures of a benchmark boot, in the order the kernel printed them.
+pub fn records(report: &BootReport) -> Vec<Record> {
+    report
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Bench { name, unit, samples, median, p99, min } => Some(Record {
+                bench: name.clone(),
+                model: "-".into(),
+                smp: report.config.smp,
+                accel: accel_label(report.accel).into(),
+                unit: unit.clone(),
+                samples: *samples,
+                median: *median,
+                p99: *p99,
+                min: *min,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why a benchmark boot failed (panic, hang, bad exit, no `@@ bench-done`), or `None`.
+pub fn problem(report: &BootReport) -> Option<String> {
+    if let Some(p) = harness::boot_problem(report, Goal::Exit) {
+        return Some(p);
+    }
+    (!report.events.contains(&Event::BenchDone))
+        .then(|| format!("qemu exited with status {} without `@@ bench-done`", qemu::EXIT_SUCCESS))
+}
+
+/// [`problem`] as a full report (panic, backtrace, serial tail), or `None`.
+pub fn failure(report: &BootReport) -> Option<String> {
+    let p = problem(report)?;
+    Some(harness::boot_failure(report, Goal::Exit).unwrap_or_else(|| {
+        let mut s = format!("[smp {}] bench boot failed: {p}\n", report.config.smp);
+        for line in report.serial_tail(harness::TAIL_LINES) {
+            s.push_str(&format!("      | {line}\n"));
+        }
+        s
+    }))
+}
+
+/// The figures as an aligned table: name, median, p99, min, samples.
+pub fn table(records: &[Record]) -> String {
+    let rows: Vec<Vec<(String, String)>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                ("name".into(), r.bench.clone()),
+                ("median".into(), r.median.to_string()),
+                ("p99".into(), r.p99.to_string()),
+                ("min".into(), r.min.to_string()),
+                ("samples".into(), r.samples.to_string()),
+            ]
+        })
+        .collect();
+    let refs: Vec<&[(String, String)]> = rows.iter().map(Vec::as_slice).collect();
+    harness::results_table(&refs)
+}
+
+/// serde_json's compact output with a space after `,` and `:` — the documented look.
+struct Spaced;
+
+impl serde_json::ser::Formatter for Spaced {
+    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+}
+
+/// One record as one JSON line (without the newline).
+pub fn json_line(r: &Record) -> String {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    r.serialize(&mut ser).expect("a record serializes");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Writes `records` as JSON Lines to `w`.
+pub fn write_json_lines(mut w: impl Write, records: &[Record]) -> io::Result<()> {
+    for r in records {
+        writeln!(w, "{}", json_line(r))?;
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> Record {
+        Record {
+            bench: "mutex.adaptive.enter_exit".into(),
+            model: "-".into(),
+            smp: 1,
+            accel: "tcg-icount".into(),
+            unit: "instructions".into(),
+            samples: 100000,
+            median: 9,
+            p99: 11,
+            min: 9,
+        }
+    }
+
+    #[test]
+    fn json_line_is_the_documented_format() {
+        assert_eq!(
+            json_line(&rec()),
+            r#"{"bench": "mutex.adaptive.enter_exit", "model": "-", "smp": 1, "accel": "tcg-icount", "unit": "instructions", "samples": 100000, "median": 9, "p99": 11, "min": 9}"#
+        );
+        let back: serde_json::Value = serde_json::from_str(&json_line(&rec())).unwrap();
+        assert_eq!(back["p99"], 11);
+        assert_eq!(back["accel"], "tcg-icount");
+    }
+
+    #[test]
+    fn json_lines_one_per_record() {
+        let mut out = Vec::new();
+        let mut r2 = rec();
+        r2.bench = "a \"quoted\" name".into();
+        write_json_lines(&mut out, &[rec(), r2]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(text.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(v["bench"], "a \"quoted\" name");
+    }
+
+    #[test]
+    fn tcg_counts_instructions_with_icount() {
+        let c = config(1, Accel::Tcg, Some("baseline."), Some(2000), Duration::from_secs(9)).unwrap();
+        assert_eq!(c.append, "run=bench bench.unit=instructions bench.filter=baseline. bench.samples=2000");
+        assert_eq!(c.extra_args, ["-icount", ICOUNT]);
+        assert_eq!((c.smp, c.accel, c.timeout), (1, Some(Accel::Tcg), Duration::from_secs(9)));
+        let c = config(2, Accel::Kvm, None, None, Duration::from_secs(9)).unwrap();
+        assert_eq!(c.append, "run=bench bench.unit=cycles");
+        assert!(c.extra_args.is_empty());
+        assert_eq!((accel_label(Accel::Tcg), accel_label(Accel::Kvm)), ("tcg-icount", "kvm"));
+        assert!(config(1, Accel::Tcg, Some("a b"), None, Duration::ZERO).is_err());
+        assert!(config(1, Accel::Tcg, Some(""), None, Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn table_has_the_columns() {
+        let t = table(&[rec()]);
+        let mut lines = t.lines();
+        let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(head, ["name", "median", "p99", "min", "samples"]);
+        let row: Vec<&str> = lines.nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row, ["mutex.adaptive.enter_exit", "9", "11", "9", "100000"]);
+        assert_eq!(table(&[]), "");
+    }
+}
