@@ -38,6 +38,10 @@ pub struct Options {
     pub hz: u32,
     /// `scenario.ms=`
     pub scenario_ms: u64,
+    /// `lockcheck=on|off`: the lock-order/IPL checker (default: on for `run=tests`).
+    pub lockcheck: Option<bool>,
+    /// `lockstat=on|off`: lock statistics (default on).
+    pub lockstat: bool,
     /// `bench.filter=`
     pub bench_filter: String,
     /// `bench.samples=`
@@ -54,6 +58,8 @@ impl Default for Options {
             harness: None,
             hz: 100,
             scenario_ms: 2000,
+            lockcheck: None,
+            lockstat: true,
             bench_filter: String::new(),
             bench_samples: 100_000,
             bench_unit: "tsc",
@@ -86,6 +92,14 @@ fn number<T: core::str::FromStr + PartialOrd + Copy>(
     }
 }
 
+fn on_off(key: &str, v: &str) -> Result<bool, CmdlineError> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(err(key, "expected on or off")),
+    }
+}
+
 /// Parses a command line.
 pub fn parse(line: &str) -> Result<Options, CmdlineError> {
     let mut o = Options::default();
@@ -112,6 +126,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
             }
             "hz" => o.hz = number(key, value, 10u32, 1000)?,
             "scenario.ms" => o.scenario_ms = number(key, value, 10u64, 60_000)?,
+            "lockcheck" => o.lockcheck = Some(on_off(key, value)?),
+            "lockstat" => o.lockstat = on_off(key, value)?,
             "bench.filter" => o.bench_filter = value.to_string(),
             "bench.samples" => o.bench_samples = number(key, value, 1usize, 1_000_000)?,
             "bench.unit" => {

@@ -46,14 +46,16 @@ fn preempt_gate(io: &IntrOff) -> bool {
     SPL.may_preempt(io)
 }
 
-/// Sleeping above `IPL_NONE` (e.g. holding a spin mutex) is a bug: say which level.
+/// Sleeping while holding a spin mutex, or above `IPL_NONE`, is a bug: the lock checker
+/// names the spin mutex; the SPL check names the level (and catches a bare `splraise`).
 fn sleep_check() {
+    let me = SCHED.current();
+    if crate::locks::SYNC.witness.checking() {
+        crate::locks::SYNC.witness.check_sleep::<arch::X86_64>(me.held_locks());
+    }
     let l = SPL.current();
     if l != Ipl::None {
-        panic!(
-            "thread '{}' tried to sleep at {l} (holding a spin mutex or raised SPL)",
-            SCHED.current().name()
-        );
+        panic!("thread '{}' tried to sleep at {l} (holding a spin mutex or raised SPL)", me.name());
     }
 }
 

@@ -21,6 +21,7 @@ extern crate alloc;
 mod bench;
 mod cmdline;
 mod intr;
+mod locks;
 mod panic;
 mod scenario;
 mod tests;
@@ -116,6 +117,8 @@ fn main_thread(opts: &'static Options) {
         }
         None => {}
     }
+    locks::SYNC.witness.set_checking(opts.lockcheck.unwrap_or(opts.run == RunMode::Tests));
+    locks::SYNC.witness.set_stats(opts.lockstat && opts.run != RunMode::Bench);
     let ok = match opts.run {
         RunMode::Tests => tests::run_all(&opts.test_filter),
         RunMode::Scenario => scenario::run(opts),

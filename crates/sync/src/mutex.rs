@@ -71,6 +71,17 @@ impl<E: Env> RawMutex<E> {
         self.name
     }
 
+    /// Whether a thread other than the caller owns it.
+    pub fn owned_by_other(&self) -> bool {
+        let o = self.owner.load(Ordering::Relaxed) & !WAITERS;
+        o != 0 && o != curthread::<E>()
+    }
+
+    /// Whether threads are blocked on it.
+    pub fn has_waiters(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) & WAITERS != 0
+    }
+
     /// Whether the calling thread owns it.
     pub fn owned(&self) -> bool {
         self.owner.load(Ordering::Relaxed) & !WAITERS == curthread::<E>()
@@ -133,7 +144,7 @@ impl<E: Env> RawMutex<E> {
         } else {
             self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
         };
-        if ok && E::sync().witness.active() {
+        if ok && E::sync().witness.checking() {
             let cur = E::spl().current();
             E::sync().witness.acquire::<E::M>(
                 E::sched().current().held_locks(),
@@ -159,14 +170,15 @@ impl<E: Env> RawMutex<E> {
         let spl = E::spl();
         let cur = spl.current();
         let sched = E::sched();
-        let ok = w.acquire::<E::M>(
-            sched.current().held_locks(),
-            self.addr(),
-            class,
-            self.lock_kind(),
-            cur.name(),
-            cur > Ipl::Vm,
-        );
+        let ok = !w.checking()
+            || w.acquire::<E::M>(
+                sched.current().held_locks(),
+                self.addr(),
+                class,
+                self.lock_kind(),
+                cur.name(),
+                cur > Ipl::Vm,
+            );
         if !ok {
             return false; // recursion refused under Policy::Record
         }
@@ -202,6 +214,9 @@ impl<E: Env> RawMutex<E> {
         let class = self.class();
         let me = curthread::<E>();
         let held_by_me = self.owner.load(Ordering::Relaxed) & !WAITERS == me;
+        if !w.checking() {
+            return self.exit_unchecked();
+        }
         let recorded = w.release::<E::M>(E::sched().current().held_locks(), self.addr(), class);
         if !recorded || !held_by_me {
             if recorded {
@@ -319,8 +334,11 @@ impl<E: Env> RawMutex<E> {
         }
         let sched = E::sched();
         let sync = E::sync();
+        // Interrupts stay disabled until the new owner is awake: dropping our loan may make
+        // us preemptible, and a preemption between the grant and the wakeup would leave the
+        // new owner asleep behind whatever outranks us now.
+        let io = E::M::intr_disable();
         let woken = {
-            let io = E::M::intr_disable();
             let mut ts = sync.turnstiles.lock(&io);
             let me_ptr = me as *const sched::Thread<E::M>;
             match ts.take_first(self.addr()) {
@@ -341,6 +359,7 @@ impl<E: Env> RawMutex<E> {
         if let Some(t) = woken {
             sched.wakeup(&t);
         }
+        drop(io);
         // Our lent priority may have been withdrawn: let a more urgent thread run.
         sched.preempt_check();
     }

@@ -95,7 +95,7 @@ impl<E: Env> RawRwLock<E> {
     #[inline]
     pub fn read_enter(&self) -> bool {
         let active = E::sync().witness.active();
-        if active && !self.check_acquire() {
+        if E::sync().witness.checking() && !self.check_acquire() {
             return false;
         }
         let v = self.word.load(Ordering::Relaxed);
@@ -114,7 +114,7 @@ impl<E: Env> RawRwLock<E> {
     #[inline]
     pub fn write_enter(&self) -> bool {
         let active = E::sync().witness.active();
-        if active && !self.check_acquire() {
+        if E::sync().witness.checking() && !self.check_acquire() {
             return false;
         }
         let me = me::<E>();
@@ -134,7 +134,7 @@ impl<E: Env> RawRwLock<E> {
         let v = self.word.load(Ordering::Relaxed);
         let ok = v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0
             && self.word.compare_exchange(v, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok();
-        if ok && E::sync().witness.active() {
+        if ok && E::sync().witness.checking() {
             self.check_acquire();
         }
         ok
@@ -146,7 +146,7 @@ impl<E: Env> RawRwLock<E> {
             .word
             .compare_exchange(0, me::<E>() | WRITE_LOCKED, Ordering::Acquire, Ordering::Relaxed)
             .is_ok();
-        if ok && E::sync().witness.active() {
+        if ok && E::sync().witness.checking() {
             self.check_acquire();
         }
         ok
@@ -221,7 +221,7 @@ impl<E: Env> RawRwLock<E> {
     /// Releases a read hold.
     #[inline]
     pub fn read_exit(&self) {
-        if E::sync().witness.active() && !self.check_release() {
+        if E::sync().witness.checking() && !self.check_release() {
             return;
         }
         let mut v = self.word.load(Ordering::Relaxed);
@@ -244,7 +244,7 @@ impl<E: Env> RawRwLock<E> {
     /// Releases the write hold.
     #[inline]
     pub fn write_exit(&self) {
-        if E::sync().witness.active() && !self.check_release() {
+        if E::sync().witness.checking() && !self.check_release() {
             return;
         }
         let me = me::<E>();
@@ -256,8 +256,9 @@ impl<E: Env> RawRwLock<E> {
     #[cold]
     fn last_reader_exit(&self) {
         let sched = E::sched();
+        // Interrupts stay disabled until the granted threads are awake (see the mutex).
+        let io = E::M::intr_disable();
         let woken = {
-            let io = E::M::intr_disable();
             let mut ts = E::sync().turnstiles.lock(&io);
             let v = self.word.load(Ordering::Relaxed);
             if v / READER != 1 || v & WAITERS == 0 {
@@ -279,6 +280,7 @@ impl<E: Env> RawRwLock<E> {
         for t in woken.into_iter().flatten() {
             sched.wakeup(&t);
         }
+        drop(io);
     }
 
     fn read_exit_retry(&self) {
@@ -303,8 +305,8 @@ impl<E: Env> RawRwLock<E> {
             self.name
         );
         let sched = E::sched();
+        let io = E::M::intr_disable();
         let woken = {
-            let io = E::M::intr_disable();
             let mut ts = E::sync().turnstiles.lock(&io);
             let me_ptr = me as *const sched::Thread<E::M>;
             match ts.take_first(self.addr()) {
@@ -319,6 +321,7 @@ impl<E: Env> RawRwLock<E> {
         for t in woken.into_iter().flatten() {
             sched.wakeup(&t);
         }
+        drop(io);
         sched.preempt_check();
     }
 

@@ -2,8 +2,11 @@
 //! run one after another on the `main` thread, each reported on serial (docs/PROTOCOL.md).
 
 pub mod cmdline;
+pub mod lockcheck;
+pub mod locks;
 pub mod sched;
 pub mod smp;
+pub mod spl;
 
 use arch::kprintln;
 use ktest::{TestLine, TestResult};

@@ -1,0 +1,541 @@
+//! `HostMachine`: the [`machine::Machine`] of the host tests, with OS threads as CPUs.
+//!
+//! ## How it works
+//!
+//! * **Kernel threads are OS threads.** A [`HostContext`] is a *baton*: a slot that holds the
+//!   index of the simulated CPU handed to the thread, plus a condition variable. An OS thread
+//!   runs kernel code only while it holds a CPU, and [`Machine::switch`]`(from, to)` is a
+//!   hand-off: put this CPU's index into `to`'s baton, then block on `from`'s baton until some
+//!   CPU (perhaps another one) is handed back, and adopt it. So exactly one kernel thread runs
+//!   on each simulated CPU at a time, by construction. [`Machine::new_context`] spawns the OS
+//!   thread at once; it waits on its baton and then calls `entry(arg)` (the scheduler's stack
+//!   is allocated but unused: the OS thread has its own). [`Machine::empty_context`] is a
+//!   fresh baton, which whatever thread later switches away from it will wait on.
+//! * **CPU identity** is thread-local: which system and which CPU the calling OS thread holds
+//!   (none while it waits on its baton). Per-CPU state — `curthread`, the interrupt-enable
+//!   flag, posted interrupts, the next clock tick — lives in the system's table.
+//! * **Interrupts** are a per-CPU "enabled" flag plus posted flags: a reschedule IPI
+//!   ([`Machine::send_resched`]), a "call" (used to start the first kernel thread from the
+//!   test), and the clock tick (due every [`TICK_NS`]). They are *taken* — `intr_enter`,
+//!   the handler (`tick` for the clock), `intr_exit`, as the x86 trap path does — only at
+//!   interrupt points: while an idle CPU waits in [`Machine::wait_for_interrupt`] (it sleeps
+//!   on its condition variable until something is posted or the next tick is due), whenever
+//!   the running thread enables interrupts (`intr_enable`, or dropping an [`IntrOff`] that
+//!   restores "enabled": on x86 a pending interrupt is taken right after `sti` too), and when
+//!   a thread calls [`HostMachine::poll_interrupts`], which test threads do in their busy
+//!   loops. A thread that never reaches such a point is never preempted; that is the one
+//!   liberty this machine takes with the hardware, and it is explicit.
+//! * **One system per test.** The `Machine` trait has no `self`, so the machine finds its
+//!   state through the thread-local pointer to the [`HostSystem`] the OS thread belongs to
+//!   (set on the CPU threads at boot and inherited by every kernel thread they create). Each
+//!   test boots its own system, so the tests of one binary can run in parallel, with
+//!   different numbers of CPUs, without sharing anything.
+//! * **Hangs fail, they do not hang.** [`HostSystem::run`] starts the test body as a kernel
+//!   thread and waits for it with a timeout; a lost wakeup or a deadlock makes the test fail
+//!   with the CPUs' counters. Panics in test threads wrapped with [`checked`] are collected
+//!   and reported by `run`. A panic inside the scheduler aborts the test process (it unwinds
+//!   into `extern "C"` frames), which also fails the test, loudly.
+//! * Exited kernel threads leave their OS thread blocked on a baton nobody will hand over
+//!   (an `extern "C" fn(usize) -> !` entry cannot be unwound out of); these are reclaimed
+//!   when the test process exits. After a test, dropping its `HostSystem` stops the clock of
+//!   its idle CPUs so they sleep for good.
+#![allow(dead_code)]
+
+use std::any::Any;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use machine::{IntrOff, Machine};
+use sched::{Priority, Scheduler};
+
+/// The scheduler on the host machine.
+pub type Sched = Scheduler<HostMachine>;
+/// An event on the host machine.
+pub type Event = sched::Event<HostMachine>;
+/// A run queue on the host machine.
+pub type RunQueue = sched::RunQueue<HostMachine>;
+/// A thread on the host machine.
+pub type Thread = sched::Thread<HostMachine>;
+
+/// Simulated clock period.
+pub const TICK_NS: u64 = 1_000_000;
+
+/// How long [`HostSystem::run`] waits for the test body before declaring a hang.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+const NO_CPU: usize = usize::MAX;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A broken machine invariant: no way to unwind out of kernel frames, so stop the process.
+fn fatal(msg: &str) -> ! {
+    eprintln!("host machine: fatal: {msg}");
+    std::process::abort();
+}
+
+struct HostCpu {
+    curthread: AtomicUsize,
+    intr_enabled: AtomicBool,
+    /// Posted reschedule IPI. Posted under `lock` (with a notify), consumed by swapping.
+    resched: AtomicBool,
+    /// Posted "call" interrupt: run `System::calls`.
+    call: AtomicBool,
+    /// When the next clock tick is due (`now_ns` time). Touched only by the CPU's holder.
+    next_tick_ns: AtomicU64,
+    /// Interrupts taken, for diagnostics.
+    interrupts: AtomicU64,
+    /// Reschedule IPIs received (posted and then taken).
+    ipis_taken: AtomicU64,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+struct System {
+    ncpus: usize,
+    cpus: Vec<HostCpu>,
+    sched: &'static Sched,
+    calls: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    failures: Mutex<Vec<String>>,
+    shutdown: AtomicBool,
+}
+
+thread_local! {
+    /// The system and CPU the calling OS thread holds (`NO_CPU` while it waits on a baton).
+    static HERE: Cell<(Option<&'static System>, usize)> = const { Cell::new((None, NO_CPU)) };
+}
+
+fn here() -> (&'static System, usize) {
+    match HERE.get() {
+        (Some(sys), cpu) if cpu != NO_CPU => (sys, cpu),
+        _ => fatal("a machine operation was called by an OS thread that holds no simulated CPU"),
+    }
+}
+
+fn this_cpu() -> &'static HostCpu {
+    let (sys, cpu) = here();
+    &sys.cpus[cpu]
+}
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// The host machine (see the module doc).
+pub struct HostMachine;
+
+/// The baton of one kernel thread: the CPU handed to it, if any.
+struct Baton {
+    cpu: Mutex<Option<usize>>,
+    cv: Condvar,
+}
+
+impl Baton {
+    fn give(&self, cpu: usize) {
+        let mut g = lock(&self.cpu);
+        if let Some(other) = *g {
+            fatal(&format!("CPU {cpu} resumed a context that CPU {other} already resumed"));
+        }
+        *g = Some(cpu);
+        self.cv.notify_one();
+    }
+
+    fn take(&self) -> usize {
+        let mut g = lock(&self.cpu);
+        loop {
+            if let Some(cpu) = g.take() {
+                return cpu;
+            }
+            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// A switched-out kernel thread: the baton its OS thread waits on.
+pub struct HostContext {
+    baton: Arc<Baton>,
+}
+
+impl HostContext {
+    fn new() -> Self {
+        HostContext { baton: Arc::new(Baton { cpu: Mutex::new(None), cv: Condvar::new() }) }
+    }
+}
+
+/// Interrupts found posted on a CPU.
+struct Pending {
+    call: bool,
+    tick: bool,
+}
+
+/// Consumes what is posted on `cpu`; `None` if nothing is.
+fn take_pending(sys: &System, cpu: usize) -> Option<Pending> {
+    let c = &sys.cpus[cpu];
+    let resched = c.resched.swap(false, Ordering::AcqRel);
+    if resched {
+        c.ipis_taken.fetch_add(1, Ordering::Relaxed);
+    }
+    let call = c.call.swap(false, Ordering::AcqRel);
+    let now = HostMachine::now_ns();
+    let tick = !sys.shutdown.load(Ordering::Relaxed) && now >= c.next_tick_ns.load(Ordering::Relaxed);
+    if tick {
+        c.next_tick_ns.store(now + TICK_NS, Ordering::Relaxed);
+    }
+    (resched || call || tick).then_some(Pending { call, tick })
+}
+
+/// One interrupt, as `arch::trap` runs it: enter hook, handler, exit hook (the preemption
+/// point, which may switch threads). Interrupts are disabled.
+fn take_interrupt(sys: &'static System, cpu: usize, p: Pending, io: &IntrOff) {
+    sys.cpus[cpu].interrupts.fetch_add(1, Ordering::Relaxed);
+    sys.sched.intr_enter(io);
+    if p.call {
+        let calls = std::mem::take(&mut *lock(&sys.calls));
+        for f in calls {
+            f();
+        }
+    }
+    if p.tick {
+        sys.sched.tick(io);
+    }
+    // The reschedule IPI's handler does nothing: need_resched is set, intr_exit acts on it.
+    sys.sched.intr_exit(io);
+}
+
+/// Takes every pending interrupt while interrupts are enabled on the caller's CPU.
+fn deliver_pending() {
+    loop {
+        let (sys, cpu) = here();
+        let c = &sys.cpus[cpu];
+        if !c.intr_enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(p) = take_pending(sys, cpu) else { return };
+        c.intr_enabled.store(false, Ordering::Relaxed);
+        // SAFETY: interrupts are disabled on this CPU (just above); the token restores
+        // nothing, because the "return from interrupt" below re-enables them, on whatever
+        // CPU the thread is on by then, as `iretq` would.
+        let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
+        take_interrupt(sys, cpu, p, &io);
+        drop(io);
+        this_cpu().intr_enabled.store(true, Ordering::Relaxed);
+    }
+}
+
+fn restore_intr(was_enabled: bool) {
+    if was_enabled {
+        this_cpu().intr_enabled.store(true, Ordering::Relaxed);
+        deliver_pending();
+    }
+}
+
+/// Posts an interrupt on `cpu` and wakes it if it waits for one.
+fn post(sys: &System, cpu: usize, flag: fn(&HostCpu) -> &AtomicBool) {
+    let c = &sys.cpus[cpu];
+    let _g = lock(&c.lock);
+    flag(c).store(true, Ordering::Release);
+    c.wake.notify_one();
+}
+
+impl HostMachine {
+    /// An interrupt point: takes whatever interrupt is pending on this CPU (clock tick,
+    /// reschedule IPI) if interrupts are enabled. Busy loops in test threads call this.
+    pub fn poll_interrupts() {
+        deliver_pending();
+    }
+
+    /// Number of interrupts taken by `cpu` of the caller's system.
+    pub fn interrupts_taken(cpu: usize) -> u64 {
+        here().0.cpus[cpu].interrupts.load(Ordering::Relaxed)
+    }
+
+    /// Number of reschedule IPIs that reached `cpu` of the caller's system (as opposed to
+    /// the scheduler's own count of IPIs it asked for).
+    pub fn ipis_taken(cpu: usize) -> u64 {
+        here().0.cpus[cpu].ipis_taken.load(Ordering::Relaxed)
+    }
+}
+
+impl Machine for HostMachine {
+    type Context = HostContext;
+
+    const MAX_CPUS: usize = sched::MAX_CPUS;
+
+    fn cpu_index() -> usize {
+        here().1
+    }
+
+    fn ncpus() -> usize {
+        here().0.ncpus
+    }
+
+    fn curthread() -> *const () {
+        this_cpu().curthread.load(Ordering::Relaxed) as *const ()
+    }
+
+    fn set_curthread(thread: *const (), _proof: &IntrOff) {
+        this_cpu().curthread.store(thread as usize, Ordering::Relaxed);
+    }
+
+    fn intr_disable() -> IntrOff {
+        let was = this_cpu().intr_enabled.swap(false, Ordering::Relaxed);
+        // SAFETY: interrupts are now disabled on this CPU, and `restore_intr(was)` puts the
+        // previous state back (on the CPU the token is dropped on, like `sti` would).
+        unsafe { IntrOff::new_unchecked(was, restore_intr) }
+    }
+
+    unsafe fn intr_enable() {
+        this_cpu().intr_enabled.store(true, Ordering::Relaxed);
+        deliver_pending();
+    }
+
+    fn intr_enabled() -> bool {
+        this_cpu().intr_enabled.load(Ordering::Relaxed)
+    }
+
+    fn wait_for_interrupt(_proof: &IntrOff) {
+        let (sys, cpu) = here();
+        let c = &sys.cpus[cpu];
+        if c.intr_enabled.load(Ordering::Relaxed) {
+            fatal("wait_for_interrupt called with interrupts enabled");
+        }
+        let p = {
+            let mut g = lock(&c.lock);
+            loop {
+                if let Some(p) = take_pending(sys, cpu) {
+                    break p;
+                }
+                g = if sys.shutdown.load(Ordering::Relaxed) {
+                    c.wake.wait(g).unwrap_or_else(PoisonError::into_inner)
+                } else {
+                    let now = HostMachine::now_ns();
+                    let left = c.next_tick_ns.load(Ordering::Relaxed).saturating_sub(now);
+                    c.wake
+                        .wait_timeout(g, Duration::from_nanos(left))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                };
+            }
+        };
+        // "sti; hlt" woke up: the interrupt is taken with interrupts disabled again, and
+        // we return with them disabled, as the token promises.
+        // SAFETY: interrupts are disabled on this CPU (checked above; the idle thread's
+        // token); this handler token restores nothing.
+        let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
+        take_interrupt(sys, cpu, p, &io);
+    }
+
+    fn send_resched(cpu: usize) {
+        let (sys, _) = here();
+        post(sys, cpu, |c| &c.resched);
+    }
+
+    fn now_ns() -> u64 {
+        START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+
+    fn new_context(_stack_top: usize, entry: extern "C" fn(usize) -> !, arg: usize) -> HostContext {
+        let (sys, _) = here();
+        let ctx = HostContext::new();
+        let baton = ctx.baton.clone();
+        std::thread::Builder::new()
+            .name("kthread".into())
+            .stack_size(1 << 20)
+            .spawn(move || {
+                let cpu = baton.take();
+                drop(baton);
+                HERE.set((Some(sys), cpu));
+                entry(arg)
+            })
+            .expect("cannot spawn the OS thread of a kernel thread");
+        ctx
+    }
+
+    fn empty_context() -> HostContext {
+        HostContext::new()
+    }
+
+    unsafe fn switch(from: *mut HostContext, to: *const HostContext) {
+        let (sys, cpu) = here();
+        if sys.cpus[cpu].intr_enabled.load(Ordering::Relaxed) {
+            fatal("switch called with interrupts enabled");
+        }
+        // Clone both batons before handing the CPU over: once `to` runs, `from` may be
+        // freed (a dead thread's last reference goes in the next thread's finish_switch).
+        // SAFETY: per the contract, both point to live contexts until the hand-off below.
+        let (from, to) = unsafe { ((*from).baton.clone(), (*to).baton.clone()) };
+        HERE.set((Some(sys), NO_CPU));
+        to.give(cpu);
+        let cpu = from.take();
+        HERE.set((Some(sys), cpu));
+    }
+
+    fn relax() {
+        // The thread we wait for needs a host CPU to finish its switch; there may be fewer
+        // host CPUs than simulated ones.
+        std::thread::yield_now();
+    }
+}
+
+/// Panic payload as text.
+pub fn panic_message(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+/// Wraps a kernel thread's body so that a panic (a failed assertion) is recorded for
+/// [`HostSystem::run`] to report, and the thread exits normally instead of aborting the process.
+pub fn checked(f: impl FnOnce() + Send + 'static) -> impl FnOnce() + Send + 'static {
+    move || {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(f)) {
+            let (sys, _) = here();
+            let name = sys.sched.current().name().to_string();
+            lock(&sys.failures).push(format!("kernel thread {name:?} panicked: {}", panic_message(&*p)));
+        }
+    }
+}
+
+/// Busy-waits (with interrupt points) until `cond` holds; false after `timeout_ns`.
+pub fn spin_until(timeout_ns: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = HostMachine::now_ns() + timeout_ns;
+    while !cond() {
+        if HostMachine::now_ns() >= deadline {
+            return false;
+        }
+        HostMachine::poll_interrupts();
+        std::hint::spin_loop();
+    }
+    true
+}
+
+/// A booted simulated machine: `ncpus` CPU threads in their idle loops, and its scheduler.
+pub struct HostSystem {
+    sys: &'static System,
+    /// The scheduler (leaked: threads hold `&'static` to it).
+    pub sched: &'static Sched,
+}
+
+impl HostSystem {
+    /// Boots `ncpus` simulated CPUs: each is an OS thread that becomes the CPU's idle thread
+    /// (`init_cpu`) and runs the idle loop.
+    pub fn boot(ncpus: usize) -> HostSystem {
+        assert!((1..=HostMachine::MAX_CPUS).contains(&ncpus), "bad CPU count {ncpus}");
+        let sched: &'static Sched = Box::leak(Box::new(Scheduler::new()));
+        let now = HostMachine::now_ns();
+        let cpus = (0..ncpus)
+            .map(|_| HostCpu {
+                curthread: AtomicUsize::new(0),
+                intr_enabled: AtomicBool::new(false),
+                resched: AtomicBool::new(false),
+                call: AtomicBool::new(false),
+                next_tick_ns: AtomicU64::new(now + TICK_NS),
+                interrupts: AtomicU64::new(0),
+                ipis_taken: AtomicU64::new(0),
+                lock: Mutex::new(()),
+                wake: Condvar::new(),
+            })
+            .collect();
+        let sys: &'static System = Box::leak(Box::new(System {
+            ncpus,
+            cpus,
+            sched,
+            calls: Mutex::new(Vec::new()),
+            failures: Mutex::new(Vec::new()),
+            shutdown: AtomicBool::new(false),
+        }));
+        for cpu in 0..ncpus {
+            std::thread::Builder::new()
+                .name(format!("cpu{cpu}"))
+                .spawn(move || {
+                    HERE.set((Some(sys), cpu));
+                    let r = catch_unwind(AssertUnwindSafe(|| {
+                        let io = HostMachine::intr_disable();
+                        sched.init_cpu(&io);
+                        drop(io);
+                        sched.idle_loop();
+                    }));
+                    if let Err(p) = r {
+                        fatal(&format!("simulated CPU {cpu} panicked: {}", panic_message(&*p)));
+                    }
+                })
+                .expect("cannot spawn a CPU thread");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(0..ncpus).all(|c| sched.cpu_online(c)) {
+            assert!(Instant::now() < deadline, "simulated CPUs did not come online");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        HostSystem { sys, sched }
+    }
+
+    /// Number of simulated CPUs.
+    pub fn ncpus(&self) -> usize {
+        self.sys.ncpus
+    }
+
+    /// Runs `f` as a kernel thread ("main", [`Priority::KTHREAD`], unbound) and returns its
+    /// result. Panics (fails the test) if `f` or a [`checked`] thread panicked, or if `f` does
+    /// not finish within [`RUN_TIMEOUT`] — a hang becomes a failure with diagnostics.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce(&'static Sched) -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        let sched = self.sched;
+        lock(&self.sys.calls).push(Box::new(move || {
+            sched.spawn("main", Priority::KTHREAD, None, move || {
+                let r = catch_unwind(AssertUnwindSafe(|| f(sched)));
+                let _ = tx.send(r);
+            });
+        }));
+        post(self.sys, 0, |c| &c.call);
+        let r = rx.recv_timeout(RUN_TIMEOUT);
+        let failures = lock(&self.sys.failures).clone();
+        match r {
+            Ok(Ok(v)) => {
+                assert!(failures.is_empty(), "kernel threads failed:\n{}", failures.join("\n"));
+                v
+            }
+            Ok(Err(p)) => {
+                panic!("{}\nother failures: {failures:?}", panic_message(&*p));
+            }
+            Err(_) => panic!(
+                "the kernel side did not finish within {RUN_TIMEOUT:?} (hang: lost wakeup or deadlock?)\n{}\n\
+                 failures: {failures:?}",
+                self.diagnostics()
+            ),
+        }
+    }
+
+    /// The CPUs' counters, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut s = format!("live threads: {}\n", self.sched.live_threads());
+        for cpu in 0..self.sys.ncpus {
+            let c = &self.sys.cpus[cpu];
+            s += &format!(
+                "cpu{cpu}: {:?} interrupts={} ipis_taken={} intr_enabled={} resched_posted={}\n",
+                self.sched.cpu_stats(cpu),
+                c.interrupts.load(Ordering::Relaxed),
+                c.ipis_taken.load(Ordering::Relaxed),
+                c.intr_enabled.load(Ordering::Relaxed),
+                c.resched.load(Ordering::Relaxed),
+            );
+        }
+        s
+    }
+}
+
+impl Drop for HostSystem {
+    /// Stops the clock: idle CPUs then sleep until the process exits.
+    fn drop(&mut self) {
+        self.sys.shutdown.store(true, Ordering::Relaxed);
+        for c in &self.sys.cpus {
+            let _g = lock(&c.lock);
+            c.wake.notify_one();
+        }
+    }
+}
