@@ -14,7 +14,15 @@ use machine::Machine;
 use sched::Priority;
 
 use crate::cmdline::Options;
+use crate::locks::{Mutex, RwLock, SYNC};
 use crate::{Event, SCHED};
+
+/// Work totals per class, merged by every thread after each run slice.
+static TOTALS: Mutex<[u64; 3]> = Mutex::new_adaptive("scenario.totals", [0; 3]);
+/// Slices run, per CPU, updated under a spin mutex (as an interrupt-shared counter would be).
+static SLICES: Mutex<[u64; 64]> = Mutex::new_spin("scenario.slices", ipl::Ipl::Vm, [0; 64]);
+/// A configuration every thread reads each slice and the main thread rewrites now and then.
+static CONFIG: RwLock<u64> = RwLock::new("scenario.config", 0);
 
 /// Name, priority, run ms, sleep ms (0: never sleeps).
 const CLASSES: [(&str, u8, u64, u64); 3] = [("low", 8, 0, 0), ("mid", 24, 2, 2), ("high", 40, 1, 3)];
@@ -36,11 +44,18 @@ pub fn run(opts: &Options) -> bool {
             let pri = Priority::new(p).expect("priority in range");
             hs.push(SCHED.spawn(name, pri, Some(cpu), move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let until = if sleep_ms == 0 { u64::MAX } else { now() + run_ms * 1_000_000 };
+                    // The low class "never sleeps": it runs in 1 ms slices between lock visits.
+                    let slice = if sleep_ms == 0 { 1 } else { run_ms };
+                    let until = now() + slice * 1_000_000;
+                    let mut done = 0u64;
                     while now() < until && !stop.load(Ordering::Relaxed) {
                         work[k * n + cpu].fetch_add(1, Ordering::Relaxed);
+                        done += 1;
                         core::hint::spin_loop();
                     }
+                    let _config = *CONFIG.read();
+                    TOTALS.lock()[k] += done;
+                    SLICES.lock()[cpu % 64] += 1;
                     if sleep_ms != 0 {
                         SCHED.sleep_ns(sleep_ms * 1_000_000);
                     }
@@ -75,7 +90,11 @@ pub fn run(opts: &Options) -> bool {
             evs[1 - side].set();
         }));
     }
-    SCHED.sleep_ns(opts.scenario_ms * 1_000_000);
+    let end = now() + opts.scenario_ms * 1_000_000;
+    while now() < end {
+        SCHED.sleep_ns(100_000_000.min(end.saturating_sub(now())).max(1));
+        *CONFIG.write() += 1;
+    }
     stop.store(true, Ordering::Relaxed);
     for h in hs {
         h.join();
@@ -103,6 +122,20 @@ pub fn run(opts: &Options) -> bool {
         rounds.load(Ordering::Relaxed),
         CLASSES.len() * n + 2
     );
+    for (name, kind, st) in SYNC.witness.lockstat().filter(|(n, _, _)| n.starts_with("scenario.")) {
+        kprintln!(
+            "@@ result scope=lock name={} kind={:?} acquired={} contended={} spin_us={} block_us={} max_hold_us={}",
+            name,
+            kind,
+            st.acquired,
+            st.contended,
+            st.spin_ns / 1000,
+            st.block_ns / 1000,
+            st.max_hold_ns / 1000
+        );
+    }
+    let totals = *TOTALS.lock();
+    ok &= totals.iter().all(|&t| t > 0);
     kprintln!("@@ scenario-done");
     ok
 }

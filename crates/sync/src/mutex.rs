@@ -3,7 +3,7 @@
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use ipl::{Ipl, IplCpu};
 use machine::Machine;
@@ -24,6 +24,8 @@ pub struct RawMutex<E: Env> {
     ipl: u8,
     name: &'static str,
     class: AtomicU32,
+    /// When the current hold began (statistics on only), for the max-hold figure.
+    hold_start: AtomicU64,
     _e: PhantomData<E>,
 }
 
@@ -50,6 +52,7 @@ impl<E: Env> RawMutex<E> {
             ipl: ipl as u8,
             name,
             class: AtomicU32::new(0),
+            hold_start: AtomicU64::new(0),
             _e: PhantomData,
         }
     }
@@ -205,6 +208,7 @@ impl<E: Env> RawMutex<E> {
         let w = &E::sync().witness;
         if w.stats_on() {
             w.count(self.class(), contended, spin_ns, block_ns);
+            self.hold_start.store(E::M::now_ns(), Ordering::Relaxed);
         }
     }
 
@@ -214,6 +218,10 @@ impl<E: Env> RawMutex<E> {
         let class = self.class();
         let me = curthread::<E>();
         let held_by_me = self.owner.load(Ordering::Relaxed) & !WAITERS == me;
+        if held_by_me && w.stats_on() {
+            let t0 = self.hold_start.load(Ordering::Relaxed);
+            w.note_hold(class, E::M::now_ns().saturating_sub(t0));
+        }
         if !w.checking() {
             return self.exit_unchecked();
         }

@@ -23,10 +23,13 @@
 
 use alloc::collections::BTreeSet;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use machine::{IntrOff, Machine};
 use sched::SpinLock;
+
+const FLAG_CHECK: u8 = 1;
+const FLAG_STATS: u8 = 2;
 
 /// Most lock classes.
 pub const MAX_CLASSES: usize = 256;
@@ -213,8 +216,8 @@ pub struct Witness {
     nclasses: AtomicU32,
     register: SpinLock<()>,
     order: SpinLock<BTreeSet<(u16, u16)>>,
-    checking: AtomicBool,
-    stats: AtomicBool,
+    /// Bit 0: checking; bit 1: statistics. One byte, so the fast paths test one load.
+    flags: AtomicU8,
     policy: AtomicU8,
     recorded: SpinLock<Option<Violation>>,
 }
@@ -233,8 +236,7 @@ impl Witness {
             nclasses: AtomicU32::new(1), // id 0 means "not looked up yet"
             register: SpinLock::new(()),
             order: SpinLock::new(BTreeSet::new()),
-            checking: AtomicBool::new(false),
-            stats: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
             policy: AtomicU8::new(0),
             recorded: SpinLock::new(None),
         }
@@ -242,30 +244,38 @@ impl Witness {
 
     /// Turns the checker on or off.
     pub fn set_checking(&self, on: bool) {
-        self.checking.store(on, Ordering::Relaxed);
+        if on {
+            self.flags.fetch_or(FLAG_CHECK, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!FLAG_CHECK, Ordering::Relaxed);
+        }
     }
 
     /// Whether the checker is on.
     #[inline]
     pub fn checking(&self) -> bool {
-        self.checking.load(Ordering::Relaxed)
+        self.flags.load(Ordering::Relaxed) & FLAG_CHECK != 0
     }
 
     /// Turns statistics on or off.
     pub fn set_stats(&self, on: bool) {
-        self.stats.store(on, Ordering::Relaxed);
+        if on {
+            self.flags.fetch_or(FLAG_STATS, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!FLAG_STATS, Ordering::Relaxed);
+        }
     }
 
     /// Whether statistics are on.
     #[inline]
     pub fn stats_on(&self) -> bool {
-        self.stats.load(Ordering::Relaxed)
+        self.flags.load(Ordering::Relaxed) & FLAG_STATS != 0
     }
 
     /// Whether the slow bookkeeping (checks or statistics) is on: the one test on fast paths.
     #[inline]
     pub fn active(&self) -> bool {
-        self.checking() || self.stats_on()
+        self.flags.load(Ordering::Relaxed) != 0
     }
 
     /// Sets the report policy.
@@ -449,6 +459,11 @@ impl Witness {
             c.spin_ns.fetch_add(spin_ns, Ordering::Relaxed);
             c.block_ns.fetch_add(block_ns, Ordering::Relaxed);
         }
+    }
+
+    /// Records one hold of a lock of `class` that lasted `ns`.
+    pub fn note_hold(&self, class: u32, ns: u64) {
+        self.classes[class as usize].max_hold_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
     /// Statistics of every class: (name, kind, stats).
