@@ -43,7 +43,7 @@ pub mod thread;
 
 use alloc::boxed::Box;
 use alloc::string::String;
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -168,6 +168,8 @@ pub struct Scheduler<M: Machine> {
     /// Earliest deadline in `sleepers` (u64::MAX when empty), read without the lock by `tick`.
     next_deadline: AtomicU64,
     live_threads: AtomicUsize,
+    /// Every thread not yet freed, for `ps` (weak: the list keeps nobody alive).
+    all: SpinLock<Vec<Weak<Thread<M>>>>,
     /// `fn(&IntrOff) -> bool`: may the current thread be preempted now (0: always)?
     preempt_gate: AtomicUsize,
     /// `fn()`: called before a thread blocks (the lock checker's sleep check; 0: none).
@@ -189,6 +191,7 @@ impl<M: Machine> Scheduler<M> {
             sleepers: SpinLock::new(Vec::new()),
             next_deadline: AtomicU64::new(u64::MAX),
             live_threads: AtomicUsize::new(0),
+            all: SpinLock::new(Vec::new()),
             preempt_gate: AtomicUsize::new(0),
             sleep_check: AtomicUsize::new(0),
         }
@@ -245,6 +248,7 @@ impl<M: Machine> Scheduler<M> {
         M::set_curthread(Arc::as_ptr(&idle) as *const (), proof);
         // SAFETY: we are on `cpu` with interrupts disabled.
         let local = unsafe { c.local() };
+        self.register(&idle, proof);
         local.idle = Some(idle.clone());
         local.current = Some(idle);
         c.cur_pri.store(Priority::IDLE.get(), Ordering::Relaxed);
@@ -324,11 +328,33 @@ impl<M: Machine> Scheduler<M> {
         }
         self.live_threads.fetch_add(1, Ordering::Relaxed);
         let io = M::intr_disable();
+        self.register(&t, &io);
         let target = self.select_cpu(&t);
         self.enqueue(t.clone(), target, &io);
         drop(io);
         self.preempt_check();
         JoinHandle { thread: t }
+    }
+
+    fn register(&self, t: &Arc<Thread<M>>, io: &IntrOff) {
+        let mut all = self.all.lock(io);
+        if all.len() >= 64 && all.len().is_power_of_two() {
+            all.retain(|w| w.strong_count() > 0);
+        }
+        all.push(Arc::downgrade(t));
+    }
+
+    /// Calls `f` for every thread that still exists (running, runnable, sleeping, or exited
+    /// but not yet freed), oldest first. `f` runs without scheduler locks held.
+    pub fn for_each_thread(&self, mut f: impl FnMut(&Thread<M>)) {
+        let snapshot: Vec<Arc<Thread<M>>> = {
+            let io = M::intr_disable();
+            let all = self.all.lock(&io);
+            all.iter().filter_map(Weak::upgrade).collect()
+        };
+        for t in &snapshot {
+            f(t);
+        }
     }
 
     /// Number of spawned threads that have not exited.

@@ -306,3 +306,36 @@ fn join_waits() -> TestResult {
     Ok(())
 }
 ktest!(T_JOIN, "sched::join::waits_for_exit", join_waits);
+
+/// Every thread is listed by name (what `ps` will show): the idle thread of each CPU, the
+/// `main` thread, and a sleeping thread with its state and priority.
+fn threads_are_listed_by_name() -> TestResult {
+    let ev = Arc::new(Event::new(&SCHED));
+    let e2 = ev.clone();
+    let h = SCHED.spawn("ps-sleeper", pri(17), None, move || e2.wait());
+    let mut names = Vec::new();
+    let mut sleeper = None;
+    for _ in 0..1000 {
+        names.clear();
+        SCHED.for_each_thread(|t| {
+            names.push(alloc::string::String::from(t.name()));
+            if t.name() == "ps-sleeper" {
+                sleeper = Some((t.state(), t.priority()));
+            }
+        });
+        if sleeper.is_some_and(|(s, _)| s == sched::ThreadState::Sleeping) {
+            break;
+        }
+        SCHED.sleep_ns(1_000_000);
+    }
+    ev.set();
+    h.join();
+    for c in 0..ncpus() {
+        let idle = alloc::format!("idle/{c}");
+        kassert!(names.contains(&idle), "{idle} not listed: {names:?}");
+    }
+    kassert!(names.iter().any(|n| n == "main"), "main not listed: {names:?}");
+    kassert_eq!(sleeper, Some((sched::ThreadState::Sleeping, pri(17))));
+    Ok(())
+}
+ktest!(T_PS, "sched::ps::threads_listed_by_name", threads_are_listed_by_name);
