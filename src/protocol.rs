@@ -11,8 +11,8 @@ pub const PREFIX: &str = "@@ ";
 /// One parsed `@@ ` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// `@@ boot cpus=<n> hz=<hz> cmdline=<rest of line>`: every CPU is online.
-    Boot { cpus: u32, hz: u32, cmdline: String },
+    /// `@@ boot cpus=<n> hz=<hz> [model=<m>] cmdline=<rest of line>`: every CPU is online.
+    Boot { cpus: u32, hz: u32, model: Option<String>, cmdline: String },
     /// `@@ test-begin <name>`: a test starts.
     TestBegin { name: String },
     /// `@@ test <name> pass ms=<n>` or `@@ test <name> fail ms=<n> msg=<text>`.
@@ -56,10 +56,15 @@ fn parse_body(body: &str) -> Option<Event> {
         "boot" => {
             let (cpus, rest) = field(args, "cpus")?;
             let (hz, rest) = field(rest, "hz")?;
+            let (model, rest) = match field(rest, "model") {
+                Some((m, r)) => (Some(m.to_string()), r),
+                None => (None, rest),
+            };
             let cmdline = rest.strip_prefix("cmdline=")?;
             Some(Event::Boot {
                 cpus: cpus.parse().ok()?,
                 hz: hz.parse().ok()?,
+                model,
                 cmdline: cmdline.trim().to_string(),
             })
         }
@@ -181,11 +186,11 @@ mod tests {
     fn boot() {
         assert_eq!(
             p("@@ boot cpus=4 hz=100 cmdline=run=tests test.filter=sched"),
-            Event::Boot { cpus: 4, hz: 100, cmdline: "run=tests test.filter=sched".into() }
+            Event::Boot { cpus: 4, hz: 100, model: None, cmdline: "run=tests test.filter=sched".into() }
         );
         assert_eq!(
             p("@@ boot cpus=1 hz=1000 cmdline=\r"),
-            Event::Boot { cpus: 1, hz: 1000, cmdline: String::new() }
+            Event::Boot { cpus: 1, hz: 1000, model: None, cmdline: String::new() }
         );
         unknown("@@ boot cpus=x hz=100 cmdline=");
         unknown("@@ boot cpus=4 cmdline=");

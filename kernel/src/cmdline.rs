@@ -38,6 +38,8 @@ pub struct Options {
     pub hz: u32,
     /// `scenario.ms=`
     pub scenario_ms: u64,
+    /// `intr.model=direct|dedicated|pool`: the model for sources established without one.
+    pub intr_model: intr::Model,
     /// `lockcheck=on|off`: the lock-order/IPL checker (default: on for `run=tests`).
     pub lockcheck: Option<bool>,
     /// `lockstat=on|off`: lock statistics (default on).
@@ -58,6 +60,7 @@ impl Default for Options {
             harness: None,
             hz: 100,
             scenario_ms: 2000,
+            intr_model: intr::Model::Pool,
             lockcheck: None,
             lockstat: true,
             bench_filter: String::new(),
@@ -126,6 +129,10 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
             }
             "hz" => o.hz = number(key, value, 10u32, 1000)?,
             "scenario.ms" => o.scenario_ms = number(key, value, 10u64, 60_000)?,
+            "intr.model" => {
+                o.intr_model = intr::Model::from_name(value)
+                    .ok_or_else(|| err(key, "expected direct, dedicated or pool"))?
+            }
             "lockcheck" => o.lockcheck = Some(on_off(key, value)?),
             "lockstat" => o.lockstat = on_off(key, value)?,
             "bench.filter" => o.bench_filter = value.to_string(),

@@ -1,13 +1,34 @@
-//! The kernel's interrupt path for now (issue #4 replaces it with the dispatch framework):
-//! SPL deferral, the registered handler, EOI, the scheduler's preemption point; and the hooks
-//! that let `splx` replay what was deferred and the scheduler ask whether it may preempt.
+//! The kernel's interrupt path: SPL deferral, the dispatch framework (`intr` crate: sources
+//! established by drivers and tests) or the kernel's own vector handlers, EOI, the
+//! scheduler's preemption point; and the hooks that let `splx` replay what was deferred, the
+//! scheduler ask whether it may preempt, and a blocking handler divorce its pool ithread.
 
 use arch::apic;
 use arch::trap::{self, TrapFrame};
 use ipl::{Arrival, Ipl};
 use machine::IntrOff;
 
+use crate::locks::KernelEnv;
 use crate::{SCHED, SPL};
+
+/// The interrupt dispatch framework of this kernel.
+pub static INTR: intr::Intr<KernelEnv> = intr::Intr::new();
+
+impl intr::IntrEnv for KernelEnv {
+    fn intr() -> &'static intr::Intr<KernelEnv> {
+        &INTR
+    }
+    fn retrigger(vector: u8) {
+        apic::send_ipi(arch::cpu::lapic_id_of(arch::cpu::index()), vector);
+    }
+}
+
+/// Runs what is behind `vector`: established sources, else the kernel's own handler.
+fn run_vector(vector: u8, frame: &mut TrapFrame, io: &IntrOff) {
+    if INTR.dispatch(vector, io).is_none() {
+        trap::run_handler(vector, frame, io);
+    }
+}
 
 /// Every interrupt vector ≥ 32 arrives here (interrupts disabled).
 pub fn interrupt(frame: &mut TrapFrame, io: &IntrOff) {
@@ -20,7 +41,7 @@ pub fn interrupt(frame: &mut TrapFrame, io: &IntrOff) {
         }
         Arrival::Run { old } => {
             SCHED.intr_enter(io);
-            trap::run_handler(vector, frame, io);
+            run_vector(vector, frame, io);
             apic::eoi();
             SPL.intr_done(old, io);
             SCHED.intr_exit(io);
@@ -32,7 +53,7 @@ pub fn interrupt(frame: &mut TrapFrame, io: &IntrOff) {
 fn replay(vector: u8, io: &IntrOff) {
     let mut frame = trap::replay_frame(vector);
     SCHED.intr_enter(io);
-    trap::run_handler(vector, &mut frame, io);
+    run_vector(vector, &mut frame, io);
     SCHED.intr_exit(io);
 }
 
@@ -50,6 +71,13 @@ fn preempt_gate(io: &IntrOff) -> bool {
 /// names the spin mutex; the SPL check names the level (and catches a bare `splraise`).
 fn sleep_check() {
     let me = SCHED.current();
+    if let Some(src) = INTR.filter_running(arch::cpu::index()) {
+        panic!("interrupt filter of source \"{src}\" tried to sleep (filters run in interrupt context)");
+    }
+    if SCHED.in_interrupt() {
+        panic!("thread '{}' tried to sleep in interrupt context", me.name());
+    }
+    INTR.pool.on_block();
     if crate::locks::SYNC.witness.checking() {
         crate::locks::SYNC.witness.check_sleep::<arch::X86_64>(me.held_locks());
     }
@@ -67,5 +95,14 @@ pub fn init() {
     SPL.set_vector_ipl(apic::RESCHED_VECTOR, Some(Ipl::Sched));
     SPL.set_vector_ipl(apic::CALL_VECTOR, Some(Ipl::High));
     SPL.set_vector_ipl(apic::STOP_VECTOR, None);
+    for v in [
+        apic::TIMER_VECTOR,
+        apic::RESCHED_VECTOR,
+        apic::CALL_VECTOR,
+        apic::STOP_VECTOR,
+        apic::SPURIOUS_VECTOR,
+    ] {
+        INTR.reserve(v);
+    }
     trap::set_interrupt_hook(interrupt);
 }

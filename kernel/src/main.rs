@@ -92,7 +92,8 @@ fn kmain(info: &'static BootInfo) -> ! {
         info.heap.1 >> 20,
         info.heap.0
     );
-    kprintln!("@@ boot cpus={} hz={} cmdline={}", ncpus, opts.hz, info.cmdline);
+    intr::INTR.set_default_model(opts.intr_model);
+    kprintln!("@@ boot cpus={} hz={} model={} cmdline={}", ncpus, opts.hz, opts.intr_model, info.cmdline);
     SCHED.spawn("main", Priority::KTHREAD, None, move || main_thread(opts));
     drop(io);
     SCHED.idle_loop()

@@ -516,6 +516,15 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
+    /// Binds (or unbinds) another thread: takes effect when it is next placed (a sleeping
+    /// thread: at its wakeup). The interrupt pool uses it to send an idle ithread to a CPU.
+    pub fn bind_thread(&self, t: &Thread<M>, cpu: Option<usize>) {
+        if let Some(c) = cpu {
+            assert!(self.cpu_online(c), "bind_thread: CPU {c} is not online");
+        }
+        t.bound.store(cpu.unwrap_or(UNBOUND), Ordering::Relaxed);
+    }
+
     /// The CPU the caller runs on (may change right after unless preemption is disabled).
     pub fn cpu_index(&self) -> usize {
         M::cpu_index()

@@ -1,0 +1,642 @@
+//! # Interrupt dispatch: sources, filters, handlers, and the models that run them
+//!
+//! One driver-facing API ([`Intr::establish`]) over several dispatch models, chosen per source
+//! (default from the kernel command line), so that the alternatives argued over by NetBSD,
+//! FreeBSD and Solaris engineers run side by side on the same sources.
+//!
+//! ## Protocol
+//!
+//! * A **source** is a vector on the CPUs (an IPI, a LAPIC vector, later IOAPIC lines and MSI)
+//!   with an IPL, an optional **filter** and an optional **handler**, flags and a name.
+//!   Several sources may share a vector unless one is `EXCLUSIVE`.
+//! * The **filter** runs in primary interrupt context: interrupts disabled, CPU at the
+//!   source's IPL, on the interrupted thread's stack. It must not block (sleeping there is
+//!   diagnosed naming the source) and returns [`FilterResult`]: `Handled` (done), `Schedule`
+//!   (run the handler) or `Stray` (not ours). A source without a filter always schedules.
+//!   A `MANUAL` handler is never scheduled by `Schedule`; only its filter can, through
+//!   [`FilterCtx::schedule_manual`].
+//! * The **handler** runs in thread context under the source's model (below) and may block.
+//!   At most one ithread is scheduled per interrupt (pool model). While a handler instance is
+//!   queued or running, its source stays masked if it asked to be (`MASK_WHILE_QUEUED`, or
+//!   always in the dedicated model): an atomic count of instances that need the mask; the
+//!   source is unmasked when it drops to zero. A vector that arrives while its sources are
+//!   masked is remembered and re-raised at unmask.
+//! * A handler can call [`HandlerCtx::hwi_sched`] to run again after everything queued behind
+//!   it (a NIC handler that processed its budget).
+//! * **Models** ([`Model`]): `Direct` runs the handler in interrupt context (the baseline);
+//!   `Dedicated` wakes one thread per source, the line masked until the thread is done
+//!   (classic FreeBSD ithreads / Linux threaded IRQs); `Pool` queues handlers on the CPU and
+//!   lends the CPU an ithread from a shared pool (the 2010 FreeBSD proposal, [`pool`]).
+//! * **Disestablish** (drop the [`IntrHandle`]): the source is unlinked, marked dead, and the
+//!   drop waits until no instance runs; a queued instance of a dead source is discarded, so a
+//!   disestablished handler never runs again.
+//! * Locks: the vector table is one `SpinLock` per vector, taken with interrupts disabled
+//!   (filters run under it: they must not establish or disestablish). Queues are spin locks;
+//!   handlers run with no framework lock held.
+#![no_std]
+
+extern crate alloc;
+
+pub mod pool;
+pub mod stats;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+use ipl::Ipl;
+use machine::{IntrOff, Machine};
+use sched::{Event, Priority, SpinLock, Thread};
+use sync::Env;
+
+pub use stats::{Histogram, SourceStats};
+
+/// How a source's handlers are run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Model {
+    /// In interrupt context (handlers may not block).
+    Direct = 0,
+    /// One thread per source, line masked until it finishes.
+    Dedicated = 1,
+    /// Per-CPU queues drained by ithreads from a shared pool.
+    Pool = 2,
+}
+
+impl Model {
+    /// All models.
+    pub const ALL: [Model; 3] = [Model::Direct, Model::Dedicated, Model::Pool];
+
+    /// The name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Direct => "direct",
+            Model::Dedicated => "dedicated",
+            Model::Pool => "pool",
+        }
+    }
+
+    /// Parses a name.
+    pub fn from_name(s: &str) -> Option<Model> {
+        Model::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    fn from_u8(v: u8) -> Model {
+        match v {
+            1 => Model::Dedicated,
+            2 => Model::Pool,
+            _ => Model::Direct,
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a filter says about an interrupt.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FilterResult {
+    /// Fully handled in the filter.
+    Handled,
+    /// Run the (non-manual) handler.
+    Schedule,
+    /// Not this source's interrupt.
+    Stray,
+}
+
+/// Source flags.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct IntrFlags(pub u32);
+
+impl IntrFlags {
+    /// The handler needs no big lock (all ours are; kept for the driver's intent).
+    pub const MPSAFE: IntrFlags = IntrFlags(1);
+    /// No other source may share the vector.
+    pub const EXCLUSIVE: IntrFlags = IntrFlags(2);
+    /// The handler is run only when the filter schedules it.
+    pub const MANUAL: IntrFlags = IntrFlags(4);
+    /// Keep the source masked while a handler instance is queued or running.
+    pub const MASK_WHILE_QUEUED: IntrFlags = IntrFlags(8);
+
+    /// Whether all of `other`'s bits are set.
+    pub fn contains(self, other: IntrFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for IntrFlags {
+    type Output = IntrFlags;
+    fn bitor(self, o: IntrFlags) -> IntrFlags {
+        IntrFlags(self.0 | o.0)
+    }
+}
+
+/// Why a source was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EstablishError {
+    /// The vector is a CPU exception or owned by the kernel.
+    InvalidVector {
+        /// The source.
+        name: &'static str,
+        /// The vector.
+        vector: u8,
+    },
+    /// An exclusive source is there, or this one is exclusive and the vector is shared.
+    VectorTaken {
+        /// The source.
+        name: &'static str,
+        /// The vector.
+        vector: u8,
+        /// The source already there.
+        holder: &'static str,
+    },
+    /// A filter needs a hardware IPL (`IPL_VM` or above) to run in interrupt context.
+    FilterAtSoftIpl {
+        /// The source.
+        name: &'static str,
+        /// Its IPL.
+        ipl: Ipl,
+    },
+    /// `MANUAL` handlers are scheduled by a filter, and there is none.
+    ManualWithoutFilter {
+        /// The source.
+        name: &'static str,
+    },
+    /// Neither a filter nor a handler.
+    Empty {
+        /// The source.
+        name: &'static str,
+    },
+}
+
+impl fmt::Display for EstablishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EstablishError::InvalidVector { name, vector } => {
+                write!(f, "interrupt source \"{name}\": vector {vector:#x} is reserved or an exception")
+            }
+            EstablishError::VectorTaken { name, vector, holder } => write!(
+                f,
+                "interrupt source \"{name}\": vector {vector:#x} is held by \"{holder}\" and one of them is exclusive"
+            ),
+            EstablishError::FilterAtSoftIpl { name, ipl } => {
+                write!(f, "interrupt source \"{name}\": a filter cannot run at {ipl}")
+            }
+            EstablishError::ManualWithoutFilter { name } => {
+                write!(f, "interrupt source \"{name}\": a MANUAL handler needs a filter to schedule it")
+            }
+            EstablishError::Empty { name } => write!(f, "interrupt source \"{name}\": no filter and no handler"),
+        }
+    }
+}
+
+/// A filter.
+pub type Filter = Box<dyn Fn(&FilterCtx<'_>) -> FilterResult + Send + Sync>;
+/// A handler.
+pub type Handler = Box<dyn Fn(&HandlerCtx<'_>) + Send + Sync>;
+
+/// What a source is established with.
+pub struct SourceSpec {
+    /// Name (for `intrstat` and every diagnostic).
+    pub name: &'static str,
+    /// CPU vector.
+    pub vector: u8,
+    /// Interrupt priority level.
+    pub ipl: Ipl,
+    /// Flags.
+    pub flags: IntrFlags,
+    /// Model, or `None` for the framework's default.
+    pub model: Option<Model>,
+}
+
+/// An established source.
+pub struct Source<E: IntrEnv> {
+    name: &'static str,
+    vector: u8,
+    ipl: Ipl,
+    flags: IntrFlags,
+    model: Model,
+    filter: Option<Filter>,
+    handler: Option<Handler>,
+    /// Instances that need the source masked.
+    mask_refs: AtomicU32,
+    /// An interrupt arrived while masked: re-raise at unmask.
+    missed: AtomicBool,
+    dead: AtomicBool,
+    /// Handler instances running now.
+    running: AtomicU32,
+    /// Stats.
+    pub stats: SourceStats,
+    dedicated: Option<Dedicated<E>>,
+}
+
+struct Dedicated<E: IntrEnv> {
+    event: Event<E::M>,
+    /// Raise times (ns) of interrupts the thread has not handled yet (0: none).
+    raised_at: core::sync::atomic::AtomicU64,
+    thread: SpinLock<Option<Arc<Thread<E::M>>>>,
+}
+
+impl<E: IntrEnv> Source<E> {
+    /// The name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+    /// The vector.
+    pub fn vector(&self) -> u8 {
+        self.vector
+    }
+    /// The IPL.
+    pub fn ipl(&self) -> Ipl {
+        self.ipl
+    }
+    /// The model.
+    pub fn model(&self) -> Model {
+        self.model
+    }
+    /// Whether it is masked now.
+    pub fn is_masked(&self) -> bool {
+        self.mask_refs.load(Ordering::Acquire) > 0
+    }
+    /// Instances needing the mask now.
+    pub fn mask_refs(&self) -> u32 {
+        self.mask_refs.load(Ordering::Acquire)
+    }
+
+    fn mask(&self) {
+        self.mask_refs.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops one mask reference; the last one unmasks and re-raises a missed interrupt.
+    fn unmask(&self) {
+        let old = self.mask_refs.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(old > 0, "unmask of unmasked source {}", self.name);
+        if old == 1 && self.missed.swap(false, Ordering::AcqRel) && !self.dead.load(Ordering::Acquire) {
+            E::retrigger(self.vector);
+        }
+    }
+
+    fn needs_mask(&self) -> bool {
+        self.model == Model::Dedicated || self.flags.contains(IntrFlags::MASK_WHILE_QUEUED)
+    }
+
+    /// Runs the handler once (thread or interrupt context), with accounting.
+    fn run_handler(&self, raised_ns: u64, cpu: usize) -> bool {
+        let Some(h) = self.handler.as_ref() else { return false };
+        if self.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let t0 = E::M::now_ns();
+        self.stats.latency.record(t0.saturating_sub(raised_ns));
+        let ctx = HandlerCtx { source_name: self.name, cpu, requeue: AtomicBool::new(false) };
+        h(&ctx);
+        self.stats.handled.fetch_add(1, Ordering::Relaxed);
+        self.stats.handler_ns.fetch_add(E::M::now_ns().saturating_sub(t0), Ordering::Relaxed);
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        ctx.requeue.load(Ordering::Relaxed)
+    }
+}
+
+/// Passed to a filter.
+pub struct FilterCtx<'a> {
+    source_name: &'static str,
+    manual: &'a AtomicBool,
+}
+
+impl FilterCtx<'_> {
+    /// Schedules this source's `MANUAL` handler.
+    pub fn schedule_manual(&self) {
+        self.manual.store(true, Ordering::Relaxed);
+    }
+    /// The source's name.
+    pub fn name(&self) -> &'static str {
+        self.source_name
+    }
+}
+
+/// Passed to a handler.
+pub struct HandlerCtx<'a> {
+    source_name: &'a str,
+    cpu: usize,
+    requeue: AtomicBool,
+}
+
+impl HandlerCtx<'_> {
+    /// Runs this handler again after everything queued behind it (`hwi_sched`).
+    pub fn hwi_sched(&self) {
+        self.requeue.store(true, Ordering::Relaxed);
+    }
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        self.source_name
+    }
+    /// The CPU the interrupt arrived on.
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+}
+
+/// What the framework needs from the kernel.
+pub trait IntrEnv: Env {
+    /// The framework instance.
+    fn intr() -> &'static Intr<Self>;
+    /// Raises `vector` again on this CPU (a missed interrupt of a source just unmasked).
+    fn retrigger(vector: u8);
+}
+
+/// The framework: the vector table and the models' state.
+pub struct Intr<E: IntrEnv> {
+    vectors: [SpinLock<Vec<Arc<Source<E>>>>; 256],
+    reserved: [AtomicBool; 256],
+    default_model: AtomicU8,
+    /// Per CPU: the source whose filter runs now (0: none), for the sleep diagnostic.
+    in_filter: [AtomicUsize; sched::MAX_CPUS],
+    /// The pool model's queues and ithreads.
+    pub pool: pool::Pool<E>,
+}
+
+impl<E: IntrEnv> Default for Intr<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Keeps a source established; dropping it disestablishes the source.
+pub struct IntrHandle<E: IntrEnv> {
+    source: Arc<Source<E>>,
+}
+
+impl<E: IntrEnv> IntrHandle<E> {
+    /// The source.
+    pub fn source(&self) -> &Arc<Source<E>> {
+        &self.source
+    }
+}
+
+impl<E: IntrEnv> Drop for IntrHandle<E> {
+    fn drop(&mut self) {
+        E::intr().disestablish(&self.source);
+    }
+}
+
+impl<E: IntrEnv> Intr<E> {
+    /// No sources; default model `Direct`.
+    pub const fn new() -> Self {
+        Intr {
+            vectors: [const { SpinLock::new(Vec::new()) }; 256],
+            reserved: [const { AtomicBool::new(false) }; 256],
+            default_model: AtomicU8::new(Model::Direct as u8),
+            in_filter: [const { AtomicUsize::new(0) }; sched::MAX_CPUS],
+            pool: pool::Pool::new(),
+        }
+    }
+
+    /// Marks a vector as the kernel's own (establish refuses it).
+    pub fn reserve(&self, vector: u8) {
+        self.reserved[vector as usize].store(true, Ordering::Relaxed);
+    }
+
+    /// Sets the model for sources established without one.
+    pub fn set_default_model(&self, m: Model) {
+        self.default_model.store(m as u8, Ordering::Relaxed);
+    }
+
+    /// The default model.
+    pub fn default_model(&self) -> Model {
+        Model::from_u8(self.default_model.load(Ordering::Relaxed))
+    }
+
+    /// Establishes a source. Errors name it.
+    pub fn establish(
+        &'static self,
+        spec: SourceSpec,
+        filter: Option<Filter>,
+        handler: Option<Handler>,
+    ) -> Result<IntrHandle<E>, EstablishError> {
+        let name = spec.name;
+        if spec.vector < 32 || self.reserved[spec.vector as usize].load(Ordering::Relaxed) {
+            return Err(EstablishError::InvalidVector { name, vector: spec.vector });
+        }
+        if filter.is_none() && handler.is_none() {
+            return Err(EstablishError::Empty { name });
+        }
+        if filter.is_some() && spec.ipl < Ipl::Vm {
+            return Err(EstablishError::FilterAtSoftIpl { name, ipl: spec.ipl });
+        }
+        if spec.flags.contains(IntrFlags::MANUAL) && filter.is_none() {
+            return Err(EstablishError::ManualWithoutFilter { name });
+        }
+        let model = spec.model.unwrap_or_else(|| self.default_model());
+        let dedicated = (model == Model::Dedicated && handler.is_some()).then(|| Dedicated {
+            event: Event::new(E::sched()),
+            raised_at: core::sync::atomic::AtomicU64::new(0),
+            thread: SpinLock::new(None),
+        });
+        let src = Arc::new(Source {
+            name,
+            vector: spec.vector,
+            ipl: spec.ipl,
+            flags: spec.flags,
+            model,
+            filter,
+            handler,
+            mask_refs: AtomicU32::new(0),
+            missed: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            running: AtomicU32::new(0),
+            stats: SourceStats::new(),
+            dedicated,
+        });
+        {
+            let io = E::M::intr_disable();
+            let mut list = self.vectors[spec.vector as usize].lock(&io);
+            if let Some(other) = list.first() {
+                if spec.flags.contains(IntrFlags::EXCLUSIVE)
+                    || list.iter().any(|s| s.flags.contains(IntrFlags::EXCLUSIVE))
+                {
+                    return Err(EstablishError::VectorTaken {
+                        name,
+                        vector: spec.vector,
+                        holder: other.name,
+                    });
+                }
+            }
+            list.push(src.clone());
+        }
+        E::spl().set_vector_ipl(spec.vector, Some(spec.ipl));
+        if model == Model::Dedicated && src.handler.is_some() {
+            self.start_dedicated(&src);
+        }
+        if model == Model::Pool && src.handler.is_some() {
+            self.pool.handler_added();
+        }
+        Ok(IntrHandle { source: src })
+    }
+
+    fn disestablish(&'static self, src: &Arc<Source<E>>) {
+        {
+            let io = E::M::intr_disable();
+            self.vectors[src.vector as usize].lock(&io).retain(|s| !Arc::ptr_eq(s, src));
+        }
+        src.dead.store(true, Ordering::Release);
+        if let Some(d) = &src.dedicated {
+            d.event.set(); // the thread sees `dead` and exits
+            let t = {
+                let io = E::M::intr_disable();
+                let mut t = d.thread.lock(&io);
+                t.take()
+            };
+            drop(t);
+        }
+        if src.model == Model::Pool && src.handler.is_some() {
+            self.pool.handler_removed();
+        }
+        while src.running.load(Ordering::Acquire) > 0 {
+            E::sched().yield_now();
+        }
+    }
+
+    /// Whether any source is established on `vector`.
+    pub fn has_sources(&self, vector: u8) -> bool {
+        let io = E::M::intr_disable();
+        let list = self.vectors[vector as usize].lock(&io);
+        !list.is_empty()
+    }
+
+    /// The source whose filter runs on `cpu` now, if any (for the sleep diagnostic).
+    pub fn filter_running(&self, cpu: usize) -> Option<&'static str> {
+        let p = self.in_filter[cpu].load(Ordering::Relaxed);
+        if p == 0 {
+            return None;
+        }
+        // SAFETY: `in_filter` holds the address of a `&'static str` (a source name) only while
+        // the filter runs; names are `'static`.
+        Some(unsafe { *(p as *const &'static str) })
+    }
+
+    /// Every established source (for `intrstat`).
+    pub fn sources(&self) -> Vec<Arc<Source<E>>> {
+        let io = E::M::intr_disable();
+        let mut out = Vec::new();
+        for v in &self.vectors {
+            out.extend(v.lock(&io).iter().cloned());
+        }
+        out
+    }
+
+    /// Primary dispatch of `vector` on this CPU (interrupts disabled, CPU at the vector's IPL).
+    /// Returns `None` if no source is established on the vector (the caller falls back to
+    /// the kernel's own handler), else whether any source claimed the interrupt.
+    pub fn dispatch(&'static self, vector: u8, io: &IntrOff) -> Option<bool> {
+        let cpu = E::M::cpu_index();
+        let now = E::M::now_ns();
+        let mut claimed = false;
+        let mut run_direct: [Option<Arc<Source<E>>>; 4] = [const { None }; 4];
+        let mut ndirect = 0;
+        {
+            let list = self.vectors[vector as usize].lock(io);
+            if list.is_empty() {
+                return None;
+            }
+            for src in list.iter() {
+                if src.is_masked() {
+                    src.missed.store(true, Ordering::Release);
+                    claimed = true;
+                    continue;
+                }
+                src.stats.per_cpu[cpu].fetch_add(1, Ordering::Relaxed);
+                let manual = AtomicBool::new(false);
+                let r = match &src.filter {
+                    Some(f) => {
+                        self.in_filter[cpu]
+                            .store(&src.name as *const &'static str as usize, Ordering::Relaxed);
+                        let r = f(&FilterCtx { source_name: src.name, manual: &manual });
+                        self.in_filter[cpu].store(0, Ordering::Relaxed);
+                        r
+                    }
+                    None => FilterResult::Schedule,
+                };
+                let schedule = match r {
+                    FilterResult::Stray => {
+                        src.stats.stray.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                    FilterResult::Handled => {
+                        claimed = true;
+                        manual.load(Ordering::Relaxed)
+                    }
+                    FilterResult::Schedule => {
+                        claimed = true;
+                        !src.flags.contains(IntrFlags::MANUAL) || manual.load(Ordering::Relaxed)
+                    }
+                };
+                if !schedule || src.handler.is_none() {
+                    continue;
+                }
+                match src.model {
+                    Model::Direct => {
+                        if ndirect < run_direct.len() {
+                            run_direct[ndirect] = Some(src.clone());
+                            ndirect += 1;
+                        }
+                    }
+                    Model::Dedicated => {
+                        let d = src.dedicated.as_ref().expect("dedicated source without its thread");
+                        src.mask();
+                        d.raised_at.store(now, Ordering::Relaxed);
+                        d.event.set();
+                    }
+                    Model::Pool => {
+                        if src.needs_mask() {
+                            src.mask();
+                        }
+                        self.pool.enqueue(cpu, src.clone(), now, io);
+                    }
+                }
+            }
+        }
+        // Direct handlers run outside the table lock (they may take spin mutexes).
+        for src in run_direct.iter_mut().take(ndirect) {
+            let src = src.take().expect("counted");
+            if src.run_handler(now, cpu) {
+                E::retrigger(src.vector);
+            }
+        }
+        Some(claimed)
+    }
+
+    fn start_dedicated(&'static self, src: &Arc<Source<E>>) {
+        let s = src.clone();
+        let pri = src.ipl.priority().unwrap_or(Priority::INTR_BASE);
+        let h = E::sched().spawn(src.name, pri, None, move || dedicated_loop(&s));
+        let d = src.dedicated.as_ref().expect("dedicated");
+        let io = E::M::intr_disable();
+        *d.thread.lock(&io) = Some(h.thread().clone());
+    }
+}
+
+/// The life of a dedicated ithread: wait, run the handler, unmask, repeat.
+fn dedicated_loop<E: IntrEnv>(src: &Arc<Source<E>>) {
+    let d = src.dedicated.as_ref().expect("dedicated");
+    loop {
+        d.event.wait();
+        if src.dead.load(Ordering::Acquire) {
+            return;
+        }
+        loop {
+            let raised = d.raised_at.load(Ordering::Relaxed);
+            let again = src.run_handler(raised, E::sched().cpu_index());
+            if !again {
+                break;
+            }
+            E::sched().yield_now(); // hwi_sched: let others run, then go again
+        }
+        src.unmask();
+    }
+}

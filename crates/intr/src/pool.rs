@@ -1,0 +1,331 @@
+//! The pooled model (John Baldwin's 2010 FreeBSD proposal, seed 003).
+//!
+//! Each CPU has a queue of pending handlers. A pool of hardware ithreads serves all CPUs:
+//! when an interrupt queues handlers on a CPU that has no *active* ithread, the CPU takes an
+//! idle one from the pool, binds it to itself and wakes it; the ithread drains the queue
+//! (handlers that call `hwi_sched` go to the back) and then gives the CPU up and returns to
+//! the pool. If a handler blocks, the ithread is *divorced* from the CPU (the kernel's
+//! sleep hook calls [`Pool::on_block`]) and, if work remains, a fresh ithread takes over the
+//! queue. If the pool has no idle ithread, the CPU raises a *need* flag; every ithread
+//! checks the flags before going idle and moves to the first CPU in need.
+//!
+//! The pool's size stays between 2 × NCPU and the number of pool-model handlers
+//! ([`Pool::set_size`] clamps); threads are spawned as it grows and retire as it shrinks.
+//!
+//! Locks: each CPU's queue is a `SpinLock` (interrupts disabled); the idle list is a
+//! `SpinLock`. `active` is an atomic owner word (the serving ithread's address or 0), claimed
+//! and released with compare-and-swap so that exactly one ithread serves a CPU.
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use machine::{IntrOff, Machine};
+use sched::{Event, Priority, SpinLock, Thread};
+
+use crate::{IntrEnv, Source};
+
+struct Pending<E: IntrEnv> {
+    src: Arc<Source<E>>,
+    raised: u64,
+}
+
+struct PoolCpu<E: IntrEnv> {
+    queue: SpinLock<VecDeque<Pending<E>>>,
+    /// Address of the `PoolThread` serving this CPU, or 0.
+    active: AtomicUsize,
+    /// Address of that ithread's kernel `Thread` (for the block hook), or 0.
+    active_thread: AtomicUsize,
+    /// This CPU has work and found the pool empty.
+    need: AtomicBool,
+}
+
+/// One pooled ithread.
+pub struct PoolThread<E: IntrEnv> {
+    event: Event<E::M>,
+    cpu: AtomicUsize,
+    retire: AtomicBool,
+    thread: SpinLock<Option<Arc<Thread<E::M>>>>,
+}
+
+/// Counters of the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Threads in the pool.
+    pub size: usize,
+    /// Idle threads now.
+    pub idle: usize,
+    /// Times a CPU took an ithread from the pool.
+    pub assigned: u64,
+    /// Times an ithread moved to a CPU in need.
+    pub migrations: u64,
+    /// Times a blocking handler divorced its ithread from the CPU.
+    pub divorces: u64,
+    /// Times a CPU found the pool empty.
+    pub empty: u64,
+}
+
+/// The pool.
+pub struct Pool<E: IntrEnv> {
+    cpus: [PoolCpu<E>; sched::MAX_CPUS],
+    idle: SpinLock<Vec<Arc<PoolThread<E>>>>,
+    size: AtomicUsize,
+    target: AtomicUsize,
+    handlers: AtomicUsize,
+    need: AtomicBool,
+    assigned: AtomicU64,
+    migrations: AtomicU64,
+    divorces: AtomicU64,
+    empty: AtomicU64,
+}
+
+impl<E: IntrEnv> Default for Pool<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn pool_priority() -> Priority {
+    ipl::Ipl::Vm.priority().unwrap_or(Priority::INTR_BASE)
+}
+
+impl<E: IntrEnv> Pool<E> {
+    /// Empty; threads are spawned when the first pool-model handler is established.
+    pub const fn new() -> Self {
+        Pool {
+            cpus: [const {
+                PoolCpu {
+                    queue: SpinLock::new(VecDeque::new()),
+                    active: AtomicUsize::new(0),
+                    active_thread: AtomicUsize::new(0),
+                    need: AtomicBool::new(false),
+                }
+            }; sched::MAX_CPUS],
+            idle: SpinLock::new(Vec::new()),
+            size: AtomicUsize::new(0),
+            target: AtomicUsize::new(0),
+            handlers: AtomicUsize::new(0),
+            need: AtomicBool::new(false),
+            assigned: AtomicU64::new(0),
+            migrations: AtomicU64::new(0),
+            divorces: AtomicU64::new(0),
+            empty: AtomicU64::new(0),
+        }
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        let min = 2 * E::M::ncpus();
+        (min, self.handlers.load(Ordering::Relaxed).max(min))
+    }
+
+    /// Asks for `n` ithreads; clamped to [2 × NCPU, number of handlers]. Returns the size set.
+    pub fn set_size(&'static self, n: usize) -> usize {
+        let (lo, hi) = self.bounds();
+        let n = n.clamp(lo, hi);
+        self.target.store(n, Ordering::Relaxed);
+        self.resize();
+        n
+    }
+
+    pub(crate) fn handler_added(&'static self) {
+        self.handlers.fetch_add(1, Ordering::Relaxed);
+        self.resize();
+    }
+
+    pub(crate) fn handler_removed(&'static self) {
+        self.handlers.fetch_sub(1, Ordering::Relaxed);
+        self.resize();
+    }
+
+    fn resize(&'static self) {
+        let (lo, hi) = self.bounds();
+        let want = match self.target.load(Ordering::Relaxed) {
+            0 => lo,
+            t => t.clamp(lo, hi),
+        };
+        while self.size.load(Ordering::Relaxed) < want {
+            self.spawn_one();
+        }
+        // Shrink: retire idle threads (busy ones retire when they next go idle).
+        while self.size.load(Ordering::Relaxed) > want {
+            let t = {
+                let io = E::M::intr_disable();
+                let mut idle = self.idle.lock(&io);
+                idle.pop()
+            };
+            match t {
+                Some(t) => {
+                    t.retire.store(true, Ordering::Release);
+                    self.size.fetch_sub(1, Ordering::Relaxed);
+                    t.event.set();
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn spawn_one(&'static self) {
+        let pt = Arc::new(PoolThread {
+            event: Event::new(E::sched()),
+            cpu: AtomicUsize::new(0),
+            retire: AtomicBool::new(false),
+            thread: SpinLock::new(None),
+        });
+        self.size.fetch_add(1, Ordering::Relaxed);
+        let p2 = pt.clone();
+        let h = E::sched().spawn("ithread/pool", pool_priority(), None, move || E::intr().pool.serve(&p2));
+        let io = E::M::intr_disable();
+        *pt.thread.lock(&io) = Some(h.thread().clone());
+        self.idle.lock(&io).push(pt);
+    }
+
+    /// Queues a handler instance on `cpu` and makes sure an ithread serves it (interrupt
+    /// context).
+    pub(crate) fn enqueue(&'static self, cpu: usize, src: Arc<Source<E>>, raised: u64, io: &IntrOff) {
+        self.cpus[cpu].queue.lock(io).push_back(Pending { src, raised });
+        if self.cpus[cpu].active.load(Ordering::Acquire) == 0 {
+            self.assign(cpu, io);
+        }
+    }
+
+    /// Gives `cpu` an idle ithread, or raises its need flag.
+    fn assign(&'static self, cpu: usize, io: &IntrOff) {
+        let t = self.idle.lock(io).pop();
+        let Some(t) = t else {
+            self.empty.fetch_add(1, Ordering::Relaxed);
+            self.cpus[cpu].need.store(true, Ordering::Release);
+            self.need.store(true, Ordering::Release);
+            return;
+        };
+        let me = Arc::as_ptr(&t) as usize;
+        if self.cpus[cpu].active.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            self.idle.lock(io).push(t); // someone else serves it already
+            return;
+        }
+        self.assigned.fetch_add(1, Ordering::Relaxed);
+        t.cpu.store(cpu, Ordering::Release);
+        if let Some(th) = t.thread.lock(io).as_ref() {
+            self.cpus[cpu].active_thread.store(Arc::as_ptr(th) as usize, Ordering::Release);
+            E::sched().bind_thread(th, Some(cpu));
+        }
+        t.event.set();
+    }
+
+    /// Kernel sleep hook: a pool ithread serving this CPU is about to block in a handler, so
+    /// it is divorced from the CPU and a fresh one continues the queue.
+    pub fn on_block(&'static self) {
+        let me = E::M::curthread() as usize;
+        let io = E::M::intr_disable();
+        let cpu = E::M::cpu_index();
+        let c = &self.cpus[cpu];
+        if c.active_thread.load(Ordering::Acquire) != me {
+            return;
+        }
+        c.active_thread.store(0, Ordering::Release);
+        c.active.store(0, Ordering::Release);
+        self.divorces.fetch_add(1, Ordering::Relaxed);
+        if !c.queue.lock(&io).is_empty() {
+            self.assign(cpu, &io);
+        }
+    }
+
+    /// The body of every pooled ithread.
+    fn serve(&'static self, t: &Arc<PoolThread<E>>) {
+        let me = Arc::as_ptr(t) as usize;
+        let sched = E::sched();
+        loop {
+            t.event.wait();
+            if t.retire.load(Ordering::Acquire) {
+                return;
+            }
+            let mut cpu = t.cpu.load(Ordering::Acquire);
+            'serve: loop {
+                sched.bind_current(Some(cpu));
+                self.cpus[cpu]
+                    .active_thread
+                    .store(sched.current() as *const Thread<E::M> as usize, Ordering::Release);
+                self.drain(cpu, me);
+                // Give the CPU up, unless work raced in after the queue looked empty.
+                let c = &self.cpus[cpu];
+                c.active_thread.store(0, Ordering::Release);
+                if c.active.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    let more = {
+                        let io = E::M::intr_disable();
+                        let q = c.queue.lock(&io);
+                        !q.is_empty()
+                    };
+                    if more && c.active.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        continue 'serve;
+                    }
+                }
+                // Before going idle: is a CPU in need?
+                if self.need.swap(false, Ordering::AcqRel) {
+                    for d in 0..E::M::ncpus() {
+                        let dc = &self.cpus[d];
+                        if dc.need.load(Ordering::Acquire)
+                            && dc.active.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                        {
+                            dc.need.store(false, Ordering::Release);
+                            if (0..E::M::ncpus()).any(|x| self.cpus[x].need.load(Ordering::Acquire)) {
+                                self.need.store(true, Ordering::Release);
+                            }
+                            self.migrations.fetch_add(1, Ordering::Relaxed);
+                            cpu = d;
+                            t.cpu.store(d, Ordering::Release);
+                            continue 'serve;
+                        }
+                    }
+                }
+                break;
+            }
+            sched.bind_current(None);
+            if t.retire.load(Ordering::Acquire) {
+                return;
+            }
+            let io = E::M::intr_disable();
+            self.idle.lock(&io).push(t.clone());
+        }
+    }
+
+    /// Runs the queue of `cpu` while this ithread is its active one.
+    fn drain(&'static self, cpu: usize, me: usize) {
+        let c = &self.cpus[cpu];
+        while c.active.load(Ordering::Acquire) == me {
+            let item = {
+                let io = E::M::intr_disable();
+                let mut q = c.queue.lock(&io);
+                q.pop_front()
+            };
+            let Some(p) = item else { return };
+            let again = p.src.run_handler(p.raised, cpu);
+            if again && !p.src.dead.load(Ordering::Acquire) {
+                let io = E::M::intr_disable();
+                c.queue.lock(&io).push_back(Pending { src: p.src, raised: E::M::now_ns() });
+            } else if p.src.needs_mask() {
+                p.src.unmask();
+            }
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PoolStats {
+        let io = E::M::intr_disable();
+        let idle = self.idle.lock(&io).len();
+        PoolStats {
+            size: self.size.load(Ordering::Relaxed),
+            idle,
+            assigned: self.assigned.load(Ordering::Relaxed),
+            migrations: self.migrations.load(Ordering::Relaxed),
+            divorces: self.divorces.load(Ordering::Relaxed),
+            empty: self.empty.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Handler instances queued on `cpu`.
+    pub fn queued(&self, cpu: usize) -> usize {
+        let io = E::M::intr_disable();
+        let q = self.cpus[cpu].queue.lock(&io);
+        q.len()
+    }
+}

@@ -1,0 +1,410 @@
+//! The interrupt framework on the real machine, with IPIs as controllable sources: every
+//! model handles each raised interrupt exactly once; blocking handlers, priority inheritance
+//! from an ithread, `hwi_sched` fairness, manual handlers, masking while queued, pool
+//! exhaustion and migration, disestablish with an instance queued, establish errors.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arch::apic;
+use intr::{EstablishError, FilterResult, IntrFlags, IntrHandle, Model, SourceSpec};
+use ipl::Ipl;
+use ktest::{kassert, kassert_eq, ktest, TestResult};
+use sched::Priority;
+
+use super::{ncpus, now_ns};
+use crate::intr::INTR;
+use crate::locks::{KernelEnv, Mutex};
+use crate::SCHED;
+
+type Handle = IntrHandle<KernelEnv>;
+
+fn raise(cpu: usize, vector: u8) {
+    apic::send_ipi(arch::cpu::lapic_id_of(cpu), vector);
+}
+
+fn spec(name: &'static str, vector: u8, model: Model, flags: IntrFlags) -> SourceSpec {
+    SourceSpec { name, vector, ipl: Ipl::Vm, flags, model: Some(model) }
+}
+
+/// Waits (yielding) until `cond` or `ms` pass.
+fn until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = now_ns() + ms * 1_000_000;
+    while !cond() {
+        if now_ns() > deadline {
+            return false;
+        }
+        SCHED.sleep_ns(200_000);
+    }
+    true
+}
+
+fn counting(
+    model: Model,
+    vector: u8,
+    name: &'static str,
+) -> Result<(Handle, Arc<AtomicU64>), EstablishError> {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let h = INTR.establish(
+        spec(name, vector, model, IntrFlags::MPSAFE),
+        None,
+        Some(alloc::boxed::Box::new(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+        })),
+    )?;
+    Ok((h, count))
+}
+
+/// Every raised interrupt is handled exactly once, on every CPU, in every model.
+fn exactly_once_every_model() -> TestResult {
+    let n = ncpus();
+    for (i, model) in Model::ALL.into_iter().enumerate() {
+        let names = ["test.once.direct", "test.once.dedicated", "test.once.pool"];
+        let (h, count) = counting(model, 0x60 + i as u8, names[i]).map_err(|e| alloc::format!("{e}"))?;
+        const N: u64 = 200;
+        for k in 0..N {
+            raise(k as usize % n, 0x60 + i as u8);
+            if !until(2000, || count.load(Ordering::SeqCst) == k + 1) {
+                return Err(alloc::format!(
+                    "{model}: interrupt {k} handled {} times in total",
+                    count.load(Ordering::SeqCst)
+                ));
+            }
+        }
+        SCHED.sleep_ns(5_000_000);
+        kassert_eq!(count.load(Ordering::SeqCst), N, "{model}: handled count");
+        kassert_eq!(h.source().stats.total(), N, "{model}: interrupts counted by the framework");
+        kassert_eq!(h.source().stats.handled.load(Ordering::SeqCst), N, "{model}: handler runs");
+        kassert!(h.source().stats.latency.count() == N, "{model}: latency samples");
+        kassert!(!h.source().is_masked(), "{model}: left masked");
+    }
+    Ok(())
+}
+ktest!(T_ONCE, "intr::dispatch::exactly_once_every_model", exactly_once_every_model);
+
+static HELD: Mutex<u64> = Mutex::new_adaptive("test.intr.held", 0);
+
+/// A thread handler that blocks on a mutex held by a thread completes after the release;
+/// the interrupted thread runs meanwhile, at the ithread's lent priority.
+fn blocking_handler_completes(model: Model, vector: u8, name: &'static str) -> TestResult {
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (d, s) = (done.clone(), started.clone());
+    let h = INTR
+        .establish(
+            spec(name, vector, model, IntrFlags::MPSAFE),
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                s.store(true, Ordering::SeqCst);
+                *HELD.lock() += 1;
+                d.store(true, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    let divorces0 = INTR.pool.stats().divorces;
+    let me = SCHED.current_arc();
+    let base = me.priority();
+    let g = HELD.lock();
+    raise(SCHED.cpu_index(), vector);
+    let deadline = now_ns() + 2_000_000_000;
+    // We keep running (the handler is blocked on our mutex), boosted by the ithread. We nap
+    // between looks: an owner that is on a CPU is spun on, not blocked on (adaptive).
+    let mut ran_meanwhile = 0u64;
+    let mut boosted = base;
+    while now_ns() < deadline && (boosted == base || !started.load(Ordering::SeqCst)) {
+        ran_meanwhile += 1;
+        boosted = me.priority();
+        SCHED.sleep_ns(1_000_000);
+    }
+    kassert!(started.load(Ordering::SeqCst), "{model}: handler never started");
+    kassert!(!done.load(Ordering::SeqCst), "{model}: handler finished while we held its mutex");
+    kassert!(ran_meanwhile > 0);
+    let ithread_pri = Ipl::Vm.priority().expect("VM has a priority");
+    kassert_eq!(boosted, ithread_pri, "{model}: the holder did not inherit the ithread's priority");
+    drop(g);
+    kassert_eq!(me.priority(), base, "{model}: loan kept after release");
+    kassert!(
+        until(2000, || done.load(Ordering::SeqCst)),
+        "{model}: handler did not complete after the release"
+    );
+    if model == Model::Pool {
+        kassert!(INTR.pool.stats().divorces > divorces0, "pool: the blocked ithread was not divorced");
+    }
+    drop(h);
+    Ok(())
+}
+
+fn blocking_pool() -> TestResult {
+    blocking_handler_completes(Model::Pool, 0x64, "test.block.pool")
+}
+ktest!(T_BLOCK_POOL, "intr::block::pool_handler_blocks_on_mutex", blocking_pool);
+
+fn blocking_dedicated() -> TestResult {
+    blocking_handler_completes(Model::Dedicated, 0x65, "test.block.dedicated")
+}
+ktest!(T_BLOCK_DED, "intr::block::dedicated_handler_blocks_on_mutex", blocking_dedicated);
+
+/// Two saturating sources on one CPU, each processing 8 units per run and then `hwi_sched`:
+/// they share the CPU within 10 %.
+fn hwi_sched_fair_shares() -> TestResult {
+    const BACKLOG: u64 = 800;
+    let target = ncpus() - 1;
+    SCHED.bind_current(Some(target));
+    let left = Arc::new([AtomicU64::new(BACKLOG), AtomicU64::new(BACKLOG)]);
+    let other_at_finish = Arc::new([AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)]);
+    let mut handles = Vec::new();
+    for (k, name) in [(0usize, "test.hwi.a"), (1, "test.hwi.b")] {
+        let (left, at) = (left.clone(), other_at_finish.clone());
+        handles.push(
+            INTR.establish(
+                spec(name, 0x66 + k as u8, Model::Pool, IntrFlags::MPSAFE),
+                None,
+                Some(alloc::boxed::Box::new(move |ctx| {
+                    for _ in 0..8 {
+                        if left[k].load(Ordering::SeqCst) == 0 {
+                            break;
+                        }
+                        for _ in 0..200 {
+                            core::hint::spin_loop();
+                        }
+                        left[k].fetch_sub(1, Ordering::SeqCst);
+                    }
+                    if left[k].load(Ordering::SeqCst) > 0 {
+                        ctx.hwi_sched();
+                    } else {
+                        at[k].store(BACKLOG - left[1 - k].load(Ordering::SeqCst), Ordering::SeqCst);
+                    }
+                })),
+            )
+            .map_err(|e| alloc::format!("{e}"))?,
+        );
+    }
+    // Raise both while this CPU is at IPL_VM: both are held pending and queued together by
+    // the splx, so neither gets a head start.
+    let s = crate::SPL.splraise(Ipl::Vm);
+    raise(target, 0x66);
+    raise(target, 0x67);
+    let pending = (0..10_000_000).any(|_| {
+        core::hint::spin_loop();
+        crate::SPL.is_pending(0x66) && crate::SPL.is_pending(0x67)
+    });
+    crate::SPL.splx(s);
+    SCHED.bind_current(None);
+    kassert!(pending, "the two interrupts were not both held pending");
+    kassert!(
+        until(5000, || left.iter().all(|l| l.load(Ordering::SeqCst) == 0)),
+        "backlogs not drained: {} {}",
+        left[0].load(Ordering::SeqCst),
+        left[1].load(Ordering::SeqCst)
+    );
+    let first_done = (0..2).min_by_key(|&k| other_at_finish[k].load(Ordering::SeqCst)).unwrap_or(0);
+    let other_done = other_at_finish[first_done].load(Ordering::SeqCst);
+    kassert!(
+        other_done * 10 >= BACKLOG * 9,
+        "when one source finished its {BACKLOG} units the other had done only {other_done}"
+    );
+    drop(handles);
+    Ok(())
+}
+ktest!(T_HWI, "intr::pool::hwi_sched_fair_shares", hwi_sched_fair_shares);
+
+/// A MANUAL handler runs only when its filter schedules it.
+fn manual_handler_only_by_filter() -> TestResult {
+    let want = Arc::new(AtomicBool::new(false));
+    let filtered = Arc::new(AtomicU64::new(0));
+    let handled = Arc::new(AtomicU64::new(0));
+    let (w, f, hd) = (want.clone(), filtered.clone(), handled.clone());
+    let h = INTR
+        .establish(
+            spec("test.manual", 0x68, Model::Pool, IntrFlags::MANUAL),
+            Some(alloc::boxed::Box::new(move |ctx| {
+                f.fetch_add(1, Ordering::SeqCst);
+                if w.load(Ordering::SeqCst) {
+                    ctx.schedule_manual();
+                }
+                FilterResult::Schedule // must not schedule a MANUAL handler by itself
+            })),
+            Some(alloc::boxed::Box::new(move |_| {
+                hd.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    raise(SCHED.cpu_index(), 0x68);
+    kassert!(until(1000, || filtered.load(Ordering::SeqCst) == 1), "filter did not run");
+    SCHED.sleep_ns(20_000_000);
+    kassert_eq!(handled.load(Ordering::SeqCst), 0, "MANUAL handler ran without its filter asking");
+    want.store(true, Ordering::SeqCst);
+    raise(SCHED.cpu_index(), 0x68);
+    kassert!(until(1000, || handled.load(Ordering::SeqCst) == 1), "MANUAL handler not run when scheduled");
+    drop(h);
+    Ok(())
+}
+ktest!(T_MANUAL, "intr::filter::manual_handler", manual_handler_only_by_filter);
+
+static GATE: Mutex<()> = Mutex::new_adaptive("test.intr.gate", ());
+
+/// With MASK_WHILE_QUEUED the source is masked exactly while its handler is queued or
+/// running; an interrupt that arrives meanwhile is re-raised at unmask.
+fn masked_while_queued() -> TestResult {
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let h = INTR
+        .establish(
+            spec("test.masked", 0x69, Model::Pool, IntrFlags::MASK_WHILE_QUEUED),
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                r.fetch_add(1, Ordering::SeqCst);
+                drop(GATE.lock());
+            })),
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    let src = h.source().clone();
+    kassert!(!src.is_masked());
+    let g = GATE.lock();
+    raise(SCHED.cpu_index(), 0x69);
+    kassert!(until(1000, || runs.load(Ordering::SeqCst) == 1), "handler did not start");
+    kassert!(src.is_masked(), "source not masked while its handler runs");
+    let total = src.stats.total();
+    raise(SCHED.cpu_index(), 0x69);
+    SCHED.sleep_ns(10_000_000);
+    kassert_eq!(src.stats.total(), total, "an interrupt was dispatched while masked");
+    kassert_eq!(runs.load(Ordering::SeqCst), 1);
+    drop(g);
+    kassert!(until(1000, || runs.load(Ordering::SeqCst) == 2), "the interrupt missed while masked was lost");
+    kassert!(until(1000, || !src.is_masked()), "source left masked");
+    drop(h);
+    Ok(())
+}
+ktest!(T_MASKED, "intr::mask::masked_exactly_while_queued", masked_while_queued);
+
+/// Blocking every pooled ithread empties the pool: the CPU raises its need flag, and the
+/// first ithread to finish migrates to it; an instance queued for a source disestablished
+/// meanwhile never runs.
+fn pool_exhaustion_migration_and_disestablish() -> TestResult {
+    let n = ncpus();
+    let target = n - 1;
+    let k = 2 * n + 2;
+    let ran = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    let names = [
+        "test.exhaust.0",
+        "test.exhaust.1",
+        "test.exhaust.2",
+        "test.exhaust.3",
+        "test.exhaust.4",
+        "test.exhaust.5",
+        "test.exhaust.6",
+        "test.exhaust.7",
+        "test.exhaust.8",
+        "test.exhaust.9",
+    ];
+    for (i, name) in names.iter().enumerate().take(k) {
+        let r = ran.clone();
+        handles.push(
+            INTR.establish(
+                spec(name, 0x70 + i as u8, Model::Pool, IntrFlags::MPSAFE),
+                None,
+                Some(alloc::boxed::Box::new(move |_| {
+                    drop(GATE.lock());
+                    r.fetch_add(1, Ordering::SeqCst);
+                })),
+            )
+            .map_err(|e| alloc::format!("{e}"))?,
+        );
+    }
+    let (victim, victim_runs) =
+        counting(Model::Pool, 0x7E, "test.exhaust.victim").map_err(|e| alloc::format!("{e}"))?;
+    let before = INTR.pool.stats();
+    let g = GATE.lock();
+    for i in 0..k {
+        raise(target, 0x70 + i as u8);
+    }
+    kassert!(
+        until(3000, || INTR.pool.stats().empty > before.empty),
+        "the pool never ran empty (size {}, {} handlers blocked)",
+        INTR.pool.stats().size,
+        k
+    );
+    raise(target, 0x7E);
+    kassert!(until(1000, || INTR.pool.queued(target) > 0), "victim's instance was not queued");
+    drop(victim); // disestablish with its instance still queued
+    drop(g);
+    kassert!(
+        until(3000, || ran.load(Ordering::SeqCst) == k as u64),
+        "only {} of {k} blocked handlers finished",
+        ran.load(Ordering::SeqCst)
+    );
+    kassert!(until(3000, || INTR.pool.queued(target) == 0), "queue not drained");
+    let after = INTR.pool.stats();
+    kassert!(after.migrations > before.migrations, "no ithread migrated to the CPU in need");
+    kassert_eq!(victim_runs.load(Ordering::SeqCst), 0, "a disestablished handler ran");
+    drop(handles);
+    Ok(())
+}
+ktest!(
+    T_EXHAUST,
+    "intr::pool::exhaustion_migration_disestablish",
+    pool_exhaustion_migration_and_disestablish
+);
+
+/// Bad registrations are refused with an error naming the source.
+fn establish_errors_name_the_source() -> TestResult {
+    let h = |_: &intr::HandlerCtx<'_>| {};
+    let f = |_: &intr::FilterCtx<'_>| FilterResult::Handled;
+    let e = INTR.establish(
+        spec("bad.vector", 0x10, Model::Pool, IntrFlags::MPSAFE),
+        None,
+        Some(alloc::boxed::Box::new(h)),
+    );
+    kassert_eq!(e.err(), Some(EstablishError::InvalidVector { name: "bad.vector", vector: 0x10 }));
+    let e = INTR.establish(
+        spec("bad.timer", apic::TIMER_VECTOR, Model::Pool, IntrFlags::MPSAFE),
+        None,
+        Some(alloc::boxed::Box::new(h)),
+    );
+    kassert_eq!(
+        e.err(),
+        Some(EstablishError::InvalidVector { name: "bad.timer", vector: apic::TIMER_VECTOR })
+    );
+    let first = INTR
+        .establish(
+            spec("excl.first", 0x7F, Model::Pool, IntrFlags::EXCLUSIVE),
+            None,
+            Some(alloc::boxed::Box::new(h)),
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    let e = INTR.establish(
+        spec("excl.second", 0x7F, Model::Pool, IntrFlags::MPSAFE),
+        None,
+        Some(alloc::boxed::Box::new(h)),
+    );
+    kassert_eq!(
+        e.err(),
+        Some(EstablishError::VectorTaken { name: "excl.second", vector: 0x7F, holder: "excl.first" })
+    );
+    drop(first);
+    let soft = SourceSpec {
+        name: "bad.softfilter",
+        vector: 0x7F,
+        ipl: Ipl::SoftNet,
+        flags: IntrFlags::MPSAFE,
+        model: None,
+    };
+    let e = INTR.establish(soft, Some(alloc::boxed::Box::new(f)), None);
+    kassert_eq!(e.err(), Some(EstablishError::FilterAtSoftIpl { name: "bad.softfilter", ipl: Ipl::SoftNet }));
+    let e = INTR.establish(
+        spec("bad.manual", 0x7F, Model::Pool, IntrFlags::MANUAL),
+        None,
+        Some(alloc::boxed::Box::new(h)),
+    );
+    kassert_eq!(e.err(), Some(EstablishError::ManualWithoutFilter { name: "bad.manual" }));
+    let msg = alloc::format!("{}", EstablishError::ManualWithoutFilter { name: "bad.manual" });
+    kassert!(msg.contains("bad.manual"), "{msg}");
+    Ok(())
+}
+ktest!(T_ERRORS, "intr::establish::errors_name_the_source", establish_errors_name_the_source);
+
+#[allow(dead_code)]
+fn _priority_type_check(_: Priority) {}
