@@ -24,6 +24,31 @@ pub const ICOUNT: &str = "shift=0,align=off,sleep=off";
 /// The kernel's default number of samples per figure (`bench.samples=`).
 pub const DEFAULT_SAMPLES: u32 = 100_000;
 
+/// The benchmark that reports one figure per CPU count: it uses every CPU of its boot, so
+/// `bench --smp N` boots it again alone on 1..N−1 CPUs ([`sweep_smps`]) and each record's
+/// `smp` is the CPU count the figure was taken with.
+pub const PER_SMP: &str = "mutex.contended.throughput";
+
+/// The extra boots (their CPU counts, ascending) `bench --smp smp --filter filter` makes for
+/// [`PER_SMP`]: 1..smp if the filter selects it (a substring of its name, or no filter).
+pub fn sweep_smps(smp: u32, filter: Option<&str>) -> Vec<u32> {
+    if filter.is_some_and(|f| !PER_SMP.contains(f)) {
+        return Vec::new();
+    }
+    (1..smp).collect()
+}
+
+/// The records of the main boot with the sweep boots' [`PER_SMP`] records put in front of
+/// its own (so that benchmark's rows come together, by CPU count); appended if the main boot
+/// has none.
+pub fn merge(main: Vec<Record>, sweep: Vec<Record>) -> Vec<Record> {
+    let sweep: Vec<Record> = sweep.into_iter().filter(|r| r.bench == PER_SMP).collect();
+    let at = main.iter().position(|r| r.bench == PER_SMP).unwrap_or(main.len());
+    let mut out = main;
+    out.splice(at..at, sweep);
+    out
+}
+
 /// The `accel` label of the records: `tcg-icount` or `kvm`.
 pub fn accel_label(accel: Accel) -> &'static str {
     match accel {
@@ -125,13 +150,14 @@ pub fn failure(report: &BootReport) -> Option<String> {
     }))
 }
 
-/// The figures as an aligned table: name, median, p99, min, samples.
+/// The figures as an aligned table: name, smp, median, p99, min, samples.
 pub fn table(records: &[Record]) -> String {
     let rows: Vec<Vec<(String, String)>> = records
         .iter()
         .map(|r| {
             vec![
                 ("name".into(), r.bench.clone()),
+                ("smp".into(), r.smp.to_string()),
                 ("median".into(), r.median.to_string()),
                 ("p99".into(), r.p99.to_string()),
                 ("min".into(), r.min.to_string()),
@@ -246,9 +272,32 @@ mod tests {
         let t = table(&[rec()]);
         let mut lines = t.lines();
         let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(head, ["name", "median", "p99", "min", "samples"]);
+        assert_eq!(head, ["name", "smp", "median", "p99", "min", "samples"]);
         let row: Vec<&str> = lines.nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(row, ["mutex.adaptive.enter_exit", "9", "11", "9", "100000"]);
+        assert_eq!(row, ["mutex.adaptive.enter_exit", "1", "9", "11", "9", "100000"]);
         assert_eq!(table(&[]), "");
+    }
+
+    #[test]
+    fn sweep_covers_the_smaller_cpu_counts_when_selected() {
+        assert_eq!(sweep_smps(4, None), [1, 2, 3]);
+        assert_eq!(sweep_smps(2, Some("contended")), [1]);
+        assert_eq!(sweep_smps(4, Some("mutex.")), [1, 2, 3]);
+        assert!(sweep_smps(1, None).is_empty());
+        assert!(sweep_smps(4, Some("baseline.")).is_empty());
+        assert!(sweep_smps(4, Some("mutex.adaptive")).is_empty());
+    }
+
+    #[test]
+    fn merge_puts_the_sweep_before_the_main_boots_figure() {
+        let r = |bench: &str, smp: u32| Record { bench: bench.into(), smp, ..rec() };
+        let main = vec![r("baseline.empty", 4), r(PER_SMP, 4), r("spl.raise_lower", 4)];
+        let sweep = vec![r("baseline.empty", 1), r(PER_SMP, 1), r("baseline.empty", 2), r(PER_SMP, 2)];
+        let got: Vec<(String, u32)> = merge(main, sweep).into_iter().map(|r| (r.bench, r.smp)).collect();
+        let want = [("baseline.empty", 4), (PER_SMP, 1), (PER_SMP, 2), (PER_SMP, 4), ("spl.raise_lower", 4)];
+        assert_eq!(got, want.map(|(b, s)| (b.to_string(), s)));
+        // The main boot lost it (failed): the sweep's figures are appended.
+        let got = merge(vec![r("baseline.empty", 2)], vec![r(PER_SMP, 1)]);
+        assert_eq!(got.iter().map(|r| r.smp).collect::<Vec<_>>(), [2, 1]);
     }
 }

@@ -95,7 +95,9 @@ struct BootArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Number of CPUs (the benchmarks run on CPU 0; the others idle).
+    /// Number of CPUs (the benchmarks run on CPU 0; the others idle, except in the two-CPU
+    /// mutex.handoff and in mutex.contended.throughput, which uses every CPU and is booted
+    /// again on 1..N-1 CPUs for one figure per CPU count).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     smp: u32,
     /// Run only the benchmarks whose name contains PATTERN.
@@ -164,8 +166,9 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
     let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, event| {
         let t = secs(start.elapsed());
         match (source, event) {
-            (Source::Serial, Some(Event::Boot { cpus, hz, .. })) => {
-                println!("boot: {cpus} CPUs online, hz {hz} ({t:.2} s)");
+            (Source::Serial, Some(Event::Boot { cpus, hz, model, .. })) => {
+                let model = model.as_deref().unwrap_or("-");
+                println!("boot: {cpus} CPUs online, hz {hz}, interrupt model {model} ({t:.2} s)");
             }
             (Source::Serial, Some(Event::ScenarioDone)) => {
                 println!("scenario: done ({t:.2} s)");
@@ -263,13 +266,8 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
 
 fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     let (accel, kernel) = prepare(a.accel)?;
-    let cfg = ithreads::bench::config(
-        a.smp,
-        accel,
-        a.filter.as_deref(),
-        a.samples,
-        Duration::from_secs(a.timeout),
-    )?;
+    let timeout = Duration::from_secs(a.timeout);
+    let cfg = ithreads::bench::config(a.smp, accel, a.filter.as_deref(), a.samples, timeout)?;
     println!(
         "bench: {} CPUs, accel {}, unit {}, cmdline {:?}",
         cfg.smp,
@@ -277,29 +275,47 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         ithreads::bench::unit(accel),
         cfg.append
     );
-    if a.verbose {
-        let args = qemu::qemu_args(&cfg, accel, &kernel);
-        println!("bench: {} {}", qemu::QEMU, qemu::shell_words(&args));
-    }
     let verbose = a.verbose;
-    let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, event| match (source, event) {
-        (Source::Serial, Some(Event::Bench { .. })) if verbose => println!("{line}"),
-        (Source::Serial, Some(Event::Panic { cpu, msg })) => println!("PANIC on cpu {cpu}: {msg}"),
-        (Source::Serial, Some(Event::CmdlineError { option, msg })) => {
-            println!("cmdline error: option {option}: {msg}");
+    let boot = |cfg: &BootConfig| {
+        if verbose {
+            let args = qemu::qemu_args(cfg, accel, &kernel);
+            println!("bench: {} {}", qemu::QEMU, qemu::shell_words(&args));
         }
-        (Source::Serial, Some(Event::Unknown(l))) => println!("unknown protocol line: {l}"),
-        (Source::Serial, None) if verbose => println!("  | {line}"),
-        (Source::Stderr, _) if verbose => println!("  qemu: {line}"),
-        _ => {}
-    })?;
-    let records = ithreads::bench::records(&report);
+        qemu::boot_elf(cfg, accel, &kernel, |source, line, event| match (source, event) {
+            (Source::Serial, Some(Event::Bench { .. })) if verbose => println!("{line}"),
+            (Source::Serial, Some(Event::Panic { cpu, msg })) => println!("PANIC on cpu {cpu}: {msg}"),
+            (Source::Serial, Some(Event::CmdlineError { option, msg })) => {
+                println!("cmdline error: option {option}: {msg}");
+            }
+            (Source::Serial, Some(Event::Unknown(l))) => println!("unknown protocol line: {l}"),
+            (Source::Serial, None) if verbose => println!("  | {line}"),
+            (Source::Stderr, _) if verbose => println!("  qemu: {line}"),
+            _ => {}
+        })
+    };
+    let report = boot(&cfg)?;
+    let mut failures: Vec<String> = ithreads::bench::failure(&report).into_iter().collect();
+    let mut elapsed = report.elapsed;
+    // `mutex.contended.throughput` uses every CPU of its boot: one more boot per smaller CPU
+    // count gives its figure for each of 1..=N CPUs.
+    let mut sweep = Vec::new();
+    for smp in ithreads::bench::sweep_smps(a.smp, a.filter.as_deref()) {
+        let per_smp = Some(ithreads::bench::PER_SMP);
+        let cfg = ithreads::bench::config(smp, accel, per_smp, a.samples, timeout)?;
+        println!("bench: {} again on {smp} CPU{}", ithreads::bench::PER_SMP, if smp == 1 { "" } else { "s" });
+        let r = boot(&cfg)?;
+        failures.extend(ithreads::bench::failure(&r));
+        elapsed += r.elapsed;
+        sweep.extend(ithreads::bench::records(&r));
+    }
+    let records = ithreads::bench::merge(ithreads::bench::records(&report), sweep);
     if records.is_empty() {
         println!("\nno figures");
     } else {
         let unit = &records[0].unit;
         println!(
-            "\n{} figures ({unit}; baseline.empty is the measurement loop, the others are net of it):",
+            "\n{} figures ({unit}; baseline.empty is the measurement loop, the others are net of it; \
+             mutex.handoff and mutex.contended.throughput count every CPU's instructions):",
             records.len()
         );
         print!("{}", ithreads::bench::table(&records));
@@ -311,15 +327,14 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("bench: {} records written to {}", records.len(), path.display());
     }
-    match ithreads::bench::failure(&report) {
-        None => {
-            println!("bench: ok ({}, {:.2} s)", report.outcome, secs(report.elapsed));
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(f) => {
+    if failures.is_empty() {
+        println!("bench: ok ({}, {:.2} s)", report.outcome, secs(elapsed));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &failures {
             print!("{f}");
-            println!("bench: FAILED");
-            Ok(ExitCode::FAILURE)
         }
+        println!("bench: FAILED");
+        Ok(ExitCode::FAILURE)
     }
 }

@@ -15,8 +15,12 @@ const SAMPLES: u32 = 2000;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn boot(filter: Option<&str>) -> (BootReport, Vec<Record>) {
+    boot_smp(1, filter)
+}
+
+fn boot_smp(smp: u32, filter: Option<&str>) -> (BootReport, Vec<Record>) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = bench::config(1, Accel::Tcg, filter, Some(SAMPLES), TIMEOUT).unwrap();
+    let cfg = bench::config(smp, Accel::Tcg, filter, Some(SAMPLES), TIMEOUT).unwrap();
     let r = qemu::boot(&cfg).unwrap_or_else(|e| panic!("could not boot: {e}"));
     if let Some(f) = bench::failure(&r) {
         panic!("bench boot failed:\n{f}");
@@ -40,7 +44,10 @@ fn baselines_are_reported_and_deterministic() {
     let cli = find(&first, "baseline.cli_spinlock.enter_exit");
     assert!(cli.median > pair.median / 2, "{cli:?} vs {pair:?}");
     for r in &first {
-        assert_eq!(r.samples, u64::from(SAMPLES), "{r:?}");
+        // `mutex.contended.throughput` takes one sample per repetition, whatever the count.
+        if r.bench != bench::PER_SMP {
+            assert_eq!(r.samples, u64::from(SAMPLES), "{r:?}");
+        }
         assert_eq!(
             (r.unit.as_str(), r.accel.as_str(), r.smp, r.model.as_str()),
             ("instructions", "tcg-icount", 1, "-")
@@ -62,4 +69,36 @@ fn filter_selects() {
     assert_eq!(names, ["baseline.lock_cmpxchg_pair"]);
     // Net of the empty loop even though `baseline.empty` itself was filtered out.
     assert!(recs[0].median < 20, "{:?}", recs[0]);
+}
+
+#[test]
+fn lock_and_spl_benchmarks_are_reported() {
+    let (r, recs) = boot(Some("."));
+    for name in [
+        "spl.raise_lower",
+        "mutex.adaptive.enter_exit",
+        "mutex.spin.enter_exit",
+        "rwlock.read.enter_exit",
+        "rwlock.write.enter_exit",
+        "mutex.contended.throughput",
+    ] {
+        let f = find(&recs, name);
+        assert!(f.median > 0 && f.min <= f.median && f.median <= f.p99, "{f:?}");
+    }
+    // One CPU: no hand-off figure, a line saying why.
+    assert!(recs.iter().all(|r| r.bench != "mutex.handoff"), "{recs:#?}");
+    assert!(r.serial_log.iter().any(|l| l.contains("mutex.handoff took no samples here (skipped)")));
+    let tput = find(&recs, bench::PER_SMP);
+    assert_eq!((tput.smp, tput.samples), (1, 9), "{tput:?}");
+}
+
+#[test]
+fn two_cpu_benchmarks_run_on_two_cpus() {
+    let (_, recs) = boot_smp(2, Some("mutex."));
+    let handoff = find(&recs, "mutex.handoff");
+    assert_eq!((handoff.smp, handoff.samples), (2, u64::from(SAMPLES)), "{handoff:?}");
+    assert!(handoff.median > 0, "{handoff:?}");
+    let tput = find(&recs, bench::PER_SMP);
+    assert_eq!((tput.smp, tput.samples), (2, 9), "{tput:?}");
+    assert!(tput.median > 0, "{tput:?}");
 }

@@ -8,10 +8,14 @@
 //! instruction count, so a busy CPU would inflate every sample). Preemption is disabled
 //! while a benchmark measures (the `Bencher`'s hooks); interrupts stay enabled, so the clock
 //! interrupt lands inside a few samples — the median ignores them, p99 may show them.
+//! (`mutex.handoff` and `mutex.contended.throughput`, in `locks.rs`, are the exceptions: they
+//! spawn threads bound to the other CPUs, and their figures count every CPU's instructions.)
 //! `baseline.empty` (the measurement loop around nothing) is measured first in every boot,
 //! whatever the filter, and its median is subtracted from every `Bencher::iter` figure.
 
 mod baseline;
+mod locks;
+mod spl;
 
 use alloc::vec::Vec;
 
