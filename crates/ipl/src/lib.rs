@@ -154,6 +154,15 @@ const ABOVE: [u32; NIPL] = {
     t
 };
 
+/// This CPU's index, masked to the table size so the compiler drops the bounds check on the
+/// `splx` fast path (`MAX_CPUS` is a power of two; CPU indices are below it).
+#[inline(always)]
+fn this_cpu<M: Machine>() -> usize {
+    M::cpu_index() & (sched::MAX_CPUS - 1)
+}
+
+const _: () = assert!(sched::MAX_CPUS.is_power_of_two());
+
 /// Vector table value of a vector that is never deferred (e.g. the panic-stop IPI).
 pub const NEVER_DEFER: u8 = 0xFF;
 
@@ -261,7 +270,7 @@ impl<M: IplCpu> SplState<M> {
     }
 
     /// Raises this CPU's level to at least `ipl`; returns the previous level.
-    #[inline]
+    #[inline(always)]
     pub fn splraise(&self, ipl: Ipl) -> Spl {
         let old = M::ipl_get();
         if (ipl as u8) > old {
@@ -277,11 +286,11 @@ impl<M: IplCpu> SplState<M> {
     }
 
     /// Sets this CPU's level back to `s`, replaying interrupts left pending above it.
-    #[inline]
+    #[inline(always)]
     pub fn splx(&self, s: Spl) {
         M::ipl_set(s.0);
-        let q = &self.cpus[M::cpu_index()];
-        if q.levels.load(Ordering::Relaxed) & ABOVE[s.0 as usize] != 0 {
+        let q = &self.cpus[this_cpu::<M>()];
+        if q.levels.load(Ordering::Relaxed) & ABOVE[(s.0 & 7) as usize] != 0 {
             self.replay_pending(s.0);
         }
     }
@@ -291,9 +300,9 @@ impl<M: IplCpu> SplState<M> {
         let mut preempt = false;
         {
             let io = M::intr_disable();
-            let q = &self.cpus[M::cpu_index()];
+            let q = &self.cpus[this_cpu::<M>()];
             loop {
-                let pending = q.levels.load(Ordering::Relaxed) & ABOVE[to as usize];
+                let pending = q.levels.load(Ordering::Relaxed) & ABOVE[(to & 7) as usize];
                 if pending == 0 {
                     break;
                 }
@@ -371,7 +380,7 @@ impl<M: IplCpu> SplState<M> {
             return Arrival::Run { old: cur };
         }
         if level <= cur {
-            let q = &self.cpus[M::cpu_index()];
+            let q = &self.cpus[this_cpu::<M>()];
             q.vectors[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::Relaxed);
             q.levels.fetch_or(1 << level, Ordering::Relaxed);
             q.deferred.fetch_add(1, Ordering::Relaxed);
@@ -394,7 +403,7 @@ impl<M: IplCpu> SplState<M> {
         if M::ipl_get() == Ipl::None as u8 {
             return true;
         }
-        self.cpus[M::cpu_index()].levels.fetch_or(PREEMPT_BIT, Ordering::Relaxed);
+        self.cpus[this_cpu::<M>()].levels.fetch_or(PREEMPT_BIT, Ordering::Relaxed);
         false
     }
 
@@ -403,7 +412,7 @@ impl<M: IplCpu> SplState<M> {
     pub fn spin_enter(&self, ipl: Ipl) {
         let s = self.splraise(ipl);
         // At a raised level we cannot migrate: the CPU index is stable from here.
-        let q = &self.cpus[M::cpu_index()];
+        let q = &self.cpus[this_cpu::<M>()];
         if q.spin_count.fetch_add(1, Ordering::Relaxed) == 0 {
             q.spin_oldspl.store(s.0, Ordering::Relaxed);
         }
@@ -412,7 +421,7 @@ impl<M: IplCpu> SplState<M> {
     /// Releases one spin mutex's hold on the level; the outermost restores it.
     #[inline]
     pub fn spin_exit(&self) {
-        let q = &self.cpus[M::cpu_index()];
+        let q = &self.cpus[this_cpu::<M>()];
         let n = q.spin_count.fetch_sub(1, Ordering::Relaxed);
         assert!(n > 0, "spin_exit without spin_enter");
         if n == 1 {
@@ -423,7 +432,7 @@ impl<M: IplCpu> SplState<M> {
 
     /// Spin mutexes held on this CPU.
     pub fn spin_count(&self) -> u32 {
-        self.cpus[M::cpu_index()].spin_count.load(Ordering::Relaxed)
+        self.cpus[this_cpu::<M>()].spin_count.load(Ordering::Relaxed)
     }
 
     /// Counters of `cpu`.
@@ -437,7 +446,7 @@ impl<M: IplCpu> SplState<M> {
 
     /// Whether `vector` is pending on this CPU.
     pub fn is_pending(&self, vector: u8) -> bool {
-        let q = &self.cpus[M::cpu_index()];
+        let q = &self.cpus[this_cpu::<M>()];
         q.vectors[vector as usize / 64].load(Ordering::Relaxed) & (1 << (vector % 64)) != 0
     }
 }

@@ -11,17 +11,24 @@ use machine::Machine;
 use crate::witness::{LockKind, Violation};
 use crate::Env;
 
-/// Owner-word bit: threads are blocked on the turnstile.
+/// Owner-word bit: threads are blocked on the turnstile (adaptive).
 pub const WAITERS: usize = 1;
-
-const KIND_ADAPTIVE: u8 = 0;
-const KIND_SPIN: u8 = 1;
+/// Owner-word bit: acquired through the checked path (checker or statistics on), so the
+/// release must take the checked path too.
+pub const CHECKED: usize = 2;
+/// Owner-word bit: a spin mutex (set for its whole life, so the adaptive fast path's
+/// `cmpxchg 0 → self` always fails on it and the slow path handles the spin kind — NetBSD's
+/// `MUTEX_BIT_SPIN` trick: the kind costs the adaptive fast path nothing).
+pub const SPIN: usize = 4;
+const FLAGS: usize = WAITERS | CHECKED | SPIN;
 
 /// The lock part of a mutex, without the data: also the `lock_api` raw mutex.
+///
+/// Owner word: the owning thread's address (8-aligned) | `WAITERS` | `CHECKED` | `SPIN`.
+/// Free: 0 (adaptive) or `SPIN` (spin).
 pub struct RawMutex<E: Env> {
     owner: AtomicUsize,
-    kind: u8,
-    ipl: u8,
+    ipl: Ipl,
     name: &'static str,
     class: AtomicU32,
     /// When the current hold began (statistics on only), for the max-hold figure.
@@ -40,16 +47,16 @@ unsafe impl<T: Send, E: Env> Sync for Mutex<T, E> {}
 // SAFETY: moving the mutex moves the `T`.
 unsafe impl<T: Send, E: Env> Send for Mutex<T, E> {}
 
+#[inline(always)]
 fn curthread<E: Env>() -> usize {
     E::M::curthread() as usize
 }
 
 impl<E: Env> RawMutex<E> {
-    const fn new(name: &'static str, kind: u8, ipl: Ipl) -> Self {
+    const fn new(name: &'static str, spin: bool, ipl: Ipl) -> Self {
         RawMutex {
-            owner: AtomicUsize::new(0),
-            kind,
-            ipl: ipl as u8,
+            owner: AtomicUsize::new(if spin { SPIN } else { 0 }),
+            ipl,
             name,
             class: AtomicU32::new(0),
             hold_start: AtomicU64::new(0),
@@ -57,8 +64,12 @@ impl<E: Env> RawMutex<E> {
         }
     }
 
+    fn is_spin(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) & SPIN != 0
+    }
+
     fn lock_kind(&self) -> LockKind {
-        if self.kind == KIND_SPIN {
+        if self.is_spin() {
             LockKind::Spin
         } else {
             LockKind::Adaptive
@@ -76,7 +87,7 @@ impl<E: Env> RawMutex<E> {
 
     /// Whether a thread other than the caller owns it.
     pub fn owned_by_other(&self) -> bool {
-        let o = self.owner.load(Ordering::Relaxed) & !WAITERS;
+        let o = self.owner.load(Ordering::Relaxed) & !FLAGS;
         o != 0 && o != curthread::<E>()
     }
 
@@ -87,76 +98,69 @@ impl<E: Env> RawMutex<E> {
 
     /// Whether the calling thread owns it.
     pub fn owned(&self) -> bool {
-        self.owner.load(Ordering::Relaxed) & !WAITERS == curthread::<E>()
+        self.owner.load(Ordering::Relaxed) & !FLAGS == curthread::<E>()
+    }
+
+    /// Whether anyone owns it.
+    pub fn is_locked(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) & !FLAGS != 0
     }
 
     /// Acquires. Returns `false` only if the checker refused (recursion, `Policy::Record`).
-    #[inline]
+    ///
+    /// The fast path is one `cmpxchg` of the word from the checker's *expected free value*
+    /// (0, or 1 while checking or statistics are on — a value a free adaptive mutex never
+    /// has, so the `cmpxchg` fails into the slow path) to the current thread.
+    #[inline(always)]
     pub fn enter(&self) -> bool {
-        let w = &E::sync().witness;
-        if w.active() {
-            return self.enter_checked();
-        }
         let me = curthread::<E>();
-        if self.kind == KIND_SPIN {
-            E::spl().spin_enter(Ipl::from_u8(self.ipl).unwrap_or(Ipl::High));
-            if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_err() {
-                self.spin_contended(me);
-            }
+        let free = E::sync().witness.fast_expect();
+        if self.owner.compare_exchange(free, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             return true;
         }
-        if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            return self.adaptive_contended(me);
-        }
-        true
+        self.enter_slow(me)
     }
 
-    /// Releases.
-    #[inline]
+    /// Releases. The fast path is one `cmpxchg` self → 0; waiters, the spin kind and checked
+    /// holds all make it fail into the slow path.
+    #[inline(always)]
     pub fn exit(&self) {
-        let w = &E::sync().witness;
-        if w.active() {
-            return self.exit_checked();
-        }
-        self.exit_unchecked();
-    }
-
-    #[inline]
-    fn exit_unchecked(&self) {
         let me = curthread::<E>();
-        if self.kind == KIND_SPIN {
-            self.owner.store(0, Ordering::Release);
-            E::spl().spin_exit();
-            return;
-        }
         if self.owner.compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed).is_err() {
-            self.adaptive_exit_slow(me);
+            self.exit_slow(me);
         }
     }
 
     /// Tries to acquire without waiting.
     pub fn try_enter(&self) -> bool {
         let me = curthread::<E>();
-        let ok = if self.kind == KIND_SPIN {
-            E::spl().spin_enter(Ipl::from_u8(self.ipl).unwrap_or(Ipl::High));
-            let ok = self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        let w = &E::sync().witness;
+        let tag = if w.active() { CHECKED } else { 0 };
+        let ok = if self.is_spin() {
+            E::spl().spin_enter(self.ipl);
+            let ok = self
+                .owner
+                .compare_exchange(SPIN, SPIN | me | tag, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok();
             if !ok {
                 E::spl().spin_exit();
             }
             ok
         } else {
-            self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            self.owner.compare_exchange(0, me | tag, Ordering::Acquire, Ordering::Relaxed).is_ok()
         };
-        if ok && E::sync().witness.checking() {
-            let cur = E::spl().current();
-            E::sync().witness.acquire::<E::M>(
-                E::sched().current().held_locks(),
-                self.addr(),
-                self.class(),
-                self.lock_kind(),
-                cur.name(),
-                cur > Ipl::Vm,
-            );
+        if ok && tag != 0 {
+            if w.checking() {
+                let cur = E::spl().current();
+                w.acquire::<E::M>(
+                    E::sched().current().held_locks(),
+                    self.addr(),
+                    self.class(),
+                    self.lock_kind(),
+                    cur.name(),
+                    cur > Ipl::Vm,
+                );
+            }
             self.note_acquired(false, 0, 0);
         }
         ok
@@ -166,42 +170,64 @@ impl<E: Env> RawMutex<E> {
         E::sync().witness.class_of::<E::M>(&self.class, self.name, self.lock_kind())
     }
 
+    /// The spin kind's fast path (kept small so it has no big prologue), else the rest.
+    #[inline(never)]
+    fn enter_slow(&self, me: usize) -> bool {
+        if self.owner.load(Ordering::Relaxed) & SPIN != 0 && !E::sync().witness.active() {
+            // Raise the SPL, then one `cmpxchg`.
+            E::spl().spin_enter(self.ipl);
+            if self.owner.compare_exchange(SPIN, SPIN | me, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                self.spin_contended(me, 0);
+            }
+            return true;
+        }
+        self.enter_slower(me)
+    }
+
+    /// Everything the fast paths do not do: checked acquisitions, contention.
     #[cold]
-    fn enter_checked(&self) -> bool {
+    #[inline(never)]
+    fn enter_slower(&self, me: usize) -> bool {
         let w = &E::sync().witness;
-        let class = self.class();
-        let spl = E::spl();
-        let cur = spl.current();
-        let sched = E::sched();
-        let ok = !w.checking()
-            || w.acquire::<E::M>(
-                sched.current().held_locks(),
+        let spin = self.is_spin();
+        let tag = if w.active() { CHECKED } else { 0 };
+        if tag != 0 && w.checking() {
+            let cur = E::spl().current();
+            let ok = w.acquire::<E::M>(
+                E::sched().current().held_locks(),
                 self.addr(),
-                class,
+                self.class(),
                 self.lock_kind(),
                 cur.name(),
                 cur > Ipl::Vm,
             );
-        if !ok {
-            return false; // recursion refused under Policy::Record
-        }
-        let me = curthread::<E>();
-        let t0 = E::M::now_ns();
-        if self.kind == KIND_SPIN {
-            spl.spin_enter(Ipl::from_u8(self.ipl).unwrap_or(Ipl::High));
-            let contended = self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_err();
-            if contended {
-                self.spin_contended(me);
+            if !ok {
+                return false; // recursion refused under Policy::Record
             }
-            let spun = if contended { E::M::now_ns() - t0 } else { 0 };
-            self.note_acquired(contended, spun, 0);
+        }
+        let t0 = if tag != 0 { E::M::now_ns() } else { 0 };
+        if spin {
+            E::spl().spin_enter(self.ipl);
+            let contended = self
+                .owner
+                .compare_exchange(SPIN, SPIN | me | tag, Ordering::Acquire, Ordering::Relaxed)
+                .is_err();
+            if contended {
+                self.spin_contended(me, tag);
+            }
+            if tag != 0 {
+                let spun = if contended { E::M::now_ns() - t0 } else { 0 };
+                self.note_acquired(contended, spun, 0);
+            }
             return true;
         }
-        if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            self.note_acquired(false, 0, 0);
+        if self.owner.compare_exchange(0, me | tag, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            if tag != 0 {
+                self.note_acquired(false, 0, 0);
+            }
             return true;
         }
-        self.adaptive_contended(me)
+        self.adaptive_contended(me, tag)
     }
 
     fn note_acquired(&self, contended: bool, spin_ns: u64, block_ns: u64) {
@@ -212,38 +238,72 @@ impl<E: Env> RawMutex<E> {
         }
     }
 
-    #[cold]
-    fn exit_checked(&self) {
-        let w = &E::sync().witness;
-        let class = self.class();
-        let me = curthread::<E>();
-        let held_by_me = self.owner.load(Ordering::Relaxed) & !WAITERS == me;
-        if held_by_me && w.stats_on() {
-            let t0 = self.hold_start.load(Ordering::Relaxed);
-            w.note_hold(class, E::M::now_ns().saturating_sub(t0));
+    /// The spin kind's release (small), else the rest.
+    #[inline(never)]
+    fn exit_slow(&self, me: usize) {
+        if self.owner.load(Ordering::Relaxed) == SPIN | me {
+            // Spin mutex, unchecked hold: release, then lower the SPL.
+            self.owner.store(SPIN, Ordering::Release);
+            E::spl().spin_exit();
+            return;
         }
-        if !w.checking() {
-            return self.exit_unchecked();
-        }
-        let recorded = w.release::<E::M>(E::sched().current().held_locks(), self.addr(), class);
-        if !recorded || !held_by_me {
-            if recorded {
-                w.report::<E::M>(Violation::ReleaseNotHeld { lock: self.name });
-            }
-            return; // refused under Policy::Record
-        }
-        self.exit_unchecked();
+        self.exit_slower(me);
     }
 
     #[cold]
-    fn spin_contended(&self, me: usize) {
+    #[inline(never)]
+    fn exit_slower(&self, me: usize) {
+        let v = self.owner.load(Ordering::Relaxed);
+        let w = &E::sync().witness;
+        if v & !FLAGS != me {
+            // Not ours: the checker names it; without the checker this is fatal.
+            if w.checking() {
+                let recorded =
+                    w.release::<E::M>(E::sched().current().held_locks(), self.addr(), self.class());
+                if recorded {
+                    w.report::<E::M>(Violation::ReleaseNotHeld { lock: self.name });
+                }
+                return;
+            }
+            panic!("mutex \"{}\": released by a thread that does not own it", self.name);
+        }
+        if v & CHECKED != 0 {
+            let class = self.class();
+            if w.stats_on() {
+                let t0 = self.hold_start.load(Ordering::Relaxed);
+                w.note_hold(class, E::M::now_ns().saturating_sub(t0));
+            }
+            if w.checking() {
+                let _ = w.release::<E::M>(E::sched().current().held_locks(), self.addr(), class);
+            }
+        }
+        if v & SPIN != 0 {
+            self.owner.store(SPIN, Ordering::Release);
+            E::spl().spin_exit();
+            return;
+        }
+        if v & WAITERS == 0 {
+            if self.owner.compare_exchange(v, 0, Ordering::Release, Ordering::Relaxed).is_ok() {
+                return;
+            }
+        }
+        self.adaptive_exit_slow(me);
+    }
+
+    #[cold]
+    fn spin_contended(&self, me: usize, tag: usize) {
         let mut backoff = 1u32;
         loop {
             let v = self.owner.load(Ordering::Relaxed);
-            if v == me {
+            if v & !FLAGS == me {
                 panic!("spin mutex \"{}\": recursive acquisition", self.name);
             }
-            if v == 0 && self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            if v == SPIN
+                && self
+                    .owner
+                    .compare_exchange(SPIN, SPIN | me | tag, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
                 return;
             }
             for _ in 0..backoff {
@@ -254,7 +314,7 @@ impl<E: Env> RawMutex<E> {
     }
 
     #[cold]
-    fn adaptive_contended(&self, me: usize) -> bool {
+    fn adaptive_contended(&self, me: usize, tag: usize) -> bool {
         let sched = E::sched();
         let sync = E::sync();
         let stats = sync.witness.stats_on();
@@ -265,12 +325,12 @@ impl<E: Env> RawMutex<E> {
         loop {
             let v = self.owner.load(Ordering::Relaxed);
             if v == 0 {
-                if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                if self.owner.compare_exchange(0, me | tag, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     break;
                 }
                 continue;
             }
-            let owner = v & !WAITERS;
+            let owner = v & !FLAGS;
             if owner == me {
                 if sync.witness.checking() {
                     // Already reported by the checker's acquire (it saw the lock held).
@@ -301,15 +361,14 @@ impl<E: Env> RawMutex<E> {
             {
                 continue;
             }
-            let owner = v & !WAITERS;
+            let owner = v & !FLAGS;
             if owner == me {
                 continue;
             }
             let owner_ptr = owner as *const sched::Thread<E::M>;
-            if let Err(d) = ts.block(sched, self.addr(), &me_arc, true, Some(owner_ptr), &granted) {
+            if ts.block(sched, self.addr(), &me_arc, true, Some(owner_ptr), &granted).is_err() {
                 drop(ts);
                 drop(io);
-                let _ = d;
                 sync.witness
                     .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_arc.name().into() });
                 return false;
@@ -325,21 +384,19 @@ impl<E: Env> RawMutex<E> {
             if stats {
                 block_ns += E::M::now_ns() - tb;
             }
-            break; // handed to us: the owner word is ours
+            break; // handed to us: the owner word is ours (tagged by the releaser)
         }
         if stats {
             spin_ns = (E::M::now_ns() - t0).saturating_sub(block_ns);
         }
-        self.note_acquired(true, spin_ns, block_ns);
+        if tag != 0 {
+            self.note_acquired(true, spin_ns, block_ns);
+        }
         true
     }
 
     #[cold]
     fn adaptive_exit_slow(&self, me: usize) {
-        let v = self.owner.load(Ordering::Relaxed);
-        if v & !WAITERS != me {
-            panic!("adaptive mutex \"{}\": released by a thread that does not own it", self.name);
-        }
         let sched = E::sched();
         let sync = E::sync();
         // Interrupts stay disabled until the new owner is awake: dropping our loan may make
@@ -358,7 +415,9 @@ impl<E: Env> RawMutex<E> {
                 Some(w) => {
                     ts.transfer(sched, self.addr(), Some(me_ptr), Some(&w.thread));
                     let more = if ts.waiters(self.addr()) > 0 { WAITERS } else { 0 };
-                    self.owner.store(alloc::sync::Arc::as_ptr(&w.thread) as usize | more, Ordering::Release);
+                    let tag = if sync.witness.active() { CHECKED } else { 0 };
+                    self.owner
+                        .store(alloc::sync::Arc::as_ptr(&w.thread) as usize | more | tag, Ordering::Release);
                     w.grant();
                     Some(w.thread.clone())
                 }
@@ -377,13 +436,13 @@ impl<T, E: Env> Mutex<T, E> {
     /// An adaptive mutex named `name` (the name is its lock class for the checker and
     /// `lockstat`).
     pub const fn new_adaptive(name: &'static str, value: T) -> Self {
-        Mutex { raw: RawMutex::new(name, KIND_ADAPTIVE, Ipl::None), value: UnsafeCell::new(value) }
+        Mutex { raw: RawMutex::new(name, false, Ipl::None), value: UnsafeCell::new(value) }
     }
 
     /// A spin mutex that raises the SPL to `ipl` (which must be above `IPL_NONE`).
     pub const fn new_spin(name: &'static str, ipl: Ipl, value: T) -> Self {
         assert!(ipl as u8 > Ipl::None as u8, "a spin mutex needs an IPL above IPL_NONE");
-        Mutex { raw: RawMutex::new(name, KIND_SPIN, ipl), value: UnsafeCell::new(value) }
+        Mutex { raw: RawMutex::new(name, true, ipl), value: UnsafeCell::new(value) }
     }
 
     /// NetBSD's `mutex_init(m, MUTEX_DEFAULT, ipl)`: adaptive at `IPL_NONE`, spin above.
@@ -396,7 +455,7 @@ impl<T, E: Env> Mutex<T, E> {
     }
 
     /// Acquires the mutex.
-    #[inline]
+    #[inline(always)]
     pub fn lock(&self) -> MutexGuard<'_, T, E> {
         let held = self.raw.enter();
         MutexGuard { m: self, held }
@@ -419,7 +478,7 @@ impl<T, E: Env> Mutex<T, E> {
 
     /// Whether this is a spin mutex.
     pub fn is_spin(&self) -> bool {
-        self.raw.kind == KIND_SPIN
+        self.raw.is_spin()
     }
 
     /// The mutex's name.
@@ -448,6 +507,7 @@ impl<'a, T, E: Env> MutexGuard<'a, T, E> {
         self.m
     }
 
+    #[inline(always)]
     pub(crate) fn raw_release(&mut self) {
         if self.held {
             self.m.raw.exit();
@@ -478,6 +538,7 @@ impl<T, E: Env> DerefMut for MutexGuard<'_, T, E> {
 }
 
 impl<T, E: Env> Drop for MutexGuard<'_, T, E> {
+    #[inline(always)]
     fn drop(&mut self) {
         self.raw_release();
     }
@@ -490,7 +551,7 @@ pub struct RawAdaptiveMutex<E: Env>(RawMutex<E>);
 // on the acquiring thread (`GuardNoSend`) because ownership is by thread.
 unsafe impl<E: Env> lock_api::RawMutex for RawAdaptiveMutex<E> {
     #[allow(clippy::declare_interior_mutable_const)]
-    const INIT: Self = RawAdaptiveMutex(RawMutex::new("lock_api::Mutex", KIND_ADAPTIVE, Ipl::None));
+    const INIT: Self = RawAdaptiveMutex(RawMutex::new("lock_api::Mutex", false, Ipl::None));
     type GuardMarker = lock_api::GuardNoSend;
 
     fn lock(&self) {
@@ -506,7 +567,7 @@ unsafe impl<E: Env> lock_api::RawMutex for RawAdaptiveMutex<E> {
     }
 
     fn is_locked(&self) -> bool {
-        self.0.owner.load(Ordering::Relaxed) != 0
+        self.0.is_locked()
     }
 }
 

@@ -92,8 +92,24 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// Acquires for reading. `false` only if the checker refused (recursion, `Record`).
-    #[inline]
+    ///
+    /// Fast path: one load, one test (which also sees the checker's "active" value, so a
+    /// checked or counted acquisition goes to the slow path), one `cmpxchg`.
+    #[inline(always)]
     pub fn read_enter(&self) -> bool {
+        let v = self.word.load(Ordering::Relaxed);
+        let busy = (v & (WAITERS | WRITE_LOCKED | WRITE_WANTED)) | E::sync().witness.fast_expect();
+        if busy == 0
+            && self.word.compare_exchange(v, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        {
+            return true;
+        }
+        self.read_enter_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_enter_slow(&self) -> bool {
         let active = E::sync().witness.active();
         if E::sync().witness.checking() && !self.check_acquire() {
             return false;
@@ -218,9 +234,24 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Releases a read hold.
-    #[inline]
+    /// Releases a read hold. Fast path: one load, one test (waiters, a checked hold, or a
+    /// misuse all take the slow path), one `cmpxchg`.
+    #[inline(always)]
     pub fn read_exit(&self) {
+        let v = self.word.load(Ordering::Relaxed);
+        let odd = (v & (WAITERS | WRITE_LOCKED)) | E::sync().witness.fast_expect();
+        if odd == 0
+            && v >= READER
+            && self.word.compare_exchange(v, v - READER, Ordering::Release, Ordering::Relaxed).is_ok()
+        {
+            return;
+        }
+        self.read_exit_slow();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_exit_slow(&self) {
         if E::sync().witness.checking() && !self.check_release() {
             return;
         }
@@ -384,6 +415,7 @@ impl<T, E: Env> RwLock<T, E> {
     }
 
     /// Shared access.
+    #[inline(always)]
     pub fn read(&self) -> RwLockReadGuard<'_, T, E> {
         let held = self.raw.read_enter();
         RwLockReadGuard { l: self, held }
@@ -423,6 +455,7 @@ impl<T, E: Env> Deref for RwLockReadGuard<'_, T, E> {
 }
 
 impl<T, E: Env> Drop for RwLockReadGuard<'_, T, E> {
+    #[inline(always)]
     fn drop(&mut self) {
         if self.held {
             self.l.raw.read_exit();

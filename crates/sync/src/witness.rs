@@ -218,6 +218,9 @@ pub struct Witness {
     order: SpinLock<BTreeSet<(u16, u16)>>,
     /// Bit 0: checking; bit 1: statistics. One byte, so the fast paths test one load.
     flags: AtomicU8,
+    /// What a free adaptive mutex word must equal for the fast path to take it: 0 when the
+    /// checker and statistics are off, 1 (never a free word) when either is on.
+    expect: AtomicUsize,
     policy: AtomicU8,
     recorded: SpinLock<Option<Violation>>,
 }
@@ -237,6 +240,7 @@ impl Witness {
             register: SpinLock::new(()),
             order: SpinLock::new(BTreeSet::new()),
             flags: AtomicU8::new(0),
+            expect: AtomicUsize::new(0),
             policy: AtomicU8::new(0),
             recorded: SpinLock::new(None),
         }
@@ -249,6 +253,18 @@ impl Witness {
         } else {
             self.flags.fetch_and(!FLAG_CHECK, Ordering::Relaxed);
         }
+        self.update_expect();
+    }
+
+    fn update_expect(&self) {
+        let active = self.flags.load(Ordering::Relaxed) != 0;
+        self.expect.store(usize::from(active), Ordering::Relaxed);
+    }
+
+    /// The free value the lock fast paths compare against (see `expect`).
+    #[inline(always)]
+    pub fn fast_expect(&self) -> usize {
+        self.expect.load(Ordering::Relaxed)
     }
 
     /// Whether the checker is on.
@@ -264,6 +280,7 @@ impl Witness {
         } else {
             self.flags.fetch_and(!FLAG_STATS, Ordering::Relaxed);
         }
+        self.update_expect();
     }
 
     /// Whether statistics are on.
