@@ -30,6 +30,8 @@ pub struct PerCpu {
     curthread: usize,
     /// The CPU's interrupt priority level (offset 24; read and written with one `%gs` op).
     ipl: u64,
+    /// The SPL pending-levels word (offset 32; one `%gs` op to read, set or clear bits).
+    pending: u64,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
 }
@@ -68,6 +70,7 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         index,
         curthread: 0,
         ipl: 0,
+        pending: 0,
         lapic_id: AtomicU32::new(lapic_id),
     }));
     pc.self_ptr = pc as *mut PerCpu as usize;
@@ -115,6 +118,30 @@ pub fn ipl() -> u8 {
 pub fn set_ipl(level: u8) {
     // SAFETY: as in `index`; offset 24 is `ipl`, written only by its own CPU.
     unsafe { asm!("mov qword ptr gs:[24], {}", in(reg) level as u64, options(nostack, preserves_flags)) };
+}
+
+/// The running CPU's SPL pending-levels word.
+#[inline]
+pub fn ipl_pending() -> u32 {
+    let v: u32;
+    // SAFETY: as in `index`; offset 32 is `pending`.
+    unsafe { asm!("mov {:e}, dword ptr gs:[32]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
+}
+
+/// Sets bits of the running CPU's pending word (one instruction: atomic with respect to this
+/// CPU's interrupts; no other CPU writes it).
+#[inline]
+pub fn ipl_pending_or(bits: u32) {
+    // SAFETY: as in `index`; offset 32 is `pending`, written only by its own CPU.
+    unsafe { asm!("or dword ptr gs:[32], {:e}", in(reg) bits, options(nostack)) };
+}
+
+/// Clears the bits of the running CPU's pending word that are not in `mask`.
+#[inline]
+pub fn ipl_pending_and(mask: u32) {
+    // SAFETY: as in `ipl_pending_or`.
+    unsafe { asm!("and dword ptr gs:[32], {:e}", in(reg) mask, options(nostack)) };
 }
 
 /// Number of CPUs online (or starting).

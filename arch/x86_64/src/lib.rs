@@ -143,4 +143,19 @@ impl ipl::IplCpu for X86_64 {
     fn ipl_set(level: u8) {
         cpu::set_ipl(level);
     }
+
+    #[inline]
+    fn pending_get() -> u32 {
+        cpu::ipl_pending()
+    }
+
+    #[inline]
+    fn pending_or(bits: u32) {
+        cpu::ipl_pending_or(bits);
+    }
+
+    #[inline]
+    fn pending_and(mask: u32) {
+        cpu::ipl_pending_and(mask);
+    }
 }

@@ -124,6 +124,15 @@ pub trait IplCpu: Machine {
     fn ipl_get() -> u8;
     /// Sets this CPU's level.
     fn ipl_set(level: u8);
+    /// This CPU's pending-levels word (bit `l`: something is pending at level `l`; bit 0: a
+    /// deferred preemption). Like the level, it lives in per-CPU memory reached without a
+    /// migration window (`%gs`-relative on x86_64), so `splx` tests it with one load.
+    fn pending_get() -> u32;
+    /// Sets bits of this CPU's pending word. Must be one instruction with respect to
+    /// interrupts on this CPU (x86: `or %gs:..`); only this CPU writes the word.
+    fn pending_or(bits: u32);
+    /// Clears the bits of this CPU's pending word that are not in `mask` (x86: `and %gs:..`).
+    fn pending_and(mask: u32);
 }
 
 /// A saved level, returned by `splraise` and consumed by `splx`.
@@ -168,8 +177,6 @@ pub const NEVER_DEFER: u8 = 0xFF;
 
 /// One CPU's deferred interrupts: a bit per vector and a summary bit per level.
 pub struct PendingQueue {
-    /// Bit `l` (1..=7): some vector of level `l` is pending. Bit 0: a preemption is pending.
-    levels: AtomicU32,
     vectors: [AtomicU64; 4],
     /// Spin mutexes held on this CPU.
     spin_count: AtomicU32,
@@ -184,7 +191,6 @@ pub struct PendingQueue {
 impl PendingQueue {
     const fn new() -> Self {
         PendingQueue {
-            levels: AtomicU32::new(0),
             vectors: [const { AtomicU64::new(0) }; 4],
             spin_count: AtomicU32::new(0),
             spin_oldspl: AtomicU8::new(0),
@@ -289,8 +295,7 @@ impl<M: IplCpu> SplState<M> {
     #[inline(always)]
     pub fn splx(&self, s: Spl) {
         M::ipl_set(s.0);
-        let q = &self.cpus[this_cpu::<M>()];
-        if q.levels.load(Ordering::Relaxed) & ABOVE[(s.0 & 7) as usize] != 0 {
+        if M::pending_get() & ABOVE[(s.0 & 7) as usize] != 0 {
             self.replay_pending(s.0);
         }
     }
@@ -302,13 +307,13 @@ impl<M: IplCpu> SplState<M> {
             let io = M::intr_disable();
             let q = &self.cpus[this_cpu::<M>()];
             loop {
-                let pending = q.levels.load(Ordering::Relaxed) & ABOVE[(to & 7) as usize];
+                let pending = M::pending_get() & ABOVE[(to & 7) as usize];
                 if pending == 0 {
                     break;
                 }
                 let top = 31 - pending.leading_zeros();
                 if top == 0 {
-                    q.levels.fetch_and(!PREEMPT_BIT, Ordering::Relaxed);
+                    M::pending_and(!PREEMPT_BIT);
                     preempt = true;
                     continue;
                 }
@@ -325,7 +330,7 @@ impl<M: IplCpu> SplState<M> {
                         M::ipl_set(to);
                     }
                     None => {
-                        q.levels.fetch_and(!(1 << top), Ordering::Relaxed);
+                        M::pending_and(!(1 << top));
                     }
                 }
             }
@@ -366,7 +371,7 @@ impl<M: IplCpu> SplState<M> {
             }
         }
         if !more {
-            q.levels.fetch_and(!(1 << level), Ordering::Relaxed);
+            M::pending_and(!(1 << level));
         }
         found
     }
@@ -382,7 +387,7 @@ impl<M: IplCpu> SplState<M> {
         if level <= cur {
             let q = &self.cpus[this_cpu::<M>()];
             q.vectors[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::Relaxed);
-            q.levels.fetch_or(1 << level, Ordering::Relaxed);
+            M::pending_or(1 << level);
             q.deferred.fetch_add(1, Ordering::Relaxed);
             return Arrival::Deferred;
         }
@@ -403,7 +408,7 @@ impl<M: IplCpu> SplState<M> {
         if M::ipl_get() == Ipl::None as u8 {
             return true;
         }
-        self.cpus[this_cpu::<M>()].levels.fetch_or(PREEMPT_BIT, Ordering::Relaxed);
+        M::pending_or(PREEMPT_BIT);
         false
     }
 

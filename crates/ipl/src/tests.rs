@@ -10,6 +10,7 @@ use super::*;
 
 std::thread_local! {
     static LEVEL: Cell<u8> = const { Cell::new(0) };
+    static PENDING: Cell<u32> = const { Cell::new(0) };
     static INTR_ON: Cell<bool> = const { Cell::new(true) };
     static LOG: RefCell<Vec<(u8, u8)>> = const { RefCell::new(Vec::new()) };
     static PREEMPTS: Cell<u32> = const { Cell::new(0) };
@@ -64,6 +65,15 @@ impl IplCpu for OneCpu {
     }
     fn ipl_set(level: u8) {
         LEVEL.with(|l| l.set(level));
+    }
+    fn pending_get() -> u32 {
+        PENDING.with(|p| p.get())
+    }
+    fn pending_or(bits: u32) {
+        PENDING.with(|p| p.set(p.get() | bits));
+    }
+    fn pending_and(mask: u32) {
+        PENDING.with(|p| p.set(p.get() & mask));
     }
 }
 

@@ -99,6 +99,10 @@ pub struct CpuSched<M: Machine> {
     ticks: AtomicU64,
     switches: AtomicU64,
     resched_ipis: AtomicU64,
+    /// Set by `kick` (a more urgent thread was queued here), cleared by `schedule`.
+    kicked: AtomicBool,
+    /// Preemptions that a kick asked for (as opposed to a time slice running out).
+    kick_preempts: AtomicU64,
     /// Touched only by this CPU with interrupts disabled.
     local: UnsafeCell<CpuLocal<M>>,
 }
@@ -133,6 +137,8 @@ impl<M: Machine> CpuSched<M> {
             ticks: AtomicU64::new(0),
             switches: AtomicU64::new(0),
             resched_ipis: AtomicU64::new(0),
+            kicked: AtomicBool::new(false),
+            kick_preempts: AtomicU64::new(0),
             local: UnsafeCell::new(CpuLocal { current: None, idle: None, prev: None, prev_migrate_to: None }),
         }
     }
@@ -155,6 +161,8 @@ pub struct CpuStats {
     pub switches: u64,
     /// Reschedule IPIs sent to this CPU.
     pub resched_ipis: u64,
+    /// Preemptions made because a more urgent thread became runnable here (not slice ends).
+    pub kick_preempts: u64,
     /// Threads waiting in its run queue.
     pub queued: usize,
 }
@@ -420,6 +428,7 @@ impl<M: Machine> Scheduler<M> {
     /// Asks `cpu` to reschedule: a flag for ourselves, a flag and an IPI for another CPU.
     fn kick(&self, cpu: usize) {
         let c = &self.cpus[cpu];
+        c.kicked.store(true, Ordering::Release);
         let was = c.need_resched.swap(true, Ordering::AcqRel);
         if cpu != M::cpu_index() && !was {
             c.resched_ipis.fetch_add(1, Ordering::Relaxed);
@@ -768,6 +777,7 @@ impl<M: Machine> Scheduler<M> {
             ticks: c.ticks.load(Ordering::Relaxed),
             switches: c.switches.load(Ordering::Relaxed),
             resched_ipis: c.resched_ipis.load(Ordering::Relaxed),
+            kick_preempts: c.kick_preempts.load(Ordering::Relaxed),
             queued: c.nqueued.load(Ordering::Relaxed),
         }
     }
@@ -783,6 +793,7 @@ impl<M: Machine> Scheduler<M> {
         let local = unsafe { c.local() };
         let prev = local.current.as_ref().expect("schedule before init_cpu").clone();
         c.need_resched.store(false, Ordering::Relaxed);
+        let kicked = c.kicked.swap(false, Ordering::AcqRel);
 
         let leaving = match reason {
             Reason::Exit => true,
@@ -834,6 +845,9 @@ impl<M: Machine> Scheduler<M> {
         c.slice_left.store(TIMESLICE_TICKS, Ordering::Relaxed);
         c.slice_expired.store(false, Ordering::Relaxed);
         c.switches.fetch_add(1, Ordering::Relaxed);
+        if reason == Reason::Preempt && kicked {
+            c.kick_preempts.fetch_add(1, Ordering::Relaxed);
+        }
 
         let from = prev.ctx.get();
         let to = next.ctx.get() as *const M::Context;
