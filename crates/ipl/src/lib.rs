@@ -150,9 +150,10 @@ impl Spl {
 /// `levels` bit of the pseudo-pending preemption (replayed only at `IPL_NONE`).
 const PREEMPT_BIT: u32 = 1 << 0;
 
-/// `ABOVE[l]`: the `levels` bits that a drop to level `l` must replay.
-const ABOVE: [u32; NIPL] = {
-    let mut t = [0u32; NIPL];
+/// `ABOVE[l]`: the `levels` bits that a drop to level `l` must replay. 256 entries (those
+/// past `IPL_HIGH` are 0) so that indexing by the saved level byte needs no bounds check.
+static ABOVE: [u32; 256] = {
+    let mut t = [0u32; 256];
     let mut l = 0;
     while l < NIPL {
         // Bits l+1 ..= 7 are levels above l.
@@ -295,7 +296,7 @@ impl<M: IplCpu> SplState<M> {
     #[inline(always)]
     pub fn splx(&self, s: Spl) {
         M::ipl_set(s.0);
-        if M::pending_get() & ABOVE[(s.0 & 7) as usize] != 0 {
+        if M::pending_get() & ABOVE[s.0 as usize] != 0 {
             self.replay_pending(s.0);
         }
     }
@@ -307,7 +308,7 @@ impl<M: IplCpu> SplState<M> {
             let io = M::intr_disable();
             let q = &self.cpus[this_cpu::<M>()];
             loop {
-                let pending = M::pending_get() & ABOVE[(to & 7) as usize];
+                let pending = M::pending_get() & ABOVE[to as usize];
                 if pending == 0 {
                     break;
                 }
