@@ -104,5 +104,6 @@ pub fn init() {
     ] {
         INTR.reserve(v);
     }
+    INTR.reserve_soft_vectors();
     trap::set_interrupt_hook(interrupt);
 }

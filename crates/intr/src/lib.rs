@@ -38,6 +38,7 @@
 extern crate alloc;
 
 pub mod pool;
+pub mod softint;
 pub mod stats;
 
 use alloc::boxed::Box;
@@ -359,6 +360,8 @@ pub struct Intr<E: IntrEnv> {
     in_filter: [AtomicUsize; sched::MAX_CPUS],
     /// The pool model's queues and ithreads.
     pub pool: pool::Pool<E>,
+    /// Soft interrupts.
+    pub soft: softint::Soft<E>,
 }
 
 impl<E: IntrEnv> Default for Intr<E> {
@@ -394,12 +397,30 @@ impl<E: IntrEnv> Intr<E> {
             default_model: AtomicU8::new(Model::Direct as u8),
             in_filter: [const { AtomicUsize::new(0) }; sched::MAX_CPUS],
             pool: pool::Pool::new(),
+            soft: softint::Soft::new(),
         }
     }
 
     /// Marks a vector as the kernel's own (establish refuses it).
     pub fn reserve(&self, vector: u8) {
         self.reserved[vector as usize].store(true, Ordering::Relaxed);
+    }
+
+    /// Reserves the software vectors of the soft levels (the kernel calls this at start-up).
+    pub fn reserve_soft_vectors(&self) {
+        for i in 0..softint::SOFT_LEVELS.len() {
+            self.reserve(softint::SOFT_VECTOR_BASE + i as u8);
+        }
+    }
+
+    /// Establishes a soft interrupt at a soft level (`None` if `level` is not one).
+    pub fn softint_establish(
+        &'static self,
+        name: &'static str,
+        level: Ipl,
+        handler: impl Fn() + Send + Sync + 'static,
+    ) -> Option<softint::SoftHandle<E>> {
+        self.soft.establish(name, level, handler)
     }
 
     /// Sets the model for sources established without one.
@@ -534,6 +555,10 @@ impl<E: IntrEnv> Intr<E> {
     /// Returns `None` if no source is established on the vector (the caller falls back to
     /// the kernel's own handler), else whether any source claimed the interrupt.
     pub fn dispatch(&'static self, vector: u8, io: &IntrOff) -> Option<bool> {
+        if let Some(l) = softint::soft_level(vector) {
+            self.soft.fire(l);
+            return Some(true);
+        }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
         let mut claimed = false;

@@ -303,9 +303,25 @@ impl<M: IplCpu> SplState<M> {
 
     #[cold]
     fn replay_pending(&self, to: u8) {
+        let preempt = {
+            let io = M::intr_disable();
+            self.replay_locked(to, &io)
+        };
+        if preempt {
+            let hook = self.preempt.load(Ordering::Acquire);
+            if hook != 0 {
+                // SAFETY: only `set_hooks` stores into `preempt`, from a `PreemptHook`.
+                let hook = unsafe { core::mem::transmute::<usize, PreemptHook>(hook) };
+                hook();
+            }
+        }
+    }
+
+    /// Replays everything pending above `to` (interrupts disabled, own CPU). Returns whether a
+    /// deferred preemption was found (the caller takes it once interrupts are enabled).
+    fn replay_locked(&self, to: u8, io: &IntrOff) -> bool {
         let mut preempt = false;
         {
-            let io = M::intr_disable();
             let q = &self.cpus[this_cpu::<M>()];
             loop {
                 let pending = M::pending_get() & ABOVE[to as usize];
@@ -326,7 +342,7 @@ impl<M: IplCpu> SplState<M> {
                         if hook != 0 {
                             // SAFETY: only `set_hooks` stores into `replay`, from a `ReplayHook`.
                             let hook = unsafe { core::mem::transmute::<usize, ReplayHook>(hook) };
-                            hook(v, &io);
+                            hook(v, io);
                         }
                         M::ipl_set(to);
                     }
@@ -336,13 +352,24 @@ impl<M: IplCpu> SplState<M> {
                 }
             }
         }
-        if preempt {
-            let hook = self.preempt.load(Ordering::Acquire);
-            if hook != 0 {
-                // SAFETY: only `set_hooks` stores into `preempt`, from a `PreemptHook`.
-                let hook = unsafe { core::mem::transmute::<usize, PreemptHook>(hook) };
-                hook();
-            }
+        preempt
+    }
+
+    /// Posts a software-raised vector (a soft interrupt) on this CPU: it is recorded as
+    /// pending at its level and runs when the CPU's level is below it — at once if it already
+    /// is (thread context), else at the `splx` or interrupt exit that lowers the level.
+    pub fn post(&self, vector: u8) {
+        let level = self.vector_ipl[vector as usize].load(Ordering::Relaxed);
+        assert!(level != NEVER_DEFER, "post of vector {vector:#x}, which has no IPL");
+        {
+            let _io = M::intr_disable();
+            let q = &self.cpus[this_cpu::<M>()];
+            q.vectors[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::Relaxed);
+            M::pending_or(1 << level);
+        }
+        let cur = M::ipl_get();
+        if level > cur {
+            self.splx(Spl(cur));
         }
     }
 
@@ -396,11 +423,17 @@ impl<M: IplCpu> SplState<M> {
         Arrival::Run { old: cur }
     }
 
-    /// After a handler run by `intr_arrive`: restores the level (interrupts still disabled, so
-    /// nothing new can be pending above it).
+    /// After a handler run by `intr_arrive`: restores the level. Hardware cannot have left
+    /// anything pending above it (interrupts were disabled), but the handler may have posted
+    /// soft interrupts: those above the restored level run now, still in interrupt context
+    /// (their handlers only wake their threads). A deferred preemption found here is put back
+    /// for the scheduler's interrupt-exit check.
     #[inline]
-    pub fn intr_done(&self, old: u8, _proof: &IntrOff) {
+    pub fn intr_done(&self, old: u8, proof: &IntrOff) {
         M::ipl_set(old);
+        if M::pending_get() & ABOVE[old as usize] & !PREEMPT_BIT != 0 && self.replay_locked(old, proof) {
+            M::pending_or(PREEMPT_BIT);
+        }
     }
 
     /// Whether the interrupted thread may be preempted now (its CPU is at `IPL_NONE`). If not,

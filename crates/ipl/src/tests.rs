@@ -243,3 +243,30 @@ fn spin_mutex_levels_nest_and_restore_at_the_outermost_exit() {
     assert_eq!(s.current(), Ipl::SoftNet);
     s.splx(x);
 }
+
+#[test]
+fn posted_soft_interrupts_run_when_the_level_allows() {
+    let s = state();
+    s.set_vector_ipl(0xE2, Some(Ipl::SoftNet));
+    // At IPL_NONE: runs at once, at its level.
+    s.post(0xE2);
+    assert_eq!(log(), [(0xE2, Ipl::SoftNet as u8)]);
+    // Above it: waits for the splx.
+    let x = s.splraise(Ipl::Vm);
+    s.post(0xE2);
+    assert!(log().is_empty());
+    s.splx(x);
+    assert_eq!(log(), [(0xE2, Ipl::SoftNet as u8)]);
+    // Posted by an interrupt handler: runs at the interrupt's exit, still with interrupts off.
+    let io = OneCpu::intr_disable();
+    match s.intr_arrive(0x50, &io) {
+        Arrival::Run { old } => {
+            s.post(0xE2);
+            assert!(log().is_empty(), "soft interrupt ran inside the hardware handler");
+            s.intr_done(old, &io);
+        }
+        Arrival::Deferred => panic!("VM vector deferred at IPL_NONE"),
+    }
+    drop(io);
+    assert_eq!(log(), [(0xE2, Ipl::SoftNet as u8)]);
+}

@@ -2,7 +2,7 @@
 //!
 //! The portable ithreads crates (`sched`, and later `ipl`, `sync`, `intr`) see the CPU only
 //! through the [`Machine`] trait. The x86_64 kernel implements it in `arch/x86_64`; the host
-//! test implementation (OS threads standing in for CPUs) lives in the crates' tests.
+//! test implementation (OS threads standing in for CPUs) is `crates/host-machine`.
 //!
 //! ## Protocol
 //!

@@ -21,7 +21,9 @@ use crate::Scheduler;
 
 /// An auto-reset event.
 pub struct Event<M: Machine> {
-    sched: &'static Scheduler<M>,
+    /// The scheduler (set at construction, or later by [`Event::bind`] for events built in
+    /// `const` context before the scheduler can be named).
+    sched: core::sync::atomic::AtomicPtr<Scheduler<M>>,
     flag: AtomicBool,
     waiters: SpinLock<Vec<Arc<Thread<M>>>>,
 }
@@ -29,7 +31,32 @@ pub struct Event<M: Machine> {
 impl<M: Machine> Event<M> {
     /// A cleared event.
     pub const fn new(sched: &'static Scheduler<M>) -> Self {
-        Event { sched, flag: AtomicBool::new(false), waiters: SpinLock::new(Vec::new()) }
+        Event {
+            sched: core::sync::atomic::AtomicPtr::new(sched as *const Scheduler<M> as *mut Scheduler<M>),
+            flag: AtomicBool::new(false),
+            waiters: SpinLock::new(Vec::new()),
+        }
+    }
+
+    /// A cleared event not yet tied to a scheduler; [`Event::bind`] it before use.
+    pub const fn new_unbound() -> Self {
+        Event {
+            sched: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+            flag: AtomicBool::new(false),
+            waiters: SpinLock::new(Vec::new()),
+        }
+    }
+
+    /// Ties an event made by [`Event::new_unbound`] to its scheduler.
+    pub fn bind(&self, sched: &'static Scheduler<M>) {
+        self.sched.store(sched as *const Scheduler<M> as *mut Scheduler<M>, Ordering::Release);
+    }
+
+    fn sched(&self) -> &'static Scheduler<M> {
+        let p = self.sched.load(Ordering::Acquire);
+        assert!(!p.is_null(), "event used before Event::bind");
+        // SAFETY: only `new` and `bind` store here, from `&'static Scheduler<M>`.
+        unsafe { &*p }
     }
 
     /// Sets the event and wakes the waiters (callable from interrupt handlers).
@@ -41,7 +68,7 @@ impl<M: Machine> Event<M> {
             core::mem::take(&mut *w)
         };
         for t in &woken {
-            self.sched.wakeup(t);
+            self.sched().wakeup(t);
         }
     }
 
@@ -53,7 +80,7 @@ impl<M: Machine> Event<M> {
     /// Like [`Event::wait`] but gives up at `deadline_ns` ([`Machine::now_ns`] time).
     /// Returns whether the event was consumed.
     pub fn wait_deadline(&self, deadline_ns: u64) -> bool {
-        let me = self.sched.current_arc();
+        let me = self.sched().current_arc();
         loop {
             if self.flag.swap(false, Ordering::SeqCst) {
                 return true;
@@ -64,19 +91,19 @@ impl<M: Machine> Event<M> {
                 return false;
             }
             let io = M::intr_disable();
-            self.sched.sleep_prepare(&io);
+            self.sched().sleep_prepare(&io);
             {
                 let mut w = self.waiters.lock(&io);
                 if self.flag.load(Ordering::SeqCst) {
                     drop(w);
-                    self.sched.sleep_cancel(&io);
+                    self.sched().sleep_cancel(&io);
                     continue;
                 }
                 if !w.iter().any(|t| Arc::ptr_eq(t, &me)) {
                     w.push(me.clone());
                 }
             }
-            self.sched.sleep_commit_deadline(deadline_ns, &io);
+            self.sched().sleep_commit_deadline(deadline_ns, &io);
         }
     }
 }

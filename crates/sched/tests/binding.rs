@@ -2,12 +2,10 @@
 //! sleeps, event waits, preemption and other CPUs' work stealing; `bind_current` moves the
 //! caller to the CPU it names.
 
-mod host;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use host::{checked, spin_until, Event, HostMachine, HostSystem};
+use host_machine::{checked, spin_until, Event, HostMachine, HostSystem};
 use machine::Machine;
 use sched::Priority;
 

@@ -2,12 +2,10 @@
 //! wakeup leaves a waiter asleep with the token its own: every wait has a deadline, and a
 //! timeout with the token not handed over fails the test naming the round.
 
-mod host;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use host::{checked, Event, HostMachine, HostSystem};
+use host_machine::{checked, Event, HostMachine, HostSystem};
 use machine::Machine;
 use sched::Priority;
 

@@ -1,12 +1,10 @@
 //! Priorities: a more urgent thread made runnable runs at once (on this CPU, or on another
 //! through the reschedule IPI); a less urgent one waits; equal ones share by time slice.
 
-mod host;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use host::{checked, spin_until, Event, HostMachine, HostSystem};
+use host_machine::{checked, spin_until, Event, HostMachine, HostSystem};
 use machine::Machine;
 use sched::{Priority, ThreadState};
 
@@ -88,7 +86,7 @@ fn higher_priority_busy_thread_is_not_preempted_by_lower() {
                 checked(move || {
                     log(&l, "hog starts");
                     // Ten clock ticks' worth, with interrupt points all along.
-                    spin_until(10 * host::TICK_NS, || false);
+                    spin_until(10 * host_machine::TICK_NS, || false);
                     log(&l, "hog ends");
                 }),
             )

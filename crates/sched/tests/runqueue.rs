@@ -4,11 +4,9 @@
 //! The threads are real ones made by `spawn` on a one-CPU host system and joined (so they
 //! are dead and on no run queue); the queue under test is a private one, not a CPU's.
 
-mod host;
-
 use std::sync::Arc;
 
-use host::{HostSystem, RunQueue, Sched, Thread};
+use host_machine::{HostSystem, RunQueue, Sched, Thread};
 use sched::Priority;
 
 /// Spawns and joins one thread per `(priority, bound)`; returns them in that order.

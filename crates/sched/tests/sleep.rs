@@ -1,10 +1,8 @@
 //! Timed sleep: `sleep_ns` and `Event::wait_deadline` timeouts, woken by the clock tick.
 
-mod host;
-
 use std::sync::Arc;
 
-use host::{Event, HostMachine, HostSystem};
+use host_machine::{Event, HostMachine, HostSystem};
 use machine::Machine;
 
 #[test]

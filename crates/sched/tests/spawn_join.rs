@@ -1,12 +1,10 @@
 //! Many short threads, placed by the scheduler across the CPUs, all run exactly once and are
 //! joined; the live-thread count comes back to where it was.
 
-mod host;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use host::{checked, spin_until, HostMachine, HostSystem};
+use host_machine::{checked, spin_until, HostMachine, HostSystem};
 use sched::{Priority, ThreadState};
 
 const N: usize = 200;

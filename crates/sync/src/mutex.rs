@@ -282,7 +282,8 @@ impl<E: Env> RawMutex<E> {
             E::spl().spin_exit();
             return;
         }
-        if v & WAITERS == 0 && self.owner.compare_exchange(v, 0, Ordering::Release, Ordering::Relaxed).is_ok() {
+        if v & WAITERS == 0 && self.owner.compare_exchange(v, 0, Ordering::Release, Ordering::Relaxed).is_ok()
+        {
             return;
         }
         self.adaptive_exit_slow(me);

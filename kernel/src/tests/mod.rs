@@ -7,6 +7,7 @@ pub mod lockcheck;
 pub mod locks;
 pub mod sched;
 pub mod smp;
+pub mod softint;
 pub mod spl;
 
 use arch::kprintln;

@@ -1,4 +1,8 @@
-//! `HostMachine`: the [`machine::Machine`] of the host tests, with OS threads as CPUs.
+//! `HostMachine`: the [`machine::Machine`] of the host tests and benchmarks, with OS threads
+//! as CPUs, and [`HostEnv`], the `sync::Env` of the system the calling thread belongs to.
+//!
+//! Used as a dev-dependency by the portable crates (`sched`'s and `sync`'s tests, `sync`'s
+//! benchmarks). It is a std crate and never part of the kernel.
 //!
 //! ## How it works
 //!
@@ -15,16 +19,32 @@
 //!   (none while it waits on its baton). Per-CPU state — `curthread`, the interrupt-enable
 //!   flag, posted interrupts, the next clock tick — lives in the system's table.
 //! * **Interrupts** are a per-CPU "enabled" flag plus posted flags: a reschedule IPI
-//!   ([`Machine::send_resched`]), a "call" (used to start the first kernel thread from the
-//!   test), and the clock tick (due every [`TICK_NS`]). They are *taken* — `intr_enter`,
-//!   the handler (`tick` for the clock), `intr_exit`, as the x86 trap path does — only at
-//!   interrupt points: while an idle CPU waits in [`Machine::wait_for_interrupt`] (it sleeps
+//!   ([`Machine::send_resched`], vector [`RESCHED_VECTOR`]), a "call" ([`CALL_VECTOR`], used
+//!   to start the first kernel thread from the test), and the clock tick ([`TICK_VECTOR`], due
+//!   every [`TICK_NS`]). They are *taken* one vector at a time, through the same path as
+//!   `kernel/src/intr.rs`: [`ipl::SplState::intr_arrive`] first, then — unless deferred —
+//!   `intr_enter`, the handler (`tick` for the clock), `intr_done`, `intr_exit`. They are
+//!   taken only at interrupt points: while an idle CPU waits in [`Machine::wait_for_interrupt`] (it sleeps
 //!   on its condition variable until something is posted or the next tick is due), whenever
 //!   the running thread enables interrupts (`intr_enable`, or dropping an [`IntrOff`] that
 //!   restores "enabled": on x86 a pending interrupt is taken right after `sti` too), and when
 //!   a thread calls [`HostMachine::poll_interrupts`], which test threads do in their busy
 //!   loops. A thread that never reaches such a point is never preempted; that is the one
 //!   liberty this machine takes with the hardware, and it is explicit.
+//! * **SPL** ([`ipl::IplCpu`]): each simulated CPU has a level word and a pending-levels word
+//!   in its table, read and written only by the thread that holds the CPU — the
+//!   `%gs`-relative words of x86_64. Each
+//!   system has its own [`ipl::SplState`], wired as the kernel wires its own
+//!   (`kernel/src/intr.rs`): the vectors' levels (tick and resched at `IPL_SCHED`, call at
+//!   `IPL_HIGH`), the replay hook (a deferred vector runs its handler when `splx` drops below
+//!   its level), the preempt hook, and the scheduler's preemption gate (no preemption above
+//!   `IPL_NONE`) and sleep check (no sleeping above `IPL_NONE`; the lock checker's check).
+//!   So an interrupt that arrives at or below the CPU's level is deferred, and a thread that
+//!   holds a spin mutex keeps its CPU until the level drops, as on the real machine.
+//! * **Locks** ([`HostEnv`]): each system also has its own `sync::SyncState` (checker,
+//!   statistics, turnstiles, sleep queues). `sync::Env` has only associated functions, so
+//!   `HostEnv` finds the system the calling thread belongs to through the same thread-local
+//!   pointer; lock types on the host are `sync::Mutex<T, HostEnv>` ([`Mutex`]) and so on.
 //! * **One system per test.** The `Machine` trait has no `self`, so the machine finds its
 //!   state through the thread-local pointer to the [`HostSystem`] the OS thread belongs to
 //!   (set on the CPU threads at boot and inherited by every kernel thread they create). Each
@@ -39,17 +59,19 @@
 //!   (an `extern "C" fn(usize) -> !` entry cannot be unwound out of); these are reclaimed
 //!   when the test process exits. After a test, dropping its `HostSystem` stops the clock of
 //!   its idle CPUs so they sleep for good.
-#![allow(dead_code)]
-
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{
+    mpsc, Arc, Condvar as StdCondvar, Mutex as StdMutex, MutexGuard as StdMutexGuard, OnceLock, PoisonError,
+};
 use std::time::{Duration, Instant};
 
+use ipl::{Arrival, Ipl, IplCpu, SplState};
 use machine::{IntrOff, Machine};
 use sched::{Priority, Scheduler};
+use sync::SyncState;
 
 /// The scheduler on the host machine.
 pub type Sched = Scheduler<HostMachine>;
@@ -59,6 +81,23 @@ pub type Event = sched::Event<HostMachine>;
 pub type RunQueue = sched::RunQueue<HostMachine>;
 /// A thread on the host machine.
 pub type Thread = sched::Thread<HostMachine>;
+/// The SPL state of a host system.
+pub type Spl = SplState<HostMachine>;
+/// The lock layer's state of a host system.
+pub type LockState = SyncState<HostMachine>;
+/// A kernel mutex on the host machine.
+pub type Mutex<T> = sync::Mutex<T, HostEnv>;
+/// A kernel reader–writer lock on the host machine.
+pub type RwLock<T> = sync::RwLock<T, HostEnv>;
+/// A kernel condition variable on the host machine.
+pub type CondVar = sync::CondVar<HostEnv>;
+
+/// Vector of the clock tick (level `IPL_SCHED`, as the kernel's timer).
+pub const TICK_VECTOR: u8 = 0x20;
+/// Vector of the reschedule IPI (level `IPL_SCHED`, as the kernel's).
+pub const RESCHED_VECTOR: u8 = 0x21;
+/// Vector of the "call" interrupt (level `IPL_HIGH`, as the kernel's call IPI).
+pub const CALL_VECTOR: u8 = 0x22;
 
 /// Simulated clock period.
 pub const TICK_NS: u64 = 1_000_000;
@@ -68,7 +107,7 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 const NO_CPU: usize = usize::MAX;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(m: &StdMutex<T>) -> StdMutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -91,16 +130,22 @@ struct HostCpu {
     interrupts: AtomicU64,
     /// Reschedule IPIs received (posted and then taken).
     ipis_taken: AtomicU64,
-    lock: Mutex<()>,
-    wake: Condvar,
+    /// The SPL level ([`IplCpu`]): read and written only by the CPU's holder.
+    ipl: AtomicU8,
+    /// The SPL pending-levels word ([`IplCpu`]): read and written only by the CPU's holder.
+    ipl_pending: AtomicU32,
+    lock: StdMutex<()>,
+    wake: StdCondvar,
 }
 
 struct System {
     ncpus: usize,
     cpus: Vec<HostCpu>,
     sched: &'static Sched,
-    calls: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
-    failures: Mutex<Vec<String>>,
+    spl: &'static Spl,
+    locks: &'static LockState,
+    calls: StdMutex<Vec<Box<dyn FnOnce() + Send>>>,
+    failures: StdMutex<Vec<String>>,
     shutdown: AtomicBool,
 }
 
@@ -116,6 +161,14 @@ fn here() -> (&'static System, usize) {
     }
 }
 
+/// The system the calling OS thread belongs to (whether or not it holds a CPU now).
+fn this_system() -> &'static System {
+    match HERE.get() {
+        (Some(sys), _) => sys,
+        _ => fatal("the host system was looked up by an OS thread that belongs to none"),
+    }
+}
+
 fn this_cpu() -> &'static HostCpu {
     let (sys, cpu) = here();
     &sys.cpus[cpu]
@@ -128,8 +181,8 @@ pub struct HostMachine;
 
 /// The baton of one kernel thread: the CPU handed to it, if any.
 struct Baton {
-    cpu: Mutex<Option<usize>>,
-    cv: Condvar,
+    cpu: StdMutex<Option<usize>>,
+    cv: StdCondvar,
 }
 
 impl Baton {
@@ -160,48 +213,90 @@ pub struct HostContext {
 
 impl HostContext {
     fn new() -> Self {
-        HostContext { baton: Arc::new(Baton { cpu: Mutex::new(None), cv: Condvar::new() }) }
+        HostContext { baton: Arc::new(Baton { cpu: StdMutex::new(None), cv: StdCondvar::new() }) }
     }
 }
 
-/// Interrupts found posted on a CPU.
-struct Pending {
-    call: bool,
-    tick: bool,
-}
-
-/// Consumes what is posted on `cpu`; `None` if nothing is.
-fn take_pending(sys: &System, cpu: usize) -> Option<Pending> {
+/// Consumes one interrupt posted on `cpu`, the most urgent first (call, then the clock, then
+/// the reschedule IPI); `None` if nothing is posted.
+fn take_pending(sys: &System, cpu: usize) -> Option<u8> {
     let c = &sys.cpus[cpu];
-    let resched = c.resched.swap(false, Ordering::AcqRel);
-    if resched {
-        c.ipis_taken.fetch_add(1, Ordering::Relaxed);
+    if c.call.swap(false, Ordering::AcqRel) {
+        return Some(CALL_VECTOR);
     }
-    let call = c.call.swap(false, Ordering::AcqRel);
     let now = HostMachine::now_ns();
-    let tick = !sys.shutdown.load(Ordering::Relaxed) && now >= c.next_tick_ns.load(Ordering::Relaxed);
-    if tick {
+    if !sys.shutdown.load(Ordering::Relaxed) && now >= c.next_tick_ns.load(Ordering::Relaxed) {
         c.next_tick_ns.store(now + TICK_NS, Ordering::Relaxed);
+        return Some(TICK_VECTOR);
     }
-    (resched || call || tick).then_some(Pending { call, tick })
+    if c.resched.swap(false, Ordering::AcqRel) {
+        c.ipis_taken.fetch_add(1, Ordering::Relaxed);
+        return Some(RESCHED_VECTOR);
+    }
+    None
 }
 
-/// One interrupt, as `arch::trap` runs it: enter hook, handler, exit hook (the preemption
+/// The handler of `vector`. Interrupts are disabled.
+fn run_handler(sys: &'static System, vector: u8, io: &IntrOff) {
+    match vector {
+        CALL_VECTOR => {
+            let calls = std::mem::take(&mut *lock(&sys.calls));
+            for f in calls {
+                f();
+            }
+        }
+        TICK_VECTOR => sys.sched.tick(io),
+        // The reschedule IPI's handler does nothing: need_resched is set, intr_exit acts on it.
+        _ => {}
+    }
+}
+
+/// One interrupt, as `kernel/src/intr.rs` takes it: deferred if the CPU's level is at or above
+/// the vector's; otherwise enter hook, handler, level restored, exit hook (the preemption
 /// point, which may switch threads). Interrupts are disabled.
-fn take_interrupt(sys: &'static System, cpu: usize, p: Pending, io: &IntrOff) {
+fn take_interrupt(sys: &'static System, cpu: usize, vector: u8, io: &IntrOff) {
     sys.cpus[cpu].interrupts.fetch_add(1, Ordering::Relaxed);
-    sys.sched.intr_enter(io);
-    if p.call {
-        let calls = std::mem::take(&mut *lock(&sys.calls));
-        for f in calls {
-            f();
+    match sys.spl.intr_arrive(vector, io) {
+        Arrival::Deferred => {}
+        Arrival::Run { old } => {
+            sys.sched.intr_enter(io);
+            run_handler(sys, vector, io);
+            sys.spl.intr_done(old, io);
+            sys.sched.intr_exit(io);
         }
     }
-    if p.tick {
-        sys.sched.tick(io);
-    }
-    // The reschedule IPI's handler does nothing: need_resched is set, intr_exit acts on it.
+}
+
+/// `splx` replays a deferred vector here, at the vector's level, interrupts disabled.
+fn replay_hook(vector: u8, io: &IntrOff) {
+    let sys = this_system();
+    sys.sched.intr_enter(io);
+    run_handler(sys, vector, io);
     sys.sched.intr_exit(io);
+}
+
+/// A preemption deferred because the CPU was above `IPL_NONE` is taken here.
+fn preempt_hook() {
+    this_system().sched.preempt_check();
+}
+
+/// The scheduler may preempt only at `IPL_NONE`; otherwise the SPL layer remembers.
+fn preempt_gate(io: &IntrOff) -> bool {
+    this_system().spl.may_preempt(io)
+}
+
+/// Before a thread sleeps: the lock checker's check (a spin mutex held), then the level
+/// (a panic here is a bug in the code under test, as in the kernel's hook).
+fn sleep_check() {
+    let sys = this_system();
+    let me = sys.sched.current();
+    if sys.locks.witness.checking() {
+        sys.locks.witness.check_sleep::<HostMachine>(me.held_locks());
+    }
+    let l = sys.spl.current();
+    if l != Ipl::None {
+        panic!("thread '{}' tried to sleep at {l} (holding a spin mutex or raised SPL)", me.name());
+    }
 }
 
 /// Takes every pending interrupt while interrupts are enabled on the caller's CPU.
@@ -212,13 +307,13 @@ fn deliver_pending() {
         if !c.intr_enabled.load(Ordering::Relaxed) {
             return;
         }
-        let Some(p) = take_pending(sys, cpu) else { return };
+        let Some(vector) = take_pending(sys, cpu) else { return };
         c.intr_enabled.store(false, Ordering::Relaxed);
         // SAFETY: interrupts are disabled on this CPU (just above); the token restores
         // nothing, because the "return from interrupt" below re-enables them, on whatever
         // CPU the thread is on by then, as `iretq` would.
         let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
-        take_interrupt(sys, cpu, p, &io);
+        take_interrupt(sys, cpu, vector, &io);
         drop(io);
         this_cpu().intr_enabled.store(true, Ordering::Relaxed);
     }
@@ -301,11 +396,11 @@ impl Machine for HostMachine {
         if c.intr_enabled.load(Ordering::Relaxed) {
             fatal("wait_for_interrupt called with interrupts enabled");
         }
-        let p = {
+        let vector = {
             let mut g = lock(&c.lock);
             loop {
-                if let Some(p) = take_pending(sys, cpu) {
-                    break p;
+                if let Some(v) = take_pending(sys, cpu) {
+                    break v;
                 }
                 g = if sys.shutdown.load(Ordering::Relaxed) {
                     c.wake.wait(g).unwrap_or_else(PoisonError::into_inner)
@@ -324,7 +419,7 @@ impl Machine for HostMachine {
         // SAFETY: interrupts are disabled on this CPU (checked above; the idle thread's
         // token); this handler token restores nothing.
         let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
-        take_interrupt(sys, cpu, p, &io);
+        take_interrupt(sys, cpu, vector, &io);
     }
 
     fn send_resched(cpu: usize) {
@@ -379,6 +474,57 @@ impl Machine for HostMachine {
     }
 }
 
+impl IplCpu for HostMachine {
+    #[inline]
+    fn ipl_get() -> u8 {
+        this_cpu().ipl.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn ipl_set(level: u8) {
+        this_cpu().ipl.store(level, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn pending_get() -> u32 {
+        this_cpu().ipl_pending.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn pending_or(bits: u32) {
+        this_cpu().ipl_pending.fetch_or(bits, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn pending_and(mask: u32) {
+        this_cpu().ipl_pending.fetch_and(mask, Ordering::Relaxed);
+    }
+}
+
+/// The lock layer's environment on the host: the scheduler, SPL state and lock state of the
+/// system the calling thread belongs to (see the module doc). Call its functions only from
+/// kernel threads (or CPU threads) of a booted [`HostSystem`].
+pub struct HostEnv;
+
+impl sync::Env for HostEnv {
+    type M = HostMachine;
+
+    #[inline]
+    fn sched() -> &'static Sched {
+        this_system().sched
+    }
+
+    #[inline]
+    fn spl() -> &'static Spl {
+        this_system().spl
+    }
+
+    #[inline]
+    fn sync() -> &'static LockState {
+        this_system().locks
+    }
+}
+
 /// Panic payload as text.
 pub fn panic_message(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -420,6 +566,10 @@ pub struct HostSystem {
     sys: &'static System,
     /// The scheduler (leaked: threads hold `&'static` to it).
     pub sched: &'static Sched,
+    /// The SPL state (leaked, like the scheduler).
+    pub spl: &'static Spl,
+    /// The lock layer's state: checker, statistics, turnstiles, sleep queues (leaked).
+    pub locks: &'static LockState,
 }
 
 impl HostSystem {
@@ -438,16 +588,29 @@ impl HostSystem {
                 next_tick_ns: AtomicU64::new(now + TICK_NS),
                 interrupts: AtomicU64::new(0),
                 ipis_taken: AtomicU64::new(0),
-                lock: Mutex::new(()),
-                wake: Condvar::new(),
+                ipl: AtomicU8::new(Ipl::None as u8),
+                ipl_pending: AtomicU32::new(0),
+                lock: StdMutex::new(()),
+                wake: StdCondvar::new(),
             })
             .collect();
+        let spl: &'static Spl = Box::leak(Box::new(SplState::new()));
+        let locks: &'static LockState = Box::leak(Box::new(SyncState::new()));
+        // Wired as `kernel/src/intr.rs` wires the kernel's: the hooks find this system through
+        // the calling thread's `HERE`.
+        spl.set_hooks(replay_hook, preempt_hook);
+        sched.set_hooks(preempt_gate, sleep_check);
+        spl.set_vector_ipl(TICK_VECTOR, Some(Ipl::Sched));
+        spl.set_vector_ipl(RESCHED_VECTOR, Some(Ipl::Sched));
+        spl.set_vector_ipl(CALL_VECTOR, Some(Ipl::High));
         let sys: &'static System = Box::leak(Box::new(System {
             ncpus,
             cpus,
             sched,
-            calls: Mutex::new(Vec::new()),
-            failures: Mutex::new(Vec::new()),
+            spl,
+            locks,
+            calls: StdMutex::new(Vec::new()),
+            failures: StdMutex::new(Vec::new()),
             shutdown: AtomicBool::new(false),
         }));
         for cpu in 0..ncpus {
@@ -472,7 +635,7 @@ impl HostSystem {
             assert!(Instant::now() < deadline, "simulated CPUs did not come online");
             std::thread::sleep(Duration::from_millis(1));
         }
-        HostSystem { sys, sched }
+        HostSystem { sys, sched, spl, locks }
     }
 
     /// Number of simulated CPUs.
@@ -484,6 +647,15 @@ impl HostSystem {
     /// result. Panics (fails the test) if `f` or a [`checked`] thread panicked, or if `f` does
     /// not finish within [`RUN_TIMEOUT`] — a hang becomes a failure with diagnostics.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce(&'static Sched) -> T + Send + 'static) -> T {
+        self.run_timeout(RUN_TIMEOUT, f)
+    }
+
+    /// [`HostSystem::run`] with another limit than [`RUN_TIMEOUT`].
+    pub fn run_timeout<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&'static Sched) -> T + Send + 'static,
+    ) -> T {
         let (tx, rx) = mpsc::channel();
         let sched = self.sched;
         lock(&self.sys.calls).push(Box::new(move || {
@@ -493,7 +665,7 @@ impl HostSystem {
             });
         }));
         post(self.sys, 0, |c| &c.call);
-        let r = rx.recv_timeout(RUN_TIMEOUT);
+        let r = rx.recv_timeout(timeout);
         let failures = lock(&self.sys.failures).clone();
         match r {
             Ok(Ok(v)) => {
@@ -504,7 +676,7 @@ impl HostSystem {
                 panic!("{}\nother failures: {failures:?}", panic_message(&*p));
             }
             Err(_) => panic!(
-                "the kernel side did not finish within {RUN_TIMEOUT:?} (hang: lost wakeup or deadlock?)\n{}\n\
+                "the kernel side did not finish within {timeout:?} (hang: lost wakeup or deadlock?)\n{}\n\
                  failures: {failures:?}",
                 self.diagnostics()
             ),
@@ -517,12 +689,14 @@ impl HostSystem {
         for cpu in 0..self.sys.ncpus {
             let c = &self.sys.cpus[cpu];
             s += &format!(
-                "cpu{cpu}: {:?} interrupts={} ipis_taken={} intr_enabled={} resched_posted={}\n",
+                "cpu{cpu}: {:?} interrupts={} ipis_taken={} intr_enabled={} resched_posted={} ipl={:?} {:?}\n",
                 self.sched.cpu_stats(cpu),
                 c.interrupts.load(Ordering::Relaxed),
                 c.ipis_taken.load(Ordering::Relaxed),
                 c.intr_enabled.load(Ordering::Relaxed),
                 c.resched.load(Ordering::Relaxed),
+                Ipl::from_u8(c.ipl.load(Ordering::Relaxed)),
+                self.spl.stats(cpu),
             );
         }
         s
