@@ -38,7 +38,7 @@ pub struct Options {
     pub hz: u32,
     /// `scenario.ms=`
     pub scenario_ms: u64,
-    /// `intr.model=direct|dedicated|pool`: the model for sources established without one.
+    /// `intr.model=direct|dedicated|pool|pinned`: the model for sources established without one.
     pub intr_model: intr::Model,
     /// `lockcheck=on|off`: the lock-order/IPL checker (default: on for `run=tests`).
     pub lockcheck: Option<bool>,
@@ -131,7 +131,7 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
             "scenario.ms" => o.scenario_ms = number(key, value, 10u64, 60_000)?,
             "intr.model" => {
                 o.intr_model = intr::Model::from_name(value)
-                    .ok_or_else(|| err(key, "expected direct, dedicated or pool"))?
+                    .ok_or_else(|| err(key, "expected direct, dedicated, pool or pinned"))?
             }
             "lockcheck" => o.lockcheck = Some(on_off(key, value)?),
             "lockstat" => o.lockstat = on_off(key, value)?,

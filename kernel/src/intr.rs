@@ -41,8 +41,10 @@ pub fn interrupt(frame: &mut TrapFrame, io: &IntrOff) {
         }
         Arrival::Run { old } => {
             SCHED.intr_enter(io);
-            run_vector(vector, frame, io);
+            // Acknowledge first (edge-style LAPIC/MSI vectors): a pinned interrupt thread may
+            // run, and even block, inside run_vector.
             apic::eoi();
+            run_vector(vector, frame, io);
             SPL.intr_done(old, io);
             SCHED.intr_exit(io);
         }
@@ -78,6 +80,7 @@ fn sleep_check() {
         panic!("thread '{}' tried to sleep in interrupt context", me.name());
     }
     INTR.pool.on_block();
+    INTR.pinned.on_block();
     if crate::locks::SYNC.witness.checking() {
         crate::locks::SYNC.witness.check_sleep::<arch::X86_64>(me.held_locks());
     }

@@ -37,6 +37,7 @@
 
 extern crate alloc;
 
+pub mod pinned;
 pub mod pool;
 pub mod softint;
 pub mod stats;
@@ -64,11 +65,13 @@ pub enum Model {
     Dedicated = 1,
     /// Per-CPU queues drained by ithreads from a shared pool.
     Pool = 2,
+    /// Per-CPU interrupt threads that borrow the interrupted thread's CPU (pinned switch).
+    Pinned = 3,
 }
 
 impl Model {
     /// All models.
-    pub const ALL: [Model; 3] = [Model::Direct, Model::Dedicated, Model::Pool];
+    pub const ALL: [Model; 4] = [Model::Direct, Model::Dedicated, Model::Pool, Model::Pinned];
 
     /// The name used on the command line and in results.
     pub fn name(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Model {
             Model::Direct => "direct",
             Model::Dedicated => "dedicated",
             Model::Pool => "pool",
+            Model::Pinned => "pinned",
         }
     }
 
@@ -88,6 +92,7 @@ impl Model {
         match v {
             1 => Model::Dedicated,
             2 => Model::Pool,
+            3 => Model::Pinned,
             _ => Model::Direct,
         }
     }
@@ -362,6 +367,8 @@ pub struct Intr<E: IntrEnv> {
     pub pool: pool::Pool<E>,
     /// Soft interrupts.
     pub soft: softint::Soft<E>,
+    /// The pinned model's per-CPU interrupt threads.
+    pub pinned: pinned::Pinned<E>,
 }
 
 impl<E: IntrEnv> Default for Intr<E> {
@@ -398,6 +405,7 @@ impl<E: IntrEnv> Intr<E> {
             in_filter: [const { AtomicUsize::new(0) }; sched::MAX_CPUS],
             pool: pool::Pool::new(),
             soft: softint::Soft::new(),
+            pinned: pinned::Pinned::new(),
         }
     }
 
@@ -453,7 +461,11 @@ impl<E: IntrEnv> Intr<E> {
         if spec.flags.contains(IntrFlags::MANUAL) && filter.is_none() {
             return Err(EstablishError::ManualWithoutFilter { name });
         }
-        let model = spec.model.unwrap_or_else(|| self.default_model());
+        let mut model = spec.model.unwrap_or_else(|| self.default_model());
+        if model == Model::Pinned && spec.ipl > Ipl::Vm {
+            // Above IPL_VM there are no interrupt threads: handlers run directly (part 2).
+            model = Model::Direct;
+        }
         let dedicated = (model == Model::Dedicated && handler.is_some()).then(|| Dedicated {
             event: Event::new(E::sched()),
             raised_at: core::sync::atomic::AtomicU64::new(0),
@@ -496,6 +508,9 @@ impl<E: IntrEnv> Intr<E> {
         }
         if model == Model::Pool && src.handler.is_some() {
             self.pool.handler_added();
+        }
+        if model == Model::Pinned && src.handler.is_some() {
+            self.pinned.start();
         }
         Ok(IntrHandle { source: src })
     }
@@ -564,6 +579,8 @@ impl<E: IntrEnv> Intr<E> {
         let mut claimed = false;
         let mut run_direct: [Option<Arc<Source<E>>>; 4] = [const { None }; 4];
         let mut ndirect = 0;
+        let mut run_pinned: [Option<Arc<Source<E>>>; 4] = [const { None }; 4];
+        let mut npinned = 0;
         {
             let list = self.vectors[vector as usize].lock(io);
             if list.is_empty() {
@@ -623,6 +640,15 @@ impl<E: IntrEnv> Intr<E> {
                         }
                         self.pool.enqueue(cpu, src.clone(), now, io);
                     }
+                    Model::Pinned => {
+                        if npinned < run_pinned.len() {
+                            if src.needs_mask() {
+                                src.mask();
+                            }
+                            run_pinned[npinned] = Some(src.clone());
+                            npinned += 1;
+                        }
+                    }
                 }
             }
         }
@@ -632,6 +658,12 @@ impl<E: IntrEnv> Intr<E> {
             if src.run_handler(now, cpu) {
                 E::retrigger(src.vector);
             }
+        }
+        // Pinned: queue, then borrow the CPU for the ithread (outside the table lock: the
+        // ithread runs with interrupts enabled and may take this vector again).
+        for src in run_pinned.iter_mut().take(npinned) {
+            let src = src.take().expect("counted");
+            self.pinned.dispatch(src, now, io);
         }
         Some(claimed)
     }

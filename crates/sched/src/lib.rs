@@ -103,6 +103,8 @@ pub struct CpuSched<M: Machine> {
     kicked: AtomicBool,
     /// Preemptions that a kick asked for (as opposed to a time slice running out).
     kick_preempts: AtomicU64,
+    /// Switches to an interrupt thread on this CPU's borrowed context.
+    pin_switches: AtomicU64,
     /// Touched only by this CPU with interrupts disabled.
     local: UnsafeCell<CpuLocal<M>>,
 }
@@ -115,6 +117,8 @@ struct CpuLocal<M: Machine> {
     prev: Option<Arc<Thread<M>>>,
     /// `prev` must be queued on this other CPU once off ours (binding).
     prev_migrate_to: Option<usize>,
+    /// The switch to here did not take the run-queue lock (`pin_return`).
+    prev_no_unlock: bool,
 }
 
 // SAFETY: `local` is accessed only by its own CPU with interrupts disabled; everything else
@@ -139,7 +143,14 @@ impl<M: Machine> CpuSched<M> {
             resched_ipis: AtomicU64::new(0),
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
-            local: UnsafeCell::new(CpuLocal { current: None, idle: None, prev: None, prev_migrate_to: None }),
+            pin_switches: AtomicU64::new(0),
+            local: UnsafeCell::new(CpuLocal {
+                current: None,
+                idle: None,
+                prev: None,
+                prev_migrate_to: None,
+                prev_no_unlock: false,
+            }),
         }
     }
 
@@ -163,6 +174,8 @@ pub struct CpuStats {
     pub resched_ipis: u64,
     /// Preemptions made because a more urgent thread became runnable here (not slice ends).
     pub kick_preempts: u64,
+    /// Pinned switches to interrupt threads.
+    pub pin_switches: u64,
     /// Threads waiting in its run queue.
     pub queued: usize,
 }
@@ -236,6 +249,7 @@ impl<M: Machine> Scheduler<M> {
             rq_link: LinkedListAtomicLink::new(),
             join: SpinLock::new(JoinState { exited: false, joiner: None }),
             held: SpinLock::new(thread::HeldLocks::new()),
+            pinned: UnsafeCell::new(None),
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
             last_on_ns: AtomicU64::new(M::now_ns()),
@@ -727,6 +741,13 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
+    /// Sets this CPU's interrupt nesting depth, returning the old one. A pinned switch runs
+    /// the interrupt thread at depth 0 (it is a thread: it may block and be preempted by
+    /// nested interrupts' wakeups) and puts the interrupted context's depth back afterwards.
+    pub fn swap_intr_depth(&self, depth: u32, _proof: &IntrOff) -> u32 {
+        self.this_cpu().intr_depth.swap(depth, Ordering::Relaxed)
+    }
+
     /// Whether this CPU is running an interrupt handler.
     pub fn in_interrupt(&self) -> bool {
         self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0
@@ -770,6 +791,92 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
+    /// **Pinned interrupt threads** (DESIGN.md part 2, NetBSD's interrupt LWPs): switches this
+    /// CPU from the running thread to the interrupt thread `it` *without* the run queues. The
+    /// interrupted thread stays pinned underneath (`on_cpu`, not queued, not migratable) until
+    /// `it` calls [`Scheduler::pin_return`] — then this call returns — or blocks, in which case
+    /// the scheduler switches straight back to the pinned thread (this call returns then too)
+    /// and `it` later runs like any thread. `it` must be parked ([`Scheduler::park`]) or
+    /// never run. Called from interrupt context, interrupts disabled; the caller handles the
+    /// CPU's SPL and interrupt depth around it.
+    pub fn pin_switch(&'static self, it: &Arc<Thread<M>>, _proof: &IntrOff) {
+        let cpu = M::cpu_index();
+        let c = &self.cpus[cpu];
+        // SAFETY: this CPU, interrupts disabled.
+        let local = unsafe { c.local() };
+        let pinned = local.current.clone().expect("pin_switch before init_cpu");
+        while it.on_cpu.load(Ordering::Acquire) {
+            M::relax();
+        }
+        it.state.store(RUNNING, Ordering::SeqCst);
+        it.on_cpu.store(true, Ordering::Relaxed);
+        it.cpu.store(cpu, Ordering::Relaxed);
+        it.switches.fetch_add(1, Ordering::Relaxed);
+        let from = pinned.ctx.get();
+        let to = it.ctx.get() as *const M::Context;
+        // SAFETY: only this CPU touches `it.pinned`, with interrupts disabled; `it` is not on
+        // any CPU (waited above) and not queued (parked or new).
+        unsafe { *it.pinned.get() = Some(pinned.clone()) };
+        M::set_curthread(Arc::as_ptr(it) as *const (), _proof);
+        c.running.store(Arc::as_ptr(it) as usize, Ordering::Relaxed);
+        c.cur_pri.store(it.pri.load(Ordering::Relaxed), Ordering::Relaxed);
+        c.cur_idle.store(false, Ordering::Relaxed);
+        local.current = Some(it.clone());
+        local.prev = None;
+        c.pin_switches.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: interrupts are disabled; `from` is the running thread's context (kept alive
+        // by the reference in `it.pinned`), `to` is `it`'s saved (or new) context and no other
+        // CPU runs it.
+        unsafe { M::switch(from, to) };
+        // Back on the pinned thread: `it` returned (pin_return) or blocked (schedule).
+        self.finish_switch();
+    }
+
+    /// Called by an interrupt thread that runs on a borrowed CPU and is done for now: switches
+    /// straight back to the pinned thread and parks. Returns when a later `pin_switch` resumes
+    /// this thread. Interrupts disabled.
+    pub fn pin_return(&'static self, proof: &IntrOff) {
+        let cpu = M::cpu_index();
+        let c = &self.cpus[cpu];
+        // SAFETY: this CPU, interrupts disabled.
+        let local = unsafe { c.local() };
+        let me = local.current.clone().expect("pin_return before init_cpu");
+        // SAFETY: only this CPU touches `me.pinned`, with interrupts disabled.
+        let pinned = unsafe { (*me.pinned.get()).take() }.expect("pin_return without a pinned thread");
+        me.state.store(BLOCKED, Ordering::SeqCst);
+        M::set_curthread(Arc::as_ptr(&pinned) as *const (), proof);
+        c.running.store(Arc::as_ptr(&pinned) as usize, Ordering::Relaxed);
+        c.cur_pri.store(pinned.pri.load(Ordering::Relaxed), Ordering::Relaxed);
+        c.cur_idle.store(pinned.is_idle, Ordering::Relaxed);
+        let from = me.ctx.get();
+        let to = pinned.ctx.get() as *const M::Context;
+        local.current = Some(pinned);
+        // The pinned thread clears our `on_cpu` once we are off the CPU.
+        local.prev = Some(me);
+        local.prev_migrate_to = None;
+        local.prev_no_unlock = true;
+        // SAFETY: interrupts are disabled; `from` is our context (we stay alive: the interrupt
+        // framework holds us), `to` is the pinned thread's context, saved by `pin_switch` on
+        // this CPU, and nobody else can run it (it was never queued).
+        unsafe { M::switch(from, to) };
+        // Resumed by a later pin_switch.
+    }
+
+    /// Parks the calling thread until a `pin_switch` resumes it (an interrupt thread with no
+    /// pinned thread under it, e.g. after it blocked and finished as an ordinary thread).
+    pub fn park(&'static self, proof: &IntrOff) {
+        self.current().state.store(SLEEPING, Ordering::SeqCst);
+        self.schedule(Reason::Block, proof);
+    }
+
+    /// Whether the running thread runs on a borrowed CPU (a thread is pinned under it).
+    pub fn has_pinned(&self) -> bool {
+        let _io = M::intr_disable();
+        // SAFETY: `pinned` of the running thread is touched only by this CPU with interrupts
+        // disabled.
+        unsafe { (*self.current().pinned.get()).is_some() }
+    }
+
     /// Counters of `cpu`.
     pub fn cpu_stats(&self, cpu: usize) -> CpuStats {
         let c = &self.cpus[cpu];
@@ -778,6 +885,7 @@ impl<M: Machine> Scheduler<M> {
             switches: c.switches.load(Ordering::Relaxed),
             resched_ipis: c.resched_ipis.load(Ordering::Relaxed),
             kick_preempts: c.kick_preempts.load(Ordering::Relaxed),
+            pin_switches: c.pin_switches.load(Ordering::Relaxed),
             queued: c.nqueued.load(Ordering::Relaxed),
         }
     }
@@ -802,6 +910,20 @@ impl<M: Machine> Scheduler<M> {
             }
             Reason::Preempt | Reason::Yield => false,
         };
+        // SAFETY: `pinned` is touched only by this CPU with interrupts disabled (pin_switch,
+        // pin_return, here).
+        let pinned_under = unsafe { (*prev.pinned.get()).is_some() };
+        if pinned_under && !leaving {
+            // A thread running on a borrowed CPU is not preempted: it returns to the thread
+            // pinned underneath soon, or blocks (below).
+            c.rq.raw_unlock();
+            return;
+        }
+        assert!(
+            !(pinned_under && reason == Reason::Exit),
+            "thread {} exited with a thread pinned under it",
+            prev.name
+        );
         let mut migrate_to = None;
         if !leaving && !prev.is_idle {
             let bound = prev.bound.load(Ordering::Relaxed);
@@ -821,17 +943,26 @@ impl<M: Machine> Scheduler<M> {
                 rq.push_back(prev.clone());
             }
         }
-        let next = match rq.pop_highest() {
+        // An interrupt thread that blocks releases the thread pinned under it: that thread
+        // resumes right here, ahead of the run queue (it never left the CPU).
+        // SAFETY: as above.
+        let released = if pinned_under { unsafe { (*prev.pinned.get()).take() } } else { None };
+        let resuming_pinned = released.is_some();
+        let next = match released {
             Some(t) => t,
-            None => local.idle.as_ref().expect("no idle thread").clone(),
+            None => match rq.pop_highest() {
+                Some(t) => t,
+                None => local.idle.as_ref().expect("no idle thread").clone(),
+            },
         };
         c.nqueued.store(rq.len(), Ordering::Relaxed);
         if Arc::ptr_eq(&next, &prev) {
             c.rq.raw_unlock();
             return;
         }
-        // The next thread may still be saving its registers on the CPU it left.
-        while next.on_cpu.load(Ordering::Acquire) {
+        // The next thread may still be saving its registers on the CPU it left (a pinned thread
+        // never left: its `on_cpu` stays set while it is borrowed).
+        while !resuming_pinned && next.on_cpu.load(Ordering::Acquire) {
             M::relax();
         }
         let now = M::now_ns();
@@ -871,9 +1002,15 @@ impl<M: Machine> Scheduler<M> {
         let c = self.this_cpu();
         // SAFETY: this CPU, interrupts disabled (we are right after a switch).
         let local = unsafe { c.local() };
-        let prev = local.prev.take().expect("finish_switch without a previous thread");
+        let Some(prev) = local.prev.take() else {
+            // Arrived by `pin_switch`, which holds no run-queue lock and keeps the thread it
+            // borrowed from: nothing to finish.
+            return;
+        };
         let migrate_to = local.prev_migrate_to.take();
-        c.rq.raw_unlock();
+        if !core::mem::take(&mut local.prev_no_unlock) {
+            c.rq.raw_unlock();
+        }
         prev.on_cpu.store(false, Ordering::Release);
         if let Some(target) = migrate_to {
             // SAFETY: interrupts are disabled here (right after a switch) and stay so until

@@ -141,6 +141,9 @@ pub struct Thread<M: Machine> {
     pub(crate) join: SpinLock<JoinState<M>>,
     /// Locks held, for the lock checker.
     pub(crate) held: SpinLock<HeldLocks>,
+    /// The thread pinned under this (interrupt) thread while it runs on a borrowed CPU.
+    /// Touched only by the CPU it runs on, with interrupts disabled.
+    pub(crate) pinned: UnsafeCell<Option<Arc<Thread<M>>>>,
     /// Context switches onto this thread.
     pub(crate) switches: AtomicU64,
     /// Nanoseconds spent on a CPU, summed at each switch away.

@@ -61,7 +61,7 @@ fn counting(
 fn exactly_once_every_model() -> TestResult {
     let n = ncpus();
     for (i, model) in Model::ALL.into_iter().enumerate() {
-        let names = ["test.once.direct", "test.once.dedicated", "test.once.pool"];
+        let names = ["test.once.direct", "test.once.dedicated", "test.once.pool", "test.once.pinned"];
         let (h, count) = counting(model, 0x60 + i as u8, names[i]).map_err(|e| alloc::format!("{e}"))?;
         const N: u64 = 200;
         for k in 0..N {
@@ -145,6 +145,67 @@ fn blocking_dedicated() -> TestResult {
     blocking_handler_completes(Model::Dedicated, 0x65, "test.block.dedicated")
 }
 ktest!(T_BLOCK_DED, "intr::block::dedicated_handler_blocks_on_mutex", blocking_dedicated);
+
+fn blocking_pinned() -> TestResult {
+    let blocked0 = INTR.pinned.stats().blocked;
+    blocking_handler_completes(Model::Pinned, 0x6B, "test.block.pinned")?;
+    kassert!(INTR.pinned.stats().blocked > blocked0, "pinned: the handler's block was not a real switch");
+    Ok(())
+}
+ktest!(T_BLOCK_PIN, "intr::block::pinned_handler_blocks_on_mutex", blocking_pinned);
+
+/// The pinned model borrows the interrupted thread's CPU: the handler runs in the CPU's
+/// interrupt thread, on the same CPU, and the interrupted thread is never switched out by the
+/// scheduler (its switch count does not move), only pinned underneath.
+fn pinned_borrows_cpu_without_scheduler_switch() -> TestResult {
+    let ran_in = Arc::new(AtomicU64::new(0));
+    let ran_cpu = Arc::new(AtomicU64::new(u64::MAX));
+    let (ri, rc) = (ran_in.clone(), ran_cpu.clone());
+    let h = INTR
+        .establish(
+            spec("test.pinned.borrow", 0x6C, Model::Pinned, IntrFlags::MPSAFE),
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                ri.store(SCHED.current() as *const _ as u64, Ordering::SeqCst);
+                rc.store(SCHED.cpu_index() as u64, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    // Let the per-CPU ithreads start and park.
+    SCHED.sleep_ns(20_000_000);
+    let me = SCHED.current_arc();
+    SCHED.preempt_disable(); // nothing but the interrupt may take our CPU in the window
+    let cpu = SCHED.cpu_index();
+    let my_switches = me.switch_count();
+    let pins0 = SCHED.cpu_stats(cpu).pin_switches;
+    raise(cpu, 0x6C);
+    let mut ok = false;
+    for _ in 0..10_000_000 {
+        if ran_cpu.load(Ordering::SeqCst) != u64::MAX {
+            ok = true;
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    let my_switches_after = me.switch_count();
+    let pins = SCHED.cpu_stats(cpu).pin_switches - pins0;
+    SCHED.preempt_enable();
+    kassert!(ok, "pinned handler never ran");
+    kassert_eq!(ran_cpu.load(Ordering::SeqCst), cpu as u64, "handler ran on another CPU");
+    kassert!(
+        ran_in.load(Ordering::SeqCst) != Arc::as_ptr(&me) as u64,
+        "handler ran in the interrupted thread itself"
+    );
+    kassert_eq!(my_switches_after, my_switches, "the interrupted thread was switched out by the scheduler");
+    kassert_eq!(pins, 1, "expected exactly one pinned switch");
+    drop(h);
+    Ok(())
+}
+ktest!(
+    T_PIN_BORROW,
+    "intr::pinned::borrows_cpu_without_scheduler_switch",
+    pinned_borrows_cpu_without_scheduler_switch
+);
 
 /// Two saturating sources on one CPU, each processing 8 units per run and then `hwi_sched`:
 /// they share the CPU within 10 %.
