@@ -41,6 +41,7 @@ pub mod pinned;
 pub mod pool;
 pub mod softint;
 pub mod stats;
+pub mod storm;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -238,6 +239,8 @@ pub struct Source<E: IntrEnv> {
     running: AtomicU32,
     /// Stats.
     pub stats: SourceStats,
+    /// Storm detector state.
+    pub storm: storm::StormState,
     dedicated: Option<Dedicated<E>>,
 }
 
@@ -354,6 +357,8 @@ pub trait IntrEnv: Env {
     fn intr() -> &'static Intr<Self>;
     /// Raises `vector` again on this CPU (a missed interrupt of a source just unmasked).
     fn retrigger(vector: u8);
+    /// Reports a storm starting (`on`, with the rate seen) or ending, once each, by name.
+    fn storm_report(source: &'static str, on: bool, rate: u64);
 }
 
 /// The framework: the vector table and the models' state.
@@ -369,6 +374,9 @@ pub struct Intr<E: IntrEnv> {
     pub soft: softint::Soft<E>,
     /// The pinned model's per-CPU interrupt threads.
     pub pinned: pinned::Pinned<E>,
+    /// Per CPU: the instruction the last interrupt interrupted (for the storm rule).
+    last_rip: [core::sync::atomic::AtomicU64; sched::MAX_CPUS],
+    storm_thread: AtomicBool,
 }
 
 impl<E: IntrEnv> Default for Intr<E> {
@@ -406,6 +414,8 @@ impl<E: IntrEnv> Intr<E> {
             pool: pool::Pool::new(),
             soft: softint::Soft::new(),
             pinned: pinned::Pinned::new(),
+            last_rip: [const { core::sync::atomic::AtomicU64::new(0) }; sched::MAX_CPUS],
+            storm_thread: AtomicBool::new(false),
         }
     }
 
@@ -484,6 +494,7 @@ impl<E: IntrEnv> Intr<E> {
             dead: AtomicBool::new(false),
             running: AtomicU32::new(0),
             stats: SourceStats::new(),
+            storm: storm::StormState::new(),
             dedicated,
         });
         {
@@ -512,6 +523,7 @@ impl<E: IntrEnv> Intr<E> {
         if model == Model::Pinned && src.handler.is_some() {
             self.pinned.start();
         }
+        self.start_storm_thread();
         Ok(IntrHandle { source: src })
     }
 
@@ -569,13 +581,27 @@ impl<E: IntrEnv> Intr<E> {
     /// Primary dispatch of `vector` on this CPU (interrupts disabled, CPU at the vector's IPL).
     /// Returns `None` if no source is established on the vector (the caller falls back to
     /// the kernel's own handler), else whether any source claimed the interrupt.
-    pub fn dispatch(&'static self, vector: u8, io: &IntrOff) -> Option<bool> {
+    /// `interrupted`: the instruction address and whether it was an idle thread (`None` for
+    /// a replay from `splx`), for the storm rule.
+    pub fn dispatch(
+        &'static self,
+        vector: u8,
+        interrupted: Option<(u64, bool)>,
+        io: &IntrOff,
+    ) -> Option<bool> {
         if let Some(l) = softint::soft_level(vector) {
             self.soft.fire(l);
             return Some(true);
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
+        let stalled = match interrupted {
+            Some((rip, idle)) => {
+                let last = self.last_rip[cpu].swap(rip, Ordering::Relaxed);
+                !idle && last == rip
+            }
+            None => false,
+        };
         let mut claimed = false;
         let mut run_direct: [Option<Arc<Source<E>>>; 4] = [const { None }; 4];
         let mut ndirect = 0;
@@ -593,6 +619,14 @@ impl<E: IntrEnv> Intr<E> {
                     continue;
                 }
                 src.stats.per_cpu[cpu].fetch_add(1, Ordering::Relaxed);
+                if src.storm.arrive(now, stalled) == storm::Verdict::Storm {
+                    // Throttle: the storm holds one mask reference until the storm thread
+                    // re-enables the source.
+                    src.mask();
+                    if !src.storm.storming.swap(true, Ordering::AcqRel) {
+                        E::storm_report(src.name, true, src.storm.last_rate.load(Ordering::Relaxed));
+                    }
+                }
                 let manual = AtomicBool::new(false);
                 let r = match &src.filter {
                     Some(f) => {
@@ -666,6 +700,38 @@ impl<E: IntrEnv> Intr<E> {
             self.pinned.dispatch(src, now, io);
         }
         Some(claimed)
+    }
+
+    fn start_storm_thread(&'static self) {
+        if self.storm_thread.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pri = Ipl::Vm.priority().unwrap_or(Priority::INTR_BASE);
+        E::sched().spawn("intr/storm", pri, None, move || self.storm_loop());
+    }
+
+    /// Re-enables throttled sources after their backoff; declares storms over.
+    fn storm_loop(&'static self) {
+        loop {
+            E::sched().sleep_ns(storm::WINDOW_NS);
+            let now = E::M::now_ns();
+            for src in self.sources() {
+                let st = &src.storm;
+                if st.throttled.load(Ordering::Acquire) {
+                    if now >= st.unmask_at.load(Ordering::Relaxed) {
+                        st.reset_window(now);
+                        st.throttled.store(false, Ordering::Release);
+                        src.unmask();
+                    }
+                } else if st.storming.load(Ordering::Acquire)
+                    && now.saturating_sub(st.unmask_at.load(Ordering::Relaxed))
+                        > (storm::HOT_WINDOWS as u64 + 2) * storm::WINDOW_NS
+                {
+                    st.calm_down();
+                    E::storm_report(src.name, false, 0);
+                }
+            }
+        }
     }
 
     fn start_dedicated(&'static self, src: &Arc<Source<E>>) {

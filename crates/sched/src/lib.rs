@@ -557,6 +557,11 @@ impl<M: Machine> Scheduler<M> {
     /// disabled from here to `sleep_commit`/`sleep_cancel` (the proof says so).
     pub fn sleep_prepare(&self, _proof: &IntrOff) {
         self.current().state.store(SLEEPING, Ordering::SeqCst);
+        // Pairs with the fence in `wakeup_locked`: the sleeper's later load of its condition
+        // (a grant flag, a woken flag, written with Release by a waker) and the waker's load
+        // of this state cannot both miss the other's store (store buffering; the loom model
+        // of the turnstile hand-off found the lost wakeup without these fences).
+        core::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Second half: leave the CPU until a wakeup (returns at once if one already came).
@@ -651,6 +656,8 @@ impl<M: Machine> Scheduler<M> {
     }
 
     fn wakeup_locked(&'static self, t: &Arc<Thread<M>>, io: &IntrOff) -> bool {
+        // See `sleep_prepare`: the waker's condition store is ordered before this state load.
+        core::sync::atomic::fence(Ordering::SeqCst);
         loop {
             match t.state.load(Ordering::SeqCst) {
                 SLEEPING => {

@@ -291,7 +291,9 @@ impl<E: Env> RawRwLock<E> {
         let io = E::M::intr_disable();
         let woken = {
             let mut ts = E::sync().turnstiles.lock(&io);
-            let v = self.word.load(Ordering::Relaxed);
+            // Acquire: the other readers' releases (their decrements) must be ordered before
+            // the writer we hand the lock to (found by the loom model).
+            let v = self.word.load(Ordering::Acquire);
             if v / READER != 1 || v & WAITERS == 0 {
                 // Someone changed it meanwhile (another reader left or joined): plain exit.
                 drop(ts);
