@@ -21,11 +21,30 @@ impl intr::IntrEnv for KernelEnv {
     fn retrigger(vector: u8) {
         apic::send_ipi(arch::cpu::lapic_id_of(arch::cpu::index()), vector);
     }
+    fn storm_report(source: &'static str, on: bool, rate: u64) {
+        arch::kprintln!("@@ storm source={} state={} rate={}", source, if on { "on" } else { "off" }, rate);
+    }
+}
+
+/// A fold of the interrupted registers: equal signatures at the same address mean the
+/// interrupted thread executed nothing between two interrupts.
+fn state_signature(f: &TrapFrame) -> u64 {
+    let regs = [
+        f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14,
+        f.r15, f.rsp, f.rflags,
+    ];
+    regs.iter().enumerate().fold(f.rip | 1, |h, (i, &r)| h ^ r.rotate_left(i as u32 * 7 + 1))
 }
 
 /// Runs what is behind `vector`: established sources, else the kernel's own handler.
 fn run_vector(vector: u8, frame: &mut TrapFrame, io: &IntrOff) {
-    if INTR.dispatch(vector, io).is_none() {
+    // For the storm rule: a signature of the interrupted state, computed only when the
+    // instruction address repeats (cheap otherwise).
+    let interrupted = (frame.rip != 0).then(|| {
+        let sig = if INTR.same_rip(frame.rip) { state_signature(frame) } else { 0 };
+        (sig, SCHED.current().is_idle())
+    });
+    if INTR.dispatch(vector, interrupted, io).is_none() {
         trap::run_handler(vector, frame, io);
     }
 }

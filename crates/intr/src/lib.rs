@@ -376,6 +376,8 @@ pub struct Intr<E: IntrEnv> {
     pub pinned: pinned::Pinned<E>,
     /// Per CPU: the instruction the last interrupt interrupted (for the storm rule).
     last_rip: [core::sync::atomic::AtomicU64; sched::MAX_CPUS],
+    /// Per CPU: the register signature at the last interrupt, when its address repeated.
+    last_sig: [core::sync::atomic::AtomicU64; sched::MAX_CPUS],
     storm_thread: AtomicBool,
 }
 
@@ -415,6 +417,7 @@ impl<E: IntrEnv> Intr<E> {
             soft: softint::Soft::new(),
             pinned: pinned::Pinned::new(),
             last_rip: [const { core::sync::atomic::AtomicU64::new(0) }; sched::MAX_CPUS],
+            last_sig: [const { core::sync::atomic::AtomicU64::new(0) }; sched::MAX_CPUS],
             storm_thread: AtomicBool::new(false),
         }
     }
@@ -422,6 +425,12 @@ impl<E: IntrEnv> Intr<E> {
     /// Marks a vector as the kernel's own (establish refuses it).
     pub fn reserve(&self, vector: u8) {
         self.reserved[vector as usize].store(true, Ordering::Relaxed);
+    }
+
+    /// Records the interrupted instruction address on this CPU and says whether it is the same
+    /// as at the previous interrupt (only then is the register signature worth computing).
+    pub fn same_rip(&self, rip: u64) -> bool {
+        self.last_rip[E::M::cpu_index()].swap(rip, Ordering::Relaxed) == rip
     }
 
     /// Reserves the software vectors of the soft levels (the kernel calls this at start-up).
@@ -581,8 +590,9 @@ impl<E: IntrEnv> Intr<E> {
     /// Primary dispatch of `vector` on this CPU (interrupts disabled, CPU at the vector's IPL).
     /// Returns `None` if no source is established on the vector (the caller falls back to
     /// the kernel's own handler), else whether any source claimed the interrupt.
-    /// `interrupted`: the instruction address and whether it was an idle thread (`None` for
-    /// a replay from `splx`), for the storm rule.
+    /// `interrupted`: a signature of the interrupted register state (0 if the instruction
+    /// address differs from the previous interrupt's on this CPU — see [`Intr::same_rip`]) and
+    /// whether it was an idle thread; `None` for a replay from `splx`. For the storm rule.
     pub fn dispatch(
         &'static self,
         vector: u8,
@@ -595,12 +605,17 @@ impl<E: IntrEnv> Intr<E> {
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
+        // Stalled: the same non-idle thread, same registers, as at the previous interrupt on
+        // this CPU — it executed nothing in between (storm.rs).
         let stalled = match interrupted {
-            Some((rip, idle)) => {
-                let last = self.last_rip[cpu].swap(rip, Ordering::Relaxed);
-                !idle && last == rip
+            Some((sig, idle)) if sig != 0 => {
+                let last = self.last_sig[cpu].swap(sig, Ordering::Relaxed);
+                !idle && last == sig
             }
-            None => false,
+            _ => {
+                self.last_sig[cpu].store(0, Ordering::Relaxed);
+                false
+            }
         };
         let mut claimed = false;
         let mut run_direct: [Option<Arc<Source<E>>>; 4] = [const { None }; 4];

@@ -13,7 +13,8 @@
 //! - at least [`STALL_PERCENT`] % of its arrivals stalled their CPU.
 //!
 //! A high but serviceable rate lets the interrupted thread advance between interrupts (and an
-//! idle CPU has nothing to starve), so it never trips; a line stuck asserted —
+//! idle CPU has nothing to starve — a stuck line on an idle CPU is caught as soon as a thread
+//! wants that CPU), so it never trips; a line stuck asserted —
 //! level-triggered and never deasserted, or a device that re-raises as soon as it is
 //! acknowledged — stalls every time, and trips within 50 ms.
 //!
