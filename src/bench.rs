@@ -96,7 +96,8 @@ pub fn config(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Record {
     pub bench: String,
-    /// The interrupt dispatch model the boot used (`-` where it does not apply).
+    /// The interrupt dispatch model the figure was taken under (the `@@ bench` line's
+    /// `model=`), `-` where it does not apply.
     pub model: String,
     pub smp: u32,
     pub accel: String,
@@ -113,9 +114,9 @@ pub fn records(report: &BootReport) -> Vec<Record> {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Bench { name, unit, samples, median, p99, min } => Some(Record {
+            Event::Bench { name, unit, samples, median, p99, min, model } => Some(Record {
                 bench: name.clone(),
-                model: "-".into(),
+                model: model.clone().unwrap_or_else(|| "-".into()),
                 smp: report.config.smp,
                 accel: accel_label(report.accel).into(),
                 unit: unit.clone(),
@@ -150,18 +151,49 @@ pub fn failure(report: &BootReport) -> Option<String> {
     }))
 }
 
-/// The figures as an aligned table: name, smp, median, p99, min, samples.
+/// The benchmark whose figure is a cost per interrupt (instructions per interrupt, one
+/// figure per model): its rate relative to `direct` is the inverse of [`vs_direct`].
+pub const RATE: &str = "intr.rate";
+
+/// `r`'s median over the median of the `direct` figure of the same benchmark and CPU count
+/// (a cost ratio: 1.0 is as costly as `direct`); `None` without a `direct` figure, or for
+/// figures that have no model.
+pub fn vs_direct(records: &[Record], r: &Record) -> Option<f64> {
+    if r.model == "-" {
+        return None;
+    }
+    let d = records.iter().find(|d| d.bench == r.bench && d.smp == r.smp && d.model == "direct")?;
+    (d.median > 0).then(|| r.median as f64 / d.median as f64)
+}
+
+/// The sustained interrupt rate of each model relative to `direct` ([`RATE`]'s figures:
+/// direct's instructions per interrupt over the model's), as `(model, smp, ratio)`.
+pub fn rate_vs_direct(records: &[Record]) -> Vec<(String, u32, f64)> {
+    records
+        .iter()
+        .filter(|r| r.bench == RATE && r.model != "-" && r.median > 0)
+        .filter_map(|r| {
+            let d = records.iter().find(|d| d.bench == RATE && d.smp == r.smp && d.model == "direct")?;
+            Some((r.model.clone(), r.smp, d.median as f64 / r.median as f64))
+        })
+        .collect()
+}
+
+/// The figures as an aligned table: name, model, smp, median, p99, min, samples, and the
+/// median relative to the `direct` model's ([`vs_direct`], `-` where there is none).
 pub fn table(records: &[Record]) -> String {
     let rows: Vec<Vec<(String, String)>> = records
         .iter()
         .map(|r| {
             vec![
                 ("name".into(), r.bench.clone()),
+                ("model".into(), r.model.clone()),
                 ("smp".into(), r.smp.to_string()),
                 ("median".into(), r.median.to_string()),
                 ("p99".into(), r.p99.to_string()),
                 ("min".into(), r.min.to_string()),
                 ("samples".into(), r.samples.to_string()),
+                ("vs_direct".into(), vs_direct(records, r).map_or("-".into(), |x| format!("{x:.2}"))),
             ]
         })
         .collect();
@@ -272,10 +304,37 @@ mod tests {
         let t = table(&[rec()]);
         let mut lines = t.lines();
         let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(head, ["name", "smp", "median", "p99", "min", "samples"]);
+        assert_eq!(head, ["name", "model", "smp", "median", "p99", "min", "samples", "vs_direct"]);
         let row: Vec<&str> = lines.nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(row, ["mutex.adaptive.enter_exit", "1", "9", "11", "9", "100000"]);
+        assert_eq!(row, ["mutex.adaptive.enter_exit", "-", "1", "9", "11", "9", "100000", "-"]);
         assert_eq!(table(&[]), "");
+    }
+
+    #[test]
+    fn per_model_figures_compare_with_direct() {
+        let r = |bench: &str, model: &str, smp: u32, median: u64| Record {
+            bench: bench.into(),
+            model: model.into(),
+            smp,
+            median,
+            ..rec()
+        };
+        let recs = vec![
+            r("intr.latency", "direct", 1, 200),
+            r("intr.latency", "pinned", 1, 300),
+            r(RATE, "direct", 1, 900),
+            r(RATE, "pinned", 1, 1000),
+            r(RATE, "pool", 2, 1000), // no direct figure on 2 CPUs
+            rec(),
+        ];
+        assert_eq!(vs_direct(&recs, &recs[0]), Some(1.0));
+        assert_eq!(vs_direct(&recs, &recs[1]), Some(1.5));
+        assert_eq!(vs_direct(&recs, &recs[4]), None);
+        assert_eq!(vs_direct(&recs, &recs[5]), None);
+        assert_eq!(rate_vs_direct(&recs), [("direct".to_string(), 1, 1.0), ("pinned".to_string(), 1, 0.9)]);
+        let t = table(&recs);
+        let pinned: Vec<&str> = t.lines().nth(3).unwrap().split_whitespace().collect();
+        assert_eq!((pinned[0], pinned[1], pinned[7]), ("intr.latency", "pinned", "1.50"));
     }
 
     #[test]

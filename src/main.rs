@@ -319,6 +319,23 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             records.len()
         );
         print!("{}", ithreads::bench::table(&records));
+        let rates = ithreads::bench::rate_vs_direct(&records);
+        if !rates.is_empty() {
+            let list: Vec<String> = rates
+                .iter()
+                .map(|(m, smp, x)| {
+                    format!(
+                        "{m} {x:.2}{}",
+                        if *smp == a.smp { String::new() } else { format!(" (smp {smp})") }
+                    )
+                })
+                .collect();
+            println!(
+                "(vs_direct is the median over direct's; {} as a rate relative to direct: {})",
+                ithreads::bench::RATE,
+                list.join(", ")
+            );
+        }
     }
     if let Some(path) = &a.json {
         let file =

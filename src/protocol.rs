@@ -35,8 +35,9 @@ pub enum Event {
     Result(Vec<(String, String)>),
     /// `@@ scenario-done`: the scenario ended.
     ScenarioDone,
-    /// `@@ bench name=<n> unit=<u> samples=<n> median=<n> p99=<n> min=<n>`: one figure.
-    Bench { name: String, unit: String, samples: u64, median: u64, p99: u64, min: u64 },
+    /// `@@ bench name=<n> unit=<u> samples=<n> median=<n> p99=<n> min=<n> [model=<m>]`: one
+    /// figure; `model` is the interrupt dispatch model it was taken under, if it has one.
+    Bench { name: String, unit: String, samples: u64, median: u64, p99: u64, min: u64, model: Option<String> },
     /// `@@ bench-done`: every selected benchmark ran.
     BenchDone,
     /// A `@@ ` line of unknown kind or malformed shape (the whole line).
@@ -127,6 +128,11 @@ fn parse_body(body: &str) -> Option<Event> {
             let (median, rest) = field(rest, "median")?;
             let (p99, rest) = field(rest, "p99")?;
             let (min, rest) = field(rest, "min")?;
+            let (model, rest) = match field(rest, "model") {
+                Some((m, r)) if !m.is_empty() => (Some(m.to_string()), r),
+                Some(_) => return None,
+                None => (None, rest),
+            };
             if name.is_empty() || unit.is_empty() || !rest.is_empty() {
                 return None;
             }
@@ -137,6 +143,7 @@ fn parse_body(body: &str) -> Option<Event> {
                 median: median.parse().ok()?,
                 p99: p99.parse().ok()?,
                 min: min.parse().ok()?,
+                model,
             })
         }
         "bench-done" if args.trim().is_empty() => Some(Event::BenchDone),
@@ -316,7 +323,8 @@ mod tests {
                 samples: 100_000,
                 median: 9,
                 p99: 11,
-                min: 9
+                min: 9,
+                model: None
             }
         );
         assert_eq!(
@@ -327,9 +335,26 @@ mod tests {
                 samples: 1,
                 median: 0,
                 p99: 0,
-                min: 0
+                min: 0,
+                model: None
             }
         );
+        // One figure per interrupt dispatch model: `model=` after `min=`.
+        assert_eq!(
+            p("@@ bench name=intr.latency unit=instructions samples=100000 median=612 p99=640 min=610 model=pinned"),
+            Event::Bench {
+                name: "intr.latency".into(),
+                unit: "instructions".into(),
+                samples: 100_000,
+                median: 612,
+                p99: 640,
+                min: 610,
+                model: Some("pinned".into())
+            }
+        );
+        unknown("@@ bench name=x unit=i samples=1 median=2 p99=3 min=1 model=");
+        unknown("@@ bench name=x unit=i samples=1 median=2 p99=3 min=1 model=a extra=1");
+        unknown("@@ bench name=x unit=i samples=1 model=a median=2 p99=3 min=1");
         unknown("@@ bench name=x unit=instructions samples=1 median=2 p99=3");
         unknown("@@ bench name=x unit=instructions samples=1 median=2 p99=3 min=1 extra=1");
         unknown("@@ bench name= unit=instructions samples=1 median=2 p99=3 min=1");

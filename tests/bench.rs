@@ -44,13 +44,16 @@ fn baselines_are_reported_and_deterministic() {
     let cli = find(&first, "baseline.cli_spinlock.enter_exit");
     assert!(cli.median > pair.median / 2, "{cli:?} vs {pair:?}");
     for r in &first {
-        // `mutex.contended.throughput` takes one sample per repetition, whatever the count.
-        if r.bench != bench::PER_SMP {
+        // `mutex.contended.throughput` takes one sample per repetition, whatever the count;
+        // `intr.rate` one per batch of interrupts.
+        if r.bench != bench::PER_SMP && r.bench != bench::RATE {
             assert_eq!(r.samples, u64::from(SAMPLES), "{r:?}");
         }
+        // Only the interrupt benchmarks have a dispatch model.
+        let model = if r.bench.starts_with("intr.") { r.model.as_str() } else { "-" };
         assert_eq!(
             (r.unit.as_str(), r.accel.as_str(), r.smp, r.model.as_str()),
-            ("instructions", "tcg-icount", 1, "-")
+            ("instructions", "tcg-icount", 1, model)
         );
         assert!(r.min <= r.median && r.median <= r.p99, "{r:?}");
     }
@@ -101,4 +104,34 @@ fn two_cpu_benchmarks_run_on_two_cpus() {
     let tput = find(&recs, bench::PER_SMP);
     assert_eq!((tput.smp, tput.samples), (2, 9), "{tput:?}");
     assert!(tput.median > 0, "{tput:?}");
+}
+
+#[test]
+fn interrupt_benchmarks_report_every_model() {
+    let (_, recs) = boot(Some("intr."));
+    let fig = |name: &str, model: &str| {
+        recs.iter()
+            .find(|r| r.bench == name && r.model == model)
+            .unwrap_or_else(|| panic!("no {name} figure for {model}: {recs:#?}"))
+            .clone()
+    };
+    let models = ["direct", "dedicated", "pool", "pinned"];
+    for m in models {
+        let lat = fig("intr.latency", m);
+        assert_eq!(lat.samples, u64::from(SAMPLES), "{lat:?}");
+        let rate = fig(bench::RATE, m);
+        assert_eq!(rate.samples, 2, "{SAMPLES} samples are 2 batches of 1000 interrupts: {rate:?}");
+        // A round trip costs more than the way in.
+        assert!(lat.median > 0 && rate.median > lat.median, "{lat:?} {rate:?}");
+        if m != "direct" {
+            let direct = fig("intr.latency", "direct");
+            assert!(lat.median > direct.median, "{m} is not dearer than direct: {lat:?} {direct:?}");
+            assert!(fig("intr.block_switch", m).median > lat.median, "{m}: blocking costs nothing?");
+        }
+    }
+    assert!(recs.iter().all(|r| r.bench != "intr.block_switch" || r.model != "direct"), "{recs:#?}");
+    // Under icount both latencies are steady: the paired difference is the difference.
+    let added = fig("intr.switch_added", "pinned");
+    assert_eq!(added.median, fig("intr.latency", "pinned").median - fig("intr.latency", "direct").median);
+    assert_eq!(recs.len(), 4 + 4 + 3 + 1, "{recs:#?}");
 }

@@ -41,8 +41,9 @@ fn run_vector(vector: u8, frame: &mut TrapFrame, io: &IntrOff) {
     // For the storm rule: a signature of the interrupted state, computed only when the
     // instruction address repeats (cheap otherwise).
     let interrupted = (frame.rip != 0).then(|| {
-        let sig = if INTR.same_rip(frame.rip) { state_signature(frame) } else { 0 };
-        (sig, SCHED.current().is_idle())
+        let idle = SCHED.current().is_idle();
+        let sig = if INTR.same_rip(frame.rip) && !idle { state_signature(frame) } else { 0 };
+        (sig, idle)
     });
     if INTR.dispatch(vector, interrupted, io).is_none() {
         trap::run_handler(vector, frame, io);

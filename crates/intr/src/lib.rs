@@ -129,6 +129,9 @@ impl IntrFlags {
     pub const MANUAL: IntrFlags = IntrFlags(4);
     /// Keep the source masked while a handler instance is queued or running.
     pub const MASK_WHILE_QUEUED: IntrFlags = IntrFlags(8);
+    /// The handler runs on the CPU the interrupt arrived on (its affinity); without it, the
+    /// pool may hand a queued instance to an idle CPU's ithread when the arrival CPU is busy.
+    pub const BOUND: IntrFlags = IntrFlags(16);
 
     /// Whether all of `other`'s bits are set.
     pub fn contains(self, other: IntrFlags) -> bool {
@@ -288,6 +291,11 @@ impl<E: IntrEnv> Source<E> {
         if old == 1 && self.missed.swap(false, Ordering::AcqRel) && !self.dead.load(Ordering::Acquire) {
             E::retrigger(self.vector);
         }
+    }
+
+    /// Whether another CPU's ithread may run a queued instance.
+    fn stealable(&self) -> bool {
+        !self.flags.contains(IntrFlags::BOUND)
     }
 
     fn needs_mask(&self) -> bool {

@@ -9,6 +9,12 @@
 //! queue. If the pool has no idle ithread, the CPU raises a *need* flag; every ithread
 //! checks the flags before going idle and moves to the first CPU in need.
 //!
+//! **Balancing** (the seed's first downside: two busy sources on one CPU compete for it while
+//! other CPUs idle): when a handler is queued on a CPU whose ithread is busy running another
+//! one, an idle pool ithread is sent — unbound, so the scheduler places it on an idle CPU — to
+//! *help*: it takes queued instances of sources not `BOUND` to their arrival CPU and runs them
+//! where it is. [`Pool::set_balancing`] turns this off.
+//!
 //! The pool's size stays between 2 × NCPU and the number of pool-model handlers
 //! ([`Pool::set_size`] clamps); threads are spawned as it grows and retire as it shrinks.
 //!
@@ -39,12 +45,16 @@ struct PoolCpu<E: IntrEnv> {
     active_thread: AtomicUsize,
     /// This CPU has work and found the pool empty.
     need: AtomicBool,
+    /// Helpers sent to take work from this CPU and not yet back.
+    helpers: AtomicUsize,
 }
 
 /// One pooled ithread.
 pub struct PoolThread<E: IntrEnv> {
     event: Event<E::M>,
     cpu: AtomicUsize,
+    /// Sent to help this CPU (`usize::MAX`: a normal assignment).
+    help: AtomicUsize,
     retire: AtomicBool,
     thread: SpinLock<Option<Arc<Thread<E::M>>>>,
 }
@@ -64,6 +74,8 @@ pub struct PoolStats {
     pub divorces: u64,
     /// Times a CPU found the pool empty.
     pub empty: u64,
+    /// Instances run by a helper on another CPU than their arrival CPU.
+    pub stolen: u64,
 }
 
 /// The pool.
@@ -78,6 +90,8 @@ pub struct Pool<E: IntrEnv> {
     migrations: AtomicU64,
     divorces: AtomicU64,
     empty: AtomicU64,
+    stolen: AtomicU64,
+    balancing: AtomicBool,
 }
 
 impl<E: IntrEnv> Default for Pool<E> {
@@ -100,6 +114,7 @@ impl<E: IntrEnv> Pool<E> {
                     active: AtomicUsize::new(0),
                     active_thread: AtomicUsize::new(0),
                     need: AtomicBool::new(false),
+                    helpers: AtomicUsize::new(0),
                 }
             }; sched::MAX_CPUS],
             idle: SpinLock::new(Vec::new()),
@@ -111,6 +126,8 @@ impl<E: IntrEnv> Pool<E> {
             migrations: AtomicU64::new(0),
             divorces: AtomicU64::new(0),
             empty: AtomicU64::new(0),
+            stolen: AtomicU64::new(0),
+            balancing: AtomicBool::new(true),
         }
     }
 
@@ -169,6 +186,7 @@ impl<E: IntrEnv> Pool<E> {
         let pt = Arc::new(PoolThread {
             event: Event::new(E::sched()),
             cpu: AtomicUsize::new(0),
+            help: AtomicUsize::new(usize::MAX),
             retire: AtomicBool::new(false),
             thread: SpinLock::new(None),
         });
@@ -183,10 +201,69 @@ impl<E: IntrEnv> Pool<E> {
     /// Queues a handler instance on `cpu` and makes sure an ithread serves it (interrupt
     /// context).
     pub(crate) fn enqueue(&'static self, cpu: usize, src: Arc<Source<E>>, raised: u64, io: &IntrOff) {
-        self.cpus[cpu].queue.lock(io).push_back(Pending { src, raised });
+        let stealable = src.stealable();
+        let queued = {
+            let mut q = self.cpus[cpu].queue.lock(io);
+            q.push_back(Pending { src, raised });
+            q.len()
+        };
         if self.cpus[cpu].active.load(Ordering::Acquire) == 0 {
             self.assign(cpu, io);
+        } else if stealable
+            && self.balancing.load(Ordering::Relaxed)
+            && E::M::ncpus() > 1
+            && queued > self.cpus[cpu].helpers.load(Ordering::Relaxed)
+        {
+            self.send_helper(cpu, io);
         }
+    }
+
+    /// Turns balancing on or off.
+    pub fn set_balancing(&self, on: bool) {
+        self.balancing.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether balancing is on.
+    pub fn balancing(&self) -> bool {
+        self.balancing.load(Ordering::Relaxed)
+    }
+
+    /// Sends an idle ithread, unbound, to take stealable work queued on the busy `cpu`.
+    fn send_helper(&'static self, cpu: usize, io: &IntrOff) {
+        let t = self.idle.lock(io).pop();
+        let Some(t) = t else { return };
+        self.cpus[cpu].helpers.fetch_add(1, Ordering::AcqRel);
+        t.help.store(cpu, Ordering::Release);
+        if let Some(th) = t.thread.lock(io).as_ref() {
+            E::sched().bind_thread(th, None);
+        }
+        t.event.set();
+    }
+
+    /// A helper's work: run `from`'s stealable queued instances here, then go back.
+    fn help(&'static self, from: usize) {
+        let c = &self.cpus[from];
+        let here = E::M::cpu_index();
+        loop {
+            let item = {
+                let io = E::M::intr_disable();
+                let mut q = c.queue.lock(&io);
+                let i = q.iter().position(|p| p.src.stealable());
+                i.and_then(|i| q.remove(i))
+            };
+            let Some(p) = item else { break };
+            if here != from {
+                self.stolen.fetch_add(1, Ordering::Relaxed);
+            }
+            let again = p.src.run_handler(p.raised, from);
+            if again && !p.src.dead.load(Ordering::Acquire) {
+                let io = E::M::intr_disable();
+                c.queue.lock(&io).push_back(Pending { src: p.src, raised: E::M::now_ns() });
+            } else if p.src.needs_mask() {
+                p.src.unmask();
+            }
+        }
+        c.helpers.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Gives `cpu` an idle ithread, or raises its need flag.
@@ -238,6 +315,13 @@ impl<E: IntrEnv> Pool<E> {
             t.event.wait();
             if t.retire.load(Ordering::Acquire) {
                 return;
+            }
+            let from = t.help.swap(usize::MAX, Ordering::AcqRel);
+            if from != usize::MAX {
+                self.help(from);
+                let io = E::M::intr_disable();
+                self.idle.lock(&io).push(t.clone());
+                continue;
             }
             let mut cpu = t.cpu.load(Ordering::Acquire);
             'serve: loop {
@@ -319,6 +403,7 @@ impl<E: IntrEnv> Pool<E> {
             migrations: self.migrations.load(Ordering::Relaxed),
             divorces: self.divorces.load(Ordering::Relaxed),
             empty: self.empty.load(Ordering::Relaxed),
+            stolen: self.stolen.load(Ordering::Relaxed),
         }
     }
 

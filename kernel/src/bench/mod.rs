@@ -12,12 +12,17 @@
 //! spawn threads bound to the other CPUs, and their figures count every CPU's instructions.)
 //! `baseline.empty` (the measurement loop around nothing) is measured first in every boot,
 //! whatever the filter, and its median is subtracted from every `Bencher::iter` figure.
+//! A benchmark that reports one figure per interrupt dispatch model (`intr.rs`) prints its
+//! own lines through [`figure`], which adds `model=` (the `Bencher` carries one unlabelled
+//! figure per benchmark).
 
 mod baseline;
+mod intr;
 mod locks;
 mod spl;
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use arch::kprintln;
 use kbench::{BenchLine, Bencher, KBench};
@@ -33,6 +38,23 @@ fn quiet_begin() {
 
 fn quiet_end() {
     SCHED.preempt_enable();
+}
+
+/// The `bench.unit=` values, as `run` stores them in [`UNIT`].
+const UNITS: [&str; 3] = ["tsc", "instructions", "cycles"];
+/// This run's unit: an index into [`UNITS`] (set by [`run`]).
+static UNIT: AtomicUsize = AtomicUsize::new(0);
+/// Figures printed by [`figure`] since the runner last looked.
+static OWN_FIGURES: AtomicUsize = AtomicUsize::new(0);
+
+/// Prints one figure over `samples` (sorted in place; reported raw) labelled with the
+/// interrupt dispatch model: `@@ bench name=… unit=… samples=… median=… p99=… min=… model=…`.
+/// For benchmarks with one figure per model; nothing is printed for no samples.
+pub fn figure(name: &str, model: &str, samples: &mut [u64]) {
+    let Some(summary) = kbench::summarize(samples) else { return };
+    let unit = UNITS[UNIT.load(Ordering::Relaxed)];
+    kprintln!("{} model={model}", BenchLine::Result { name, unit, summary });
+    OWN_FIGURES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A bencher taking `samples` samples, with preemption disabled while it measures.
@@ -64,6 +86,7 @@ pub fn run(opts: &Options) -> bool {
     }
     SCHED.bind_current(Some(0));
     let (filter, unit) = (opts.bench_filter.as_str(), opts.bench_unit);
+    UNIT.store(UNITS.iter().position(|u| *u == unit).unwrap_or(0), Ordering::Relaxed);
     kprintln!(
         "bench: {} samples per figure, unit {unit}, on CPU {} of {}, filter {:?}",
         opts.bench_samples,
@@ -80,9 +103,11 @@ pub fn run(opts: &Options) -> bool {
     }
     for k in reg.iter().filter(|k| k.name != kbench::EMPTY && kbench::selected(k.name, filter)) {
         b.reset();
+        OWN_FIGURES.store(0, Ordering::Relaxed);
         (k.run)(&mut b);
         match b.summary() {
             Some(summary) => kprintln!("{}", BenchLine::Result { name: k.name, unit, summary }),
+            None if OWN_FIGURES.load(Ordering::Relaxed) > 0 => {}
             None => kprintln!("bench: {} took no samples here (skipped)", k.name),
         }
     }

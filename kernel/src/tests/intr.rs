@@ -220,7 +220,8 @@ fn hwi_sched_fair_shares() -> TestResult {
         let (left, at) = (left.clone(), other_at_finish.clone());
         handles.push(
             INTR.establish(
-                spec(name, 0x66 + k as u8, Model::Pool, IntrFlags::MPSAFE),
+                // BOUND: both stay on their arrival CPU (no balancing), to measure sharing it.
+                spec(name, 0x66 + k as u8, Model::Pool, IntrFlags::MPSAFE | IntrFlags::BOUND),
                 None,
                 Some(alloc::boxed::Box::new(move |ctx| {
                     for _ in 0..8 {
@@ -571,3 +572,67 @@ fn legitimate_flood_is_not_a_storm() -> TestResult {
     Ok(())
 }
 ktest!(T_FLOOD, "intr::storm::legitimate_flood_not_a_storm", legitimate_flood_is_not_a_storm);
+
+/// Balancing: with a long handler occupying its CPU's ithread, an unbound source's queued
+/// instance is taken by an idle CPU's ithread; a BOUND one waits for its own CPU.
+fn balancing_moves_unbound_work_to_an_idle_cpu() -> TestResult {
+    let n = ncpus();
+    if n < 2 {
+        return Ok(()); // nothing to balance onto
+    }
+    let target = n - 1;
+    for bound in [false, true] {
+        let a_started = Arc::new(AtomicBool::new(false));
+        let a_done_at = Arc::new(AtomicU64::new(0));
+        let b_done_at = Arc::new(AtomicU64::new(0));
+        let b_cpu = Arc::new(AtomicU64::new(u64::MAX));
+        let (st, ad) = (a_started.clone(), a_done_at.clone());
+        let a = INTR
+            .establish(
+                spec("test.balance.long", 0x5A, Model::Pool, IntrFlags::MPSAFE | IntrFlags::BOUND),
+                None,
+                Some(alloc::boxed::Box::new(move |_| {
+                    st.store(true, Ordering::SeqCst);
+                    let end = now_ns() + 30_000_000;
+                    while now_ns() < end {
+                        core::hint::spin_loop();
+                    }
+                    ad.store(now_ns(), Ordering::SeqCst);
+                })),
+            )
+            .map_err(|e| alloc::format!("{e}"))?;
+        let (bd, bc) = (b_done_at.clone(), b_cpu.clone());
+        let flags = if bound { IntrFlags::MPSAFE | IntrFlags::BOUND } else { IntrFlags::MPSAFE };
+        let b = INTR
+            .establish(
+                spec("test.balance.short", 0x5B, Model::Pool, flags),
+                None,
+                Some(alloc::boxed::Box::new(move |_| {
+                    bc.store(SCHED.cpu_index() as u64, Ordering::SeqCst);
+                    bd.store(now_ns(), Ordering::SeqCst);
+                })),
+            )
+            .map_err(|e| alloc::format!("{e}"))?;
+        let stolen0 = INTR.pool.stats().stolen;
+        raise(target, 0x5A);
+        kassert!(until(1000, || a_started.load(Ordering::SeqCst)), "long handler never started");
+        raise(target, 0x5B);
+        kassert!(
+            until(2000, || b_done_at.load(Ordering::SeqCst) != 0 && a_done_at.load(Ordering::SeqCst) != 0),
+            "handlers did not finish"
+        );
+        let (ad, bd) = (a_done_at.load(Ordering::SeqCst), b_done_at.load(Ordering::SeqCst));
+        if bound {
+            kassert!(bd >= ad, "a BOUND handler ran before its CPU was free");
+            kassert_eq!(b_cpu.load(Ordering::SeqCst), target as u64, "a BOUND handler ran off its CPU");
+        } else {
+            kassert!(bd < ad, "the unbound handler waited behind the long one on its CPU");
+            kassert!(b_cpu.load(Ordering::SeqCst) != target as u64, "the unbound handler did not move");
+            kassert!(INTR.pool.stats().stolen > stolen0, "no instance counted as stolen");
+        }
+        drop(a);
+        drop(b);
+    }
+    Ok(())
+}
+ktest!(T_BALANCE, "intr::pool::balancing_moves_unbound_work", balancing_moves_unbound_work_to_an_idle_cpu);

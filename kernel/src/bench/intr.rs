@@ -1,0 +1,294 @@
+//! Interrupt dispatch benchmarks: the four models (`intr::Model`) side by side, in one boot,
+//! on self-IPIs raised and handled on CPU 0 (the runner binds the bench thread there; the
+//! other CPUs idle). Each benchmark establishes one source per model on its own vector
+//! (0x90..0x9F), all at `IPL_VM` with a trivial handler, and disestablishes them afterwards;
+//! it prints one figure per model ([`super::figure`], `model=` on the line).
+//!
+//! ## What is counted
+//! Under TCG `-icount shift=0` the TSC counts instructions and interrupt delivery costs none:
+//! a self-IPI's handler is entered as soon as the raising code re-enables interrupts. Every
+//! interval below is therefore exactly the software path named, in instructions.
+//!
+//! * **raise**: `t0 = now()` immediately before `apic::send_ipi(self, vector)` — which
+//!   disables interrupts, waits for the ICR to be idle, writes ICR high and low and restores
+//!   interrupts (the interrupt is taken there). Those instructions are in every figure.
+//! * `intr.latency` (one figure per model): from the raise to the handler's first statement,
+//!   `t1 = now()`: interrupt entry, SPL arrival, EOI, `INTR.dispatch` (vector table, stats,
+//!   storm accounting) and then, per model, nothing more (`direct`); the pinned switch to the
+//!   CPU's interrupt thread and its queue pop (`pinned`); the event wake-up, interrupt exit,
+//!   preemption and context switch to the source's thread (`dedicated`) or to a pool ithread
+//!   (`pool`); and the framework's `run_handler` prologue (latency accounting). One sample per
+//!   interrupt; the next is raised only after the handler, and the thread that ran it, are
+//!   done (the bench thread resumes only then: everything runs on CPU 0 and the ithreads
+//!   outrank it).
+//! * `intr.switch_added` (model `pinned`): `pinned` and `direct` latencies taken in
+//!   alternation, one pair per sample, recording pinned − direct (0 if negative — only when a
+//!   clock interrupt lands in the direct half): the instructions the pinned model adds to the
+//!   direct path. The median of the pairwise differences equals the difference of the medians
+//!   whenever both are steady (icount: they are; the runner also prints both medians).
+//! * `intr.block_switch` (`dedicated`, `pool`, `pinned`; a `direct` handler may not block):
+//!   the bench thread holds an adaptive mutex and raises; the handler notes its start and
+//!   takes the mutex, so it blocks (the owner is not running: it is preempted, or pinned
+//!   underneath). From the raise to the bench thread's next instruction after `send_ipi`:
+//!   the latency path above, the failed mutex enter, the turnstile block (priority lent to the
+//!   bench thread), the pool's divorce (pool), and the real switch back to the bench thread,
+//!   which then finishes its interrupt return. The release and the handler's completion
+//!   are not counted (the next sample waits for them). Every sample checks the handler had
+//!   started and not finished when the bench thread got the CPU back.
+//! * `intr.rate` (one figure per model): [`RATE_BATCH`] interrupts back to back, each raised
+//!   as soon as the previous one is handled (same loop as the latency benchmark, no gaps);
+//!   one sample per batch = the batch's instructions / [`RATE_BATCH`] = instructions per
+//!   interrupt, whole round trip (raise, dispatch, handler, switch back, the loop). The
+//!   sustained rate is its inverse; the rate relative to `direct` is direct's figure divided
+//!   by the model's. Samples: `bench.samples / RATE_BATCH` (at least 1).
+//!
+//! Preemption stays enabled while measuring (no `Bencher::quiet`), for every model alike: the
+//! `dedicated` and `pool` handlers run in threads that must preempt the bench thread on its
+//! own CPU. The clock interrupt and the storm thread land in a few samples; medians ignore
+//! them.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::hint::spin_loop;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use arch::apic;
+use arch::kprintln;
+use intr::{IntrFlags, IntrHandle, Model, SourceSpec};
+use ipl::Ipl;
+use kbench::{kbench, now, Bencher};
+
+use super::figure;
+use crate::intr::INTR;
+use crate::locks::{KernelEnv, Mutex};
+use crate::SCHED;
+
+/// Interrupts per `intr.rate` sample.
+pub const RATE_BATCH: usize = 1000;
+
+/// Spin iterations after which a handler that has not run is a bug (~100 M instructions).
+const STUCK: u64 = 20_000_000;
+
+/// Handler runs so far (bumped at each handler's start, after reading the TSC).
+static STARTED: AtomicU64 = AtomicU64::new(0);
+/// The TSC read first thing by the latest handler.
+static T_START: AtomicU64 = AtomicU64::new(0);
+/// Blocking handlers that got the mutex and finished.
+static FINISHED: AtomicU64 = AtomicU64::new(0);
+/// Held by the bench thread while it raises `intr.block_switch` interrupts.
+static GATE: Mutex<()> = Mutex::new_adaptive("bench.intr.gate", ());
+
+type Handle = IntrHandle<KernelEnv>;
+
+/// One established benchmark source.
+struct Src {
+    model: Model,
+    vector: u8,
+    _h: Handle,
+}
+
+fn source_name(model: Model, blocking: bool) -> &'static str {
+    match (model, blocking) {
+        (Model::Direct, false) => "bench.intr.direct",
+        (Model::Dedicated, false) => "bench.intr.dedicated",
+        (Model::Pool, false) => "bench.intr.pool",
+        (Model::Pinned, false) => "bench.intr.pinned",
+        (Model::Direct, true) => "bench.intr.block.direct",
+        (Model::Dedicated, true) => "bench.intr.block.dedicated",
+        (Model::Pool, true) => "bench.intr.block.pool",
+        (Model::Pinned, true) => "bench.intr.block.pinned",
+    }
+}
+
+/// Establishes a source on `vector` under `model` at `IPL_VM`. Its handler reads the TSC,
+/// publishes it and counts itself; a `blocking` one then takes [`GATE`].
+fn establish(model: Model, vector: u8, blocking: bool) -> Src {
+    let name = source_name(model, blocking);
+    let spec = SourceSpec { name, vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) };
+    let handler: intr::Handler = if blocking {
+        Box::new(|_| {
+            T_START.store(now(), Ordering::Relaxed);
+            STARTED.fetch_add(1, Ordering::Release);
+            drop(GATE.lock());
+            FINISHED.fetch_add(1, Ordering::Release);
+        })
+    } else {
+        Box::new(|_| {
+            T_START.store(now(), Ordering::Relaxed);
+            STARTED.fetch_add(1, Ordering::Release);
+        })
+    };
+    let h = INTR
+        .establish(spec, None, Some(handler))
+        .unwrap_or_else(|e| panic!("bench: cannot establish {name}: {e}"));
+    assert_eq!(h.source().model(), model, "bench: {name} runs under another model");
+    if model == Model::Dedicated {
+        // The source's thread is unbound: keep it on CPU 0 with the bench thread (with more
+        // CPUs it could be woken elsewhere, and the figure would be a cross-CPU one).
+        SCHED.for_each_thread(|t| {
+            if t.name() == name {
+                SCHED.bind_thread(t, Some(0));
+            }
+        });
+    }
+    Src { model, vector, _h: h }
+}
+
+/// Establishes one source per model in `models` on consecutive vectors from `base`, and lets
+/// their threads start and park.
+fn establish_all(models: &[Model], base: u8, blocking: bool) -> Vec<Src> {
+    let v = models.iter().enumerate().map(|(i, &m)| establish(m, base + i as u8, blocking)).collect();
+    SCHED.sleep_ns(20_000_000);
+    v
+}
+
+#[inline(always)]
+fn raise(vector: u8) {
+    apic::send_ipi(arch::cpu::lapic_id_of(0), vector);
+}
+
+/// Waits until `counter` reaches `target` (normally at once: the handler ran before the bench
+/// thread got the CPU back).
+#[inline(always)]
+fn wait_for(counter: &AtomicU64, target: u64, what: &str) {
+    let mut spins = 0u64;
+    while counter.load(Ordering::Acquire) < target {
+        spins += 1;
+        assert!(spins < STUCK, "bench: {what}: the handler did not run");
+        spin_loop();
+    }
+}
+
+fn warm_up(n: usize) -> usize {
+    (n / 16).clamp(1, 256)
+}
+
+/// One latency sample on `s`: raise → handler start.
+#[inline(always)]
+fn latency_once(s: &Src) -> u64 {
+    let k = STARTED.load(Ordering::Relaxed);
+    let t0 = now();
+    raise(s.vector);
+    wait_for(&STARTED, k + 1, s.model.name());
+    T_START.load(Ordering::Relaxed).wrapping_sub(t0)
+}
+
+fn start() {
+    assert_eq!(SCHED.cpu_index(), 0, "interrupt benchmarks run on CPU 0");
+}
+
+/// `intr.latency`: raise → handler start, per model.
+fn latency(b: &mut Bencher) {
+    start();
+    let n = b.samples();
+    let srcs = establish_all(&Model::ALL, 0x90, false);
+    for s in &srcs {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..warm_up(n) + n {
+            let x = latency_once(s);
+            if i >= warm_up(n) {
+                v.push(x);
+            }
+        }
+        figure("intr.latency", s.model.name(), &mut v);
+    }
+}
+kbench!(B_INTR_LATENCY, "intr.latency", latency);
+
+/// `intr.switch_added`: pinned − direct latency, paired samples.
+fn switch_added(b: &mut Bencher) {
+    start();
+    let n = b.samples();
+    let srcs = establish_all(&[Model::Direct, Model::Pinned], 0x98, false);
+    let (direct, pinned) = (&srcs[0], &srcs[1]);
+    let (mut d, mut p, mut diff) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..warm_up(n) + n {
+        let x = latency_once(direct);
+        let y = latency_once(pinned);
+        if i >= warm_up(n) {
+            d.push(x);
+            p.push(y);
+            diff.push(y.saturating_sub(x));
+        }
+    }
+    if let (Some(sd), Some(sp)) = (kbench::summarize(&mut d), kbench::summarize(&mut p)) {
+        kprintln!(
+            "bench: intr.switch_added: median latency pinned {} - direct {} = {}",
+            sp.median,
+            sd.median,
+            sp.median as i64 - sd.median as i64
+        );
+    }
+    figure("intr.switch_added", "pinned", &mut diff);
+}
+kbench!(B_INTR_SWITCH_ADDED, "intr.switch_added", switch_added);
+
+/// `intr.block_switch`: raise → bench thread back on the CPU with the handler blocked on the
+/// mutex it holds, per model that may block.
+fn block_switch(b: &mut Bencher) {
+    start();
+    let n = b.samples();
+    let srcs = establish_all(&[Model::Dedicated, Model::Pool, Model::Pinned], 0x9A, true);
+    for s in &srcs {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..warm_up(n) + n {
+            let k = STARTED.load(Ordering::Relaxed);
+            let f = FINISHED.load(Ordering::Relaxed);
+            let g = GATE.lock();
+            let t0 = now();
+            raise(s.vector);
+            let t1 = now();
+            let (started, finished) = (STARTED.load(Ordering::Acquire), FINISHED.load(Ordering::Acquire));
+            drop(g);
+            assert!(
+                started == k + 1 && finished == f,
+                "bench: intr.block_switch {}: the handler did not block (started {}, finished {})",
+                s.model,
+                started - k,
+                finished - f
+            );
+            wait_for(&FINISHED, f + 1, s.model.name());
+            if i >= warm_up(n) {
+                v.push(t1.wrapping_sub(t0));
+            }
+        }
+        figure("intr.block_switch", s.model.name(), &mut v);
+    }
+}
+kbench!(B_INTR_BLOCK_SWITCH, "intr.block_switch", block_switch);
+
+/// `intr.rate`: instructions per interrupt, sustained, per model.
+fn rate(b: &mut Bencher) {
+    start();
+    let reps = (b.samples() / RATE_BATCH).max(1);
+    let srcs = establish_all(&Model::ALL, 0x94, false);
+    let mut per: Vec<(Model, u64)> = Vec::new();
+    for s in &srcs {
+        let mut v = Vec::with_capacity(reps);
+        for rep in 0..reps + 1 {
+            let k = STARTED.load(Ordering::Relaxed);
+            let t0 = now();
+            for j in 0..RATE_BATCH as u64 {
+                raise(s.vector);
+                wait_for(&STARTED, k + j + 1, s.model.name());
+            }
+            let t = now().wrapping_sub(t0);
+            if rep > 0 {
+                v.push(t / RATE_BATCH as u64); // the first batch warms up
+            }
+        }
+        figure("intr.rate", s.model.name(), &mut v);
+        per.push((s.model, v[(v.len() - 1) / 2]));
+    }
+    if let Some(&(_, direct)) = per.iter().find(|(m, _)| *m == Model::Direct) {
+        for (m, x) in &per {
+            let pct = (direct * 100 + x / 2) / x; // rounded
+            kprintln!(
+                "bench: intr.rate {m}: {x} instructions per interrupt, rate {}.{:02} x direct",
+                pct / 100,
+                pct % 100
+            );
+        }
+    }
+}
+kbench!(B_INTR_RATE, "intr.rate", rate);
