@@ -173,6 +173,13 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
             (Source::Serial, Some(Event::ScenarioDone)) => {
                 println!("scenario: done ({t:.2} s)");
             }
+            (Source::Serial, Some(Event::Storm { source, on, rate })) => {
+                if *on {
+                    println!("storm: source {source} throttled at {rate} interrupts/s ({t:.2} s)");
+                } else {
+                    println!("storm: source {source} is calm again ({t:.2} s)");
+                }
+            }
             (Source::Serial, Some(Event::Panic { cpu, msg })) => {
                 println!("PANIC on cpu {cpu}: {msg}");
             }

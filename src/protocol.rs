@@ -40,6 +40,9 @@ pub enum Event {
     Bench { name: String, unit: String, samples: u64, median: u64, p99: u64, min: u64, model: Option<String> },
     /// `@@ bench-done`: every selected benchmark ran.
     BenchDone,
+    /// `@@ storm source=<name> state=on|off rate=<n>`: an interrupt storm began (throttled) or
+    /// ended on a source.
+    Storm { source: String, on: bool, rate: u64 },
     /// A `@@ ` line of unknown kind or malformed shape (the whole line).
     Unknown(String),
 }
@@ -121,6 +124,20 @@ fn parse_body(body: &str) -> Option<Event> {
             (!pairs.is_empty()).then_some(Event::Result(pairs))
         }
         "scenario-done" if args.trim().is_empty() => Some(Event::ScenarioDone),
+        "storm" => {
+            let (source, rest) = field(args, "source")?;
+            let (state, rest) = field(rest, "state")?;
+            let (rate, rest) = field(rest, "rate")?;
+            if !rest.trim().is_empty() || source.is_empty() {
+                return None;
+            }
+            let on = match state {
+                "on" => true,
+                "off" => false,
+                _ => return None,
+            };
+            Some(Event::Storm { source: source.to_string(), on, rate: rate.parse().ok()? })
+        }
         "bench" => {
             let (name, rest) = field(args, "name")?;
             let (unit, rest) = field(rest, "unit")?;
@@ -309,6 +326,16 @@ mod tests {
     #[test]
     fn scenario_done() {
         assert_eq!(p("@@ scenario-done"), Event::ScenarioDone);
+        assert_eq!(
+            p("@@ storm source=uart0.tx state=on rate=812345"),
+            Event::Storm { source: "uart0.tx".into(), on: true, rate: 812345 }
+        );
+        assert_eq!(
+            p("@@ storm source=x state=off rate=0"),
+            Event::Storm { source: "x".into(), on: false, rate: 0 }
+        );
+        unknown("@@ storm source=x state=maybe rate=1");
+        unknown("@@ storm source=x state=on");
         assert_eq!(p("@@ scenario-done  \r"), Event::ScenarioDone);
         unknown("@@ scenario-done now");
     }

@@ -107,3 +107,12 @@ fn scenario_runs() {
     assert_eq!(r.exit_code(), Some(qemu::EXIT_SUCCESS), "{why}");
     assert!(r.scenario_done(), "no `@@ scenario-done`\n{why}");
 }
+
+#[test]
+fn sleeping_filter_is_diagnosed_by_name() {
+    let r = boot(&cfg(1, "test.harness=filter-sleep"));
+    let why = tail(&r);
+    assert_eq!(r.outcome, Outcome::Exited { code: 35 }, "{why}");
+    let (_, msg) = r.panic().unwrap_or_else(|| panic!("no `@@ panic`\n{why}"));
+    assert!(msg.contains("harness.sleepy-filter") && msg.contains("filter"), "{msg}\n{why}");
+}

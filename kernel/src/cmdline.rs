@@ -23,6 +23,9 @@ pub enum HarnessCheck {
     Panic,
     /// Hang after boot.
     Hang,
+    /// Establish an interrupt source whose filter sleeps, and raise it (the diagnostic must
+    /// name the source).
+    FilterSleep,
 }
 
 /// Typed kernel options.
@@ -124,7 +127,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                 o.harness = Some(match value {
                     "panic" => HarnessCheck::Panic,
                     "hang" => HarnessCheck::Hang,
-                    _ => return Err(err(key, "expected panic or hang")),
+                    "filter-sleep" => HarnessCheck::FilterSleep,
+                    _ => return Err(err(key, "expected panic, hang or filter-sleep")),
                 })
             }
             "hz" => o.hz = number(key, value, 10u32, 1000)?,

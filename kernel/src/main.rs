@@ -33,6 +33,7 @@ use arch::{kprintln, X86_64};
 use machine::{IntrOff, Machine};
 use sched::{Priority, Scheduler};
 
+use ::intr as intr_api;
 use cmdline::{HarnessCheck, Options, RunMode};
 
 /// The scheduler of this kernel.
@@ -110,6 +111,27 @@ fn ap_main() -> ! {
 fn main_thread(opts: &'static Options) {
     match opts.harness {
         Some(HarnessCheck::Panic) => panic!("deliberate panic (test.harness=panic)"),
+        Some(HarnessCheck::FilterSleep) => {
+            let h = intr::INTR.establish(
+                intr_api::SourceSpec {
+                    name: "harness.sleepy-filter",
+                    vector: 0x5F,
+                    ipl: ipl::Ipl::Vm,
+                    flags: intr_api::IntrFlags::MPSAFE,
+                    model: None,
+                },
+                Some(alloc::boxed::Box::new(|_| {
+                    SCHED.sleep_ns(1_000_000); // not allowed in a filter: diagnosed, naming us
+                    intr_api::FilterResult::Handled
+                })),
+                None,
+            );
+            let _h = h.unwrap_or_else(|e| panic!("{e}"));
+            arch::apic::send_ipi(arch::cpu::lapic_id_of(arch::cpu::index()), 0x5F);
+            loop {
+                SCHED.sleep_ns(1_000_000_000);
+            }
+        }
         Some(HarnessCheck::Hang) => {
             kprintln!("@@ test-begin harness::deliberate_hang");
             loop {
