@@ -33,10 +33,10 @@ pub struct SavedFlags {
 #[inline(always)]
 pub fn cli_spin_enter(lock: &AtomicU32) -> SavedFlags {
     let rflags: u64;
-    // SAFETY: pushes and pops one word of stack (the asm is not `nostack`; the target has
-    // no red zone); `cli` only disables interrupts; the `lock cmpxchg` and the loads are on
-    // `lock`, a live `AtomicU32` — atomic accesses, as Rust's own atomics make; eax is
-    // declared clobbered and the flags are not claimed preserved.
+    // The asm pushes and pops one word of stack (not `nostack`; no red zone on this target);
+    // eax is declared clobbered and the flags are not claimed preserved.
+    // SAFETY: `cli` only disables interrupts; `lock cmpxchg` and the loads are atomic
+    // accesses to `lock`, a live `AtomicU32`, as Rust's own atomics make.
     unsafe {
         asm!(
             "pushfq",
@@ -64,11 +64,10 @@ pub fn cli_spin_enter(lock: &AtomicU32) -> SavedFlags {
 /// Releases `lock` and restores the RFLAGS saved by [`cli_spin_enter`]: `mov; push; popfq`.
 #[inline(always)]
 pub fn cli_spin_exit(lock: &AtomicU32, saved: SavedFlags) {
-    // SAFETY: the store is a plain aligned 32-bit store to a live `AtomicU32` (x86's
-    // release store, what `AtomicU32::store(0, Release)` emits); `push`/`popfq` use one
-    // word of stack and load RFLAGS as `cli_spin_enter` saved them on this CPU (the token
-    // is opaque and not `Send`), so DF/AC/TF are as the ABI requires; only IF may change,
-    // back to its value at enter.
+    // The store is x86's release store (what `AtomicU32::store(0, Release)` emits);
+    // `push`/`popfq` use one word of stack. Only IF may change, back to its value at enter.
+    // SAFETY: aligned store to a live `AtomicU32`; RFLAGS are reloaded exactly as
+    // `cli_spin_enter` saved them on this CPU (the token is opaque and not `Send`).
     unsafe {
         asm!(
             "mov dword ptr [{lock}], 0",

@@ -265,10 +265,9 @@ pub fn backtrace_from(mut rbp: u64, out: &mut [u64]) -> usize {
     let mut n = 0;
     let (lo, hi) = (0x1000u64, 0x1_0000_0000u64); // identity-mapped RAM below 4 GiB
     while n < out.len() && rbp >= lo && rbp < hi - 16 && rbp.is_multiple_of(8) {
-        // SAFETY: `rbp` is 8-aligned and inside the identity-mapped low 4 GiB, so the two
-        // words at it are readable; frames are made by our own prologues (`push rbp; mov
-        // rbp, rsp`), and a garbage chain at worst yields garbage addresses, which the
-        // bounds checks stop.
+        // Frames come from our own prologues; a garbage chain yields garbage addresses only.
+        // SAFETY: `rbp` is 8-aligned and inside the identity-mapped low 4 GiB (checked
+        // above), so the two words at it are readable.
         let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
         if ret == 0 {
             break;

@@ -320,6 +320,30 @@ impl<E: IntrEnv> Source<E> {
     }
 }
 
+/// A queued handler instance (pool and pinned models).
+pub(crate) struct Pending<E: IntrEnv> {
+    pub(crate) src: Arc<Source<E>>,
+    pub(crate) raised: u64,
+}
+
+/// A per-CPU queue of handler instances.
+pub(crate) type PendingQueue<E> = SpinLock<alloc::collections::VecDeque<Pending<E>>>;
+
+impl<E: IntrEnv> Pending<E> {
+    /// Runs the instance (thread context) on behalf of `cpu`; a handler that asked for
+    /// `hwi_sched` goes to the back of `queue` (keeping its mask reference), otherwise the
+    /// instance's mask reference, if any, is dropped.
+    pub(crate) fn run(self, cpu: usize, queue: &PendingQueue<E>) {
+        let again = self.src.run_handler(self.raised, cpu);
+        if again && !self.src.dead.load(Ordering::Acquire) {
+            let io = E::M::intr_disable();
+            queue.lock(&io).push_back(Pending { src: self.src, raised: E::M::now_ns() });
+        } else if self.src.needs_mask() {
+            self.src.unmask();
+        }
+    }
+}
+
 /// Passed to a filter.
 pub struct FilterCtx<'a> {
     source_name: &'static str,

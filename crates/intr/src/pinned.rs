@@ -19,18 +19,13 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use machine::{IntrOff, Machine};
 use sched::{Priority, SpinLock, Thread};
 
-use crate::{IntrEnv, Source};
-
-struct Pending<E: IntrEnv> {
-    src: Arc<Source<E>>,
-    raised: u64,
-}
+use crate::{IntrEnv, Pending, PendingQueue, Source};
 
 struct PinnedCpu<E: IntrEnv> {
     thread: SpinLock<Option<Arc<Thread<E::M>>>>,
     /// The ithread is running or blocked (not parked): interrupts only queue.
     busy: AtomicBool,
-    queue: SpinLock<VecDeque<Pending<E>>>,
+    queue: PendingQueue<E>,
 }
 
 /// Counters of the pinned model.
@@ -128,13 +123,7 @@ impl<E: IntrEnv> Pinned<E> {
                     q.pop_front()
                 };
                 let Some(p) = item else { break };
-                let again = p.src.run_handler(p.raised, cpu);
-                if again && !p.src.dead.load(Ordering::Acquire) {
-                    let io = E::M::intr_disable();
-                    c.queue.lock(&io).push_back(Pending { src: p.src, raised: E::M::now_ns() });
-                } else if p.src.needs_mask() {
-                    p.src.unmask();
-                }
+                p.run(cpu, &c.queue);
             }
             // Idle: give the CPU back (or park), unless work raced in.
             let io = E::M::intr_disable();

@@ -30,15 +30,10 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use machine::{IntrOff, Machine};
 use sched::{Event, Priority, SpinLock, Thread};
 
-use crate::{IntrEnv, Source};
-
-struct Pending<E: IntrEnv> {
-    src: Arc<Source<E>>,
-    raised: u64,
-}
+use crate::{IntrEnv, Pending, PendingQueue, Source};
 
 struct PoolCpu<E: IntrEnv> {
-    queue: SpinLock<VecDeque<Pending<E>>>,
+    queue: PendingQueue<E>,
     /// Address of the `PoolThread` serving this CPU, or 0.
     active: AtomicUsize,
     /// Address of that ithread's kernel `Thread` (for the block hook), or 0.
@@ -255,13 +250,7 @@ impl<E: IntrEnv> Pool<E> {
             if here != from {
                 self.stolen.fetch_add(1, Ordering::Relaxed);
             }
-            let again = p.src.run_handler(p.raised, from);
-            if again && !p.src.dead.load(Ordering::Acquire) {
-                let io = E::M::intr_disable();
-                c.queue.lock(&io).push_back(Pending { src: p.src, raised: E::M::now_ns() });
-            } else if p.src.needs_mask() {
-                p.src.unmask();
-            }
+            p.run(from, &c.queue);
         }
         c.helpers.fetch_sub(1, Ordering::AcqRel);
     }
@@ -382,13 +371,7 @@ impl<E: IntrEnv> Pool<E> {
                 q.pop_front()
             };
             let Some(p) = item else { return };
-            let again = p.src.run_handler(p.raised, cpu);
-            if again && !p.src.dead.load(Ordering::Acquire) {
-                let io = E::M::intr_disable();
-                c.queue.lock(&io).push_back(Pending { src: p.src, raised: E::M::now_ns() });
-            } else if p.src.needs_mask() {
-                p.src.unmask();
-            }
+            p.run(cpu, &c.queue);
         }
     }
 

@@ -994,10 +994,9 @@ impl<M: Machine> Scheduler<M> {
         local.current = Some(next);
         local.prev = Some(prev);
         local.prev_migrate_to = migrate_to;
-        // SAFETY: interrupts are disabled; `from` is the running thread's context, kept alive
-        // by the reference parked in `local.prev` until `finish_switch`; `to` is a switched-out
-        // (or new) thread whose `on_cpu` was false, so no other CPU is running it, and we hold
-        // our run-queue lock so no other CPU can pick it.
+        // `from` lives on in `local.prev` until `finish_switch`; `to` had `on_cpu` false.
+        // SAFETY: interrupts are disabled; no other CPU runs `to` (on_cpu was false) or can
+        // pick it (we hold our run-queue lock); `from` is the running thread's context.
         unsafe { M::switch(from, to) };
         // Resumed, possibly on another CPU.
         self.finish_switch();

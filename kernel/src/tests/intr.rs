@@ -13,7 +13,7 @@ use ipl::Ipl;
 use ktest::{kassert, kassert_eq, ktest, TestResult};
 use sched::Priority;
 
-use super::{ncpus, now_ns};
+use super::{ncpus, now_ns, until};
 use crate::intr::INTR;
 use crate::locks::{KernelEnv, Mutex};
 use crate::SCHED;
@@ -26,18 +26,6 @@ fn raise(cpu: usize, vector: u8) {
 
 fn spec(name: &'static str, vector: u8, model: Model, flags: IntrFlags) -> SourceSpec {
     SourceSpec { name, vector, ipl: Ipl::Vm, flags, model: Some(model) }
-}
-
-/// Waits (yielding) until `cond` or `ms` pass.
-fn until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = now_ns() + ms * 1_000_000;
-    while !cond() {
-        if now_ns() > deadline {
-            return false;
-        }
-        SCHED.sleep_ns(200_000);
-    }
-    true
 }
 
 fn counting(

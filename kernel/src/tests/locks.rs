@@ -9,24 +9,12 @@ use ipl::Ipl;
 use ktest::{kassert, kassert_eq, ktest, TestResult};
 use sched::{Priority, ThreadState};
 
-use super::{ncpus, now_ns};
+use super::{ncpus, now_ns, until};
 use crate::locks::{CondVar, LockApiMutex, LockApiRwLock, Mutex, RwLock};
 use crate::{Event, SCHED};
 
 fn pri(p: u8) -> Priority {
     Priority::new(p).expect("priority in range")
-}
-
-/// Waits (sleeping) until `cond` holds or `ms` pass; returns whether it held.
-fn wait_until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = now_ns() + ms * 1_000_000;
-    while !cond() {
-        if now_ns() > deadline {
-            return false;
-        }
-        SCHED.sleep_ns(1_000_000);
-    }
-    true
 }
 
 struct Shared {
@@ -178,7 +166,7 @@ fn priority_inheritance_beats_the_hog() -> TestResult {
             *g += 1;
         })
     };
-    if !wait_until(2000, || locked.load(Ordering::SeqCst)) {
+    if !until(2000, || locked.load(Ordering::SeqCst)) {
         return Err("low-priority thread never took the mutex".into());
     }
     let hog = {
@@ -192,7 +180,7 @@ fn priority_inheritance_beats_the_hog() -> TestResult {
     };
     // Let the hog take the target CPU from low.
     let h0 = hog_count.load(Ordering::SeqCst);
-    wait_until(1000, || hog_count.load(Ordering::SeqCst) > h0);
+    until(1000, || hog_count.load(Ordering::SeqCst) > h0);
     let high = {
         let (hog_at_grant, hog_count) = (hog_at_grant.clone(), hog_count.clone());
         SCHED.spawn("pi-high", pri(50), Some(target), move || {
@@ -241,7 +229,7 @@ fn three_lock_chain() -> TestResult {
             c_done.store(order.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
         })
     };
-    if !wait_until(2000, || c_has_y.load(Ordering::SeqCst)) {
+    if !until(2000, || c_has_y.load(Ordering::SeqCst)) {
         return Err("C never took Y".into());
     }
     let b = {
@@ -253,7 +241,7 @@ fn three_lock_chain() -> TestResult {
             b_done.store(order.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
         })
     };
-    if !wait_until(2000, || b_has_x.load(Ordering::SeqCst) && b.thread().state() == ThreadState::Sleeping) {
+    if !until(2000, || b_has_x.load(Ordering::SeqCst) && b.thread().state() == ThreadState::Sleeping) {
         return Err("B never blocked on Y".into());
     }
     kassert_eq!(c.thread().priority(), pri(20), "C did not inherit B's priority");
@@ -264,7 +252,7 @@ fn three_lock_chain() -> TestResult {
             a_done.store(order.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
         })
     };
-    if !wait_until(2000, || a.thread().state() == ThreadState::Sleeping) {
+    if !until(2000, || a.thread().state() == ThreadState::Sleeping) {
         return Err("A never blocked on X".into());
     }
     kassert_eq!(b.thread().priority(), pri(60), "B did not inherit A's priority");
@@ -307,12 +295,12 @@ fn condvar_signal_broadcast_timeout() -> TestResult {
             })
         })
         .collect();
-    if !wait_until(2000, || crate::locks::SYNC.sleepq.waiters(&CV as *const CondVar as usize) == n) {
+    if !until(2000, || crate::locks::SYNC.sleepq.waiters(&CV as *const CondVar as usize) == n) {
         return Err("waiters never slept on the condvar".into());
     }
     *CV_LOCK.lock() += 1;
     kassert!(CV.signal(), "signal found no waiter");
-    if !wait_until(2000, || woke.load(Ordering::SeqCst) == 1) {
+    if !until(2000, || woke.load(Ordering::SeqCst) == 1) {
         return Err("signal did not wake exactly one waiter".into());
     }
     SCHED.sleep_ns(20_000_000);

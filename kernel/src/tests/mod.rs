@@ -42,3 +42,16 @@ pub fn now_ns() -> u64 {
 pub fn ncpus() -> usize {
     arch::X86_64::ncpus()
 }
+
+/// Waits (sleeping in short naps) until `cond` holds or `ms` milliseconds pass; returns
+/// whether it held.
+pub fn until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = now_ns() + ms * 1_000_000;
+    while !cond() {
+        if now_ns() > deadline {
+            return false;
+        }
+        crate::SCHED.sleep_ns(200_000);
+    }
+    true
+}

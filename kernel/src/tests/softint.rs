@@ -10,21 +10,10 @@ use ipl::Ipl;
 use ktest::{kassert, kassert_eq, ktest, TestResult};
 use sched::Priority;
 
-use super::{ncpus, now_ns};
+use super::{ncpus, until};
 use crate::intr::INTR;
 use crate::locks::KernelEnv;
 use crate::{SCHED, SPL};
-
-fn until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = now_ns() + ms * 1_000_000;
-    while !cond() {
-        if now_ns() > deadline {
-            return false;
-        }
-        SCHED.sleep_ns(200_000);
-    }
-    true
-}
 
 /// A soft interrupt scheduled (twice) from a hardware filter runs once, in thread context, at
 /// its level's priority, on the CPU that scheduled it.
