@@ -811,26 +811,27 @@ impl<M: Machine> Scheduler<M> {
         let c = &self.cpus[cpu];
         // SAFETY: this CPU, interrupts disabled.
         let local = unsafe { c.local() };
-        let pinned = local.current.clone().expect("pin_switch before init_cpu");
+        // The interrupted thread's reference moves under `it` (no refcount traffic).
+        let pinned = local.current.take().expect("pin_switch before init_cpu");
         while it.on_cpu.load(Ordering::Acquire) {
             M::relax();
         }
-        it.state.store(RUNNING, Ordering::SeqCst);
+        // Nobody else touches a parked interrupt thread's state: plain stores suffice.
+        it.state.store(RUNNING, Ordering::Relaxed);
         it.on_cpu.store(true, Ordering::Relaxed);
         it.cpu.store(cpu, Ordering::Relaxed);
-        it.switches.fetch_add(1, Ordering::Relaxed);
         let from = pinned.ctx.get();
         let to = it.ctx.get() as *const M::Context;
         // SAFETY: only this CPU touches `it.pinned`, with interrupts disabled; `it` is not on
         // any CPU (waited above) and not queued (parked or new).
-        unsafe { *it.pinned.get() = Some(pinned.clone()) };
+        unsafe { *it.pinned.get() = Some(pinned) };
         M::set_curthread(Arc::as_ptr(it) as *const (), _proof);
         c.running.store(Arc::as_ptr(it) as usize, Ordering::Relaxed);
         c.cur_pri.store(it.pri.load(Ordering::Relaxed), Ordering::Relaxed);
         c.cur_idle.store(false, Ordering::Relaxed);
         local.current = Some(it.clone());
-        local.prev = None;
-        c.pin_switches.fetch_add(1, Ordering::Relaxed);
+        // Per-CPU counter, this CPU only, interrupts disabled: no locked add needed.
+        c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // SAFETY: interrupts are disabled; `from` is the running thread's context (kept alive
         // by the reference in `it.pinned`), `to` is `it`'s saved (or new) context and no other
         // CPU runs it.
@@ -847,10 +848,10 @@ impl<M: Machine> Scheduler<M> {
         let c = &self.cpus[cpu];
         // SAFETY: this CPU, interrupts disabled.
         let local = unsafe { c.local() };
-        let me = local.current.clone().expect("pin_return before init_cpu");
+        let me = local.current.take().expect("pin_return before init_cpu");
         // SAFETY: only this CPU touches `me.pinned`, with interrupts disabled.
         let pinned = unsafe { (*me.pinned.get()).take() }.expect("pin_return without a pinned thread");
-        me.state.store(BLOCKED, Ordering::SeqCst);
+        me.state.store(BLOCKED, Ordering::Relaxed);
         M::set_curthread(Arc::as_ptr(&pinned) as *const (), proof);
         c.running.store(Arc::as_ptr(&pinned) as usize, Ordering::Relaxed);
         c.cur_pri.store(pinned.pri.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -878,9 +879,14 @@ impl<M: Machine> Scheduler<M> {
 
     /// Whether the running thread runs on a borrowed CPU (a thread is pinned under it).
     pub fn has_pinned(&self) -> bool {
-        let _io = M::intr_disable();
+        let io = M::intr_disable();
+        self.has_pinned_locked(&io)
+    }
+
+    /// [`Scheduler::has_pinned`] for a caller that has interrupts disabled already.
+    pub fn has_pinned_locked(&self, _proof: &IntrOff) -> bool {
         // SAFETY: `pinned` of the running thread is touched only by this CPU with interrupts
-        // disabled.
+        // disabled, which the proof guarantees.
         unsafe { (*self.current().pinned.get()).is_some() }
     }
 
