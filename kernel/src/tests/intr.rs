@@ -486,6 +486,15 @@ fn storm_detected_throttled_and_recovered() -> TestResult {
     // A thread with work on the target CPU: the storm starves it (on an idle CPU a stuck line
     // harms nobody until work arrives, and the rule waits until then — storm.rs).
     let stop = Arc::new(AtomicBool::new(false));
+    // On every exit path (a failed assertion included): no stuck line, no spinning victim.
+    struct Cleanup(Arc<AtomicBool>, Arc<AtomicBool>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+    let _cleanup = Cleanup(stuck.clone(), stop.clone());
     let progress = Arc::new(AtomicU64::new(0));
     let (sp, pg) = (stop.clone(), progress.clone());
     let worker = SCHED.spawn("storm-victim", pri(5), Some(target), move || {
