@@ -199,8 +199,24 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
     })?;
     let results = report.results();
     if !results.is_empty() {
-        println!("\nresults ({} records):", results.len());
-        print!("{}", harness::results_table(&results));
+        // One table per `scope` (cpu, total, lock, intr, ...), in order of first appearance.
+        let scope_of = |r: &&[(String, String)]| {
+            r.iter().find(|(k, _)| k == "scope").map(|(_, v)| v.clone()).unwrap_or_default()
+        };
+        let mut scopes: Vec<String> = Vec::new();
+        for r in &results {
+            let s = scope_of(r);
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+        for scope in scopes {
+            let group: Vec<&[(String, String)]> =
+                results.iter().copied().filter(|r| scope_of(r) == scope).collect();
+            let label = if scope.is_empty() { "results".to_string() } else { format!("results: {scope}") };
+            println!("\n{label} ({} records):", group.len());
+            print!("{}", harness::results_table(&group));
+        }
         println!();
     }
     match harness::boot_failure(&report, Goal::Scenario) {

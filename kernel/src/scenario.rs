@@ -21,6 +21,9 @@ use crate::{Event, SCHED};
 static TOTALS: Mutex<[u64; 3]> = Mutex::new_adaptive("scenario.totals", [0; 3]);
 /// Slices run, per CPU, updated under a spin mutex (as an interrupt-shared counter would be).
 static SLICES: Mutex<[u64; 64]> = Mutex::new_spin("scenario.slices", ipl::Ipl::Vm, [0; 64]);
+/// Interrupts the scenario's source handled, counted under a spin mutex (the handler may run in
+/// interrupt context under the direct model, where it must not block).
+static INTR_SEEN: Mutex<u64> = Mutex::new_spin("scenario.intr", ipl::Ipl::Vm, 0);
 /// A configuration every thread reads each slice and the main thread rewrites now and then.
 static CONFIG: RwLock<u64> = RwLock::new("scenario.config", 0);
 
@@ -65,6 +68,43 @@ pub fn run(opts: &Options) -> bool {
     }
     // Cross-CPU ping-pong in bursts of 200 rounds, 5 ms apart: at priority 50 it would
     // otherwise take its CPUs from everything else.
+    // An interrupt source under the boot's default dispatch model (`intr.model=`): a raiser
+    // thread sends it to every CPU in turn; its handler takes an adaptive mutex (it may block
+    // in the thread models).
+    let source = crate::intr::INTR
+        .establish(
+            intr::SourceSpec {
+                name: "scenario.ipi",
+                vector: 0x58,
+                ipl: ipl::Ipl::Vm,
+                flags: intr::IntrFlags::MPSAFE,
+                model: None,
+            },
+            None,
+            Some(alloc::boxed::Box::new(|_| {
+                *INTR_SEEN.lock() += 1;
+            })),
+        )
+        .ok();
+    if let Some(src) = source.as_ref().map(|h| h.source().clone()) {
+        let stop = stop.clone();
+        hs.push(SCHED.spawn("raiser", Priority::new(45).expect("in range"), Some(0), move || {
+            let mut k = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let before = src.stats.handled.load(Ordering::Relaxed);
+                arch::apic::send_ipi(arch::cpu::lapic_id_of(k % n), 0x58);
+                k += 1;
+                // Wait for it to be handled (bounded), then pace: a tick's nap every 64.
+                let until = now() + 5_000_000;
+                while src.stats.handled.load(Ordering::Relaxed) == before && now() < until {
+                    core::hint::spin_loop();
+                }
+                if k.is_multiple_of(64) {
+                    SCHED.sleep_ns(1_000_000);
+                }
+            }
+        }));
+    }
     let rounds = Arc::new(AtomicU64::new(0));
     let evs: Arc<[Event; 2]> = Arc::new([Event::new(&SCHED), Event::new(&SCHED)]);
     for side in 0..2usize {
@@ -134,6 +174,23 @@ pub fn run(opts: &Options) -> bool {
             st.max_hold_ns / 1000
         );
     }
+    if let Some(h) = source.as_ref() {
+        let src = h.source();
+        let st = &src.stats;
+        kprintln!(
+            "@@ result scope=intr name={} model={} count={} handled={} p50_ns={} p99_ns={} handler_us={} storms={}",
+            src.name(),
+            src.model(),
+            st.total(),
+            st.handled.load(Ordering::Relaxed),
+            st.latency.percentile(50),
+            st.latency.percentile(99),
+            st.handler_ns.load(Ordering::Relaxed) / 1000,
+            src.storm.storms.load(Ordering::Relaxed)
+        );
+        ok &= st.handled.load(Ordering::Relaxed) > 0;
+    }
+    drop(source);
     let totals = *TOTALS.lock();
     ok &= totals.iter().all(|&t| t > 0);
     kprintln!("@@ scenario-done");
