@@ -313,8 +313,14 @@ impl<E: IntrEnv> Source<E> {
         self.stats.latency.record(t0.saturating_sub(raised_ns));
         let ctx = HandlerCtx { source_name: self.name, cpu, requeue: AtomicBool::new(false) };
         h(&ctx);
+        let spent = E::M::now_ns().saturating_sub(t0);
         self.stats.handled.fetch_add(1, Ordering::Relaxed);
-        self.stats.handler_ns.fetch_add(E::M::now_ns().saturating_sub(t0), Ordering::Relaxed);
+        self.stats.handler_ns.fetch_add(spent, Ordering::Relaxed);
+        // Charged to the CPU that ran the handler (a pool helper may run it elsewhere than
+        // the arrival CPU): per-CPU accounting survives pooling and balancing.
+        let ran_on = E::M::cpu_index() & (sched::MAX_CPUS - 1);
+        self.stats.handler_ns_cpu[ran_on].fetch_add(spent, Ordering::Relaxed);
+        self.stats.handled_cpu[ran_on].fetch_add(1, Ordering::Relaxed);
         self.running.fetch_sub(1, Ordering::AcqRel);
         ctx.requeue.load(Ordering::Relaxed)
     }

@@ -1,7 +1,9 @@
 //! Per-source accounting that survives pooling: the numbers live with the source, not with
 //! a thread, so it does not matter which ithread ran the handler.
 //!
-//! Per CPU: interrupts taken. Per source: handler runs, CPU time in handlers, and a latency
+//! Per CPU: interrupts taken (arrival CPU), handler runs and handler time (the CPU that ran
+//! the handler — not always the arrival CPU under pooling). Per source: handler runs, CPU time
+//! in handlers, and a latency
 //! histogram (raise → handler start) with log-linear buckets (4 sub-buckets per power of two,
 //! so a percentile is within 19 % of the true value), from which p50/p99 are read.
 
@@ -87,6 +89,10 @@ pub struct SourceStats {
     pub handled: AtomicU64,
     /// Nanoseconds spent in the handler.
     pub handler_ns: AtomicU64,
+    /// Handler runs, per CPU that ran them.
+    pub handled_cpu: [AtomicU64; sched::MAX_CPUS],
+    /// Handler time, per CPU that ran it.
+    pub handler_ns_cpu: [AtomicU64; sched::MAX_CPUS],
     /// Raise → handler start, nanoseconds.
     pub latency: Histogram,
 }
@@ -105,6 +111,8 @@ impl SourceStats {
             stray: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             handler_ns: AtomicU64::new(0),
+            handled_cpu: [const { AtomicU64::new(0) }; sched::MAX_CPUS],
+            handler_ns_cpu: [const { AtomicU64::new(0) }; sched::MAX_CPUS],
             latency: Histogram::new(),
         }
     }

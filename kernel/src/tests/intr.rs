@@ -626,6 +626,20 @@ fn balancing_moves_unbound_work_to_an_idle_cpu() -> TestResult {
             kassert!(bd < ad, "the unbound handler waited behind the long one on its CPU");
             kassert!(b_cpu.load(Ordering::SeqCst) != target as u64, "the unbound handler did not move");
             kassert!(INTR.pool.stats().stolen > stolen0, "no instance counted as stolen");
+            // Accounting follows the handler: charged to the CPU that ran it.
+            let st = &b.source().stats;
+            kassert_eq!(
+                st.handled_cpu[target].load(Ordering::SeqCst),
+                0,
+                "stolen run charged to the arrival CPU"
+            );
+            kassert_eq!(
+                st.per_cpu[target].load(Ordering::SeqCst),
+                1,
+                "arrival not counted on the arrival CPU"
+            );
+            let ran: u64 = st.handled_cpu.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+            kassert_eq!(ran, 1, "handler runs per CPU");
         }
         drop(a);
         drop(b);
