@@ -127,6 +127,8 @@ pub fn build_args(cfg: &BootConfig, accel: Accel, kernel: &Path, bios: Option<&P
             "-no-reboot",
             "-device",
             "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-device",
+            "edu",
         ]
         .map(String::from),
     );
@@ -474,7 +476,7 @@ mod tests {
         let expected = "-M pc -bios /usr/share/qemu/qboot.rom -m 256M -smp 2 \
              -kernel /k/ithreads-kernel -append 'run=tests test.filter=sched' \
              -display none -serial stdio -monitor none -no-reboot \
-             -device isa-debug-exit,iobase=0xf4,iosize=0x04 -accel tcg";
+             -device isa-debug-exit,iobase=0xf4,iosize=0x04 -device edu -accel tcg";
         assert_eq!(shell_words(&args), expected);
         // The command line is one argument.
         let i = args.iter().position(|a| a == "-append").unwrap();
@@ -486,15 +488,17 @@ mod tests {
         let mut c = cfg();
         c.smp = 4;
         c.extra_args =
-            ["-icount", "shift=0,align=off,sleep=off", "-device", "edu"].map(String::from).to_vec();
+            ["-icount", "shift=0,align=off,sleep=off", "-d", "guest_errors"].map(String::from).to_vec();
         let args = build_args(&c, Accel::Kvm, Path::new("k"), None);
         assert!(!args.contains(&"-bios".to_string()));
         assert_eq!(&args[..2], ["-M", "pc"]);
         let tail: Vec<&str> = args[args.len() - 8..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
-            ["-accel", "kvm", "-cpu", "host", "-icount", "shift=0,align=off,sleep=off", "-device", "edu"]
+            ["-accel", "kvm", "-cpu", "host", "-icount", "shift=0,align=off,sleep=off", "-d", "guest_errors"]
         );
+        // Every boot has the edu device (the PCI/MSI tests' interrupt source), once.
+        assert_eq!(args.windows(2).filter(|w| w[0] == "-device" && w[1] == "edu").count(), 1);
         let i = args.iter().position(|a| a == "-smp").unwrap();
         assert_eq!(args[i + 1], "4");
     }

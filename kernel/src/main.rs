@@ -20,6 +20,7 @@ extern crate alloc;
 
 mod bench;
 mod cmdline;
+mod drivers;
 mod intr;
 mod locks;
 mod panic;

@@ -27,6 +27,7 @@ pub mod boot;
 pub mod cpu;
 pub mod exit;
 pub mod mem;
+pub mod pci;
 pub mod serial;
 pub mod smp;
 pub mod sync;

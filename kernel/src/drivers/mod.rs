@@ -1,0 +1,4 @@
+//! Device drivers, on top of `arch::pci` (enumeration, BARs, MSI) and the interrupt framework
+//! (`crate::intr::INTR`).
+
+pub mod edu;
