@@ -21,8 +21,36 @@ impl intr::IntrEnv for KernelEnv {
     fn retrigger(vector: u8) {
         apic::send_ipi(arch::cpu::lapic_id_of(arch::cpu::index()), vector);
     }
+    fn eoi() {
+        apic::eoi();
+    }
     fn storm_report(source: &'static str, on: bool, rate: u64) {
         arch::kprintln!("@@ storm source={} state={} rate={}", source, if on { "on" } else { "off" }, rate);
+    }
+}
+
+/// An IOAPIC input (GSI) as the hardware line of an interrupt source: the framework masks
+/// and unmasks it through the mask count (`intr::Intr::establish_line`).
+pub struct IoApicLine {
+    /// The GSI.
+    pub gsi: u32,
+    /// Whether it is programmed level-triggered.
+    pub level: bool,
+}
+
+impl intr::LineControl for IoApicLine {
+    fn mask(&self) {
+        if let Err(e) = arch::ioapic::set_masked(self.gsi, true) {
+            panic!("IOAPIC GSI {}: {e}", self.gsi);
+        }
+    }
+    fn unmask(&self) {
+        if let Err(e) = arch::ioapic::set_masked(self.gsi, false) {
+            panic!("IOAPIC GSI {}: {e}", self.gsi);
+        }
+    }
+    fn is_level(&self) -> bool {
+        self.level
     }
 }
 
@@ -37,15 +65,21 @@ fn state_signature(f: &TrapFrame) -> u64 {
 }
 
 /// Runs what is behind `vector`: established sources, else the kernel's own handler.
-fn run_vector(vector: u8, frame: &mut TrapFrame, io: &IntrOff) {
+/// `dispatch` acknowledges (EOI) a vector with sources itself — edge at once, level after
+/// masking its line (see the `intr` crate); the kernel acknowledges only its own vectors
+/// here, and, for a replay (`replay`), nothing: it was acknowledged when deferred.
+fn run_vector(vector: u8, frame: &mut TrapFrame, io: &IntrOff, replay: bool) {
     // For the storm rule: a signature of the interrupted state, computed only when the
-    // instruction address repeats (cheap otherwise).
-    let interrupted = (frame.rip != 0).then(|| {
+    // instruction address repeats (cheap otherwise). `None` tells `dispatch` it is a replay.
+    let interrupted = (!replay).then(|| {
         let idle = SCHED.current().is_idle();
         let sig = if INTR.same_rip(frame.rip) && !idle { state_signature(frame) } else { 0 };
         (sig, idle)
     });
     if INTR.dispatch(vector, interrupted, io).is_none() {
+        if !replay {
+            apic::eoi();
+        }
         trap::run_handler(vector, frame, io);
     }
 }
@@ -55,16 +89,16 @@ pub fn interrupt(frame: &mut TrapFrame, io: &IntrOff) {
     let vector = frame.vector as u8;
     match SPL.intr_arrive(vector, io) {
         Arrival::Deferred => {
-            // Recorded as pending; LAPIC vectors are edge-style, so acknowledging now is
-            // right (a level-triggered IOAPIC line would be masked here first).
+            // Recorded as pending. Level-triggered lines are masked first (the replay
+            // unmasks them); then acknowledging now is right.
+            INTR.defer(vector, io);
             apic::eoi();
         }
         Arrival::Run { old } => {
             SCHED.intr_enter(io);
-            // Acknowledge first (edge-style LAPIC/MSI vectors): a pinned interrupt thread may
-            // run, and even block, inside run_vector.
-            apic::eoi();
-            run_vector(vector, frame, io);
+            // The EOI is sent inside run_vector (by `dispatch`, or before the kernel's own
+            // handler), before a pinned interrupt thread may run, and even block, there.
+            run_vector(vector, frame, io, false);
             SPL.intr_done(old, io);
             SCHED.intr_exit(io);
         }
@@ -75,7 +109,7 @@ pub fn interrupt(frame: &mut TrapFrame, io: &IntrOff) {
 fn replay(vector: u8, io: &IntrOff) {
     let mut frame = trap::replay_frame(vector);
     SCHED.intr_enter(io);
-    run_vector(vector, &mut frame, io);
+    run_vector(vector, &mut frame, io, true);
     SCHED.intr_exit(io);
 }
 

@@ -6,7 +6,7 @@ use core::ptr::NonNull;
 
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 
-use crate::{apic, cpu, kprintln, mem, trap};
+use crate::{apic, cpu, ioapic, kprintln, mem, trap};
 
 const HVM_START_MAGIC: u32 = 0x336e_c578;
 
@@ -25,6 +25,10 @@ pub struct BootInfo {
     pub tsc_hz: u64,
     /// Physical address of the ACPI RSDP.
     pub rsdp: usize,
+    /// The IOAPICs (id, MMIO address, GSI base) from the MADT.
+    pub ioapics: Vec<ioapic::IoApicInfo>,
+    /// The MADT's interrupt source overrides.
+    pub source_overrides: Vec<ioapic::SourceOverride>,
 }
 
 #[repr(C)]
@@ -121,13 +125,15 @@ extern "C" fn arch_boot_bsp(start_info: usize) -> ! {
     apic::calibrate();
 
     let rsdp = si.rsdp_paddr as usize;
-    let ap_lapic_ids = match madt_cpus(rsdp, bsp_lapic) {
-        Ok(ids) => ids,
+    let Madt { ap_lapic_ids, ioapics, source_overrides } = match madt_cpus(rsdp, bsp_lapic) {
+        Ok(m) => m,
         Err(e) => {
             kprintln!("boot: cannot read the CPU list from ACPI (RSDP {rsdp:#x}): {e}");
             crate::exit::exit_qemu(false)
         }
     };
+    // Every IOAPIC pin masked until a driver programs it.
+    ioapic::init(&ioapics, &source_overrides);
     let info = alloc::boxed::Box::leak(alloc::boxed::Box::new(BootInfo {
         cmdline,
         ap_lapic_ids,
@@ -135,6 +141,8 @@ extern "C" fn arch_boot_bsp(start_info: usize) -> ! {
         heap,
         tsc_hz: apic::tsc_hz(),
         rsdp,
+        ioapics,
+        source_overrides,
     }));
     // SAFETY: the kernel crate defines this symbol with `entry_point!`.
     unsafe { __ithreads_kernel_main(info) }
@@ -179,7 +187,14 @@ impl AcpiHandler for IdentityMap {
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
 }
 
-fn madt_cpus(rsdp: usize, bsp_lapic: u32) -> Result<Vec<u32>, &'static str> {
+/// What the MADT says about CPUs and interrupt routing.
+struct Madt {
+    ap_lapic_ids: Vec<u32>,
+    ioapics: Vec<ioapic::IoApicInfo>,
+    source_overrides: Vec<ioapic::SourceOverride>,
+}
+
+fn madt_cpus(rsdp: usize, bsp_lapic: u32) -> Result<Madt, &'static str> {
     let tables = if rsdp != 0 {
         // SAFETY: the PVH loader reports the RSDP's physical address; identity-mapped.
         unsafe { AcpiTables::from_rsdp(IdentityMap, rsdp) }
@@ -190,6 +205,8 @@ fn madt_cpus(rsdp: usize, bsp_lapic: u32) -> Result<Vec<u32>, &'static str> {
     .map_err(|_| "no valid RSDP/RSDT")?;
     let madt = tables.find_table::<acpi::madt::Madt>().map_err(|_| "no MADT")?;
     let mut ids = Vec::new();
+    let mut ioapics = Vec::new();
+    let mut source_overrides = Vec::new();
     for entry in madt.get().entries() {
         match entry {
             acpi::madt::MadtEntry::LocalApic(e) => {
@@ -205,8 +222,21 @@ fn madt_cpus(rsdp: usize, bsp_lapic: u32) -> Result<Vec<u32>, &'static str> {
                     ids.push(id);
                 }
             }
+            acpi::madt::MadtEntry::IoApic(e) => ioapics.push(ioapic::IoApicInfo {
+                id: e.io_apic_id,
+                address: e.io_apic_address,
+                gsi_base: e.global_system_interrupt_base,
+            }),
+            acpi::madt::MadtEntry::InterruptSourceOverride(e) => {
+                source_overrides.push(ioapic::SourceOverride {
+                    bus: e.bus,
+                    irq: e.irq,
+                    gsi: e.global_system_interrupt,
+                    flags: e.flags,
+                })
+            }
             _ => {}
         }
     }
-    Ok(ids)
+    Ok(Madt { ap_lapic_ids: ids, ioapics, source_overrides })
 }

@@ -26,6 +26,7 @@ pub mod bench_prims;
 pub mod boot;
 pub mod cpu;
 pub mod exit;
+pub mod ioapic;
 pub mod mem;
 pub mod pci;
 pub mod serial;

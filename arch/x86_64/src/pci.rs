@@ -31,6 +31,8 @@ const CMD_BUS_MASTER: u16 = 1 << 2;
 const CMD_INTX_DISABLE: u16 = 1 << 10;
 /// Status register: the function has a capability list.
 const STATUS_CAP_LIST: u16 = 1 << 4;
+/// Vendor and device id of QEMU's PIIX3 ISA bridge (`pc` machine).
+const PIIX3_ID: u32 = 0x7000_8086;
 /// Capability id of MSI.
 const CAP_MSI: u8 = 0x05;
 
@@ -295,6 +297,41 @@ impl PciFunction {
             return Err("MSI: the enable bit did not stick");
         }
         Ok(())
+    }
+
+    /// The interrupt-line register (0x3C): the legacy IRQ firmware routed INTx to (0xFF:
+    /// none), and the interrupt-pin register (0x3D: 0 none, 1..=4 INTA..INTD).
+    pub fn interrupt_line_pin(&self) -> (u8, u8) {
+        (self.bdf.read8(0x3C), self.bdf.read8(0x3D))
+    }
+
+    /// The legacy (ISA) IRQ the function's INTx pin is wired to, or `None` if it has no pin
+    /// or no route. On QEMU's `pc` machine (PIIX3 at 00:01.0) this comes from the chipset's
+    /// PIRQ route control registers (0x60..0x63) with the board's swizzle (PIRQ = (pin - 1 +
+    /// slot - 1) mod 4), because qboot writes an interrupt-line register that disagrees with
+    /// the routing (10 where the line is wired to IRQ 11); elsewhere it is the interrupt-line
+    /// register.
+    pub fn intx_irq(&self) -> Option<u8> {
+        let (line, pin) = self.interrupt_line_pin();
+        if pin == 0 || pin > 4 {
+            return None;
+        }
+        let isa = Bdf { bus: 0, dev: 1, func: 0 };
+        if self.bdf.bus == 0 && self.bdf.dev > 0 && isa.read32(0x00) == PIIX3_ID {
+            let pirq = (pin as u32 - 1 + self.bdf.dev as u32 - 1) & 3;
+            let route = isa.read8(0x60 + pirq as u8);
+            return (route & 0x80 == 0 && route < 16).then_some(route & 0x0F);
+        }
+        (line != 0xFF && line < 16).then_some(line)
+    }
+
+    /// Enables (`true`) or disables INTx in the command register.
+    pub fn set_intx_enabled(&self, enabled: bool) {
+        let cmd = self.bdf.command();
+        let new = if enabled { cmd & !CMD_INTX_DISABLE } else { cmd | CMD_INTX_DISABLE };
+        if new != cmd {
+            self.bdf.write_command(new);
+        }
     }
 
     /// Turns MSI off (the device falls back to INTx, which stays disabled if MSI enabled it).

@@ -30,6 +30,19 @@
 //! * **Disestablish** (drop the [`IntrHandle`]): the source is unlinked, marked dead, and the
 //!   drop waits until no instance runs; a queued instance of a dead source is discarded, so a
 //!   disestablished handler never runs again.
+//! * **Hardware lines** ([`Intr::establish_line`]): a source may control a line (an IOAPIC
+//!   pin) through [`LineControl`]. The mask count's 0→1 transition masks the line and 1→0
+//!   unmasks it; a missed interrupt of a line is not re-raised (a level line stays asserted
+//!   and the unmask re-delivers it). Every scheduled instance of a **level** source holds a
+//!   mask reference, in every model.
+//! * **EOI rule**: [`Intr::dispatch`] sends the EOI ([`IntrEnv::eoi`]) itself. Edge-only
+//!   vectors (LAPIC, MSI, edge lines) are acknowledged at once, before any filter (a pinned
+//!   ithread may run, and block, inside `dispatch`). A vector with a level source is
+//!   acknowledged only after the filters ran and every scheduled level source is masked:
+//!   **edge: EOI first; level: mask, then EOI** (an EOI with the line still asserted and
+//!   unmasked re-delivers at once). A direct-model level source: mask, EOI, handler, unmask.
+//!   A vector deferred by the SPL layer is acknowledged by the kernel after
+//!   [`Intr::defer`] masked its level sources; its replay sends no EOI.
 //! * Locks: the vector table is one `SpinLock` per vector, taken with interrupts disabled
 //!   (filters run under it: they must not establish or disestablish). Queues are spin locks;
 //!   handlers run with no framework lock held.
@@ -210,6 +223,16 @@ pub type Filter = Box<dyn Fn(&FilterCtx<'_>) -> FilterResult + Send + Sync>;
 /// A handler.
 pub type Handler = Box<dyn Fn(&HandlerCtx<'_>) + Send + Sync>;
 
+/// Masks and unmasks a hardware interrupt line (an IOAPIC pin) that a source controls.
+pub trait LineControl: Send + Sync {
+    /// Masks the line at the interrupt controller.
+    fn mask(&self);
+    /// Unmasks the line.
+    fn unmask(&self);
+    /// Whether the line is level-triggered.
+    fn is_level(&self) -> bool;
+}
+
 /// What a source is established with.
 pub struct SourceSpec {
     /// Name (for `intrstat` and every diagnostic).
@@ -233,6 +256,12 @@ pub struct Source<E: IntrEnv> {
     model: Model,
     filter: Option<Filter>,
     handler: Option<Handler>,
+    /// The hardware line this source masks and unmasks, if any.
+    line: Option<&'static dyn LineControl>,
+    /// Serializes the mask count's transitions with the line's mask state.
+    line_lock: SpinLock<()>,
+    /// Mask references taken by [`Intr::defer`] (dropped at replay).
+    deferred: AtomicU32,
     /// Instances that need the source masked.
     mask_refs: AtomicU32,
     /// An interrupt arrived while masked: re-raise at unmask.
@@ -280,16 +309,58 @@ impl<E: IntrEnv> Source<E> {
         self.mask_refs.load(Ordering::Acquire)
     }
 
-    fn mask(&self) {
-        self.mask_refs.fetch_add(1, Ordering::AcqRel);
+    /// The hardware line, if any.
+    pub fn line(&self) -> Option<&'static dyn LineControl> {
+        self.line
     }
 
-    /// Drops one mask reference; the last one unmasks and re-raises a missed interrupt.
+    /// Whether the source controls a level-triggered line.
+    pub fn is_level(&self) -> bool {
+        self.line.is_some_and(|l| l.is_level())
+    }
+
+    /// Takes one mask reference; the first masks the line.
+    fn mask(&self) {
+        match self.line {
+            None => {
+                self.mask_refs.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(line) => {
+                let io = E::M::intr_disable();
+                let _g = self.line_lock.lock(&io);
+                if self.mask_refs.fetch_add(1, Ordering::AcqRel) == 0 {
+                    line.mask();
+                }
+            }
+        }
+    }
+
+    /// Drops one mask reference; the last one unmasks (the line, or re-raises a missed
+    /// interrupt of a source without a line).
     fn unmask(&self) {
-        let old = self.mask_refs.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(old > 0, "unmask of unmasked source {}", self.name);
-        if old == 1 && self.missed.swap(false, Ordering::AcqRel) && !self.dead.load(Ordering::Acquire) {
-            E::retrigger(self.vector);
+        match self.line {
+            None => {
+                let old = self.mask_refs.fetch_sub(1, Ordering::AcqRel);
+                debug_assert!(old > 0, "unmask of unmasked source {}", self.name);
+                if old == 1 && self.missed.swap(false, Ordering::AcqRel) && !self.dead.load(Ordering::Acquire)
+                {
+                    E::retrigger(self.vector);
+                }
+            }
+            Some(line) => {
+                let io = E::M::intr_disable();
+                let _g = self.line_lock.lock(&io);
+                let old = self.mask_refs.fetch_sub(1, Ordering::AcqRel);
+                debug_assert!(old > 0, "unmask of unmasked source {}", self.name);
+                if old == 1 {
+                    // The line stays asserted while the device wants service: unmasking
+                    // re-delivers a missed interrupt. A dead source's line stays masked.
+                    self.missed.store(false, Ordering::Release);
+                    if !self.dead.load(Ordering::Acquire) {
+                        line.unmask();
+                    }
+                }
+            }
         }
     }
 
@@ -299,7 +370,7 @@ impl<E: IntrEnv> Source<E> {
     }
 
     fn needs_mask(&self) -> bool {
-        self.model == Model::Dedicated || self.flags.contains(IntrFlags::MASK_WHILE_QUEUED)
+        self.model == Model::Dedicated || self.flags.contains(IntrFlags::MASK_WHILE_QUEUED) || self.is_level()
     }
 
     /// Runs the handler once (thread or interrupt context), with accounting.
@@ -395,6 +466,8 @@ pub trait IntrEnv: Env {
     fn intr() -> &'static Intr<Self>;
     /// Raises `vector` again on this CPU (a missed interrupt of a source just unmasked).
     fn retrigger(vector: u8);
+    /// Signals end of interrupt to this CPU's interrupt controller (the LAPIC).
+    fn eoi();
     /// Reports a storm starting (`on`, with the rate seen) or ending, once each, by name.
     fn storm_report(source: &'static str, on: bool, rate: u64);
 }
@@ -505,6 +578,37 @@ impl<E: IntrEnv> Intr<E> {
         filter: Option<Filter>,
         handler: Option<Handler>,
     ) -> Result<IntrHandle<E>, EstablishError> {
+        self.establish_inner(spec, None, filter, handler)
+    }
+
+    /// Establishes a source that controls a hardware line (an IOAPIC pin, already programmed
+    /// with the vector and masked): the mask count masks and unmasks `line`; the line is
+    /// unmasked once the source is established and masked again when it is disestablished.
+    pub fn establish_line(
+        &'static self,
+        spec: SourceSpec,
+        line: &'static dyn LineControl,
+        filter: Option<Filter>,
+        handler: Option<Handler>,
+    ) -> Result<IntrHandle<E>, EstablishError> {
+        let h = self.establish_inner(spec, Some(line), filter, handler)?;
+        {
+            let io = E::M::intr_disable();
+            let _g = h.source.line_lock.lock(&io);
+            if h.source.mask_refs.load(Ordering::Acquire) == 0 {
+                line.unmask();
+            }
+        }
+        Ok(h)
+    }
+
+    fn establish_inner(
+        &'static self,
+        spec: SourceSpec,
+        line: Option<&'static dyn LineControl>,
+        filter: Option<Filter>,
+        handler: Option<Handler>,
+    ) -> Result<IntrHandle<E>, EstablishError> {
         let name = spec.name;
         if spec.vector < 32 || self.reserved[spec.vector as usize].load(Ordering::Relaxed) {
             return Err(EstablishError::InvalidVector { name, vector: spec.vector });
@@ -536,6 +640,9 @@ impl<E: IntrEnv> Intr<E> {
             model,
             filter,
             handler,
+            line,
+            line_lock: SpinLock::new(()),
+            deferred: AtomicU32::new(0),
             mask_refs: AtomicU32::new(0),
             missed: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -580,6 +687,12 @@ impl<E: IntrEnv> Intr<E> {
             self.vectors[src.vector as usize].lock(&io).retain(|s| !Arc::ptr_eq(s, src));
         }
         src.dead.store(true, Ordering::Release);
+        if let Some(line) = src.line {
+            // After `dead`: no unmask re-enables it from now on.
+            let io = E::M::intr_disable();
+            let _g = src.line_lock.lock(&io);
+            line.mask();
+        }
         if let Some(d) = &src.dedicated {
             d.event.set(); // the thread sees `dead` and exits
             let t = {
@@ -631,13 +744,21 @@ impl<E: IntrEnv> Intr<E> {
     /// `interrupted`: a signature of the interrupted register state (0 if the instruction
     /// address differs from the previous interrupt's on this CPU — see [`Intr::same_rip`]) and
     /// whether it was an idle thread; `None` for a replay from `splx`. For the storm rule.
+    ///
+    /// Sends the EOI when there are sources (see the EOI rule in the crate documentation),
+    /// except for a replay (acknowledged when it was deferred); with `None` returned, the
+    /// caller acknowledges.
     pub fn dispatch(
         &'static self,
         vector: u8,
         interrupted: Option<(u64, bool)>,
         io: &IntrOff,
     ) -> Option<bool> {
+        let replay = interrupted.is_none();
         if let Some(l) = softint::soft_level(vector) {
+            if !replay {
+                E::eoi();
+            }
             self.soft.fire(l);
             return Some(true);
         }
@@ -665,7 +786,23 @@ impl<E: IntrEnv> Intr<E> {
             if list.is_empty() {
                 return None;
             }
+            let level = list.iter().any(|s| s.is_level());
+            if !level && !replay {
+                E::eoi();
+            }
             for src in list.iter() {
+                if replay && src.line.is_some() {
+                    // Deferred: `defer` masked the line; unmasking re-delivers it if the
+                    // device still asserts it.
+                    let n = src.deferred.swap(0, Ordering::AcqRel);
+                    for _ in 0..n {
+                        src.unmask();
+                    }
+                    if n > 0 {
+                        claimed = true;
+                        continue;
+                    }
+                }
                 if src.is_masked() {
                     src.missed.store(true, Ordering::Release);
                     claimed = true;
@@ -711,6 +848,9 @@ impl<E: IntrEnv> Intr<E> {
                 match src.model {
                     Model::Direct => {
                         if ndirect < run_direct.len() {
+                            if src.is_level() {
+                                src.mask();
+                            }
                             run_direct[ndirect] = Some(src.clone());
                             ndirect += 1;
                         }
@@ -738,11 +878,19 @@ impl<E: IntrEnv> Intr<E> {
                     }
                 }
             }
+            if level && !replay {
+                // Level: every scheduled level source is masked now.
+                E::eoi();
+            }
         }
         // Direct handlers run outside the table lock (they may take spin mutexes).
         for src in run_direct.iter_mut().take(ndirect) {
             let src = src.take().expect("counted");
-            if src.run_handler(now, cpu) {
+            let again = src.run_handler(now, cpu);
+            if src.is_level() {
+                src.unmask();
+            }
+            if again {
                 E::retrigger(src.vector);
             }
         }
@@ -753,6 +901,17 @@ impl<E: IntrEnv> Intr<E> {
             self.pinned.dispatch(src, now, io);
         }
         Some(claimed)
+    }
+
+    /// The SPL layer defers `vector` (the caller acknowledges it next): masks the line of
+    /// each of its level sources, so the asserted line does not re-deliver at once; the
+    /// replay unmasks them, and the line re-delivers if still asserted.
+    pub fn defer(&self, vector: u8, io: &IntrOff) {
+        let list = self.vectors[vector as usize].lock(io);
+        for src in list.iter().filter(|s| s.is_level()) {
+            src.deferred.fetch_add(1, Ordering::AcqRel);
+            src.mask();
+        }
     }
 
     fn start_storm_thread(&'static self) {

@@ -91,6 +91,43 @@ impl Edu {
         self.func.disable_msi();
     }
 
+    /// The GSI (IOAPIC input) of the device's INTx line: its legacy IRQ
+    /// ([`PciFunction::intx_irq`]: the chipset's PIRQ routing, or the PCI interrupt-line
+    /// register) after the ACPI interrupt source overrides. `None` if no line is routed.
+    pub fn intx_line(&self) -> Option<u32> {
+        self.func.intx_irq().map(|irq| arch::ioapic::gsi_of_irq(irq).0)
+    }
+
+    /// Routes the INTx line to CPU `cpu` (an index) on `vector`: level-triggered,
+    /// active-high (the PCI INTx wiring of QEMU's `pc` machine), **masked** (establishing the
+    /// source with [`crate::intr::IoApicLine`] unmasks it). Turns MSI off and INTx on.
+    /// Returns the GSI.
+    pub fn program_intx(&self, cpu: usize, vector: u8) -> Result<u32, &'static str> {
+        if cpu >= arch::cpu::ncpus() {
+            return Err("edu: no such CPU");
+        }
+        let gsi = self.intx_line().ok_or("edu: no INTx line routed")?;
+        let dest = u8::try_from(arch::cpu::lapic_id_of(cpu)).map_err(|_| "edu: LAPIC id above 255")?;
+        self.func.disable_msi();
+        arch::ioapic::program(
+            gsi,
+            arch::ioapic::Redirection {
+                vector,
+                dest_lapic: dest,
+                trigger: arch::ioapic::Trigger::Level,
+                polarity: arch::ioapic::Polarity::High,
+                masked: true,
+            },
+        )?;
+        self.func.set_intx_enabled(true);
+        Ok(gsi)
+    }
+
+    /// Turns INTx off in the command register (the GSI stays as programmed).
+    pub fn disable_intx(&self) {
+        self.func.set_intx_enabled(false);
+    }
+
     /// The MSI (address, data, enabled) now programmed.
     pub fn msi_state(&self) -> Option<(u64, u16, bool)> {
         self.func.msi_state()
