@@ -204,3 +204,73 @@ fn intx_exactly_once_every_model() -> TestResult {
     Ok(())
 }
 ktest!(T_INTX, "edu::intx::exactly_once_every_model", intx_exactly_once_every_model);
+
+/// A level-triggered line that asserts while its CPU is at the line's IPL is held pending
+/// (masked at the IOAPIC before the EOI, so it cannot re-deliver in a loop), and handled
+/// exactly once after the `splx` that lowers the level; the line ends unmasked.
+fn intx_deferred_by_spl_runs_once_after_splx() -> TestResult {
+    let edu = probe()?;
+    let cpu = ncpus() - 1;
+    let vector = INTX_VECTOR_BASE + 8;
+    SCHED.bind_current(Some(cpu));
+    edu.ack(!0);
+    let gsi = edu.program_intx(cpu, vector)?;
+    let line: &'static crate::intr::IoApicLine =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(crate::intr::IoApicLine { gsi, level: true }));
+    let handled = Arc::new(AtomicU64::new(0));
+    let (h, dev) = (handled.clone(), edu.clone());
+    let handle = INTR
+        .establish_line(
+            SourceSpec {
+                name: "edu.intx.deferred",
+                vector,
+                ipl: Ipl::Vm,
+                flags: IntrFlags::MPSAFE,
+                model: Some(Model::Direct),
+            },
+            line,
+            Some(alloc::boxed::Box::new(move |_| {
+                let st = dev.status();
+                if st == 0 {
+                    return FilterResult::Stray;
+                }
+                dev.ack(st);
+                h.fetch_add(1, Ordering::SeqCst);
+                FilterResult::Handled
+            })),
+            None,
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    let s = crate::SPL.splraise(Ipl::Vm);
+    edu.raise(1);
+    let mut pending = false;
+    for _ in 0..20_000_000 {
+        if crate::SPL.is_pending(vector) {
+            pending = true;
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    let early = handled.load(Ordering::SeqCst);
+    let masked_while_pending = arch::ioapic::is_masked(gsi)?;
+    crate::SPL.splx(s);
+    let ok = until(2000, || handled.load(Ordering::SeqCst) == 1);
+    SCHED.sleep_ns(5_000_000);
+    let total = handled.load(Ordering::SeqCst);
+    let unmasked_after = !arch::ioapic::is_masked(gsi)?;
+    drop(handle);
+    edu.disable_intx();
+    SCHED.bind_current(None);
+    kassert!(pending, "the INTx never arrived (or was not deferred) at IPL_VM");
+    kassert_eq!(early, 0, "handled at or below its IPL");
+    kassert!(masked_while_pending, "line not masked at the IOAPIC while pending");
+    kassert!(ok, "not handled after splx");
+    kassert_eq!(total, 1, "handled more than once");
+    kassert!(unmasked_after, "line left masked after the replay");
+    Ok(())
+}
+ktest!(
+    T_INTX_DEFER,
+    "edu::intx::deferred_by_spl_runs_once_after_splx",
+    intx_deferred_by_spl_runs_once_after_splx
+);
