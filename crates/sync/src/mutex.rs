@@ -151,19 +151,25 @@ impl<E: Env> RawMutex<E> {
         };
         if ok && tag != 0 {
             if w.checking() {
-                let cur = E::spl().current();
-                w.acquire::<E::M>(
-                    E::sched().current().held_locks(),
-                    self.addr(),
-                    self.class(),
-                    self.lock_kind(),
-                    cur.name(),
-                    cur > Ipl::Vm,
-                );
+                self.check_acquire();
             }
             self.note_acquired(false, 0, 0);
         }
         ok
+    }
+
+    /// Runs the lock checker for an acquisition of this mutex at the CPU's current IPL;
+    /// `false` if it refused (recursion under `Policy::Record`).
+    fn check_acquire(&self) -> bool {
+        let cur = E::spl().current();
+        E::sync().witness.acquire::<E::M>(
+            E::sched().current().held_locks(),
+            self.addr(),
+            self.class(),
+            self.lock_kind(),
+            cur.name(),
+            cur > Ipl::Vm,
+        )
     }
 
     fn class(&self) -> u32 {
@@ -191,19 +197,8 @@ impl<E: Env> RawMutex<E> {
         let w = &E::sync().witness;
         let spin = self.is_spin();
         let tag = if w.active() { CHECKED } else { 0 };
-        if tag != 0 && w.checking() {
-            let cur = E::spl().current();
-            let ok = w.acquire::<E::M>(
-                E::sched().current().held_locks(),
-                self.addr(),
-                self.class(),
-                self.lock_kind(),
-                cur.name(),
-                cur > Ipl::Vm,
-            );
-            if !ok {
-                return false; // recursion refused under Policy::Record
-            }
+        if tag != 0 && w.checking() && !self.check_acquire() {
+            return false; // recursion refused under Policy::Record
         }
         let t0 = if tag != 0 { E::M::now_ns() } else { 0 };
         if spin {
