@@ -89,7 +89,7 @@ pub fn config(
         Accel::Tcg => vec!["-icount".to_string(), ICOUNT.to_string()],
         Accel::Kvm => Vec::new(),
     };
-    Ok(BootConfig { smp, accel: Some(accel), append, extra_args, timeout })
+    Ok(BootConfig { smp, accel: Some(accel), append, extra_args, timeout, input: Default::default() })
 }
 
 /// One figure, as written to the JSON Lines file (field order is the format).

@@ -3,8 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,37 @@ impl std::fmt::Display for Accel {
     }
 }
 
+/// What the guest's serial port receives (QEMU's stdin).
+#[derive(Clone, Default)]
+pub enum SerialInput {
+    /// Nothing (stdin is `/dev/null`).
+    #[default]
+    Null,
+    /// A feeder running on its own thread: it gets QEMU's stdin and every protocol event
+    /// as it arrives (so it can wait for the guest to be ready before typing). QEMU's
+    /// stdin closes when the feeder returns and drops it.
+    Feeder(Arc<dyn Fn(ChildStdin, mpsc::Receiver<Event>) + Send + Sync>),
+    /// The host tool's own stdin (an interactive session).
+    Inherit,
+}
+
+impl SerialInput {
+    /// A feeder (see [`SerialInput::Feeder`]).
+    pub fn feeder(f: impl Fn(ChildStdin, mpsc::Receiver<Event>) + Send + Sync + 'static) -> Self {
+        SerialInput::Feeder(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for SerialInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SerialInput::Null => "Null",
+            SerialInput::Feeder(_) => "Feeder",
+            SerialInput::Inherit => "Inherit",
+        })
+    }
+}
+
 /// How to boot the kernel once.
 #[derive(Debug, Clone)]
 pub struct BootConfig {
@@ -52,6 +83,8 @@ pub struct BootConfig {
     pub extra_args: Vec<String>,
     /// Kill QEMU and report a hang after this long.
     pub timeout: Duration,
+    /// What the guest's serial port receives.
+    pub input: SerialInput,
 }
 
 impl Default for BootConfig {
@@ -62,6 +95,7 @@ impl Default for BootConfig {
             append: String::new(),
             extra_args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            input: SerialInput::Null,
         }
     }
 }
@@ -308,7 +342,7 @@ pub fn boot_elf(
 ) -> Result<BootReport, String> {
     let mut cmd = Command::new(QEMU);
     cmd.args(qemu_args(cfg, accel, kernel));
-    let run = supervise(cmd, cfg.timeout, on_line).map_err(|e| format!("cannot run {QEMU}: {e}"))?;
+    let run = supervise_with_input(cmd, cfg.timeout, &cfg.input, on_line).map_err(|e| format!("cannot run {QEMU}: {e}"))?;
     Ok(BootReport {
         outcome: run.outcome,
         events: run.events,
@@ -334,14 +368,37 @@ pub struct Supervised {
 /// Runs `cmd` (stdin null, stdout = serial, stderr = diagnostics), streams its
 /// lines to `on_line` and kills it after `timeout` (reported as a hang).
 pub fn supervise(
+    cmd: Command,
+    timeout: Duration,
+    on_line: impl FnMut(Source, &str, Option<&Event>),
+) -> std::io::Result<Supervised> {
+    supervise_with_input(cmd, timeout, &SerialInput::Null, on_line)
+}
+
+/// [`supervise`] with `input` on the child's stdin.
+pub fn supervise_with_input(
     mut cmd: Command,
     timeout: Duration,
+    input: &SerialInput,
     mut on_line: impl FnMut(Source, &str, Option<&Event>),
 ) -> std::io::Result<Supervised> {
     let start = Instant::now();
     let deadline = start + timeout;
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(match input {
+        SerialInput::Null => Stdio::null(),
+        SerialInput::Feeder(_) => Stdio::piped(),
+        SerialInput::Inherit => Stdio::inherit(),
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
+    let mut to_feeder = None;
+    if let SerialInput::Feeder(feed) = input {
+        let stdin = child.stdin.take().expect("piped stdin");
+        let (etx, erx) = mpsc::channel::<Event>();
+        to_feeder = Some(etx);
+        let feed = Arc::clone(feed);
+        thread::spawn(move || feed(stdin, erx));
+    }
     let (tx, rx) = mpsc::channel::<(Source, String)>();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
@@ -360,6 +417,10 @@ pub fn supervise(
         Source::Serial => {
             let event = protocol::parse_line(&line);
             on_line(source, &line, event.as_ref());
+            if let (Some(tx), Some(e)) = (&to_feeder, &event) {
+                // The feeder may have finished: then nobody listens, which is fine.
+                let _ = tx.send(e.clone());
+            }
             if let Some(Event::TestBegin { name }) = &event {
                 last_test = Some(name.clone());
             }
