@@ -155,6 +155,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         append: qemu::join_cmdline("run=scenario", &a.append),
         extra_args: Vec::new(),
         timeout: Duration::from_secs(a.timeout),
+        input: Default::default(),
     };
     println!("boot: {} CPUs, {accel}, cmdline {:?}, timeout {} s", cfg.smp, cfg.append, a.timeout);
     if a.verbose {
@@ -241,6 +242,7 @@ fn test(a: TestArgs) -> Result<ExitCode, String> {
         append: filter,
         extra_args: Vec::new(),
         timeout: Duration::from_secs(a.timeout),
+        input: Default::default(),
     };
     let smps = match a.smp {
         Some(n) => vec![n],
@@ -270,6 +272,7 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
         append: a.append,
         extra_args: Vec::new(),
         timeout: Duration::from_secs(a.timeout),
+        input: Default::default(),
     };
     let args = qemu::qemu_args(&cfg, accel, &kernel);
     println!("boot: {} {}", qemu::QEMU, qemu::shell_words(&args));
