@@ -156,6 +156,8 @@ pub fn build_args(cfg: &BootConfig, accel: Accel, kernel: &Path, bios: Option<&P
             "none",
             "-serial",
             "stdio",
+            "-serial",
+            "null",
             "-monitor",
             "none",
             "-no-reboot",
@@ -342,7 +344,8 @@ pub fn boot_elf(
 ) -> Result<BootReport, String> {
     let mut cmd = Command::new(QEMU);
     cmd.args(qemu_args(cfg, accel, kernel));
-    let run = supervise_with_input(cmd, cfg.timeout, &cfg.input, on_line).map_err(|e| format!("cannot run {QEMU}: {e}"))?;
+    let run = supervise_with_input(cmd, cfg.timeout, &cfg.input, on_line)
+        .map_err(|e| format!("cannot run {QEMU}: {e}"))?;
     Ok(BootReport {
         outcome: run.outcome,
         events: run.events,
@@ -536,7 +539,7 @@ mod tests {
         let args = build_args(&cfg(), Accel::Tcg, Path::new("/k/ithreads-kernel"), Some(Path::new(QBOOT)));
         let expected = "-M pc -bios /usr/share/qemu/qboot.rom -m 256M -smp 2 \
              -kernel /k/ithreads-kernel -append 'run=tests test.filter=sched' \
-             -display none -serial stdio -monitor none -no-reboot \
+             -display none -serial stdio -serial null -monitor none -no-reboot \
              -device isa-debug-exit,iobase=0xf4,iosize=0x04 -device edu -accel tcg";
         assert_eq!(shell_words(&args), expected);
         // The command line is one argument.

@@ -49,6 +49,7 @@ pub type Event = sched::Event<X86_64>;
 arch::entry_point!(kmain);
 
 fn clock_interrupt(_f: &mut TrapFrame, io: &IntrOff) {
+    arch::serial::tick_kick();
     SCHED.tick(io);
 }
 
@@ -140,6 +141,10 @@ fn main_thread(opts: &'static Options) {
             }
         }
         None => {}
+    }
+    // The console becomes interrupt-driven (receive and transmit) from here on.
+    if let Err(e) = drivers::com::start() {
+        panic!("com1: {e}");
     }
     locks::SYNC.witness.set_checking(opts.lockcheck.unwrap_or(opts.run == RunMode::Tests));
     locks::SYNC.witness.set_stats(opts.lockstat && opts.run != RunMode::Bench);

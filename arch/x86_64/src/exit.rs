@@ -9,6 +9,8 @@ pub const EXIT_FAILURE: u32 = 0x11;
 
 /// Ends the run. If the exit device is missing, halts this CPU forever.
 pub fn exit_qemu(success: bool) -> ! {
+    // What the console still has queued goes out first.
+    crate::serial::flush();
     // SAFETY: port 0xf4 is the isa-debug-exit device the host tool always attaches; on a
     // machine without it the write is ignored and we halt below.
     unsafe { Port::<u32>::new(0xf4).write(if success { EXIT_SUCCESS } else { EXIT_FAILURE }) };

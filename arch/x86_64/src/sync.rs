@@ -38,6 +38,15 @@ impl<T> IrqSpinLock<T> {
         IrqSpinGuard { lock: self, _io: io }
     }
 
+    /// Takes the lock if it is free (interrupts disabled while held); `None` otherwise.
+    pub fn try_lock(&self) -> Option<IrqSpinGuard<'_, T>> {
+        let io = X86_64::intr_disable();
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(IrqSpinGuard { lock: self, _io: io })
+    }
+
     /// Like `lock`, but gives up after `spins` attempts (the panic path uses it so that a
     /// CPU that died holding the lock cannot silence the panic message).
     pub fn lock_or_steal(&self, spins: u64) -> IrqSpinGuard<'_, T> {

@@ -197,12 +197,21 @@ impl<E: Env> RawMutex<E> {
         let w = &E::sync().witness;
         let spin = self.is_spin();
         let tag = if w.active() { CHECKED } else { 0 };
+        // A spin mutex raises the SPL *before* the checker records the hold: an interrupt
+        // taken between the two would run its filter on this thread, and a filter taking the
+        // same mutex would look like a recursive acquisition (it found this in the COM1
+        // driver). Above the mutex's IPL no such interrupt can come.
+        if spin {
+            E::spl().spin_enter(self.ipl);
+        }
         if tag != 0 && w.checking() && !self.check_acquire() {
+            if spin {
+                E::spl().spin_exit();
+            }
             return false; // recursion refused under Policy::Record
         }
         let t0 = if tag != 0 { E::M::now_ns() } else { 0 };
         if spin {
-            E::spl().spin_enter(self.ipl);
             let contended = self
                 .owner
                 .compare_exchange(SPIN, SPIN | me | tag, Ordering::Acquire, Ordering::Relaxed)

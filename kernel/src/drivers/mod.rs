@@ -1,4 +1,5 @@
 //! Device drivers, on top of `arch::pci` (enumeration, BARs, MSI) and the interrupt framework
 //! (`crate::intr::INTR`).
 
+pub mod com;
 pub mod edu;

@@ -2,6 +2,7 @@
 //! run one after another on the `main` thread, each reported on serial (docs/PROTOCOL.md).
 
 pub mod cmdline;
+pub mod com;
 pub mod edu;
 pub mod intr;
 pub mod lockcheck;

@@ -102,6 +102,9 @@ fn machine_intr_enabled() -> bool {
 /// At `IPL_SCHED` the clock is held off; the `splx` replays the tick (ticks coalesce: one).
 fn clock_is_deferred_and_replayed() -> TestResult {
     let hz = apic::timer_hz() as u64;
+    // Drop back to IPL_VM, not IPL_NONE, for the replay: the replayed tick may end this
+    // thread's time slice, and a preemption before reading `t2` would let real ticks in.
+    let s_vm = SPL.splraise(Ipl::Vm);
     let s = SPL.splraise(Ipl::Sched);
     let cpu = arch::cpu::index(); // stable: no preemption above IPL_NONE
     let t0 = SCHED.cpu_stats(cpu).ticks;
@@ -114,6 +117,7 @@ fn clock_is_deferred_and_replayed() -> TestResult {
     let deferred = SPL.stats(cpu).deferred - deferred0;
     SPL.splx(s);
     let t2 = SCHED.cpu_stats(cpu).ticks;
+    SPL.splx(s_vm);
     kassert_eq!(t1, t0, "the clock ran at IPL_SCHED");
     kassert!(deferred >= 1, "no clock interrupt was deferred in four periods");
     kassert_eq!(t2, t1 + 1, "splx did not replay the held clock tick exactly once");

@@ -1,0 +1,452 @@
+//! The 16550 serial ports as interrupt-driven devices: COM1 (the console) receives and
+//! transmits through its interrupt, split like NetBSD's com(4) — the hardware part in a
+//! filter, line processing in a soft interrupt — and COM2 is a fault-injection device whose
+//! transmit-empty interrupt can be left enabled with nothing to send (the storm test).
+//!
+//! ## COM1
+//! - **Routing:** ISA IRQ 4 → its GSI (ACPI overrides applied; edge, active-high on the PC),
+//!   vector [`COM1_VECTOR`], to CPU 0, established through the framework as `com1` at
+//!   `IPL_HIGH` (serial hardware sits above `IPL_VM`, as NetBSD's `IPL_SERIAL`), so it runs
+//!   its filter directly in every model and has no thread handler.
+//! - **Filter (primary context, interrupts off):** `arch::serial::service` empties the UART's
+//!   receive FIFO into the receive ring (at most the ring's free space) and refills the
+//!   transmit FIFO from the console's transmit ring. If it received anything it schedules the
+//!   `com1.soft` soft interrupt (`IPL_SOFTSERIAL`). If the ring is full it turns the UART's
+//!   received-data interrupt off: the UART's own FIFO then fills and QEMU stops feeding it,
+//!   so no byte is ever dropped (flow control); the soft interrupt turns it back on once it
+//!   has drained the ring.
+//! - **Soft interrupt (thread context, may block):** drains the ring through the line
+//!   discipline: `\r` or `\n` ends a line (a `\n` right after `\r` is one end), backspace
+//!   and DEL erase, other control characters are kept; a line longer than [`MAX_LINE`] is
+//!   cut there and counted. Complete lines go to a bounded queue read by [`read_line`]
+//!   (blocking). With echo on (the shell) typed characters are echoed.
+//! - Transmit is interrupt-driven once [`start`] has run (see `arch::serial`).
+//!
+//! ## COM2 (storm fault)
+//! [`Com2Fault`] programs ISA IRQ 3's IOAPIC input **level-triggered**, active-high — the
+//! way a PCI INTx line is wired — and establishes `com2` with a filter that, while the fault
+//! is on, claims the interrupt without reading the UART's interrupt identification: the
+//! transmit-empty condition is never acknowledged, the line stays asserted, and the IOAPIC
+//! re-delivers it after every EOI — a real interrupt storm from a real device. Turning the
+//! fault off disables the transmit-empty interrupt (the cause is removed) and the line
+//! drops.
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use intr::{FilterResult, IntrFlags, IntrHandle, Model, SourceSpec};
+use ipl::Ipl;
+
+use crate::intr::{IoApicLine, INTR};
+use crate::locks::{CondVar, KernelEnv, Mutex};
+
+/// COM1's vector.
+pub const COM1_VECTOR: u8 = 0x40;
+/// COM2's vector (the storm fault).
+pub const COM2_VECTOR: u8 = 0x44;
+/// Longest line the discipline keeps; longer input is cut here.
+pub const MAX_LINE: usize = 512;
+/// Receive ring size.
+const RX_RING: usize = 4096;
+/// Lines kept unread before the oldest is dropped (and counted).
+const MAX_QUEUED_LINES: usize = 16 * 1024;
+
+/// Receive ring between the filter and the soft interrupt.
+struct RxRing {
+    buf: [u8; RX_RING],
+    head: usize,
+    len: usize,
+}
+
+impl RxRing {
+    fn free(&self) -> usize {
+        RX_RING - self.len
+    }
+}
+
+static RX: Mutex<RxRing> =
+    Mutex::new_spin("com1.rx", Ipl::High, RxRing { buf: [0; RX_RING], head: 0, len: 0 });
+
+/// The line discipline's state (soft interrupt side).
+struct LineDisc {
+    partial: alloc::vec::Vec<u8>,
+    last_cr: bool,
+    lines: VecDeque<String>,
+}
+
+static LINES: Mutex<LineDisc> = Mutex::new_adaptive(
+    "com1.lines",
+    LineDisc { partial: alloc::vec::Vec::new(), last_cr: false, lines: VecDeque::new() },
+);
+static LINE_READY: CondVar = CondVar::new("com1.line");
+
+static RX_STOPPED: AtomicBool = AtomicBool::new(false);
+static ECHO: AtomicBool = AtomicBool::new(false);
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// COM1 receive counters.
+pub struct ComStats {
+    /// Filter runs.
+    pub interrupts: AtomicU64,
+    /// Bytes taken from the UART.
+    pub rx_bytes: AtomicU64,
+    /// Complete lines queued.
+    pub lines: AtomicU64,
+    /// Lines cut at [`MAX_LINE`].
+    pub long_lines: AtomicU64,
+    /// Lines dropped because nobody read them.
+    pub lines_dropped: AtomicU64,
+    /// Times the receive interrupt was turned off because the ring was full.
+    pub flow_stops: AtomicU64,
+}
+
+/// COM1's counters.
+pub static STATS: ComStats = ComStats {
+    interrupts: AtomicU64::new(0),
+    rx_bytes: AtomicU64::new(0),
+    lines: AtomicU64::new(0),
+    long_lines: AtomicU64::new(0),
+    lines_dropped: AtomicU64::new(0),
+    flow_stops: AtomicU64::new(0),
+};
+
+/// What is kept alive while COM1 runs interrupt-driven.
+struct Com1 {
+    _source: IntrHandle<KernelEnv>,
+    soft: intr::softint::SoftHandle<KernelEnv>,
+}
+
+static COM1: spin_once::Once<Com1> = spin_once::Once::new();
+
+/// A small once-cell readable from a filter (the kernel has no `unsafe`; this is a spin
+/// mutex at `IPL_HIGH` around a leaked reference).
+mod spin_once {
+    use crate::locks::Mutex;
+    use alloc::boxed::Box;
+    use ipl::Ipl;
+
+    pub struct Once<T: 'static> {
+        slot: Mutex<Option<&'static T>>,
+    }
+
+    impl<T: Send + Sync + 'static> Once<T> {
+        pub const fn new() -> Self {
+            Once { slot: Mutex::new_spin("com.once", Ipl::High, None) }
+        }
+        pub fn get(&self) -> Option<&'static T> {
+            *self.slot.lock()
+        }
+        pub fn set(&self, v: T) -> &'static T {
+            let mut g = self.slot.lock();
+            if let Some(old) = *g {
+                return old;
+            }
+            let r: &'static T = Box::leak(Box::new(v));
+            *g = Some(r);
+            r
+        }
+    }
+}
+
+/// Decodes an ACPI MADT interrupt-source-override flags word (MPS INTI flags) into
+/// (level-triggered, active-low), with the ISA defaults (edge, active-high) for "conforms".
+pub fn inti_flags(flags: Option<u16>) -> (bool, bool) {
+    let f = flags.unwrap_or(0);
+    let low = f & 3 == 3;
+    let level = (f >> 2) & 3 == 3;
+    (level, low)
+}
+
+/// Programs the IOAPIC input of ISA `irq` to `vector` on CPU `cpu`, masked, with the
+/// override's trigger and polarity unless `force_level`. Returns the line.
+fn route_isa(irq: u8, vector: u8, cpu: usize, force_level: bool) -> Result<&'static IoApicLine, String> {
+    let (gsi, flags) = arch::ioapic::gsi_of_irq(irq);
+    let (level, low) = inti_flags(flags);
+    let level = level || force_level;
+    let dest = u8::try_from(arch::cpu::lapic_id_of(cpu)).map_err(|_| String::from("LAPIC id above 255"))?;
+    arch::ioapic::program(
+        gsi,
+        arch::ioapic::Redirection {
+            vector,
+            dest_lapic: dest,
+            trigger: if level { arch::ioapic::Trigger::Level } else { arch::ioapic::Trigger::Edge },
+            polarity: if low { arch::ioapic::Polarity::Low } else { arch::ioapic::Polarity::High },
+            masked: true,
+        },
+    )
+    .map_err(|e| alloc::format!("ISA IRQ {irq} (GSI {gsi}): {e}"))?;
+    Ok(alloc::boxed::Box::leak(alloc::boxed::Box::new(IoApicLine { gsi, level })))
+}
+
+/// COM1's filter: receive into the ring, refill the transmitter.
+fn com1_filter() -> FilterResult {
+    STATS.interrupts.fetch_add(1, Ordering::Relaxed);
+    let mut got = 0usize;
+    let mut ours = false;
+    let mut full = false;
+    {
+        let mut ring = RX.lock();
+        loop {
+            let free = ring.free();
+            let mut chunk = [0u8; 64];
+            let mut n = 0;
+            let s = arch::serial::service(free.min(chunk.len()), &mut |b| {
+                chunk[n] = b;
+                n += 1;
+            });
+            ours |= s.ours;
+            for &b in &chunk[..n] {
+                let at = (ring.head + ring.len) % RX_RING;
+                ring.buf[at] = b;
+                ring.len += 1;
+            }
+            got += n;
+            if ring.free() == 0 {
+                full = true;
+                break;
+            }
+            if n < chunk.len() {
+                break;
+            }
+        }
+    }
+    if full && !RX_STOPPED.swap(true, Ordering::AcqRel) {
+        STATS.flow_stops.fetch_add(1, Ordering::Relaxed);
+        arch::serial::set_rx_interrupts(false);
+    }
+    if got > 0 {
+        STATS.rx_bytes.fetch_add(got as u64, Ordering::Relaxed);
+        if let Some(c) = COM1.get() {
+            c.soft.softint().schedule();
+        }
+    }
+    if ours {
+        FilterResult::Handled
+    } else {
+        FilterResult::Stray
+    }
+}
+
+/// The soft interrupt: ring → line discipline → line queue.
+fn com1_soft() {
+    loop {
+        let mut chunk = [0u8; 256];
+        let n = {
+            let mut ring = RX.lock();
+            let n = ring.len.min(chunk.len());
+            for slot in chunk.iter_mut().take(n) {
+                *slot = ring.buf[ring.head];
+                ring.head = (ring.head + 1) % RX_RING;
+                ring.len -= 1;
+            }
+            n
+        };
+        if n == 0 {
+            break;
+        }
+        discipline(&chunk[..n]);
+    }
+    if RX_STOPPED.swap(false, Ordering::AcqRel) {
+        arch::serial::set_rx_interrupts(true);
+    }
+}
+
+fn discipline(bytes: &[u8]) {
+    let echo = ECHO.load(Ordering::Relaxed);
+    let mut woke = false;
+    let mut ld = LINES.lock();
+    for &b in bytes {
+        let cr = ld.last_cr;
+        ld.last_cr = b == b'\r';
+        match b {
+            b'\n' if cr => {}
+            b'\r' | b'\n' => {
+                let line = String::from_utf8_lossy(&ld.partial).into_owned();
+                ld.partial.clear();
+                if ld.lines.len() >= MAX_QUEUED_LINES {
+                    ld.lines.pop_front();
+                    STATS.lines_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                ld.lines.push_back(line);
+                STATS.lines.fetch_add(1, Ordering::Relaxed);
+                woke = true;
+                if echo {
+                    arch::kprint!("\n");
+                }
+            }
+            0x08 | 0x7F => {
+                if ld.partial.pop().is_some() && echo {
+                    arch::kprint!("\x08 \x08");
+                }
+            }
+            _ => {
+                if ld.partial.len() >= MAX_LINE {
+                    STATS.long_lines.fetch_add(1, Ordering::Relaxed);
+                    let line = String::from_utf8_lossy(&ld.partial).into_owned();
+                    ld.partial.clear();
+                    ld.lines.push_back(line);
+                    woke = true;
+                }
+                ld.partial.push(b);
+                if echo && (b == b'\t' || (0x20..0x7F).contains(&b)) {
+                    arch::kprint!("{}", b as char);
+                }
+            }
+        }
+    }
+    drop(ld);
+    if woke {
+        LINE_READY.broadcast();
+    }
+}
+
+/// Makes COM1 interrupt-driven (receive and transmit). Idempotent. Call from a thread.
+pub fn start() -> Result<(), String> {
+    if STARTED.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let line = route_isa(arch::serial::COM1_IRQ, COM1_VECTOR, 0, false)?;
+    let soft = INTR
+        .softint_establish("com1.soft", Ipl::SoftSerial, com1_soft)
+        .ok_or_else(|| String::from("com1: no soft interrupt at IPL_SOFTSERIAL"))?;
+    let source = INTR
+        .establish_line(
+            SourceSpec {
+                name: "com1",
+                vector: COM1_VECTOR,
+                ipl: Ipl::High,
+                flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE,
+                model: Some(Model::Direct),
+            },
+            line,
+            Some(alloc::boxed::Box::new(|_| com1_filter())),
+            None,
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    COM1.set(Com1 { _source: source, soft });
+    arch::serial::enable_tx_interrupts();
+    arch::serial::enable_rx_interrupts();
+    Ok(())
+}
+
+/// Whether COM1 runs interrupt-driven.
+pub fn started() -> bool {
+    COM1.get().is_some()
+}
+
+/// Echo typed characters (the interactive shell) or not.
+#[allow(dead_code)] // until the shell (run=shell) is wired
+pub fn set_echo(on: bool) {
+    ECHO.store(on, Ordering::Relaxed);
+}
+
+/// Blocks until a complete line has been received, and returns it (without its end).
+#[allow(dead_code)] // until the shell (run=shell) is wired
+pub fn read_line() -> String {
+    let mut g = LINES.lock();
+    loop {
+        if let Some(l) = g.lines.pop_front() {
+            return l;
+        }
+        LINE_READY.wait(&mut g);
+    }
+}
+
+/// Like [`read_line`], giving up after `timeout_ns`.
+pub fn read_line_timeout(timeout_ns: u64) -> Option<String> {
+    let deadline = arch::apic::now_ns().saturating_add(timeout_ns);
+    let mut g = LINES.lock();
+    loop {
+        if let Some(l) = g.lines.pop_front() {
+            return Some(l);
+        }
+        if arch::apic::now_ns() >= deadline {
+            return None;
+        }
+        LINE_READY.wait_deadline(&mut g, deadline);
+    }
+}
+
+/// The line of the serial paste format with sequence number `seq` (docs/PROTOCOL.md,
+/// "Serial input"): `S <seq, 8 digits> <52 payload characters>`, 64 bytes with its `\n`;
+/// payload character `i` is `"abcdefghijklmnopqrstuvwxyz0123456789"[(seq·31 + i·7) mod 36]`.
+pub fn paste_line(seq: u64) -> String {
+    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut s = alloc::format!("S {:08} ", seq % 100_000_000);
+    for i in 0..52u64 {
+        s.push(ALPHABET[((seq.wrapping_mul(31) + i * 7) % 36) as usize] as char);
+    }
+    s
+}
+
+/// Checks one received paste line against the expected sequence number.
+pub fn check_paste_line(line: &str, seq: u64) -> bool {
+    line == paste_line(seq)
+}
+
+/// COM2's storm fault (see the module doc).
+pub struct Com2Fault {
+    _source: IntrHandle<KernelEnv>,
+}
+
+static COM2_STUCK: AtomicBool = AtomicBool::new(false);
+/// Interrupts COM2's filter saw.
+pub static COM2_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+static COM2: spin_once::Once<Com2Fault> = spin_once::Once::new();
+
+impl Com2Fault {
+    /// Establishes `com2` (once) on CPU `cpu` with its line level-triggered.
+    pub fn establish(cpu: usize) -> Result<&'static Com2Fault, String> {
+        if let Some(c) = COM2.get() {
+            return Ok(c);
+        }
+        if !arch::serial::COM2.init() {
+            return Err(String::from("com2: no UART at 0x2F8 (QEMU needs a second -serial)"));
+        }
+        let line = route_isa(arch::serial::COM2_IRQ, COM2_VECTOR, cpu, true)?;
+        let source = INTR
+            .establish_line(
+                SourceSpec {
+                    name: "com2",
+                    vector: COM2_VECTOR,
+                    ipl: Ipl::High,
+                    flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE,
+                    model: Some(Model::Direct),
+                },
+                line,
+                Some(alloc::boxed::Box::new(|_| {
+                    COM2_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+                    if COM2_STUCK.load(Ordering::Relaxed) {
+                        // The fault: claim the interrupt without reading the interrupt
+                        // identification, so the THRE condition is never acknowledged.
+                        return FilterResult::Handled;
+                    }
+                    if arch::serial::COM2.acknowledge() {
+                        FilterResult::Handled
+                    } else {
+                        FilterResult::Stray
+                    }
+                })),
+                None,
+            )
+            .map_err(|e| alloc::format!("{e}"))?;
+        Ok(COM2.set(Com2Fault { _source: source }))
+    }
+
+    /// Turns the fault on (transmit-empty interrupt enabled, never acknowledged) or off
+    /// (interrupt disabled: the cause is gone).
+    pub fn set_stuck(&self, on: bool) {
+        COM2_STUCK.store(on, Ordering::SeqCst);
+        arch::serial::COM2.set_thr_empty_interrupt(on);
+        if !on {
+            arch::serial::COM2.acknowledge();
+        }
+    }
+
+    /// Whether the fault is on.
+    #[allow(dead_code)] // until the shell (run=shell) is wired
+    pub fn stuck(&self) -> bool {
+        COM2_STUCK.load(Ordering::SeqCst)
+    }
+}
