@@ -36,11 +36,9 @@ fn wait_for(events: &std::sync::mpsc::Receiver<Event>, what: &str) -> bool {
     events.iter().any(|e| matches!(&e, Event::Unknown(l) if l == what))
 }
 
-fn paste(smp: u32) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cfg = BootConfig::new(smp, "run=tests test.filter=dev::com::paste_64k")
-        .with_timeout(Duration::from_secs(120));
-    cfg.input = SerialInput::feeder(|mut stdin, events| {
+/// Types the 64 KiB paste once the guest says `@@ serial-ready`.
+fn paste_input() -> SerialInput {
+    SerialInput::feeder(|mut stdin, events| {
         if !wait_for(&events, "@@ serial-ready") {
             return;
         }
@@ -54,15 +52,22 @@ fn paste(smp: u32) {
         let _ = stdin.flush();
         // Keep QEMU's stdin open until the guest is done.
         for _ in events.iter() {}
-    });
+    })
+}
+
+fn record<'a>(r: &'a BootReport, scope: &str) -> Option<&'a [(String, String)]> {
+    r.results().into_iter().find(|rec| rec.iter().any(|(k, v)| k == "scope" && v == scope))
+}
+
+fn paste(smp: u32) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = BootConfig::new(smp, "run=tests test.filter=dev::com::paste_64k")
+        .with_timeout(Duration::from_secs(120));
+    cfg.input = paste_input();
     let r = qemu::boot(&cfg).unwrap_or_else(|e| panic!("could not boot: {e}"));
     let why = tail(&r);
     assert_eq!(r.exit_code(), Some(qemu::EXIT_SUCCESS), "{why}");
-    let rec = r
-        .results()
-        .into_iter()
-        .find(|rec| rec.iter().any(|(k, v)| k == "scope" && v == "serial"))
-        .unwrap_or_else(|| panic!("no serial result\n{why}"));
+    let rec = record(&r, "serial").unwrap_or_else(|| panic!("no serial result\n{why}"));
     let get = |key: &str| rec.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("");
     assert_eq!(get("lines"), LINES.to_string(), "{why}");
     assert_eq!(get("bytes"), (LINES * 64).to_string(), "{why}");
@@ -78,4 +83,25 @@ fn paste_64k_smp1() {
 #[test]
 fn paste_64k_smp4() {
     paste(4);
+}
+
+/// The main job's serial part: the scenario (every CPU loaded by its threads) with the paste
+/// going on; it ends early once the end line is in, every line verified.
+#[test]
+fn scenario_with_serial_workload() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = BootConfig::new(2, "run=scenario workload.serial=on scenario.ms=30000")
+        .with_timeout(Duration::from_secs(120));
+    cfg.input = paste_input();
+    let r = qemu::boot(&cfg).unwrap_or_else(|e| panic!("could not boot: {e}"));
+    let why = tail(&r);
+    assert_eq!(r.exit_code(), Some(qemu::EXIT_SUCCESS), "{why}");
+    let rec = record(&r, "workload").unwrap_or_else(|| panic!("no workload result\n{why}"));
+    let get = |key: &str| rec.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("");
+    assert_eq!(get("serial_lines"), LINES.to_string(), "{why}");
+    assert_eq!(get("serial_bad"), "0", "{why}");
+    assert_eq!(get("verified"), "1", "{why}");
+    let live =
+        r.serial_log.iter().filter(|l| l.starts_with("@@ live kind=source") && l.contains("name=com1"));
+    assert!(live.count() >= 1, "no live line for com1\n{why}");
 }

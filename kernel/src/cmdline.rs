@@ -47,6 +47,8 @@ pub struct Options {
     pub lockcheck: Option<bool>,
     /// `lockstat=on|off`: lock statistics (default on).
     pub lockstat: bool,
+    /// `workload.serial=on|off`: the host pastes serial lines during the scenario.
+    pub workload_serial: bool,
     /// `bench.filter=`
     pub bench_filter: String,
     /// `bench.samples=`
@@ -66,6 +68,7 @@ impl Default for Options {
             intr_model: intr::Model::Pool,
             lockcheck: None,
             lockstat: true,
+            workload_serial: false,
             bench_filter: String::new(),
             bench_samples: 100_000,
             bench_unit: "tsc",
@@ -139,6 +142,7 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
             }
             "lockcheck" => o.lockcheck = Some(on_off(key, value)?),
             "lockstat" => o.lockstat = on_off(key, value)?,
+            "workload.serial" => o.workload_serial = on_off(key, value)?,
             "bench.filter" => o.bench_filter = value.to_string(),
             "bench.samples" => o.bench_samples = number(key, value, 1usize, 1_000_000)?,
             "bench.unit" => {

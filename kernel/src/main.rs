@@ -26,6 +26,7 @@ mod locks;
 mod panic;
 mod scenario;
 mod tests;
+mod workload;
 
 use arch::apic;
 use arch::boot::BootInfo;

@@ -2,8 +2,9 @@
 //! priorities with different duty cycles (high: run 1 ms, sleep 3 ms; mid: run 2 ms, sleep
 //! 2 ms; low: never sleeps and gets what is left), and a ping-pong pair handing a token
 //! between the first and last CPU by sleep/wakeup (IPIs when they are different CPUs), for
-//! `scenario.ms`. Prints a summary as `@@ result` records (docs/PROTOCOL.md). Later issues
-//! grow this into the device workload.
+//! `scenario.ms`, with the device workload (`workload.rs`) running meanwhile — it ends early
+//! once the workload is complete. Prints `@@ live` lines every 250 ms and a summary as
+//! `@@ result` records (docs/PROTOCOL.md).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -130,11 +131,19 @@ pub fn run(opts: &Options) -> bool {
             evs[1 - side].set();
         }));
     }
-    let end = now() + opts.scenario_ms * 1_000_000;
-    while now() < end {
-        SCHED.sleep_ns(100_000_000.min(end.saturating_sub(now())).max(1));
+    let workload = crate::workload::start(opts.workload_serial);
+    let t0 = now();
+    let end = t0 + opts.scenario_ms * 1_000_000;
+    let mut next_live = t0;
+    while now() < end && !(workload.started() && workload.complete()) {
+        SCHED.sleep_ns(50_000_000.min(end.saturating_sub(now())).max(1));
         *CONFIG.write() += 1;
+        if now() >= next_live {
+            crate::workload::print_live((now() - t0) / 1_000_000, &workload);
+            next_live += 250_000_000;
+        }
     }
+    crate::workload::print_live((now() - t0) / 1_000_000, &workload);
     stop.store(true, Ordering::Relaxed);
     for h in hs {
         h.join();
@@ -190,6 +199,9 @@ pub fn run(opts: &Options) -> bool {
         );
         ok &= st.handled.load(Ordering::Relaxed) > 0;
     }
+    crate::workload::print_results(&workload);
+    ok &= !workload.started() || (workload.complete() && workload.verified());
+    workload.finish();
     drop(source);
     let totals = *TOTALS.lock();
     ok &= totals.iter().all(|&t| t > 0);
