@@ -2,3 +2,4 @@
 //! (`crate::intr::INTR`).
 
 pub mod edu;
+pub mod virtio;
