@@ -22,8 +22,8 @@
 //! | 14 | 4 | magic [`MAGIC`] = `b"ITHR"` |
 //! | 18 | 8 | sequence number (an end marker: the total number of data frames sent) |
 //! | 26 | 2 | flags: [`FLAG_ECHO`] (1) the guest echoes it back, [`FLAG_END`] (2) end marker, [`FLAG_REPLY`] (4) sent by the guest |
-//! | 28 | 2 | payload length `n` ([`payload_len`] of the sequence number; 0 in an end marker) |
-//! | 30 | n | payload: byte `i` is [`payload_byte`]`(seq, i)` |
+//! | 28 | 2 | payload length `n` ([`payload_len`] of the sequence number; 8 in an end marker) |
+//! | 30 | n | payload: byte `i` is [`payload_byte`]`(seq, i)`; in an end marker the first sequence number of the run it ends (8 bytes), so a late copy of one run's end marker never ends the next run |
 //!
 //! A frame may be longer than `30 + n` (padding), never shorter. Data frames carry sequence
 //! numbers counting up from the first one the guest asked for; the guest verifies every byte
@@ -79,10 +79,22 @@ pub fn payload_byte(seq: u64, i: usize) -> u8 {
     (x >> 24) as u8 ^ i as u8
 }
 
-/// The frame the host sends for `seq` with `flags` (a data frame, or with [`FLAG_END`] an end
-/// marker whose `seq` is the total).
+/// The data frame the host sends for `seq` with `flags`.
 pub fn build_frame(seq: u64, flags: u16) -> Vec<u8> {
-    let n = if flags & FLAG_END != 0 { 0 } else { payload_len(seq) };
+    let n = payload_len(seq);
+    let mut f = header(seq, flags, n);
+    f.extend((0..n).map(|i| payload_byte(seq, i)));
+    f
+}
+
+/// The end marker of the run of `total` data frames that started at `first`.
+pub fn build_end(total: u64, first: u64) -> Vec<u8> {
+    let mut f = header(total, FLAG_END, 8);
+    f.extend_from_slice(&first.to_be_bytes());
+    f
+}
+
+fn header(seq: u64, flags: u16, n: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(HEADER_LEN + n);
     f.extend_from_slice(&GUEST_MAC);
     f.extend_from_slice(&HOST_MAC);
@@ -91,7 +103,6 @@ pub fn build_frame(seq: u64, flags: u16) -> Vec<u8> {
     f.extend_from_slice(&seq.to_be_bytes());
     f.extend_from_slice(&flags.to_be_bytes());
     f.extend_from_slice(&(n as u16).to_be_bytes());
-    f.extend((0..n).map(|i| payload_byte(seq, i)));
     f
 }
 
@@ -171,6 +182,8 @@ pub struct NetPeer {
     bad: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
+    /// The first sequence number of the last run [`NetPeer::send`] started.
+    run_first: AtomicU64,
 }
 
 impl NetPeer {
@@ -202,7 +215,7 @@ impl NetPeer {
                 }
             }
         })?;
-        Ok(NetPeer { sock, qemu, received, bad, stop, reader: Some(reader) })
+        Ok(NetPeer { sock, qemu, received, bad, stop, reader: Some(reader), run_first: AtomicU64::new(0) })
     }
 
     /// The host end (`udp=` for QEMU).
@@ -233,6 +246,7 @@ impl NetPeer {
         let flags = if echo { FLAG_ECHO } else { 0 };
         let start = Instant::now();
         let first = seqs.start;
+        self.run_first.store(first, Ordering::Relaxed);
         for seq in seqs {
             if rate > 0 {
                 // Paced against the start: frame k leaves at k / rate seconds.
@@ -247,14 +261,16 @@ impl NetPeer {
         Ok(())
     }
 
-    /// Sends the end marker carrying the total number of data frames sent ([`END_REPEATS`]
-    /// times, 20 ms apart: the guest counts the first that arrives).
+    /// Sends the end marker carrying the total number of data frames sent (and the first
+    /// sequence number of the last [`NetPeer::send`]), [`END_REPEATS`] times, 20 ms apart:
+    /// the guest counts the first that arrives.
     pub fn send_end(&self, total: u64) -> std::io::Result<()> {
+        let end = build_end(total, self.run_first.load(Ordering::Relaxed));
         for i in 0..END_REPEATS {
             if i > 0 {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            self.send_raw(&build_frame(total, FLAG_END))?;
+            self.send_raw(&end)?;
         }
         Ok(())
     }
@@ -279,6 +295,8 @@ impl NetPeer {
     /// Does what a `@@ net-ready` line asked: the data frames, then the end marker.
     pub fn serve(&self, req: &NetRequest) -> std::io::Result<()> {
         self.send(req.first..req.first + req.count, req.echo, req.rate)?;
+        // Also for an empty run (send set nothing then).
+        self.run_first.store(req.first, Ordering::Relaxed);
         self.send_end(req.count)
     }
 

@@ -14,8 +14,8 @@
 //! | 14 | 4 | magic [`MAGIC`] = `b"ITHR"` |
 //! | 18 | 8 | sequence number (an end marker: the total number of data frames sent) |
 //! | 26 | 2 | flags: [`FLAG_ECHO`] (1) the guest echoes it back, [`FLAG_END`] (2) end marker, [`FLAG_REPLY`] (4) sent by the guest |
-//! | 28 | 2 | payload length `n` ([`payload_len`] of the sequence number; 0 in an end marker) |
-//! | 30 | n | payload: byte `i` is [`payload_byte`]`(seq, i)` |
+//! | 28 | 2 | payload length `n` ([`payload_len`] of the sequence number; 8 in an end marker) |
+//! | 30 | n | payload: byte `i` is [`payload_byte`]`(seq, i)`; in an end marker the first sequence number of the run it ends (8 bytes), so a late copy of one run's end marker never ends the next run |
 //!
 //! A frame may be longer than `30 + n` (padding), never shorter. An echo is the received
 //! frame with the MACs swapped and the flags `(flags & !ECHO) | REPLY`. The host sends the
@@ -143,6 +143,8 @@ struct Rx {
     /// Chain head → receive buffer.
     head_buf: Vec<u16>,
     expected: u64,
+    /// The first sequence number of this phase (an end marker must name it).
+    first: u64,
 }
 
 struct Tx {
@@ -215,7 +217,7 @@ pub fn start(model: Option<Model>) -> Result<&'static NetDev, String> {
         rx: Mutex::new_spin(
             "virtio-net0.rx",
             Ipl::Vm,
-            Rx { vq: rxq, head_buf: alloc::vec![0; nrx], expected: 0 },
+            Rx { vq: rxq, head_buf: alloc::vec![0; nrx], expected: 0, first: 0 },
         ),
         tx: Mutex::new_spin(
             "virtio-net0.tx",
@@ -327,6 +329,7 @@ impl NetDev {
     pub fn expect(&self, first: u64) {
         let mut rx = self.rx.lock();
         rx.expected = first;
+        rx.first = first;
         for c in [
             &self.received,
             &self.in_order,
@@ -406,7 +409,13 @@ impl NetDev {
         let flags = u16::from_be_bytes([f[26], f[27]]);
         let n = u16::from_be_bytes([f[28], f[29]]) as usize;
         if flags & FLAG_END != 0 {
-            if !self.end_seen.load(Ordering::Acquire) {
+            let ends_this_run = n == 8
+                && f.len() >= HEADER_LEN + 8
+                && f[HEADER_LEN..HEADER_LEN + 8] == rx.first.to_be_bytes();
+            if !ends_this_run {
+                // A late copy of an earlier run's end marker.
+                self.other.fetch_add(1, Ordering::Relaxed);
+            } else if !self.end_seen.load(Ordering::Acquire) {
                 self.end_total.store(seq, Ordering::Relaxed);
                 self.end_seen.store(true, Ordering::Release);
                 self.end_event.set();
