@@ -22,7 +22,7 @@ use crate::SCHED;
 const FRAMES: u64 = 600;
 /// Their rate (frames/s): what a TCG guest sharing its host handles without its socket
 /// buffer overflowing.
-const RATE: u32 = 1500;
+const RATE: u32 = 1000;
 /// How long a phase may take before the test gives up waiting for the end marker.
 const PHASE_MS: u64 = 60_000;
 
