@@ -9,6 +9,7 @@ pub mod kbuild;
 pub mod protocol;
 pub mod qemu;
 pub mod setup;
+pub mod traffic;
 
 pub use harness::{run_suite, SuiteReport};
 pub use protocol::Event;

@@ -25,6 +25,7 @@ pub mod apic;
 pub mod bench_prims;
 pub mod boot;
 pub mod cpu;
+pub mod dma;
 pub mod exit;
 pub mod ioapic;
 pub mod mem;

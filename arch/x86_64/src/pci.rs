@@ -35,6 +35,8 @@ const STATUS_CAP_LIST: u16 = 1 << 4;
 const PIIX3_ID: u32 = 0x7000_8086;
 /// Capability id of MSI.
 const CAP_MSI: u8 = 0x05;
+/// Capability id of MSI-X.
+const CAP_MSIX: u8 = 0x11;
 
 /// Serializes the two-step address/data access of configuration mechanism #1.
 static CONFIG: IrqSpinLock<()> = IrqSpinLock::new(());
@@ -215,6 +217,48 @@ impl Mmio {
         // SAFETY: as in `read32`; device registers are not Rust memory.
         unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
     }
+
+    fn check_n(&self, offset: usize, n: usize) {
+        assert!(
+            offset.is_multiple_of(n) && offset.checked_add(n).is_some_and(|end| end <= self.len),
+            "MMIO access of {n} bytes at {offset:#x} outside the {:#x}-byte window at {:#x} (or unaligned)",
+            self.len,
+            self.base
+        );
+    }
+
+    /// Volatile 8-bit read of the register at `offset` (panics outside the window).
+    pub fn read8(&self, offset: usize) -> u8 {
+        self.check_n(offset, 1);
+        // SAFETY: as in `read32`.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u8) }
+    }
+
+    /// Volatile 16-bit read of the register at `offset` (even; panics outside the window).
+    pub fn read16(&self, offset: usize) -> u16 {
+        self.check_n(offset, 2);
+        // SAFETY: as in `read32`; `offset` is 2-aligned.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u16) }
+    }
+
+    /// Volatile 8-bit write of the register at `offset` (panics outside the window).
+    pub fn write8(&self, offset: usize, value: u8) {
+        self.check_n(offset, 1);
+        // SAFETY: as in `write32`.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u8, value) }
+    }
+
+    /// Volatile 16-bit write of the register at `offset` (even; panics outside the window).
+    pub fn write16(&self, offset: usize, value: u16) {
+        self.check_n(offset, 2);
+        // SAFETY: as in `write32`; `offset` is 2-aligned.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u16, value) }
+    }
+
+    /// The part of this window from `offset`, `len` bytes long (`None` if it does not fit).
+    pub fn sub(&self, offset: usize, len: usize) -> Option<Mmio> {
+        (offset.checked_add(len)? <= self.len).then(|| Mmio { base: self.base + offset, len })
+    }
 }
 
 impl PciFunction {
@@ -297,6 +341,93 @@ impl PciFunction {
             return Err("MSI: the enable bit did not stick");
         }
         Ok(())
+    }
+
+    /// Every capability in the list: (id, offset in configuration space).
+    pub fn capabilities(&self) -> Vec<(u8, u8)> {
+        let mut out = Vec::new();
+        if self.bdf.read16(0x06) & STATUS_CAP_LIST == 0 {
+            return out;
+        }
+        let mut ptr = self.bdf.read8(0x34) & 0xFC;
+        for _ in 0..48 {
+            if ptr < 0x40 {
+                break;
+            }
+            let head = self.bdf.read16(ptr);
+            out.push((head as u8, ptr));
+            ptr = (head >> 8) as u8 & 0xFC;
+        }
+        out
+    }
+
+    /// Number of MSI-X table entries, if the function has MSI-X.
+    pub fn msix_table_size(&self) -> Option<u16> {
+        let cap = self.find_capability(CAP_MSIX)?;
+        Some((self.bdf.read16(cap + 2) & 0x7FF) + 1)
+    }
+
+    /// Programs and enables MSI-X: table entry `i` sends `vectors[i]` to the LAPIC
+    /// `lapic_ids[i]` (fixed delivery, edge, physical destination) and is unmasked; entries
+    /// past `vectors.len()` are masked. Disables MSI and INTx; enables memory decoding and bus
+    /// mastering.
+    pub fn enable_msix(&self, lapic_ids: &[u32], vectors: &[u8]) -> Result<(), &'static str> {
+        if lapic_ids.len() != vectors.len() {
+            return Err("MSI-X: one destination per vector");
+        }
+        if lapic_ids.iter().any(|&l| l > 0xFF) {
+            return Err("MSI-X: destination LAPIC id does not fit xAPIC's 8 bits");
+        }
+        if vectors.iter().any(|&v| v < 32) {
+            return Err("MSI-X: vector below 32");
+        }
+        let cap = self.find_capability(CAP_MSIX).ok_or("MSI-X: the function has no MSI-X capability")?;
+        let ctrl = self.bdf.read16(cap + 2);
+        let n = (ctrl & 0x7FF) as usize + 1;
+        if vectors.len() > n {
+            return Err("MSI-X: more vectors than table entries");
+        }
+        let table = self.bdf.read32(cap + 4);
+        let (bir, off) = ((table & 7) as u8, (table & !7) as usize);
+        let bar = self.bar_mmio(bir).ok_or("MSI-X: the table's BAR is not mapped")?;
+        let tab = bar.sub(off, n * 16).ok_or("MSI-X: the table does not fit its BAR")?;
+        self.disable_msi();
+        // Enabled with the function masked while the table is written.
+        self.bdf.write16_rmw(cap + 2, (ctrl & !(1 << 14)) | 1 << 15 | 1 << 14);
+        for e in 0..n {
+            tab.write32(e * 16 + 12, 1); // masked
+        }
+        for (e, (&lapic, &vector)) in lapic_ids.iter().zip(vectors).enumerate() {
+            tab.write32(e * 16, 0xFEE0_0000 | lapic << 12);
+            tab.write32(e * 16 + 4, 0);
+            tab.write32(e * 16 + 8, vector as u32); // fixed delivery, edge
+            tab.write32(e * 16 + 12, 0); // unmasked
+        }
+        let cmd = self.bdf.command();
+        self.bdf.write_command(cmd | CMD_INTX_DISABLE | CMD_MEMORY | CMD_BUS_MASTER);
+        self.bdf.write16_rmw(cap + 2, (ctrl & !(1 << 14)) | 1 << 15);
+        if self.bdf.read16(cap + 2) & (1 << 15) == 0 {
+            return Err("MSI-X: the enable bit did not stick");
+        }
+        Ok(())
+    }
+
+    /// Sets (`true`) or clears MSI-X's function mask: while set, the function sends no
+    /// message and keeps what it would send pending; clearing it sends the pending ones.
+    pub fn set_msix_function_mask(&self, masked: bool) {
+        if let Some(cap) = self.find_capability(CAP_MSIX) {
+            let ctrl = self.bdf.read16(cap + 2);
+            let new = if masked { ctrl | 1 << 14 } else { ctrl & !(1 << 14) };
+            self.bdf.write16_rmw(cap + 2, new);
+        }
+    }
+
+    /// Turns MSI-X off.
+    pub fn disable_msix(&self) {
+        if let Some(cap) = self.find_capability(CAP_MSIX) {
+            let ctrl = self.bdf.read16(cap + 2);
+            self.bdf.write16_rmw(cap + 2, ctrl & !(1 << 15));
+        }
     }
 
     /// The interrupt-line register (0x3C): the legacy IRQ firmware routed INTx to (0xFF:

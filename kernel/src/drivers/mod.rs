@@ -3,3 +3,4 @@
 
 pub mod com;
 pub mod edu;
+pub mod virtio;

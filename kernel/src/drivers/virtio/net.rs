@@ -1,0 +1,501 @@
+//! virtio-net (`-device virtio-net-pci`, PCI 1af4:1000 transitional or 1af4:1041): a receive
+//! ring kept full, a receive handler with a **budget** that requeues itself with `hwi_sched`,
+//! verification of every test frame, and echoes.
+//!
+//! ## Frame format (identical in the host tool's `src/traffic.rs`)
+//!
+//! All integers big-endian. Offsets are from the start of the Ethernet frame.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 6 | destination MAC: [`GUEST_MAC`] host→guest, [`HOST_MAC`] guest→host |
+//! | 6 | 6 | source MAC: the other one |
+//! | 12 | 2 | EtherType [`ETHERTYPE`] = 0x88B5 (IEEE local experimental 1) |
+//! | 14 | 4 | magic [`MAGIC`] = `b"ITHR"` |
+//! | 18 | 8 | sequence number (an end marker: the total number of data frames sent) |
+//! | 26 | 2 | flags: [`FLAG_ECHO`] (1) the guest echoes it back, [`FLAG_END`] (2) end marker, [`FLAG_REPLY`] (4) sent by the guest |
+//! | 28 | 2 | payload length `n` ([`payload_len`] of the sequence number; 8 in an end marker) |
+//! | 30 | n | payload: byte `i` is [`payload_byte`]`(seq, i)`; in an end marker the first sequence number of the run it ends (8 bytes), so a late copy of one run's end marker never ends the next run |
+//!
+//! A frame may be longer than `30 + n` (padding), never shorter. An echo is the received
+//! frame with the MACs swapped and the flags `(flags & !ECHO) | REPLY`. The host sends the
+//! end marker several times (UDP may drop one); the first one counts.
+//!
+//! ## Protocol
+//!
+//! * [`start`] (thread context, once) negotiates `VIRTIO_F_VERSION_1` and `VIRTIO_NET_F_MAC`
+//!   (so every buffer starts with the 12-byte `virtio_net_hdr`), sets up receive queue 0
+//!   with MSI-X entry 0 on [`VECTOR_RX`] (0x42, aimed at the last CPU) and transmit queue 1
+//!   with **no** interrupt: transmitted buffers are reclaimed lazily when an echo needs one
+//!   (so vector 0x43 is not used). It fills the receive ring (every buffer 2048 bytes, one
+//!   device-writable descriptor) and establishes [`NAME_RX`] (`virtio-net0.rx`, `IPL_VM`,
+//!   a handler without a filter, `MASK_WHILE_QUEUED`: one instance at a time).
+//! * The receive handler ([`NetDev::receive`]) takes the receive lock (a spin mutex at
+//!   `IPL_VM`; the transmit lock nests inside it, never the other way round), processes at
+//!   most [`BUDGET`] frames — verify, count, echo if asked, give the buffer straight back to
+//!   the device — rings the doorbell once, and if frames are still waiting calls
+//!   `ctx.hwi_sched()`: the framework runs it again **after** everything queued behind it on
+//!   that CPU (pool, pinned), after a yield (dedicated) or from a self-IPI (direct), so a
+//!   flood cannot keep other handlers from running.
+//! * Counting: a data frame whose sequence number is the expected one is *in order*; a larger
+//!   one counts the skipped numbers as *lost* (UDP drops them when QEMU's socket buffer
+//!   overflows) and continues from it; a smaller one is *reordered*. A frame with our
+//!   EtherType that fails verification is *bad*; anything else is *other*.
+//! * A test phase: [`NetDev::expect`] resets the counters and the expected sequence number;
+//!   [`NetDev::announce`] prints `@@ net-ready first=.. count=.. echo=.. rate=..`
+//!   (docs/PROTOCOL.md), which the host answers with the frames and the end marker;
+//!   [`NetDev::wait_end`] sleeps until the end marker arrives.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arch::dma::DmaRegion;
+use intr::{HandlerCtx, IntrFlags, IntrHandle, Model, SourceSpec};
+use ipl::Ipl;
+use machine::Machine;
+use sched::Event;
+
+use super::{Transport, Virtqueue, NO_VECTOR};
+use crate::intr::INTR;
+use crate::locks::{KernelEnv, Mutex};
+use crate::SCHED;
+
+/// The receive interrupt source's name.
+pub const NAME_RX: &str = "virtio-net0.rx";
+/// The CPU vector of receive-queue interrupts (MSI-X entry 0).
+pub const VECTOR_RX: u8 = 0x42;
+/// Frames the receive handler processes per run before it requeues itself.
+pub const BUDGET: usize = 32;
+
+/// The guest NIC's MAC address (the host sets it on QEMU's command line).
+pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x49, 0x54, 0x01];
+/// The host peer's MAC address.
+pub const HOST_MAC: [u8; 6] = [0x02, 0x49, 0x54, 0x48, 0x00, 0x01];
+/// EtherType of the test frames.
+pub const ETHERTYPE: u16 = 0x88B5;
+/// Magic after the Ethernet header.
+pub const MAGIC: [u8; 4] = *b"ITHR";
+/// Flag: echo it back.
+pub const FLAG_ECHO: u16 = 1;
+/// Flag: end marker (the sequence field is the number of data frames sent).
+pub const FLAG_END: u16 = 2;
+/// Flag: sent by the guest.
+pub const FLAG_REPLY: u16 = 4;
+/// Bytes before the payload.
+pub const HEADER_LEN: usize = 30;
+
+/// Payload length of data frame `seq` (32..=1280 bytes).
+pub fn payload_len(seq: u64) -> usize {
+    32 + (seq % 97) as usize * 13
+}
+
+/// Byte `i` of data frame `seq`'s payload.
+pub fn payload_byte(seq: u64, i: usize) -> u8 {
+    let x =
+        (seq as u32).wrapping_mul(0x9E37_79B1) ^ (i as u32).wrapping_mul(0x85EB_CA6B) ^ (seq >> 32) as u32;
+    (x >> 24) as u8 ^ i as u8
+}
+
+const IDS: [u16; 2] = [0x1000, 0x1041];
+const F_MAC: u64 = 1 << 5;
+/// `struct virtio_net_hdr` with `num_buffers` (always there with VERSION_1).
+const NET_HDR: usize = 12;
+const BUF: usize = 2048;
+const RX_QUEUE: u16 = 256;
+const TX_QUEUE: u16 = 256;
+/// The largest frame we accept (Ethernet without FCS).
+const MAX_FRAME: usize = 1514;
+
+/// Counters of the current phase (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Data frames received (verified or not).
+    pub received: u64,
+    /// Data frames with the expected sequence number.
+    pub in_order: u64,
+    /// Sequence numbers skipped.
+    pub lost: u64,
+    /// Data frames with a sequence number below the expected one.
+    pub reordered: u64,
+    /// Frames with our EtherType that failed verification.
+    pub bad: u64,
+    /// Frames not ours (other EtherType or destination).
+    pub other: u64,
+    /// Echoes sent.
+    pub echoed: u64,
+    /// Echoes not sent: no transmit buffer free.
+    pub echo_dropped: u64,
+    /// Whether an end marker arrived.
+    pub end_seen: bool,
+    /// The total it carried.
+    pub end_total: u64,
+    /// Receive handler runs.
+    pub runs: u64,
+    /// Runs that used their whole budget and requeued themselves (`hwi_sched`).
+    pub yields: u64,
+}
+
+struct Rx {
+    vq: Virtqueue,
+    /// Chain head → receive buffer.
+    head_buf: Vec<u16>,
+    expected: u64,
+    /// The first sequence number of this phase (an end marker must name it).
+    first: u64,
+}
+
+struct Tx {
+    vq: Virtqueue,
+    head_buf: Vec<u16>,
+    free: Vec<u16>,
+}
+
+/// The NIC.
+pub struct NetDev {
+    t: Transport,
+    mac: [u8; 6],
+    rx_mem: DmaRegion,
+    tx_mem: DmaRegion,
+    rx: Mutex<Rx>,
+    tx: Mutex<Tx>,
+    handle: Mutex<Option<IntrHandle<KernelEnv>>>,
+    end_event: Event<arch::X86_64>,
+    received: AtomicU64,
+    in_order: AtomicU64,
+    lost: AtomicU64,
+    reordered: AtomicU64,
+    bad: AtomicU64,
+    other: AtomicU64,
+    echoed: AtomicU64,
+    echo_dropped: AtomicU64,
+    end_seen: AtomicBool,
+    end_total: AtomicU64,
+    runs: AtomicU64,
+    yields: AtomicU64,
+}
+
+static DEVICE: Mutex<Option<&'static NetDev>> = Mutex::new_adaptive("virtio-net.device", None);
+
+/// The NIC, if [`start`] brought it up.
+pub fn device() -> Option<&'static NetDev> {
+    *DEVICE.lock()
+}
+
+/// The NIC's counters (zero if it was not started).
+pub fn stats() -> NetStats {
+    device().map(|d| d.stats()).unwrap_or_default()
+}
+
+/// Brings the NIC up (once) with its receive source under `model` (`None`: the default).
+/// `Err` names the device and what is wrong (e.g. it is absent).
+pub fn start(model: Option<Model>) -> Result<&'static NetDev, String> {
+    let mut g = DEVICE.lock();
+    if let Some(d) = *g {
+        return Ok(d);
+    }
+    let t = Transport::probe("virtio-net0", &IDS)?;
+    let err = |e: &str| format!("virtio-net0 at {}: {e}", t.func.bdf);
+    let cpu = arch::cpu::ncpus() - 1;
+    t.func.enable_msix(&[arch::cpu::lapic_id_of(cpu)], &[VECTOR_RX]).map_err(err)?;
+    let features = t.begin(F_MAC).map_err(err)?;
+    let rxq = t.setup_queue(0, RX_QUEUE, 0).map_err(err)?;
+    let txq = t.setup_queue(1, TX_QUEUE, NO_VECTOR).map_err(err)?;
+    let mut mac = [0u8; 6];
+    if features & F_MAC != 0 {
+        for (i, m) in mac.iter_mut().enumerate() {
+            *m = t.device_config().read8(i);
+        }
+    }
+    let (nrx, ntx) = (rxq.size() as usize, txq.size() as usize);
+    let dev: &'static NetDev = Box::leak(Box::new(NetDev {
+        mac,
+        rx_mem: DmaRegion::new(nrx * BUF, 4096),
+        tx_mem: DmaRegion::new(ntx * BUF, 4096),
+        rx: Mutex::new_spin(
+            "virtio-net0.rx",
+            Ipl::Vm,
+            Rx { vq: rxq, head_buf: alloc::vec![0; nrx], expected: 0, first: 0 },
+        ),
+        tx: Mutex::new_spin(
+            "virtio-net0.tx",
+            Ipl::Vm,
+            Tx { vq: txq, head_buf: alloc::vec![0; ntx], free: (0..ntx as u16).rev().collect() },
+        ),
+        handle: Mutex::new_adaptive("virtio-net0.handle", None),
+        end_event: Event::new(&SCHED),
+        received: AtomicU64::new(0),
+        in_order: AtomicU64::new(0),
+        lost: AtomicU64::new(0),
+        reordered: AtomicU64::new(0),
+        bad: AtomicU64::new(0),
+        other: AtomicU64::new(0),
+        echoed: AtomicU64::new(0),
+        echo_dropped: AtomicU64::new(0),
+        end_seen: AtomicBool::new(false),
+        end_total: AtomicU64::new(0),
+        runs: AtomicU64::new(0),
+        yields: AtomicU64::new(0),
+        t,
+    }));
+    {
+        let mut rx = dev.rx.lock();
+        for b in 0..nrx as u16 {
+            dev.post_rx(&mut rx, b);
+        }
+    }
+    dev.establish(model)?;
+    dev.t.driver_ok();
+    dev.rx.lock().vq.notify();
+    arch::kprintln!(
+        "virtio-net0: {} at {} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} rx={} tx={} msix vector={VECTOR_RX:#x} \
+         cpu={cpu} budget={BUDGET} model={}",
+        if dev.t.func.device == IDS[0] { "transitional" } else { "modern" },
+        dev.t.func.bdf,
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
+        nrx,
+        ntx,
+        dev.model()
+    );
+    *g = Some(dev);
+    Ok(dev)
+}
+
+impl NetDev {
+    fn establish(&'static self, model: Option<Model>) -> Result<(), String> {
+        let h = INTR
+            .establish(
+                SourceSpec {
+                    name: NAME_RX,
+                    vector: VECTOR_RX,
+                    ipl: Ipl::Vm,
+                    flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE | IntrFlags::MASK_WHILE_QUEUED,
+                    model,
+                },
+                None,
+                Some(Box::new(move |ctx: &HandlerCtx<'_>| {
+                    if self.receive(BUDGET) {
+                        self.yields.fetch_add(1, Ordering::Relaxed);
+                        ctx.hwi_sched();
+                    }
+                })),
+            )
+            .map_err(|e| format!("{e}"))?;
+        *self.handle.lock() = Some(h);
+        Ok(())
+    }
+
+    /// Re-establishes the receive source under `model` (`None`: the default); the device's
+    /// messages are held (MSI-X function mask) meanwhile, and frames that arrived in between
+    /// are processed at the end.
+    pub fn set_model(&'static self, model: Option<Model>) -> Result<(), String> {
+        self.t.func.set_msix_function_mask(true);
+        drop(self.handle.lock().take());
+        let r = self.establish(model);
+        self.t.func.set_msix_function_mask(false);
+        while self.receive(BUDGET) {}
+        r
+    }
+
+    /// The model the receive source runs under.
+    pub fn model(&self) -> Model {
+        self.handle.lock().as_ref().map(|h| h.source().model()).unwrap_or(Model::Direct)
+    }
+
+    /// The receive source's interrupt count.
+    pub fn source_handled(&self) -> u64 {
+        self.handle.lock().as_ref().map(|h| h.source().stats.total()).unwrap_or(0)
+    }
+
+    /// The MAC address the device reports.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn post_rx(&self, rx: &mut Rx, b: u16) {
+        let addr = self.rx_mem.phys() + (b as usize * BUF) as u64;
+        let head = rx.vq.push(&[(addr, BUF as u32, true)]).expect("virtio-net: receive ring overfull");
+        rx.head_buf[head as usize] = b;
+    }
+
+    /// Starts a phase: the counters are cleared and the next data frame expected is `first`.
+    pub fn expect(&self, first: u64) {
+        let mut rx = self.rx.lock();
+        rx.expected = first;
+        rx.first = first;
+        for c in [
+            &self.received,
+            &self.in_order,
+            &self.lost,
+            &self.reordered,
+            &self.bad,
+            &self.other,
+            &self.echoed,
+            &self.echo_dropped,
+            &self.end_total,
+            &self.runs,
+            &self.yields,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.end_seen.store(false, Ordering::Release);
+    }
+
+    /// Asks the host for `count` data frames from `first` (`docs/PROTOCOL.md`, `@@ net-ready`).
+    pub fn announce(&self, first: u64, count: u64, echo: bool, rate: u32) {
+        arch::kprintln!("@@ net-ready first={first} count={count} echo={} rate={rate}", echo as u8);
+    }
+
+    /// Sleeps until the end marker of this phase arrived, at most `ms` milliseconds.
+    pub fn wait_end(&self, ms: u64) -> bool {
+        let deadline = arch::X86_64::now_ns() + ms * 1_000_000;
+        while !self.end_seen.load(Ordering::Acquire) {
+            if !self.end_event.wait_deadline(deadline) {
+                return self.end_seen.load(Ordering::Acquire);
+            }
+        }
+        true
+    }
+
+    /// The receive handler's work: at most `budget` frames. Returns whether frames are still
+    /// waiting (the caller requeues itself).
+    pub fn receive(&self, budget: usize) -> bool {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let mut frame = [0u8; MAX_FRAME];
+        let mut rx = self.rx.lock();
+        let mut done = 0;
+        while done < budget {
+            let Some((head, len)) = rx.vq.pop_used() else { break };
+            let b = rx.head_buf[head as usize];
+            let n = (len as usize).saturating_sub(NET_HDR).min(MAX_FRAME);
+            if len as usize >= NET_HDR {
+                self.rx_mem.read_bytes(b as usize * BUF + NET_HDR, &mut frame[..n]);
+                self.frame(&mut rx, &mut frame[..n]);
+            } else {
+                self.bad.fetch_add(1, Ordering::Relaxed);
+            }
+            self.post_rx(&mut rx, b);
+            done += 1;
+        }
+        if done > 0 {
+            rx.vq.notify();
+        }
+        rx.vq.has_used()
+    }
+
+    /// One received frame (the receive lock held).
+    fn frame(&self, rx: &mut Rx, f: &mut [u8]) {
+        if f.len() < 14
+            || f[0..6] != self.mac
+            || f[6..12] != HOST_MAC
+            || u16::from_be_bytes([f[12], f[13]]) != ETHERTYPE
+        {
+            self.other.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let ok_header = f.len() >= HEADER_LEN && f[14..18] == MAGIC;
+        if !ok_header {
+            self.bad.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let seq = u64::from_be_bytes([f[18], f[19], f[20], f[21], f[22], f[23], f[24], f[25]]);
+        let flags = u16::from_be_bytes([f[26], f[27]]);
+        let n = u16::from_be_bytes([f[28], f[29]]) as usize;
+        if flags & FLAG_END != 0 {
+            let ends_this_run = n == 8
+                && f.len() >= HEADER_LEN + 8
+                && f[HEADER_LEN..HEADER_LEN + 8] == rx.first.to_be_bytes();
+            if !ends_this_run {
+                // A late copy of an earlier run's end marker.
+                self.other.fetch_add(1, Ordering::Relaxed);
+            } else if !self.end_seen.load(Ordering::Acquire) {
+                self.end_total.store(seq, Ordering::Relaxed);
+                self.end_seen.store(true, Ordering::Release);
+                self.end_event.set();
+            }
+            return;
+        }
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let payload_ok = flags & !FLAG_ECHO == 0
+            && n == payload_len(seq)
+            && f.len() >= HEADER_LEN + n
+            && f[HEADER_LEN..HEADER_LEN + n].iter().enumerate().all(|(i, &b)| b == payload_byte(seq, i));
+        if !payload_ok {
+            self.bad.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match seq.cmp(&rx.expected) {
+            core::cmp::Ordering::Equal => {
+                self.in_order.fetch_add(1, Ordering::Relaxed);
+                rx.expected = seq + 1;
+            }
+            core::cmp::Ordering::Greater => {
+                self.lost.fetch_add(seq - rx.expected, Ordering::Relaxed);
+                rx.expected = seq + 1;
+            }
+            core::cmp::Ordering::Less => {
+                self.reordered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if flags & FLAG_ECHO != 0 {
+            let end = HEADER_LEN + n;
+            let (dst, src) = ([f[0], f[1], f[2], f[3], f[4], f[5]], [f[6], f[7], f[8], f[9], f[10], f[11]]);
+            f[0..6].copy_from_slice(&src);
+            f[6..12].copy_from_slice(&dst);
+            f[26..28].copy_from_slice(&((flags & !FLAG_ECHO) | FLAG_REPLY).to_be_bytes());
+            if self.transmit(&f[..end]) {
+                self.echoed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.echo_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Sends one frame (reclaiming transmitted buffers first). Returns `false` if no
+    /// transmit buffer is free.
+    pub fn transmit(&self, frame: &[u8]) -> bool {
+        assert!(frame.len() <= BUF - NET_HDR, "virtio-net: frame of {} bytes", frame.len());
+        let mut tx = self.tx.lock();
+        while let Some((head, _)) = tx.vq.pop_used() {
+            let b = tx.head_buf[head as usize];
+            tx.free.push(b);
+        }
+        let Some(b) = tx.free.pop() else { return false };
+        let off = b as usize * BUF;
+        self.tx_mem.write_bytes(off, &[0u8; NET_HDR]);
+        self.tx_mem.write_bytes(off + NET_HDR, frame);
+        let addr = self.tx_mem.phys() + off as u64;
+        let Some(head) = tx.vq.push(&[(addr, (NET_HDR + frame.len()) as u32, false)]) else {
+            tx.free.push(b);
+            return false;
+        };
+        tx.head_buf[head as usize] = b;
+        tx.vq.notify();
+        true
+    }
+
+    /// The counters of the current phase.
+    pub fn stats(&self) -> NetStats {
+        NetStats {
+            received: self.received.load(Ordering::Relaxed),
+            in_order: self.in_order.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            reordered: self.reordered.load(Ordering::Relaxed),
+            bad: self.bad.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+            echoed: self.echoed.load(Ordering::Relaxed),
+            echo_dropped: self.echo_dropped.load(Ordering::Relaxed),
+            end_seen: self.end_seen.load(Ordering::Acquire),
+            end_total: self.end_total.load(Ordering::Relaxed),
+            runs: self.runs.load(Ordering::Relaxed),
+            yields: self.yields.load(Ordering::Relaxed),
+        }
+    }
+}
