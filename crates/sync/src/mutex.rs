@@ -277,9 +277,10 @@ impl<E: Env> RawMutex<E> {
                 let t0 = self.hold_start.load(Ordering::Relaxed);
                 w.note_hold(class, E::M::now_ns().saturating_sub(t0));
             }
-            if w.checking() {
-                let _ = w.release::<E::M>(E::sched().current().held_locks(), self.addr(), class);
-            }
+            // Ours (the word says so): drop the record whether or not checking is on now —
+            // another CPU may have turned it off since we took the lock, and a stale record
+            // would later look like a recursive acquisition.
+            w.forget::<E::M>(E::sched().current().held_locks(), self.addr(), class);
         }
         if v & SPIN != 0 {
             self.owner.store(SPIN, Ordering::Release);

@@ -421,9 +421,14 @@ impl Witness {
         ok
     }
 
-    /// Checks a release and forgets the lock. Returns `false` if the thread did not hold it
-    /// (reported; the caller skips the release under `Record`).
-    pub fn release<M: Machine>(&self, held: &SpinLock<sched::HeldLocks>, lock: usize, class: u32) -> bool {
+    /// Forgets a lock the caller knows it owns (its owner word says so): removes its record if
+    /// there is one. There may be none — checking may have been turned on or off between the
+    /// acquisition and now, by another CPU — and that is not a violation.
+    pub fn forget<M: Machine>(&self, held: &SpinLock<sched::HeldLocks>, lock: usize, class: u32) {
+        let _ = self.remove_record::<M>(held, lock, class);
+    }
+
+    fn remove_record<M: Machine>(&self, held: &SpinLock<sched::HeldLocks>, lock: usize, class: u32) -> bool {
         let io = M::intr_disable();
         let rec = held.lock(&io).remove(lock);
         drop(io);
@@ -436,11 +441,20 @@ impl Witness {
                 }
                 true
             }
-            None if self.checking() => {
+            None => false,
+        }
+    }
+
+    /// Checks a release and forgets the lock. Returns `false` if the thread did not hold it
+    /// (reported; the caller skips the release under `Record`).
+    pub fn release<M: Machine>(&self, held: &SpinLock<sched::HeldLocks>, lock: usize, class: u32) -> bool {
+        match self.remove_record::<M>(held, lock, class) {
+            true => true,
+            false if self.checking() => {
                 self.report::<M>(Violation::ReleaseNotHeld { lock: self.class_name(class) });
                 false
             }
-            None => true,
+            false => true,
         }
     }
 
