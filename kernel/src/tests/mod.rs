@@ -7,6 +7,7 @@ pub mod intr;
 pub mod lockcheck;
 pub mod locks;
 pub mod sched;
+pub mod shell;
 pub mod smp;
 pub mod softint;
 pub mod spl;
