@@ -424,3 +424,93 @@ fn interactive_loop() -> TestResult {
     Ok(())
 }
 ktest!(T_LOOP, "shell::run::interactive_loop", interactive_loop);
+
+/// `ps` shows the pinned switch: a thread interrupted by a pinned-model handler is
+/// `pinned:<ithread>` and the interrupt thread `borrow:<thread>` while the handler runs.
+/// (Needs two CPUs: passes trivially on one.)
+fn ps_shows_pinned_and_borrowing() -> TestResult {
+    if ncpus() < 2 {
+        return Ok(());
+    }
+    let was_bound = SCHED.current().bound_cpu();
+    SCHED.bind_current(Some(0));
+    let r = pinned_probe();
+    SCHED.bind_current(was_bound);
+    r
+}
+
+fn pinned_probe() -> TestResult {
+    static ENTERED: AtomicBool = AtomicBool::new(false);
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+    ENTERED.store(false, Ordering::SeqCst);
+    RELEASE.store(false, Ordering::SeqCst);
+    let h = INTR
+        .establish(
+            SourceSpec {
+                name: "test.shell.pinned",
+                vector: 0x55,
+                ipl: Ipl::Vm,
+                flags: IntrFlags::MPSAFE,
+                model: Some(Model::Pinned),
+            },
+            None,
+            Some(alloc::boxed::Box::new(|_| {
+                ENTERED.store(true, Ordering::SeqCst);
+                let deadline = super::now_ns() + 2_000_000_000;
+                while !RELEASE.load(Ordering::SeqCst) && super::now_ns() < deadline {
+                    core::hint::spin_loop();
+                }
+            })),
+        )
+        .map_err(|e| alloc::format!("{e}"));
+    // The first pinned source starts the per-CPU ithreads: let them park before the victim runs.
+    SCHED.sleep_ns(10_000_000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let pri = sched::Priority::new(20).ok_or("priority")?;
+    let victim = SCHED.spawn("shell-pin-victim", pri, Some(1), move || {
+        while !s2.load(Ordering::Relaxed) {
+            core::hint::spin_loop();
+        }
+    });
+    let vid = victim.thread().id();
+    let r = (|| -> TestResult {
+        let h = h?;
+        // Another thread may take CPU 1 from the victim at the wrong moment: a few tries.
+        let mut last = String::new();
+        for attempt in 1..=5u64 {
+            ENTERED.store(false, Ordering::SeqCst);
+            RELEASE.store(false, Ordering::SeqCst);
+            kassert!(
+                until(1000, || victim.thread().is_on_cpu() && victim.thread().last_cpu() == 1),
+                "the victim does not run on CPU 1"
+            );
+            raise(1, 0x55);
+            kassert!(until(1000, || ENTERED.load(Ordering::SeqCst)), "the pinned handler did not start");
+            let out = ok("ps");
+            RELEASE.store(true, Ordering::SeqCst);
+            kassert!(
+                until(1000, || h.source().stats.handled.load(Ordering::SeqCst) == attempt),
+                "handler did not end"
+            );
+            let out = out?;
+            let table = rows(&out, "id")?;
+            let v = table.iter().find(|r| r[0] == alloc::format!("{vid}")).ok_or("victim not listed")?;
+            let Some(it) = v[7].strip_prefix("pinned:") else {
+                last = alloc::format!("victim row {v:?}");
+                continue;
+            };
+            let b = table.iter().find(|r| r[0] == it).ok_or("the borrowing thread is not listed")?;
+            kassert!(b[1].starts_with("ithread/"), "borrower {b:?}");
+            kassert_eq!(b[7], alloc::format!("borrow:{vid}"), "borrower {b:?}");
+            kassert_eq!((b[4], b[5]), ("onproc", "1"), "borrower {b:?}");
+            return Ok(());
+        }
+        Err(last)
+    })();
+    RELEASE.store(true, Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    victim.join();
+    r
+}
+ktest!(T_PINNED, "shell::ps::pinned_and_borrowing", ps_shows_pinned_and_borrowing);
