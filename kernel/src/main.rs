@@ -25,6 +25,7 @@ mod intr;
 mod locks;
 mod panic;
 mod scenario;
+mod shell;
 mod tests;
 mod workload;
 

@@ -131,6 +131,23 @@ impl<E: IntrEnv> Pool<E> {
         (min, self.handlers.load(Ordering::Relaxed).max(min))
     }
 
+    /// The sizes [`Pool::set_size`] accepts now without clamping: (2 × NCPU, the larger of
+    /// that and the number of pool-model handlers).
+    pub fn size_bounds(&self) -> (usize, usize) {
+        self.bounds()
+    }
+
+    /// The size last asked for with [`Pool::set_size`] (0: never asked — the pool follows
+    /// its lower bound).
+    pub fn target(&self) -> usize {
+        self.target.load(Ordering::Relaxed)
+    }
+
+    /// Pool-model handlers established now.
+    pub fn handlers(&self) -> usize {
+        self.handlers.load(Ordering::Relaxed)
+    }
+
     /// Asks for `n` ithreads; clamped to [2 × NCPU, number of handlers]. Returns the size set.
     pub fn set_size(&'static self, n: usize) -> usize {
         let (lo, hi) = self.bounds();

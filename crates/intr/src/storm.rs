@@ -23,6 +23,12 @@
 //! ([`IntrEnv::storm_report`]), and re-enabled after a backoff (20 ms, doubling to 1.28 s on
 //! each relapse) by the storm thread. If it storms again it is masked again; if it stays
 //! quiet for a window after re-enabling, the storm is over: reported once, backoff reset.
+//!
+//! ## Tunables
+//! The constants below are the defaults; [`PARAMS`] holds the values in force, settable at
+//! run time (the shell's `sysctl intr.storm.*`) through [`StormParams`]' setters, which
+//! validate. The arrival path reads one of them per arrival (the window length, a relaxed
+//! load); the others only when a window closes.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -38,6 +44,127 @@ pub const STALL_PERCENT: u64 = 90;
 pub const BACKOFF_MIN_NS: u64 = 20_000_000;
 /// Longest re-enable delay.
 pub const BACKOFF_MAX_NS: u64 = 1_280_000_000;
+
+/// The storm rule's parameters in force (every source's detector reads these).
+pub static PARAMS: StormParams = StormParams::new();
+
+/// The storm rule's tunable parameters. Each setter validates its value (a rejected value
+/// leaves the parameter as it was) and says why it refused.
+pub struct StormParams {
+    window_ns: AtomicU64,
+    hot_windows: AtomicU32,
+    min_arrivals: AtomicU64,
+    stall_percent: AtomicU64,
+    backoff_min_ns: AtomicU64,
+    backoff_max_ns: AtomicU64,
+}
+
+impl Default for StormParams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Longest window accepted (1 s).
+pub const WINDOW_NS_MAX: u64 = 1_000_000_000;
+/// Most consecutive hot windows accepted.
+pub const HOT_WINDOWS_MAX: u32 = 1_000;
+/// Longest backoff accepted (60 s).
+pub const BACKOFF_NS_LIMIT: u64 = 60_000_000_000;
+
+impl StormParams {
+    /// The defaults (the constants of this module).
+    pub const fn new() -> Self {
+        StormParams {
+            window_ns: AtomicU64::new(WINDOW_NS),
+            hot_windows: AtomicU32::new(HOT_WINDOWS),
+            min_arrivals: AtomicU64::new(MIN_ARRIVALS),
+            stall_percent: AtomicU64::new(STALL_PERCENT),
+            backoff_min_ns: AtomicU64::new(BACKOFF_MIN_NS),
+            backoff_max_ns: AtomicU64::new(BACKOFF_MAX_NS),
+        }
+    }
+
+    /// Window length, ns.
+    #[inline]
+    pub fn window_ns(&self) -> u64 {
+        self.window_ns.load(Ordering::Relaxed)
+    }
+    /// Consecutive hot windows that make a storm.
+    pub fn hot_windows(&self) -> u32 {
+        self.hot_windows.load(Ordering::Relaxed)
+    }
+    /// Arrivals per window below which a source is never hot.
+    pub fn min_arrivals(&self) -> u64 {
+        self.min_arrivals.load(Ordering::Relaxed)
+    }
+    /// Percentage of a window's arrivals that must stall their CPU.
+    pub fn stall_percent(&self) -> u64 {
+        self.stall_percent.load(Ordering::Relaxed)
+    }
+    /// First re-enable delay, ns.
+    pub fn backoff_min_ns(&self) -> u64 {
+        self.backoff_min_ns.load(Ordering::Relaxed)
+    }
+    /// Longest re-enable delay, ns.
+    pub fn backoff_max_ns(&self) -> u64 {
+        self.backoff_max_ns.load(Ordering::Relaxed)
+    }
+    /// How long a re-enabled source must stay quiet for its storm to be over:
+    /// `(hot_windows + 2) × window`.
+    pub fn quiet_ns(&self) -> u64 {
+        (self.hot_windows() as u64 + 2).saturating_mul(self.window_ns())
+    }
+
+    /// Sets the window length: 1 ms ..= 1 s.
+    pub fn set_window_ns(&self, ns: u64) -> Result<(), &'static str> {
+        if !(1_000_000..=WINDOW_NS_MAX).contains(&ns) {
+            return Err("window must be 1 ms ..= 1000 ms");
+        }
+        self.window_ns.store(ns, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Sets the number of consecutive hot windows: 1 ..= 1000.
+    pub fn set_hot_windows(&self, n: u32) -> Result<(), &'static str> {
+        if !(1..=HOT_WINDOWS_MAX).contains(&n) {
+            return Err("hot windows must be 1 ..= 1000");
+        }
+        self.hot_windows.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Sets the minimum arrivals per hot window: 1 ..= 10^9.
+    pub fn set_min_arrivals(&self, n: u64) -> Result<(), &'static str> {
+        if !(1..=1_000_000_000).contains(&n) {
+            return Err("minimum arrivals must be 1 ..= 1000000000");
+        }
+        self.min_arrivals.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Sets the stalled share that makes a window hot: 1 ..= 100 %.
+    pub fn set_stall_percent(&self, p: u64) -> Result<(), &'static str> {
+        if !(1..=100).contains(&p) {
+            return Err("stall percentage must be 1 ..= 100");
+        }
+        self.stall_percent.store(p, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Sets the first re-enable delay: 1 ms ..= the longest delay.
+    pub fn set_backoff_min_ns(&self, ns: u64) -> Result<(), &'static str> {
+        if ns < 1_000_000 || ns > self.backoff_max_ns() {
+            return Err("first backoff must be 1 ms ..= the longest backoff");
+        }
+        self.backoff_min_ns.store(ns, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Sets the longest re-enable delay: the first delay ..= 60 s.
+    pub fn set_backoff_max_ns(&self, ns: u64) -> Result<(), &'static str> {
+        if ns < self.backoff_min_ns() || ns > BACKOFF_NS_LIMIT {
+            return Err("longest backoff must be the first backoff ..= 60000 ms");
+        }
+        self.backoff_max_ns.store(ns, Ordering::Relaxed);
+        Ok(())
+    }
+}
 
 /// Storm state of one source.
 pub struct StormState {
@@ -84,7 +211,7 @@ impl StormState {
             throttled: AtomicBool::new(false),
             storming: AtomicBool::new(false),
             unmask_at: AtomicU64::new(0),
-            backoff: AtomicU64::new(BACKOFF_MIN_NS),
+            backoff: AtomicU64::new(0), // never backed off: the first storm uses the minimum
             storms: AtomicU64::new(0),
             last_rate: AtomicU64::new(0),
         }
@@ -93,6 +220,11 @@ impl StormState {
     /// Accounts one arrival at `now`; `stalled`: it interrupted a non-idle thread at the same
     /// instruction as the previous interrupt on this CPU. Interrupt context.
     pub fn arrive(&self, now: u64, stalled: bool) -> Verdict {
+        self.arrive_with(&PARAMS, now, stalled)
+    }
+
+    /// [`StormState::arrive`] under the parameters `p`.
+    pub fn arrive_with(&self, p: &StormParams, now: u64, stalled: bool) -> Verdict {
         let start = self.window_start.load(Ordering::Relaxed);
         if start == 0 {
             self.window_start.store(now, Ordering::Relaxed);
@@ -103,18 +235,18 @@ impl StormState {
             self.stalled.fetch_add(1, Ordering::Relaxed);
         }
         let elapsed = now.saturating_sub(start);
-        if elapsed < WINDOW_NS {
+        if elapsed < p.window_ns() {
             return Verdict::Calm;
         }
         let n = self.arrivals.swap(0, Ordering::Relaxed);
         let stalled = self.stalled.swap(0, Ordering::Relaxed);
         self.window_start.store(now, Ordering::Relaxed);
-        let hot = n >= MIN_ARRIVALS && stalled * 100 >= n * STALL_PERCENT;
+        let hot = n >= p.min_arrivals() && stalled * 100 >= n * p.stall_percent();
         if !hot {
             self.hot.store(0, Ordering::Relaxed);
             return Verdict::Calm;
         }
-        if self.hot.fetch_add(1, Ordering::Relaxed) + 1 < HOT_WINDOWS
+        if self.hot.fetch_add(1, Ordering::Relaxed) + 1 < p.hot_windows()
             || self.throttled.load(Ordering::Relaxed)
         {
             return Verdict::Calm;
@@ -122,16 +254,17 @@ impl StormState {
         self.hot.store(0, Ordering::Relaxed);
         self.last_rate.store(n * 1_000_000_000 / elapsed.max(1), Ordering::Relaxed);
         self.storms.fetch_add(1, Ordering::Relaxed);
-        let b = self.backoff.load(Ordering::Relaxed);
+        let (lo, hi) = (p.backoff_min_ns(), p.backoff_max_ns());
+        let b = self.backoff.load(Ordering::Relaxed).clamp(lo, hi.max(lo));
         self.unmask_at.store(now + b, Ordering::Relaxed);
-        self.backoff.store((b * 2).min(BACKOFF_MAX_NS), Ordering::Relaxed);
+        self.backoff.store((b * 2).min(hi), Ordering::Relaxed);
         self.throttled.store(true, Ordering::Release);
         Verdict::Storm
     }
 
     /// The source has been quiet since it was re-enabled: the storm is over.
     pub fn calm_down(&self) {
-        self.backoff.store(BACKOFF_MIN_NS, Ordering::Relaxed);
+        self.backoff.store(PARAMS.backoff_min_ns(), Ordering::Relaxed);
         self.storming.store(false, Ordering::Release);
     }
 
@@ -213,5 +346,71 @@ mod tests {
         assert_eq!(s.backoff.load(Ordering::Relaxed), 4 * BACKOFF_MIN_NS);
         s.calm_down();
         assert_eq!(s.backoff.load(Ordering::Relaxed), BACKOFF_MIN_NS);
+    }
+
+    /// `feed` under the parameters `p`.
+    fn feed_with(s: &StormState, p: &StormParams, per_window: u64, stall_pct: u64, windows: u64) -> u32 {
+        let mut now = 1_000;
+        s.arrive_with(p, now, false);
+        let gap = p.window_ns() / per_window;
+        let mut storms = 0;
+        for i in 0..windows * per_window {
+            now += gap;
+            if s.arrive_with(p, now, (i % 100) < stall_pct) == Verdict::Storm {
+                storms += 1;
+            }
+        }
+        storms
+    }
+
+    #[test]
+    fn tunables_validate_and_keep_the_old_value_on_error() {
+        let p = StormParams::new();
+        assert_eq!(p.window_ns(), WINDOW_NS);
+        assert!(p.set_window_ns(0).is_err());
+        assert!(p.set_window_ns(WINDOW_NS_MAX + 1).is_err());
+        assert_eq!(p.window_ns(), WINDOW_NS);
+        p.set_window_ns(5_000_000).unwrap();
+        assert_eq!(p.window_ns(), 5_000_000);
+        assert!(p.set_hot_windows(0).is_err());
+        p.set_hot_windows(3).unwrap();
+        assert_eq!(p.quiet_ns(), 5 * 5_000_000);
+        assert!(p.set_min_arrivals(0).is_err());
+        assert!(p.set_stall_percent(101).is_err());
+        assert!(p.set_stall_percent(0).is_err());
+        assert_eq!(p.stall_percent(), STALL_PERCENT);
+        assert!(p.set_backoff_min_ns(BACKOFF_MAX_NS + 1).is_err(), "min above max");
+        assert!(p.set_backoff_max_ns(BACKOFF_MIN_NS - 1).is_err(), "max below min");
+        assert!(p.set_backoff_max_ns(BACKOFF_NS_LIMIT + 1).is_err());
+        p.set_backoff_min_ns(1_000_000).unwrap();
+        p.set_backoff_max_ns(BACKOFF_NS_LIMIT).unwrap();
+        assert_eq!((p.backoff_min_ns(), p.backoff_max_ns()), (1_000_000, BACKOFF_NS_LIMIT));
+        // The global parameters are untouched by all this.
+        assert_eq!(PARAMS.window_ns(), WINDOW_NS);
+    }
+
+    #[test]
+    fn the_detector_follows_the_tunables() {
+        // 150 arrivals per window, all stalling: below the default minimum, never a storm...
+        let s = StormState::new();
+        assert_eq!(feed_with(&s, &StormParams::new(), 150, 100, 20), 0);
+        // ...but a storm after 2 windows once the minimum is 100 and 2 windows suffice.
+        let p = StormParams::new();
+        p.set_min_arrivals(100).unwrap();
+        p.set_hot_windows(2).unwrap();
+        let s = StormState::new();
+        assert_eq!(feed_with(&s, &p, 150, 100, 3), 1);
+        // Half the arrivals stalling is a storm only when the threshold is at most 50 %.
+        let s = StormState::new();
+        assert_eq!(feed_with(&s, &p, 1_000, 50, 10), 0);
+        p.set_stall_percent(50).unwrap();
+        let s = StormState::new();
+        assert_eq!(feed_with(&s, &p, 1_000, 50, 10), 1);
+        // A shorter window: the same storm trips in less time, with the tuned backoff.
+        p.set_window_ns(2_000_000).unwrap();
+        p.set_backoff_min_ns(5_000_000).unwrap();
+        let s = StormState::new();
+        assert_eq!(feed_with(&s, &p, 1_000, 100, 3), 1);
+        assert_eq!(s.backoff.load(Ordering::Relaxed), 10_000_000, "doubled from the tuned minimum");
     }
 }

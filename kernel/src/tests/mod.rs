@@ -10,6 +10,7 @@ pub mod lockcheck;
 pub mod locks;
 pub mod net;
 pub mod sched;
+pub mod shell;
 pub mod smp;
 pub mod softint;
 pub mod spl;
