@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Event};
 
+/// The kernel shell's prompt (docs/PROTOCOL.md, "Shell").
+pub const SHELL_PROMPT: &str = "ithreads> ";
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 /// The fast firmware used when it is installed (skips SeaBIOS's start-up).
@@ -418,7 +420,9 @@ pub fn supervise_with_input(
     let mut last_test = None;
     let mut handle = |out: &mut Supervised, source: Source, line: String| match source {
         Source::Serial => {
-            let event = protocol::parse_line(&line);
+            // The shell's prompt has no newline: a protocol line printed while it waits for
+            // input starts after it.
+            let event = protocol::parse_line(line.strip_prefix(SHELL_PROMPT).unwrap_or(&line));
             on_line(source, &line, event.as_ref());
             if let (Some(tx), Some(e)) = (&to_feeder, &event) {
                 // The feeder may have finished: then nobody listens, which is fine.

@@ -14,6 +14,8 @@ pub enum RunMode {
     Tests,
     /// The benchmarks (`kernel/src/bench/`).
     Bench,
+    /// The serial shell on COM1 (`kernel/src/shell/`), until `halt`.
+    Shell,
 }
 
 /// A deliberate failure, to test the host harness.
@@ -122,7 +124,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                     "scenario" => RunMode::Scenario,
                     "tests" => RunMode::Tests,
                     "bench" => RunMode::Bench,
-                    _ => return Err(err(key, "expected scenario, tests or bench")),
+                    "shell" => RunMode::Shell,
+                    _ => return Err(err(key, "expected scenario, tests, bench or shell")),
                 }
             }
             "test.filter" => o.test_filter = value.to_string(),

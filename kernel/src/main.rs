@@ -148,12 +148,18 @@ fn main_thread(opts: &'static Options) {
     if let Err(e) = drivers::com::start() {
         panic!("com1: {e}");
     }
+    drivers::com::register_sysctls();
     locks::SYNC.witness.set_checking(opts.lockcheck.unwrap_or(opts.run == RunMode::Tests));
     locks::SYNC.witness.set_stats(opts.lockstat && opts.run != RunMode::Bench);
     let ok = match opts.run {
         RunMode::Tests => tests::run_all(&opts.test_filter),
         RunMode::Scenario => scenario::run(opts),
         RunMode::Bench => bench::run(opts),
+        RunMode::Shell => {
+            shell::configure(opts);
+            drivers::com::set_echo(true);
+            shell::run(&mut || Some(drivers::com::read_line()))
+        }
     };
     arch::exit::exit_qemu(ok);
 }

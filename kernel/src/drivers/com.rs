@@ -336,13 +336,11 @@ pub fn started() -> bool {
 }
 
 /// Echo typed characters (the interactive shell) or not.
-#[allow(dead_code)] // until the shell (run=shell) is wired
 pub fn set_echo(on: bool) {
     ECHO.store(on, Ordering::Relaxed);
 }
 
 /// Blocks until a complete line has been received, and returns it (without its end).
-#[allow(dead_code)] // until the shell (run=shell) is wired
 pub fn read_line() -> String {
     let mut g = LINES.lock();
     loop {
@@ -445,8 +443,49 @@ impl Com2Fault {
     }
 
     /// Whether the fault is on.
-    #[allow(dead_code)] // until the shell (run=shell) is wired
     pub fn stuck(&self) -> bool {
         COM2_STUCK.load(Ordering::SeqCst)
+    }
+}
+
+/// The drivers' tunables: `dev.com2.thre_stuck` (the storm fault, on the last CPU) and
+/// `dev.com1.*` counters (read-only).
+pub fn register_sysctls() {
+    use alloc::boxed::Box;
+    use alloc::string::ToString;
+    let stuck = crate::shell::register_sysctl(
+        "dev.com2.thre_stuck",
+        "COM2's transmit-empty interrupt left enabled and never acknowledged (a storm)",
+        Box::new(|| if COM2_STUCK.load(Ordering::SeqCst) { "on" } else { "off" }.to_string()),
+        Some(Box::new(|v: &str| {
+            let on = match v {
+                "on" | "1" => true,
+                "off" | "0" => false,
+                _ => return Err("expected on or off".to_string()),
+            };
+            let fault = Com2Fault::establish(arch::cpu::ncpus() - 1)?;
+            fault.set_stuck(on);
+            Ok(())
+        })),
+    );
+    let counters = [
+        ("dev.com1.rx_bytes", "bytes COM1 received", &STATS.rx_bytes),
+        ("dev.com1.lines", "lines COM1's discipline completed", &STATS.lines),
+        ("dev.com1.flow_stops", "receive stops on a full ring", &STATS.flow_stops),
+        ("dev.com1.lines_dropped", "lines dropped unread", &STATS.lines_dropped),
+    ];
+    for (name, desc, c) in counters {
+        let r = crate::shell::register_sysctl(
+            name,
+            desc,
+            Box::new(move || c.load(Ordering::Relaxed).to_string()),
+            None,
+        );
+        if let Err(e) = r {
+            panic!("sysctl {name}: {e}");
+        }
+    }
+    if let Err(e) = stuck {
+        panic!("sysctl dev.com2.thre_stuck: {e}");
     }
 }

@@ -26,7 +26,6 @@ use alloc::string::String;
 use core::fmt::{self, Write};
 
 pub use intrstat::intrstat;
-#[allow(unused_imports)] // `configure` is called by `run=shell` (wired with the COM1 line reader)
 pub use suite::configure;
 pub use sysctl::{register_sysctl, sysctl_get, sysctl_set, unregister_sysctl, SysctlGet, SysctlSet};
 
@@ -178,7 +177,6 @@ impl Console {
 /// reads a line with `read_line`, executes it and prints `ok` or `error: <message>` and the
 /// terminator `@@ shell-done cmd=<name> status=ok|error`. Returns `true` after `halt`,
 /// `false` if the input ended (`read_line` returned `None`; `@@ shell-eof` is printed).
-#[allow(dead_code)] // called by `run=shell`, wired with the COM1 line reader
 pub fn run(read_line: &mut dyn FnMut() -> Option<String>) -> bool {
     let mut con = Console { line: String::new() };
     let halted = run_with(read_line, &mut con);

@@ -30,7 +30,6 @@ static BOOT: Mutex<Option<Options>> = Mutex::new_adaptive("shell.options", None)
 
 /// Gives the shell the boot's options: `bench` takes its unit and default sample count from
 /// them (without, `tsc` and 100000).
-#[allow(dead_code)] // called by `run=shell`, wired with the COM1 line reader
 pub fn configure(opts: &Options) {
     *BOOT.lock() = Some(opts.clone());
 }
