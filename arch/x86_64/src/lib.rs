@@ -43,6 +43,14 @@ global_asm!(include_str!(concat!(env!("OUT_DIR"), "/trap_stubs.s")), options(att
 
 extern "C" {
     fn context_switch(from: *mut usize, to: *const usize);
+    fn intr_pin_call(
+        save: *mut usize,
+        thread: *const (),
+        stack_top: usize,
+        body: extern "C" fn(usize, usize),
+        a0: usize,
+        a1: usize,
+    );
     fn thread_trampoline();
 }
 
@@ -132,6 +140,19 @@ impl Machine for X86_64 {
     unsafe fn switch(from: *mut usize, to: *const usize) {
         // SAFETY: per the trait contract (interrupts off, valid contexts, exclusive).
         unsafe { context_switch(from, to) }
+    }
+
+    #[inline]
+    unsafe fn pin_call(
+        save: *mut usize,
+        thread: *const (),
+        stack_top: usize,
+        body: extern "C" fn(usize, usize),
+        a0: usize,
+        a1: usize,
+    ) {
+        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it.
+        unsafe { intr_pin_call(save, thread, stack_top, body, a0, a1) }
     }
 }
 

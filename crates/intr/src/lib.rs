@@ -898,7 +898,7 @@ impl<E: IntrEnv> Intr<E> {
         // ithread runs with interrupts enabled and may take this vector again).
         for src in run_pinned.iter_mut().take(npinned) {
             let src = src.take().expect("counted");
-            self.pinned.dispatch(src, now, io);
+            self.pinned.dispatch(src, now, cpu, io);
         }
         Some(claimed)
     }

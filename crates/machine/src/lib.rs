@@ -118,6 +118,35 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// earlier `switch`, and no other CPU runs or is switching to that thread.
     unsafe fn switch(from: *mut Self::Context, to: *const Self::Context);
 
+    /// **Pinned call** (the short interrupt-thread switch, DESIGN.md part 2): lends this CPU to
+    /// the thread `thread` for one call of `body(a0, a1)` on that thread's stack, without a
+    /// scheduler switch. Saves the running (pinned) thread's callee-saved registers in a frame
+    /// that [`Machine::switch`] can resume, stores its context in `*save`, makes `thread` the
+    /// current thread ([`Machine::curthread`]), switches to `stack_top`, enables interrupts and
+    /// calls `body`. When `body` returns (it must return with interrupts disabled), the
+    /// pinned thread's stack and current-thread pointer come back and this call returns.
+    /// If instead `thread` blocks inside `body`, the scheduler resumes the pinned thread by
+    /// `switch(.., save)`: this call then returns too (interrupts disabled), and `thread`
+    /// goes on later as an ordinary thread.
+    ///
+    /// The default panics: a machine without a cheap stack switch has no pinned model.
+    ///
+    /// # Safety
+    /// Interrupts are disabled. `save` stays valid until this call returns; `stack_top` is the
+    /// 16-byte-aligned top of a stack that nothing else uses (the thread is not on any CPU);
+    /// `body` returns with interrupts disabled or never returns to this frame (it blocked).
+    unsafe fn pin_call(
+        save: *mut Self::Context,
+        thread: *const (),
+        stack_top: usize,
+        body: extern "C" fn(usize, usize),
+        a0: usize,
+        a1: usize,
+    ) {
+        let _ = (save, thread, stack_top, body, a0, a1);
+        panic!("this machine has no pinned interrupt-thread switch (Machine::pin_call)");
+    }
+
     /// Spin-loop hint (x86 `pause`). Every busy-wait in the portable crates calls it.
     #[inline]
     fn relax() {
