@@ -274,27 +274,27 @@ thread_trampoline:
 # 5. Pinned interrupt-thread switch (DESIGN.md part 2; NetBSD's fast softint switch, illumos'
 #    intr_thread):
 #
-#    intr_pin_call(save: *mut usize       %rdi   where the pinned thread's context goes
-#                  thread: *const ()      %rsi   the interrupt thread (new curthread)
-#                  stack_top: usize       %rdx   its stack, 16-byte aligned, unused now
-#                  body: fn(usize, usize) %rcx   run on that stack ...
-#                  a0, a1                 %r8, %r9  ... as body(a0, a1))
+#    intr_pin_call(a0, a1, a2             %rdi, %rsi, %rdx: body's arguments, in place
+#                  call: &PinCall         %rcx: thread at 0(%rcx), stack_top at 8(%rcx),
+#                                                body at 16(%rcx)  (crates/machine))
 #
 #    Caller: `Machine::pin_call` only (sched's `Scheduler::pin_call`), interrupts disabled,
-#    in interrupt context on the interrupted ("pinned") thread's stack. Entry builds the
-#    switch frame of section 4 on the pinned stack and stores its address in *save: the
-#    pinned thread is now switched out in the ordinary format, though nothing else about it
-#    changes (it stays the scheduler's current thread, on no run queue). Then curthread and
-#    %rsp move to the interrupt thread, interrupts are enabled and body runs.
-#      - body returns (interrupts disabled, as it promises): the fast path back. body kept
-#        the callee-saved registers (ABI), so only the two used here (rbx: the pinned
-#        thread; r12: its stack pointer) come back from the frame; then we return.
+#    in interrupt context on the interrupted ("pinned") thread's stack, the CPU at whatever
+#    IPL the caller chose (the pinned model sets IPL_NONE first), at most one such call active
+#    per CPU. Entry builds the switch frame of section 4 on the pinned stack and keeps its
+#    address in %gs:40 (`PerCpu::pin_ctx`): the pinned thread is now switched out in the
+#    ordinary format, though nothing else about it changes (it stays the scheduler's current
+#    thread, on no run queue). Then curthread and %rsp move to the interrupt thread (its stack
+#    from the top, nothing on it), interrupts are enabled and body(a0, a1, a2) runs.
+#      - body returns: interrupts off, then the fast path back. body kept the callee-saved
+#        registers (ABI), so only rbx (it held the pinned thread here) comes back from the
+#        frame; then we return to the caller.
 #      - body blocks: the scheduler finds the CPU borrowed, makes the interrupt thread an
-#        ordinary thread and `context_switch`es to *save: the frame pops and `ret` returns
-#        from this call to its caller, interrupts disabled. body's stack is the interrupt
-#        thread's own from then on; it never comes back to this frame.
-#    Stack alignment: entered with %rsp = 8 mod 16; body is called with %rsp = stack_top - 8
-#    after the call, as the ABI wants.
+#        ordinary thread and `context_switch`es to the context in %gs:40: the frame pops and
+#        `ret` returns from this call to its caller, interrupts disabled. body's stack is the
+#        interrupt thread's own from then on; it must never return into this frame.
+#    Stack alignment: entered with %rsp = 8 mod 16; body is entered with %rsp = stack_top - 8,
+#    as the ABI wants.
 
 .global intr_pin_call
 intr_pin_call:
@@ -304,18 +304,16 @@ intr_pin_call:
     pushq %r13
     pushq %r14
     pushq %r15
-    movq %rsp, (%rdi)                   # the pinned thread's context
+    movq %rsp, %gs:40                   # the pinned thread's context
     movq %gs:16, %rbx                   # the pinned thread
-    movq %rsp, %r12                     # its frame
-    movq %rsi, %gs:16                   # curthread = the interrupt thread
-    movq %rdx, %rsp                     # its stack
-    movq %r8, %rdi
-    movq %r9, %rsi
+    movq 0(%rcx), %rax
+    movq %rax, %gs:16                   # curthread = the interrupt thread
+    movq 8(%rcx), %rsp                  # its stack
     sti
-    call *%rcx
-    movq %r12, %rsp                     # back on the pinned stack (interrupts disabled)
+    call *16(%rcx)                      # body(a0, a1, a2)
+    cli
+    movq %gs:40, %rsp                   # back on the pinned stack
     movq %rbx, %gs:16                   # curthread = the pinned thread
-    movq 32(%rsp), %rbx                 # the two registers used above; the others body kept
-    movq 24(%rsp), %r12
+    movq 32(%rsp), %rbx                 # the register used above; body kept the others
     addq $48, %rsp
     ret

@@ -43,14 +43,7 @@ global_asm!(include_str!(concat!(env!("OUT_DIR"), "/trap_stubs.s")), options(att
 
 extern "C" {
     fn context_switch(from: *mut usize, to: *const usize);
-    fn intr_pin_call(
-        save: *mut usize,
-        thread: *const (),
-        stack_top: usize,
-        body: extern "C" fn(usize, usize),
-        a0: usize,
-        a1: usize,
-    );
+    fn intr_pin_call(a0: usize, a1: usize, a2: usize, call: &machine::PinCall);
     fn thread_trampoline();
 }
 
@@ -143,16 +136,14 @@ impl Machine for X86_64 {
     }
 
     #[inline]
-    unsafe fn pin_call(
-        save: *mut usize,
-        thread: *const (),
-        stack_top: usize,
-        body: extern "C" fn(usize, usize),
-        a0: usize,
-        a1: usize,
-    ) {
+    unsafe fn pin_call(call: &machine::PinCall, a0: usize, a1: usize, a2: usize) {
         // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it.
-        unsafe { intr_pin_call(save, thread, stack_top, body, a0, a1) }
+        unsafe { intr_pin_call(a0, a1, a2, call) }
+    }
+
+    #[inline]
+    fn pinned_context() -> *const usize {
+        cpu::pinned_context_slot()
     }
 }
 

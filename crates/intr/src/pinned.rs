@@ -24,7 +24,7 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use machine::{IntrOff, Machine};
 use sched::{PinThread, Priority};
@@ -40,6 +40,8 @@ struct PinnedCpu<E: IntrEnv> {
     /// only by this CPU with interrupts disabled (the dispatcher, and the ithread, which is
     /// bound to this CPU).
     queue: UnsafeCell<VecDeque<(Arc<Source<E>>, u64)>>,
+    /// This CPU's index (set with `thread`).
+    cpu: AtomicUsize,
 }
 
 // SAFETY: `queue` is accessed only by its own CPU with interrupts disabled (see `PinnedCpu`);
@@ -77,6 +79,7 @@ impl<E: IntrEnv> Pinned<E> {
                     thread: AtomicPtr::new(core::ptr::null_mut()),
                     busy: AtomicBool::new(true),
                     queue: UnsafeCell::new(VecDeque::new()),
+                    cpu: AtomicUsize::new(0),
                 }
             }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
@@ -92,18 +95,20 @@ impl<E: IntrEnv> Pinned<E> {
         }
         let pri = ipl::Ipl::Vm.priority().unwrap_or(Priority::INTR_BASE);
         for cpu in 0..E::M::ncpus() {
-            let t = E::sched().new_ithread("ithread/vm", pri, cpu);
+            let t = E::sched().new_ithread("ithread/vm", pri, cpu, ithread_body::<E>);
             let c = &self.cpus[cpu];
+            c.cpu.store(cpu, Ordering::Relaxed);
             c.thread.store(alloc::boxed::Box::leak(alloc::boxed::Box::new(t)), Ordering::Release);
             c.busy.store(false, Ordering::Release);
         }
     }
 
     /// Interrupt context on `cpu` (interrupts disabled, vector table lock *not* held): if the
-    /// CPU's ithread is parked, lend it the CPU now for `src`; otherwise queue behind it.
+    /// CPU's ithread is parked, lend it the CPU now for `src`, then for whatever was queued
+    /// meanwhile; otherwise queue behind it.
     #[inline]
     pub(crate) fn dispatch(&'static self, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
-        let c = &self.cpus[cpu];
+        let c = &self.cpus[cpu & (sched::MAX_CPUS - 1)];
         if c.busy.load(Ordering::Acquire) {
             // SAFETY: this CPU, interrupts disabled (see `PinnedCpu`).
             unsafe { (*c.queue.get()).push_back((src, raised)) };
@@ -117,14 +122,25 @@ impl<E: IntrEnv> Pinned<E> {
         // back when the ithread returns or blocks.
         let old = <E::M as ipl::IplCpu>::ipl_get();
         <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::None as u8);
-        E::sched().pin_call(t, ithread_body::<E>, Arc::into_raw(src) as usize, raised as usize, io);
+        let sched = E::sched();
+        let arg = c as *const PinnedCpu<E> as usize;
+        let mut done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
+        // Instances queued meanwhile (nested interrupts, `hwi_sched`), while the ithread is
+        // parked again; if it blocked, it drains the queue itself.
+        while done {
+            // SAFETY: this CPU, interrupts disabled.
+            let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else {
+                c.busy.store(false, Ordering::Release);
+                break;
+            };
+            done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
+        }
         <E::M as ipl::IplCpu>::ipl_set(old);
     }
 
     /// Sleep hook: the CPU's ithread is about to block in a handler (a real switch follows).
     pub fn on_block(&self) {
-        let io = E::M::intr_disable();
-        if E::sched().borrowing(&io) {
+        if E::sched().borrowing() {
             self.blocked.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -154,16 +170,26 @@ fn run_one<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: 
 }
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
-/// enabled, CPU at `IPL_NONE`: the instance handed over (`src`: an `Arc::into_raw`,
-/// `raised`: its raise time), then the queue; returns with interrupts disabled while still
-/// borrowing the CPU, or — if a handler blocked — parks for good.
-extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
+/// enabled, CPU at `IPL_NONE`: runs one instance (`c`: the CPU's `PinnedCpu`, `src`: an
+/// `Arc::into_raw`, `raised`: its raise time) and returns — while it still borrows the CPU.
+/// If the handler blocked, the pinned thread went on without us: we drain the queue as an
+/// ordinary thread and park for good.
+extern "C" fn ithread_body<E: IntrEnv>(c: usize, src: usize, raised: usize) {
+    // SAFETY: `dispatch` passed its `&'static PinnedCpu` (the framework is static).
+    let c = unsafe { &*(c as *const PinnedCpu<E>) };
     // SAFETY: `dispatch` passed an `Arc::into_raw` of a source; we take that reference over.
     let src = unsafe { Arc::from_raw(src as *const Source<E>) };
-    let cpu = E::M::cpu_index();
-    let pinned = &E::intr().pinned;
-    let c = &pinned.cpus[cpu];
+    let cpu = c.cpu.load(Ordering::Relaxed);
     run_one(c, src, raised as u64, cpu);
+    if !E::sched().borrowing() {
+        finish_blocked(c, cpu);
+    }
+}
+
+/// The rest of a pinned call whose handler blocked (we are an ordinary thread now): drain the
+/// queue, then leave the CPU for good; the next interrupt starts us afresh.
+#[cold]
+fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
     loop {
         let io = E::M::intr_disable();
         // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
@@ -173,16 +199,9 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
                 run_one(c, src, raised, cpu);
             }
             None => {
-                // Idle: interrupts stay disabled until the switch back (or away), so nothing
-                // can be queued behind our back and no new pinned call can start on our stack.
+                // Interrupts stay disabled until the switch away, so nothing can be queued
+                // behind our back and no pinned call can start on our stack before we left.
                 c.busy.store(false, Ordering::Release);
-                if E::sched().borrowing(&io) {
-                    // The fast path: `pin_call` switches straight back, interrupts disabled.
-                    core::mem::forget(io);
-                    return;
-                }
-                // A handler blocked: we are an ordinary thread now and the pinned thread is
-                // gone on. Leave the CPU for good.
                 E::sched().pin_park(&io);
             }
         }

@@ -50,11 +50,10 @@ use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use intrusive_collections::LinkedListAtomicLink;
-use machine::{IntrOff, Machine};
+use machine::{IntrOff, Machine, PinCall};
 
 pub use event::Event;
 pub use pri::{Priority, NPRI};
@@ -115,10 +114,6 @@ pub struct CpuSched<M: Machine> {
     /// The interrupt thread this CPU is lent to by `pin_call` (its address; 0: none). Written
     /// by this CPU with interrupts disabled; read by other CPUs in `is_running`.
     borrowed: AtomicUsize,
-    /// The context of the thread pinned under `borrowed`, written by `M::pin_call` and read
-    /// only by a blocking interrupt thread's switch back to it. This CPU only, interrupts
-    /// disabled.
-    pin_ctx: UnsafeCell<MaybeUninit<M::Context>>,
     /// Touched only by this CPU with interrupts disabled.
     local: UnsafeCell<CpuLocal<M>>,
 }
@@ -157,7 +152,6 @@ impl<M: Machine> CpuSched<M> {
             kick_preempts: AtomicU64::new(0),
             pin_switches: AtomicU64::new(0),
             borrowed: AtomicUsize::new(0),
-            pin_ctx: UnsafeCell::new(MaybeUninit::uninit()),
             local: UnsafeCell::new(CpuLocal { current: None, idle: None, prev: None, prev_migrate_to: None }),
         }
     }
@@ -193,8 +187,7 @@ pub struct CpuStats {
 /// pinned call starts from.
 pub struct PinThread<M: Machine> {
     thread: Arc<Thread<M>>,
-    addr: usize,
-    stack_top: usize,
+    call: PinCall,
 }
 
 impl<M: Machine> PinThread<M> {
@@ -825,7 +818,14 @@ impl<M: Machine> Scheduler<M> {
     /// Creates the interrupt thread for `cpu` that [`Scheduler::pin_call`] lends that CPU to
     /// (DESIGN.md part 2). It is bound to `cpu`, PARKED, and never on a run queue unless a
     /// handler blocks in it.
-    pub fn new_ithread(&'static self, name: &str, pri: Priority, cpu: usize) -> PinThread<M> {
+    /// Each pinned call runs `body(a0, a1, a2)` on it (see [`Scheduler::pin_call`]).
+    pub fn new_ithread(
+        &'static self,
+        name: &str,
+        pri: Priority,
+        cpu: usize,
+        body: extern "C" fn(usize, usize, usize),
+    ) -> PinThread<M> {
         assert!(self.cpu_online(cpu), "new_ithread({name}): CPU {cpu} is not online");
         let words = STACK_SIZE / 8;
         let mut stack = alloc::vec![0u64; words].into_boxed_slice();
@@ -843,60 +843,67 @@ impl<M: Machine> Scheduler<M> {
         let io = M::intr_disable();
         self.register(&t, &io);
         drop(io);
-        PinThread { addr: Arc::as_ptr(&t) as usize, stack_top, thread: t }
+        PinThread { call: PinCall { thread: Arc::as_ptr(&t) as *const (), stack_top, body }, thread: t }
     }
 
     /// **The pinned call** (DESIGN.md part 2; NetBSD's fast soft interrupts, illumos'
-    /// interrupt threads): lends this CPU to the interrupt thread `it` for one call of
-    /// `body(a0, a1)` on `it`'s stack, with interrupts enabled, at interrupt depth 0. Only the
-    /// stack and the current-thread pointer change ([`Machine::pin_call`]); the running thread
-    /// stays this CPU's current thread for the scheduler, pinned underneath — not queued, not
-    /// migratable, its run state untouched. The scheduler knows only that the CPU is borrowed
-    /// (one per-CPU word, for [`Scheduler::is_running`] and the block path).
+    /// interrupt threads): lends this CPU to the interrupt thread `it` for one call of its
+    /// body, `body(a0, a1, a2)`, on `it`'s stack, with interrupts enabled, at interrupt depth
+    /// 0. Only the stack and the current-thread pointer change ([`Machine::pin_call`]); the
+    /// running thread stays this CPU's current thread for the scheduler, pinned underneath —
+    /// not queued, not migratable, its run state untouched. The scheduler records only that
+    /// the CPU is borrowed (one per-CPU word, for [`Scheduler::is_running`] and the block
+    /// path).
     ///
-    /// If `body` returns, this returns: the fast path. If `it` blocks in `body`, the
+    /// Returns `true` when `body` returned: the fast path. If `it` blocks in `body`, the
     /// bookkeeping skipped here happens then, lazily (`schedule_borrowed`): `it` becomes an
-    /// ordinary thread, the pinned thread resumes at once — this returns — and `it` finishes
-    /// later and ends with [`Scheduler::pin_park`]. `body` must return with interrupts disabled
-    /// and only while [`Scheduler::borrowing`] is true.
+    /// ordinary thread, the pinned thread resumes at once — this returns `false` — and `it`
+    /// finishes later and ends with [`Scheduler::pin_park`] (its body must check
+    /// [`Scheduler::borrowing`] before returning).
     ///
-    /// Called from interrupt context with interrupts disabled; `it` must be PARKED (not on
-    /// any CPU). The caller handles the SPL.
+    /// Called from interrupt context on CPU `cpu` (the caller's [`Machine::cpu_index`]) with
+    /// interrupts disabled; `it` must be PARKED (not on any CPU) and no other pinned call may
+    /// be active on this CPU. The caller handles the SPL.
     #[inline]
     pub fn pin_call(
         &'static self,
+        cpu: usize,
         it: &PinThread<M>,
-        body: extern "C" fn(usize, usize),
         a0: usize,
         a1: usize,
+        a2: usize,
         _proof: &IntrOff,
-    ) {
-        let c = self.this_cpu();
+    ) -> bool {
+        debug_assert_eq!(cpu, M::cpu_index());
+        let c = &self.cpus[cpu & (MAX_CPUS - 1)];
+        debug_assert_eq!(c.borrowed.load(Ordering::Relaxed), 0, "nested pinned call");
         let depth = c.intr_depth.load(Ordering::Relaxed);
         c.intr_depth.store(0, Ordering::Relaxed);
-        c.borrowed.store(it.addr, Ordering::Relaxed);
+        c.borrowed.store(it.call.thread as usize, Ordering::Relaxed);
         // Per-CPU counter, this CPU only, interrupts disabled: no locked add needed.
         c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        // SAFETY: interrupts are disabled (the proof); `pin_ctx` is this CPU's and stays valid
-        // (static scheduler); `it` is PARKED — its stack is unused and no CPU runs it (a
-        // thread that parked left its CPU before interrupts were enabled there again, and
-        // `it` is bound to this CPU); `body` keeps the contract documented above.
-        unsafe {
-            M::pin_call(c.pin_ctx.get() as *mut M::Context, it.addr as *const (), it.stack_top, body, a0, a1)
-        };
+        // SAFETY: interrupts are disabled (the proof) and no pinned call is active here (the
+        // caller's promise; `borrowed` was 0); `it` is PARKED — its stack is unused and no CPU
+        // runs it (a thread that parked left its CPU before interrupts were enabled there
+        // again, and `it` is bound to this CPU); its body keeps the contract documented above.
+        unsafe { M::pin_call(&it.call, a0, a1, a2) };
         c.intr_depth.store(depth, Ordering::Relaxed);
         if c.borrowed.load(Ordering::Relaxed) != 0 {
             c.borrowed.store(0, Ordering::Relaxed);
+            true
         } else {
             // `it` blocked and switched back to us (schedule_borrowed): finish that switch.
             self.finish_switch();
+            false
         }
     }
 
     /// Whether the running thread runs on a CPU lent to it by [`Scheduler::pin_call`] (a
-    /// thread is pinned under it). Interrupts disabled (the answer is about this CPU).
+    /// thread is pinned under it). Needs no interrupt-disabled section: a borrowing thread
+    /// is neither preempted nor migrated, and a running thread that does not borrow never
+    /// starts to (only a parked one is lent a CPU).
     #[inline]
-    pub fn borrowing(&self, _proof: &IntrOff) -> bool {
+    pub fn borrowing(&self) -> bool {
         self.this_cpu().borrowed.load(Ordering::Relaxed) == M::curthread() as usize
     }
 
@@ -951,7 +958,7 @@ impl<M: Machine> Scheduler<M> {
         c.switches.fetch_add(1, Ordering::Relaxed);
         it.last_on_ns.store(M::now_ns(), Ordering::Relaxed);
         let from = it.ctx.get();
-        let to = c.pin_ctx.get() as *const M::Context;
+        let to = M::pinned_context();
         M::set_curthread(Arc::as_ptr(&pinned) as *const (), proof);
         local.current = Some(pinned);
         local.prev = Some(it);
