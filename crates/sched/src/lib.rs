@@ -882,10 +882,10 @@ impl<M: Machine> Scheduler<M> {
         c.borrowed.store(it.call.thread as usize, Ordering::Relaxed);
         // Per-CPU counter, this CPU only, interrupts disabled: no locked add needed.
         c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        // SAFETY: interrupts are disabled (the proof) and no pinned call is active here (the
-        // caller's promise; `borrowed` was 0); `it` is PARKED — its stack is unused and no CPU
-        // runs it (a thread that parked left its CPU before interrupts were enabled there
-        // again, and `it` is bound to this CPU); its body keeps the contract documented above.
+        // `it` is PARKED: its stack is unused and no CPU runs it (a thread that parks leaves
+        // its CPU before interrupts are enabled there again, and `it` is bound to this CPU).
+        // SAFETY: interrupts are disabled (the proof), no pinned call is active here (the
+        // caller's promise), `it` is free (above), its body keeps the contract documented above.
         unsafe { M::pin_call(&it.call, a0, a1, a2) };
         c.intr_depth.store(depth, Ordering::Relaxed);
         if c.borrowed.load(Ordering::Relaxed) != 0 {
@@ -963,11 +963,11 @@ impl<M: Machine> Scheduler<M> {
         local.current = Some(pinned);
         local.prev = Some(it);
         local.prev_migrate_to = None;
-        // SAFETY: interrupts are disabled; `from` is the running (interrupt) thread's context,
-        // kept alive by `local.prev` until the pinned thread's `finish_switch`; `to` is the
-        // pinned thread's context saved by `M::pin_call` on this CPU, which nobody else can
-        // resume (the pinned thread was never queued). We hold our run-queue lock, so no CPU
-        // picks the interrupt thread before its registers are saved (`on_cpu` guards that too).
+        // `from` stays alive in `local.prev` until the pinned thread's `finish_switch`; we hold
+        // our run-queue lock, so no CPU picks the interrupt thread before its registers are
+        // saved (`on_cpu` guards that too).
+        // SAFETY: interrupts are disabled; `from` is the running (interrupt) thread's context;
+        // `to` is the pinned thread's, saved by `M::pin_call` here and never queued.
         unsafe { M::switch(from, to) };
         // Woken and picked by `schedule` on this CPU: an ordinary thread from here on.
         self.finish_switch();
