@@ -1,7 +1,8 @@
 //! Per-CPU data, reached through the GS base in O(1), and each CPU's GDT and TSS.
 //!
-//! `PerCpu` starts with three words that assembly-like accessors read with one
-//! `%gs`-relative load: `self_ptr` (offset 0), `index` (8) and `curthread` (16). A CPU's
+//! `PerCpu` starts with words that assembly-like accessors read with one `%gs`-relative
+//! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24), `pending` (32) and
+//! `pin_ctx` (40, entry.s's pinned switch). A CPU's
 //! `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP reads
 //! during start-up.
 
@@ -32,6 +33,9 @@ pub struct PerCpu {
     ipl: u64,
     /// The SPL pending-levels word (offset 32; one `%gs` op to read, set or clear bits).
     pending: u64,
+    /// The context of the thread pinned under an interrupt thread (offset 40; written by
+    /// `intr_pin_call` in entry.s, read by the scheduler's switch back when that thread blocks).
+    pin_ctx: usize,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
 }
@@ -71,6 +75,7 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         curthread: 0,
         ipl: 0,
         pending: 0,
+        pin_ctx: 0,
         lapic_id: AtomicU32::new(lapic_id),
     }));
     pc.self_ptr = pc as *mut PerCpu as usize;
@@ -142,6 +147,15 @@ pub fn ipl_pending_or(bits: u32) {
 pub fn ipl_pending_and(mask: u32) {
     // SAFETY: as in `ipl_pending_or`.
     unsafe { asm!("and dword ptr gs:[32], {:e}", in(reg) mask, options(nostack)) };
+}
+
+/// Address of the running CPU's pinned-context slot (offset 40 of its `PerCpu`).
+#[inline]
+pub fn pinned_context_slot() -> *const usize {
+    let v: usize;
+    // SAFETY: as in `index`; offset 0 is `self_ptr`.
+    unsafe { asm!("mov {}, gs:[0]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    (v + 40) as *const usize
 }
 
 /// Number of CPUs online (or starting).

@@ -2,7 +2,17 @@
 #   1. the PVH ELF note and 32-bit entry (QEMU -kernel), paging, long mode;
 #   2. the application-processor trampoline (real mode -> long mode), copied to 0x8000;
 #   3. trap_common: the shared tail of the 256 generated interrupt stubs;
-#   4. context switch and the first frame of a new thread.
+#   4. context switch and the first frame of a new thread;
+#   5. the pinned interrupt-thread switch (`intr_pin_call`): the short path that lends the CPU
+#      to a per-CPU interrupt thread without the scheduler.
+#
+# Protocol common to 4 and 5: called from Rust (System V ABI) in ring 0, interrupts disabled,
+# GS base = this CPU's `PerCpu` (%gs:16 is `curthread`). A switched-out thread's context is
+# its stack pointer; its stack holds, from that pointer up, r15, r14, r13, r12, rbx, rbp and
+# a return address (the "switch frame"): `context_switch` pops it and returns. Section 5
+# saves the interrupted thread in exactly that frame, so a blocking interrupt thread can hand
+# the CPU back with an ordinary `context_switch`. The IPL (%gs:24) is not touched here: the
+# callers set it (the interrupt thread runs at IPL_NONE, see crates/intr/src/pinned.rs).
 
 # ---------------------------------------------------------------------------------------
 # 1. PVH boot. QEMU reads XEN_ELFNOTE_PHYS32_ENTRY (type 18) and enters pvh_start32 in
@@ -259,3 +269,51 @@ thread_trampoline:
     xorl %ebp, %ebp                     # end of the frame-pointer chain
     call *%r13                          # entry (never returns)
     ud2
+
+# ---------------------------------------------------------------------------------------
+# 5. Pinned interrupt-thread switch (DESIGN.md part 2; NetBSD's fast softint switch, illumos'
+#    intr_thread):
+#
+#    intr_pin_call(a0, a1, a2             %rdi, %rsi, %rdx: body's arguments, in place
+#                  call: &PinCall         %rcx: thread at 0(%rcx), stack_top at 8(%rcx),
+#                                                body at 16(%rcx)  (crates/machine))
+#
+#    Caller: `Machine::pin_call` only (sched's `Scheduler::pin_call`), interrupts disabled,
+#    in interrupt context on the interrupted ("pinned") thread's stack, the CPU at whatever
+#    IPL the caller chose (the pinned model sets IPL_NONE first), at most one such call active
+#    per CPU. Entry builds the switch frame of section 4 on the pinned stack and keeps its
+#    address in %gs:40 (`PerCpu::pin_ctx`): the pinned thread is now switched out in the
+#    ordinary format, though nothing else about it changes (it stays the scheduler's current
+#    thread, on no run queue). Then curthread and %rsp move to the interrupt thread (its stack
+#    from the top, nothing on it), interrupts are enabled and body(a0, a1, a2) runs.
+#      - body returns: interrupts off, then the fast path back. body kept the callee-saved
+#        registers (ABI), so only rbx (it held the pinned thread here) comes back from the
+#        frame; then we return to the caller.
+#      - body blocks: the scheduler finds the CPU borrowed, makes the interrupt thread an
+#        ordinary thread and `context_switch`es to the context in %gs:40: the frame pops and
+#        `ret` returns from this call to its caller, interrupts disabled. body's stack is the
+#        interrupt thread's own from then on; it must never return into this frame.
+#    Stack alignment: entered with %rsp = 8 mod 16; body is entered with %rsp = stack_top - 8,
+#    as the ABI wants.
+
+.global intr_pin_call
+intr_pin_call:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, %gs:40                   # the pinned thread's context
+    movq %gs:16, %rbx                   # the pinned thread
+    movq 0(%rcx), %rax
+    movq %rax, %gs:16                   # curthread = the interrupt thread
+    movq 8(%rcx), %rsp                  # its stack
+    sti
+    call *16(%rcx)                      # body(a0, a1, a2)
+    cli
+    movq %gs:40, %rsp                   # back on the pinned stack
+    movq %rbx, %gs:16                   # curthread = the pinned thread
+    movq 32(%rsp), %rbx                 # the register used above; body kept the others
+    addq $48, %rsp
+    ret

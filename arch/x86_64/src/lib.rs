@@ -44,6 +44,7 @@ global_asm!(include_str!(concat!(env!("OUT_DIR"), "/trap_stubs.s")), options(att
 
 extern "C" {
     fn context_switch(from: *mut usize, to: *const usize);
+    fn intr_pin_call(a0: usize, a1: usize, a2: usize, call: &machine::PinCall);
     fn thread_trampoline();
 }
 
@@ -133,6 +134,17 @@ impl Machine for X86_64 {
     unsafe fn switch(from: *mut usize, to: *const usize) {
         // SAFETY: per the trait contract (interrupts off, valid contexts, exclusive).
         unsafe { context_switch(from, to) }
+    }
+
+    #[inline]
+    unsafe fn pin_call(call: &machine::PinCall, a0: usize, a1: usize, a2: usize) {
+        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it.
+        unsafe { intr_pin_call(a0, a1, a2, call) }
+    }
+
+    #[inline]
+    fn pinned_context() -> *const usize {
+        cpu::pinned_context_slot()
     }
 }
 

@@ -3,53 +3,55 @@
 //!
 //! Each CPU has one interrupt thread for `IPL_VM` sources (the only hardware level at or below
 //! `IPL_VM`; above it handlers run directly, as the posts propose). When such an interrupt
-//! arrives and the CPU's ithread is idle, the entry path *borrows* the CPU: it switches stack
-//! and current thread to the ithread ([`sched::Scheduler::pin_switch`]) — no run queue, no
-//! scheduler decision — and the interrupted thread stays pinned underneath. The ithread runs
-//! the handlers queued on the CPU (with interrupts enabled, at `IPL_NONE`, not preemptible
-//! while it borrows) and then switches straight back ([`sched::Scheduler::pin_return`]).
-//! Only if a handler blocks does a real context switch happen: the scheduler resumes the
-//! pinned thread at once, and the ithread later finishes like any thread and parks. While the
-//! ithread is busy (running or blocked), new interrupts for its CPU are queued behind it; the
-//! interrupt that wakes a parked ithread hands its instance over in a per-CPU slot (no queue,
-//! no lock, no reference counting on the switch itself).
+//! arrives and the CPU's ithread is idle, the entry path *lends* it the CPU with the short
+//! pinned call ([`sched::Scheduler::pin_call`], a hand-written stack and current-thread
+//! swap, `intr_pin_call` in `arch/x86_64/src/entry.s`): no run queue, no scheduler decision,
+//! no thread-state change; the interrupted thread stays pinned underneath. The ithread runs
+//! the handler — with interrupts enabled, at `IPL_NONE`, not preemptible while it borrows —
+//! then whatever was queued behind it, and returns; the call switches straight back.
+//!
+//! Only if a handler blocks does a real context switch happen, and only then does the
+//! scheduler do the bookkeeping the fast path skipped (as NetBSD's `mi_switch` does for a
+//! blocking soft-interrupt LWP): the pinned thread is resumed at once, and the ithread later
+//! finishes like any thread and parks ([`sched::Scheduler::pin_park`]); the next interrupt
+//! starts it afresh at the top of its stack. While the ithread is busy (borrowing or blocked),
+//! new interrupts for its CPU are queued behind it, in a per-CPU queue touched only by that
+//! CPU with interrupts disabled (no lock).
 //!
 //! Cost: `cargo run --release -- bench --filter intr` reports the instructions this path adds
-//! over `direct` (`intr.switch_added`); today well above NetBSD's 29, because the switch goes
-//! through the portable scheduler's bookkeeping (current thread, run state, SPL and interrupt
-//! depth save/restore) rather than a hand-written stack swap.
+//! over `direct` (`intr.switch_added`); see docs/ARCHITECTURE.md for the list.
 
-use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use machine::{IntrOff, Machine};
-use sched::{Priority, SpinLock, Thread};
+use sched::{PinThread, Priority};
 
-use crate::{IntrEnv, Pending, PendingQueue, Source};
+use crate::{IntrEnv, Source};
 
 struct PinnedCpu<E: IntrEnv> {
-    /// The CPU's ithread: a leaked `Arc`, set once before `busy` first drops to false.
-    thread: AtomicPtr<Arc<Thread<E::M>>>,
-    /// The ithread is running or blocked (not parked): interrupts only queue.
+    /// The CPU's ithread: leaked, set once before `busy` first drops to false.
+    thread: AtomicPtr<PinThread<E::M>>,
+    /// The ithread is borrowing the CPU or blocked (not parked): interrupts only queue.
     busy: AtomicBool,
-    /// The fast path: the instance handed to a parked ithread by the interrupt that wakes
-    /// it (no queue, no lock). Touched only on this CPU with interrupts disabled.
-    slot: UnsafeCell<Option<Pending<E>>>,
-    /// Instances that arrived while the ithread was busy.
-    queue: PendingQueue<E>,
+    /// Instances that arrived while the ithread was busy, and `hwi_sched` requeues: touched
+    /// only by this CPU with interrupts disabled (the dispatcher, and the ithread, which is
+    /// bound to this CPU).
+    queue: UnsafeCell<VecDeque<(Arc<Source<E>>, u64)>>,
+    /// This CPU's index (set with `thread`).
+    cpu: AtomicUsize,
 }
 
-// SAFETY: `slot` is accessed only by its own CPU with interrupts disabled (the interrupt path
-// that fills it, the ithread bound to that CPU that empties it); the rest is atomic or locked.
+// SAFETY: `queue` is accessed only by its own CPU with interrupts disabled (see `PinnedCpu`);
+// the rest is atomic.
 unsafe impl<E: IntrEnv> Sync for PinnedCpu<E> {}
 
 /// Counters of the pinned model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PinnedStats {
-    /// Interrupts that borrowed a CPU (pinned switches).
+    /// Interrupts that borrowed a CPU (pinned calls), all CPUs.
     pub switches: u64,
     /// Handlers that blocked (real switches).
     pub blocked: u64,
@@ -59,7 +61,6 @@ pub struct PinnedStats {
 pub struct Pinned<E: IntrEnv> {
     cpus: [PinnedCpu<E>; sched::MAX_CPUS],
     started: AtomicBool,
-    switches: AtomicU64,
     blocked: AtomicU64,
 }
 
@@ -77,99 +78,132 @@ impl<E: IntrEnv> Pinned<E> {
                 PinnedCpu {
                     thread: AtomicPtr::new(core::ptr::null_mut()),
                     busy: AtomicBool::new(true),
-                    slot: UnsafeCell::new(None),
-                    queue: SpinLock::new(VecDeque::new()),
+                    queue: UnsafeCell::new(VecDeque::new()),
+                    cpu: AtomicUsize::new(0),
                 }
             }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
-            switches: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
         }
     }
 
-    /// Starts one ithread per CPU (first pinned source). Each runs once to park itself.
+    /// Makes one ithread per CPU (first pinned source); each is parked until an interrupt
+    /// lends it its CPU.
     pub(crate) fn start(&'static self) {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
         let pri = ipl::Ipl::Vm.priority().unwrap_or(Priority::INTR_BASE);
         for cpu in 0..E::M::ncpus() {
-            E::sched().spawn("ithread/vm", pri, Some(cpu), move || E::intr().pinned.serve(cpu));
+            let t = E::sched().new_ithread("ithread/vm", pri, cpu, ithread_body::<E>);
+            let c = &self.cpus[cpu];
+            c.cpu.store(cpu, Ordering::Relaxed);
+            c.thread.store(alloc::boxed::Box::leak(alloc::boxed::Box::new(t)), Ordering::Release);
+            c.busy.store(false, Ordering::Release);
         }
     }
 
-    /// Interrupt context (interrupts disabled, vector table lock *not* held): queue the
-    /// instance and, if the CPU's ithread is parked, borrow the CPU for it now.
-    pub(crate) fn dispatch(&'static self, src: Arc<Source<E>>, raised: u64, io: &IntrOff) {
-        let cpu = E::M::cpu_index();
-        let c = &self.cpus[cpu];
-        if c.busy.load(Ordering::Relaxed) {
-            // Running or blocked: it drains the queue before it parks.
-            c.queue.lock(io).push_back(Pending { src, raised });
+    /// Interrupt context on `cpu` (interrupts disabled, vector table lock *not* held): if the
+    /// CPU's ithread is parked, lend it the CPU now for `src`, then for whatever was queued
+    /// meanwhile; otherwise queue behind it.
+    #[inline]
+    pub(crate) fn dispatch(&'static self, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
+        let c = &self.cpus[cpu & (sched::MAX_CPUS - 1)];
+        if c.busy.load(Ordering::Acquire) {
+            // SAFETY: this CPU, interrupts disabled (see `PinnedCpu`).
+            unsafe { (*c.queue.get()).push_back((src, raised)) };
             return;
         }
         c.busy.store(true, Ordering::Relaxed);
-        // SAFETY: this CPU, interrupts disabled (see `PinnedCpu`); the parked ithread left
-        // the slot empty.
-        unsafe { *c.slot.get() = Some(Pending { src, raised }) };
-        // SAFETY: `thread` was stored (a leaked, never freed `Arc`) before the ithread first
-        // parked, which happened before `busy` was first false.
-        let t = unsafe { &*c.thread.load(Ordering::Acquire) };
-        self.switches.store(self.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        // The ithread runs at IPL_NONE and interrupt depth 0; the interrupted context gets its
-        // own back when the ithread returns or blocks.
-        let spl = E::spl();
-        let old_ipl = spl.current();
-        let depth = E::sched().swap_intr_depth(0, io);
+        // SAFETY: `thread` was stored (leaked, never freed) before `busy` was first false,
+        // which the acquire load above saw.
+        let t = unsafe { &*c.thread.load(Ordering::Relaxed) };
+        // The ithread runs at IPL_NONE (it may block); the interrupted context gets its level
+        // back when the ithread returns or blocks.
+        let old = <E::M as ipl::IplCpu>::ipl_get();
         <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::None as u8);
-        E::sched().pin_switch(t, io);
-        <E::M as ipl::IplCpu>::ipl_set(old_ipl as u8);
-        E::sched().swap_intr_depth(depth, io);
+        let sched = E::sched();
+        let arg = c as *const PinnedCpu<E> as usize;
+        let mut done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
+        // Instances queued meanwhile (nested interrupts, `hwi_sched`), while the ithread is
+        // parked again; if it blocked, it drains the queue itself.
+        while done {
+            // SAFETY: this CPU, interrupts disabled.
+            let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else {
+                c.busy.store(false, Ordering::Release);
+                break;
+            };
+            done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
+        }
+        <E::M as ipl::IplCpu>::ipl_set(old);
     }
 
     /// Sleep hook: the CPU's ithread is about to block in a handler (a real switch follows).
     pub fn on_block(&self) {
-        if E::sched().has_pinned() {
+        if E::sched().borrowing() {
             self.blocked.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn serve(&'static self, cpu: usize) {
-        let c = &self.cpus[cpu];
-        let sched = E::sched();
-        // Publish ourselves before the first park lets interrupts borrow the CPU for us.
-        let me: &'static mut Arc<Thread<E::M>> = Box::leak(Box::new(sched.current_arc()));
-        c.thread.store(me, Ordering::Release);
-        loop {
-            let io = E::M::intr_disable();
-            // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
-            let item = unsafe { (*c.slot.get()).take() }.or_else(|| c.queue.lock(&io).pop_front());
-            match item {
-                Some(p) => {
-                    drop(io); // handlers run with interrupts enabled
-                    p.run(cpu, &c.queue);
-                }
-                None => {
-                    // Idle: give the CPU back (or park). Interrupts stay disabled until the
-                    // switch, so nothing can be queued behind our back.
-                    c.busy.store(false, Ordering::Release);
-                    if sched.has_pinned_locked(&io) {
-                        sched.pin_return(&io);
-                    } else {
-                        sched.park(&io);
-                    }
-                    // Resumed by a pinned switch (busy was set by the dispatcher); dropping
-                    // `io` enables interrupts for the handlers.
-                }
-            }
         }
     }
 
     /// Counters.
     pub fn stats(&self) -> PinnedStats {
-        PinnedStats {
-            switches: self.switches.load(Ordering::Relaxed),
-            blocked: self.blocked.load(Ordering::Relaxed),
+        let switches = (0..E::M::ncpus()).map(|c| E::sched().cpu_stats(c).pin_switches).sum();
+        PinnedStats { switches, blocked: self.blocked.load(Ordering::Relaxed) }
+    }
+}
+
+/// Runs one instance in the ithread (interrupts enabled); a handler that asked for
+/// `hwi_sched` goes to the back of the CPU's queue (keeping its mask reference), otherwise
+/// the instance's mask reference, if any, is dropped.
+#[inline(always)]
+fn run_one<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: usize) {
+    let again = src.run_handler(raised, cpu);
+    if again && !src.dead.load(Ordering::Acquire) {
+        let io = E::M::intr_disable();
+        let now = E::M::now_ns();
+        // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
+        unsafe { (*c.queue.get()).push_back((src, now)) };
+        drop(io);
+    } else if src.needs_mask() {
+        src.unmask();
+    }
+}
+
+/// The ithread's body for one pinned call, on its own stack from the top, interrupts
+/// enabled, CPU at `IPL_NONE`: runs one instance (`c`: the CPU's `PinnedCpu`, `src`: an
+/// `Arc::into_raw`, `raised`: its raise time) and returns — while it still borrows the CPU.
+/// If the handler blocked, the pinned thread went on without us: we drain the queue as an
+/// ordinary thread and park for good.
+extern "C" fn ithread_body<E: IntrEnv>(c: usize, src: usize, raised: usize) {
+    // SAFETY: `dispatch` passed its `&'static PinnedCpu` (the framework is static).
+    let c = unsafe { &*(c as *const PinnedCpu<E>) };
+    // SAFETY: `dispatch` passed an `Arc::into_raw` of a source; we take that reference over.
+    let src = unsafe { Arc::from_raw(src as *const Source<E>) };
+    let cpu = c.cpu.load(Ordering::Relaxed);
+    run_one(c, src, raised as u64, cpu);
+    if !E::sched().borrowing() {
+        finish_blocked(c, cpu);
+    }
+}
+
+/// The rest of a pinned call whose handler blocked (we are an ordinary thread now): drain the
+/// queue, then leave the CPU for good; the next interrupt starts us afresh.
+#[cold]
+fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
+    loop {
+        let io = E::M::intr_disable();
+        // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
+        match unsafe { (*c.queue.get()).pop_front() } {
+            Some((src, raised)) => {
+                drop(io); // handlers run with interrupts enabled
+                run_one(c, src, raised, cpu);
+            }
+            None => {
+                // Interrupts stay disabled until the switch away, so nothing can be queued
+                // behind our back and no pinned call can start on our stack before we left.
+                c.busy.store(false, Ordering::Release);
+                E::sched().pin_park(&io);
+            }
         }
     }
 }

@@ -54,6 +54,24 @@ impl Drop for IntrOff {
     }
 }
 
+/// What [`Machine::pin_call`] switches to: an interrupt thread, the top of its stack and the
+/// function it runs there. `#[repr(C)]`: assembly reads it (offsets 0, 8, 16).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PinCall {
+    /// The thread (what [`Machine::curthread`] returns while it runs).
+    pub thread: *const (),
+    /// Its stack's top, 16-byte aligned.
+    pub stack_top: usize,
+    /// Run as `body(a0, a1, a2)` on that stack.
+    pub body: extern "C" fn(usize, usize, usize),
+}
+
+// SAFETY: plain addresses; whoever makes a `PinCall` owns the thread and stack they name.
+unsafe impl Send for PinCall {}
+// SAFETY: as above (read-only after construction).
+unsafe impl Sync for PinCall {}
+
 /// The operations a CPU provides to the portable crates.
 ///
 /// All methods are associated functions: a kernel has exactly one machine, chosen at compile
@@ -117,6 +135,35 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// until that thread is resumed; `to` was filled by [`Machine::new_context`] or by an
     /// earlier `switch`, and no other CPU runs or is switching to that thread.
     unsafe fn switch(from: *mut Self::Context, to: *const Self::Context);
+
+    /// **Pinned call** (the short interrupt-thread switch, DESIGN.md part 2): lends this CPU to
+    /// the thread `call.thread` for one call of `(call.body)(a0, a1, a2)` on that thread's
+    /// stack, without a scheduler switch. Saves the running (pinned) thread's callee-saved
+    /// registers in a frame that [`Machine::switch`] can resume, keeps its context in this
+    /// CPU's slot ([`Machine::pinned_context`]), makes `call.thread` the current thread
+    /// ([`Machine::curthread`]), switches to `call.stack_top`, enables interrupts and calls
+    /// `body`. When `body` returns, interrupts are disabled, the pinned thread's stack and
+    /// current-thread pointer come back and this call returns. If instead the thread blocks
+    /// inside `body`, the scheduler resumes the pinned thread by `switch(.., pinned_context())`:
+    /// this call then returns too (interrupts disabled), and the thread goes on later as an
+    /// ordinary thread (its `body` must then never return into this frame).
+    ///
+    /// The default panics: a machine without a cheap stack switch has no pinned model.
+    ///
+    /// # Safety
+    /// Interrupts are disabled; no other pinned call is active on this CPU (one slot);
+    /// `call.stack_top` is the 16-byte-aligned top of a stack that nothing else uses (the
+    /// thread is not on any CPU); `body` keeps the contract above.
+    unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize, a2: usize) {
+        let _ = (call, a0, a1, a2);
+        panic!("this machine has no pinned interrupt-thread switch (Machine::pin_call)");
+    }
+
+    /// The context [`Machine::pin_call`] saved for the thread pinned on this CPU (valid while
+    /// that call is active). The default panics, as `pin_call`'s does.
+    fn pinned_context() -> *const Self::Context {
+        panic!("this machine has no pinned interrupt-thread switch (Machine::pinned_context)");
+    }
 
     /// Spin-loop hint (x86 `pause`). Every busy-wait in the portable crates calls it.
     #[inline]

@@ -29,6 +29,10 @@
 //!   Wakeups may be spurious: sleepers loop on their condition.
 //! * **Preemption control** is per thread (`preempt_disable` / `preempt_enable`), so the count
 //!   migrates with the thread; the scheduler never preempts a thread whose count is non-zero.
+//! * **Pinned interrupt threads** ([`Scheduler::pin_call`]): an interrupt may lend its CPU to
+//!   an interrupt thread for one handler run. The scheduler records only that the CPU is
+//!   borrowed (a per-CPU word); the thread underneath stays its current thread. Everything
+//!   else happens only if the interrupt thread blocks (`schedule_borrowed`).
 //! * The global allocator must be callable with interrupts disabled (spawning and some wait
 //!   lists allocate).
 #![no_std]
@@ -49,14 +53,14 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use intrusive_collections::LinkedListAtomicLink;
-use machine::{IntrOff, Machine};
+use machine::{IntrOff, Machine, PinCall};
 
 pub use event::Event;
 pub use pri::{Priority, NPRI};
 pub use runq::RunQueue;
 pub use spin::{SpinGuard, SpinLock};
 pub use thread::{HeldLocks, JoinHandle, Thread, ThreadState, MAX_HELD_LOCKS};
-use thread::{JoinState, BLOCKED, DEAD, RUNNING, SLEEPING, UNBOUND};
+use thread::{JoinState, BLOCKED, DEAD, PARKED, RUNNING, SLEEPING, UNBOUND};
 
 /// Clock ticks a thread may run before an equal-priority thread gets the CPU.
 pub const TIMESLICE_TICKS: u32 = 2;
@@ -79,6 +83,8 @@ enum Reason {
     Block,
     /// Thread exit.
     Exit,
+    /// An interrupt thread that blocked during a pinned call is done: off the CPU for good.
+    Park,
 }
 
 /// Per-CPU scheduler state.
@@ -103,8 +109,11 @@ pub struct CpuSched<M: Machine> {
     kicked: AtomicBool,
     /// Preemptions that a kick asked for (as opposed to a time slice running out).
     kick_preempts: AtomicU64,
-    /// Switches to an interrupt thread on this CPU's borrowed context.
+    /// Pinned calls: this CPU lent to an interrupt thread ([`Scheduler::pin_call`]).
     pin_switches: AtomicU64,
+    /// The interrupt thread this CPU is lent to by `pin_call` (its address; 0: none). Written
+    /// by this CPU with interrupts disabled; read by other CPUs in `is_running`.
+    borrowed: AtomicUsize,
     /// Touched only by this CPU with interrupts disabled.
     local: UnsafeCell<CpuLocal<M>>,
 }
@@ -117,8 +126,6 @@ struct CpuLocal<M: Machine> {
     prev: Option<Arc<Thread<M>>>,
     /// `prev` must be queued on this other CPU once off ours (binding).
     prev_migrate_to: Option<usize>,
-    /// The switch to here did not take the run-queue lock (`pin_return`).
-    prev_no_unlock: bool,
 }
 
 // SAFETY: `local` is accessed only by its own CPU with interrupts disabled; everything else
@@ -144,13 +151,8 @@ impl<M: Machine> CpuSched<M> {
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
             pin_switches: AtomicU64::new(0),
-            local: UnsafeCell::new(CpuLocal {
-                current: None,
-                idle: None,
-                prev: None,
-                prev_migrate_to: None,
-                prev_no_unlock: false,
-            }),
+            borrowed: AtomicUsize::new(0),
+            local: UnsafeCell::new(CpuLocal { current: None, idle: None, prev: None, prev_migrate_to: None }),
         }
     }
 
@@ -178,6 +180,21 @@ pub struct CpuStats {
     pub pin_switches: u64,
     /// Threads waiting in its run queue.
     pub queued: usize,
+}
+
+/// An interrupt thread that borrows CPUs through [`Scheduler::pin_call`] (made by
+/// [`Scheduler::new_ithread`]): the thread, its address and the top of its stack, which every
+/// pinned call starts from.
+pub struct PinThread<M: Machine> {
+    thread: Arc<Thread<M>>,
+    call: PinCall,
+}
+
+impl<M: Machine> PinThread<M> {
+    /// The thread.
+    pub fn thread(&self) -> &Arc<Thread<M>> {
+        &self.thread
+    }
 }
 
 /// The scheduler: all CPUs' run queues and the timed-sleep list.
@@ -249,7 +266,6 @@ impl<M: Machine> Scheduler<M> {
             rq_link: LinkedListAtomicLink::new(),
             join: SpinLock::new(JoinState { exited: false, joiner: None }),
             held: SpinLock::new(thread::HeldLocks::new()),
-            pinned: UnsafeCell::new(None),
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
             last_on_ns: AtomicU64::new(M::now_ns()),
@@ -601,7 +617,15 @@ impl<M: Machine> Scheduler<M> {
     /// exited (the adaptive mutex asks about a lock owner it holds no reference to).
     pub fn is_running(&self, t: *const ()) -> bool {
         let t = t as usize;
-        (0..M::ncpus()).any(|c| self.cpus[c].running.load(Ordering::Relaxed) == t)
+        (0..M::ncpus()).any(|c| {
+            let cs = &self.cpus[c];
+            // A CPU lent to an interrupt thread runs that thread, not the one pinned under it
+            // (an ithread must block on, not spin for, a lock its pinned thread holds).
+            match cs.borrowed.load(Ordering::Relaxed) {
+                0 => cs.running.load(Ordering::Relaxed) == t,
+                b => b == t,
+            }
+        })
     }
 
     /// Changes a thread's effective priority (priority inheritance lends and withdraws
@@ -748,13 +772,6 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
-    /// Sets this CPU's interrupt nesting depth, returning the old one. A pinned switch runs
-    /// the interrupt thread at depth 0 (it is a thread: it may block and be preempted by
-    /// nested interrupts' wakeups) and puts the interrupted context's depth back afterwards.
-    pub fn swap_intr_depth(&self, depth: u32, _proof: &IntrOff) -> u32 {
-        self.this_cpu().intr_depth.swap(depth, Ordering::Relaxed)
-    }
-
     /// Whether this CPU is running an interrupt handler.
     pub fn in_interrupt(&self) -> bool {
         self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0
@@ -798,96 +815,162 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
-    /// **Pinned interrupt threads** (DESIGN.md part 2, NetBSD's interrupt LWPs): switches this
-    /// CPU from the running thread to the interrupt thread `it` *without* the run queues. The
-    /// interrupted thread stays pinned underneath (`on_cpu`, not queued, not migratable) until
-    /// `it` calls [`Scheduler::pin_return`] — then this call returns — or blocks, in which case
-    /// the scheduler switches straight back to the pinned thread (this call returns then too)
-    /// and `it` later runs like any thread. `it` must be parked ([`Scheduler::park`]) or
-    /// never run. Called from interrupt context, interrupts disabled; the caller handles the
-    /// CPU's SPL and interrupt depth around it.
-    pub fn pin_switch(&'static self, it: &Arc<Thread<M>>, _proof: &IntrOff) {
-        let cpu = M::cpu_index();
-        let c = &self.cpus[cpu];
-        // SAFETY: this CPU, interrupts disabled.
-        let local = unsafe { c.local() };
-        // The interrupted thread's reference moves under `it` (no refcount traffic).
-        let pinned = local.current.take().expect("pin_switch before init_cpu");
-        while it.on_cpu.load(Ordering::Acquire) {
-            M::relax();
-        }
-        // Nobody else touches a parked interrupt thread's state: plain stores suffice.
-        it.state.store(RUNNING, Ordering::Relaxed);
-        it.on_cpu.store(true, Ordering::Relaxed);
-        it.cpu.store(cpu, Ordering::Relaxed);
-        let from = pinned.ctx.get();
-        let to = it.ctx.get() as *const M::Context;
-        // SAFETY: only this CPU touches `it.pinned`, with interrupts disabled; `it` is not on
-        // any CPU (waited above) and not queued (parked or new).
-        unsafe { *it.pinned.get() = Some(pinned) };
-        M::set_curthread(Arc::as_ptr(it) as *const (), _proof);
-        c.running.store(Arc::as_ptr(it) as usize, Ordering::Relaxed);
-        c.cur_pri.store(it.pri.load(Ordering::Relaxed), Ordering::Relaxed);
-        c.cur_idle.store(false, Ordering::Relaxed);
-        local.current = Some(it.clone());
+    /// Creates the interrupt thread for `cpu` that [`Scheduler::pin_call`] lends that CPU to
+    /// (DESIGN.md part 2). It is bound to `cpu`, PARKED, and never on a run queue unless a
+    /// handler blocks in it.
+    /// Each pinned call runs `body(a0, a1, a2)` on it (see [`Scheduler::pin_call`]).
+    pub fn new_ithread(
+        &'static self,
+        name: &str,
+        pri: Priority,
+        cpu: usize,
+        body: extern "C" fn(usize, usize, usize),
+    ) -> PinThread<M> {
+        assert!(self.cpu_online(cpu), "new_ithread({name}): CPU {cpu} is not online");
+        let words = STACK_SIZE / 8;
+        let mut stack = alloc::vec![0u64; words].into_boxed_slice();
+        let stack_top = (stack.as_mut_ptr() as usize + words * 8) & !0xF;
+        let t = Arc::new(self.new_thread(
+            String::from(name),
+            pri,
+            Some(cpu),
+            false,
+            Some(stack),
+            M::empty_context(),
+        ));
+        t.state.store(PARKED, Ordering::Relaxed);
+        self.live_threads.fetch_add(1, Ordering::Relaxed);
+        let io = M::intr_disable();
+        self.register(&t, &io);
+        drop(io);
+        PinThread { call: PinCall { thread: Arc::as_ptr(&t) as *const (), stack_top, body }, thread: t }
+    }
+
+    /// **The pinned call** (DESIGN.md part 2; NetBSD's fast soft interrupts, illumos'
+    /// interrupt threads): lends this CPU to the interrupt thread `it` for one call of its
+    /// body, `body(a0, a1, a2)`, on `it`'s stack, with interrupts enabled, at interrupt depth
+    /// 0. Only the stack and the current-thread pointer change ([`Machine::pin_call`]); the
+    /// running thread stays this CPU's current thread for the scheduler, pinned underneath —
+    /// not queued, not migratable, its run state untouched. The scheduler records only that
+    /// the CPU is borrowed (one per-CPU word, for [`Scheduler::is_running`] and the block
+    /// path).
+    ///
+    /// Returns `true` when `body` returned: the fast path. If `it` blocks in `body`, the
+    /// bookkeeping skipped here happens then, lazily (`schedule_borrowed`): `it` becomes an
+    /// ordinary thread, the pinned thread resumes at once — this returns `false` — and `it`
+    /// finishes later and ends with [`Scheduler::pin_park`] (its body must check
+    /// [`Scheduler::borrowing`] before returning).
+    ///
+    /// Called from interrupt context on CPU `cpu` (the caller's [`Machine::cpu_index`]) with
+    /// interrupts disabled; `it` must be PARKED (not on any CPU) and no other pinned call may
+    /// be active on this CPU. The caller handles the SPL.
+    #[inline]
+    pub fn pin_call(
+        &'static self,
+        cpu: usize,
+        it: &PinThread<M>,
+        a0: usize,
+        a1: usize,
+        a2: usize,
+        _proof: &IntrOff,
+    ) -> bool {
+        debug_assert_eq!(cpu, M::cpu_index());
+        let c = &self.cpus[cpu & (MAX_CPUS - 1)];
+        debug_assert_eq!(c.borrowed.load(Ordering::Relaxed), 0, "nested pinned call");
+        let depth = c.intr_depth.load(Ordering::Relaxed);
+        c.intr_depth.store(0, Ordering::Relaxed);
+        c.borrowed.store(it.call.thread as usize, Ordering::Relaxed);
         // Per-CPU counter, this CPU only, interrupts disabled: no locked add needed.
         c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        // SAFETY: interrupts are disabled; `from` is the running thread's context (kept alive
-        // by the reference in `it.pinned`), `to` is `it`'s saved (or new) context and no other
-        // CPU runs it.
-        unsafe { M::switch(from, to) };
-        // Back on the pinned thread: `it` returned (pin_return) or blocked (schedule).
-        self.finish_switch();
+        // `it` is PARKED: its stack is unused and no CPU runs it (a thread that parks leaves
+        // its CPU before interrupts are enabled there again, and `it` is bound to this CPU).
+        // SAFETY: interrupts are disabled (the proof), no pinned call is active here (the
+        // caller's promise), `it` is free (above), its body keeps the contract documented above.
+        unsafe { M::pin_call(&it.call, a0, a1, a2) };
+        c.intr_depth.store(depth, Ordering::Relaxed);
+        if c.borrowed.load(Ordering::Relaxed) != 0 {
+            c.borrowed.store(0, Ordering::Relaxed);
+            true
+        } else {
+            // `it` blocked and switched back to us (schedule_borrowed): finish that switch.
+            self.finish_switch();
+            false
+        }
     }
 
-    /// Called by an interrupt thread that runs on a borrowed CPU and is done for now: switches
-    /// straight back to the pinned thread and parks. Returns when a later `pin_switch` resumes
-    /// this thread. Interrupts disabled.
-    pub fn pin_return(&'static self, proof: &IntrOff) {
+    /// Whether the running thread runs on a CPU lent to it by [`Scheduler::pin_call`] (a
+    /// thread is pinned under it). Needs no interrupt-disabled section: a borrowing thread
+    /// is neither preempted nor migrated, and a running thread that does not borrow never
+    /// starts to (only a parked one is lent a CPU).
+    #[inline]
+    pub fn borrowing(&self) -> bool {
+        self.this_cpu().borrowed.load(Ordering::Relaxed) == M::curthread() as usize
+    }
+
+    /// Whether `cpu` is lent to an interrupt thread right now (for `ps`).
+    pub fn cpu_borrowed(&self, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.cpus[cpu].borrowed.load(Ordering::Relaxed) != 0
+    }
+
+    /// Ends the work of an interrupt thread that blocked during its pinned call (and so is an
+    /// ordinary thread now, [`Scheduler::borrowing`] false): it leaves the CPU for good,
+    /// PARKED, and the next [`Scheduler::pin_call`] starts it afresh at the top of its stack.
+    /// Interrupts disabled.
+    pub fn pin_park(&'static self, proof: &IntrOff) -> ! {
+        self.current().state.store(PARKED, Ordering::SeqCst);
+        self.schedule(Reason::Park, proof);
+        unreachable!("a parked interrupt thread was switched back in");
+    }
+
+    /// `schedule` on a CPU lent to an interrupt thread (the running thread is that thread;
+    /// the scheduler's current thread is the one pinned under it). The interrupt thread is not
+    /// preempted: it gives the CPU back soon. If it blocks, the bookkeeping `pin_call`
+    /// skipped happens here, as NetBSD's `mi_switch` does for a blocking soft-interrupt LWP:
+    /// it becomes this CPU's current thread, the pinned thread is released and resumed at
+    /// once through the context `M::pin_call` saved (it never left the CPU: no run queue),
+    /// and the interrupt thread sleeps like any thread; a wakeup queues it on its CPU.
+    #[cold]
+    fn schedule_borrowed(&'static self, reason: Reason, proof: &IntrOff) {
+        match reason {
+            Reason::Preempt | Reason::Yield => return,
+            Reason::Exit | Reason::Park => {
+                panic!("thread {} left its CPU with a thread pinned under it", self.current().name)
+            }
+            Reason::Block => {}
+        }
         let cpu = M::cpu_index();
         let c = &self.cpus[cpu];
-        // SAFETY: this CPU, interrupts disabled.
+        let it = self.current_arc();
+        // Carried across the switch; the pinned thread's `finish_switch` releases it.
+        c.rq.raw_lock();
+        it.on_cpu.store(true, Ordering::Relaxed);
+        it.cpu.store(cpu, Ordering::Relaxed);
+        if it.state.compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            // Woken before it slept: go on borrowing.
+            it.on_cpu.store(false, Ordering::Relaxed);
+            c.rq.raw_unlock();
+            return;
+        }
+        // SAFETY: this CPU, interrupts disabled (the proof).
         let local = unsafe { c.local() };
-        let me = local.current.take().expect("pin_return before init_cpu");
-        // SAFETY: only this CPU touches `me.pinned`, with interrupts disabled.
-        let pinned = unsafe { (*me.pinned.get()).take() }.expect("pin_return without a pinned thread");
-        me.state.store(BLOCKED, Ordering::Relaxed);
+        let pinned = local.current.take().expect("schedule before init_cpu");
+        c.borrowed.store(0, Ordering::Relaxed);
+        c.switches.fetch_add(1, Ordering::Relaxed);
+        it.last_on_ns.store(M::now_ns(), Ordering::Relaxed);
+        let from = it.ctx.get();
+        let to = M::pinned_context();
         M::set_curthread(Arc::as_ptr(&pinned) as *const (), proof);
-        c.running.store(Arc::as_ptr(&pinned) as usize, Ordering::Relaxed);
-        c.cur_pri.store(pinned.pri.load(Ordering::Relaxed), Ordering::Relaxed);
-        c.cur_idle.store(pinned.is_idle, Ordering::Relaxed);
-        let from = me.ctx.get();
-        let to = pinned.ctx.get() as *const M::Context;
         local.current = Some(pinned);
-        // The pinned thread clears our `on_cpu` once we are off the CPU.
-        local.prev = Some(me);
+        local.prev = Some(it);
         local.prev_migrate_to = None;
-        local.prev_no_unlock = true;
-        // SAFETY: interrupts are disabled; `from` is our context (we stay alive: the interrupt
-        // framework holds us), `to` is the pinned thread's context, saved by `pin_switch` on
-        // this CPU, and nobody else can run it (it was never queued).
+        // `from` stays alive in `local.prev` until the pinned thread's `finish_switch`; we hold
+        // our run-queue lock, so no CPU picks the interrupt thread before its registers are
+        // saved (`on_cpu` guards that too).
+        // SAFETY: interrupts are disabled; `from` is the running (interrupt) thread's context;
+        // `to` is the pinned thread's, saved by `M::pin_call` here and never queued.
         unsafe { M::switch(from, to) };
-        // Resumed by a later pin_switch.
-    }
-
-    /// Parks the calling thread until a `pin_switch` resumes it (an interrupt thread with no
-    /// pinned thread under it, e.g. after it blocked and finished as an ordinary thread).
-    pub fn park(&'static self, proof: &IntrOff) {
-        self.current().state.store(SLEEPING, Ordering::SeqCst);
-        self.schedule(Reason::Block, proof);
-    }
-
-    /// Whether the running thread runs on a borrowed CPU (a thread is pinned under it).
-    pub fn has_pinned(&self) -> bool {
-        let io = M::intr_disable();
-        self.has_pinned_locked(&io)
-    }
-
-    /// [`Scheduler::has_pinned`] for a caller that has interrupts disabled already.
-    pub fn has_pinned_locked(&self, _proof: &IntrOff) -> bool {
-        // SAFETY: `pinned` of the running thread is touched only by this CPU with interrupts
-        // disabled, which the proof guarantees.
-        unsafe { (*self.current().pinned.get()).is_some() }
+        // Woken and picked by `schedule` on this CPU: an ordinary thread from here on.
+        self.finish_switch();
     }
 
     /// Counters of `cpu`.
@@ -907,6 +990,10 @@ impl<M: Machine> Scheduler<M> {
     fn schedule(&'static self, reason: Reason, _proof: &IntrOff) {
         let cpu = M::cpu_index();
         let c = &self.cpus[cpu];
+        if c.borrowed.load(Ordering::Relaxed) != 0 {
+            self.schedule_borrowed(reason, _proof);
+            return;
+        }
         c.rq.raw_lock();
         // SAFETY: we hold our run-queue lock (raw) and create no guard while using it.
         let rq = unsafe { c.rq.get_locked() };
@@ -917,26 +1004,12 @@ impl<M: Machine> Scheduler<M> {
         let kicked = c.kicked.swap(false, Ordering::AcqRel);
 
         let leaving = match reason {
-            Reason::Exit => true,
+            Reason::Exit | Reason::Park => true,
             Reason::Block => {
                 prev.state.compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
             }
             Reason::Preempt | Reason::Yield => false,
         };
-        // SAFETY: `pinned` is touched only by this CPU with interrupts disabled (pin_switch,
-        // pin_return, here).
-        let pinned_under = unsafe { (*prev.pinned.get()).is_some() };
-        if pinned_under && !leaving {
-            // A thread running on a borrowed CPU is not preempted: it returns to the thread
-            // pinned underneath soon, or blocks (below).
-            c.rq.raw_unlock();
-            return;
-        }
-        assert!(
-            !(pinned_under && reason == Reason::Exit),
-            "thread {} exited with a thread pinned under it",
-            prev.name
-        );
         let mut migrate_to = None;
         if !leaving && !prev.is_idle {
             let bound = prev.bound.load(Ordering::Relaxed);
@@ -956,26 +1029,17 @@ impl<M: Machine> Scheduler<M> {
                 rq.push_back(prev.clone());
             }
         }
-        // An interrupt thread that blocks releases the thread pinned under it: that thread
-        // resumes right here, ahead of the run queue (it never left the CPU).
-        // SAFETY: as above.
-        let released = if pinned_under { unsafe { (*prev.pinned.get()).take() } } else { None };
-        let resuming_pinned = released.is_some();
-        let next = match released {
+        let next = match rq.pop_highest() {
             Some(t) => t,
-            None => match rq.pop_highest() {
-                Some(t) => t,
-                None => local.idle.as_ref().expect("no idle thread").clone(),
-            },
+            None => local.idle.as_ref().expect("no idle thread").clone(),
         };
         c.nqueued.store(rq.len(), Ordering::Relaxed);
         if Arc::ptr_eq(&next, &prev) {
             c.rq.raw_unlock();
             return;
         }
-        // The next thread may still be saving its registers on the CPU it left (a pinned thread
-        // never left: its `on_cpu` stays set while it is borrowed).
-        while !resuming_pinned && next.on_cpu.load(Ordering::Acquire) {
+        // The next thread may still be saving its registers on the CPU it left.
+        while next.on_cpu.load(Ordering::Acquire) {
             M::relax();
         }
         let now = M::now_ns();
@@ -1015,14 +1079,10 @@ impl<M: Machine> Scheduler<M> {
         // SAFETY: this CPU, interrupts disabled (we are right after a switch).
         let local = unsafe { c.local() };
         let Some(prev) = local.prev.take() else {
-            // Arrived by `pin_switch`, which holds no run-queue lock and keeps the thread it
-            // borrowed from: nothing to finish.
             return;
         };
         let migrate_to = local.prev_migrate_to.take();
-        if !core::mem::take(&mut local.prev_no_unlock) {
-            c.rq.raw_unlock();
-        }
+        c.rq.raw_unlock();
         prev.on_cpu.store(false, Ordering::Release);
         if let Some(target) = migrate_to {
             // SAFETY: interrupts are disabled here (right after a switch) and stay so until

@@ -17,6 +17,7 @@
 //!    │  └─────────────────────────┘   wakeup(): CAS + enqueue │
 //!    └───────────────────────────────────────────────────────┘
 //! RUNNING ── exit() ──▶ DEAD
+//! PARKED (interrupt threads between pinned calls; a handler's sleep_prepare leaves it)
 //! ```
 //!
 //! RUNNING means "on a CPU or on a run queue". SLEEPING means the thread announced it is
@@ -47,6 +48,9 @@ pub const SLEEPING: u8 = 1;
 pub const BLOCKED: u8 = 2;
 /// Exited; will never run again.
 pub const DEAD: u8 = 3;
+/// An interrupt thread waiting for an interrupt to lend it a CPU ([`crate::Scheduler::pin_call`]):
+/// off every CPU and run queue; no wakeup moves it (the next pinned call starts it afresh).
+pub const PARKED: u8 = 4;
 
 /// `bound` value of a thread that may run on any CPU.
 pub(crate) const UNBOUND: usize = usize::MAX;
@@ -141,9 +145,6 @@ pub struct Thread<M: Machine> {
     pub(crate) join: SpinLock<JoinState<M>>,
     /// Locks held, for the lock checker.
     pub(crate) held: SpinLock<HeldLocks>,
-    /// The thread pinned under this (interrupt) thread while it runs on a borrowed CPU.
-    /// Touched only by the CPU it runs on, with interrupts disabled.
-    pub(crate) pinned: UnsafeCell<Option<Arc<Thread<M>>>>,
     /// Context switches onto this thread.
     pub(crate) switches: AtomicU64,
     /// Nanoseconds spent on a CPU, summed at each switch away.
