@@ -342,7 +342,8 @@ pub fn boot_elf(
 ) -> Result<BootReport, String> {
     let mut cmd = Command::new(QEMU);
     cmd.args(qemu_args(cfg, accel, kernel));
-    let run = supervise_with_input(cmd, cfg.timeout, &cfg.input, on_line).map_err(|e| format!("cannot run {QEMU}: {e}"))?;
+    let run = supervise_with_input(cmd, cfg.timeout, &cfg.input, on_line)
+        .map_err(|e| format!("cannot run {QEMU}: {e}"))?;
     Ok(BootReport {
         outcome: run.outcome,
         events: run.events,
