@@ -6,9 +6,12 @@
 pub mod bench;
 pub mod harness;
 pub mod kbuild;
+pub mod live;
 pub mod protocol;
 pub mod qemu;
+pub mod report;
 pub mod setup;
+pub mod workload;
 
 pub use harness::{run_suite, SuiteReport};
 pub use protocol::Event;
