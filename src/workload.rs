@@ -668,3 +668,16 @@ pub fn summary(results: &JobResults, host: &HostTraffic) -> String {
     }
     s
 }
+
+/// The kernel command line for `run=<run>` with `model` (`intr.model=`) and the user's
+/// `append`; an error if both name a model.
+pub fn cmdline(run: &str, model: Option<Model>, append: &str) -> Result<String, String> {
+    let mut line = format!("run={run}");
+    if let Some(m) = model {
+        if append.split_whitespace().any(|o| o.starts_with("intr.model=")) {
+            return Err(format!("--model {m} and --append intr.model=... both choose the model: keep one"));
+        }
+        line = crate::qemu::join_cmdline(&line, &format!("intr.model={m}"));
+    }
+    Ok(crate::qemu::join_cmdline(&line, append))
+}
