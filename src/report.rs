@@ -180,14 +180,17 @@ pub fn latency_chart(path: &Path, source: &str, runs: &[ModelRun]) -> io::Result
         return Ok(Vec::new());
     }
     let bounds = series.iter().flat_map(|(_, _, h)| h.buckets.iter().map(|b| b.0.max(1)));
-    let lo = bounds.clone().min().unwrap_or(1) as f64;
-    let hi = (bounds.max().unwrap_or(2) as f64 * 2.0).max(lo * 4.0);
+    // Whole decades, so that the log axis has labels from end to end.
+    let decade_below = |x: f64| 10f64.powf(x.log10().floor());
+    let lo = decade_below(bounds.clone().min().unwrap_or(1) as f64);
+    let hi = (decade_below(bounds.max().unwrap_or(1) as f64 * 2.0) * 10.0).max(lo * 10.0);
     let unit = &series[0].2.unit;
     let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(chart_error)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{source}: interrupt handling latency by model"), ("sans-serif", 22))
         .margin(16)
+        .margin_right(40)
         .x_label_area_size(44)
         .y_label_area_size(56)
         .build_cartesian_2d((lo..hi).log_scale(), 0f64..1.0)
@@ -196,6 +199,9 @@ pub fn latency_chart(path: &Path, source: &str, runs: &[ModelRun]) -> io::Result
         .configure_mesh()
         .x_desc(format!("latency ({unit}, log scale)"))
         .y_desc("fraction of interrupts at or below")
+        .x_label_formatter(&|x| fmt_ns(x.round() as u64))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
         .draw()
         .map_err(chart_error)?;
     let mut drawn = Vec::new();
@@ -253,7 +259,7 @@ pub fn throughput_chart(path: &Path, runs: &[ModelRun]) -> io::Result<()> {
             .margin(14)
             .x_label_area_size(36)
             .y_label_area_size(64)
-            .build_cartesian_2d((0..n).into_segmented(), 0f64..top)
+            .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..top)
             .map_err(chart_error)?;
         chart
             .configure_mesh()
@@ -266,6 +272,8 @@ pub fn throughput_chart(path: &Path, runs: &[ModelRun]) -> io::Result<()> {
                 SegmentValue::Last => String::new(),
             })
             .y_label_formatter(&|y| format!("{y:.0}"))
+            .y_labels(6)
+            .label_style(("sans-serif", 14))
             .draw()
             .map_err(chart_error)?;
         let bars = runs.iter().enumerate().filter_map(|(i, r)| {
@@ -331,8 +339,8 @@ fn readme_text(
     s.push_str(&compare_markdown(runs));
     s.push_str(
         "\nRates are per second of guest time, each over the span in which its counter moved. \
-         `p50`/`p99` are the kernel's handling latency percentiles per source (interrupt to \
-         handler completion); `cpu/intr` is handler CPU time per handled interrupt.\n",
+         `p50`/`p99` are the handling latency percentiles per source as the kernel measures them (see \
+         docs/PROTOCOL.md); `cpu/intr` is handler CPU time per handled interrupt.\n",
     );
     let failed: Vec<&ModelRun> = runs.iter().filter(|r| !r.ok()).collect();
     if !failed.is_empty() {
