@@ -176,7 +176,10 @@ impl LiveView {
                 ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> ");
             multi.add(ProgressBar::new(len).with_style(style).with_prefix(prefix.to_string()))
         };
-        let frames = bar("frames", plan.frames, "{prefix:>7} [{bar:32}] {pos}/{len} {msg}");
+        let frames = match plan.frames {
+            0 => bar("frames", 0, "{prefix:>7} {msg}"),
+            n => bar("frames", n, "{prefix:>7} [{bar:32}] {pos}/{len} {msg}"),
+        };
         let disk = bar("disk", 0, "{prefix:>7} {pos} operations verified {msg}");
         let serial_bytes = plan.serial_lines * workload::SERIAL_LINE_BYTES as u64;
         let serial = bar("serial", serial_bytes, "{prefix:>7} [{bar:32}] {pos}/{len} bytes {msg}");
@@ -238,7 +241,12 @@ impl LiveView {
         let c = p.counters;
         let sent = self.counters.frames_sent.load(Ordering::Relaxed);
         self.frames.set_position(c.net_rx);
-        self.frames.set_message(format!("received (sent {sent}, lost {}, bad {})", c.net_lost, c.net_bad));
+        if self.plan.frames == 0 {
+            self.frames.set_message(format!("(no NIC peer: none sent, {} received)", c.net_rx));
+        } else {
+            self.frames
+                .set_message(format!("received (sent {sent}, lost {}, bad {})", c.net_lost, c.net_bad));
+        }
         self.disk.set_position(c.blk_ops);
         self.disk.set_message(format!("(bad {})", c.blk_bad));
         self.serial.set_position(c.serial_bytes);

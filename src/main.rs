@@ -219,7 +219,9 @@ fn run_main_job(
 ) -> Result<(BootReport, ModelRun), String> {
     let devices = workload::host_devices().map_err(|e| format!("cannot set up the NIC and the disk: {e}"))?;
     let counters = Arc::new(HostCounters::default());
-    let plan = Plan { frames: a.frames, frame_rate: a.frame_rate, ..Plan::default() };
+    // Without a NIC peer no frame is sent (nor expected).
+    let frames = if devices.net.is_some() { a.frames } else { 0 };
+    let plan = Plan { frames, frame_rate: a.frame_rate, ..Plan::default() };
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
