@@ -111,7 +111,7 @@ pub fn plain_lines(state: &LiveState, plan: &Plan, counters: &HostCounters) -> V
         "live {:>6.2}s: frames {}/{} (sent {}, lost {}, bad {}), disk {} ops (bad {}), serial {}/{} bytes (bad lines {})",
         p.t_ms as f64 / 1000.0,
         c.net_rx,
-        plan.frames,
+        counters.frames_requested.load(Ordering::Relaxed),
         counters.frames_sent.load(Ordering::Relaxed),
         c.net_lost,
         c.net_bad,
@@ -176,9 +176,10 @@ impl LiveView {
                 ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> ");
             multi.add(ProgressBar::new(len).with_style(style).with_prefix(prefix.to_string()))
         };
-        let frames = match plan.frames {
-            0 => bar("frames", 0, "{prefix:>7} {msg}"),
-            n => bar("frames", n, "{prefix:>7} [{bar:32}] {pos}/{len} {msg}"),
+        let frames = if counters.net_wired.load(Ordering::Relaxed) {
+            bar("frames", 0, "{prefix:>7} [{bar:32}] {pos}/{len} {msg}")
+        } else {
+            bar("frames", 0, "{prefix:>7} {msg}")
         };
         let disk = bar("disk", 0, "{prefix:>7} {pos} operations verified {msg}");
         let serial_bytes = plan.serial_lines * workload::SERIAL_LINE_BYTES as u64;
@@ -241,7 +242,8 @@ impl LiveView {
         let c = p.counters;
         let sent = self.counters.frames_sent.load(Ordering::Relaxed);
         self.frames.set_position(c.net_rx);
-        if self.plan.frames == 0 {
+        self.frames.set_length(self.counters.frames_requested.load(Ordering::Relaxed));
+        if !self.counters.net_wired.load(Ordering::Relaxed) {
             self.frames.set_message(format!("(no NIC peer: none sent, {} received)", c.net_rx));
         } else {
             self.frames

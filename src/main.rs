@@ -73,12 +73,6 @@ struct RunArgs {
     /// The report folder of --compare (default: target/report/<UTC time>).
     #[arg(long, value_name = "DIR", requires = "compare")]
     out: Option<PathBuf>,
-    /// Frames the host sends to the guest's NIC.
-    #[arg(long, default_value_t = Plan::default().frames)]
-    frames: u64,
-    /// Frames per second (0: as fast as possible).
-    #[arg(long, default_value_t = Plan::default().frame_rate)]
-    frame_rate: u32,
 }
 
 #[derive(Args)]
@@ -219,9 +213,7 @@ fn run_main_job(
 ) -> Result<(BootReport, ModelRun), String> {
     let devices = workload::host_devices().map_err(|e| format!("cannot set up the NIC and the disk: {e}"))?;
     let counters = Arc::new(HostCounters::default());
-    // Without a NIC peer no frame is sent (nor expected).
-    let frames = if devices.net.is_some() { a.frames } else { 0 };
-    let plan = Plan { frames, frame_rate: a.frame_rate, ..Plan::default() };
+    let plan = Plan::default();
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
@@ -251,10 +243,18 @@ fn run_main_job(
                 let model = model.as_deref().unwrap_or("-");
                 Some(format!("boot: {cpus} CPUs online, hz {hz}, interrupt model {model} ({t:.2} s)"))
             }
-            (Source::Serial, Some(Event::NetReady)) => {
-                Some(format!("net: guest ready, sending frames ({t:.2} s)"))
-            }
-            (Source::Serial, Some(Event::SerialReady)) => {
+            (Source::Serial, Some(e)) if workload::net_request(e).is_some() => match workload::net_request(e)
+            {
+                Some(Ok(r)) => Some(format!(
+                    "net: guest asks for {} frames from {} at {} frames/s{} ({t:.2} s)",
+                    r.count,
+                    r.first,
+                    r.rate,
+                    if r.echo { ", echoed" } else { "" }
+                )),
+                _ => Some(format!("net: cannot read the guest's request: {line}")),
+            },
+            (Source::Serial, Some(e)) if workload::is_serial_ready(e) => {
                 Some(format!("serial: guest ready, typing {} lines ({t:.2} s)", plan.serial_lines))
             }
             (Source::Serial, Some(Event::ScenarioDone)) => Some(format!("main job: done ({t:.2} s)")),

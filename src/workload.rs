@@ -26,7 +26,7 @@ pub const SERIAL_LINE_BYTES: usize = 64;
 /// Characters of an `S` line's payload: 64 − `S` − space − 8 digits − space − `\n`.
 pub const SERIAL_PAYLOAD_CHARS: usize = SERIAL_LINE_BYTES - 12;
 /// The payload's alphabet.
-pub const SERIAL_ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+pub const SERIAL_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// The `S` line number `seq` of the serial input: `S <seq as 8 digits> <52 payload chars>\n`,
 /// payload character `i` being `SERIAL_ALPHABET[(seq * 31 + i * 7) % 36]` — exactly
@@ -85,6 +85,10 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
+    fn has(&self, key: &str) -> bool {
+        self.fields.iter().any(|(k, _)| k == key)
+    }
+
     fn text(&self, key: &str) -> Result<String, String> {
         match self.fields.iter().find(|(k, _)| k == key) {
             Some((_, v)) if !v.is_empty() => Ok(v.clone()),
@@ -107,9 +111,25 @@ impl Fields<'_> {
     }
 }
 
+/// Which parts of the workload the kernel reported (a part whose keys are all absent did not
+/// run: its device is not there, or the kernel does not drive it yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Parts {
+    pub net: bool,
+    pub blk: bool,
+    pub serial: bool,
+}
+
+/// The keys of each part of `@@ live kind=progress` / `@@ result scope=workload`.
+const NET_KEYS: [&str; 4] = ["net_rx", "net_lost", "net_bad", "net_echoed"];
+const BLK_KEYS: [&str; 2] = ["blk_ops", "blk_bad"];
+const SERIAL_KEYS: [&str; 3] = ["serial_bytes", "serial_lines", "serial_bad"];
+
 /// The workload's counters (`@@ live kind=progress`, `@@ result scope=workload`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// The parts reported; the counters of the others are 0.
+    pub parts: Parts,
     /// Frames the guest received.
     pub net_rx: u64,
     /// Frames the guest knows were lost (sequence gaps).
@@ -122,26 +142,46 @@ pub struct Counters {
     pub blk_ops: u64,
     /// Disk operations that failed verification.
     pub blk_bad: u64,
-    /// Bytes of `S` lines the guest's serial port received.
+    /// Bytes of `S` lines the guest's serial port received (their `\n` included).
     pub serial_bytes: u64,
-    /// `S` lines that verified.
+    /// `S` lines received and checked.
     pub serial_lines: u64,
     /// `S` lines that failed verification.
     pub serial_bad: u64,
+    /// Lines the end line announced that never arrived (`serial_lost=`, optional).
+    pub serial_lost: u64,
+    /// The kernel's own verdict on the workload (`verified=0|1`, optional).
+    pub verified: Option<bool>,
 }
 
 impl Counters {
     fn parse(f: &Fields) -> Result<Counters, String> {
+        // A part is there if any of its keys is; then every one of its keys must be.
+        let part = |keys: &[&str]| -> Result<bool, String> {
+            if !keys.iter().any(|k| f.has(k)) {
+                return Ok(false);
+            }
+            keys.iter().try_for_each(|k| f.num(k).map(drop))?;
+            Ok(true)
+        };
+        let parts = Parts { net: part(&NET_KEYS)?, blk: part(&BLK_KEYS)?, serial: part(&SERIAL_KEYS)? };
+        if !(parts.net || parts.blk || parts.serial) {
+            return Err(format!("{} line has none of `net_rx=`, `blk_ops=`, `serial_bytes=`", f.line));
+        }
+        let num = |k: &str| if f.has(k) { f.num(k) } else { Ok(0) };
         Ok(Counters {
-            net_rx: f.num("net_rx")?,
-            net_lost: f.num("net_lost")?,
-            net_bad: f.num("net_bad")?,
-            net_echoed: f.num("net_echoed")?,
-            blk_ops: f.num("blk_ops")?,
-            blk_bad: f.num("blk_bad")?,
-            serial_bytes: f.num("serial_bytes")?,
-            serial_lines: f.num("serial_lines")?,
-            serial_bad: f.num("serial_bad")?,
+            parts,
+            net_rx: num("net_rx")?,
+            net_lost: num("net_lost")?,
+            net_bad: num("net_bad")?,
+            net_echoed: num("net_echoed")?,
+            blk_ops: num("blk_ops")?,
+            blk_bad: num("blk_bad")?,
+            serial_bytes: num("serial_bytes")?,
+            serial_lines: num("serial_lines")?,
+            serial_bad: num("serial_bad")?,
+            serial_lost: num("serial_lost")?,
+            verified: if f.has("verified") { Some(f.choice("verified", "1", "0")?) } else { None },
         })
     }
 }
@@ -348,28 +388,60 @@ pub fn rate(progress: &[Progress], counter: impl Fn(&Counters) -> u64, last: u64
     (end > start).then(|| last as f64 * 1000.0 / (end - start) as f64)
 }
 
-/// What the host sends in one run.
+/// What the host types in one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    /// Frames to send after `@@ net-ready`.
-    pub frames: u64,
-    /// Frames per second (0: unpaced).
-    pub frame_rate: u32,
-    /// Whether the guest echoes the frames back.
-    pub echo: bool,
     /// `S` lines to type after `@@ serial-ready`.
     pub serial_lines: u64,
 }
 
 impl Default for Plan {
     fn default() -> Self {
-        Plan { frames: 2000, frame_rate: 1000, echo: true, serial_lines: SERIAL_LINES }
+        Plan { serial_lines: SERIAL_LINES }
     }
 }
 
-/// Frames the feeder hands to [`TrafficSource::send`] at a time (the live count of frames sent
-/// moves by this much).
-pub const FRAME_BATCH: u64 = 100;
+/// Whether `event` is the guest's `@@ serial-ready` (the protocol parser leaves it as
+/// [`Event::Unknown`]: the tests' feeders wait for it there).
+pub fn is_serial_ready(event: &Event) -> bool {
+    matches!(event, Event::Unknown(l) if l.trim() == "@@ serial-ready")
+}
+
+/// The traffic a `@@ net-ready first=<seq> count=<n> echo=<0|1> rate=<frames/s>` line asks
+/// for: `count` frames numbered from `first`, then the end marker with total `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetRequest {
+    pub first: u64,
+    pub count: u64,
+    pub echo: bool,
+    /// Frames per second (0: unpaced).
+    pub rate: u32,
+}
+
+/// The guest's request in a `@@ net-ready` line (left as [`Event::Unknown`] by the protocol
+/// parser): `None` for another event, an error naming a missing or malformed key.
+pub fn net_request(event: &Event) -> Option<Result<NetRequest, String>> {
+    let Event::Unknown(line) = event else { return None };
+    let args = line.trim_end().strip_prefix("@@ net-ready")?;
+    if !(args.is_empty() || args.starts_with(' ')) {
+        return None;
+    }
+    let fields: Vec<(String, String)> = args
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let f = Fields { line: "`@@ net-ready`", fields: &fields };
+    Some((|| {
+        let rate = f.num("rate")?;
+        Ok(NetRequest {
+            first: f.num("first")?,
+            count: f.num("count")?,
+            echo: f.choice("echo", "1", "0")?,
+            rate: u32::try_from(rate)
+                .map_err(|_| format!("`@@ net-ready` line: `rate={rate}` is too large"))?,
+        })
+    })())
+}
 
 /// Echoed frames the host got back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -383,9 +455,9 @@ pub struct EchoStats {
 /// The host end of the guest's NIC (`crate::traffic::NetPeer` implements it).
 pub trait TrafficSource: Send + Sync {
     /// Sends the frames numbered `seqs`, asking the guest to echo them if `echo`, at `rate`
-    /// frames per second (0: unpaced).
+    /// frames per second (0: unpaced). One call per run: the end marker names its first frame.
     fn send(&self, seqs: Range<u64>, echo: bool, rate: u32) -> io::Result<()>;
-    /// Sends the end frame: `total` frames were sent.
+    /// Sends the end marker of the last run: `total` frames were sent.
     fn send_end(&self, total: u64) -> io::Result<()>;
     /// The echoes received so far.
     fn echoes(&self) -> EchoStats;
@@ -403,7 +475,8 @@ pub struct Devices {
 }
 
 /// Creates the NIC's host end and the disk image for one boot. The integration of
-/// `crate::traffic` fills this in:
+/// `crate::traffic` fills this in (with `impl TrafficSource for traffic::NetPeer` delegating
+/// to its methods of the same names):
 ///
 /// ```ignore
 /// let net = crate::traffic::NetPeer::new()?;
@@ -419,10 +492,12 @@ pub fn host_devices() -> io::Result<Devices> {
 /// What the host has sent so far, shared between the feeder's threads and the live view.
 #[derive(Debug, Default)]
 pub struct HostCounters {
+    /// Frames the guest asked for (`@@ net-ready count=`, all runs).
+    pub frames_requested: AtomicU64,
     pub frames_sent: AtomicU64,
     pub serial_lines_sent: AtomicU64,
     pub serial_bytes_sent: AtomicU64,
-    /// Whether the NIC had a host end (frames were meant to be sent).
+    /// Whether the NIC had a host end (frames could be sent).
     pub net_wired: AtomicBool,
     /// Errors sending traffic.
     pub errors: Mutex<Vec<String>>,
@@ -438,6 +513,7 @@ impl HostCounters {
         HostTraffic {
             plan: *plan,
             net_wired: self.net_wired.load(Ordering::Relaxed),
+            frames_requested: self.frames_requested.load(Ordering::Relaxed),
             frames_sent: self.frames_sent.load(Ordering::Relaxed),
             echoes: net.map(|n| n.echoes()),
             serial_lines_sent: self.serial_lines_sent.load(Ordering::Relaxed),
@@ -452,6 +528,7 @@ impl HostCounters {
 pub struct HostTraffic {
     pub plan: Plan,
     pub net_wired: bool,
+    pub frames_requested: u64,
     pub frames_sent: u64,
     pub echoes: Option<EchoStats>,
     pub serial_lines_sent: u64,
@@ -459,62 +536,63 @@ pub struct HostTraffic {
     pub errors: Vec<String>,
 }
 
-/// The serial input for a boot of the main job: after `@@ net-ready` it sends `plan.frames`
-/// frames through `net` (on its own thread); after `@@ serial-ready` it types the serial
-/// input. QEMU's stdin stays open until QEMU ends.
+/// The serial input for a boot of the main job: every `@@ net-ready` request is served
+/// through `net` (in order, on a thread of its own); after `@@ serial-ready` it types the
+/// serial input. QEMU's stdin stays open until QEMU ends.
 pub fn feeder(plan: Plan, net: Option<Arc<dyn TrafficSource>>, counters: Arc<HostCounters>) -> SerialInput {
     counters.net_wired.store(net.is_some(), Ordering::Relaxed);
     SerialInput::feeder(move |stdin: ChildStdin, events: mpsc::Receiver<Event>| {
         let mut stdin = Some(stdin);
-        // Sent once, even if the guest said `@@ net-ready` twice.
-        let mut net_once = net.clone();
-        let mut workers = Vec::new();
+        let mut serial_writer = None;
+        let mut net_worker: Option<(mpsc::Sender<NetRequest>, thread::JoinHandle<()>)> = None;
         for event in events {
-            match event {
-                Event::NetReady => {
-                    if let Some(net) = net_once.take() {
-                        let counters = Arc::clone(&counters);
-                        workers.push(thread::spawn(move || {
-                            send_frames(&*net, &plan, &counters);
-                            None
-                        }));
+            if let Some(request) = net_request(&event) {
+                let (Ok(request), Some(net)) = (request, &net) else {
+                    if net.is_none() {
+                        counters.error("the guest asked for NIC frames but there is no NIC peer".into());
                     }
+                    continue;
+                };
+                let (tx, _) = net_worker.get_or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel::<NetRequest>();
+                    let (net, counters) = (Arc::clone(net), Arc::clone(&counters));
+                    (tx, thread::spawn(move || rx.iter().for_each(|r| serve(&*net, &r, &counters))))
+                });
+                counters.frames_requested.fetch_add(request.count, Ordering::Relaxed);
+                let _ = tx.send(request);
+            } else if is_serial_ready(&event) {
+                if let Some(mut input) = stdin.take() {
+                    let counters = Arc::clone(&counters);
+                    serial_writer = Some(thread::spawn(move || {
+                        if let Err(e) = type_serial_input(&mut input, plan.serial_lines, &counters) {
+                            counters.error(format!("writing the serial input: {e}"));
+                        }
+                        input
+                    }));
                 }
-                Event::SerialReady => {
-                    if let Some(mut input) = stdin.take() {
-                        let counters = Arc::clone(&counters);
-                        workers.push(thread::spawn(move || {
-                            if let Err(e) = type_serial_input(&mut input, plan.serial_lines, &counters) {
-                                counters.error(format!("writing the serial input: {e}"));
-                            }
-                            Some(input)
-                        }));
-                    }
-                }
-                _ => {}
             }
         }
         // QEMU has ended: now its stdin may close.
-        for w in workers {
+        if let Some((tx, worker)) = net_worker {
+            drop(tx);
+            let _ = worker.join();
+        }
+        if let Some(w) = serial_writer {
             drop(w.join());
         }
     })
 }
 
-/// Sends the frames of `plan` in batches of [`FRAME_BATCH`], then the end frame.
-pub fn send_frames(net: &dyn TrafficSource, plan: &Plan, counters: &HostCounters) {
-    let mut seq = 0;
-    while seq < plan.frames {
-        let end = (seq + FRAME_BATCH).min(plan.frames);
-        if let Err(e) = net.send(seq..end, plan.echo, plan.frame_rate) {
-            counters.error(format!("sending frames {seq}..{end}: {e}"));
-            return;
-        }
-        counters.frames_sent.fetch_add(end - seq, Ordering::Relaxed);
-        seq = end;
+/// Sends the frames `request` asks for (one run), then its end marker.
+pub fn serve(net: &dyn TrafficSource, request: &NetRequest, counters: &HostCounters) {
+    let seqs = request.first..request.first + request.count;
+    if let Err(e) = net.send(seqs.clone(), request.echo, request.rate) {
+        counters.error(format!("sending frames {seqs:?}: {e}"));
+        return;
     }
-    if let Err(e) = net.send_end(plan.frames) {
-        counters.error(format!("sending the end frame: {e}"));
+    counters.frames_sent.fetch_add(request.count, Ordering::Relaxed);
+    if let Err(e) = net.send_end(request.count) {
+        counters.error(format!("sending the end marker: {e}"));
     }
 }
 
@@ -531,6 +609,12 @@ pub fn type_serial_input(out: &mut impl Write, lines: u64, counters: &HostCounte
     out.flush()
 }
 
+/// Frames lost on the way to the guest: the guest's count of gaps, or what it is missing of
+/// what the host sent, whichever is larger.
+fn frames_lost(w: &Counters, host: &HostTraffic) -> u64 {
+    w.net_lost.max(host.frames_sent.saturating_sub(w.net_rx))
+}
+
 /// Why the run failed, from the guest's results and what the host sent: loss, bad data,
 /// missing records, send errors. Empty if it did what it should.
 pub fn problems(results: &JobResults, host: &HostTraffic) -> Vec<String> {
@@ -543,12 +627,22 @@ pub fn problems(results: &JobResults, host: &HostTraffic) -> Vec<String> {
     if results.sources.is_empty() {
         out.push("the kernel printed no `@@ result scope=source` line".into());
     }
-    let lost = w.net_lost.max(host.frames_sent.saturating_sub(w.net_rx));
-    if lost > 0 {
-        out.push(format!("{lost} frames lost (sent {}, received {})", host.frames_sent, w.net_rx));
+    if w.verified == Some(false) {
+        out.push("the kernel reports the workload as not verified (`verified=0`)".into());
     }
-    if host.net_wired && host.frames_sent < host.plan.frames {
-        out.push(format!("only {} of {} frames were sent", host.frames_sent, host.plan.frames));
+    if w.parts.net {
+        let lost = frames_lost(&w, host);
+        if lost > 0 {
+            out.push(format!("{lost} frames lost (sent {}, received {})", host.frames_sent, w.net_rx));
+        }
+    } else if host.frames_sent > 0 {
+        out.push(format!("the kernel reports no NIC counters, though {} frames were sent", host.frames_sent));
+    }
+    if host.frames_sent < host.frames_requested {
+        out.push(format!(
+            "only {} of the {} frames asked for were sent",
+            host.frames_sent, host.frames_requested
+        ));
     }
     for (bad, what) in [(w.net_bad, "frames"), (w.blk_bad, "disk operations"), (w.serial_bad, "serial lines")]
     {
@@ -556,16 +650,20 @@ pub fn problems(results: &JobResults, host: &HostTraffic) -> Vec<String> {
             out.push(format!("{bad} {what} failed verification"));
         }
     }
-    if w.serial_lines < host.serial_lines_sent {
+    if w.parts.serial {
+        let missing = host.serial_lines_sent.saturating_sub(w.serial_lines).max(w.serial_lost);
+        if missing > 0 {
+            out.push(format!("{missing} of {} serial lines never arrived", host.serial_lines_sent));
+        }
+    } else if host.serial_lines_sent > 0 {
         out.push(format!(
-            "{} of {} serial lines were not received intact",
-            host.serial_lines_sent - w.serial_lines,
+            "the kernel reports no serial counters, though {} lines were typed",
             host.serial_lines_sent
         ));
     }
     if host.serial_lines_sent < host.plan.serial_lines {
         out.push(format!(
-            "only {} of {} serial lines were typed",
+            "only {} of {} serial lines were typed (no `@@ serial-ready`?)",
             host.serial_lines_sent, host.plan.serial_lines
         ));
     }
@@ -602,36 +700,42 @@ pub fn summary(results: &JobResults, host: &HostTraffic) -> String {
     let w = results.workload.unwrap_or_default();
     let t = results.throughput();
     let per_s = |r: Option<f64>, unit: &str| r.map(|r| format!(", {r:.0} {unit}/s")).unwrap_or_default();
-    if host.net_wired {
+    if w.parts.net {
         let verified = w.net_rx.saturating_sub(w.net_bad);
-        let lost = w.net_lost.max(host.frames_sent.saturating_sub(w.net_rx));
         let _ = writeln!(
             s,
-            "  frames:  sent {}, received {}, verified {verified}, lost {lost}{}",
+            "  frames:  sent {}, received {}, verified {verified}, lost {}{}",
             host.frames_sent,
             w.net_rx,
+            frames_lost(&w, host),
             per_s(t.frames_per_s, "frames")
         );
         let back = host.echoes.map(|e| format!(", {} came back ({} bad)", e.received, e.bad));
         let _ = writeln!(s, "  echoes:  {} frames echoed{}", w.net_echoed, back.unwrap_or_default());
     } else {
-        let _ = writeln!(s, "  frames:  none sent (no NIC peer on this host tool), received {}", w.net_rx);
+        let peer = if host.net_wired { "" } else { ", no NIC peer in this host tool" };
+        let _ = writeln!(s, "  frames:  not run (sent {}{peer})", host.frames_sent);
+    }
+    if w.parts.blk {
+        let _ = writeln!(
+            s,
+            "  disk:    {} operations verified, {} bad{}",
+            w.blk_ops,
+            w.blk_bad,
+            per_s(t.blk_ops_per_s, "ops")
+        );
+    } else {
+        let _ = writeln!(s, "  disk:    not run");
     }
     let _ = writeln!(
         s,
-        "  disk:    {} operations verified, {} bad{}",
-        w.blk_ops,
-        w.blk_bad,
-        per_s(t.blk_ops_per_s, "ops")
-    );
-    let _ = writeln!(
-        s,
-        "  serial:  sent {} bytes ({} lines), received {} bytes, {} lines verified, {} bad{}",
+        "  serial:  sent {} bytes ({} lines), received {} bytes ({} lines), {} bad, {} lost{}",
         host.serial_bytes_sent,
         host.serial_lines_sent,
         w.serial_bytes,
         w.serial_lines,
         w.serial_bad,
+        w.serial_lost,
         per_s(t.serial_bytes_per_s, "bytes")
     );
     if !results.sources.is_empty() {
@@ -673,6 +777,10 @@ pub fn summary(results: &JobResults, host: &HostTraffic) -> String {
 /// `append`; an error if both name a model.
 pub fn cmdline(run: &str, model: Option<Model>, append: &str) -> Result<String, String> {
     let mut line = format!("run={run}");
+    if run == "scenario" {
+        // The host types the serial input: the kernel's serial part runs.
+        line = crate::qemu::join_cmdline(&line, "workload.serial=on");
+    }
     if let Some(m) = model {
         if append.split_whitespace().any(|o| o.starts_with("intr.model=")) {
             return Err(format!("--model {m} and --append intr.model=... both choose the model: keep one"));

@@ -19,7 +19,7 @@ fn events(lines: &[String]) -> Vec<Event> {
 fn canned_run(model: &str, scale: u64) -> Vec<String> {
     let mut lines =
         vec![format!("@@ boot cpus=4 hz=100 model={model} cmdline=run=scenario intr.model={model}")];
-    lines.push("@@ net-ready".into());
+    lines.push("@@ net-ready first=0 count=2000 echo=1 rate=1000".into());
     lines.push("@@ serial-ready".into());
     for step in 0..=8u64 {
         let t = step * 250;
@@ -65,7 +65,7 @@ fn canned_run(model: &str, scale: u64) -> Vec<String> {
     }
     lines.push(
         "@@ result scope=workload net_rx=2000 net_lost=0 net_bad=0 net_echoed=2000 blk_ops=300 blk_bad=0 \
-         serial_bytes=65536 serial_lines=1024 serial_bad=0"
+         serial_bytes=65536 serial_lines=1024 serial_bad=0 serial_lost=0 verified=1"
             .into(),
     );
     lines.push("@@ scenario-done".into());
@@ -76,6 +76,7 @@ fn clean_host() -> HostTraffic {
     HostTraffic {
         plan: Plan::default(),
         net_wired: true,
+        frames_requested: 2000,
         frames_sent: 2000,
         echoes: Some(EchoStats { received: 2000, bad: 0 }),
         serial_lines_sent: 1024,
@@ -100,7 +101,7 @@ fn model_run(model: &str, scale: u64) -> ModelRun {
 
 #[test]
 fn serial_lines_are_64_bytes_of_the_documented_shape() {
-    assert_eq!(serial_line(0), "S 00000000 07elsz6dkry5cjqx4bipw3ahov29gnu18fmt07elsz6dkry5cjqx\n");
+    assert_eq!(serial_line(0), "S 00000000 ahov29gnu18fmt07elsz6dkry5cjqx4bipw3ahov29gnu18fmt07\n");
     for seq in [0, 1, 35, 36, 1023, 99_999_999] {
         let line = serial_line(seq);
         assert_eq!(line.len(), SERIAL_LINE_BYTES, "{line:?}");
@@ -113,7 +114,7 @@ fn serial_lines_are_64_bytes_of_the_documented_shape() {
             assert_eq!(c, SERIAL_ALPHABET[((seq * 31 + i as u64 * 7) % 36) as usize], "seq {seq} char {i}");
         }
     }
-    assert_eq!(serial_line(1)[11..16], *"v29gn");
+    assert_eq!(serial_line(1)[11..16], *"5cjqx");
     assert_eq!(serial_end(1024), "E 1024\n");
 }
 
@@ -151,17 +152,25 @@ impl TrafficSource for RecordingPeer {
 }
 
 #[test]
-fn frames_go_out_in_batches_then_the_end_frame() {
+fn a_net_request_is_served_in_one_run_then_the_end_marker() {
+    let e = parse_line("@@ net-ready first=100 count=250 echo=1 rate=500 more=x").unwrap();
+    let request = net_request(&e).unwrap().unwrap();
+    assert_eq!(request, NetRequest { first: 100, count: 250, echo: true, rate: 500 });
     let peer = RecordingPeer::default();
     let counters = HostCounters::default();
-    let plan = Plan { frames: 250, frame_rate: 500, echo: true, serial_lines: 0 };
-    send_frames(&peer, &plan, &counters);
-    let sent = peer.sent.lock().unwrap().clone();
-    assert_eq!(sent, [(0..100, true, 500), (100..200, true, 500), (200..250, true, 500)]);
+    serve(&peer, &request, &counters);
+    assert_eq!(peer.sent.lock().unwrap().clone(), [(100..350, true, 500)]);
     assert_eq!(*peer.end.lock().unwrap(), Some(250));
     assert_eq!(counters.frames_sent.load(Ordering::Relaxed), 250);
-    let host = counters.snapshot(&plan, Some(&peer));
+    let host = counters.snapshot(&Plan::default(), Some(&peer));
     assert_eq!(host.echoes, Some(EchoStats { received: 7, bad: 1 }));
+
+    let e = parse_line("@@ net-ready first=0 count=5 rate=0").unwrap();
+    assert!(net_request(&e).unwrap().unwrap_err().contains("`echo=`"));
+    assert!(net_request(&parse_line("@@ net-readyish").unwrap()).is_none());
+    assert!(net_request(&Event::ScenarioDone).is_none());
+    assert!(is_serial_ready(&parse_line("@@ serial-ready").unwrap()));
+    assert!(!is_serial_ready(&parse_line("@@ serial-ready-not").unwrap()));
 }
 
 #[test]
@@ -188,6 +197,19 @@ fn live_lines_are_typed_tolerantly_and_name_a_missing_key() {
     let e = parse_line("@@ live kind=source t_ms=1 name=x model=pool count=1 handled=1 cpu_ns=1 p50=1 p99=1 storm=maybe masked=0").unwrap();
     assert!(live_record(&e).unwrap().unwrap_err().contains("storm=maybe"));
     assert!(live_record(&Event::ScenarioDone).is_none());
+
+    // A part whose keys are all absent did not run; one key of a part missing is an error.
+    let e =
+        parse_line("@@ live kind=progress t_ms=5 serial_bytes=64 serial_lines=1 serial_bad=0 serial_lost=0")
+            .unwrap();
+    let Some(Ok(LiveRecord::Progress(p))) = live_record(&e) else { panic!("{e:?}") };
+    assert_eq!(p.counters.parts, Parts { net: false, blk: false, serial: true });
+    assert_eq!((p.counters.serial_bytes, p.counters.net_rx), (64, 0));
+    let e = parse_line("@@ live kind=progress t_ms=5 net_rx=3 serial_bytes=64 serial_lines=1 serial_bad=0")
+        .unwrap();
+    assert!(live_record(&e).unwrap().unwrap_err().contains("no `net_lost=`"));
+    let e = parse_line("@@ live kind=progress t_ms=5").unwrap();
+    assert!(live_record(&e).unwrap().unwrap_err().contains("none of"));
 }
 
 #[test]
@@ -216,11 +238,17 @@ fn a_clean_run_is_parsed_and_passes() {
     assert!(s.contains("interrupt model pool"), "{s}");
     assert!(s.contains("frames:  sent 2000, received 2000, verified 2000, lost 0"), "{s}");
     assert!(
-        s.contains("serial:  sent 65536 bytes (1024 lines), received 65536 bytes, 1024 lines verified"),
+        s.contains(
+            "serial:  sent 65536 bytes (1024 lines), received 65536 bytes (1024 lines), 0 bad, 0 lost"
+        ),
         "{s}"
     );
     assert!(s.contains("verdict: ok"), "{s}");
     assert!(s.contains("virtio-blk"), "{s}");
+}
+
+fn r_clean() -> JobResults {
+    JobResults::from_events(&events(&canned_run("pool", 1)))
 }
 
 fn with_workload(edit: impl Fn(&mut Counters)) -> JobResults {
@@ -238,7 +266,10 @@ fn loss_and_bad_data_fail_the_run() {
         (with_workload(|w| w.net_bad = 2), "2 frames failed verification"),
         (with_workload(|w| w.blk_bad = 1), "1 disk operations failed verification"),
         (with_workload(|w| w.serial_bad = 4), "4 serial lines failed verification"),
-        (with_workload(|w| w.serial_lines = 1000), "24 of 1024 serial lines were not received intact"),
+        (with_workload(|w| w.serial_lines = 1000), "24 of 1024 serial lines never arrived"),
+        (with_workload(|w| w.serial_lost = 2), "2 of 1024 serial lines never arrived"),
+        (with_workload(|w| w.verified = Some(false)), "not verified"),
+        (with_workload(|w| w.parts.net = false), "no NIC counters, though 2000 frames were sent"),
         (with_workload(|w| w.net_echoed = 2005), "5 of 2005 echoed frames never came back"),
     ] {
         let problems = workload::problems(&r, &host);
@@ -261,6 +292,15 @@ fn loss_and_bad_data_fail_the_run() {
         "{problems:?}"
     );
 
+    let mut host = clean_host();
+    host.serial_lines_sent = 0;
+    host.serial_bytes_sent = 0;
+    assert!(workload::problems(&r_clean(), &host)
+        .iter()
+        .any(|p| p.contains("only 0 of 1024 serial lines were typed")));
+    host.frames_sent = 1500;
+    assert!(workload::problems(&r_clean(), &host).iter().any(|p| p.contains("only 1500 of the 2000 frames")));
+
     let mut host_err = clean_host();
     host_err.errors.push("sending frames 0..100: connection refused".into());
     let r = JobResults::from_events(&events(&canned_run("pool", 1)));
@@ -271,7 +311,7 @@ fn loss_and_bad_data_fail_the_run() {
 fn the_kernel_command_line_carries_the_model() {
     assert_eq!(
         workload::cmdline("scenario", Some(Model::Pinned), "").unwrap(),
-        "run=scenario intr.model=pinned"
+        "run=scenario workload.serial=on intr.model=pinned"
     );
     assert_eq!(workload::cmdline("shell", None, "hz=1000").unwrap(), "run=shell hz=1000");
     assert!(workload::cmdline("scenario", Some(Model::Pool), "intr.model=direct").is_err());
@@ -292,6 +332,7 @@ fn live_state_computes_rates_and_plain_lines() {
     assert!(net.line().contains("1600/s"), "{}", net.line());
     assert_eq!(state.progress.unwrap().t_ms, 250);
     let counters = HostCounters::default();
+    counters.frames_requested.store(2000, Ordering::Relaxed);
     counters.frames_sent.store(500, Ordering::Relaxed);
     let plain = live::plain_lines(&state, &Plan::default(), &counters);
     assert_eq!(plain.len(), 2, "{plain:?}");
