@@ -682,11 +682,11 @@ pub fn problems(results: &JobResults, host: &HostTraffic) -> Vec<String> {
     out
 }
 
-/// Formats nanoseconds for tables (`850ns`, `12.3us`, `4.56ms`).
+/// Formats nanoseconds for tables (`8192ns`, `12.3us`, `7.34ms`).
 pub fn fmt_ns(ns: u64) -> String {
     match ns {
         0..=9_999 => format!("{ns}ns"),
-        10_000..=9_999_999 => format!("{:.1}us", ns as f64 / 1e3),
+        10_000..=999_999 => format!("{:.1}us", ns as f64 / 1e3),
         _ => format!("{:.2}ms", ns as f64 / 1e6),
     }
 }

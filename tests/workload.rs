@@ -438,4 +438,8 @@ fn timestamps_and_report_dirs() {
         std::path::PathBuf::from("target/report/2023-11-14T22-13-20Z")
     );
     assert_eq!(report::file_stem("virtio net/0"), "virtio_net_0");
+    assert_eq!(
+        [8192, 12_040, 7_340_032].map(fmt_ns),
+        ["8192ns".to_string(), "12.0us".into(), "7.34ms".into()]
+    );
 }
