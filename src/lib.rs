@@ -6,10 +6,13 @@
 pub mod bench;
 pub mod harness;
 pub mod kbuild;
+pub mod live;
 pub mod protocol;
 pub mod qemu;
+pub mod report;
 pub mod setup;
 pub mod traffic;
+pub mod workload;
 
 pub use harness::{run_suite, SuiteReport};
 pub use protocol::Event;

@@ -1,15 +1,20 @@
 //! `ithreads`: set up the host, build the kernel, boot it in QEMU, run the
 //! in-kernel tests or the scenario. See `ithreads --help`.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 
 use ithreads::harness::{self, Goal};
+use ithreads::live::LiveView;
 use ithreads::protocol::Event;
-use ithreads::qemu::{self, Accel, BootConfig, Source};
+use ithreads::qemu::{self, Accel, BootConfig, BootReport, SerialInput, Source};
+use ithreads::report::{self, ModelRun, ReportMeta};
+use ithreads::workload::{self, HostCounters, JobResults, Model, Plan};
 use ithreads::{kbuild, setup};
 
 #[derive(Parser)]
@@ -29,8 +34,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot with `run=scenario` and show the scenario's results (the default).
+    /// Boot with `run=scenario`: the main job (NIC, disk, serial and edu interrupts at once,
+    /// the host sending the traffic) with a live view and a summary (the default).
     Run(RunArgs),
+    /// Boot with `run=shell` and attach the terminal to the kernel's serial shell.
+    Shell(ShellArgs),
     /// Run the in-kernel test suite (on 1, 2 and 4 CPUs unless --smp is given).
     Test(TestArgs),
     /// Boot with the given kernel command line and echo every serial line.
@@ -56,6 +64,34 @@ struct RunArgs {
     /// More kernel command-line options (`key=value ...`).
     #[arg(long, default_value = "")]
     append: String,
+    /// Interrupt dispatch model (the kernel's `intr.model=`; default: the kernel's).
+    #[arg(long, value_enum, conflicts_with = "compare")]
+    model: Option<Model>,
+    /// Run the main job once per model, print them side by side and write a report folder.
+    #[arg(long)]
+    compare: bool,
+    /// The report folder of --compare (default: target/report/<UTC time>).
+    #[arg(long, value_name = "DIR", requires = "compare")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ShellArgs {
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    smp: u32,
+    /// Interrupt dispatch model (the kernel's `intr.model=`; default: the kernel's).
+    #[arg(long, value_enum)]
+    model: Option<Model>,
+    /// Accelerator (default: kvm only with real hardware virtualization).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// More kernel command-line options (`key=value ...`).
+    #[arg(long, default_value = "")]
+    append: String,
+    /// Seconds before QEMU is killed.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
 }
 
 #[derive(Args)]
@@ -125,6 +161,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(a) => run(a),
+        Command::Shell(a) => shell(a),
         Command::Test(a) => test(a),
         Command::Boot(a) => boot(a),
         Command::Bench(a) => bench(a),
@@ -149,90 +186,258 @@ fn secs(d: Duration) -> f64 {
 
 fn run(a: RunArgs) -> Result<ExitCode, String> {
     let (accel, kernel) = prepare(a.accel)?;
+    if a.compare {
+        return compare(&a, accel, &kernel);
+    }
+    let (report, run) = run_main_job(&a, accel, &kernel, a.model, "main job")?;
+    print_other_results(&report);
+    print!("{}", workload::summary(&run.results, &run.host));
+    if run.ok() {
+        println!("run: ok ({}, {:.2} s)", report.outcome, secs(report.elapsed));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(f) = harness::boot_failure(&report, Goal::Scenario) {
+        print!("{f}");
+    }
+    println!("run: FAILED");
+    Ok(ExitCode::FAILURE)
+}
+
+/// Boots the main job once with `model`, showing the live view, and judges it.
+fn run_main_job(
+    a: &RunArgs,
+    accel: Accel,
+    kernel: &Path,
+    model: Option<Model>,
+    title: &str,
+) -> Result<(BootReport, ModelRun), String> {
+    let devices = workload::host_devices().map_err(|e| format!("cannot set up the NIC and the disk: {e}"))?;
+    let counters = Arc::new(HostCounters::default());
+    let plan = Plan::default();
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
-        append: qemu::join_cmdline("run=scenario", &a.append),
-        extra_args: Vec::new(),
+        append: workload::cmdline("scenario", model, &a.append)?,
+        extra_args: devices.qemu_args.clone(),
         timeout: Duration::from_secs(a.timeout),
-        input: Default::default(),
+        input: workload::feeder(plan, devices.net.clone(), Arc::clone(&counters)),
     };
     println!("boot: {} CPUs, {accel}, cmdline {:?}, timeout {} s", cfg.smp, cfg.append, a.timeout);
+    if devices.net.is_none() {
+        println!("boot: no NIC peer in this host tool: no frames will be sent");
+    }
     if a.verbose {
-        let args = qemu::qemu_args(&cfg, accel, &kernel);
+        let args = qemu::qemu_args(&cfg, accel, kernel);
         println!("boot: {} {}", qemu::QEMU, qemu::shell_words(&args));
     }
     let start = Instant::now();
     let verbose = a.verbose;
-    let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, event| {
+    let mut view = LiveView::new(title, plan, Arc::clone(&counters));
+    let report = qemu::boot_elf(&cfg, accel, kernel, |source, line, event| {
         let t = secs(start.elapsed());
-        match (source, event) {
+        if let Some(e) = event {
+            view.on_event(e);
+        }
+        let message = match (source, event) {
             (Source::Serial, Some(Event::Boot { cpus, hz, model, .. })) => {
                 let model = model.as_deref().unwrap_or("-");
-                println!("boot: {cpus} CPUs online, hz {hz}, interrupt model {model} ({t:.2} s)");
+                Some(format!("boot: {cpus} CPUs online, hz {hz}, interrupt model {model} ({t:.2} s)"))
             }
-            (Source::Serial, Some(Event::ScenarioDone)) => {
-                println!("scenario: done ({t:.2} s)");
+            (Source::Serial, Some(e)) if workload::net_request(e).is_some() => match workload::net_request(e)
+            {
+                Some(Ok(r)) => Some(format!(
+                    "net: guest asks for {} frames from {} at {} frames/s{} ({t:.2} s)",
+                    r.count,
+                    r.first,
+                    r.rate,
+                    if r.echo { ", echoed" } else { "" }
+                )),
+                _ => Some(format!("net: cannot read the guest's request: {line}")),
+            },
+            (Source::Serial, Some(e)) if workload::is_serial_ready(e) => {
+                Some(format!("serial: guest ready, typing {} lines ({t:.2} s)", plan.serial_lines))
             }
-            (Source::Serial, Some(Event::Storm { source, on, rate })) => {
-                if *on {
-                    println!("storm: source {source} throttled at {rate} interrupts/s ({t:.2} s)");
-                } else {
-                    println!("storm: source {source} is calm again ({t:.2} s)");
-                }
+            (Source::Serial, Some(Event::ScenarioDone)) => Some(format!("main job: done ({t:.2} s)")),
+            (Source::Serial, Some(Event::Storm { source, on: true, rate })) => {
+                Some(format!("storm: source {source} throttled at {rate} interrupts/s ({t:.2} s)"))
             }
-            (Source::Serial, Some(Event::Panic { cpu, msg })) => {
-                println!("PANIC on cpu {cpu}: {msg}");
+            (Source::Serial, Some(Event::Storm { source, on: false, .. })) => {
+                Some(format!("storm: source {source} is calm again ({t:.2} s)"))
             }
+            (Source::Serial, Some(Event::Panic { cpu, msg })) => Some(format!("PANIC on cpu {cpu}: {msg}")),
             (Source::Serial, Some(Event::CmdlineError { option, msg })) => {
-                println!("cmdline error: option {option}: {msg}");
+                Some(format!("cmdline error: option {option}: {msg}"))
             }
-            (Source::Serial, Some(Event::Test { .. } | Event::TestBegin { .. })) if verbose => {
-                println!("{line}");
-            }
-            (Source::Serial, Some(Event::Unknown(l))) => {
-                println!("unknown protocol line: {l}");
-            }
-            (Source::Serial, None) if verbose => println!("  | {line}"),
-            (Source::Stderr, _) if verbose => println!("  qemu: {line}"),
-            _ => {}
+            (Source::Serial, Some(Event::Unknown(l))) => Some(format!("unknown protocol line: {l}")),
+            (Source::Serial, Some(Event::Live { .. } | Event::Hist { .. } | Event::Result(_))) => None,
+            (Source::Serial, Some(_)) if verbose => Some(line.to_string()),
+            (Source::Serial, None) if verbose => Some(format!("  | {line}")),
+            (Source::Stderr, _) if verbose => Some(format!("  qemu: {line}")),
+            _ => None,
+        };
+        if let Some(m) = message {
+            view.message(&m);
         }
     })?;
-    let results = report.results();
+    view.finish();
+    let results = JobResults::from_events(&report.events);
+    let host = counters.snapshot(&plan, devices.net.as_deref());
+    drop(devices);
+    let mut problems: Vec<String> = harness::boot_problem(&report, Goal::Scenario).into_iter().collect();
+    problems.extend(workload::problems(&results, &host));
+    if let (Some(want), Some(seen)) = (model, results.model.as_deref()) {
+        if seen != want.as_str() {
+            problems.push(format!("asked for interrupt model {want}, the kernel reports {seen}"));
+        }
+    }
+    let run = ModelRun {
+        model: model.map(|m| m.to_string()).or_else(|| results.model.clone()).unwrap_or_else(|| "-".into()),
+        cmdline: cfg.append.clone(),
+        results,
+        host,
+        problems,
+        elapsed_s: secs(report.elapsed),
+    };
+    Ok((report, run))
+}
+
+/// The `@@ result` tables of scopes the summary does not show (cpu, lock, ...), one per scope.
+fn print_other_results(report: &BootReport) {
+    let scope_of = |r: &&[(String, String)]| {
+        r.iter().find(|(k, _)| k == "scope").map(|(_, v)| v.clone()).unwrap_or_default()
+    };
+    let results: Vec<&[(String, String)]> = report
+        .results()
+        .into_iter()
+        .filter(|r| !matches!(scope_of(r).as_str(), "source" | "workload"))
+        .collect();
+    let mut scopes: Vec<String> = Vec::new();
+    for r in &results {
+        let s = scope_of(r);
+        if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
+    for scope in scopes {
+        let group: Vec<&[(String, String)]> =
+            results.iter().copied().filter(|r| scope_of(r) == scope).collect();
+        let label = if scope.is_empty() { "results".to_string() } else { format!("results: {scope}") };
+        println!("\n{label} ({} records):", group.len());
+        print!("{}", harness::results_table(&group));
+    }
     if !results.is_empty() {
-        // One table per `scope` (cpu, total, lock, intr, ...), in order of first appearance.
-        let scope_of = |r: &&[(String, String)]| {
-            r.iter().find(|(k, _)| k == "scope").map(|(_, v)| v.clone()).unwrap_or_default()
-        };
-        let mut scopes: Vec<String> = Vec::new();
-        for r in &results {
-            let s = scope_of(r);
-            if !scopes.contains(&s) {
-                scopes.push(s);
-            }
-        }
-        for scope in scopes {
-            let group: Vec<&[(String, String)]> =
-                results.iter().copied().filter(|r| scope_of(r) == scope).collect();
-            let label = if scope.is_empty() { "results".to_string() } else { format!("results: {scope}") };
-            println!("\n{label} ({} records):", group.len());
-            print!("{}", harness::results_table(&group));
-        }
         println!();
     }
-    match harness::boot_failure(&report, Goal::Scenario) {
-        None => {
-            println!("run: ok ({}, {:.2} s)", report.outcome, secs(report.elapsed));
+}
+
+/// `--compare`: the main job once per model, the side-by-side table and the report folder.
+fn compare(a: &RunArgs, accel: Accel, kernel: &Path) -> Result<ExitCode, String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let out = a.out.clone().unwrap_or_else(|| report::default_report_dir(now));
+    let mut runs = Vec::new();
+    for (i, model) in Model::ALL.into_iter().enumerate() {
+        let title = format!("model {model} ({} of {})", i + 1, Model::ALL.len());
+        println!("\n== {title}");
+        let (_, run) = run_main_job(a, accel, kernel, Some(model), &title)?;
+        if run.ok() {
+            println!("{model}: ok ({:.1} s)", run.elapsed_s);
+        } else {
+            println!("{model}: FAILED");
+            for p in &run.problems {
+                println!("  - {p}");
+            }
+        }
+        runs.push(run);
+    }
+    println!("\nmodels compared ({} CPUs, {accel}):", a.smp);
+    print!("{}", report::compare_table(&runs));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let meta = ReportMeta {
+        command: format!("cargo run --release -- {}", qemu::shell_words(&args)),
+        machine: report::machine_description(),
+        accel: accel.to_string(),
+        smp: a.smp,
+        when: report::utc_timestamp(now),
+    };
+    let files = report::write_report(&out, &runs, &meta)
+        .map_err(|e| format!("cannot write the report to {}: {e}", out.display()))?;
+    println!("\nreport: {} ({} files: {})", out.display(), files.len(), file_names(&files));
+    if runs.iter().all(ModelRun::ok) {
+        println!("compare: ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("compare: FAILED");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn file_names(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .filter_map(|f| f.file_name())
+        .map(|f| f.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `shell`: boots `run=shell` with the terminal attached. QEMU gets our stdin and stdout
+/// directly (not the line-by-line supervisor), so the prompt and the guest's echo of each
+/// typed character show at once; QEMU puts a terminal in raw mode and restores it at exit.
+fn shell(a: ShellArgs) -> Result<ExitCode, String> {
+    let (accel, kernel) = prepare(a.accel)?;
+    let cfg = BootConfig {
+        smp: a.smp,
+        accel: Some(accel),
+        append: workload::cmdline("shell", a.model, &a.append)?,
+        extra_args: Vec::new(),
+        timeout: Duration::from_secs(a.timeout),
+        input: SerialInput::Inherit,
+    };
+    let args = qemu::qemu_args(&cfg, accel, &kernel);
+    println!(
+        "shell: {} CPUs, {accel}, cmdline {:?}; `help` lists the commands, `halt` ends (killed after {} s)",
+        cfg.smp, cfg.append, a.timeout
+    );
+    let mut child = Process::new(qemu::QEMU)
+        .args(&args)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", qemu::QEMU))?;
+    let deadline = Instant::now() + cfg.timeout;
+    let status = loop {
+        match child.try_wait().map_err(|e| format!("waiting for {}: {e}", qemu::QEMU))? {
+            Some(status) => break Some(status),
+            None if Instant::now() >= deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        if std::io::stdin().is_terminal() {
+            // QEMU was killed in raw mode: give the terminal back.
+            let _ = Process::new("stty").arg("sane").stdin(Stdio::inherit()).status();
+        }
+        println!("\nshell: no exit within {} s; qemu was killed", a.timeout);
+        return Ok(ExitCode::FAILURE);
+    };
+    println!();
+    match status.code() {
+        Some(qemu::EXIT_SUCCESS) => {
+            println!("shell: the kernel halted");
             Ok(ExitCode::SUCCESS)
         }
-        Some(f) => {
-            print!("{f}");
-            println!("run: FAILED");
+        code => {
+            println!(
+                "shell: qemu exited with {}",
+                code.map_or_else(|| status.to_string(), |c| format!("status {c}"))
+            );
             Ok(ExitCode::FAILURE)
         }
     }
 }
-
 fn test(a: TestArgs) -> Result<ExitCode, String> {
     let filter = harness::filter_option(a.filter.as_deref())?;
     let (accel, _kernel) = prepare(a.accel)?;

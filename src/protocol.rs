@@ -43,7 +43,17 @@ pub enum Event {
     /// `@@ storm source=<name> state=on|off rate=<n>`: an interrupt storm began (throttled) or
     /// ended on a source.
     Storm { source: String, on: bool, rate: u64 },
-    /// A `@@ ` line of unknown kind or malformed shape (the whole line).
+    /// `@@ live kind=<kind> <key>=<value> ...`: a periodic record of the main job (every
+    /// ~250 ms): `kind=source` per interrupt source, `kind=progress` for the workload's
+    /// counters. Keys after `kind` are kept in order (typed by [`crate::workload`]).
+    Live { kind: String, fields: Vec<(String, String)> },
+    /// `@@ hist name=<source> model=<m> unit=<u> buckets=<lower>:<count>,...`: one source's
+    /// latency histogram (log-linear buckets, only the non-empty ones, `buckets=` may be
+    /// empty). Keys in any order; unknown keys are ignored.
+    Hist { name: String, model: String, unit: String, buckets: Vec<(u64, u64)> },
+    /// A `@@ ` line of unknown kind or malformed shape (the whole line). `@@ serial-ready`
+    /// and `@@ net-ready ...` stay here ([`crate::workload::is_serial_ready`],
+    /// [`crate::workload::net_request`] read them).
     Unknown(String),
 }
 
@@ -114,15 +124,33 @@ fn parse_body(body: &str) -> Option<Event> {
             })
         }
         "result" => {
-            let pairs = args
-                .split_whitespace()
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=')?;
-                    (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
-                })
-                .collect::<Option<Vec<_>>>()?;
+            let pairs = key_values(args)?;
             (!pairs.is_empty()).then_some(Event::Result(pairs))
         }
+        "live" => {
+            let mut fields = key_values(args)?;
+            let at = fields.iter().position(|(k, _)| k == "kind")?;
+            let (_, kind) = fields.remove(at);
+            (!kind.is_empty()).then_some(Event::Live { kind, fields })
+        }
+        "hist" => {
+            let fields = key_values(args)?;
+            let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+            let (name, model, unit) = (get("name")?, get("model")?, get("unit")?);
+            if name.is_empty() || model.is_empty() || unit.is_empty() {
+                return None;
+            }
+            let buckets = get("buckets")?
+                .split(',')
+                .filter(|b| !b.is_empty())
+                .map(|b| {
+                    let (lower, count) = b.split_once(':')?;
+                    Some((lower.parse().ok()?, count.parse().ok()?))
+                })
+                .collect::<Option<Vec<(u64, u64)>>>()?;
+            Some(Event::Hist { name: name.into(), model: model.into(), unit: unit.into(), buckets })
+        }
+
         "scenario-done" if args.trim().is_empty() => Some(Event::ScenarioDone),
         "storm" => {
             let (source, rest) = field(args, "source")?;
@@ -166,6 +194,17 @@ fn parse_body(body: &str) -> Option<Event> {
         "bench-done" if args.trim().is_empty() => Some(Event::BenchDone),
         _ => None,
     }
+}
+
+/// Every whitespace-separated token of `s` as `key=value` (a value may contain `=`); `None` if
+/// a token has no `=` or an empty key.
+fn key_values(s: &str) -> Option<Vec<(String, String)>> {
+    s.split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// Takes a leading `key=value` token from `s`; returns the value and the rest
@@ -391,6 +430,58 @@ mod tests {
         unknown("@@ bench");
         assert_eq!(p("@@ bench-done"), Event::BenchDone);
         unknown("@@ bench-done now");
+    }
+
+    #[test]
+    fn live() {
+        assert_eq!(
+            p("@@ live kind=progress t_ms=250 net_rx=10 future=x"),
+            Event::Live {
+                kind: "progress".into(),
+                fields: vec![
+                    ("t_ms".into(), "250".into()),
+                    ("net_rx".into(), "10".into()),
+                    ("future".into(), "x".into())
+                ]
+            }
+        );
+        // `kind` may come anywhere.
+        assert_eq!(
+            p("@@ live t_ms=1 kind=source"),
+            Event::Live { kind: "source".into(), fields: vec![("t_ms".into(), "1".into())] }
+        );
+        unknown("@@ live t_ms=1");
+        unknown("@@ live kind= t_ms=1");
+        unknown("@@ live kind=source oops");
+    }
+
+    #[test]
+    fn hist() {
+        assert_eq!(
+            p("@@ hist name=virtio-net model=pool unit=ns buckets=1024:3,1152:10 extra=1"),
+            Event::Hist {
+                name: "virtio-net".into(),
+                model: "pool".into(),
+                unit: "ns".into(),
+                buckets: vec![(1024, 3), (1152, 10)]
+            }
+        );
+        assert_eq!(
+            p("@@ hist unit=ns buckets= model=direct name=edu"),
+            Event::Hist { name: "edu".into(), model: "direct".into(), unit: "ns".into(), buckets: vec![] }
+        );
+        unknown("@@ hist name=x model=pool unit=ns");
+        unknown("@@ hist name=x model=pool unit=ns buckets=1:2,3");
+        unknown("@@ hist name=x model=pool unit=ns buckets=1:-2");
+        unknown("@@ hist name= model=pool unit=ns buckets=");
+    }
+
+    #[test]
+    fn ready_lines_stay_unknown() {
+        // `tests/serial.rs` and `tests/devices.rs` wait for these as `Event::Unknown`;
+        // `crate::workload` reads them from there.
+        unknown("@@ serial-ready");
+        unknown("@@ net-ready first=0 count=10 echo=1 rate=0");
     }
 
     #[test]

@@ -1,0 +1,791 @@
+//! The main job (`run=scenario`): the NIC, the disk, the serial line and the edu device busy
+//! at once, with the host driving the traffic while the guest runs.
+//!
+//! This module defines what the host sends (the serial input lines, the frame plan), types the
+//! guest's `@@ live`, `@@ result` and `@@ hist` lines (`docs/PROTOCOL.md`), and judges a run:
+//! any loss or bad data is a failure.
+//!
+//! The NIC's traffic goes through [`TrafficSource`]: `crate::traffic::NetPeer` (the host end
+//! of the guest's virtio-net) implements it, and [`host_devices`] creates the peer and the
+//! disk image (`crate::traffic::DiskImage`) for a boot.
+
+use std::io::{self, Write};
+use std::ops::Range;
+use std::process::ChildStdin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+use crate::protocol::Event;
+use crate::qemu::SerialInput;
+
+/// The serial input's `S` lines per run.
+pub const SERIAL_LINES: u64 = 1024;
+/// Bytes of one `S` line, its `\n` included.
+pub const SERIAL_LINE_BYTES: usize = 64;
+/// Characters of an `S` line's payload: 64 − `S` − space − 8 digits − space − `\n`.
+pub const SERIAL_PAYLOAD_CHARS: usize = SERIAL_LINE_BYTES - 12;
+/// The payload's alphabet.
+pub const SERIAL_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// The `S` line number `seq` of the serial input: `S <seq as 8 digits> <52 payload chars>\n`,
+/// payload character `i` being `SERIAL_ALPHABET[(seq * 31 + i * 7) % 36]` — exactly
+/// [`SERIAL_LINE_BYTES`] bytes (`seq` below 10^8).
+pub fn serial_line(seq: u64) -> String {
+    let payload: String = (0..SERIAL_PAYLOAD_CHARS as u64)
+        .map(|i| char::from(SERIAL_ALPHABET[((seq.wrapping_mul(31).wrapping_add(i * 7)) % 36) as usize]))
+        .collect();
+    format!("S {seq:08} {payload}\n")
+}
+
+/// The end line of the serial input after `count` `S` lines: `E <count>\n`.
+pub fn serial_end(count: u64) -> String {
+    format!("E {count}\n")
+}
+
+/// An interrupt dispatch model (the kernel's `intr.model=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// The handler runs in interrupt context (the baseline).
+    Direct,
+    /// One thread per source, the line masked until it finishes.
+    Dedicated,
+    /// Pooled per-CPU queues of handlers.
+    Pool,
+    /// Pinned per-IPL interrupt threads.
+    Pinned,
+}
+
+impl Model {
+    /// Every model, in the order the comparison runs them.
+    pub const ALL: [Model; 4] = [Model::Direct, Model::Dedicated, Model::Pool, Model::Pinned];
+
+    /// The kernel's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Model::Direct => "direct",
+            Model::Dedicated => "dedicated",
+            Model::Pool => "pool",
+            Model::Pinned => "pinned",
+        }
+    }
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The key=value fields of one protocol line, read by name with errors that name the key.
+struct Fields<'a> {
+    /// The line's kind, for messages (e.g. "`@@ live kind=progress`").
+    line: &'a str,
+    fields: &'a [(String, String)],
+}
+
+impl Fields<'_> {
+    fn has(&self, key: &str) -> bool {
+        self.fields.iter().any(|(k, _)| k == key)
+    }
+
+    fn text(&self, key: &str) -> Result<String, String> {
+        match self.fields.iter().find(|(k, _)| k == key) {
+            Some((_, v)) if !v.is_empty() => Ok(v.clone()),
+            Some(_) => Err(format!("{} line: `{key}=` is empty", self.line)),
+            None => Err(format!("{} line has no `{key}=`", self.line)),
+        }
+    }
+
+    fn num(&self, key: &str) -> Result<u64, String> {
+        let v = self.text(key)?;
+        v.parse().map_err(|_| format!("{} line: `{key}={v}` is not a number", self.line))
+    }
+
+    fn choice(&self, key: &str, yes: &str, no: &str) -> Result<bool, String> {
+        match self.text(key)? {
+            v if v == yes => Ok(true),
+            v if v == no => Ok(false),
+            v => Err(format!("{} line: `{key}={v}` is neither {yes} nor {no}", self.line)),
+        }
+    }
+}
+
+/// Which parts of the workload the kernel reported (a part whose keys are all absent did not
+/// run: its device is not there, or the kernel does not drive it yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Parts {
+    pub net: bool,
+    pub blk: bool,
+    pub serial: bool,
+}
+
+/// The keys of each part of `@@ live kind=progress` / `@@ result scope=workload`.
+const NET_KEYS: [&str; 4] = ["net_rx", "net_lost", "net_bad", "net_echoed"];
+const BLK_KEYS: [&str; 2] = ["blk_ops", "blk_bad"];
+const SERIAL_KEYS: [&str; 3] = ["serial_bytes", "serial_lines", "serial_bad"];
+
+/// The workload's counters (`@@ live kind=progress`, `@@ result scope=workload`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// The parts reported; the counters of the others are 0.
+    pub parts: Parts,
+    /// Frames the guest received.
+    pub net_rx: u64,
+    /// Frames the guest knows were lost (sequence gaps).
+    pub net_lost: u64,
+    /// Frames that failed the guest's verification.
+    pub net_bad: u64,
+    /// Frames the guest echoed back.
+    pub net_echoed: u64,
+    /// Disk operations verified.
+    pub blk_ops: u64,
+    /// Disk operations that failed verification.
+    pub blk_bad: u64,
+    /// Bytes of `S` lines the guest's serial port received (their `\n` included).
+    pub serial_bytes: u64,
+    /// `S` lines received and checked.
+    pub serial_lines: u64,
+    /// `S` lines that failed verification.
+    pub serial_bad: u64,
+    /// Lines the end line announced that never arrived (`serial_lost=`, optional).
+    pub serial_lost: u64,
+    /// The kernel's own verdict on the workload (`verified=0|1`, optional).
+    pub verified: Option<bool>,
+}
+
+impl Counters {
+    fn parse(f: &Fields) -> Result<Counters, String> {
+        // A part is there if any of its keys is; then every one of its keys must be.
+        let part = |keys: &[&str]| -> Result<bool, String> {
+            if !keys.iter().any(|k| f.has(k)) {
+                return Ok(false);
+            }
+            keys.iter().try_for_each(|k| f.num(k).map(drop))?;
+            Ok(true)
+        };
+        let parts = Parts { net: part(&NET_KEYS)?, blk: part(&BLK_KEYS)?, serial: part(&SERIAL_KEYS)? };
+        if !(parts.net || parts.blk || parts.serial) {
+            return Err(format!("{} line has none of `net_rx=`, `blk_ops=`, `serial_bytes=`", f.line));
+        }
+        let num = |k: &str| if f.has(k) { f.num(k) } else { Ok(0) };
+        Ok(Counters {
+            parts,
+            net_rx: num("net_rx")?,
+            net_lost: num("net_lost")?,
+            net_bad: num("net_bad")?,
+            net_echoed: num("net_echoed")?,
+            blk_ops: num("blk_ops")?,
+            blk_bad: num("blk_bad")?,
+            serial_bytes: num("serial_bytes")?,
+            serial_lines: num("serial_lines")?,
+            serial_bad: num("serial_bad")?,
+            serial_lost: num("serial_lost")?,
+            verified: if f.has("verified") { Some(f.choice("verified", "1", "0")?) } else { None },
+        })
+    }
+}
+
+/// One `@@ live kind=progress` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Milliseconds since the job started.
+    pub t_ms: u64,
+    pub counters: Counters,
+}
+
+/// One `@@ live kind=source` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSample {
+    pub t_ms: u64,
+    pub name: String,
+    pub model: String,
+    pub count: u64,
+    pub handled: u64,
+    pub cpu_ns: u64,
+    pub p50: u64,
+    pub p99: u64,
+    /// Whether the source is throttled as a storm now.
+    pub storm: bool,
+    /// Whether the source is masked now.
+    pub masked: bool,
+}
+
+/// A periodic record of the main job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveRecord {
+    Source(SourceSample),
+    Progress(Progress),
+}
+
+/// The typed record of a `@@ live` line: `None` for another event, an error naming the key
+/// for a record that lacks one (unknown keys are ignored).
+pub fn live_record(event: &Event) -> Option<Result<LiveRecord, String>> {
+    let Event::Live { kind, fields } = event else { return None };
+    let line = format!("`@@ live kind={kind}`");
+    let f = Fields { line: &line, fields };
+    Some(match kind.as_str() {
+        "progress" => {
+            (|| Ok(LiveRecord::Progress(Progress { t_ms: f.num("t_ms")?, counters: Counters::parse(&f)? })))()
+        }
+        "source" => (|| {
+            Ok(LiveRecord::Source(SourceSample {
+                t_ms: f.num("t_ms")?,
+                name: f.text("name")?,
+                model: f.text("model")?,
+                count: f.num("count")?,
+                handled: f.num("handled")?,
+                cpu_ns: f.num("cpu_ns")?,
+                p50: f.num("p50")?,
+                p99: f.num("p99")?,
+                storm: f.choice("storm", "on", "off")?,
+                masked: f.choice("masked", "1", "0")?,
+            }))
+        })(),
+        other => Err(format!("`@@ live` line of unknown kind `{other}`")),
+    })
+}
+
+/// One `@@ result scope=source` record: a source's totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceResult {
+    pub name: String,
+    pub model: String,
+    pub count: u64,
+    pub handled: u64,
+    pub cpu_ns: u64,
+    pub p50: u64,
+    pub p99: u64,
+    /// Storms that began on the source.
+    pub storms: u64,
+}
+
+/// One `@@ hist` line: a source's latency histogram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    pub name: String,
+    pub model: String,
+    pub unit: String,
+    /// `(lower bound, count)`, ascending, non-empty buckets only.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl Histogram {
+    /// Samples in all buckets.
+    pub fn total(&self) -> u64 {
+        self.buckets.iter().map(|(_, c)| c).sum()
+    }
+
+    /// `(lower bound, fraction of samples in this bucket or below)` per bucket.
+    pub fn cumulative(&self) -> Vec<(u64, f64)> {
+        let total = self.total().max(1) as f64;
+        let mut sum = 0;
+        self.buckets
+            .iter()
+            .map(|&(lower, count)| {
+                sum += count;
+                (lower, sum as f64 / total)
+            })
+            .collect()
+    }
+}
+
+/// Everything the guest reported about one run of the main job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobResults {
+    /// The model of the `@@ boot` line.
+    pub model: Option<String>,
+    /// The `@@ result scope=source` records.
+    pub sources: Vec<SourceResult>,
+    /// The `@@ result scope=workload` record.
+    pub workload: Option<Counters>,
+    /// The `@@ hist` lines.
+    pub hists: Vec<Histogram>,
+    /// The `@@ live kind=progress` records, in order.
+    pub progress: Vec<Progress>,
+    /// `(source, rate)` of every `@@ storm ... state=on`.
+    pub storms: Vec<(String, u64)>,
+    /// Lines that could not be typed (a missing key, a non-number).
+    pub errors: Vec<String>,
+}
+
+impl JobResults {
+    /// Types the main job's lines among `events` (the boot's events in order).
+    pub fn from_events(events: &[Event]) -> JobResults {
+        let mut out = JobResults::default();
+        for e in events {
+            match e {
+                Event::Boot { model, .. } => out.model = model.clone(),
+                Event::Storm { source, on: true, rate } => out.storms.push((source.clone(), *rate)),
+                Event::Hist { name, model, unit, buckets } => out.hists.push(Histogram {
+                    name: name.clone(),
+                    model: model.clone(),
+                    unit: unit.clone(),
+                    buckets: buckets.clone(),
+                }),
+                Event::Live { .. } => match live_record(e) {
+                    Some(Ok(LiveRecord::Progress(p))) => out.progress.push(p),
+                    Some(Ok(LiveRecord::Source(_))) | None => {}
+                    Some(Err(msg)) => out.errors.push(msg),
+                },
+                Event::Result(fields) => {
+                    let scope = fields.iter().find(|(k, _)| k == "scope").map(|(_, v)| v.as_str());
+                    let line = format!("`@@ result scope={}`", scope.unwrap_or(""));
+                    let f = Fields { line: &line, fields };
+                    let typed = match scope {
+                        Some("workload") => Counters::parse(&f).map(|c| out.workload = Some(c)),
+                        Some("source") => source_result(&f).map(|s| out.sources.push(s)),
+                        _ => Ok(()),
+                    };
+                    out.errors.extend(typed.err());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The final counters' throughput, each over the span in which its counter moved.
+    pub fn throughput(&self) -> Throughput {
+        let Some(last) = self.workload else { return Throughput::default() };
+        Throughput {
+            frames_per_s: rate(&self.progress, |c| c.net_rx, last.net_rx),
+            blk_ops_per_s: rate(&self.progress, |c| c.blk_ops, last.blk_ops),
+            serial_bytes_per_s: rate(&self.progress, |c| c.serial_bytes, last.serial_bytes),
+        }
+    }
+}
+
+fn source_result(f: &Fields) -> Result<SourceResult, String> {
+    Ok(SourceResult {
+        name: f.text("name")?,
+        model: f.text("model")?,
+        count: f.num("count")?,
+        handled: f.num("handled")?,
+        cpu_ns: f.num("cpu_ns")?,
+        p50: f.num("p50")?,
+        p99: f.num("p99")?,
+        storms: f.num("storms")?,
+    })
+}
+
+/// Rates of the workload (per second of guest time); `None` where there was nothing to time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Throughput {
+    pub frames_per_s: Option<f64>,
+    pub blk_ops_per_s: Option<f64>,
+    pub serial_bytes_per_s: Option<f64>,
+}
+
+/// `last` over the time the counter took to go from its last zero sample (or the job's
+/// start) to its first sample at `last`; `None` if it never moved or was never sampled.
+pub fn rate(progress: &[Progress], counter: impl Fn(&Counters) -> u64, last: u64) -> Option<f64> {
+    if last == 0 {
+        return None;
+    }
+    let start = progress.iter().take_while(|p| counter(&p.counters) == 0).last().map_or(0, |p| p.t_ms);
+    let end = progress.iter().find(|p| counter(&p.counters) >= last)?.t_ms;
+    (end > start).then(|| last as f64 * 1000.0 / (end - start) as f64)
+}
+
+/// What the host types in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// `S` lines to type after `@@ serial-ready`.
+    pub serial_lines: u64,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan { serial_lines: SERIAL_LINES }
+    }
+}
+
+/// Whether `event` is the guest's `@@ serial-ready` (the protocol parser leaves it as
+/// [`Event::Unknown`]: the tests' feeders wait for it there).
+pub fn is_serial_ready(event: &Event) -> bool {
+    matches!(event, Event::Unknown(l) if l.trim() == "@@ serial-ready")
+}
+
+/// The traffic a `@@ net-ready first=<seq> count=<n> echo=<0|1> rate=<frames/s>` line asks
+/// for: `count` frames numbered from `first`, then the end marker with total `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetRequest {
+    pub first: u64,
+    pub count: u64,
+    pub echo: bool,
+    /// Frames per second (0: unpaced).
+    pub rate: u32,
+}
+
+/// The guest's request in a `@@ net-ready` line (left as [`Event::Unknown`] by the protocol
+/// parser): `None` for another event, an error naming a missing or malformed key.
+pub fn net_request(event: &Event) -> Option<Result<NetRequest, String>> {
+    let Event::Unknown(line) = event else { return None };
+    let args = line.trim_end().strip_prefix("@@ net-ready")?;
+    if !(args.is_empty() || args.starts_with(' ')) {
+        return None;
+    }
+    let fields: Vec<(String, String)> = args
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let f = Fields { line: "`@@ net-ready`", fields: &fields };
+    Some((|| {
+        let rate = f.num("rate")?;
+        Ok(NetRequest {
+            first: f.num("first")?,
+            count: f.num("count")?,
+            echo: f.choice("echo", "1", "0")?,
+            rate: u32::try_from(rate)
+                .map_err(|_| format!("`@@ net-ready` line: `rate={rate}` is too large"))?,
+        })
+    })())
+}
+
+/// Echoed frames the host got back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EchoStats {
+    /// Echoes received that verified.
+    pub received: u64,
+    /// Echoes received that did not.
+    pub bad: u64,
+}
+
+/// The host end of the guest's NIC (`crate::traffic::NetPeer` implements it).
+pub trait TrafficSource: Send + Sync {
+    /// Sends the frames numbered `seqs`, asking the guest to echo them if `echo`, at `rate`
+    /// frames per second (0: unpaced). One call per run: the end marker names its first frame.
+    fn send(&self, seqs: Range<u64>, echo: bool, rate: u32) -> io::Result<()>;
+    /// Sends the end marker of the last run: `total` frames were sent.
+    fn send_end(&self, total: u64) -> io::Result<()>;
+    /// The echoes received so far.
+    fn echoes(&self) -> EchoStats;
+}
+
+/// The host's devices for one boot of the main job.
+#[derive(Default)]
+pub struct Devices {
+    /// The NIC's host end (`None`: no NIC traffic).
+    pub net: Option<Arc<dyn TrafficSource>>,
+    /// QEMU arguments for the NIC and the disk.
+    pub qemu_args: Vec<String>,
+    /// What must live as long as the boot (the disk image's file, ...).
+    pub keep_alive: Vec<Box<dyn Send>>,
+}
+
+/// Creates the NIC's host end and the disk image for one boot. The integration of
+/// `crate::traffic` fills this in (with `impl TrafficSource for traffic::NetPeer` delegating
+/// to its methods of the same names):
+///
+/// ```ignore
+/// let net = crate::traffic::NetPeer::new()?;
+/// let disk = crate::traffic::DiskImage::create(16)?;
+/// let mut qemu_args = net.qemu_args();
+/// qemu_args.extend(disk.qemu_args());
+/// Ok(Devices { net: Some(Arc::new(net)), qemu_args, keep_alive: vec![Box::new(disk)] })
+/// ```
+pub fn host_devices() -> io::Result<Devices> {
+    Ok(Devices::default())
+}
+
+/// What the host has sent so far, shared between the feeder's threads and the live view.
+#[derive(Debug, Default)]
+pub struct HostCounters {
+    /// Frames the guest asked for (`@@ net-ready count=`, all runs).
+    pub frames_requested: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub serial_lines_sent: AtomicU64,
+    pub serial_bytes_sent: AtomicU64,
+    /// Whether the NIC had a host end (frames could be sent).
+    pub net_wired: AtomicBool,
+    /// Errors sending traffic.
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl HostCounters {
+    fn error(&self, msg: String) {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+    }
+
+    /// The counters now, with the echoes `net` received.
+    pub fn snapshot(&self, plan: &Plan, net: Option<&dyn TrafficSource>) -> HostTraffic {
+        HostTraffic {
+            plan: *plan,
+            net_wired: self.net_wired.load(Ordering::Relaxed),
+            frames_requested: self.frames_requested.load(Ordering::Relaxed),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            echoes: net.map(|n| n.echoes()),
+            serial_lines_sent: self.serial_lines_sent.load(Ordering::Relaxed),
+            serial_bytes_sent: self.serial_bytes_sent.load(Ordering::Relaxed),
+            errors: self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
+
+/// What the host sent and got back in one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostTraffic {
+    pub plan: Plan,
+    pub net_wired: bool,
+    pub frames_requested: u64,
+    pub frames_sent: u64,
+    pub echoes: Option<EchoStats>,
+    pub serial_lines_sent: u64,
+    pub serial_bytes_sent: u64,
+    pub errors: Vec<String>,
+}
+
+/// The serial input for a boot of the main job: every `@@ net-ready` request is served
+/// through `net` (in order, on a thread of its own); after `@@ serial-ready` it types the
+/// serial input. QEMU's stdin stays open until QEMU ends.
+pub fn feeder(plan: Plan, net: Option<Arc<dyn TrafficSource>>, counters: Arc<HostCounters>) -> SerialInput {
+    counters.net_wired.store(net.is_some(), Ordering::Relaxed);
+    SerialInput::feeder(move |stdin: ChildStdin, events: mpsc::Receiver<Event>| {
+        let mut stdin = Some(stdin);
+        let mut serial_writer = None;
+        let mut net_worker: Option<(mpsc::Sender<NetRequest>, thread::JoinHandle<()>)> = None;
+        for event in events {
+            if let Some(request) = net_request(&event) {
+                let (Ok(request), Some(net)) = (request, &net) else {
+                    if net.is_none() {
+                        counters.error("the guest asked for NIC frames but there is no NIC peer".into());
+                    }
+                    continue;
+                };
+                let (tx, _) = net_worker.get_or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel::<NetRequest>();
+                    let (net, counters) = (Arc::clone(net), Arc::clone(&counters));
+                    (tx, thread::spawn(move || rx.iter().for_each(|r| serve(&*net, &r, &counters))))
+                });
+                counters.frames_requested.fetch_add(request.count, Ordering::Relaxed);
+                let _ = tx.send(request);
+            } else if is_serial_ready(&event) {
+                if let Some(mut input) = stdin.take() {
+                    let counters = Arc::clone(&counters);
+                    serial_writer = Some(thread::spawn(move || {
+                        if let Err(e) = type_serial_input(&mut input, plan.serial_lines, &counters) {
+                            counters.error(format!("writing the serial input: {e}"));
+                        }
+                        input
+                    }));
+                }
+            }
+        }
+        // QEMU has ended: now its stdin may close.
+        if let Some((tx, worker)) = net_worker {
+            drop(tx);
+            let _ = worker.join();
+        }
+        if let Some(w) = serial_writer {
+            drop(w.join());
+        }
+    })
+}
+
+/// Sends the frames `request` asks for (one run), then its end marker.
+pub fn serve(net: &dyn TrafficSource, request: &NetRequest, counters: &HostCounters) {
+    let seqs = request.first..request.first + request.count;
+    if let Err(e) = net.send(seqs.clone(), request.echo, request.rate) {
+        counters.error(format!("sending frames {seqs:?}: {e}"));
+        return;
+    }
+    counters.frames_sent.fetch_add(request.count, Ordering::Relaxed);
+    if let Err(e) = net.send_end(request.count) {
+        counters.error(format!("sending the end marker: {e}"));
+    }
+}
+
+/// Writes `lines` `S` lines and the end line to `out`, counting what was written.
+pub fn type_serial_input(out: &mut impl Write, lines: u64, counters: &HostCounters) -> io::Result<()> {
+    for seq in 0..lines {
+        let line = serial_line(seq);
+        out.write_all(line.as_bytes())?;
+        out.flush()?;
+        counters.serial_lines_sent.fetch_add(1, Ordering::Relaxed);
+        counters.serial_bytes_sent.fetch_add(line.len() as u64, Ordering::Relaxed);
+    }
+    out.write_all(serial_end(lines).as_bytes())?;
+    out.flush()
+}
+
+/// Frames lost on the way to the guest: the guest's count of gaps, or what it is missing of
+/// what the host sent, whichever is larger.
+fn frames_lost(w: &Counters, host: &HostTraffic) -> u64 {
+    w.net_lost.max(host.frames_sent.saturating_sub(w.net_rx))
+}
+
+/// Why the run failed, from the guest's results and what the host sent: loss, bad data,
+/// missing records, send errors. Empty if it did what it should.
+pub fn problems(results: &JobResults, host: &HostTraffic) -> Vec<String> {
+    let mut out: Vec<String> = results.errors.iter().map(|e| format!("malformed: {e}")).collect();
+    out.extend(host.errors.iter().map(|e| format!("host: {e}")));
+    let Some(w) = results.workload else {
+        out.push("the kernel printed no `@@ result scope=workload` line".into());
+        return out;
+    };
+    if results.sources.is_empty() {
+        out.push("the kernel printed no `@@ result scope=source` line".into());
+    }
+    if w.verified == Some(false) {
+        out.push("the kernel reports the workload as not verified (`verified=0`)".into());
+    }
+    if w.parts.net {
+        let lost = frames_lost(&w, host);
+        if lost > 0 {
+            out.push(format!("{lost} frames lost (sent {}, received {})", host.frames_sent, w.net_rx));
+        }
+    } else if host.frames_sent > 0 {
+        out.push(format!("the kernel reports no NIC counters, though {} frames were sent", host.frames_sent));
+    }
+    if host.frames_sent < host.frames_requested {
+        out.push(format!(
+            "only {} of the {} frames asked for were sent",
+            host.frames_sent, host.frames_requested
+        ));
+    }
+    for (bad, what) in [(w.net_bad, "frames"), (w.blk_bad, "disk operations"), (w.serial_bad, "serial lines")]
+    {
+        if bad > 0 {
+            out.push(format!("{bad} {what} failed verification"));
+        }
+    }
+    if w.parts.serial {
+        let missing = host.serial_lines_sent.saturating_sub(w.serial_lines).max(w.serial_lost);
+        if missing > 0 {
+            out.push(format!("{missing} of {} serial lines never arrived", host.serial_lines_sent));
+        }
+    } else if host.serial_lines_sent > 0 {
+        out.push(format!(
+            "the kernel reports no serial counters, though {} lines were typed",
+            host.serial_lines_sent
+        ));
+    }
+    if host.serial_lines_sent < host.plan.serial_lines {
+        out.push(format!(
+            "only {} of {} serial lines were typed (no `@@ serial-ready`?)",
+            host.serial_lines_sent, host.plan.serial_lines
+        ));
+    }
+    if let Some(e) = host.echoes {
+        if e.bad > 0 {
+            out.push(format!("{} echoed frames failed verification on the host", e.bad));
+        }
+        if e.received + e.bad < w.net_echoed {
+            out.push(format!(
+                "{} of {} echoed frames never came back",
+                w.net_echoed - e.received - e.bad,
+                w.net_echoed
+            ));
+        }
+    }
+    out
+}
+
+/// Formats nanoseconds for tables (`8192ns`, `12.3us`, `7.34ms`).
+pub fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns}ns"),
+        10_000..=999_999 => format!("{:.1}us", ns as f64 / 1e3),
+        _ => format!("{:.2}ms", ns as f64 / 1e6),
+    }
+}
+
+/// The run's summary: traffic, per-source latency, storms, the model and the verdict.
+pub fn summary(results: &JobResults, host: &HostTraffic) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let model = results.model.as_deref().unwrap_or("-");
+    let _ = writeln!(s, "main job summary (interrupt model {model}):");
+    let w = results.workload.unwrap_or_default();
+    let t = results.throughput();
+    let per_s = |r: Option<f64>, unit: &str| r.map(|r| format!(", {r:.0} {unit}/s")).unwrap_or_default();
+    if w.parts.net {
+        let verified = w.net_rx.saturating_sub(w.net_bad);
+        let _ = writeln!(
+            s,
+            "  frames:  sent {}, received {}, verified {verified}, lost {}{}",
+            host.frames_sent,
+            w.net_rx,
+            frames_lost(&w, host),
+            per_s(t.frames_per_s, "frames")
+        );
+        let back = host.echoes.map(|e| format!(", {} came back ({} bad)", e.received, e.bad));
+        let _ = writeln!(s, "  echoes:  {} frames echoed{}", w.net_echoed, back.unwrap_or_default());
+    } else {
+        let peer = if host.net_wired { "" } else { ", no NIC peer in this host tool" };
+        let _ = writeln!(s, "  frames:  not run (sent {}{peer})", host.frames_sent);
+    }
+    if w.parts.blk {
+        let _ = writeln!(
+            s,
+            "  disk:    {} operations verified, {} bad{}",
+            w.blk_ops,
+            w.blk_bad,
+            per_s(t.blk_ops_per_s, "ops")
+        );
+    } else {
+        let _ = writeln!(s, "  disk:    not run");
+    }
+    let _ = writeln!(
+        s,
+        "  serial:  sent {} bytes ({} lines), received {} bytes ({} lines), {} bad, {} lost{}",
+        host.serial_bytes_sent,
+        host.serial_lines_sent,
+        w.serial_bytes,
+        w.serial_lines,
+        w.serial_bad,
+        w.serial_lost,
+        per_s(t.serial_bytes_per_s, "bytes")
+    );
+    if !results.sources.is_empty() {
+        let _ = writeln!(s, "  interrupt sources:");
+        let _ = writeln!(
+            s,
+            "    {:<16} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6}",
+            "source", "model", "count", "handled", "p50", "p99", "storms"
+        );
+        for r in &results.sources {
+            let _ = writeln!(
+                s,
+                "    {:<16} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6}",
+                r.name,
+                r.model,
+                r.count,
+                r.handled,
+                fmt_ns(r.p50),
+                fmt_ns(r.p99),
+                r.storms
+            );
+        }
+    }
+    let storms: u64 = results.sources.iter().map(|r| r.storms).sum();
+    let _ = writeln!(s, "  storms:  {storms} began ({} `@@ storm` lines)", results.storms.len());
+    let problems = problems(results, host);
+    if problems.is_empty() {
+        let _ = writeln!(s, "  verdict: ok, no loss, no bad data");
+    } else {
+        let _ = writeln!(s, "  verdict: FAILED");
+        for p in problems {
+            let _ = writeln!(s, "    - {p}");
+        }
+    }
+    s
+}
+
+/// The kernel command line for `run=<run>` with `model` (`intr.model=`) and the user's
+/// `append`; an error if both name a model.
+pub fn cmdline(run: &str, model: Option<Model>, append: &str) -> Result<String, String> {
+    let mut line = format!("run={run}");
+    if run == "scenario" {
+        // The host types the serial input: the kernel's serial part runs.
+        line = crate::qemu::join_cmdline(&line, "workload.serial=on");
+    }
+    if let Some(m) = model {
+        if append.split_whitespace().any(|o| o.starts_with("intr.model=")) {
+            return Err(format!("--model {m} and --append intr.model=... both choose the model: keep one"));
+        }
+        line = crate::qemu::join_cmdline(&line, &format!("intr.model={m}"));
+    }
+    Ok(crate::qemu::join_cmdline(&line, append))
+}
