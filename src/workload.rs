@@ -444,13 +444,7 @@ pub fn net_request(event: &Event) -> Option<Result<NetRequest, String>> {
 }
 
 /// Echoed frames the host got back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EchoStats {
-    /// Echoes received that verified.
-    pub received: u64,
-    /// Echoes received that did not.
-    pub bad: u64,
-}
+pub use crate::traffic::EchoStats;
 
 /// The host end of the guest's NIC (`crate::traffic::NetPeer` implements it).
 pub trait TrafficSource: Send + Sync {
@@ -474,19 +468,26 @@ pub struct Devices {
     pub keep_alive: Vec<Box<dyn Send>>,
 }
 
-/// Creates the NIC's host end and the disk image for one boot. The integration of
-/// `crate::traffic` fills this in (with `impl TrafficSource for traffic::NetPeer` delegating
-/// to its methods of the same names):
-///
-/// ```ignore
-/// let net = crate::traffic::NetPeer::new()?;
-/// let disk = crate::traffic::DiskImage::create(16)?;
-/// let mut qemu_args = net.qemu_args();
-/// qemu_args.extend(disk.qemu_args());
-/// Ok(Devices { net: Some(Arc::new(net)), qemu_args, keep_alive: vec![Box::new(disk)] })
-/// ```
+impl TrafficSource for crate::traffic::NetPeer {
+    fn send(&self, seqs: Range<u64>, echo: bool, rate: u32) -> io::Result<()> {
+        crate::traffic::NetPeer::send(self, seqs, echo, rate)
+    }
+    fn send_end(&self, total: u64) -> io::Result<()> {
+        crate::traffic::NetPeer::send_end(self, total)
+    }
+    fn echoes(&self) -> EchoStats {
+        crate::traffic::NetPeer::echoes(self)
+    }
+}
+
+/// Creates the NIC's host end (a UDP socket QEMU's `-netdev socket` talks to) and a 16 MiB
+/// disk image for one boot of the main job.
 pub fn host_devices() -> io::Result<Devices> {
-    Ok(Devices::default())
+    let net = crate::traffic::NetPeer::new()?;
+    let disk = crate::traffic::DiskImage::create(16)?;
+    let mut qemu_args = net.qemu_args();
+    qemu_args.extend(disk.qemu_args());
+    Ok(Devices { net: Some(Arc::new(net)), qemu_args, keep_alive: vec![Box::new(disk)] })
 }
 
 /// What the host has sent so far, shared between the feeder's threads and the live view.
@@ -779,7 +780,8 @@ pub fn cmdline(run: &str, model: Option<Model>, append: &str) -> Result<String, 
     let mut line = format!("run={run}");
     if run == "scenario" {
         // The host types the serial input: the kernel's serial part runs.
-        line = crate::qemu::join_cmdline(&line, "workload.serial=on");
+        // It ends when every part is complete; `scenario.ms` is only the limit.
+        line = crate::qemu::join_cmdline(&line, "workload.serial=on scenario.ms=60000");
     }
     if let Some(m) = model {
         if append.split_whitespace().any(|o| o.starts_with("intr.model=")) {

@@ -7,6 +7,13 @@
 //! (the host will paste), the NIC and the disk when their devices probe. The workload is
 //! complete when every started part is: the serial end line seen, the NIC's end marker seen,
 //! the disk threads done.
+//!
+//! - **NIC:** asks the host (`@@ net-ready`) for [`NET_FRAMES`] frames at [`NET_RATE`]
+//!   frames/s, each to be echoed; the driver's receive handler verifies every frame and
+//!   yields after its budget (`hwi_sched`).
+//! - **Disk:** one thread per CPU writes a pattern over its own [`BLK_SECTORS`] sectors and
+//!   reads it back, [`BLK_ROUNDS`] times, each request sleeping until its completion
+//!   interrupt.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -17,6 +24,7 @@ use arch::kprintln;
 use sched::Priority;
 
 use crate::drivers::com;
+use crate::drivers::virtio::{blk, net};
 use crate::intr::INTR;
 use crate::SCHED;
 
@@ -44,21 +52,63 @@ pub static SERIAL: SerialProgress = SerialProgress {
     announced: AtomicU64::new(0),
 };
 
+/// Frames the NIC part asks for.
+pub const NET_FRAMES: u64 = 8000;
+/// Their rate, frames per second (well below what the guest takes under TCG on 4 vCPUs).
+pub const NET_RATE: u32 = 2000;
+/// Sectors each disk thread owns.
+pub const BLK_SECTORS: u64 = 64;
+/// Write-and-verify rounds per disk thread.
+pub const BLK_ROUNDS: u64 = 4;
+
+/// Disk-part counters.
+static BLK_BAD: AtomicU64 = AtomicU64::new(0);
+static BLK_DONE: AtomicU64 = AtomicU64::new(0);
+
 /// What runs.
 pub struct Workload {
     serial: bool,
+    net: Option<&'static net::NetDev>,
+    blk_threads: usize,
     threads: Vec<sched::JoinHandle<arch::X86_64>>,
 }
 
 /// Starts the parts that are there.
 pub fn start(serial: bool) -> Workload {
     let mut threads = Vec::new();
+    let net = net::start(None).ok();
+    if let Some(dev) = net {
+        dev.expect(0);
+        dev.announce(0, NET_FRAMES, true, NET_RATE);
+    }
+    let mut blk_threads = 0;
+    if let Ok(dev) = blk::start(None) {
+        let n = arch::cpu::ncpus();
+        // Above the scenario's busy classes: the disk threads mostly sleep on I/O, and a
+        // completion should get its thread going at once.
+        let pri = Priority::new(44).expect("priority in range");
+        for cpu in 0..n {
+            let first = cpu as u64 * BLK_SECTORS;
+            if first + BLK_SECTORS > dev.capacity() {
+                break;
+            }
+            blk_threads += 1;
+            threads.push(SCHED.spawn("disk-io", pri, Some(cpu), move || {
+                for round in 0..BLK_ROUNDS {
+                    if crate::tests::blk::write_verify(dev, first, BLK_SECTORS, round).is_err() {
+                        BLK_BAD.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                BLK_DONE.fetch_add(1, Ordering::Release);
+            }));
+        }
+    }
     if serial {
         let pri = Priority::new(30).expect("priority in range");
         threads.push(SCHED.spawn("serial-sink", pri, None, serial_sink));
         kprintln!("@@ serial-ready");
     }
-    Workload { serial, threads }
+    Workload { serial, net, blk_threads, threads }
 }
 
 /// Reads pasted lines until the end line, verifying each (com::paste_line).
@@ -83,18 +133,44 @@ fn serial_sink() {
 impl Workload {
     /// Whether every started part is complete.
     pub fn complete(&self) -> bool {
-        (!self.serial || SERIAL.done.load(Ordering::Acquire)) && self.started()
+        (!self.serial || SERIAL.done.load(Ordering::Acquire))
+            && self.net.is_none_or(|d| d.stats().end_seen)
+            && BLK_DONE.load(Ordering::Acquire) as usize == self.blk_threads
+            && self.started()
     }
 
     /// Whether anything was started (without parts, the scenario runs for its time).
     pub fn started(&self) -> bool {
-        self.serial
+        self.serial || self.net.is_some() || self.blk_threads > 0
     }
 
     /// The progress counters as `key=value` pairs (the `@@ live kind=progress` and
     /// `@@ result scope=workload` lines).
     pub fn progress(&self) -> String {
         let mut s = String::new();
+        if let Some(d) = self.net {
+            let st = d.stats();
+            let _ = write!(
+                s,
+                "net_rx={} net_lost={} net_bad={} net_echoed={} net_yields={} ",
+                st.received,
+                self.net_lost(),
+                st.bad,
+                st.echoed,
+                st.yields
+            );
+        }
+        if self.blk_threads > 0 {
+            let st = blk::stats();
+            let _ = write!(
+                s,
+                "blk_ops={} blk_bad={} blk_bytes={} blk_p99={} ",
+                st.ops,
+                st.bad + BLK_BAD.load(Ordering::Relaxed),
+                st.bytes,
+                st.lat_p99_ns
+            );
+        }
         let _ = write!(
             s,
             "serial_bytes={} serial_lines={} serial_bad={} serial_lost={}",
@@ -104,6 +180,18 @@ impl Workload {
             self.serial_lost()
         );
         s
+    }
+
+    /// Frames missing: sequence gaps, and, once the end marker is in, the frames it announced
+    /// that never came.
+    fn net_lost(&self) -> u64 {
+        let Some(d) = self.net else { return 0 };
+        let st = d.stats();
+        if st.end_seen {
+            st.end_total.saturating_sub(st.received).max(st.lost)
+        } else {
+            st.lost
+        }
     }
 
     fn serial_lost(&self) -> u64 {
@@ -116,14 +204,22 @@ impl Workload {
 
     /// Whether everything received was intact and nothing announced is missing.
     pub fn verified(&self) -> bool {
-        SERIAL.bad.load(Ordering::Relaxed) == 0 && self.serial_lost() == 0
+        let net_ok = self.net.is_none_or(|d| d.stats().bad == 0 && self.net_lost() == 0);
+        let blk_ok = self.blk_threads == 0 || (blk::stats().bad == 0 && BLK_BAD.load(Ordering::Relaxed) == 0);
+        SERIAL.bad.load(Ordering::Relaxed) == 0
+            && self.serial_lost() == 0
+            && net_ok
+            && blk_ok
+            && self.complete()
     }
 
     /// Waits for the workload's threads (after `complete`, or at the deadline: a thread still
     /// waiting for input is left behind, QEMU exits anyway).
     pub fn finish(self) {
-        for t in self.threads {
-            if SERIAL.done.load(Ordering::Acquire) {
+        let n = self.threads.len();
+        for (i, t) in self.threads.into_iter().enumerate() {
+            // The serial sink is the last thread; it may wait for input that never comes.
+            if i + 1 < n || !self.serial || SERIAL.done.load(Ordering::Acquire) {
                 t.join();
             }
         }
@@ -169,4 +265,13 @@ pub fn print_results(w: &Workload) {
         );
     }
     kprintln!("@@ result scope=workload {} verified={}", w.progress(), u8::from(w.verified()));
+    for src in INTR.sources() {
+        let mut buckets = String::new();
+        for (lo, n) in src.stats.latency.buckets() {
+            let _ = write!(buckets, "{}{lo}:{n}", if buckets.is_empty() { "" } else { "," });
+        }
+        if !buckets.is_empty() {
+            kprintln!("@@ hist name={} model={} unit=ns buckets={}", src.name(), src.model(), buckets);
+        }
+    }
 }

@@ -41,10 +41,12 @@ impl<T> IrqSpinLock<T> {
     /// Takes the lock if it is free (interrupts disabled while held); `None` otherwise.
     pub fn try_lock(&self) -> Option<IrqSpinGuard<'_, T>> {
         let io = X86_64::intr_disable();
+        // Build the guard only on success: a guard dropped on the failure path would release
+        // the lock its holder still holds.
         self.locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-            .then_some(IrqSpinGuard { lock: self, _io: io })
+            .then(|| IrqSpinGuard { lock: self, _io: io })
     }
 
     /// Like `lock`, but gives up after `spins` attempts (the panic path uses it so that a
