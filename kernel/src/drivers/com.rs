@@ -441,11 +441,6 @@ impl Com2Fault {
             arch::serial::COM2.acknowledge();
         }
     }
-
-    /// Whether the fault is on.
-    pub fn stuck(&self) -> bool {
-        COM2_STUCK.load(Ordering::SeqCst)
-    }
 }
 
 /// The drivers' tunables: `dev.com2.thre_stuck` (the storm fault, on the last CPU) and
