@@ -250,6 +250,10 @@ pub fn print_live(t_ms: u64, w: &Workload) {
 
 /// The end-of-run records: one per source, and the workload's totals.
 pub fn print_results(w: &Workload) {
+    if let Some(d) = w.net {
+        // The last echoes go out before the host counts them.
+        d.tx_flush(2000);
+    }
     for src in INTR.sources() {
         let st = &src.stats;
         kprintln!(

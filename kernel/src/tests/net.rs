@@ -68,6 +68,7 @@ fn in_order_every_model() -> TestResult {
             net::NAME_RX
         );
     }
+    kassert!(dev.tx_flush(2000), "{}: echoes still queued after 2 s", net::NAME_RX);
     Ok(())
 }
 ktest!(T_IN_ORDER, "dev::net::in_order_every_model", in_order_every_model);

@@ -481,6 +481,29 @@ impl NetDev {
         true
     }
 
+    /// Waits until the device has taken every frame handed to it (all transmit buffers are
+    /// back), at most `ms` milliseconds; whether it did. Before the guest exits: QEMU sends a
+    /// queued frame only when its device model gets to it, which may be after the exit.
+    pub fn tx_flush(&self, ms: u64) -> bool {
+        let deadline = arch::X86_64::now_ns() + ms * 1_000_000;
+        loop {
+            {
+                let mut tx = self.tx.lock();
+                while let Some((head, _)) = tx.vq.pop_used() {
+                    let b = tx.head_buf[head as usize];
+                    tx.free.push(b);
+                }
+                if tx.free.len() == tx.head_buf.len() {
+                    return true;
+                }
+            }
+            if arch::X86_64::now_ns() >= deadline {
+                return false;
+            }
+            crate::SCHED.sleep_ns(1_000_000);
+        }
+    }
+
     /// The counters of the current phase.
     pub fn stats(&self) -> NetStats {
         NetStats {
