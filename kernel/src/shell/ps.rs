@@ -77,6 +77,9 @@ pub fn ps(out: &mut dyn Write) -> Result<(), ShellError> {
     )?;
     for r in &rows {
         let state = match r.state {
+            // An interrupt thread that borrowed a CPU runs it without going through the
+            // scheduler's state (the lazy pinned switch): it is on the processor all the same.
+            _ if r.running => "onproc",
             ThreadState::Running if r.on_cpu => "onproc",
             ThreadState::Running if r.idle => "idle",
             ThreadState::Running => "ready",

@@ -115,12 +115,18 @@ fn clock_is_deferred_and_replayed() -> TestResult {
     }
     let t1 = SCHED.cpu_stats(cpu).ticks;
     let deferred = SPL.stats(cpu).deferred - deferred0;
+    let replayed0 = SPL.stats(cpu).replayed;
     SPL.splx(s);
     let t2 = SCHED.cpu_stats(cpu).ticks;
+    let replayed = SPL.stats(cpu).replayed - replayed0;
     SPL.splx(s_vm);
     kassert_eq!(t1, t0, "the clock ran at IPL_SCHED");
     kassert!(deferred >= 1, "no clock interrupt was deferred in four periods");
-    kassert_eq!(t2, t1 + 1, "splx did not replay the held clock tick exactly once");
+    // The held ticks coalesce into one replay. (A fresh tick may still land between the
+    // splx and the read of `t2` when the host deschedules this vCPU for a period: it is
+    // counted as a tick but not as a replay.)
+    kassert_eq!(replayed, 1, "splx did not replay the held clock tick exactly once");
+    kassert!(t2 > t1, "the replayed tick did not run the clock");
     Ok(())
 }
 ktest!(T_CLOCK, "spl::replay::clock_tick", clock_is_deferred_and_replayed);
