@@ -21,7 +21,10 @@ fn serial_line(seq: u64) -> String {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn tail(r: &BootReport) -> String {
-    let mut s = format!("outcome: {}\nlast serial lines:\n", r.outcome);
+    // The whole log, for a failure's post-mortem.
+    let path = std::env::temp_dir().join(format!("ithreads-serial-smp{}.log", r.config.smp));
+    let _ = std::fs::write(&path, r.serial_log.join("\n"));
+    let mut s = format!("outcome: {} (whole log: {})\nlast serial lines:\n", r.outcome, path.display());
     for l in r.serial_tail(harness::TAIL_LINES) {
         s.push_str(&format!("  | {l}\n"));
     }

@@ -140,7 +140,12 @@ fn sleep_check() {
     }
     let l = SPL.current();
     if l != Ipl::None {
-        panic!("thread '{}' tried to sleep at {l} (holding a spin mutex or raised SPL)", me.name());
+        panic!(
+            "thread '{}' tried to sleep at {l} (holding a spin mutex or raised SPL; spin mutexes held on \
+             this CPU: {})",
+            me.name(),
+            SPL.spin_count()
+        );
     }
 }
 

@@ -342,18 +342,17 @@ pub fn service(rx_max: usize, rx: &mut dyn FnMut(u8)) -> Serviced {
     }
     c.counters.rx_bytes += done.rx as u64;
     c.counters.rx_overruns += overruns;
-    // Transmit.
-    if c.irq_tx && c.tx_busy {
+    // Transmit: whenever the transmitter is empty, the next FIFO load, or, with the ring
+    // empty, the transmit interrupt off.
+    if c.irq_tx {
         let thr_empty = c.uart().map(|u| u.lsr().contains(LSR::THR_EMPTY)).unwrap_or(false);
-        if thr_empty {
+        if thr_empty && (c.tx_busy || c.tx.len != 0) {
             done.ours = true;
             let n = c.load_fifo();
             c.counters.tx_irq_bytes += n as u64;
             done.tx = n;
-            if n == 0 {
-                c.tx_busy = false;
-                c.set_thri(false);
-            }
+            c.tx_busy = n > 0;
+            c.set_thri(n > 0);
         }
     }
     // Reading the interrupt identification clears a pending THRE indication.

@@ -461,10 +461,16 @@ impl<M: IplCpu> SplState<M> {
     #[inline]
     pub fn spin_exit(&self) {
         let q = &self.cpus[this_cpu::<M>()];
+        // Read the saved level *before* giving up the count, as NetBSD's `mutex_spin_exit`
+        // does: once the count is 0 an interrupt above our level (its filter taking a spin
+        // mutex) saves its own level — the interrupt's, e.g. IPL_HIGH — in the same slot, and
+        // reading it after that would leave this thread at the interrupt's level.
+        let s = Spl(q.spin_oldspl.load(Ordering::Relaxed));
+        // The interrupt is on this CPU, like a signal: only the compiler could reorder.
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
         let n = q.spin_count.fetch_sub(1, Ordering::Relaxed);
         assert!(n > 0, "spin_exit without spin_enter");
         if n == 1 {
-            let s = Spl(q.spin_oldspl.load(Ordering::Relaxed));
             self.splx(s);
         }
     }

@@ -4,8 +4,8 @@
 //! transmit-empty interrupt can be left enabled with nothing to send (the storm test).
 //!
 //! ## COM1
-//! - **Routing:** ISA IRQ 4 → its GSI (ACPI overrides applied; edge, active-high on the PC),
-//!   vector [`COM1_VECTOR`], to CPU 0, established through the framework as `com1` at
+//! - **Routing:** ISA IRQ 4 → its GSI (ACPI overrides applied; active-high), programmed
+//!   level-triggered (see [`start`]), vector [`COM1_VECTOR`], to CPU 0, established through the framework as `com1` at
 //!   `IPL_HIGH` (serial hardware sits above `IPL_VM`, as NetBSD's `IPL_SERIAL`), so it runs
 //!   its filter directly in every model and has no thread handler.
 //! - **Filter (primary context, interrupts off):** `arch::serial::service` empties the UART's
@@ -306,7 +306,13 @@ pub fn start() -> Result<(), String> {
     if STARTED.swap(true, Ordering::AcqRel) {
         return Ok(());
     }
-    let line = route_isa(arch::serial::COM1_IRQ, COM1_VECTOR, 0, false)?;
+    // Level-triggered, although ISA IRQ 4 is an edge line on a real PC: the UART holds its
+    // interrupt output high while any condition is pending, and a condition that arises while
+    // the filter runs (a byte arriving after the receive loop, the transmitter emptying)
+    // would then never make a new edge — the receive path stalls for good. A real driver
+    // loops on the interrupt identification until nothing is pending (com(4)); with the
+    // IOAPIC input level-triggered the line simply fires again after the EOI.
+    let line = route_isa(arch::serial::COM1_IRQ, COM1_VECTOR, 0, true)?;
     let soft = INTR
         .softint_establish("com1.soft", Ipl::SoftSerial, com1_soft)
         .ok_or_else(|| String::from("com1: no soft interrupt at IPL_SOFTSERIAL"))?;
