@@ -355,10 +355,11 @@ pub fn service(rx_max: usize, rx: &mut dyn FnMut(u8)) -> Serviced {
             c.set_thri(n > 0);
         }
     }
-    // Reading the interrupt identification clears a pending THRE indication.
-    if let Some(u) = c.uart() {
-        let _ = u.isr();
-    }
+    // No read of the interrupt identification here: it would clear a transmit-empty
+    // indication raised by the FIFO load above (QEMU's UART sends at once), and that
+    // interrupt would be lost. Every condition is cleared by its own action instead: data by
+    // reading it, line status by reading the LSR, transmit-empty by the next load or by
+    // turning the interrupt off with the ring empty.
     TX_PENDING.store(c.tx.len != 0, Ordering::Relaxed);
     done
 }
