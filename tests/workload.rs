@@ -311,7 +311,7 @@ fn loss_and_bad_data_fail_the_run() {
 fn the_kernel_command_line_carries_the_model() {
     assert_eq!(
         workload::cmdline("scenario", Some(Model::Pinned), "").unwrap(),
-        "run=scenario workload.serial=on intr.model=pinned"
+        "run=scenario workload.serial=on scenario.ms=60000 intr.model=pinned"
     );
     assert_eq!(workload::cmdline("shell", None, "hz=1000").unwrap(), "run=shell hz=1000");
     assert!(workload::cmdline("scenario", Some(Model::Pool), "intr.model=direct").is_err());
