@@ -11,6 +11,10 @@
 //! - **NIC:** asks the host (`@@ net-ready`) for [`NET_FRAMES`] frames at [`NET_RATE`]
 //!   frames/s, each to be echoed; the driver's receive handler verifies every frame and
 //!   yields after its budget (`hwi_sched`).
+//! - **edu:** a raiser thread makes QEMU's `edu` device raise an MSI every millisecond
+//!   (the next only once the last was handled), a source under the boot's default model
+//!   whose filter acknowledges the device and whose handler counts; it stops with the
+//!   others, and every raised interrupt must have been handled exactly once.
 //! - **Disk:** one thread per CPU writes a pattern over its own [`BLK_SECTORS`] sectors and
 //!   reads it back, [`BLK_ROUNDS`] times, each request sleeping until its completion
 //!   interrupt.
@@ -65,8 +69,18 @@ pub const BLK_ROUNDS: u64 = 4;
 static BLK_BAD: AtomicU64 = AtomicU64::new(0);
 static BLK_DONE: AtomicU64 = AtomicU64::new(0);
 
+/// The edu part's vector.
+pub const EDU_VECTOR: u8 = 0x45;
+static EDU_RAISED: AtomicU64 = AtomicU64::new(0);
+static EDU_HANDLED: AtomicU64 = AtomicU64::new(0);
+static EDU_STOP: AtomicBool = AtomicBool::new(false);
+
+/// The edu part's device and source.
+type EduPart = (crate::drivers::edu::Edu, intr::IntrHandle<crate::locks::KernelEnv>);
+
 /// What runs.
 pub struct Workload {
+    edu: Option<EduPart>,
     serial: bool,
     net: Option<&'static net::NetDev>,
     blk_threads: usize,
@@ -108,7 +122,56 @@ pub fn start(serial: bool) -> Workload {
         threads.push(SCHED.spawn("serial-sink", pri, None, serial_sink));
         kprintln!("@@ serial-ready");
     }
-    Workload { serial, net, blk_threads, threads }
+    let edu = start_edu(&mut threads);
+    Workload { edu, serial, net, blk_threads, threads }
+}
+
+/// The edu part: a source and its raiser thread (see the module doc); `None` without the
+/// device.
+fn start_edu(threads: &mut Vec<sched::JoinHandle<arch::X86_64>>) -> Option<EduPart> {
+    let edu = crate::drivers::edu::Edu::probe()?;
+    edu.ack(!0);
+    let dev = edu.clone();
+    let handle = INTR
+        .establish(
+            intr::SourceSpec {
+                name: "edu0",
+                vector: EDU_VECTOR,
+                ipl: ipl::Ipl::Vm,
+                flags: intr::IntrFlags::MPSAFE,
+                model: None,
+            },
+            Some(alloc::boxed::Box::new(move |_| {
+                let st = dev.status();
+                if st == 0 {
+                    return intr::FilterResult::Stray;
+                }
+                dev.ack(st);
+                intr::FilterResult::Schedule
+            })),
+            Some(alloc::boxed::Box::new(|_| {
+                EDU_HANDLED.fetch_add(1, Ordering::Relaxed);
+            })),
+        )
+        .ok()?;
+    let n = arch::cpu::ncpus();
+    edu.enable_msi(n - 1, EDU_VECTOR).ok()?;
+    let raiser = edu.clone();
+    let pri = Priority::new(40).expect("priority in range");
+    threads.insert(
+        0,
+        SCHED.spawn("edu-raiser", pri, Some(0), move || {
+            while !EDU_STOP.load(Ordering::Relaxed) {
+                let k = EDU_RAISED.load(Ordering::Relaxed);
+                if EDU_HANDLED.load(Ordering::Relaxed) == k {
+                    EDU_RAISED.store(k + 1, Ordering::Relaxed);
+                    raiser.raise(1);
+                }
+                SCHED.sleep_ns(1_000_000);
+            }
+        }),
+    );
+    Some((edu, handle))
 }
 
 /// Reads pasted lines until the end line, verifying each (com::paste_line).
@@ -148,6 +211,14 @@ impl Workload {
     /// `@@ result scope=workload` lines).
     pub fn progress(&self) -> String {
         let mut s = String::new();
+        if self.edu.is_some() {
+            let _ = write!(
+                s,
+                "edu_raised={} edu_handled={} ",
+                EDU_RAISED.load(Ordering::Relaxed),
+                EDU_HANDLED.load(Ordering::Relaxed)
+            );
+        }
         if let Some(d) = self.net {
             let st = d.stats();
             let _ = write!(
@@ -204,18 +275,24 @@ impl Workload {
 
     /// Whether everything received was intact and nothing announced is missing.
     pub fn verified(&self) -> bool {
+        let edu_ok =
+            self.edu.is_none() || EDU_RAISED.load(Ordering::Relaxed) == EDU_HANDLED.load(Ordering::Relaxed);
         let net_ok = self.net.is_none_or(|d| d.stats().bad == 0 && self.net_lost() == 0);
         let blk_ok = self.blk_threads == 0 || (blk::stats().bad == 0 && BLK_BAD.load(Ordering::Relaxed) == 0);
         SERIAL.bad.load(Ordering::Relaxed) == 0
             && self.serial_lost() == 0
             && net_ok
             && blk_ok
+            && edu_ok
             && self.complete()
     }
 
     /// Waits for the workload's threads (after `complete`, or at the deadline: a thread still
     /// waiting for input is left behind, QEMU exits anyway).
     pub fn finish(self) {
+        if let Some((edu, _)) = &self.edu {
+            edu.disable_msi();
+        }
         let n = self.threads.len();
         for (i, t) in self.threads.into_iter().enumerate() {
             // The serial sink is the last thread; it may wait for input that never comes.
@@ -250,6 +327,16 @@ pub fn print_live(t_ms: u64, w: &Workload) {
 
 /// The end-of-run records: one per source, and the workload's totals.
 pub fn print_results(w: &Workload) {
+    // The raiser stops; the last interrupt it raised is let in.
+    EDU_STOP.store(true, Ordering::Relaxed);
+    if w.edu.is_some() {
+        let deadline = arch::apic::now_ns() + 200_000_000;
+        while EDU_RAISED.load(Ordering::Relaxed) != EDU_HANDLED.load(Ordering::Relaxed)
+            && arch::apic::now_ns() < deadline
+        {
+            SCHED.sleep_ns(1_000_000);
+        }
+    }
     if let Some(d) = w.net {
         // The last echoes go out before the host counts them.
         d.tx_flush(2000);
