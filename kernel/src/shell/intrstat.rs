@@ -12,7 +12,8 @@
 //! snapshot is kept) or, the first time, since boot. A per-CPU `count` is interrupts that
 //! arrived on that CPU; `handled` and `handler_us` are handler runs and time on the CPU that
 //! ran them (not always the arrival CPU under pooling). Latency (raise → handler start) is
-//! kept per source, so per-CPU rows show `-` there.
+//! kept per source and per CPU that ran the handler: a CPU row's `p50_ns`/`p99_ns` are of the
+//! handlers that ran there (`-` if none did), the total row's of the source.
 
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -56,6 +57,14 @@ fn state(src: &Source) -> alloc::string::String {
 }
 
 /// Prints the table (see the module documentation).
+/// A CPU's latency percentile for a source (the handlers that ran there), `-` if none ran.
+fn cpu_percentile(st: &intr::stats::SourceStats, cpu: usize, handled: u64, p: u64) -> alloc::string::String {
+    if handled == 0 {
+        return alloc::string::String::from("-");
+    }
+    alloc::format!("{}", st.latency_percentile_cpu(cpu, p))
+}
+
 pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
     let n = arch::X86_64::ncpus();
     let mut sources: Vec<Arc<Source>> = INTR.sources();
@@ -115,8 +124,8 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
                 count,
                 per_second(delta(c), interval),
                 st.handler_ns_cpu[c].load(Ordering::Relaxed) / 1000,
-                "-",
-                "-",
+                cpu_percentile(st, c, handled, 50),
+                cpu_percentile(st, c, handled, 99),
                 "-",
                 "-",
             )?;

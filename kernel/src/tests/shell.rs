@@ -136,6 +136,15 @@ fn intrstat_counts_a_raised_source() -> TestResult {
     let per_cpu: u64 =
         mine.iter().filter(|r| r[4] != "total").map(|r| r[5].parse::<u64>().unwrap_or(0)).sum();
     kassert_eq!(per_cpu, N, "per-CPU counts add up");
+    // A CPU row that ran handlers shows that CPU's latency percentiles; one that ran none, `-`.
+    for r in mine.iter().filter(|r| r[4] != "total") {
+        let ran = r[7].parse::<u64>().unwrap_or(0) > 0;
+        kassert_eq!(
+            ran,
+            r[9].parse::<u64>().is_ok() && r[10].parse::<u64>().is_ok(),
+            "per-CPU latency {r:?}"
+        );
+    }
     kassert!(mine.len() <= n + 1, "more rows than CPUs + total: {mine:?}");
     // The quiet source: only its total row, count 0.
     let quiet: Vec<&Vec<&str>> = table.iter().filter(|r| r.first() == Some(&"test.shell.quiet")).collect();
