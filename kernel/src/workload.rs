@@ -355,6 +355,25 @@ pub fn print_results(w: &Workload) {
             src.storm.storms.load(Ordering::Relaxed)
         );
     }
+    // Per CPU that ran a source's handlers: runs, handler time and latency percentiles.
+    for src in INTR.sources() {
+        let st = &src.stats;
+        for cpu in 0..arch::cpu::ncpus() {
+            let handled = st.handled_cpu[cpu].load(Ordering::Relaxed);
+            if handled == 0 {
+                continue;
+            }
+            kprintln!(
+                "@@ result scope=source_cpu name={} cpu={} handled={} cpu_ns={} p50={} p99={}",
+                src.name(),
+                cpu,
+                handled,
+                st.handler_ns_cpu[cpu].load(Ordering::Relaxed),
+                st.latency_percentile_cpu(cpu, 50),
+                st.latency_percentile_cpu(cpu, 99)
+            );
+        }
+    }
     kprintln!("@@ result scope=workload {} verified={}", w.progress(), u8::from(w.verified()));
     for src in INTR.sources() {
         let mut buckets = String::new();
