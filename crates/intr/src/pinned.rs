@@ -7,7 +7,7 @@
 //! pinned call ([`sched::Scheduler::pin_call`], a hand-written stack and current-thread
 //! swap, `intr_pin_call` in `arch/x86_64/src/entry.s`): no run queue, no scheduler decision,
 //! no thread-state change; the interrupted thread stays pinned underneath. The ithread runs
-//! the handler — with interrupts enabled, at `IPL_NONE`, not preemptible while it borrows —
+//! the handler — with interrupts enabled, at `IPL_VM`, not preemptible while it borrows —
 //! then whatever was queued behind it, and returns; the call switches straight back.
 //!
 //! Only if a handler blocks does a real context switch happen, and only then does the
@@ -106,7 +106,7 @@ impl<E: IntrEnv> Pinned<E> {
     /// Interrupt context on `cpu` (interrupts disabled, vector table lock *not* held): if the
     /// CPU's ithread is parked, lend it the CPU now for `src`, then for whatever was queued
     /// meanwhile; otherwise queue behind it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn dispatch(&'static self, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
         let c = &self.cpus[cpu & (sched::MAX_CPUS - 1)];
         if c.busy.load(Ordering::Acquire) {
@@ -115,18 +115,48 @@ impl<E: IntrEnv> Pinned<E> {
             return;
         }
         c.busy.store(true, Ordering::Relaxed);
+        // The ithread runs at IPL_VM, the level its sources are dispatched at (as NetBSD's
+        // soft-interrupt LWPs run at their level): nothing to change in the usual case, and
+        // interrupts at or below IPL_VM that arrive while it runs are deferred, replayed when
+        // the interrupted context's level comes back. It may block there (the sleep check
+        // allows a borrowing thread at IPL_VM with no spin mutex held).
+        // The sleep check counts the spin mutexes held on the CPU as the ithread's own:
+        // a context underneath holding one (below IPL_VM) takes the slow path, which sets
+        // that state aside.
+        let vm = ipl::Ipl::Vm as u8;
+        if <E::M as ipl::IplCpu>::ipl_get() == vm && E::spl().spin_count_of(cpu) == 0 {
+            self.lend(c, src, raised, cpu, io);
+        } else {
+            lend_slow(self, c, src, raised, cpu, io);
+        }
+    }
+
+    /// [`Pinned::dispatch`] out of line: for the second and later pinned sources of a shared
+    /// vector (the first one's call is inlined into `Intr::dispatch`).
+    #[inline(never)]
+    pub(crate) fn dispatch_outlined(
+        &'static self,
+        src: Arc<Source<E>>,
+        raised: u64,
+        cpu: usize,
+        io: &IntrOff,
+    ) {
+        self.dispatch(src, raised, cpu, io);
+    }
+
+    /// Lends the CPU to its ithread for `src`, then for whatever was queued meanwhile
+    /// (`hwi_sched` requeues), until it parks again or blocks; at IPL_VM, `busy` set.
+    #[inline(always)]
+    fn lend(&'static self, c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
         // SAFETY: `thread` was stored (leaked, never freed) before `busy` was first false,
-        // which the acquire load above saw.
+        // which the caller's acquire load saw.
         let t = unsafe { &*c.thread.load(Ordering::Relaxed) };
-        // The ithread runs at IPL_NONE (it may block); the interrupted context gets its level
-        // back when the ithread returns or blocks.
-        let old = <E::M as ipl::IplCpu>::ipl_get();
-        <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::None as u8);
         let sched = E::sched();
         let arg = c as *const PinnedCpu<E> as usize;
         let mut done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
-        // Instances queued meanwhile (nested interrupts, `hwi_sched`), while the ithread is
-        // parked again; if it blocked, it drains the queue itself.
+        // Instances queued meanwhile, while the ithread is parked again; if it blocked, it
+        // drains the queue itself (and the CPU is at IPL_VM: the sleep check allows no other
+        // level for a borrowing thread).
         while done {
             // SAFETY: this CPU, interrupts disabled.
             let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else {
@@ -135,7 +165,6 @@ impl<E: IntrEnv> Pinned<E> {
             };
             done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
         }
-        <E::M as ipl::IplCpu>::ipl_set(old);
     }
 
     /// Sleep hook: the CPU's ithread is about to block in a handler (a real switch follows).
@@ -150,6 +179,29 @@ impl<E: IntrEnv> Pinned<E> {
         let switches = (0..E::M::ncpus()).map(|c| E::sched().cpu_stats(c).pin_switches).sum();
         PinnedStats { switches, blocked: self.blocked.load(Ordering::Relaxed) }
     }
+}
+
+/// [`Pinned::dispatch`] at another level than IPL_VM (a pinned source established below it),
+/// or on top of a context holding spin mutexes: the ithread still runs at IPL_VM with no
+/// spin mutex counted, and the dispatch level and spin-mutex state come back afterwards (the
+/// ithread returned or blocked: with its own spin mutexes released either way).
+#[cold]
+#[inline(never)]
+fn lend_slow<E: IntrEnv>(
+    p: &'static Pinned<E>,
+    c: &PinnedCpu<E>,
+    src: Arc<Source<E>>,
+    raised: u64,
+    cpu: usize,
+    io: &IntrOff,
+) {
+    let spl = E::spl();
+    let old = <E::M as ipl::IplCpu>::ipl_get();
+    let spin = spl.spin_state_take();
+    <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::Vm as u8);
+    p.lend(c, src, raised, cpu, io);
+    spl.spin_state_restore(spin);
+    <E::M as ipl::IplCpu>::ipl_set(old);
 }
 
 /// Runs one instance in the ithread (interrupts enabled); a handler that asked for
@@ -170,7 +222,7 @@ fn run_one<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: 
 }
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
-/// enabled, CPU at `IPL_NONE`: runs one instance (`c`: the CPU's `PinnedCpu`, `src`: an
+/// enabled, CPU at `IPL_VM`: runs one instance (`c`: the CPU's `PinnedCpu`, `src`: an
 /// `Arc::into_raw`, `raised`: its raise time) and returns — while it still borrows the CPU.
 /// If the handler blocked, the pinned thread went on without us: we drain the queue as an
 /// ordinary thread and park for good.
@@ -190,6 +242,9 @@ extern "C" fn ithread_body<E: IntrEnv>(c: usize, src: usize, raised: usize) {
 /// queue, then leave the CPU for good; the next interrupt starts us afresh.
 #[cold]
 fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
+    // An ordinary thread now: it runs (and parks) at IPL_NONE like one. It was switched back
+    // in at its waker's level, IPL_NONE; this also undoes a level a handler left behind.
+    <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::None as u8);
     loop {
         let io = E::M::intr_disable();
         // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
