@@ -14,9 +14,11 @@
 //! scheduler do the bookkeeping the fast path skipped (as NetBSD's `mi_switch` does for a
 //! blocking soft-interrupt LWP): the pinned thread is resumed at once, and the ithread later
 //! finishes like any thread and parks ([`sched::Scheduler::pin_park`]); the next interrupt
-//! starts it afresh at the top of its stack. While the ithread is busy (borrowing or blocked),
-//! new interrupts for its CPU are queued behind it, in a per-CPU queue touched only by that
-//! CPU with interrupts disabled (no lock).
+//! starts it afresh at the top of its stack. While the ithread borrows the CPU, the CPU is at
+//! `IPL_VM`, so `IPL_VM` interrupts there are deferred by the SPL layer and replayed once the
+//! interrupted context's level is back; while it is blocked, new interrupts for its CPU (and
+//! `hwi_sched` requeues) are queued behind it, in a per-CPU queue touched only by that CPU
+//! with interrupts disabled (no lock).
 //!
 //! Cost: `cargo run --release -- bench --filter intr` reports the instructions this path adds
 //! over `direct` (`intr.switch_added`); see docs/ARCHITECTURE.md for the list.

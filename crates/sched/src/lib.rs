@@ -885,13 +885,14 @@ impl<M: Machine> Scheduler<M> {
         debug_assert_eq!(c.borrowed.load(Ordering::Relaxed), 0, "nested pinned call");
         // The interrupt depth is left as it is: `in_interrupt` consults `borrowed` instead.
         c.borrowed.store(it.call.thread as usize, Ordering::Relaxed);
-        // Per-CPU counter, this CPU only, interrupts disabled: no locked add needed.
-        c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // `it` is PARKED: its stack is unused and no CPU runs it (a thread that parks leaves
         // its CPU before interrupts are enabled there again, and `it` is bound to this CPU).
         // SAFETY: interrupts are disabled (the proof), no pinned call is active here (the
         // caller's promise), `it` is free (above), its body keeps the contract documented above.
         unsafe { M::pin_call(&it.call, a0, a1, a2) };
+        // Counted on the way back (returned or blocked: this CPU, interrupts disabled either
+        // way, so no locked add), not on the way in, where it would add to the latency.
+        c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if c.borrowed.load(Ordering::Relaxed) != 0 {
             c.borrowed.store(0, Ordering::Relaxed);
             true
