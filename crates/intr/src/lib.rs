@@ -916,7 +916,9 @@ impl<E: IntrEnv> Intr<E> {
         // Pinned: queue, then borrow the CPU for the ithread (outside the table lock: the
         // ithread runs with interrupts enabled and may take this vector again).
         if let Some(src) = pin_first {
-            self.pinned.dispatch(src, now, cpu, io);
+            // The static framework itself (`self` is it), so the per-CPU state's address is a
+            // constant plus the index.
+            E::intr().pinned.dispatch(src, now, cpu, io);
             for src in run_pinned.iter_mut().take(npinned) {
                 let src = src.take().expect("counted");
                 self.pinned.dispatch_outlined(src, now, cpu, io);

@@ -26,7 +26,8 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use machine::{IntrOff, Machine};
 use sched::{PinThread, Priority};
@@ -34,20 +35,21 @@ use sched::{PinThread, Priority};
 use crate::{IntrEnv, Source};
 
 struct PinnedCpu<E: IntrEnv> {
-    /// The CPU's ithread: leaked, set once before `busy` first drops to false.
-    thread: AtomicPtr<PinThread<E::M>>,
+    /// The CPU's ithread: written once, before `busy` first drops to false (read only after
+    /// an acquire load of `busy` saw it false), never dropped. Inline, not boxed: its address
+    /// is the per-CPU state's plus a constant (no load on the pinned path).
+    thread: UnsafeCell<MaybeUninit<PinThread<E::M>>>,
     /// The ithread is borrowing the CPU or blocked (not parked): interrupts only queue.
     busy: AtomicBool,
     /// Instances that arrived while the ithread was busy, and `hwi_sched` requeues: touched
     /// only by this CPU with interrupts disabled (the dispatcher, and the ithread, which is
     /// bound to this CPU).
     queue: UnsafeCell<VecDeque<(Arc<Source<E>>, u64)>>,
-    /// This CPU's index (set with `thread`).
-    cpu: AtomicUsize,
 }
 
 // SAFETY: `queue` is accessed only by its own CPU with interrupts disabled (see `PinnedCpu`);
-// the rest is atomic.
+// `thread` is written once before `busy`'s release store and only read after it; the rest is
+// atomic.
 unsafe impl<E: IntrEnv> Sync for PinnedCpu<E> {}
 
 /// Counters of the pinned model.
@@ -78,10 +80,9 @@ impl<E: IntrEnv> Pinned<E> {
         Pinned {
             cpus: [const {
                 PinnedCpu {
-                    thread: AtomicPtr::new(core::ptr::null_mut()),
+                    thread: UnsafeCell::new(MaybeUninit::uninit()),
                     busy: AtomicBool::new(true),
                     queue: UnsafeCell::new(VecDeque::new()),
-                    cpu: AtomicUsize::new(0),
                 }
             }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
@@ -99,8 +100,9 @@ impl<E: IntrEnv> Pinned<E> {
         for cpu in 0..E::M::ncpus() {
             let t = E::sched().new_ithread("ithread/vm", pri, cpu, ithread_body::<E>);
             let c = &self.cpus[cpu];
-            c.cpu.store(cpu, Ordering::Relaxed);
-            c.thread.store(alloc::boxed::Box::leak(alloc::boxed::Box::new(t)), Ordering::Release);
+            // SAFETY: written once (`started`), while `busy` is still true: no CPU reads it
+            // until the release store below is seen.
+            unsafe { (*c.thread.get()).write(t) };
             c.busy.store(false, Ordering::Release);
         }
     }
@@ -150,12 +152,11 @@ impl<E: IntrEnv> Pinned<E> {
     /// (`hwi_sched` requeues), until it parks again or blocks; at IPL_VM, `busy` set.
     #[inline(always)]
     fn lend(&'static self, c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
-        // SAFETY: `thread` was stored (leaked, never freed) before `busy` was first false,
+        // SAFETY: `thread` was written (and is never dropped) before `busy` was first false,
         // which the caller's acquire load saw.
-        let t = unsafe { &*c.thread.load(Ordering::Relaxed) };
+        let t = unsafe { (*c.thread.get()).assume_init_ref() };
         let sched = E::sched();
-        let arg = c as *const PinnedCpu<E> as usize;
-        let mut done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
+        let mut done = sched.pin_call(cpu, t, cpu, Arc::into_raw(src) as usize, raised as usize, io);
         // Instances queued meanwhile, while the ithread is parked again; if it blocked, it
         // drains the queue itself (and the CPU is at IPL_VM: the sleep check allows no other
         // level for a borrowing thread).
@@ -165,7 +166,7 @@ impl<E: IntrEnv> Pinned<E> {
                 c.busy.store(false, Ordering::Release);
                 break;
             };
-            done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
+            done = sched.pin_call(cpu, t, cpu, Arc::into_raw(src) as usize, raised as usize, io);
         }
     }
 
@@ -210,9 +211,10 @@ fn lend_slow<E: IntrEnv>(
 /// `hwi_sched` goes to the back of the CPU's queue (keeping its mask reference), otherwise
 /// the instance's mask reference, if any, is dropped.
 #[inline(always)]
-fn run_one<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: usize) {
+fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
     let again = src.run_handler(raised, cpu);
     if again && !src.dead.load(Ordering::Acquire) {
+        let c = cpu_of::<E>(cpu);
         let io = E::M::intr_disable();
         let now = E::M::now_ns();
         // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
@@ -224,20 +226,24 @@ fn run_one<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: 
 }
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
-/// enabled, CPU at `IPL_VM`: runs one instance (`c`: the CPU's `PinnedCpu`, `src`: an
+/// enabled, CPU at `IPL_VM`: runs one instance (`cpu`: this CPU's index, `src`: an
 /// `Arc::into_raw`, `raised`: its raise time) and returns — while it still borrows the CPU.
 /// If the handler blocked, the pinned thread went on without us: we drain the queue as an
 /// ordinary thread and park for good.
-extern "C" fn ithread_body<E: IntrEnv>(c: usize, src: usize, raised: usize) {
-    // SAFETY: `dispatch` passed its `&'static PinnedCpu` (the framework is static).
-    let c = unsafe { &*(c as *const PinnedCpu<E>) };
+extern "C" fn ithread_body<E: IntrEnv>(cpu: usize, src: usize, raised: usize) {
     // SAFETY: `dispatch` passed an `Arc::into_raw` of a source; we take that reference over.
     let src = unsafe { Arc::from_raw(src as *const Source<E>) };
-    let cpu = c.cpu.load(Ordering::Relaxed);
-    run_one(c, src, raised as u64, cpu);
-    if !E::sched().borrowing() {
-        finish_blocked(c, cpu);
+    run_one(src, raised as u64, cpu);
+    if !E::sched().borrowing_on(cpu) {
+        finish_blocked(cpu_of::<E>(cpu), cpu);
     }
+}
+
+/// CPU `cpu`'s state in the framework's (static) pinned model: the address is a constant plus
+/// the index, computed where needed rather than passed along.
+#[inline(always)]
+fn cpu_of<E: IntrEnv>(cpu: usize) -> &'static PinnedCpu<E> {
+    &E::intr().pinned.cpus[cpu & (sched::MAX_CPUS - 1)]
 }
 
 /// The rest of a pinned call whose handler blocked (we are an ordinary thread now): drain the
@@ -253,7 +259,7 @@ fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
         match unsafe { (*c.queue.get()).pop_front() } {
             Some((src, raised)) => {
                 drop(io); // handlers run with interrupts enabled
-                run_one(c, src, raised, cpu);
+                run_one(src, raised, cpu);
             }
             None => {
                 // Interrupts stay disabled until the switch away, so nothing can be queued

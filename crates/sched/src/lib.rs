@@ -912,6 +912,13 @@ impl<M: Machine> Scheduler<M> {
         self.this_cpu().borrowed.load(Ordering::Relaxed) == M::curthread() as usize
     }
 
+    /// [`Scheduler::borrowing`] for a caller that knows its CPU index (`cpu` must be the
+    /// caller's: an interrupt thread's, which is bound to it).
+    #[inline]
+    pub fn borrowing_on(&self, cpu: usize) -> bool {
+        self.cpus[cpu & (MAX_CPUS - 1)].borrowed.load(Ordering::Relaxed) == M::curthread() as usize
+    }
+
     /// Whether `cpu` is lent to an interrupt thread right now (for `ps`).
     pub fn cpu_borrowed(&self, cpu: usize) -> bool {
         cpu < MAX_CPUS && self.cpus[cpu].borrowed.load(Ordering::Relaxed) != 0
