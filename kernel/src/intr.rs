@@ -124,7 +124,8 @@ fn preempt_gate(io: &IntrOff) -> bool {
 }
 
 /// Sleeping while holding a spin mutex, or above `IPL_NONE`, is a bug: the lock checker
-/// names the spin mutex; the SPL check names the level (and catches a bare `splraise`).
+/// names the spin mutex; the SPL check names the level (and catches a bare `splraise`). The
+/// one exception: a pinned interrupt thread at its own level, `IPL_VM`, with no spin mutex.
 fn sleep_check() {
     let me = SCHED.current();
     if let Some(src) = INTR.filter_running(arch::cpu::index()) {
@@ -139,7 +140,11 @@ fn sleep_check() {
         crate::locks::SYNC.witness.check_sleep::<arch::X86_64>(me.held_locks());
     }
     let l = SPL.current();
-    if l != Ipl::None {
+    // A pinned interrupt thread runs at IPL_VM and may block there (the block path releases
+    // the thread pinned under it, at that level); a spin mutex held, or a level raised
+    // above IPL_VM (any interrupt nested in it runs above), is still caught.
+    let lent = l == Ipl::Vm && SPL.spin_count() == 0 && SCHED.borrowing();
+    if l != Ipl::None && !lent {
         panic!(
             "thread '{}' tried to sleep at {l} (holding a spin mutex or raised SPL; spin mutexes held on \
              this CPU: {})",

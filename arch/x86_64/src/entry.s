@@ -12,7 +12,9 @@
 # a return address (the "switch frame"): `context_switch` pops it and returns. Section 5
 # saves the interrupted thread in exactly that frame, so a blocking interrupt thread can hand
 # the CPU back with an ordinary `context_switch`. The IPL (%gs:24) is not touched here: the
-# callers set it (the interrupt thread runs at IPL_NONE, see crates/intr/src/pinned.rs).
+# interrupt thread runs at the level it was dispatched at, IPL_VM (crates/intr/src/pinned.rs),
+# and may block at it; nor is the interrupt depth (the scheduler's `borrowed` word tells
+# the borrowing thread's context from interrupt context).
 
 # ---------------------------------------------------------------------------------------
 # 1. PVH boot. QEMU reads XEN_ELFNOTE_PHYS32_ENTRY (type 18) and enters pvh_start32 in
@@ -280,7 +282,7 @@ thread_trampoline:
 #
 #    Caller: `Machine::pin_call` only (sched's `Scheduler::pin_call`), interrupts disabled,
 #    in interrupt context on the interrupted ("pinned") thread's stack, the CPU at whatever
-#    IPL the caller chose (the pinned model sets IPL_NONE first), at most one such call active
+#    IPL the caller chose (the pinned model: IPL_VM, left as is), at most one such call active
 #    per CPU. Entry builds the switch frame of section 4 on the pinned stack and keeps its
 #    address in %gs:40 (`PerCpu::pin_ctx`): the pinned thread is now switched out in the
 #    ordinary format, though nothing else about it changes (it stays the scheduler's current

@@ -229,7 +229,8 @@ pub trait LineControl: Send + Sync {
     fn mask(&self);
     /// Unmasks the line.
     fn unmask(&self);
-    /// Whether the line is level-triggered.
+    /// Whether the line is level-triggered (fixed for the line's life: a source reads it once,
+    /// when established, for its mask-while-queued rule).
     fn is_level(&self) -> bool;
 }
 
@@ -258,6 +259,9 @@ pub struct Source<E: IntrEnv> {
     handler: Option<Handler>,
     /// The hardware line this source masks and unmasks, if any.
     line: Option<&'static dyn LineControl>,
+    /// A queued or running handler instance holds a mask reference (`needs_mask`, computed
+    /// once at establish: the model, the flags and the line's trigger mode are fixed).
+    mask_queued: bool,
     /// Serializes the mask count's transitions with the line's mask state.
     line_lock: SpinLock<()>,
     /// Mask references taken by [`Intr::defer`] (dropped at replay).
@@ -369,8 +373,9 @@ impl<E: IntrEnv> Source<E> {
         !self.flags.contains(IntrFlags::BOUND)
     }
 
+    #[inline(always)]
     fn needs_mask(&self) -> bool {
-        self.model == Model::Dedicated || self.flags.contains(IntrFlags::MASK_WHILE_QUEUED) || self.is_level()
+        self.mask_queued
     }
 
     /// Runs the handler once (thread or interrupt context), with accounting. Inlined into
@@ -644,6 +649,9 @@ impl<E: IntrEnv> Intr<E> {
             filter,
             handler,
             line,
+            mask_queued: model == Model::Dedicated
+                || spec.flags.contains(IntrFlags::MASK_WHILE_QUEUED)
+                || line.is_some_and(|l| l.is_level()),
             line_lock: SpinLock::new(()),
             deferred: AtomicU32::new(0),
             mask_refs: AtomicU32::new(0),
@@ -782,7 +790,10 @@ impl<E: IntrEnv> Intr<E> {
         let mut claimed = false;
         let mut run_direct: [Option<Arc<Source<E>>>; 4] = [const { None }; 4];
         let mut ndirect = 0;
-        let mut run_pinned: [Option<Arc<Source<E>>>; 4] = [const { None }; 4];
+        // Pinned: the first source (the usual case: one per vector) in its own slot, so that
+        // the path after the table lock is a test and a call; any others in the array.
+        let mut pin_first: Option<Arc<Source<E>>> = None;
+        let mut run_pinned: [Option<Arc<Source<E>>>; 3] = [const { None }; 3];
         let mut npinned = 0;
         {
             let list = self.vectors[vector as usize].lock(io);
@@ -871,7 +882,12 @@ impl<E: IntrEnv> Intr<E> {
                         self.pool.enqueue(cpu, src.clone(), now, io);
                     }
                     Model::Pinned => {
-                        if npinned < run_pinned.len() {
+                        if pin_first.is_none() {
+                            if src.needs_mask() {
+                                src.mask();
+                            }
+                            pin_first = Some(src.clone());
+                        } else if npinned < run_pinned.len() {
                             if src.needs_mask() {
                                 src.mask();
                             }
@@ -899,9 +915,14 @@ impl<E: IntrEnv> Intr<E> {
         }
         // Pinned: queue, then borrow the CPU for the ithread (outside the table lock: the
         // ithread runs with interrupts enabled and may take this vector again).
-        for src in run_pinned.iter_mut().take(npinned) {
-            let src = src.take().expect("counted");
-            self.pinned.dispatch(src, now, cpu, io);
+        if let Some(src) = pin_first {
+            // The static framework itself (`self` is it), so the per-CPU state's address is a
+            // constant plus the index.
+            E::intr().pinned.dispatch(src, now, cpu, io);
+            for src in run_pinned.iter_mut().take(npinned) {
+                let src = src.take().expect("counted");
+                self.pinned.dispatch_outlined(src, now, cpu, io);
+            }
         }
         Some(claimed)
     }

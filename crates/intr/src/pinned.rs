@@ -7,16 +7,18 @@
 //! pinned call ([`sched::Scheduler::pin_call`], a hand-written stack and current-thread
 //! swap, `intr_pin_call` in `arch/x86_64/src/entry.s`): no run queue, no scheduler decision,
 //! no thread-state change; the interrupted thread stays pinned underneath. The ithread runs
-//! the handler — with interrupts enabled, at `IPL_NONE`, not preemptible while it borrows —
+//! the handler — with interrupts enabled, at `IPL_VM`, not preemptible while it borrows —
 //! then whatever was queued behind it, and returns; the call switches straight back.
 //!
 //! Only if a handler blocks does a real context switch happen, and only then does the
 //! scheduler do the bookkeeping the fast path skipped (as NetBSD's `mi_switch` does for a
 //! blocking soft-interrupt LWP): the pinned thread is resumed at once, and the ithread later
 //! finishes like any thread and parks ([`sched::Scheduler::pin_park`]); the next interrupt
-//! starts it afresh at the top of its stack. While the ithread is busy (borrowing or blocked),
-//! new interrupts for its CPU are queued behind it, in a per-CPU queue touched only by that
-//! CPU with interrupts disabled (no lock).
+//! starts it afresh at the top of its stack. While the ithread borrows the CPU, the CPU is at
+//! `IPL_VM`, so `IPL_VM` interrupts there are deferred by the SPL layer and replayed once the
+//! interrupted context's level is back; while it is blocked, new interrupts for its CPU (and
+//! `hwi_sched` requeues) are queued behind it, in a per-CPU queue touched only by that CPU
+//! with interrupts disabled (no lock).
 //!
 //! Cost: `cargo run --release -- bench --filter intr` reports the instructions this path adds
 //! over `direct` (`intr.switch_added`); see docs/ARCHITECTURE.md for the list.
@@ -24,7 +26,8 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use machine::{IntrOff, Machine};
 use sched::{PinThread, Priority};
@@ -32,20 +35,21 @@ use sched::{PinThread, Priority};
 use crate::{IntrEnv, Source};
 
 struct PinnedCpu<E: IntrEnv> {
-    /// The CPU's ithread: leaked, set once before `busy` first drops to false.
-    thread: AtomicPtr<PinThread<E::M>>,
+    /// The CPU's ithread: written once, before `busy` first drops to false (read only after
+    /// an acquire load of `busy` saw it false), never dropped. Inline, not boxed: its address
+    /// is the per-CPU state's plus a constant (no load on the pinned path).
+    thread: UnsafeCell<MaybeUninit<PinThread<E::M>>>,
     /// The ithread is borrowing the CPU or blocked (not parked): interrupts only queue.
     busy: AtomicBool,
     /// Instances that arrived while the ithread was busy, and `hwi_sched` requeues: touched
     /// only by this CPU with interrupts disabled (the dispatcher, and the ithread, which is
     /// bound to this CPU).
     queue: UnsafeCell<VecDeque<(Arc<Source<E>>, u64)>>,
-    /// This CPU's index (set with `thread`).
-    cpu: AtomicUsize,
 }
 
 // SAFETY: `queue` is accessed only by its own CPU with interrupts disabled (see `PinnedCpu`);
-// the rest is atomic.
+// `thread` is written once before `busy`'s release store and only read after it; the rest is
+// atomic.
 unsafe impl<E: IntrEnv> Sync for PinnedCpu<E> {}
 
 /// Counters of the pinned model.
@@ -76,10 +80,9 @@ impl<E: IntrEnv> Pinned<E> {
         Pinned {
             cpus: [const {
                 PinnedCpu {
-                    thread: AtomicPtr::new(core::ptr::null_mut()),
+                    thread: UnsafeCell::new(MaybeUninit::uninit()),
                     busy: AtomicBool::new(true),
                     queue: UnsafeCell::new(VecDeque::new()),
-                    cpu: AtomicUsize::new(0),
                 }
             }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
@@ -97,8 +100,9 @@ impl<E: IntrEnv> Pinned<E> {
         for cpu in 0..E::M::ncpus() {
             let t = E::sched().new_ithread("ithread/vm", pri, cpu, ithread_body::<E>);
             let c = &self.cpus[cpu];
-            c.cpu.store(cpu, Ordering::Relaxed);
-            c.thread.store(alloc::boxed::Box::leak(alloc::boxed::Box::new(t)), Ordering::Release);
+            // SAFETY: written once (`started`), while `busy` is still true: no CPU reads it
+            // until the release store below is seen.
+            unsafe { (*c.thread.get()).write(t) };
             c.busy.store(false, Ordering::Release);
         }
     }
@@ -106,7 +110,7 @@ impl<E: IntrEnv> Pinned<E> {
     /// Interrupt context on `cpu` (interrupts disabled, vector table lock *not* held): if the
     /// CPU's ithread is parked, lend it the CPU now for `src`, then for whatever was queued
     /// meanwhile; otherwise queue behind it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn dispatch(&'static self, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
         let c = &self.cpus[cpu & (sched::MAX_CPUS - 1)];
         if c.busy.load(Ordering::Acquire) {
@@ -115,27 +119,55 @@ impl<E: IntrEnv> Pinned<E> {
             return;
         }
         c.busy.store(true, Ordering::Relaxed);
-        // SAFETY: `thread` was stored (leaked, never freed) before `busy` was first false,
-        // which the acquire load above saw.
-        let t = unsafe { &*c.thread.load(Ordering::Relaxed) };
-        // The ithread runs at IPL_NONE (it may block); the interrupted context gets its level
-        // back when the ithread returns or blocks.
-        let old = <E::M as ipl::IplCpu>::ipl_get();
-        <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::None as u8);
+        // The ithread runs at IPL_VM, the level its sources are dispatched at (as NetBSD's
+        // soft-interrupt LWPs run at their level): nothing to change in the usual case, and
+        // interrupts at or below IPL_VM that arrive while it runs are deferred, replayed when
+        // the interrupted context's level comes back. It may block there (the sleep check
+        // allows a borrowing thread at IPL_VM with no spin mutex held).
+        // The sleep check counts the spin mutexes held on the CPU as the ithread's own:
+        // a context underneath holding one (below IPL_VM) takes the slow path, which sets
+        // that state aside.
+        let vm = ipl::Ipl::Vm as u8;
+        if <E::M as ipl::IplCpu>::ipl_get() == vm && E::spl().spin_count_of(cpu) == 0 {
+            self.lend(c, src, raised, cpu, io);
+        } else {
+            lend_slow(self, c, src, raised, cpu, io);
+        }
+    }
+
+    /// [`Pinned::dispatch`] out of line: for the second and later pinned sources of a shared
+    /// vector (the first one's call is inlined into `Intr::dispatch`).
+    #[inline(never)]
+    pub(crate) fn dispatch_outlined(
+        &'static self,
+        src: Arc<Source<E>>,
+        raised: u64,
+        cpu: usize,
+        io: &IntrOff,
+    ) {
+        self.dispatch(src, raised, cpu, io);
+    }
+
+    /// Lends the CPU to its ithread for `src`, then for whatever was queued meanwhile
+    /// (`hwi_sched` requeues), until it parks again or blocks; at IPL_VM, `busy` set.
+    #[inline(always)]
+    fn lend(&'static self, c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
+        // SAFETY: `thread` was written (and is never dropped) before `busy` was first false,
+        // which the caller's acquire load saw.
+        let t = unsafe { (*c.thread.get()).assume_init_ref() };
         let sched = E::sched();
-        let arg = c as *const PinnedCpu<E> as usize;
-        let mut done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
-        // Instances queued meanwhile (nested interrupts, `hwi_sched`), while the ithread is
-        // parked again; if it blocked, it drains the queue itself.
+        let mut done = sched.pin_call(cpu, t, cpu, Arc::into_raw(src) as usize, raised as usize, io);
+        // Instances queued meanwhile, while the ithread is parked again; if it blocked, it
+        // drains the queue itself (and the CPU is at IPL_VM: the sleep check allows no other
+        // level for a borrowing thread).
         while done {
             // SAFETY: this CPU, interrupts disabled.
             let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else {
                 c.busy.store(false, Ordering::Release);
                 break;
             };
-            done = sched.pin_call(cpu, t, arg, Arc::into_raw(src) as usize, raised as usize, io);
+            done = sched.pin_call(cpu, t, cpu, Arc::into_raw(src) as usize, raised as usize, io);
         }
-        <E::M as ipl::IplCpu>::ipl_set(old);
     }
 
     /// Sleep hook: the CPU's ithread is about to block in a handler (a real switch follows).
@@ -152,13 +184,37 @@ impl<E: IntrEnv> Pinned<E> {
     }
 }
 
+/// [`Pinned::dispatch`] at another level than IPL_VM (a pinned source established below it),
+/// or on top of a context holding spin mutexes: the ithread still runs at IPL_VM with no
+/// spin mutex counted, and the dispatch level and spin-mutex state come back afterwards (the
+/// ithread returned or blocked: with its own spin mutexes released either way).
+#[cold]
+#[inline(never)]
+fn lend_slow<E: IntrEnv>(
+    p: &'static Pinned<E>,
+    c: &PinnedCpu<E>,
+    src: Arc<Source<E>>,
+    raised: u64,
+    cpu: usize,
+    io: &IntrOff,
+) {
+    let spl = E::spl();
+    let old = <E::M as ipl::IplCpu>::ipl_get();
+    let spin = spl.spin_state_take();
+    <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::Vm as u8);
+    p.lend(c, src, raised, cpu, io);
+    spl.spin_state_restore(spin);
+    <E::M as ipl::IplCpu>::ipl_set(old);
+}
+
 /// Runs one instance in the ithread (interrupts enabled); a handler that asked for
 /// `hwi_sched` goes to the back of the CPU's queue (keeping its mask reference), otherwise
 /// the instance's mask reference, if any, is dropped.
 #[inline(always)]
-fn run_one<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: usize) {
+fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
     let again = src.run_handler(raised, cpu);
     if again && !src.dead.load(Ordering::Acquire) {
+        let c = cpu_of::<E>(cpu);
         let io = E::M::intr_disable();
         let now = E::M::now_ns();
         // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
@@ -170,33 +226,40 @@ fn run_one<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: 
 }
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
-/// enabled, CPU at `IPL_NONE`: runs one instance (`c`: the CPU's `PinnedCpu`, `src`: an
+/// enabled, CPU at `IPL_VM`: runs one instance (`cpu`: this CPU's index, `src`: an
 /// `Arc::into_raw`, `raised`: its raise time) and returns — while it still borrows the CPU.
 /// If the handler blocked, the pinned thread went on without us: we drain the queue as an
 /// ordinary thread and park for good.
-extern "C" fn ithread_body<E: IntrEnv>(c: usize, src: usize, raised: usize) {
-    // SAFETY: `dispatch` passed its `&'static PinnedCpu` (the framework is static).
-    let c = unsafe { &*(c as *const PinnedCpu<E>) };
+extern "C" fn ithread_body<E: IntrEnv>(cpu: usize, src: usize, raised: usize) {
     // SAFETY: `dispatch` passed an `Arc::into_raw` of a source; we take that reference over.
     let src = unsafe { Arc::from_raw(src as *const Source<E>) };
-    let cpu = c.cpu.load(Ordering::Relaxed);
-    run_one(c, src, raised as u64, cpu);
-    if !E::sched().borrowing() {
-        finish_blocked(c, cpu);
+    run_one(src, raised as u64, cpu);
+    if !E::sched().borrowing_on(cpu) {
+        finish_blocked(cpu_of::<E>(cpu), cpu);
     }
+}
+
+/// CPU `cpu`'s state in the framework's (static) pinned model: the address is a constant plus
+/// the index, computed where needed rather than passed along.
+#[inline(always)]
+fn cpu_of<E: IntrEnv>(cpu: usize) -> &'static PinnedCpu<E> {
+    &E::intr().pinned.cpus[cpu & (sched::MAX_CPUS - 1)]
 }
 
 /// The rest of a pinned call whose handler blocked (we are an ordinary thread now): drain the
 /// queue, then leave the CPU for good; the next interrupt starts us afresh.
 #[cold]
 fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
+    // An ordinary thread now: it runs (and parks) at IPL_NONE like one. It was switched back
+    // in at its waker's level, IPL_NONE; this also undoes a level a handler left behind.
+    <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::None as u8);
     loop {
         let io = E::M::intr_disable();
         // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
         match unsafe { (*c.queue.get()).pop_front() } {
             Some((src, raised)) => {
                 drop(io); // handlers run with interrupts enabled
-                run_one(c, src, raised, cpu);
+                run_one(src, raised, cpu);
             }
             None => {
                 // Interrupts stay disabled until the switch away, so nothing can be queued

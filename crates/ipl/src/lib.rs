@@ -480,6 +480,31 @@ impl<M: IplCpu> SplState<M> {
         self.cpus[this_cpu::<M>()].spin_count.load(Ordering::Relaxed)
     }
 
+    /// Spin mutexes held on `cpu` (the caller's CPU, interrupts disabled: the pinned model's
+    /// entry, which passes the index it already has).
+    #[inline(always)]
+    pub fn spin_count_of(&self, cpu: usize) -> u32 {
+        self.cpus[cpu & (sched::MAX_CPUS - 1)].spin_count.load(Ordering::Relaxed)
+    }
+
+    /// Takes this CPU's spin-mutex state (count and the level saved by the outermost) and
+    /// starts a fresh one: for a thread lent this CPU on top of a context that holds spin
+    /// mutexes (the pinned model), so that what the lent thread holds is counted alone.
+    /// Interrupts disabled; [`SplState::spin_state_restore`] puts it back.
+    pub fn spin_state_take(&self) -> (u32, u8) {
+        let q = &self.cpus[this_cpu::<M>()];
+        let s = (q.spin_count.load(Ordering::Relaxed), q.spin_oldspl.load(Ordering::Relaxed));
+        q.spin_count.store(0, Ordering::Relaxed);
+        s
+    }
+
+    /// Puts back what [`SplState::spin_state_take`] took (interrupts disabled).
+    pub fn spin_state_restore(&self, (count, oldspl): (u32, u8)) {
+        let q = &self.cpus[this_cpu::<M>()];
+        q.spin_count.store(count, Ordering::Relaxed);
+        q.spin_oldspl.store(oldspl, Ordering::Relaxed);
+    }
+
     /// Counters of `cpu`.
     pub fn stats(&self, cpu: usize) -> SplStats {
         let q = &self.cpus[cpu];

@@ -772,9 +772,15 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
-    /// Whether this CPU is running an interrupt handler.
+    /// Whether this CPU is running an interrupt handler in interrupt context. An interrupt
+    /// thread borrowing the CPU ([`Scheduler::pin_call`]) runs in thread context although the
+    /// interrupt that lent it the CPU is still underneath (its depth is not saved and zeroed:
+    /// the `borrowed` word says it): this answers `false` for it. It answers `false` as well
+    /// for an interrupt nested inside a borrowing thread; such an interrupt runs above the
+    /// thread's level (`IPL_VM` in the pinned model), which the SPL's sleep check catches.
+    #[inline]
     pub fn in_interrupt(&self) -> bool {
-        self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0
+        self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0 && !self.borrowing()
     }
 
     /// The clock interrupt's share: time slices and timed sleeps. Interrupts disabled.
@@ -848,8 +854,8 @@ impl<M: Machine> Scheduler<M> {
 
     /// **The pinned call** (DESIGN.md part 2; NetBSD's fast soft interrupts, illumos'
     /// interrupt threads): lends this CPU to the interrupt thread `it` for one call of its
-    /// body, `body(a0, a1, a2)`, on `it`'s stack, with interrupts enabled, at interrupt depth
-    /// 0. Only the stack and the current-thread pointer change ([`Machine::pin_call`]); the
+    /// body, `body(a0, a1, a2)`, on `it`'s stack, with interrupts enabled, in thread context
+    /// ([`Scheduler::in_interrupt`] is false for it). Only the stack and the current-thread pointer change ([`Machine::pin_call`]); the
     /// running thread stays this CPU's current thread for the scheduler, pinned underneath —
     /// not queued, not migratable, its run state untouched. The scheduler records only that
     /// the CPU is borrowed (one per-CPU word, for [`Scheduler::is_running`] and the block
@@ -877,17 +883,16 @@ impl<M: Machine> Scheduler<M> {
         debug_assert_eq!(cpu, M::cpu_index());
         let c = &self.cpus[cpu & (MAX_CPUS - 1)];
         debug_assert_eq!(c.borrowed.load(Ordering::Relaxed), 0, "nested pinned call");
-        let depth = c.intr_depth.load(Ordering::Relaxed);
-        c.intr_depth.store(0, Ordering::Relaxed);
+        // The interrupt depth is left as it is: `in_interrupt` consults `borrowed` instead.
         c.borrowed.store(it.call.thread as usize, Ordering::Relaxed);
-        // Per-CPU counter, this CPU only, interrupts disabled: no locked add needed.
-        c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // `it` is PARKED: its stack is unused and no CPU runs it (a thread that parks leaves
         // its CPU before interrupts are enabled there again, and `it` is bound to this CPU).
         // SAFETY: interrupts are disabled (the proof), no pinned call is active here (the
         // caller's promise), `it` is free (above), its body keeps the contract documented above.
         unsafe { M::pin_call(&it.call, a0, a1, a2) };
-        c.intr_depth.store(depth, Ordering::Relaxed);
+        // Counted on the way back (returned or blocked: this CPU, interrupts disabled either
+        // way, so no locked add), not on the way in, where it would add to the latency.
+        c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if c.borrowed.load(Ordering::Relaxed) != 0 {
             c.borrowed.store(0, Ordering::Relaxed);
             true
@@ -905,6 +910,13 @@ impl<M: Machine> Scheduler<M> {
     #[inline]
     pub fn borrowing(&self) -> bool {
         self.this_cpu().borrowed.load(Ordering::Relaxed) == M::curthread() as usize
+    }
+
+    /// [`Scheduler::borrowing`] for a caller that knows its CPU index (`cpu` must be the
+    /// caller's: an interrupt thread's, which is bound to it).
+    #[inline]
+    pub fn borrowing_on(&self, cpu: usize) -> bool {
+        self.cpus[cpu & (MAX_CPUS - 1)].borrowed.load(Ordering::Relaxed) == M::curthread() as usize
     }
 
     /// Whether `cpu` is lent to an interrupt thread right now (for `ps`).

@@ -195,6 +195,105 @@ ktest!(
     pinned_borrows_cpu_without_scheduler_switch
 );
 
+/// The pinned ithread runs its handler at `IPL_VM`, in thread context (not `in_interrupt`),
+/// borrowing the CPU; the same vector raised from inside the handler is deferred (not nested,
+/// not queued) and runs once the handler has returned.
+fn pinned_runs_at_vm_and_defers_its_level() -> TestResult {
+    let runs = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(AtomicU64::new(0)); // bits: 1 at VM, 2 thread context, 4 borrowing, 8 not nested
+    let (r, sn) = (runs.clone(), seen.clone());
+    let h = INTR
+        .establish(
+            spec("test.pinned.level", 0x5C, Model::Pinned, IntrFlags::MPSAFE),
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                let n = r.fetch_add(1, Ordering::SeqCst);
+                if n != 0 {
+                    return;
+                }
+                let mut bits = 0;
+                if crate::SPL.current() == Ipl::Vm {
+                    bits |= 1;
+                }
+                if !SCHED.in_interrupt() {
+                    bits |= 2;
+                }
+                if SCHED.borrowing() {
+                    bits |= 4;
+                }
+                raise(SCHED.cpu_index(), 0x5C);
+                for _ in 0..10_000 {
+                    core::hint::spin_loop();
+                }
+                if r.load(Ordering::SeqCst) == 1 {
+                    bits |= 8;
+                }
+                sn.store(bits, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    SCHED.sleep_ns(20_000_000);
+    SCHED.preempt_disable();
+    raise(SCHED.cpu_index(), 0x5C);
+    SCHED.preempt_enable();
+    kassert!(
+        until(2000, || runs.load(Ordering::SeqCst) == 2),
+        "handler ran {} times",
+        runs.load(Ordering::SeqCst)
+    );
+    let bits = seen.load(Ordering::SeqCst);
+    kassert!(bits & 1 != 0, "the pinned handler did not run at IPL_VM");
+    kassert!(bits & 2 != 0, "the pinned handler ran in interrupt context (in_interrupt)");
+    kassert!(bits & 4 != 0, "the pinned handler did not borrow the CPU");
+    kassert!(bits & 8 != 0, "an IPL_VM interrupt nested inside the pinned handler");
+    drop(h);
+    Ok(())
+}
+ktest!(T_PIN_LEVEL, "intr::pinned::runs_at_vm_defers_its_level", pinned_runs_at_vm_and_defers_its_level);
+
+/// A pinned handler may block even when the interrupted thread holds a spin mutex below
+/// `IPL_VM` (the spin-mutex count on the CPU is not the ithread's): it blocks on a mutex the
+/// interrupted thread holds, that thread goes on, releases both, and the handler completes.
+fn pinned_blocks_over_spin_mutex_below_vm() -> TestResult {
+    static LOW: Mutex<()> = Mutex::new_spin("test.pinned.low_spin", Ipl::SoftNet, ());
+    static HOLD: Mutex<()> = Mutex::new_adaptive("test.pinned.hold", ());
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (d, st) = (done.clone(), started.clone());
+    let h = INTR
+        .establish(
+            spec("test.pinned.overspin", 0x5D, Model::Pinned, IntrFlags::MPSAFE),
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                st.store(true, Ordering::SeqCst);
+                drop(HOLD.lock());
+                d.store(true, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
+    SCHED.sleep_ns(20_000_000);
+    let hold = HOLD.lock();
+    let low = LOW.lock();
+    raise(SCHED.cpu_index(), 0x5D);
+    // The interrupt is taken at once (IPL_VM is above the spin mutex's level), the handler
+    // blocks on HOLD and this thread goes on here.
+    kassert!(started.load(Ordering::SeqCst), "the pinned handler did not run at once");
+    kassert!(!done.load(Ordering::SeqCst), "the handler got a mutex we hold");
+    kassert_eq!(crate::SPL.spin_count(), 1, "our spin mutex count was not given back");
+    kassert_eq!(crate::SPL.current(), Ipl::SoftNet, "our level was not given back");
+    drop(low);
+    kassert_eq!(crate::SPL.current(), Ipl::None, "the spin mutex did not restore our level");
+    drop(hold);
+    kassert!(until(2000, || done.load(Ordering::SeqCst)), "the blocked handler never completed");
+    drop(h);
+    Ok(())
+}
+ktest!(
+    T_PIN_OVERSPIN,
+    "intr::pinned::blocks_over_spin_mutex_below_vm",
+    pinned_blocks_over_spin_mutex_below_vm
+);
+
 /// Two saturating sources on one CPU, each processing 8 units per run and then `hwi_sched`:
 /// they share the CPU within 10 %.
 fn hwi_sched_fair_shares() -> TestResult {
