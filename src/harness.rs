@@ -11,6 +11,19 @@ use crate::qemu::{self, BootConfig, BootReport, Outcome, Source, EXIT_FAILURE, E
 /// How many serial lines a failure report shows.
 pub const TAIL_LINES: usize = 40;
 
+/// A boot's outcome, its last `lines` serial lines and QEMU's stderr: what a failing test
+/// shows.
+pub fn report_tail(r: &crate::qemu::BootReport, lines: usize) -> String {
+    let mut s = format!("outcome: {}\nlast serial lines:\n", r.outcome);
+    for l in r.serial_tail(lines) {
+        s.push_str(&format!("  | {l}\n"));
+    }
+    for l in &r.stderr {
+        s.push_str(&format!("  qemu: {l}\n"));
+    }
+    s
+}
+
 /// One test's result as the kernel reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestResult {

@@ -19,18 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(240);
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn tail(r: &BootReport) -> String {
-    let mut s = format!("outcome: {}\nlast serial lines:\n", r.outcome);
-    for l in r.serial_tail(harness::TAIL_LINES) {
-        s.push_str("  | ");
-        s.push_str(l);
-        s.push('\n');
-    }
-    for l in &r.stderr {
-        s.push_str("  qemu: ");
-        s.push_str(l);
-        s.push('\n');
-    }
-    s
+    harness::report_tail(r, harness::TAIL_LINES)
 }
 
 /// A feeder that answers every `@@ net-ready` line with the traffic it asks for.

@@ -27,18 +27,7 @@ fn boot_unserialized(cfg: &BootConfig) -> BootReport {
 }
 
 fn tail(r: &BootReport) -> String {
-    let mut s = format!("outcome: {}\nlast serial lines:\n", r.outcome);
-    for l in r.serial_tail(harness::TAIL_LINES) {
-        s.push_str("  | ");
-        s.push_str(l);
-        s.push('\n');
-    }
-    for l in &r.stderr {
-        s.push_str("  qemu: ");
-        s.push_str(l);
-        s.push('\n');
-    }
-    s
+    harness::report_tail(r, harness::TAIL_LINES)
 }
 
 fn suite(smp: u32) {

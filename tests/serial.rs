@@ -11,27 +11,13 @@ use ithreads::qemu::{self, BootConfig, BootReport, SerialInput};
 /// Lines pasted: 1024 × 64 bytes = 64 KiB.
 const LINES: u64 = 1024;
 
-/// `S <seq, 8 digits> <52 payload characters>\n` (docs/PROTOCOL.md, "Serial input").
-fn serial_line(seq: u64) -> String {
-    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let payload: String = (0..52u64).map(|i| ALPHABET[((seq * 31 + i * 7) % 36) as usize] as char).collect();
-    format!("S {seq:08} {payload}\n")
-}
-
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn tail(r: &BootReport) -> String {
     // The whole log, for a failure's post-mortem.
     let path = std::env::temp_dir().join(format!("ithreads-serial-smp{}.log", r.config.smp));
     let _ = std::fs::write(&path, r.serial_log.join("\n"));
-    let mut s = format!("outcome: {} (whole log: {})\nlast serial lines:\n", r.outcome, path.display());
-    for l in r.serial_tail(harness::TAIL_LINES) {
-        s.push_str(&format!("  | {l}\n"));
-    }
-    for l in &r.stderr {
-        s.push_str(&format!("  qemu: {l}\n"));
-    }
-    s
+    format!("whole log: {}\n{}", path.display(), harness::report_tail(r, harness::TAIL_LINES))
 }
 
 /// Waits for the `@@ <what>` line among the events; false if the guest ended first.
@@ -47,9 +33,9 @@ fn paste_input() -> SerialInput {
         }
         let mut text = String::new();
         for seq in 0..LINES {
-            text.push_str(&serial_line(seq));
+            text.push_str(&ithreads::workload::serial_line(seq));
         }
-        text.push_str(&format!("E {LINES}\n"));
+        text.push_str(&ithreads::workload::serial_end(LINES));
         assert_eq!(text.len() as u64, LINES * 64 + 7);
         let _ = stdin.write_all(text.as_bytes());
         let _ = stdin.flush();

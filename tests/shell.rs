@@ -12,14 +12,7 @@ use ithreads::protocol::Event;
 use ithreads::qemu::{self, BootConfig, BootReport, SerialInput};
 
 fn tail(r: &BootReport) -> String {
-    let mut s = format!("outcome: {}\nlast serial lines:\n", r.outcome);
-    for l in r.serial_tail(harness::TAIL_LINES * 3) {
-        s.push_str(&format!("  | {l}\n"));
-    }
-    for l in &r.stderr {
-        s.push_str(&format!("  qemu: {l}\n"));
-    }
-    s
+    harness::report_tail(r, harness::TAIL_LINES * 3)
 }
 
 /// The text of a `@@` line the protocol parser does not type (shell lines).
