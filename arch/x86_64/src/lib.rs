@@ -141,11 +141,11 @@ impl Machine for X86_64 {
     #[inline(always)]
     unsafe fn pin_call(a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
         let (r, b0, b1): (u32, usize, usize);
-        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it.
-        // Its own convention: it keeps %rbx, %rbp and %rsp (as the C ABI) but not r12..r15
-        // (a body that blocks resumes us through a frame holding only rbx and rbp), hence the
-        // clobbers; %rdi and %rsi come back unchanged on the Busy and Level answers. The stack
-        // is aligned for a call here (asm! without `nostack`).
+        // `intr_pin_call`'s own convention: it keeps %rbx, %rbp and %rsp (as the C ABI) but not
+        // r12..r15 (a body that blocks resumes us through a frame holding only rbx and rbp),
+        // hence the clobbers; %rdi and %rsi come back unchanged on the Busy and Level answers.
+        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it,
+        // and the stack is aligned for a call here (asm! without `nostack`).
         unsafe {
             asm!(
                 "call intr_pin_call",

@@ -772,7 +772,7 @@ impl<M: Machine> Scheduler<M> {
     /// Whether this CPU is running an interrupt handler in interrupt context. An interrupt
     /// thread borrowing the CPU ([`Scheduler::pin_call`]) runs in thread context although the
     /// interrupt that lent it the CPU is still underneath (its depth is not saved and zeroed:
-    /// the `borrowed` word says it): this answers `false` for it. It answers `false` as well
+    /// the CPU's pinned-switch `busy` word, [`machine::PinSlots`], says it): this answers `false` for it. It answers `false` as well
     /// for an interrupt nested inside a borrowing thread; such an interrupt runs above the
     /// thread's level (`IPL_VM` in the pinned model), which the SPL's sleep check catches.
     #[inline]
@@ -883,7 +883,7 @@ impl<M: Machine> Scheduler<M> {
     /// call active on it. The caller handles the SPL.
     #[inline(always)]
     pub fn pin_call(&'static self, a0: usize, a1: usize, _proof: &IntrOff) -> (PinOutcome, usize, usize) {
-        // The interrupt depth is left as it is: `in_interrupt` consults `borrowed` instead.
+        // The interrupt depth is left as it is: `in_interrupt` consults `busy` instead.
         // A thread whose `busy` word is clear is PARKED: its stack is unused and no CPU runs it
         // (a thread that parks leaves its CPU before interrupts are enabled there again, and
         // it is bound to this CPU).
