@@ -6,17 +6,19 @@
 #   5. the pinned interrupt-thread switch (`intr_pin_call`): the short path that lends the CPU
 #      to a per-CPU interrupt thread without the scheduler.
 #
-# Protocol common to 4 and 5: called from Rust (System V ABI) in ring 0, interrupts disabled,
-# GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:40 the pinned context, %gs:48..80
-# the pinned switch's `PinSlots`: busy, thread, stack top, body; cpu.rs). A
-# switched-out thread's context is its stack pointer; its stack holds, from that pointer up,
-# r15, r14, r13, r12, rbx, rbp and a return address (the "switch frame"): `context_switch`
-# pops it and returns 0 in %eax (which only section 5's frame looks at: 0 is "blocked").
-# Section 5 saves the interrupted thread in exactly that frame, so a blocking interrupt thread
-# can hand the CPU back with an ordinary `context_switch`. The IPL (%gs:24) is not touched here: the
-# interrupt thread runs at the level it was dispatched at, IPL_VM (crates/intr/src/pinned.rs),
-# and may block at it; nor is the interrupt depth (the scheduler's `borrowed` word tells
-# the borrowing thread's context from interrupt context).
+# Protocol common to 4 and 5: called from Rust in ring 0, interrupts disabled — section 4 with
+# the System V ABI, section 5 through an `asm!` call with its own register convention (see
+# there) — GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:24 the IPL, %gs:40 the
+# pinned context, %gs:48..80 the pinned switch's `PinSlots`: busy, thread, stack top, body;
+# cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
+# pointer up, r15, r14, r13, r12, rbx, rbp and a return address (the "switch frame"):
+# `context_switch` pops it and returns 0 in %eax (which only section 5's frame looks at: 0 is
+# "blocked"). Section 5 saves the interrupted thread in that frame's format (writing only the
+# slots its caller needs), so a blocking interrupt thread can hand the CPU back with an
+# ordinary `context_switch`. The IPL is only tested here, never written: the interrupt thread
+# runs at the level it was dispatched at, IPL_VM (crates/intr/src/pinned.rs), and may block
+# at it; nor is the interrupt depth touched (the `busy` word, which holds the borrowing
+# thread, tells its context from interrupt context).
 
 # ---------------------------------------------------------------------------------------
 # 1. PVH boot. QEMU reads XEN_ELFNOTE_PHYS32_ENTRY (type 18) and enters pvh_start32 in
