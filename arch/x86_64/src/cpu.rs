@@ -1,8 +1,9 @@
 //! Per-CPU data, reached through the GS base in O(1), and each CPU's GDT and TSS.
 //!
 //! `PerCpu` starts with words that assembly-like accessors read with one `%gs`-relative
-//! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24), `pending` (32) and
-//! `pin_ctx` (40, entry.s's pinned switch). A CPU's
+//! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24), `pending` (32),
+//! `pin_ctx` (40) and the pinned switch's [`machine::PinSlots`] (48: busy, 56: thread,
+//! 64: stack top, 72: body), all used by entry.s's `intr_pin_call`. A CPU's
 //! `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP reads
 //! during start-up.
 
@@ -36,14 +37,31 @@ pub struct PerCpu {
     /// The context of the thread pinned under an interrupt thread (offset 40; written by
     /// `intr_pin_call` in entry.s, read by the scheduler's switch back when that thread blocks).
     pin_ctx: usize,
+    /// The pinned switch's words (offsets 48..80; see [`machine::PinSlots`]).
+    pin: machine::PinSlots,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
 }
+
+// The offsets entry.s and the accessors below use.
+const _: () = {
+    assert!(core::mem::offset_of!(PerCpu, curthread) == 16);
+    assert!(core::mem::offset_of!(PerCpu, ipl) == 24);
+    assert!(core::mem::offset_of!(PerCpu, pending) == 32);
+    assert!(core::mem::offset_of!(PerCpu, pin_ctx) == 40);
+    assert!(core::mem::offset_of!(PerCpu, pin) == 48);
+    assert!(core::mem::offset_of!(machine::PinSlots, busy) == 0);
+    assert!(core::mem::offset_of!(machine::PinSlots, thread) == 8);
+    assert!(core::mem::offset_of!(machine::PinSlots, stack_top) == 16);
+    assert!(core::mem::offset_of!(machine::PinSlots, body) == 24);
+};
 
 /// Number of CPUs brought up so far (the BSP counts from the start).
 pub(crate) static NCPUS: AtomicUsize = AtomicUsize::new(0);
 /// LAPIC id of CPU index i.
 pub(crate) static LAPIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
+/// Address of CPU index i's `PerCpu` (0 until that CPU set it up; never freed).
+static PERCPU: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 pub(crate) static ONLINE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
 /// Sets up this CPU's GDT (with its own TSS and double-fault stack) and GS base.
@@ -76,11 +94,13 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         ipl: 0,
         pending: 0,
         pin_ctx: 0,
+        pin: machine::PinSlots::new(),
         lapic_id: AtomicU32::new(lapic_id),
     }));
     pc.self_ptr = pc as *mut PerCpu as usize;
     GsBase::write(VirtAddr::new(pc.self_ptr as u64));
     LAPIC_IDS[index].store(lapic_id, Ordering::Relaxed);
+    PERCPU[index].store(pc.self_ptr, Ordering::Release);
 }
 
 /// Index of the running CPU (one `%gs`-relative load).
@@ -156,6 +176,27 @@ pub fn pinned_context_slot() -> *const usize {
     // SAFETY: as in `index`; offset 0 is `self_ptr`.
     unsafe { asm!("mov {}, gs:[0]", out(reg) v, options(nostack, preserves_flags, readonly)) };
     (v + 40) as *const usize
+}
+
+/// CPU `index`'s pinned-switch words, once that CPU has set up its `PerCpu`.
+pub fn pin_slots(index: usize) -> Option<&'static machine::PinSlots> {
+    let p = PERCPU.get(index)?.load(Ordering::Acquire);
+    // SAFETY: a non-zero entry is the address of a `PerCpu` leaked by `init_this_cpu` (it
+    // lives forever), published by the release store there.
+    (p != 0).then(|| unsafe { &(*(p as *const PerCpu)).pin })
+}
+
+/// The running CPU's `PinSlots::borrowed` (from `busy`, offset 48 of its `PerCpu`).
+#[inline]
+pub fn pin_borrowed() -> usize {
+    let v: usize;
+    // SAFETY: as in `index`; offset 48 is `pin.busy`.
+    unsafe { asm!("mov {}, gs:[48]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    if v > machine::PinSlots::BLOCKED {
+        v
+    } else {
+        0
+    }
 }
 
 /// Number of CPUs online (or starting).

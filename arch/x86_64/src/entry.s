@@ -6,15 +6,19 @@
 #   5. the pinned interrupt-thread switch (`intr_pin_call`): the short path that lends the CPU
 #      to a per-CPU interrupt thread without the scheduler.
 #
-# Protocol common to 4 and 5: called from Rust (System V ABI) in ring 0, interrupts disabled,
-# GS base = this CPU's `PerCpu` (%gs:16 is `curthread`). A switched-out thread's context is
-# its stack pointer; its stack holds, from that pointer up, r15, r14, r13, r12, rbx, rbp and
-# a return address (the "switch frame"): `context_switch` pops it and returns. Section 5
-# saves the interrupted thread in exactly that frame, so a blocking interrupt thread can hand
-# the CPU back with an ordinary `context_switch`. The IPL (%gs:24) is not touched here: the
-# interrupt thread runs at the level it was dispatched at, IPL_VM (crates/intr/src/pinned.rs),
-# and may block at it; nor is the interrupt depth (the scheduler's `borrowed` word tells
-# the borrowing thread's context from interrupt context).
+# Protocol common to 4 and 5: called from Rust in ring 0, interrupts disabled — section 4 with
+# the System V ABI, section 5 through an `asm!` call with its own register convention (see
+# there) — GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:24 the IPL, %gs:40 the
+# pinned context, %gs:48..80 the pinned switch's `PinSlots`: busy, thread, stack top, body;
+# cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
+# pointer up, r15, r14, r13, r12, rbx, rbp and a return address (the "switch frame"):
+# `context_switch` pops it and returns 0 in %eax (which only section 5's frame looks at: 0 is
+# "blocked"). Section 5 saves the interrupted thread in that frame's format (writing only the
+# slots its caller needs), so a blocking interrupt thread can hand the CPU back with an
+# ordinary `context_switch`. The IPL is only tested here, never written: the interrupt thread
+# runs at the level it was dispatched at, IPL_VM (crates/intr/src/pinned.rs), and may block
+# at it; nor is the interrupt depth touched (the `busy` word, which holds the borrowing
+# thread, tells its context from interrupt context).
 
 # ---------------------------------------------------------------------------------------
 # 1. PVH boot. QEMU reads XEN_ELFNOTE_PHYS32_ENTRY (type 18) and enters pvh_start32 in
@@ -263,6 +267,7 @@ context_switch:
     popq %r12
     popq %rbx
     popq %rbp
+    xorl %eax, %eax                     # PinOutcome::Blocked for a pinned call's frame
     ret
 
 .global thread_trampoline
@@ -276,46 +281,61 @@ thread_trampoline:
 # 5. Pinned interrupt-thread switch (DESIGN.md part 2; NetBSD's fast softint switch, illumos'
 #    intr_thread):
 #
-#    intr_pin_call(a0, a1, a2             %rdi, %rsi, %rdx: body's arguments, in place
-#                  call: &PinCall         %rcx: thread at 0(%rcx), stack_top at 8(%rcx),
-#                                                body at 16(%rcx)  (crates/machine))
+#    intr_pin_call(a0, a1) -> PinOutcome      %rdi, %rsi: body's arguments, in place
 #
-#    Caller: `Machine::pin_call` only (sched's `Scheduler::pin_call`), interrupts disabled,
-#    in interrupt context on the interrupted ("pinned") thread's stack, the CPU at whatever
-#    IPL the caller chose (the pinned model: IPL_VM, left as is), at most one such call active
-#    per CPU. Entry builds the switch frame of section 4 on the pinned stack and keeps its
-#    address in %gs:40 (`PerCpu::pin_ctx`): the pinned thread is now switched out in the
-#    ordinary format, though nothing else about it changes (it stays the scheduler's current
-#    thread, on no run queue). Then curthread and %rsp move to the interrupt thread (its stack
-#    from the top, nothing on it), interrupts are enabled and body(a0, a1, a2) runs.
-#      - body returns: interrupts off, then the fast path back. body kept the callee-saved
-#        registers (ABI), so only rbx (it held the pinned thread here) comes back from the
-#        frame; then we return to the caller.
-#      - body blocks: the scheduler finds the CPU borrowed, makes the interrupt thread an
-#        ordinary thread and `context_switch`es to the context in %gs:40: the frame pops and
-#        `ret` returns from this call to its caller, interrupts disabled. body's stack is the
-#        interrupt thread's own from then on; it must never return into this frame.
+#    Everything else comes from this CPU's `PinSlots` (crates/machine): %gs:48 busy (0 parked,
+#    1 blocked, else the borrowing thread), %gs:56 the interrupt thread, %gs:64 the top of its
+#    stack, %gs:72 its body. Caller: `Machine::pin_call` only (sched's `Scheduler::pin_call`),
+#    through an `asm!` call that declares everything but %rbx, %rbp and %rsp clobbered — the
+#    C ABI's caller-saved registers and r12..r15 too; interrupts disabled, in interrupt
+#    context on the interrupted ("pinned") thread's stack, the CPU at whatever IPL the caller
+#    chose.
+#      - IPL (%gs:24) not IPL_VM (5, asserted in lib.rs): return 3 (Level), nothing done.
+#      - busy non-zero (the thread borrows the CPU or is blocked): return 2 (Busy), nothing done.
+#        Both leave %rdi and %rsi as they came.
+#      - else build a switch frame of section 4 on the pinned stack — rbp and rbx in their
+#        slots, the pinned thread's address in r12's, the r13..r15 slots unwritten (the caller
+#        keeps nothing there) — and keep its address in %gs:40 (`PerCpu::pin_ctx`): the pinned
+#        thread is now switched out in the ordinary format, though nothing else about it
+#        changes (it stays the scheduler's current thread, on no run queue). Then curthread
+#        and busy become the interrupt thread, %rsp its stack top (nothing on it), interrupts
+#        are enabled and body(a0, a1) runs.
+#      - body returns: interrupts off, the pinned stack, curthread (from the frame) back, busy
+#        cleared; body kept rbx and rbp (ABI); return 1 (Returned).
+#      - body blocks: the scheduler finds the CPU borrowed, sets busy to 1, makes the
+#        interrupt thread an ordinary thread and `context_switch`es to the context in %gs:40:
+#        the frame pops and `ret` returns from this call to its caller with %eax = 0
+#        (Blocked), interrupts disabled. body's stack is the interrupt thread's own from then
+#        on; it must never return into this frame (the thread sets busy to 0 when it parks).
 #    Stack alignment: entered with %rsp = 8 mod 16; body is entered with %rsp = stack_top - 8,
 #    as the ABI wants.
 
 .global intr_pin_call
 intr_pin_call:
+    cmpq $5, %gs:24                     # at IPL_VM?
+    jne 8f
+    cmpq $0, %gs:48                     # busy?
+    jne 9f
     pushq %rbp
     pushq %rbx
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
+    pushq %gs:16                        # r12's slot: the pinned thread
+    subq $24, %rsp                      # r13..r15's slots
     movq %rsp, %gs:40                   # the pinned thread's context
-    movq %gs:16, %rbx                   # the pinned thread
-    movq 0(%rcx), %rax
+    movq %gs:56, %rax
     movq %rax, %gs:16                   # curthread = the interrupt thread
-    movq 8(%rcx), %rsp                  # its stack
+    movq %rax, %gs:48                   # busy = borrowed by the interrupt thread
+    movq %gs:64, %rsp                   # its stack
     sti
-    call *16(%rcx)                      # body(a0, a1, a2)
+    call *%gs:72                        # body(a0, a1)
     cli
     movq %gs:40, %rsp                   # back on the pinned stack
-    movq %rbx, %gs:16                   # curthread = the pinned thread
-    movq 32(%rsp), %rbx                 # the register used above; body kept the others
-    addq $48, %rsp
+    movq 24(%rsp), %rax
+    movq %rax, %gs:16                   # curthread = the pinned thread
+    movq $0, %gs:48                     # parked
+    movl $1, %eax                       # PinOutcome::Returned
+    addq $48, %rsp                      # rbx and rbp: body kept them
+    ret
+8:  movl $3, %eax                       # PinOutcome::Level
+    ret
+9:  movl $2, %eax                       # PinOutcome::Busy
     ret

@@ -40,11 +40,13 @@ use core::arch::{asm, global_asm};
 use machine::{IntrOff, Machine};
 
 global_asm!(include_str!("entry.s"), options(att_syntax));
+
+// entry.s's `intr_pin_call` compares the IPL word with IPL_VM's value.
+const _: () = assert!(ipl::Ipl::Vm as u8 == 5);
 global_asm!(include_str!(concat!(env!("OUT_DIR"), "/trap_stubs.s")), options(att_syntax));
 
 extern "C" {
     fn context_switch(from: *mut usize, to: *const usize);
-    fn intr_pin_call(a0: usize, a1: usize, a2: usize, call: &machine::PinCall);
     fn thread_trampoline();
 }
 
@@ -136,10 +138,39 @@ impl Machine for X86_64 {
         unsafe { context_switch(from, to) }
     }
 
+    #[inline(always)]
+    unsafe fn pin_call(a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
+        let (r, b0, b1): (u32, usize, usize);
+        // `intr_pin_call`'s own convention: it keeps %rbx, %rbp and %rsp (as the C ABI) but not
+        // r12..r15 (a body that blocks resumes us through a frame holding only rbx and rbp),
+        // hence the clobbers; %rdi and %rsi come back unchanged on the Busy and Level answers.
+        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it,
+        // and the stack is aligned for a call here (asm! without `nostack`).
+        unsafe {
+            asm!(
+                "call intr_pin_call",
+                inlateout("rdi") a0 => b0,
+                inlateout("rsi") a1 => b1,
+                lateout("eax") r,
+                out("r12") _,
+                out("r13") _,
+                out("r14") _,
+                out("r15") _,
+                clobber_abi("C"),
+            )
+        };
+        // SAFETY: `intr_pin_call` answers 0 (through `context_switch`), 1, 2 or 3: the values
+        // of `PinOutcome` (`#[repr(u32)]`).
+        (unsafe { core::mem::transmute::<u32, machine::PinOutcome>(r) }, b0, b1)
+    }
+
+    fn pin_slots(cpu: usize) -> Option<&'static machine::PinSlots> {
+        cpu::pin_slots(cpu)
+    }
+
     #[inline]
-    unsafe fn pin_call(call: &machine::PinCall, a0: usize, a1: usize, a2: usize) {
-        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it.
-        unsafe { intr_pin_call(a0, a1, a2, call) }
+    fn pin_borrowed() -> usize {
+        cpu::pin_borrowed()
     }
 
     #[inline]

@@ -30,26 +30,23 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use machine::{IntrOff, Machine};
-use sched::{PinThread, Priority};
+use sched::{PinOutcome, PinThread, Priority};
 
 use crate::{IntrEnv, Source};
 
 struct PinnedCpu<E: IntrEnv> {
-    /// The CPU's ithread: written once, before `busy` first drops to false (read only after
-    /// an acquire load of `busy` saw it false), never dropped. Inline, not boxed: its address
-    /// is the per-CPU state's plus a constant (no load on the pinned path).
+    /// The CPU's ithread: written once, before it is installed in the CPU's pinned-switch
+    /// words ([`sched::Scheduler::pin_install`]), never dropped (kept alive for them).
     thread: UnsafeCell<MaybeUninit<PinThread<E::M>>>,
-    /// The ithread is borrowing the CPU or blocked (not parked): interrupts only queue.
-    busy: AtomicBool,
-    /// Instances that arrived while the ithread was busy, and `hwi_sched` requeues: touched
-    /// only by this CPU with interrupts disabled (the dispatcher, and the ithread, which is
-    /// bound to this CPU).
+    /// Instances that arrived while the ithread was busy (borrowing the CPU or blocked, the
+    /// machine's [`machine::PinSlots::busy`]), and `hwi_sched` requeues: touched only by this
+    /// CPU with interrupts disabled (the dispatcher, and the ithread, which is bound to this
+    /// CPU).
     queue: UnsafeCell<VecDeque<(Arc<Source<E>>, u64)>>,
 }
 
 // SAFETY: `queue` is accessed only by its own CPU with interrupts disabled (see `PinnedCpu`);
-// `thread` is written once before `busy`'s release store and only read after it; the rest is
-// atomic.
+// `thread` is written once, by `start`, before any CPU may use it.
 unsafe impl<E: IntrEnv> Sync for PinnedCpu<E> {}
 
 /// Counters of the pinned model.
@@ -81,7 +78,6 @@ impl<E: IntrEnv> Pinned<E> {
             cpus: [const {
                 PinnedCpu {
                     thread: UnsafeCell::new(MaybeUninit::uninit()),
-                    busy: AtomicBool::new(true),
                     queue: UnsafeCell::new(VecDeque::new()),
                 }
             }; sched::MAX_CPUS],
@@ -100,10 +96,9 @@ impl<E: IntrEnv> Pinned<E> {
         for cpu in 0..E::M::ncpus() {
             let t = E::sched().new_ithread("ithread/vm", pri, cpu, ithread_body::<E>);
             let c = &self.cpus[cpu];
-            // SAFETY: written once (`started`), while `busy` is still true: no CPU reads it
-            // until the release store below is seen.
-            unsafe { (*c.thread.get()).write(t) };
-            c.busy.store(false, Ordering::Release);
+            // SAFETY: written once (`started`), before it is installed: nothing reads it.
+            let t = unsafe { (*c.thread.get()).write(t) };
+            E::sched().pin_install(cpu, t);
         }
     }
 
@@ -112,13 +107,6 @@ impl<E: IntrEnv> Pinned<E> {
     /// meanwhile; otherwise queue behind it.
     #[inline(always)]
     pub(crate) fn dispatch(&'static self, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
-        let c = &self.cpus[cpu & (sched::MAX_CPUS - 1)];
-        if c.busy.load(Ordering::Acquire) {
-            // SAFETY: this CPU, interrupts disabled (see `PinnedCpu`).
-            unsafe { (*c.queue.get()).push_back((src, raised)) };
-            return;
-        }
-        c.busy.store(true, Ordering::Relaxed);
         // The ithread runs at IPL_VM, the level its sources are dispatched at (as NetBSD's
         // soft-interrupt LWPs run at their level): nothing to change in the usual case, and
         // interrupts at or below IPL_VM that arrive while it runs are deferred, replayed when
@@ -127,11 +115,20 @@ impl<E: IntrEnv> Pinned<E> {
         // The sleep check counts the spin mutexes held on the CPU as the ithread's own:
         // a context underneath holding one (below IPL_VM) takes the slow path, which sets
         // that state aside.
-        let vm = ipl::Ipl::Vm as u8;
-        if <E::M as ipl::IplCpu>::ipl_get() == vm && E::spl().spin_count_of(cpu) == 0 {
-            self.lend(c, src, raised, cpu, io);
+        // The level test (IPL_VM), the busy test, the switch and the call are the machine's
+        // (`pin_call`); it hands the arguments back if it did nothing.
+        if E::spl().spin_count_of(cpu) == 0 {
+            let (r, a, raised) = E::sched().pin_call(Arc::into_raw(src) as usize, raised as usize, io);
+            match r {
+                PinOutcome::Returned => self.drain(cpu, io),
+                PinOutcome::Blocked => {}
+                // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
+                PinOutcome::Busy => queue_busy(cpu_of::<E>(cpu), unsafe { arc_back(a) }, raised as u64),
+                // SAFETY: as above.
+                PinOutcome::Level => lend_slow(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
+            }
         } else {
-            lend_slow(self, c, src, raised, cpu, io);
+            lend_slow(self, src, raised, cpu, io);
         }
     }
 
@@ -148,25 +145,23 @@ impl<E: IntrEnv> Pinned<E> {
         self.dispatch(src, raised, cpu, io);
     }
 
-    /// Lends the CPU to its ithread for `src`, then for whatever was queued meanwhile
-    /// (`hwi_sched` requeues), until it parks again or blocks; at IPL_VM, `busy` set.
+    /// After a pinned call returned (the ithread parked again): lend the CPU again for the
+    /// instances queued meanwhile (`hwi_sched` requeues), until the queue is empty or the
+    /// ithread blocks (then it drains the queue itself, as an ordinary thread).
     #[inline(always)]
-    fn lend(&'static self, c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
-        // SAFETY: `thread` was written (and is never dropped) before `busy` was first false,
-        // which the caller's acquire load saw.
-        let t = unsafe { (*c.thread.get()).assume_init_ref() };
-        let sched = E::sched();
-        let mut done = sched.pin_call(cpu, t, cpu, Arc::into_raw(src) as usize, raised as usize, io);
-        // Instances queued meanwhile, while the ithread is parked again; if it blocked, it
-        // drains the queue itself (and the CPU is at IPL_VM: the sleep check allows no other
-        // level for a borrowing thread).
-        while done {
-            // SAFETY: this CPU, interrupts disabled.
-            let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else {
-                c.busy.store(false, Ordering::Release);
-                break;
-            };
-            done = sched.pin_call(cpu, t, cpu, Arc::into_raw(src) as usize, raised as usize, io);
+    fn drain(&'static self, cpu: usize, io: &IntrOff) {
+        let c = cpu_of::<E>(cpu);
+        // SAFETY: this CPU, interrupts disabled.
+        while let Some((src, raised)) = unsafe { (*c.queue.get()).pop_front() } {
+            match E::sched().pin_call(Arc::into_raw(src) as usize, raised as usize, io) {
+                (PinOutcome::Returned, _, _) => {}
+                (PinOutcome::Blocked, _, _) => break,
+                (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
+                    // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
+                    queue_busy(c, unsafe { arc_back(a) }, raised as u64);
+                    break;
+                }
+            }
         }
     }
 
@@ -184,35 +179,66 @@ impl<E: IntrEnv> Pinned<E> {
     }
 }
 
+/// The source an `Arc::into_raw` handed to `pin_call` and handed back by it.
+///
+/// # Safety
+/// `a` is an `Arc::into_raw` of a `Source<E>` whose reference nobody has taken over.
+#[inline(always)]
+unsafe fn arc_back<E: IntrEnv>(a: usize) -> Arc<Source<E>> {
+    // SAFETY: per the contract.
+    unsafe { Arc::from_raw(a as *const Source<E>) }
+}
+
+/// Queues an instance behind the CPU's busy ithread (interrupt context on that CPU,
+/// interrupts disabled).
+#[cold]
+#[inline(never)]
+fn queue_busy<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64) {
+    // SAFETY: this CPU, interrupts disabled (see `PinnedCpu`).
+    unsafe { (*c.queue.get()).push_back((src, raised)) };
+}
+
 /// [`Pinned::dispatch`] at another level than IPL_VM (a pinned source established below it),
 /// or on top of a context holding spin mutexes: the ithread still runs at IPL_VM with no
 /// spin mutex counted, and the dispatch level and spin-mutex state come back afterwards (the
-/// ithread returned or blocked: with its own spin mutexes released either way).
+/// ithread returned or blocked: with its own spin mutexes released either way). A busy
+/// ithread: queue behind it, nothing set aside.
 #[cold]
 #[inline(never)]
-fn lend_slow<E: IntrEnv>(
-    p: &'static Pinned<E>,
-    c: &PinnedCpu<E>,
-    src: Arc<Source<E>>,
-    raised: u64,
-    cpu: usize,
-    io: &IntrOff,
-) {
+fn lend_slow<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
+    if E::M::pin_slots(cpu).is_none_or(|s| s.busy.load(Ordering::Acquire) != 0) {
+        queue_busy(cpu_of::<E>(cpu), src, raised);
+        return;
+    }
     let spl = E::spl();
     let old = <E::M as ipl::IplCpu>::ipl_get();
     let spin = spl.spin_state_take();
     <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::Vm as u8);
-    p.lend(c, src, raised, cpu, io);
+    match E::sched().pin_call(Arc::into_raw(src) as usize, raised as usize, io) {
+        (PinOutcome::Returned, _, _) => p.drain(cpu, io),
+        (PinOutcome::Blocked, _, _) => {}
+        // At IPL_VM now, so not `Level`; `Busy` was ruled out above.
+        (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
+            // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
+            queue_busy(cpu_of::<E>(cpu), unsafe { arc_back(a) }, raised as u64)
+        }
+    }
     spl.spin_state_restore(spin);
     <E::M as ipl::IplCpu>::ipl_set(old);
 }
 
-/// Runs one instance in the ithread (interrupts enabled); a handler that asked for
-/// `hwi_sched` goes to the back of the CPU's queue (keeping its mask reference), otherwise
-/// the instance's mask reference, if any, is dropped.
+/// Runs one instance in the ithread (interrupts enabled); see [`finish_one`].
 #[inline(always)]
 fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
     let again = src.run_handler(raised, cpu);
+    finish_one(src, again, cpu);
+}
+
+/// After an instance's handler (interrupts enabled): a handler that asked for `hwi_sched`
+/// (`again`) goes to the back of the CPU's queue (keeping its mask reference), otherwise the
+/// instance's mask reference, if any, is dropped.
+#[inline(always)]
+fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool, cpu: usize) {
     if again && !src.dead.load(Ordering::Acquire) {
         let c = cpu_of::<E>(cpu);
         let io = E::M::intr_disable();
@@ -226,15 +252,17 @@ fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
 }
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
-/// enabled, CPU at `IPL_VM`: runs one instance (`cpu`: this CPU's index, `src`: an
-/// `Arc::into_raw`, `raised`: its raise time) and returns — while it still borrows the CPU.
-/// If the handler blocked, the pinned thread went on without us: we drain the queue as an
-/// ordinary thread and park for good.
-extern "C" fn ithread_body<E: IntrEnv>(cpu: usize, src: usize, raised: usize) {
-    // SAFETY: `dispatch` passed an `Arc::into_raw` of a source; we take that reference over.
-    let src = unsafe { Arc::from_raw(src as *const Source<E>) };
-    run_one(src, raised as u64, cpu);
-    if !E::sched().borrowing_on(cpu) {
+/// enabled, CPU at `IPL_VM`: runs one instance (`src`: an `Arc::into_raw`, `raised`: its raise
+/// time) and returns — while it still borrows the CPU. If the handler blocked, the pinned
+/// thread went on without us: we drain the queue as an ordinary thread and park for good.
+extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
+    let cpu = E::M::cpu_index();
+    // SAFETY: `dispatch` passed an `Arc::into_raw` of a source: the reference is ours (taken
+    // over below), so the source lives at least until then.
+    let again = unsafe { &*(src as *const Source<E>) }.run_handler(raised as u64, cpu);
+    // SAFETY: as above; we take that reference over.
+    finish_one(unsafe { arc_back::<E>(src) }, again, cpu);
+    if !E::sched().borrowing() {
         finish_blocked(cpu_of::<E>(cpu), cpu);
     }
 }
@@ -264,7 +292,9 @@ fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
             None => {
                 // Interrupts stay disabled until the switch away, so nothing can be queued
                 // behind our back and no pinned call can start on our stack before we left.
-                c.busy.store(false, Ordering::Release);
+                if let Some(p) = E::M::pin_slots(cpu) {
+                    p.busy.store(0, Ordering::Release);
+                }
                 E::sched().pin_park(&io);
             }
         }

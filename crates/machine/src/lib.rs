@@ -20,6 +20,7 @@
 #![no_std]
 
 use core::marker::PhantomData;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Proof that interrupts are disabled on this CPU for as long as the token lives.
 ///
@@ -54,23 +55,91 @@ impl Drop for IntrOff {
     }
 }
 
-/// What [`Machine::pin_call`] switches to: an interrupt thread, the top of its stack and the
-/// function it runs there. `#[repr(C)]`: assembly reads it (offsets 0, 8, 16).
-#[repr(C)]
+/// An interrupt thread for [`Machine::pin_call`]: the thread, the top of its stack and the
+/// function it runs there (installed in a CPU's [`PinSlots`]).
 #[derive(Clone, Copy, Debug)]
 pub struct PinCall {
     /// The thread (what [`Machine::curthread`] returns while it runs).
     pub thread: *const (),
     /// Its stack's top, 16-byte aligned.
     pub stack_top: usize,
-    /// Run as `body(a0, a1, a2)` on that stack.
-    pub body: extern "C" fn(usize, usize, usize),
+    /// Run as `body(a0, a1)` on that stack.
+    pub body: extern "C" fn(usize, usize),
 }
 
 // SAFETY: plain addresses; whoever makes a `PinCall` owns the thread and stack they name.
 unsafe impl Send for PinCall {}
 // SAFETY: as above (read-only after construction).
 unsafe impl Sync for PinCall {}
+
+/// One CPU's words of the pinned switch ([`Machine::pin_call`]), kept where the machine's
+/// entry code reaches them in one instruction (x86_64: `%gs:48..80`, entry.s). `#[repr(C)]`:
+/// assembly reads and writes them (offsets 0, 8, 16, 24).
+#[repr(C)]
+#[derive(Debug)]
+pub struct PinSlots {
+    /// The state of the CPU's interrupt thread: 0 parked (a pinned call may start);
+    /// [`PinSlots::BLOCKED`] blocked in a pinned call (an ordinary thread until it parks), or
+    /// not installed yet; otherwise the thread's address: it borrows the CPU (a pinned call is
+    /// active). Set by `pin_call` (to the thread, and to 0 when the body returns), by the
+    /// scheduler's block path (to `BLOCKED`) and by the thread when it parks after blocking
+    /// (to 0; its own CPU, interrupts disabled) — all on this CPU with interrupts disabled;
+    /// the first clear, after the other words are written, is a release store by
+    /// whoever installs the thread. Read by other CPUs (`is_running`).
+    pub busy: AtomicUsize,
+    /// [`PinCall::thread`] of the installed interrupt thread.
+    pub thread: AtomicUsize,
+    /// [`PinCall::stack_top`].
+    pub stack_top: AtomicUsize,
+    /// [`PinCall::body`] (an `extern "C" fn(usize, usize)`; 0 before installation).
+    pub body: AtomicUsize,
+}
+
+impl PinSlots {
+    /// [`PinSlots::busy`]: the thread is blocked (or not installed).
+    pub const BLOCKED: usize = 1;
+
+    /// Empty, busy (nothing installed).
+    pub const fn new() -> Self {
+        PinSlots {
+            busy: AtomicUsize::new(Self::BLOCKED),
+            thread: AtomicUsize::new(0),
+            stack_top: AtomicUsize::new(0),
+            body: AtomicUsize::new(0),
+        }
+    }
+
+    /// The thread the CPU is lent to (a pinned call is active), 0 if none.
+    pub fn borrowed(&self) -> usize {
+        let b = self.busy.load(Ordering::Relaxed);
+        if b > Self::BLOCKED {
+            b
+        } else {
+            0
+        }
+    }
+}
+
+impl Default for PinSlots {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What [`Machine::pin_call`] did. `#[repr(u32)]`: assembly returns it in `%eax`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinOutcome {
+    /// The thread blocked in its body; the pinned thread was resumed by [`Machine::switch`]
+    /// (which returns 0 into the pinned call's frame).
+    Blocked = 0,
+    /// The body returned.
+    Returned = 1,
+    /// The CPU's interrupt thread was busy ([`PinSlots::busy`]): nothing was done.
+    Busy = 2,
+    /// The CPU was not at the pinned level (`IPL_VM`): nothing was done.
+    Level = 3,
+}
 
 /// The operations a CPU provides to the portable crates.
 ///
@@ -136,27 +205,46 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// earlier `switch`, and no other CPU runs or is switching to that thread.
     unsafe fn switch(from: *mut Self::Context, to: *const Self::Context);
 
-    /// **Pinned call** (the short interrupt-thread switch, DESIGN.md part 2): lends this CPU to
-    /// the thread `call.thread` for one call of `(call.body)(a0, a1, a2)` on that thread's
-    /// stack, without a scheduler switch. Saves the running (pinned) thread's callee-saved
-    /// registers in a frame that [`Machine::switch`] can resume, keeps its context in this
-    /// CPU's slot ([`Machine::pinned_context`]), makes `call.thread` the current thread
-    /// ([`Machine::curthread`]), switches to `call.stack_top`, enables interrupts and calls
-    /// `body`. When `body` returns, interrupts are disabled, the pinned thread's stack and
-    /// current-thread pointer come back and this call returns. If instead the thread blocks
-    /// inside `body`, the scheduler resumes the pinned thread by `switch(.., pinned_context())`:
-    /// this call then returns too (interrupts disabled), and the thread goes on later as an
-    /// ordinary thread (its `body` must then never return into this frame).
+    /// **Pinned call** (the short interrupt-thread switch, DESIGN.md part 2): if this CPU is at
+    /// the pinned level, `IPL_VM` (its `ipl::IplCpu` word; else [`PinOutcome::Level`]), and its
+    /// interrupt thread is free ([`PinSlots::busy`] zero; else [`PinOutcome::Busy`]), marks it
+    /// borrowing (`busy` = the thread) and lends it this CPU for one call of `body(a0, a1)` on its
+    /// stack, without a scheduler switch — all from this CPU's [`PinSlots`]. Saves the running
+    /// (pinned) thread's callee-saved registers in a frame that [`Machine::switch`] can resume,
+    /// keeps its context in this CPU's slot ([`Machine::pinned_context`]), makes the interrupt
+    /// thread the current thread ([`Machine::curthread`]), switches to its stack top, enables
+    /// interrupts and calls `body`. When `body` returns, interrupts are disabled, `busy` is
+    /// cleared, the pinned thread's stack and current-thread pointer come back and this
+    /// answers [`PinOutcome::Returned`]. If instead the thread blocks inside `body`, the
+    /// scheduler sets `busy` to [`PinSlots::BLOCKED`] and resumes the pinned thread by
+    /// `switch(.., pinned_context())`: this call then answers [`PinOutcome::Blocked`]
+    /// (interrupts disabled), and the thread goes on later as an ordinary thread (its `body`
+    /// must then never return into this frame, and it clears `busy` when it parks).
+    ///
+    /// Answers `(outcome, a0, a1)`: for `Busy` and `Level` the arguments are handed back
+    /// (the caller need not keep them across the call); otherwise those two are meaningless.
     ///
     /// The default panics: a machine without a cheap stack switch has no pinned model.
     ///
     /// # Safety
-    /// Interrupts are disabled; no other pinned call is active on this CPU (one slot);
-    /// `call.stack_top` is the 16-byte-aligned top of a stack that nothing else uses (the
-    /// thread is not on any CPU); `body` keeps the contract above.
-    unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize, a2: usize) {
-        let _ = (call, a0, a1, a2);
+    /// Interrupts are disabled; if `busy` is clear, the installed thread is parked (its stack
+    /// unused, on no CPU) and its `body` keeps the contract above.
+    unsafe fn pin_call(a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
+        let _ = (a0, a1);
         panic!("this machine has no pinned interrupt-thread switch (Machine::pin_call)");
+    }
+
+    /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up, or the machine has no pinned
+    /// switch — the default).
+    fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
+        let _ = cpu;
+        None
+    }
+
+    /// This CPU's [`PinSlots::borrowed`] (0 without a pinned switch).
+    #[inline]
+    fn pin_borrowed() -> usize {
+        0
     }
 
     /// The context [`Machine::pin_call`] saved for the thread pinned on this CPU (valid while

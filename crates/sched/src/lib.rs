@@ -31,7 +31,7 @@
 //!   migrates with the thread; the scheduler never preempts a thread whose count is non-zero.
 //! * **Pinned interrupt threads** ([`Scheduler::pin_call`]): an interrupt may lend its CPU to
 //!   an interrupt thread for one handler run. The scheduler records only that the CPU is
-//!   borrowed (a per-CPU word); the thread underneath stays its current thread. Everything
+//!   borrowed (a per-CPU word, the machine's [`machine::PinSlots`]); the thread underneath stays its current thread. Everything
 //!   else happens only if the interrupt thread blocks (`schedule_borrowed`).
 //! * The global allocator must be callable with interrupts disabled (spawning and some wait
 //!   lists allocate).
@@ -56,6 +56,7 @@ use intrusive_collections::LinkedListAtomicLink;
 use machine::{IntrOff, Machine, PinCall};
 
 pub use event::Event;
+pub use machine::PinOutcome;
 pub use pri::{Priority, NPRI};
 pub use runq::RunQueue;
 pub use spin::{SpinGuard, SpinLock};
@@ -111,9 +112,6 @@ pub struct CpuSched<M: Machine> {
     kick_preempts: AtomicU64,
     /// Pinned calls: this CPU lent to an interrupt thread ([`Scheduler::pin_call`]).
     pin_switches: AtomicU64,
-    /// The interrupt thread this CPU is lent to by `pin_call` (its address; 0: none). Written
-    /// by this CPU with interrupts disabled; read by other CPUs in `is_running`.
-    borrowed: AtomicUsize,
     /// Touched only by this CPU with interrupts disabled.
     local: UnsafeCell<CpuLocal<M>>,
 }
@@ -151,7 +149,6 @@ impl<M: Machine> CpuSched<M> {
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
             pin_switches: AtomicU64::new(0),
-            borrowed: AtomicUsize::new(0),
             local: UnsafeCell::new(CpuLocal { current: None, idle: None, prev: None, prev_migrate_to: None }),
         }
     }
@@ -621,7 +618,7 @@ impl<M: Machine> Scheduler<M> {
             let cs = &self.cpus[c];
             // A CPU lent to an interrupt thread runs that thread, not the one pinned under it
             // (an ithread must block on, not spin for, a lock its pinned thread holds).
-            match cs.borrowed.load(Ordering::Relaxed) {
+            match M::pin_slots(c).map_or(0, |p| p.borrowed()) {
                 0 => cs.running.load(Ordering::Relaxed) == t,
                 b => b == t,
             }
@@ -775,7 +772,7 @@ impl<M: Machine> Scheduler<M> {
     /// Whether this CPU is running an interrupt handler in interrupt context. An interrupt
     /// thread borrowing the CPU ([`Scheduler::pin_call`]) runs in thread context although the
     /// interrupt that lent it the CPU is still underneath (its depth is not saved and zeroed:
-    /// the `borrowed` word says it): this answers `false` for it. It answers `false` as well
+    /// the CPU's pinned-switch `busy` word, [`machine::PinSlots`], says it): this answers `false` for it. It answers `false` as well
     /// for an interrupt nested inside a borrowing thread; such an interrupt runs above the
     /// thread's level (`IPL_VM` in the pinned model), which the SPL's sleep check catches.
     #[inline]
@@ -823,14 +820,14 @@ impl<M: Machine> Scheduler<M> {
 
     /// Creates the interrupt thread for `cpu` that [`Scheduler::pin_call`] lends that CPU to
     /// (DESIGN.md part 2). It is bound to `cpu`, PARKED, and never on a run queue unless a
-    /// handler blocks in it.
-    /// Each pinned call runs `body(a0, a1, a2)` on it (see [`Scheduler::pin_call`]).
+    /// handler blocks in it. Each pinned call runs `body(a0, a1)` on it, once it is
+    /// installed ([`Scheduler::pin_install`]; see [`Scheduler::pin_call`]).
     pub fn new_ithread(
         &'static self,
         name: &str,
         pri: Priority,
         cpu: usize,
-        body: extern "C" fn(usize, usize, usize),
+        body: extern "C" fn(usize, usize),
     ) -> PinThread<M> {
         assert!(self.cpu_online(cpu), "new_ithread({name}): CPU {cpu} is not online");
         let words = STACK_SIZE / 8;
@@ -852,54 +849,63 @@ impl<M: Machine> Scheduler<M> {
         PinThread { call: PinCall { thread: Arc::as_ptr(&t) as *const (), stack_top, body }, thread: t }
     }
 
+    /// Installs `it` as CPU `cpu`'s interrupt thread for [`Scheduler::pin_call`] (its
+    /// [`machine::PinSlots`]) and marks it free: from then on an interrupt on `cpu` may lend
+    /// it the CPU. Once per CPU; `it` must outlive every pinned call (it is never dropped).
+    pub fn pin_install(&self, cpu: usize, it: &PinThread<M>) {
+        let p = M::pin_slots(cpu).expect("pin_install: the CPU has no pinned-switch slots");
+        p.thread.store(it.call.thread as usize, Ordering::Relaxed);
+        p.stack_top.store(it.call.stack_top, Ordering::Relaxed);
+        p.body.store(it.call.body as usize, Ordering::Relaxed);
+        p.busy.store(0, Ordering::Release);
+    }
+
     /// **The pinned call** (DESIGN.md part 2; NetBSD's fast soft interrupts, illumos'
-    /// interrupt threads): lends this CPU to the interrupt thread `it` for one call of its
-    /// body, `body(a0, a1, a2)`, on `it`'s stack, with interrupts enabled, in thread context
-    /// ([`Scheduler::in_interrupt`] is false for it). Only the stack and the current-thread pointer change ([`Machine::pin_call`]); the
-    /// running thread stays this CPU's current thread for the scheduler, pinned underneath —
-    /// not queued, not migratable, its run state untouched. The scheduler records only that
-    /// the CPU is borrowed (one per-CPU word, for [`Scheduler::is_running`] and the block
-    /// path).
+    /// interrupt threads): if this CPU's interrupt thread ([`Scheduler::pin_install`]) is
+    /// parked and the CPU at `IPL_VM`, lends it the CPU for one call of its body,
+    /// `body(a0, a1)`, on its stack,
+    /// with interrupts enabled, in thread context ([`Scheduler::in_interrupt`] is false for
+    /// it). Only the stack, the current-thread pointer and the CPU's pinned-switch words
+    /// change ([`Machine::pin_call`]); the running thread stays this CPU's current thread for
+    /// the scheduler, pinned underneath — not queued, not migratable, its run state
+    /// untouched. The scheduler learns only that the CPU is borrowed
+    /// ([`machine::PinSlots::busy`], for [`Scheduler::is_running`] and the block path).
     ///
-    /// Returns `true` when `body` returned: the fast path. If `it` blocks in `body`, the
-    /// bookkeeping skipped here happens then, lazily (`schedule_borrowed`): `it` becomes an
-    /// ordinary thread, the pinned thread resumes at once — this returns `false` — and `it`
-    /// finishes later and ends with [`Scheduler::pin_park`] (its body must check
-    /// [`Scheduler::borrowing`] before returning).
+    /// [`PinOutcome::Returned`] when `body` returned: the fast path. [`PinOutcome::Busy`]:
+    /// the thread was not parked; [`PinOutcome::Level`]: the CPU was not at `IPL_VM` — nothing
+    /// done, `a0` and `a1` handed back (the second and third values; see [`Machine::pin_call`]). [`PinOutcome::Blocked`]: the thread blocked
+    /// in `body`; the bookkeeping skipped here happened then, lazily (`schedule_borrowed`):
+    /// the thread became an ordinary thread, the pinned thread was resumed at once, and the
+    /// thread finishes later, clears its `busy` word and ends with [`Scheduler::pin_park`]
+    /// (its body must check [`Scheduler::borrowing`] before returning).
     ///
-    /// Called from interrupt context on CPU `cpu` (the caller's [`Machine::cpu_index`]) with
-    /// interrupts disabled; `it` must be PARKED (not on any CPU) and no other pinned call may
-    /// be active on this CPU. The caller handles the SPL.
-    #[inline]
-    pub fn pin_call(
-        &'static self,
-        cpu: usize,
-        it: &PinThread<M>,
-        a0: usize,
-        a1: usize,
-        a2: usize,
-        _proof: &IntrOff,
-    ) -> bool {
-        debug_assert_eq!(cpu, M::cpu_index());
-        let c = &self.cpus[cpu & (MAX_CPUS - 1)];
-        debug_assert_eq!(c.borrowed.load(Ordering::Relaxed), 0, "nested pinned call");
-        // The interrupt depth is left as it is: `in_interrupt` consults `borrowed` instead.
-        c.borrowed.store(it.call.thread as usize, Ordering::Relaxed);
-        // `it` is PARKED: its stack is unused and no CPU runs it (a thread that parks leaves
-        // its CPU before interrupts are enabled there again, and `it` is bound to this CPU).
-        // SAFETY: interrupts are disabled (the proof), no pinned call is active here (the
-        // caller's promise), `it` is free (above), its body keeps the contract documented above.
-        unsafe { M::pin_call(&it.call, a0, a1, a2) };
-        // Counted on the way back (returned or blocked: this CPU, interrupts disabled either
-        // way, so no locked add), not on the way in, where it would add to the latency.
+    /// Called from interrupt context on this CPU with interrupts disabled, no other pinned
+    /// call active on it. The caller handles the SPL.
+    #[inline(always)]
+    pub fn pin_call(&'static self, a0: usize, a1: usize, _proof: &IntrOff) -> (PinOutcome, usize, usize) {
+        // The interrupt depth is left as it is: `in_interrupt` consults `busy` instead.
+        // A thread whose `busy` word is clear is PARKED: its stack is unused and no CPU runs it
+        // (a thread that parks leaves its CPU before interrupts are enabled there again, and
+        // it is bound to this CPU).
+        // SAFETY: interrupts are disabled (the proof), no other pinned call is active here
+        // (the caller's promise), the installed thread is free when `busy` is clear (above),
+        // its body keeps the contract documented above.
+        let r = unsafe { M::pin_call(a0, a1) };
+        if matches!(r.0, PinOutcome::Returned | PinOutcome::Blocked) {
+            self.pin_done(r.0);
+        }
+        r
+    }
+
+    /// [`Scheduler::pin_call`]'s return side: count the switch (this CPU, interrupts disabled:
+    /// no locked add; counted here, not on the way in, where it would add to the latency) and,
+    /// if the thread blocked, finish that switch.
+    #[inline(always)]
+    fn pin_done(&'static self, r: PinOutcome) {
+        let c = self.this_cpu();
         c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        if c.borrowed.load(Ordering::Relaxed) != 0 {
-            c.borrowed.store(0, Ordering::Relaxed);
-            true
-        } else {
-            // `it` blocked and switched back to us (schedule_borrowed): finish that switch.
+        if r == PinOutcome::Blocked {
             self.finish_switch();
-            false
         }
     }
 
@@ -909,19 +915,12 @@ impl<M: Machine> Scheduler<M> {
     /// starts to (only a parked one is lent a CPU).
     #[inline]
     pub fn borrowing(&self) -> bool {
-        self.this_cpu().borrowed.load(Ordering::Relaxed) == M::curthread() as usize
-    }
-
-    /// [`Scheduler::borrowing`] for a caller that knows its CPU index (`cpu` must be the
-    /// caller's: an interrupt thread's, which is bound to it).
-    #[inline]
-    pub fn borrowing_on(&self, cpu: usize) -> bool {
-        self.cpus[cpu & (MAX_CPUS - 1)].borrowed.load(Ordering::Relaxed) == M::curthread() as usize
+        M::pin_borrowed() == M::curthread() as usize
     }
 
     /// Whether `cpu` is lent to an interrupt thread right now (for `ps`).
     pub fn cpu_borrowed(&self, cpu: usize) -> bool {
-        cpu < MAX_CPUS && self.cpus[cpu].borrowed.load(Ordering::Relaxed) != 0
+        M::pin_slots(cpu).is_some_and(|p| p.borrowed() != 0)
     }
 
     /// Ends the work of an interrupt thread that blocked during its pinned call (and so is an
@@ -966,7 +965,8 @@ impl<M: Machine> Scheduler<M> {
         // SAFETY: this CPU, interrupts disabled (the proof).
         let local = unsafe { c.local() };
         let pinned = local.current.take().expect("schedule before init_cpu");
-        c.borrowed.store(0, Ordering::Relaxed);
+        let slots = M::pin_slots(cpu).expect("borrowed CPU without pinned-switch slots");
+        slots.busy.store(machine::PinSlots::BLOCKED, Ordering::Relaxed);
         c.switches.fetch_add(1, Ordering::Relaxed);
         it.last_on_ns.store(M::now_ns(), Ordering::Relaxed);
         let from = it.ctx.get();
@@ -1002,7 +1002,7 @@ impl<M: Machine> Scheduler<M> {
     fn schedule(&'static self, reason: Reason, _proof: &IntrOff) {
         let cpu = M::cpu_index();
         let c = &self.cpus[cpu];
-        if c.borrowed.load(Ordering::Relaxed) != 0 {
+        if M::pin_borrowed() != 0 {
             self.schedule_borrowed(reason, _proof);
             return;
         }
