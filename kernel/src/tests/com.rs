@@ -78,7 +78,8 @@ fn com2_thre_storm_caught_and_recovered() -> TestResult {
         "the storm was never detected ({} interrupts)",
         com::COM2_INTERRUPTS.load(Ordering::SeqCst) - irq0
     );
-    kassert!(src.storm.storming.load(Ordering::SeqCst), "storm not in effect");
+    // The rule counts the storm before the dispatcher marks it in effect: wait for both.
+    kassert!(until(1000, || src.storm.storming.load(Ordering::SeqCst)), "storm not in effect");
     let p0 = progress.load(Ordering::Relaxed);
     kassert!(
         until(1000, || progress.load(Ordering::Relaxed) > p0),
