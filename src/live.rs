@@ -10,7 +10,7 @@ use std::sync::Arc;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::protocol::Event;
-use crate::workload::{self, fmt_ns, HostCounters, LiveRecord, Plan, Progress, SourceSample};
+use crate::workload::{self, HostCounters, LiveRecord, Plan, Progress, SourceSample};
 
 /// How often the plain view prints (guest milliseconds).
 pub const PLAIN_PERIOD_MS: u64 = 1000;
@@ -39,8 +39,8 @@ impl SourceRow {
             s.model,
             s.count,
             rate,
-            fmt_ns(s.p50),
-            fmt_ns(s.p99),
+            workload::latency(s.handled, s.p50),
+            workload::latency(s.handled, s.p99),
             state
         )
     }
@@ -132,8 +132,8 @@ pub fn plain_lines(state: &LiveState, plan: &Plan, counters: &HostCounters) -> V
                     "{} {}{rate} p50 {} p99 {}{storm}",
                     r.sample.name,
                     r.sample.count,
-                    fmt_ns(r.sample.p50),
-                    fmt_ns(r.sample.p99)
+                    workload::latency(r.sample.handled, r.sample.p50),
+                    workload::latency(r.sample.handled, r.sample.p99)
                 )
             })
             .collect();

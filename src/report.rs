@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::workload::{fmt_ns, HostTraffic, JobResults, Model};
+use crate::workload::{fmt_ns, latency, HostTraffic, JobResults, Model};
 
 /// One model's run of the main job.
 #[derive(Debug, Clone)]
@@ -92,8 +92,8 @@ pub fn compare_rows(runs: &[ModelRun]) -> (Vec<String>, Vec<Vec<String>>) {
     for name in source_names(runs) {
         let source = |r: &ModelRun| r.results.sources.iter().find(|s| s.name == name).cloned();
         row(&format!("{name} count"), &|r| source(r).map_or("-".into(), |s| s.count.to_string()));
-        row(&format!("{name} p50"), &|r| source(r).map_or("-".into(), |s| fmt_ns(s.p50)));
-        row(&format!("{name} p99"), &|r| source(r).map_or("-".into(), |s| fmt_ns(s.p99)));
+        row(&format!("{name} p50"), &|r| source(r).map_or("-".into(), |s| latency(s.handled, s.p50)));
+        row(&format!("{name} p99"), &|r| source(r).map_or("-".into(), |s| latency(s.handled, s.p99)));
         row(&format!("{name} cpu/intr"), &|r| {
             source(r).filter(|s| s.handled > 0).map_or("-".into(), |s| fmt_ns(s.cpu_ns / s.handled))
         });

@@ -683,6 +683,16 @@ pub fn problems(results: &JobResults, host: &HostTraffic) -> Vec<String> {
     out
 }
 
+/// A latency percentile of a source, `-` when no handler ran (a filter-only source, such as
+/// `com1`: latency is measured up to handler start).
+pub fn latency(handled: u64, ns: u64) -> String {
+    if handled == 0 {
+        "-".into()
+    } else {
+        fmt_ns(ns)
+    }
+}
+
 /// Formats nanoseconds for tables (`8192ns`, `12.3us`, `7.34ms`).
 pub fn fmt_ns(ns: u64) -> String {
     match ns {
@@ -754,8 +764,8 @@ pub fn summary(results: &JobResults, host: &HostTraffic) -> String {
                 r.model,
                 r.count,
                 r.handled,
-                fmt_ns(r.p50),
-                fmt_ns(r.p99),
+                latency(r.handled, r.p50),
+                latency(r.handled, r.p99),
                 r.storms
             );
         }
