@@ -3,26 +3,44 @@
 
 use arch::X86_64;
 use ipl::SplState;
+use machine::IntrOff;
 use sched::Scheduler;
 use sync::SyncState;
 
 use crate::{SCHED, SPL};
 
 /// Global state of the lock layer (checker, statistics, turnstiles, sleep queues).
-pub static SYNC: SyncState<X86_64> = SyncState::new();
+pub static SYNC: SyncState<KernelEnv> = SyncState::new();
 
-/// The kernel as the locks see it.
+/// This kernel as the portable crates see it: one type that is the environment of every
+/// layer — the SPL layer's (`ipl::SplEnv`), the scheduler's (`sched::SchedEnv`), the locks'
+/// (`sync::Env`) and the interrupt framework's (`intr::IntrEnv`, in `crate::intr`).
 pub struct KernelEnv;
 
-impl sync::Env for KernelEnv {
+impl ipl::SplEnv for KernelEnv {
     type M = X86_64;
-    fn sched() -> &'static Scheduler<X86_64> {
+    fn replay(vector: u8, io: &IntrOff) {
+        intr::path::replay::<KernelEnv>(vector, io);
+    }
+    fn preempt() {
+        SCHED.preempt_check();
+    }
+}
+
+impl sched::SchedEnv for KernelEnv {
+    fn sched() -> &'static Scheduler<KernelEnv> {
         &SCHED
     }
-    fn spl() -> &'static SplState<X86_64> {
+    fn spl() -> &'static SplState<KernelEnv> {
         &SPL
     }
-    fn sync() -> &'static SyncState<X86_64> {
+    fn sleep_check() {
+        intr::path::sleep_check::<KernelEnv>();
+    }
+}
+
+impl sync::Env for KernelEnv {
+    fn sync() -> &'static SyncState<KernelEnv> {
         &SYNC
     }
 }

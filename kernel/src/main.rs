@@ -38,15 +38,16 @@ use sched::{Priority, Scheduler};
 
 use ::intr as intr_api;
 use cmdline::{HarnessCheck, Options, RunMode};
+use locks::KernelEnv;
 
 /// The scheduler of this kernel.
-pub static SCHED: Scheduler<X86_64> = Scheduler::new();
+pub static SCHED: Scheduler<KernelEnv> = Scheduler::new();
 
 /// The interrupt priority levels of every CPU.
-pub static SPL: ipl::SplState<X86_64> = ipl::SplState::new();
+pub static SPL: ipl::SplState<KernelEnv> = ipl::SplState::new();
 
 /// A sleep/wakeup event on this kernel's scheduler.
-pub type Event = sched::Event<X86_64>;
+pub type Event = sched::Event<KernelEnv>;
 
 arch::entry_point!(kmain);
 

@@ -84,7 +84,7 @@ pub struct Workload {
     serial: bool,
     net: Option<&'static net::NetDev>,
     blk_threads: usize,
-    threads: Vec<sched::JoinHandle<arch::X86_64>>,
+    threads: Vec<sched::JoinHandle<crate::locks::KernelEnv>>,
 }
 
 /// Starts the parts that are there.
@@ -128,7 +128,7 @@ pub fn start(serial: bool) -> Workload {
 
 /// The edu part: a source and its raiser thread (see the module doc); `None` without the
 /// device.
-fn start_edu(threads: &mut Vec<sched::JoinHandle<arch::X86_64>>) -> Option<EduPart> {
+fn start_edu(threads: &mut Vec<sched::JoinHandle<crate::locks::KernelEnv>>) -> Option<EduPart> {
     let edu = crate::drivers::edu::Edu::probe()?;
     edu.ack(!0);
     let dev = edu.clone();

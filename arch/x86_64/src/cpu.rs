@@ -18,8 +18,13 @@ use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;
 
-/// Most CPUs the kernel will bring up.
-pub const MAX_CPUS: usize = 64;
+/// Most CPUs the kernel will bring up: the portable crates' bound (`machine::MAX_CPUS`, the
+/// one definition), which sizes this crate's per-CPU tables too.
+pub use machine::MAX_CPUS;
+
+// xAPIC addresses at most 255 CPUs by 8-bit LAPIC id, and the start-up code (`smp.rs`) stops
+// at MAX_CPUS, naming the CPUs it leaves out: no CPU index ever reaches the bound.
+const _: () = assert!(MAX_CPUS <= 255 && MAX_CPUS.is_power_of_two());
 
 /// IST slot used by the double-fault handler (a known-good stack).
 pub const DOUBLE_FAULT_IST: u16 = 0;

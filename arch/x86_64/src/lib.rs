@@ -63,8 +63,6 @@ impl Machine for X86_64 {
     /// The saved stack pointer; callee-saved registers are on the stack (entry.s).
     type Context = usize;
 
-    const MAX_CPUS: usize = cpu::MAX_CPUS;
-
     #[inline]
     fn cpu_index() -> usize {
         cpu::index()
@@ -137,7 +135,10 @@ impl Machine for X86_64 {
         // SAFETY: per the trait contract (interrupts off, valid contexts, exclusive).
         unsafe { context_switch(from, to) }
     }
+}
 
+/// The pinned switch: `intr_pin_call` in entry.s (protocol: `machine::PinSwitch::pin_call`).
+impl machine::PinSwitch for X86_64 {
     #[inline(always)]
     unsafe fn pin_call(a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
         let (r, b0, b1): (u32, usize, usize);

@@ -68,23 +68,27 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use ipl::{Arrival, Ipl, IplCpu, SplState};
-use machine::{IntrOff, Machine};
+use ipl::{Ipl, IplCpu, SplState};
+use machine::{IntrOff, Machine, PinOutcome, PinSlots, PinSwitch, MAX_CPUS};
 use sched::{Priority, Scheduler};
 use sync::SyncState;
 
 /// The scheduler on the host machine.
-pub type Sched = Scheduler<HostMachine>;
+pub type Sched = Scheduler<HostEnv>;
 /// An event on the host machine.
-pub type Event = sched::Event<HostMachine>;
+pub type Event = sched::Event<HostEnv>;
 /// A run queue on the host machine.
-pub type RunQueue = sched::RunQueue<HostMachine>;
+pub type RunQueue = sched::RunQueue<HostEnv>;
 /// A thread on the host machine.
-pub type Thread = sched::Thread<HostMachine>;
+pub type Thread = sched::Thread<HostEnv>;
 /// The SPL state of a host system.
-pub type Spl = SplState<HostMachine>;
+pub type Spl = SplState<HostEnv>;
 /// The lock layer's state of a host system.
-pub type LockState = SyncState<HostMachine>;
+pub type LockState = SyncState<HostEnv>;
+/// The interrupt framework of a host system.
+pub type Intr = intr::Intr<HostEnv>;
+/// An established interrupt source on the host machine.
+pub type IntrHandle = intr::IntrHandle<HostEnv>;
 /// A kernel mutex on the host machine.
 pub type Mutex<T> = sync::Mutex<T, HostEnv>;
 /// A kernel reader–writer lock on the host machine.
@@ -120,10 +124,18 @@ fn fatal(msg: &str) -> ! {
 struct HostCpu {
     curthread: AtomicUsize,
     intr_enabled: AtomicBool,
-    /// Posted reschedule IPI. Posted under `lock` (with a notify), consumed by swapping.
-    resched: AtomicBool,
-    /// Posted "call" interrupt: run `System::calls`.
-    call: AtomicBool,
+    /// Posted vectors, one bit each (the LAPIC's IRR): a raise of a vector already posted
+    /// merges into it. Posted under `lock` (with a notify), consumed by clearing the bit.
+    posted: [AtomicU64; 4],
+    /// EOIs sent by the interrupt path on this CPU.
+    eois: AtomicU64,
+    /// The pinned switch's words ([`PinSwitch`]).
+    pin: PinSlots,
+    /// The context of the thread pinned under a borrowing interrupt thread: the baton it
+    /// waits on during the pinned call ([`PinSwitch::pinned_context`]).
+    pinned_ctx: HostContext,
+    /// The pinned call's body returned (as opposed to its thread blocking).
+    pin_returned: AtomicBool,
     /// When the next clock tick is due (`now_ns` time). Touched only by the CPU's holder.
     next_tick_ns: AtomicU64,
     /// Interrupts taken, for diagnostics.
@@ -144,8 +156,15 @@ struct System {
     sched: &'static Sched,
     spl: &'static Spl,
     locks: &'static LockState,
+    intr: &'static Intr,
+    /// OS threads free to run a pinned call's body (the interrupt thread's "stack").
+    runners: StdMutex<Vec<Arc<Runner>>>,
     calls: StdMutex<Vec<Box<dyn FnOnce() + Send>>>,
     failures: StdMutex<Vec<String>>,
+    /// Storm reports: (source, on, rate).
+    storms: StdMutex<Vec<(String, bool, u64)>>,
+    /// Vectors taken with no source and no host handler.
+    stray: AtomicU64,
     shutdown: AtomicBool,
 }
 
@@ -217,86 +236,43 @@ impl HostContext {
     }
 }
 
-/// Consumes one interrupt posted on `cpu`, the most urgent first (call, then the clock, then
-/// the reschedule IPI); `None` if nothing is posted.
+/// Consumes one interrupt posted on `cpu`: the clock tick when due, else the highest posted
+/// vector (the LAPIC's order); `None` if nothing is posted.
 fn take_pending(sys: &System, cpu: usize) -> Option<u8> {
     let c = &sys.cpus[cpu];
-    if c.call.swap(false, Ordering::AcqRel) {
-        return Some(CALL_VECTOR);
-    }
     let now = HostMachine::now_ns();
     if !sys.shutdown.load(Ordering::Relaxed) && now >= c.next_tick_ns.load(Ordering::Relaxed) {
         c.next_tick_ns.store(now + TICK_NS, Ordering::Relaxed);
         return Some(TICK_VECTOR);
     }
-    if c.resched.swap(false, Ordering::AcqRel) {
-        c.ipis_taken.fetch_add(1, Ordering::Relaxed);
-        return Some(RESCHED_VECTOR);
+    for w in (0..4).rev() {
+        let bits = c.posted[w].load(Ordering::Acquire);
+        if bits != 0 {
+            let b = 63 - bits.leading_zeros() as usize;
+            c.posted[w].fetch_and(!(1u64 << b), Ordering::AcqRel);
+            let v = (w * 64 + b) as u8;
+            if v == RESCHED_VECTOR {
+                c.ipis_taken.fetch_add(1, Ordering::Relaxed);
+            }
+            return Some(v);
+        }
     }
     None
 }
 
-/// The handler of `vector`. Interrupts are disabled.
-fn run_handler(sys: &'static System, vector: u8, io: &IntrOff) {
-    match vector {
-        CALL_VECTOR => {
-            let calls = std::mem::take(&mut *lock(&sys.calls));
-            for f in calls {
-                f();
-            }
-        }
-        TICK_VECTOR => sys.sched.tick(io),
-        // The reschedule IPI's handler does nothing: need_resched is set, intr_exit acts on it.
-        _ => {}
-    }
+/// The interrupted state on the host: just the vector (there are no registers to save, so
+/// the storm rule's signature of the interrupted state is always 0: "not comparable").
+#[derive(Clone, Copy, Debug)]
+pub struct HostFrame {
+    /// The vector.
+    pub vector: u8,
 }
 
-/// One interrupt, as `kernel/src/intr.rs` takes it: deferred if the CPU's level is at or above
-/// the vector's; otherwise enter hook, handler, level restored, exit hook (the preemption
-/// point, which may switch threads). Interrupts are disabled.
+/// One interrupt, through the portable path (`intr::path::interrupt`), as the kernel takes
+/// it. Interrupts are disabled.
 fn take_interrupt(sys: &'static System, cpu: usize, vector: u8, io: &IntrOff) {
     sys.cpus[cpu].interrupts.fetch_add(1, Ordering::Relaxed);
-    match sys.spl.intr_arrive(vector, io) {
-        Arrival::Deferred => {}
-        Arrival::Run { old } => {
-            sys.sched.intr_enter(io);
-            run_handler(sys, vector, io);
-            sys.spl.intr_done(old, io);
-            sys.sched.intr_exit(io);
-        }
-    }
-}
-
-/// `splx` replays a deferred vector here, at the vector's level, interrupts disabled.
-fn replay_hook(vector: u8, io: &IntrOff) {
-    let sys = this_system();
-    sys.sched.intr_enter(io);
-    run_handler(sys, vector, io);
-    sys.sched.intr_exit(io);
-}
-
-/// A preemption deferred because the CPU was above `IPL_NONE` is taken here.
-fn preempt_hook() {
-    this_system().sched.preempt_check();
-}
-
-/// The scheduler may preempt only at `IPL_NONE`; otherwise the SPL layer remembers.
-fn preempt_gate(io: &IntrOff) -> bool {
-    this_system().spl.may_preempt(io)
-}
-
-/// Before a thread sleeps: the lock checker's check (a spin mutex held), then the level
-/// (a panic here is a bug in the code under test, as in the kernel's hook).
-fn sleep_check() {
-    let sys = this_system();
-    let me = sys.sched.current();
-    if sys.locks.witness.checking() {
-        sys.locks.witness.check_sleep::<HostMachine>(me.held_locks());
-    }
-    let l = sys.spl.current();
-    if l != Ipl::None {
-        panic!("thread '{}' tried to sleep at {l} (holding a spin mutex or raised SPL)", me.name());
-    }
+    intr::path::interrupt::<HostEnv>(vector, &mut HostFrame { vector }, io);
 }
 
 /// Takes every pending interrupt while interrupts are enabled on the caller's CPU.
@@ -326,12 +302,15 @@ fn restore_intr(was_enabled: bool) {
     }
 }
 
-/// Posts an interrupt on `cpu` and wakes it if it waits for one.
-fn post(sys: &System, cpu: usize, flag: fn(&HostCpu) -> &AtomicBool) {
+/// Posts `vector` on `cpu` and wakes it if it waits for one. Returns false if the vector was
+/// already posted there (the raise merges into that delivery, as in the LAPIC's IRR).
+fn post(sys: &System, cpu: usize, vector: u8) -> bool {
     let c = &sys.cpus[cpu];
     let _g = lock(&c.lock);
-    flag(c).store(true, Ordering::Release);
+    let bit = 1u64 << (vector % 64);
+    let was = c.posted[vector as usize / 64].fetch_or(bit, Ordering::AcqRel);
     c.wake.notify_one();
+    was & bit == 0
 }
 
 impl HostMachine {
@@ -346,6 +325,18 @@ impl HostMachine {
         here().0.cpus[cpu].interrupts.load(Ordering::Relaxed)
     }
 
+    /// Raises `vector` on `cpu` of the caller's system, as a device's MSI or another CPU's IPI
+    /// would: taken at that CPU's next interrupt point. Returns false if the vector was
+    /// already pending there (not yet taken): the raise merges into that delivery.
+    pub fn raise(cpu: usize, vector: u8) -> bool {
+        post(this_system(), cpu, vector)
+    }
+
+    /// EOIs the interrupt path sent on `cpu` of the caller's system.
+    pub fn eois(cpu: usize) -> u64 {
+        this_system().cpus[cpu].eois.load(Ordering::Relaxed)
+    }
+
     /// Number of reschedule IPIs that reached `cpu` of the caller's system (as opposed to
     /// the scheduler's own count of IPIs it asked for).
     pub fn ipis_taken(cpu: usize) -> u64 {
@@ -355,8 +346,6 @@ impl HostMachine {
 
 impl Machine for HostMachine {
     type Context = HostContext;
-
-    const MAX_CPUS: usize = sched::MAX_CPUS;
 
     fn cpu_index() -> usize {
         here().1
@@ -424,7 +413,7 @@ impl Machine for HostMachine {
 
     fn send_resched(cpu: usize) {
         let (sys, _) = here();
-        post(sys, cpu, |c| &c.resched);
+        post(sys, cpu, RESCHED_VECTOR);
     }
 
     fn now_ns() -> u64 {
@@ -474,6 +463,118 @@ impl Machine for HostMachine {
     }
 }
 
+/// A pinned call's work for a runner: the body, its arguments, the CPU lent and the thread
+/// pinned under it.
+struct PinJob {
+    body: extern "C" fn(usize, usize),
+    a0: usize,
+    a1: usize,
+    cpu: usize,
+    pinned: usize,
+}
+
+/// An OS thread that runs pinned calls' bodies: the host's stand-in for the interrupt
+/// thread's stack (a body runs on its own OS thread, so that a body that blocks leaves the
+/// pinned thread's OS thread free to be resumed, as the stack switch does on x86_64).
+struct Runner {
+    job: StdMutex<Option<PinJob>>,
+    cv: StdCondvar,
+}
+
+impl Runner {
+    fn spawn(sys: &'static System) -> Arc<Runner> {
+        let r = Arc::new(Runner { job: StdMutex::new(None), cv: StdCondvar::new() });
+        let me = r.clone();
+        std::thread::Builder::new()
+            .name("pin-runner".into())
+            .stack_size(1 << 20)
+            .spawn(move || me.serve(sys))
+            .expect("cannot spawn a pinned-call runner");
+        r
+    }
+
+    fn give(&self, job: PinJob) {
+        *lock(&self.job) = Some(job);
+        self.cv.notify_one();
+    }
+
+    fn serve(self: Arc<Self>, sys: &'static System) {
+        loop {
+            let job = {
+                let mut g = lock(&self.job);
+                loop {
+                    if let Some(j) = g.take() {
+                        break j;
+                    }
+                    g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            HERE.set((Some(sys), job.cpu));
+            // `sti`: the body runs with interrupts enabled; pending ones are taken at once.
+            // SAFETY: the interrupt thread owns no interrupt-disabled token (it starts here).
+            unsafe { HostMachine::intr_enable() };
+            (job.body)(job.a0, job.a1);
+            // The body returned (one that blocked never returns here: it parks): `cli`, give
+            // the pinned thread back its CPU and its identity, clear `busy`.
+            let (sys, cpu) = here();
+            let c = &sys.cpus[cpu];
+            c.intr_enabled.store(false, Ordering::Relaxed);
+            c.curthread.store(job.pinned, Ordering::Relaxed);
+            c.pin.busy.store(0, Ordering::Release);
+            c.pin_returned.store(true, Ordering::Relaxed);
+            HERE.set((Some(sys), NO_CPU));
+            lock(&sys.runners).push(self.clone());
+            c.pinned_ctx.baton.give(cpu);
+        }
+    }
+}
+
+/// The pinned switch on the host (protocol: `crates/sched/src/pinned.rs`). The body runs on a
+/// runner OS thread while the pinned thread's OS thread waits on the CPU's pinned-context
+/// baton: the CPU is handed over, not shared, exactly as [`Machine::switch`] hands it over.
+impl PinSwitch for HostMachine {
+    unsafe fn pin_call(a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
+        let (sys, cpu) = here();
+        let c = &sys.cpus[cpu];
+        if c.ipl.load(Ordering::Relaxed) != Ipl::Vm as u8 {
+            return (PinOutcome::Level, a0, a1);
+        }
+        if c.pin.busy.load(Ordering::Acquire) != 0 {
+            return (PinOutcome::Busy, a0, a1);
+        }
+        let thread = c.pin.thread.load(Ordering::Relaxed);
+        let body = c.pin.body.load(Ordering::Relaxed);
+        // SAFETY: `busy` is clear only after `Scheduler::pin_install` stored the installed
+        // thread's body, an `extern "C" fn(usize, usize)`, as a pointer (provenance kept).
+        let body = unsafe { std::mem::transmute::<*mut (), extern "C" fn(usize, usize)>(body) };
+        let pinned = c.curthread.load(Ordering::Relaxed);
+        c.pin.busy.store(thread, Ordering::Relaxed);
+        c.curthread.store(thread, Ordering::Relaxed);
+        let runner = lock(&sys.runners).pop().unwrap_or_else(|| Runner::spawn(sys));
+        HERE.set((Some(sys), NO_CPU));
+        runner.give(PinJob { body, a0, a1, cpu, pinned });
+        // Until the body returns, or its thread blocks and the scheduler resumes us through
+        // `pinned_context` (then `pin_returned` is false).
+        let cpu = c.pinned_ctx.baton.take();
+        HERE.set((Some(sys), cpu));
+        let returned = sys.cpus[cpu].pin_returned.swap(false, Ordering::Relaxed);
+        (if returned { PinOutcome::Returned } else { PinOutcome::Blocked }, 0, 0)
+    }
+
+    fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
+        let sys = this_system();
+        (cpu < sys.ncpus).then(|| &sys.cpus[cpu].pin)
+    }
+
+    fn pin_borrowed() -> usize {
+        this_cpu().pin.borrowed()
+    }
+
+    fn pinned_context() -> *const HostContext {
+        &this_cpu().pinned_ctx
+    }
+}
+
 impl IplCpu for HostMachine {
     #[inline]
     fn ipl_get() -> u8 {
@@ -506,9 +607,19 @@ impl IplCpu for HostMachine {
 /// kernel threads (or CPU threads) of a booted [`HostSystem`].
 pub struct HostEnv;
 
-impl sync::Env for HostEnv {
+impl ipl::SplEnv for HostEnv {
     type M = HostMachine;
 
+    fn replay(vector: u8, io: &IntrOff) {
+        intr::path::replay::<HostEnv>(vector, io);
+    }
+
+    fn preempt() {
+        this_system().sched.preempt_check();
+    }
+}
+
+impl sched::SchedEnv for HostEnv {
     #[inline]
     fn sched() -> &'static Sched {
         this_system().sched
@@ -519,9 +630,65 @@ impl sync::Env for HostEnv {
         this_system().spl
     }
 
+    fn sleep_check() {
+        intr::path::sleep_check::<HostEnv>();
+    }
+}
+
+impl sync::Env for HostEnv {
     #[inline]
     fn sync() -> &'static LockState {
         this_system().locks
+    }
+}
+
+impl intr::IntrEnv for HostEnv {
+    type Frame = HostFrame;
+
+    #[inline]
+    fn intr() -> &'static Intr {
+        this_system().intr
+    }
+
+    fn retrigger(vector: u8) {
+        let (sys, cpu) = here();
+        post(sys, cpu, vector);
+    }
+
+    fn eoi() {
+        this_cpu().eois.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn storm_report(source: &'static str, on: bool, rate: u64) {
+        lock(&this_system().storms).push((source.to_string(), on, rate));
+    }
+
+    fn signature(_frame: &HostFrame, _idle: bool) -> u64 {
+        0
+    }
+
+    fn replay_frame(vector: u8) -> HostFrame {
+        HostFrame { vector }
+    }
+
+    /// The host's own vectors: the call (runs `System::calls`), the clock tick, the
+    /// reschedule IPI (nothing to do: `intr_exit` acts on `need_resched`). Any other vector
+    /// without a source is counted as stray.
+    fn kernel_vector(vector: u8, _frame: &mut HostFrame, io: &IntrOff) {
+        let sys = this_system();
+        match vector {
+            CALL_VECTOR => {
+                let calls = std::mem::take(&mut *lock(&sys.calls));
+                for f in calls {
+                    f();
+                }
+            }
+            TICK_VECTOR => sys.sched.tick(io),
+            RESCHED_VECTOR => {}
+            _ => {
+                sys.stray.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -570,21 +737,26 @@ pub struct HostSystem {
     pub spl: &'static Spl,
     /// The lock layer's state: checker, statistics, turnstiles, sleep queues (leaked).
     pub locks: &'static LockState,
+    /// The interrupt framework (leaked).
+    pub intr: &'static Intr,
 }
 
 impl HostSystem {
     /// Boots `ncpus` simulated CPUs: each is an OS thread that becomes the CPU's idle thread
     /// (`init_cpu`) and runs the idle loop.
     pub fn boot(ncpus: usize) -> HostSystem {
-        assert!((1..=HostMachine::MAX_CPUS).contains(&ncpus), "bad CPU count {ncpus}");
+        assert!((1..=MAX_CPUS).contains(&ncpus), "bad CPU count {ncpus} (1..={MAX_CPUS})");
         let sched: &'static Sched = Box::leak(Box::new(Scheduler::new()));
         let now = HostMachine::now_ns();
         let cpus = (0..ncpus)
             .map(|_| HostCpu {
                 curthread: AtomicUsize::new(0),
                 intr_enabled: AtomicBool::new(false),
-                resched: AtomicBool::new(false),
-                call: AtomicBool::new(false),
+                posted: [const { AtomicU64::new(0) }; 4],
+                eois: AtomicU64::new(0),
+                pin: PinSlots::new(),
+                pinned_ctx: HostContext::new(),
+                pin_returned: AtomicBool::new(false),
                 next_tick_ns: AtomicU64::new(now + TICK_NS),
                 interrupts: AtomicU64::new(0),
                 ipis_taken: AtomicU64::new(0),
@@ -596,10 +768,13 @@ impl HostSystem {
             .collect();
         let spl: &'static Spl = Box::leak(Box::new(SplState::new()));
         let locks: &'static LockState = Box::leak(Box::new(SyncState::new()));
-        // Wired as `kernel/src/intr.rs` wires the kernel's: the hooks find this system through
-        // the calling thread's `HERE`.
-        spl.set_hooks(replay_hook, preempt_hook);
-        sched.set_hooks(preempt_gate, sleep_check);
+        let intr: &'static Intr = Box::leak(Box::new(intr::Intr::new()));
+        // Wired as `kernel/src/intr.rs` wires the kernel's; `HostEnv` finds this system
+        // through the calling thread's `HERE`.
+        for v in [TICK_VECTOR, RESCHED_VECTOR, CALL_VECTOR] {
+            intr.reserve(v);
+        }
+        intr.reserve_soft_vectors();
         spl.set_vector_ipl(TICK_VECTOR, Some(Ipl::Sched));
         spl.set_vector_ipl(RESCHED_VECTOR, Some(Ipl::Sched));
         spl.set_vector_ipl(CALL_VECTOR, Some(Ipl::High));
@@ -609,8 +784,12 @@ impl HostSystem {
             sched,
             spl,
             locks,
+            intr,
+            runners: StdMutex::new(Vec::new()),
             calls: StdMutex::new(Vec::new()),
             failures: StdMutex::new(Vec::new()),
+            storms: StdMutex::new(Vec::new()),
+            stray: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
         }));
         for cpu in 0..ncpus {
@@ -635,12 +814,22 @@ impl HostSystem {
             assert!(Instant::now() < deadline, "simulated CPUs did not come online");
             std::thread::sleep(Duration::from_millis(1));
         }
-        HostSystem { sys, sched, spl, locks }
+        HostSystem { sys, sched, spl, locks, intr }
     }
 
     /// Number of simulated CPUs.
     pub fn ncpus(&self) -> usize {
         self.sys.ncpus
+    }
+
+    /// The storm reports so far: (source, started, rate).
+    pub fn storm_reports(&self) -> Vec<(String, bool, u64)> {
+        lock(&self.sys.storms).clone()
+    }
+
+    /// Vectors taken with neither a source nor a host handler.
+    pub fn stray(&self) -> u64 {
+        self.sys.stray.load(Ordering::Relaxed)
     }
 
     /// Runs `f` as a kernel thread ("main", [`Priority::KTHREAD`], unbound) and returns its
@@ -664,7 +853,7 @@ impl HostSystem {
                 let _ = tx.send(r);
             });
         }));
-        post(self.sys, 0, |c| &c.call);
+        post(self.sys, 0, CALL_VECTOR);
         let r = rx.recv_timeout(timeout);
         let failures = lock(&self.sys.failures).clone();
         match r {
@@ -689,12 +878,12 @@ impl HostSystem {
         for cpu in 0..self.sys.ncpus {
             let c = &self.sys.cpus[cpu];
             s += &format!(
-                "cpu{cpu}: {:?} interrupts={} ipis_taken={} intr_enabled={} resched_posted={} ipl={:?} {:?}\n",
+                "cpu{cpu}: {:?} interrupts={} ipis_taken={} intr_enabled={} posted={:x?} ipl={:?} {:?}\n",
                 self.sched.cpu_stats(cpu),
                 c.interrupts.load(Ordering::Relaxed),
                 c.ipis_taken.load(Ordering::Relaxed),
                 c.intr_enabled.load(Ordering::Relaxed),
-                c.resched.load(Ordering::Relaxed),
+                c.posted.iter().map(|w| w.load(Ordering::Relaxed)).collect::<Vec<_>>(),
                 Ipl::from_u8(c.ipl.load(Ordering::Relaxed)),
                 self.spl.stats(cpu),
             );

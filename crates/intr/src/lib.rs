@@ -50,6 +50,7 @@
 
 extern crate alloc;
 
+pub mod path;
 pub mod pinned;
 pub mod pool;
 pub mod softint;
@@ -281,10 +282,10 @@ pub struct Source<E: IntrEnv> {
 }
 
 struct Dedicated<E: IntrEnv> {
-    event: Event<E::M>,
+    event: Event<E>,
     /// Raise times (ns) of interrupts the thread has not handled yet (0: none).
     raised_at: core::sync::atomic::AtomicU64,
-    thread: SpinLock<Option<Arc<Thread<E::M>>>>,
+    thread: SpinLock<Option<Arc<Thread<E>>>>,
 }
 
 impl<E: IntrEnv> Source<E> {
@@ -468,10 +469,23 @@ impl HandlerCtx<'_> {
     }
 }
 
-/// What the framework needs from the kernel.
+/// What the framework needs from the kernel: the lock layer's environment ([`sync::Env`],
+/// which brings the scheduler's, the SPL layer's and the machine) plus the framework instance
+/// and the few machine-specific steps of the interrupt path ([`path`]).
 pub trait IntrEnv: Env {
+    /// The interrupted state as the machine's entry code saved it (x86_64: the trap frame).
+    type Frame;
     /// The framework instance.
     fn intr() -> &'static Intr<Self>;
+    /// The storm rule's signature of the interrupted state: non-zero only if the interrupted
+    /// instruction address is the same as at this CPU's previous interrupt (see
+    /// [`Intr::same_rip`]) and the interrupted thread is not idle (`idle`).
+    fn signature(frame: &Self::Frame, idle: bool) -> u64;
+    /// The frame a replayed vector is run with (there is no interrupted state to save).
+    fn replay_frame(vector: u8) -> Self::Frame;
+    /// Runs the kernel's own handler of a vector that has no source (clock, reschedule IPI,
+    /// call IPI, ...), in interrupt context after its EOI (interrupts disabled).
+    fn kernel_vector(vector: u8, frame: &mut Self::Frame, io: &IntrOff);
     /// Raises `vector` again on this CPU (a missed interrupt of a source just unmasked).
     fn retrigger(vector: u8);
     /// Signals end of interrupt to this CPU's interrupt controller (the LAPIC).
@@ -942,7 +956,7 @@ impl<E: IntrEnv> Intr<E> {
         if self.storm_thread.swap(true, Ordering::AcqRel) {
             return;
         }
-        let pri = Ipl::Vm.priority().unwrap_or(Priority::INTR_BASE);
+        let pri = Priority::of_ipl(Ipl::Vm).unwrap_or(Priority::INTR_BASE);
         E::sched().spawn("intr/storm", pri, None, move || self.storm_loop());
     }
 
@@ -972,7 +986,7 @@ impl<E: IntrEnv> Intr<E> {
 
     fn start_dedicated(&'static self, src: &Arc<Source<E>>) {
         let s = src.clone();
-        let pri = src.ipl.priority().unwrap_or(Priority::INTR_BASE);
+        let pri = Priority::of_ipl(src.ipl).unwrap_or(Priority::INTR_BASE);
         let h = E::sched().spawn(src.name, pri, None, move || dedicated_loop(&s));
         let d = src.dedicated.as_ref().expect("dedicated");
         let io = E::M::intr_disable();

@@ -29,7 +29,7 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use machine::{IntrOff, Machine};
+use machine::{IntrOff, Machine, PinSwitch};
 use sched::{PinOutcome, PinThread, Priority};
 
 use crate::{IntrEnv, Source};
@@ -37,7 +37,7 @@ use crate::{IntrEnv, Source};
 struct PinnedCpu<E: IntrEnv> {
     /// The CPU's ithread: written once, before it is installed in the CPU's pinned-switch
     /// words ([`sched::Scheduler::pin_install`]), never dropped (kept alive for them).
-    thread: UnsafeCell<MaybeUninit<PinThread<E::M>>>,
+    thread: UnsafeCell<MaybeUninit<PinThread<E>>>,
     /// Instances that arrived while the ithread was busy (borrowing the CPU or blocked, the
     /// machine's [`machine::PinSlots::busy`]), and `hwi_sched` requeues: touched only by this
     /// CPU with interrupts disabled (the dispatcher, and the ithread, which is bound to this
@@ -92,7 +92,7 @@ impl<E: IntrEnv> Pinned<E> {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        let pri = ipl::Ipl::Vm.priority().unwrap_or(Priority::INTR_BASE);
+        let pri = Priority::of_ipl(ipl::Ipl::Vm).unwrap_or(Priority::INTR_BASE);
         for cpu in 0..E::M::ncpus() {
             let t = E::sched().new_ithread("ithread/vm", pri, cpu, ithread_body::<E>);
             let c = &self.cpus[cpu];

@@ -46,12 +46,12 @@ struct PoolCpu<E: IntrEnv> {
 
 /// One pooled ithread.
 pub struct PoolThread<E: IntrEnv> {
-    event: Event<E::M>,
+    event: Event<E>,
     cpu: AtomicUsize,
     /// Sent to help this CPU (`usize::MAX`: a normal assignment).
     help: AtomicUsize,
     retire: AtomicBool,
-    thread: SpinLock<Option<Arc<Thread<E::M>>>>,
+    thread: SpinLock<Option<Arc<Thread<E>>>>,
 }
 
 /// Counters of the pool.
@@ -96,7 +96,7 @@ impl<E: IntrEnv> Default for Pool<E> {
 }
 
 fn pool_priority() -> Priority {
-    ipl::Ipl::Vm.priority().unwrap_or(Priority::INTR_BASE)
+    Priority::of_ipl(ipl::Ipl::Vm).unwrap_or(Priority::INTR_BASE)
 }
 
 impl<E: IntrEnv> Pool<E> {
@@ -334,7 +334,7 @@ impl<E: IntrEnv> Pool<E> {
                 sched.bind_current(Some(cpu));
                 self.cpus[cpu]
                     .active_thread
-                    .store(sched.current() as *const Thread<E::M> as usize, Ordering::Release);
+                    .store(sched.current() as *const Thread<E> as usize, Ordering::Release);
                 self.drain(cpu, me);
                 // Give the CPU up, unless work raced in after the queue looked empty.
                 let c = &self.cpus[cpu];

@@ -86,7 +86,7 @@ impl<E: IntrEnv> SoftIntr<E> {
 
 struct SoftCpu<E: IntrEnv> {
     queue: SpinLock<VecDeque<Arc<SoftIntr<E>>>>,
-    event: Event<E::M>,
+    event: Event<E>,
 }
 
 /// Per-CPU soft-interrupt threads and queues.
@@ -165,7 +165,7 @@ impl<E: IntrEnv> Soft<E> {
         }
         let level = SOFT_LEVELS[l];
         E::spl().set_vector_ipl(SOFT_VECTOR_BASE + l as u8, Some(level));
-        let pri = level.priority().unwrap_or(Priority::SOFTINT_BASE);
+        let pri = Priority::of_ipl(level).unwrap_or(Priority::SOFTINT_BASE);
         let names = ["softclk", "softbio", "softnet", "softser"];
         for cpu in 0..E::M::ncpus() {
             self.cpus[cpu][l].event.bind(E::sched());
@@ -201,7 +201,7 @@ impl<E: IntrEnv> Soft<E> {
 
 type Work = Box<dyn FnOnce() + Send>;
 
-struct WqQueue<M: Machine> {
+struct WqQueue<M: sched::SchedEnv> {
     items: SpinLock<VecDeque<Work>>,
     event: Event<M>,
 }
@@ -209,7 +209,7 @@ struct WqQueue<M: Machine> {
 /// A workqueue: threads that run queued work items in order, in thread context.
 pub struct Workqueue<E: IntrEnv> {
     name: &'static str,
-    queues: Vec<WqQueue<E::M>>,
+    queues: Vec<WqQueue<E>>,
     done: AtomicU64,
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Levels, lowest first: `NONE < SOFTCLOCK < SOFTBIO < SOFTNET < SOFTSERIAL < VM < SCHED <
 //! HIGH` (clock-class hardware sits at `SCHED`, serial/IPI-class at `HIGH`). Each level maps
-//! onto a scheduling priority ([`Ipl::priority`]) at the top of the scheduler's range, where the
-//! interrupt threads of issue #4 will run.
+//! onto a scheduling priority at the top of the scheduler's range (`sched::Priority::of_ipl`),
+//! where the interrupt threads run.
 //!
 //! ## Protocol
 //!
@@ -19,12 +19,12 @@
 //! * **Replay.** [`SplState::splx`] stores the lower level, then checks one per-CPU word of
 //!   pending levels against a table entry; only if something is pending above the new level
 //!   does it take the slow path, which disables interrupts and replays the pending vectors
-//!   highest level first, each at its own level, through the replay hook the kernel
-//!   registered (the same handler path as a live interrupt).
+//!   highest level first, each at its own level, through [`SplEnv::replay`] (the same
+//!   interrupt path as a live interrupt: `intr::path`).
 //! * **Preemption.** A thread is never preempted while its CPU is above `NONE` (the kernel's
 //!   interrupt-exit hook asks [`SplState::may_preempt`]). A reschedule request that arrives
 //!   then is recorded as the pseudo-pending bit `PREEMPT`, which only a drop to `NONE`
-//!   replays, through the preempt hook. So a thread keeps its CPU — and this CPU's level stays
+//!   replays, through [`SplEnv::preempt`]. So a thread keeps its CPU — and this CPU's level stays
 //!   its own — from `splraise` to `splx`, and a per-CPU level is the thread's level.
 //! * **Spin mutex nesting** (NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`):
 //!   [`SplState::spin_enter`] raises the level and remembers the level from before the
@@ -35,10 +35,9 @@
 #![no_std]
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use machine::{IntrOff, Machine};
-use sched::Priority;
+use machine::{IntrOff, Machine, MAX_CPUS};
 
 /// An interrupt priority level.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
@@ -91,23 +90,6 @@ impl Ipl {
             Ipl::Sched => "IPL_SCHED",
             Ipl::High => "IPL_HIGH",
         }
-    }
-
-    /// The scheduling priority of a thread that serves this level (`None` for `IPL_NONE`:
-    /// ordinary threads keep their own). Soft levels map into the soft-interrupt band, hard
-    /// levels into the interrupt band, four priorities apart.
-    pub const fn priority(self) -> Option<Priority> {
-        let p = match self {
-            Ipl::None => return None,
-            Ipl::SoftClock => Priority::SOFTINT_BASE.get(),
-            Ipl::SoftBio => Priority::SOFTINT_BASE.get() + 4,
-            Ipl::SoftNet => Priority::SOFTINT_BASE.get() + 8,
-            Ipl::SoftSerial => Priority::SOFTINT_BASE.get() + 12,
-            Ipl::Vm => Priority::INTR_BASE.get(),
-            Ipl::Sched => Priority::INTR_BASE.get() + 8,
-            Ipl::High => Priority::INTR_BASE.get() + 12,
-        };
-        Priority::new(p)
     }
 }
 
@@ -168,10 +150,8 @@ static ABOVE: [u32; 256] = {
 /// `splx` fast path (`MAX_CPUS` is a power of two; CPU indices are below it).
 #[inline(always)]
 fn this_cpu<M: Machine>() -> usize {
-    M::cpu_index() & (sched::MAX_CPUS - 1)
+    M::cpu_index() & (MAX_CPUS - 1)
 }
-
-const _: () = assert!(sched::MAX_CPUS.is_power_of_two());
 
 /// Vector table value of a vector that is never deferred (e.g. the panic-stop IPI).
 pub const NEVER_DEFER: u8 = 0xFF;
@@ -222,42 +202,43 @@ pub enum Arrival {
     Deferred,
 }
 
-/// Runs one deferred vector (interrupts disabled, level already set to the vector's).
-pub type ReplayHook = fn(vector: u8, proof: &IntrOff);
-/// Called (interrupts enabled, level `NONE`) when a deferred preemption is replayed.
-pub type PreemptHook = fn();
-
-/// The SPL state of every CPU, and the level of every vector.
-pub struct SplState<M: IplCpu> {
-    cpus: [PendingQueue; sched::MAX_CPUS],
-    vector_ipl: [AtomicU8; 256],
-    replay: AtomicUsize,
-    preempt: AtomicUsize,
-    _m: core::marker::PhantomData<M>,
+/// The environment the SPL layer runs in: the machine's per-CPU words, and the two calls up
+/// into the layers above that the deferred model needs. The lowest of the portable crates'
+/// environment traits; the scheduler's (`sched::SchedEnv`), the locks' (`sync::Env`) and the
+/// interrupt framework's (`intr::IntrEnv`) extend it, and a kernel implements them all on one
+/// type (`KernelEnv`; `HostEnv` on the host).
+pub trait SplEnv: Sized + Send + Sync + 'static {
+    /// The machine.
+    type M: IplCpu;
+    /// Runs one deferred vector through the interrupt path (interrupts disabled, the level
+    /// already set to the vector's). `intr::path::replay` is the portable implementation.
+    fn replay(vector: u8, proof: &IntrOff);
+    /// A deferred preemption is due (interrupts enabled, level `IPL_NONE`): the scheduler's
+    /// `preempt_check`.
+    fn preempt();
 }
 
-impl<M: IplCpu> Default for SplState<M> {
+/// The SPL state of every CPU, and the level of every vector.
+pub struct SplState<E: SplEnv> {
+    cpus: [PendingQueue; MAX_CPUS],
+    vector_ipl: [AtomicU8; 256],
+    _e: core::marker::PhantomData<E>,
+}
+
+impl<E: SplEnv> Default for SplState<E> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<M: IplCpu> SplState<M> {
-    /// No vector has a level yet (all run at `IPL_HIGH`) and no hook is set.
+impl<E: SplEnv> SplState<E> {
+    /// No vector has a level yet (all run at `IPL_HIGH`).
     pub const fn new() -> Self {
         SplState {
-            cpus: [const { PendingQueue::new() }; sched::MAX_CPUS],
+            cpus: [const { PendingQueue::new() }; MAX_CPUS],
             vector_ipl: [const { AtomicU8::new(Ipl::High as u8) }; 256],
-            replay: AtomicUsize::new(0),
-            preempt: AtomicUsize::new(0),
-            _m: core::marker::PhantomData,
+            _e: core::marker::PhantomData,
         }
-    }
-
-    /// Sets the functions that replay a vector and a deferred preemption.
-    pub fn set_hooks(&self, replay: ReplayHook, preempt: PreemptHook) {
-        self.replay.store(replay as *const () as usize, Ordering::Release);
-        self.preempt.store(preempt as *const () as usize, Ordering::Release);
     }
 
     /// Declares the level of a vector (`None`: never deferred).
@@ -273,30 +254,30 @@ impl<M: IplCpu> SplState<M> {
     /// This CPU's level.
     #[inline]
     pub fn current(&self) -> Ipl {
-        Ipl::from_u8(M::ipl_get()).unwrap_or(Ipl::High)
+        Ipl::from_u8(E::M::ipl_get()).unwrap_or(Ipl::High)
     }
 
     /// Raises this CPU's level to at least `ipl`; returns the previous level.
     #[inline(always)]
     pub fn splraise(&self, ipl: Ipl) -> Spl {
-        let old = M::ipl_get();
+        let old = E::M::ipl_get();
         if (ipl as u8) > old {
-            M::ipl_set(ipl as u8);
+            E::M::ipl_set(ipl as u8);
         }
         Spl(old)
     }
 
     /// Raises to `ipl` and returns a guard that lowers on drop.
     #[inline]
-    pub fn raise(&self, ipl: Ipl) -> SplGuard<'_, M> {
+    pub fn raise(&self, ipl: Ipl) -> SplGuard<'_, E> {
         SplGuard { state: self, saved: self.splraise(ipl) }
     }
 
     /// Sets this CPU's level back to `s`, replaying interrupts left pending above it.
     #[inline(always)]
     pub fn splx(&self, s: Spl) {
-        M::ipl_set(s.0);
-        if M::pending_get() & ABOVE[s.0 as usize] != 0 {
+        E::M::ipl_set(s.0);
+        if E::M::pending_get() & ABOVE[s.0 as usize] != 0 {
             self.replay_pending(s.0);
         }
     }
@@ -304,16 +285,11 @@ impl<M: IplCpu> SplState<M> {
     #[cold]
     fn replay_pending(&self, to: u8) {
         let preempt = {
-            let io = M::intr_disable();
+            let io = E::M::intr_disable();
             self.replay_locked(to, &io)
         };
         if preempt {
-            let hook = self.preempt.load(Ordering::Acquire);
-            if hook != 0 {
-                // SAFETY: only `set_hooks` stores into `preempt`, from a `PreemptHook`.
-                let hook = unsafe { core::mem::transmute::<usize, PreemptHook>(hook) };
-                hook();
-            }
+            E::preempt();
         }
     }
 
@@ -322,32 +298,27 @@ impl<M: IplCpu> SplState<M> {
     fn replay_locked(&self, to: u8, io: &IntrOff) -> bool {
         let mut preempt = false;
         {
-            let q = &self.cpus[this_cpu::<M>()];
+            let q = &self.cpus[this_cpu::<E::M>()];
             loop {
-                let pending = M::pending_get() & ABOVE[to as usize];
+                let pending = E::M::pending_get() & ABOVE[to as usize];
                 if pending == 0 {
                     break;
                 }
                 let top = 31 - pending.leading_zeros();
                 if top == 0 {
-                    M::pending_and(!PREEMPT_BIT);
+                    E::M::pending_and(!PREEMPT_BIT);
                     preempt = true;
                     continue;
                 }
                 match self.take_vector(q, top as u8) {
                     Some(v) => {
                         q.replayed.fetch_add(1, Ordering::Relaxed);
-                        M::ipl_set(top as u8);
-                        let hook = self.replay.load(Ordering::Acquire);
-                        if hook != 0 {
-                            // SAFETY: only `set_hooks` stores into `replay`, from a `ReplayHook`.
-                            let hook = unsafe { core::mem::transmute::<usize, ReplayHook>(hook) };
-                            hook(v, io);
-                        }
-                        M::ipl_set(to);
+                        E::M::ipl_set(top as u8);
+                        E::replay(v, io);
+                        E::M::ipl_set(to);
                     }
                     None => {
-                        M::pending_and(!(1 << top));
+                        E::M::pending_and(!(1 << top));
                     }
                 }
             }
@@ -362,12 +333,12 @@ impl<M: IplCpu> SplState<M> {
         let level = self.vector_ipl[vector as usize].load(Ordering::Relaxed);
         assert!(level != NEVER_DEFER, "post of vector {vector:#x}, which has no IPL");
         {
-            let _io = M::intr_disable();
-            let q = &self.cpus[this_cpu::<M>()];
+            let _io = E::M::intr_disable();
+            let q = &self.cpus[this_cpu::<E::M>()];
             q.vectors[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::Relaxed);
-            M::pending_or(1 << level);
+            E::M::pending_or(1 << level);
         }
-        let cur = M::ipl_get();
+        let cur = E::M::ipl_get();
         if level > cur {
             self.splx(Spl(cur));
         }
@@ -399,7 +370,7 @@ impl<M: IplCpu> SplState<M> {
             }
         }
         if !more {
-            M::pending_and(!(1 << level));
+            E::M::pending_and(!(1 << level));
         }
         found
     }
@@ -408,18 +379,18 @@ impl<M: IplCpu> SplState<M> {
     #[inline]
     pub fn intr_arrive(&self, vector: u8, _proof: &IntrOff) -> Arrival {
         let level = self.vector_ipl[vector as usize].load(Ordering::Relaxed);
-        let cur = M::ipl_get();
+        let cur = E::M::ipl_get();
         if level == NEVER_DEFER {
             return Arrival::Run { old: cur };
         }
         if level <= cur {
-            let q = &self.cpus[this_cpu::<M>()];
+            let q = &self.cpus[this_cpu::<E::M>()];
             q.vectors[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::Relaxed);
-            M::pending_or(1 << level);
+            E::M::pending_or(1 << level);
             q.deferred.fetch_add(1, Ordering::Relaxed);
             return Arrival::Deferred;
         }
-        M::ipl_set(level);
+        E::M::ipl_set(level);
         Arrival::Run { old: cur }
     }
 
@@ -430,19 +401,19 @@ impl<M: IplCpu> SplState<M> {
     /// for the scheduler's interrupt-exit check.
     #[inline]
     pub fn intr_done(&self, old: u8, proof: &IntrOff) {
-        M::ipl_set(old);
-        if M::pending_get() & ABOVE[old as usize] & !PREEMPT_BIT != 0 && self.replay_locked(old, proof) {
-            M::pending_or(PREEMPT_BIT);
+        E::M::ipl_set(old);
+        if E::M::pending_get() & ABOVE[old as usize] & !PREEMPT_BIT != 0 && self.replay_locked(old, proof) {
+            E::M::pending_or(PREEMPT_BIT);
         }
     }
 
     /// Whether the interrupted thread may be preempted now (its CPU is at `IPL_NONE`). If not,
     /// records a pending preemption for the drop to `IPL_NONE`.
     pub fn may_preempt(&self, _proof: &IntrOff) -> bool {
-        if M::ipl_get() == Ipl::None as u8 {
+        if E::M::ipl_get() == Ipl::None as u8 {
             return true;
         }
-        M::pending_or(PREEMPT_BIT);
+        E::M::pending_or(PREEMPT_BIT);
         false
     }
 
@@ -451,7 +422,7 @@ impl<M: IplCpu> SplState<M> {
     pub fn spin_enter(&self, ipl: Ipl) {
         let s = self.splraise(ipl);
         // At a raised level we cannot migrate: the CPU index is stable from here.
-        let q = &self.cpus[this_cpu::<M>()];
+        let q = &self.cpus[this_cpu::<E::M>()];
         if q.spin_count.fetch_add(1, Ordering::Relaxed) == 0 {
             q.spin_oldspl.store(s.0, Ordering::Relaxed);
         }
@@ -460,7 +431,7 @@ impl<M: IplCpu> SplState<M> {
     /// Releases one spin mutex's hold on the level; the outermost restores it.
     #[inline]
     pub fn spin_exit(&self) {
-        let q = &self.cpus[this_cpu::<M>()];
+        let q = &self.cpus[this_cpu::<E::M>()];
         // Read the saved level *before* giving up the count, as NetBSD's `mutex_spin_exit`
         // does: once the count is 0 an interrupt above our level (its filter taking a spin
         // mutex) saves its own level — the interrupt's, e.g. IPL_HIGH — in the same slot, and
@@ -477,14 +448,14 @@ impl<M: IplCpu> SplState<M> {
 
     /// Spin mutexes held on this CPU.
     pub fn spin_count(&self) -> u32 {
-        self.cpus[this_cpu::<M>()].spin_count.load(Ordering::Relaxed)
+        self.cpus[this_cpu::<E::M>()].spin_count.load(Ordering::Relaxed)
     }
 
     /// Spin mutexes held on `cpu` (the caller's CPU, interrupts disabled: the pinned model's
     /// entry, which passes the index it already has).
     #[inline(always)]
     pub fn spin_count_of(&self, cpu: usize) -> u32 {
-        self.cpus[cpu & (sched::MAX_CPUS - 1)].spin_count.load(Ordering::Relaxed)
+        self.cpus[cpu & (MAX_CPUS - 1)].spin_count.load(Ordering::Relaxed)
     }
 
     /// Takes this CPU's spin-mutex state (count and the level saved by the outermost) and
@@ -492,7 +463,7 @@ impl<M: IplCpu> SplState<M> {
     /// mutexes (the pinned model), so that what the lent thread holds is counted alone.
     /// Interrupts disabled; [`SplState::spin_state_restore`] puts it back.
     pub fn spin_state_take(&self) -> (u32, u8) {
-        let q = &self.cpus[this_cpu::<M>()];
+        let q = &self.cpus[this_cpu::<E::M>()];
         let s = (q.spin_count.load(Ordering::Relaxed), q.spin_oldspl.load(Ordering::Relaxed));
         q.spin_count.store(0, Ordering::Relaxed);
         s
@@ -500,7 +471,7 @@ impl<M: IplCpu> SplState<M> {
 
     /// Puts back what [`SplState::spin_state_take`] took (interrupts disabled).
     pub fn spin_state_restore(&self, (count, oldspl): (u32, u8)) {
-        let q = &self.cpus[this_cpu::<M>()];
+        let q = &self.cpus[this_cpu::<E::M>()];
         q.spin_count.store(count, Ordering::Relaxed);
         q.spin_oldspl.store(oldspl, Ordering::Relaxed);
     }
@@ -516,25 +487,25 @@ impl<M: IplCpu> SplState<M> {
 
     /// Whether `vector` is pending on this CPU.
     pub fn is_pending(&self, vector: u8) -> bool {
-        let q = &self.cpus[this_cpu::<M>()];
+        let q = &self.cpus[this_cpu::<E::M>()];
         q.vectors[vector as usize / 64].load(Ordering::Relaxed) & (1 << (vector % 64)) != 0
     }
 }
 
 /// Lowers the level on drop (the guard form of `splraise`/`splx`).
-pub struct SplGuard<'a, M: IplCpu> {
-    state: &'a SplState<M>,
+pub struct SplGuard<'a, E: SplEnv> {
+    state: &'a SplState<E>,
     saved: Spl,
 }
 
-impl<M: IplCpu> SplGuard<'_, M> {
+impl<E: SplEnv> SplGuard<'_, E> {
     /// The level that will be restored.
     pub fn saved(&self) -> Ipl {
         self.saved.ipl()
     }
 }
 
-impl<M: IplCpu> Drop for SplGuard<'_, M> {
+impl<E: SplEnv> Drop for SplGuard<'_, E> {
     fn drop(&mut self) {
         self.state.splx(self.saved);
     }

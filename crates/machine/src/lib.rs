@@ -20,7 +20,16 @@
 #![no_std]
 
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+/// Upper bound on CPUs: the size of every per-CPU array in the portable crates, defined here
+/// once. A power of two, so that `cpu & (MAX_CPUS - 1)` lets the compiler drop a bounds check
+/// on hot paths; that mask aliases nothing because a machine never numbers a CPU at or above
+/// this bound (the x86_64 start-up code refuses the CPUs beyond it and names them, and the
+/// arch crate checks its own tables against this constant at compile time).
+pub const MAX_CPUS: usize = 64;
+
+const _: () = assert!(MAX_CPUS.is_power_of_two());
 
 /// Proof that interrupts are disabled on this CPU for as long as the token lives.
 ///
@@ -55,7 +64,7 @@ impl Drop for IntrOff {
     }
 }
 
-/// An interrupt thread for [`Machine::pin_call`]: the thread, the top of its stack and the
+/// An interrupt thread for [`PinSwitch::pin_call`]: the thread, the top of its stack and the
 /// function it runs there (installed in a CPU's [`PinSlots`]).
 #[derive(Clone, Copy, Debug)]
 pub struct PinCall {
@@ -72,7 +81,7 @@ unsafe impl Send for PinCall {}
 // SAFETY: as above (read-only after construction).
 unsafe impl Sync for PinCall {}
 
-/// One CPU's words of the pinned switch ([`Machine::pin_call`]), kept where the machine's
+/// One CPU's words of the pinned switch ([`PinSwitch::pin_call`]), kept where the machine's
 /// entry code reaches them in one instruction (x86_64: `%gs:48..80`, entry.s). `#[repr(C)]`:
 /// assembly reads and writes them (offsets 0, 8, 16, 24).
 #[repr(C)]
@@ -91,8 +100,10 @@ pub struct PinSlots {
     pub thread: AtomicUsize,
     /// [`PinCall::stack_top`].
     pub stack_top: AtomicUsize,
-    /// [`PinCall::body`] (an `extern "C" fn(usize, usize)`; 0 before installation).
-    pub body: AtomicUsize,
+    /// [`PinCall::body`] (an `extern "C" fn(usize, usize)`, kept as a pointer so that a
+    /// machine implemented in Rust gets it back with its provenance; null before
+    /// installation).
+    pub body: AtomicPtr<()>,
 }
 
 impl PinSlots {
@@ -105,7 +116,7 @@ impl PinSlots {
             busy: AtomicUsize::new(Self::BLOCKED),
             thread: AtomicUsize::new(0),
             stack_top: AtomicUsize::new(0),
-            body: AtomicUsize::new(0),
+            body: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 
@@ -126,7 +137,7 @@ impl Default for PinSlots {
     }
 }
 
-/// What [`Machine::pin_call`] did. `#[repr(u32)]`: assembly returns it in `%eax`.
+/// What [`PinSwitch::pin_call`] did. `#[repr(u32)]`: assembly returns it in `%eax`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PinOutcome {
@@ -149,9 +160,6 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// The saved state of a switched-out thread (on x86_64: its stack pointer; the callee-saved
     /// registers live on its stack).
     type Context: Send + Sync;
-
-    /// Upper bound on CPUs this machine supports (array sizes in the portable crates).
-    const MAX_CPUS: usize;
 
     /// The index (0..ncpus) of the CPU the caller runs on. See the module doc on migration.
     fn cpu_index() -> usize;
@@ -205,13 +213,26 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// earlier `switch`, and no other CPU runs or is switching to that thread.
     unsafe fn switch(from: *mut Self::Context, to: *const Self::Context);
 
+    /// Spin-loop hint (x86 `pause`). Every busy-wait in the portable crates calls it.
+    #[inline]
+    fn relax() {
+        core::hint::spin_loop();
+    }
+}
+
+/// The pinned interrupt-thread switch (DESIGN.md part 2): what a machine provides so that an
+/// interrupt can lend its CPU to an interrupt thread without a scheduler context switch. The
+/// one protocol document is [`PinSwitch::pin_call`]'s; `sched::pinned` (the only user) and the
+/// implementations (`intr_pin_call` in `arch/x86_64/src/entry.s`, `crates/host-machine`) link
+/// to it. Every machine the portable scheduler runs on implements it: there are no defaults.
+pub trait PinSwitch: Machine {
     /// **Pinned call** (the short interrupt-thread switch, DESIGN.md part 2): if this CPU is at
     /// the pinned level, `IPL_VM` (its `ipl::IplCpu` word; else [`PinOutcome::Level`]), and its
     /// interrupt thread is free ([`PinSlots::busy`] zero; else [`PinOutcome::Busy`]), marks it
     /// borrowing (`busy` = the thread) and lends it this CPU for one call of `body(a0, a1)` on its
     /// stack, without a scheduler switch — all from this CPU's [`PinSlots`]. Saves the running
     /// (pinned) thread's callee-saved registers in a frame that [`Machine::switch`] can resume,
-    /// keeps its context in this CPU's slot ([`Machine::pinned_context`]), makes the interrupt
+    /// keeps its context in this CPU's slot ([`PinSwitch::pinned_context`]), makes the interrupt
     /// thread the current thread ([`Machine::curthread`]), switches to its stack top, enables
     /// interrupts and calls `body`. When `body` returns, interrupts are disabled, `busy` is
     /// cleared, the pinned thread's stack and current-thread pointer come back and this
@@ -224,38 +245,18 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// Answers `(outcome, a0, a1)`: for `Busy` and `Level` the arguments are handed back
     /// (the caller need not keep them across the call); otherwise those two are meaningless.
     ///
-    /// The default panics: a machine without a cheap stack switch has no pinned model.
-    ///
     /// # Safety
     /// Interrupts are disabled; if `busy` is clear, the installed thread is parked (its stack
     /// unused, on no CPU) and its `body` keeps the contract above.
-    unsafe fn pin_call(a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
-        let _ = (a0, a1);
-        panic!("this machine has no pinned interrupt-thread switch (Machine::pin_call)");
-    }
+    unsafe fn pin_call(a0: usize, a1: usize) -> (PinOutcome, usize, usize);
 
-    /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up, or the machine has no pinned
-    /// switch — the default).
-    fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
-        let _ = cpu;
-        None
-    }
+    /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
+    fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;
 
-    /// This CPU's [`PinSlots::borrowed`] (0 without a pinned switch).
-    #[inline]
-    fn pin_borrowed() -> usize {
-        0
-    }
+    /// This CPU's [`PinSlots::borrowed`] (one per-CPU load).
+    fn pin_borrowed() -> usize;
 
-    /// The context [`Machine::pin_call`] saved for the thread pinned on this CPU (valid while
-    /// that call is active). The default panics, as `pin_call`'s does.
-    fn pinned_context() -> *const Self::Context {
-        panic!("this machine has no pinned interrupt-thread switch (Machine::pinned_context)");
-    }
-
-    /// Spin-loop hint (x86 `pause`). Every busy-wait in the portable crates calls it.
-    #[inline]
-    fn relax() {
-        core::hint::spin_loop();
-    }
+    /// The context [`PinSwitch::pin_call`] saved for the thread pinned on this CPU (valid
+    /// while that call is active).
+    fn pinned_context() -> *const Self::Context;
 }

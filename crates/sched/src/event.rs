@@ -15,24 +15,26 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use machine::Machine;
 
+use crate::SchedEnv;
+
 use crate::spin::SpinLock;
 use crate::thread::Thread;
 use crate::Scheduler;
 
 /// An auto-reset event.
-pub struct Event<M: Machine> {
+pub struct Event<E: SchedEnv> {
     /// The scheduler (set at construction, or later by [`Event::bind`] for events built in
     /// `const` context before the scheduler can be named).
-    sched: core::sync::atomic::AtomicPtr<Scheduler<M>>,
+    sched: core::sync::atomic::AtomicPtr<Scheduler<E>>,
     flag: AtomicBool,
-    waiters: SpinLock<Vec<Arc<Thread<M>>>>,
+    waiters: SpinLock<Vec<Arc<Thread<E>>>>,
 }
 
-impl<M: Machine> Event<M> {
+impl<E: SchedEnv> Event<E> {
     /// A cleared event.
-    pub const fn new(sched: &'static Scheduler<M>) -> Self {
+    pub const fn new(sched: &'static Scheduler<E>) -> Self {
         Event {
-            sched: core::sync::atomic::AtomicPtr::new(sched as *const Scheduler<M> as *mut Scheduler<M>),
+            sched: core::sync::atomic::AtomicPtr::new(sched as *const Scheduler<E> as *mut Scheduler<E>),
             flag: AtomicBool::new(false),
             waiters: SpinLock::new(Vec::new()),
         }
@@ -48,14 +50,14 @@ impl<M: Machine> Event<M> {
     }
 
     /// Ties an event made by [`Event::new_unbound`] to its scheduler.
-    pub fn bind(&self, sched: &'static Scheduler<M>) {
-        self.sched.store(sched as *const Scheduler<M> as *mut Scheduler<M>, Ordering::Release);
+    pub fn bind(&self, sched: &'static Scheduler<E>) {
+        self.sched.store(sched as *const Scheduler<E> as *mut Scheduler<E>, Ordering::Release);
     }
 
-    fn sched(&self) -> &'static Scheduler<M> {
+    fn sched(&self) -> &'static Scheduler<E> {
         let p = self.sched.load(Ordering::Acquire);
         assert!(!p.is_null(), "event used before Event::bind");
-        // SAFETY: only `new` and `bind` store here, from `&'static Scheduler<M>`.
+        // SAFETY: only `new` and `bind` store here, from `&'static Scheduler<E>`.
         unsafe { &*p }
     }
 
@@ -63,7 +65,7 @@ impl<M: Machine> Event<M> {
     pub fn set(&self) {
         self.flag.store(true, Ordering::SeqCst);
         let woken = {
-            let io = M::intr_disable();
+            let io = E::M::intr_disable();
             let mut w = self.waiters.lock(&io);
             core::mem::take(&mut *w)
         };
@@ -85,12 +87,12 @@ impl<M: Machine> Event<M> {
             if self.flag.swap(false, Ordering::SeqCst) {
                 return true;
             }
-            if M::now_ns() >= deadline_ns {
-                let io = M::intr_disable();
+            if E::M::now_ns() >= deadline_ns {
+                let io = E::M::intr_disable();
                 self.waiters.lock(&io).retain(|t| !Arc::ptr_eq(t, &me));
                 return false;
             }
-            let io = M::intr_disable();
+            let io = E::M::intr_disable();
             self.sched().sleep_prepare(&io);
             {
                 let mut w = self.waiters.lock(&io);

@@ -40,6 +40,7 @@
 extern crate alloc;
 
 pub mod event;
+pub mod pinned;
 pub mod pri;
 pub mod runq;
 pub mod spin;
@@ -53,21 +54,40 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use intrusive_collections::LinkedListAtomicLink;
-use machine::{IntrOff, Machine, PinCall};
+use machine::{IntrOff, Machine, PinSwitch};
 
 pub use event::Event;
 pub use machine::PinOutcome;
+pub use pinned::PinThread;
 pub use pri::{Priority, NPRI};
 pub use runq::RunQueue;
 pub use spin::{SpinGuard, SpinLock};
 pub use thread::{HeldLocks, JoinHandle, Thread, ThreadState, MAX_HELD_LOCKS};
-use thread::{JoinState, BLOCKED, DEAD, PARKED, RUNNING, SLEEPING, UNBOUND};
+use thread::{JoinState, BLOCKED, DEAD, RUNNING, SLEEPING, UNBOUND};
 
 /// Clock ticks a thread may run before an equal-priority thread gets the CPU.
 pub const TIMESLICE_TICKS: u32 = 2;
 
-/// Upper bound on CPUs any machine may ask for (array size).
-pub const MAX_CPUS: usize = 64;
+pub use machine::MAX_CPUS;
+
+/// The environment the scheduler runs in: the SPL layer's ([`ipl::SplEnv`]) plus the
+/// scheduler instance and the check made before every sleep. Its machine provides the pinned
+/// switch ([`PinSwitch`]) as well.
+///
+/// The scheduler asks the SPL layer directly whether the running thread may be preempted
+/// ([`ipl::SplState::may_preempt`]: only at `IPL_NONE`; otherwise the SPL layer remembers and
+/// replays the preemption at the drop to `IPL_NONE`).
+pub trait SchedEnv: ipl::SplEnv<M: PinSwitch> {
+    /// The scheduler instance.
+    fn sched() -> &'static Scheduler<Self>;
+    /// The SPL state instance.
+    fn spl() -> &'static ipl::SplState<Self>;
+    /// Runs before the current thread blocks (interrupts disabled): panics, naming the
+    /// culprit, if it must not sleep here (a filter, interrupt context, a spin mutex held, a
+    /// raised level; `intr::path::sleep_check` is the portable implementation), and lets the
+    /// interrupt models react to a blocking handler (pool divorce).
+    fn sleep_check();
+}
 
 /// Stack size of a kernel thread.
 pub const STACK_SIZE: usize = 32 * 1024;
@@ -89,8 +109,8 @@ enum Reason {
 }
 
 /// Per-CPU scheduler state.
-pub struct CpuSched<M: Machine> {
-    rq: SpinLock<RunQueue<M>>,
+pub struct CpuSched<E: SchedEnv> {
+    rq: SpinLock<RunQueue<E>>,
     /// Mirror of the run queue's length, read without the lock for placement decisions.
     nqueued: AtomicUsize,
     /// The priority of the thread on this CPU, read by other CPUs for placement.
@@ -113,24 +133,24 @@ pub struct CpuSched<M: Machine> {
     /// Pinned calls: this CPU lent to an interrupt thread ([`Scheduler::pin_call`]).
     pin_switches: AtomicU64,
     /// Touched only by this CPU with interrupts disabled.
-    local: UnsafeCell<CpuLocal<M>>,
+    local: UnsafeCell<CpuLocal<E>>,
 }
 
-struct CpuLocal<M: Machine> {
+struct CpuLocal<E: SchedEnv> {
     /// The running thread (the reference the CPU holds).
-    current: Option<Arc<Thread<M>>>,
-    idle: Option<Arc<Thread<M>>>,
+    current: Option<Arc<Thread<E>>>,
+    idle: Option<Arc<Thread<E>>>,
     /// Thread switched away from, for `finish_switch` to release.
-    prev: Option<Arc<Thread<M>>>,
+    prev: Option<Arc<Thread<E>>>,
     /// `prev` must be queued on this other CPU once off ours (binding).
     prev_migrate_to: Option<usize>,
 }
 
 // SAFETY: `local` is accessed only by its own CPU with interrupts disabled; everything else
 // is atomic or lock-protected.
-unsafe impl<M: Machine> Sync for CpuSched<M> {}
+unsafe impl<E: SchedEnv> Sync for CpuSched<E> {}
 
-impl<M: Machine> CpuSched<M> {
+impl<E: SchedEnv> CpuSched<E> {
     const fn new() -> Self {
         CpuSched {
             rq: SpinLock::new(RunQueue::new()),
@@ -156,7 +176,7 @@ impl<M: Machine> CpuSched<M> {
     /// # Safety
     /// Caller runs on this CPU with interrupts disabled and holds no other `&mut` to it.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn local(&self) -> &mut CpuLocal<M> {
+    unsafe fn local(&self) -> &mut CpuLocal<E> {
         // SAFETY: per the contract.
         unsafe { &mut *self.local.get() }
     }
@@ -179,45 +199,26 @@ pub struct CpuStats {
     pub queued: usize,
 }
 
-/// An interrupt thread that borrows CPUs through [`Scheduler::pin_call`] (made by
-/// [`Scheduler::new_ithread`]): the thread, its address and the top of its stack, which every
-/// pinned call starts from.
-pub struct PinThread<M: Machine> {
-    thread: Arc<Thread<M>>,
-    call: PinCall,
-}
-
-impl<M: Machine> PinThread<M> {
-    /// The thread.
-    pub fn thread(&self) -> &Arc<Thread<M>> {
-        &self.thread
-    }
-}
-
 /// The scheduler: all CPUs' run queues and the timed-sleep list.
-pub struct Scheduler<M: Machine> {
-    cpus: [CpuSched<M>; MAX_CPUS],
+pub struct Scheduler<E: SchedEnv> {
+    cpus: [CpuSched<E>; MAX_CPUS],
     next_id: AtomicU64,
     /// Threads in a timed sleep, with their deadline (ns). Unsorted: few sleep with a timeout.
-    sleepers: SpinLock<Vec<(u64, Arc<Thread<M>>)>>,
+    sleepers: SpinLock<Vec<(u64, Arc<Thread<E>>)>>,
     /// Earliest deadline in `sleepers` (u64::MAX when empty), read without the lock by `tick`.
     next_deadline: AtomicU64,
     live_threads: AtomicUsize,
     /// Every thread not yet freed, for `ps` (weak: the list keeps nobody alive).
-    all: SpinLock<Vec<Weak<Thread<M>>>>,
-    /// `fn(&IntrOff) -> bool`: may the current thread be preempted now (0: always)?
-    preempt_gate: AtomicUsize,
-    /// `fn()`: called before a thread blocks (the lock checker's sleep check; 0: none).
-    sleep_check: AtomicUsize,
+    all: SpinLock<Vec<Weak<Thread<E>>>>,
 }
 
-impl<M: Machine> Default for Scheduler<M> {
+impl<E: SchedEnv> Default for Scheduler<E> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<M: Machine> Scheduler<M> {
+impl<E: SchedEnv> Scheduler<E> {
     /// A scheduler with no CPU online yet.
     pub const fn new() -> Self {
         Scheduler {
@@ -227,13 +228,11 @@ impl<M: Machine> Scheduler<M> {
             next_deadline: AtomicU64::new(u64::MAX),
             live_threads: AtomicUsize::new(0),
             all: SpinLock::new(Vec::new()),
-            preempt_gate: AtomicUsize::new(0),
-            sleep_check: AtomicUsize::new(0),
         }
     }
 
-    fn this_cpu(&self) -> &CpuSched<M> {
-        &self.cpus[M::cpu_index()]
+    fn this_cpu(&self) -> &CpuSched<E> {
+        &self.cpus[E::M::cpu_index()]
     }
 
     fn new_thread(
@@ -243,8 +242,8 @@ impl<M: Machine> Scheduler<M> {
         bound: Option<usize>,
         is_idle: bool,
         stack: Option<Box<[u64]>>,
-        ctx: M::Context,
-    ) -> Thread<M> {
+        ctx: <E::M as Machine>::Context,
+    ) -> Thread<E> {
         Thread {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name,
@@ -253,7 +252,7 @@ impl<M: Machine> Scheduler<M> {
             pri: AtomicU8::new(pri.get()),
             state: AtomicU8::new(RUNNING),
             on_cpu: AtomicBool::new(false),
-            cpu: AtomicUsize::new(bound.unwrap_or_else(M::cpu_index)),
+            cpu: AtomicUsize::new(bound.unwrap_or_else(E::M::cpu_index)),
             bound: AtomicUsize::new(bound.unwrap_or(UNBOUND)),
             is_idle,
             preempt_count: AtomicU32::new(0),
@@ -265,7 +264,7 @@ impl<M: Machine> Scheduler<M> {
             held: SpinLock::new(thread::HeldLocks::new()),
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
-            last_on_ns: AtomicU64::new(M::now_ns()),
+            last_on_ns: AtomicU64::new(E::M::now_ns()),
         }
     }
 
@@ -274,13 +273,14 @@ impl<M: Machine> Scheduler<M> {
     /// Called once per CPU, with interrupts disabled, before the CPU takes interrupts that
     /// reach the scheduler.
     pub fn init_cpu(&'static self, proof: &IntrOff) {
-        let cpu = M::cpu_index();
+        let cpu = E::M::cpu_index();
         let mut name = String::from("idle/");
         push_decimal(&mut name, cpu as u64);
-        let idle = Arc::new(self.new_thread(name, Priority::IDLE, Some(cpu), true, None, M::empty_context()));
+        let idle =
+            Arc::new(self.new_thread(name, Priority::IDLE, Some(cpu), true, None, E::M::empty_context()));
         idle.on_cpu.store(true, Ordering::Relaxed);
         let c = &self.cpus[cpu];
-        M::set_curthread(Arc::as_ptr(&idle) as *const (), proof);
+        E::M::set_curthread(Arc::as_ptr(&idle) as *const (), proof);
         // SAFETY: we are on `cpu` with interrupts disabled.
         let local = unsafe { c.local() };
         self.register(&idle, proof);
@@ -288,7 +288,7 @@ impl<M: Machine> Scheduler<M> {
         local.current = Some(idle);
         c.cur_pri.store(Priority::IDLE.get(), Ordering::Relaxed);
         c.cur_idle.store(true, Ordering::Relaxed);
-        c.running.store(M::curthread() as usize, Ordering::Relaxed);
+        c.running.store(E::M::curthread() as usize, Ordering::Relaxed);
         c.online.store(true, Ordering::Release);
     }
 
@@ -300,7 +300,7 @@ impl<M: Machine> Scheduler<M> {
     /// The idle loop: run whatever is runnable, steal from busy CPUs, halt otherwise.
     pub fn idle_loop(&'static self) -> ! {
         loop {
-            let io = M::intr_disable();
+            let io = E::M::intr_disable();
             let c = self.this_cpu();
             if c.nqueued.load(Ordering::Relaxed) == 0 {
                 self.steal(&io);
@@ -308,7 +308,7 @@ impl<M: Machine> Scheduler<M> {
             if c.nqueued.load(Ordering::Relaxed) > 0 || c.need_resched.load(Ordering::Relaxed) {
                 self.schedule(Reason::Yield, &io);
             } else {
-                M::wait_for_interrupt(&io);
+                E::M::wait_for_interrupt(&io);
             }
             drop(io);
         }
@@ -316,8 +316,8 @@ impl<M: Machine> Scheduler<M> {
 
     /// Moves one unbound runnable thread from the busiest other CPU to this one.
     fn steal(&'static self, io: &IntrOff) {
-        let me = M::cpu_index();
-        let n = M::ncpus();
+        let me = E::M::cpu_index();
+        let n = E::M::ncpus();
         let mut victim = None;
         let mut most = 0;
         for cpu in (0..n).filter(|&c| c != me) {
@@ -348,21 +348,27 @@ impl<M: Machine> Scheduler<M> {
         pri: Priority,
         bound: Option<usize>,
         f: impl FnOnce() + Send + 'static,
-    ) -> JoinHandle<M> {
+    ) -> JoinHandle<E> {
         assert!(bound.is_none_or(|c| self.cpu_online(c)), "spawn({name}): CPU {bound:?} is not online");
         let words = STACK_SIZE / 8;
         let mut stack = alloc::vec![0u64; words].into_boxed_slice();
         let top = stack.as_mut_ptr() as usize + words * 8;
-        let t =
-            Arc::new(self.new_thread(String::from(name), pri, bound, false, Some(stack), M::empty_context()));
-        let ctx = M::new_context(top, thread_start::<M>, Arc::as_ptr(&t) as usize);
+        let t = Arc::new(self.new_thread(
+            String::from(name),
+            pri,
+            bound,
+            false,
+            Some(stack),
+            E::M::empty_context(),
+        ));
+        let ctx = E::M::new_context(top, thread_start::<E>, Arc::as_ptr(&t) as usize);
         // SAFETY: the thread is not visible to any other CPU yet; we are its only user.
         unsafe {
             *t.ctx.get() = ctx;
             *t.start.get() = Some(Box::new(f));
         }
         self.live_threads.fetch_add(1, Ordering::Relaxed);
-        let io = M::intr_disable();
+        let io = E::M::intr_disable();
         self.register(&t, &io);
         let target = self.select_cpu(&t);
         self.enqueue(t.clone(), target, &io);
@@ -371,7 +377,7 @@ impl<M: Machine> Scheduler<M> {
         JoinHandle { thread: t }
     }
 
-    fn register(&self, t: &Arc<Thread<M>>, io: &IntrOff) {
+    fn register(&self, t: &Arc<Thread<E>>, io: &IntrOff) {
         let mut all = self.all.lock(io);
         if all.len() >= 64 && all.len().is_power_of_two() {
             all.retain(|w| w.strong_count() > 0);
@@ -381,9 +387,9 @@ impl<M: Machine> Scheduler<M> {
 
     /// Calls `f` for every thread that still exists (running, runnable, sleeping, or exited
     /// but not yet freed), oldest first. `f` runs without scheduler locks held.
-    pub fn for_each_thread(&self, mut f: impl FnMut(&Thread<M>)) {
-        let snapshot: Vec<Arc<Thread<M>>> = {
-            let io = M::intr_disable();
+    pub fn for_each_thread(&self, mut f: impl FnMut(&Thread<E>)) {
+        let snapshot: Vec<Arc<Thread<E>>> = {
+            let io = E::M::intr_disable();
             let all = self.all.lock(&io);
             all.iter().filter_map(Weak::upgrade).collect()
         };
@@ -398,11 +404,11 @@ impl<M: Machine> Scheduler<M> {
     }
 
     /// Picks the CPU a thread that becomes runnable should be queued on.
-    fn select_cpu(&self, t: &Thread<M>) -> usize {
+    fn select_cpu(&self, t: &Thread<E>) -> usize {
         if let Some(b) = t.bound_cpu() {
             return b;
         }
-        let n = M::ncpus();
+        let n = E::M::ncpus();
         let last = t.cpu.load(Ordering::Relaxed).min(n - 1);
         let pri = t.pri.load(Ordering::Relaxed);
         let idle = |c: usize| {
@@ -438,7 +444,7 @@ impl<M: Machine> Scheduler<M> {
 
     /// Queues a runnable thread on `cpu` and asks that CPU to reschedule if it now has
     /// something more urgent than what it runs.
-    fn enqueue(&self, t: Arc<Thread<M>>, cpu: usize, io: &IntrOff) {
+    fn enqueue(&self, t: Arc<Thread<E>>, cpu: usize, io: &IntrOff) {
         let pri = t.pri.load(Ordering::Relaxed);
         t.cpu.store(cpu, Ordering::Relaxed);
         let c = &self.cpus[cpu];
@@ -457,19 +463,19 @@ impl<M: Machine> Scheduler<M> {
         let c = &self.cpus[cpu];
         c.kicked.store(true, Ordering::Release);
         let was = c.need_resched.swap(true, Ordering::AcqRel);
-        if cpu != M::cpu_index() && !was {
+        if cpu != E::M::cpu_index() && !was {
             c.resched_ipis.fetch_add(1, Ordering::Relaxed);
-            M::send_resched(cpu);
-        } else if cpu != M::cpu_index() && c.cur_idle.load(Ordering::Relaxed) {
+            E::M::send_resched(cpu);
+        } else if cpu != E::M::cpu_index() && c.cur_idle.load(Ordering::Relaxed) {
             // An idle CPU may be halted with the flag already set by an earlier kick whose
             // IPI it consumed before halting; IPIs are cheap compared to a lost wakeup.
-            M::send_resched(cpu);
+            E::M::send_resched(cpu);
         }
     }
 
     /// The running thread.
-    pub fn current(&self) -> &Thread<M> {
-        let p = M::curthread() as *const Thread<M>;
+    pub fn current(&self) -> &Thread<E> {
+        let p = E::M::curthread() as *const Thread<E>;
         // SAFETY: `curthread` is set by `init_cpu` and `schedule` to a thread that the CPU
         // holds a reference to for as long as it runs; the caller *is* that thread, so the
         // object outlives this borrow (a thread cannot drop itself while running).
@@ -477,8 +483,8 @@ impl<M: Machine> Scheduler<M> {
     }
 
     /// A counted reference to the running thread.
-    pub fn current_arc(&self) -> Arc<Thread<M>> {
-        let p = M::curthread() as *const Thread<M>;
+    pub fn current_arc(&self) -> Arc<Thread<E>> {
+        let p = E::M::curthread() as *const Thread<E>;
         // SAFETY: as in `current`; the CPU holds one strong count for the running thread, so
         // incrementing it from a borrowed pointer is sound.
         unsafe {
@@ -501,30 +507,19 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
-    /// Sets the hooks the layers above use: `preempt_gate` answers whether the current thread
-    /// may be preempted now (the SPL layer says no above `IPL_NONE` and remembers to come
-    /// back); `sleep_check` runs before a thread blocks (the lock checker).
-    pub fn set_hooks(&self, preempt_gate: fn(&IntrOff) -> bool, sleep_check: fn()) {
-        self.preempt_gate.store(preempt_gate as *const () as usize, Ordering::Release);
-        self.sleep_check.store(sleep_check as *const () as usize, Ordering::Release);
-    }
-
+    /// May the current thread be preempted now? Only at `IPL_NONE` (the SPL layer records
+    /// a refused preemption and replays it at the drop to `IPL_NONE`).
+    #[inline]
     fn gate_open(&self, io: &IntrOff) -> bool {
-        let g = self.preempt_gate.load(Ordering::Acquire);
-        if g == 0 {
-            return true;
-        }
-        // SAFETY: only `set_hooks` stores here, from a `fn(&IntrOff) -> bool`.
-        let g = unsafe { core::mem::transmute::<usize, fn(&IntrOff) -> bool>(g) };
-        g(io)
+        E::spl().may_preempt(io)
     }
 
     /// Switches away now if this CPU was asked to reschedule and we may be preempted.
     pub fn preempt_check(&'static self) {
-        if !M::intr_enabled() {
+        if !E::M::intr_enabled() {
             return; // the caller's interrupt-disabled section ends in an interrupt or schedule
         }
-        let io = M::intr_disable();
+        let io = E::M::intr_disable();
         let c = self.this_cpu();
         if c.need_resched.load(Ordering::Relaxed)
             && c.intr_depth.load(Ordering::Relaxed) == 0
@@ -537,7 +532,7 @@ impl<M: Machine> Scheduler<M> {
 
     /// Gives the CPU to another runnable thread of equal or higher priority, if any.
     pub fn yield_now(&'static self) {
-        let io = M::intr_disable();
+        let io = E::M::intr_disable();
         self.schedule(Reason::Yield, &io);
     }
 
@@ -547,14 +542,14 @@ impl<M: Machine> Scheduler<M> {
             assert!(self.cpu_online(c), "bind_current: CPU {c} is not online");
         }
         self.current().bound.store(cpu.unwrap_or(UNBOUND), Ordering::Relaxed);
-        if cpu.is_some_and(|c| c != M::cpu_index()) {
+        if cpu.is_some_and(|c| c != E::M::cpu_index()) {
             self.yield_now();
         }
     }
 
     /// Binds (or unbinds) another thread: takes effect when it is next placed (a sleeping
     /// thread: at its wakeup). The interrupt pool uses it to send an idle ithread to a CPU.
-    pub fn bind_thread(&self, t: &Thread<M>, cpu: Option<usize>) {
+    pub fn bind_thread(&self, t: &Thread<E>, cpu: Option<usize>) {
         if let Some(c) = cpu {
             assert!(self.cpu_online(c), "bind_thread: CPU {c} is not online");
         }
@@ -563,7 +558,7 @@ impl<M: Machine> Scheduler<M> {
 
     /// The CPU the caller runs on (may change right after unless preemption is disabled).
     pub fn cpu_index(&self) -> usize {
-        M::cpu_index()
+        E::M::cpu_index()
     }
 
     /// First half of going to sleep: mark the current thread SLEEPING. Interrupts must be
@@ -595,18 +590,13 @@ impl<M: Machine> Scheduler<M> {
         self.schedule(Reason::Block, proof);
         if deadline_ns != u64::MAX {
             // Woken (or timed out): drop our timeout entry so the list stays short.
-            let me = M::curthread() as *const Thread<M>;
+            let me = E::M::curthread() as *const Thread<E>;
             self.sleepers.lock(proof).retain(|(_, t)| !core::ptr::eq(Arc::as_ptr(t), me));
         }
     }
 
     fn run_sleep_check(&self) {
-        let f = self.sleep_check.load(Ordering::Acquire);
-        if f != 0 {
-            // SAFETY: only `set_hooks` stores here, from a `fn()`.
-            let f = unsafe { core::mem::transmute::<usize, fn()>(f) };
-            f();
-        }
+        E::sleep_check();
     }
 
     /// Whether the thread at address `t` is on some CPU right now. The address is only
@@ -614,11 +604,11 @@ impl<M: Machine> Scheduler<M> {
     /// exited (the adaptive mutex asks about a lock owner it holds no reference to).
     pub fn is_running(&self, t: *const ()) -> bool {
         let t = t as usize;
-        (0..M::ncpus()).any(|c| {
+        (0..E::M::ncpus()).any(|c| {
             let cs = &self.cpus[c];
             // A CPU lent to an interrupt thread runs that thread, not the one pinned under it
             // (an ithread must block on, not spin for, a lock its pinned thread holds).
-            match M::pin_slots(c).map_or(0, |p| p.borrowed()) {
+            match E::M::pin_slots(c).map_or(0, |p| p.borrowed()) {
                 0 => cs.running.load(Ordering::Relaxed) == t,
                 b => b == t,
             }
@@ -628,8 +618,8 @@ impl<M: Machine> Scheduler<M> {
     /// Changes a thread's effective priority (priority inheritance lends and withdraws
     /// through here): requeues it if it waits in a run queue, and asks its CPU to reschedule
     /// if the change makes something else more urgent there.
-    pub fn set_priority(&'static self, t: &Thread<M>, pri: Priority) {
-        let io = M::intr_disable();
+    pub fn set_priority(&'static self, t: &Thread<E>, pri: Priority) {
+        let io = E::M::intr_disable();
         loop {
             let cpu = t.cpu.load(Ordering::Acquire);
             let c = &self.cpus[cpu];
@@ -647,7 +637,7 @@ impl<M: Machine> Scheduler<M> {
                 return;
             }
             let old = t.pri.swap(pri.get(), Ordering::Relaxed);
-            if c.running.load(Ordering::Relaxed) == t as *const Thread<M> as usize {
+            if c.running.load(Ordering::Relaxed) == t as *const Thread<E> as usize {
                 c.cur_pri.store(pri.get(), Ordering::Relaxed);
                 if pri.get() < old && rq.highest().is_some_and(|h| h > pri) {
                     drop(rq);
@@ -665,9 +655,9 @@ impl<M: Machine> Scheduler<M> {
 
     /// Makes `t` runnable if it sleeps. Returns whether it was asleep (or about to sleep).
     /// Callable from any context, including interrupt handlers.
-    pub fn wakeup(&'static self, t: &Arc<Thread<M>>) -> bool {
+    pub fn wakeup(&'static self, t: &Arc<Thread<E>>) -> bool {
         let woke = {
-            let io = M::intr_disable();
+            let io = E::M::intr_disable();
             self.wakeup_locked(t, &io)
         };
         if woke {
@@ -676,7 +666,7 @@ impl<M: Machine> Scheduler<M> {
         woke
     }
 
-    fn wakeup_locked(&'static self, t: &Arc<Thread<M>>, io: &IntrOff) -> bool {
+    fn wakeup_locked(&'static self, t: &Arc<Thread<E>>, io: &IntrOff) -> bool {
         // See `sleep_prepare`: the waker's condition store is ordered before this state load.
         core::sync::atomic::fence(Ordering::SeqCst);
         loop {
@@ -702,19 +692,19 @@ impl<M: Machine> Scheduler<M> {
 
     /// Sleeps for at least `ns` nanoseconds (resolution: one clock tick).
     pub fn sleep_ns(&'static self, ns: u64) {
-        let deadline = M::now_ns().saturating_add(ns);
-        while M::now_ns() < deadline {
-            let io = M::intr_disable();
+        let deadline = E::M::now_ns().saturating_add(ns);
+        while E::M::now_ns() < deadline {
+            let io = E::M::intr_disable();
             self.sleep_prepare(&io);
             self.sleep_commit_deadline(deadline, &io);
         }
     }
 
-    fn join_thread(&'static self, t: &Arc<Thread<M>>) {
+    fn join_thread(&'static self, t: &Arc<Thread<E>>) {
         let me = self.current_arc();
         assert!(!Arc::ptr_eq(&me, t), "thread {} tried to join itself", t.name);
         loop {
-            let io = M::intr_disable();
+            let io = E::M::intr_disable();
             self.sleep_prepare(&io);
             {
                 let mut j = t.join.lock(&io);
@@ -733,7 +723,7 @@ impl<M: Machine> Scheduler<M> {
     pub fn exit(&'static self) -> ! {
         let me = self.current_arc();
         assert!(!me.is_idle, "an idle thread cannot exit");
-        let io = M::intr_disable();
+        let io = E::M::intr_disable();
         // Dead and uncounted before the joiner can run: whoever `join` returns to sees it so.
         self.live_threads.fetch_sub(1, Ordering::Relaxed);
         me.state.store(DEAD, Ordering::SeqCst);
@@ -795,9 +785,9 @@ impl<M: Machine> Scheduler<M> {
                 c.slice_left.store(left - 1, Ordering::Relaxed);
             }
         }
-        let now = M::now_ns();
+        let now = E::M::now_ns();
         if now >= self.next_deadline.load(Ordering::Relaxed) {
-            let mut due: Vec<Arc<Thread<M>>> = Vec::new();
+            let mut due: Vec<Arc<Thread<E>>> = Vec::new();
             {
                 let mut s = self.sleepers.lock(proof);
                 let mut next = u64::MAX;
@@ -818,173 +808,6 @@ impl<M: Machine> Scheduler<M> {
         }
     }
 
-    /// Creates the interrupt thread for `cpu` that [`Scheduler::pin_call`] lends that CPU to
-    /// (DESIGN.md part 2). It is bound to `cpu`, PARKED, and never on a run queue unless a
-    /// handler blocks in it. Each pinned call runs `body(a0, a1)` on it, once it is
-    /// installed ([`Scheduler::pin_install`]; see [`Scheduler::pin_call`]).
-    pub fn new_ithread(
-        &'static self,
-        name: &str,
-        pri: Priority,
-        cpu: usize,
-        body: extern "C" fn(usize, usize),
-    ) -> PinThread<M> {
-        assert!(self.cpu_online(cpu), "new_ithread({name}): CPU {cpu} is not online");
-        let words = STACK_SIZE / 8;
-        let mut stack = alloc::vec![0u64; words].into_boxed_slice();
-        let stack_top = (stack.as_mut_ptr() as usize + words * 8) & !0xF;
-        let t = Arc::new(self.new_thread(
-            String::from(name),
-            pri,
-            Some(cpu),
-            false,
-            Some(stack),
-            M::empty_context(),
-        ));
-        t.state.store(PARKED, Ordering::Relaxed);
-        self.live_threads.fetch_add(1, Ordering::Relaxed);
-        let io = M::intr_disable();
-        self.register(&t, &io);
-        drop(io);
-        PinThread { call: PinCall { thread: Arc::as_ptr(&t) as *const (), stack_top, body }, thread: t }
-    }
-
-    /// Installs `it` as CPU `cpu`'s interrupt thread for [`Scheduler::pin_call`] (its
-    /// [`machine::PinSlots`]) and marks it free: from then on an interrupt on `cpu` may lend
-    /// it the CPU. Once per CPU; `it` must outlive every pinned call (it is never dropped).
-    pub fn pin_install(&self, cpu: usize, it: &PinThread<M>) {
-        let p = M::pin_slots(cpu).expect("pin_install: the CPU has no pinned-switch slots");
-        p.thread.store(it.call.thread as usize, Ordering::Relaxed);
-        p.stack_top.store(it.call.stack_top, Ordering::Relaxed);
-        p.body.store(it.call.body as usize, Ordering::Relaxed);
-        p.busy.store(0, Ordering::Release);
-    }
-
-    /// **The pinned call** (DESIGN.md part 2; NetBSD's fast soft interrupts, illumos'
-    /// interrupt threads): if this CPU's interrupt thread ([`Scheduler::pin_install`]) is
-    /// parked and the CPU at `IPL_VM`, lends it the CPU for one call of its body,
-    /// `body(a0, a1)`, on its stack,
-    /// with interrupts enabled, in thread context ([`Scheduler::in_interrupt`] is false for
-    /// it). Only the stack, the current-thread pointer and the CPU's pinned-switch words
-    /// change ([`Machine::pin_call`]); the running thread stays this CPU's current thread for
-    /// the scheduler, pinned underneath — not queued, not migratable, its run state
-    /// untouched. The scheduler learns only that the CPU is borrowed
-    /// ([`machine::PinSlots::busy`], for [`Scheduler::is_running`] and the block path).
-    ///
-    /// [`PinOutcome::Returned`] when `body` returned: the fast path. [`PinOutcome::Busy`]:
-    /// the thread was not parked; [`PinOutcome::Level`]: the CPU was not at `IPL_VM` — nothing
-    /// done, `a0` and `a1` handed back (the second and third values; see [`Machine::pin_call`]). [`PinOutcome::Blocked`]: the thread blocked
-    /// in `body`; the bookkeeping skipped here happened then, lazily (`schedule_borrowed`):
-    /// the thread became an ordinary thread, the pinned thread was resumed at once, and the
-    /// thread finishes later, clears its `busy` word and ends with [`Scheduler::pin_park`]
-    /// (its body must check [`Scheduler::borrowing`] before returning).
-    ///
-    /// Called from interrupt context on this CPU with interrupts disabled, no other pinned
-    /// call active on it. The caller handles the SPL.
-    #[inline(always)]
-    pub fn pin_call(&'static self, a0: usize, a1: usize, _proof: &IntrOff) -> (PinOutcome, usize, usize) {
-        // The interrupt depth is left as it is: `in_interrupt` consults `busy` instead.
-        // A thread whose `busy` word is clear is PARKED: its stack is unused and no CPU runs it
-        // (a thread that parks leaves its CPU before interrupts are enabled there again, and
-        // it is bound to this CPU).
-        // SAFETY: interrupts are disabled (the proof), no other pinned call is active here
-        // (the caller's promise), the installed thread is free when `busy` is clear (above),
-        // its body keeps the contract documented above.
-        let r = unsafe { M::pin_call(a0, a1) };
-        if matches!(r.0, PinOutcome::Returned | PinOutcome::Blocked) {
-            self.pin_done(r.0);
-        }
-        r
-    }
-
-    /// [`Scheduler::pin_call`]'s return side: count the switch (this CPU, interrupts disabled:
-    /// no locked add; counted here, not on the way in, where it would add to the latency) and,
-    /// if the thread blocked, finish that switch.
-    #[inline(always)]
-    fn pin_done(&'static self, r: PinOutcome) {
-        let c = self.this_cpu();
-        c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        if r == PinOutcome::Blocked {
-            self.finish_switch();
-        }
-    }
-
-    /// Whether the running thread runs on a CPU lent to it by [`Scheduler::pin_call`] (a
-    /// thread is pinned under it). Needs no interrupt-disabled section: a borrowing thread
-    /// is neither preempted nor migrated, and a running thread that does not borrow never
-    /// starts to (only a parked one is lent a CPU).
-    #[inline]
-    pub fn borrowing(&self) -> bool {
-        M::pin_borrowed() == M::curthread() as usize
-    }
-
-    /// Whether `cpu` is lent to an interrupt thread right now (for `ps`).
-    pub fn cpu_borrowed(&self, cpu: usize) -> bool {
-        M::pin_slots(cpu).is_some_and(|p| p.borrowed() != 0)
-    }
-
-    /// Ends the work of an interrupt thread that blocked during its pinned call (and so is an
-    /// ordinary thread now, [`Scheduler::borrowing`] false): it leaves the CPU for good,
-    /// PARKED, and the next [`Scheduler::pin_call`] starts it afresh at the top of its stack.
-    /// Interrupts disabled.
-    pub fn pin_park(&'static self, proof: &IntrOff) -> ! {
-        self.current().state.store(PARKED, Ordering::SeqCst);
-        self.schedule(Reason::Park, proof);
-        unreachable!("a parked interrupt thread was switched back in");
-    }
-
-    /// `schedule` on a CPU lent to an interrupt thread (the running thread is that thread;
-    /// the scheduler's current thread is the one pinned under it). The interrupt thread is not
-    /// preempted: it gives the CPU back soon. If it blocks, the bookkeeping `pin_call`
-    /// skipped happens here, as NetBSD's `mi_switch` does for a blocking soft-interrupt LWP:
-    /// it becomes this CPU's current thread, the pinned thread is released and resumed at
-    /// once through the context `M::pin_call` saved (it never left the CPU: no run queue),
-    /// and the interrupt thread sleeps like any thread; a wakeup queues it on its CPU.
-    #[cold]
-    fn schedule_borrowed(&'static self, reason: Reason, proof: &IntrOff) {
-        match reason {
-            Reason::Preempt | Reason::Yield => return,
-            Reason::Exit | Reason::Park => {
-                panic!("thread {} left its CPU with a thread pinned under it", self.current().name)
-            }
-            Reason::Block => {}
-        }
-        let cpu = M::cpu_index();
-        let c = &self.cpus[cpu];
-        let it = self.current_arc();
-        // Carried across the switch; the pinned thread's `finish_switch` releases it.
-        c.rq.raw_lock();
-        it.on_cpu.store(true, Ordering::Relaxed);
-        it.cpu.store(cpu, Ordering::Relaxed);
-        if it.state.compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-            // Woken before it slept: go on borrowing.
-            it.on_cpu.store(false, Ordering::Relaxed);
-            c.rq.raw_unlock();
-            return;
-        }
-        // SAFETY: this CPU, interrupts disabled (the proof).
-        let local = unsafe { c.local() };
-        let pinned = local.current.take().expect("schedule before init_cpu");
-        let slots = M::pin_slots(cpu).expect("borrowed CPU without pinned-switch slots");
-        slots.busy.store(machine::PinSlots::BLOCKED, Ordering::Relaxed);
-        c.switches.fetch_add(1, Ordering::Relaxed);
-        it.last_on_ns.store(M::now_ns(), Ordering::Relaxed);
-        let from = it.ctx.get();
-        let to = M::pinned_context();
-        M::set_curthread(Arc::as_ptr(&pinned) as *const (), proof);
-        local.current = Some(pinned);
-        local.prev = Some(it);
-        local.prev_migrate_to = None;
-        // `from` stays alive in `local.prev` until the pinned thread's `finish_switch`; we hold
-        // our run-queue lock, so no CPU picks the interrupt thread before its registers are
-        // saved (`on_cpu` guards that too).
-        // SAFETY: interrupts are disabled; `from` is the running (interrupt) thread's context;
-        // `to` is the pinned thread's, saved by `M::pin_call` here and never queued.
-        unsafe { M::switch(from, to) };
-        // Woken and picked by `schedule` on this CPU: an ordinary thread from here on.
-        self.finish_switch();
-    }
-
     /// Counters of `cpu`.
     pub fn cpu_stats(&self, cpu: usize) -> CpuStats {
         let c = &self.cpus[cpu];
@@ -1000,9 +823,9 @@ impl<M: Machine> Scheduler<M> {
 
     /// The core: pick the next thread for this CPU and switch to it.
     fn schedule(&'static self, reason: Reason, _proof: &IntrOff) {
-        let cpu = M::cpu_index();
+        let cpu = E::M::cpu_index();
         let c = &self.cpus[cpu];
-        if M::pin_borrowed() != 0 {
+        if E::M::pin_borrowed() != 0 {
             self.schedule_borrowed(reason, _proof);
             return;
         }
@@ -1052,9 +875,9 @@ impl<M: Machine> Scheduler<M> {
         }
         // The next thread may still be saving its registers on the CPU it left.
         while next.on_cpu.load(Ordering::Acquire) {
-            M::relax();
+            E::M::relax();
         }
-        let now = M::now_ns();
+        let now = E::M::now_ns();
         prev.run_ns.fetch_add(now.saturating_sub(prev.last_on_ns.load(Ordering::Relaxed)), Ordering::Relaxed);
         next.last_on_ns.store(now, Ordering::Relaxed);
         next.on_cpu.store(true, Ordering::Relaxed);
@@ -1070,8 +893,8 @@ impl<M: Machine> Scheduler<M> {
         }
 
         let from = prev.ctx.get();
-        let to = next.ctx.get() as *const M::Context;
-        M::set_curthread(Arc::as_ptr(&next) as *const (), _proof);
+        let to = next.ctx.get() as *const <E::M as Machine>::Context;
+        E::M::set_curthread(Arc::as_ptr(&next) as *const (), _proof);
         c.running.store(Arc::as_ptr(&next) as usize, Ordering::Relaxed);
         local.current = Some(next);
         local.prev = Some(prev);
@@ -1079,7 +902,7 @@ impl<M: Machine> Scheduler<M> {
         // `from` lives on in `local.prev` until `finish_switch`; `to` had `on_cpu` false.
         // SAFETY: interrupts are disabled; no other CPU runs `to` (on_cpu was false) or can
         // pick it (we hold our run-queue lock); `from` is the running thread's context.
-        unsafe { M::switch(from, to) };
+        unsafe { E::M::switch(from, to) };
         // Resumed, possibly on another CPU.
         self.finish_switch();
     }
@@ -1106,18 +929,18 @@ impl<M: Machine> Scheduler<M> {
     }
 }
 
-/// First code of every new thread (its context was built by `M::new_context`).
-extern "C" fn thread_start<M: Machine>(arg: usize) -> ! {
+/// First code of every new thread (its context was built by `E::M::new_context`).
+extern "C" fn thread_start<E: SchedEnv>(arg: usize) -> ! {
     // SAFETY: `arg` is the `Arc::as_ptr` of the thread being started; the CPU holds a
     // reference to it (`local.current`) for as long as it runs.
-    let t = unsafe { &*(arg as *const Thread<M>) };
+    let t = unsafe { &*(arg as *const Thread<E>) };
     t.sched.finish_switch();
     // SAFETY: `start` is written once before the thread is queued and read once here, by
     // the thread itself.
     let f = unsafe { (*t.start.get()).take() }.expect("thread started twice");
     // SAFETY: a new thread starts with interrupts disabled (inside schedule) and owns no
     // token; this is where its life with interrupts enabled begins.
-    unsafe { M::intr_enable() };
+    unsafe { E::M::intr_enable() };
     t.sched.preempt_check();
     f();
     t.sched.exit();

@@ -57,6 +57,25 @@ impl Priority {
     pub const fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The scheduling priority of a thread that serves interrupt priority level `ipl` (`None`
+    /// for `IPL_NONE`: ordinary threads keep their own). Soft levels map into the
+    /// soft-interrupt band, hard levels into the interrupt band, four priorities apart, so
+    /// that a level's order is its threads' order (DESIGN.md part 1).
+    pub const fn of_ipl(ipl: ipl::Ipl) -> Option<Priority> {
+        use ipl::Ipl;
+        let p = match ipl {
+            Ipl::None => return None,
+            Ipl::SoftClock => Self::SOFTINT_BASE.0,
+            Ipl::SoftBio => Self::SOFTINT_BASE.0 + 4,
+            Ipl::SoftNet => Self::SOFTINT_BASE.0 + 8,
+            Ipl::SoftSerial => Self::SOFTINT_BASE.0 + 12,
+            Ipl::Vm => Self::INTR_BASE.0,
+            Ipl::Sched => Self::INTR_BASE.0 + 8,
+            Ipl::High => Self::INTR_BASE.0 + 12,
+        };
+        Priority::new(p)
+    }
 }
 
 impl fmt::Display for Priority {
@@ -79,5 +98,20 @@ mod tests {
         assert_eq!(Priority::MAX.index(), NPRI - 1);
         assert_eq!(Priority::new(NPRI as u8), None);
         assert_eq!(Priority::new(5).map(Priority::get), Some(5));
+    }
+
+    use ipl::{Ipl, ALL};
+
+    #[test]
+    fn levels_map_to_increasing_interrupt_priorities() {
+        assert_eq!(Priority::of_ipl(Ipl::None), None);
+        let mut last = Priority::KTHREAD;
+        for &l in &ALL[1..] {
+            let p = Priority::of_ipl(l).unwrap();
+            assert!(p > last, "{l} maps to {p:?}, not above {last:?}");
+            assert!(p >= Priority::SOFTINT_BASE);
+            last = p;
+        }
+        assert!(Priority::of_ipl(Ipl::Vm).unwrap() >= Priority::INTR_BASE);
     }
 }

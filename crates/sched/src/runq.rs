@@ -4,7 +4,8 @@
 use alloc::sync::Arc;
 
 use intrusive_collections::LinkedList;
-use machine::Machine;
+
+use crate::SchedEnv;
 
 use crate::pri::{Priority, NPRI};
 use crate::thread::{RqAdapter, Thread};
@@ -12,19 +13,19 @@ use crate::thread::{RqAdapter, Thread};
 const WORDS: usize = NPRI.div_ceil(64);
 
 /// Runnable threads of one CPU, not counting the one on the CPU.
-pub struct RunQueue<M: Machine> {
-    lists: [LinkedList<RqAdapter<M>>; NPRI],
+pub struct RunQueue<E: SchedEnv> {
+    lists: [LinkedList<RqAdapter<E>>; NPRI],
     bitmap: [u64; WORDS],
     len: usize,
 }
 
-impl<M: Machine> Default for RunQueue<M> {
+impl<E: SchedEnv> Default for RunQueue<E> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<M: Machine> RunQueue<M> {
+impl<E: SchedEnv> RunQueue<E> {
     /// An empty queue.
     pub const fn new() -> Self {
         RunQueue { lists: [const { LinkedList::new(RqAdapter::NEW) }; NPRI], bitmap: [0; WORDS], len: 0 }
@@ -41,7 +42,7 @@ impl<M: Machine> RunQueue<M> {
     }
 
     /// Appends `t` at the tail of its priority's list (round-robin order).
-    pub fn push_back(&mut self, t: Arc<Thread<M>>) {
+    pub fn push_back(&mut self, t: Arc<Thread<E>>) {
         let p = t.priority().index();
         self.lists[p].push_back(t);
         self.bitmap[p / 64] |= 1 << (p % 64);
@@ -61,7 +62,7 @@ impl<M: Machine> RunQueue<M> {
     }
 
     /// Removes and returns the first thread of the highest priority.
-    pub fn pop_highest(&mut self) -> Option<Arc<Thread<M>>> {
+    pub fn pop_highest(&mut self) -> Option<Arc<Thread<E>>> {
         let p = self.highest()?.index();
         self.take_from(p, |_| true)
     }
@@ -70,8 +71,8 @@ impl<M: Machine> RunQueue<M> {
     /// only). Scans from the highest priority down.
     pub fn pop_highest_where(
         &mut self,
-        mut eligible: impl FnMut(&Thread<M>) -> bool,
-    ) -> Option<Arc<Thread<M>>> {
+        mut eligible: impl FnMut(&Thread<E>) -> bool,
+    ) -> Option<Arc<Thread<E>>> {
         for p in (0..NPRI).rev() {
             if self.bitmap[p / 64] & (1 << (p % 64)) == 0 {
                 continue;
@@ -86,8 +87,8 @@ impl<M: Machine> RunQueue<M> {
     fn take_from(
         &mut self,
         p: usize,
-        mut eligible: impl FnMut(&Thread<M>) -> bool,
-    ) -> Option<Arc<Thread<M>>> {
+        mut eligible: impl FnMut(&Thread<E>) -> bool,
+    ) -> Option<Arc<Thread<E>>> {
         let mut cursor = self.lists[p].front_mut();
         while let Some(t) = cursor.get() {
             if eligible(t) {
@@ -104,7 +105,7 @@ impl<M: Machine> RunQueue<M> {
     }
 
     /// Removes `t` if it is queued here (priority change); returns whether it was.
-    pub fn remove(&mut self, t: &Thread<M>) -> Option<Arc<Thread<M>>> {
+    pub fn remove(&mut self, t: &Thread<E>) -> Option<Arc<Thread<E>>> {
         let p = t.priority().index();
         self.take_from(p, |x| core::ptr::eq(x, t))
     }

@@ -36,6 +36,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize
 use intrusive_collections::{intrusive_adapter, LinkedListAtomicLink};
 use machine::Machine;
 
+use crate::SchedEnv;
+
 use crate::pri::Priority;
 use crate::spin::SpinLock;
 use crate::Scheduler;
@@ -117,16 +119,16 @@ impl HeldLocks {
     }
 }
 
-pub(crate) struct JoinState<M: Machine> {
+pub(crate) struct JoinState<E: SchedEnv> {
     pub(crate) exited: bool,
-    pub(crate) joiner: Option<Arc<Thread<M>>>,
+    pub(crate) joiner: Option<Arc<Thread<E>>>,
 }
 
 /// A kernel thread.
-pub struct Thread<M: Machine> {
+pub struct Thread<E: SchedEnv> {
     pub(crate) id: u64,
     pub(crate) name: String,
-    pub(crate) sched: &'static Scheduler<M>,
+    pub(crate) sched: &'static Scheduler<E>,
     pub(crate) base_pri: AtomicU8,
     pub(crate) pri: AtomicU8,
     pub(crate) state: AtomicU8,
@@ -137,12 +139,12 @@ pub struct Thread<M: Machine> {
     pub(crate) is_idle: bool,
     /// Nesting count of `preempt_disable`; touched only by the thread itself.
     pub(crate) preempt_count: AtomicU32,
-    pub(crate) ctx: UnsafeCell<M::Context>,
+    pub(crate) ctx: UnsafeCell<<E::M as Machine>::Context>,
     pub(crate) _stack: Option<Box<[u64]>>,
     #[allow(clippy::type_complexity)]
     pub(crate) start: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     pub(crate) rq_link: LinkedListAtomicLink,
-    pub(crate) join: SpinLock<JoinState<M>>,
+    pub(crate) join: SpinLock<JoinState<E>>,
     /// Locks held, for the lock checker.
     pub(crate) held: SpinLock<HeldLocks>,
     /// Context switches onto this thread.
@@ -155,13 +157,13 @@ pub struct Thread<M: Machine> {
 // SAFETY: `ctx` and `start` are touched only by the CPU that switches the thread in or out,
 // with the run-queue lock held and `on_cpu` as the hand-off (see the module doc); every other
 // field is atomic or behind a `SpinLock`.
-unsafe impl<M: Machine> Sync for Thread<M> {}
+unsafe impl<E: SchedEnv> Sync for Thread<E> {}
 // SAFETY: as above; a thread object may be dropped on any CPU.
-unsafe impl<M: Machine> Send for Thread<M> {}
+unsafe impl<E: SchedEnv> Send for Thread<E> {}
 
-intrusive_adapter!(pub(crate) RqAdapter<M> = Arc<Thread<M>>: Thread<M> { rq_link => LinkedListAtomicLink } where M: Machine);
+intrusive_adapter!(pub(crate) RqAdapter<E> = Arc<Thread<E>>: Thread<E> { rq_link => LinkedListAtomicLink } where E: SchedEnv);
 
-impl<M: Machine> Thread<M> {
+impl<E: SchedEnv> Thread<E> {
     /// Unique id (never reused).
     pub fn id(&self) -> u64 {
         self.id
@@ -231,13 +233,13 @@ impl<M: Machine> Thread<M> {
 }
 
 /// Owner's handle to a spawned thread; [`JoinHandle::join`] waits for it to exit.
-pub struct JoinHandle<M: Machine> {
-    pub(crate) thread: Arc<Thread<M>>,
+pub struct JoinHandle<E: SchedEnv> {
+    pub(crate) thread: Arc<Thread<E>>,
 }
 
-impl<M: Machine> JoinHandle<M> {
+impl<E: SchedEnv> JoinHandle<E> {
     /// The thread.
-    pub fn thread(&self) -> &Arc<Thread<M>> {
+    pub fn thread(&self) -> &Arc<Thread<E>> {
         &self.thread
     }
 

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use machine::Machine;
-use sched::{SpinLock, Thread};
+use sched::{SchedEnv, SpinLock, Thread};
 
 use crate::mutex::MutexGuard;
 use crate::Env;
@@ -22,23 +22,23 @@ use crate::Env;
 /// Number of sleep queues.
 pub const NBUCKETS: usize = 64;
 
-struct Sleeper<M: Machine> {
+struct Sleeper<E: SchedEnv> {
     wchan: usize,
-    thread: Arc<Thread<M>>,
+    thread: Arc<Thread<E>>,
     /// In the waiter's stack frame, valid while it is queued.
     woken: *const AtomicBool,
 }
 
 // SAFETY: `woken` points at an `AtomicBool` that lives while the sleeper is queued (the
 // waiter removes itself before returning); the rest is `Send`.
-unsafe impl<M: Machine> Send for Sleeper<M> {}
+unsafe impl<E: SchedEnv> Send for Sleeper<E> {}
 
 /// The table of sleep queues.
-pub struct SleepQueues<M: Machine> {
-    buckets: [SpinLock<Vec<Sleeper<M>>>; NBUCKETS],
+pub struct SleepQueues<E: SchedEnv> {
+    buckets: [SpinLock<Vec<Sleeper<E>>>; NBUCKETS],
 }
 
-impl<M: Machine> Default for SleepQueues<M> {
+impl<E: SchedEnv> Default for SleepQueues<E> {
     fn default() -> Self {
         Self::new()
     }
@@ -50,16 +50,16 @@ fn bucket_of(wchan: usize) -> usize {
     (x ^ (x >> 6) ^ (x >> 12)) % NBUCKETS
 }
 
-impl<M: Machine> SleepQueues<M> {
+impl<E: SchedEnv> SleepQueues<E> {
     /// Empty queues.
     pub const fn new() -> Self {
         SleepQueues { buckets: [const { SpinLock::new(Vec::new()) }; NBUCKETS] }
     }
 
     /// Wakes the most urgent thread waiting on `wchan`. Returns whether one was waiting.
-    pub fn wake_one(&self, sched: &'static sched::Scheduler<M>, wchan: usize) -> bool {
+    pub fn wake_one(&self, sched: &'static sched::Scheduler<E>, wchan: usize) -> bool {
         let t = {
-            let io = M::intr_disable();
+            let io = E::M::intr_disable();
             let mut q = self.buckets[bucket_of(wchan)].lock(&io);
             let best = q.iter().filter(|s| s.wchan == wchan).map(|s| s.thread.priority()).max();
             let i = best.and_then(|b| q.iter().position(|s| s.wchan == wchan && s.thread.priority() == b));
@@ -80,9 +80,9 @@ impl<M: Machine> SleepQueues<M> {
     }
 
     /// Wakes every thread waiting on `wchan`; returns how many.
-    pub fn wake_all(&self, sched: &'static sched::Scheduler<M>, wchan: usize) -> usize {
-        let ts: Vec<Arc<Thread<M>>> = {
-            let io = M::intr_disable();
+    pub fn wake_all(&self, sched: &'static sched::Scheduler<E>, wchan: usize) -> usize {
+        let ts: Vec<Arc<Thread<E>>> = {
+            let io = E::M::intr_disable();
             let mut q = self.buckets[bucket_of(wchan)].lock(&io);
             let mut out = Vec::new();
             q.retain(|s| {
@@ -105,7 +105,7 @@ impl<M: Machine> SleepQueues<M> {
 
     /// Number of threads waiting on `wchan`.
     pub fn waiters(&self, wchan: usize) -> usize {
-        let io = M::intr_disable();
+        let io = E::M::intr_disable();
         let q = self.buckets[bucket_of(wchan)].lock(&io);
         q.iter().filter(|s| s.wchan == wchan).count()
     }

@@ -45,26 +45,25 @@ pub use mutex::{Mutex, MutexGuard, RawAdaptiveMutex};
 pub use rwlock::{RawRwLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use witness::{LockKind, Policy, Violation, Witness};
 
-use ipl::{IplCpu, SplState};
-use sched::Scheduler;
+use sched::SchedEnv;
 
 /// The global state of this crate for one kernel.
-pub struct SyncState<M: IplCpu> {
+pub struct SyncState<E: SchedEnv> {
     /// The lock checker and statistics.
     pub witness: Witness,
     /// Where threads block on locks.
-    pub turnstiles: turnstile::Turnstiles<M>,
+    pub turnstiles: turnstile::Turnstiles<E>,
     /// Where threads wait on condition variables.
-    pub sleepq: SleepQueues<M>,
+    pub sleepq: SleepQueues<E>,
 }
 
-impl<M: IplCpu> Default for SyncState<M> {
+impl<E: SchedEnv> Default for SyncState<E> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<M: IplCpu> SyncState<M> {
+impl<E: SchedEnv> SyncState<E> {
     /// Checking and statistics off.
     pub const fn new() -> Self {
         SyncState {
@@ -75,14 +74,9 @@ impl<M: IplCpu> SyncState<M> {
     }
 }
 
-/// What the locks need from the kernel they run in.
-pub trait Env: Sized + Send + Sync + 'static {
-    /// The machine.
-    type M: IplCpu;
-    /// The scheduler.
-    fn sched() -> &'static Scheduler<Self::M>;
-    /// The SPL state.
-    fn spl() -> &'static SplState<Self::M>;
+/// What the locks need from the kernel they run in: the scheduler's environment (which
+/// brings the machine, the SPL state and the scheduler) and this crate's state.
+pub trait Env: SchedEnv {
     /// This crate's state.
-    fn sync() -> &'static SyncState<Self::M>;
+    fn sync() -> &'static SyncState<Self>;
 }

@@ -369,7 +369,7 @@ impl<E: Env> RawMutex<E> {
             if owner == me {
                 continue;
             }
-            let owner_ptr = owner as *const sched::Thread<E::M>;
+            let owner_ptr = owner as *const sched::Thread<E>;
             if ts.block(sched, self.addr(), &me_arc, true, Some(owner_ptr), &granted).is_err() {
                 drop(ts);
                 drop(io);
@@ -409,7 +409,7 @@ impl<E: Env> RawMutex<E> {
         let io = E::M::intr_disable();
         let woken = {
             let mut ts = sync.turnstiles.lock(&io);
-            let me_ptr = me as *const sched::Thread<E::M>;
+            let me_ptr = me as *const sched::Thread<E>;
             match ts.take_first(self.addr()) {
                 None => {
                     ts.transfer(sched, self.addr(), Some(me_ptr), None);

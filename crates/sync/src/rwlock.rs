@@ -215,7 +215,7 @@ impl<E: Env> RawRwLock<E> {
             {
                 continue;
             }
-            let owner = (v & WRITE_LOCKED != 0).then_some((v & !FLAGS) as *const sched::Thread<E::M>);
+            let owner = (v & WRITE_LOCKED != 0).then_some((v & !FLAGS) as *const sched::Thread<E>);
             if ts.block(sched, self.addr(), &me_arc, writer, owner, &granted).is_err() {
                 drop(ts);
                 drop(io);
@@ -341,7 +341,7 @@ impl<E: Env> RawRwLock<E> {
         let io = E::M::intr_disable();
         let woken = {
             let mut ts = E::sync().turnstiles.lock(&io);
-            let me_ptr = me as *const sched::Thread<E::M>;
+            let me_ptr = me as *const sched::Thread<E>;
             match ts.take_first(self.addr()) {
                 None => {
                     ts.transfer(sched, self.addr(), Some(me_ptr), None);
@@ -362,11 +362,11 @@ impl<E: Env> RawRwLock<E> {
     /// Returns the threads to wake.
     fn grant(
         &self,
-        ts: &mut crate::turnstile::TsGuard<'_, E::M>,
-        sched: &'static sched::Scheduler<E::M>,
-        old_owner: Option<*const sched::Thread<E::M>>,
-        first: crate::turnstile::Waiter<E::M>,
-    ) -> Option<alloc::vec::Vec<alloc::sync::Arc<sched::Thread<E::M>>>> {
+        ts: &mut crate::turnstile::TsGuard<'_, E>,
+        sched: &'static sched::Scheduler<E>,
+        old_owner: Option<*const sched::Thread<E>>,
+        first: crate::turnstile::Waiter<E>,
+    ) -> Option<alloc::vec::Vec<alloc::sync::Arc<sched::Thread<E>>>> {
         let lock = self.addr();
         let mut wake = alloc::vec::Vec::new();
         if first.writer {

@@ -19,15 +19,15 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use machine::{IntrOff, Machine};
-use sched::{Priority, Scheduler, SpinGuard, SpinLock, Thread};
+use machine::IntrOff;
+use sched::{Priority, SchedEnv, Scheduler, SpinGuard, SpinLock, Thread};
 
 use crate::pi::{Changes, Deadlock, PiBook};
 
 /// A thread blocked on a lock.
-pub struct Waiter<M: Machine> {
+pub struct Waiter<E: SchedEnv> {
     /// The thread.
-    pub thread: Arc<Thread<M>>,
+    pub thread: Arc<Thread<E>>,
     /// Writer (or mutex) rather than reader.
     pub writer: bool,
     /// Set by the releaser that grants the lock, before it wakes the thread. Points into the
@@ -37,9 +37,9 @@ pub struct Waiter<M: Machine> {
 
 // SAFETY: `granted` points at an `AtomicBool` that stays valid while the waiter is queued
 // (see the field doc); everything else is `Send`.
-unsafe impl<M: Machine> Send for Waiter<M> {}
+unsafe impl<E: SchedEnv> Send for Waiter<E> {}
 
-impl<M: Machine> Waiter<M> {
+impl<E: SchedEnv> Waiter<E> {
     /// Grants the lock: sets the waiter's flag. Wake the thread afterwards.
     pub fn grant(&self) {
         // SAFETY: the flag outlives the waiter's presence in the queue (field doc), and the
@@ -49,60 +49,60 @@ impl<M: Machine> Waiter<M> {
 }
 
 /// Turnstile state behind the lock.
-pub struct TsState<M: Machine> {
+pub struct TsState<E: SchedEnv> {
     book: PiBook,
-    queues: BTreeMap<usize, VecDeque<Waiter<M>>>,
+    queues: BTreeMap<usize, VecDeque<Waiter<E>>>,
 }
 
 /// The turnstile table.
-pub struct Turnstiles<M: Machine> {
-    state: SpinLock<TsState<M>>,
+pub struct Turnstiles<E: SchedEnv> {
+    state: SpinLock<TsState<E>>,
 }
 
-impl<M: Machine> Default for Turnstiles<M> {
+impl<E: SchedEnv> Default for Turnstiles<E> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<M: Machine> Turnstiles<M> {
+impl<E: SchedEnv> Turnstiles<E> {
     /// Empty table.
     pub const fn new() -> Self {
         Turnstiles { state: SpinLock::new(TsState { book: PiBook::new(), queues: BTreeMap::new() }) }
     }
 
     /// Takes the turnstile lock.
-    pub fn lock<'a>(&'a self, io: &'a IntrOff) -> TsGuard<'a, M> {
+    pub fn lock<'a>(&'a self, io: &'a IntrOff) -> TsGuard<'a, E> {
         TsGuard { st: self.state.lock(io) }
     }
 }
 
 /// The turnstile lock, held.
-pub struct TsGuard<'a, M: Machine> {
-    st: SpinGuard<'a, TsState<M>>,
+pub struct TsGuard<'a, E: SchedEnv> {
+    st: SpinGuard<'a, TsState<E>>,
 }
 
-fn apply<M: Machine>(sched: &'static Scheduler<M>, changes: &Changes) {
+fn apply<E: SchedEnv>(sched: &'static Scheduler<E>, changes: &Changes) {
     for &(key, pri) in changes {
         // SAFETY: every thread in a change list is a queued waiter (kept alive by its `Arc`
         // in a queue), the releasing thread itself, or an owner of a lock with waiters, which
         // cannot exit before releasing through this lock (module doc).
-        let t = unsafe { &*(key as *const Thread<M>) };
+        let t = unsafe { &*(key as *const Thread<E>) };
         sched.set_priority(t, Priority::new(pri).unwrap_or(Priority::MAX));
     }
 }
 
-impl<M: Machine> TsGuard<'_, M> {
+impl<E: SchedEnv> TsGuard<'_, E> {
     /// Queues `me` on `lock` (owned by `owner`, or by readers if `None`) and lends its
     /// priority along the chain. The caller then prepares to sleep, drops the guard, and
     /// sleeps until `granted` is set.
     pub fn block(
         &mut self,
-        sched: &'static Scheduler<M>,
+        sched: &'static Scheduler<E>,
         lock: usize,
-        me: &Arc<Thread<M>>,
+        me: &Arc<Thread<E>>,
         writer: bool,
-        owner: Option<*const Thread<M>>,
+        owner: Option<*const Thread<E>>,
         granted: &AtomicBool,
     ) -> Result<(), Deadlock> {
         let owner = owner.map(|o| {
@@ -131,7 +131,7 @@ impl<M: Machine> TsGuard<'_, M> {
     }
 
     /// Takes the waiter to grant `lock` to: the most urgent, first come among equals.
-    pub fn take_first(&mut self, lock: usize) -> Option<Waiter<M>> {
+    pub fn take_first(&mut self, lock: usize) -> Option<Waiter<E>> {
         let q = self.st.queues.get_mut(&lock)?;
         let best = q.iter().map(|w| w.thread.priority()).max()?;
         let i = q.iter().position(|w| w.thread.priority() == best)?;
@@ -143,7 +143,7 @@ impl<M: Machine> TsGuard<'_, M> {
     }
 
     /// Takes every waiting reader of `lock`.
-    pub fn take_readers(&mut self, lock: usize) -> Vec<Waiter<M>> {
+    pub fn take_readers(&mut self, lock: usize) -> Vec<Waiter<E>> {
         let Some(q) = self.st.queues.get_mut(&lock) else { return Vec::new() };
         let mut readers = Vec::new();
         let mut i = 0;
@@ -165,10 +165,10 @@ impl<M: Machine> TsGuard<'_, M> {
     /// to the new one.
     pub fn transfer(
         &mut self,
-        sched: &'static Scheduler<M>,
+        sched: &'static Scheduler<E>,
         lock: usize,
-        old_owner: Option<*const Thread<M>>,
-        new_owner: Option<&Arc<Thread<M>>>,
+        old_owner: Option<*const Thread<E>>,
+        new_owner: Option<&Arc<Thread<E>>>,
     ) {
         let new_key = new_owner.map(|t| Arc::as_ptr(t) as usize);
         let changes = match old_owner {
@@ -177,7 +177,7 @@ impl<M: Machine> TsGuard<'_, M> {
                 // Granted by readers leaving: the new owner stops waiting; the others lend to it.
                 Some(n) => {
                     let mut c = self.st.book.unblock(n);
-                    let rest: Vec<Arc<Thread<M>>> = self
+                    let rest: Vec<Arc<Thread<E>>> = self
                         .st
                         .queues
                         .get(&lock)
@@ -202,13 +202,13 @@ impl<M: Machine> TsGuard<'_, M> {
     }
 
     /// A reader granted the lock stops waiting (its loan, if any, is withdrawn).
-    pub fn unblock(&mut self, sched: &'static Scheduler<M>, t: &Arc<Thread<M>>) {
+    pub fn unblock(&mut self, sched: &'static Scheduler<E>, t: &Arc<Thread<E>>) {
         let changes = self.st.book.unblock(Arc::as_ptr(t) as usize);
         apply(sched, &changes);
     }
 
     /// The effective priority the book gives `t` (tests and `ps`).
-    pub fn lent_priority(&self, t: &Thread<M>) -> Option<u8> {
-        self.st.book.effective(t as *const Thread<M> as usize)
+    pub fn lent_priority(&self, t: &Thread<E>) -> Option<u8> {
+        self.st.book.effective(t as *const Thread<E> as usize)
     }
 }

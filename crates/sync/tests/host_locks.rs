@@ -20,6 +20,7 @@ use host_machine::{
 use ipl::Ipl;
 use machine::Machine;
 use sched::Priority;
+use sched::SchedEnv;
 use sync::witness::ClassStats;
 use sync::{Env, Policy, Violation};
 

@@ -50,7 +50,7 @@ struct Row {
 pub fn ps(out: &mut dyn Write) -> Result<(), ShellError> {
     let mut rows = Vec::new();
     SCHED.for_each_thread(|t| {
-        let addr = t as *const sched::Thread<arch::X86_64> as usize;
+        let addr = t as *const sched::Thread<crate::locks::KernelEnv> as usize;
         rows.push(Row {
             id: t.id(),
             name: word(t.name()),

@@ -109,7 +109,7 @@ fn blocking_handler_completes(model: Model, vector: u8, name: &'static str) -> T
     kassert!(started.load(Ordering::SeqCst), "{model}: handler never started");
     kassert!(!done.load(Ordering::SeqCst), "{model}: handler finished while we held its mutex");
     kassert!(ran_meanwhile > 0);
-    let ithread_pri = Ipl::Vm.priority().expect("VM has a priority");
+    let ithread_pri = sched::Priority::of_ipl(Ipl::Vm).expect("VM has a priority");
     kassert_eq!(boosted, ithread_pri, "{model}: the holder did not inherit the ithread's priority");
     drop(g);
     kassert_eq!(me.priority(), base, "{model}: loan kept after release");

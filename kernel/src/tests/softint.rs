@@ -53,7 +53,10 @@ fn softint_from_filter_runs_once_at_its_level() -> TestResult {
     kassert!(until(2000, || runs.load(Ordering::SeqCst) >= 1), "soft interrupt never ran");
     SCHED.sleep_ns(20_000_000);
     kassert_eq!(runs.load(Ordering::SeqCst), 1, "soft interrupt ran more than once");
-    kassert_eq!(pri_seen.load(Ordering::SeqCst), Ipl::SoftNet.priority().map_or(0, |p| p.get() as u64));
+    kassert_eq!(
+        pri_seen.load(Ordering::SeqCst),
+        sched::Priority::of_ipl(Ipl::SoftNet).map_or(0, |p| p.get() as u64)
+    );
     kassert!(!in_intr.load(Ordering::SeqCst), "soft interrupt handler ran in interrupt context");
     kassert_eq!(cpu_seen.load(Ordering::SeqCst), target, "ran on another CPU than the one that scheduled it");
     drop(hw);

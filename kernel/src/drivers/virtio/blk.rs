@@ -135,7 +135,7 @@ pub struct BlkStats {
 
 struct Slot {
     buf: DmaRegion,
-    done: Event<arch::X86_64>,
+    done: Event<crate::locks::KernelEnv>,
     /// Submit time (ns).
     submitted: AtomicU64,
     /// Set by the handler before `done`.
@@ -160,7 +160,7 @@ pub struct BlkDev {
     queue: Mutex<Queue>,
     slots: Vec<Slot>,
     free_slots: Mutex<Vec<u16>>,
-    slot_freed: Event<arch::X86_64>,
+    slot_freed: Event<crate::locks::KernelEnv>,
     handle: Mutex<Option<IntrHandle<KernelEnv>>>,
     /// A spin mutex: the handler records into it, maybe in interrupt context.
     lat: Mutex<Arc<Latency>>,

@@ -162,7 +162,7 @@ pub struct NetDev {
     rx: Mutex<Rx>,
     tx: Mutex<Tx>,
     handle: Mutex<Option<IntrHandle<KernelEnv>>>,
-    end_event: Event<arch::X86_64>,
+    end_event: Event<crate::locks::KernelEnv>,
     received: AtomicU64,
     in_order: AtomicU64,
     lost: AtomicU64,
