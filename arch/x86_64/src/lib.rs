@@ -113,7 +113,7 @@ impl Machine for X86_64 {
         apic::now_ns()
     }
 
-    fn new_context(stack_top: usize, entry: extern "C" fn(usize) -> !, arg: usize) -> usize {
+    fn new_context(stack_top: usize, entry: extern "C" fn(*const ()) -> !, arg: *const ()) -> usize {
         // Frame popped by `context_switch`: r15, r14, r13, r12, rbx, rbp, then `ret` into
         // thread_trampoline, which calls r13(r12). After the `ret` RSP is 16-aligned, so the
         // `call` gives the entry the ABI's alignment.

@@ -62,7 +62,7 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{
     mpsc, Arc, Condvar as StdCondvar, Mutex as StdMutex, MutexGuard as StdMutexGuard, OnceLock, PoisonError,
 };
@@ -107,7 +107,8 @@ pub const CALL_VECTOR: u8 = 0x22;
 pub const TICK_NS: u64 = 1_000_000;
 
 /// How long [`HostSystem::run`] waits for the test body before declaring a hang.
-pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// (An hour under Miri, which interprets every thread.)
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(if cfg!(miri) { 3600 } else { 60 });
 
 const NO_CPU: usize = usize::MAX;
 
@@ -122,7 +123,7 @@ fn fatal(msg: &str) -> ! {
 }
 
 struct HostCpu {
-    curthread: AtomicUsize,
+    curthread: AtomicPtr<()>,
     intr_enabled: AtomicBool,
     /// Posted vectors, one bit each (the LAPIC's IRR): a raise of a vector already posted
     /// merges into it. Posted under `lock` (with a notify), consumed by clearing the bit.
@@ -360,7 +361,7 @@ impl Machine for HostMachine {
     }
 
     fn set_curthread(thread: *const (), _proof: &IntrOff) {
-        this_cpu().curthread.store(thread as usize, Ordering::Relaxed);
+        this_cpu().curthread.store(thread as *mut (), Ordering::Relaxed);
     }
 
     fn intr_disable() -> IntrOff {
@@ -420,18 +421,24 @@ impl Machine for HostMachine {
         START.get_or_init(Instant::now).elapsed().as_nanos() as u64
     }
 
-    fn new_context(_stack_top: usize, entry: extern "C" fn(usize) -> !, arg: usize) -> HostContext {
+    fn new_context(_stack_top: usize, entry: extern "C" fn(*const ()) -> !, arg: *const ()) -> HostContext {
         let (sys, _) = here();
         let ctx = HostContext::new();
         let baton = ctx.baton.clone();
+        /// The new thread's argument, moved to its OS thread.
+        struct Arg(*const ());
+        // SAFETY: the argument is the new kernel thread's own record, used only by that thread.
+        unsafe impl Send for Arg {}
+        let arg = Arg(arg);
         std::thread::Builder::new()
             .name("kthread".into())
             .stack_size(1 << 20)
             .spawn(move || {
+                let arg = arg;
                 let cpu = baton.take();
                 drop(baton);
                 HERE.set((Some(sys), cpu));
-                entry(arg)
+                entry(arg.0)
             })
             .expect("cannot spawn the OS thread of a kernel thread");
         ctx
@@ -470,8 +477,12 @@ struct PinJob {
     a0: usize,
     a1: usize,
     cpu: usize,
-    pinned: usize,
+    pinned: *mut (),
 }
+
+// SAFETY: `pinned` is a thread's address, handed from the pinned thread's OS thread to the
+// runner with the CPU and only stored back into that CPU's current-thread word.
+unsafe impl Send for PinJob {}
 
 /// An OS thread that runs pinned calls' bodies: the host's stand-in for the interrupt
 /// thread's stack (a body runs on its own OS thread, so that a body that blocks leaves the
@@ -548,7 +559,7 @@ impl PinSwitch for HostMachine {
         // thread's body, an `extern "C" fn(usize, usize)`, as a pointer (provenance kept).
         let body = unsafe { std::mem::transmute::<*mut (), extern "C" fn(usize, usize)>(body) };
         let pinned = c.curthread.load(Ordering::Relaxed);
-        c.pin.busy.store(thread, Ordering::Relaxed);
+        c.pin.busy.store(thread.addr(), Ordering::Relaxed);
         c.curthread.store(thread, Ordering::Relaxed);
         let runner = lock(&sys.runners).pop().unwrap_or_else(|| Runner::spawn(sys));
         HERE.set((Some(sys), NO_CPU));
@@ -750,7 +761,7 @@ impl HostSystem {
         let now = HostMachine::now_ns();
         let cpus = (0..ncpus)
             .map(|_| HostCpu {
-                curthread: AtomicUsize::new(0),
+                curthread: AtomicPtr::new(std::ptr::null_mut()),
                 intr_enabled: AtomicBool::new(false),
                 posted: [const { AtomicU64::new(0) }; 4],
                 eois: AtomicU64::new(0),

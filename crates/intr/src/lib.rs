@@ -789,26 +789,9 @@ impl<E: IntrEnv> Intr<E> {
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
-        // Stalled: the same non-idle thread, same registers, as at the previous interrupt on
-        // this CPU — it executed nothing in between (storm.rs).
-        let stalled = match interrupted {
-            Some((sig, idle)) if sig != 0 => {
-                let last = self.last_sig[cpu].swap(sig, Ordering::Relaxed);
-                !idle && last == sig
-            }
-            _ => {
-                self.last_sig[cpu].store(0, Ordering::Relaxed);
-                false
-            }
-        };
+        let stalled = self.stalled(cpu, interrupted);
         let mut claimed = false;
-        let mut run_direct: [Option<Arc<Source<E>>>; 4] = [const { None }; 4];
-        let mut ndirect = 0;
-        // Pinned: the first source (the usual case: one per vector) in its own slot, so that
-        // the path after the table lock is a test and a call; any others in the array.
-        let mut pin_first: Option<Arc<Source<E>>> = None;
-        let mut run_pinned: [Option<Arc<Source<E>>>; 3] = [const { None }; 3];
-        let mut npinned = 0;
+        let mut later = Later::new();
         {
             let list = self.vectors[vector as usize].lock(io);
             if list.is_empty() {
@@ -819,96 +802,17 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
             for src in list.iter() {
-                if replay && src.line.is_some() {
-                    // Deferred: `defer` masked the line; unmasking re-delivers it if the
-                    // device still asserts it.
-                    let n = src.deferred.swap(0, Ordering::AcqRel);
-                    for _ in 0..n {
-                        src.unmask();
-                    }
-                    if n > 0 {
+                match self.arrive(src, replay, cpu, now, stalled) {
+                    Arrived::Absorbed => {
                         claimed = true;
                         continue;
                     }
+                    Arrived::Filter => {}
                 }
-                if src.is_masked() {
-                    src.missed.store(true, Ordering::Release);
-                    claimed = true;
-                    continue;
-                }
-                src.stats.per_cpu[cpu].fetch_add(1, Ordering::Relaxed);
-                if src.storm.arrive(now, stalled) == storm::Verdict::Storm {
-                    // Throttle: the storm holds one mask reference until the storm thread
-                    // re-enables the source.
-                    src.mask();
-                    if !src.storm.storming.swap(true, Ordering::AcqRel) {
-                        E::storm_report(src.name, true, src.storm.last_rate.load(Ordering::Relaxed));
-                    }
-                }
-                let manual = AtomicBool::new(false);
-                let r = match &src.filter {
-                    Some(f) => {
-                        self.in_filter[cpu]
-                            .store(&src.name as *const &'static str as usize, Ordering::Relaxed);
-                        let r = f(&FilterCtx { source_name: src.name, manual: &manual });
-                        self.in_filter[cpu].store(0, Ordering::Relaxed);
-                        r
-                    }
-                    None => FilterResult::Schedule,
-                };
-                let schedule = match r {
-                    FilterResult::Stray => {
-                        src.stats.stray.fetch_add(1, Ordering::Relaxed);
-                        false
-                    }
-                    FilterResult::Handled => {
-                        claimed = true;
-                        manual.load(Ordering::Relaxed)
-                    }
-                    FilterResult::Schedule => {
-                        claimed = true;
-                        !src.flags.contains(IntrFlags::MANUAL) || manual.load(Ordering::Relaxed)
-                    }
-                };
-                if !schedule || src.handler.is_none() {
-                    continue;
-                }
-                match src.model {
-                    Model::Direct => {
-                        if ndirect < run_direct.len() {
-                            if src.is_level() {
-                                src.mask();
-                            }
-                            run_direct[ndirect] = Some(src.clone());
-                            ndirect += 1;
-                        }
-                    }
-                    Model::Dedicated => {
-                        let d = src.dedicated.as_ref().expect("dedicated source without its thread");
-                        src.mask();
-                        d.raised_at.store(now, Ordering::Relaxed);
-                        d.event.set();
-                    }
-                    Model::Pool => {
-                        if src.needs_mask() {
-                            src.mask();
-                        }
-                        self.pool.enqueue(cpu, src.clone(), now, io);
-                    }
-                    Model::Pinned => {
-                        if pin_first.is_none() {
-                            if src.needs_mask() {
-                                src.mask();
-                            }
-                            pin_first = Some(src.clone());
-                        } else if npinned < run_pinned.len() {
-                            if src.needs_mask() {
-                                src.mask();
-                            }
-                            run_pinned[npinned] = Some(src.clone());
-                            npinned += 1;
-                        }
-                    }
+                let (claims, schedule) = self.filter(src, cpu);
+                claimed |= claims;
+                if schedule && src.handler.is_some() {
+                    self.route(src, cpu, now, io, &mut later);
                 }
             }
             if level && !replay {
@@ -916,29 +820,141 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
         }
-        // Direct handlers run outside the table lock (they may take spin mutexes).
-        for src in run_direct.iter_mut().take(ndirect) {
-            let src = src.take().expect("counted");
-            let again = src.run_handler(now, cpu);
-            if src.is_level() {
-                src.unmask();
+        self.run_later(later, now, cpu, io);
+        Some(claimed)
+    }
+
+    /// Storm bookkeeping of an arrival: whether the interrupted thread is stalled — the same
+    /// non-idle thread, same registers, as at the previous interrupt on this CPU: it executed
+    /// nothing in between (storm.rs). A replay (`None`) resets the signature.
+    #[inline(always)]
+    fn stalled(&self, cpu: usize, interrupted: Option<(u64, bool)>) -> bool {
+        match interrupted {
+            Some((sig, idle)) if sig != 0 => {
+                let last = self.last_sig[cpu].swap(sig, Ordering::Relaxed);
+                !idle && last == sig
             }
-            if again {
-                E::retrigger(src.vector);
+            _ => {
+                self.last_sig[cpu].store(0, Ordering::Relaxed);
+                false
             }
         }
-        // Pinned: queue, then borrow the CPU for the ithread (outside the table lock: the
-        // ithread runs with interrupts enabled and may take this vector again).
-        if let Some(src) = pin_first {
+    }
+
+    /// Arrival of the vector at one of its sources (table lock held): a replayed level source
+    /// unmasks its deferred line (which re-delivers if still asserted); a masked source
+    /// remembers the arrival for its unmask; otherwise it is counted, the storm rule sees it,
+    /// and its filter runs next.
+    #[inline(always)]
+    fn arrive(&self, src: &Source<E>, replay: bool, cpu: usize, now: u64, stalled: bool) -> Arrived {
+        if replay && src.line.is_some() {
+            // Deferred: `defer` masked the line; unmasking re-delivers it if the device
+            // still asserts it.
+            let n = src.deferred.swap(0, Ordering::AcqRel);
+            for _ in 0..n {
+                src.unmask();
+            }
+            if n > 0 {
+                return Arrived::Absorbed;
+            }
+        }
+        if src.is_masked() {
+            src.missed.store(true, Ordering::Release);
+            return Arrived::Absorbed;
+        }
+        src.stats.per_cpu[cpu].fetch_add(1, Ordering::Relaxed);
+        if src.storm.arrive(now, stalled) == storm::Verdict::Storm {
+            // Throttle: the storm holds one mask reference until the storm thread re-enables
+            // the source.
+            src.mask();
+            if !src.storm.storming.swap(true, Ordering::AcqRel) {
+                E::storm_report(src.name, true, src.storm.last_rate.load(Ordering::Relaxed));
+            }
+        }
+        Arrived::Filter
+    }
+
+    /// Runs a source's filter (primary interrupt context, table lock held): whether the
+    /// source claims the interrupt, and whether its handler is to be scheduled.
+    #[inline(always)]
+    fn filter(&self, src: &Source<E>, cpu: usize) -> (bool, bool) {
+        let manual = AtomicBool::new(false);
+        let r = match &src.filter {
+            Some(f) => {
+                self.in_filter[cpu].store(&src.name as *const &'static str as usize, Ordering::Relaxed);
+                let r = f(&FilterCtx { source_name: src.name, manual: &manual });
+                self.in_filter[cpu].store(0, Ordering::Relaxed);
+                r
+            }
+            None => FilterResult::Schedule,
+        };
+        match r {
+            FilterResult::Stray => {
+                src.stats.stray.fetch_add(1, Ordering::Relaxed);
+                (false, false)
+            }
+            FilterResult::Handled => (true, manual.load(Ordering::Relaxed)),
+            FilterResult::Schedule => {
+                (true, !src.flags.contains(IntrFlags::MANUAL) || manual.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Routes a scheduled handler by its source's model (table lock held): `dedicated` and
+    /// `pool` hand it over now; `direct` and `pinned` run it after the table lock
+    /// ([`Later`]). Each instance that needs the source masked takes its mask reference here.
+    #[inline(always)]
+    fn route(&'static self, src: &Arc<Source<E>>, cpu: usize, now: u64, io: &IntrOff, later: &mut Later<E>) {
+        match src.model {
+            Model::Direct => {
+                if src.is_level() {
+                    src.mask();
+                }
+                later.push_direct(src.clone());
+            }
+            Model::Dedicated => {
+                let d = src.dedicated.as_ref().expect("dedicated source without its thread");
+                src.mask();
+                d.raised_at.store(now, Ordering::Relaxed);
+                d.event.set();
+            }
+            Model::Pool => {
+                if src.needs_mask() {
+                    src.mask();
+                }
+                self.pool.enqueue(cpu, src.clone(), now, io);
+            }
+            Model::Pinned => {
+                if src.needs_mask() {
+                    src.mask();
+                }
+                later.push_pinned(src.clone());
+            }
+        }
+    }
+
+    /// After the table lock: direct handlers run here (they may take spin mutexes); pinned
+    /// ones borrow the CPU (the ithread runs with interrupts enabled and may take this vector
+    /// again).
+    #[inline(always)]
+    fn run_later(&'static self, mut later: Later<E>, now: u64, cpu: usize, io: &IntrOff) {
+        if later.ndirect > 0 {
+            for src in later.direct.iter_mut().take(later.ndirect) {
+                let src = src.take().expect("counted");
+                run_direct(&src, now, cpu);
+            }
+            for src in core::mem::take(&mut later.more_direct) {
+                run_direct(&src, now, cpu);
+            }
+        }
+        if let Some(src) = later.pin_first.take() {
             // The static framework itself (`self` is it), so the per-CPU state's address is a
             // constant plus the index.
             E::intr().pinned.dispatch(src, now, cpu, io);
-            for src in run_pinned.iter_mut().take(npinned) {
-                let src = src.take().expect("counted");
+            for src in core::mem::take(&mut later.more_pinned) {
                 self.pinned.dispatch_outlined(src, now, cpu, io);
             }
         }
-        Some(claimed)
     }
 
     /// The SPL layer defers `vector` (the caller acknowledges it next): masks the line of
@@ -991,6 +1007,72 @@ impl<E: IntrEnv> Intr<E> {
         let d = src.dedicated.as_ref().expect("dedicated");
         let io = E::M::intr_disable();
         *d.thread.lock(&io) = Some(h.thread().clone());
+    }
+}
+
+/// What [`Intr::dispatch`]'s arrival step decided for one source.
+enum Arrived {
+    /// The arrival was absorbed (a masked source remembers it; a replayed level line was
+    /// unmasked): claimed, no filter.
+    Absorbed,
+    /// Run the source's filter.
+    Filter,
+}
+
+/// The handlers [`Intr::dispatch`] runs after releasing the vector table: the first pinned
+/// source in its own slot (the usual case: one source per vector, a test and a call), up to
+/// four direct ones inline, and any number more in vectors allocated only when a vector is
+/// shared that widely (the heap may be used with interrupts disabled).
+struct Later<E: IntrEnv> {
+    pin_first: Option<Arc<Source<E>>>,
+    more_pinned: Vec<Arc<Source<E>>>,
+    direct: [Option<Arc<Source<E>>>; 4],
+    ndirect: usize,
+    more_direct: Vec<Arc<Source<E>>>,
+}
+
+impl<E: IntrEnv> Later<E> {
+    #[inline(always)]
+    fn new() -> Self {
+        Later {
+            pin_first: None,
+            more_pinned: Vec::new(),
+            direct: [const { None }; 4],
+            ndirect: 0,
+            more_direct: Vec::new(),
+        }
+    }
+
+    #[inline(always)]
+    fn push_direct(&mut self, src: Arc<Source<E>>) {
+        if self.ndirect < self.direct.len() {
+            self.direct[self.ndirect] = Some(src);
+        } else {
+            self.more_direct.push(src);
+        }
+        self.ndirect += 1;
+    }
+
+    #[inline(always)]
+    fn push_pinned(&mut self, src: Arc<Source<E>>) {
+        if self.pin_first.is_none() {
+            self.pin_first = Some(src);
+        } else {
+            self.more_pinned.push(src);
+        }
+    }
+}
+
+/// A direct-model handler in interrupt context: a level source was masked by `route` and is
+/// unmasked after its handler; `hwi_sched` re-raises the vector.
+#[inline(always)]
+fn run_direct<E: IntrEnv>(src: &Arc<Source<E>>, now: u64, cpu: usize) {
+    let again = src.run_handler(now, cpu);
+    if src.is_level() {
+        src.unmask();
+    }
+    if again {
+        E::retrigger(src.vector);
     }
 }
 

@@ -167,6 +167,9 @@ pub struct PendingQueue {
     deferred: AtomicU64,
     /// Deferred interrupts replayed (statistics).
     replayed: AtomicU64,
+    /// Deferred interrupts that found their vector already pending and merged into that
+    /// replay (statistics).
+    merged: AtomicU64,
 }
 
 impl PendingQueue {
@@ -177,6 +180,7 @@ impl PendingQueue {
             spin_oldspl: AtomicU8::new(0),
             deferred: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            merged: AtomicU64::new(0),
         }
     }
 }
@@ -188,6 +192,9 @@ pub struct SplStats {
     pub deferred: u64,
     /// Recorded interrupts later run by `splx`.
     pub replayed: u64,
+    /// Recorded interrupts whose vector was already pending: they merged into that one
+    /// replay, as a second edge merges into a vector already pending in the LAPIC's IRR.
+    pub merged: u64,
 }
 
 /// What the entry code does with an interrupt that arrived.
@@ -385,7 +392,10 @@ impl<E: SplEnv> SplState<E> {
         }
         if level <= cur {
             let q = &self.cpus[this_cpu::<E::M>()];
-            q.vectors[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::Relaxed);
+            let bit = 1 << (vector % 64);
+            if q.vectors[vector as usize / 64].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+                q.merged.fetch_add(1, Ordering::Relaxed);
+            }
             E::M::pending_or(1 << level);
             q.deferred.fetch_add(1, Ordering::Relaxed);
             return Arrival::Deferred;
@@ -482,6 +492,7 @@ impl<E: SplEnv> SplState<E> {
         SplStats {
             deferred: q.deferred.load(Ordering::Relaxed),
             replayed: q.replayed.load(Ordering::Relaxed),
+            merged: q.merged.load(Ordering::Relaxed),
         }
     }
 

@@ -51,7 +51,7 @@ impl Machine for OneCpu {
     fn now_ns() -> u64 {
         0
     }
-    fn new_context(_s: usize, _e: extern "C" fn(usize) -> !, _a: usize) {}
+    fn new_context(_s: usize, _e: extern "C" fn(*const ()) -> !, _a: *const ()) {}
     fn empty_context() {}
     unsafe fn switch(_from: *mut (), _to: *const ()) {
         panic!("the SPL tests never switch threads");
@@ -175,7 +175,18 @@ fn interrupts_at_or_below_the_level_are_deferred_and_replayed_highest_first() {
     assert_eq!(l, [(0x40, Ipl::SoftNet as u8), (0x41, Ipl::SoftNet as u8)]);
     assert_eq!(s.current(), Ipl::None);
     assert!(OneCpu::intr_enabled(), "replay left interrupts disabled");
-    assert_eq!(s.stats(0), SplStats { deferred: 3, replayed: 3 });
+    assert_eq!(s.stats(0), SplStats { deferred: 3, replayed: 3, merged: 0 });
+}
+
+#[test]
+fn a_deferred_vector_deferred_again_merges_into_one_replay() {
+    let s = &*state();
+    let saved = s.splraise(Ipl::Vm);
+    assert!(!interrupt(s, 0x50));
+    assert!(!interrupt(s, 0x50), "second arrival ran at IPL_VM");
+    s.splx(saved);
+    assert_eq!(log(), [(0x50, Ipl::Vm as u8)], "a merged arrival replayed twice");
+    assert_eq!(s.stats(0), SplStats { deferred: 2, replayed: 1, merged: 1 });
 }
 
 #[test]

@@ -97,7 +97,7 @@ pub struct PinSlots {
     /// whoever installs the thread. Read by other CPUs (`is_running`).
     pub busy: AtomicUsize,
     /// [`PinCall::thread`] of the installed interrupt thread.
-    pub thread: AtomicUsize,
+    pub thread: AtomicPtr<()>,
     /// [`PinCall::stack_top`].
     pub stack_top: AtomicUsize,
     /// [`PinCall::body`] (an `extern "C" fn(usize, usize)`, kept as a pointer so that a
@@ -114,7 +114,7 @@ impl PinSlots {
     pub const fn new() -> Self {
         PinSlots {
             busy: AtomicUsize::new(Self::BLOCKED),
-            thread: AtomicUsize::new(0),
+            thread: AtomicPtr::new(core::ptr::null_mut()),
             stack_top: AtomicUsize::new(0),
             body: AtomicPtr::new(core::ptr::null_mut()),
         }
@@ -199,7 +199,7 @@ pub trait Machine: Sized + Send + Sync + 'static {
 
     /// Builds the context of a new thread that, when first switched to, calls `entry(arg)`
     /// on the stack whose highest address is `stack_top`. `entry` must never return.
-    fn new_context(stack_top: usize, entry: extern "C" fn(usize) -> !, arg: usize) -> Self::Context;
+    fn new_context(stack_top: usize, entry: extern "C" fn(*const ()) -> !, arg: *const ()) -> Self::Context;
 
     /// The context slot of a thread that is running now and has never been switched from
     /// (a CPU's boot thread). Its contents are written by the first [`Machine::switch`].

@@ -361,7 +361,7 @@ impl<E: SchedEnv> Scheduler<E> {
             Some(stack),
             E::M::empty_context(),
         ));
-        let ctx = E::M::new_context(top, thread_start::<E>, Arc::as_ptr(&t) as usize);
+        let ctx = E::M::new_context(top, thread_start::<E>, Arc::as_ptr(&t) as *const ());
         // SAFETY: the thread is not visible to any other CPU yet; we are its only user.
         unsafe {
             *t.ctx.get() = ctx;
@@ -930,7 +930,7 @@ impl<E: SchedEnv> Scheduler<E> {
 }
 
 /// First code of every new thread (its context was built by `E::M::new_context`).
-extern "C" fn thread_start<E: SchedEnv>(arg: usize) -> ! {
+extern "C" fn thread_start<E: SchedEnv>(arg: *const ()) -> ! {
     // SAFETY: `arg` is the `Arc::as_ptr` of the thread being started; the CPU holds a
     // reference to it (`local.current`) for as long as it runs.
     let t = unsafe { &*(arg as *const Thread<E>) };

@@ -103,7 +103,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// it the CPU. Once per CPU; `it` must outlive every pinned call (it is never dropped).
     pub fn pin_install(&self, cpu: usize, it: &PinThread<E>) {
         let p = E::M::pin_slots(cpu).expect("pin_install: the CPU has no pinned-switch slots");
-        p.thread.store(it.call.thread as usize, Ordering::Relaxed);
+        p.thread.store(it.call.thread as *mut (), Ordering::Relaxed);
         p.stack_top.store(it.call.stack_top, Ordering::Relaxed);
         p.body.store(it.call.body as *mut (), Ordering::Relaxed);
         p.busy.store(0, Ordering::Release);

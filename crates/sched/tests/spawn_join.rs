@@ -7,7 +7,8 @@ use std::sync::Arc;
 use host_machine::{checked, spin_until, HostMachine, HostSystem};
 use sched::{Priority, ThreadState};
 
-const N: usize = 200;
+/// Fewer under Miri, which runs every thread interpreted.
+const N: usize = if cfg!(miri) { 10 } else { 200 };
 /// Longer than a spawn takes, so that runnable threads pile up and every CPU gets some.
 const WORK_NS: u64 = 1_000_000;
 

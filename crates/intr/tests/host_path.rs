@@ -1,0 +1,759 @@
+//! The interrupt path (`intr::path`, `Intr::dispatch` and the four models) on the host
+//! machine: simulated CPUs are OS threads, vectors are raised with `HostMachine::raise` (a
+//! device's MSI or another CPU's IPI) and taken at interrupt points, through the same code the
+//! kernel runs.
+//!
+//! Every count is exact: a raise of a vector already pending on the target CPU merges into
+//! that delivery (`raise` returns false, as a second edge merges in the LAPIC's IRR), and so
+//! does an arrival deferred by the SPL layer while the same vector is already deferred there
+//! (`SplStats::merged`); so `handled == delivered` and `delivered + merged == raised`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use host_machine::{checked, spin_until, Event, HostEnv, HostMachine, HostSystem, Intr};
+use intr::{FilterResult, IntrFlags, LineControl, Model, SourceSpec};
+use ipl::Ipl;
+use machine::Machine;
+use sched::SchedEnv;
+
+const T: u64 = 20_000_000_000;
+
+fn spec(name: &'static str, vector: u8, ipl: Ipl, model: Model) -> SourceSpec {
+    SourceSpec { name, vector, ipl, flags: IntrFlags::MPSAFE, model: Some(model) }
+}
+
+fn counter() -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(0))
+}
+
+/// A handler that counts its runs.
+fn counting(n: &Arc<AtomicU64>) -> intr::Handler {
+    let n = n.clone();
+    Box::new(move |_| {
+        n.fetch_add(1, Ordering::SeqCst);
+    })
+}
+
+fn wait(cond: impl FnMut() -> bool, what: &str) {
+    assert!(spin_until(T, cond), "timed out waiting for {what}");
+}
+
+/// Raises `vector` on this CPU and waits until `n` reaches `want`.
+fn raise_here_until(vector: u8, n: &AtomicU64, want: u64) {
+    HostMachine::raise(HostMachine::cpu_index(), vector);
+    wait(|| n.load(Ordering::SeqCst) >= want, "the handler");
+}
+
+#[test]
+fn direct_handler_runs_once_in_interrupt_context_after_the_eoi() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(0));
+        let n = counter();
+        let ctx_ok = Arc::new(AtomicBool::new(false));
+        let eois_before = HostMachine::eois(0);
+        let (n2, ok2) = (n.clone(), ctx_ok.clone());
+        let h = intr
+            .establish(
+                spec("t.direct", 0x40, Ipl::Vm, Model::Direct),
+                None,
+                Some(Box::new(move |ctx| {
+                    let s = HostEnv::sched();
+                    // Edge vector: the EOI went out before anything ran.
+                    ok2.store(
+                        s.in_interrupt() && ctx.cpu() == 0 && HostMachine::eois(0) > eois_before,
+                        Ordering::SeqCst,
+                    );
+                    n2.fetch_add(1, Ordering::SeqCst);
+                })),
+            )
+            .expect("establish");
+        raise_here_until(0x40, &n, 1);
+        assert!(ctx_ok.load(Ordering::SeqCst), "direct handler not in interrupt context on CPU 0 after EOI");
+        assert_eq!(h.source().stats.handled.load(Ordering::SeqCst), 1);
+        assert_eq!(h.source().stats.total(), 1);
+        assert_eq!(h.source().model(), Model::Direct);
+    });
+}
+
+#[test]
+fn filter_handled_stray_and_schedule() {
+    let sys = HostSystem::boot(1);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |_| {
+        let verdict = Arc::new(AtomicUsize::new(0));
+        let filtered = counter();
+        let n = counter();
+        let (v2, f2) = (verdict.clone(), filtered.clone());
+        let h = intr
+            .establish(
+                spec("t.filter", 0x41, Ipl::Vm, Model::Direct),
+                Some(Box::new(move |_| {
+                    f2.fetch_add(1, Ordering::SeqCst);
+                    match v2.load(Ordering::SeqCst) {
+                        0 => FilterResult::Handled,
+                        1 => FilterResult::Stray,
+                        _ => FilterResult::Schedule,
+                    }
+                })),
+                Some(counting(&n)),
+            )
+            .expect("establish");
+        raise_here_until(0x41, &filtered, 1);
+        verdict.store(1, Ordering::SeqCst);
+        raise_here_until(0x41, &filtered, 2);
+        verdict.store(2, Ordering::SeqCst);
+        raise_here_until(0x41, &n, 1);
+        assert_eq!(filtered.load(Ordering::SeqCst), 3);
+        assert_eq!(n.load(Ordering::SeqCst), 1, "Handled and Stray must not run the handler");
+        assert_eq!(h.source().stats.stray.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn manual_handler_runs_only_when_its_filter_asks() {
+    let sys = HostSystem::boot(1);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |_| {
+        let ask = Arc::new(AtomicBool::new(false));
+        let filtered = counter();
+        let n = counter();
+        let (a2, f2) = (ask.clone(), filtered.clone());
+        let _h = intr
+            .establish(
+                SourceSpec {
+                    name: "t.manual",
+                    vector: 0x42,
+                    ipl: Ipl::Vm,
+                    flags: IntrFlags::MANUAL,
+                    model: Some(Model::Pool),
+                },
+                Some(Box::new(move |ctx| {
+                    f2.fetch_add(1, Ordering::SeqCst);
+                    if a2.load(Ordering::SeqCst) {
+                        ctx.schedule_manual();
+                    }
+                    FilterResult::Schedule
+                })),
+                Some(counting(&n)),
+            )
+            .expect("establish");
+        raise_here_until(0x42, &filtered, 1);
+        assert_eq!(n.load(Ordering::SeqCst), 0, "a MANUAL handler ran on a plain Schedule");
+        ask.store(true, Ordering::SeqCst);
+        raise_here_until(0x42, &n, 1);
+    });
+}
+
+#[test]
+fn bad_registrations_are_refused_by_name() {
+    let sys = HostSystem::boot(1);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |_| {
+        let n = counter();
+        let e = intr.establish(spec("t.exc", 8, Ipl::Vm, Model::Direct), None, Some(counting(&n)));
+        assert!(e.as_ref().is_err_and(|e| e.to_string().contains("t.exc")), "vector 8 accepted");
+        let e =
+            intr.establish(spec("t.clock", host_machine::TICK_VECTOR, Ipl::Vm, Model::Direct), None, None);
+        assert!(e.is_err(), "reserved vector or empty source accepted");
+        let _a = intr
+            .establish(
+                SourceSpec { flags: IntrFlags::EXCLUSIVE, ..spec("t.excl", 0x43, Ipl::Vm, Model::Direct) },
+                None,
+                Some(counting(&n)),
+            )
+            .expect("first");
+        let e = intr.establish(spec("t.second", 0x43, Ipl::Vm, Model::Direct), None, Some(counting(&n)));
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("t.second") && msg.contains("t.excl"), "exclusive clash not named: {msg:?}");
+        let e = intr.establish(
+            spec("t.softfilter", 0x44, Ipl::SoftNet, Model::Pool),
+            Some(Box::new(|_| FilterResult::Handled)),
+            None,
+        );
+        assert!(e.err().is_some_and(|e| e.to_string().contains("IPL_SOFTNET")));
+    });
+}
+
+/// Every model, many sources sharing one vector: each one's handler runs exactly once per
+/// delivery (no fixed table drops the fifth).
+#[test]
+fn a_shared_vector_runs_every_source_in_every_model() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(1));
+        let names: [&'static str; 7] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6"];
+        for (mi, model) in Model::ALL.into_iter().enumerate() {
+            let vector = 0x50 + mi as u8;
+            let ns: Vec<_> = (0..7).map(|_| counter()).collect();
+            let hs: Vec<_> = (0..7)
+                .map(|i| {
+                    intr.establish(spec(names[i], vector, Ipl::Vm, model), None, Some(counting(&ns[i])))
+                        .expect("establish")
+                })
+                .collect();
+            for round in 1..=3 {
+                HostMachine::raise(1, vector);
+                wait(|| ns.iter().all(|n| n.load(Ordering::SeqCst) >= round), "every shared source");
+            }
+            for (i, n) in ns.iter().enumerate() {
+                assert_eq!(n.load(Ordering::SeqCst), 3, "{model}: source {i} ran {n:?} times, not 3");
+            }
+            drop(hs);
+        }
+    });
+}
+
+#[test]
+fn dedicated_runs_in_its_thread_with_the_source_masked() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        let gate = Arc::new(Event::new(sched));
+        let started = counter();
+        let thread_ctx = Arc::new(AtomicBool::new(false));
+        let (g2, s2, t2) = (gate.clone(), started.clone(), thread_ctx.clone());
+        let h = intr
+            .establish(
+                spec("t.dedicated", 0x45, Ipl::Vm, Model::Dedicated),
+                None,
+                Some(Box::new(move |_| {
+                    let s = HostEnv::sched();
+                    t2.store(!s.in_interrupt() && s.current().name() == "t.dedicated", Ordering::SeqCst);
+                    s2.fetch_add(1, Ordering::SeqCst);
+                    g2.wait();
+                })),
+            )
+            .expect("establish");
+        HostMachine::raise(0, 0x45);
+        wait(|| started.load(Ordering::SeqCst) == 1, "the dedicated thread");
+        assert!(thread_ctx.load(Ordering::SeqCst), "handler not in its own thread");
+        assert!(h.source().is_masked(), "dedicated source not masked while its handler runs");
+        // A raise while masked is remembered and re-raised at the unmask: one more run.
+        HostMachine::raise(0, 0x45);
+        gate.set();
+        wait(|| started.load(Ordering::SeqCst) == 2, "the re-raised interrupt");
+        gate.set();
+        wait(|| !h.source().is_masked(), "the unmask");
+        assert_eq!(h.source().stats.handled.load(Ordering::SeqCst), 2);
+    });
+}
+
+#[test]
+fn pool_handler_runs_in_a_pool_ithread_and_resizes_within_bounds() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(1));
+        let ok = Arc::new(AtomicBool::new(false));
+        let n = counter();
+        let (ok2, n2) = (ok.clone(), n.clone());
+        let _h = intr
+            .establish(
+                spec("t.pool", 0x46, Ipl::Vm, Model::Pool),
+                None,
+                Some(Box::new(move |_| {
+                    let s = HostEnv::sched();
+                    ok2.store(
+                        !s.in_interrupt() && s.current().name().starts_with("ithread"),
+                        Ordering::SeqCst,
+                    );
+                    n2.fetch_add(1, Ordering::SeqCst);
+                })),
+            )
+            .expect("establish");
+        raise_here_until(0x46, &n, 1);
+        assert!(ok.load(Ordering::SeqCst), "pool handler not in a pool ithread");
+        let (min, max) = intr.pool.size_bounds();
+        assert_eq!(min, 4, "2 x NCPU");
+        assert_eq!(intr.pool.set_size(1), min, "below 2 x NCPU must clamp");
+        assert_eq!(intr.pool.set_size(1000), max, "above the handler count must clamp");
+        assert!(intr.pool.stats().assigned >= 1);
+    });
+}
+
+#[test]
+fn pool_handler_that_blocks_divorces_and_a_fresh_ithread_goes_on() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(1));
+        let gate = Arc::new(Event::new(sched));
+        let (blocked, other) = (counter(), counter());
+        let (g2, b2) = (gate.clone(), blocked.clone());
+        let _a = intr
+            .establish(
+                spec("t.blocker", 0x47, Ipl::Vm, Model::Pool),
+                None,
+                Some(Box::new(move |_| {
+                    b2.fetch_add(1, Ordering::SeqCst);
+                    g2.wait();
+                })),
+            )
+            .expect("establish");
+        let _b = intr
+            .establish(spec("t.other", 0x48, Ipl::Vm, Model::Pool), None, Some(counting(&other)))
+            .unwrap();
+        raise_here_until(0x47, &blocked, 1);
+        let divorces = intr.pool.stats().divorces;
+        assert!(divorces >= 1, "a blocking pool handler did not divorce its ithread");
+        // The same CPU's queue goes on while the first handler sleeps.
+        raise_here_until(0x48, &other, 1);
+        gate.set();
+        wait(|| intr.pool.stats().idle == intr.pool.stats().size, "the pool to go idle");
+    });
+}
+
+#[test]
+fn pinned_handler_borrows_the_cpu_without_a_switch() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(0));
+        let ok = Arc::new(AtomicBool::new(false));
+        let n = counter();
+        let (ok2, n2) = (ok.clone(), n.clone());
+        let main_id = sched.current().id();
+        let _h = intr
+            .establish(
+                spec("t.pinned", 0x49, Ipl::Vm, Model::Pinned),
+                None,
+                Some(Box::new(move |_| {
+                    let s = HostEnv::sched();
+                    ok2.store(
+                        s.borrowing()
+                            && !s.in_interrupt()
+                            && s.current().id() != main_id
+                            && HostEnv::spl().current() == Ipl::Vm
+                            && s.cpu_borrowed(0),
+                        Ordering::SeqCst,
+                    );
+                    n2.fetch_add(1, Ordering::SeqCst);
+                })),
+            )
+            .expect("establish");
+        let switches = sched.cpu_stats(0).switches;
+        let pins = sched.cpu_stats(0).pin_switches;
+        raise_here_until(0x49, &n, 1);
+        assert!(ok.load(Ordering::SeqCst), "pinned handler did not borrow CPU 0 at IPL_VM in thread context");
+        assert_eq!(sched.cpu_stats(0).pin_switches, pins + 1);
+        assert_eq!(sched.cpu_stats(0).switches, switches, "a pinned call made a scheduler switch");
+        assert_eq!(sched.current().id(), main_id);
+        assert!(!sched.cpu_borrowed(0));
+    });
+}
+
+/// A pinned handler that blocks releases the thread pinned under it (which goes on running)
+/// and finishes later as an ordinary thread.
+#[test]
+fn pinned_handler_that_blocks_releases_the_pinned_thread() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(0));
+        let gate = Arc::new(Event::new(sched));
+        let (started, done) = (counter(), counter());
+        let (g2, s2, d2) = (gate.clone(), started.clone(), done.clone());
+        let _h = intr
+            .establish(
+                spec("t.pinblock", 0x4A, Ipl::Vm, Model::Pinned),
+                None,
+                Some(Box::new(move |_| {
+                    s2.fetch_add(1, Ordering::SeqCst);
+                    g2.wait();
+                    d2.fetch_add(1, Ordering::SeqCst);
+                })),
+            )
+            .expect("establish");
+        raise_here_until(0x4A, &started, 1);
+        // We are running again although the handler sleeps: we were released.
+        assert_eq!(done.load(Ordering::SeqCst), 0);
+        assert_eq!(intr.pinned.stats().blocked, 1);
+        assert!(!sched.cpu_borrowed(0));
+        gate.set();
+        wait(|| done.load(Ordering::SeqCst) == 1, "the blocked handler to finish");
+    });
+}
+
+#[test]
+fn an_interrupt_at_or_below_the_level_is_deferred_and_replayed_by_splx() {
+    let sys = HostSystem::boot(1);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |_| {
+        let n = counter();
+        let _h =
+            intr.establish(spec("t.defer", 0x4B, Ipl::Vm, Model::Direct), None, Some(counting(&n))).unwrap();
+        let spl = HostEnv::spl();
+        let s = spl.splraise(Ipl::Vm);
+        HostMachine::raise(0, 0x4B);
+        for _ in 0..1000 {
+            HostMachine::poll_interrupts();
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 0, "ran at IPL_VM");
+        assert!(spl.is_pending(0x4B), "not recorded as pending");
+        spl.splx(s);
+        assert_eq!(n.load(Ordering::SeqCst), 1, "splx did not replay it");
+        assert_eq!(spl.stats(0).replayed, 1);
+    });
+}
+
+/// A level-triggered line under test: asserted until its handler acknowledges it; the
+/// framework masks and unmasks it. Records the EOI count at each mask, to check the order.
+struct TestLine {
+    cpu: usize,
+    vector: u8,
+    asserted: AtomicBool,
+    masked: AtomicBool,
+    eois_at_mask: StdMutex<Vec<u64>>,
+}
+
+impl LineControl for TestLine {
+    fn mask(&self) {
+        self.masked.store(true, Ordering::SeqCst);
+        self.eois_at_mask.lock().unwrap().push(HostMachine::eois(self.cpu));
+    }
+    fn unmask(&self) {
+        self.masked.store(false, Ordering::SeqCst);
+        if self.asserted.load(Ordering::SeqCst) {
+            HostMachine::raise(self.cpu, self.vector);
+        }
+    }
+    fn is_level(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn level_line_is_masked_before_its_eoi_and_unmasked_when_done_in_every_model() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(1));
+        for (mi, model) in Model::ALL.into_iter().enumerate() {
+            let vector = 0x60 + mi as u8;
+            let line: &'static TestLine = Box::leak(Box::new(TestLine {
+                cpu: 1,
+                vector,
+                asserted: AtomicBool::new(true),
+                masked: AtomicBool::new(true),
+                eois_at_mask: StdMutex::new(Vec::new()),
+            }));
+            let n = counter();
+            let n2 = n.clone();
+            let h = intr
+                .establish_line(
+                    spec("t.level", vector, Ipl::Vm, model),
+                    line,
+                    None,
+                    Some(Box::new(move |_| {
+                        // The device's acknowledgement ends the assertion.
+                        line.asserted.store(false, Ordering::SeqCst);
+                        n2.fetch_add(1, Ordering::SeqCst);
+                    })),
+                )
+                .unwrap();
+            // Establishing unmasked the asserted line: it delivers.
+            wait(|| n.load(Ordering::SeqCst) == 1, "the level handler");
+            wait(|| !line.masked.load(Ordering::SeqCst), "the unmask");
+            let eois = line.eois_at_mask.lock().unwrap().clone();
+            let after = HostMachine::eois(1);
+            assert!(!eois.is_empty(), "{model}: a level line was never masked");
+            assert!(eois[0] < after, "{model}: no EOI after the mask");
+            assert_eq!(h.source().stats.handled.load(Ordering::SeqCst), 1, "{model}: handled more than once");
+            drop(h);
+            assert!(line.masked.load(Ordering::SeqCst), "{model}: disestablish left the line unmasked");
+        }
+    });
+}
+
+#[test]
+fn hwi_sched_runs_the_handler_again_after_the_queue() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(0));
+        for (mi, model) in
+            [Model::Pool, Model::Pinned, Model::Dedicated, Model::Direct].into_iter().enumerate()
+        {
+            let n = counter();
+            let n2 = n.clone();
+            let _h = intr
+                .establish(
+                    SourceSpec {
+                        flags: IntrFlags::MASK_WHILE_QUEUED,
+                        ..spec("t.budget", 0x70 + mi as u8, Ipl::Vm, model)
+                    },
+                    None,
+                    Some(Box::new(move |ctx| {
+                        if n2.fetch_add(1, Ordering::SeqCst) < 3 {
+                            ctx.hwi_sched(); // processed its budget: come back
+                        }
+                    })),
+                )
+                .unwrap();
+            raise_here_until(0x70 + mi as u8, &n, 4);
+            for _ in 0..100 {
+                HostMachine::poll_interrupts();
+            }
+            assert_eq!(n.load(Ordering::SeqCst), 4, "{model}: hwi_sched runs");
+        }
+    });
+}
+
+#[test]
+fn disestablish_waits_for_a_running_handler_and_nothing_runs_after() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        for (mi, model) in Model::ALL.into_iter().enumerate() {
+            let vector = 0x78 + mi as u8;
+            let running = Arc::new(AtomicBool::new(false));
+            let after = Arc::new(AtomicBool::new(false));
+            let dropped = Arc::new(AtomicBool::new(false));
+            let (r2, a2, d2) = (running.clone(), after.clone(), dropped.clone());
+            let h = intr
+                .establish(
+                    spec("t.dis", vector, Ipl::Vm, model),
+                    None,
+                    Some(Box::new(move |_| {
+                        if d2.load(Ordering::SeqCst) {
+                            a2.store(true, Ordering::SeqCst);
+                        }
+                        r2.store(true, Ordering::SeqCst);
+                        // Busy for a while (direct: interrupts are off anyway).
+                        let until = HostMachine::now_ns() + 5_000_000;
+                        while HostMachine::now_ns() < until {
+                            std::hint::spin_loop();
+                        }
+                        r2.store(false, Ordering::SeqCst);
+                    })),
+                )
+                .unwrap();
+            let t = sched.spawn(
+                "raiser",
+                sched::Priority::KTHREAD,
+                Some(1),
+                checked(move || {
+                    HostMachine::raise(1, vector);
+                    for _ in 0..1000 {
+                        HostMachine::poll_interrupts();
+                    }
+                }),
+            );
+            wait(|| running.load(Ordering::SeqCst), "the handler to start");
+            drop(h);
+            assert!(!running.load(Ordering::SeqCst), "{model}: disestablish returned while the handler ran");
+            dropped.store(true, Ordering::SeqCst);
+            HostMachine::raise(1, vector);
+            t.join();
+            assert!(!after.load(Ordering::SeqCst), "{model}: a handler ran after disestablish");
+        }
+    });
+}
+
+#[test]
+fn softint_runs_in_its_thread_at_its_level() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |_| {
+        let n = counter();
+        let pri = Arc::new(AtomicUsize::new(0));
+        let (n2, p2) = (n.clone(), pri.clone());
+        let h = intr
+            .softint_establish("t.soft", Ipl::SoftNet, move || {
+                let s = HostEnv::sched();
+                assert!(!s.in_interrupt());
+                p2.store(s.current().priority().get() as usize, Ordering::SeqCst);
+                n2.fetch_add(1, Ordering::SeqCst);
+            })
+            .expect("a soft level");
+        h.softint().schedule();
+        wait(|| n.load(Ordering::SeqCst) == 1, "the soft interrupt");
+        let want = sched::Priority::of_ipl(Ipl::SoftNet).unwrap().get() as usize;
+        assert_eq!(pri.load(Ordering::SeqCst), want);
+        // Scheduled from a hardware interrupt's filter.
+        let soft = h.softint().clone();
+        let _hw = intr
+            .establish(
+                spec("t.hw", 0x4C, Ipl::Vm, Model::Direct),
+                Some(Box::new(move |_| {
+                    soft.schedule();
+                    FilterResult::Handled
+                })),
+                None,
+            )
+            .unwrap();
+        raise_here_until(0x4C, &n, 2);
+        assert!(intr.softint_establish("t.bad", Ipl::Vm, || {}).is_none(), "IPL_VM is no soft level");
+    });
+}
+
+#[test]
+fn sleeping_at_a_raised_level_is_refused_naming_the_level() {
+    let sys = HostSystem::boot(1);
+    let msg = sys.run(move |sched| {
+        let spl = HostEnv::spl();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _s = spl.raise(Ipl::SoftNet);
+            sched.sleep_ns(1_000);
+        }));
+        host_machine::panic_message(&*r.expect_err("slept at IPL_SOFTNET"))
+    });
+    assert!(msg.contains("IPL_SOFTNET") && msg.contains("main"), "unhelpful message: {msg}");
+}
+
+#[test]
+fn a_filter_that_sleeps_is_named() {
+    let sys = HostSystem::boot(1);
+    let intr: &'static Intr = sys.intr;
+    let msg = sys.run(move |sched| {
+        let _h = intr
+            .establish(
+                spec("t.sleepy-filter", 0x4D, Ipl::Vm, Model::Direct),
+                Some(Box::new(move |_| {
+                    sched.sleep_ns(1_000);
+                    FilterResult::Handled
+                })),
+                None,
+            )
+            .unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            HostMachine::raise(0, 0x4D);
+            for _ in 0..1000 {
+                HostMachine::poll_interrupts();
+            }
+        }));
+        let msg = host_machine::panic_message(&*r.expect_err("a filter slept"));
+        // The panic unwound out of interrupt context: leave the system as it is (this test
+        // owns it) and report.
+        std::mem::forget(_h);
+        msg
+    });
+    assert!(msg.contains("t.sleepy-filter"), "the filter's source is not named: {msg}");
+}
+
+/// Many interrupts in flight from several CPUs at once, in every model: every delivery is
+/// handled exactly once.
+fn many_in_flight(ncpus: usize, model: Model) {
+    let sys = HostSystem::boot(ncpus);
+    let intr: &'static Intr = sys.intr;
+    const PER: u64 = 300;
+    let (raised, merged, handled) = sys.run(move |sched| {
+        let handled = counter();
+        let vectors = [0x90u8, 0x91, 0x92];
+        let hs: Vec<_> = vectors
+            .iter()
+            .map(|&v| {
+                intr.establish(spec("t.flight", v, Ipl::Vm, model), None, Some(counting(&handled))).unwrap()
+            })
+            .collect();
+        let raised = counter();
+        let merged = counter();
+        let ts: Vec<_> = (0..ncpus)
+            .map(|c| {
+                let (raised, merged) = (raised.clone(), merged.clone());
+                sched.spawn(
+                    "raiser",
+                    sched::Priority::KTHREAD,
+                    Some(c),
+                    checked(move || {
+                        for i in 0..PER {
+                            let target = (c + i as usize) % ncpus;
+                            let v = vectors[i as usize % vectors.len()];
+                            raised.fetch_add(1, Ordering::SeqCst);
+                            if !HostMachine::raise(target, v) {
+                                merged.fetch_add(1, Ordering::SeqCst);
+                            }
+                            HostMachine::poll_interrupts();
+                        }
+                    }),
+                )
+            })
+            .collect();
+        for t in ts {
+            t.join();
+        }
+        let spl_merged = || (0..ncpus).map(|c| HostEnv::spl().stats(c).merged).sum::<u64>();
+        let delivered = || raised.load(Ordering::SeqCst) - merged.load(Ordering::SeqCst) - spl_merged();
+        let all = spin_until(T, || handled.load(Ordering::SeqCst) >= delivered());
+        assert!(
+            all,
+            "{model}: handled {} of {} deliveries; per source: {:?}; pending here: {:?}",
+            handled.load(Ordering::SeqCst),
+            delivered(),
+            hs.iter()
+                .map(|h| (h.source().stats.total(), h.source().stats.handled.load(Ordering::SeqCst)))
+                .collect::<Vec<_>>(),
+            vectors.iter().map(|&v| HostEnv::spl().is_pending(v)).collect::<Vec<_>>(),
+        );
+        // Settle: nothing more may come.
+        let quiet_until = HostMachine::now_ns() + 20_000_000;
+        while HostMachine::now_ns() < quiet_until {
+            HostMachine::poll_interrupts();
+        }
+        drop(hs);
+        (
+            raised.load(Ordering::SeqCst),
+            merged.load(Ordering::SeqCst) + spl_merged(),
+            handled.load(Ordering::SeqCst),
+        )
+    });
+    let delivered = raised - merged;
+    assert_eq!(raised, PER * ncpus as u64);
+    assert_eq!(handled, delivered, "{model} on {ncpus} CPUs: handled {handled} != delivered {delivered}");
+}
+
+#[test]
+fn many_in_flight_direct() {
+    many_in_flight(3, Model::Direct);
+}
+
+#[test]
+fn many_in_flight_dedicated() {
+    // One thread per source: a raise while its source is masked is folded into the
+    // re-raise at unmask, so only "at most delivered" holds here; the exact count is
+    // checked for the models that do not mask.
+    let sys = HostSystem::boot(3);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        let handled = counter();
+        let h = intr
+            .establish(spec("t.ded", 0x93, Ipl::Vm, Model::Dedicated), None, Some(counting(&handled)))
+            .unwrap();
+        let ts: Vec<_> = (0..3)
+            .map(|c| {
+                sched.spawn(
+                    "raiser",
+                    sched::Priority::KTHREAD,
+                    Some(c),
+                    checked(move || {
+                        for _ in 0..200 {
+                            HostMachine::raise(c, 0x93);
+                            HostMachine::poll_interrupts();
+                        }
+                    }),
+                )
+            })
+            .collect();
+        for t in ts {
+            t.join();
+        }
+        wait(|| !h.source().is_masked(), "the dedicated thread to finish");
+        let n = handled.load(Ordering::SeqCst);
+        let taken = h.source().stats.total();
+        assert!(n >= 1 && n <= taken, "handled {n}, taken {taken}");
+    });
+}
+
+#[test]
+fn many_in_flight_pool() {
+    many_in_flight(3, Model::Pool);
+}
+
+#[test]
+fn many_in_flight_pinned() {
+    many_in_flight(3, Model::Pinned);
+}
