@@ -50,9 +50,23 @@
 
 extern crate alloc;
 
+/// `const fn` in the kernel, a plain `fn` under `--cfg loom`, whose atomics cannot be built in
+/// constant context (the types that hold `protocol`'s atomics).
+macro_rules! const_unless_loom {
+    ($(#[$m:meta])* $vis:vis fn $name:ident() -> $ret:ty $body:block) => {
+        #[cfg(not(loom))]
+        $(#[$m])*
+        $vis const fn $name() -> $ret $body
+        #[cfg(loom)]
+        $(#[$m])*
+        $vis fn $name() -> $ret $body
+    };
+}
+
 pub mod path;
 pub mod pinned;
 pub mod pool;
+pub mod protocol;
 pub mod softint;
 pub mod stats;
 pub mod storm;
@@ -267,13 +281,11 @@ pub struct Source<E: IntrEnv> {
     line_lock: SpinLock<()>,
     /// Mask references taken by [`Intr::defer`] (dropped at replay).
     deferred: AtomicU32,
-    /// Instances that need the source masked.
-    mask_refs: AtomicU32,
-    /// An interrupt arrived while masked: re-raise at unmask.
-    missed: AtomicBool,
-    dead: AtomicBool,
-    /// Handler instances running now.
-    running: AtomicU32,
+    /// Instances that need the source masked, and an arrival missed meanwhile (re-raised at
+    /// the unmask) — one word ([`protocol::MaskCount`]).
+    mask_count: protocol::MaskCount,
+    /// Disestablished, and the handler runs in progress ([`protocol::RunGate`]).
+    gate: protocol::RunGate,
     /// Stats.
     pub stats: SourceStats,
     /// Storm detector state.
@@ -307,11 +319,15 @@ impl<E: IntrEnv> Source<E> {
     }
     /// Whether it is masked now.
     pub fn is_masked(&self) -> bool {
-        self.mask_refs.load(Ordering::Acquire) > 0
+        self.mask_count.refs() > 0
     }
     /// Instances needing the mask now.
     pub fn mask_refs(&self) -> u32 {
-        self.mask_refs.load(Ordering::Acquire)
+        self.mask_count.refs()
+    }
+    /// Whether it has been disestablished.
+    pub fn is_dead(&self) -> bool {
+        self.gate.is_closed()
     }
 
     /// The hardware line, if any.
@@ -328,42 +344,36 @@ impl<E: IntrEnv> Source<E> {
     fn mask(&self) {
         match self.line {
             None => {
-                self.mask_refs.fetch_add(1, Ordering::AcqRel);
+                self.mask_count.mask();
             }
             Some(line) => {
                 let io = E::M::intr_disable();
                 let _g = self.line_lock.lock(&io);
-                if self.mask_refs.fetch_add(1, Ordering::AcqRel) == 0 {
+                if self.mask_count.mask() {
                     line.mask();
                 }
             }
         }
     }
 
-    /// Drops one mask reference; the last one unmasks (the line, or re-raises a missed
-    /// interrupt of a source without a line).
+    /// Drops one mask reference; the last one unmasks: the line, or, for a source without
+    /// one, re-raises an interrupt absorbed while masked ([`protocol::MaskCount`]).
     fn unmask(&self) {
         match self.line {
             None => {
-                let old = self.mask_refs.fetch_sub(1, Ordering::AcqRel);
-                debug_assert!(old > 0, "unmask of unmasked source {}", self.name);
-                if old == 1 && self.missed.swap(false, Ordering::AcqRel) && !self.dead.load(Ordering::Acquire)
-                {
+                let u = self.mask_count.unmask();
+                if u.last && u.missed && !self.gate.is_closed() {
                     E::retrigger(self.vector);
                 }
             }
             Some(line) => {
                 let io = E::M::intr_disable();
                 let _g = self.line_lock.lock(&io);
-                let old = self.mask_refs.fetch_sub(1, Ordering::AcqRel);
-                debug_assert!(old > 0, "unmask of unmasked source {}", self.name);
-                if old == 1 {
-                    // The line stays asserted while the device wants service: unmasking
-                    // re-delivers a missed interrupt. A dead source's line stays masked.
-                    self.missed.store(false, Ordering::Release);
-                    if !self.dead.load(Ordering::Acquire) {
-                        line.unmask();
-                    }
+                // The line stays asserted while the device wants service: unmasking
+                // re-delivers a missed interrupt (the flag is dropped with the count). A dead
+                // source's line stays masked.
+                if self.mask_count.unmask().last && !self.gate.is_closed() {
+                    line.unmask();
                 }
             }
         }
@@ -384,10 +394,11 @@ impl<E: IntrEnv> Source<E> {
     #[inline(always)]
     fn run_handler(&self, raised_ns: u64, cpu: usize) -> bool {
         let Some(h) = self.handler.as_ref() else { return false };
-        if self.dead.load(Ordering::Acquire) {
+        // Checking "dead" and counting this run in are one step: a handler never starts
+        // after its disestablish returned.
+        if !self.gate.enter() {
             return false;
         }
-        self.running.fetch_add(1, Ordering::AcqRel);
         let t0 = E::M::now_ns();
         // Per source and per CPU that runs the handler (`intrstat`'s per-CPU p50/p99).
         self.stats.record_latency(E::M::cpu_index(), t0.saturating_sub(raised_ns));
@@ -401,7 +412,7 @@ impl<E: IntrEnv> Source<E> {
         let ran_on = E::M::cpu_index() & (sched::MAX_CPUS - 1);
         self.stats.handler_ns_cpu[ran_on].fetch_add(spent, Ordering::Relaxed);
         self.stats.handled_cpu[ran_on].fetch_add(1, Ordering::Relaxed);
-        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.gate.exit();
         ctx.requeue.load(Ordering::Relaxed)
     }
 }
@@ -410,24 +421,6 @@ impl<E: IntrEnv> Source<E> {
 pub(crate) struct Pending<E: IntrEnv> {
     pub(crate) src: Arc<Source<E>>,
     pub(crate) raised: u64,
-}
-
-/// A per-CPU queue of handler instances.
-pub(crate) type PendingQueue<E> = SpinLock<alloc::collections::VecDeque<Pending<E>>>;
-
-impl<E: IntrEnv> Pending<E> {
-    /// Runs the instance (thread context) on behalf of `cpu`; a handler that asked for
-    /// `hwi_sched` goes to the back of `queue` (keeping its mask reference), otherwise the
-    /// instance's mask reference, if any, is dropped.
-    pub(crate) fn run(self, cpu: usize, queue: &PendingQueue<E>) {
-        let again = self.src.run_handler(self.raised, cpu);
-        if again && !self.src.dead.load(Ordering::Acquire) {
-            let io = E::M::intr_disable();
-            queue.lock(&io).push_back(Pending { src: self.src, raised: E::M::now_ns() });
-        } else if self.src.needs_mask() {
-            self.src.unmask();
-        }
-    }
 }
 
 /// Passed to a filter.
@@ -539,8 +532,9 @@ impl<E: IntrEnv> Drop for IntrHandle<E> {
 }
 
 impl<E: IntrEnv> Intr<E> {
+    const_unless_loom! {
     /// No sources; default model `Direct`.
-    pub const fn new() -> Self {
+    pub fn new() -> Self {
         Intr {
             vectors: [const { SpinLock::new(Vec::new()) }; 256],
             reserved: [const { AtomicBool::new(false) }; 256],
@@ -553,6 +547,7 @@ impl<E: IntrEnv> Intr<E> {
             last_sig: [const { core::sync::atomic::AtomicU64::new(0) }; sched::MAX_CPUS],
             storm_thread: AtomicBool::new(false),
         }
+    }
     }
 
     /// Marks a vector as the kernel's own (establish refuses it).
@@ -617,7 +612,7 @@ impl<E: IntrEnv> Intr<E> {
         {
             let io = E::M::intr_disable();
             let _g = h.source.line_lock.lock(&io);
-            if h.source.mask_refs.load(Ordering::Acquire) == 0 {
+            if h.source.mask_count.refs() == 0 {
                 line.unmask();
             }
         }
@@ -668,10 +663,8 @@ impl<E: IntrEnv> Intr<E> {
                 || line.is_some_and(|l| l.is_level()),
             line_lock: SpinLock::new(()),
             deferred: AtomicU32::new(0),
-            mask_refs: AtomicU32::new(0),
-            missed: AtomicBool::new(false),
-            dead: AtomicBool::new(false),
-            running: AtomicU32::new(0),
+            mask_count: protocol::MaskCount::new(),
+            gate: protocol::RunGate::new(),
             stats: SourceStats::new(),
             storm: storm::StormState::new(),
             dedicated,
@@ -711,15 +704,15 @@ impl<E: IntrEnv> Intr<E> {
             let io = E::M::intr_disable();
             self.vectors[src.vector as usize].lock(&io).retain(|s| !Arc::ptr_eq(s, src));
         }
-        src.dead.store(true, Ordering::Release);
+        src.gate.close();
         if let Some(line) = src.line {
-            // After `dead`: no unmask re-enables it from now on.
+            // After the close: no unmask re-enables it from now on.
             let io = E::M::intr_disable();
             let _g = src.line_lock.lock(&io);
             line.mask();
         }
         if let Some(d) = &src.dedicated {
-            d.event.set(); // the thread sees `dead` and exits
+            d.event.set(); // the thread sees the gate closed and exits
             let t = {
                 let io = E::M::intr_disable();
                 let mut t = d.thread.lock(&io);
@@ -730,7 +723,7 @@ impl<E: IntrEnv> Intr<E> {
         if src.model == Model::Pool && src.handler.is_some() {
             self.pool.handler_removed();
         }
-        while src.running.load(Ordering::Acquire) > 0 {
+        while !src.gate.is_idle() {
             E::sched().yield_now();
         }
     }
@@ -858,8 +851,7 @@ impl<E: IntrEnv> Intr<E> {
                 return Arrived::Absorbed;
             }
         }
-        if src.is_masked() {
-            src.missed.store(true, Ordering::Release);
+        if src.mask_count.absorb() {
             return Arrived::Absorbed;
         }
         src.stats.per_cpu[cpu].fetch_add(1, Ordering::Relaxed);
@@ -1081,7 +1073,7 @@ fn dedicated_loop<E: IntrEnv>(src: &Arc<Source<E>>) {
     let d = src.dedicated.as_ref().expect("dedicated");
     loop {
         d.event.wait();
-        if src.dead.load(Ordering::Acquire) {
+        if src.gate.is_closed() {
             return;
         }
         loop {

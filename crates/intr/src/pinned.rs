@@ -239,7 +239,7 @@ fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
 /// instance's mask reference, if any, is dropped.
 #[inline(always)]
 fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool, cpu: usize) {
-    if again && !src.dead.load(Ordering::Acquire) {
+    if again && !src.gate.is_closed() {
         let c = cpu_of::<E>(cpu);
         let io = E::M::intr_disable();
         let now = E::M::now_ns();

@@ -16,42 +16,50 @@
 //! where it is. [`Pool::set_balancing`] turns this off.
 //!
 //! The pool's size stays between 2 × NCPU and the number of pool-model handlers
-//! ([`Pool::set_size`] clamps); threads are spawned as it grows and retire as it shrinks.
+//! ([`Pool::set_size`] clamps); threads are spawned as it grows; as it shrinks, idle ones
+//! retire at once and busy ones when they next give their CPU up.
 //!
-//! Locks: each CPU's queue is a `SpinLock` (interrupts disabled); the idle list is a
-//! `SpinLock`. `active` is an atomic owner word (the serving ithread's address or 0), claimed
-//! and released with compare-and-swap so that exactly one ithread serves a CPU.
+//! The coordination — queues, owner words, the idle list, the need flags, divorce and
+//! migration — is [`crate::protocol::PoolCore`], model-checked on the host; this module adds
+//! the threads: waking, binding, running handlers, helping, resizing, counting. Its locks are
+//! taken with interrupts disabled.
 
-use alloc::collections::VecDeque;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use machine::{IntrOff, Machine};
 use sched::{Event, Priority, SpinLock, Thread};
 
-use crate::{IntrEnv, Pending, PendingQueue, Source};
-
-struct PoolCpu<E: IntrEnv> {
-    queue: PendingQueue<E>,
-    /// Address of the `PoolThread` serving this CPU, or 0.
-    active: AtomicUsize,
-    /// Address of that ithread's kernel `Thread` (for the block hook), or 0.
-    active_thread: AtomicUsize,
-    /// This CPU has work and found the pool empty.
-    need: AtomicBool,
-    /// Helpers sent to take work from this CPU and not yet back.
-    helpers: AtomicUsize,
-}
+use crate::protocol::{Next, PoolCore, Worker};
+use crate::{IntrEnv, Pending};
 
 /// One pooled ithread.
 pub struct PoolThread<E: IntrEnv> {
     event: Event<E>,
+    /// Its kernel thread's address: its identity in the owner words (set by the thread
+    /// itself before it is first seen by the pool).
+    tid: AtomicUsize,
+    /// The CPU it was assigned to (written before its event is set).
     cpu: AtomicUsize,
-    /// Sent to help this CPU (`usize::MAX`: a normal assignment).
+    /// Sent to help this CPU (`usize::MAX`: not helping).
     help: AtomicUsize,
     retire: AtomicBool,
     thread: SpinLock<Option<Arc<Thread<E>>>>,
+}
+
+/// A pool ithread as the protocol sees it.
+struct Ithread<E: IntrEnv>(Arc<PoolThread<E>>);
+
+impl<E: IntrEnv> Clone for Ithread<E> {
+    fn clone(&self) -> Self {
+        Ithread(self.0.clone())
+    }
+}
+
+impl<E: IntrEnv> Worker for Ithread<E> {
+    fn id(&self) -> usize {
+        self.0.tid.load(Ordering::Relaxed)
+    }
 }
 
 /// Counters of the pool.
@@ -75,12 +83,12 @@ pub struct PoolStats {
 
 /// The pool.
 pub struct Pool<E: IntrEnv> {
-    cpus: [PoolCpu<E>; sched::MAX_CPUS],
-    idle: SpinLock<Vec<Arc<PoolThread<E>>>>,
+    core: PoolCore<Pending<E>, Ithread<E>, { sched::MAX_CPUS }>,
+    /// Per CPU: helpers sent to take work from it and not yet back.
+    helpers: [AtomicUsize; sched::MAX_CPUS],
     size: AtomicUsize,
     target: AtomicUsize,
     handlers: AtomicUsize,
-    need: AtomicBool,
     assigned: AtomicU64,
     migrations: AtomicU64,
     divorces: AtomicU64,
@@ -100,23 +108,15 @@ fn pool_priority() -> Priority {
 }
 
 impl<E: IntrEnv> Pool<E> {
+    const_unless_loom! {
     /// Empty; threads are spawned when the first pool-model handler is established.
-    pub const fn new() -> Self {
+    pub fn new() -> Self {
         Pool {
-            cpus: [const {
-                PoolCpu {
-                    queue: SpinLock::new(VecDeque::new()),
-                    active: AtomicUsize::new(0),
-                    active_thread: AtomicUsize::new(0),
-                    need: AtomicBool::new(false),
-                    helpers: AtomicUsize::new(0),
-                }
-            }; sched::MAX_CPUS],
-            idle: SpinLock::new(Vec::new()),
+            core: PoolCore::new(),
+            helpers: [const { AtomicUsize::new(0) }; sched::MAX_CPUS],
             size: AtomicUsize::new(0),
             target: AtomicUsize::new(0),
             handlers: AtomicUsize::new(0),
-            need: AtomicBool::new(false),
             assigned: AtomicU64::new(0),
             migrations: AtomicU64::new(0),
             divorces: AtomicU64::new(0),
@@ -124,6 +124,7 @@ impl<E: IntrEnv> Pool<E> {
             stolen: AtomicU64::new(0),
             balancing: AtomicBool::new(true),
         }
+    }
     }
 
     fn bounds(&self) -> (usize, usize) {
@@ -137,8 +138,7 @@ impl<E: IntrEnv> Pool<E> {
         self.bounds()
     }
 
-    /// The size last asked for with [`Pool::set_size`] (0: never asked — the pool follows
-    /// its lower bound).
+    /// The size asked for by [`Pool::set_size`] (0: none, the bounds decide).
     pub fn target(&self) -> usize {
         self.target.load(Ordering::Relaxed)
     }
@@ -167,36 +167,56 @@ impl<E: IntrEnv> Pool<E> {
         self.resize();
     }
 
-    fn resize(&'static self) {
+    /// The size the pool should have now.
+    fn want(&self) -> usize {
         let (lo, hi) = self.bounds();
-        let want = match self.target.load(Ordering::Relaxed) {
+        match self.target.load(Ordering::Relaxed) {
             0 => lo,
             t => t.clamp(lo, hi),
-        };
+        }
+    }
+
+    fn resize(&'static self) {
+        let want = self.want();
         while self.size.load(Ordering::Relaxed) < want {
             self.spawn_one();
         }
-        // Shrink: retire idle threads (busy ones retire when they next go idle).
+        // Shrink: idle threads retire now; busy ones when they next give their CPU up
+        // (`retire_one`).
         while self.size.load(Ordering::Relaxed) > want {
             let t = {
-                let io = E::M::intr_disable();
-                let mut idle = self.idle.lock(&io);
-                idle.pop()
+                let _io = E::M::intr_disable();
+                self.core.take_idle()
             };
             match t {
                 Some(t) => {
-                    t.retire.store(true, Ordering::Release);
+                    t.0.retire.store(true, Ordering::Release);
                     self.size.fetch_sub(1, Ordering::Relaxed);
-                    t.event.set();
+                    t.0.event.set();
                 }
                 None => break,
             }
         }
     }
 
+    /// A busy ithread giving its CPU up: retire instead of going idle if the pool is larger
+    /// than it should be.
+    fn retire_one(&self) -> bool {
+        let want = self.want();
+        let mut s = self.size.load(Ordering::Relaxed);
+        while s > want {
+            match self.size.compare_exchange(s, s - 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(x) => s = x,
+            }
+        }
+        false
+    }
+
     fn spawn_one(&'static self) {
         let pt = Arc::new(PoolThread {
             event: Event::new(E::sched()),
+            tid: AtomicUsize::new(0),
             cpu: AtomicUsize::new(0),
             help: AtomicUsize::new(usize::MAX),
             retire: AtomicBool::new(false),
@@ -204,29 +224,44 @@ impl<E: IntrEnv> Pool<E> {
         });
         self.size.fetch_add(1, Ordering::Relaxed);
         let p2 = pt.clone();
-        let h = E::sched().spawn("ithread/pool", pool_priority(), None, move || E::intr().pool.serve(&p2));
+        let h = E::sched().spawn("ithread/pool", pool_priority(), None, move || E::intr().pool.serve(p2));
         let io = E::M::intr_disable();
         *pt.thread.lock(&io) = Some(h.thread().clone());
-        self.idle.lock(&io).push(pt);
+    }
+
+    /// Wakes `t`, made the owner of `cpu` by the protocol, bound to that CPU.
+    fn wake(&self, cpu: usize, t: Ithread<E>, io: &IntrOff) {
+        self.assigned.fetch_add(1, Ordering::Relaxed);
+        t.0.cpu.store(cpu, Ordering::Release);
+        if let Some(th) = t.0.thread.lock(io).as_ref() {
+            E::sched().bind_thread(th, Some(cpu));
+        }
+        t.0.event.set();
     }
 
     /// Queues a handler instance on `cpu` and makes sure an ithread serves it (interrupt
     /// context).
-    pub(crate) fn enqueue(&'static self, cpu: usize, src: Arc<Source<E>>, raised: u64, io: &IntrOff) {
+    pub(crate) fn enqueue(&'static self, cpu: usize, src: Arc<crate::Source<E>>, raised: u64, io: &IntrOff) {
         let stealable = src.stealable();
-        let queued = {
-            let mut q = self.cpus[cpu].queue.lock(io);
-            q.push_back(Pending { src, raised });
-            q.len()
-        };
-        if self.cpus[cpu].active.load(Ordering::Acquire) == 0 {
-            self.assign(cpu, io);
-        } else if stealable
-            && self.balancing.load(Ordering::Relaxed)
-            && E::M::ncpus() > 1
-            && queued > self.cpus[cpu].helpers.load(Ordering::Relaxed)
-        {
-            self.send_helper(cpu, io);
+        match self.core.enqueue(cpu, Pending { src, raised }) {
+            Some((c, t)) => self.wake(c, t, io),
+            None if self.core.owner(cpu) == crate::protocol::NO_OWNER => self.note_empty(cpu),
+            None => {
+                if stealable
+                    && self.balancing.load(Ordering::Relaxed)
+                    && E::M::ncpus() > 1
+                    && self.core.queued(cpu) > self.helpers[cpu].load(Ordering::Relaxed)
+                {
+                    self.send_helper(cpu, io);
+                }
+            }
+        }
+    }
+
+    /// Counts a CPU that found the pool empty (its need bit is up).
+    fn note_empty(&self, cpu: usize) {
+        if self.core.owner(cpu) == crate::protocol::NO_OWNER && self.core.needs(cpu) {
+            self.empty.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -242,57 +277,47 @@ impl<E: IntrEnv> Pool<E> {
 
     /// Sends an idle ithread, unbound, to take stealable work queued on the busy `cpu`.
     fn send_helper(&'static self, cpu: usize, io: &IntrOff) {
-        let t = self.idle.lock(io).pop();
-        let Some(t) = t else { return };
-        self.cpus[cpu].helpers.fetch_add(1, Ordering::AcqRel);
-        t.help.store(cpu, Ordering::Release);
-        if let Some(th) = t.thread.lock(io).as_ref() {
+        let Some(t) = self.core.take_idle() else { return };
+        self.helpers[cpu].fetch_add(1, Ordering::AcqRel);
+        t.0.help.store(cpu, Ordering::Release);
+        if let Some(th) = t.0.thread.lock(io).as_ref() {
             E::sched().bind_thread(th, None);
         }
-        t.event.set();
+        t.0.event.set();
     }
 
     /// A helper's work: run `from`'s stealable queued instances here, then go back.
     fn help(&'static self, from: usize) {
-        let c = &self.cpus[from];
         let here = E::M::cpu_index();
         loop {
             let item = {
-                let io = E::M::intr_disable();
-                let mut q = c.queue.lock(&io);
-                let i = q.iter().position(|p| p.src.stealable());
-                i.and_then(|i| q.remove(i))
+                let _io = E::M::intr_disable();
+                self.core.steal(from, |p| p.src.stealable())
             };
             let Some(p) = item else { break };
             if here != from {
                 self.stolen.fetch_add(1, Ordering::Relaxed);
             }
-            p.run(from, &c.queue);
+            self.run(p, from);
         }
-        c.helpers.fetch_sub(1, Ordering::AcqRel);
+        self.helpers[from].fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Gives `cpu` an idle ithread, or raises its need flag.
-    fn assign(&'static self, cpu: usize, io: &IntrOff) {
-        let t = self.idle.lock(io).pop();
-        let Some(t) = t else {
-            self.empty.fetch_add(1, Ordering::Relaxed);
-            self.cpus[cpu].need.store(true, Ordering::Release);
-            self.need.store(true, Ordering::Release);
-            return;
-        };
-        let me = Arc::as_ptr(&t) as usize;
-        if self.cpus[cpu].active.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            self.idle.lock(io).push(t); // someone else serves it already
-            return;
+    /// Runs one instance on behalf of `cpu`; a handler that asked for `hwi_sched` goes to the
+    /// back of `cpu`'s queue (keeping its mask reference) — with an ithread for it if the
+    /// queue has none now (the handler blocked and its ithread was divorced) — otherwise the
+    /// instance's mask reference, if any, is dropped.
+    fn run(&'static self, p: Pending<E>, cpu: usize) {
+        let again = p.src.run_handler(p.raised, cpu);
+        if again && !p.src.gate.is_closed() {
+            let io = E::M::intr_disable();
+            match self.core.requeue(cpu, Pending { src: p.src, raised: E::M::now_ns() }) {
+                Some((c, t)) => self.wake(c, t, &io),
+                None => self.note_empty(cpu),
+            }
+        } else if p.src.needs_mask() {
+            p.src.unmask();
         }
-        self.assigned.fetch_add(1, Ordering::Relaxed);
-        t.cpu.store(cpu, Ordering::Release);
-        if let Some(th) = t.thread.lock(io).as_ref() {
-            self.cpus[cpu].active_thread.store(Arc::as_ptr(th) as usize, Ordering::Release);
-            E::sched().bind_thread(th, Some(cpu));
-        }
-        t.event.set();
     }
 
     /// Kernel sleep hook: a pool ithread serving this CPU is about to block in a handler, so
@@ -301,104 +326,73 @@ impl<E: IntrEnv> Pool<E> {
         let me = E::M::curthread() as usize;
         let io = E::M::intr_disable();
         let cpu = E::M::cpu_index();
-        let c = &self.cpus[cpu];
-        if c.active_thread.load(Ordering::Acquire) != me {
-            return;
+        let (divorced, fresh) = self.core.divorce(cpu, me);
+        if divorced {
+            self.divorces.fetch_add(1, Ordering::Relaxed);
         }
-        c.active_thread.store(0, Ordering::Release);
-        c.active.store(0, Ordering::Release);
-        self.divorces.fetch_add(1, Ordering::Relaxed);
-        if !c.queue.lock(&io).is_empty() {
-            self.assign(cpu, &io);
+        match fresh {
+            Some((c, t)) => self.wake(c, t, &io),
+            None if divorced => self.note_empty(cpu),
+            None => {}
         }
     }
 
     /// The body of every pooled ithread.
-    fn serve(&'static self, t: &Arc<PoolThread<E>>) {
-        let me = Arc::as_ptr(t) as usize;
+    fn serve(&'static self, t: Arc<PoolThread<E>>) {
         let sched = E::sched();
+        t.tid.store(sched.current() as *const Thread<E> as usize, Ordering::Relaxed);
+        let me = Ithread(t.clone());
+        let mut next = {
+            let _io = E::M::intr_disable();
+            self.core.go_idle(&me)
+        };
         loop {
-            t.event.wait();
-            if t.retire.load(Ordering::Acquire) {
-                return;
-            }
-            let from = t.help.swap(usize::MAX, Ordering::AcqRel);
-            if from != usize::MAX {
-                self.help(from);
-                let io = E::M::intr_disable();
-                self.idle.lock(&io).push(t.clone());
-                continue;
-            }
-            let mut cpu = t.cpu.load(Ordering::Acquire);
-            'serve: loop {
-                sched.bind_current(Some(cpu));
-                self.cpus[cpu]
-                    .active_thread
-                    .store(sched.current() as *const Thread<E> as usize, Ordering::Release);
-                self.drain(cpu, me);
-                // Give the CPU up, unless work raced in after the queue looked empty.
-                let c = &self.cpus[cpu];
-                c.active_thread.store(0, Ordering::Release);
-                if c.active.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    let more = {
-                        let io = E::M::intr_disable();
-                        let q = c.queue.lock(&io);
-                        !q.is_empty()
-                    };
-                    if more && c.active.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                        continue 'serve;
-                    }
+            let cpu = match next {
+                Next::Again(cpu) => cpu,
+                Next::Migrate(cpu) => {
+                    self.migrations.fetch_add(1, Ordering::Relaxed);
+                    cpu
                 }
-                // Before going idle: is a CPU in need?
-                if self.need.swap(false, Ordering::AcqRel) {
-                    for d in 0..E::M::ncpus() {
-                        let dc = &self.cpus[d];
-                        if dc.need.load(Ordering::Acquire)
-                            && dc.active.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_ok()
-                        {
-                            dc.need.store(false, Ordering::Release);
-                            if (0..E::M::ncpus()).any(|x| self.cpus[x].need.load(Ordering::Acquire)) {
-                                self.need.store(true, Ordering::Release);
-                            }
-                            self.migrations.fetch_add(1, Ordering::Relaxed);
-                            cpu = d;
-                            t.cpu.store(d, Ordering::Release);
-                            continue 'serve;
-                        }
+                Next::Idle => {
+                    t.event.wait();
+                    if t.retire.load(Ordering::Acquire) {
+                        return;
                     }
+                    let from = t.help.swap(usize::MAX, Ordering::AcqRel);
+                    if from != usize::MAX {
+                        self.help(from);
+                        sched.bind_current(None);
+                        let _io = E::M::intr_disable();
+                        next = self.core.go_idle(&me);
+                        continue;
+                    }
+                    t.cpu.load(Ordering::Acquire)
                 }
-                break;
-            }
-            sched.bind_current(None);
-            if t.retire.load(Ordering::Acquire) {
-                return;
-            }
-            let io = E::M::intr_disable();
-            self.idle.lock(&io).push(t.clone());
-        }
-    }
-
-    /// Runs the queue of `cpu` while this ithread is its active one.
-    fn drain(&'static self, cpu: usize, me: usize) {
-        let c = &self.cpus[cpu];
-        while c.active.load(Ordering::Acquire) == me {
-            let item = {
-                let io = E::M::intr_disable();
-                let mut q = c.queue.lock(&io);
-                q.pop_front()
             };
-            let Some(p) = item else { return };
-            p.run(cpu, &c.queue);
+            sched.bind_current(Some(cpu));
+            loop {
+                let item = {
+                    let _io = E::M::intr_disable();
+                    self.core.next(cpu, &me)
+                };
+                let Some(p) = item else { break };
+                self.run(p, cpu);
+            }
+            let _io = E::M::intr_disable();
+            next = match self.core.release(cpu, &me) {
+                Some(n) => n,
+                None if self.retire_one() => return,
+                None => self.core.go_idle(&me),
+            };
         }
     }
 
     /// Counters.
     pub fn stats(&self) -> PoolStats {
-        let io = E::M::intr_disable();
-        let idle = self.idle.lock(&io).len();
+        let _io = E::M::intr_disable();
         PoolStats {
             size: self.size.load(Ordering::Relaxed),
-            idle,
+            idle: self.core.idle_count(),
             assigned: self.assigned.load(Ordering::Relaxed),
             migrations: self.migrations.load(Ordering::Relaxed),
             divorces: self.divorces.load(Ordering::Relaxed),
@@ -409,8 +403,7 @@ impl<E: IntrEnv> Pool<E> {
 
     /// Handler instances queued on `cpu`.
     pub fn queued(&self, cpu: usize) -> usize {
-        let io = E::M::intr_disable();
-        let q = self.cpus[cpu].queue.lock(&io);
-        q.len()
+        let _io = E::M::intr_disable();
+        self.core.queued(cpu)
     }
 }

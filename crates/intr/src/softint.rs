@@ -53,7 +53,8 @@ pub struct SoftIntr<E: IntrEnv> {
     queued: AtomicU64,
     /// Times it ran.
     pub runs: AtomicU64,
-    dead: AtomicBool,
+    /// Closed by the handle's drop, which then waits for a running handler.
+    gate: crate::protocol::RunGate,
     _e: core::marker::PhantomData<E>,
 }
 
@@ -116,7 +117,11 @@ impl<E: IntrEnv> SoftHandle<E> {
 
 impl<E: IntrEnv> Drop for SoftHandle<E> {
     fn drop(&mut self) {
-        self.si.dead.store(true, Ordering::Release);
+        // No handler starts after this, and the drop returns only once none runs.
+        self.si.gate.close();
+        while !self.si.gate.is_idle() {
+            E::sched().yield_now();
+        }
     }
 }
 
@@ -148,7 +153,7 @@ impl<E: IntrEnv> Soft<E> {
                 handler: Box::new(handler),
                 queued: AtomicU64::new(0),
                 runs: AtomicU64::new(0),
-                dead: AtomicBool::new(false),
+                gate: crate::protocol::RunGate::new(),
                 _e: core::marker::PhantomData,
             }),
         })
@@ -190,9 +195,10 @@ impl<E: IntrEnv> Soft<E> {
                 };
                 let Some(si) = next else { break };
                 si.queued.fetch_and(!(1 << cpu), Ordering::AcqRel);
-                if !si.dead.load(Ordering::Acquire) {
+                if si.gate.enter() {
                     (si.handler)();
                     si.runs.fetch_add(1, Ordering::Relaxed);
+                    si.gate.exit();
                 }
             }
         }

@@ -508,23 +508,30 @@ fn disestablish_waits_for_a_running_handler_and_nothing_runs_after() {
     let sys = HostSystem::boot(2);
     let intr: &'static Intr = sys.intr;
     sys.run(move |sched| {
+        // The handler runs on CPU 1 (direct: in the raiser's interrupt, interrupts off).
+        sched.bind_current(Some(0));
         for (mi, model) in Model::ALL.into_iter().enumerate() {
             let vector = 0x78 + mi as u8;
             let running = Arc::new(AtomicBool::new(false));
+            let dropping = Arc::new(AtomicBool::new(false));
             let after = Arc::new(AtomicBool::new(false));
             let dropped = Arc::new(AtomicBool::new(false));
-            let (r2, a2, d2) = (running.clone(), after.clone(), dropped.clone());
+            let (r2, g2, a2, d2) = (running.clone(), dropping.clone(), after.clone(), dropped.clone());
             let h = intr
                 .establish(
-                    spec("t.dis", vector, Ipl::Vm, model),
+                    SourceSpec { flags: IntrFlags::BOUND, ..spec("t.dis", vector, Ipl::Vm, model) },
                     None,
                     Some(Box::new(move |_| {
                         if d2.load(Ordering::SeqCst) {
                             a2.store(true, Ordering::SeqCst);
                         }
                         r2.store(true, Ordering::SeqCst);
-                        // Busy for a while (direct: interrupts are off anyway).
-                        let until = HostMachine::now_ns() + 5_000_000;
+                        // Still running when the disestablish starts, and a little after.
+                        let limit = HostMachine::now_ns() + T;
+                        while !g2.load(Ordering::SeqCst) && HostMachine::now_ns() < limit {
+                            std::hint::spin_loop();
+                        }
+                        let until = HostMachine::now_ns() + 2_000_000;
                         while HostMachine::now_ns() < until {
                             std::hint::spin_loop();
                         }
@@ -544,6 +551,7 @@ fn disestablish_waits_for_a_running_handler_and_nothing_runs_after() {
                 }),
             );
             wait(|| running.load(Ordering::SeqCst), "the handler to start");
+            dropping.store(true, Ordering::SeqCst);
             drop(h);
             assert!(!running.load(Ordering::SeqCst), "{model}: disestablish returned while the handler ran");
             dropped.store(true, Ordering::SeqCst);
