@@ -333,6 +333,12 @@ impl HostMachine {
         post(this_system(), cpu, vector)
     }
 
+    /// Whether `vector` is posted on `cpu` of the caller's system and not yet taken.
+    pub fn is_posted(cpu: usize, vector: u8) -> bool {
+        let c = &this_system().cpus[cpu];
+        c.posted[vector as usize / 64].load(Ordering::Acquire) & (1 << (vector % 64)) != 0
+    }
+
     /// EOIs the interrupt path sent on `cpu` of the caller's system.
     pub fn eois(cpu: usize) -> u64 {
         this_system().cpus[cpu].eois.load(Ordering::Relaxed)

@@ -516,6 +516,8 @@ impl<E: IntrEnv> Default for Intr<E> {
 /// Keeps a source established; dropping it disestablishes the source.
 pub struct IntrHandle<E: IntrEnv> {
     source: Arc<Source<E>>,
+    /// Mask references this handle holds ([`IntrHandle::mask`]).
+    masks: AtomicU32,
 }
 
 impl<E: IntrEnv> IntrHandle<E> {
@@ -523,11 +525,46 @@ impl<E: IntrEnv> IntrHandle<E> {
     pub fn source(&self) -> &Arc<Source<E>> {
         &self.source
     }
+
+    /// Masks the source (one more mask reference, held by this handle, like a queued
+    /// instance's): interrupts that arrive meanwhile are absorbed and delivered once at the
+    /// last unmask (a level line re-delivers by itself). Nests.
+    pub fn mask(&self) {
+        self.masks.fetch_add(1, Ordering::AcqRel);
+        self.source.mask();
+    }
+
+    /// Drops a mask reference taken by [`IntrHandle::mask`].
+    pub fn unmask(&self) -> Result<(), NotMasked> {
+        self.masks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| m.checked_sub(1))
+            .map_err(|_| NotMasked { name: self.source.name })?;
+        self.source.unmask();
+        Ok(())
+    }
+}
+
+/// [`IntrHandle::unmask`] without a matching [`IntrHandle::mask`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotMasked {
+    /// The source.
+    pub name: &'static str,
+}
+
+impl fmt::Display for NotMasked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "interrupt source \"{}\": unmask without a mask through its handle", self.name)
+    }
 }
 
 impl<E: IntrEnv> Drop for IntrHandle<E> {
     fn drop(&mut self) {
         E::intr().disestablish(&self.source);
+        // The handle's own mask references go with it (the source is dead: nothing is
+        // re-raised or unmasked in hardware).
+        for _ in 0..self.masks.swap(0, Ordering::AcqRel) {
+            self.source.unmask();
+        }
     }
 }
 
@@ -696,7 +733,7 @@ impl<E: IntrEnv> Intr<E> {
             self.pinned.start();
         }
         self.start_storm_thread();
-        Ok(IntrHandle { source: src })
+        Ok(IntrHandle { source: src, masks: AtomicU32::new(0) })
     }
 
     fn disestablish(&'static self, src: &Arc<Source<E>>) {
