@@ -80,7 +80,7 @@ fn spawn_join_200_on_4_cpus() {
 /// the middle of `exit`, which widens the window.
 #[test]
 fn join_sees_exit_completed() {
-    const ROUNDS: usize = 1000;
+    const ROUNDS: usize = if cfg!(miri) { 5 } else { 1000 };
     let sys = HostSystem::boot(4);
     sys.run(|sched| {
         sched.bind_current(Some(0));
