@@ -278,14 +278,14 @@ thread_trampoline:
     ud2
 
 # ---------------------------------------------------------------------------------------
-# 5. Pinned interrupt-thread switch (DESIGN.md part 2; NetBSD's fast softint switch, illumos'
+# 5. Pinned interrupt-thread switch (protocol: crates/sched/src/pinned.rs; NetBSD's fast softint switch, illumos'
 #    intr_thread):
 #
 #    intr_pin_call(a0, a1) -> PinOutcome      %rdi, %rsi: body's arguments, in place
 #
 #    Everything else comes from this CPU's `PinSlots` (crates/machine): %gs:48 busy (0 parked,
 #    1 blocked, else the borrowing thread), %gs:56 the interrupt thread, %gs:64 the top of its
-#    stack, %gs:72 its body. Caller: `Machine::pin_call` only (sched's `Scheduler::pin_call`),
+#    stack, %gs:72 its body. Caller: `PinSwitch::pin_call` only (sched's `Scheduler::pin_call`),
 #    through an `asm!` call that declares everything but %rbx, %rbp and %rsp clobbered — the
 #    C ABI's caller-saved registers and r12..r15 too; interrupts disabled, in interrupt
 #    context on the interrupted ("pinned") thread's stack, the CPU at whatever IPL the caller

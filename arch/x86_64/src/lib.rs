@@ -78,7 +78,7 @@ impl Machine for X86_64 {
     }
 
     #[inline]
-    fn set_curthread(thread: *const (), _proof: &IntrOff) {
+    fn set_curthread(thread: *const (), _io: &IntrOff) {
         cpu::set_curthread(thread as usize);
     }
 
@@ -98,7 +98,7 @@ impl Machine for X86_64 {
         x86_64::instructions::interrupts::are_enabled()
     }
 
-    fn wait_for_interrupt(_proof: &IntrOff) {
+    fn wait_for_interrupt(_io: &IntrOff) {
         // SAFETY: `sti; hlt` is atomic with respect to interrupts (the STI shadow), so a
         // wakeup IPI cannot slip in between and be missed; we disable them again before
         // returning, as the token promises.

@@ -366,7 +366,7 @@ impl Machine for HostMachine {
         this_cpu().curthread.load(Ordering::Relaxed) as *const ()
     }
 
-    fn set_curthread(thread: *const (), _proof: &IntrOff) {
+    fn set_curthread(thread: *const (), _io: &IntrOff) {
         this_cpu().curthread.store(thread as *mut (), Ordering::Relaxed);
     }
 
@@ -386,7 +386,7 @@ impl Machine for HostMachine {
         this_cpu().intr_enabled.load(Ordering::Relaxed)
     }
 
-    fn wait_for_interrupt(_proof: &IntrOff) {
+    fn wait_for_interrupt(_io: &IntrOff) {
         let (sys, cpu) = here();
         let c = &sys.cpus[cpu];
         if c.intr_enabled.load(Ordering::Relaxed) {

@@ -6,9 +6,9 @@
 //!
 //! ## Protocol
 //!
-//! * A **source** is a vector on the CPUs (an IPI, a LAPIC vector, later IOAPIC lines and MSI)
-//!   with an IPL, an optional **filter** and an optional **handler**, flags and a name.
-//!   Several sources may share a vector unless one is `EXCLUSIVE`.
+//! * A **source** is a vector on the CPUs (an IPI, a LAPIC vector, an IOAPIC line, an MSI or
+//!   MSI-X vector) with an IPL, an optional **filter** and an optional **handler**, flags and a
+//!   name. Any number of sources may share a vector unless one is `EXCLUSIVE`.
 //! * The **filter** runs in primary interrupt context: interrupts disabled, CPU at the
 //!   source's IPL, on the interrupted thread's stack. It must not block (sleeping there is
 //!   diagnosed naming the source) and returns [`FilterResult`]: `Handled` (done), `Schedule`
@@ -19,16 +19,24 @@
 //!   At most one ithread is scheduled per interrupt (pool model). While a handler instance is
 //!   queued or running, its source stays masked if it asked to be (`MASK_WHILE_QUEUED`, or
 //!   always in the dedicated model): an atomic count of instances that need the mask; the
-//!   source is unmasked when it drops to zero. A vector that arrives while its sources are
-//!   masked is remembered and re-raised at unmask.
+//!   source is unmasked when it drops to zero. An interrupt that arrives while its source is
+//!   masked is remembered, in the same atomic word, and re-raised once at the last unmask
+//!   ([`protocol::MaskCount`]). A driver may hold mask references too ([`IntrHandle::mask`]).
 //! * A handler can call [`HandlerCtx::hwi_sched`] to run again after everything queued behind
 //!   it (a NIC handler that processed its budget).
 //! * **Models** ([`Model`]): `Direct` runs the handler in interrupt context (the baseline);
 //!   `Dedicated` wakes one thread per source, the line masked until the thread is done
 //!   (classic FreeBSD ithreads / Linux threaded IRQs); `Pool` queues handlers on the CPU and
-//!   lends the CPU an ithread from a shared pool (the 2010 FreeBSD proposal, [`pool`]).
-//! * **Disestablish** (drop the [`IntrHandle`]): the source is unlinked, marked dead, and the
-//!   drop waits until no instance runs; a queued instance of a dead source is discarded, so a
+//!   hands the CPU an ithread from a shared pool (the 2010 FreeBSD proposal, [`pool`], its
+//!   coordination in [`protocol::PoolCore`]); `Pinned` lends the interrupted CPU to a per-CPU
+//!   interrupt thread without a scheduler switch (NetBSD's and Solaris' interrupt threads,
+//!   [`pinned`]; the switch's protocol is `crates/sched/src/pinned.rs`). Above `IPL_VM` a
+//!   pinned source runs directly.
+//! * **The path** of one interrupt, from arrival to the preemption point, is [`path`]: the
+//!   same code in the kernel and on the host machine.
+//! * **Disestablish** (drop the [`IntrHandle`]): the source is unlinked and its gate closed
+//!   ([`protocol::RunGate`]: "dead" and the running count in one word), and the drop waits
+//!   until no instance runs; a queued instance of a dead source is discarded, so a
 //!   disestablished handler never runs again.
 //! * **Hardware lines** ([`Intr::establish_line`]): a source may control a line (an IOAPIC
 //!   pin) through [`LineControl`]. The mask count's 0→1 transition masks the line and 1→0
@@ -44,8 +52,12 @@
 //!   A vector deferred by the SPL layer is acknowledged by the kernel after
 //!   [`Intr::defer`] masked its level sources; its replay sends no EOI.
 //! * Locks: the vector table is one `SpinLock` per vector, taken with interrupts disabled
-//!   (filters run under it: they must not establish or disestablish). Queues are spin locks;
-//!   handlers run with no framework lock held.
+//!   (filters run under it: they must not establish or disestablish). Queues are spin locks
+//!   taken with interrupts disabled; handlers run with no framework lock held.
+//! * **Model checking**: the protocols several CPUs run against each other are in
+//!   [`protocol`], which `tests/loom_protocols.rs` (loom) and `tests/shuttle_pool.rs` (shuttle)
+//!   run as it is; `tests/host_path.rs` and `tests/proptest_sequences.rs` run the whole path on
+//!   the host machine.
 #![no_std]
 
 extern crate alloc;
@@ -967,22 +979,17 @@ impl<E: IntrEnv> Intr<E> {
     /// again).
     #[inline(always)]
     fn run_later(&'static self, mut later: Later<E>, now: u64, cpu: usize, io: &IntrOff) {
-        if later.ndirect > 0 {
-            for src in later.direct.iter_mut().take(later.ndirect) {
-                let src = src.take().expect("counted");
-                run_direct(&src, now, cpu);
-            }
-            for src in core::mem::take(&mut later.more_direct) {
-                run_direct(&src, now, cpu);
-            }
+        for src in later.direct.iter_mut().take(later.ndirect) {
+            let src = src.take().expect("counted");
+            run_direct(&src, now, cpu);
         }
         if let Some(src) = later.pin_first.take() {
             // The static framework itself (`self` is it), so the per-CPU state's address is a
             // constant plus the index.
             E::intr().pinned.dispatch(src, now, cpu, io);
-            for src in core::mem::take(&mut later.more_pinned) {
-                self.pinned.dispatch_outlined(src, now, cpu, io);
-            }
+        }
+        if !later.more.is_empty() {
+            self.run_more(core::mem::take(&mut later.more), now, cpu, io);
         }
     }
 
@@ -1054,32 +1061,27 @@ enum Arrived {
 /// shared that widely (the heap may be used with interrupts disabled).
 struct Later<E: IntrEnv> {
     pin_first: Option<Arc<Source<E>>>,
-    more_pinned: Vec<Arc<Source<E>>>,
     direct: [Option<Arc<Source<E>>>; 4],
     ndirect: usize,
-    more_direct: Vec<Arc<Source<E>>>,
+    /// Direct sources past the fourth and pinned ones past the first (rare: allocated only
+    /// then).
+    more: Vec<Arc<Source<E>>>,
 }
 
 impl<E: IntrEnv> Later<E> {
     #[inline(always)]
     fn new() -> Self {
-        Later {
-            pin_first: None,
-            more_pinned: Vec::new(),
-            direct: [const { None }; 4],
-            ndirect: 0,
-            more_direct: Vec::new(),
-        }
+        Later { pin_first: None, direct: [const { None }; 4], ndirect: 0, more: Vec::new() }
     }
 
     #[inline(always)]
     fn push_direct(&mut self, src: Arc<Source<E>>) {
         if self.ndirect < self.direct.len() {
             self.direct[self.ndirect] = Some(src);
+            self.ndirect += 1;
         } else {
-            self.more_direct.push(src);
+            self.more.push(src);
         }
-        self.ndirect += 1;
     }
 
     #[inline(always)]
@@ -1087,7 +1089,23 @@ impl<E: IntrEnv> Later<E> {
         if self.pin_first.is_none() {
             self.pin_first = Some(src);
         } else {
-            self.more_pinned.push(src);
+            self.more.push(src);
+        }
+    }
+}
+
+impl<E: IntrEnv> Intr<E> {
+    /// [`Later`]'s overflow: the fifth and later direct sources and the second and later
+    /// pinned ones of a widely shared vector.
+    #[cold]
+    #[inline(never)]
+    fn run_more(&'static self, more: Vec<Arc<Source<E>>>, now: u64, cpu: usize, io: &IntrOff) {
+        for src in more {
+            if src.model == Model::Pinned {
+                self.pinned.dispatch_outlined(src, now, cpu, io);
+            } else {
+                run_direct(&src, now, cpu);
+            }
         }
     }
 }

@@ -64,6 +64,7 @@ pub fn replay<E: IntrEnv>(vector: u8, io: &IntrOff) {
 }
 
 /// Step 3: the vector's sources, else the kernel's own handler.
+#[inline(always)]
 fn run_vector<E: IntrEnv>(vector: u8, frame: &mut E::Frame, replay: bool, io: &IntrOff) {
     // For the storm rule: a signature of the interrupted state, computed only when the
     // instruction address repeats. `None` tells `dispatch` it is a replay.

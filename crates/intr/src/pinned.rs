@@ -1,24 +1,14 @@
-//! The pinned model (DESIGN.md part 2; Andrew Doran's interrupts-as-LWPs, seeds 000/001;
+//! The pinned model (Andrew Doran's interrupts as LWPs, tech-kern 2006–2007;
 //! what illumos does for hardware interrupts).
 //!
-//! Each CPU has one interrupt thread for `IPL_VM` sources (the only hardware level at or below
-//! `IPL_VM`; above it handlers run directly, as the posts propose). When such an interrupt
-//! arrives and the CPU's ithread is idle, the entry path *lends* it the CPU with the short
-//! pinned call ([`sched::Scheduler::pin_call`], a hand-written stack and current-thread
-//! swap, `intr_pin_call` in `arch/x86_64/src/entry.s`): no run queue, no scheduler decision,
-//! no thread-state change; the interrupted thread stays pinned underneath. The ithread runs
-//! the handler — with interrupts enabled, at `IPL_VM`, not preemptible while it borrows —
-//! then whatever was queued behind it, and returns; the call switches straight back.
-//!
-//! Only if a handler blocks does a real context switch happen, and only then does the
-//! scheduler do the bookkeeping the fast path skipped (as NetBSD's `mi_switch` does for a
-//! blocking soft-interrupt LWP): the pinned thread is resumed at once, and the ithread later
-//! finishes like any thread and parks ([`sched::Scheduler::pin_park`]); the next interrupt
-//! starts it afresh at the top of its stack. While the ithread borrows the CPU, the CPU is at
-//! `IPL_VM`, so `IPL_VM` interrupts there are deferred by the SPL layer and replayed once the
-//! interrupted context's level is back; while it is blocked, new interrupts for its CPU (and
-//! `hwi_sched` requeues) are queued behind it, in a per-CPU queue touched only by that CPU
-//! with interrupts disabled (no lock).
+//! The switch itself — lending the CPU, the return, the lazy block path — is the scheduler's
+//! and the machine's: its protocol is written once, in `crates/sched/src/pinned.rs`. This
+//! module is the framework's half: each CPU has one interrupt thread for `IPL_VM` sources
+//! (above `IPL_VM` handlers run directly); an arriving instance is handed to it with
+//! [`sched::Scheduler::pin_call`] when it is parked, or queued behind it when it is busy
+//! (borrowing or blocked) in a per-CPU queue touched only by that CPU with interrupts
+//! disabled (no lock); after a return the queue is drained by lending the CPU again; a thread
+//! whose handler blocked drains the queue as an ordinary thread and parks.
 //!
 //! Cost: `cargo run --release -- bench --filter intr` reports the instructions this path adds
 //! over `direct` (`intr.switch_added`); see docs/ARCHITECTURE.md for the list.

@@ -1,4 +1,4 @@
-//! The pooled model (John Baldwin's 2010 FreeBSD proposal, seed 003).
+//! The pooled model (John Baldwin's 2010 FreeBSD ithreads proposal, freebsd-arch).
 //!
 //! Each CPU has a queue of pending handlers. A pool of hardware ithreads serves all CPUs:
 //! when an interrupt queues handlers on a CPU that has no *active* ithread, the CPU takes an
@@ -9,7 +9,7 @@
 //! queue. If the pool has no idle ithread, the CPU raises a *need* flag; every ithread
 //! checks the flags before going idle and moves to the first CPU in need.
 //!
-//! **Balancing** (the seed's first downside: two busy sources on one CPU compete for it while
+//! **Balancing** (the proposal's first stated downside: two busy sources on one CPU compete for it while
 //! other CPUs idle): when a handler is queued on a CPU whose ithread is busy running another
 //! one, an idle pool ithread is sent — unbound, so the scheduler places it on an idle CPU — to
 //! *help*: it takes queued instances of sources not `BOUND` to their arrival CPU and runs them

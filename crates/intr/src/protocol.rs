@@ -8,7 +8,7 @@
 //! * [`RunGate`] — a source's (or soft interrupt's) *dead* flag and its count of running
 //!   handlers in one word: once [`RunGate::close`] returned, no handler enters; the
 //!   disestablisher waits for [`RunGate::is_idle`].
-//! * [`PoolCore`] — the pooled model's coordination (seed 003): per-CPU queues of pending
+//! * [`PoolCore`] — the pooled model's coordination (Baldwin's 2010 proposal): per-CPU queues of pending
 //!   handlers, each CPU's *owner* word (the ithread serving it), the idle list, and the *need*
 //!   flags; assignment, draining, giving up a CPU, divorce, migration to a CPU in need,
 //!   `hwi_sched` requeues and retirement. `pool.rs` adds only the threads around it.
@@ -144,7 +144,7 @@ pub struct Unmask {
 }
 
 /// A source's mask references and *missed* flag in one word (bit 31 missed, bits 0..31 the
-/// count). Every handler instance that needs the source masked holds a reference (seed 003:
+/// count). Every handler instance that needs the source masked holds a reference (Baldwin:
 /// "a simple reference count with atomic ops"); the source is masked while the count is
 /// non-zero. An arrival while masked sets *missed* in the same compare-and-swap that checks
 /// the count, and the last unmask clears the count and takes *missed* in one step, so an

@@ -20,7 +20,7 @@
 //!
 //! ## What happens then
 //! The source is masked (one mask reference held by the storm), reported once by name
-//! ([`IntrEnv::storm_report`]), and re-enabled after a backoff (20 ms, doubling to 1.28 s on
+//! ([`crate::IntrEnv::storm_report`]), and re-enabled after a backoff (20 ms, doubling to 1.28 s on
 //! each relapse) by the storm thread. If it storms again it is masked again; if it stays
 //! quiet for a window after re-enabling, the storm is over: reported once, backoff reset.
 //!

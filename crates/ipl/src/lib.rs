@@ -219,7 +219,7 @@ pub trait SplEnv: Sized + Send + Sync + 'static {
     type M: IplCpu;
     /// Runs one deferred vector through the interrupt path (interrupts disabled, the level
     /// already set to the vector's). `intr::path::replay` is the portable implementation.
-    fn replay(vector: u8, proof: &IntrOff);
+    fn replay(vector: u8, io: &IntrOff);
     /// A deferred preemption is due (interrupts enabled, level `IPL_NONE`): the scheduler's
     /// `preempt_check`.
     fn preempt();
@@ -384,7 +384,7 @@ impl<E: SplEnv> SplState<E> {
 
     /// Called by interrupt entry code, interrupts disabled: run now, or record as pending.
     #[inline]
-    pub fn intr_arrive(&self, vector: u8, _proof: &IntrOff) -> Arrival {
+    pub fn intr_arrive(&self, vector: u8, _io: &IntrOff) -> Arrival {
         let level = self.vector_ipl[vector as usize].load(Ordering::Relaxed);
         let cur = E::M::ipl_get();
         if level == NEVER_DEFER {
@@ -410,16 +410,16 @@ impl<E: SplEnv> SplState<E> {
     /// (their handlers only wake their threads). A deferred preemption found here is put back
     /// for the scheduler's interrupt-exit check.
     #[inline]
-    pub fn intr_done(&self, old: u8, proof: &IntrOff) {
+    pub fn intr_done(&self, old: u8, io: &IntrOff) {
         E::M::ipl_set(old);
-        if E::M::pending_get() & ABOVE[old as usize] & !PREEMPT_BIT != 0 && self.replay_locked(old, proof) {
+        if E::M::pending_get() & ABOVE[old as usize] & !PREEMPT_BIT != 0 && self.replay_locked(old, io) {
             E::M::pending_or(PREEMPT_BIT);
         }
     }
 
     /// Whether the interrupted thread may be preempted now (its CPU is at `IPL_NONE`). If not,
     /// records a pending preemption for the drop to `IPL_NONE`.
-    pub fn may_preempt(&self, _proof: &IntrOff) -> bool {
+    pub fn may_preempt(&self, _io: &IntrOff) -> bool {
         if E::M::ipl_get() == Ipl::None as u8 {
             return true;
         }

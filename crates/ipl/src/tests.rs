@@ -33,7 +33,7 @@ impl Machine for OneCpu {
     fn curthread() -> *const () {
         core::ptr::null()
     }
-    fn set_curthread(_t: *const (), _p: &IntrOff) {}
+    fn set_curthread(_t: *const (), _io: &IntrOff) {}
     fn intr_disable() -> IntrOff {
         let was = INTR_ON.with(|f| f.replace(false));
         // SAFETY: the thread-local flag is this host CPU's interrupt flag, now cleared;
@@ -46,7 +46,7 @@ impl Machine for OneCpu {
     fn intr_enabled() -> bool {
         INTR_ON.with(|f| f.get())
     }
-    fn wait_for_interrupt(_p: &IntrOff) {}
+    fn wait_for_interrupt(_io: &IntrOff) {}
     fn send_resched(_cpu: usize) {}
     fn now_ns() -> u64 {
         0
@@ -81,7 +81,7 @@ struct OneEnv;
 
 impl SplEnv for OneEnv {
     type M = OneCpu;
-    fn replay(vector: u8, _p: &IntrOff) {
+    fn replay(vector: u8, _io: &IntrOff) {
         assert!(!OneCpu::intr_enabled(), "replay must run with interrupts disabled");
         LOG.with(|l| l.borrow_mut().push((vector, OneCpu::ipl_get())));
     }

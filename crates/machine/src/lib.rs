@@ -171,7 +171,7 @@ pub trait Machine: Sized + Send + Sync + 'static {
     fn curthread() -> *const ();
 
     /// Records the current thread of this CPU.
-    fn set_curthread(thread: *const (), proof: &IntrOff);
+    fn set_curthread(thread: *const (), io: &IntrOff);
 
     /// Disables interrupts on this CPU; the token restores the previous state on drop.
     fn intr_disable() -> IntrOff;
@@ -188,7 +188,7 @@ pub trait Machine: Sized + Send + Sync + 'static {
 
     /// Atomically enables interrupts and waits for one (x86: `sti; hlt`), then disables
     /// interrupts again. Used only by idle threads.
-    fn wait_for_interrupt(proof: &IntrOff);
+    fn wait_for_interrupt(io: &IntrOff);
 
     /// Asks `cpu` to reschedule: an inter-processor interrupt whose handler ends in the
     /// scheduler's interrupt-exit path.
@@ -220,13 +220,14 @@ pub trait Machine: Sized + Send + Sync + 'static {
     }
 }
 
-/// The pinned interrupt-thread switch (DESIGN.md part 2): what a machine provides so that an
-/// interrupt can lend its CPU to an interrupt thread without a scheduler context switch. The
-/// one protocol document is [`PinSwitch::pin_call`]'s; `sched::pinned` (the only user) and the
-/// implementations (`intr_pin_call` in `arch/x86_64/src/entry.s`, `crates/host-machine`) link
-/// to it. Every machine the portable scheduler runs on implements it: there are no defaults.
+/// The pinned interrupt-thread switch: what a machine provides so that an interrupt can lend
+/// its CPU to an interrupt thread without a scheduler context switch. The protocol (who
+/// calls what, what the scheduler does when the thread blocks) is documented once, in
+/// `crates/sched/src/pinned.rs`; this trait is the machine's half of it, implemented by
+/// `intr_pin_call` in `arch/x86_64/src/entry.s` and by `crates/host-machine`. Every machine
+/// the portable scheduler runs on implements it: there are no defaults.
 pub trait PinSwitch: Machine {
-    /// **Pinned call** (the short interrupt-thread switch, DESIGN.md part 2): if this CPU is at
+    /// **Pinned call**, the machine's contract (protocol: `crates/sched/src/pinned.rs`): if this CPU is at
     /// the pinned level, `IPL_VM` (its `ipl::IplCpu` word; else [`PinOutcome::Level`]), and its
     /// interrupt thread is free ([`PinSlots::busy`] zero; else [`PinOutcome::Busy`]), marks it
     /// borrowing (`busy` = the thread) and lends it this CPU for one call of `body(a0, a1)` on its

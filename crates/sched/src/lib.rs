@@ -272,7 +272,7 @@ impl<E: SchedEnv> Scheduler<E> {
     ///
     /// Called once per CPU, with interrupts disabled, before the CPU takes interrupts that
     /// reach the scheduler.
-    pub fn init_cpu(&'static self, proof: &IntrOff) {
+    pub fn init_cpu(&'static self, io: &IntrOff) {
         let cpu = E::M::cpu_index();
         let mut name = String::from("idle/");
         push_decimal(&mut name, cpu as u64);
@@ -280,10 +280,10 @@ impl<E: SchedEnv> Scheduler<E> {
             Arc::new(self.new_thread(name, Priority::IDLE, Some(cpu), true, None, E::M::empty_context()));
         idle.on_cpu.store(true, Ordering::Relaxed);
         let c = &self.cpus[cpu];
-        E::M::set_curthread(Arc::as_ptr(&idle) as *const (), proof);
+        E::M::set_curthread(Arc::as_ptr(&idle) as *const (), io);
         // SAFETY: we are on `cpu` with interrupts disabled.
         let local = unsafe { c.local() };
-        self.register(&idle, proof);
+        self.register(&idle, io);
         local.idle = Some(idle.clone());
         local.current = Some(idle);
         c.cur_pri.store(Priority::IDLE.get(), Ordering::Relaxed);
@@ -563,7 +563,7 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// First half of going to sleep: mark the current thread SLEEPING. Interrupts must be
     /// disabled from here to `sleep_commit`/`sleep_cancel` (the proof says so).
-    pub fn sleep_prepare(&self, _proof: &IntrOff) {
+    pub fn sleep_prepare(&self, _io: &IntrOff) {
         self.current().state.store(SLEEPING, Ordering::SeqCst);
         // Pairs with the fence in `wakeup_locked`: the sleeper's later load of its condition
         // (a grant flag, a woken flag, written with Release by a waker) and the waker's load
@@ -573,25 +573,25 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// Second half: leave the CPU until a wakeup (returns at once if one already came).
-    pub fn sleep_commit(&'static self, proof: &IntrOff) {
+    pub fn sleep_commit(&'static self, io: &IntrOff) {
         self.run_sleep_check();
-        self.schedule(Reason::Block, proof);
+        self.schedule(Reason::Block, io);
     }
 
     /// Like [`Scheduler::sleep_commit`], but a timeout wakes the thread at `deadline_ns`
     /// (`u64::MAX`: no timeout). Returns early on any wakeup; callers re-check.
-    pub fn sleep_commit_deadline(&'static self, deadline_ns: u64, proof: &IntrOff) {
+    pub fn sleep_commit_deadline(&'static self, deadline_ns: u64, io: &IntrOff) {
         self.run_sleep_check();
         if deadline_ns != u64::MAX {
-            let mut s = self.sleepers.lock(proof);
+            let mut s = self.sleepers.lock(io);
             s.push((deadline_ns, self.current_arc()));
             self.next_deadline.fetch_min(deadline_ns, Ordering::Relaxed);
         }
-        self.schedule(Reason::Block, proof);
+        self.schedule(Reason::Block, io);
         if deadline_ns != u64::MAX {
             // Woken (or timed out): drop our timeout entry so the list stays short.
             let me = E::M::curthread() as *const Thread<E>;
-            self.sleepers.lock(proof).retain(|(_, t)| !core::ptr::eq(Arc::as_ptr(t), me));
+            self.sleepers.lock(io).retain(|(_, t)| !core::ptr::eq(Arc::as_ptr(t), me));
         }
     }
 
@@ -649,7 +649,7 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// Abandons a prepared sleep (the condition turned out to hold).
-    pub fn sleep_cancel(&self, _proof: &IntrOff) {
+    pub fn sleep_cancel(&self, _io: &IntrOff) {
         self.current().state.store(RUNNING, Ordering::SeqCst);
     }
 
@@ -741,21 +741,21 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// Called by the arch code on entry to every interrupt handler (interrupts disabled).
-    pub fn intr_enter(&self, _proof: &IntrOff) {
+    pub fn intr_enter(&self, _io: &IntrOff) {
         self.this_cpu().intr_depth.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Called by the arch code when an interrupt handler is done, before the return to the
     /// interrupted code (interrupts disabled): the interrupt preemption point.
-    pub fn intr_exit(&'static self, proof: &IntrOff) {
+    pub fn intr_exit(&'static self, io: &IntrOff) {
         let c = self.this_cpu();
         let depth = c.intr_depth.fetch_sub(1, Ordering::Relaxed) - 1;
         if depth == 0
             && c.need_resched.load(Ordering::Relaxed)
             && self.current().preempt_count.load(Ordering::Relaxed) == 0
-            && self.gate_open(proof)
+            && self.gate_open(io)
         {
-            self.schedule(Reason::Preempt, proof);
+            self.schedule(Reason::Preempt, io);
         }
     }
 
@@ -771,7 +771,7 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// The clock interrupt's share: time slices and timed sleeps. Interrupts disabled.
-    pub fn tick(&'static self, proof: &IntrOff) {
+    pub fn tick(&'static self, io: &IntrOff) {
         let c = self.this_cpu();
         c.ticks.fetch_add(1, Ordering::Relaxed);
         if !c.cur_idle.load(Ordering::Relaxed) {
@@ -789,7 +789,7 @@ impl<E: SchedEnv> Scheduler<E> {
         if now >= self.next_deadline.load(Ordering::Relaxed) {
             let mut due: Vec<Arc<Thread<E>>> = Vec::new();
             {
-                let mut s = self.sleepers.lock(proof);
+                let mut s = self.sleepers.lock(io);
                 let mut next = u64::MAX;
                 s.retain(|(d, t)| {
                     if *d <= now {
@@ -803,7 +803,7 @@ impl<E: SchedEnv> Scheduler<E> {
                 self.next_deadline.store(next, Ordering::Relaxed);
             }
             for t in &due {
-                self.wakeup_locked(t, proof);
+                self.wakeup_locked(t, io);
             }
         }
     }
@@ -822,11 +822,11 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// The core: pick the next thread for this CPU and switch to it.
-    fn schedule(&'static self, reason: Reason, _proof: &IntrOff) {
+    fn schedule(&'static self, reason: Reason, io: &IntrOff) {
         let cpu = E::M::cpu_index();
         let c = &self.cpus[cpu];
         if E::M::pin_borrowed() != 0 {
-            self.schedule_borrowed(reason, _proof);
+            self.schedule_borrowed(reason, io);
             return;
         }
         c.rq.raw_lock();
@@ -894,7 +894,7 @@ impl<E: SchedEnv> Scheduler<E> {
 
         let from = prev.ctx.get();
         let to = next.ctx.get() as *const <E::M as Machine>::Context;
-        E::M::set_curthread(Arc::as_ptr(&next) as *const (), _proof);
+        E::M::set_curthread(Arc::as_ptr(&next) as *const (), io);
         c.running.store(Arc::as_ptr(&next) as usize, Ordering::Relaxed);
         local.current = Some(next);
         local.prev = Some(prev);

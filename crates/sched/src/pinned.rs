@@ -1,7 +1,7 @@
 //! # The pinned interrupt-thread switch: the protocol
 //!
-//! This is the one description of the pinned path (DESIGN.md part 2; Andrew Doran's
-//! interrupts as LWPs, seeds 000 and 001; illumos' interrupt threads). The machine's half is
+//! This is the one description of the pinned path (Andrew Doran's
+//! interrupts as LWPs, tech-kern 2006–2007; illumos' interrupt threads). The machine's half is
 //! [`PinSwitch`] (`intr_pin_call` in `arch/x86_64/src/entry.s`, and the host machine's in
 //! `crates/host-machine`); the interrupt framework's half is `intr::pinned`. Both link here.
 //!
@@ -68,7 +68,7 @@ impl<E: SchedEnv> PinThread<E> {
 
 impl<E: SchedEnv> Scheduler<E> {
     /// Creates the interrupt thread for `cpu` that [`Scheduler::pin_call`] lends that CPU to
-    /// (DESIGN.md part 2). It is bound to `cpu`, PARKED, and never on a run queue unless a
+    /// (the pinned model). It is bound to `cpu`, PARKED, and never on a run queue unless a
     /// handler blocks in it. Each pinned call runs `body(a0, a1)` on it, once it is
     /// installed ([`Scheduler::pin_install`]; see [`Scheduler::pin_call`]).
     pub fn new_ithread(
@@ -109,7 +109,7 @@ impl<E: SchedEnv> Scheduler<E> {
         p.busy.store(0, Ordering::Release);
     }
 
-    /// **The pinned call** (DESIGN.md part 2; NetBSD's fast soft interrupts, illumos'
+    /// **The pinned call** (NetBSD's fast soft interrupts, illumos'
     /// interrupt threads): if this CPU's interrupt thread ([`Scheduler::pin_install`]) is
     /// parked and the CPU at `IPL_VM`, lends it the CPU for one call of its body,
     /// `body(a0, a1)`, on its stack,
@@ -131,7 +131,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// Called from interrupt context on this CPU with interrupts disabled, no other pinned
     /// call active on it. The caller handles the SPL.
     #[inline(always)]
-    pub fn pin_call(&'static self, a0: usize, a1: usize, _proof: &IntrOff) -> (PinOutcome, usize, usize) {
+    pub fn pin_call(&'static self, a0: usize, a1: usize, _io: &IntrOff) -> (PinOutcome, usize, usize) {
         // The interrupt depth is left as it is: `in_interrupt` consults `busy` instead.
         // A thread whose `busy` word is clear is PARKED: its stack is unused and no CPU runs it
         // (a thread that parks leaves its CPU before interrupts are enabled there again, and
@@ -176,9 +176,9 @@ impl<E: SchedEnv> Scheduler<E> {
     /// ordinary thread now, [`Scheduler::borrowing`] false): it leaves the CPU for good,
     /// PARKED, and the next [`Scheduler::pin_call`] starts it afresh at the top of its stack.
     /// Interrupts disabled.
-    pub fn pin_park(&'static self, proof: &IntrOff) -> ! {
+    pub fn pin_park(&'static self, io: &IntrOff) -> ! {
         self.current().state.store(PARKED, Ordering::SeqCst);
-        self.schedule(Reason::Park, proof);
+        self.schedule(Reason::Park, io);
         unreachable!("a parked interrupt thread was switched back in");
     }
 
@@ -190,7 +190,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// once through the context `E::M::pin_call` saved (it never left the CPU: no run queue),
     /// and the interrupt thread sleeps like any thread; a wakeup queues it on its CPU.
     #[cold]
-    pub(crate) fn schedule_borrowed(&'static self, reason: Reason, proof: &IntrOff) {
+    pub(crate) fn schedule_borrowed(&'static self, reason: Reason, io: &IntrOff) {
         match reason {
             Reason::Preempt | Reason::Yield => return,
             Reason::Exit | Reason::Park => {
@@ -220,7 +220,7 @@ impl<E: SchedEnv> Scheduler<E> {
         it.last_on_ns.store(E::M::now_ns(), Ordering::Relaxed);
         let from = it.ctx.get();
         let to = E::M::pinned_context();
-        E::M::set_curthread(Arc::as_ptr(&pinned) as *const (), proof);
+        E::M::set_curthread(Arc::as_ptr(&pinned) as *const (), io);
         local.current = Some(pinned);
         local.prev = Some(it);
         local.prev_migrate_to = None;

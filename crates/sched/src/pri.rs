@@ -1,8 +1,8 @@
 //! Scheduling priorities.
 //!
 //! One number space for every thread, larger is more urgent, as in NetBSD (`PRI_*`). The top
-//! of the range is reserved for the interrupt-priority levels that later crates map onto it
-//! (DESIGN.md part 1): soft interrupt threads sit above every ordinary kernel thread, and
+//! of the range is reserved for the interrupt priority levels ([`Priority::of_ipl`]): soft
+//! interrupt threads sit above every ordinary kernel thread, and
 //! hardware interrupt threads above those, so an interrupt thread that blocks and is switched
 //! back in outranks everything that is not an interrupt.
 //!
@@ -61,7 +61,7 @@ impl Priority {
     /// The scheduling priority of a thread that serves interrupt priority level `ipl` (`None`
     /// for `IPL_NONE`: ordinary threads keep their own). Soft levels map into the
     /// soft-interrupt band, hard levels into the interrupt band, four priorities apart, so
-    /// that a level's order is its threads' order (DESIGN.md part 1).
+    /// that a level's order is its threads' order.
     pub const fn of_ipl(ipl: ipl::Ipl) -> Option<Priority> {
         use ipl::Ipl;
         let p = match ipl {

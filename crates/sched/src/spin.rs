@@ -30,7 +30,7 @@ impl<T> SpinLock<T> {
     }
 
     /// Spins (with `pause`) until the lock is ours.
-    pub fn lock<'a>(&'a self, _proof: &'a IntrOff) -> SpinGuard<'a, T> {
+    pub fn lock<'a>(&'a self, _io: &'a IntrOff) -> SpinGuard<'a, T> {
         self.raw_lock();
         SpinGuard { lock: self }
     }

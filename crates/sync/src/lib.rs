@@ -1,6 +1,6 @@
 //! # Kernel synchronization: mutexes, rwlocks, turnstiles, sleep queues
 //!
-//! The primitives the interrupt-thread work stands on (DESIGN.md parts 4, 5, 9; seed 004).
+//! The primitives the interrupt-thread work stands on (adaptive and spin mutexes, rwlocks, turnstiles, lock checking; Thorpe's and Doran's NetBSD design).
 //!
 //! ## Protocol
 //!

@@ -246,23 +246,62 @@ impl PiBook {
     /// Checks the book's invariant (tests): every known thread's effective priority is the
     /// maximum of its base and its lenders' priorities, and every lender's priority is the
     /// lender's current effective priority.
-    pub fn check(&self) -> Result<(), alloc::string::String> {
+    pub fn check(&self) -> Result<(), PiViolation> {
         for (&t, e) in &self.threads {
             let want = e.lenders.iter().map(|l| l.pri).fold(e.base, u8::max);
             if e.eff != want {
-                return Err(alloc::format!("thread {t:#x}: eff {} != max(base, lenders) {want}", e.eff));
+                return Err(PiViolation::Effective { thread: t, eff: e.eff, want });
             }
             for l in &e.lenders {
                 let lender_eff = self.threads.get(&l.thread).map(|x| x.eff);
                 if lender_eff != Some(l.pri) {
-                    return Err(alloc::format!(
-                        "thread {t:#x}: lender {:#x} lends {} but has eff {lender_eff:?}",
-                        l.thread,
-                        l.pri
-                    ));
+                    return Err(PiViolation::StaleLoan {
+                        thread: t,
+                        lender: l.thread,
+                        lends: l.pri,
+                        lender_eff,
+                    });
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// A broken invariant of the [`PiBook`] ([`PiBook::check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PiViolation {
+    /// A thread's effective priority is not the maximum of its base and its lenders'.
+    Effective {
+        /// The thread.
+        thread: ThreadKey,
+        /// Its effective priority.
+        eff: u8,
+        /// max(base, lenders).
+        want: u8,
+    },
+    /// A lender's recorded loan differs from the lender's effective priority now.
+    StaleLoan {
+        /// The borrower.
+        thread: ThreadKey,
+        /// The lender.
+        lender: ThreadKey,
+        /// The priority recorded as lent.
+        lends: u8,
+        /// The lender's effective priority (None: not in the book).
+        lender_eff: Option<u8>,
+    },
+}
+
+impl core::fmt::Display for PiViolation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            PiViolation::Effective { thread, eff, want } => {
+                write!(f, "thread {thread:#x}: eff {eff} != max(base, lenders) {want}")
+            }
+            PiViolation::StaleLoan { thread, lender, lends, lender_eff } => {
+                write!(f, "thread {thread:#x}: lender {lender:#x} lends {lends} but has eff {lender_eff:?}")
+            }
+        }
     }
 }

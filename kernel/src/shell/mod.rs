@@ -1,4 +1,4 @@
-//! # The operator's shell (DESIGN.md part 11)
+//! # The operator's shell
 //!
 //! A command engine independent of where lines come from: [`execute`] runs one command line
 //! and writes its output to any `fmt::Write`; [`run`] is the interactive loop over a line
