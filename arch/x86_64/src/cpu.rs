@@ -2,8 +2,8 @@
 //!
 //! `PerCpu` starts with words that assembly-like accessors read with one `%gs`-relative
 //! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24), `pending` (32),
-//! `pin_ctx` (40) and the pinned switch's [`machine::PinSlots`] (48: busy, 56: thread,
-//! 64: stack top, 72: body), all used by entry.s's `intr_pin_call`. A CPU's
+//! `pin_ctx` (40) and the pinned switch's borrower word ([`machine::PinSlots`], 48), all
+//! used by entry.s's `intr_pin_call`. A CPU's
 //! `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP reads
 //! during start-up.
 
@@ -42,7 +42,7 @@ pub struct PerCpu {
     /// The context of the thread pinned under an interrupt thread (offset 40; written by
     /// `intr_pin_call` in entry.s, read by the scheduler's switch back when that thread blocks).
     pin_ctx: usize,
-    /// The pinned switch's words (offsets 48..80; see [`machine::PinSlots`]).
+    /// The pinned switch's borrower word (offset 48; see [`machine::PinSlots`]).
     pin: machine::PinSlots,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
@@ -55,10 +55,7 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, pending) == 32);
     assert!(core::mem::offset_of!(PerCpu, pin_ctx) == 40);
     assert!(core::mem::offset_of!(PerCpu, pin) == 48);
-    assert!(core::mem::offset_of!(machine::PinSlots, busy) == 0);
-    assert!(core::mem::offset_of!(machine::PinSlots, thread) == 8);
-    assert!(core::mem::offset_of!(machine::PinSlots, stack_top) == 16);
-    assert!(core::mem::offset_of!(machine::PinSlots, body) == 24);
+    assert!(core::mem::offset_of!(machine::PinSlots, borrowed) == 0);
 };
 
 /// Number of CPUs brought up so far (the BSP counts from the start).
@@ -183,6 +180,36 @@ pub fn pinned_context_slot() -> *const usize {
     (v + 40) as *const usize
 }
 
+/// Sets the running CPU's pinned-context slot (offset 40): the pinned switch's Blocked path
+/// puts back the value its frame saved. Interrupts disabled.
+#[inline]
+pub fn set_pin_ctx(v: usize) {
+    // SAFETY: as in `index`; offset 40 is `pin_ctx`, written only by its own CPU with
+    // interrupts disabled.
+    unsafe { asm!("mov gs:[40], {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Sets the running CPU's borrower word (offset 48): as [`set_pin_ctx`].
+#[inline]
+pub fn set_pin_borrowed(v: usize) {
+    // SAFETY: as in `index`; offset 48 is `pin.borrowed`, written only by its own CPU with
+    // interrupts disabled (other CPUs only read it).
+    unsafe { asm!("mov gs:[48], {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Word `i` of the running CPU's innermost pinned frame (`intr_pin_call`'s: 0 the call,
+/// 1 the previous borrower, 2 the previous pinned context, 3 the thread under it).
+#[inline]
+pub fn pinned_frame_word(i: usize) -> usize {
+    let frame: usize;
+    // SAFETY: as in `index`; offset 40 is `pin_ctx`.
+    unsafe { asm!("mov {}, gs:[40]", out(reg) frame, options(nostack, preserves_flags, readonly)) };
+    assert!(frame != 0 && i < 6, "no pinned call is active on this CPU, or no frame word {i}");
+    // SAFETY: a non-zero `pin_ctx` is the frame `intr_pin_call` built on the pinned thread's
+    // stack, live while that call is active (the caller's premise), six words long.
+    unsafe { *((frame + 8 * i) as *const usize) }
+}
+
 /// CPU `index`'s pinned-switch words, once that CPU has set up its `PerCpu`.
 pub fn pin_slots(index: usize) -> Option<&'static machine::PinSlots> {
     let p = PERCPU.get(index)?.load(Ordering::Acquire);
@@ -191,17 +218,13 @@ pub fn pin_slots(index: usize) -> Option<&'static machine::PinSlots> {
     (p != 0).then(|| unsafe { &(*(p as *const PerCpu)).pin })
 }
 
-/// The running CPU's `PinSlots::borrowed` (from `busy`, offset 48 of its `PerCpu`).
+/// The running CPU's `PinSlots::borrowed` (offset 48 of its `PerCpu`).
 #[inline]
 pub fn pin_borrowed() -> usize {
     let v: usize;
-    // SAFETY: as in `index`; offset 48 is `pin.busy`.
+    // SAFETY: as in `index`; offset 48 is `pin.borrowed`.
     unsafe { asm!("mov {}, gs:[48]", out(reg) v, options(nostack, preserves_flags, readonly)) };
-    if v > machine::PinSlots::BLOCKED {
-        v
-    } else {
-        0
-    }
+    v
 }
 
 /// Number of CPUs online (or starting).

@@ -278,62 +278,75 @@ thread_trampoline:
     ud2
 
 # ---------------------------------------------------------------------------------------
-# 5. Pinned interrupt-thread switch (protocol: crates/sched/src/pinned.rs; NetBSD's fast softint switch, illumos'
-#    intr_thread):
+# 5. Pinned interrupt-thread switch (protocol: crates/sched/src/pinned.rs; NetBSD's fast
+#    softint switch, illumos' intr_thread):
 #
-#    intr_pin_call(a0, a1) -> PinOutcome      %rdi, %rsi: body's arguments, in place
+#    intr_pin_call(a0, a1, call) -> PinOutcome   %rdi, %rsi: body's arguments, in place;
+#                                                 %rdx: the thread's `machine::PinCall`
 #
-#    Everything else comes from this CPU's `PinSlots` (crates/machine): %gs:48 busy (0 parked,
-#    1 blocked, else the borrowing thread), %gs:56 the interrupt thread, %gs:64 the top of its
-#    stack, %gs:72 its body. Caller: `PinSwitch::pin_call` only (sched's `Scheduler::pin_call`),
-#    through an `asm!` call that declares everything but %rbx, %rbp and %rsp clobbered — the
-#    C ABI's caller-saved registers and r12..r15 too; interrupts disabled, in interrupt
-#    context on the interrupted ("pinned") thread's stack, the CPU at whatever IPL the caller
-#    chose.
-#      - IPL (%gs:24) not IPL_VM (5, asserted in lib.rs): return 3 (Level), nothing done.
-#      - busy non-zero (the thread borrows the CPU or is blocked): return 2 (Busy), nothing done.
-#        Both leave %rdi and %rsi as they came.
-#      - else build a switch frame of section 4 on the pinned stack — rbp and rbx in their
-#        slots, the pinned thread's address in r12's, the r13..r15 slots unwritten (the caller
-#        keeps nothing there) — and keep its address in %gs:40 (`PerCpu::pin_ctx`): the pinned
-#        thread is now switched out in the ordinary format, though nothing else about it
-#        changes (it stays the scheduler's current thread, on no run queue). Then curthread
-#        and busy become the interrupt thread, %rsp its stack top (nothing on it), interrupts
-#        are enabled and body(a0, a1) runs.
-#      - body returns: interrupts off, the pinned stack, curthread (from the frame) back, busy
-#        cleared; body kept rbx and rbp (ABI); return 1 (Returned).
-#      - body blocks: the scheduler finds the CPU borrowed, sets busy to 1, makes the
-#        interrupt thread an ordinary thread and `context_switch`es to the context in %gs:40:
-#        the frame pops and `ret` returns from this call to its caller with %eax = 0
-#        (Blocked), interrupts disabled. body's stack is the interrupt thread's own from then
-#        on; it must never return into this frame (the thread sets busy to 0 when it parks).
+#    `PinCall` (repr C): 0 state (0 parked, 1 blocked, else borrowing), 8 thread, 16 stack
+#    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL, %gs:40 the pinned
+#    context (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
+#    `PinSwitch::pin_call` only, through an `asm!` call that declares everything but %rbx,
+#    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too, with
+#    r13/r14 read back; interrupts disabled, on the running thread's stack.
+#      - IPL (%gs:24) not the call's level: return 3 (Level), nothing done.
+#      - state non-zero (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
+#        done. Both leave %rdi and %rsi as they came.
+#      - else build a switch frame of section 4 on the running stack — rbp and rbx in their
+#        slots, the running thread in r12's, the previous pinned context in r13's, the
+#        previous borrower in r14's, the call in r15's — so borrows nest: the running thread
+#        may itself be a borrowing interrupt thread. Its address becomes %gs:40; curthread,
+#        the borrower and the call's state become the thread; %rsp its stack top (nothing
+#        on it); interrupts are enabled and body(a0, a1) runs (%rbx keeps the call: the
+#        body preserves it).
+#      - body returns: interrupts off, the state parked, the frame's stack, curthread,
+#        borrower and pinned context back; return 1 (Returned) with r13/r14 = the restored
+#        pinned context and borrower.
+#      - body blocks: the scheduler finds the CPU borrowed, sets the call's state to 1, makes
+#        the thread an ordinary thread and `context_switch`es to the context in %gs:40: the
+#        frame pops (r13/r14 = the previous pinned context and borrower, which the Rust
+#        caller stores back) and `ret` returns from this call with %eax = 0 (Blocked),
+#        interrupts disabled. body's stack is the thread's own from then on; it must never
+#        return into this frame (the thread parks its state when it is done).
 #    Stack alignment: entered with %rsp = 8 mod 16; body is entered with %rsp = stack_top - 8,
 #    as the ABI wants.
 
 .global intr_pin_call
 intr_pin_call:
-    cmpq $5, %gs:24                     # at IPL_VM?
+    movq 32(%rdx), %rax
+    cmpq %rax, %gs:24                   # at the call's level?
     jne 8f
-    cmpq $0, %gs:48                     # busy?
+    cmpq $0, (%rdx)                     # parked?
     jne 9f
     pushq %rbp
     pushq %rbx
-    pushq %gs:16                        # r12's slot: the pinned thread
-    subq $24, %rsp                      # r13..r15's slots
+    pushq %gs:16                        # r12's slot: the running thread
+    pushq %gs:40                        # r13's slot: the previous pinned context
+    pushq %gs:48                        # r14's slot: the previous borrower
+    pushq %rdx                          # r15's slot: the call
     movq %rsp, %gs:40                   # the pinned thread's context
-    movq %gs:56, %rax
+    movq %rdx, %rbx                     # the call, kept across the body
+    movq 8(%rdx), %rax
     movq %rax, %gs:16                   # curthread = the interrupt thread
-    movq %rax, %gs:48                   # busy = borrowed by the interrupt thread
-    movq %gs:64, %rsp                   # its stack
+    movq %rax, %gs:48                   # borrower = the interrupt thread
+    movq %rax, (%rdx)                   # state = borrowing
+    movq 16(%rdx), %rsp                 # its stack
     sti
-    call *%gs:72                        # body(a0, a1)
+    call *24(%rbx)                      # body(a0, a1)
     cli
+    movq $0, (%rbx)                     # state = parked
     movq %gs:40, %rsp                   # back on the pinned stack
     movq 24(%rsp), %rax
     movq %rax, %gs:16                   # curthread = the pinned thread
-    movq $0, %gs:48                     # parked
+    movq 8(%rsp), %r14
+    movq %r14, %gs:48                   # the previous borrower
+    movq 16(%rsp), %r13
+    movq %r13, %gs:40                   # the previous pinned context
     movl $1, %eax                       # PinOutcome::Returned
-    addq $48, %rsp                      # rbx and rbp: body kept them
+    addq $32, %rsp                      # r15..r12's slots
+    popq %rbx
+    popq %rbp
     ret
 8:  movl $3, %eax                       # PinOutcome::Level
     ret

@@ -140,11 +140,12 @@ impl Machine for X86_64 {
 /// The pinned switch: `intr_pin_call` in entry.s (protocol: `machine::PinSwitch::pin_call`).
 impl machine::PinSwitch for X86_64 {
     #[inline(always)]
-    unsafe fn pin_call(a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
-        let (r, b0, b1): (u32, usize, usize);
+    unsafe fn pin_call(call: &machine::PinCall, a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
+        let (r, b0, b1, prev_ctx, prev_borrowed): (u32, usize, usize, usize, usize);
         // `intr_pin_call`'s own convention: it keeps %rbx, %rbp and %rsp (as the C ABI) but not
-        // r12..r15 (a body that blocks resumes us through a frame holding only rbx and rbp),
-        // hence the clobbers; %rdi and %rsi come back unchanged on the Busy and Level answers.
+        // r12..r15 (a body that blocks resumes us through a frame holding the saved words
+        // there), hence the clobbers; %rdi and %rsi come back unchanged on the Busy and Level
+        // answers; r13 and r14 come back as the restored pinned context and borrower.
         // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it,
         // and the stack is aligned for a call here (asm! without `nostack`).
         unsafe {
@@ -152,14 +153,20 @@ impl machine::PinSwitch for X86_64 {
                 "call intr_pin_call",
                 inlateout("rdi") a0 => b0,
                 inlateout("rsi") a1 => b1,
+                in("rdx") call as *const machine::PinCall,
                 lateout("eax") r,
                 out("r12") _,
-                out("r13") _,
-                out("r14") _,
+                lateout("r13") prev_ctx,
+                lateout("r14") prev_borrowed,
                 out("r15") _,
                 clobber_abi("C"),
             )
         };
+        if r == 0 {
+            // Blocked: the frame popped into r13/r14 what the Returned path stores itself.
+            cpu::set_pin_ctx(prev_ctx);
+            cpu::set_pin_borrowed(prev_borrowed);
+        }
         // SAFETY: `intr_pin_call` answers 0 (through `context_switch`), 1, 2 or 3: the values
         // of `PinOutcome` (`#[repr(u32)]`).
         (unsafe { core::mem::transmute::<u32, machine::PinOutcome>(r) }, b0, b1)
@@ -178,7 +185,24 @@ impl machine::PinSwitch for X86_64 {
     fn pinned_context() -> *const usize {
         cpu::pinned_context_slot()
     }
+
+    fn pinned_thread() -> *const () {
+        cpu::pinned_frame_word(3) as *const ()
+    }
+
+    fn pinned_call() -> *const machine::PinCall {
+        cpu::pinned_frame_word(0) as *const machine::PinCall
+    }
 }
+
+// The `PinCall` offsets entry.s uses.
+const _: () = {
+    assert!(core::mem::offset_of!(machine::PinCall, state) == 0);
+    assert!(core::mem::offset_of!(machine::PinCall, thread) == 8);
+    assert!(core::mem::offset_of!(machine::PinCall, stack_top) == 16);
+    assert!(core::mem::offset_of!(machine::PinCall, body) == 24);
+    assert!(core::mem::offset_of!(machine::PinCall, level) == 32);
+};
 
 impl ipl::IplCpu for X86_64 {
     #[inline]

@@ -69,7 +69,7 @@ use std::sync::{
 use std::time::{Duration, Instant};
 
 use ipl::{Ipl, IplCpu, SplState};
-use machine::{IntrOff, Machine, PinOutcome, PinSlots, PinSwitch, MAX_CPUS};
+use machine::{IntrOff, Machine, PinCall, PinOutcome, PinSlots, PinSwitch, MAX_CPUS};
 use sched::{Priority, Scheduler};
 use sync::SyncState;
 
@@ -132,11 +132,8 @@ struct HostCpu {
     eois: AtomicU64,
     /// The pinned switch's words ([`PinSwitch`]).
     pin: PinSlots,
-    /// The context of the thread pinned under a borrowing interrupt thread: the baton it
-    /// waits on during the pinned call ([`PinSwitch::pinned_context`]).
-    pinned_ctx: HostContext,
-    /// The pinned call's body returned (as opposed to its thread blocking).
-    pin_returned: AtomicBool,
+    /// The innermost active pinned call's frame (null: none).
+    pin_frame: AtomicPtr<PinFrame>,
     /// When the next clock tick is due (`now_ns` time). Touched only by the CPU's holder.
     next_tick_ns: AtomicU64,
     /// Interrupts taken, for diagnostics.
@@ -476,18 +473,32 @@ impl Machine for HostMachine {
     }
 }
 
-/// A pinned call's work for a runner: the body, its arguments, the CPU lent and the thread
-/// pinned under it.
+/// One active pinned call on a CPU: the pinned thread's baton (its saved "context"), what
+/// the call saved for the outer borrow, and the call's descriptor. Lives on the pinned
+/// thread's OS-thread stack for the length of the call (as x86_64's frame lives on the
+/// pinned thread's stack).
+struct PinFrame {
+    ctx: HostContext,
+    /// The thread under the borrower (the current thread before the call).
+    under: *const (),
+    call: *const PinCall,
+    prev_frame: *mut PinFrame,
+    prev_borrowed: usize,
+    /// The body returned (as opposed to its thread blocking).
+    returned: AtomicBool,
+}
+
+/// A pinned call's work for a runner: the body, its arguments, the CPU lent and the frame.
 struct PinJob {
     body: extern "C" fn(usize, usize),
     a0: usize,
     a1: usize,
     cpu: usize,
-    pinned: *mut (),
+    frame: *mut PinFrame,
 }
 
-// SAFETY: `pinned` is a thread's address, handed from the pinned thread's OS thread to the
-// runner with the CPU and only stored back into that CPU's current-thread word.
+// SAFETY: `frame` lives on the pinned OS thread's stack until the runner hands the CPU back
+// (that thread waits on the frame's baton meanwhile); the runner is its only user then.
 unsafe impl Send for PinJob {}
 
 /// An OS thread that runs pinned calls' bodies: the host's stand-in for the interrupt
@@ -531,51 +542,81 @@ impl Runner {
             // SAFETY: the interrupt thread owns no interrupt-disabled token (it starts here).
             unsafe { HostMachine::intr_enable() };
             (job.body)(job.a0, job.a1);
-            // The body returned (one that blocked never returns here: it parks): `cli`, give
-            // the pinned thread back its CPU and its identity, clear `busy`.
+            // The body returned (one that blocked never returns here: it parks): `cli`, park
+            // the state, give the thread under it back its CPU and identity, and the outer
+            // borrow its words.
             let (sys, cpu) = here();
             let c = &sys.cpus[cpu];
             c.intr_enabled.store(false, Ordering::Relaxed);
-            c.curthread.store(job.pinned, Ordering::Relaxed);
-            c.pin.busy.store(0, Ordering::Release);
-            c.pin_returned.store(true, Ordering::Relaxed);
+            // SAFETY: the frame lives until we give its baton back (below).
+            let f = unsafe { &*job.frame };
+            // SAFETY: the descriptor outlives its thread's calls (pin_call's contract).
+            unsafe { (*f.call).state.store(0, Ordering::Release) };
+            c.curthread.store(f.under as *mut (), Ordering::Relaxed);
+            c.pin.borrowed.store(f.prev_borrowed, Ordering::Relaxed);
+            c.pin_frame.store(f.prev_frame, Ordering::Relaxed);
+            f.returned.store(true, Ordering::Relaxed);
             HERE.set((Some(sys), NO_CPU));
             lock(&sys.runners).push(self.clone());
-            c.pinned_ctx.baton.give(cpu);
+            f.ctx.baton.give(cpu);
         }
     }
 }
 
+/// The innermost active pinned call's frame on the caller's CPU.
+fn top_frame() -> &'static PinFrame {
+    let f = this_cpu().pin_frame.load(Ordering::Relaxed);
+    assert!(!f.is_null(), "no pinned call is active on this CPU");
+    // SAFETY: a non-null `pin_frame` is the frame of an active pinned call on this CPU,
+    // alive until that call returns (and then unlinked before its baton is given back).
+    unsafe { &*f }
+}
+
 /// The pinned switch on the host (protocol: `crates/sched/src/pinned.rs`). The body runs on a
-/// runner OS thread while the pinned thread's OS thread waits on the CPU's pinned-context
-/// baton: the CPU is handed over, not shared, exactly as [`Machine::switch`] hands it over.
+/// runner OS thread while the pinned thread's OS thread waits on its frame's baton: the CPU is
+/// handed over, not shared, exactly as [`Machine::switch`] hands it over. Frames link to the
+/// outer borrow's, so borrows nest.
 impl PinSwitch for HostMachine {
-    unsafe fn pin_call(a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
+    unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
         let (sys, cpu) = here();
         let c = &sys.cpus[cpu];
-        if c.ipl.load(Ordering::Relaxed) != Ipl::Vm as u8 {
+        if c.ipl.load(Ordering::Relaxed) as usize != call.level {
             return (PinOutcome::Level, a0, a1);
         }
-        if c.pin.busy.load(Ordering::Acquire) != 0 {
+        if call.state.load(Ordering::Acquire) != 0 {
             return (PinOutcome::Busy, a0, a1);
         }
-        let thread = c.pin.thread.load(Ordering::Relaxed);
-        let body = c.pin.body.load(Ordering::Relaxed);
-        // SAFETY: `busy` is clear only after `Scheduler::pin_install` stored the installed
-        // thread's body, an `extern "C" fn(usize, usize)`, as a pointer (provenance kept).
-        let body = unsafe { std::mem::transmute::<*mut (), extern "C" fn(usize, usize)>(body) };
-        let pinned = c.curthread.load(Ordering::Relaxed);
-        c.pin.busy.store(thread.addr(), Ordering::Relaxed);
-        c.curthread.store(thread, Ordering::Relaxed);
+        let thread = call.thread;
+        let mut frame = PinFrame {
+            ctx: HostContext::new(),
+            under: c.curthread.load(Ordering::Relaxed),
+            call,
+            prev_frame: c.pin_frame.load(Ordering::Relaxed),
+            prev_borrowed: c.pin.borrowed.load(Ordering::Relaxed),
+            returned: AtomicBool::new(false),
+        };
+        let fp: *mut PinFrame = &mut frame;
+        c.pin_frame.store(fp, Ordering::Relaxed);
+        c.pin.borrowed.store(thread.addr(), Ordering::Relaxed);
+        call.state.store(thread.addr(), Ordering::Relaxed);
+        c.curthread.store(thread as *mut (), Ordering::Relaxed);
         let runner = lock(&sys.runners).pop().unwrap_or_else(|| Runner::spawn(sys));
         HERE.set((Some(sys), NO_CPU));
-        runner.give(PinJob { body, a0, a1, cpu, pinned });
+        runner.give(PinJob { body: call.body, a0, a1, cpu, frame: fp });
         // Until the body returns, or its thread blocks and the scheduler resumes us through
-        // `pinned_context` (then `pin_returned` is false).
-        let cpu = c.pinned_ctx.baton.take();
+        // `pinned_context` (then `returned` is false and the outer words are ours to restore).
+        // SAFETY: `fp` is `frame`, on this stack; the runner and the scheduler use it only
+        // while we wait here.
+        let cpu = unsafe { (*fp).ctx.baton.take() };
         HERE.set((Some(sys), cpu));
-        let returned = sys.cpus[cpu].pin_returned.swap(false, Ordering::Relaxed);
-        (if returned { PinOutcome::Returned } else { PinOutcome::Blocked }, 0, 0)
+        let c = &sys.cpus[cpu];
+        if frame.returned.load(Ordering::Relaxed) {
+            (PinOutcome::Returned, 0, 0)
+        } else {
+            c.pin.borrowed.store(frame.prev_borrowed, Ordering::Relaxed);
+            c.pin_frame.store(frame.prev_frame, Ordering::Relaxed);
+            (PinOutcome::Blocked, 0, 0)
+        }
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
@@ -588,7 +629,15 @@ impl PinSwitch for HostMachine {
     }
 
     fn pinned_context() -> *const HostContext {
-        &this_cpu().pinned_ctx
+        &top_frame().ctx
+    }
+
+    fn pinned_thread() -> *const () {
+        top_frame().under
+    }
+
+    fn pinned_call() -> *const PinCall {
+        top_frame().call
     }
 }
 
@@ -772,8 +821,7 @@ impl HostSystem {
                 posted: [const { AtomicU64::new(0) }; 4],
                 eois: AtomicU64::new(0),
                 pin: PinSlots::new(),
-                pinned_ctx: HostContext::new(),
-                pin_returned: AtomicBool::new(false),
+                pin_frame: AtomicPtr::new(std::ptr::null_mut()),
                 next_tick_ns: AtomicU64::new(now + TICK_NS),
                 interrupts: AtomicU64::new(0),
                 ipis_taken: AtomicU64::new(0),

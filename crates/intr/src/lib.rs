@@ -718,6 +718,10 @@ impl<E: IntrEnv> Intr<E> {
             storm: storm::StormState::new(),
             dedicated,
         });
+        if model == Model::Pinned && src.handler.is_some() {
+            // Its CPUs' ithreads exist before the source can take an interrupt.
+            self.pinned.start();
+        }
         {
             let io = E::M::intr_disable();
             let mut list = self.vectors[spec.vector as usize].lock(&io);
@@ -740,9 +744,6 @@ impl<E: IntrEnv> Intr<E> {
         }
         if model == Model::Pool && src.handler.is_some() {
             self.pool.handler_added();
-        }
-        if model == Model::Pinned && src.handler.is_some() {
-            self.pinned.start();
         }
         self.start_storm_thread();
         Ok(IntrHandle { source: src, masks: AtomicU32::new(0) })

@@ -13,21 +13,21 @@
 //! Cost: `cargo run --release -- bench --filter intr` reports the instructions this path adds
 //! over `direct` (`intr.switch_added`); see docs/ARCHITECTURE.md for the list.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use machine::{IntrOff, Machine, PinSwitch};
+use machine::{IntrOff, Machine};
 use sched::{PinOutcome, PinThread, Priority};
 
 use crate::{IntrEnv, Source};
 
 struct PinnedCpu<E: IntrEnv> {
-    /// The CPU's ithread: written once, before it is installed in the CPU's pinned-switch
-    /// words ([`sched::Scheduler::pin_install`]), never dropped (kept alive for them).
-    thread: UnsafeCell<MaybeUninit<PinThread<E>>>,
+    /// The CPU's ithread (null until the first pinned source is established; then written
+    /// once and never freed: its descriptor must outlive every pinned call).
+    thread: AtomicPtr<PinThread<E>>,
     /// Instances that arrived while the ithread was busy (borrowing the CPU or blocked, the
     /// machine's [`machine::PinSlots::busy`]), and `hwi_sched` requeues: touched only by this
     /// CPU with interrupts disabled (the dispatcher, and the ithread, which is bound to this
@@ -36,7 +36,7 @@ struct PinnedCpu<E: IntrEnv> {
 }
 
 // SAFETY: `queue` is accessed only by its own CPU with interrupts disabled (see `PinnedCpu`);
-// `thread` is written once, by `start`, before any CPU may use it.
+// `thread` is an atomic pointer to a leaked, never-freed `PinThread`.
 unsafe impl<E: IntrEnv> Sync for PinnedCpu<E> {}
 
 /// Counters of the pinned model.
@@ -67,7 +67,7 @@ impl<E: IntrEnv> Pinned<E> {
         Pinned {
             cpus: [const {
                 PinnedCpu {
-                    thread: UnsafeCell::new(MaybeUninit::uninit()),
+                    thread: AtomicPtr::new(core::ptr::null_mut()),
                     queue: UnsafeCell::new(VecDeque::new()),
                 }
             }; sched::MAX_CPUS],
@@ -84,11 +84,8 @@ impl<E: IntrEnv> Pinned<E> {
         }
         let pri = Priority::of_ipl(ipl::Ipl::Vm).unwrap_or(Priority::INTR_BASE);
         for cpu in 0..E::M::ncpus() {
-            let t = E::sched().new_ithread("ithread/vm", pri, cpu, ithread_body::<E>);
-            let c = &self.cpus[cpu];
-            // SAFETY: written once (`started`), before it is installed: nothing reads it.
-            let t = unsafe { (*c.thread.get()).write(t) };
-            E::sched().pin_install(cpu, t);
+            let t = E::sched().new_ithread("ithread/vm", pri, cpu, ipl::Ipl::Vm as u8, ithread_body::<E>);
+            self.cpus[cpu].thread.store(Box::into_raw(Box::new(t)), Ordering::Release);
         }
     }
 
@@ -107,8 +104,16 @@ impl<E: IntrEnv> Pinned<E> {
         // that state aside.
         // The level test (IPL_VM), the busy test, the switch and the call are the machine's
         // (`pin_call`); it hands the arguments back if it did nothing.
-        if E::spl().spin_count_of(cpu) == 0 {
-            let (r, a, raised) = E::sched().pin_call(Arc::into_raw(src) as usize, raised as usize, io);
+        let t = cpu_of::<E>(cpu).thread.load(Ordering::Acquire);
+        if t.is_null() {
+            // No ithread on this CPU: `start` makes one for every CPU online before the first
+            // pinned source is published, so only a CPU started after that gets here; its
+            // instances wait in its queue (CPUs do not come online after start-up).
+            queue_busy(cpu_of::<E>(cpu), src, raised);
+        } else if E::spl().spin_count_of(cpu) == 0 {
+            // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
+            let it = unsafe { &*t };
+            let (r, a, raised) = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
             match r {
                 PinOutcome::Returned => self.drain(cpu, io),
                 PinOutcome::Blocked => {}
@@ -141,9 +146,12 @@ impl<E: IntrEnv> Pinned<E> {
     #[inline(always)]
     fn drain(&'static self, cpu: usize, io: &IntrOff) {
         let c = cpu_of::<E>(cpu);
+        // SAFETY: `drain` runs after a pinned call on this CPU: `thread` is a leaked
+        // `PinThread` (never freed).
+        let it = unsafe { &*c.thread.load(Ordering::Acquire) };
         // SAFETY: this CPU, interrupts disabled.
         while let Some((src, raised)) = unsafe { (*c.queue.get()).pop_front() } {
-            match E::sched().pin_call(Arc::into_raw(src) as usize, raised as usize, io) {
+            match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
                 (PinOutcome::Returned, _, _) => {}
                 (PinOutcome::Blocked, _, _) => break,
                 (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
@@ -196,15 +204,17 @@ fn queue_busy<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64) {
 #[cold]
 #[inline(never)]
 fn lend_slow<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
-    if E::M::pin_slots(cpu).is_none_or(|s| s.busy.load(Ordering::Acquire) != 0) {
+    let t = cpu_of::<E>(cpu).thread.load(Ordering::Acquire);
+    // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
+    let Some(it) = (unsafe { t.as_ref() }).filter(|it| it.is_parked()) else {
         queue_busy(cpu_of::<E>(cpu), src, raised);
         return;
-    }
+    };
     let spl = E::spl();
     let old = <E::M as ipl::IplCpu>::ipl_get();
     let spin = spl.spin_state_take();
     <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::Vm as u8);
-    match E::sched().pin_call(Arc::into_raw(src) as usize, raised as usize, io) {
+    match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
         (PinOutcome::Returned, _, _) => p.drain(cpu, io),
         (PinOutcome::Blocked, _, _) => {}
         // At IPL_VM now, so not `Level`; `Busy` was ruled out above.
@@ -282,10 +292,9 @@ fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
             None => {
                 // Interrupts stay disabled until the switch away, so nothing can be queued
                 // behind our back and no pinned call can start on our stack before we left.
-                if let Some(p) = E::M::pin_slots(cpu) {
-                    p.busy.store(0, Ordering::Release);
-                }
-                E::sched().pin_park(&io);
+                // SAFETY: we are this CPU's ithread, so `thread` is our leaked `PinThread`.
+                let it = unsafe { &*c.thread.load(Ordering::Acquire) };
+                E::sched().pin_park(it.call(), &io);
             }
         }
     }

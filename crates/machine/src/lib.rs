@@ -20,7 +20,7 @@
 #![no_std]
 
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Upper bound on CPUs: the size of every per-CPU array in the portable crates, defined here
 /// once. A power of two, so that `cpu & (MAX_CPUS - 1)` lets the compiler drop a bounds check
@@ -64,76 +64,70 @@ impl Drop for IntrOff {
     }
 }
 
-/// An interrupt thread for [`PinSwitch::pin_call`]: the thread, the top of its stack and the
-/// function it runs there (installed in a CPU's [`PinSlots`]).
-#[derive(Clone, Copy, Debug)]
+/// An interrupt thread as [`PinSwitch::pin_call`] lends it a CPU: its state word, the thread,
+/// the top of its stack, the function it runs there and the level the CPU must be at. One per
+/// interrupt thread, at a stable address for the thread's life (assembly reads it through a
+/// pointer: `#[repr(C)]`, offsets 0, 8, 16, 24, 32).
+#[repr(C)]
+#[derive(Debug)]
 pub struct PinCall {
+    /// 0: parked (a pinned call may start); [`PinCall::BLOCKED`]: it blocked in a pinned
+    /// call and is an ordinary thread until it parks; otherwise the thread's address: it
+    /// borrows a CPU. Set by `pin_call` (to the thread, and back to 0 when the body returns),
+    /// by the scheduler's block path (to `BLOCKED`) and by the thread when it parks (to 0).
+    pub state: AtomicUsize,
     /// The thread (what [`Machine::curthread`] returns while it runs).
     pub thread: *const (),
     /// Its stack's top, 16-byte aligned.
     pub stack_top: usize,
     /// Run as `body(a0, a1)` on that stack.
     pub body: extern "C" fn(usize, usize),
+    /// The interrupt priority level (the `ipl::IplCpu` word's value) a CPU must be at to
+    /// be lent to this thread: the level its work runs at.
+    pub level: usize,
 }
 
-// SAFETY: plain addresses; whoever makes a `PinCall` owns the thread and stack they name.
+// SAFETY: plain addresses and an atomic; whoever makes a `PinCall` owns the thread and stack
+// it names, and the state word is the only field written after construction.
 unsafe impl Send for PinCall {}
-// SAFETY: as above (read-only after construction).
+// SAFETY: as above.
 unsafe impl Sync for PinCall {}
 
-/// One CPU's words of the pinned switch ([`PinSwitch::pin_call`]), kept where the machine's
-/// entry code reaches them in one instruction (x86_64: `%gs:48..80`, entry.s). `#[repr(C)]`:
-/// assembly reads and writes them (offsets 0, 8, 16, 24).
+impl PinCall {
+    /// [`PinCall::state`]: blocked in a pinned call.
+    pub const BLOCKED: usize = 1;
+
+    /// A parked interrupt thread.
+    pub fn new(thread: *const (), stack_top: usize, body: extern "C" fn(usize, usize), level: usize) -> Self {
+        PinCall { state: AtomicUsize::new(0), thread, stack_top, body, level }
+    }
+
+    /// Whether a pinned call may start on it now.
+    pub fn is_parked(&self) -> bool {
+        self.state.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One CPU's word of the pinned switch ([`PinSwitch::pin_call`]), kept where the machine's
+/// entry code reaches it in one instruction (x86_64: `%gs:48`, entry.s). `#[repr(C)]`.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PinSlots {
-    /// The state of the CPU's interrupt thread: 0 parked (a pinned call may start);
-    /// [`PinSlots::BLOCKED`] blocked in a pinned call (an ordinary thread until it parks), or
-    /// not installed yet; otherwise the thread's address: it borrows the CPU (a pinned call is
-    /// active). Set by `pin_call` (to the thread, and to 0 when the body returns), by the
-    /// scheduler's block path (to `BLOCKED`) and by the thread when it parks after blocking
-    /// (to 0; its own CPU, interrupts disabled) — all on this CPU with interrupts disabled;
-    /// the first clear, after the other words are written, is a release store by
-    /// whoever installs the thread. Read by other CPUs (`is_running`).
-    pub busy: AtomicUsize,
-    /// [`PinCall::thread`] of the installed interrupt thread.
-    pub thread: AtomicPtr<()>,
-    /// [`PinCall::stack_top`].
-    pub stack_top: AtomicUsize,
-    /// [`PinCall::body`] (an `extern "C" fn(usize, usize)`, kept as a pointer so that a
-    /// machine implemented in Rust gets it back with its provenance; null before
-    /// installation).
-    pub body: AtomicPtr<()>,
+    /// The thread the CPU is lent to now — the topmost of nested borrows — or 0. Written
+    /// only by its own CPU with interrupts disabled (`pin_call` on the way in and out, the
+    /// scheduler's block path); read by other CPUs (`is_running`).
+    pub borrowed: AtomicUsize,
 }
 
 impl PinSlots {
-    /// [`PinSlots::busy`]: the thread is blocked (or not installed).
-    pub const BLOCKED: usize = 1;
-
-    /// Empty, busy (nothing installed).
+    /// Not borrowed.
     pub const fn new() -> Self {
-        PinSlots {
-            busy: AtomicUsize::new(Self::BLOCKED),
-            thread: AtomicPtr::new(core::ptr::null_mut()),
-            stack_top: AtomicUsize::new(0),
-            body: AtomicPtr::new(core::ptr::null_mut()),
-        }
+        PinSlots { borrowed: AtomicUsize::new(0) }
     }
 
     /// The thread the CPU is lent to (a pinned call is active), 0 if none.
     pub fn borrowed(&self) -> usize {
-        let b = self.busy.load(Ordering::Relaxed);
-        if b > Self::BLOCKED {
-            b
-        } else {
-            0
-        }
-    }
-}
-
-impl Default for PinSlots {
-    fn default() -> Self {
-        Self::new()
+        self.borrowed.load(Ordering::Relaxed)
     }
 }
 
@@ -227,29 +221,33 @@ pub trait Machine: Sized + Send + Sync + 'static {
 /// `intr_pin_call` in `arch/x86_64/src/entry.s` and by `crates/host-machine`. Every machine
 /// the portable scheduler runs on implements it: there are no defaults.
 pub trait PinSwitch: Machine {
-    /// **Pinned call**, the machine's contract (protocol: `crates/sched/src/pinned.rs`): if this CPU is at
-    /// the pinned level, `IPL_VM` (its `ipl::IplCpu` word; else [`PinOutcome::Level`]), and its
-    /// interrupt thread is free ([`PinSlots::busy`] zero; else [`PinOutcome::Busy`]), marks it
-    /// borrowing (`busy` = the thread) and lends it this CPU for one call of `body(a0, a1)` on its
-    /// stack, without a scheduler switch — all from this CPU's [`PinSlots`]. Saves the running
-    /// (pinned) thread's callee-saved registers in a frame that [`Machine::switch`] can resume,
-    /// keeps its context in this CPU's slot ([`PinSwitch::pinned_context`]), makes the interrupt
-    /// thread the current thread ([`Machine::curthread`]), switches to its stack top, enables
-    /// interrupts and calls `body`. When `body` returns, interrupts are disabled, `busy` is
-    /// cleared, the pinned thread's stack and current-thread pointer come back and this
+    /// **Pinned call**, the machine's contract (protocol: `crates/sched/src/pinned.rs`): if this
+    /// CPU is at `call.level` (its `ipl::IplCpu` word; else [`PinOutcome::Level`]) and `call`'s
+    /// thread is parked ([`PinCall::state`] 0; else [`PinOutcome::Busy`]), lends the CPU to
+    /// that thread for one call of `body(a0, a1)` on its stack, without a scheduler switch.
+    /// Saves the running thread's callee-saved registers in a frame that [`Machine::switch`]
+    /// can resume, together with this CPU's previous pinned context and previous borrower
+    /// (so borrows nest: the running thread may itself be a borrowing interrupt thread);
+    /// makes that frame this CPU's pinned context ([`PinSwitch::pinned_context`]), the
+    /// thread the current thread ([`Machine::curthread`]) and the CPU's borrower
+    /// ([`PinSlots::borrowed`]) and its state the thread; switches to its stack top, enables
+    /// interrupts and calls `body`. When `body` returns: interrupts disabled, the state
+    /// parked, the previous stack, current thread, borrower and pinned context back, and this
     /// answers [`PinOutcome::Returned`]. If instead the thread blocks inside `body`, the
-    /// scheduler sets `busy` to [`PinSlots::BLOCKED`] and resumes the pinned thread by
+    /// scheduler sets its state to [`PinCall::BLOCKED`] and resumes the thread under it by
     /// `switch(.., pinned_context())`: this call then answers [`PinOutcome::Blocked`]
-    /// (interrupts disabled), and the thread goes on later as an ordinary thread (its `body`
-    /// must then never return into this frame, and it clears `busy` when it parks).
+    /// (interrupts disabled) with the previous borrower and pinned context restored, and the
+    /// thread goes on later as an ordinary thread (its `body` must then never return into
+    /// this frame; it parks its state when it is done).
     ///
     /// Answers `(outcome, a0, a1)`: for `Busy` and `Level` the arguments are handed back
     /// (the caller need not keep them across the call); otherwise those two are meaningless.
     ///
     /// # Safety
-    /// Interrupts are disabled; if `busy` is clear, the installed thread is parked (its stack
-    /// unused, on no CPU) and its `body` keeps the contract above.
-    unsafe fn pin_call(a0: usize, a1: usize) -> (PinOutcome, usize, usize);
+    /// Interrupts are disabled; `call` stays valid and in place for the thread's life; if its
+    /// state is parked, its stack is unused and the thread on no CPU; its `body` keeps the
+    /// contract above.
+    unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize);
 
     /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;
@@ -257,7 +255,14 @@ pub trait PinSwitch: Machine {
     /// This CPU's [`PinSlots::borrowed`] (one per-CPU load).
     fn pin_borrowed() -> usize;
 
-    /// The context [`PinSwitch::pin_call`] saved for the thread pinned on this CPU (valid
-    /// while that call is active).
+    /// The context [`PinSwitch::pin_call`] saved for the thread directly under this CPU's
+    /// borrower (valid while that call is active).
     fn pinned_context() -> *const Self::Context;
+
+    /// The thread directly under this CPU's borrower (the current thread before the
+    /// innermost active pinned call).
+    fn pinned_thread() -> *const ();
+
+    /// The [`PinCall`] of the innermost active pinned call on this CPU.
+    fn pinned_call() -> *const PinCall;
 }

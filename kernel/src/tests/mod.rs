@@ -9,6 +9,7 @@ pub mod intr;
 pub mod lockcheck;
 pub mod locks;
 pub mod net;
+pub mod pinned;
 pub mod sched;
 pub mod shell;
 pub mod smp;
