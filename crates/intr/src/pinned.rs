@@ -29,7 +29,7 @@ struct PinnedCpu<E: IntrEnv> {
     /// once and never freed: its descriptor must outlive every pinned call).
     thread: AtomicPtr<PinThread<E>>,
     /// Instances that arrived while the ithread was busy (borrowing the CPU or blocked, the
-    /// machine's [`machine::PinSlots::busy`]), and `hwi_sched` requeues: touched only by this
+    /// state word of its [`machine::PinCall`]), and `hwi_sched` requeues: touched only by this
     /// CPU with interrupts disabled (the dispatcher, and the ithread, which is bound to this
     /// CPU).
     queue: UnsafeCell<VecDeque<(Arc<Source<E>>, u64)>>,

@@ -140,7 +140,7 @@ pub enum PinOutcome {
     Blocked = 0,
     /// The body returned.
     Returned = 1,
-    /// The CPU's interrupt thread was busy ([`PinSlots::busy`]): nothing was done.
+    /// The interrupt thread was not parked ([`PinCall::state`]): nothing was done.
     Busy = 2,
     /// The CPU was not at the pinned level (`IPL_VM`): nothing was done.
     Level = 3,
