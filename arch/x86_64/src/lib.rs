@@ -41,7 +41,8 @@ use machine::{IntrOff, Machine};
 
 global_asm!(include_str!("entry.s"), options(att_syntax));
 
-// entry.s's `intr_pin_call` compares the IPL word with IPL_VM's value.
+// entry.s's `intr_pin_call` compares the 64-bit IPL word (%gs:24) with a `PinCall`'s level, the
+// level's number (`intr::pinned` passes IPL_VM's).
 const _: () = assert!(ipl::Ipl::Vm as u8 == 5);
 global_asm!(include_str!(concat!(env!("OUT_DIR"), "/trap_stubs.s")), options(att_syntax));
 
