@@ -46,24 +46,46 @@ impl intr::IntrEnv for KernelEnv {
 }
 
 /// An IOAPIC input (GSI) as the hardware line of an interrupt source: the framework masks
-/// and unmasks it through the mask count (`intr::Intr::establish_line`).
+/// and unmasks it through the mask count (`intr::Intr::establish_line`). Made only by
+/// [`IoApicLine::new`], which checks that an IOAPIC serves the GSI: masking and unmasking,
+/// which run in the interrupt path, cannot fail afterwards.
 pub struct IoApicLine {
+    gsi: u32,
+    level: bool,
+}
+
+/// [`IoApicLine::new`] for a GSI that no IOAPIC serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoSuchGsi {
     /// The GSI.
     pub gsi: u32,
-    /// Whether it is programmed level-triggered.
-    pub level: bool,
+    /// What the IOAPIC layer said.
+    pub why: &'static str,
+}
+
+impl core::fmt::Display for NoSuchGsi {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "IOAPIC GSI {}: {}", self.gsi, self.why)
+    }
+}
+
+impl IoApicLine {
+    /// The line of `gsi` (programmed `level`-triggered or edge), for the life of the kernel.
+    pub fn new(gsi: u32, level: bool) -> Result<&'static IoApicLine, NoSuchGsi> {
+        arch::ioapic::entry(gsi).map_err(|why| NoSuchGsi { gsi, why })?;
+        Ok(alloc::boxed::Box::leak(alloc::boxed::Box::new(IoApicLine { gsi, level })))
+    }
 }
 
 impl intr::LineControl for IoApicLine {
     fn mask(&self) {
-        if let Err(e) = arch::ioapic::set_masked(self.gsi, true) {
-            panic!("IOAPIC GSI {}: {e}", self.gsi);
-        }
+        // Checked by `new`: an IOAPIC serves the GSI.
+        let r = arch::ioapic::set_masked(self.gsi, true);
+        debug_assert!(r.is_ok(), "IOAPIC GSI {}: {r:?}", self.gsi);
     }
     fn unmask(&self) {
-        if let Err(e) = arch::ioapic::set_masked(self.gsi, false) {
-            panic!("IOAPIC GSI {}: {e}", self.gsi);
-        }
+        let r = arch::ioapic::set_masked(self.gsi, false);
+        debug_assert!(r.is_ok(), "IOAPIC GSI {}: {r:?}", self.gsi);
     }
     fn is_level(&self) -> bool {
         self.level

@@ -613,36 +613,6 @@ fn sleeping_at_a_raised_level_is_refused_naming_the_level() {
     assert!(msg.contains("IPL_SOFTNET") && msg.contains("main"), "unhelpful message: {msg}");
 }
 
-#[test]
-fn a_filter_that_sleeps_is_named() {
-    let sys = HostSystem::boot(1);
-    let intr: &'static Intr = sys.intr;
-    let msg = sys.run(move |sched| {
-        let _h = intr
-            .establish(
-                spec("t.sleepy-filter", 0x4D, Ipl::Vm, Model::Direct),
-                Some(Box::new(move |_| {
-                    sched.sleep_ns(1_000);
-                    FilterResult::Handled
-                })),
-                None,
-            )
-            .unwrap();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            HostMachine::raise(0, 0x4D);
-            for _ in 0..1000 {
-                HostMachine::poll_interrupts();
-            }
-        }));
-        let msg = host_machine::panic_message(&*r.expect_err("a filter slept"));
-        // The panic unwound out of interrupt context: leave the system as it is (this test
-        // owns it) and report.
-        std::mem::forget(_h);
-        msg
-    });
-    assert!(msg.contains("t.sleepy-filter"), "the filter's source is not named: {msg}");
-}
-
 /// Many interrupts in flight from several CPUs at once, in every model: every delivery is
 /// handled exactly once.
 fn many_in_flight(ncpus: usize, model: Model) {

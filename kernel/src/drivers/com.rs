@@ -176,7 +176,7 @@ fn route_isa(irq: u8, vector: u8, cpu: usize, force_level: bool) -> Result<&'sta
         },
     )
     .map_err(|e| alloc::format!("ISA IRQ {irq} (GSI {gsi}): {e}"))?;
-    Ok(alloc::boxed::Box::leak(alloc::boxed::Box::new(IoApicLine { gsi, level })))
+    IoApicLine::new(gsi, level).map_err(|e| alloc::format!("ISA IRQ {irq}: {e}"))
 }
 
 /// COM1's filter: receive into the ring, refill the transmitter.

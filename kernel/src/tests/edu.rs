@@ -139,8 +139,7 @@ fn intx_exactly_once_every_model() -> TestResult {
         edu.ack(!0);
         let gsi = edu.program_intx(cpu, vector)?;
         kassert!(arch::ioapic::is_masked(gsi)?, "{model}: GSI {gsi} unmasked before establish");
-        let line: &'static crate::intr::IoApicLine =
-            alloc::boxed::Box::leak(alloc::boxed::Box::new(crate::intr::IoApicLine { gsi, level: true }));
+        let line = crate::intr::IoApicLine::new(gsi, true).map_err(|e| alloc::format!("{e}"))?;
         let claimed = Arc::new(AtomicU64::new(0));
         let stray = Arc::new(AtomicU64::new(0));
         let handled = Arc::new(AtomicU64::new(0));
@@ -215,8 +214,7 @@ fn intx_deferred_by_spl_runs_once_after_splx() -> TestResult {
     SCHED.bind_current(Some(cpu));
     edu.ack(!0);
     let gsi = edu.program_intx(cpu, vector)?;
-    let line: &'static crate::intr::IoApicLine =
-        alloc::boxed::Box::leak(alloc::boxed::Box::new(crate::intr::IoApicLine { gsi, level: true }));
+    let line = crate::intr::IoApicLine::new(gsi, true).map_err(|e| alloc::format!("{e}"))?;
     let handled = Arc::new(AtomicU64::new(0));
     let (h, dev) = (handled.clone(), edu.clone());
     let handle = INTR

@@ -785,3 +785,14 @@ fn latency_histograms_per_cpu() -> TestResult {
     Ok(())
 }
 ktest!(T_LAT_CPU, "intr::stats::latency_histograms_per_cpu", latency_histograms_per_cpu);
+
+/// A line for a GSI that no IOAPIC serves is refused when it is made, naming the GSI — not
+/// later, in the interrupt path, where masking it would have to panic.
+fn ioapic_line_for_a_missing_gsi_is_refused() -> TestResult {
+    let e = crate::intr::IoApicLine::new(100_000, true).err();
+    kassert!(e.is_some_and(|e| e.gsi == 100_000), "GSI 100000 accepted");
+    let shown = alloc::format!("{}", e.expect("checked"));
+    kassert!(shown.contains("100000"), "the diagnostic does not name the GSI: {shown}");
+    Ok(())
+}
+ktest!(T_NO_GSI, "intr::line::missing_gsi_refused", ioapic_line_for_a_missing_gsi_is_refused);
