@@ -735,3 +735,53 @@ fn many_in_flight_pool() {
 fn many_in_flight_pinned() {
     many_in_flight(3, Model::Pinned);
 }
+
+/// Dropping a soft interrupt's handle waits for a handler that is running: the handler's end
+/// comes before the drop's return, in one sequence.
+#[test]
+fn softint_drop_waits_for_the_running_handler() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        let seq = Arc::new(AtomicU64::new(1));
+        let (running, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let handler_end = counter();
+        let (s2, r2, l2, e2) = (seq.clone(), running.clone(), release.clone(), handler_end.clone());
+        let h = intr
+            .softint_establish("t.soft.drop", Ipl::SoftNet, move || {
+                r2.store(true, Ordering::SeqCst);
+                let limit = HostMachine::now_ns() + T;
+                while !l2.load(Ordering::SeqCst) && HostMachine::now_ns() < limit {
+                    std::hint::spin_loop();
+                }
+                e2.store(s2.fetch_add(1, Ordering::SeqCst), Ordering::SeqCst);
+            })
+            .expect("a soft level");
+        // Scheduled on CPU 1, where its thread then spins; we stay on CPU 0.
+        sched.bind_current(Some(0));
+        let si = h.softint().clone();
+        // (Not joined: the soft thread it wakes outranks it on CPU 1 until the handler ends.)
+        let scheduler =
+            sched.spawn("scheduler", sched::Priority::KTHREAD, Some(1), checked(move || si.schedule()));
+        wait(|| running.load(Ordering::SeqCst), "the soft handler to run");
+        let dropping = Arc::new(AtomicBool::new(false));
+        let drop_returned = counter();
+        let (d2, s3, dr2) = (dropping.clone(), seq.clone(), drop_returned.clone());
+        let t = sched.spawn(
+            "dropper",
+            sched::Priority::KTHREAD,
+            Some(0),
+            checked(move || {
+                d2.store(true, Ordering::SeqCst);
+                drop(h);
+                dr2.store(s3.fetch_add(1, Ordering::SeqCst), Ordering::SeqCst);
+            }),
+        );
+        wait(|| dropping.load(Ordering::SeqCst), "the dropper");
+        release.store(true, Ordering::SeqCst);
+        t.join();
+        scheduler.join();
+        let (end, ret) = (handler_end.load(Ordering::SeqCst), drop_returned.load(Ordering::SeqCst));
+        assert!(end != 0 && end < ret, "the drop returned (seq {ret}) before the handler ended (seq {end})");
+    });
+}
