@@ -10,7 +10,7 @@ use sched::{Priority, ThreadState};
 /// Fewer under Miri, which runs every thread interpreted.
 const N: usize = if cfg!(miri) { 10 } else { 200 };
 /// Longer than a spawn takes, so that runnable threads pile up and every CPU gets some.
-const WORK_NS: u64 = 1_000_000;
+const WORK_NS: u64 = if cfg!(miri) { 10_000 } else { 1_000_000 };
 
 fn spawn_join(ncpus: usize) {
     let sys = HostSystem::boot(ncpus);
@@ -81,7 +81,7 @@ fn spawn_join_200_on_4_cpus() {
 #[test]
 fn join_sees_exit_completed() {
     const ROUNDS: usize = if cfg!(miri) { 5 } else { 1000 };
-    let sys = HostSystem::boot(4);
+    let sys = HostSystem::boot(if cfg!(miri) { 2 } else { 4 });
     sys.run(|sched| {
         sched.bind_current(Some(0));
         let stop = Arc::new(AtomicBool::new(false));
