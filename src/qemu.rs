@@ -9,11 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Event};
+pub use crate::setup::{Accel, QEMU};
 
 /// The kernel shell's prompt (docs/PROTOCOL.md, "Shell").
 pub const SHELL_PROMPT: &str = "ithreads> ";
-/// The QEMU binary.
-pub const QEMU: &str = "qemu-system-x86_64";
 /// The fast firmware used when it is installed (skips SeaBIOS's start-up).
 pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 /// QEMU's exit status when the kernel reports success (`0x10 << 1 | 1`).
@@ -22,24 +21,6 @@ pub const EXIT_SUCCESS: i32 = 33;
 pub const EXIT_FAILURE: i32 = 35;
 /// The default limit on one boot.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The QEMU accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Accel {
-    /// Hardware virtualization (`-accel kvm -cpu host`).
-    Kvm,
-    /// Emulation (`-accel tcg`).
-    Tcg,
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        })
-    }
-}
 
 /// What the guest's serial port receives (QEMU's stdin).
 #[derive(Clone, Default)]

@@ -1,10 +1,32 @@
 //! Setting up the host: the Rust target, QEMU, and the accelerator choice.
+//!
+//! The host tool's modules depend one way: `setup` (a leaf: it owns [`Accel`] and the QEMU
+//! binary's name) ← `kbuild` (builds the kernel) ← `qemu` (boots it) ← the rest.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-use crate::qemu::{Accel, QEMU};
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The QEMU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// Hardware virtualization (`-accel kvm -cpu host`).
+    Kvm,
+    /// Emulation (`-accel tcg`).
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
 
 /// The Rust target the kernel is built for.
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
