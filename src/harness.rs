@@ -187,7 +187,25 @@ pub fn boot_failure(report: &BootReport, goal: Goal) -> Option<String> {
     for line in tail {
         let _ = writeln!(s, "      | {line}");
     }
+    if let Some(hint) = kvm_hint(report) {
+        let _ = writeln!(s, "{hint}");
+    }
     Some(s)
+}
+
+/// After a QEMU failure under KVM (QEMU itself failed: an exit status other than the
+/// kernel's two, or killed by a signal), a one-line hint that TCG works.
+pub fn kvm_hint(report: &BootReport) -> Option<String> {
+    let qemu_failed = match report.outcome {
+        Outcome::Exited { code } => code != EXIT_SUCCESS && code != EXIT_FAILURE,
+        Outcome::Signaled { .. } => true,
+        Outcome::Hang { .. } => false,
+    };
+    (report.accel == qemu::Accel::Kvm && qemu_failed).then(|| {
+        "hint: QEMU failed under KVM (this host's KVM may refuse what the guest needs); \
+         --accel tcg works everywhere"
+            .to_string()
+    })
 }
 
 /// The one-line reason why `report` failed `goal`, or `None`.

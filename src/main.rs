@@ -15,7 +15,7 @@ use ithreads::protocol::Event;
 use ithreads::qemu::{self, Accel, BootConfig, BootReport, SerialInput, Source};
 use ithreads::report::{self, ModelRun, ReportMeta};
 use ithreads::workload::{self, HostCounters, JobResults, Model, Plan};
-use ithreads::{kbuild, setup};
+use ithreads::{cleanup, kbuild, setup};
 
 #[derive(Parser)]
 #[command(
@@ -159,6 +159,11 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SIGINT, SIGTERM, SIGHUP: kill QEMU, remove the disk image, exit 128 + signal.
+    if let Err(e) = cleanup::install_signal_handlers() {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(a) => run(a),
         Command::Shell(a) => shell(a),
@@ -384,6 +389,9 @@ fn file_names(files: &[PathBuf]) -> String {
 /// directly (not the line-by-line supervisor), so the prompt and the guest's echo of each
 /// typed character show at once; QEMU puts a terminal in raw mode and restores it at exit.
 fn shell(a: ShellArgs) -> Result<ExitCode, String> {
+    if !std::io::stdin().is_terminal() {
+        return piped_shell(a);
+    }
     let (accel, kernel) = prepare(a.accel)?;
     let cfg = BootConfig {
         smp: a.smp,
@@ -398,13 +406,12 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
         "shell: {} CPUs, {accel}, cmdline {:?}; `help` lists the commands, `halt` ends (killed after {} s)",
         cfg.smp, cfg.append, a.timeout
     );
-    let mut child = Process::new(qemu::QEMU)
-        .args(&args)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", qemu::QEMU))?;
+    let mut cmd = Process::new(qemu::QEMU);
+    cmd.args(&args).stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    // It reads the terminal: not in a process group of its own (a background group may not).
+    cleanup::prepare_child(&mut cmd, false);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", qemu::QEMU))?;
+    let listed = cleanup::register_child(child.id(), false);
     let deadline = Instant::now() + cfg.timeout;
     let status = loop {
         match child.try_wait().map_err(|e| format!("waiting for {}: {e}", qemu::QEMU))? {
@@ -413,6 +420,7 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
             None => std::thread::sleep(Duration::from_millis(50)),
         }
     };
+    drop(listed);
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
@@ -438,6 +446,64 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
         }
     }
 }
+/// `shell` with a pipe or a file as stdin: QEMU's serial input is fed from our stdin only
+/// once the kernel prints `@@ shell-ready` (bytes sent earlier would reach a UART that is not
+/// listening yet), and at the end of our input the host types `halt`. Serial output is
+/// printed line by line.
+fn piped_shell(a: ShellArgs) -> Result<ExitCode, String> {
+    let (accel, kernel) = prepare(a.accel)?;
+    let input = SerialInput::feeder(|mut qemu_in, events| {
+        use std::io::{Read, Write};
+        if !events.iter().any(|e| matches!(&e, Event::Unknown(l) if l == "@@ shell-ready")) {
+            return;
+        }
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 4096];
+        let mut last = b'\n';
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    last = buf[n - 1];
+                    if qemu_in.write_all(&buf[..n]).and_then(|_| qemu_in.flush()).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let end: &[u8] = if last == b'\n' || last == b'\r' { b"halt\n" } else { b"\nhalt\n" };
+        let _ = qemu_in.write_all(end).and_then(|_| qemu_in.flush());
+    });
+    let cfg = BootConfig {
+        smp: a.smp,
+        accel: Some(accel),
+        append: workload::cmdline("shell", a.model, &a.append)?,
+        extra_args: Vec::new(),
+        timeout: Duration::from_secs(a.timeout),
+        input,
+    };
+    println!(
+        "shell: {} CPUs, {accel}, cmdline {:?}; input from a pipe: typed after @@ shell-ready, then `halt` \
+         (killed after {} s)",
+        cfg.smp, cfg.append, a.timeout
+    );
+    let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, _| match source {
+        Source::Serial => println!("{line}"),
+        Source::Stderr => eprintln!("qemu: {line}"),
+    })?;
+    if report.exited_success() {
+        println!("shell: the kernel halted");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(f) = harness::boot_failure(&report, Goal::Exit) {
+        print!("{f}");
+    }
+    println!("shell: {}", report.outcome);
+    Ok(ExitCode::FAILURE)
+}
+
 fn test(a: TestArgs) -> Result<ExitCode, String> {
     let filter = harness::filter_option(a.filter.as_deref())?;
     let (accel, _kernel) = prepare(a.accel)?;

@@ -376,7 +376,12 @@ pub fn supervise_with_input(
         SerialInput::Inherit => Stdio::inherit(),
     });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Dies with this thread (which waits for it); its own process group unless it reads the
+    // terminal; killed by the signal handler if the tool is interrupted (crate::cleanup).
+    let own_group = !matches!(input, SerialInput::Inherit);
+    crate::cleanup::prepare_child(&mut cmd, own_group);
     let mut child = cmd.spawn()?;
+    let mut listed = Some(crate::cleanup::register_child(child.id(), own_group));
     let mut to_feeder = None;
     if let SerialInput::Feeder(feed) = input {
         let stdin = child.stdin.take().expect("piped stdin");
@@ -437,6 +442,7 @@ pub fn supervise_with_input(
     let mut status: Option<ExitStatus> = None;
     while !hung {
         if let Some(s) = child.try_wait()? {
+            listed = None;
             status = Some(s);
             break;
         }
@@ -454,6 +460,7 @@ pub fn supervise_with_input(
             child.wait()?;
         }
     }
+    drop(listed);
     out.elapsed = start.elapsed();
     // Collect what was still in flight (the pipes close once QEMU is gone).
     let drain_deadline = Instant::now() + Duration::from_secs(2);

@@ -318,6 +318,8 @@ impl Drop for NetPeer {
 /// A raw disk image file for virtio-blk; removes its file on drop.
 pub struct DiskImage {
     path: PathBuf,
+    /// Listed for removal if the tool is interrupted (`crate::cleanup`).
+    _listed: crate::cleanup::Registered,
 }
 
 impl DiskImage {
@@ -332,7 +334,7 @@ impl DiskImage {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let img = DiskImage { path };
+        let img = DiskImage { _listed: crate::cleanup::register_file(path.clone()), path };
         let size = u64::from(size_mib) << 20;
         match std::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "raw"])
