@@ -126,6 +126,14 @@ impl SuiteReport {
     }
 }
 
+/// With a filter, a suite in which no test ran (none failed either) is a failure: a typo in a
+/// filter must not pass. The message names the filter.
+pub fn no_test_matched(report: &SuiteReport, filter: Option<&str>) -> Option<String> {
+    let f = filter?;
+    (report.passed() == 0 && report.failed() == 0)
+        .then(|| format!("test: FAILED: no test name contains '{f}' (--filter {f} matches nothing)"))
+}
+
 /// What a boot was meant to do, for [`boot_failure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Goal {

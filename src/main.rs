@@ -50,7 +50,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct RunArgs {
     /// Number of CPUs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, default_value_t = 4, value_parser = setup::parse_smp)]
     smp: u32,
     /// Accelerator (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
@@ -78,7 +78,7 @@ struct RunArgs {
 #[derive(Args)]
 struct ShellArgs {
     /// Number of CPUs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, default_value_t = 4, value_parser = setup::parse_smp)]
     smp: u32,
     /// Interrupt dispatch model (the kernel's `intr.model=`; default: the kernel's).
     #[arg(long, value_enum)]
@@ -97,7 +97,7 @@ struct ShellArgs {
 #[derive(Args)]
 struct TestArgs {
     /// Number of CPUs (default: boot the suite on 1, 2 and 4 CPUs in turn).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, value_parser = setup::parse_smp)]
     smp: Option<u32>,
     /// Accelerator (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
@@ -116,7 +116,7 @@ struct TestArgs {
 #[derive(Args)]
 struct BootArgs {
     /// Number of CPUs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, default_value_t = 4, value_parser = setup::parse_smp)]
     smp: u32,
     /// Accelerator (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
@@ -134,7 +134,7 @@ struct BenchArgs {
     /// Number of CPUs (the benchmarks run on CPU 0; the others idle, except in the two-CPU
     /// mutex.handoff and in mutex.contended.throughput, which uses every CPU and is booted
     /// again on 1..N-1 CPUs for one figure per CPU count).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, default_value_t = 1, value_parser = setup::parse_smp)]
     smp: u32,
     /// Run only the benchmarks whose name contains PATTERN.
     #[arg(long, value_name = "PATTERN")]
@@ -532,6 +532,10 @@ fn test(a: TestArgs) -> Result<ExitCode, String> {
         }
     }
     println!("{}", report.totals_line());
+    if let Some(none) = harness::no_test_matched(&report, a.filter.as_deref()) {
+        println!("{none}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
