@@ -402,6 +402,7 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
         input: SerialInput::Inherit,
     };
     let args = qemu::qemu_args(&cfg, accel, &kernel);
+    qemu::check_memory(&args)?;
     println!(
         "shell: {} CPUs, {accel}, cmdline {:?}; `help` lists the commands, `halt` ends (killed after {} s)",
         cfg.smp, cfg.append, a.timeout
