@@ -1,9 +1,12 @@
-//! Fuzzing with proptest, part of `cargo test` (256 cases per target by default). A long run:
+//! Fuzzing with proptest, part of `cargo test` (256 cases per target by default): the kernel
+//! command line, the line discipline, shell words and escaping, the NIC frame classifier.
+//! A long run:
 //! `PROPTEST_CASES=1000000 cargo test --release -p ithreads-parse fuzz`. Every failure found
 //! becomes a regression case in `regressions` below (proptest also keeps its seeds in
 //! `tests/fuzz.proptest-regressions`).
 
 use parse::cmdline::{self, KEYS};
+use parse::frame::{self, Frame, FLAG_ECHO, FLAG_END, HEADER_LEN, HOST_MAC};
 use parse::line::{self, Input, LineDiscipline, MAX_LINE};
 use proptest::prelude::*;
 
@@ -181,6 +184,76 @@ proptest! {
             prop_assert!(!w.is_empty() && !w.chars().any(char::is_whitespace));
         }
         prop_assert_eq!(line::command_name(&s), words.first().copied().unwrap_or("-"));
+    }
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x49, 0x54, 0x01];
+
+fn frame_header(seq: u64, flags: u16, n: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&frame::ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(&frame::MAGIC);
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&flags.to_be_bytes());
+    f.extend_from_slice(&(n as u16).to_be_bytes());
+    f
+}
+
+fn data_frame(seq: u64, flags: u16) -> Vec<u8> {
+    let n = frame::payload_len(seq);
+    let mut f = frame_header(seq, flags, n);
+    f.extend((0..n).map(|i| frame::payload_byte(seq, i)));
+    f
+}
+
+proptest! {
+    #[test]
+    fn fuzz_frame_any_bytes(mut f in prop::collection::vec(any::<u8>(), 0..1600), ours in any::<bool>()) {
+        if ours && f.len() >= 18 {
+            // Ours by the Ethernet header and the magic: the rest is junk.
+            f[..18].copy_from_slice(&frame_header(0, 0, 0)[..18]);
+        }
+        match frame::classify(&f, MAC) {
+            Frame::Data { ok: true, len, .. } => prop_assert!(len <= f.len()),
+            Frame::Other => prop_assert!(!ours || f.len() < 14),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn fuzz_frame_valid_data_verifies(seq in any::<u64>(), echo in any::<bool>(), pad in 0usize..64) {
+        let flags = if echo { FLAG_ECHO } else { 0 };
+        let mut f = data_frame(seq, flags);
+        let len = f.len();
+        f.resize(len + pad, 0);
+        prop_assert_eq!(frame::classify(&f, MAC), Frame::Data { seq, flags, ok: true, len });
+    }
+
+    #[test]
+    fn fuzz_frame_damage_is_caught(seq in any::<u64>(), at in any::<prop::sample::Index>(), x in 1u8..=255, cut in any::<bool>()) {
+        let mut f = data_frame(seq, 0);
+        if cut {
+            // Truncated anywhere in the payload.
+            f.truncate(HEADER_LEN + at.index(frame::payload_len(seq)));
+        } else {
+            let i = HEADER_LEN + at.index(frame::payload_len(seq));
+            f[i] ^= x;
+        }
+        let c = frame::classify(&f, MAC);
+        prop_assert!(matches!(c, Frame::Data { ok: false, .. }), "{c:?}");
+    }
+
+    #[test]
+    fn fuzz_frame_end_marker(total in any::<u64>(), first in any::<u64>(), short in any::<bool>()) {
+        let mut f = frame_header(total, FLAG_END, 8);
+        f.extend_from_slice(&first.to_be_bytes());
+        if short {
+            f.pop();
+        }
+        let want = Frame::End { total, first: (!short).then_some(first) };
+        prop_assert_eq!(frame::classify(&f, MAC), want);
     }
 }
 
