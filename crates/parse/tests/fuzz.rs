@@ -217,7 +217,7 @@ proptest! {
         }
         match frame::classify(&f, MAC) {
             Frame::Data { ok: true, len, .. } => prop_assert!(len <= f.len()),
-            Frame::Other => prop_assert!(!ours || f.len() < 14),
+            Frame::Other => prop_assert!(!ours || f.len() < 18),
             _ => {}
         }
     }
