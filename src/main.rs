@@ -443,6 +443,9 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
                 "shell: qemu exited with {}",
                 code.map_or_else(|| status.to_string(), |c| format!("status {c}"))
             );
+            if accel == Accel::Kvm && code != Some(qemu::EXIT_FAILURE) {
+                println!("hint: QEMU failed under KVM (this host's KVM may refuse what the guest needs); --accel tcg works everywhere");
+            }
             Ok(ExitCode::FAILURE)
         }
     }
@@ -563,6 +566,9 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
         }
     }
     println!("boot: {} after {:.2} s", report.outcome, secs(report.elapsed));
+    if let Some(hint) = harness::kvm_hint(&report) {
+        println!("{hint}");
+    }
     Ok(if report.exited_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
