@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 use crate::protocol::Event;
 use crate::qemu::{self, BootConfig, BootReport, Outcome, Source, EXIT_FAILURE, EXIT_SUCCESS};
@@ -126,6 +125,14 @@ impl SuiteReport {
     }
 }
 
+/// With a filter, a suite in which no test ran (none failed either) is a failure: a typo in a
+/// filter must not pass. The message names the filter.
+pub fn no_test_matched(report: &SuiteReport, filter: Option<&str>) -> Option<String> {
+    let f = filter?;
+    (report.passed() == 0 && report.failed() == 0)
+        .then(|| format!("test: FAILED: no test name contains '{f}' (--filter {f} matches nothing)"))
+}
+
 /// What a boot was meant to do, for [`boot_failure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Goal {
@@ -187,7 +194,25 @@ pub fn boot_failure(report: &BootReport, goal: Goal) -> Option<String> {
     for line in tail {
         let _ = writeln!(s, "      | {line}");
     }
+    if let Some(hint) = kvm_hint(report) {
+        let _ = writeln!(s, "{hint}");
+    }
     Some(s)
+}
+
+/// After a QEMU failure under KVM (QEMU itself failed: an exit status other than the
+/// kernel's two, or killed by a signal), a one-line hint that TCG works.
+pub fn kvm_hint(report: &BootReport) -> Option<String> {
+    let qemu_failed = match report.outcome {
+        Outcome::Exited { code } => code != EXIT_SUCCESS && code != EXIT_FAILURE,
+        Outcome::Signaled { .. } => true,
+        Outcome::Hang { .. } => false,
+    };
+    (report.accel == qemu::Accel::Kvm && qemu_failed).then(|| {
+        "hint: QEMU failed under KVM (this host's KVM may refuse what the guest needs); \
+         --accel tcg works everywhere"
+            .to_string()
+    })
 }
 
 /// The one-line reason why `report` failed `goal`, or `None`.
@@ -343,47 +368,47 @@ pub struct Frame {
     pub locations: Vec<(String, String)>,
 }
 
-/// Symbolizes return addresses with `addr2line` (each looked up at `addr - 1`,
-/// inside the call instruction). `None` if `addr2line` is not available or
-/// fails.
+/// Symbolizes return addresses from the kernel ELF's debug information with the `addr2line`
+/// crate (each looked up at `addr - 1`, inside the call instruction): function (demangled,
+/// without its hash), file and line, innermost inlined function first. `None` if the ELF
+/// cannot be read.
 pub fn symbolize(elf: &Path, addrs: &[u64]) -> Option<Vec<Frame>> {
-    if addrs.is_empty() {
-        return Some(Vec::new());
-    }
-    crate::setup::find_in_path("addr2line")?;
-    let out = Command::new("addr2line")
-        .args(["-a", "-f", "-C", "-i", "-e"])
-        .arg(elf)
-        .args(addrs.iter().map(|a| format!("{:#x}", a.saturating_sub(1))))
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let frames = parse_addr2line(&String::from_utf8_lossy(&out.stdout), addrs);
-    (frames.len() == addrs.len()).then_some(frames)
-}
-
-/// Parses `addr2line -a -f -i` output: for each address, a `0x...` line and
-/// then pairs of function / `file:line` lines.
-pub fn parse_addr2line(text: &str, addrs: &[u64]) -> Vec<Frame> {
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        if line.starts_with("0x") {
-            let addr = addrs.get(frames.len()).copied().unwrap_or(0);
-            frames.push(Frame { addr, locations: Vec::new() });
-        } else if let Some(frame) = frames.last_mut() {
-            let file = match lines.peek() {
-                Some(next) if !next.starts_with("0x") => lines.next().unwrap_or(""),
-                _ => "??:?",
-            };
-            if !(line == "??" && file.starts_with("??")) {
-                frame.locations.push((line.to_string(), file.to_string()));
+    let loader = addr2line::Loader::new(elf).ok()?;
+    let frames = addrs
+        .iter()
+        .map(|&addr| {
+            let probe = addr.saturating_sub(1);
+            let mut locations = Vec::new();
+            if let Ok(mut it) = loader.find_frames(probe) {
+                while let Ok(Some(f)) = it.next() {
+                    let func = f
+                        .function
+                        .as_ref()
+                        .and_then(|n| n.demangle().ok().map(|d| d.into_owned()))
+                        .unwrap_or_else(|| "??".into());
+                    let file = match &f.location {
+                        Some(l) => format!(
+                            "{}:{}",
+                            l.file.unwrap_or("??"),
+                            l.line.map_or("?".into(), |n| n.to_string())
+                        ),
+                        None => "??:?".into(),
+                    };
+                    if !(func == "??" && file.starts_with("??")) {
+                        locations.push((func, file));
+                    }
+                }
             }
-        }
-    }
-    frames
+            if locations.is_empty() {
+                // No line information: the symbol table may still name the function.
+                if let Some(sym) = loader.find_symbol(probe) {
+                    locations.push((addr2line::demangle_auto(sym.into(), None).into_owned(), "??:?".into()));
+                }
+            }
+            Frame { addr, locations }
+        })
+        .collect();
+    Some(frames)
 }
 
 /// The backtrace as display lines: symbolized if possible, raw otherwise.
@@ -584,23 +609,6 @@ mod tests {
         assert_eq!(filter_option(Some("sched::rr")).unwrap(), "test.filter=sched::rr");
         assert!(filter_option(Some("a b")).is_err());
         assert!(filter_option(Some("")).is_err());
-    }
-
-    #[test]
-    fn addr2line_output() {
-        let text = "0x0000000000201000\ninner\nsrc/a.rs:10\nouter\nsrc/b.rs:20\n\
-                    0x0000000000202000\n??\n??:0\n";
-        let frames = parse_addr2line(text, &[0x201001, 0x202001]);
-        assert_eq!(frames.len(), 2);
-        assert_eq!(frames[0].addr, 0x201001);
-        assert_eq!(
-            frames[0].locations,
-            [
-                ("inner".to_string(), "src/a.rs:10".to_string()),
-                ("outer".to_string(), "src/b.rs:20".to_string())
-            ]
-        );
-        assert!(frames[1].locations.is_empty());
     }
 
     #[test]

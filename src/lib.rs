@@ -4,6 +4,7 @@
 //! real kernel through the same functions.
 
 pub mod bench;
+pub mod cleanup;
 pub mod harness;
 pub mod kbuild;
 pub mod live;

@@ -15,7 +15,7 @@ use ithreads::protocol::Event;
 use ithreads::qemu::{self, Accel, BootConfig, BootReport, SerialInput, Source};
 use ithreads::report::{self, ModelRun, ReportMeta};
 use ithreads::workload::{self, HostCounters, JobResults, Model, Plan};
-use ithreads::{kbuild, setup};
+use ithreads::{cleanup, kbuild, setup};
 
 #[derive(Parser)]
 #[command(
@@ -50,7 +50,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct RunArgs {
     /// Number of CPUs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, default_value_t = 4, value_parser = setup::parse_smp)]
     smp: u32,
     /// Accelerator (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
@@ -78,7 +78,7 @@ struct RunArgs {
 #[derive(Args)]
 struct ShellArgs {
     /// Number of CPUs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, default_value_t = 4, value_parser = setup::parse_smp)]
     smp: u32,
     /// Interrupt dispatch model (the kernel's `intr.model=`; default: the kernel's).
     #[arg(long, value_enum)]
@@ -97,7 +97,7 @@ struct ShellArgs {
 #[derive(Args)]
 struct TestArgs {
     /// Number of CPUs (default: boot the suite on 1, 2 and 4 CPUs in turn).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, value_parser = setup::parse_smp)]
     smp: Option<u32>,
     /// Accelerator (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
@@ -116,7 +116,7 @@ struct TestArgs {
 #[derive(Args)]
 struct BootArgs {
     /// Number of CPUs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, default_value_t = 4, value_parser = setup::parse_smp)]
     smp: u32,
     /// Accelerator (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
@@ -134,7 +134,7 @@ struct BenchArgs {
     /// Number of CPUs (the benchmarks run on CPU 0; the others idle, except in the two-CPU
     /// mutex.handoff and in mutex.contended.throughput, which uses every CPU and is booted
     /// again on 1..N-1 CPUs for one figure per CPU count).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, default_value_t = 1, value_parser = setup::parse_smp)]
     smp: u32,
     /// Run only the benchmarks whose name contains PATTERN.
     #[arg(long, value_name = "PATTERN")]
@@ -159,6 +159,11 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SIGINT, SIGTERM, SIGHUP: kill QEMU, remove the disk image, exit 128 + signal.
+    if let Err(e) = cleanup::install_signal_handlers() {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(a) => run(a),
         Command::Shell(a) => shell(a),
@@ -384,6 +389,9 @@ fn file_names(files: &[PathBuf]) -> String {
 /// directly (not the line-by-line supervisor), so the prompt and the guest's echo of each
 /// typed character show at once; QEMU puts a terminal in raw mode and restores it at exit.
 fn shell(a: ShellArgs) -> Result<ExitCode, String> {
+    if !std::io::stdin().is_terminal() {
+        return piped_shell(a);
+    }
     let (accel, kernel) = prepare(a.accel)?;
     let cfg = BootConfig {
         smp: a.smp,
@@ -394,17 +402,17 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
         input: SerialInput::Inherit,
     };
     let args = qemu::qemu_args(&cfg, accel, &kernel);
+    qemu::check_memory(&args)?;
     println!(
         "shell: {} CPUs, {accel}, cmdline {:?}; `help` lists the commands, `halt` ends (killed after {} s)",
         cfg.smp, cfg.append, a.timeout
     );
-    let mut child = Process::new(qemu::QEMU)
-        .args(&args)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", qemu::QEMU))?;
+    let mut cmd = Process::new(qemu::QEMU);
+    cmd.args(&args).stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    // It reads the terminal: not in a process group of its own (a background group may not).
+    cleanup::prepare_child(&mut cmd, false);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", qemu::QEMU))?;
+    let listed = cleanup::register_child(child.id(), false);
     let deadline = Instant::now() + cfg.timeout;
     let status = loop {
         match child.try_wait().map_err(|e| format!("waiting for {}: {e}", qemu::QEMU))? {
@@ -413,6 +421,7 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
             None => std::thread::sleep(Duration::from_millis(50)),
         }
     };
+    drop(listed);
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
@@ -434,10 +443,71 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
                 "shell: qemu exited with {}",
                 code.map_or_else(|| status.to_string(), |c| format!("status {c}"))
             );
+            if accel == Accel::Kvm && code != Some(qemu::EXIT_FAILURE) {
+                println!("hint: QEMU failed under KVM (this host's KVM may refuse what the guest needs); --accel tcg works everywhere");
+            }
             Ok(ExitCode::FAILURE)
         }
     }
 }
+/// `shell` with a pipe or a file as stdin: QEMU's serial input is fed from our stdin only
+/// once the kernel prints `@@ shell-ready` (bytes sent earlier would reach a UART that is not
+/// listening yet), and at the end of our input the host types `halt`. Serial output is
+/// printed line by line.
+fn piped_shell(a: ShellArgs) -> Result<ExitCode, String> {
+    let (accel, kernel) = prepare(a.accel)?;
+    let input = SerialInput::feeder(|mut qemu_in, events| {
+        use std::io::{Read, Write};
+        if !events.iter().any(|e| matches!(&e, Event::Unknown(l) if l == "@@ shell-ready")) {
+            return;
+        }
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 4096];
+        let mut last = b'\n';
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    last = buf[n - 1];
+                    if qemu_in.write_all(&buf[..n]).and_then(|_| qemu_in.flush()).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let end: &[u8] = if last == b'\n' || last == b'\r' { b"halt\n" } else { b"\nhalt\n" };
+        let _ = qemu_in.write_all(end).and_then(|_| qemu_in.flush());
+    });
+    let cfg = BootConfig {
+        smp: a.smp,
+        accel: Some(accel),
+        append: workload::cmdline("shell", a.model, &a.append)?,
+        extra_args: Vec::new(),
+        timeout: Duration::from_secs(a.timeout),
+        input,
+    };
+    println!(
+        "shell: {} CPUs, {accel}, cmdline {:?}; input from a pipe: typed after @@ shell-ready, then `halt` \
+         (killed after {} s)",
+        cfg.smp, cfg.append, a.timeout
+    );
+    let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, _| match source {
+        Source::Serial => println!("{line}"),
+        Source::Stderr => eprintln!("qemu: {line}"),
+    })?;
+    if report.exited_success() {
+        println!("shell: the kernel halted");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(f) = harness::boot_failure(&report, Goal::Exit) {
+        print!("{f}");
+    }
+    println!("shell: {}", report.outcome);
+    Ok(ExitCode::FAILURE)
+}
+
 fn test(a: TestArgs) -> Result<ExitCode, String> {
     let filter = harness::filter_option(a.filter.as_deref())?;
     let (accel, _kernel) = prepare(a.accel)?;
@@ -466,6 +536,10 @@ fn test(a: TestArgs) -> Result<ExitCode, String> {
         }
     }
     println!("{}", report.totals_line());
+    if let Some(none) = harness::no_test_matched(&report, a.filter.as_deref()) {
+        println!("{none}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -492,6 +566,9 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
         }
     }
     println!("boot: {} after {:.2} s", report.outcome, secs(report.elapsed));
+    if let Some(hint) = harness::kvm_hint(&report) {
+        println!("{hint}");
+    }
     Ok(if report.exited_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -9,11 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Event};
+pub use crate::setup::{Accel, QEMU};
 
 /// The kernel shell's prompt (docs/PROTOCOL.md, "Shell").
 pub const SHELL_PROMPT: &str = "ithreads> ";
-/// The QEMU binary.
-pub const QEMU: &str = "qemu-system-x86_64";
 /// The fast firmware used when it is installed (skips SeaBIOS's start-up).
 pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 /// QEMU's exit status when the kernel reports success (`0x10 << 1 | 1`).
@@ -22,24 +21,6 @@ pub const EXIT_SUCCESS: i32 = 33;
 pub const EXIT_FAILURE: i32 = 35;
 /// The default limit on one boot.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The QEMU accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Accel {
-    /// Hardware virtualization (`-accel kvm -cpu host`).
-    Kvm,
-    /// Emulation (`-accel tcg`).
-    Tcg,
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        })
-    }
-}
 
 /// What the guest's serial port receives (QEMU's stdin).
 #[derive(Clone, Default)]
@@ -176,6 +157,40 @@ pub fn build_args(cfg: &BootConfig, accel: Accel, kernel: &Path, bios: Option<&P
     }
     args.extend(cfg.extra_args.iter().cloned());
     args
+}
+
+/// The least guest memory the kernel is known to run with: its in-kernel suite on 4 CPUs
+/// passes with 64 MiB and runs out of heap at 32 MiB (below 4 MiB QEMU cannot even load it and
+/// exits with status 0 before the kernel prints anything). Every boot gets 256 MiB unless
+/// `extra_args` sets `-m`.
+pub const MIN_GUEST_MEMORY_MIB: u64 = 64;
+
+/// The guest memory in MiB that QEMU's arguments ask for: the last `-m` (`-m 256M`,
+/// `-m 2G`, `-m 512`, `-m size=1G,...`; no suffix means MiB). `None` if there is no `-m` or
+/// it cannot be read.
+pub fn guest_memory_mib(args: &[String]) -> Option<u64> {
+    let v = args.windows(2).rev().find(|w| w[0] == "-m")?[1].as_str();
+    let v = v.split(',').next()?.trim_start_matches("size=");
+    let (num, mul) = match v.char_indices().last()? {
+        (i, 'K' | 'k') => (&v[..i], 1.0 / 1024.0),
+        (i, 'M' | 'm') => (&v[..i], 1.0),
+        (i, 'G' | 'g') => (&v[..i], 1024.0),
+        (i, 'T' | 't') => (&v[..i], 1024.0 * 1024.0),
+        _ => (v, 1.0),
+    };
+    let n: f64 = num.parse().ok()?;
+    Some((n * mul) as u64)
+}
+
+/// Refuses QEMU arguments whose guest memory is below [`MIN_GUEST_MEMORY_MIB`], naming it.
+pub fn check_memory(args: &[String]) -> Result<(), String> {
+    match guest_memory_mib(args) {
+        Some(mib) if mib < MIN_GUEST_MEMORY_MIB => Err(format!(
+            "guest memory {mib} MiB is below the kernel's minimum of {MIN_GUEST_MEMORY_MIB} MiB \
+             (-m {MIN_GUEST_MEMORY_MIB}M or more)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Quotes `args` for display as a shell command.
@@ -344,8 +359,10 @@ pub fn boot_elf(
     kernel: &Path,
     on_line: impl FnMut(Source, &str, Option<&Event>),
 ) -> Result<BootReport, String> {
+    let args = qemu_args(cfg, accel, kernel);
+    check_memory(&args)?;
     let mut cmd = Command::new(QEMU);
-    cmd.args(qemu_args(cfg, accel, kernel));
+    cmd.args(args);
     let run = supervise_with_input(cmd, cfg.timeout, &cfg.input, on_line)
         .map_err(|e| format!("cannot run {QEMU}: {e}"))?;
     Ok(BootReport {
@@ -395,7 +412,12 @@ pub fn supervise_with_input(
         SerialInput::Inherit => Stdio::inherit(),
     });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Dies with this thread (which waits for it); its own process group unless it reads the
+    // terminal; killed by the signal handler if the tool is interrupted (crate::cleanup).
+    let own_group = !matches!(input, SerialInput::Inherit);
+    crate::cleanup::prepare_child(&mut cmd, own_group);
     let mut child = cmd.spawn()?;
+    let mut listed = Some(crate::cleanup::register_child(child.id(), own_group));
     let mut to_feeder = None;
     if let SerialInput::Feeder(feed) = input {
         let stdin = child.stdin.take().expect("piped stdin");
@@ -456,6 +478,7 @@ pub fn supervise_with_input(
     let mut status: Option<ExitStatus> = None;
     while !hung {
         if let Some(s) = child.try_wait()? {
+            listed = None;
             status = Some(s);
             break;
         }
@@ -473,6 +496,7 @@ pub fn supervise_with_input(
             child.wait()?;
         }
     }
+    drop(listed);
     out.elapsed = start.elapsed();
     // Collect what was still in flight (the pipes close once QEMU is gone).
     let drain_deadline = Instant::now() + Duration::from_secs(2);
@@ -577,6 +601,27 @@ mod tests {
         let args = build_args(&c, Accel::Tcg, Path::new("k"), None);
         let i = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[i + 1], "");
+    }
+
+    #[test]
+    fn too_little_memory_is_refused_naming_the_minimum() {
+        let mut c = cfg();
+        let args = build_args(&c, Accel::Tcg, Path::new("k"), None);
+        assert_eq!(guest_memory_mib(&args), Some(256));
+        assert!(check_memory(&args).is_ok());
+        c.extra_args = ["-m", "2M"].map(String::from).to_vec();
+        let args = build_args(&c, Accel::Tcg, Path::new("k"), None);
+        assert_eq!(guest_memory_mib(&args), Some(2));
+        let e = check_memory(&args).unwrap_err();
+        assert!(e.contains("2 MiB") && e.contains("minimum of 64 MiB"), "{e}");
+        for (v, mib) in
+            [("1G", Some(1024)), ("512", Some(512)), ("size=128M,slots=2", Some(128)), ("x", None)]
+        {
+            assert_eq!(guest_memory_mib(&["-m".into(), v.into()]), mib, "{v}");
+        }
+        // The boot itself is refused before QEMU starts.
+        let e = boot_elf(&c, Accel::Tcg, Path::new("k"), |_, _, _| {}).unwrap_err();
+        assert!(e.contains("minimum of 64 MiB"), "{e}");
     }
 
     #[test]

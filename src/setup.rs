@@ -1,10 +1,45 @@
 //! Setting up the host: the Rust target, QEMU, and the accelerator choice.
+//!
+//! The host tool's modules depend one way: `setup` (a leaf: it owns [`Accel`] and the QEMU
+//! binary's name) ← `kbuild` (builds the kernel) ← `qemu` (boots it) ← the rest.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-use crate::qemu::{Accel, QEMU};
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The QEMU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// Hardware virtualization (`-accel kvm -cpu host`).
+    Kvm,
+    /// Emulation (`-accel tcg`).
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// The most CPUs the kernel runs on (`sched::MAX_CPUS`; it would ignore the others).
+pub const MAX_SMP: u32 = 64;
+
+/// Parses an `--smp` value: 1 ..= [`MAX_SMP`], refused beyond with a message naming the limit.
+pub fn parse_smp(s: &str) -> Result<u32, String> {
+    let n: u32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of CPUs"))?;
+    match n {
+        0 => Err("at least 1 CPU".into()),
+        n if n > MAX_SMP => Err(format!("{n} CPUs: the kernel supports at most {MAX_SMP} (sched::MAX_CPUS)")),
+        n => Ok(n),
+    }
+}
 
 /// The Rust target the kernel is built for.
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
@@ -171,6 +206,17 @@ mod tests {
     fn forced_accel_wins() {
         assert_eq!(choose_accel(Some(Accel::Kvm)).0, Accel::Kvm);
         assert_eq!(choose_accel(Some(Accel::Tcg)).0, Accel::Tcg);
+    }
+
+    #[test]
+    fn smp_limit_is_the_kernels() {
+        assert_eq!(MAX_SMP as usize, sched::MAX_CPUS);
+        assert_eq!(parse_smp("64"), Ok(64));
+        assert_eq!(parse_smp("1"), Ok(1));
+        let e = parse_smp("255").unwrap_err();
+        assert!(e.contains("at most 64"), "{e}");
+        assert!(parse_smp("0").is_err());
+        assert!(parse_smp("x").is_err());
     }
 
     #[test]

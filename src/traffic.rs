@@ -318,6 +318,8 @@ impl Drop for NetPeer {
 /// A raw disk image file for virtio-blk; removes its file on drop.
 pub struct DiskImage {
     path: PathBuf,
+    /// Listed for removal if the tool is interrupted (`crate::cleanup`).
+    _listed: crate::cleanup::Registered,
 }
 
 impl DiskImage {
@@ -332,7 +334,7 @@ impl DiskImage {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let img = DiskImage { path };
+        let img = DiskImage { _listed: crate::cleanup::register_file(path.clone()), path };
         let size = u64::from(size_mib) << 20;
         match std::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "raw"])
@@ -384,6 +386,20 @@ impl Drop for DiskImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host's frames are what the kernel's classifier (`parse::frame`) verifies.
+    #[test]
+    fn kernel_classifier_accepts_host_frames() {
+        use parse::frame::{classify, Frame};
+        for seq in [0u64, 1, 96, 97, 1 << 40, u64::MAX] {
+            for flags in [0, FLAG_ECHO] {
+                let f = build_frame(seq, flags);
+                assert_eq!(classify(&f, GUEST_MAC), Frame::Data { seq, flags, ok: true, len: f.len() });
+            }
+        }
+        assert_eq!(classify(&build_end(8000, 5), GUEST_MAC), Frame::End { total: 8000, first: Some(5) });
+        assert_eq!(parse::frame::HOST_MAC, HOST_MAC);
+    }
 
     #[test]
     fn frames_round_trip_as_echoes() {

@@ -66,6 +66,10 @@ fn harness_reports_panic() {
     assert!(v.is_failure(), "{why}");
     let text = v.failure_text();
     assert!(text.contains("deliberate panic"), "{text}");
+    // The backtrace is symbolized from the kernel ELF (the addr2line crate): a kernel
+    // function with its file and line.
+    assert!(text.contains("ithreads_kernel::main_thread"), "{text}");
+    assert!(text.contains("kernel/src/main.rs:"), "{text}");
 }
 
 #[test]

@@ -1,36 +1,15 @@
-//! The kernel command line (`-append`): space-separated `key=value` options, parsed into
-//! [`Options`]. An unknown key or a malformed value is an error naming the option; the
+//! The kernel command line (`-append`): space-separated `key=value` options, parsed by the
+//! portable parser `parse::cmdline` (crates/parse, fuzzed on the host) into [`Options`]. An
+//! unknown key, a malformed value or a key given twice is an error naming the option; the
 //! kernel reports it (`@@ cmdline-error`) and exits with the failure status. The options are
 //! listed in docs/PROTOCOL.md.
 
-use alloc::string::{String, ToString};
+use alloc::string::String;
 
-/// What to do after boot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunMode {
-    /// The default scenario.
-    Scenario,
-    /// The in-kernel test suite.
-    Tests,
-    /// The benchmarks (`kernel/src/bench/`).
-    Bench,
-    /// The serial shell on COM1 (`kernel/src/shell/`), until `halt`.
-    Shell,
-}
+pub use ::parse::cmdline::{CmdlineError, HarnessCheck, RunMode};
 
-/// A deliberate failure, to test the host harness.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HarnessCheck {
-    /// Panic after boot.
-    Panic,
-    /// Hang after boot.
-    Hang,
-    /// Establish an interrupt source whose filter sleeps, and raise it (the diagnostic must
-    /// name the source).
-    FilterSleep,
-}
-
-/// Typed kernel options.
+/// Typed kernel options (`parse::cmdline::Options` with the interrupt model as
+/// `intr::Model`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     /// `run=`
@@ -59,105 +38,38 @@ pub struct Options {
     pub bench_unit: &'static str,
 }
 
+impl From<::parse::cmdline::Options> for Options {
+    fn from(o: ::parse::cmdline::Options) -> Self {
+        use ::parse::cmdline::ModelName;
+        Options {
+            run: o.run,
+            test_filter: o.test_filter,
+            harness: o.harness,
+            hz: o.hz,
+            scenario_ms: o.scenario_ms,
+            intr_model: match o.intr_model {
+                ModelName::Direct => intr::Model::Direct,
+                ModelName::Dedicated => intr::Model::Dedicated,
+                ModelName::Pool => intr::Model::Pool,
+                ModelName::Pinned => intr::Model::Pinned,
+            },
+            lockcheck: o.lockcheck,
+            lockstat: o.lockstat,
+            workload_serial: o.workload_serial,
+            bench_filter: o.bench_filter,
+            bench_samples: o.bench_samples,
+            bench_unit: o.bench_unit,
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            run: RunMode::Scenario,
-            test_filter: String::new(),
-            harness: None,
-            hz: 100,
-            scenario_ms: 2000,
-            intr_model: intr::Model::Pool,
-            lockcheck: None,
-            lockstat: true,
-            workload_serial: false,
-            bench_filter: String::new(),
-            bench_samples: 100_000,
-            bench_unit: "tsc",
-        }
+        ::parse::cmdline::Options::default().into()
     }
 }
 
-/// A rejected option.
-#[derive(Debug, PartialEq, Eq)]
-pub struct CmdlineError {
-    /// The key as written.
-    pub option: String,
-    /// Why it was rejected.
-    pub msg: String,
-}
-
-fn err(option: &str, msg: &str) -> CmdlineError {
-    CmdlineError { option: option.to_string(), msg: msg.to_string() }
-}
-
-fn number<T: core::str::FromStr + PartialOrd + Copy>(
-    key: &str,
-    v: &str,
-    lo: T,
-    hi: T,
-) -> Result<T, CmdlineError> {
-    match v.parse::<T>() {
-        Ok(n) if n >= lo && n <= hi => Ok(n),
-        _ => Err(err(key, "expected a number in range")),
-    }
-}
-
-fn on_off(key: &str, v: &str) -> Result<bool, CmdlineError> {
-    match v {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(err(key, "expected on or off")),
-    }
-}
-
-/// Parses a command line.
+/// Parses a command line (`parse::cmdline::parse`).
 pub fn parse(line: &str) -> Result<Options, CmdlineError> {
-    let mut o = Options::default();
-    for word in line.split_ascii_whitespace() {
-        let Some((key, value)) = word.split_once('=') else {
-            return Err(err(word, "expected key=value"));
-        };
-        match key {
-            "run" => {
-                o.run = match value {
-                    "scenario" => RunMode::Scenario,
-                    "tests" => RunMode::Tests,
-                    "bench" => RunMode::Bench,
-                    "shell" => RunMode::Shell,
-                    _ => return Err(err(key, "expected scenario, tests, bench or shell")),
-                }
-            }
-            "test.filter" => o.test_filter = value.to_string(),
-            "test.harness" => {
-                o.harness = Some(match value {
-                    "panic" => HarnessCheck::Panic,
-                    "hang" => HarnessCheck::Hang,
-                    "filter-sleep" => HarnessCheck::FilterSleep,
-                    _ => return Err(err(key, "expected panic, hang or filter-sleep")),
-                })
-            }
-            "hz" => o.hz = number(key, value, 10u32, 1000)?,
-            "scenario.ms" => o.scenario_ms = number(key, value, 10u64, 60_000)?,
-            "intr.model" => {
-                o.intr_model = intr::Model::from_name(value)
-                    .ok_or_else(|| err(key, "expected direct, dedicated, pool or pinned"))?
-            }
-            "lockcheck" => o.lockcheck = Some(on_off(key, value)?),
-            "lockstat" => o.lockstat = on_off(key, value)?,
-            "workload.serial" => o.workload_serial = on_off(key, value)?,
-            "bench.filter" => o.bench_filter = value.to_string(),
-            "bench.samples" => o.bench_samples = number(key, value, 1usize, 1_000_000)?,
-            "bench.unit" => {
-                o.bench_unit = match value {
-                    "instructions" => "instructions",
-                    "cycles" => "cycles",
-                    "tsc" => "tsc",
-                    _ => return Err(err(key, "expected instructions, cycles or tsc")),
-                }
-            }
-            _ => return Err(err(key, "unknown option")),
-        }
-    }
-    Ok(o)
+    ::parse::cmdline::parse(line).map(Options::from)
 }

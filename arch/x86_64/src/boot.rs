@@ -92,7 +92,17 @@ extern "C" fn arch_boot_bsp(start_info: usize) -> ! {
     let cmdline = if si.cmdline_paddr != 0 {
         // SAFETY: the PVH loader placed a NUL-terminated command line there.
         let c = unsafe { core::ffi::CStr::from_ptr(si.cmdline_paddr as *const core::ffi::c_char) };
-        c.to_str().unwrap_or("")
+        match c.to_str() {
+            Ok(s) => s,
+            Err(e) => {
+                // A boot error in the protocol's form (docs/PROTOCOL.md), not a silent drop.
+                kprintln!(
+                    "@@ cmdline-error option=- msg=the command line is not UTF-8 (invalid byte at offset {})",
+                    e.valid_up_to()
+                );
+                crate::exit::exit_qemu(false);
+            }
+        }
     } else {
         ""
     };

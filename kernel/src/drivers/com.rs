@@ -16,9 +16,10 @@
 //!   so no byte is ever dropped (flow control); the soft interrupt turns it back on once it
 //!   has drained the ring.
 //! - **Soft interrupt (thread context, may block):** drains the ring through the line
-//!   discipline: `\r` or `\n` ends a line (a `\n` right after `\r` is one end), backspace
-//!   and DEL erase, other control characters are kept; a line longer than [`MAX_LINE`] is
-//!   cut there and counted. Complete lines go to a bounded queue read by [`read_line`]
+//!   discipline (`parse::line::LineDiscipline`, portable and fuzzed on the host): `\r` or
+//!   `\n` ends a line (a `\n` right after `\r` is one end), backspace and DEL erase, other
+//!   control characters are kept, bytes that are not UTF-8 become `\xNN`; a line longer
+//!   than [`MAX_LINE`] is discarded up to its end and delivered as its length only (counted). Complete lines go to a bounded queue read by [`read_line`]
 //!   (blocking). With echo on (the shell) typed characters are echoed.
 //! - Transmit is interrupt-driven once [`start`] has run (see `arch::serial`).
 //!
@@ -35,6 +36,7 @@ use alloc::collections::VecDeque;
 use alloc::string::String;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use ::parse::line::{Echo, Input, LineDiscipline};
 use intr::{FilterResult, IntrFlags, IntrHandle, Model, SourceSpec};
 use ipl::Ipl;
 
@@ -45,8 +47,8 @@ use crate::locks::{CondVar, KernelEnv, Mutex};
 pub const COM1_VECTOR: u8 = 0x40;
 /// COM2's vector (the storm fault).
 pub const COM2_VECTOR: u8 = 0x44;
-/// Longest line the discipline keeps; longer input is cut here.
-pub const MAX_LINE: usize = 512;
+/// Longest line the discipline keeps; a longer one is discarded up to its end.
+pub const MAX_LINE: usize = ::parse::line::MAX_LINE;
 /// Receive ring size.
 const RX_RING: usize = 4096;
 /// Lines kept unread before the oldest is dropped (and counted).
@@ -68,17 +70,16 @@ impl RxRing {
 static RX: Mutex<RxRing> =
     Mutex::new_spin("com1.rx", Ipl::High, RxRing { buf: [0; RX_RING], head: 0, len: 0 });
 
-/// The line discipline's state (soft interrupt side).
+/// The line discipline's state (soft interrupt side): `parse::line::LineDiscipline` and the
+/// queue of delivered lines (`parse::line::Input::into_string`: an overlong line is queued as
+/// its length, see [`read_line`]).
 struct LineDisc {
-    partial: alloc::vec::Vec<u8>,
-    last_cr: bool,
+    disc: LineDiscipline,
     lines: VecDeque<String>,
 }
 
-static LINES: Mutex<LineDisc> = Mutex::new_adaptive(
-    "com1.lines",
-    LineDisc { partial: alloc::vec::Vec::new(), last_cr: false, lines: VecDeque::new() },
-);
+static LINES: Mutex<LineDisc> =
+    Mutex::new_adaptive("com1.lines", LineDisc { disc: LineDiscipline::new(), lines: VecDeque::new() });
 static LINE_READY: CondVar = CondVar::new("com1.line");
 
 static RX_STOPPED: AtomicBool = AtomicBool::new(false);
@@ -93,7 +94,7 @@ pub struct ComStats {
     pub rx_bytes: AtomicU64,
     /// Complete lines queued.
     pub lines: AtomicU64,
-    /// Lines cut at [`MAX_LINE`].
+    /// Lines longer than [`MAX_LINE`], discarded.
     pub long_lines: AtomicU64,
     /// Lines dropped because nobody read them.
     pub lines_dropped: AtomicU64,
@@ -257,43 +258,26 @@ fn discipline(bytes: &[u8]) {
     let mut woke = false;
     let mut ld = LINES.lock();
     for &b in bytes {
-        let cr = ld.last_cr;
-        ld.last_cr = b == b'\r';
-        match b {
-            b'\n' if cr => {}
-            b'\r' | b'\n' => {
-                let line = String::from_utf8_lossy(&ld.partial).into_owned();
-                ld.partial.clear();
-                if ld.lines.len() >= MAX_QUEUED_LINES {
-                    ld.lines.pop_front();
-                    STATS.lines_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                ld.lines.push_back(line);
-                STATS.lines.fetch_add(1, Ordering::Relaxed);
-                woke = true;
-                if echo {
-                    arch::kprint!("\n");
-                }
-            }
-            0x08 | 0x7F => {
-                if ld.partial.pop().is_some() && echo {
-                    arch::kprint!("\x08 \x08");
-                }
-            }
-            _ => {
-                if ld.partial.len() >= MAX_LINE {
-                    STATS.long_lines.fetch_add(1, Ordering::Relaxed);
-                    let line = String::from_utf8_lossy(&ld.partial).into_owned();
-                    ld.partial.clear();
-                    ld.lines.push_back(line);
-                    woke = true;
-                }
-                ld.partial.push(b);
-                if echo && (b == b'\t' || (0x20..0x7F).contains(&b)) {
-                    arch::kprint!("{}", b as char);
-                }
+        let (shown, input) = ld.disc.feed(b);
+        if echo {
+            match shown {
+                Echo::None => {}
+                Echo::Char(c) => arch::kprint!("{}", c as char),
+                Echo::Newline => arch::kprint!("\n"),
+                Echo::Erase => arch::kprint!("\x08 \x08"),
             }
         }
+        let Some(input) = input else { continue };
+        if matches!(input, Input::Overlong(_)) {
+            STATS.long_lines.fetch_add(1, Ordering::Relaxed);
+        }
+        if ld.lines.len() >= MAX_QUEUED_LINES {
+            ld.lines.pop_front();
+            STATS.lines_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ld.lines.push_back(input.into_string());
+        STATS.lines.fetch_add(1, Ordering::Relaxed);
+        woke = true;
     }
     drop(ld);
     if woke {
@@ -346,7 +330,9 @@ pub fn set_echo(on: bool) {
     ECHO.store(on, Ordering::Relaxed);
 }
 
-/// Blocks until a complete line has been received, and returns it (without its end).
+/// Blocks until a complete line has been received, and returns it (without its end;
+/// bytes that are not UTF-8 as `\xNN`). A line longer than [`MAX_LINE`] comes back as `\n`
+/// and its length (`parse::line::Input::from_string` tells them apart).
 pub fn read_line() -> String {
     let mut g = LINES.lock();
     loop {

@@ -88,15 +88,16 @@ const COMMANDS: [(&str, &str, &str); 8] = [
     ("halt", "halt", "leave the shell; QEMU exits with success"),
 ];
 
-/// The name a line's command goes by in the terminator (`-` for an empty line).
+/// The name a line's command goes by in the terminator (`-` for an empty line):
+/// `parse::line::command_name`.
 pub fn command_name(line: &str) -> &str {
-    line.split_whitespace().next().unwrap_or("-")
+    ::parse::line::command_name(line)
 }
 
 /// Runs one command line, writing its output to `out`. Returns an error naming the culprit
 /// for an unknown command or bad arguments. An empty line does nothing.
 pub fn execute(line: &str, out: &mut dyn Write) -> Result<Outcome, ShellError> {
-    let mut words = line.split_whitespace();
+    let mut words = ::parse::line::words(line);
     let Some(cmd) = words.next() else { return Ok(Outcome::Continue) };
     let args: alloc::vec::Vec<&str> = words.collect();
     match cmd {
@@ -184,14 +185,31 @@ pub fn run(read_line: &mut dyn FnMut() -> Option<String>) -> bool {
     halted
 }
 
-/// [`run`] writing to `out` (the console writes a line at a time).
+/// [`run`] writing to `out` (the console writes a line at a time). Everything written goes
+/// through `parse::line::escape`: control characters (other than the newline) and, via the
+/// line reader, bytes that are not UTF-8 that came from the input are printed escaped
+/// (`\x1b`, `\xff`), never raw. A line longer than `parse::line::MAX_LINE` bytes (the line
+/// reader delivers only its length) runs nothing: one error naming its length.
 pub fn run_with(read_line: &mut dyn FnMut() -> Option<String>, out: &mut dyn Write) -> bool {
+    let out = &mut Escaped { out };
     let _ = writeln!(out, "@@ shell-ready");
     loop {
         let _ = write!(out, "{PROMPT}");
         let Some(line) = read_line() else {
             let _ = writeln!(out, "\n@@ shell-eof");
             return false;
+        };
+        let line = match ::parse::line::Input::from_string(line) {
+            ::parse::line::Input::Line(l) => l,
+            ::parse::line::Input::Overlong(len) => {
+                let _ = writeln!(
+                    out,
+                    "error: line too long ({len} bytes; the limit is {}): discarded, nothing ran\n\
+                     @@ shell-done cmd=- status=error",
+                    crate::drivers::com::MAX_LINE
+                );
+                continue;
+            }
         };
         let line = line.trim();
         if line.is_empty() {
@@ -205,6 +223,21 @@ pub fn run_with(read_line: &mut dyn FnMut() -> Option<String>, out: &mut dyn Wri
         };
         if outcome == Ok(Outcome::Halt) {
             return true;
+        }
+    }
+}
+
+/// A writer that escapes control characters except `\n` (`parse::line::escape`).
+struct Escaped<'a> {
+    out: &'a mut dyn Write,
+}
+
+impl Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.chars().any(::parse::line::needs_escape) {
+            self.out.write_str(&::parse::line::escape(s))
+        } else {
+            self.out.write_str(s)
         }
     }
 }

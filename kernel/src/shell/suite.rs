@@ -94,6 +94,9 @@ pub fn bench(args: &[&str], out: &mut dyn Write) -> Result<(), ShellError> {
         }
     }
     opts.bench_filter = String::from(if filter == "-" { "" } else { filter });
+    if !kbench::registry().iter().any(|k| kbench::selected(k.name, &opts.bench_filter)) {
+        bail!("bench: no benchmark name contains '{}'", opts.bench_filter);
+    }
     let w = &SYNC.witness;
     let stats = w.stats_on();
     let bound = SCHED.current().bound_cpu();

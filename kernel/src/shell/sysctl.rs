@@ -171,8 +171,19 @@ type Builtin = (&'static str, &'static str, fn() -> String, Option<fn(&str) -> R
 const BUILTIN: [Builtin; 13] = [
     (
         "intr.pool.size",
-        "pooled ithreads (2 x NCPU ..= pool-model handlers; see intr.pool.bounds)",
-        || INTR.pool.stats().size.to_string(),
+        "pooled ithreads: the target size (settable, 2 x NCPU ..= pool-model handlers; see \
+         intr.pool.bounds) and the live size (threads that exist now; the pool starts them on \
+         its first pool-model handler or resize)",
+        || {
+            // The size the pool works towards: the one asked for, clamped to the bounds; never
+            // asked (0): the lower bound (the rule of `intr::pool::Pool::resize`).
+            let (lo, hi) = INTR.pool.size_bounds();
+            let target = match INTR.pool.target() {
+                0 => lo,
+                t => t.clamp(lo, hi),
+            };
+            alloc::format!("{target} (target; live {})", INTR.pool.stats().size)
+        },
         Some(|v| {
             let n = usize::try_from(parse_u64(v)?).map_err(|_| String::from("too large"))?;
             let (lo, hi) = INTR.pool.size_bounds();

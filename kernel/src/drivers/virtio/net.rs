@@ -8,14 +8,14 @@
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 6 | destination MAC: [`GUEST_MAC`] host→guest, [`HOST_MAC`] guest→host |
+//! | 0 | 6 | destination MAC: [`GUEST_MAC`] host→guest, [`HOST_MAC`](::parse::frame::HOST_MAC) guest→host |
 //! | 6 | 6 | source MAC: the other one |
-//! | 12 | 2 | EtherType [`ETHERTYPE`] = 0x88B5 (IEEE local experimental 1) |
-//! | 14 | 4 | magic [`MAGIC`] = `b"ITHR"` |
+//! | 12 | 2 | EtherType [`ETHERTYPE`](::parse::frame::ETHERTYPE) = 0x88B5 (IEEE local experimental 1) |
+//! | 14 | 4 | magic [`MAGIC`](::parse::frame::MAGIC) = `b"ITHR"` |
 //! | 18 | 8 | sequence number (an end marker: the total number of data frames sent) |
-//! | 26 | 2 | flags: [`FLAG_ECHO`] (1) the guest echoes it back, [`FLAG_END`] (2) end marker, [`FLAG_REPLY`] (4) sent by the guest |
-//! | 28 | 2 | payload length `n` ([`payload_len`] of the sequence number; 8 in an end marker) |
-//! | 30 | n | payload: byte `i` is [`payload_byte`]`(seq, i)`; in an end marker the first sequence number of the run it ends (8 bytes), so a late copy of one run's end marker never ends the next run |
+//! | 26 | 2 | flags: [`FLAG_ECHO`](::parse::frame::FLAG_ECHO) (1) the guest echoes it back, [`FLAG_END`](::parse::frame::FLAG_END) (2) end marker, [`FLAG_REPLY`](::parse::frame::FLAG_REPLY) (4) sent by the guest |
+//! | 28 | 2 | payload length `n` ([`payload_len`](::parse::frame::payload_len) of the sequence number; 8 in an end marker) |
+//! | 30 | n | payload: byte `i` is [`payload_byte`](::parse::frame::payload_byte)`(seq, i)`; in an end marker the first sequence number of the run it ends (8 bytes), so a late copy of one run's end marker never ends the next run |
 //!
 //! A frame may be longer than `30 + n` (padding), never shorter. An echo is the received
 //! frame with the MACs swapped and the flags `(flags & !ECHO) | REPLY`. The host sends the
@@ -72,32 +72,9 @@ pub const BUDGET: usize = 32;
 
 /// The guest NIC's MAC address (the host sets it on QEMU's command line).
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x49, 0x54, 0x01];
-/// The host peer's MAC address.
-pub const HOST_MAC: [u8; 6] = [0x02, 0x49, 0x54, 0x48, 0x00, 0x01];
-/// EtherType of the test frames.
-pub const ETHERTYPE: u16 = 0x88B5;
-/// Magic after the Ethernet header.
-pub const MAGIC: [u8; 4] = *b"ITHR";
-/// Flag: echo it back.
-pub const FLAG_ECHO: u16 = 1;
-/// Flag: end marker (the sequence field is the number of data frames sent).
-pub const FLAG_END: u16 = 2;
-/// Flag: sent by the guest.
-pub const FLAG_REPLY: u16 = 4;
-/// Bytes before the payload.
-pub const HEADER_LEN: usize = 30;
-
-/// Payload length of data frame `seq` (32..=1280 bytes).
-pub fn payload_len(seq: u64) -> usize {
-    32 + (seq % 97) as usize * 13
-}
-
-/// Byte `i` of data frame `seq`'s payload.
-pub fn payload_byte(seq: u64, i: usize) -> u8 {
-    let x =
-        (seq as u32).wrapping_mul(0x9E37_79B1) ^ (i as u32).wrapping_mul(0x85EB_CA6B) ^ (seq >> 32) as u32;
-    (x >> 24) as u8 ^ i as u8
-}
+// The test frames' format and their classification are portable (`parse::frame`, fuzzed on
+// the host).
+use ::parse::frame::{Frame, FLAG_ECHO, FLAG_REPLY};
 
 const IDS: [u16; 2] = [0x1000, 0x1041];
 const F_MAC: u64 = 1 << 5;
@@ -390,47 +367,37 @@ impl NetDev {
         rx.vq.has_used()
     }
 
-    /// One received frame (the receive lock held).
+    /// One received frame (the receive lock held), classified by `parse::frame::classify`.
     fn frame(&self, rx: &mut Rx, f: &mut [u8]) {
-        if f.len() < 14
-            || f[0..6] != self.mac
-            || f[6..12] != HOST_MAC
-            || u16::from_be_bytes([f[12], f[13]]) != ETHERTYPE
-        {
-            self.other.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let ok_header = f.len() >= HEADER_LEN && f[14..18] == MAGIC;
-        if !ok_header {
-            self.bad.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let seq = u64::from_be_bytes([f[18], f[19], f[20], f[21], f[22], f[23], f[24], f[25]]);
-        let flags = u16::from_be_bytes([f[26], f[27]]);
-        let n = u16::from_be_bytes([f[28], f[29]]) as usize;
-        if flags & FLAG_END != 0 {
-            let ends_this_run = n == 8
-                && f.len() >= HEADER_LEN + 8
-                && f[HEADER_LEN..HEADER_LEN + 8] == rx.first.to_be_bytes();
-            if !ends_this_run {
-                // A late copy of an earlier run's end marker.
+        let (seq, flags, len) = match ::parse::frame::classify(f, self.mac) {
+            Frame::Other => {
                 self.other.fetch_add(1, Ordering::Relaxed);
-            } else if !self.end_seen.load(Ordering::Acquire) {
-                self.end_total.store(seq, Ordering::Relaxed);
-                self.end_seen.store(true, Ordering::Release);
-                self.end_event.set();
+                return;
             }
-            return;
-        }
-        self.received.fetch_add(1, Ordering::Relaxed);
-        let payload_ok = flags & !FLAG_ECHO == 0
-            && n == payload_len(seq)
-            && f.len() >= HEADER_LEN + n
-            && f[HEADER_LEN..HEADER_LEN + n].iter().enumerate().all(|(i, &b)| b == payload_byte(seq, i));
-        if !payload_ok {
-            self.bad.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+            Frame::Bad => {
+                self.bad.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Frame::End { total, first } => {
+                if first != Some(rx.first) {
+                    // A late copy of an earlier run's end marker.
+                    self.other.fetch_add(1, Ordering::Relaxed);
+                } else if !self.end_seen.load(Ordering::Acquire) {
+                    self.end_total.store(total, Ordering::Relaxed);
+                    self.end_seen.store(true, Ordering::Release);
+                    self.end_event.set();
+                }
+                return;
+            }
+            Frame::Data { seq, flags, ok, len } => {
+                self.received.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    self.bad.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                (seq, flags, len)
+            }
+        };
         match seq.cmp(&rx.expected) {
             core::cmp::Ordering::Equal => {
                 self.in_order.fetch_add(1, Ordering::Relaxed);
@@ -445,12 +412,11 @@ impl NetDev {
             }
         }
         if flags & FLAG_ECHO != 0 {
-            let end = HEADER_LEN + n;
             let (dst, src) = ([f[0], f[1], f[2], f[3], f[4], f[5]], [f[6], f[7], f[8], f[9], f[10], f[11]]);
             f[0..6].copy_from_slice(&src);
             f[6..12].copy_from_slice(&dst);
             f[26..28].copy_from_slice(&((flags & !FLAG_ECHO) | FLAG_REPLY).to_be_bytes());
-            if self.transmit(&f[..end]) {
+            if self.transmit(&f[..len]) {
                 self.echoed.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.echo_dropped.fetch_add(1, Ordering::Relaxed);

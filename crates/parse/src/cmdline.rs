@@ -1,0 +1,226 @@
+//! The kernel command line (`-append`): space-separated `key=value` options, parsed into
+//! [`Options`]. An unknown key, a malformed value or a key given twice is an error naming
+//! the option; the kernel reports it (`@@ cmdline-error`) and exits with the failure status.
+//! The options are listed in docs/PROTOCOL.md.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+/// What to do after boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// The default scenario.
+    Scenario,
+    /// The in-kernel test suite.
+    Tests,
+    /// The benchmarks (`kernel/src/bench/`).
+    Bench,
+    /// The serial shell on COM1 (`kernel/src/shell/`), until `halt`.
+    Shell,
+}
+
+/// A deliberate failure, to test the host harness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HarnessCheck {
+    /// Panic after boot.
+    Panic,
+    /// Hang after boot.
+    Hang,
+    /// Establish an interrupt source whose filter sleeps, and raise it (the diagnostic must
+    /// name the source).
+    FilterSleep,
+}
+
+/// An interrupt dispatch model, by name (the kernel maps it to `intr::Model`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelName {
+    /// `direct`
+    Direct,
+    /// `dedicated`
+    Dedicated,
+    /// `pool`
+    Pool,
+    /// `pinned`
+    Pinned,
+}
+
+/// Typed kernel options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// `run=`
+    pub run: RunMode,
+    /// `test.filter=`
+    pub test_filter: String,
+    /// `test.harness=`
+    pub harness: Option<HarnessCheck>,
+    /// `hz=`
+    pub hz: u32,
+    /// `scenario.ms=`
+    pub scenario_ms: u64,
+    /// `intr.model=direct|dedicated|pool|pinned`: the model for sources established without one.
+    pub intr_model: ModelName,
+    /// `lockcheck=on|off`: the lock-order/IPL checker (default: on for `run=tests`).
+    pub lockcheck: Option<bool>,
+    /// `lockstat=on|off`: lock statistics (default on).
+    pub lockstat: bool,
+    /// `workload.serial=on|off`: the host pastes serial lines during the scenario.
+    pub workload_serial: bool,
+    /// `bench.filter=`
+    pub bench_filter: String,
+    /// `bench.samples=`
+    pub bench_samples: usize,
+    /// `bench.unit=`: what the TSC counts (the host knows, the kernel cannot tell).
+    pub bench_unit: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            run: RunMode::Scenario,
+            test_filter: String::new(),
+            harness: None,
+            hz: 100,
+            scenario_ms: 2000,
+            intr_model: ModelName::Pool,
+            lockcheck: None,
+            lockstat: true,
+            workload_serial: false,
+            bench_filter: String::new(),
+            bench_samples: 100_000,
+            bench_unit: "tsc",
+        }
+    }
+}
+
+/// A rejected option.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CmdlineError {
+    /// The key as written (the whole word if it has no `=`).
+    pub option: String,
+    /// Why it was rejected.
+    pub msg: String,
+}
+
+fn err(option: &str, msg: &str) -> CmdlineError {
+    CmdlineError { option: option.to_string(), msg: msg.to_string() }
+}
+
+fn number<T: core::str::FromStr + PartialOrd + Copy>(
+    key: &str,
+    v: &str,
+    lo: T,
+    hi: T,
+) -> Result<T, CmdlineError> {
+    match v.parse::<T>() {
+        Ok(n) if n >= lo && n <= hi => Ok(n),
+        _ => Err(err(key, "expected a number in range")),
+    }
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool, CmdlineError> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(err(key, "expected on or off")),
+    }
+}
+
+/// The keys [`parse`] knows.
+pub const KEYS: [&str; 12] = [
+    "run",
+    "test.filter",
+    "test.harness",
+    "hz",
+    "scenario.ms",
+    "intr.model",
+    "lockcheck",
+    "lockstat",
+    "workload.serial",
+    "bench.filter",
+    "bench.samples",
+    "bench.unit",
+];
+
+/// Parses a command line. The first bad word is the error: no `=` (`expected key=value`),
+/// an unknown key, a bad value, or a key seen before (`duplicate option`).
+pub fn parse(line: &str) -> Result<Options, CmdlineError> {
+    let mut o = Options::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for word in line.split_ascii_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            return Err(err(word, "expected key=value"));
+        };
+        if seen.contains(&key) {
+            return Err(err(key, "duplicate option"));
+        }
+        match key {
+            "run" => {
+                o.run = match value {
+                    "scenario" => RunMode::Scenario,
+                    "tests" => RunMode::Tests,
+                    "bench" => RunMode::Bench,
+                    "shell" => RunMode::Shell,
+                    _ => return Err(err(key, "expected scenario, tests, bench or shell")),
+                }
+            }
+            "test.filter" => o.test_filter = value.to_string(),
+            "test.harness" => {
+                o.harness = Some(match value {
+                    "panic" => HarnessCheck::Panic,
+                    "hang" => HarnessCheck::Hang,
+                    "filter-sleep" => HarnessCheck::FilterSleep,
+                    _ => return Err(err(key, "expected panic, hang or filter-sleep")),
+                })
+            }
+            "hz" => o.hz = number(key, value, 10u32, 1000)?,
+            "scenario.ms" => o.scenario_ms = number(key, value, 10u64, 60_000)?,
+            "intr.model" => {
+                o.intr_model = match value {
+                    "direct" => ModelName::Direct,
+                    "dedicated" => ModelName::Dedicated,
+                    "pool" => ModelName::Pool,
+                    "pinned" => ModelName::Pinned,
+                    _ => return Err(err(key, "expected direct, dedicated, pool or pinned")),
+                }
+            }
+            "lockcheck" => o.lockcheck = Some(on_off(key, value)?),
+            "lockstat" => o.lockstat = on_off(key, value)?,
+            "workload.serial" => o.workload_serial = on_off(key, value)?,
+            "bench.filter" => o.bench_filter = value.to_string(),
+            "bench.samples" => o.bench_samples = number(key, value, 1usize, 1_000_000)?,
+            "bench.unit" => {
+                o.bench_unit = match value {
+                    "instructions" => "instructions",
+                    "cycles" => "cycles",
+                    "tsc" => "tsc",
+                    _ => return Err(err(key, "expected instructions, cycles or tsc")),
+                }
+            }
+            _ => return Err(err(key, "unknown option")),
+        }
+        seen.push(key);
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_are_refused_naming_the_key() {
+        let e = parse("run=scenario hz=100 run=tests").unwrap_err();
+        assert_eq!(e, err("run", "duplicate option"));
+        // Even with the same value.
+        assert_eq!(parse("hz=100 hz=100").unwrap_err().option, "hz");
+        assert!(parse("run=tests test.filter=a").is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        assert_eq!(parse("nokey").unwrap_err(), err("nokey", "expected key=value"));
+        assert_eq!(parse("x=1").unwrap_err(), err("x", "unknown option"));
+        assert_eq!(parse("hz=5").unwrap_err().option, "hz");
+        assert_eq!(parse("intr.model=fast").unwrap_err().option, "intr.model");
+    }
+}
