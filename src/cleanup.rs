@@ -169,9 +169,27 @@ mod tests {
         drop(guard);
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
-        // SAFETY: kill(2) with signal 0 only checks for existence; it has no memory-safety
-        // preconditions.
-        let alive = unsafe { libc::kill(-e.pid, 0) } == 0;
-        assert!(!alive, "the process group is gone");
+        // The grandchild dies asynchronously and may linger as a zombie until its new parent
+        // reaps it (PID 1 in a container may never do so): wait for every member of the group
+        // to be dead or a zombie.
+        let live_members = || {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|d| std::fs::read_to_string(d.path().join("stat")).ok())
+                .filter(|stat| {
+                    // pid (comm) state ppid pgrp ...: split after the last ')'.
+                    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    f.len() > 2 && f[2] == e.pid.to_string() && f[0] != "Z"
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while live_members() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(live_members(), 0, "the process group is gone");
     }
 }
