@@ -3,12 +3,29 @@
 //!
 //! The switch itself — lending the CPU, the return, the lazy block path — is the scheduler's
 //! and the machine's: its protocol is written once, in `crates/sched/src/pinned.rs`. This
-//! module is the framework's half: each CPU has one interrupt thread for `IPL_VM` sources
-//! (above `IPL_VM` handlers run directly); an arriving instance is handed to it with
-//! [`sched::Scheduler::pin_call`] when it is parked, or queued behind it when it is busy
-//! (borrowing or blocked) in a per-CPU queue touched only by that CPU with interrupts
-//! disabled (no lock); after a return the queue is drained by lending the CPU again; a thread
-//! whose handler blocked drains the queue as an ordinary thread and parks.
+//! module is the framework's half.
+//!
+//! * **Threads.** Each CPU has a bounded free list of interrupt threads for `IPL_VM` sources
+//!   (above `IPL_VM` handlers run directly), as illumos gives each CPU a set of interrupt
+//!   threads: at most `limit` of them ([`Pinned::set_limit`], sysctl `intr.pinned.threads`,
+//!   1 ..= [`MAX_THREADS_PER_CPU`], default [`DEFAULT_THREADS_PER_CPU`]). They are made in
+//!   thread context — every CPU's first `limit`, when the first pinned source is established,
+//!   and the missing ones when the bound is raised — never in the interrupt path, and never
+//!   freed: a thread's descriptor must outlive every pinned call. Lowering the bound leaves
+//!   the threads past it parked and unused.
+//! * **Dispatch.** An arriving instance is handed with [`sched::Scheduler::pin_call`] to the
+//!   CPU's first thread when it is parked (the fast path: one load, no scan). When that thread
+//!   is busy — its handler blocked, or it finishes as an ordinary thread — the next parked
+//!   thread within the bound is lent instead: one blocked handler does not hold up the CPU's
+//!   other pinned sources. Only when every thread within the bound is busy is the instance
+//!   queued, in a per-CPU queue touched only by that CPU with interrupts disabled (no lock).
+//! * **Draining.** After a pinned call returns or blocks, the dispatcher lends a parked thread
+//!   again for each queued instance, until the queue is empty or every thread is busy; a
+//!   thread whose handler blocked drains the queue as an ordinary thread before it parks.
+//! * **Order and concurrency.** Instances of one source may run concurrently on one CPU when
+//!   the first blocked (as they may on two CPUs in every model): handlers are MP-safe. A
+//!   level-triggered or `MASK_WHILE_QUEUED` source stays masked while an instance is queued or
+//!   running, so it has at most one.
 //!
 //! Cost: `cargo run --release -- bench --filter intr` reports the instructions this path adds
 //! over `direct` (`intr.switch_added`); see docs/ARCHITECTURE.md for the list.
@@ -17,27 +34,50 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use machine::{IntrOff, Machine};
 use sched::{PinOutcome, PinThread, Priority};
 
 use crate::{IntrEnv, Source};
 
+/// The most interrupt threads one CPU may have for the pinned model (the upper end of
+/// [`Pinned::set_limit`]).
+pub const MAX_THREADS_PER_CPU: usize = 16;
+
+/// The bound a boot starts with: the first thread, and three spares for handlers that block.
+pub const DEFAULT_THREADS_PER_CPU: usize = 4;
+
 struct PinnedCpu<E: IntrEnv> {
-    /// The CPU's ithread (null until the first pinned source is established; then written
-    /// once and never freed: its descriptor must outlive every pinned call).
-    thread: AtomicPtr<PinThread<E>>,
-    /// Instances that arrived while the ithread was busy (borrowing the CPU or blocked, the
-    /// state word of its [`machine::PinCall`]), and `hwi_sched` requeues: touched only by this
-    /// CPU with interrupts disabled (the dispatcher, and the ithread, which is bound to this
-    /// CPU).
+    /// The CPU's ithreads, slot 0 first. A slot is null until its thread is made (in thread
+    /// context, under `Pinned::grow`), then written once and never freed: its descriptor must
+    /// outlive every pinned call. Slots are filled in order.
+    threads: [AtomicPtr<PinThread<E>>; MAX_THREADS_PER_CPU],
+    /// Instances that arrived while every ithread within the bound was busy (borrowing the
+    /// CPU or blocked, the state word of its [`machine::PinCall`]), and `hwi_sched` requeues:
+    /// touched only by this CPU with interrupts disabled (the dispatcher, and the ithreads,
+    /// which are bound to this CPU).
     queue: UnsafeCell<VecDeque<(Arc<Source<E>>, u64)>>,
 }
 
 // SAFETY: `queue` is accessed only by its own CPU with interrupts disabled (see `PinnedCpu`);
-// `thread` is an atomic pointer to a leaked, never-freed `PinThread`.
+// `threads` are atomic pointers to leaked, never-freed `PinThread`s.
 unsafe impl<E: IntrEnv> Sync for PinnedCpu<E> {}
+
+impl<E: IntrEnv> PinnedCpu<E> {
+    /// Slot `i`'s thread, if made.
+    #[inline(always)]
+    fn thread(&self, i: usize) -> Option<&'static PinThread<E>> {
+        // SAFETY: a non-null slot is a leaked `PinThread` (never freed).
+        unsafe { self.threads[i].load(Ordering::Acquire).as_ref() }
+    }
+
+    /// The first parked thread within the bound (this CPU, interrupts disabled: a parked
+    /// thread stays parked until this CPU lends it).
+    fn parked(&self, limit: usize) -> Option<&'static PinThread<E>> {
+        (0..limit.min(MAX_THREADS_PER_CPU)).map_while(|i| self.thread(i)).find(|t| t.is_parked())
+    }
+}
 
 /// Counters of the pinned model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,13 +86,37 @@ pub struct PinnedStats {
     pub switches: u64,
     /// Handlers that blocked (real switches).
     pub blocked: u64,
+    /// Pinned calls lent to a spare thread because the CPU's first one was busy.
+    pub spares: u64,
+    /// Instances queued because every thread within the bound was busy.
+    pub queued: u64,
+    /// Interrupt threads made, all CPUs.
+    pub threads: usize,
+    /// The per-CPU bound ([`Pinned::set_limit`]).
+    pub limit: usize,
+}
+
+/// A bound outside 1 ..= [`MAX_THREADS_PER_CPU`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadLimit(pub usize);
+
+impl core::fmt::Display for BadLimit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} interrupt threads per CPU: out of range 1..={MAX_THREADS_PER_CPU}", self.0)
+    }
 }
 
 /// Per-CPU pinned ithreads.
 pub struct Pinned<E: IntrEnv> {
     cpus: [PinnedCpu<E>; sched::MAX_CPUS],
     started: AtomicBool,
+    /// Threads per CPU that dispatch may lend (`set_limit`).
+    limit: AtomicUsize,
+    /// Serializes making threads (`start`, `set_limit`): thread context only.
+    grow: sync::Mutex<(), E>,
     blocked: AtomicU64,
+    spares: AtomicU64,
+    queued: AtomicU64,
 }
 
 impl<E: IntrEnv> Default for Pinned<E> {
@@ -67,25 +131,63 @@ impl<E: IntrEnv> Pinned<E> {
         Pinned {
             cpus: [const {
                 PinnedCpu {
-                    thread: AtomicPtr::new(core::ptr::null_mut()),
+                    threads: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_THREADS_PER_CPU],
                     queue: UnsafeCell::new(VecDeque::new()),
                 }
             }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
+            limit: AtomicUsize::new(DEFAULT_THREADS_PER_CPU),
+            grow: sync::Mutex::new_adaptive("intr.pinned.grow", ()),
             blocked: AtomicU64::new(0),
+            spares: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
         }
     }
 
-    /// Makes one ithread per CPU (first pinned source); each is parked until an interrupt
-    /// lends it its CPU.
+    /// Makes every CPU's first `limit` ithreads (first pinned source); each is parked until an
+    /// interrupt lends it its CPU. Thread context.
     pub(crate) fn start(&'static self) {
-        if self.started.swap(true, Ordering::AcqRel) {
+        if self.started.load(Ordering::Acquire) {
             return;
         }
+        let _g = self.grow.lock();
+        self.started.store(true, Ordering::Release);
+        self.make_threads();
+    }
+
+    /// Sets how many interrupt threads per CPU dispatch may lend (sysctl
+    /// `intr.pinned.threads`): raising it makes the missing threads now (if the model has
+    /// started), in thread context; lowering it leaves the threads past it parked and unused
+    /// (never freed: see the module doc). Thread context.
+    pub fn set_limit(&'static self, n: usize) -> Result<(), BadLimit> {
+        if !(1..=MAX_THREADS_PER_CPU).contains(&n) {
+            return Err(BadLimit(n));
+        }
+        let _g = self.grow.lock();
+        self.limit.store(n, Ordering::Release);
+        if self.started.load(Ordering::Acquire) {
+            self.make_threads();
+        }
+        Ok(())
+    }
+
+    /// The per-CPU bound.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// Makes the threads missing below the bound on every CPU (`grow` held).
+    fn make_threads(&'static self) {
         let pri = Priority::of_ipl(ipl::Ipl::Vm).unwrap_or(Priority::INTR_BASE);
+        let limit = self.limit();
         for cpu in 0..E::M::ncpus() {
-            let t = E::sched().new_ithread("ithread/vm", pri, cpu, ipl::Ipl::Vm as u8, ithread_body::<E>);
-            self.cpus[cpu].thread.store(Box::into_raw(Box::new(t)), Ordering::Release);
+            for slot in &self.cpus[cpu].threads[..limit] {
+                if slot.load(Ordering::Acquire).is_null() {
+                    let t =
+                        E::sched().new_ithread("ithread/vm", pri, cpu, ipl::Ipl::Vm as u8, ithread_body::<E>);
+                    slot.store(Box::into_raw(Box::new(t)), Ordering::Release);
+                }
+            }
         }
     }
 
@@ -104,7 +206,7 @@ impl<E: IntrEnv> Pinned<E> {
         // that state aside.
         // The level test (IPL_VM), the busy test, the switch and the call are the machine's
         // (`pin_call`); it hands the arguments back if it did nothing.
-        let t = cpu_of::<E>(cpu).thread.load(Ordering::Acquire);
+        let t = cpu_of::<E>(cpu).threads[0].load(Ordering::Acquire);
         if t.is_null() {
             // No ithread on this CPU: `start` makes one for every CPU online before the first
             // pinned source is published, so only a CPU started after that gets here; its
@@ -116,9 +218,9 @@ impl<E: IntrEnv> Pinned<E> {
             let (r, a, raised) = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
             match r {
                 PinOutcome::Returned => self.drain(cpu, io),
-                PinOutcome::Blocked => {}
+                PinOutcome::Blocked => self.drain(cpu, io),
                 // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
-                PinOutcome::Busy => queue_busy(cpu_of::<E>(cpu), unsafe { arc_back(a) }, raised as u64),
+                PinOutcome::Busy => lend_spare(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
                 // SAFETY: as above.
                 PinOutcome::Level => lend_slow(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
             }
@@ -140,24 +242,35 @@ impl<E: IntrEnv> Pinned<E> {
         self.dispatch(src, raised, cpu, io);
     }
 
-    /// After a pinned call returned (the ithread parked again): lend the CPU again for the
-    /// instances queued meanwhile (`hwi_sched` requeues), until the queue is empty or the
-    /// ithread blocks (then it drains the queue itself, as an ordinary thread).
+    /// After a pinned call returned or blocked: lend a parked thread again for each instance
+    /// queued meanwhile (`hwi_sched` requeues, arrivals while every thread was busy), until
+    /// the queue is empty or every thread within the bound is busy (then the first one to
+    /// finish drains the rest: a returning call here, a blocked thread as an ordinary one).
     #[inline(always)]
     fn drain(&'static self, cpu: usize, io: &IntrOff) {
         let c = cpu_of::<E>(cpu);
-        // SAFETY: `drain` runs after a pinned call on this CPU: `thread` is a leaked
-        // `PinThread` (never freed).
-        let it = unsafe { &*c.thread.load(Ordering::Acquire) };
         // SAFETY: this CPU, interrupts disabled.
-        while let Some((src, raised)) = unsafe { (*c.queue.get()).pop_front() } {
+        if unsafe { (*c.queue.get()).is_empty() } {
+            return;
+        }
+        self.drain_queue(c, io);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drain_queue(&'static self, c: &'static PinnedCpu<E>, io: &IntrOff) {
+        loop {
+            let Some(it) = c.parked(self.limit()) else { return };
+            // SAFETY: this CPU, interrupts disabled.
+            let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else { return };
             match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
-                (PinOutcome::Returned, _, _) => {}
-                (PinOutcome::Blocked, _, _) => break,
+                (PinOutcome::Returned | PinOutcome::Blocked, _, _) => {}
                 (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
+                    // Not at IPL_VM (a drain under `lend_slow` is at IPL_VM, and the others
+                    // follow a call at it): put it back first in line.
                     // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
-                    queue_busy(c, unsafe { arc_back(a) }, raised as u64);
-                    break;
+                    unsafe { (*c.queue.get()).push_front((arc_back(a), raised as u64)) };
+                    return;
                 }
             }
         }
@@ -173,7 +286,25 @@ impl<E: IntrEnv> Pinned<E> {
     /// Counters.
     pub fn stats(&self) -> PinnedStats {
         let switches = (0..E::M::ncpus()).map(|c| E::sched().cpu_stats(c).pin_switches).sum();
-        PinnedStats { switches, blocked: self.blocked.load(Ordering::Relaxed) }
+        let threads = (0..E::M::ncpus())
+            .map(|c| (0..MAX_THREADS_PER_CPU).map_while(|i| self.cpus[c].thread(i)).count())
+            .sum();
+        PinnedStats {
+            switches,
+            blocked: self.blocked.load(Ordering::Relaxed),
+            spares: self.spares.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            threads,
+            limit: self.limit(),
+        }
+    }
+
+    /// Interrupt threads made on `cpu`, and how many of them are parked now (for `ps` and
+    /// the tests; a snapshot).
+    pub fn threads_on(&self, cpu: usize) -> (usize, usize) {
+        let c = &self.cpus[cpu];
+        let made: alloc::vec::Vec<_> = (0..MAX_THREADS_PER_CPU).map_while(|i| c.thread(i)).collect();
+        (made.len(), made.iter().filter(|t| t.is_parked()).count())
     }
 }
 
@@ -187,13 +318,36 @@ unsafe fn arc_back<E: IntrEnv>(a: usize) -> Arc<Source<E>> {
     unsafe { Arc::from_raw(a as *const Source<E>) }
 }
 
-/// Queues an instance behind the CPU's busy ithread (interrupt context on that CPU,
+/// Queues an instance behind the CPU's busy ithreads (interrupt context on that CPU,
 /// interrupts disabled).
 #[cold]
 #[inline(never)]
 fn queue_busy<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64) {
+    E::intr().pinned.queued.fetch_add(1, Ordering::Relaxed);
     // SAFETY: this CPU, interrupts disabled (see `PinnedCpu`).
     unsafe { (*c.queue.get()).push_back((src, raised)) };
+}
+
+/// [`Pinned::dispatch`] when the CPU's first thread is busy (its handler blocked, or it
+/// finishes as an ordinary thread): lend the next parked thread within the bound; queue only
+/// if there is none. Interrupt context on `cpu`, at IPL_VM, no spin mutex counted.
+#[cold]
+#[inline(never)]
+fn lend_spare<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
+    let c = cpu_of::<E>(cpu);
+    let Some(it) = c.parked(p.limit()) else {
+        queue_busy(c, src, raised);
+        return;
+    };
+    p.spares.fetch_add(1, Ordering::Relaxed);
+    match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
+        (PinOutcome::Returned | PinOutcome::Blocked, _, _) => p.drain(cpu, io),
+        (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
+            // Parked and at IPL_VM were checked: not reached; queue rather than lose it.
+            // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
+            queue_busy(c, unsafe { arc_back(a) }, raised as u64)
+        }
+    }
 }
 
 /// [`Pinned::dispatch`] at another level than IPL_VM (a pinned source established below it),
@@ -204,9 +358,7 @@ fn queue_busy<E: IntrEnv>(c: &PinnedCpu<E>, src: Arc<Source<E>>, raised: u64) {
 #[cold]
 #[inline(never)]
 fn lend_slow<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64, cpu: usize, io: &IntrOff) {
-    let t = cpu_of::<E>(cpu).thread.load(Ordering::Acquire);
-    // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
-    let Some(it) = (unsafe { t.as_ref() }).filter(|it| it.is_parked()) else {
+    let Some(it) = cpu_of::<E>(cpu).parked(p.limit()) else {
         queue_busy(cpu_of::<E>(cpu), src, raised);
         return;
     };
@@ -215,8 +367,7 @@ fn lend_slow<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64
     let spin = spl.spin_state_take();
     <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::Vm as u8);
     match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
-        (PinOutcome::Returned, _, _) => p.drain(cpu, io),
-        (PinOutcome::Blocked, _, _) => {}
+        (PinOutcome::Returned | PinOutcome::Blocked, _, _) => p.drain(cpu, io),
         // At IPL_VM now, so not `Level`; `Busy` was ruled out above.
         (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
             // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
@@ -292,8 +443,11 @@ fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
             None => {
                 // Interrupts stay disabled until the switch away, so nothing can be queued
                 // behind our back and no pinned call can start on our stack before we left.
-                // SAFETY: we are this CPU's ithread, so `thread` is our leaked `PinThread`.
-                let it = unsafe { &*c.thread.load(Ordering::Acquire) };
+                let me = E::M::curthread();
+                let it = (0..MAX_THREADS_PER_CPU)
+                    .map_while(|i| c.thread(i))
+                    .find(|t| core::ptr::eq(t.call().thread, me))
+                    .expect("a blocked pinned ithread is one of its CPU's threads");
                 E::sched().pin_park(it.call(), &io);
             }
         }

@@ -785,3 +785,71 @@ fn softint_drop_waits_for_the_running_handler() {
         assert!(end != 0 && end < ret, "the drop returned (seq {ret}) before the handler ended (seq {end})");
     });
 }
+
+/// A pinned handler that blocks does not hold up its CPU's other pinned sources: the next
+/// interrupt borrows the CPU with a spare interrupt thread from the CPU's bounded free list.
+/// The bound is honoured: with every thread within it blocked, the next instance waits in
+/// the CPU's queue until one finishes, then runs.
+#[test]
+fn a_blocked_pinned_handler_does_not_hold_up_the_cpus_other_sources() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(0));
+        assert_eq!(intr.pinned.set_limit(0), Err(intr::pinned::BadLimit(0)));
+        assert!(intr.pinned.set_limit(intr::pinned::MAX_THREADS_PER_CPU + 1).is_err());
+        intr.pinned.set_limit(2).expect("a bound of 2");
+        // Two sources whose handlers block until their gate opens, and one that only counts.
+        let gates: Vec<Arc<Event>> = (0..2).map(|_| Arc::new(Event::new(sched))).collect();
+        let (started, done) = (counter(), counter());
+        let mut handles = Vec::new();
+        for (i, (name, vector)) in [("t.pinspare.a", 0x4C), ("t.pinspare.b", 0x4D)].into_iter().enumerate() {
+            let (g, s, d) = (gates[i].clone(), started.clone(), done.clone());
+            handles.push(
+                intr.establish(
+                    spec(name, vector, Ipl::Vm, Model::Pinned),
+                    None,
+                    Some(Box::new(move |_| {
+                        s.fetch_add(1, Ordering::SeqCst);
+                        g.wait();
+                        d.fetch_add(1, Ordering::SeqCst);
+                    })),
+                )
+                .expect("establish"),
+            );
+        }
+        let n = counter();
+        let _c = intr
+            .establish(spec("t.pinspare.c", 0x4E, Ipl::Vm, Model::Pinned), None, Some(counting(&n)))
+            .expect("establish");
+        assert_eq!(intr.pinned.threads_on(0), (2, 2), "the bound's threads are made at the first establish");
+
+        // The first thread blocks; the counting source still runs at once, on the spare.
+        raise_here_until(0x4C, &started, 1);
+        let spares = intr.pinned.stats().spares;
+        raise_here_until(0x4E, &n, 1);
+        assert_eq!(done.load(Ordering::SeqCst), 0, "the blocked handler finished early");
+        assert!(intr.pinned.stats().spares > spares, "the second source did not use a spare thread");
+
+        // The spare blocks too: both threads within the bound are busy, so the next instance
+        // is queued (the counter moves when the dispatcher queues it) and does not run...
+        raise_here_until(0x4D, &started, 2);
+        assert_eq!(intr.pinned.threads_on(0), (2, 0), "both threads should be blocked");
+        let queued = intr.pinned.stats().queued;
+        HostMachine::raise(0, 0x4E);
+        wait(|| intr.pinned.stats().queued > queued, "the instance to be queued");
+        assert_eq!(n.load(Ordering::SeqCst), 1, "an instance ran past the bound");
+        // ...until a blocked handler finishes: its thread drains the queue before parking.
+        gates[0].set();
+        wait(|| n.load(Ordering::SeqCst) == 2, "the queued instance");
+        gates[1].set();
+        wait(|| done.load(Ordering::SeqCst) == 2, "the blocked handlers");
+        wait(|| intr.pinned.threads_on(0) == (2, 2), "the threads to park");
+
+        // Raising the bound makes the missing threads now, on every CPU.
+        intr.pinned.set_limit(3).expect("a bound of 3");
+        assert_eq!(intr.pinned.threads_on(0).0, 3);
+        assert_eq!(intr.pinned.threads_on(1).0, 3);
+        assert_eq!(intr.pinned.stats().threads, 6);
+    });
+}

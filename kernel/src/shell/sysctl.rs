@@ -168,7 +168,7 @@ fn storm() -> &'static intr::storm::StormParams {
 /// A built-in tunable: name, description, getter, setter (`None`: read-only).
 type Builtin = (&'static str, &'static str, fn() -> String, Option<fn(&str) -> Result<(), String>>);
 
-const BUILTIN: [Builtin; 13] = [
+const BUILTIN: [Builtin; 14] = [
     (
         "intr.pool.size",
         "pooled ithreads: the target size (settable, 2 x NCPU ..= pool-model handlers; see \
@@ -211,6 +211,20 @@ const BUILTIN: [Builtin; 13] = [
         Some(|v| {
             INTR.pool.set_balancing(parse_bool(v)?);
             Ok(())
+        }),
+    ),
+    (
+        "intr.pinned.threads",
+        "pinned model: interrupt threads per CPU that interrupts may borrow the CPU with \
+         (settable, 1..=16): a blocked handler's thread is replaced by the next parked one; \
+         raising the bound makes the missing threads, lowering it leaves them parked",
+        || {
+            let s = INTR.pinned.stats();
+            alloc::format!("{} (bound per CPU; made {} on all CPUs)", s.limit, s.threads)
+        },
+        Some(|v| {
+            let n = usize::try_from(parse_u64(v)?).map_err(|_| String::from("too large"))?;
+            INTR.pinned.set_limit(n).map_err(|e| e.to_string())
         }),
     ),
     (

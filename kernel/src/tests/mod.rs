@@ -59,6 +59,13 @@ pub fn ncpus() -> usize {
     arch::X86_64::ncpus()
 }
 
+/// A timeout of `ms` milliseconds for one CPU, scaled with the CPU count: the tests' waits
+/// are for events, and the timeout only bounds a hang; every vCPU beyond the second shares
+/// the host's cores (QEMU's TCG threads), so each adds half of `ms`.
+pub fn scaled_ms(ms: u64) -> u64 {
+    ms + ms * (ncpus().saturating_sub(2) as u64) / 2
+}
+
 /// Waits (sleeping in short naps) until `cond` holds or `ms` milliseconds pass; returns
 /// whether it held.
 pub fn until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {

@@ -128,3 +128,87 @@ fn inner_block_resumes_outer_borrower() -> TestResult {
     Ok(())
 }
 ktest!(T_NESTED_BLOCK, "pinned::nested::inner_block_resumes_outer", inner_block_resumes_outer_borrower);
+
+/// The pinned model's free list of interrupt threads, on every CPU at once: a handler blocked
+/// on a mutex on each CPU does not hold up that CPU's other pinned sources — each CPU lends a
+/// spare thread to the next interrupt — and the blocked handlers all finish once the mutex is
+/// released.
+fn blocked_handler_does_not_hold_up_the_cpu() -> TestResult {
+    use core::sync::atomic::AtomicU64;
+    use intr::{IntrFlags, Model, SourceSpec};
+    use ipl::Ipl;
+
+    static HELD: Mutex<()> = Mutex::new_adaptive("test.pinned.spare.held", ());
+    let n = super::ncpus();
+    let spec = |name, vector| SourceSpec {
+        name,
+        vector,
+        ipl: Ipl::Vm,
+        flags: IntrFlags::MPSAFE,
+        model: Some(Model::Pinned),
+    };
+    let (started, done, counted) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (s, d, c) = (started.clone(), done.clone(), counted.clone());
+    let g = HELD.lock();
+    let blocker = crate::intr::INTR
+        .establish(
+            spec("test.pinned.spare.blocker", 0x58),
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                s.fetch_add(1, Ordering::SeqCst);
+                drop(HELD.lock());
+                d.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| format!("{e}"))?;
+    let counter = crate::intr::INTR
+        .establish(
+            spec("test.pinned.spare.counter", 0x59),
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| format!("{e}"))?;
+    kassert!(crate::intr::INTR.pinned.limit() >= 2, "the default bound leaves no spare thread");
+    let spares0 = crate::intr::INTR.pinned.stats().spares;
+    // One blocked handler per CPU, all in flight at once.
+    for cpu in 0..n {
+        arch::apic::send_ipi(arch::cpu::lapic_id_of(cpu), 0x58);
+    }
+    let t = super::scaled_ms(2000);
+    kassert!(
+        until(t, || started.load(Ordering::SeqCst) == n as u64),
+        "{} of {n} blocking handlers started within {t} ms",
+        started.load(Ordering::SeqCst)
+    );
+    // Every CPU's other pinned source still runs, on a spare thread.
+    for cpu in 0..n {
+        arch::apic::send_ipi(arch::cpu::lapic_id_of(cpu), 0x59);
+    }
+    kassert!(
+        until(t, || counted.load(Ordering::SeqCst) == n as u64),
+        "{} of {n} CPUs ran their second pinned source while the first was blocked",
+        counted.load(Ordering::SeqCst)
+    );
+    kassert_eq!(done.load(Ordering::SeqCst), 0, "a blocked handler finished while the mutex was held");
+    kassert!(
+        crate::intr::INTR.pinned.stats().spares >= spares0 + n as u64,
+        "fewer than {n} calls went to spare threads"
+    );
+    drop(g);
+    kassert!(
+        until(t, || done.load(Ordering::SeqCst) == n as u64),
+        "{} of {n} blocked handlers finished after the release",
+        done.load(Ordering::SeqCst)
+    );
+    drop(counter);
+    drop(blocker);
+    Ok(())
+}
+ktest!(
+    T_SPARE,
+    "intr::pinned::blocked_handler_does_not_hold_up_the_cpu",
+    blocked_handler_does_not_hold_up_the_cpu
+);
