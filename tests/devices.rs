@@ -83,14 +83,24 @@ fn blk_pattern_smp1() {
         "dev::blk::",
         Some(&disk),
         None,
-        &["dev::blk::pattern_every_cpu_every_model", "dev::blk::bad_requests_refused"],
+        &[
+            "dev::blk::pattern_every_cpu_every_model",
+            "dev::blk::bad_requests_refused",
+            "dev::blk::masked_in_hardware",
+        ],
     );
 }
 
 #[test]
 fn blk_pattern_smp4() {
     let disk = DiskImage::create(16).expect("disk image");
-    run(4, "dev::blk::", Some(&disk), None, &["dev::blk::pattern_every_cpu_every_model"]);
+    run(
+        4,
+        "dev::blk::",
+        Some(&disk),
+        None,
+        &["dev::blk::pattern_every_cpu_every_model", "dev::blk::masked_in_hardware"],
+    );
 }
 
 #[test]

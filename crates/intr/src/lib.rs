@@ -250,16 +250,30 @@ pub type Filter = Box<dyn Fn(&FilterCtx<'_>) -> FilterResult + Send + Sync>;
 /// A handler.
 pub type Handler = Box<dyn Fn(&HandlerCtx<'_>) + Send + Sync>;
 
-/// Masks and unmasks a hardware interrupt line (an IOAPIC pin) that a source controls.
+/// Masks and unmasks, in hardware, the interrupt a source controls: an IOAPIC pin, an MSI-X
+/// table entry's vector control, or MSI's per-vector mask bit.
+///
+/// `mask` must have taken effect when it returns: no new message or edge is sent for the
+/// source after it (one already on its way may still arrive; the framework absorbs it and
+/// re-raises it at the unmask). `unmask` lets the hardware deliver what it kept pending (an
+/// asserted level line, an MSI-X pending bit).
 pub trait LineControl: Send + Sync {
-    /// Masks the line at the interrupt controller.
+    /// Masks the interrupt in hardware.
     fn mask(&self);
-    /// Unmasks the line.
+    /// Unmasks it.
     fn unmask(&self);
     /// Whether the line is level-triggered (fixed for the line's life: a source reads it once,
     /// when established, for its mask-while-queued rule).
     fn is_level(&self) -> bool;
+    /// How the mask takes effect, for `intrstat` and diagnostics (e.g. "ioapic pin",
+    /// "msi-x vector control").
+    fn mask_method(&self) -> &'static str;
 }
+
+/// [`Source::mask_method`] of a source without a [`LineControl`]: the mask is the framework's
+/// count alone; the device still interrupts, and each arrival while masked is counted
+/// ([`stats::SourceStats::masked_arrivals`]) and absorbed, and one is re-raised at the unmask.
+pub const SOFTWARE_MASK: &str = "software (the device still interrupts while masked)";
 
 /// What a source is established with.
 pub struct SourceSpec {
@@ -347,6 +361,11 @@ impl<E: IntrEnv> Source<E> {
         self.line
     }
 
+    /// How masking this source takes effect: its line's method, or [`SOFTWARE_MASK`].
+    pub fn mask_method(&self) -> &'static str {
+        self.line.map_or(SOFTWARE_MASK, |l| l.mask_method())
+    }
+
     /// Whether the source controls a level-triggered line.
     pub fn is_level(&self) -> bool {
         self.line.is_some_and(|l| l.is_level())
@@ -381,11 +400,17 @@ impl<E: IntrEnv> Source<E> {
             Some(line) => {
                 let io = E::M::intr_disable();
                 let _g = self.line_lock.lock(&io);
-                // The line stays asserted while the device wants service: unmasking
-                // re-delivers a missed interrupt (the flag is dropped with the count). A dead
-                // source's line stays masked.
-                if self.mask_count.unmask().last && !self.gate.is_closed() {
+                // A level line stays asserted while the device wants service, and an MSI-X
+                // vector keeps its pending bit: unmasking re-delivers those. An edge or
+                // message that was already on its way when the mask took effect arrived
+                // meanwhile and was absorbed: nothing in the hardware remembers it, so it is
+                // re-raised. A dead source's line stays masked.
+                let u = self.mask_count.unmask();
+                if u.last && !self.gate.is_closed() {
                     line.unmask();
+                    if u.missed && !line.is_level() {
+                        E::retrigger(self.vector);
+                    }
                 }
             }
         }
@@ -902,6 +927,7 @@ impl<E: IntrEnv> Intr<E> {
             }
         }
         if src.mask_count.absorb() {
+            src.stats.masked_arrivals[cpu].fetch_add(1, Ordering::Relaxed);
             return Arrived::Absorbed;
         }
         src.stats.per_cpu[cpu].fetch_add(1, Ordering::Relaxed);

@@ -243,6 +243,11 @@ pub struct SourceStats {
     pub per_cpu: [AtomicU64; sched::MAX_CPUS],
     /// Interrupts the filter called stray.
     pub stray: AtomicU64,
+    /// Arrivals while the source was masked, per CPU they arrived on (absorbed: neither
+    /// filtered nor counted in `per_cpu`; one is re-raised at the unmask). Only a source
+    /// masked in software takes them as a rule; a hardware mask leaves only messages that
+    /// were already on their way.
+    pub masked_arrivals: [AtomicU64; sched::MAX_CPUS],
     /// Handler runs.
     pub handled: AtomicU64,
     /// Nanoseconds spent in the handler.
@@ -270,6 +275,7 @@ impl SourceStats {
         SourceStats {
             per_cpu: [const { AtomicU64::new(0) }; sched::MAX_CPUS],
             stray: AtomicU64::new(0),
+            masked_arrivals: [const { AtomicU64::new(0) }; sched::MAX_CPUS],
             handled: AtomicU64::new(0),
             handler_ns: AtomicU64::new(0),
             handled_cpu: [const { AtomicU64::new(0) }; sched::MAX_CPUS],
@@ -282,6 +288,11 @@ impl SourceStats {
     /// Interrupts taken on all CPUs.
     pub fn total(&self) -> u64 {
         self.per_cpu.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Arrivals while masked, all CPUs.
+    pub fn masked_total(&self) -> u64 {
+        self.masked_arrivals.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// Records one handler start: `latency` (raise → start, ns) on the CPU `cpu` that runs it,

@@ -41,6 +41,15 @@ fn per_second(n: u64, ns: u64) -> u64 {
     (n as u128 * 1_000_000_000 / ns.max(1) as u128) as u64
 }
 
+/// The `mask` cell: how masking the source takes effect, as one word: `software`, or the
+/// hardware method with dashes for spaces (`ioapic-pin`, `msi-x-vector-control`).
+fn mask_word(src: &Source) -> alloc::string::String {
+    if src.line().is_none() {
+        return alloc::string::String::from("software");
+    }
+    src.mask_method().replace(' ', "-")
+}
+
 /// The `state` cell: `-`, or the comma-separated flags `masked`, `throttled`, `storm`.
 fn state(src: &Source) -> alloc::string::String {
     let flags = [
@@ -84,7 +93,7 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
     )?;
     writeln!(
         out,
-        "{:<24} {:<6} {:<10} {:<9} {:>5} {:>10} {:>9} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6} state",
+        "{:<24} {:<6} {:<10} {:<9} {:>5} {:>10} {:>9} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {:>9} {:<20} state",
         "source",
         "vector",
         "ipl",
@@ -97,7 +106,9 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
         "p50_ns",
         "p99_ns",
         "stray",
-        "storms"
+        "storms",
+        "masked_in",
+        "mask"
     )?;
     let mut snap = Vec::with_capacity(sources.len());
     for src in &sources {
@@ -113,12 +124,13 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
             (word(src.name()), alloc::format!("{:#04x}", src.vector()), src.ipl(), src.model());
         for (c, &count) in counts.iter().enumerate() {
             let handled = st.handled_cpu[c].load(Ordering::Relaxed);
-            if count == 0 && handled == 0 {
+            let masked_in = st.masked_arrivals[c].load(Ordering::Relaxed);
+            if count == 0 && handled == 0 && masked_in == 0 {
                 continue;
             }
             writeln!(
                 out,
-                "{name:<24} {vector:<6} {:<10} {:<9} {c:>5} {:>10} {:>9} {handled:>10} {:>11} {:>9} {:>9} {:>6} {:>6} -",
+                "{name:<24} {vector:<6} {:<10} {:<9} {c:>5} {:>10} {:>9} {handled:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {masked_in:>9} {:<20} -",
                 ipl.name(),
                 model.name(),
                 count,
@@ -128,13 +140,14 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
                 cpu_percentile(st, c, handled, 99),
                 "-",
                 "-",
+                "-",
             )?;
         }
         let total: u64 = counts.iter().sum();
         let total_delta: u64 = (0..n).map(delta).sum();
         writeln!(
             out,
-            "{name:<24} {vector:<6} {:<10} {:<9} {:>5} {total:>10} {:>9} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {}",
+            "{name:<24} {vector:<6} {:<10} {:<9} {:>5} {total:>10} {:>9} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {:>9} {:<20} {}",
             ipl.name(),
             model.name(),
             "total",
@@ -145,6 +158,8 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
             st.latency.percentile(99),
             st.stray.load(Ordering::Relaxed),
             src.storm.storms.load(Ordering::Relaxed),
+            st.masked_total(),
+            mask_word(src),
             state(src),
         )?;
         snap.push((Arc::downgrade(src), counts));

@@ -124,7 +124,7 @@ fn intrstat_counts_a_raised_source() -> TestResult {
     let table = rows(&out, "source")?;
     let mine: Vec<&Vec<&str>> = table.iter().filter(|r| r.first() == Some(&"test.shell.intrstat")).collect();
     let total = mine.iter().find(|r| r.get(4) == Some(&"total")).ok_or("no total row")?;
-    kassert_eq!(total.len(), 14, "total row {total:?}");
+    kassert_eq!(total.len(), 16, "total row {total:?}");
     kassert_eq!(total[1], "0x56");
     kassert_eq!(total[2], "IPL_VM");
     kassert_eq!(total[3], "pool");
@@ -132,7 +132,8 @@ fn intrstat_counts_a_raised_source() -> TestResult {
     kassert_eq!(total[6], "0", "rate since the last intrstat (nothing raised since)");
     kassert_eq!(total[7], alloc::format!("{N}"), "handled");
     kassert!(total[9].parse::<u64>().is_ok() && total[10].parse::<u64>().is_ok(), "latency {total:?}");
-    kassert_eq!(total[13], "-", "state");
+    kassert_eq!((total[13], total[14]), ("0", "software"), "masked_in, mask");
+    kassert_eq!(total[15], "-", "state");
     let per_cpu: u64 =
         mine.iter().filter(|r| r[4] != "total").map(|r| r[5].parse::<u64>().unwrap_or(0)).sum();
     kassert_eq!(per_cpu, N, "per-CPU counts add up");

@@ -6,7 +6,8 @@
 //! * [`start`] (thread context, once; later calls return the same device) finds the function,
 //!   negotiates (`VIRTIO_F_VERSION_1` only), sets up request queue 0 with MSI-X table entry 0
 //!   on [`VECTOR`] (0x41) aimed at CPU 0, and establishes the source [`NAME`]
-//!   (`virtio-blk0`, `IPL_VM`, a handler and no filter, `MASK_WHILE_QUEUED`) under the model
+//!   (`virtio-blk0`, `IPL_VM`, a handler and no filter, `MASK_WHILE_QUEUED`; masked in
+//!   hardware through the entry's vector control, [`crate::intr::MsixLine`]) under the model
 //!   asked for (`None`: the framework's default, `intr.model=`). [`BlkDev::set_model`]
 //!   re-establishes it under another model while no request is outstanding.
 //! * A request ([`BlkDev::read`], [`BlkDev::write`]; thread context, `IPL_NONE`, may sleep)
@@ -162,6 +163,8 @@ pub struct BlkDev {
     free_slots: Mutex<Vec<u16>>,
     slot_freed: Event<crate::locks::KernelEnv>,
     handle: Mutex<Option<IntrHandle<KernelEnv>>>,
+    /// MSI-X table entry 0 (the queue's), the completion source's hardware mask.
+    line: &'static crate::intr::MsixLine,
     /// A spin mutex: the handler records into it, maybe in interrupt context.
     lat: Mutex<Arc<Latency>>,
     ops: AtomicU64,
@@ -197,6 +200,7 @@ pub fn start(model: Option<Model>) -> Result<&'static BlkDev, String> {
     let t = Transport::probe(NAME, &IDS)?;
     let err = |e: &str| format!("{NAME} at {}: {e}", t.func.bdf);
     t.func.enable_msix(&[arch::cpu::lapic_id_of(0)], &[VECTOR]).map_err(err)?;
+    let line = crate::intr::MsixLine::new(&t.func, 0).map_err(err)?;
     t.begin(0).map_err(err)?;
     let vq = t.setup_queue(0, QUEUE_SIZE, 0).map_err(err)?;
     let cfg = t.device_config();
@@ -222,6 +226,7 @@ pub fn start(model: Option<Model>) -> Result<&'static BlkDev, String> {
         free_slots: Mutex::new_adaptive("virtio-blk0.slots", (0..nslots).rev().collect()),
         slot_freed: Event::new(&SCHED),
         handle: Mutex::new_adaptive("virtio-blk0.handle", None),
+        line,
         lat: Mutex::new_spin(
             "virtio-blk0.lat",
             Ipl::Vm,
@@ -256,7 +261,7 @@ pub fn start(model: Option<Model>) -> Result<&'static BlkDev, String> {
 impl BlkDev {
     fn establish(&'static self, model: Option<Model>) -> Result<(), String> {
         let h = INTR
-            .establish(
+            .establish_line(
                 SourceSpec {
                     name: NAME,
                     vector: VECTOR,
@@ -264,6 +269,7 @@ impl BlkDev {
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE | IntrFlags::MASK_WHILE_QUEUED,
                     model,
                 },
+                self.line,
                 None,
                 Some(Box::new(move |_| {
                     self.handler_runs.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +296,27 @@ impl BlkDev {
     /// The model the completion source runs under (`None` if not established).
     pub fn model(&self) -> Model {
         self.handle.lock().as_ref().map(|h| h.source().model()).unwrap_or(Model::Direct)
+    }
+
+    /// Takes a mask reference on the completion source (as a driver masks a source it must
+    /// hold off): its MSI-X entry is masked in the device. `false` if not established.
+    pub fn mask_source(&self) -> bool {
+        self.handle.lock().as_ref().map(|h| h.mask()).is_some()
+    }
+
+    /// Drops the reference [`BlkDev::mask_source`] took; `false` if none was held.
+    pub fn unmask_source(&self) -> bool {
+        self.handle.lock().as_ref().is_some_and(|h| h.unmask().is_ok())
+    }
+
+    /// The completion source's arrivals while masked, all CPUs.
+    pub fn masked_arrivals(&self) -> u64 {
+        self.handle.lock().as_ref().map_or(0, |h| h.source().stats.masked_total())
+    }
+
+    /// The completion source's MSI-X entry (its hardware mask).
+    pub fn line(&self) -> &'static crate::intr::MsixLine {
+        self.line
     }
 
     /// The interrupt source's accounting, if established.
