@@ -5,6 +5,7 @@ pub mod blk;
 pub mod cmdline;
 pub mod com;
 pub mod edu;
+pub mod flight;
 pub mod intr;
 pub mod lockcheck;
 pub mod locks;
