@@ -40,7 +40,7 @@ impl intr::IntrEnv for KernelEnv {
     fn eoi() {
         apic::eoi();
     }
-    fn storm_report(source: &'static str, on: bool, rate: u64) {
+    fn storm_report(source: &str, on: bool, rate: u64) {
         arch::kprintln!("@@ storm source={} state={} rate={}", source, if on { "on" } else { "off" }, rate);
     }
 }

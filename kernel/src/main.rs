@@ -119,7 +119,7 @@ fn main_thread(opts: &'static Options) {
         Some(HarnessCheck::FilterSleep) => {
             let h = intr::INTR.establish(
                 intr_api::SourceSpec {
-                    name: "harness.sleepy-filter",
+                    name: "harness.sleepy-filter".into(),
                     vector: 0x5F,
                     ipl: ipl::Ipl::Vm,
                     flags: intr_api::IntrFlags::MPSAFE,

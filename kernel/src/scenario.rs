@@ -75,7 +75,7 @@ pub fn run(opts: &Options) -> bool {
     let source = crate::intr::INTR
         .establish(
             intr::SourceSpec {
-                name: "scenario.ipi",
+                name: "scenario.ipi".into(),
                 vector: 0x58,
                 ipl: ipl::Ipl::Vm,
                 flags: intr::IntrFlags::MPSAFE,

@@ -135,7 +135,7 @@ fn start_edu(threads: &mut Vec<sched::JoinHandle<crate::locks::KernelEnv>>) -> O
     let handle = INTR
         .establish(
             intr::SourceSpec {
-                name: "edu0",
+                name: "edu0".into(),
                 vector: EDU_VECTOR,
                 ipl: ipl::Ipl::Vm,
                 flags: intr::IntrFlags::MPSAFE,

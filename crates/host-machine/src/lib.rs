@@ -725,7 +725,7 @@ impl intr::IntrEnv for HostEnv {
         this_cpu().eois.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn storm_report(source: &'static str, on: bool, rate: u64) {
+    fn storm_report(source: &str, on: bool, rate: u64) {
         lock(&this_system().storms).push((source.to_string(), on, rate));
     }
 

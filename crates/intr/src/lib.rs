@@ -186,41 +186,45 @@ impl core::ops::BitOr for IntrFlags {
     }
 }
 
+/// A source's name: a literal (`"com1"`), or made at run time, as Linux's `eth0-rx-3` are
+/// (`format!(..).into()`).
+pub type SourceName = alloc::borrow::Cow<'static, str>;
+
 /// Why a source was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EstablishError {
     /// The vector is a CPU exception or owned by the kernel.
     InvalidVector {
         /// The source.
-        name: &'static str,
+        name: SourceName,
         /// The vector.
         vector: u8,
     },
     /// An exclusive source is there, or this one is exclusive and the vector is shared.
     VectorTaken {
         /// The source.
-        name: &'static str,
+        name: SourceName,
         /// The vector.
         vector: u8,
         /// The source already there.
-        holder: &'static str,
+        holder: SourceName,
     },
     /// A filter needs a hardware IPL (`IPL_VM` or above) to run in interrupt context.
     FilterAtSoftIpl {
         /// The source.
-        name: &'static str,
+        name: SourceName,
         /// Its IPL.
         ipl: Ipl,
     },
     /// `MANUAL` handlers are scheduled by a filter, and there is none.
     ManualWithoutFilter {
         /// The source.
-        name: &'static str,
+        name: SourceName,
     },
     /// Neither a filter nor a handler.
     Empty {
         /// The source.
-        name: &'static str,
+        name: SourceName,
     },
 }
 
@@ -277,8 +281,8 @@ pub const SOFTWARE_MASK: &str = "software (the device still interrupts while mas
 
 /// What a source is established with.
 pub struct SourceSpec {
-    /// Name (for `intrstat` and every diagnostic).
-    pub name: &'static str,
+    /// Name (for `intrstat` and every diagnostic): `"com1".into()`, or an owned string.
+    pub name: SourceName,
     /// CPU vector.
     pub vector: u8,
     /// Interrupt priority level.
@@ -291,7 +295,7 @@ pub struct SourceSpec {
 
 /// An established source.
 pub struct Source<E: IntrEnv> {
-    name: &'static str,
+    name: SourceName,
     vector: u8,
     ipl: Ipl,
     flags: IntrFlags,
@@ -328,8 +332,8 @@ struct Dedicated<E: IntrEnv> {
 
 impl<E: IntrEnv> Source<E> {
     /// The name.
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
     /// The vector.
     pub fn vector(&self) -> u8 {
@@ -439,7 +443,7 @@ impl<E: IntrEnv> Source<E> {
         let t0 = E::M::now_ns();
         // Per source and per CPU that runs the handler (`intrstat`'s per-CPU p50/p99).
         self.stats.record_latency(E::M::cpu_index(), t0.saturating_sub(raised_ns));
-        let ctx = HandlerCtx { source_name: self.name, cpu, requeue: AtomicBool::new(false) };
+        let ctx = HandlerCtx { source_name: &self.name, cpu, requeue: AtomicBool::new(false) };
         h(&ctx);
         let spent = E::M::now_ns().saturating_sub(t0);
         self.stats.handled.fetch_add(1, Ordering::Relaxed);
@@ -462,7 +466,7 @@ pub(crate) struct Pending<E: IntrEnv> {
 
 /// Passed to a filter.
 pub struct FilterCtx<'a> {
-    source_name: &'static str,
+    source_name: &'a str,
     manual: &'a AtomicBool,
 }
 
@@ -472,7 +476,7 @@ impl FilterCtx<'_> {
         self.manual.store(true, Ordering::Relaxed);
     }
     /// The source's name.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         self.source_name
     }
 }
@@ -521,7 +525,7 @@ pub trait IntrEnv: Env {
     /// Signals end of interrupt to this CPU's interrupt controller (the LAPIC).
     fn eoi();
     /// Reports a storm starting (`on`, with the rate seen) or ending, once each, by name.
-    fn storm_report(source: &'static str, on: bool, rate: u64);
+    fn storm_report(source: &str, on: bool, rate: u64);
 }
 
 /// The framework: the vector table and the models' state.
@@ -575,17 +579,17 @@ impl<E: IntrEnv> IntrHandle<E> {
     pub fn unmask(&self) -> Result<(), NotMasked> {
         self.masks
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| m.checked_sub(1))
-            .map_err(|_| NotMasked { name: self.source.name })?;
+            .map_err(|_| NotMasked { name: self.source.name.clone() })?;
         self.source.unmask();
         Ok(())
     }
 }
 
 /// [`IntrHandle::unmask`] without a matching [`IntrHandle::mask`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotMasked {
     /// The source.
-    pub name: &'static str,
+    pub name: SourceName,
 }
 
 impl fmt::Display for NotMasked {
@@ -724,7 +728,7 @@ impl<E: IntrEnv> Intr<E> {
             thread: SpinLock::new(None),
         });
         let src = Arc::new(Source {
-            name,
+            name: name.clone(),
             vector: spec.vector,
             ipl: spec.ipl,
             flags: spec.flags,
@@ -757,7 +761,7 @@ impl<E: IntrEnv> Intr<E> {
                     return Err(EstablishError::VectorTaken {
                         name,
                         vector: spec.vector,
-                        holder: other.name,
+                        holder: other.name.clone(),
                     });
                 }
             }
@@ -811,14 +815,17 @@ impl<E: IntrEnv> Intr<E> {
     }
 
     /// The source whose filter runs on `cpu` now, if any (for the sleep diagnostic).
-    pub fn filter_running(&self, cpu: usize) -> Option<&'static str> {
+    /// Called on `cpu` itself (from inside the filter, e.g. by the sleep check).
+    pub fn filter_running(&self, cpu: usize) -> Option<alloc::string::String> {
         let p = self.in_filter[cpu].load(Ordering::Relaxed);
         if p == 0 {
             return None;
         }
-        // SAFETY: `in_filter` holds the address of a `&'static str` (a source name) only while
-        // the filter runs; names are `'static`.
-        Some(unsafe { *(p as *const &'static str) })
+        // SAFETY: `in_filter[cpu]` holds the address of the running filter's source's name
+        // only while that filter runs on `cpu`, under the vector's table lock and with a
+        // reference to the source held: called on `cpu` from inside the filter, the source
+        // and its name are alive.
+        Some(alloc::string::String::from(unsafe { &**(p as *const SourceName) }))
     }
 
     /// Every established source (for `intrstat`).
@@ -936,7 +943,7 @@ impl<E: IntrEnv> Intr<E> {
             // the source.
             src.mask();
             if !src.storm.storming.swap(true, Ordering::AcqRel) {
-                E::storm_report(src.name, true, src.storm.last_rate.load(Ordering::Relaxed));
+                E::storm_report(&src.name, true, src.storm.last_rate.load(Ordering::Relaxed));
             }
         }
         Arrived::Filter
@@ -949,8 +956,8 @@ impl<E: IntrEnv> Intr<E> {
         let manual = AtomicBool::new(false);
         let r = match &src.filter {
             Some(f) => {
-                self.in_filter[cpu].store(&src.name as *const &'static str as usize, Ordering::Relaxed);
-                let r = f(&FilterCtx { source_name: src.name, manual: &manual });
+                self.in_filter[cpu].store(&src.name as *const SourceName as usize, Ordering::Relaxed);
+                let r = f(&FilterCtx { source_name: &src.name, manual: &manual });
                 self.in_filter[cpu].store(0, Ordering::Relaxed);
                 r
             }
@@ -1057,7 +1064,7 @@ impl<E: IntrEnv> Intr<E> {
                         > (storm::HOT_WINDOWS as u64 + 2) * storm::WINDOW_NS
                 {
                     st.calm_down();
-                    E::storm_report(src.name, false, 0);
+                    E::storm_report(&src.name, false, 0);
                 }
             }
         }
@@ -1066,7 +1073,7 @@ impl<E: IntrEnv> Intr<E> {
     fn start_dedicated(&'static self, src: &Arc<Source<E>>) {
         let s = src.clone();
         let pri = Priority::of_ipl(src.ipl).unwrap_or(Priority::INTR_BASE);
-        let h = E::sched().spawn(src.name, pri, None, move || dedicated_loop(&s));
+        let h = E::sched().spawn(&src.name, pri, None, move || dedicated_loop(&s));
         let d = src.dedicated.as_ref().expect("dedicated");
         let io = E::M::intr_disable();
         *d.thread.lock(&io) = Some(h.thread().clone());

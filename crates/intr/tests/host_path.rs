@@ -20,7 +20,7 @@ use sched::SchedEnv;
 const T: u64 = 20_000_000_000;
 
 fn spec(name: &'static str, vector: u8, ipl: Ipl, model: Model) -> SourceSpec {
-    SourceSpec { name, vector, ipl, flags: IntrFlags::MPSAFE, model: Some(model) }
+    SourceSpec { name: name.into(), vector, ipl, flags: IntrFlags::MPSAFE, model: Some(model) }
 }
 
 fn counter() -> Arc<AtomicU64> {
@@ -124,7 +124,7 @@ fn manual_handler_runs_only_when_its_filter_asks() {
         let _h = intr
             .establish(
                 SourceSpec {
-                    name: "t.manual",
+                    name: "t.manual".into(),
                     vector: 0x42,
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MANUAL,
@@ -941,5 +941,50 @@ fn a_blocked_pinned_handler_does_not_hold_up_the_cpus_other_sources() {
         assert_eq!(intr.pinned.threads_on(0).0, 3);
         assert_eq!(intr.pinned.threads_on(1).0, 3);
         assert_eq!(intr.pinned.stats().threads, 6);
+    });
+}
+
+/// Source names may be made at run time, as Linux's `eth0-rx-3` are: owned names are kept
+/// by the source and named in errors.
+#[test]
+fn owned_source_names() {
+    let sys = HostSystem::boot(1);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |_| {
+        let n = counter();
+        let hs: Vec<_> = (0..4)
+            .map(|q| {
+                let name = format!("eth0-rx-{q}");
+                let spec = intr::SourceSpec {
+                    name: name.into(),
+                    vector: 0x94 + q as u8,
+                    ipl: Ipl::Vm,
+                    flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE,
+                    model: Some(Model::Direct),
+                };
+                intr.establish(spec, None, Some(counting(&n))).expect("establish")
+            })
+            .collect();
+        assert_eq!(hs[3].source().name(), "eth0-rx-3");
+        let e = intr
+            .establish(
+                intr::SourceSpec {
+                    name: String::from("eth1-rx-0").into(),
+                    ..spec("", 0x95, Ipl::Vm, Model::Direct)
+                },
+                None,
+                Some(counting(&n)),
+            )
+            .err()
+            .expect("an exclusive vector refuses a second source");
+        assert_eq!(
+            e,
+            intr::EstablishError::VectorTaken {
+                name: "eth1-rx-0".into(),
+                vector: 0x95,
+                holder: "eth0-rx-1".into()
+            }
+        );
+        assert!(e.to_string().contains("eth1-rx-0") && e.to_string().contains("eth0-rx-1"), "{e}");
     });
 }

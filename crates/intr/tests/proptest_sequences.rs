@@ -95,7 +95,7 @@ fn run_sequence(ops: Vec<Op>) {
                     let h = intr
                         .establish(
                             SourceSpec {
-                                name: names[slot],
+                                name: names[slot].into(),
                                 vector: BASE_VECTOR + slot as u8,
                                 ipl: Ipl::Vm,
                                 flags: IntrFlags::MPSAFE,

@@ -105,7 +105,8 @@ fn source_name(model: Model, blocking: bool) -> &'static str {
 /// publishes it and counts itself; a `blocking` one then takes [`GATE`].
 fn establish(model: Model, vector: u8, blocking: bool) -> Src {
     let name = source_name(model, blocking);
-    let spec = SourceSpec { name, vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) };
+    let spec =
+        SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) };
     let handler: intr::Handler = if blocking {
         Box::new(|_| {
             T_START.store(now(), Ordering::Relaxed);

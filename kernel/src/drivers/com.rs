@@ -303,7 +303,7 @@ pub fn start() -> Result<(), String> {
     let source = INTR
         .establish_line(
             SourceSpec {
-                name: "com1",
+                name: "com1".into(),
                 vector: COM1_VECTOR,
                 ipl: Ipl::High,
                 flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE,
@@ -398,7 +398,7 @@ impl Com2Fault {
         let source = INTR
             .establish_line(
                 SourceSpec {
-                    name: "com2",
+                    name: "com2".into(),
                     vector: COM2_VECTOR,
                     ipl: Ipl::High,
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE,

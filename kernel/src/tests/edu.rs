@@ -72,7 +72,7 @@ fn msi_exactly_once_every_model() -> TestResult {
         let handle = INTR
             .establish(
                 SourceSpec {
-                    name: names[i],
+                    name: names[i].into(),
                     vector,
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,
@@ -147,7 +147,7 @@ fn intx_exactly_once_every_model() -> TestResult {
         let handle = INTR
             .establish_line(
                 SourceSpec {
-                    name: names[i],
+                    name: names[i].into(),
                     vector,
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,
@@ -220,7 +220,7 @@ fn intx_deferred_by_spl_runs_once_after_splx() -> TestResult {
     let handle = INTR
         .establish_line(
             SourceSpec {
-                name: "edu.intx.deferred",
+                name: "edu.intx.deferred".into(),
                 vector,
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,
@@ -291,7 +291,7 @@ fn msi_masked_in_software_counts_arrivals() -> TestResult {
     let handle = INTR
         .establish(
             SourceSpec {
-                name: "edu.msi.masked",
+                name: "edu.msi.masked".into(),
                 vector,
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,

@@ -54,7 +54,7 @@ fn flight(model: Model) -> TestResult {
         handles.push(
             INTR.establish(
                 SourceSpec {
-                    name: names[i],
+                    name: names[i].into(),
                     vector,
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,

@@ -24,8 +24,8 @@ fn raise(cpu: usize, vector: u8) {
     apic::send_ipi(arch::cpu::lapic_id_of(cpu), vector);
 }
 
-fn spec(name: &'static str, vector: u8, model: Model, flags: IntrFlags) -> SourceSpec {
-    SourceSpec { name, vector, ipl: Ipl::Vm, flags, model: Some(model) }
+fn spec(name: impl Into<intr::SourceName>, vector: u8, model: Model, flags: IntrFlags) -> SourceSpec {
+    SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags, model: Some(model) }
 }
 
 fn counting(
@@ -438,10 +438,10 @@ fn pool_exhaustion_migration_and_disestablish() -> TestResult {
     let ran = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     // One vector shared by all k sources (any number may share one): a single raise queues
-    // k instances on the target CPU. Names are made per handler (leaked: a test runs once).
+    // k instances on the target CPU. Names are made per handler (owned strings).
     for i in 0..k {
         let r = ran.clone();
-        let name: &'static str = alloc::format!("test.exhaust.{i}").leak();
+        let name = alloc::format!("test.exhaust.{i}");
         handles.push(
             INTR.establish(
                 spec(name, 0x70, Model::Pool, IntrFlags::MPSAFE),
@@ -496,7 +496,7 @@ fn establish_errors_name_the_source() -> TestResult {
         None,
         Some(alloc::boxed::Box::new(h)),
     );
-    kassert_eq!(e.err(), Some(EstablishError::InvalidVector { name: "bad.vector", vector: 0x10 }));
+    kassert_eq!(e.err(), Some(EstablishError::InvalidVector { name: "bad.vector".into(), vector: 0x10 }));
     let e = INTR.establish(
         spec("bad.timer", apic::TIMER_VECTOR, Model::Pool, IntrFlags::MPSAFE),
         None,
@@ -504,7 +504,7 @@ fn establish_errors_name_the_source() -> TestResult {
     );
     kassert_eq!(
         e.err(),
-        Some(EstablishError::InvalidVector { name: "bad.timer", vector: apic::TIMER_VECTOR })
+        Some(EstablishError::InvalidVector { name: "bad.timer".into(), vector: apic::TIMER_VECTOR })
     );
     let first = INTR
         .establish(
@@ -520,25 +520,32 @@ fn establish_errors_name_the_source() -> TestResult {
     );
     kassert_eq!(
         e.err(),
-        Some(EstablishError::VectorTaken { name: "excl.second", vector: 0x7F, holder: "excl.first" })
+        Some(EstablishError::VectorTaken {
+            name: "excl.second".into(),
+            vector: 0x7F,
+            holder: "excl.first".into()
+        })
     );
     drop(first);
     let soft = SourceSpec {
-        name: "bad.softfilter",
+        name: "bad.softfilter".into(),
         vector: 0x7F,
         ipl: Ipl::SoftNet,
         flags: IntrFlags::MPSAFE,
         model: None,
     };
     let e = INTR.establish(soft, Some(alloc::boxed::Box::new(f)), None);
-    kassert_eq!(e.err(), Some(EstablishError::FilterAtSoftIpl { name: "bad.softfilter", ipl: Ipl::SoftNet }));
+    kassert_eq!(
+        e.err(),
+        Some(EstablishError::FilterAtSoftIpl { name: "bad.softfilter".into(), ipl: Ipl::SoftNet })
+    );
     let e = INTR.establish(
         spec("bad.manual", 0x7F, Model::Pool, IntrFlags::MANUAL),
         None,
         Some(alloc::boxed::Box::new(h)),
     );
-    kassert_eq!(e.err(), Some(EstablishError::ManualWithoutFilter { name: "bad.manual" }));
-    let msg = alloc::format!("{}", EstablishError::ManualWithoutFilter { name: "bad.manual" });
+    kassert_eq!(e.err(), Some(EstablishError::ManualWithoutFilter { name: "bad.manual".into() }));
+    let msg = alloc::format!("{}", EstablishError::ManualWithoutFilter { name: "bad.manual".into() });
     kassert!(msg.contains("bad.manual"), "{msg}");
     Ok(())
 }

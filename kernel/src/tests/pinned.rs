@@ -140,8 +140,8 @@ fn blocked_handler_does_not_hold_up_the_cpu() -> TestResult {
 
     static HELD: Mutex<()> = Mutex::new_adaptive("test.pinned.spare.held", ());
     let n = super::ncpus();
-    let spec = |name, vector| SourceSpec {
-        name,
+    let spec = |name: &'static str, vector| SourceSpec {
+        name: name.into(),
         vector,
         ipl: Ipl::Vm,
         flags: IntrFlags::MPSAFE,

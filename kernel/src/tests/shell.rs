@@ -65,12 +65,22 @@ fn raise(cpu: usize, vector: u8) {
 
 type Handle = IntrHandle<KernelEnv>;
 
-fn counting(name: &'static str, vector: u8, model: Model) -> Result<(Handle, Arc<AtomicU64>), String> {
+fn counting(
+    name: impl Into<intr::SourceName>,
+    vector: u8,
+    model: Model,
+) -> Result<(Handle, Arc<AtomicU64>), String> {
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     let h = INTR
         .establish(
-            SourceSpec { name, vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) },
+            SourceSpec {
+                name: name.into(),
+                vector,
+                ipl: Ipl::Vm,
+                flags: IntrFlags::MPSAFE,
+                model: Some(model),
+            },
             None,
             Some(alloc::boxed::Box::new(move |_| {
                 c.fetch_add(1, Ordering::SeqCst);
@@ -161,9 +171,8 @@ fn sysctl_resizes_the_pool() -> TestResult {
     let old_target = INTR.pool.target();
     let mut handles = Vec::new();
     while INTR.pool.handlers() < 2 * n + 2 {
-        // A name per handler, for any CPU count (leaked: the test runs once per boot).
-        let name: &'static str = alloc::format!("test.shell.pool{}", handles.len()).leak();
-        handles.push(counting(name, 0x57, Model::Pool)?.0);
+        // A name per handler, for any CPU count (an owned string).
+        handles.push(counting(alloc::format!("test.shell.pool{}", handles.len()), 0x57, Model::Pool)?.0);
     }
     let (lo, hi) = INTR.pool.size_bounds();
     kassert_eq!(lo, 2 * n);
@@ -446,7 +455,7 @@ fn pinned_probe() -> TestResult {
     let h = INTR
         .establish(
             SourceSpec {
-                name: "test.shell.pinned",
+                name: "test.shell.pinned".into(),
                 vector: 0x55,
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,

@@ -34,7 +34,7 @@ fn softint_from_filter_runs_once_at_its_level() -> TestResult {
     let hw = INTR
         .establish(
             SourceSpec {
-                name: "test.soft.hw",
+                name: "test.soft.hw".into(),
                 vector: 0x6A,
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,

@@ -263,7 +263,7 @@ impl BlkDev {
         let h = INTR
             .establish_line(
                 SourceSpec {
-                    name: NAME,
+                    name: NAME.into(),
                     vector: VECTOR,
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE | IntrFlags::MASK_WHILE_QUEUED,

@@ -250,7 +250,7 @@ impl NetDev {
         let h = INTR
             .establish(
                 SourceSpec {
-                    name: NAME_RX,
+                    name: NAME_RX.into(),
                     vector: VECTOR_RX,
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE | IntrFlags::MASK_WHILE_QUEUED,
