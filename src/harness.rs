@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::protocol::Event;
 use crate::qemu::{self, BootConfig, BootReport, Outcome, Source, EXIT_FAILURE, EXIT_SUCCESS};
@@ -350,10 +351,20 @@ pub fn run_suite_with(cfg: &BootConfig, verbose: bool) -> SuiteReport {
 }
 
 /// Runs the suite once per entry of `smps` and adds up the results.
-pub fn run_suites(base: &BootConfig, smps: &[u32], verbose: bool) -> SuiteReport {
+///
+/// `timeout`: per boot; `None` gives each boot [`suite_timeout`] for its CPU count.
+/// The time a suite boot on `smp` CPUs may take before it counts as a hang: 120 s for up to
+/// two CPUs, and 60 s more for each CPU beyond (every vCPU shares the host's cores under TCG,
+/// and the in-kernel waits scale the same way: `kernel/src/tests/mod.rs`, `scaled_ms`).
+pub fn suite_timeout(smp: u32) -> Duration {
+    crate::qemu::DEFAULT_TIMEOUT + Duration::from_secs(60 * u64::from(smp.saturating_sub(2)))
+}
+
+/// Runs the suite once per CPU count in `smps`.
+pub fn run_suites(base: &BootConfig, smps: &[u32], timeout: Option<Duration>, verbose: bool) -> SuiteReport {
     let mut all = SuiteReport::default();
     for &smp in smps {
-        let cfg = BootConfig { smp, ..base.clone() };
+        let cfg = BootConfig { smp, timeout: timeout.unwrap_or_else(|| suite_timeout(smp)), ..base.clone() };
         all.boots.extend(run_suite_with(&cfg, verbose).boots);
     }
     all

@@ -105,9 +105,10 @@ struct TestArgs {
     /// Run only the tests whose name contains PATTERN.
     #[arg(long, value_name = "PATTERN")]
     filter: Option<String>,
-    /// Seconds before QEMU is killed and the boot reported as a hang.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
+    /// Seconds before QEMU is killed and the boot reported as a hang (default: 120 for up
+    /// to 2 CPUs, 60 more per CPU beyond).
+    #[arg(long)]
+    timeout: Option<u64>,
     /// Also show the kernel's free-text lines and QEMU's stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -516,14 +517,14 @@ fn test(a: TestArgs) -> Result<ExitCode, String> {
         accel: Some(accel),
         append: filter,
         extra_args: Vec::new(),
-        timeout: Duration::from_secs(a.timeout),
+        timeout: qemu::DEFAULT_TIMEOUT,
         input: Default::default(),
     };
     let smps = match a.smp {
         Some(n) => vec![n],
         None => vec![1, 2, 4],
     };
-    let report = harness::run_suites(&base, &smps, a.verbose);
+    let report = harness::run_suites(&base, &smps, a.timeout.map(Duration::from_secs), a.verbose);
     if !report.success() {
         println!("\nfailures:");
         for b in &report.boots {

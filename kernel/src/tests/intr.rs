@@ -678,15 +678,19 @@ fn balancing_moves_unbound_work_to_an_idle_cpu() -> TestResult {
         let a_done_at = Arc::new(AtomicU64::new(0));
         let b_done_at = Arc::new(AtomicU64::new(0));
         let b_cpu = Arc::new(AtomicU64::new(u64::MAX));
-        let (st, ad) = (a_started.clone(), a_done_at.clone());
+        let (st, ad, bdone) = (a_started.clone(), a_done_at.clone(), b_done_at.clone());
+        // The long handler keeps its CPU busy: bound, for 30 ms (the short one must wait for
+        // it); unbound, until the short one has run elsewhere (synchronising, not a race
+        // against the clock; the scaled bound only ends a hang, and then the test fails).
+        let busy_ns = if bound { 30_000_000 } else { super::scaled_ms(3000) * 1_000_000 };
         let a = INTR
             .establish(
                 spec("test.balance.long", 0x5A, Model::Pool, IntrFlags::MPSAFE | IntrFlags::BOUND),
                 None,
                 Some(alloc::boxed::Box::new(move |_| {
                     st.store(true, Ordering::SeqCst);
-                    let end = now_ns() + 30_000_000;
-                    while now_ns() < end {
+                    let end = now_ns() + busy_ns;
+                    while now_ns() < end && (bound || bdone.load(Ordering::SeqCst) == 0) {
                         core::hint::spin_loop();
                     }
                     ad.store(now_ns(), Ordering::SeqCst);
@@ -709,9 +713,10 @@ fn balancing_moves_unbound_work_to_an_idle_cpu() -> TestResult {
         raise(target, 0x5A);
         kassert!(until(1000, || a_started.load(Ordering::SeqCst)), "long handler never started");
         raise(target, 0x5B);
+        let t = 4000; // ms for up to 2 CPUs; `until` scales it
         kassert!(
-            until(2000, || b_done_at.load(Ordering::SeqCst) != 0 && a_done_at.load(Ordering::SeqCst) != 0),
-            "handlers did not finish"
+            until(t, || b_done_at.load(Ordering::SeqCst) != 0 && a_done_at.load(Ordering::SeqCst) != 0),
+            "handlers did not finish within {t} ms (scaled with the CPU count) (bound {bound})"
         );
         let (ad, bd) = (a_done_at.load(Ordering::SeqCst), b_done_at.load(Ordering::SeqCst));
         if bound {

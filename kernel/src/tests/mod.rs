@@ -67,10 +67,11 @@ pub fn scaled_ms(ms: u64) -> u64 {
     ms + ms * (ncpus().saturating_sub(2) as u64) / 2
 }
 
-/// Waits (sleeping in short naps) until `cond` holds or `ms` milliseconds pass; returns
-/// whether it held.
+/// Waits (sleeping in short naps) until `cond` holds or the timeout passes; returns whether
+/// it held. The timeout is `ms` milliseconds for up to two CPUs, scaled with the CPU count
+/// beyond ([`scaled_ms`]): it only bounds a hang, and every vCPU shares the host's cores.
 pub fn until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = now_ns() + ms * 1_000_000;
+    let deadline = now_ns() + scaled_ms(ms) * 1_000_000;
     while !cond() {
         if now_ns() > deadline {
             return false;
