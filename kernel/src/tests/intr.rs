@@ -45,6 +45,16 @@ fn counting(
     Ok((h, count))
 }
 
+/// Whether every CPU's pinned ithreads exist and are parked (the first pinned source makes
+/// them, parked, before `establish` returns; a test that needs the fast path checks this
+/// instead of sleeping).
+pub fn pinned_parked() -> bool {
+    (0..ncpus()).all(|c| {
+        let (made, parked) = INTR.pinned.threads_on(c);
+        made > 0 && made == parked
+    })
+}
+
 /// Every raised interrupt is handled exactly once, on every CPU, in every model.
 fn exactly_once_every_model() -> TestResult {
     let n = ncpus();
@@ -159,8 +169,8 @@ fn pinned_borrows_cpu_without_scheduler_switch() -> TestResult {
             })),
         )
         .map_err(|e| alloc::format!("{e}"))?;
-    // Let the per-CPU ithreads start and park.
-    SCHED.sleep_ns(20_000_000);
+    // The first pinned source made the per-CPU ithreads, parked.
+    kassert!(pinned_parked(), "the pinned ithreads are not all parked");
     let me = SCHED.current_arc();
     SCHED.preempt_disable(); // nothing but the interrupt may take our CPU in the window
     let cpu = SCHED.cpu_index();
@@ -232,7 +242,7 @@ fn pinned_runs_at_vm_and_defers_its_level() -> TestResult {
             })),
         )
         .map_err(|e| alloc::format!("{e}"))?;
-    SCHED.sleep_ns(20_000_000);
+    kassert!(pinned_parked(), "the pinned ithreads are not all parked");
     SCHED.preempt_disable();
     raise(SCHED.cpu_index(), 0x5C);
     SCHED.preempt_enable();
@@ -271,7 +281,7 @@ fn pinned_blocks_over_spin_mutex_below_vm() -> TestResult {
             })),
         )
         .map_err(|e| alloc::format!("{e}"))?;
-    SCHED.sleep_ns(20_000_000);
+    kassert!(pinned_parked(), "the pinned ithreads are not all parked");
     let hold = HOLD.lock();
     let low = LOW.lock();
     raise(SCHED.cpu_index(), 0x5D);
@@ -380,13 +390,20 @@ fn manual_handler_only_by_filter() -> TestResult {
             })),
         )
         .map_err(|e| alloc::format!("{e}"))?;
-    raise(SCHED.cpu_index(), 0x68);
+    // Both raises go to one CPU (we stay on it), whose pool queue is FIFO: once the second
+    // instance, which the filter asks for, has run, a wrongly scheduled first one would have
+    // run before it. No sleep: the second interrupt is the synchronisation.
+    let cpu = SCHED.cpu_index();
+    SCHED.bind_current(Some(cpu));
+    raise(cpu, 0x68);
     kassert!(until(1000, || filtered.load(Ordering::SeqCst) == 1), "filter did not run");
-    SCHED.sleep_ns(20_000_000);
-    kassert_eq!(handled.load(Ordering::SeqCst), 0, "MANUAL handler ran without its filter asking");
     want.store(true, Ordering::SeqCst);
-    raise(SCHED.cpu_index(), 0x68);
-    kassert!(until(1000, || handled.load(Ordering::SeqCst) == 1), "MANUAL handler not run when scheduled");
+    raise(cpu, 0x68);
+    let ran = until(1000, || handled.load(Ordering::SeqCst) >= 1);
+    SCHED.bind_current(None);
+    kassert!(ran, "MANUAL handler not run when scheduled");
+    kassert_eq!(filtered.load(Ordering::SeqCst), 2, "filter runs");
+    kassert_eq!(handled.load(Ordering::SeqCst), 1, "MANUAL handler ran without its filter asking");
     drop(h);
     Ok(())
 }
@@ -416,8 +433,13 @@ fn masked_while_queued() -> TestResult {
     kassert!(until(1000, || runs.load(Ordering::SeqCst) == 1), "handler did not start");
     kassert!(src.is_masked(), "source not masked while its handler runs");
     let total = src.stats.total();
+    let absorbed = src.stats.masked_total();
     raise(SCHED.cpu_index(), 0x69);
-    SCHED.sleep_ns(10_000_000);
+    // Synchronising: the arrival is counted as absorbed when it comes in while masked.
+    kassert!(
+        until(1000, || src.stats.masked_total() > absorbed),
+        "the interrupt raised while masked never arrived"
+    );
     kassert_eq!(src.stats.total(), total, "an interrupt was dispatched while masked");
     kassert_eq!(runs.load(Ordering::SeqCst), 1);
     drop(g);
@@ -756,7 +778,7 @@ fn latency_histograms_per_cpu() -> TestResult {
     for model in [Model::Direct, Model::Pinned] {
         let name = if model == Model::Direct { "test.latcpu.direct" } else { "test.latcpu.pinned" };
         let (h, count) = counting(model, 0x6F, name).map_err(|e| alloc::format!("{e}"))?;
-        SCHED.sleep_ns(5_000_000); // pinned: the per-CPU ithreads exist before we raise
+        kassert!(pinned_parked(), "the pinned ithreads are not all parked");
         let per_cpu = 20u64;
         for k in 0..per_cpu * n as u64 {
             raise(k as usize % n, 0x6F);

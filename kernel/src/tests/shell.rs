@@ -471,8 +471,8 @@ fn pinned_probe() -> TestResult {
             })),
         )
         .map_err(|e| alloc::format!("{e}"));
-    // The first pinned source starts the per-CPU ithreads: let them park before the victim runs.
-    SCHED.sleep_ns(10_000_000);
+    // The first pinned source made the per-CPU ithreads, parked, before the victim runs.
+    kassert!(super::intr::pinned_parked(), "the pinned ithreads are not all parked");
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let pri = sched::Priority::new(20).ok_or("priority")?;
