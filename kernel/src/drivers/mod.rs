@@ -3,4 +3,7 @@
 
 pub mod com;
 pub mod edu;
+pub mod error;
+
+pub use error::DriverError;
 pub mod virtio;

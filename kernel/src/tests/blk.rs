@@ -73,7 +73,7 @@ pub fn write_verify(dev: &BlkDev, first: u64, n: u64, round: u64) -> Result<(), 
 
 /// Starts the device (its absence is a failure naming it).
 pub fn device() -> Result<&'static BlkDev, String> {
-    blk::start(None)
+    Ok(blk::start(None)?)
 }
 
 /// Runs `THREADS_PER_CPU` threads bound to each CPU, each writing and verifying its own

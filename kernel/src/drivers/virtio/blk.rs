@@ -30,8 +30,6 @@
 //!   handler saw it: what interrupt dispatch adds, independent of thread scheduling).
 
 use alloc::boxed::Box;
-use alloc::format;
-use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +41,7 @@ use machine::Machine;
 use sched::Event;
 
 use super::{percentiles, Transport, Virtqueue};
+use crate::drivers::DriverError;
 use crate::intr::INTR;
 use crate::locks::{KernelEnv, Mutex};
 use crate::SCHED;
@@ -192,13 +191,14 @@ pub fn stats() -> BlkStats {
 
 /// Brings the device up (once) with its completion source under `model` (`None`: the
 /// default). `Err` names the device and what is wrong (e.g. it is absent).
-pub fn start(model: Option<Model>) -> Result<&'static BlkDev, String> {
+pub fn start(model: Option<Model>) -> Result<&'static BlkDev, DriverError> {
     let mut g = DEVICE.lock();
     if let Some(d) = *g {
         return Ok(d);
     }
     let t = Transport::probe(NAME, &IDS)?;
-    let err = |e: &str| format!("{NAME} at {}: {e}", t.func.bdf);
+    let bdf = t.func.bdf;
+    let err = |what: &'static str| DriverError::Device { device: NAME, bdf, what };
     t.func.enable_msix(&[arch::cpu::lapic_id_of(0)], &[VECTOR]).map_err(err)?;
     let line = crate::intr::MsixLine::new(&t.func, 0).map_err(err)?;
     t.begin(0).map_err(err)?;
@@ -259,7 +259,7 @@ pub fn start(model: Option<Model>) -> Result<&'static BlkDev, String> {
 }
 
 impl BlkDev {
-    fn establish(&'static self, model: Option<Model>) -> Result<(), String> {
+    fn establish(&'static self, model: Option<Model>) -> Result<(), DriverError> {
         let h = INTR
             .establish_line(
                 SourceSpec {
@@ -276,7 +276,7 @@ impl BlkDev {
                     self.complete();
                 })),
             )
-            .map_err(|e| format!("{e}"))?;
+            .map_err(|error| DriverError::Establish { device: NAME, error })?;
         *self.handle.lock() = Some(h);
         Ok(())
     }
@@ -284,7 +284,7 @@ impl BlkDev {
     /// Re-establishes the completion source under `model` (`None`: the default). Call with no
     /// request outstanding; the device's messages are held (MSI-X function mask) meanwhile,
     /// and anything completed in between is collected at the end.
-    pub fn set_model(&'static self, model: Option<Model>) -> Result<(), String> {
+    pub fn set_model(&'static self, model: Option<Model>) -> Result<(), DriverError> {
         self.t.func.set_msix_function_mask(true);
         drop(self.handle.lock().take());
         let r = self.establish(model);

@@ -46,7 +46,7 @@
 pub mod blk;
 pub mod net;
 
-use alloc::string::String;
+use crate::drivers::DriverError;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -103,11 +103,11 @@ impl Transport {
     /// The first virtio function whose device id is one of `ids`, with the modern
     /// capabilities (common, notify, device configuration) mapped. `Err` names what is
     /// missing.
-    pub fn probe(what: &str, ids: &[u16]) -> Result<Transport, String> {
-        let func =
-            pci::scan().into_iter().find(|f| f.vendor == VENDOR && ids.contains(&f.device)).ok_or_else(
-                || alloc::format!("{what}: no such PCI function (vendor {VENDOR:#06x}, device {ids:#06x?})"),
-            )?;
+    pub fn probe(what: &'static str, ids: &'static [u16]) -> Result<Transport, DriverError> {
+        let func = pci::scan()
+            .into_iter()
+            .find(|f| f.vendor == VENDOR && ids.contains(&f.device))
+            .ok_or(DriverError::NotFound { device: what, vendor: VENDOR, ids })?;
         let (mut common, mut notify, mut device) = (None, None, None);
         let mut notify_mult = 0;
         for (id, cap) in func.capabilities() {
@@ -129,11 +129,12 @@ impl Transport {
                 _ => {}
             }
         }
-        let missing = |n: &str| alloc::format!("{what} at {}: no usable {n} capability", func.bdf);
+        let bdf = func.bdf;
+        let missing = |what_cap: &'static str| DriverError::Device { device: what, bdf, what: what_cap };
         Ok(Transport {
-            common: common.ok_or_else(|| missing("common configuration"))?,
-            notify: notify.ok_or_else(|| missing("notification"))?,
-            device: device.ok_or_else(|| missing("device configuration"))?,
+            common: common.ok_or_else(|| missing("no usable common configuration capability"))?,
+            notify: notify.ok_or_else(|| missing("no usable notification capability"))?,
+            device: device.ok_or_else(|| missing("no usable device configuration capability"))?,
             notify_mult,
             func,
         })
