@@ -25,7 +25,8 @@
 //!   `kernel/src/intr.rs`: [`ipl::SplState::intr_arrive`] first, then — unless deferred —
 //!   `intr_enter`, the handler (`tick` for the clock), `intr_done`, `intr_exit`. They are
 //!   taken only at interrupt points: while an idle CPU waits in [`Machine::wait_for_interrupt`] (it sleeps
-//!   on its condition variable until something is posted or the next tick is due), whenever
+//!   on its condition variable until something is posted or the next tick is due; see
+//!   "Under Miri" for the tickless clock), whenever
 //!   the running thread enables interrupts (`intr_enable`, or dropping an [`IntrOff`] that
 //!   restores "enabled": on x86 a pending interrupt is taken right after `sti` too), and when
 //!   a thread calls [`HostMachine::poll_interrupts`], which test threads do in their busy
@@ -59,6 +60,23 @@
 //!   (an `extern "C" fn(usize) -> !` entry cannot be unwound out of); these are reclaimed
 //!   when the test process exits. After a test, dropping its `HostSystem` stops the clock of
 //!   its idle CPUs so they sleep for good.
+//!
+//! ## Under Miri
+//!
+//! Miri's clock (with isolation) advances 5 µs per basic block interpreted, so one pass of
+//! the interrupt path for a tick costs more than a 1 ms period: with the free-running clock a
+//! CPU would take ticks back to back and never run anything else. Under `cfg(miri)` the
+//! clock is *tickless* and slower, and everything else is the same mechanism:
+//!
+//! * [`TICK_NS`] is 50 ms, and a tick is re-armed when its handler is done rather than when
+//!   it was taken.
+//! * A tick is due only when it has work to do: a timed sleep is pending
+//!   ([`sched::Scheduler::next_timeout_ns`]) or some CPU has threads in its run queue (time
+//!   slices to count, work for idle CPUs to steal). Otherwise no CPU takes ticks.
+//! * An idle CPU with no tick due blocks on its condition variable without a timeout until
+//!   an interrupt is posted to it (a reschedule IPI, a raised vector); with a timed sleep
+//!   pending it wakes at that deadline. A thread queued on a busy CPU while another CPU idles
+//!   is stolen at the idle CPU's next tick, as without Miri.
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -103,8 +121,13 @@ pub const RESCHED_VECTOR: u8 = 0x21;
 /// Vector of the "call" interrupt (level `IPL_HIGH`, as the kernel's call IPI).
 pub const CALL_VECTOR: u8 = 0x22;
 
-/// Simulated clock period.
-pub const TICK_NS: u64 = 1_000_000;
+/// Simulated clock period: 1 ms; 50 ms under Miri (see "Under Miri" in the module doc).
+pub const TICK_NS: u64 = if cfg!(miri) { 50_000_000 } else { 1_000_000 };
+
+/// Whether the clock is tickless: under Miri (see the module doc), a CPU takes a clock tick
+/// only when one has work to do, and an idle CPU with none sleeps until an interrupt is
+/// posted to it.
+const TICKLESS: bool = cfg!(miri);
 
 /// How long [`HostSystem::run`] waits for the test body before declaring a hang.
 /// (An hour under Miri, which interprets every thread.)
@@ -234,12 +257,24 @@ impl HostContext {
     }
 }
 
+/// Whether a clock tick would have work to do in the system: a timed sleep is pending (its
+/// deadline is checked on the tick), or some CPU has threads waiting in its run queue (time
+/// slices to count, idle CPUs to steal). Only the tickless clock asks.
+fn tick_wanted(sys: &System) -> bool {
+    sys.sched.next_timeout_ns().is_some() || (0..sys.ncpus).any(|c| sys.sched.cpu_stats(c).queued > 0)
+}
+
 /// Consumes one interrupt posted on `cpu`: the clock tick when due, else the highest posted
-/// vector (the LAPIC's order); `None` if nothing is posted.
+/// vector (the LAPIC's order); `None` if nothing is posted. A tickless clock's tick is due
+/// only if [`tick_wanted`]; it is re-armed when its handler is done (`kernel_vector`), so a
+/// tick handler that takes longer than [`TICK_NS`] (as under Miri) cannot starve the CPU.
 fn take_pending(sys: &System, cpu: usize) -> Option<u8> {
     let c = &sys.cpus[cpu];
     let now = HostMachine::now_ns();
-    if !sys.shutdown.load(Ordering::Relaxed) && now >= c.next_tick_ns.load(Ordering::Relaxed) {
+    if !sys.shutdown.load(Ordering::Relaxed)
+        && now >= c.next_tick_ns.load(Ordering::Relaxed)
+        && (!TICKLESS || tick_wanted(sys))
+    {
         c.next_tick_ns.store(now + TICK_NS, Ordering::Relaxed);
         return Some(TICK_VECTOR);
     }
@@ -395,15 +430,26 @@ impl Machine for HostMachine {
                 if let Some(v) = take_pending(sys, cpu) {
                     break v;
                 }
-                g = if sys.shutdown.load(Ordering::Relaxed) {
-                    c.wake.wait(g).unwrap_or_else(PoisonError::into_inner)
+                // When the clock next needs this CPU: never after shutdown; with the
+                // tickless clock, never unless a tick has work to do (then at the next
+                // tick, or at the earliest timed sleep's deadline if that is later).
+                let next_tick = c.next_tick_ns.load(Ordering::Relaxed);
+                let wake_at = if sys.shutdown.load(Ordering::Relaxed) {
+                    None
+                } else if !TICKLESS || (0..sys.ncpus).any(|c| sys.sched.cpu_stats(c).queued > 0) {
+                    Some(next_tick)
                 } else {
-                    let now = HostMachine::now_ns();
-                    let left = c.next_tick_ns.load(Ordering::Relaxed).saturating_sub(now);
-                    c.wake
-                        .wait_timeout(g, Duration::from_nanos(left))
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                    sys.sched.next_timeout_ns().map(|d| d.max(next_tick))
+                };
+                g = match wake_at {
+                    None => c.wake.wait(g).unwrap_or_else(PoisonError::into_inner),
+                    Some(t) => {
+                        let left = t.saturating_sub(HostMachine::now_ns());
+                        c.wake
+                            .wait_timeout(g, Duration::from_nanos(left))
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
                 };
             }
         };
@@ -749,7 +795,13 @@ impl intr::IntrEnv for HostEnv {
                     f();
                 }
             }
-            TICK_VECTOR => sys.sched.tick(io),
+            TICK_VECTOR => {
+                sys.sched.tick(io);
+                if TICKLESS {
+                    // Re-armed from the handler's end (see `take_pending`).
+                    this_cpu().next_tick_ns.store(HostMachine::now_ns() + TICK_NS, Ordering::Relaxed);
+                }
+            }
             RESCHED_VECTOR => {}
             _ => {
                 sys.stray.fetch_add(1, Ordering::Relaxed);

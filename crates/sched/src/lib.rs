@@ -808,6 +808,17 @@ impl<E: SchedEnv> Scheduler<E> {
         }
     }
 
+    /// The earliest deadline of a timed sleep (`now_ns` time), if any thread sleeps with a
+    /// timeout: a CPU that stops its clock while idle must take a tick by then. (Read
+    /// without the lock: a sleep committed concurrently on another CPU may be missed, but
+    /// that CPU is running and takes its own ticks.)
+    pub fn next_timeout_ns(&self) -> Option<u64> {
+        match self.next_deadline.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            d => Some(d),
+        }
+    }
+
     /// Counters of `cpu`.
     pub fn cpu_stats(&self, cpu: usize) -> CpuStats {
         let c = &self.cpus[cpu];

@@ -9,7 +9,8 @@ use host_machine::{checked, spin_until, Event, HostMachine, HostSystem};
 use machine::Machine;
 use sched::Priority;
 
-const ITERS: u64 = 300;
+/// Fewer under Miri, which interprets every thread.
+const ITERS: u64 = if cfg!(miri) { 50 } else { 300 };
 
 fn bound_threads_stay(ncpus: usize) {
     let sys = HostSystem::boot(ncpus);
