@@ -127,20 +127,31 @@ fn wakeup_on_other_cpu_preempts_through_ipi() {
         let ev = Arc::new(Event::new(sched));
         let ran_cpu = Arc::new(AtomicUsize::new(usize::MAX));
         let spins_when_ran = Arc::new(AtomicU64::new(0));
+        let hog_stopped = Arc::new(AtomicBool::new(false));
         let high = {
-            let (ev, ran_cpu, spins, spins_when_ran, stop) =
-                (ev.clone(), ran_cpu.clone(), spins.clone(), spins_when_ran.clone(), stop.clone());
+            let (ev, ran_cpu, spins, spins_when_ran, stop, hog_stopped) = (
+                ev.clone(),
+                ran_cpu.clone(),
+                spins.clone(),
+                spins_when_ran.clone(),
+                stop.clone(),
+                hog_stopped.clone(),
+            );
             sched.spawn(
                 "high",
                 pri(60),
                 Some(1),
                 checked(move || {
                     if ev.wait_deadline(HostMachine::now_ns() + 5_000_000_000) {
+                        // Read `stop` before publishing `ran_cpu`: main sets `stop` only after
+                        // it has seen `ran_cpu`, so this load shows whether the hog was still
+                        // running (preempted, not finished) when the high thread ran. Reading
+                        // it after the store raced main whenever the host descheduled this
+                        // OS thread between the two (seen in CI on 2 loaded cores).
+                        hog_stopped.store(stop.load(Ordering::SeqCst), Ordering::SeqCst);
                         spins_when_ran.store(spins.load(Ordering::SeqCst), Ordering::SeqCst);
                         ran_cpu.store(sched.cpu_index(), Ordering::SeqCst);
                     }
-                    // The hog has not been told to stop: it was preempted, not finished.
-                    assert!(!stop.load(Ordering::SeqCst), "the hog had stopped before the high thread ran");
                 }),
             )
         };
@@ -167,13 +178,16 @@ fn wakeup_on_other_cpu_preempts_through_ipi() {
             ipis,
             s1,
             spins_when_ran.load(Ordering::SeqCst),
+            hog_stopped.load(Ordering::SeqCst),
         )
     });
-    let (asleep, spinning, ran, ran_cpu, ipis, s1, spins_when_ran) = r;
+    let (asleep, spinning, ran, ran_cpu, ipis, s1, spins_when_ran, hog_stopped) = r;
     assert!(asleep, "the high thread never went to sleep");
     assert!(spinning, "the hog never ran");
     assert!(ran, "the high thread did not run within 5 s of the wakeup");
     assert_eq!(ran_cpu, 1, "the high thread ran on the wrong CPU");
+    // The hog had not been told to stop: it was preempted, not finished.
+    assert!(!hog_stopped, "the hog had stopped before the high thread ran");
     assert!(ipis >= 1, "no reschedule IPI reached CPU 1");
     assert!(spins_when_ran >= s1, "spin counter went backwards?");
 }
