@@ -237,16 +237,48 @@ static CONSOLE: IrqSpinLock<Console> = IrqSpinLock::new(Console {
 /// Set while the ring may hold bytes (read by `tick_kick` without the lock).
 static TX_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Initializes COM1 (115200 8N1, FIFOs on, interrupts off). Called once by the BSP before
-/// anything is printed.
+/// Bytes the UART held before [`init`]: the `uart_16550` crate's `init` resets the receive
+/// FIFO and discards stale data (as Linux does), but on QEMU the "stale" byte is the first
+/// one the operator typed — QEMU delivers input from the moment the machine starts. [`init`]
+/// reads them out first; the kernel's COM1 driver takes them ([`take_early_rx`]) and runs
+/// them through its line discipline before any later byte.
+static EARLY_RX: IrqSpinLock<([u8; 2 * FIFO], usize)> = IrqSpinLock::new(([0; 2 * FIFO], 0));
+
+/// Initializes COM1 (115200 8N1, FIFOs on, interrupts off), keeping what it had already
+/// received ([`take_early_rx`]). Called once by the BSP before anything is printed.
 pub fn init() {
     // SAFETY: 0x3F8 is COM1 on the PC platform QEMU emulates; only this module drives it.
     let uart = unsafe { Uart16550::new_port(COM1_PORT) };
     if let Ok(mut u) = uart {
+        {
+            // At reset the line control register is 0, so offset 0 is the receive buffer:
+            // keep what is there (one byte without a FIFO; up to 16 if firmware enabled it).
+            let mut early = EARLY_RX.lock();
+            while early.1 < early.0.len() && u.lsr().contains(LSR::DATA_READY) {
+                match u.try_receive_byte() {
+                    Ok(b) => {
+                        let n = early.1;
+                        early.0[n] = b;
+                        early.1 += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         if u.init(Config::default()).is_ok() {
             CONSOLE.lock().uart = Some(u);
         }
     }
+}
+
+/// Moves the bytes COM1 held before [`init`] into `out` (once; later calls get none) and
+/// returns how many.
+pub fn take_early_rx(out: &mut [u8]) -> usize {
+    let mut early = EARLY_RX.lock();
+    let n = early.1.min(out.len());
+    out[..n].copy_from_slice(&early.0[..n]);
+    early.1 = 0;
+    n
 }
 
 /// Writes formatted text (no newline added).
