@@ -10,9 +10,13 @@
 //! has receive buffers, so a guest that falls behind slows the host down instead of losing
 //! frames. Why not a datagram backend: QEMU 7.2's `-netdev socket,udp=` and `-netdev dgram`
 //! take a datagram of size 0 for the end of the connection and never read again — one empty
-//! datagram from anyone on the host killed the guest's NIC for the rest of the run. In the
-//! stream an empty frame is a length of 0, delivered like any other (the guest counts what
-//! it gets as foreign); the connection ends only when the host closes it.
+//! datagram from anyone on the host killed the guest's NIC for the rest of the run. The stream
+//! has one writer, this peer (QEMU connects out to it, and it accepts that one connection
+//! only). An empty frame is still fatal in the stream: QEMU 7.2's virtio-net answers a
+//! 0-byte packet with 0, which its network layer reads as "queue it and retry later", and
+//! the retry answers 0 again, so nothing is delivered after it. [`NetPeer::send_raw`]
+//! refuses one with an error saying so; if the link dies anyway, the guest reports the
+//! receive stall and gives the NIC up (`kernel/src/workload.rs`).
 //!
 //! ## Frame format (identical in `kernel/src/drivers/virtio/net.rs`)
 //!
@@ -201,6 +205,8 @@ pub struct NetPeer {
     reader: Option<JoinHandle<()>>,
     /// The first sequence number of the last run [`NetPeer::send`] started.
     run_first: AtomicU64,
+    /// Data frames of that run written so far.
+    run_sent: AtomicU64,
 }
 
 /// Splits the length-framed stream in `buf` into frames; what is left is an incomplete one.
@@ -240,6 +246,7 @@ impl NetPeer {
                     return;
                 }
                 match listener.accept() {
+                    // The one connection: later ones are refused (the listener closes).
                     Ok((c, _)) => break c,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(10))
@@ -247,6 +254,7 @@ impl NetPeer {
                     Err(e) => return set(&|k| k.closed = Some(format!("accepting QEMU's connection: {e}"))),
                 }
             };
+            drop(listener);
             let prepared = conn
                 .set_nonblocking(false)
                 .and_then(|_| conn.set_nodelay(true))
@@ -281,7 +289,16 @@ impl NetPeer {
                 }
             }
         })?;
-        Ok(NetPeer { addr, link, received, bad, stop, reader: Some(reader), run_first: AtomicU64::new(0) })
+        Ok(NetPeer {
+            addr,
+            link,
+            received,
+            bad,
+            stop,
+            reader: Some(reader),
+            run_first: AtomicU64::new(0),
+            run_sent: AtomicU64::new(0),
+        })
     }
 
     /// The address QEMU connects to.
@@ -312,6 +329,7 @@ impl NetPeer {
         let start = Instant::now();
         let first = seqs.start;
         self.run_first.store(first, Ordering::Relaxed);
+        self.run_sent.store(0, Ordering::Relaxed);
         for seq in seqs {
             if rate > 0 {
                 // Paced against the start: frame k leaves at k / rate seconds.
@@ -322,8 +340,14 @@ impl NetPeer {
                 }
             }
             self.send_raw(&build_frame(seq, flags))?;
+            self.run_sent.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Data frames of the last run [`NetPeer::send`] started written so far.
+    pub fn sent_in_run(&self) -> u64 {
+        self.run_sent.load(Ordering::Relaxed)
     }
 
     /// Sends the end marker carrying the total number of data frames sent (and the first
@@ -340,10 +364,23 @@ impl NetPeer {
         Ok(())
     }
 
-    /// Sends one raw frame (a test may send a malformed or an empty one): its length, then
-    /// its bytes. Waits up to [`CONNECT_WAIT`] for QEMU to connect; an error says why the
-    /// stream is not there.
+    /// Sends one raw frame (a test may send a malformed one): its length, then its bytes.
+    /// Waits up to [`CONNECT_WAIT`] for QEMU to connect; an error says why the stream is not
+    /// there. An empty frame is refused (see the module doc: it would kill the guest's NIC).
     pub fn send_raw(&self, frame: &[u8]) -> std::io::Result<()> {
+        if frame.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an empty frame is refused: QEMU 7.2's virtio-net would take it for \"retry later\" \
+                 forever and never deliver another frame",
+            ));
+        }
+        self.send_unchecked(frame)
+    }
+
+    /// [`NetPeer::send_raw`] without the check for an empty frame: for the tests of what
+    /// happens when the NIC's link dies.
+    pub fn send_unchecked(&self, frame: &[u8]) -> std::io::Result<()> {
         let len = u32::try_from(frame.len())
             .map_err(|_| std::io::Error::other(format!("a frame of {} bytes is too long", frame.len())))?;
         let mut msg = Vec::with_capacity(4 + frame.len());

@@ -478,6 +478,10 @@ pub trait TrafficSource: Send + Sync {
     fn send_end(&self, total: u64) -> io::Result<()>;
     /// The echoes received so far.
     fn echoes(&self) -> EchoStats;
+    /// Data frames of the current run handed to the link so far (`None`: not counted).
+    fn sent_in_run(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The host's devices for one boot of the main job.
@@ -501,6 +505,9 @@ impl TrafficSource for crate::traffic::NetPeer {
     fn echoes(&self) -> EchoStats {
         crate::traffic::NetPeer::echoes(self)
     }
+    fn sent_in_run(&self) -> Option<u64> {
+        Some(crate::traffic::NetPeer::sent_in_run(self))
+    }
 }
 
 /// Creates the NIC's host end (a UDP socket QEMU's `-netdev socket` talks to) and a 16 MiB
@@ -519,6 +526,8 @@ pub struct HostCounters {
     /// Frames the guest asked for (`@@ net-ready count=`, all runs).
     pub frames_requested: AtomicU64,
     pub frames_sent: AtomicU64,
+    /// A run's frames are being sent now (`serve` has not returned).
+    pub sending: AtomicBool,
     pub serial_lines_sent: AtomicU64,
     pub serial_bytes_sent: AtomicU64,
     /// Whether the NIC had a host end (frames could be sent).
@@ -534,11 +543,15 @@ impl HostCounters {
 
     /// The counters now, with the echoes `net` received.
     pub fn snapshot(&self, plan: &Plan, net: Option<&dyn TrafficSource>) -> HostTraffic {
+        let sending = self.sending.load(Ordering::Acquire);
+        // A run still being sent counts what has gone so far.
+        let in_run = if sending { net.and_then(|n| n.sent_in_run()).unwrap_or(0) } else { 0 };
         HostTraffic {
             plan: *plan,
             net_wired: self.net_wired.load(Ordering::Relaxed),
             frames_requested: self.frames_requested.load(Ordering::Relaxed),
-            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed) + in_run,
+            still_sending: sending,
             echoes: net.map(|n| n.echoes()),
             serial_lines_sent: self.serial_lines_sent.load(Ordering::Relaxed),
             serial_bytes_sent: self.serial_bytes_sent.load(Ordering::Relaxed),
@@ -554,6 +567,9 @@ pub struct HostTraffic {
     pub net_wired: bool,
     pub frames_requested: u64,
     pub frames_sent: u64,
+    /// The host was still sending a run when the guest ended (its writes blocked: the link
+    /// stopped taking frames).
+    pub still_sending: bool,
     pub echoes: Option<EchoStats>,
     pub serial_lines_sent: u64,
     pub serial_bytes_sent: u64,
@@ -610,7 +626,10 @@ pub fn feeder(plan: Plan, net: Option<Arc<dyn TrafficSource>>, counters: Arc<Hos
 /// Sends the frames `request` asks for (one run), then its end marker.
 pub fn serve(net: &dyn TrafficSource, request: &NetRequest, counters: &HostCounters) {
     let seqs = request.first..request.first + request.count;
-    if let Err(e) = net.send(seqs.clone(), request.echo, request.rate) {
+    counters.sending.store(true, Ordering::Release);
+    let sent = net.send(seqs.clone(), request.echo, request.rate);
+    counters.sending.store(false, Ordering::Release);
+    if let Err(e) = sent {
         counters.error(format!("sending frames {seqs:?}: {e}"));
         return;
     }
@@ -713,7 +732,13 @@ pub fn problems(results: &JobResults, host: &HostTraffic) -> Vec<String> {
     } else if host.frames_sent > 0 {
         out.push(format!("the kernel reports no NIC counters, though {} frames were sent", host.frames_sent));
     }
-    if host.frames_sent < host.frames_requested {
+    if host.still_sending {
+        out.push(format!(
+            "the host was still sending when the guest ended: {} of {} frames written, the rest blocked \
+             (the NIC's link stopped taking frames)",
+            host.frames_sent, host.frames_requested
+        ));
+    } else if host.frames_sent < host.frames_requested {
         out.push(format!(
             "only {} of the {} frames asked for were sent",
             host.frames_sent, host.frames_requested

@@ -78,6 +78,7 @@ fn clean_host() -> HostTraffic {
         net_wired: true,
         frames_requested: 2000,
         frames_sent: 2000,
+        still_sending: false,
         echoes: Some(EchoStats { received: 2000, bad: 0 }),
         serial_lines_sent: 1024,
         serial_bytes_sent: 65536,
