@@ -668,14 +668,18 @@ pub fn frames_lost(w: &Counters, host: &HostTraffic) -> u64 {
 /// A gap without frames this long (ms) while the host was still sending is a receive stall.
 pub const NET_STALL_MS: u64 = 2000;
 
-/// The NIC's unexpected traffic as a list (`300 duplicates, 1 out of range`), empty if none.
+/// The NIC's unexpected traffic as a list (`300 duplicates, 1 out of range`).
 fn net_junk(w: &Counters) -> String {
-    [(w.net_dup, "duplicates"), (w.net_range, "out of range"), (w.net_bad, "bad")]
+    let junk: Vec<String> = [(w.net_dup, "duplicates"), (w.net_range, "out of range"), (w.net_bad, "bad")]
         .iter()
         .filter(|(n, _)| *n > 0)
         .map(|(n, what)| format!("{n} {what}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    if junk.is_empty() {
+        "the kernel reports no duplicates, out-of-range or bad frames (a kernel without `net_dup=`?)".into()
+    } else {
+        junk.join(", ")
+    }
 }
 
 /// The receive stall, if the guest saw one: no frame for `net_stall_ms` while it waited for
