@@ -41,7 +41,9 @@
 //!   from the host with our EtherType is *foreign*; one that carries our header but fails
 //!   verification (short, no magic, wrong flags, length or payload) is *bad*. A verified data
 //!   frame outside the phase's range `first..first + count` is *out of range* (a forged or
-//!   replayed sequence number, or an earlier run's frame; a stale end marker too). In range,
+//!   replayed sequence number, or an earlier run's frame). An end marker naming another run's
+//!   first frame is *stale* (the host sends each end marker several times, so late copies of
+//!   the last run's reach the next one): counted apart, not judged. In range,
 //!   a bitmap of the sequence numbers seen tells a *unique* frame from a *duplicate*; a
 //!   unique one is *in order* if it is the expected one, else *reordered* (below it) or it
 //!   skips some (above it). *Lost* is what the phase is still missing, never more than its
@@ -106,8 +108,10 @@ pub struct NetStats {
     pub unique: u64,
     /// Verified data frames in range whose sequence number had come already.
     pub duplicate: u64,
-    /// Verified data frames outside the phase's range, and stale end markers.
+    /// Verified data frames outside the phase's range.
     pub out_of_range: u64,
+    /// End markers of another run (late copies).
+    pub stale_end: u64,
     /// Unique frames with the expected sequence number.
     pub in_order: u64,
     /// Frames of the phase still missing (see the module doc; never above its count).
@@ -173,6 +177,7 @@ pub struct NetDev {
     unique: AtomicU64,
     duplicate: AtomicU64,
     out_of_range: AtomicU64,
+    stale_end: AtomicU64,
     in_order: AtomicU64,
     reordered: AtomicU64,
     bad: AtomicU64,
@@ -253,6 +258,7 @@ pub fn start(model: Option<Model>) -> Result<&'static NetDev, String> {
         unique: AtomicU64::new(0),
         duplicate: AtomicU64::new(0),
         out_of_range: AtomicU64::new(0),
+        stale_end: AtomicU64::new(0),
         in_order: AtomicU64::new(0),
         reordered: AtomicU64::new(0),
         bad: AtomicU64::new(0),
@@ -374,6 +380,7 @@ impl NetDev {
             &self.unique,
             &self.duplicate,
             &self.out_of_range,
+            &self.stale_end,
             &self.in_order,
             &self.reordered,
             &self.bad,
@@ -465,8 +472,8 @@ impl NetDev {
             }
             Frame::End { total, first } => {
                 if first != Some(rx.first) {
-                    // A late copy of an earlier run's end marker, or a forged one.
-                    self.out_of_range.fetch_add(1, Ordering::Relaxed);
+                    // A late copy of an earlier run's end marker.
+                    self.stale_end.fetch_add(1, Ordering::Relaxed);
                 } else if !self.end_seen.load(Ordering::Acquire) {
                     self.end_total.store(total, Ordering::Relaxed);
                     self.end_seen.store(true, Ordering::Release);
@@ -597,6 +604,7 @@ impl NetDev {
             unique,
             duplicate: self.duplicate.load(Ordering::Relaxed),
             out_of_range: self.out_of_range.load(Ordering::Relaxed),
+            stale_end: self.stale_end.load(Ordering::Relaxed),
             in_order: self.in_order.load(Ordering::Relaxed),
             lost,
             reordered: self.reordered.load(Ordering::Relaxed),
