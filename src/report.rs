@@ -79,9 +79,7 @@ pub fn compare_rows(runs: &[ModelRun]) -> (Vec<String>, Vec<Vec<String>>) {
     row("verdict", &|r| if r.ok() { "ok".into() } else { "FAILED".into() });
     row("frames received", &|r| r.results.workload.map_or("-".into(), |w| w.net_rx.to_string()));
     row("frames lost", &|r| {
-        r.results
-            .workload
-            .map_or("-".into(), |w| w.net_lost.max(r.host.frames_sent.saturating_sub(w.net_rx)).to_string())
+        r.results.workload.map_or("-".into(), |w| crate::workload::frames_lost(&w, &r.host).to_string())
     });
     row("frames/s", &|r| opt_rate(r.results.throughput().frames_per_s));
     row("disk ops", &|r| r.results.workload.map_or("-".into(), |w| w.blk_ops.to_string()));

@@ -1,14 +1,22 @@
-//! The host side of the guest's virtio devices: a UDP peer the guest NIC is attached to
+//! The host side of the guest's virtio devices: a stream peer the guest NIC is attached to
 //! ([`NetPeer`]) and a raw disk image for virtio-blk ([`DiskImage`]).
 //!
 //! ## Transport
 //!
-//! QEMU 7.2's `-netdev socket,id=..,udp=127.0.0.1:<host port>,localaddr=127.0.0.1:<qemu port>`
-//! carries each raw Ethernet frame as one UDP datagram: QEMU sends the guest's frames from
-//! `<qemu port>` to `<host port>` and hands every datagram received on `<qemu port>` to the
-//! guest NIC as one frame. No root, no tap. The host binds `<host port>` ([`NetPeer::new`]);
-//! UDP on loopback does not reorder, but it drops when a receive buffer is full (a guest
-//! that cannot keep up): the guest counts such drops as gaps in the sequence numbers.
+//! QEMU 7.2's `-netdev stream,id=..,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=<p>`
+//! connects to a TCP port the host listens on ([`NetPeer::new`]) and carries each raw
+//! Ethernet frame both ways as a 4-byte big-endian length followed by the frame. No root, no
+//! tap. A stream cannot drop or reorder a frame, and QEMU reads from it only while the guest
+//! has receive buffers, so a guest that falls behind slows the host down instead of losing
+//! frames. Why not a datagram backend: QEMU 7.2's `-netdev socket,udp=` and `-netdev dgram`
+//! take a datagram of size 0 for the end of the connection and never read again — one empty
+//! datagram from anyone on the host killed the guest's NIC for the rest of the run. The stream
+//! has one writer, this peer (QEMU connects out to it, and it accepts that one connection
+//! only). An empty frame is still fatal in the stream: QEMU 7.2's virtio-net answers a
+//! 0-byte packet with 0, which its network layer reads as "queue it and retry later", and
+//! the retry answers 0 again, so nothing is delivered after it. [`NetPeer::send_raw`]
+//! refuses one with an error saying so; if the link dies anyway, the guest reports the
+//! receive stall and gives the NIC up (`kernel/src/workload.rs`).
 //!
 //! ## Frame format (identical in `kernel/src/drivers/virtio/net.rs`)
 //!
@@ -39,11 +47,12 @@
 //! unpaced), then the end marker with total `n`. [`NetRequest::parse`] reads the line and
 //! [`NetPeer::serve`] does what it says (a serial feeder calls both, see `tests/devices.rs`).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -174,67 +183,140 @@ impl NetRequest {
     }
 }
 
-/// A UDP socket on 127.0.0.1 that the guest NIC is attached to (see the module doc).
+/// How long [`NetPeer::send_raw`] waits for QEMU to connect.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// The host's end of the stream, once QEMU has connected (or why it never will).
+#[derive(Default)]
+struct Link {
+    writer: Option<TcpStream>,
+    /// QEMU closed the connection (or reading it failed): the NIC's link is gone.
+    closed: Option<String>,
+}
+
+/// A TCP listener on 127.0.0.1 that the guest NIC's stream netdev connects to (see the module
+/// doc).
 pub struct NetPeer {
-    sock: UdpSocket,
-    qemu: SocketAddr,
+    addr: SocketAddr,
+    link: Arc<(Mutex<Link>, Condvar)>,
     received: Arc<AtomicU64>,
     bad: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     /// The first sequence number of the last run [`NetPeer::send`] started.
     run_first: AtomicU64,
+    /// Data frames of that run written so far.
+    run_sent: AtomicU64,
+}
+
+/// Splits the length-framed stream in `buf` into frames; what is left is an incomplete one.
+fn take_frames(buf: &mut Vec<u8>, mut each: impl FnMut(&[u8])) {
+    let mut at = 0;
+    while buf.len() - at >= 4 {
+        let n = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+        if buf.len() - at - 4 < n {
+            break;
+        }
+        each(&buf[at + 4..at + 4 + n]);
+        at += 4 + n;
+    }
+    buf.drain(..at);
 }
 
 impl NetPeer {
-    /// Binds the host port on 127.0.0.1, picks a free port for QEMU's end, and starts the
-    /// thread that reads and verifies echoes.
+    /// Listens on a free port of 127.0.0.1 and starts the thread that accepts QEMU's
+    /// connection and reads and verifies the guest's echoes.
     pub fn new() -> std::io::Result<NetPeer> {
-        let sock = UdpSocket::bind("127.0.0.1:0")?;
-        // QEMU binds its end itself: find a free port by binding and releasing it.
-        let qemu = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-        let reader_sock = sock.try_clone()?;
-        reader_sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
         let received = Arc::new(AtomicU64::new(0));
         let bad = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, b, s) = (received.clone(), bad.clone(), stop.clone());
+        let link = Arc::new((Mutex::new(Link::default()), Condvar::new()));
+        let (r, b, s, l) = (received.clone(), bad.clone(), stop.clone(), link.clone());
         let reader = std::thread::Builder::new().name("netpeer-echoes".into()).spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !s.load(Ordering::Relaxed) {
-                match reader_sock.recv_from(&mut buf) {
-                    Ok((n, from)) if from == qemu => {
-                        if verify_echo(&buf[..n]).is_some() {
-                            r.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            b.fetch_add(1, Ordering::Relaxed);
-                        }
+            let set = |f: &dyn Fn(&mut Link)| {
+                f(&mut l.0.lock().unwrap_or_else(|e| e.into_inner()));
+                l.1.notify_all();
+            };
+            // QEMU connects once, as it starts.
+            let mut conn = loop {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                match listener.accept() {
+                    // The one connection: later ones are refused (the listener closes).
+                    Ok((c, _)) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10))
                     }
-                    Ok(_) => {}  // not from QEMU's end: ignore
-                    Err(_) => {} // timeout (look at `stop`), or a transient error
+                    Err(e) => return set(&|k| k.closed = Some(format!("accepting QEMU's connection: {e}"))),
+                }
+            };
+            drop(listener);
+            let prepared = conn
+                .set_nonblocking(false)
+                .and_then(|_| conn.set_nodelay(true))
+                .and_then(|_| conn.set_read_timeout(Some(Duration::from_millis(100))))
+                .and_then(|_| conn.try_clone());
+            match prepared {
+                Ok(w) => set(&|k| k.writer = w.try_clone().ok()),
+                Err(e) => return set(&|k| k.closed = Some(format!("setting up QEMU's connection: {e}"))),
+            }
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                match conn.read(&mut chunk) {
+                    Ok(0) => return set(&|k| k.closed = Some("QEMU closed the NIC's stream".into())),
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        take_frames(&mut buf, |f| {
+                            if verify_echo(f).is_some() {
+                                r.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                b.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return set(&|k| k.closed = Some(format!("reading the NIC's stream: {e}"))),
                 }
             }
         })?;
-        Ok(NetPeer { sock, qemu, received, bad, stop, reader: Some(reader), run_first: AtomicU64::new(0) })
+        Ok(NetPeer {
+            addr,
+            link,
+            received,
+            bad,
+            stop,
+            reader: Some(reader),
+            run_first: AtomicU64::new(0),
+            run_sent: AtomicU64::new(0),
+        })
     }
 
-    /// The host end (`udp=` for QEMU).
-    pub fn host_addr(&self) -> SocketAddr {
-        self.sock.local_addr().expect("bound socket")
+    /// The address QEMU connects to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
-    /// QEMU's end (`localaddr=`).
-    pub fn qemu_addr(&self) -> SocketAddr {
-        self.qemu
-    }
-
-    /// QEMU arguments: the socket netdev and a virtio-net-pci NIC with [`GUEST_MAC`] (no option
+    /// QEMU arguments: the stream netdev and a virtio-net-pci NIC with [`GUEST_MAC`] (no option
     /// ROM: the kernel boots with `-kernel`).
     pub fn qemu_args(&self) -> Vec<String> {
         let m = GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
         vec![
             "-netdev".into(),
-            format!("socket,id=itnet0,udp={},localaddr={}", self.host_addr(), self.qemu),
+            format!(
+                "stream,id=itnet0,server=off,addr.type=inet,addr.host={},addr.port={}",
+                self.addr.ip(),
+                self.addr.port()
+            ),
             "-device".into(),
             format!("virtio-net-pci,netdev=itnet0,mac={m},romfile="),
         ]
@@ -247,6 +329,7 @@ impl NetPeer {
         let start = Instant::now();
         let first = seqs.start;
         self.run_first.store(first, Ordering::Relaxed);
+        self.run_sent.store(0, Ordering::Relaxed);
         for seq in seqs {
             if rate > 0 {
                 // Paced against the start: frame k leaves at k / rate seconds.
@@ -257,8 +340,14 @@ impl NetPeer {
                 }
             }
             self.send_raw(&build_frame(seq, flags))?;
+            self.run_sent.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Data frames of the last run [`NetPeer::send`] started written so far.
+    pub fn sent_in_run(&self) -> u64 {
+        self.run_sent.load(Ordering::Relaxed)
     }
 
     /// Sends the end marker carrying the total number of data frames sent (and the first
@@ -275,20 +364,58 @@ impl NetPeer {
         Ok(())
     }
 
-    /// Sends one raw frame (a test may send a malformed one).
+    /// Sends one raw frame (a test may send a malformed one): its length, then its bytes.
+    /// Waits up to [`CONNECT_WAIT`] for QEMU to connect; an error says why the stream is not
+    /// there. An empty frame is refused (see the module doc: it would kill the guest's NIC).
     pub fn send_raw(&self, frame: &[u8]) -> std::io::Result<()> {
-        loop {
-            match self.sock.send_to(frame, self.qemu) {
-                Ok(_) => return Ok(()),
-                // Our own socket buffer is full: wait for it to drain.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_micros(200))
-                }
-                // QEMU's end is not bound yet or went away (ICMP port unreachable on a
-                // previous datagram): the frame is lost, like on a wire.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
-                Err(e) => return Err(e),
+        if frame.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an empty frame is refused: QEMU 7.2's virtio-net would take it for \"retry later\" \
+                 forever and never deliver another frame",
+            ));
+        }
+        self.send_unchecked(frame)
+    }
+
+    /// [`NetPeer::send_raw`] without the check for an empty frame: for the tests of what
+    /// happens when the NIC's link dies.
+    pub fn send_unchecked(&self, frame: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(frame.len())
+            .map_err(|_| std::io::Error::other(format!("a frame of {} bytes is too long", frame.len())))?;
+        let mut msg = Vec::with_capacity(4 + frame.len());
+        msg.extend_from_slice(&len.to_be_bytes());
+        msg.extend_from_slice(frame);
+        let (lock, cv) = &*self.link;
+        let g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = cv
+            .wait_timeout_while(g, CONNECT_WAIT, |k| k.writer.is_none() && k.closed.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        // Written under the lock: frames from several threads never interleave in the stream.
+        let link = &mut *g;
+        let w = match (link.writer.as_mut(), &link.closed) {
+            (Some(w), _) => w,
+            (None, Some(why)) => return Err(std::io::Error::other(why.clone())),
+            (None, None) => {
+                return Err(std::io::Error::other(format!(
+                    "QEMU did not connect to the NIC's stream at {} within {} s",
+                    self.addr,
+                    CONNECT_WAIT.as_secs()
+                )))
             }
+        };
+        match w.write_all(&msg) {
+            Ok(()) => Ok(()),
+            // QEMU went away (the guest ended): the frame is lost, like on a wire.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 

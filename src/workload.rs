@@ -130,12 +130,28 @@ const SERIAL_KEYS: [&str; 3] = ["serial_bytes", "serial_lines", "serial_bad"];
 pub struct Counters {
     /// The parts reported; the counters of the others are 0.
     pub parts: Parts,
-    /// Frames the guest received.
+    /// Frames with our header the guest received (bad ones included; duplicates too).
     pub net_rx: u64,
-    /// Frames the guest knows were lost (sequence gaps).
+    /// Verified frames of the run, each sequence number once (`net_unique=`; absent from an
+    /// older kernel's lines: `None`).
+    pub net_unique: Option<u64>,
+    /// Verified frames whose sequence number had come already (`net_dup=`).
+    pub net_dup: u64,
+    /// Verified frames outside the run's sequence numbers (`net_range=`).
+    pub net_range: u64,
+    /// Frames not ours: another address or EtherType (`net_foreign=`).
+    pub net_foreign: u64,
+    /// Frames the guest knows are missing (sequence gaps; after the end marker, what it
+    /// announced that never came).
     pub net_lost: u64,
-    /// Frames that failed the guest's verification.
+    /// Frames that carried our header and failed the guest's verification.
     pub net_bad: u64,
+    /// Whether the end marker arrived (`net_end=`, optional).
+    pub net_end: Option<bool>,
+    /// The longest time without a frame while the guest waited for the end marker, ms
+    /// (`net_stall_ms=`), and the unique frames received when it began (`net_stall_at=`).
+    pub net_stall_ms: u64,
+    pub net_stall_at: u64,
     /// Frames the guest echoed back.
     pub net_echoed: u64,
     /// Disk operations verified.
@@ -172,8 +188,15 @@ impl Counters {
         Ok(Counters {
             parts,
             net_rx: num("net_rx")?,
+            net_unique: if f.has("net_unique") { Some(f.num("net_unique")?) } else { None },
+            net_dup: num("net_dup")?,
+            net_range: num("net_range")?,
+            net_foreign: num("net_foreign")?,
             net_lost: num("net_lost")?,
             net_bad: num("net_bad")?,
+            net_end: if f.has("net_end") { Some(f.choice("net_end", "1", "0")?) } else { None },
+            net_stall_ms: num("net_stall_ms")?,
+            net_stall_at: num("net_stall_at")?,
             net_echoed: num("net_echoed")?,
             blk_ops: num("blk_ops")?,
             blk_bad: num("blk_bad")?,
@@ -455,6 +478,10 @@ pub trait TrafficSource: Send + Sync {
     fn send_end(&self, total: u64) -> io::Result<()>;
     /// The echoes received so far.
     fn echoes(&self) -> EchoStats;
+    /// Data frames of the current run handed to the link so far (`None`: not counted).
+    fn sent_in_run(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The host's devices for one boot of the main job.
@@ -478,6 +505,9 @@ impl TrafficSource for crate::traffic::NetPeer {
     fn echoes(&self) -> EchoStats {
         crate::traffic::NetPeer::echoes(self)
     }
+    fn sent_in_run(&self) -> Option<u64> {
+        Some(crate::traffic::NetPeer::sent_in_run(self))
+    }
 }
 
 /// Creates the NIC's host end (a UDP socket QEMU's `-netdev socket` talks to) and a 16 MiB
@@ -496,6 +526,8 @@ pub struct HostCounters {
     /// Frames the guest asked for (`@@ net-ready count=`, all runs).
     pub frames_requested: AtomicU64,
     pub frames_sent: AtomicU64,
+    /// A run's frames are being sent now (`serve` has not returned).
+    pub sending: AtomicBool,
     pub serial_lines_sent: AtomicU64,
     pub serial_bytes_sent: AtomicU64,
     /// Whether the NIC had a host end (frames could be sent).
@@ -511,11 +543,15 @@ impl HostCounters {
 
     /// The counters now, with the echoes `net` received.
     pub fn snapshot(&self, plan: &Plan, net: Option<&dyn TrafficSource>) -> HostTraffic {
+        let sending = self.sending.load(Ordering::Acquire);
+        // A run still being sent counts what has gone so far.
+        let in_run = if sending { net.and_then(|n| n.sent_in_run()).unwrap_or(0) } else { 0 };
         HostTraffic {
             plan: *plan,
             net_wired: self.net_wired.load(Ordering::Relaxed),
             frames_requested: self.frames_requested.load(Ordering::Relaxed),
-            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed) + in_run,
+            still_sending: sending,
             echoes: net.map(|n| n.echoes()),
             serial_lines_sent: self.serial_lines_sent.load(Ordering::Relaxed),
             serial_bytes_sent: self.serial_bytes_sent.load(Ordering::Relaxed),
@@ -531,6 +567,9 @@ pub struct HostTraffic {
     pub net_wired: bool,
     pub frames_requested: u64,
     pub frames_sent: u64,
+    /// The host was still sending a run when the guest ended (its writes blocked: the link
+    /// stopped taking frames).
+    pub still_sending: bool,
     pub echoes: Option<EchoStats>,
     pub serial_lines_sent: u64,
     pub serial_bytes_sent: u64,
@@ -587,7 +626,10 @@ pub fn feeder(plan: Plan, net: Option<Arc<dyn TrafficSource>>, counters: Arc<Hos
 /// Sends the frames `request` asks for (one run), then its end marker.
 pub fn serve(net: &dyn TrafficSource, request: &NetRequest, counters: &HostCounters) {
     let seqs = request.first..request.first + request.count;
-    if let Err(e) = net.send(seqs.clone(), request.echo, request.rate) {
+    counters.sending.store(true, Ordering::Release);
+    let sent = net.send(seqs.clone(), request.echo, request.rate);
+    counters.sending.store(false, Ordering::Release);
+    if let Err(e) = sent {
         counters.error(format!("sending frames {seqs:?}: {e}"));
         return;
     }
@@ -610,10 +652,46 @@ pub fn type_serial_input(out: &mut impl Write, lines: u64, counters: &HostCounte
     out.flush()
 }
 
-/// Frames lost on the way to the guest: the guest's count of gaps, or what it is missing of
-/// what the host sent, whichever is larger.
-fn frames_lost(w: &Counters, host: &HostTraffic) -> u64 {
-    w.net_lost.max(host.frames_sent.saturating_sub(w.net_rx))
+/// Frames verified by the guest: the unique valid ones (an older kernel without
+/// `net_unique=`: received less bad).
+pub fn frames_verified(w: &Counters) -> u64 {
+    w.net_unique.unwrap_or(w.net_rx.saturating_sub(w.net_bad))
+}
+
+/// Frames lost on the way to the guest: what the host sent less the unique frames that
+/// verified (duplicates and junk cannot make up for a lost frame), or the guest's own count,
+/// whichever is larger. Never wraps.
+pub fn frames_lost(w: &Counters, host: &HostTraffic) -> u64 {
+    w.net_lost.max(host.frames_sent.saturating_sub(frames_verified(w)))
+}
+
+/// A gap without frames this long (ms) while the host was still sending is a receive stall.
+pub const NET_STALL_MS: u64 = 2000;
+
+/// The NIC's unexpected traffic as a list (`300 duplicates, 1 out of range`).
+fn net_junk(w: &Counters) -> String {
+    let junk: Vec<String> = [(w.net_dup, "duplicates"), (w.net_range, "out of range"), (w.net_bad, "bad")]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    if junk.is_empty() {
+        "the kernel reports no duplicates, out-of-range or bad frames (a kernel without `net_dup=`?)".into()
+    } else {
+        junk.join(", ")
+    }
+}
+
+/// The receive stall, if the guest saw one: no frame for `net_stall_ms` while it waited for
+/// the end marker.
+fn net_stall(w: &Counters) -> Option<String> {
+    (w.net_stall_ms >= NET_STALL_MS).then(|| {
+        let end = if w.net_end == Some(false) { "; the end marker never came" } else { "" };
+        format!(
+            "NIC receive stalled: no frame for {} ms after {} frames, while the host was still sending{end}",
+            w.net_stall_ms, w.net_stall_at
+        )
+    })
 }
 
 /// Why the run failed, from the guest's results and what the host sent: loss, bad data,
@@ -634,12 +712,37 @@ pub fn problems(results: &JobResults, host: &HostTraffic) -> Vec<String> {
     if w.parts.net {
         let lost = frames_lost(&w, host);
         if lost > 0 {
-            out.push(format!("{lost} frames lost (sent {}, received {})", host.frames_sent, w.net_rx));
+            out.push(format!(
+                "{lost} frames lost (sent {}, verified {})",
+                host.frames_sent,
+                frames_verified(&w)
+            ));
+            out.extend(net_stall(&w));
+        }
+        if w.net_rx > host.frames_sent {
+            out.push(format!(
+                "received {} frames, more than the {} sent: {}",
+                w.net_rx,
+                host.frames_sent,
+                net_junk(&w)
+            ));
+        }
+        if w.net_dup > 0 {
+            out.push(format!("{} duplicate frames (a sequence number received again)", w.net_dup));
+        }
+        if w.net_range > 0 {
+            out.push(format!("{} frames outside the run's sequence numbers", w.net_range));
         }
     } else if host.frames_sent > 0 {
         out.push(format!("the kernel reports no NIC counters, though {} frames were sent", host.frames_sent));
     }
-    if host.frames_sent < host.frames_requested {
+    if host.still_sending {
+        out.push(format!(
+            "the host was still sending when the guest ended: {} of {} frames written, the rest blocked \
+             (the NIC's link stopped taking frames)",
+            host.frames_sent, host.frames_requested
+        ));
+    } else if host.frames_sent < host.frames_requested {
         out.push(format!(
             "only {} of the {} frames asked for were sent",
             host.frames_sent, host.frames_requested
@@ -712,15 +815,26 @@ pub fn summary(results: &JobResults, host: &HostTraffic) -> String {
     let t = results.throughput();
     let per_s = |r: Option<f64>, unit: &str| r.map(|r| format!(", {r:.0} {unit}/s")).unwrap_or_default();
     if w.parts.net {
-        let verified = w.net_rx.saturating_sub(w.net_bad);
         let _ = writeln!(
             s,
-            "  frames:  sent {}, received {}, verified {verified}, lost {}{}",
+            "  frames:  sent {}, received {}, verified {}, lost {}; duplicates {}, out of range {}, bad {}, \
+             foreign {}{}",
             host.frames_sent,
             w.net_rx,
+            frames_verified(&w),
             frames_lost(&w, host),
+            w.net_dup,
+            w.net_range,
+            w.net_bad,
+            w.net_foreign,
             per_s(t.frames_per_s, "frames")
         );
+        if w.net_rx > host.frames_sent {
+            let _ = writeln!(s, "           received more than was sent ({})", net_junk(&w));
+        }
+        if let Some(stall) = net_stall(&w) {
+            let _ = writeln!(s, "           {stall}");
+        }
         let back = host.echoes.map(|e| format!(", {} came back ({} bad)", e.received, e.bad));
         let _ = writeln!(s, "  echoes:  {} frames echoed{}", w.net_echoed, back.unwrap_or_default());
     } else {

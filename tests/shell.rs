@@ -167,3 +167,31 @@ fn operator_session_with_a_storm() {
         .unwrap_or_else(|| panic!("no com2 total row after the storm {after:?}"));
     assert_eq!(com2.last(), Some(&"-"), "com2 still marked after the storm: {com2:?}");
 }
+
+/// Input typed before the kernel is up (issue 11): `help\nps\nhalt\n` written to QEMU's
+/// serial input the moment QEMU starts, not after `@@ shell-ready`. QEMU hands the first byte
+/// to the UART at once; the UART set-up must keep it, so `help` runs intact (it used to answer
+/// `ithreads> elp` / `cmd=elp status=error`).
+#[test]
+fn input_typed_before_the_shell_is_ready_is_kept() {
+    let mut cfg = BootConfig::new(2, "run=shell").with_timeout(Duration::from_secs(120));
+    cfg.input = SerialInput::feeder(|mut stdin, events| {
+        let _ = stdin.write_all(b"help\nps\nhalt\n");
+        let _ = stdin.flush();
+        for _ in events.iter() {}
+    });
+    let r = qemu::boot(&cfg).unwrap_or_else(|e| panic!("could not boot: {e}"));
+    let why = tail(&r);
+    let done: Vec<&str> =
+        r.events.iter().filter_map(raw).filter(|l| l.starts_with("@@ shell-done")).collect();
+    assert_eq!(
+        done,
+        [
+            "@@ shell-done cmd=help status=ok",
+            "@@ shell-done cmd=ps status=ok",
+            "@@ shell-done cmd=halt status=ok"
+        ],
+        "the early input did not run intact\n{why}"
+    );
+    assert_eq!(r.exit_code(), Some(qemu::EXIT_SUCCESS), "{why}");
+}

@@ -78,6 +78,7 @@ fn clean_host() -> HostTraffic {
         net_wired: true,
         frames_requested: 2000,
         frames_sent: 2000,
+        still_sending: false,
         echoes: Some(EchoStats { received: 2000, bad: 0 }),
         serial_lines_sent: 1024,
         serial_bytes_sent: 65536,
@@ -262,7 +263,30 @@ fn loss_and_bad_data_fail_the_run() {
     let host = clean_host();
     for (r, expect) in [
         (with_workload(|w| w.net_lost = 3), "3 frames lost"),
-        (with_workload(|w| w.net_rx = 1990), "10 frames lost (sent 2000, received 1990)"),
+        (with_workload(|w| w.net_rx = 1990), "10 frames lost (sent 2000, verified 1990)"),
+        // Duplicates cannot make up for lost frames; received > sent is flagged.
+        (
+            with_workload(|w| {
+                (w.net_rx, w.net_unique, w.net_dup) = (2300, Some(1900), 300);
+            }),
+            "100 frames lost (sent 2000, verified 1900)",
+        ),
+        (
+            with_workload(|w| {
+                (w.net_rx, w.net_unique, w.net_dup) = (2300, Some(1900), 300);
+            }),
+            "received 2300 frames, more than the 2000 sent: 300 duplicates",
+        ),
+        (with_workload(|w| w.net_dup = 1), "1 duplicate frames"),
+        (with_workload(|w| w.net_range = 2), "2 frames outside the run's sequence numbers"),
+        (
+            with_workload(|w| {
+                (w.net_rx, w.net_unique, w.net_lost) = (0, Some(0), 2000);
+                (w.net_end, w.net_stall_ms, w.net_stall_at) = (Some(false), 15_000, 0);
+            }),
+            "NIC receive stalled: no frame for 15000 ms after 0 frames, while the host was still sending; the end \
+             marker never came",
+        ),
         (with_workload(|w| w.net_bad = 2), "2 frames failed verification"),
         (with_workload(|w| w.blk_bad = 1), "1 disk operations failed verification"),
         (with_workload(|w| w.serial_bad = 4), "4 serial lines failed verification"),

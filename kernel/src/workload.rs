@@ -10,7 +10,8 @@
 //!
 //! - **NIC:** asks the host (`@@ net-ready`) for [`NET_FRAMES`] frames at [`NET_RATE`]
 //!   frames/s, each to be echoed; the driver's receive handler verifies every frame and
-//!   yields after its budget (`hwi_sched`).
+//!   yields after its budget (`hwi_sched`). The part is complete at the end marker, or when
+//!   no frame has come for [`NET_GIVE_UP_MS`] (a dead link: the missing frames are lost).
 //! - **edu:** a raiser thread makes QEMU's `edu` device raise an MSI every millisecond
 //!   (the next only once the last was handled), a source under the boot's default model
 //!   whose filter acknowledges the device and whose handler counts; it stops with the
@@ -60,6 +61,8 @@ pub static SERIAL: SerialProgress = SerialProgress {
 pub const NET_FRAMES: u64 = 8000;
 /// Their rate, frames per second (well below what the guest takes under TCG on 4 vCPUs).
 pub const NET_RATE: u32 = 2000;
+/// A NIC part without any frame for this long (and no end marker) is given up.
+pub const NET_GIVE_UP_MS: u64 = 15_000;
 /// Sectors each disk thread owns.
 pub const BLK_SECTORS: u64 = 64;
 /// Write-and-verify rounds per disk thread.
@@ -92,7 +95,7 @@ pub fn start(serial: bool) -> Workload {
     let mut threads = Vec::new();
     let net = net::start(None).ok();
     if let Some(dev) = net {
-        dev.expect(0);
+        dev.expect(0, NET_FRAMES);
         dev.announce(0, NET_FRAMES, true, NET_RATE);
     }
     let mut blk_threads = 0;
@@ -197,7 +200,10 @@ impl Workload {
     /// Whether every started part is complete.
     pub fn complete(&self) -> bool {
         (!self.serial || SERIAL.done.load(Ordering::Acquire))
-            && self.net.is_none_or(|d| d.stats().end_seen)
+            && self.net.is_none_or(|d| {
+                let st = d.stats();
+                st.end_seen || st.stall_ms >= NET_GIVE_UP_MS
+            })
             && BLK_DONE.load(Ordering::Acquire) as usize == self.blk_threads
             && self.started()
     }
@@ -223,12 +229,20 @@ impl Workload {
             let st = d.stats();
             let _ = write!(
                 s,
-                "net_rx={} net_lost={} net_bad={} net_echoed={} net_yields={} ",
+                "net_rx={} net_unique={} net_dup={} net_range={} net_bad={} net_foreign={} net_lost={} \
+                 net_echoed={} net_yields={} net_end={} net_stall_ms={} net_stall_at={} ",
                 st.received,
-                self.net_lost(),
+                st.unique,
+                st.duplicate,
+                st.out_of_range,
                 st.bad,
+                st.foreign,
+                self.net_lost(),
                 st.echoed,
-                st.yields
+                st.yields,
+                u8::from(st.end_seen),
+                st.stall_ms,
+                st.stall_at
             );
         }
         if self.blk_threads > 0 {
@@ -253,13 +267,13 @@ impl Workload {
         s
     }
 
-    /// Frames missing: sequence gaps, and, once the end marker is in, the frames it announced
-    /// that never came.
+    /// Frames missing (the driver's count: gaps, and once the end marker is in, what it
+    /// announced that never came); once the part is given up, every frame not received.
     fn net_lost(&self) -> u64 {
         let Some(d) = self.net else { return 0 };
         let st = d.stats();
-        if st.end_seen {
-            st.end_total.saturating_sub(st.received).max(st.lost)
+        if !st.end_seen && st.stall_ms >= NET_GIVE_UP_MS {
+            NET_FRAMES.saturating_sub(st.unique)
         } else {
             st.lost
         }
@@ -277,7 +291,11 @@ impl Workload {
     pub fn verified(&self) -> bool {
         let edu_ok =
             self.edu.is_none() || EDU_RAISED.load(Ordering::Relaxed) == EDU_HANDLED.load(Ordering::Relaxed);
-        let net_ok = self.net.is_none_or(|d| d.stats().bad == 0 && self.net_lost() == 0);
+        // Foreign frames are not ours to judge; anything else unexpected fails the run.
+        let net_ok = self.net.is_none_or(|d| {
+            let st = d.stats();
+            st.bad == 0 && st.duplicate == 0 && st.out_of_range == 0 && self.net_lost() == 0
+        });
         let blk_ok = self.blk_threads == 0 || (blk::stats().bad == 0 && BLK_BAD.load(Ordering::Relaxed) == 0);
         SERIAL.bad.load(Ordering::Relaxed) == 0
             && self.serial_lost() == 0

@@ -29,7 +29,7 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use uart_16550::backend::PioBackend;
+use uart_16550::backend::{Backend, PioBackend};
 use uart_16550::spec::registers::{IER, LSR};
 use uart_16550::{Config, Uart16550};
 
@@ -237,16 +237,89 @@ static CONSOLE: IrqSpinLock<Console> = IrqSpinLock::new(Console {
 /// Set while the ring may hold bytes (read by `tick_kick` without the lock).
 static TX_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Initializes COM1 (115200 8N1, FIFOs on, interrupts off). Called once by the BSP before
-/// anything is printed.
+/// Bytes COM1 had received before [`init`] enabled its FIFOs: on QEMU the operator's input
+/// arrives from the moment the machine starts, and the first byte sits in the receive buffer
+/// (no FIFO yet). The `uart_16550` crate's `init` resets the receive FIFO and discards such
+/// "stale" data, as Linux does; [`init`] programs the UART itself instead and keeps them. The
+/// kernel's COM1 driver takes them ([`take_early_rx`]) and runs them through its line
+/// discipline before any later byte.
+static EARLY_RX: IrqSpinLock<([u8; 2 * FIFO], usize)> = IrqSpinLock::new(([0; 2 * FIFO], 0));
+
+// 16550 register offsets and bits used by `init`.
+const REG_DATA: u8 = 0;
+const REG_IER: u8 = 1;
+const REG_FCR: u8 = 2;
+const REG_LCR: u8 = 3;
+const REG_MCR: u8 = 4;
+const REG_LSR: u8 = 5;
+const LCR_DLAB: u8 = 0x80;
+const LCR_8N1: u8 = 0x03;
+const MCR_DTR_RTS_OUT2: u8 = 0x0B;
+const MCR_LOOP: u8 = 0x10;
+/// FIFOs on, transmit FIFO reset, receive trigger level 14 — no receive FIFO reset.
+const FCR_ON_KEEP_RX: u8 = 0xC5;
+const LSR_DATA_READY: u8 = 0x01;
+/// The divisor of `Config::default()` (9600 baud from the 1.8432 MHz clock; QEMU ignores it).
+const DIVISOR: u16 = 12;
+
+/// Programs COM1 as the `uart_16550` crate's `init` with `Config::default()` would (8N1,
+/// FIFOs on with trigger level 14, DTR/RTS/OUT2, interrupts off; the `Uart16550` value
+/// assumes that configuration), but keeps the bytes already received in [`EARLY_RX`]:
+/// everything that does not touch the receiver is done while QEMU holds off (it delivers a
+/// byte only when the receive buffer is empty), then the buffer is read and the FIFOs
+/// enabled at once. Enabling the FIFOs flushes QEMU's receiver, so a byte delivered between
+/// that read and that write would be lost; the read is done in loopback mode, where QEMU does
+/// not go back to its input for the next byte when the buffer is read (`serial_ioport_read`:
+/// "in loopback mode, don't receive any data"), which leaves only the rare main-loop wake-up
+/// that falls into that one-access window.
+fn init_keeping_input(u: &mut Uart16550<PioBackend>) -> bool {
+    if !u.check_present() {
+        return false;
+    }
+    let mut early = EARLY_RX.lock();
+    let b = u.backend_mut();
+    // SAFETY: `b` is COM1's port backend (0x3F8..0x3FF), driven only by this module; the
+    // writes are the standard 16550 set-up sequence and the reads side-effect free except for
+    // the receive buffer, whose bytes we keep.
+    unsafe {
+        b.write(REG_LCR, 0);
+        b.write(REG_IER, 0);
+        b.write(REG_LCR, LCR_DLAB);
+        b.write(REG_DATA, (DIVISOR & 0xff) as u8);
+        b.write(REG_IER, (DIVISOR >> 8) as u8);
+        b.write(REG_LCR, LCR_8N1);
+        b.write(REG_MCR, MCR_DTR_RTS_OUT2 | MCR_LOOP);
+        while early.1 < early.0.len() && b.read(REG_LSR) & LSR_DATA_READY != 0 {
+            let n = early.1;
+            early.0[n] = b.read(REG_DATA);
+            early.1 += 1;
+        }
+        b.write(REG_FCR, FCR_ON_KEEP_RX);
+        b.write(REG_MCR, MCR_DTR_RTS_OUT2);
+    }
+    true
+}
+
+/// Initializes COM1 (FIFOs on, interrupts off), keeping what it had already received
+/// ([`take_early_rx`]). Called once by the BSP before anything is printed.
 pub fn init() {
     // SAFETY: 0x3F8 is COM1 on the PC platform QEMU emulates; only this module drives it.
     let uart = unsafe { Uart16550::new_port(COM1_PORT) };
     if let Ok(mut u) = uart {
-        if u.init(Config::default()).is_ok() {
+        if init_keeping_input(&mut u) {
             CONSOLE.lock().uart = Some(u);
         }
     }
+}
+
+/// Moves the bytes COM1 held before [`init`] into `out` (once; later calls get none) and
+/// returns how many.
+pub fn take_early_rx(out: &mut [u8]) -> usize {
+    let mut early = EARLY_RX.lock();
+    let n = early.1.min(out.len());
+    out[..n].copy_from_slice(&early.0[..n]);
+    early.1 = 0;
+    n
 }
 
 /// Writes formatted text (no newline added).

@@ -314,7 +314,22 @@ pub fn start() -> Result<(), String> {
             None,
         )
         .map_err(|e| alloc::format!("{e}"))?;
-    COM1.set(Com1 { _source: source, soft });
+    let com1 = COM1.set(Com1 { _source: source, soft });
+    // What the UART held before `arch::serial::init` (the first bytes typed, delivered by
+    // QEMU as the machine started) goes first, ahead of anything the filter reads.
+    let mut early = [0u8; 64];
+    let n = arch::serial::take_early_rx(&mut early);
+    if n > 0 {
+        let mut ring = RX.lock();
+        for &b in &early[..n] {
+            let at = (ring.head + ring.len) % RX_RING;
+            ring.buf[at] = b;
+            ring.len += 1;
+        }
+        drop(ring);
+        STATS.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        com1.soft.softint().schedule();
+    }
     arch::serial::enable_tx_interrupts();
     arch::serial::enable_rx_interrupts();
     Ok(())

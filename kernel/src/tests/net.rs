@@ -33,7 +33,7 @@ fn device() -> Result<&'static NetDev, String> {
 /// Runs one phase: asks the host for `count` frames from `first` and waits for the end
 /// marker; returns the phase's counters.
 fn phase(dev: &NetDev, first: u64, count: u64, echo: bool, rate: u32) -> Result<NetStats, String> {
-    dev.expect(first);
+    dev.expect(first, count);
     dev.announce(first, count, echo, rate);
     if !dev.wait_end(PHASE_MS) {
         let st = dev.stats();
@@ -57,6 +57,8 @@ fn in_order_every_model() -> TestResult {
         arch::kprintln!("{}: model={model} {st:?}", net::NAME_RX);
         kassert_eq!(st.end_total, FRAMES, "{model}: end marker total");
         kassert_eq!(st.received, FRAMES, "{model}: frames received ({st:?})");
+        kassert_eq!(st.unique, FRAMES, "{model}: unique frames ({st:?})");
+        kassert_eq!(st.duplicate + st.out_of_range, 0, "{model}: duplicates or out of range ({st:?})");
         kassert_eq!(st.in_order, FRAMES, "{model}: frames in order ({st:?})");
         kassert_eq!(st.lost, 0, "{model}: frames lost");
         kassert_eq!(st.reordered, 0, "{model}: frames reordered");

@@ -37,11 +37,24 @@
 //!   `ctx.hwi_sched()`: the framework runs it again **after** everything queued behind it on
 //!   that CPU (pool, pinned), after a yield (dedicated) or from a self-IPI (direct), so a
 //!   flood cannot keep other handlers from running.
-//! * Counting: a data frame whose sequence number is the expected one is *in order*; a larger
-//!   one counts the skipped numbers as *lost* (UDP drops them when QEMU's socket buffer
-//!   overflows) and continues from it; a smaller one is *reordered*. A frame with our
-//!   EtherType that fails verification is *bad*; anything else is *other*.
-//! * A test phase: [`NetDev::expect`] resets the counters and the expected sequence number;
+//! * Counting (`parse::frame::classify` says what a frame is): a frame not addressed to us
+//!   from the host with our EtherType is *foreign*; one that carries our header but fails
+//!   verification (short, no magic, wrong flags, length or payload) is *bad*. A verified data
+//!   frame outside the phase's range `first..first + count` is *out of range* (a forged or
+//!   replayed sequence number, or an earlier run's frame). An end marker naming another run's
+//!   first frame is *stale* (the host sends each end marker several times, so late copies of
+//!   the last run's reach the next one): counted apart, not judged. In range,
+//!   a bitmap of the sequence numbers seen tells a *unique* frame from a *duplicate*; a
+//!   unique one is *in order* if it is the expected one, else *reordered* (below it) or it
+//!   skips some (above it). *Lost* is what the phase is still missing, never more than its
+//!   count: after the end marker, the frames it announced (at most `count`) minus the unique
+//!   ones; before, the gaps below the highest unique frame. *Received* counts every frame
+//!   with our header (data frames, bad ones included), so received > unique means junk.
+//! * Stalls: the longest time without any frame while the phase waits for its end marker
+//!   (from [`NetDev::expect`] on; the gap still open counts), and how many unique frames had
+//!   come when it began ([`NetStats::stall_ms`], [`NetStats::stall_at`]).
+//! * A test phase: [`NetDev::expect`] resets the counters, the bitmap and the expected
+//!   sequence number;
 //!   [`NetDev::announce`] prints `@@ net-ready first=.. count=.. echo=.. rate=..`
 //!   (docs/PROTOCOL.md), which the host answers with the frames and the end marker;
 //!   [`NetDev::wait_end`] sleeps until the end marker arrives.
@@ -89,18 +102,30 @@ const MAX_FRAME: usize = 1514;
 /// Counters of the current phase (see the module doc).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
-    /// Data frames received (verified or not).
+    /// Frames with our header (data frames, verified or not, and bad ones).
     pub received: u64,
-    /// Data frames with the expected sequence number.
+    /// Verified data frames in the phase's range, each sequence number counted once.
+    pub unique: u64,
+    /// Verified data frames in range whose sequence number had come already.
+    pub duplicate: u64,
+    /// Verified data frames outside the phase's range.
+    pub out_of_range: u64,
+    /// End markers of another run (late copies).
+    pub stale_end: u64,
+    /// Unique frames with the expected sequence number.
     pub in_order: u64,
-    /// Sequence numbers skipped.
+    /// Frames of the phase still missing (see the module doc; never above its count).
     pub lost: u64,
-    /// Data frames with a sequence number below the expected one.
+    /// Unique frames below the expected sequence number (they came after a later one).
     pub reordered: u64,
-    /// Frames with our EtherType that failed verification.
+    /// Frames with our header that failed verification.
     pub bad: u64,
-    /// Frames not ours (other EtherType or destination).
-    pub other: u64,
+    /// Frames not ours (another EtherType, destination or source).
+    pub foreign: u64,
+    /// The longest time in milliseconds without a frame while waiting for the end marker.
+    pub stall_ms: u64,
+    /// Unique frames received when that longest gap began.
+    pub stall_at: u64,
     /// Echoes sent.
     pub echoed: u64,
     /// Echoes not sent: no transmit buffer free.
@@ -122,6 +147,14 @@ struct Rx {
     expected: u64,
     /// The first sequence number of this phase (an end marker must name it).
     first: u64,
+    /// Data frames this phase asked for.
+    count: u64,
+    /// One bit per sequence number of the phase: seen.
+    seen: Vec<u64>,
+    /// The highest offset (sequence number − `first`) seen plus one.
+    high: u64,
+    /// When the last frame (or the phase's start) was, ns.
+    last_ns: u64,
 }
 
 struct Tx {
@@ -141,11 +174,20 @@ pub struct NetDev {
     handle: Mutex<Option<IntrHandle<KernelEnv>>>,
     end_event: Event<crate::locks::KernelEnv>,
     received: AtomicU64,
+    unique: AtomicU64,
+    duplicate: AtomicU64,
+    out_of_range: AtomicU64,
+    stale_end: AtomicU64,
     in_order: AtomicU64,
-    lost: AtomicU64,
     reordered: AtomicU64,
     bad: AtomicU64,
-    other: AtomicU64,
+    foreign: AtomicU64,
+    /// `high` of [`Rx`], readable without the receive lock.
+    high: AtomicU64,
+    count: AtomicU64,
+    last_ns: AtomicU64,
+    stall_ns: AtomicU64,
+    stall_at: AtomicU64,
     echoed: AtomicU64,
     echo_dropped: AtomicU64,
     end_seen: AtomicBool,
@@ -194,7 +236,16 @@ pub fn start(model: Option<Model>) -> Result<&'static NetDev, String> {
         rx: Mutex::new_spin(
             "virtio-net0.rx",
             Ipl::Vm,
-            Rx { vq: rxq, head_buf: alloc::vec![0; nrx], expected: 0, first: 0 },
+            Rx {
+                vq: rxq,
+                head_buf: alloc::vec![0; nrx],
+                expected: 0,
+                first: 0,
+                count: 0,
+                seen: Vec::new(),
+                high: 0,
+                last_ns: 0,
+            },
         ),
         tx: Mutex::new_spin(
             "virtio-net0.tx",
@@ -204,11 +255,19 @@ pub fn start(model: Option<Model>) -> Result<&'static NetDev, String> {
         handle: Mutex::new_adaptive("virtio-net0.handle", None),
         end_event: Event::new(&SCHED),
         received: AtomicU64::new(0),
+        unique: AtomicU64::new(0),
+        duplicate: AtomicU64::new(0),
+        out_of_range: AtomicU64::new(0),
+        stale_end: AtomicU64::new(0),
         in_order: AtomicU64::new(0),
-        lost: AtomicU64::new(0),
         reordered: AtomicU64::new(0),
         bad: AtomicU64::new(0),
-        other: AtomicU64::new(0),
+        foreign: AtomicU64::new(0),
+        high: AtomicU64::new(0),
+        count: AtomicU64::new(0),
+        last_ns: AtomicU64::new(0),
+        stall_ns: AtomicU64::new(0),
+        stall_at: AtomicU64::new(0),
         echoed: AtomicU64::new(0),
         echo_dropped: AtomicU64::new(0),
         end_seen: AtomicBool::new(false),
@@ -302,18 +361,33 @@ impl NetDev {
         rx.head_buf[head as usize] = b;
     }
 
-    /// Starts a phase: the counters are cleared and the next data frame expected is `first`.
-    pub fn expect(&self, first: u64) {
+    /// Starts a phase of `count` data frames from `first`: the counters and the bitmap of
+    /// sequence numbers seen are cleared, and the next data frame expected is `first`.
+    pub fn expect(&self, first: u64, count: u64) {
+        let now = arch::X86_64::now_ns();
         let mut rx = self.rx.lock();
         rx.expected = first;
         rx.first = first;
+        rx.count = count;
+        rx.seen.clear();
+        rx.seen.resize(count.div_ceil(64) as usize, 0);
+        rx.high = 0;
+        rx.last_ns = now;
+        self.last_ns.store(now, Ordering::Relaxed);
+        self.count.store(count, Ordering::Relaxed);
         for c in [
             &self.received,
+            &self.unique,
+            &self.duplicate,
+            &self.out_of_range,
+            &self.stale_end,
             &self.in_order,
-            &self.lost,
             &self.reordered,
             &self.bad,
-            &self.other,
+            &self.foreign,
+            &self.high,
+            &self.stall_ns,
+            &self.stall_at,
             &self.echoed,
             &self.echo_dropped,
             &self.end_total,
@@ -352,11 +426,13 @@ impl NetDev {
             let Some((head, len)) = rx.vq.pop_used() else { break };
             let b = rx.head_buf[head as usize];
             let n = (len as usize).saturating_sub(NET_HDR).min(MAX_FRAME);
+            self.note_arrival(&mut rx);
             if len as usize >= NET_HDR {
                 self.rx_mem.read_bytes(b as usize * BUF + NET_HDR, &mut frame[..n]);
                 self.frame(&mut rx, &mut frame[..n]);
             } else {
-                self.bad.fetch_add(1, Ordering::Relaxed);
+                // Shorter than the virtio-net header: not a frame at all.
+                self.foreign.fetch_add(1, Ordering::Relaxed);
             }
             self.post_rx(&mut rx, b);
             done += 1;
@@ -367,21 +443,37 @@ impl NetDev {
         rx.vq.has_used()
     }
 
+    /// A frame arrived (the receive lock held): the gap since the last one, while the phase
+    /// waits for its end marker, may be the longest stall.
+    fn note_arrival(&self, rx: &mut Rx) {
+        let now = arch::X86_64::now_ns();
+        if !self.end_seen.load(Ordering::Acquire) {
+            let gap = now.saturating_sub(rx.last_ns);
+            if gap > self.stall_ns.load(Ordering::Relaxed) {
+                self.stall_ns.store(gap, Ordering::Relaxed);
+                self.stall_at.store(self.unique.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        rx.last_ns = now;
+        self.last_ns.store(now, Ordering::Relaxed);
+    }
+
     /// One received frame (the receive lock held), classified by `parse::frame::classify`.
     fn frame(&self, rx: &mut Rx, f: &mut [u8]) {
         let (seq, flags, len) = match ::parse::frame::classify(f, self.mac) {
             Frame::Other => {
-                self.other.fetch_add(1, Ordering::Relaxed);
+                self.foreign.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Frame::Bad => {
+                self.received.fetch_add(1, Ordering::Relaxed);
                 self.bad.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Frame::End { total, first } => {
                 if first != Some(rx.first) {
                     // A late copy of an earlier run's end marker.
-                    self.other.fetch_add(1, Ordering::Relaxed);
+                    self.stale_end.fetch_add(1, Ordering::Relaxed);
                 } else if !self.end_seen.load(Ordering::Acquire) {
                     self.end_total.store(total, Ordering::Relaxed);
                     self.end_seen.store(true, Ordering::Release);
@@ -398,15 +490,32 @@ impl NetDev {
                 (seq, flags, len)
             }
         };
+        // The offset in the phase, without wrap-around: a sequence number below `first` or at
+        // or beyond `first + count` (up to 2^64 − 1) is out of range.
+        let off = match seq.checked_sub(rx.first) {
+            Some(off) if off < rx.count => off,
+            _ => {
+                self.out_of_range.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let (word, bit) = ((off / 64) as usize, 1u64 << (off % 64));
+        if rx.seen[word] & bit != 0 {
+            self.duplicate.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        rx.seen[word] |= bit;
+        self.unique.fetch_add(1, Ordering::Relaxed);
+        if off + 1 > rx.high {
+            rx.high = off + 1;
+            self.high.store(rx.high, Ordering::Relaxed);
+        }
         match seq.cmp(&rx.expected) {
             core::cmp::Ordering::Equal => {
                 self.in_order.fetch_add(1, Ordering::Relaxed);
-                rx.expected = seq + 1;
+                rx.expected = seq + 1; // in range: below first + count, no overflow
             }
-            core::cmp::Ordering::Greater => {
-                self.lost.fetch_add(seq - rx.expected, Ordering::Relaxed);
-                rx.expected = seq + 1;
-            }
+            core::cmp::Ordering::Greater => rx.expected = seq + 1,
             core::cmp::Ordering::Less => {
                 self.reordered.fetch_add(1, Ordering::Relaxed);
             }
@@ -472,13 +581,37 @@ impl NetDev {
 
     /// The counters of the current phase.
     pub fn stats(&self) -> NetStats {
+        let end_seen = self.end_seen.load(Ordering::Acquire);
+        let unique = self.unique.load(Ordering::Relaxed);
+        let count = self.count.load(Ordering::Relaxed);
+        let lost = if end_seen {
+            // What the end marker announced, at most what the phase asked for.
+            self.end_total.load(Ordering::Relaxed).min(count).saturating_sub(unique)
+        } else {
+            self.high.load(Ordering::Relaxed).saturating_sub(unique)
+        };
+        let (mut stall_ns, mut stall_at) =
+            (self.stall_ns.load(Ordering::Relaxed), self.stall_at.load(Ordering::Relaxed));
+        if !end_seen {
+            // The gap still open.
+            let open = arch::X86_64::now_ns().saturating_sub(self.last_ns.load(Ordering::Relaxed));
+            if open > stall_ns {
+                (stall_ns, stall_at) = (open, unique);
+            }
+        }
         NetStats {
             received: self.received.load(Ordering::Relaxed),
+            unique,
+            duplicate: self.duplicate.load(Ordering::Relaxed),
+            out_of_range: self.out_of_range.load(Ordering::Relaxed),
+            stale_end: self.stale_end.load(Ordering::Relaxed),
             in_order: self.in_order.load(Ordering::Relaxed),
-            lost: self.lost.load(Ordering::Relaxed),
+            lost,
             reordered: self.reordered.load(Ordering::Relaxed),
             bad: self.bad.load(Ordering::Relaxed),
-            other: self.other.load(Ordering::Relaxed),
+            foreign: self.foreign.load(Ordering::Relaxed),
+            stall_ms: stall_ns / 1_000_000,
+            stall_at,
             echoed: self.echoed.load(Ordering::Relaxed),
             echo_dropped: self.echo_dropped.load(Ordering::Relaxed),
             end_seen: self.end_seen.load(Ordering::Acquire),
