@@ -206,12 +206,12 @@ pub fn choose_accel(forced: Option<Accel>) -> (Accel, String) {
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map(drop);
-    decide_accel(&cpuinfo, kvm.map_err(|e| e.to_string()))
+    decide_accel(&cpuinfo, kvm)
 }
 
 /// The decision of [`choose_accel`] from the text of `/proc/cpuinfo` and the
 /// result of opening `/dev/kvm` read-write.
-pub fn decide_accel(cpuinfo: &str, kvm_open: Result<(), String>) -> (Accel, String) {
+pub fn decide_accel(cpuinfo: &str, kvm_open: std::io::Result<()>) -> (Accel, String) {
     let hw = cpuinfo
         .lines()
         .filter(|l| l.starts_with("flags"))
@@ -263,8 +263,11 @@ mod tests {
         let (a, why) = decide_accel(NO_HW, Ok(()));
         assert_eq!(a, Accel::Tcg);
         assert_eq!(why, "no vmx/svm in /proc/cpuinfo; /dev/kvm here is not hardware virtualization");
-        assert_eq!(decide_accel(VMX, Err("denied".into())).0, Accel::Tcg);
-        assert_eq!(decide_accel(NO_HW, Err("absent".into())).0, Accel::Tcg);
+        assert_eq!(
+            decide_accel(VMX, Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied"))).0,
+            Accel::Tcg
+        );
+        assert_eq!(decide_accel(NO_HW, Err(std::io::ErrorKind::NotFound.into())).0, Accel::Tcg);
         // "vmx flags" is a line name, not a flag.
         assert_eq!(decide_accel("flags : fpu\nvmx flags : ept\n", Ok(())).0, Accel::Tcg);
     }
@@ -281,9 +284,11 @@ mod tests {
         assert_eq!(parse_smp("64"), Ok(64));
         assert_eq!(parse_smp("1"), Ok(1));
         let e = parse_smp("255").unwrap_err();
-        assert!(e.contains("at most 64"), "{e}");
-        assert!(parse_smp("0").is_err());
-        assert!(parse_smp("x").is_err());
+        assert_eq!(e, SmpError::TooMany { n: 255 });
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        assert_eq!(parse_smp("0"), Err(SmpError::Zero));
+        assert_eq!(parse_smp("x"), Err(SmpError::NotANumber { value: "x".into() }));
+        assert_eq!(parse_smp("x").unwrap_err().to_string(), "'x' is not a number of CPUs");
     }
 
     #[test]
