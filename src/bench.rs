@@ -74,11 +74,11 @@ pub fn config(
     filter: Option<&str>,
     samples: Option<u32>,
     timeout: Duration,
-) -> Result<BootConfig, String> {
+) -> Result<BootConfig, harness::FilterError> {
     let mut append = format!("run=bench bench.unit={}", unit(accel));
     if let Some(f) = filter {
         if f.is_empty() || f.contains(char::is_whitespace) {
-            return Err(format!("bench filter {f:?} must be a non-empty word without spaces"));
+            return Err(harness::FilterError { what: "bench", filter: f.to_string() });
         }
         append = qemu::join_cmdline(&append, &format!("bench.filter={f}"));
     }

@@ -112,13 +112,40 @@ fn listed_files() -> Vec<PathBuf> {
     FILES.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// Why the signal handlers could not be installed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// Registering the signals failed.
+    Register(std::io::Error),
+    /// The thread that waits for them could not be started.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for SignalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignalError::Register(e) => write!(f, "cannot install signal handlers: {e}"),
+            SignalError::Thread(e) => write!(f, "cannot start the signal thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SignalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SignalError::Register(e) | SignalError::Thread(e) => Some(e),
+        }
+    }
+}
+
 /// Installs the handler of `SIGINT`, `SIGTERM` and `SIGHUP`: a thread that, on the first of
 /// them, kills the listed children, removes the listed files, gives a terminal back its sane
 /// mode and exits with `128 + signal`.
-pub fn install_signal_handlers() -> Result<(), String> {
+pub fn install_signal_handlers() -> Result<(), SignalError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(SignalError::Register)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -137,7 +164,7 @@ pub fn install_signal_handlers() -> Result<(), String> {
                 std::process::exit(128 + sig);
             }
         })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+        .map_err(SignalError::Thread)?;
     Ok(())
 }
 

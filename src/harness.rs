@@ -280,13 +280,30 @@ fn count_tests(report: &BootReport, pass: bool) -> usize {
     report.events.iter().filter(|e| matches!(e, Event::Test { pass: p, .. } if *p == pass)).count()
 }
 
+/// A refused test or benchmark filter: empty or with spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterError {
+    /// What it filters: `"test"` or `"bench"`.
+    pub what: &'static str,
+    /// The filter as given.
+    pub filter: String,
+}
+
+impl std::fmt::Display for FilterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} filter {:?} must be a non-empty word without spaces", self.what, self.filter)
+    }
+}
+
+impl std::error::Error for FilterError {}
+
 /// The kernel option selecting tests by `filter` (`test.filter=PATTERN`), or
 /// an empty string without a filter.
-pub fn filter_option(filter: Option<&str>) -> Result<String, String> {
+pub fn filter_option(filter: Option<&str>) -> Result<String, FilterError> {
     match filter {
         None => Ok(String::new()),
         Some(f) if f.is_empty() || f.contains(char::is_whitespace) => {
-            Err(format!("test filter {f:?} must be a non-empty word without spaces"))
+            Err(FilterError { what: "test", filter: f.to_string() })
         }
         Some(f) => Ok(format!("test.filter={f}")),
     }
@@ -618,7 +635,8 @@ mod tests {
     fn filter_options() {
         assert_eq!(filter_option(None).unwrap(), "");
         assert_eq!(filter_option(Some("sched::rr")).unwrap(), "test.filter=sched::rr");
-        assert!(filter_option(Some("a b")).is_err());
+        let e = filter_option(Some("a b")).unwrap_err();
+        assert_eq!(e.to_string(), r#"test filter "a b" must be a non-empty word without spaces"#);
         assert!(filter_option(Some("")).is_err());
     }
 

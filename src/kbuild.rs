@@ -18,10 +18,55 @@ pub fn kernel_path() -> PathBuf {
     workspace_root().join(KERNEL_TARGET_DIR).join(KERNEL_TARGET).join("release").join(KERNEL_PACKAGE)
 }
 
+/// Why the kernel could not be built. Cloneable: [`kernel`] caches it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Setting up the host failed.
+    Setup(setup::SetupError),
+    /// cargo could not be run.
+    CannotRunCargo { source: std::sync::Arc<std::io::Error> },
+    /// cargo failed with `status`; its stdout and stderr.
+    CargoFailed { status: std::process::ExitStatus, stdout: String, stderr: String },
+    /// cargo succeeded but the ELF is not at `path`.
+    ElfNotFound { path: PathBuf },
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::Setup(e) => e.fmt(f),
+            BuildError::CannotRunCargo { source } => write!(f, "build: cannot run cargo: {source}"),
+            BuildError::CargoFailed { status, stdout, stderr } => {
+                write!(f, "build: the kernel build failed ({status}):\n{stdout}{stderr}")
+            }
+            BuildError::ElfNotFound { path } => {
+                write!(f, "build: cargo succeeded but {} does not exist", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Setup(e) => Some(e),
+            BuildError::CannotRunCargo { source } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+impl From<setup::SetupError> for BuildError {
+    fn from(e: setup::SetupError) -> Self {
+        BuildError::Setup(e)
+    }
+}
+
 /// Sets up the host ([`setup::ensure_tools`]) and builds the kernel, once per
 /// process; later calls return the cached result. Returns the ELF's path.
-pub fn kernel() -> Result<PathBuf, String> {
-    static KERNEL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+pub fn kernel() -> Result<PathBuf, BuildError> {
+    static KERNEL: OnceLock<Result<PathBuf, BuildError>> = OnceLock::new();
     static BUILDING: Mutex<()> = Mutex::new(());
     if let Some(done) = KERNEL.get() {
         return done.clone();
@@ -77,20 +122,21 @@ pub fn build_command() -> Command {
     cmd
 }
 
-fn build() -> Result<PathBuf, String> {
+fn build() -> Result<PathBuf, BuildError> {
     println!("build: kernel (cargo build --release -p {KERNEL_PACKAGE} --target {KERNEL_TARGET})");
-    let out = build_command().output().map_err(|e| format!("build: cannot run cargo: {e}"))?;
+    let out = build_command()
+        .output()
+        .map_err(|e| BuildError::CannotRunCargo { source: std::sync::Arc::new(e) })?;
     if !out.status.success() {
-        return Err(format!(
-            "build: the kernel build failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(BuildError::CargoFailed {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     let elf = kernel_path();
     if !elf.is_file() {
-        return Err(format!("build: cargo succeeded but {} does not exist", elf.display()));
+        return Err(BuildError::ElfNotFound { path: elf });
     }
     Ok(elf)
 }

@@ -178,8 +178,102 @@ fn main() -> ExitCode {
     })
 }
 
+/// Why a command could not run (as opposed to a run that failed: exit code 1). `main`
+/// prints it and exits with 2.
+#[derive(Debug)]
+enum CliError {
+    Setup(setup::SetupError),
+    Build(kbuild::BuildError),
+    Qemu(qemu::QemuError),
+    Filter(harness::FilterError),
+    /// The host end of the NIC or the disk image could not be set up.
+    Devices(std::io::Error),
+    /// A message from `workload` (which still reports its errors as text).
+    Workload(String),
+    /// The comparison report could not be written to the directory `dir`.
+    WriteReport {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// Waiting for the child `binary` failed.
+    Wait {
+        binary: &'static str,
+        source: std::io::Error,
+    },
+    /// The file `path` could not be created.
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file `path` could not be written.
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Setup(e) => e.fmt(f),
+            CliError::Build(e) => e.fmt(f),
+            CliError::Qemu(e) => e.fmt(f),
+            CliError::Filter(e) => e.fmt(f),
+            CliError::Devices(e) => write!(f, "cannot set up the NIC and the disk: {e}"),
+            CliError::Workload(msg) => f.write_str(msg),
+            CliError::WriteReport { dir, source } => {
+                write!(f, "cannot write the report to {}: {source}", dir.display())
+            }
+            CliError::Wait { binary, source } => write!(f, "waiting for {binary}: {source}"),
+            CliError::Create { path, source } => write!(f, "cannot create {}: {source}", path.display()),
+            CliError::Write { path, source } => write!(f, "cannot write {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::Setup(e) => Some(e),
+            CliError::Build(e) => Some(e),
+            CliError::Qemu(e) => Some(e),
+            CliError::Filter(e) => Some(e),
+            CliError::Workload(_) => None,
+            CliError::Devices(source)
+            | CliError::WriteReport { source, .. }
+            | CliError::Wait { source, .. }
+            | CliError::Create { source, .. }
+            | CliError::Write { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<setup::SetupError> for CliError {
+    fn from(e: setup::SetupError) -> Self {
+        CliError::Setup(e)
+    }
+}
+
+impl From<kbuild::BuildError> for CliError {
+    fn from(e: kbuild::BuildError) -> Self {
+        CliError::Build(e)
+    }
+}
+
+impl From<qemu::QemuError> for CliError {
+    fn from(e: qemu::QemuError) -> Self {
+        CliError::Qemu(e)
+    }
+}
+
+impl From<harness::FilterError> for CliError {
+    fn from(e: harness::FilterError) -> Self {
+        CliError::Filter(e)
+    }
+}
+
 /// Setup (tools, then accelerator), then the kernel build.
-fn prepare(forced: Option<Accel>) -> Result<(Accel, PathBuf), String> {
+fn prepare(forced: Option<Accel>) -> Result<(Accel, PathBuf), CliError> {
     setup::ensure_tools()?;
     let accel = setup::accel(forced);
     let kernel = kbuild::kernel()?;
@@ -190,7 +284,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn run(a: RunArgs) -> Result<ExitCode, String> {
+fn run(a: RunArgs) -> Result<ExitCode, CliError> {
     let (accel, kernel) = prepare(a.accel)?;
     if a.compare {
         return compare(&a, accel, &kernel);
@@ -216,14 +310,14 @@ fn run_main_job(
     kernel: &Path,
     model: Option<Model>,
     title: &str,
-) -> Result<(BootReport, ModelRun), String> {
-    let devices = workload::host_devices().map_err(|e| format!("cannot set up the NIC and the disk: {e}"))?;
+) -> Result<(BootReport, ModelRun), CliError> {
+    let devices = workload::host_devices().map_err(CliError::Devices)?;
     let counters = Arc::new(HostCounters::default());
     let plan = Plan::default();
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
-        append: workload::cmdline("scenario", model, &a.append)?,
+        append: workload::cmdline("scenario", model, &a.append).map_err(CliError::Workload)?,
         extra_args: devices.qemu_args.clone(),
         timeout: Duration::from_secs(a.timeout),
         input: workload::feeder(plan, devices.net.clone(), Arc::clone(&counters)),
@@ -337,7 +431,7 @@ fn print_other_results(report: &BootReport) {
 }
 
 /// `--compare`: the main job once per model, the side-by-side table and the report folder.
-fn compare(a: &RunArgs, accel: Accel, kernel: &Path) -> Result<ExitCode, String> {
+fn compare(a: &RunArgs, accel: Accel, kernel: &Path) -> Result<ExitCode, CliError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let out = a.out.clone().unwrap_or_else(|| report::default_report_dir(now));
     let mut runs = Vec::new();
@@ -366,7 +460,7 @@ fn compare(a: &RunArgs, accel: Accel, kernel: &Path) -> Result<ExitCode, String>
         when: report::utc_timestamp(now),
     };
     let files = report::write_report(&out, &runs, &meta)
-        .map_err(|e| format!("cannot write the report to {}: {e}", out.display()))?;
+        .map_err(|source| CliError::WriteReport { dir: out.clone(), source })?;
     println!("\nreport: {} ({} files: {})", out.display(), files.len(), file_names(&files));
     if runs.iter().all(ModelRun::ok) {
         println!("compare: ok");
@@ -389,7 +483,7 @@ fn file_names(files: &[PathBuf]) -> String {
 /// `shell`: boots `run=shell` with the terminal attached. QEMU gets our stdin and stdout
 /// directly (not the line-by-line supervisor), so the prompt and the guest's echo of each
 /// typed character show at once; QEMU puts a terminal in raw mode and restores it at exit.
-fn shell(a: ShellArgs) -> Result<ExitCode, String> {
+fn shell(a: ShellArgs) -> Result<ExitCode, CliError> {
     if !std::io::stdin().is_terminal() {
         return piped_shell(a);
     }
@@ -397,7 +491,7 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
-        append: workload::cmdline("shell", a.model, &a.append)?,
+        append: workload::cmdline("shell", a.model, &a.append).map_err(CliError::Workload)?,
         extra_args: Vec::new(),
         timeout: Duration::from_secs(a.timeout),
         input: SerialInput::Inherit,
@@ -412,11 +506,11 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
     cmd.args(&args).stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
     // It reads the terminal: not in a process group of its own (a background group may not).
     cleanup::prepare_child(&mut cmd, false);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", qemu::QEMU))?;
+    let mut child = cmd.spawn().map_err(|source| qemu::QemuError::Run { binary: qemu::QEMU, source })?;
     let listed = cleanup::register_child(child.id(), false);
     let deadline = Instant::now() + cfg.timeout;
     let status = loop {
-        match child.try_wait().map_err(|e| format!("waiting for {}: {e}", qemu::QEMU))? {
+        match child.try_wait().map_err(|source| CliError::Wait { binary: qemu::QEMU, source })? {
             Some(status) => break Some(status),
             None if Instant::now() >= deadline => break None,
             None => std::thread::sleep(Duration::from_millis(50)),
@@ -455,7 +549,7 @@ fn shell(a: ShellArgs) -> Result<ExitCode, String> {
 /// once the kernel prints `@@ shell-ready` (bytes sent earlier would reach a UART that is not
 /// listening yet), and at the end of our input the host types `halt`. Serial output is
 /// printed line by line.
-fn piped_shell(a: ShellArgs) -> Result<ExitCode, String> {
+fn piped_shell(a: ShellArgs) -> Result<ExitCode, CliError> {
     let (accel, kernel) = prepare(a.accel)?;
     let input = SerialInput::feeder(|mut qemu_in, events| {
         use std::io::{Read, Write};
@@ -484,7 +578,7 @@ fn piped_shell(a: ShellArgs) -> Result<ExitCode, String> {
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
-        append: workload::cmdline("shell", a.model, &a.append)?,
+        append: workload::cmdline("shell", a.model, &a.append).map_err(CliError::Workload)?,
         extra_args: Vec::new(),
         timeout: Duration::from_secs(a.timeout),
         input,
@@ -509,7 +603,7 @@ fn piped_shell(a: ShellArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::FAILURE)
 }
 
-fn test(a: TestArgs) -> Result<ExitCode, String> {
+fn test(a: TestArgs) -> Result<ExitCode, CliError> {
     let filter = harness::filter_option(a.filter.as_deref())?;
     let (accel, _kernel) = prepare(a.accel)?;
     let base = BootConfig {
@@ -544,7 +638,7 @@ fn test(a: TestArgs) -> Result<ExitCode, String> {
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn boot(a: BootArgs) -> Result<ExitCode, String> {
+fn boot(a: BootArgs) -> Result<ExitCode, CliError> {
     let (accel, kernel) = prepare(a.accel)?;
     let cfg = BootConfig {
         smp: a.smp,
@@ -573,7 +667,7 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
     Ok(if report.exited_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn bench(a: BenchArgs) -> Result<ExitCode, String> {
+fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
     let (accel, kernel) = prepare(a.accel)?;
     let timeout = Duration::from_secs(a.timeout);
     let cfg = ithreads::bench::config(a.smp, accel, a.filter.as_deref(), a.samples, timeout)?;
@@ -648,9 +742,9 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     }
     if let Some(path) = &a.json {
         let file =
-            std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            std::fs::File::create(path).map_err(|source| CliError::Create { path: path.clone(), source })?;
         ithreads::bench::write_json_lines(std::io::BufWriter::new(file), &records)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .map_err(|source| CliError::Write { path: path.clone(), source })?;
         println!("bench: {} records written to {}", records.len(), path.display());
     }
     if failures.is_empty() {

@@ -182,13 +182,52 @@ pub fn guest_memory_mib(args: &[String]) -> Option<u64> {
     Some((n * mul) as u64)
 }
 
+/// Why a boot could not be run (as opposed to how a run ended: [`Outcome`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum QemuError {
+    /// Setting up the host or building the kernel failed.
+    Build(crate::kbuild::BuildError),
+    /// The guest memory (`-m`) is `mib` MiB, below [`MIN_GUEST_MEMORY_MIB`].
+    TooLittleMemory { mib: u64 },
+    /// The QEMU binary `binary` could not be run (spawned or supervised).
+    Run { binary: &'static str, source: std::io::Error },
+}
+
+impl std::fmt::Display for QemuError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QemuError::Build(e) => e.fmt(f),
+            QemuError::TooLittleMemory { mib } => write!(
+                f,
+                "guest memory {mib} MiB is below the kernel's minimum of {MIN_GUEST_MEMORY_MIB} MiB \
+                 (-m {MIN_GUEST_MEMORY_MIB}M or more)"
+            ),
+            QemuError::Run { binary, source } => write!(f, "cannot run {binary}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for QemuError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            QemuError::Build(e) => Some(e),
+            QemuError::Run { source, .. } => Some(source),
+            QemuError::TooLittleMemory { .. } => None,
+        }
+    }
+}
+
+impl From<crate::kbuild::BuildError> for QemuError {
+    fn from(e: crate::kbuild::BuildError) -> Self {
+        QemuError::Build(e)
+    }
+}
+
 /// Refuses QEMU arguments whose guest memory is below [`MIN_GUEST_MEMORY_MIB`], naming it.
-pub fn check_memory(args: &[String]) -> Result<(), String> {
+pub fn check_memory(args: &[String]) -> Result<(), QemuError> {
     match guest_memory_mib(args) {
-        Some(mib) if mib < MIN_GUEST_MEMORY_MIB => Err(format!(
-            "guest memory {mib} MiB is below the kernel's minimum of {MIN_GUEST_MEMORY_MIB} MiB \
-             (-m {MIN_GUEST_MEMORY_MIB}M or more)"
-        )),
+        Some(mib) if mib < MIN_GUEST_MEMORY_MIB => Err(QemuError::TooLittleMemory { mib }),
         _ => Ok(()),
     }
 }
@@ -334,7 +373,7 @@ impl BootReport {
 }
 
 /// Builds the kernel (once per process), picks the accelerator and boots.
-pub fn boot(cfg: &BootConfig) -> Result<BootReport, String> {
+pub fn boot(cfg: &BootConfig) -> Result<BootReport, QemuError> {
     boot_with(cfg, |_, _, _| {})
 }
 
@@ -343,7 +382,7 @@ pub fn boot(cfg: &BootConfig) -> Result<BootReport, String> {
 pub fn boot_with(
     cfg: &BootConfig,
     on_line: impl FnMut(Source, &str, Option<&Event>),
-) -> Result<BootReport, String> {
+) -> Result<BootReport, QemuError> {
     let kernel = crate::kbuild::kernel()?;
     let accel = match cfg.accel {
         Some(a) => a,
@@ -358,13 +397,13 @@ pub fn boot_elf(
     accel: Accel,
     kernel: &Path,
     on_line: impl FnMut(Source, &str, Option<&Event>),
-) -> Result<BootReport, String> {
+) -> Result<BootReport, QemuError> {
     let args = qemu_args(cfg, accel, kernel);
     check_memory(&args)?;
     let mut cmd = Command::new(QEMU);
     cmd.args(args);
     let run = supervise_with_input(cmd, cfg.timeout, &cfg.input, on_line)
-        .map_err(|e| format!("cannot run {QEMU}: {e}"))?;
+        .map_err(|source| QemuError::Run { binary: QEMU, source })?;
     Ok(BootReport {
         outcome: run.outcome,
         events: run.events,
@@ -612,7 +651,7 @@ mod tests {
         c.extra_args = ["-m", "2M"].map(String::from).to_vec();
         let args = build_args(&c, Accel::Tcg, Path::new("k"), None);
         assert_eq!(guest_memory_mib(&args), Some(2));
-        let e = check_memory(&args).unwrap_err();
+        let e = check_memory(&args).unwrap_err().to_string();
         assert!(e.contains("2 MiB") && e.contains("minimum of 64 MiB"), "{e}");
         for (v, mib) in
             [("1G", Some(1024)), ("512", Some(512)), ("size=128M,slots=2", Some(128)), ("x", None)]
@@ -621,6 +660,8 @@ mod tests {
         }
         // The boot itself is refused before QEMU starts.
         let e = boot_elf(&c, Accel::Tcg, Path::new("k"), |_, _, _| {}).unwrap_err();
+        assert!(matches!(e, QemuError::TooLittleMemory { mib: 2 }), "{e}");
+        let e = e.to_string();
         assert!(e.contains("minimum of 64 MiB"), "{e}");
     }
 
