@@ -34,6 +34,8 @@
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
+
+use crate::drivers::DriverError;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ::parse::line::{Echo, Input, LineDiscipline};
@@ -161,11 +163,19 @@ pub fn inti_flags(flags: Option<u16>) -> (bool, bool) {
 
 /// Programs the IOAPIC input of ISA `irq` to `vector` on CPU `cpu`, masked, with the
 /// override's trigger and polarity unless `force_level`. Returns the line.
-fn route_isa(irq: u8, vector: u8, cpu: usize, force_level: bool) -> Result<&'static IoApicLine, String> {
+fn route_isa(
+    device: &'static str,
+    irq: u8,
+    vector: u8,
+    cpu: usize,
+    force_level: bool,
+) -> Result<&'static IoApicLine, DriverError> {
+    let route = |why: String| DriverError::Route { device, irq, why };
     let (gsi, flags) = arch::ioapic::gsi_of_irq(irq);
     let (level, low) = inti_flags(flags);
     let level = level || force_level;
-    let dest = u8::try_from(arch::cpu::lapic_id_of(cpu)).map_err(|_| String::from("LAPIC id above 255"))?;
+    let dest = u8::try_from(arch::cpu::lapic_id_of(cpu))
+        .map_err(|_| route(alloc::format!("CPU {cpu}'s LAPIC id is above 255")))?;
     arch::ioapic::program(
         gsi,
         arch::ioapic::Redirection {
@@ -176,8 +186,8 @@ fn route_isa(irq: u8, vector: u8, cpu: usize, force_level: bool) -> Result<&'sta
             masked: true,
         },
     )
-    .map_err(|e| alloc::format!("ISA IRQ {irq} (GSI {gsi}): {e}"))?;
-    IoApicLine::new(gsi, level).map_err(|e| alloc::format!("ISA IRQ {irq}: {e}"))
+    .map_err(|e| route(alloc::format!("GSI {gsi}: {e}")))?;
+    IoApicLine::new(gsi, level).map_err(|e| route(alloc::format!("{e}")))
 }
 
 /// COM1's filter: receive into the ring, refill the transmitter.
@@ -286,7 +296,7 @@ fn discipline(bytes: &[u8]) {
 }
 
 /// Makes COM1 interrupt-driven (receive and transmit). Idempotent. Call from a thread.
-pub fn start() -> Result<(), String> {
+pub fn start() -> Result<(), DriverError> {
     if STARTED.swap(true, Ordering::AcqRel) {
         return Ok(());
     }
@@ -296,10 +306,10 @@ pub fn start() -> Result<(), String> {
     // would then never make a new edge — the receive path stalls for good. A real driver
     // loops on the interrupt identification until nothing is pending (com(4)); with the
     // IOAPIC input level-triggered the line simply fires again after the EOI.
-    let line = route_isa(arch::serial::COM1_IRQ, COM1_VECTOR, 0, true)?;
+    let line = route_isa("com1", arch::serial::COM1_IRQ, COM1_VECTOR, 0, true)?;
     let soft = INTR
         .softint_establish("com1.soft", Ipl::SoftSerial, com1_soft)
-        .ok_or_else(|| String::from("com1: no soft interrupt at IPL_SOFTSERIAL"))?;
+        .ok_or(DriverError::NotSoftLevel { device: "com1", ipl: Ipl::SoftSerial })?;
     let source = INTR
         .establish_line(
             SourceSpec {
@@ -313,7 +323,7 @@ pub fn start() -> Result<(), String> {
             Some(alloc::boxed::Box::new(|_| com1_filter())),
             None,
         )
-        .map_err(|e| alloc::format!("{e}"))?;
+        .map_err(|error| DriverError::Establish { device: "com1", error })?;
     let com1 = COM1.set(Com1 { _source: source, soft });
     // What the UART held before `arch::serial::init` (the first bytes typed, delivered by
     // QEMU as the machine started) goes first, ahead of anything the filter reads.
@@ -402,14 +412,14 @@ static COM2: spin_once::Once<Com2Fault> = spin_once::Once::new();
 
 impl Com2Fault {
     /// Establishes `com2` (once) on CPU `cpu` with its line level-triggered.
-    pub fn establish(cpu: usize) -> Result<&'static Com2Fault, String> {
+    pub fn establish(cpu: usize) -> Result<&'static Com2Fault, DriverError> {
         if let Some(c) = COM2.get() {
             return Ok(c);
         }
         if !arch::serial::COM2.init() {
-            return Err(String::from("com2: no UART at 0x2F8 (QEMU needs a second -serial)"));
+            return Err(DriverError::NoUart { device: "com2", port: 0x2f8 });
         }
-        let line = route_isa(arch::serial::COM2_IRQ, COM2_VECTOR, cpu, true)?;
+        let line = route_isa("com2", arch::serial::COM2_IRQ, COM2_VECTOR, cpu, true)?;
         let source = INTR
             .establish_line(
                 SourceSpec {
@@ -435,7 +445,7 @@ impl Com2Fault {
                 })),
                 None,
             )
-            .map_err(|e| alloc::format!("{e}"))?;
+            .map_err(|error| DriverError::Establish { device: "com2", error })?;
         Ok(COM2.set(Com2Fault { _source: source }))
     }
 

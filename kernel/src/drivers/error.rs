@@ -44,6 +44,13 @@ pub enum DriverError {
         /// Why (the IOAPIC's answer).
         why: String,
     },
+    /// A soft interrupt was asked for at a level that is not a soft level.
+    NotSoftLevel {
+        /// The driver's name for the device.
+        device: &'static str,
+        /// The level asked for.
+        ipl: ipl::Ipl,
+    },
     /// A UART the driver needs is not there.
     NoUart {
         /// The driver's name for the device.
@@ -66,6 +73,9 @@ impl fmt::Display for DriverError {
             DriverError::Device { device, bdf, what } => write!(f, "{device} at {bdf}: {what}"),
             DriverError::Establish { device, error } => write!(f, "{device}: {error}"),
             DriverError::Route { device, irq, why } => write!(f, "{device}: ISA IRQ {irq}: {why}"),
+            DriverError::NotSoftLevel { device, ipl } => {
+                write!(f, "{device}: {ipl} is not a soft interrupt level")
+            }
             DriverError::NoUart { device, port } => {
                 write!(f, "{device}: no UART at {port:#x} (QEMU needs one more -serial)")
             }

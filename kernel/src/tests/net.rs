@@ -27,7 +27,7 @@ const RATE: u32 = 1000;
 const PHASE_MS: u64 = 60_000;
 
 fn device() -> Result<&'static NetDev, String> {
-    net::start(None)
+    Ok(net::start(None)?)
 }
 
 /// Runs one phase: asks the host for `count` frames from `first` and waits for the end

@@ -29,7 +29,9 @@
 //!   with **no** interrupt: transmitted buffers are reclaimed lazily when an echo needs one
 //!   (so vector 0x43 is not used). It fills the receive ring (every buffer 2048 bytes, one
 //!   device-writable descriptor) and establishes [`NAME_RX`] (`virtio-net0.rx`, `IPL_VM`,
-//!   a handler without a filter, `MASK_WHILE_QUEUED`: one instance at a time).
+//!   a handler without a filter, `MASK_WHILE_QUEUED`: one instance at a time) on MSI-X
+//!   entry 0 as its line ([`crate::intr::MsixLine`]): masking the source masks that entry in
+//!   the device, which then holds its message in the pending bit array.
 //! * The receive handler ([`NetDev::receive`]) takes the receive lock (a spin mutex at
 //!   `IPL_VM`; the transmit lock nests inside it, never the other way round), processes at
 //!   most [`BUDGET`] frames — verify, count, echo if asked, give the buffer straight back to
@@ -60,8 +62,6 @@
 //!   [`NetDev::wait_end`] sleeps until the end marker arrives.
 
 use alloc::boxed::Box;
-use alloc::format;
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -72,12 +72,15 @@ use machine::Machine;
 use sched::Event;
 
 use super::{Transport, Virtqueue, NO_VECTOR};
+use crate::drivers::DriverError;
 use crate::intr::INTR;
 use crate::locks::{KernelEnv, Mutex};
 use crate::SCHED;
 
 /// The receive interrupt source's name.
 pub const NAME_RX: &str = "virtio-net0.rx";
+/// The driver's name for the device (in errors).
+const NAME: &str = "virtio-net0";
 /// The CPU vector of receive-queue interrupts (MSI-X entry 0).
 pub const VECTOR_RX: u8 = 0x42;
 /// Frames the receive handler processes per run before it requeues itself.
@@ -172,6 +175,8 @@ pub struct NetDev {
     rx: Mutex<Rx>,
     tx: Mutex<Tx>,
     handle: Mutex<Option<IntrHandle<KernelEnv>>>,
+    /// MSI-X table entry 0 (the receive queue's), the receive source's hardware mask.
+    line: &'static crate::intr::MsixLine,
     end_event: Event<crate::locks::KernelEnv>,
     received: AtomicU64,
     unique: AtomicU64,
@@ -210,15 +215,17 @@ pub fn stats() -> NetStats {
 
 /// Brings the NIC up (once) with its receive source under `model` (`None`: the default).
 /// `Err` names the device and what is wrong (e.g. it is absent).
-pub fn start(model: Option<Model>) -> Result<&'static NetDev, String> {
+pub fn start(model: Option<Model>) -> Result<&'static NetDev, DriverError> {
     let mut g = DEVICE.lock();
     if let Some(d) = *g {
         return Ok(d);
     }
-    let t = Transport::probe("virtio-net0", &IDS)?;
-    let err = |e: &str| format!("virtio-net0 at {}: {e}", t.func.bdf);
+    let t = Transport::probe(NAME, &IDS)?;
+    let bdf = t.func.bdf;
+    let err = |what: &'static str| DriverError::Device { device: NAME, bdf, what };
     let cpu = arch::cpu::ncpus() - 1;
     t.func.enable_msix(&[arch::cpu::lapic_id_of(cpu)], &[VECTOR_RX]).map_err(err)?;
+    let line = crate::intr::MsixLine::new(&t.func, 0).map_err(err)?;
     let features = t.begin(F_MAC).map_err(err)?;
     let rxq = t.setup_queue(0, RX_QUEUE, 0).map_err(err)?;
     let txq = t.setup_queue(1, TX_QUEUE, NO_VECTOR).map_err(err)?;
@@ -253,6 +260,7 @@ pub fn start(model: Option<Model>) -> Result<&'static NetDev, String> {
             Tx { vq: txq, head_buf: alloc::vec![0; ntx], free: (0..ntx as u16).rev().collect() },
         ),
         handle: Mutex::new_adaptive("virtio-net0.handle", None),
+        line,
         end_event: Event::new(&SCHED),
         received: AtomicU64::new(0),
         unique: AtomicU64::new(0),
@@ -305,9 +313,9 @@ pub fn start(model: Option<Model>) -> Result<&'static NetDev, String> {
 }
 
 impl NetDev {
-    fn establish(&'static self, model: Option<Model>) -> Result<(), String> {
+    fn establish(&'static self, model: Option<Model>) -> Result<(), DriverError> {
         let h = INTR
-            .establish(
+            .establish_line(
                 SourceSpec {
                     name: NAME_RX.into(),
                     vector: VECTOR_RX,
@@ -315,6 +323,7 @@ impl NetDev {
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE | IntrFlags::MASK_WHILE_QUEUED,
                     model,
                 },
+                self.line,
                 None,
                 Some(Box::new(move |ctx: &HandlerCtx<'_>| {
                     if self.receive(BUDGET) {
@@ -323,7 +332,7 @@ impl NetDev {
                     }
                 })),
             )
-            .map_err(|e| format!("{e}"))?;
+            .map_err(|error| DriverError::Establish { device: NAME, error })?;
         *self.handle.lock() = Some(h);
         Ok(())
     }
@@ -331,7 +340,7 @@ impl NetDev {
     /// Re-establishes the receive source under `model` (`None`: the default); the device's
     /// messages are held (MSI-X function mask) meanwhile, and frames that arrived in between
     /// are processed at the end.
-    pub fn set_model(&'static self, model: Option<Model>) -> Result<(), String> {
+    pub fn set_model(&'static self, model: Option<Model>) -> Result<(), DriverError> {
         self.t.func.set_msix_function_mask(true);
         drop(self.handle.lock().take());
         let r = self.establish(model);
