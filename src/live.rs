@@ -81,7 +81,7 @@ impl LiveState {
         match workload::live_record(event) {
             None => Change::None,
             Some(Err(e)) => {
-                self.errors.push(e);
+                self.errors.push(e.to_string());
                 Change::None
             }
             Some(Ok(LiveRecord::Progress(p))) => {

@@ -188,8 +188,8 @@ enum CliError {
     Filter(harness::FilterError),
     /// The host end of the NIC or the disk image could not be set up.
     Devices(std::io::Error),
-    /// A message from `workload` (which still reports its errors as text).
-    Workload(String),
+    /// `--model` and `--append intr.model=` both chose the model.
+    Workload(workload::ModelChosenTwice),
     /// The comparison report could not be written to the directory `dir`.
     WriteReport {
         dir: PathBuf,
@@ -220,7 +220,7 @@ impl std::fmt::Display for CliError {
             CliError::Qemu(e) => e.fmt(f),
             CliError::Filter(e) => e.fmt(f),
             CliError::Devices(e) => write!(f, "cannot set up the NIC and the disk: {e}"),
-            CliError::Workload(msg) => f.write_str(msg),
+            CliError::Workload(e) => e.fmt(f),
             CliError::WriteReport { dir, source } => {
                 write!(f, "cannot write the report to {}: {source}", dir.display())
             }
@@ -238,7 +238,7 @@ impl std::error::Error for CliError {
             CliError::Build(e) => Some(e),
             CliError::Qemu(e) => Some(e),
             CliError::Filter(e) => Some(e),
-            CliError::Workload(_) => None,
+            CliError::Workload(e) => Some(e),
             CliError::Devices(source)
             | CliError::WriteReport { source, .. }
             | CliError::Wait { source, .. }

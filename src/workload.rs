@@ -77,6 +77,70 @@ impl std::fmt::Display for Model {
     }
 }
 
+/// What is wrong with a protocol line the host types (`@@ live`, `@@ result`, `@@ net-ready`):
+/// the line's kind and the key at fault. `Display` gives the message the report prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// The line's kind, quoted for messages (e.g. "`@@ live kind=progress`").
+    pub line: String,
+    /// What is wrong.
+    pub problem: RecordProblem,
+}
+
+/// The ways a protocol line can be malformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordProblem {
+    /// `key=` is absent.
+    Missing { key: &'static str },
+    /// `key=` has no value.
+    Empty { key: &'static str },
+    /// `key=value` is not a number.
+    NotANumber { key: &'static str, value: String },
+    /// `key=value` is neither of the two allowed values.
+    NotAChoice { key: &'static str, value: String, yes: &'static str, no: &'static str },
+    /// `key=value` is a number too large for the field.
+    TooLarge { key: &'static str, value: u64 },
+    /// A counters line with none of the parts' keys.
+    NoParts,
+    /// A `@@ live` line of a kind the host does not know.
+    UnknownKind { kind: String },
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let line = &self.line;
+        match &self.problem {
+            RecordProblem::Missing { key } => write!(f, "{line} line has no `{key}=`"),
+            RecordProblem::Empty { key } => write!(f, "{line} line: `{key}=` is empty"),
+            RecordProblem::NotANumber { key, value } => {
+                write!(f, "{line} line: `{key}={value}` is not a number")
+            }
+            RecordProblem::NotAChoice { key, value, yes, no } => {
+                write!(f, "{line} line: `{key}={value}` is neither {yes} nor {no}")
+            }
+            RecordProblem::TooLarge { key, value } => write!(f, "{line} line: `{key}={value}` is too large"),
+            RecordProblem::NoParts => {
+                write!(f, "{line} line has none of `net_rx=`, `blk_ops=`, `serial_bytes=`")
+            }
+            RecordProblem::UnknownKind { kind } => write!(f, "`@@ live` line of unknown kind `{kind}`"),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+/// `--model` and `--append intr.model=` both chose the interrupt model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelChosenTwice(pub Model);
+
+impl std::fmt::Display for ModelChosenTwice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--model {} and --append intr.model=... both choose the model: keep one", self.0)
+    }
+}
+
+impl std::error::Error for ModelChosenTwice {}
+
 /// The key=value fields of one protocol line, read by name with errors that name the key.
 struct Fields<'a> {
     /// The line's kind, for messages (e.g. "`@@ live kind=progress`").
@@ -89,24 +153,28 @@ impl Fields<'_> {
         self.fields.iter().any(|(k, _)| k == key)
     }
 
-    fn text(&self, key: &str) -> Result<String, String> {
+    fn error(&self, problem: RecordProblem) -> RecordError {
+        RecordError { line: self.line.to_string(), problem }
+    }
+
+    fn text(&self, key: &'static str) -> Result<String, RecordError> {
         match self.fields.iter().find(|(k, _)| k == key) {
             Some((_, v)) if !v.is_empty() => Ok(v.clone()),
-            Some(_) => Err(format!("{} line: `{key}=` is empty", self.line)),
-            None => Err(format!("{} line has no `{key}=`", self.line)),
+            Some(_) => Err(self.error(RecordProblem::Empty { key })),
+            None => Err(self.error(RecordProblem::Missing { key })),
         }
     }
 
-    fn num(&self, key: &str) -> Result<u64, String> {
+    fn num(&self, key: &'static str) -> Result<u64, RecordError> {
         let v = self.text(key)?;
-        v.parse().map_err(|_| format!("{} line: `{key}={v}` is not a number", self.line))
+        v.parse().map_err(|_| self.error(RecordProblem::NotANumber { key, value: v }))
     }
 
-    fn choice(&self, key: &str, yes: &str, no: &str) -> Result<bool, String> {
+    fn choice(&self, key: &'static str, yes: &'static str, no: &'static str) -> Result<bool, RecordError> {
         match self.text(key)? {
             v if v == yes => Ok(true),
             v if v == no => Ok(false),
-            v => Err(format!("{} line: `{key}={v}` is neither {yes} nor {no}", self.line)),
+            value => Err(self.error(RecordProblem::NotAChoice { key, value, yes, no })),
         }
     }
 }
@@ -171,9 +239,9 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn parse(f: &Fields) -> Result<Counters, String> {
+    fn parse(f: &Fields) -> Result<Counters, RecordError> {
         // A part is there if any of its keys is; then every one of its keys must be.
-        let part = |keys: &[&str]| -> Result<bool, String> {
+        let part = |keys: &[&'static str]| -> Result<bool, RecordError> {
             if !keys.iter().any(|k| f.has(k)) {
                 return Ok(false);
             }
@@ -182,9 +250,9 @@ impl Counters {
         };
         let parts = Parts { net: part(&NET_KEYS)?, blk: part(&BLK_KEYS)?, serial: part(&SERIAL_KEYS)? };
         if !(parts.net || parts.blk || parts.serial) {
-            return Err(format!("{} line has none of `net_rx=`, `blk_ops=`, `serial_bytes=`", f.line));
+            return Err(f.error(RecordProblem::NoParts));
         }
-        let num = |k: &str| if f.has(k) { f.num(k) } else { Ok(0) };
+        let num = |k: &'static str| if f.has(k) { f.num(k) } else { Ok(0) };
         Ok(Counters {
             parts,
             net_rx: num("net_rx")?,
@@ -243,7 +311,7 @@ pub enum LiveRecord {
 
 /// The typed record of a `@@ live` line: `None` for another event, an error naming the key
 /// for a record that lacks one (unknown keys are ignored).
-pub fn live_record(event: &Event) -> Option<Result<LiveRecord, String>> {
+pub fn live_record(event: &Event) -> Option<Result<LiveRecord, RecordError>> {
     let Event::Live { kind, fields } = event else { return None };
     let line = format!("`@@ live kind={kind}`");
     let f = Fields { line: &line, fields };
@@ -265,7 +333,7 @@ pub fn live_record(event: &Event) -> Option<Result<LiveRecord, String>> {
                 masked: f.choice("masked", "1", "0")?,
             }))
         })(),
-        other => Err(format!("`@@ live` line of unknown kind `{other}`")),
+        other => Err(f.error(RecordProblem::UnknownKind { kind: other.to_string() })),
     })
 }
 
@@ -349,7 +417,7 @@ impl JobResults {
                 Event::Live { .. } => match live_record(e) {
                     Some(Ok(LiveRecord::Progress(p))) => out.progress.push(p),
                     Some(Ok(LiveRecord::Source(_))) | None => {}
-                    Some(Err(msg)) => out.errors.push(msg),
+                    Some(Err(e)) => out.errors.push(e.to_string()),
                 },
                 Event::Result(fields) => {
                     let scope = fields.iter().find(|(k, _)| k == "scope").map(|(_, v)| v.as_str());
@@ -360,7 +428,7 @@ impl JobResults {
                         Some("source") => source_result(&f).map(|s| out.sources.push(s)),
                         _ => Ok(()),
                     };
-                    out.errors.extend(typed.err());
+                    out.errors.extend(typed.err().map(|e| e.to_string()));
                 }
                 _ => {}
             }
@@ -379,7 +447,7 @@ impl JobResults {
     }
 }
 
-fn source_result(f: &Fields) -> Result<SourceResult, String> {
+fn source_result(f: &Fields) -> Result<SourceResult, RecordError> {
     Ok(SourceResult {
         name: f.text("name")?,
         model: f.text("model")?,
@@ -443,7 +511,7 @@ pub struct NetRequest {
 
 /// The guest's request in a `@@ net-ready` line (left as [`Event::Unknown`] by the protocol
 /// parser): `None` for another event, an error naming a missing or malformed key.
-pub fn net_request(event: &Event) -> Option<Result<NetRequest, String>> {
+pub fn net_request(event: &Event) -> Option<Result<NetRequest, RecordError>> {
     let Event::Unknown(line) = event else { return None };
     let args = line.trim_end().strip_prefix("@@ net-ready")?;
     if !(args.is_empty() || args.starts_with(' ')) {
@@ -461,7 +529,7 @@ pub fn net_request(event: &Event) -> Option<Result<NetRequest, String>> {
             count: f.num("count")?,
             echo: f.choice("echo", "1", "0")?,
             rate: u32::try_from(rate)
-                .map_err(|_| format!("`@@ net-ready` line: `rate={rate}` is too large"))?,
+                .map_err(|_| f.error(RecordProblem::TooLarge { key: "rate", value: rate }))?,
         })
     })())
 }
@@ -900,7 +968,7 @@ pub fn summary(results: &JobResults, host: &HostTraffic) -> String {
 
 /// The kernel command line for `run=<run>` with `model` (`intr.model=`) and the user's
 /// `append`; an error if both name a model.
-pub fn cmdline(run: &str, model: Option<Model>, append: &str) -> Result<String, String> {
+pub fn cmdline(run: &str, model: Option<Model>, append: &str) -> Result<String, ModelChosenTwice> {
     let mut line = format!("run={run}");
     if run == "scenario" {
         // The host types the serial input: the kernel's serial part runs.
@@ -909,7 +977,7 @@ pub fn cmdline(run: &str, model: Option<Model>, append: &str) -> Result<String, 
     }
     if let Some(m) = model {
         if append.split_whitespace().any(|o| o.starts_with("intr.model=")) {
-            return Err(format!("--model {m} and --append intr.model=... both choose the model: keep one"));
+            return Err(ModelChosenTwice(m));
         }
         line = crate::qemu::join_cmdline(&line, &format!("intr.model={m}"));
     }

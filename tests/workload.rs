@@ -167,7 +167,9 @@ fn a_net_request_is_served_in_one_run_then_the_end_marker() {
     assert_eq!(host.echoes, Some(EchoStats { received: 7, bad: 1 }));
 
     let e = parse_line("@@ net-ready first=0 count=5 rate=0").unwrap();
-    assert!(net_request(&e).unwrap().unwrap_err().contains("`echo=`"));
+    let err = net_request(&e).unwrap().unwrap_err();
+    assert_eq!(err.problem, RecordProblem::Missing { key: "echo" });
+    assert!(err.to_string().contains("`echo=`"), "{err}");
     assert!(net_request(&parse_line("@@ net-readyish").unwrap()).is_none());
     assert!(net_request(&Event::ScenarioDone).is_none());
     assert!(is_serial_ready(&parse_line("@@ serial-ready").unwrap()));
@@ -189,14 +191,15 @@ fn live_lines_are_typed_tolerantly_and_name_a_missing_key() {
 
     let e = parse_line("@@ live kind=progress t_ms=250 net_rx=1 net_lost=0 net_bad=0 net_echoed=0 blk_ops=2 blk_bad=0 serial_bytes=64 serial_lines=1").unwrap();
     let err = live_record(&e).unwrap().unwrap_err();
-    assert!(err.contains("`serial_bad=`"), "{err}");
+    assert_eq!(err.problem, RecordProblem::Missing { key: "serial_bad" });
+    assert!(err.to_string().contains("`serial_bad=`"), "{err}");
 
     let e = parse_line("@@ live kind=source t_ms=1 name=x model=pool count=1 handled=1 cpu_ns=1 p50=1 p99=one storm=off masked=0").unwrap();
     let err = live_record(&e).unwrap().unwrap_err();
-    assert!(err.contains("`p99=one` is not a number"), "{err}");
+    assert!(err.to_string().contains("`p99=one` is not a number"), "{err}");
 
     let e = parse_line("@@ live kind=source t_ms=1 name=x model=pool count=1 handled=1 cpu_ns=1 p50=1 p99=1 storm=maybe masked=0").unwrap();
-    assert!(live_record(&e).unwrap().unwrap_err().contains("storm=maybe"));
+    assert!(live_record(&e).unwrap().unwrap_err().to_string().contains("storm=maybe"));
     assert!(live_record(&Event::ScenarioDone).is_none());
 
     // A part whose keys are all absent did not run; one key of a part missing is an error.
@@ -208,9 +211,9 @@ fn live_lines_are_typed_tolerantly_and_name_a_missing_key() {
     assert_eq!((p.counters.serial_bytes, p.counters.net_rx), (64, 0));
     let e = parse_line("@@ live kind=progress t_ms=5 net_rx=3 serial_bytes=64 serial_lines=1 serial_bad=0")
         .unwrap();
-    assert!(live_record(&e).unwrap().unwrap_err().contains("no `net_lost=`"));
+    assert!(live_record(&e).unwrap().unwrap_err().to_string().contains("no `net_lost=`"));
     let e = parse_line("@@ live kind=progress t_ms=5").unwrap();
-    assert!(live_record(&e).unwrap().unwrap_err().contains("none of"));
+    assert!(live_record(&e).unwrap().unwrap_err().to_string().contains("none of"));
 }
 
 #[test]
