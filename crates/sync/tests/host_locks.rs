@@ -27,15 +27,21 @@ use sync::{Env, Policy, Violation};
 /// CPU counts every test runs on.
 const CPUS: [usize; 3] = [1, 2, 4];
 
-/// Limit on one test body (a hang fails the test with the CPUs' counters).
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Limit on one test body (a hang fails the test with the CPUs' counters). Under Miri the
+/// host machine's own limit ([`host_machine::RUN_TIMEOUT`]): Miri's clock advances per basic
+/// block interpreted, and every simulated CPU is interpreted on one host thread.
+const BODY_TIMEOUT: Duration = if cfg!(miri) { host_machine::RUN_TIMEOUT } else { Duration::from_secs(30) };
 
-/// Limit on one kernel-side wait.
-const WAIT_NS: u64 = 10_000_000_000;
+/// Limit on one kernel-side wait (an hour of Miri's clock under Miri, as above).
+const WAIT_NS: u64 = if cfg!(miri) { 3_600_000_000_000 } else { 10_000_000_000 };
 
 /// How long contention loops run (enough clock ticks for time slices to expire inside
-/// critical sections).
-const CONTENTION_NS: u64 = 40 * TICK_NS;
+/// critical sections). Under Miri a tick is 50 ms of Miri's clock and 4 of them are still
+/// more than a time slice.
+const CONTENTION_NS: u64 = if cfg!(miri) { 4 } else { 40 } * TICK_NS;
+
+/// The fewest passes each contending thread makes, whatever the clock says (shrunk under Miri).
+const MIN_PASSES: u64 = if cfg!(miri) { 10 } else { 50 };
 
 fn pri(p: u8) -> Priority {
     Priority::new(p).unwrap()
@@ -80,7 +86,7 @@ fn adaptive_counter(sys: &HostSystem) -> (u64, u64) {
                     checked(move || {
                         let end = HostMachine::now_ns() + CONTENTION_NS;
                         let mut n = 0u64;
-                        while n < 100 || HostMachine::now_ns() < end {
+                        while n < 2 * MIN_PASSES || HostMachine::now_ns() < end {
                             let mut g = m.lock();
                             let v = *g;
                             // The clock may preempt the holder here (read-modify-write split).
@@ -151,7 +157,7 @@ fn spin_mutex_counter_exact() {
                             let spl = host_machine::HostEnv::spl();
                             let end = HostMachine::now_ns() + CONTENTION_NS;
                             let mut n = 0u64;
-                            while n < 100 || HostMachine::now_ns() < end {
+                            while n < 2 * MIN_PASSES || HostMachine::now_ns() < end {
                                 let mut g = m.lock();
                                 let v = *g;
                                 HostMachine::poll_interrupts();
@@ -190,6 +196,21 @@ fn spl_defers_and_replays_the_clock() {
         let (deferred, replayed, pending_held, pending_after, ticks_held, ticks_after) =
             sys.run_timeout(BODY_TIMEOUT, |sched| {
                 let spl = host_machine::HostEnv::spl();
+                // A timed sleep is pending throughout, so a tick is due even on a tickless
+                // clock (the host machine under Miri ticks only when there is work for it).
+                let wake = Arc::new(Event::new(sched));
+                let sleeper = {
+                    let wake = wake.clone();
+                    sched.spawn(
+                        "timed sleeper",
+                        Priority::KTHREAD,
+                        None,
+                        checked(move || {
+                            wake.wait_deadline(deadline());
+                        }),
+                    )
+                };
+                assert!(spin_until(WAIT_NS, || sched.next_timeout_ns().is_some()), "the sleeper never slept");
                 let m: Mutex<()> = Mutex::new_spin("host sched-level spin", Ipl::Sched, ());
                 let g = m.lock();
                 // At IPL_SCHED we cannot migrate: the CPU index is stable until the release.
@@ -203,6 +224,8 @@ fn spl_defers_and_replays_the_clock() {
                 let s1 = spl.stats(cpu);
                 let pending_after = spl.is_pending(TICK_VECTOR);
                 let ticks_after = sched.cpu_stats(cpu).ticks - t0;
+                wake.set();
+                sleeper.join();
                 (
                     s1.deferred - s0.deferred,
                     s1.replayed - s0.replayed,
@@ -245,7 +268,7 @@ fn rwlock_no_torn_reads() {
                     checked(move || {
                         let end = HostMachine::now_ns() + CONTENTION_NS;
                         let mut n = 0;
-                        while n < 50 || HostMachine::now_ns() < end {
+                        while n < MIN_PASSES || HostMachine::now_ns() < end {
                             let mut g = l.write();
                             let v = g[0] + 1;
                             for w in g.iter_mut() {
@@ -268,7 +291,7 @@ fn rwlock_no_torn_reads() {
                     checked(move || {
                         let end = HostMachine::now_ns() + CONTENTION_NS;
                         let mut n = 0;
-                        while n < 50 || HostMachine::now_ns() < end {
+                        while n < MIN_PASSES || HostMachine::now_ns() < end {
                             let g = l.read();
                             let first = g[0];
                             for &w in g.iter() {
@@ -425,7 +448,7 @@ fn condvar_broadcast_wakes_all() {
 /// variable; nothing is lost or reordered.
 #[test]
 fn condvar_producer_consumer() {
-    const N: u64 = 2000;
+    const N: u64 = if cfg!(miri) { 100 } else { 2000 };
     for ncpus in CPUS {
         let sys = HostSystem::boot(ncpus);
         let got = sys.run_timeout(BODY_TIMEOUT, |sched| {
