@@ -182,9 +182,20 @@ fn run_sequence(ops: Vec<Op>) {
     assert_eq!(sys.stray() - stray0, strays, "raises of vectors without a source");
 }
 
+/// The regression file, except under Miri, whose isolation has no file system (proptest would
+/// stop at `getcwd`); a failure there still prints its minimal case.
+fn persistence() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    if cfg!(miri) {
+        None
+    } else {
+        ProptestConfig::default().failure_persistence
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(if cfg!(miri) { 2 } else { 16 }),
+        failure_persistence: persistence(),
         ..ProptestConfig::default()
     })]
 

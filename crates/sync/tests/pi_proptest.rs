@@ -237,8 +237,18 @@ fn run(base: [u8; NTHREADS], ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The regression file, except under Miri, whose isolation has no file system (proptest would
+/// stop at `getcwd`); a failure there still prints its minimal case.
+fn persistence() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    if cfg!(miri) {
+        None
+    } else {
+        ProptestConfig::default().failure_persistence
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 20 } else { 2000 }, failure_persistence: persistence(), ..ProptestConfig::default() })]
 
     #[test]
     fn effective_priority_is_max_of_base_and_lenders_at_every_step(
