@@ -594,17 +594,24 @@ impl Runner {
             let (sys, cpu) = here();
             let c = &sys.cpus[cpu];
             c.intr_enabled.store(false, Ordering::Relaxed);
-            // SAFETY: the frame lives until we give its baton back (below).
+            // SAFETY: the frame lives until its pinned thread has its baton back (below); `f`
+            // is not used after the `returned` store, and the baton is given through our own
+            // `Arc`, not through the frame.
             let f = unsafe { &*job.frame };
             // SAFETY: the descriptor outlives its thread's calls (pin_call's contract).
             unsafe { (*f.call).state.store(0, Ordering::Release) };
             c.curthread.store(f.under as *mut (), Ordering::Relaxed);
             c.pin.borrowed.store(f.prev_borrowed, Ordering::Relaxed);
             c.pin_frame.store(f.prev_frame, Ordering::Relaxed);
+            // Our own reference to the baton: once `give` wakes the pinned thread, `pin_call`
+            // returns and drops the frame (and, with it, the frame's reference) while `give`
+            // may still be unlocking the baton's mutex. Giving through the frame's reference
+            // let the baton be freed under `give`'s `&self` (Miri: "strongly protected").
+            let baton = f.ctx.baton.clone();
             f.returned.store(true, Ordering::Relaxed);
             HERE.set((Some(sys), NO_CPU));
             lock(&sys.runners).push(self.clone());
-            f.ctx.baton.give(cpu);
+            baton.give(cpu);
         }
     }
 }
