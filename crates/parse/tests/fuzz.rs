@@ -72,7 +72,19 @@ fn line_ends(bytes: &[u8]) -> usize {
     n
 }
 
+/// The fuzz configuration: proptest's default (256 cases, `PROPTEST_CASES` overrides), or 8
+/// cases and no regression file under Miri (its isolation has no file system, and every case
+/// is interpreted).
+fn config() -> ProptestConfig {
+    if cfg!(miri) {
+        ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() }
+    } else {
+        ProptestConfig::default()
+    }
+}
+
 proptest! {
+    #![proptest_config(config())]
     #[test]
     fn fuzz_cmdline_never_panics(s in "\\PC{0,200}") {
         if let Err(e) = cmdline::parse(&s) {
@@ -209,6 +221,7 @@ fn data_frame(seq: u64, flags: u16) -> Vec<u8> {
 }
 
 proptest! {
+    #![proptest_config(config())]
     #[test]
     fn fuzz_frame_any_bytes(mut f in prop::collection::vec(any::<u8>(), 0..1600), ours in any::<bool>()) {
         if ours && f.len() >= 18 {
