@@ -10,12 +10,17 @@
 //!   thread of [`install_signal_handlers`] (the binary installs it at start-up) kills every
 //!   listed child (its whole process group), removes every listed file and exits with
 //!   `128 + signal` on `SIGINT`, `SIGTERM` or `SIGHUP`.
+//! - The signal thread owns that exit. It marks the tool interrupted *before* it kills
+//!   anything, so the main thread, which sees its QEMU die only after that, calls
+//!   [`wait_if_interrupted`] before it returns and leaves the exit (and its code) to the
+//!   signal thread instead of racing it with "QEMU was killed" and exit code 1.
 //!
 //! A leaf module: it uses no other module of the crate.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// A child process this tool must kill when interrupted.
@@ -28,6 +33,17 @@ struct ChildEntry {
 
 static CHILDREN: Mutex<Vec<ChildEntry>> = Mutex::new(Vec::new());
 static FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Set by the signal thread before it kills the children.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// If a signal interrupted the tool, never returns: the signal thread is cleaning up and
+/// will exit with `128 + signal`. The main thread calls it before it prints a failure or
+/// returns its exit code, since a failure it sees may be the signal thread's own kill.
+pub fn wait_if_interrupted() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
+}
 
 /// Sets up `cmd` for a child this tool supervises: `PR_SET_PDEATHSIG` (it dies with the
 /// spawning thread) and, with `own_group`, a process group of its own (not for a child that
@@ -150,6 +166,7 @@ pub fn install_signal_handlers() -> Result<(), SignalError> {
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 let (children, files) = clean_up_now();
                 let name = match sig {
                     SIGINT => "SIGINT",

@@ -172,6 +172,8 @@ fn main() -> ExitCode {
         Command::Boot(a) => boot(a),
         Command::Bench(a) => bench(a),
     };
+    // A QEMU killed by the signal thread looks like a failed run here: let that thread exit.
+    cleanup::wait_if_interrupted();
     result.unwrap_or_else(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
