@@ -13,9 +13,36 @@ pub const KERNEL_PACKAGE: &str = "ithreads-kernel";
 /// (separate from `target/` so that this can run inside an outer `cargo`).
 pub const KERNEL_TARGET_DIR: &str = "target/kernel";
 
+/// The target directory of the traced kernel (the `trace` feature), relative to the
+/// workspace root: its own, so that a traced build never replaces the default one.
+pub const TRACED_TARGET_DIR: &str = "target/kernel-trace";
+
+/// Which kernel to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The default build: what every figure and test runs.
+    Default,
+    /// With the `trace` feature: the event trace recorded and dumped at the end (`--trace`).
+    Traced,
+}
+
+impl Flavour {
+    fn target_dir(self) -> &'static str {
+        match self {
+            Flavour::Default => KERNEL_TARGET_DIR,
+            Flavour::Traced => TRACED_TARGET_DIR,
+        }
+    }
+}
+
 /// The kernel ELF's path (whether or not it has been built).
 pub fn kernel_path() -> PathBuf {
-    workspace_root().join(KERNEL_TARGET_DIR).join(KERNEL_TARGET).join("release").join(KERNEL_PACKAGE)
+    kernel_path_of(Flavour::Default)
+}
+
+/// The ELF's path of a flavour (whether or not it has been built).
+pub fn kernel_path_of(flavour: Flavour) -> PathBuf {
+    workspace_root().join(flavour.target_dir()).join(KERNEL_TARGET).join("release").join(KERNEL_PACKAGE)
 }
 
 /// Why the kernel could not be built. Cloneable: [`kernel`] caches it.
@@ -66,19 +93,28 @@ impl From<setup::SetupError> for BuildError {
 /// Sets up the host ([`setup::ensure_tools`]) and builds the kernel, once per
 /// process; later calls return the cached result. Returns the ELF's path.
 pub fn kernel() -> Result<PathBuf, BuildError> {
-    static KERNEL: OnceLock<Result<PathBuf, BuildError>> = OnceLock::new();
+    kernel_of(Flavour::Default)
+}
+
+/// [`kernel`] for a flavour (each built once per process).
+pub fn kernel_of(flavour: Flavour) -> Result<PathBuf, BuildError> {
+    static DEFAULT: OnceLock<Result<PathBuf, BuildError>> = OnceLock::new();
+    static TRACED: OnceLock<Result<PathBuf, BuildError>> = OnceLock::new();
     static BUILDING: Mutex<()> = Mutex::new(());
-    if let Some(done) = KERNEL.get() {
+    let cell = match flavour {
+        Flavour::Default => &DEFAULT,
+        Flavour::Traced => &TRACED,
+    };
+    if let Some(done) = cell.get() {
         return done.clone();
     }
     // One build at a time, even if tests ask from several threads.
     let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-    KERNEL
-        .get_or_init(|| {
-            setup::ensure_tools()?;
-            build()
-        })
-        .clone()
+    cell.get_or_init(|| {
+        setup::ensure_tools()?;
+        build(flavour)
+    })
+    .clone()
 }
 
 /// Environment variables that would override the workspace's
@@ -101,6 +137,11 @@ pub fn is_overriding_env(key: &str) -> bool {
 
 /// The cargo command that builds the kernel (not yet run).
 pub fn build_command() -> Command {
+    build_command_of(Flavour::Default)
+}
+
+/// The cargo command that builds a flavour (not yet run).
+pub fn build_command_of(flavour: Flavour) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root()).args([
         "build",
@@ -110,8 +151,11 @@ pub fn build_command() -> Command {
         "--target",
         KERNEL_TARGET,
         "--target-dir",
-        &workspace_root().join(KERNEL_TARGET_DIR).display().to_string(),
+        &workspace_root().join(flavour.target_dir()).display().to_string(),
     ]);
+    if flavour == Flavour::Traced {
+        cmd.args(["--features", "trace"]);
+    }
     for (key, _) in std::env::vars_os() {
         if let Some(key) = key.to_str() {
             if is_overriding_env(key) {
@@ -122,9 +166,10 @@ pub fn build_command() -> Command {
     cmd
 }
 
-fn build() -> Result<PathBuf, BuildError> {
-    println!("build: kernel (cargo build --release -p {KERNEL_PACKAGE} --target {KERNEL_TARGET})");
-    let out = build_command()
+fn build(flavour: Flavour) -> Result<PathBuf, BuildError> {
+    let features = if flavour == Flavour::Traced { " --features trace" } else { "" };
+    println!("build: kernel (cargo build --release -p {KERNEL_PACKAGE} --target {KERNEL_TARGET}{features})");
+    let out = build_command_of(flavour)
         .output()
         .map_err(|e| BuildError::CannotRunCargo { source: std::sync::Arc::new(e) })?;
     if !out.status.success() {
@@ -134,7 +179,7 @@ fn build() -> Result<PathBuf, BuildError> {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    let elf = kernel_path();
+    let elf = kernel_path_of(flavour);
     if !elf.is_file() {
         return Err(BuildError::ElfNotFound { path: elf });
     }

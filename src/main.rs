@@ -73,6 +73,10 @@ struct RunArgs {
     /// The report folder of --compare (default: target/report/<UTC time>).
     #[arg(long, value_name = "DIR", requires = "compare")]
     out: Option<PathBuf>,
+    /// Boot a kernel built with the event trace and write it to FILE as Chrome / Perfetto
+    /// trace-event JSON (one track per CPU and one per thread).
+    #[arg(long, value_name = "FILE", conflicts_with = "compare")]
+    trace: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -128,6 +132,10 @@ struct BootArgs {
     /// Seconds before QEMU is killed and the boot reported as a hang.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Boot a kernel built with the event trace and write it to FILE as Chrome / Perfetto
+    /// trace-event JSON (one track per CPU and one per thread).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -212,6 +220,10 @@ enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `--trace path`: the kernel printed no trace.
+    NoTrace {
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Display for CliError {
@@ -229,6 +241,11 @@ impl std::fmt::Display for CliError {
             CliError::Wait { binary, source } => write!(f, "waiting for {binary}: {source}"),
             CliError::Create { path, source } => write!(f, "cannot create {}: {source}", path.display()),
             CliError::Write { path, source } => write!(f, "cannot write {}: {source}", path.display()),
+            CliError::NoTrace { path } => write!(
+                f,
+                "trace: the kernel printed no trace (not a kernel built with the trace feature?); {} not written",
+                path.display()
+            ),
         }
     }
 }
@@ -241,6 +258,7 @@ impl std::error::Error for CliError {
             CliError::Qemu(e) => Some(e),
             CliError::Filter(e) => Some(e),
             CliError::Workload(e) => Some(e),
+            CliError::NoTrace { .. } => None,
             CliError::Devices(source)
             | CliError::WriteReport { source, .. }
             | CliError::Wait { source, .. }
@@ -276,10 +294,58 @@ impl From<harness::FilterError> for CliError {
 
 /// Setup (tools, then accelerator), then the kernel build.
 fn prepare(forced: Option<Accel>) -> Result<(Accel, PathBuf), CliError> {
+    prepare_flavour(forced, kbuild::Flavour::Default)
+}
+
+fn prepare_flavour(forced: Option<Accel>, flavour: kbuild::Flavour) -> Result<(Accel, PathBuf), CliError> {
     setup::ensure_tools()?;
     let accel = setup::accel(forced);
-    let kernel = kbuild::kernel()?;
+    let kernel = kbuild::kernel_of(flavour)?;
     Ok((accel, kernel))
+}
+
+/// The kernel flavour for an optional `--trace FILE`.
+fn flavour_for(trace: &Option<PathBuf>) -> kbuild::Flavour {
+    if trace.is_some() {
+        kbuild::Flavour::Traced
+    } else {
+        kbuild::Flavour::Default
+    }
+}
+
+/// Converts a traced boot's dump and writes it to `path`; prints what it holds.
+fn write_trace(path: &Path, c: &ithreads::timeline::Collector) -> Result<(), CliError> {
+    if c.records().is_empty() && !c.is_complete() {
+        return Err(CliError::NoTrace { path: path.to_path_buf() });
+    }
+    let (doc, conv) = c.to_chrome();
+    let text = serde_json::to_string(&doc).expect("a JSON value with string keys serializes");
+    std::fs::write(path, text).map_err(|source| CliError::Write { path: path.to_path_buf(), source })?;
+    let wrapped: Vec<String> = c
+        .rings()
+        .iter()
+        .filter(|(_, i)| i.overwritten > 0)
+        .map(|(cpu, i)| format!("cpu{cpu} -{}", i.overwritten))
+        .collect();
+    println!(
+        "trace: {} events, {} CPU tracks, {} thread tracks -> {}{}{}",
+        conv.events,
+        conv.cpus,
+        conv.threads,
+        path.display(),
+        if c.is_complete() { "" } else { " (the dump was cut short)" },
+        if wrapped.is_empty() { String::new() } else { format!(" (rings wrapped: {})", wrapped.join(", ")) }
+    );
+    if conv.truncated + conv.unfinished + conv.unmatched + c.bad_lines.len() > 0 {
+        println!(
+            "trace: {} ends before the common start, {} slices open at the end, {} unmatched ends, {} bad lines",
+            conv.truncated,
+            conv.unfinished,
+            conv.unmatched,
+            c.bad_lines.len()
+        );
+    }
+    Ok(())
 }
 
 fn secs(d: Duration) -> f64 {
@@ -287,7 +353,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 fn run(a: RunArgs) -> Result<ExitCode, CliError> {
-    let (accel, kernel) = prepare(a.accel)?;
+    let (accel, kernel) = prepare_flavour(a.accel, flavour_for(&a.trace))?;
     if a.compare {
         return compare(&a, accel, &kernel);
     }
@@ -335,7 +401,13 @@ fn run_main_job(
     let start = Instant::now();
     let verbose = a.verbose;
     let mut view = LiveView::new(title, plan, Arc::clone(&counters));
+    let mut trace = a.trace.as_ref().map(|_| ithreads::timeline::Collector::new());
     let report = qemu::boot_elf(&cfg, accel, kernel, |source, line, event| {
+        if let (Source::Serial, Some(c)) = (source, trace.as_mut()) {
+            if c.feed(line) {
+                return;
+            }
+        }
         let t = secs(start.elapsed());
         if let Some(e) = event {
             view.on_event(e);
@@ -382,6 +454,9 @@ fn run_main_job(
         }
     })?;
     view.finish();
+    if let (Some(path), Some(c)) = (&a.trace, &trace) {
+        write_trace(path, c)?;
+    }
     let results = JobResults::from_events(&report.events);
     let host = counters.snapshot(&plan, devices.net.as_deref());
     drop(devices);
@@ -641,7 +716,7 @@ fn test(a: TestArgs) -> Result<ExitCode, CliError> {
 }
 
 fn boot(a: BootArgs) -> Result<ExitCode, CliError> {
-    let (accel, kernel) = prepare(a.accel)?;
+    let (accel, kernel) = prepare_flavour(a.accel, flavour_for(&a.trace))?;
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
@@ -652,10 +727,18 @@ fn boot(a: BootArgs) -> Result<ExitCode, CliError> {
     };
     let args = qemu::qemu_args(&cfg, accel, &kernel);
     println!("boot: {} {}", qemu::QEMU, qemu::shell_words(&args));
+    let mut trace = a.trace.as_ref().map(|_| ithreads::timeline::Collector::new());
     let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, _| match source {
-        Source::Serial => println!("{line}"),
+        Source::Serial => {
+            if !trace.as_mut().is_some_and(|c| c.feed(line)) {
+                println!("{line}");
+            }
+        }
         Source::Stderr => eprintln!("{line}"),
     })?;
+    if let (Some(path), Some(c)) = (&a.trace, &trace) {
+        write_trace(path, c)?;
+    }
     if let Some(addrs) = report.backtrace() {
         println!("backtrace:");
         for line in harness::format_backtrace(&report.kernel, addrs) {

@@ -36,6 +36,8 @@ pub struct Options {
     pub bench_samples: usize,
     /// `bench.unit=`: what the TSC counts (the host knows, the kernel cannot tell).
     pub bench_unit: &'static str,
+    /// `trace.records=`: records kept per CPU by the event trace (a `trace` build only).
+    pub trace_records: usize,
 }
 
 impl From<::parse::cmdline::Options> for Options {
@@ -59,6 +61,7 @@ impl From<::parse::cmdline::Options> for Options {
             bench_filter: o.bench_filter,
             bench_samples: o.bench_samples,
             bench_unit: o.bench_unit,
+            trace_records: o.trace_records,
         }
     }
 }

@@ -27,6 +27,7 @@ mod panic;
 mod scenario;
 mod shell;
 mod tests;
+mod tracedump;
 mod workload;
 
 use arch::apic;
@@ -99,6 +100,7 @@ fn kmain(info: &'static BootInfo) -> ! {
         info.heap.0
     );
     intr::INTR.set_default_model(opts.intr_model);
+    tracedump::install(opts.trace_records);
     kprintln!("@@ boot cpus={} hz={} model={} cmdline={}", ncpus, opts.hz, opts.intr_model, info.cmdline);
     SCHED.spawn("main", Priority::KTHREAD, None, move || main_thread(opts));
     drop(io);
@@ -162,5 +164,6 @@ fn main_thread(opts: &'static Options) {
             shell::run(&mut || Some(drivers::com::read_line()))
         }
     };
+    tracedump::dump();
     arch::exit::exit_qemu(ok);
 }

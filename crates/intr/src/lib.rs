@@ -444,7 +444,9 @@ impl<E: IntrEnv> Source<E> {
         // Per source and per CPU that runs the handler (`intrstat`'s per-CPU p50/p99).
         self.stats.record_latency(E::M::cpu_index(), t0.saturating_sub(raised_ns));
         let ctx = HandlerCtx { source_name: &self.name, cpu, requeue: AtomicBool::new(false) };
+        trace::emit::<E::M>(trace::Kind::HandlerBegin, self.vector as u64);
         h(&ctx);
+        trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let spent = E::M::now_ns().saturating_sub(t0);
         self.stats.handled.fetch_add(1, Ordering::Relaxed);
         self.stats.handler_ns.fetch_add(spent, Ordering::Relaxed);
@@ -941,6 +943,7 @@ impl<E: IntrEnv> Intr<E> {
         if src.storm.arrive(now, stalled) == storm::Verdict::Storm {
             // Throttle: the storm holds one mask reference until the storm thread re-enables
             // the source.
+            trace::emit::<E::M>(trace::Kind::StormThrottle, src.vector as u64);
             src.mask();
             if !src.storm.storming.swap(true, Ordering::AcqRel) {
                 E::storm_report(&src.name, true, src.storm.last_rate.load(Ordering::Relaxed));
@@ -956,6 +959,7 @@ impl<E: IntrEnv> Intr<E> {
         let manual = AtomicBool::new(false);
         let r = match &src.filter {
             Some(f) => {
+                trace::emit::<E::M>(trace::Kind::Filter, src.vector as u64);
                 self.in_filter[cpu].store(&src.name as *const SourceName as usize, Ordering::Relaxed);
                 let r = f(&FilterCtx { source_name: &src.name, manual: &manual });
                 self.in_filter[cpu].store(0, Ordering::Relaxed);

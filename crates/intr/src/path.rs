@@ -38,6 +38,7 @@ use crate::IntrEnv;
 pub fn interrupt<E: IntrEnv>(vector: u8, frame: &mut E::Frame, io: &IntrOff) {
     match E::spl().intr_arrive(vector, io) {
         Arrival::Deferred => {
+            trace::emit::<E::M>(trace::Kind::IntrDefer, vector as u64);
             // Level-triggered lines are masked first (the replay unmasks them); then
             // acknowledging now is right.
             E::intr().defer(vector, io);
@@ -45,10 +46,12 @@ pub fn interrupt<E: IntrEnv>(vector: u8, frame: &mut E::Frame, io: &IntrOff) {
         }
         Arrival::Run { old } => {
             E::sched().intr_enter(io);
+            trace::emit::<E::M>(trace::Kind::IntrEnter, vector as u64);
             // The EOI is sent inside (by `dispatch`, or before the kernel's own handler),
             // before a pinned interrupt thread may run, and even block, there.
             run_vector::<E>(vector, frame, false, io);
             E::spl().intr_done(old, io);
+            trace::emit::<E::M>(trace::Kind::IntrExit, vector as u64);
             E::sched().intr_exit(io);
         }
     }
@@ -59,7 +62,9 @@ pub fn interrupt<E: IntrEnv>(vector: u8, frame: &mut E::Frame, io: &IntrOff) {
 pub fn replay<E: IntrEnv>(vector: u8, io: &IntrOff) {
     let mut frame = E::replay_frame(vector);
     E::sched().intr_enter(io);
+    trace::emit::<E::M>(trace::Kind::IntrEnter, vector as u64);
     run_vector::<E>(vector, &mut frame, true, io);
+    trace::emit::<E::M>(trace::Kind::IntrExit, vector as u64);
     E::sched().intr_exit(io);
 }
 

@@ -215,7 +215,9 @@ impl<E: IntrEnv> Pinned<E> {
         } else if E::spl().spin_count_of(cpu) == 0 {
             // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
             let it = unsafe { &*t };
+            trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
             let (r, a, raised) = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
+            trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
             match r {
                 PinOutcome::Returned => self.drain(cpu, io),
                 PinOutcome::Blocked => self.drain(cpu, io),
@@ -263,7 +265,10 @@ impl<E: IntrEnv> Pinned<E> {
             let Some(it) = c.parked(self.limit()) else { return };
             // SAFETY: this CPU, interrupts disabled.
             let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else { return };
-            match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
+            trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
+            let r = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
+            trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r.0));
+            match r {
                 (PinOutcome::Returned | PinOutcome::Blocked, _, _) => {}
                 (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
                     // Not at IPL_VM (a drain under `lend_slow` is at IPL_VM, and the others
@@ -451,5 +456,16 @@ fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
                 E::sched().pin_park(it.call(), &io);
             }
         }
+    }
+}
+
+/// A pinned call's outcome as the trace's `pin.return` argument.
+#[inline(always)]
+fn outcome_code(r: PinOutcome) -> u64 {
+    match r {
+        PinOutcome::Returned => 0,
+        PinOutcome::Blocked => 1,
+        PinOutcome::Busy => 2,
+        PinOutcome::Level => 3,
     }
 }

@@ -329,6 +329,7 @@ impl<E: IntrEnv> Pool<E> {
         let (divorced, fresh) = self.core.divorce(cpu, me);
         if divorced {
             self.divorces.fetch_add(1, Ordering::Relaxed);
+            trace::emit::<E::M>(trace::Kind::Divorce, cpu as u64);
         }
         match fresh {
             Some((c, t)) => self.wake(c, t, &io),
@@ -351,6 +352,7 @@ impl<E: IntrEnv> Pool<E> {
                 Next::Again(cpu) => cpu,
                 Next::Migrate(cpu) => {
                     self.migrations.fetch_add(1, Ordering::Relaxed);
+                    trace::emit::<E::M>(trace::Kind::Migrate, cpu as u64);
                     cpu
                 }
                 Next::Idle => {

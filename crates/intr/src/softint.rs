@@ -196,7 +196,9 @@ impl<E: IntrEnv> Soft<E> {
                 let Some(si) = next else { break };
                 si.queued.fetch_and(!(1 << cpu), Ordering::AcqRel);
                 if si.gate.enter() {
+                    trace::emit::<E::M>(trace::Kind::SoftBegin, l as u64);
                     (si.handler)();
+                    trace::emit::<E::M>(trace::Kind::SoftEnd, l as u64);
                     si.runs.fetch_add(1, Ordering::Relaxed);
                     si.gate.exit();
                 }

@@ -71,6 +71,9 @@ pub struct Options {
     pub bench_samples: usize,
     /// `bench.unit=`: what the TSC counts (the host knows, the kernel cannot tell).
     pub bench_unit: &'static str,
+    /// `trace.records=16..1048576`: records kept per CPU by the event trace of a kernel
+    /// built with it (ignored otherwise).
+    pub trace_records: usize,
 }
 
 impl Default for Options {
@@ -88,6 +91,7 @@ impl Default for Options {
             bench_filter: String::new(),
             bench_samples: 100_000,
             bench_unit: "tsc",
+            trace_records: 16 * 1024,
         }
     }
 }
@@ -196,6 +200,7 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                     _ => return Err(err(key, "expected instructions, cycles or tsc")),
                 }
             }
+            "trace.records" => o.trace_records = number(key, value, 16usize, 1 << 20)?,
             _ => return Err(err(key, "unknown option")),
         }
         seen.push(key);

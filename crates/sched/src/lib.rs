@@ -680,6 +680,7 @@ impl<E: SchedEnv> Scheduler<E> {
                 BLOCKED => {
                     if t.state.compare_exchange(BLOCKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
                     {
+                        trace::emit::<E::M>(trace::Kind::Wakeup, Arc::as_ptr(t) as u64);
                         let target = self.select_cpu(t);
                         self.enqueue(t.clone(), target, io);
                         return true;
@@ -903,6 +904,10 @@ impl<E: SchedEnv> Scheduler<E> {
             c.kick_preempts.fetch_add(1, Ordering::Relaxed);
         }
 
+        if leaving && reason == Reason::Block {
+            trace::emit::<E::M>(trace::Kind::Block, 0);
+        }
+        trace::emit::<E::M>(trace::Kind::Switch, Arc::as_ptr(&next) as u64);
         let from = prev.ctx.get();
         let to = next.ctx.get() as *const <E::M as Machine>::Context;
         E::M::set_curthread(Arc::as_ptr(&next) as *const (), io);

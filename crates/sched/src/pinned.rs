@@ -236,6 +236,8 @@ impl<E: SchedEnv> Scheduler<E> {
         unsafe { (*call).state.store(PinCall::BLOCKED, Ordering::Relaxed) };
         c.switches.fetch_add(1, Ordering::Relaxed);
         it.last_on_ns.store(E::M::now_ns(), Ordering::Relaxed);
+        trace::emit::<E::M>(trace::Kind::Block, 0);
+        trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();
         let to = E::M::pinned_context();
         // The thread directly under us runs next: the scheduler's current thread, or — with

@@ -296,6 +296,7 @@ impl<E: Env> RawMutex<E> {
 
     #[cold]
     fn spin_contended(&self, me: usize, tag: usize) {
+        trace::emit::<E::M>(trace::Kind::LockContend, self as *const Self as u64);
         let mut backoff = 1u32;
         loop {
             let v = self.owner.load(Ordering::Relaxed);
@@ -319,6 +320,7 @@ impl<E: Env> RawMutex<E> {
 
     #[cold]
     fn adaptive_contended(&self, me: usize, tag: usize) -> bool {
+        trace::emit::<E::M>(trace::Kind::LockContend, self as *const Self as u64);
         let sched = E::sched();
         let sync = E::sync();
         let stats = sync.witness.stats_on();

@@ -170,6 +170,7 @@ impl<E: Env> RawRwLock<E> {
 
     #[cold]
     fn enter_slow(&self, writer: bool) {
+        trace::emit::<E::M>(trace::Kind::LockContend, self as *const Self as u64);
         let sched = E::sched();
         let sync = E::sync();
         let me = me::<E>();
