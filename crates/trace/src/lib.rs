@@ -37,7 +37,13 @@ extern crate alloc;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::AtomicPtr;
+// The rings' atomics are loom's under `--cfg loom` (`tests/loom_ring.rs` checks the writer
+// and reader protocol as written here); the installed-trace pointer is not part of it.
+#[cfg(not(loom))]
+use core::sync::atomic::{fence, AtomicU64, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Whether this build records events (the `enabled` feature).
 pub const ENABLED: bool = cfg!(feature = "enabled");
@@ -337,6 +343,7 @@ impl Trace {
     /// Makes this trace the one [`emit`] records into. Once only: a second install is
     /// refused (`false`), since records already taken point into the first.
     pub fn install(t: &'static Trace) -> bool {
+        use core::sync::atomic::Ordering;
         ACTIVE
             .compare_exchange(
                 core::ptr::null_mut(),
@@ -349,7 +356,7 @@ impl Trace {
 
     /// The installed trace, if any.
     pub fn active() -> Option<&'static Trace> {
-        let p = ACTIVE.load(Ordering::Acquire);
+        let p = ACTIVE.load(core::sync::atomic::Ordering::Acquire);
         // SAFETY: ACTIVE is null or a `&'static Trace` stored by `install`.
         unsafe { p.as_ref() }
     }
