@@ -52,9 +52,17 @@ pub type Event = sched::Event<KernelEnv>;
 
 arch::entry_point!(kmain);
 
+/// The clock interrupt: a periodic tick (time slices, the tick count, the serial line's
+/// kick) when one is due, else a timed sleep's deadline (`Machine::arm_timer`); then the
+/// one-shot timer is armed again for whichever comes next (`arch::apic`, "The clock").
 fn clock_interrupt(_f: &mut TrapFrame, io: &IntrOff) {
-    arch::serial::tick_kick();
-    SCHED.tick(io);
+    if apic::timer_fired() {
+        arch::serial::tick_kick();
+        SCHED.tick(io);
+    } else {
+        SCHED.expire_timeouts(io);
+    }
+    apic::arm_at_ns(SCHED.next_timeout_ns());
 }
 
 fn resched_ipi(_f: &mut TrapFrame, _io: &IntrOff) {

@@ -8,6 +8,8 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::cpu::MAX_CPUS;
+
 use x86_64::instructions::port::Port;
 
 /// Clock interrupt vector.
@@ -158,13 +160,83 @@ pub fn calibrate() {
     }
 }
 
-/// Starts this CPU's periodic clock interrupt at `hz`.
+// ## The clock: a one-shot LAPIC timer
+//
+// Each CPU's LAPIC timer runs in one-shot mode and is programmed for the earlier of two
+// times (TSC values, per CPU): the next periodic tick (`hz` per second, what time slices and
+// the tick count use) and the earliest deadline of a timed sleep, so that a sleep ends at its
+// deadline, not at the next tick. The clock interrupt calls [`timer_fired`] (is a periodic
+// tick due? the next one is set), then [`arm_at_ns`] with the scheduler's earliest deadline,
+// which reprograms the timer: every clock interrupt re-arms it, so it never stops. A timed
+// sleep committed on a CPU calls `arm_at_ns` too (`Machine::arm_timer`), which reprograms
+// only if the deadline comes before what is armed. An expiry that comes a little early (the
+// LAPIC and TSC rates are calibrated, not exact) finds nothing due and arms again for the
+// rest. All of it runs on the CPU it concerns, with interrupts disabled.
+
+/// Per CPU: the TSC value of the next periodic tick (0: the clock is not started).
+static NEXT_TICK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU: the TSC value the one-shot timer is programmed to expire at (`u64::MAX`: none).
+static ARMED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_CPUS];
+
+fn tick_tsc() -> u64 {
+    (tsc_hz() / TIMER_HZ.load(Ordering::Relaxed).max(1) as u64).max(1)
+}
+
+fn ns_to_tsc(ns: u64) -> u64 {
+    (ns as u128 * tsc_hz() as u128 / 1_000_000_000).min(u64::MAX as u128) as u64
+}
+
+/// Programs this CPU's one-shot timer to expire at TSC value `at`.
+fn program(cpu: usize, at: u64) {
+    let delta = at.saturating_sub(rdtsc()) as u128;
+    let count = (delta * LAPIC_HZ.load(Ordering::Relaxed) as u128 / tsc_hz().max(1) as u128)
+        .clamp(1, u32::MAX as u128);
+    ARMED[cpu].store(at, Ordering::Relaxed);
+    write(REG_TIMER_INIT, count as u32);
+}
+
+/// Starts this CPU's clock: the periodic tick at `hz`, on the one-shot timer (above).
 pub fn start_timer(hz: u32) {
     TIMER_HZ.store(hz, Ordering::Relaxed);
-    let per_tick = (LAPIC_HZ.load(Ordering::Relaxed) / hz as u64).max(1) as u32;
+    let cpu = crate::cpu::index();
     write(REG_TIMER_DIV, 0x3);
-    write(REG_LVT_TIMER, (1 << 17) | TIMER_VECTOR as u32); // periodic
-    write(REG_TIMER_INIT, per_tick);
+    write(REG_LVT_TIMER, TIMER_VECTOR as u32); // one-shot, unmasked
+    let first = rdtsc() + tick_tsc();
+    NEXT_TICK[cpu].store(first, Ordering::Relaxed);
+    program(cpu, first);
+}
+
+/// In the clock interrupt: the armed expiry is spent; returns whether a periodic tick is due
+/// (and sets the next one). Interrupts disabled.
+pub fn timer_fired() -> bool {
+    let cpu = crate::cpu::index();
+    ARMED[cpu].store(u64::MAX, Ordering::Relaxed);
+    let now = rdtsc();
+    let next = NEXT_TICK[cpu].load(Ordering::Relaxed);
+    if now < next {
+        return false;
+    }
+    let mut following = next + tick_tsc();
+    if following <= now {
+        // Ticks were missed (a long stretch with interrupts off): go on from now.
+        following = now + tick_tsc();
+    }
+    NEXT_TICK[cpu].store(following, Ordering::Relaxed);
+    true
+}
+
+/// Arms this CPU's timer for the next periodic tick or `deadline_ns` (`now_ns` time),
+/// whichever comes first, unless something earlier is armed already. Interrupts disabled.
+pub fn arm_at_ns(deadline_ns: Option<u64>) {
+    let cpu = crate::cpu::index();
+    let tick = NEXT_TICK[cpu].load(Ordering::Relaxed);
+    if tick == 0 {
+        return; // this CPU's clock has not started: it arms its first tick when it does
+    }
+    let at = deadline_ns.map_or(tick, |d| ns_to_tsc(d).min(tick));
+    if at < ARMED[cpu].load(Ordering::Relaxed) {
+        program(cpu, at);
+    }
 }
 
 /// The clock rate set by `start_timer`.

@@ -114,6 +114,10 @@ impl Machine for X86_64 {
         apic::now_ns()
     }
 
+    fn arm_timer(deadline_ns: u64, _io: &IntrOff) {
+        apic::arm_at_ns(Some(deadline_ns));
+    }
+
     fn new_context(stack_top: usize, entry: extern "C" fn(*const ()) -> !, arg: *const ()) -> usize {
         // Frame popped by `context_switch`: r15, r14, r13, r12, rbx, rbp, then `ret` into
         // thread_trampoline, which calls r13(r12). After the `ret` RSP is 16-aligned, so the

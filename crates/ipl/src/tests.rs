@@ -51,6 +51,7 @@ impl Machine for OneCpu {
     fn now_ns() -> u64 {
         0
     }
+    fn arm_timer(_deadline_ns: u64, _io: &IntrOff) {}
     fn new_context(_s: usize, _e: extern "C" fn(*const ()) -> !, _a: *const ()) {}
     fn empty_context() {}
     unsafe fn switch(_from: *mut (), _to: *const ()) {

@@ -191,6 +191,12 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// A monotonic clock in nanoseconds, the same on every CPU.
     fn now_ns() -> u64;
 
+    /// Asks for a clock interrupt on this CPU at `deadline_ns` ([`Machine::now_ns`] time) or
+    /// earlier, so that a timed sleep ends at its deadline rather than at the next periodic
+    /// tick. Interrupts are disabled (`io`). A machine whose clock only ticks periodically
+    /// does nothing here; its sleeps end at the first tick after their deadline.
+    fn arm_timer(deadline_ns: u64, io: &IntrOff);
+
     /// Builds the context of a new thread that, when first switched to, calls `entry(arg)`
     /// on the stack whose highest address is `stack_top`. `entry` must never return.
     fn new_context(stack_top: usize, entry: extern "C" fn(*const ()) -> !, arg: *const ()) -> Self::Context;

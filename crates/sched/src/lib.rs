@@ -586,6 +586,10 @@ impl<E: SchedEnv> Scheduler<E> {
             let mut s = self.sleepers.lock(io);
             s.push((deadline_ns, self.current_arc()));
             self.next_deadline.fetch_min(deadline_ns, Ordering::Relaxed);
+            drop(s);
+            // This CPU's clock interrupt comes at the deadline (or earlier), not only at the
+            // next periodic tick; it wakes every sleeper that is due (`expire_timeouts`).
+            E::M::arm_timer(deadline_ns, io);
         }
         self.schedule(Reason::Block, io);
         if deadline_ns != u64::MAX {
@@ -691,7 +695,9 @@ impl<E: SchedEnv> Scheduler<E> {
         }
     }
 
-    /// Sleeps for at least `ns` nanoseconds (resolution: one clock tick).
+    /// Sleeps for at least `ns` nanoseconds: woken by the clock interrupt its deadline arms on
+    /// this CPU ([`Machine::arm_timer`]; a machine with only a periodic clock ends it at the
+    /// first tick after the deadline).
     pub fn sleep_ns(&'static self, ns: u64) {
         let deadline = E::M::now_ns().saturating_add(ns);
         while E::M::now_ns() < deadline {
@@ -786,6 +792,13 @@ impl<E: SchedEnv> Scheduler<E> {
                 c.slice_left.store(left - 1, Ordering::Relaxed);
             }
         }
+        self.expire_timeouts(io);
+    }
+
+    /// Wakes every thread whose timed sleep is due. Called by [`Scheduler::tick`], and by a
+    /// clock interrupt that a sleep's deadline asked for ([`Machine::arm_timer`]) between
+    /// ticks.
+    pub fn expire_timeouts(&'static self, io: &IntrOff) {
         let now = E::M::now_ns();
         if now >= self.next_deadline.load(Ordering::Relaxed) {
             let mut due: Vec<Arc<Thread<E>>> = Vec::new();

@@ -293,6 +293,46 @@ fn timed_sleep() -> TestResult {
 }
 ktest!(T_SLEEP, "sched::sleep::timed", timed_sleep);
 
+/// A timed sleep ends at its deadline, not at the next clock tick: the deadline arms the
+/// CPU's one-shot timer. On every CPU, 21 sleeps of 300 µs (a thirtieth of a 10 ms tick);
+/// the median lateness must stay under a quarter of a tick. With the periodic tick alone it
+/// averages half a tick. (A median, so that a host that deschedules a vCPU now and then
+/// cannot fail it; under `-icount` the lateness is a few thousand instructions.)
+fn timed_sleep_ends_at_its_deadline() -> TestResult {
+    let hz = arch::apic::timer_hz() as u64;
+    let quarter_tick = 1_000_000_000 / hz / 4;
+    const SLEEP_NS: u64 = 300_000;
+    let medians: Arc<Vec<AtomicU64>> = Arc::new((0..ncpus()).map(|_| AtomicU64::new(u64::MAX)).collect());
+    let hs: Vec<_> = (0..ncpus())
+        .map(|cpu| {
+            let medians = medians.clone();
+            SCHED.spawn("hrtimer", pri(40), Some(cpu), move || {
+                let mut late: Vec<u64> = (0..21)
+                    .map(|_| {
+                        let t0 = now_ns();
+                        SCHED.sleep_ns(SLEEP_NS);
+                        (now_ns() - t0).saturating_sub(SLEEP_NS)
+                    })
+                    .collect();
+                late.sort_unstable();
+                medians[cpu].store(late[late.len() / 2], Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join();
+    }
+    for (cpu, m) in medians.iter().enumerate() {
+        let median = m.load(Ordering::Relaxed);
+        kassert!(
+            median < quarter_tick,
+            "CPU {cpu}: a 300 us sleep ended {median} ns late (median of 21), a quarter tick is {quarter_tick} ns"
+        );
+    }
+    Ok(())
+}
+ktest!(T_HRTIMER, "sched::sleep::ends_at_its_deadline", timed_sleep_ends_at_its_deadline);
+
 /// `join` returns only after the thread's body finished, whichever ends first.
 fn join_waits() -> TestResult {
     let done = Arc::new(AtomicBool::new(false));
