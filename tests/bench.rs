@@ -56,6 +56,8 @@ fn baselines_are_reported_and_deterministic() {
             ("instructions", "tcg-icount", 1, model)
         );
         assert!(r.min <= r.median && r.median <= r.p99, "{r:?}");
+        // Taken in the configuration a default boot runs (lock statistics and checking off).
+        assert_eq!(r.config, bench::DEFAULT_CONFIG, "{r:?}");
     }
     // `-icount shift=0,align=off,sleep=off` makes a run a function of its inputs: a second
     // boot gives the same figures — median, p99 and min — for every benchmark.

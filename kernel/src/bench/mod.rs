@@ -22,6 +22,8 @@
 mod baseline;
 mod intr;
 mod locks;
+pub mod probe;
+mod sched;
 mod spl;
 
 use alloc::vec::Vec;
@@ -49,6 +51,11 @@ const UNITS: [&str; 3] = ["tsc", "instructions", "cycles"];
 static UNIT: AtomicUsize = AtomicUsize::new(0);
 /// Figures printed by [`figure`] since the runner last looked.
 static OWN_FIGURES: AtomicUsize = AtomicUsize::new(0);
+
+/// This run's `bench.unit=`.
+pub fn unit() -> &'static str {
+    UNITS[UNIT.load(Ordering::Relaxed)]
+}
 
 /// Prints one figure over `samples` (sorted in place; reported raw) labelled with the
 /// interrupt dispatch model: `@@ bench name=… unit=… samples=… median=… p99=… min=… model=…`.
