@@ -333,7 +333,17 @@ mod tests {
         let row: Vec<&str> = lines.nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
             row,
-            ["mutex.adaptive.enter_exit", "-", "1", "9", "11", "9", "100000", "-", "lockstat=off,lockcheck=off"]
+            [
+                "mutex.adaptive.enter_exit",
+                "-",
+                "1",
+                "9",
+                "11",
+                "9",
+                "100000",
+                "-",
+                "lockstat=off,lockcheck=off"
+            ]
         );
         assert_eq!(table(&[]), "");
     }

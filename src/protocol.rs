@@ -196,7 +196,8 @@ fn parse_body(body: &str) -> Option<Event> {
         }
         "bench-config" => {
             let pairs = key_values(args)?;
-            (!pairs.is_empty() && pairs.iter().all(|(_, v)| !v.is_empty())).then_some(Event::BenchConfig(pairs))
+            (!pairs.is_empty() && pairs.iter().all(|(_, v)| !v.is_empty()))
+                .then_some(Event::BenchConfig(pairs))
         }
         "bench-done" if args.trim().is_empty() => Some(Event::BenchDone),
         _ => None,

@@ -318,7 +318,8 @@ fn block_switch(b: &mut Bencher) {
             }
             whole.push(t1 - t0);
         }
-        let medians: Vec<u64> = parts.iter().map(|p| kbench::summarize(&mut p.clone()).map_or(0, |x| x.median)).collect();
+        let medians: Vec<u64> =
+            parts.iter().map(|p| kbench::summarize(&mut p.clone()).map_or(0, |x| x.median)).collect();
         let total = kbench::summarize(&mut whole).map_or(0, |x| x.median);
         kprintln!(
             "bench: intr.block_switch {}: parts {} + {} + {} + {} = {} (probed pass, median of the whole {}; {} samples out of order, dropped)",
@@ -400,7 +401,10 @@ fn rate_body1000(b: &mut Bencher) {
     let body = probe.summary().map_or(0, |s| s.median);
     kprintln!("bench: intr.rate.body1000: the body is {body} (net of the loop; {BODY_INSTRUCTIONS} wanted)");
     if super::unit() == "instructions" {
-        assert_eq!(body, BODY_INSTRUCTIONS, "bench: the 1,000-instruction handler body is not 1,000 instructions");
+        assert_eq!(
+            body, BODY_INSTRUCTIONS,
+            "bench: the 1,000-instruction handler body is not 1,000 instructions"
+        );
     }
     let srcs = establish_all(&Model::ALL, 0xA0, Body::Thousand);
     rates(b, "intr.rate.body1000", &srcs);
