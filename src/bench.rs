@@ -177,6 +177,16 @@ pub fn failure(report: &BootReport) -> Option<String> {
 /// figure per model): its rate relative to `direct` is the inverse of [`vs_direct`].
 pub const RATE: &str = "intr.rate";
 
+/// [`RATE`] with a handler body of exactly 1,000 instructions.
+pub const RATE_BODY1000: &str = "intr.rate.body1000";
+
+/// The figures whose rate relative to `direct` the host reports ([`rate_vs_direct`]).
+pub const RATES: [&str; 2] = [RATE, RATE_BODY1000];
+
+/// The figures with one sample per batch of interrupts (`bench.samples / 1000` samples),
+/// not one per event.
+pub const PER_BATCH: [&str; 3] = [RATE, RATE_BODY1000, "intr.pinned_round_trip"];
+
 /// `r`'s median over the median of the `direct` figure of the same benchmark and CPU count
 /// (a cost ratio: 1.0 is as costly as `direct`); `None` without a `direct` figure, or for
 /// figures that have no model.
@@ -188,14 +198,15 @@ pub fn vs_direct(records: &[Record], r: &Record) -> Option<f64> {
     (d.median > 0).then(|| r.median as f64 / d.median as f64)
 }
 
-/// The sustained interrupt rate of each model relative to `direct` ([`RATE`]'s figures:
-/// direct's instructions per interrupt over the model's), as `(model, smp, ratio)`.
-pub fn rate_vs_direct(records: &[Record]) -> Vec<(String, u32, f64)> {
+/// The sustained interrupt rate of each model relative to `direct` (the figures of `bench`,
+/// one of [`RATES`]: direct's instructions per interrupt over the model's), as
+/// `(model, smp, ratio)`.
+pub fn rate_vs_direct(records: &[Record], bench: &str) -> Vec<(String, u32, f64)> {
     records
         .iter()
-        .filter(|r| r.bench == RATE && r.model != "-" && r.median > 0)
+        .filter(|r| r.bench == bench && r.model != "-" && r.median > 0)
         .filter_map(|r| {
-            let d = records.iter().find(|d| d.bench == RATE && d.smp == r.smp && d.model == "direct")?;
+            let d = records.iter().find(|d| d.bench == bench && d.smp == r.smp && d.model == "direct")?;
             Some((r.model.clone(), r.smp, d.median as f64 / r.median as f64))
         })
         .collect()
@@ -369,7 +380,11 @@ mod tests {
         assert_eq!(vs_direct(&recs, &recs[1]), Some(1.5));
         assert_eq!(vs_direct(&recs, &recs[4]), None);
         assert_eq!(vs_direct(&recs, &recs[5]), None);
-        assert_eq!(rate_vs_direct(&recs), [("direct".to_string(), 1, 1.0), ("pinned".to_string(), 1, 0.9)]);
+        assert_eq!(
+            rate_vs_direct(&recs, RATE),
+            [("direct".to_string(), 1, 1.0), ("pinned".to_string(), 1, 0.9)]
+        );
+        assert!(rate_vs_direct(&recs, RATE_BODY1000).is_empty());
         let t = table(&recs);
         let pinned: Vec<&str> = t.lines().nth(3).unwrap().split_whitespace().collect();
         assert_eq!((pinned[0], pinned[1], pinned[7]), ("intr.latency", "pinned", "1.50"));

@@ -45,8 +45,8 @@ fn baselines_are_reported_and_deterministic() {
     assert!(cli.median > pair.median / 2, "{cli:?} vs {pair:?}");
     for r in &first {
         // `mutex.contended.throughput` takes one sample per repetition, whatever the count;
-        // `intr.rate` one per batch of interrupts.
-        if r.bench != bench::PER_SMP && r.bench != bench::RATE {
+        // `intr.rate` and its kin one per batch of interrupts.
+        if r.bench != bench::PER_SMP && !bench::PER_BATCH.contains(&r.bench.as_str()) {
             assert_eq!(r.samples, u64::from(SAMPLES), "{r:?}");
         }
         // Only the interrupt benchmarks have a dispatch model.

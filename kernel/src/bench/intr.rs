@@ -298,14 +298,17 @@ fn block_switch(b: &mut Bencher) {
     for s in &srcs {
         let mut parts: [Vec<u64>; 4] = core::array::from_fn(|_| Vec::with_capacity(n));
         let mut whole = Vec::with_capacity(n);
-        let mut out_of_order = 0usize;
-        for i in 0..warm_up(n) + n {
+        let (mut out_of_order, mut i) = (0usize, 0usize);
+        // `n` samples, however many are dropped (a bug if every other one is).
+        while whole.len() < n {
+            assert!(out_of_order <= n, "bench: intr.block_switch {}: the probes fired out of order", s.model);
             super::probe::clear();
             let (t0, t1) = block_once(s);
             let handler = T_START.load(Ordering::Relaxed);
             let ts = super::probe::T_TURNSTILE.load(Ordering::Relaxed);
             let sleep = super::probe::T_SLEEP.load(Ordering::Relaxed);
-            if i < warm_up(n) {
+            i += 1;
+            if i <= warm_up(n) {
                 continue;
             }
             // Another thread's sleep (a clock tick's work) may come first: not this path.

@@ -89,17 +89,21 @@ fn switch(b: &mut Bencher) {
         SCHED.yield_now();
     }
     let overhead = b.overhead();
-    let mut skipped = 0usize;
-    for i in 0..warm_up(n) + n {
+    let (mut taken, mut skipped, mut i) = (0usize, 0usize, 0usize);
+    // `n` samples, however many are dropped (a bug if every other one is).
+    while taken < n {
+        assert!(skipped <= n, "sched.switch: the partner did not run once per yield in {skipped} samples");
         let r = ROUNDS.load(Ordering::Relaxed);
         let t0 = now();
         SCHED.yield_now();
         let t = now().wrapping_sub(t0);
-        if i < warm_up(n) {
+        i += 1;
+        if i <= warm_up(n) {
             continue;
         }
         if ROUNDS.load(Ordering::Relaxed) == r + 1 {
             b.record(t.saturating_sub(overhead) / 2);
+            taken += 1;
         } else {
             skipped += 1;
         }
