@@ -1,7 +1,7 @@
 //! Interrupt dispatch benchmarks: the four models (`intr::Model`) side by side, in one boot,
 //! on self-IPIs raised and handled on CPU 0 (the runner binds the bench thread there; the
 //! other CPUs idle). Each benchmark establishes one source per model on its own vector
-//! (0x90..0x9F), all at `IPL_VM` with a trivial handler, and disestablishes them afterwards;
+//! (0x90..0xA5), all at `IPL_VM` with a short handler ([`Body`]), and disestablishes them afterwards;
 //! it prints one figure per model ([`super::figure`], `model=` on the line).
 //!
 //! ## What is counted
@@ -36,12 +36,31 @@
 //!   which then finishes its interrupt return. The release and the handler's completion
 //!   are not counted (the next sample waits for them). Every sample checks the handler had
 //!   started and not finished when the bench thread got the CPU back.
+//! * The parts of `intr.block_switch` (one figure each per blocking model), from a second
+//!   pass with the probe points armed (`super::probe`: each adds a TSC read and a `cmpxchg`):
+//!   `intr.block_switch.dispatch` — the raise to the handler's first statement (the latency
+//!   path); `.enter_fail` — from there to the failed mutex enter giving up on the owner (the
+//!   handler's two counter updates, the fast path's failed `cmpxchg`, the slow path's owner
+//!   test); `.turnstile` — from there to the sleep check before the switch: the current
+//!   thread's reference, the turnstile lock, the owner word's waiters bit, `Turnstiles::block`
+//!   (the waiter's record, priority lent along the chain of owners) and `sleep_prepare`;
+//!   `.switch` — from the sleep check (itself, the pool's divorce or the pinned block path
+//!   included) to the bench thread's next instruction. A sample counts only if the four
+//!   readings come in path order (another thread's sleep can come first); the four medians
+//!   add up to about the whole (medians of parts are not parts of a median).
 //! * `intr.rate` (one figure per model): [`RATE_BATCH`] interrupts back to back, each raised
 //!   as soon as the previous one is handled (same loop as the latency benchmark, no gaps);
 //!   one sample per batch = the batch's instructions / [`RATE_BATCH`] = instructions per
 //!   interrupt, whole round trip (raise, dispatch, handler, switch back, the loop). The
 //!   sustained rate is its inverse; the rate relative to `direct` is direct's figure divided
 //!   by the model's. Samples: `bench.samples / RATE_BATCH` (at least 1).
+//! * `intr.rate.body1000` (one figure per model): `intr.rate` with a handler body of exactly
+//!   1,000 instructions (`arch::bench_prims::body_1000`; the benchmark first measures the body
+//!   alone and, under icount, fails unless it is 1,000). Its rate relative to `direct` is what
+//!   a model costs a handler that does some work.
+//! * `intr.pinned_round_trip` (model `pinned`): `intr.rate` batches of `direct` and `pinned`
+//!   in alternation, one sample per pair, pinned − direct (0 if negative): the whole way into
+//!   the pinned handler and back, per interrupt.
 //!
 //! Preemption stays enabled while measuring (no `Bencher::quiet`), for every model alike: the
 //! `dedicated` and `pool` handlers run in threads that must preempt the bench thread on its
