@@ -395,7 +395,10 @@ fn lockstat_sorted_with_stats_on() -> TestResult {
     kassert!(contended.windows(2).all(|w| w[0] >= w[1]), "not sorted by contention: {contended:?}");
     kassert!(all.iter().all(|r| r.len() == 7), "a row is not 7 words");
     kassert!(everything.lines().next().unwrap_or("").starts_with("lockstat: stats=on"), "{everything}");
-    let probe = all.iter().find(|r| r[0] == "test.shell.lockstat").ok_or(alloc::format!("{everything}"))?;
+    let probe = all
+        .iter()
+        .find(|r| r[0] == "test.shell.lockstat")
+        .ok_or(alloc::format!("no test.shell.lockstat row: {everything}"))?;
     kassert!(probe[2].parse::<u64>().is_ok_and(|n| n >= 5), "5 acquisitions, counted {}", probe[2]);
     Ok(())
 }
