@@ -4,8 +4,11 @@
 //! the record's fields, their order and their spelling stay as they are:
 //!
 //! ```text
-//! {"bench": "mutex.adaptive.enter_exit", "model": "-", "smp": 1, "accel": "tcg-icount", "unit": "instructions", "samples": 100000, "median": 9, "p99": 11, "min": 9}
+//! {"bench": "mutex.adaptive.enter_exit", "model": "-", "smp": 1, "accel": "tcg-icount", "unit": "instructions", "samples": 100000, "median": 9, "p99": 11, "min": 9, "config": "lockstat=off lockcheck=off"}
 //! ```
+//!
+//! `config` (added last) is the kernel's `@@ bench-config` line: the configuration the boot
+//! took its figures in ([`DEFAULT_CONFIG`] in a default boot).
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -20,6 +23,10 @@ use crate::qemu::{self, Accel, BootConfig, BootReport};
 /// per executed guest instruction, virtual time does not follow the host clock, and idle
 /// time is skipped — runs are deterministic.
 pub const ICOUNT: &str = "shift=0,align=off,sleep=off";
+
+/// The `config` of figures taken in a default boot's configuration (the kernel's
+/// `@@ bench-config` words): lock statistics and checking off.
+pub const DEFAULT_CONFIG: &str = "lockstat=off lockcheck=off";
 
 /// The kernel's default number of samples per figure (`bench.samples=`).
 pub const DEFAULT_SAMPLES: u32 = 100_000;
@@ -106,14 +113,28 @@ pub struct Record {
     pub median: u64,
     pub p99: u64,
     pub min: u64,
+    /// The configuration the boot took the figure in: its `@@ bench-config` words joined by
+    /// spaces (e.g. [`DEFAULT_CONFIG`]), `-` if the boot printed none.
+    pub config: String,
 }
 
-/// The figures of a benchmark boot, in the order the kernel printed them.
+/// The `config` of figures printed after a `@@ bench-config` line with `pairs`.
+pub fn config_words(pairs: &[(String, String)]) -> String {
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The figures of a benchmark boot, in the order the kernel printed them, each with the
+/// configuration of the latest `@@ bench-config` line before it.
 pub fn records(report: &BootReport) -> Vec<Record> {
+    let mut config = String::from("-");
     report
         .events
         .iter()
         .filter_map(|e| match e {
+            Event::BenchConfig(pairs) => {
+                config = config_words(pairs);
+                None
+            }
             Event::Bench { name, unit, samples, median, p99, min, model } => Some(Record {
                 bench: name.clone(),
                 model: model.clone().unwrap_or_else(|| "-".into()),
@@ -124,6 +145,7 @@ pub fn records(report: &BootReport) -> Vec<Record> {
                 median: *median,
                 p99: *p99,
                 min: *min,
+                config: config.clone(),
             }),
             _ => None,
         })
@@ -155,6 +177,16 @@ pub fn failure(report: &BootReport) -> Option<String> {
 /// figure per model): its rate relative to `direct` is the inverse of [`vs_direct`].
 pub const RATE: &str = "intr.rate";
 
+/// [`RATE`] with a handler body of exactly 1,000 instructions.
+pub const RATE_BODY1000: &str = "intr.rate.body1000";
+
+/// The figures whose rate relative to `direct` the host reports ([`rate_vs_direct`]).
+pub const RATES: [&str; 2] = [RATE, RATE_BODY1000];
+
+/// The figures with one sample per batch of interrupts (`bench.samples / 1000` samples),
+/// not one per event.
+pub const PER_BATCH: [&str; 3] = [RATE, RATE_BODY1000, "intr.pinned_round_trip"];
+
 /// `r`'s median over the median of the `direct` figure of the same benchmark and CPU count
 /// (a cost ratio: 1.0 is as costly as `direct`); `None` without a `direct` figure, or for
 /// figures that have no model.
@@ -166,21 +198,23 @@ pub fn vs_direct(records: &[Record], r: &Record) -> Option<f64> {
     (d.median > 0).then(|| r.median as f64 / d.median as f64)
 }
 
-/// The sustained interrupt rate of each model relative to `direct` ([`RATE`]'s figures:
-/// direct's instructions per interrupt over the model's), as `(model, smp, ratio)`.
-pub fn rate_vs_direct(records: &[Record]) -> Vec<(String, u32, f64)> {
+/// The sustained interrupt rate of each model relative to `direct` (the figures of `bench`,
+/// one of [`RATES`]: direct's instructions per interrupt over the model's), as
+/// `(model, smp, ratio)`.
+pub fn rate_vs_direct(records: &[Record], bench: &str) -> Vec<(String, u32, f64)> {
     records
         .iter()
-        .filter(|r| r.bench == RATE && r.model != "-" && r.median > 0)
+        .filter(|r| r.bench == bench && r.model != "-" && r.median > 0)
         .filter_map(|r| {
-            let d = records.iter().find(|d| d.bench == RATE && d.smp == r.smp && d.model == "direct")?;
+            let d = records.iter().find(|d| d.bench == bench && d.smp == r.smp && d.model == "direct")?;
             Some((r.model.clone(), r.smp, d.median as f64 / r.median as f64))
         })
         .collect()
 }
 
-/// The figures as an aligned table: name, model, smp, median, p99, min, samples, and the
-/// median relative to the `direct` model's ([`vs_direct`], `-` where there is none).
+/// The figures as an aligned table: name, model, smp, median, p99, min, samples, the median
+/// relative to the `direct` model's ([`vs_direct`], `-` where there is none), and the
+/// configuration (`config`, its words joined by commas so the column is one word).
 pub fn table(records: &[Record]) -> String {
     let rows: Vec<Vec<(String, String)>> = records
         .iter()
@@ -194,6 +228,7 @@ pub fn table(records: &[Record]) -> String {
                 ("min".into(), r.min.to_string()),
                 ("samples".into(), r.samples.to_string()),
                 ("vs_direct".into(), vs_direct(records, r).map_or("-".into(), |x| format!("{x:.2}"))),
+                ("config".into(), r.config.replace(' ', ",")),
             ]
         })
         .collect();
@@ -257,6 +292,7 @@ mod tests {
             median: 9,
             p99: 11,
             min: 9,
+            config: DEFAULT_CONFIG.into(),
         }
     }
 
@@ -264,7 +300,7 @@ mod tests {
     fn json_line_is_the_documented_format() {
         assert_eq!(
             json_line(&rec()),
-            r#"{"bench": "mutex.adaptive.enter_exit", "model": "-", "smp": 1, "accel": "tcg-icount", "unit": "instructions", "samples": 100000, "median": 9, "p99": 11, "min": 9}"#
+            r#"{"bench": "mutex.adaptive.enter_exit", "model": "-", "smp": 1, "accel": "tcg-icount", "unit": "instructions", "samples": 100000, "median": 9, "p99": 11, "min": 9, "config": "lockstat=off lockcheck=off"}"#
         );
         let back: serde_json::Value = serde_json::from_str(&json_line(&rec())).unwrap();
         assert_eq!(back["p99"], 11);
@@ -304,9 +340,22 @@ mod tests {
         let t = table(&[rec()]);
         let mut lines = t.lines();
         let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(head, ["name", "model", "smp", "median", "p99", "min", "samples", "vs_direct"]);
+        assert_eq!(head, ["name", "model", "smp", "median", "p99", "min", "samples", "vs_direct", "config"]);
         let row: Vec<&str> = lines.nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(row, ["mutex.adaptive.enter_exit", "-", "1", "9", "11", "9", "100000", "-"]);
+        assert_eq!(
+            row,
+            [
+                "mutex.adaptive.enter_exit",
+                "-",
+                "1",
+                "9",
+                "11",
+                "9",
+                "100000",
+                "-",
+                "lockstat=off,lockcheck=off"
+            ]
+        );
         assert_eq!(table(&[]), "");
     }
 
@@ -331,7 +380,11 @@ mod tests {
         assert_eq!(vs_direct(&recs, &recs[1]), Some(1.5));
         assert_eq!(vs_direct(&recs, &recs[4]), None);
         assert_eq!(vs_direct(&recs, &recs[5]), None);
-        assert_eq!(rate_vs_direct(&recs), [("direct".to_string(), 1, 1.0), ("pinned".to_string(), 1, 0.9)]);
+        assert_eq!(
+            rate_vs_direct(&recs, RATE),
+            [("direct".to_string(), 1, 1.0), ("pinned".to_string(), 1, 0.9)]
+        );
+        assert!(rate_vs_direct(&recs, RATE_BODY1000).is_empty());
         let t = table(&recs);
         let pinned: Vec<&str> = t.lines().nth(3).unwrap().split_whitespace().collect();
         assert_eq!((pinned[0], pinned[1], pinned[7]), ("intr.latency", "pinned", "1.50"));

@@ -807,8 +807,11 @@ fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
             records.len()
         );
         print!("{}", ithreads::bench::table(&records));
-        let rates = ithreads::bench::rate_vs_direct(&records);
-        if !rates.is_empty() {
+        for bench in ithreads::bench::RATES {
+            let rates = ithreads::bench::rate_vs_direct(&records, bench);
+            if rates.is_empty() {
+                continue;
+            }
             let list: Vec<String> = rates
                 .iter()
                 .map(|(m, smp, x)| {
@@ -819,8 +822,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
                 })
                 .collect();
             println!(
-                "(vs_direct is the median over direct's; {} as a rate relative to direct: {})",
-                ithreads::bench::RATE,
+                "(vs_direct is the median over direct's; {bench} as a rate relative to direct: {})",
                 list.join(", ")
             );
         }

@@ -38,6 +38,9 @@ pub enum Event {
     /// `@@ bench name=<n> unit=<u> samples=<n> median=<n> p99=<n> min=<n> [model=<m>]`: one
     /// figure; `model` is the interrupt dispatch model it was taken under, if it has one.
     Bench { name: String, unit: String, samples: u64, median: u64, p99: u64, min: u64, model: Option<String> },
+    /// `@@ bench-config <key>=<value> ...`: the configuration the figures that follow are taken
+    /// in (`lockstat=on|off lockcheck=on|off`), keys in the kernel's order.
+    BenchConfig(Vec<(String, String)>),
     /// `@@ bench-done`: every selected benchmark ran.
     BenchDone,
     /// `@@ storm source=<name> state=on|off rate=<n>`: an interrupt storm began (throttled) or
@@ -190,6 +193,11 @@ fn parse_body(body: &str) -> Option<Event> {
                 min: min.parse().ok()?,
                 model,
             })
+        }
+        "bench-config" => {
+            let pairs = key_values(args)?;
+            (!pairs.is_empty() && pairs.iter().all(|(_, v)| !v.is_empty()))
+                .then_some(Event::BenchConfig(pairs))
         }
         "bench-done" if args.trim().is_empty() => Some(Event::BenchDone),
         _ => None,
@@ -429,6 +437,14 @@ mod tests {
         unknown("@@ bench unit=i name=x samples=1 median=2 p99=3 min=1");
         unknown("@@ bench");
         assert_eq!(p("@@ bench-done"), Event::BenchDone);
+        assert_eq!(
+            p("@@ bench-config lockstat=off lockcheck=on"),
+            Event::BenchConfig(vec![("lockstat".into(), "off".into()), ("lockcheck".into(), "on".into())])
+        );
+        unknown("@@ bench-config");
+        unknown("@@ bench-config lockstat");
+        unknown("@@ bench-config lockstat=");
+        unknown("@@ bench-config =off");
         unknown("@@ bench-done now");
     }
 

@@ -45,8 +45,8 @@ fn baselines_are_reported_and_deterministic() {
     assert!(cli.median > pair.median / 2, "{cli:?} vs {pair:?}");
     for r in &first {
         // `mutex.contended.throughput` takes one sample per repetition, whatever the count;
-        // `intr.rate` one per batch of interrupts.
-        if r.bench != bench::PER_SMP && r.bench != bench::RATE {
+        // `intr.rate` and its kin one per batch of interrupts.
+        if r.bench != bench::PER_SMP && !bench::PER_BATCH.contains(&r.bench.as_str()) {
             assert_eq!(r.samples, u64::from(SAMPLES), "{r:?}");
         }
         // Only the interrupt benchmarks have a dispatch model.
@@ -56,6 +56,8 @@ fn baselines_are_reported_and_deterministic() {
             ("instructions", "tcg-icount", 1, model)
         );
         assert!(r.min <= r.median && r.median <= r.p99, "{r:?}");
+        // Taken in the configuration a default boot runs (lock statistics and checking off).
+        assert_eq!(r.config, bench::DEFAULT_CONFIG, "{r:?}");
     }
     // `-icount shift=0,align=off,sleep=off` makes a run a function of its inputs: a second
     // boot gives the same figures — median, p99 and min — for every benchmark.
@@ -129,9 +131,56 @@ fn interrupt_benchmarks_report_every_model() {
             assert!(fig("intr.block_switch", m).median > lat.median, "{m}: blocking costs nothing?");
         }
     }
-    assert!(recs.iter().all(|r| r.bench != "intr.block_switch" || r.model != "direct"), "{recs:#?}");
+    assert!(
+        recs.iter().all(|r| !r.bench.starts_with("intr.block_switch") || r.model != "direct"),
+        "{recs:#?}"
+    );
     // Under icount both latencies are steady: the paired difference is the difference.
     let added = fig("intr.switch_added", "pinned");
     assert_eq!(added.median, fig("intr.latency", "pinned").median - fig("intr.latency", "direct").median);
-    assert_eq!(recs.len(), 4 + 4 + 3 + 1, "{recs:#?}");
+    // The same for whole round trips.
+    let round_trip = fig("intr.pinned_round_trip", "pinned");
+    let rate_diff = fig(bench::RATE, "pinned").median as i64 - fig(bench::RATE, "direct").median as i64;
+    assert!((round_trip.median as i64 - rate_diff).abs() <= 5, "{round_trip:?} vs {rate_diff}");
+    for m in models {
+        // A handler body of 1,000 instructions adds 1,000 instructions per interrupt.
+        let extra = fig("intr.rate.body1000", m).median as i64 - fig(bench::RATE, m).median as i64;
+        assert!((950..=1050).contains(&extra), "{m}: body1000 adds {extra}");
+        if m == "direct" {
+            continue;
+        }
+        // The parts of a blocking interrupt add up to the whole (medians of one probed pass
+        // against the unprobed pass: within a tenth).
+        let whole = fig("intr.block_switch", m).median;
+        let parts: u64 = ["dispatch", "enter_fail", "turnstile", "switch"]
+            .iter()
+            .map(|p| fig(&format!("intr.block_switch.{p}"), m).median)
+            .inspect(|&x| assert!(x > 0, "{m}: a part of intr.block_switch is 0"))
+            .sum();
+        assert!(parts.abs_diff(whole) <= whole / 10, "{m}: parts {parts} vs whole {whole}");
+    }
+    // Each (name, model) once: latency, rate, rate.body1000 per model; block_switch and its
+    // four parts per blocking model; switch_added and pinned_round_trip.
+    let mut pairs: Vec<(&str, &str)> = recs.iter().map(|r| (r.bench.as_str(), r.model.as_str())).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    assert_eq!(pairs.len(), recs.len(), "a (name, model) pair twice: {recs:#?}");
+    assert_eq!(recs.len(), 4 + 4 + 4 + 3 * 5 + 1 + 1, "{recs:#?}");
+}
+
+#[test]
+fn scheduler_and_soft_interrupt_benchmarks_are_reported() {
+    let (_, sched) = boot(Some("sched."));
+    let (_, soft) = boot(Some("softint."));
+    let mut names: Vec<&str> = sched.iter().chain(&soft).map(|r| r.bench.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["sched.switch", "sched.wakeup_switch", "softint.latency"], "{names:?}");
+    for r in sched.iter().chain(&soft) {
+        assert_eq!((r.model.as_str(), r.samples), ("-", u64::from(SAMPLES)), "{r:?}");
+        assert!(r.median > 0 && r.min <= r.median && r.median <= r.p99, "{r:?}");
+    }
+    // A wake-up from an interrupt and the switch to the woken thread cost more than the
+    // switch alone (half a yield round trip).
+    let (switch, wakeup) = (find(&sched, "sched.switch"), find(&sched, "sched.wakeup_switch"));
+    assert!(wakeup.median > switch.median, "{wakeup:?} vs {switch:?}");
 }

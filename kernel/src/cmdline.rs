@@ -24,9 +24,10 @@ pub struct Options {
     pub scenario_ms: u64,
     /// `intr.model=direct|dedicated|pool|pinned`: the model for sources established without one.
     pub intr_model: intr::Model,
-    /// `lockcheck=on|off`: the lock-order/IPL checker (default: on for `run=tests`).
+    /// `lockcheck=on|off`: the lock-order/IPL checker (default: on for `run=tests`, off
+    /// otherwise; at run time `sysctl kern.lockcheck`).
     pub lockcheck: Option<bool>,
-    /// `lockstat=on|off`: lock statistics (default on).
+    /// `lockstat=on|off`: lock statistics (default off; at run time `sysctl kern.lockstat`).
     pub lockstat: bool,
     /// `workload.serial=on|off`: the host pastes serial lines during the scenario.
     pub workload_serial: bool,

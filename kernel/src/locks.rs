@@ -35,6 +35,7 @@ impl sched::SchedEnv for KernelEnv {
         &SPL
     }
     fn sleep_check() {
+        crate::bench::probe::sleep();
         intr::path::sleep_check::<KernelEnv>();
     }
 }
@@ -42,6 +43,10 @@ impl sched::SchedEnv for KernelEnv {
 impl sync::Env for KernelEnv {
     fn sync() -> &'static SyncState<KernelEnv> {
         &SYNC
+    }
+
+    fn probe_turnstile() {
+        crate::bench::probe::turnstile();
     }
 }
 

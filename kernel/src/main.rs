@@ -160,8 +160,12 @@ fn main_thread(opts: &'static Options) {
         panic!("com1: {e}");
     }
     drivers::com::register_sysctls();
+    // Lock statistics and checking as the command line says (both off by default outside
+    // `run=tests`: the lock fast paths are taken). Benchmarks run in this same configuration
+    // and say which it is (`@@ bench-config`); `sysctl kern.lockstat`/`kern.lockcheck` change
+    // it at run time.
     locks::SYNC.witness.set_checking(opts.lockcheck.unwrap_or(opts.run == RunMode::Tests));
-    locks::SYNC.witness.set_stats(opts.lockstat && opts.run != RunMode::Bench);
+    locks::SYNC.witness.set_stats(opts.lockstat);
     let ok = match opts.run {
         RunMode::Tests => tests::run_all(&opts.test_filter),
         RunMode::Scenario => scenario::run(opts),

@@ -171,7 +171,9 @@ pub fn run(opts: &Options) -> bool {
         rounds.load(Ordering::Relaxed),
         CLASSES.len() * n + 2
     );
-    for (name, kind, st) in SYNC.witness.lockstat().filter(|(n, _, _)| n.starts_with("scenario.")) {
+    // Lock figures only where they were counted (`lockstat=on`; off by default).
+    let stats = SYNC.witness.stats_on();
+    for (name, kind, st) in SYNC.witness.lockstat().filter(|(n, _, _)| stats && n.starts_with("scenario.")) {
         kprintln!(
             "@@ result scope=lock name={} kind={:?} acquired={} contended={} spin_us={} block_us={} max_hold_us={}",
             name,

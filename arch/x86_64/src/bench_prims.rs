@@ -6,6 +6,8 @@
 //!   `pushf; cli; lock cmpxchg` to enter, `mov; popf` to exit.
 //! * [`lock_cmpxchg_acquire`] / [`lock_cmpxchg_release`]: one `lock cmpxchg` each on one
 //!   word, 0 → 1 and 1 → 0 — the floor of any lock with an atomic enter and exit.
+//! * [`body_1000`]: an interrupt handler body of exactly 1,000 instructions
+//!   (`intr.rate.body1000`).
 //!
 //! They are baselines, not locks for real use: the enter loop spins with interrupts
 //! disabled and no backoff.
@@ -115,4 +117,19 @@ pub fn lock_cmpxchg_release(word: &AtomicU32) -> bool {
         );
     }
     ok != 0
+}
+
+/// The instructions [`body_1000`] executes.
+pub const BODY_INSTRUCTIONS: u64 = 1000;
+
+/// A handler body of exactly [`BODY_INSTRUCTIONS`] instructions: `mov ecx, 499`, then 499
+/// times `dec ecx; jnz`, then `nop` (1 + 998 + 1). The `intr.rate.body1000` benchmark checks
+/// the count under icount in the boot that uses it (the compiler could add moves around it).
+#[inline(always)]
+pub fn body_1000() {
+    // SAFETY: the asm touches only ecx (declared clobbered) and the flags (not claimed
+    // preserved); no memory, no stack.
+    unsafe {
+        asm!("mov ecx, 499", "2:", "dec ecx", "jnz 2b", "nop", out("ecx") _, options(nomem, nostack));
+    }
 }

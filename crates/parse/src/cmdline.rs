@@ -59,9 +59,11 @@ pub struct Options {
     pub scenario_ms: u64,
     /// `intr.model=direct|dedicated|pool|pinned`: the model for sources established without one.
     pub intr_model: ModelName,
-    /// `lockcheck=on|off`: the lock-order/IPL checker (default: on for `run=tests`).
+    /// `lockcheck=on|off`: the lock-order/IPL checker (default: on for `run=tests`, off
+    /// otherwise; at run time `sysctl kern.lockcheck`).
     pub lockcheck: Option<bool>,
-    /// `lockstat=on|off`: lock statistics (default on).
+    /// `lockstat=on|off`: lock statistics (default off, so the lock fast paths are taken; at
+    /// run time `sysctl kern.lockstat=1`, as NetBSD's lockstat(8) enables its probes).
     pub lockstat: bool,
     /// `workload.serial=on|off`: the host pastes serial lines during the scenario.
     pub workload_serial: bool,
@@ -86,7 +88,7 @@ impl Default for Options {
             scenario_ms: 2000,
             intr_model: ModelName::Pool,
             lockcheck: None,
-            lockstat: true,
+            lockstat: false,
             workload_serial: false,
             bench_filter: String::new(),
             bench_samples: 100_000,

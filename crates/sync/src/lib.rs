@@ -79,4 +79,11 @@ impl<E: SchedEnv> SyncState<E> {
 pub trait Env: SchedEnv {
     /// This crate's state.
     fn sync() -> &'static SyncState<Self>;
+
+    /// A probe point: a contended adaptive mutex enter has given up on the owner (not
+    /// running) and is about to take the turnstile lock and block. Nothing by default; the
+    /// kernel's benchmarks time it (`intr.block_switch.enter_fail` ends, `.turnstile`
+    /// begins). Called on that slow path only.
+    #[inline(always)]
+    fn probe_turnstile() {}
 }

@@ -353,6 +353,7 @@ impl<E: Env> RawMutex<E> {
                 continue;
             }
             // Block on the turnstile.
+            E::probe_turnstile();
             let tb = if stats { E::M::now_ns() } else { 0 };
             let granted = AtomicBool::new(false);
             let me_arc = sched.current_arc();

@@ -1,7 +1,7 @@
 //! Interrupt dispatch benchmarks: the four models (`intr::Model`) side by side, in one boot,
 //! on self-IPIs raised and handled on CPU 0 (the runner binds the bench thread there; the
 //! other CPUs idle). Each benchmark establishes one source per model on its own vector
-//! (0x90..0x9F), all at `IPL_VM` with a trivial handler, and disestablishes them afterwards;
+//! (0x90..0xA5), all at `IPL_VM` with a short handler ([`Body`]), and disestablishes them afterwards;
 //! it prints one figure per model ([`super::figure`], `model=` on the line).
 //!
 //! ## What is counted
@@ -36,12 +36,31 @@
 //!   which then finishes its interrupt return. The release and the handler's completion
 //!   are not counted (the next sample waits for them). Every sample checks the handler had
 //!   started and not finished when the bench thread got the CPU back.
+//! * The parts of `intr.block_switch` (one figure each per blocking model), from a second
+//!   pass with the probe points armed (`super::probe`: each adds a TSC read and a `cmpxchg`):
+//!   `intr.block_switch.dispatch` — the raise to the handler's first statement (the latency
+//!   path); `.enter_fail` — from there to the failed mutex enter giving up on the owner (the
+//!   handler's two counter updates, the fast path's failed `cmpxchg`, the slow path's owner
+//!   test); `.turnstile` — from there to the sleep check before the switch: the current
+//!   thread's reference, the turnstile lock, the owner word's waiters bit, `Turnstiles::block`
+//!   (the waiter's record, priority lent along the chain of owners) and `sleep_prepare`;
+//!   `.switch` — from the sleep check (itself, the pool's divorce or the pinned block path
+//!   included) to the bench thread's next instruction. A sample counts only if the four
+//!   readings come in path order (another thread's sleep can come first); the four medians
+//!   add up to about the whole (medians of parts are not parts of a median).
 //! * `intr.rate` (one figure per model): [`RATE_BATCH`] interrupts back to back, each raised
 //!   as soon as the previous one is handled (same loop as the latency benchmark, no gaps);
 //!   one sample per batch = the batch's instructions / [`RATE_BATCH`] = instructions per
 //!   interrupt, whole round trip (raise, dispatch, handler, switch back, the loop). The
 //!   sustained rate is its inverse; the rate relative to `direct` is direct's figure divided
 //!   by the model's. Samples: `bench.samples / RATE_BATCH` (at least 1).
+//! * `intr.rate.body1000` (one figure per model): `intr.rate` with a handler body of exactly
+//!   1,000 instructions (`arch::bench_prims::body_1000`; the benchmark first measures the body
+//!   alone and, under icount, fails unless it is 1,000). Its rate relative to `direct` is what
+//!   a model costs a handler that does some work.
+//! * `intr.pinned_round_trip` (model `pinned`): `intr.rate` batches of `direct` and `pinned`
+//!   in alternation, one sample per pair, pinned − direct (0 if negative): the whole way into
+//!   the pinned handler and back, per interrupt.
 //!
 //! Preemption stays enabled while measuring (no `Bencher::quiet`), for every model alike: the
 //! `dedicated` and `pool` handlers run in threads that must preempt the bench thread on its
@@ -54,6 +73,7 @@ use core::hint::spin_loop;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use arch::apic;
+use arch::bench_prims::{body_1000, BODY_INSTRUCTIONS};
 use arch::kprintln;
 use intr::{IntrFlags, IntrHandle, Model, SourceSpec};
 use ipl::Ipl;
@@ -88,37 +108,55 @@ struct Src {
     _h: Handle,
 }
 
-fn source_name(model: Model, blocking: bool) -> &'static str {
-    match (model, blocking) {
-        (Model::Direct, false) => "bench.intr.direct",
-        (Model::Dedicated, false) => "bench.intr.dedicated",
-        (Model::Pool, false) => "bench.intr.pool",
-        (Model::Pinned, false) => "bench.intr.pinned",
-        (Model::Direct, true) => "bench.intr.block.direct",
-        (Model::Dedicated, true) => "bench.intr.block.dedicated",
-        (Model::Pool, true) => "bench.intr.block.pool",
-        (Model::Pinned, true) => "bench.intr.block.pinned",
+/// What a benchmark source's handler does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Reads the TSC, publishes it and counts itself.
+    Empty,
+    /// The same, then takes [`GATE`] (it blocks while the bench thread holds it).
+    Blocking,
+    /// The same as `Empty`, then [`body_1000`]: exactly 1,000 instructions more.
+    Thousand,
+}
+
+fn source_name(model: Model, body: Body) -> &'static str {
+    match (body, model) {
+        (Body::Empty, Model::Direct) => "bench.intr.direct",
+        (Body::Empty, Model::Dedicated) => "bench.intr.dedicated",
+        (Body::Empty, Model::Pool) => "bench.intr.pool",
+        (Body::Empty, Model::Pinned) => "bench.intr.pinned",
+        (Body::Blocking, Model::Direct) => "bench.intr.block.direct",
+        (Body::Blocking, Model::Dedicated) => "bench.intr.block.dedicated",
+        (Body::Blocking, Model::Pool) => "bench.intr.block.pool",
+        (Body::Blocking, Model::Pinned) => "bench.intr.block.pinned",
+        (Body::Thousand, Model::Direct) => "bench.intr.body1000.direct",
+        (Body::Thousand, Model::Dedicated) => "bench.intr.body1000.dedicated",
+        (Body::Thousand, Model::Pool) => "bench.intr.body1000.pool",
+        (Body::Thousand, Model::Pinned) => "bench.intr.body1000.pinned",
     }
 }
 
-/// Establishes a source on `vector` under `model` at `IPL_VM`. Its handler reads the TSC,
-/// publishes it and counts itself; a `blocking` one then takes [`GATE`].
-fn establish(model: Model, vector: u8, blocking: bool) -> Src {
-    let name = source_name(model, blocking);
+/// Establishes a source on `vector` under `model` at `IPL_VM` whose handler does `body`.
+fn establish(model: Model, vector: u8, body: Body) -> Src {
+    let name = source_name(model, body);
     let spec =
         SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) };
-    let handler: intr::Handler = if blocking {
-        Box::new(|_| {
+    let handler: intr::Handler = match body {
+        Body::Blocking => Box::new(|_| {
             T_START.store(now(), Ordering::Relaxed);
             STARTED.fetch_add(1, Ordering::Release);
             drop(GATE.lock());
             FINISHED.fetch_add(1, Ordering::Release);
-        })
-    } else {
-        Box::new(|_| {
+        }),
+        Body::Empty => Box::new(|_| {
             T_START.store(now(), Ordering::Relaxed);
             STARTED.fetch_add(1, Ordering::Release);
-        })
+        }),
+        Body::Thousand => Box::new(|_| {
+            T_START.store(now(), Ordering::Relaxed);
+            STARTED.fetch_add(1, Ordering::Release);
+            body_1000();
+        }),
     };
     let h = INTR
         .establish(spec, None, Some(handler))
@@ -138,8 +176,8 @@ fn establish(model: Model, vector: u8, blocking: bool) -> Src {
 
 /// Establishes one source per model in `models` on consecutive vectors from `base`, and lets
 /// their threads start and park.
-fn establish_all(models: &[Model], base: u8, blocking: bool) -> Vec<Src> {
-    let v = models.iter().enumerate().map(|(i, &m)| establish(m, base + i as u8, blocking)).collect();
+fn establish_all(models: &[Model], base: u8, body: Body) -> Vec<Src> {
+    let v = models.iter().enumerate().map(|(i, &m)| establish(m, base + i as u8, body)).collect();
     SCHED.sleep_ns(20_000_000);
     v
 }
@@ -183,7 +221,7 @@ fn start() {
 fn latency(b: &mut Bencher) {
     start();
     let n = b.samples();
-    let srcs = establish_all(&Model::ALL, 0x90, false);
+    let srcs = establish_all(&Model::ALL, 0x90, Body::Empty);
     for s in &srcs {
         let mut v = Vec::with_capacity(n);
         for i in 0..warm_up(n) + n {
@@ -201,7 +239,7 @@ kbench!(B_INTR_LATENCY, "intr.latency", latency);
 fn switch_added(b: &mut Bencher) {
     start();
     let n = b.samples();
-    let srcs = establish_all(&[Model::Direct, Model::Pinned], 0x98, false);
+    let srcs = establish_all(&[Model::Direct, Model::Pinned], 0x98, Body::Empty);
     let (direct, pinned) = (&srcs[0], &srcs[1]);
     let (mut d, mut p, mut diff) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..warm_up(n) + n {
@@ -225,72 +263,191 @@ fn switch_added(b: &mut Bencher) {
 }
 kbench!(B_INTR_SWITCH_ADDED, "intr.switch_added", switch_added);
 
+/// One `intr.block_switch` sample on `s`: the bench thread holds [`GATE`] and raises; the
+/// handler blocks on it. Returns (raise, bench thread back after the raise); the handler
+/// has finished when it returns.
+fn block_once(s: &Src) -> (u64, u64) {
+    let k = STARTED.load(Ordering::Relaxed);
+    let f = FINISHED.load(Ordering::Relaxed);
+    let g = GATE.lock();
+    let t0 = now();
+    raise(s.vector);
+    let t1 = now();
+    let (started, finished) = (STARTED.load(Ordering::Acquire), FINISHED.load(Ordering::Acquire));
+    drop(g);
+    assert!(
+        started == k + 1 && finished == f,
+        "bench: intr.block_switch {}: the handler did not block (started {}, finished {})",
+        s.model,
+        started - k,
+        finished - f
+    );
+    wait_for(&FINISHED, f + 1, s.model.name());
+    (t0, t1)
+}
+
+/// The names of the parts of `intr.block_switch`, in path order.
+const BLOCK_PARTS: [&str; 4] = [
+    "intr.block_switch.dispatch",
+    "intr.block_switch.enter_fail",
+    "intr.block_switch.turnstile",
+    "intr.block_switch.switch",
+];
+
 /// `intr.block_switch`: raise → bench thread back on the CPU with the handler blocked on the
-/// mutex it holds, per model that may block.
+/// mutex it holds, per model that may block; then the same path in its four parts (second
+/// pass, probes armed), per model.
 fn block_switch(b: &mut Bencher) {
     start();
     let n = b.samples();
-    let srcs = establish_all(&[Model::Dedicated, Model::Pool, Model::Pinned], 0x9A, true);
+    let srcs = establish_all(&[Model::Dedicated, Model::Pool, Model::Pinned], 0x9A, Body::Blocking);
     for s in &srcs {
         let mut v = Vec::with_capacity(n);
         for i in 0..warm_up(n) + n {
-            let k = STARTED.load(Ordering::Relaxed);
-            let f = FINISHED.load(Ordering::Relaxed);
-            let g = GATE.lock();
-            let t0 = now();
-            raise(s.vector);
-            let t1 = now();
-            let (started, finished) = (STARTED.load(Ordering::Acquire), FINISHED.load(Ordering::Acquire));
-            drop(g);
-            assert!(
-                started == k + 1 && finished == f,
-                "bench: intr.block_switch {}: the handler did not block (started {}, finished {})",
-                s.model,
-                started - k,
-                finished - f
-            );
-            wait_for(&FINISHED, f + 1, s.model.name());
+            let (t0, t1) = block_once(s);
             if i >= warm_up(n) {
                 v.push(t1.wrapping_sub(t0));
             }
         }
         figure("intr.block_switch", s.model.name(), &mut v);
     }
+    // The parts: the probe points split each sample at the handler's first statement, the
+    // turnstile (`sync::Env::probe_turnstile`) and the sleep check before the switch away.
+    super::probe::arm(true);
+    for s in &srcs {
+        let mut parts: [Vec<u64>; 4] = core::array::from_fn(|_| Vec::with_capacity(n));
+        let mut whole = Vec::with_capacity(n);
+        let (mut out_of_order, mut i) = (0usize, 0usize);
+        // `n` samples, however many are dropped (a bug if every other one is).
+        while whole.len() < n {
+            assert!(out_of_order <= n, "bench: intr.block_switch {}: the probes fired out of order", s.model);
+            super::probe::clear();
+            let (t0, t1) = block_once(s);
+            let handler = T_START.load(Ordering::Relaxed);
+            let ts = super::probe::T_TURNSTILE.load(Ordering::Relaxed);
+            let sleep = super::probe::T_SLEEP.load(Ordering::Relaxed);
+            i += 1;
+            if i <= warm_up(n) {
+                continue;
+            }
+            // Another thread's sleep (a clock tick's work) may come first: not this path.
+            if !(t0 <= handler && handler <= ts && ts <= sleep && sleep <= t1) {
+                out_of_order += 1;
+                continue;
+            }
+            for (p, x) in parts.iter_mut().zip([handler - t0, ts - handler, sleep - ts, t1 - sleep]) {
+                p.push(x);
+            }
+            whole.push(t1 - t0);
+        }
+        let medians: Vec<u64> =
+            parts.iter().map(|p| kbench::summarize(&mut p.clone()).map_or(0, |x| x.median)).collect();
+        let total = kbench::summarize(&mut whole).map_or(0, |x| x.median);
+        kprintln!(
+            "bench: intr.block_switch {}: parts {} + {} + {} + {} = {} (probed pass, median of the whole {}; {} samples out of order, dropped)",
+            s.model,
+            medians[0],
+            medians[1],
+            medians[2],
+            medians[3],
+            medians.iter().sum::<u64>(),
+            total,
+            out_of_order
+        );
+        for (name, p) in BLOCK_PARTS.iter().zip(parts.iter_mut()) {
+            figure(name, s.model.name(), p);
+        }
+    }
+    super::probe::arm(false);
 }
 kbench!(B_INTR_BLOCK_SWITCH, "intr.block_switch", block_switch);
 
-/// `intr.rate`: instructions per interrupt, sustained, per model.
-fn rate(b: &mut Bencher) {
-    start();
+/// One `intr.rate` batch on `s`: [`RATE_BATCH`] interrupts back to back; the instructions
+/// per interrupt.
+#[inline(always)]
+fn batch(s: &Src) -> u64 {
+    let k = STARTED.load(Ordering::Relaxed);
+    let t0 = now();
+    for j in 0..RATE_BATCH as u64 {
+        raise(s.vector);
+        wait_for(&STARTED, k + j + 1, s.model.name());
+    }
+    now().wrapping_sub(t0) / RATE_BATCH as u64
+}
+
+/// The `intr.rate` figures (`name`) of `srcs`, one per model, and the rates relative to
+/// `direct` on the console.
+fn rates(b: &Bencher, name: &str, srcs: &[Src]) {
     let reps = (b.samples() / RATE_BATCH).max(1);
-    let srcs = establish_all(&Model::ALL, 0x94, false);
     let mut per: Vec<(Model, u64)> = Vec::new();
-    for s in &srcs {
+    for s in srcs {
         let mut v = Vec::with_capacity(reps);
         for rep in 0..reps + 1 {
-            let k = STARTED.load(Ordering::Relaxed);
-            let t0 = now();
-            for j in 0..RATE_BATCH as u64 {
-                raise(s.vector);
-                wait_for(&STARTED, k + j + 1, s.model.name());
-            }
-            let t = now().wrapping_sub(t0);
+            let x = batch(s);
             if rep > 0 {
-                v.push(t / RATE_BATCH as u64); // the first batch warms up
+                v.push(x); // the first batch warms up
             }
         }
-        figure("intr.rate", s.model.name(), &mut v);
+        figure(name, s.model.name(), &mut v);
         per.push((s.model, v[(v.len() - 1) / 2]));
     }
     if let Some(&(_, direct)) = per.iter().find(|(m, _)| *m == Model::Direct) {
         for (m, x) in &per {
             let pct = (direct * 100 + x / 2) / x; // rounded
             kprintln!(
-                "bench: intr.rate {m}: {x} instructions per interrupt, rate {}.{:02} x direct",
+                "bench: {name} {m}: {x} instructions per interrupt, rate {}.{:02} x direct",
                 pct / 100,
                 pct % 100
             );
         }
     }
 }
+
+/// `intr.rate`: instructions per interrupt, sustained, per model.
+fn rate(b: &mut Bencher) {
+    start();
+    let srcs = establish_all(&Model::ALL, 0x94, Body::Empty);
+    rates(b, "intr.rate", &srcs);
+}
 kbench!(B_INTR_RATE, "intr.rate", rate);
+
+/// `intr.rate.body1000`: `intr.rate` with handlers whose body is [`body_1000`], per model.
+/// First checks, in this boot, that the body is exactly [`BODY_INSTRUCTIONS`] instructions
+/// (under icount; with another unit the body's figure is only printed).
+fn rate_body1000(b: &mut Bencher) {
+    start();
+    let overhead = b.overhead();
+    let mut probe = super::bencher(b.samples().min(10_000));
+    probe.set_overhead(overhead);
+    probe.iter(body_1000);
+    let body = probe.summary().map_or(0, |s| s.median);
+    kprintln!("bench: intr.rate.body1000: the body is {body} (net of the loop; {BODY_INSTRUCTIONS} wanted)");
+    if super::unit() == "instructions" {
+        assert_eq!(
+            body, BODY_INSTRUCTIONS,
+            "bench: the 1,000-instruction handler body is not 1,000 instructions"
+        );
+    }
+    let srcs = establish_all(&Model::ALL, 0xA0, Body::Thousand);
+    rates(b, "intr.rate.body1000", &srcs);
+}
+kbench!(B_INTR_RATE_BODY1000, "intr.rate.body1000", rate_body1000);
+
+/// `intr.pinned_round_trip` (model `pinned`): `intr.rate` pinned minus `intr.rate` direct,
+/// batches taken in alternation, one difference per pair (0 if negative): the instructions
+/// the pinned model adds to a whole interrupt, in and back.
+fn pinned_round_trip(b: &mut Bencher) {
+    start();
+    let reps = (b.samples() / RATE_BATCH).max(1);
+    let srcs = establish_all(&[Model::Direct, Model::Pinned], 0xA4, Body::Empty);
+    let mut diff = Vec::with_capacity(reps);
+    for rep in 0..reps + 1 {
+        let d = batch(&srcs[0]);
+        let p = batch(&srcs[1]);
+        if rep > 0 {
+            diff.push(p.saturating_sub(d));
+        }
+    }
+    figure("intr.pinned_round_trip", "pinned", &mut diff);
+}
+kbench!(B_INTR_PINNED_ROUND_TRIP, "intr.pinned_round_trip", pinned_round_trip);

@@ -1,5 +1,6 @@
 //! Lock benchmarks: the uncontended fast paths of the kernel's mutexes and rwlock (lock
-//! statistics and checking are off in a bench boot, so these are the bare fast paths), the
+//! statistics and checking are off in a default boot, and a bench boot is one, so these are
+//! the paths a default kernel takes; `@@ bench-config` says so), the
 //! hand-off latency of an adaptive mutex between two CPUs, and the throughput of one adaptive
 //! mutex hammered by every CPU of the boot.
 //!

@@ -1,7 +1,10 @@
 //! The benchmark runner (`run=bench`): every benchmark registered with `kbench!` (see the
 //! `kbench` crate's documentation for how to add one) whose name contains `bench.filter=`,
 //! run one after another on CPU 0, each figure printed as an `@@ bench` line, then
-//! `@@ bench-done` (docs/PROTOCOL.md).
+//! `@@ bench-done` (docs/PROTOCOL.md). Before the figures, `@@ bench-config` states the lock
+//! configuration they are taken in ([`config_line`]); nothing is reconfigured for the
+//! benchmarks, so a `run=bench` boot measures what a default boot runs (lock statistics and
+//! checking off: the lock fast paths).
 //!
 //! How figures are taken: the `main` thread binds itself to CPU 0; the other CPUs have
 //! nothing to run and halt in their idle loops (under TCG `-icount` every vCPU shares one
@@ -19,6 +22,8 @@
 mod baseline;
 mod intr;
 mod locks;
+pub mod probe;
+mod sched;
 mod spl;
 
 use alloc::vec::Vec;
@@ -46,6 +51,11 @@ const UNITS: [&str; 3] = ["tsc", "instructions", "cycles"];
 static UNIT: AtomicUsize = AtomicUsize::new(0);
 /// Figures printed by [`figure`] since the runner last looked.
 static OWN_FIGURES: AtomicUsize = AtomicUsize::new(0);
+
+/// This run's `bench.unit=`.
+pub fn unit() -> &'static str {
+    UNITS[UNIT.load(Ordering::Relaxed)]
+}
 
 /// Prints one figure over `samples` (sorted in place; reported raw) labelled with the
 /// interrupt dispatch model: `@@ bench name=… unit=… samples=… median=… p99=… min=… model=…`.
@@ -77,6 +87,17 @@ fn check_names(reg: &[KBench]) -> Result<(), alloc::string::String> {
     Ok(())
 }
 
+/// The configuration the figures are taken in, as printed before them:
+/// `@@ bench-config lockstat=on|off lockcheck=on|off` (docs/PROTOCOL.md). The runner changes
+/// nothing: a `run=bench` boot has a default boot's configuration unless its command line
+/// says otherwise, and the shell's `bench` runs in whatever `kern.lockstat` and
+/// `kern.lockcheck` are at the time.
+pub fn config_line() -> alloc::string::String {
+    let w = &crate::locks::SYNC.witness;
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    alloc::format!("@@ bench-config lockstat={} lockcheck={}", on_off(w.stats_on()), on_off(w.checking()))
+}
+
 /// Runs every selected benchmark on CPU 0; returns whether the run was valid.
 pub fn run(opts: &Options) -> bool {
     let reg = kbench::registry();
@@ -94,6 +115,7 @@ pub fn run(opts: &Options) -> bool {
         arch::X86_64::ncpus(),
         filter
     );
+    kprintln!("{}", config_line());
     let mut b = bencher(opts.bench_samples);
     kbench::empty(&mut b);
     let Some(empty) = b.summary() else { return false };

@@ -9,9 +9,11 @@
 //! ```
 //!
 //! `test` fails (status error) if a test failed or none matched; it runs with the lock checker
-//! on, as `run=tests` does (when lock records are kept, i.e. `lockstat` or `lockcheck` is on),
-//! and restores it. `bench` runs on CPU 0 with lock statistics off, as `run=bench` does, and
-//! restores both the statistics and the shell thread's binding afterwards.
+//! on, as `run=tests` does (when lock records are kept, i.e. `kern.lockstat` or
+//! `kern.lockcheck` is on), and restores it. `bench` runs on CPU 0, as `run=bench` does, in
+//! the lock configuration the shell has now (`kern.lockstat`, `kern.lockcheck`: the runner
+//! states it on its `@@ bench-config` line), and restores the shell thread's binding
+//! afterwards.
 
 use alloc::string::String;
 use core::fmt::Write;
@@ -97,12 +99,8 @@ pub fn bench(args: &[&str], out: &mut dyn Write) -> Result<(), ShellError> {
     if !kbench::registry().iter().any(|k| kbench::selected(k.name, &opts.bench_filter)) {
         bail!("bench: no benchmark name contains '{}'", opts.bench_filter);
     }
-    let w = &SYNC.witness;
-    let stats = w.stats_on();
     let bound = SCHED.current().bound_cpu();
-    w.set_stats(false);
     let ok = crate::bench::run(&opts);
-    w.set_stats(stats);
     SCHED.bind_current(bound);
     writeln!(
         out,

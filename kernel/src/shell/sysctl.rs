@@ -277,8 +277,8 @@ const BUILTIN: [Builtin; 14] = [
         Some(|v| Ok(storm().set_backoff_max_ns(parse_ms(v)?)?)),
     ),
     (
-        "lockstat",
-        "per-lock-class statistics (on|off)",
+        "kern.lockstat",
+        "per-lock-class statistics (on|off; off by default: the lock fast paths are taken)",
         || on_off(SYNC.witness.stats_on()),
         Some(|v| {
             SYNC.witness.set_stats(parse_bool(v)?);
@@ -286,13 +286,13 @@ const BUILTIN: [Builtin; 14] = [
         }),
     ),
     (
-        "lockcheck",
-        "lock-order and IPL checker (on|off; on needs lockstat on: held locks must be recorded)",
+        "kern.lockcheck",
+        "lock-order and IPL checker (on|off; on needs kern.lockstat on: held locks must be recorded)",
         || on_off(SYNC.witness.checking()),
         Some(|v| {
             let on = parse_bool(v)?;
             if on && !SYNC.witness.active() {
-                return Err(String::from("turn lockstat on first (locks held now were not recorded)"));
+                return Err(String::from("turn kern.lockstat on first (locks held now were not recorded)"));
             }
             SYNC.witness.set_checking(on);
             Ok(())

@@ -234,8 +234,8 @@ fn sysctl_names_values_and_errors() -> TestResult {
         "intr.storm.stall_percent",
         "intr.storm.backoff_min_ms",
         "intr.storm.backoff_max_ms",
-        "lockstat",
-        "lockcheck",
+        "kern.lockstat",
+        "kern.lockcheck",
     ] {
         kassert!(names.contains(&want), "sysctl does not list {want}");
     }
@@ -252,6 +252,7 @@ fn sysctl_names_values_and_errors() -> TestResult {
     set_and_restore("intr.storm.stall_percent", "75")?;
     set_and_restore("intr.storm.backoff_max_ms", "2000")?;
     set_and_restore("intr.storm.backoff_min_ms", "40")?;
+    set_and_restore("kern.lockstat", if crate::locks::SYNC.witness.stats_on() { "off" } else { "on" })?;
     kassert_eq!(intr::storm::PARAMS.window_ns(), intr::storm::WINDOW_NS, "window restored");
     for (line, culprits) in [
         ("sysctl intr.bogus", ["intr.bogus", "unknown"]),
@@ -365,8 +366,24 @@ fn ps_lists_threads() -> TestResult {
 }
 ktest!(T_PS, "shell::ps::lists_threads", ps_lists_threads);
 
-/// `lockstat N` shows at most N classes, most contended first.
+/// A lock only `shell::lockstat::sorted` takes.
+static LOCKSTAT_PROBE: crate::locks::Mutex<()> = crate::locks::Mutex::new_adaptive("test.shell.lockstat", ());
+
+/// `lockstat N` shows at most N classes, most contended first; with statistics turned on at
+/// run time (`sysctl kern.lockstat=1`: they are off by default) acquisitions are counted.
 fn lockstat_sorted() -> TestResult {
+    let was = sysctl_value(&ok("sysctl kern.lockstat")?, "kern.lockstat")?;
+    ok("sysctl kern.lockstat=1")?;
+    let r = lockstat_sorted_with_stats_on();
+    ok(&alloc::format!("sysctl kern.lockstat={was}"))?;
+    r
+}
+
+fn lockstat_sorted_with_stats_on() -> TestResult {
+    kassert!(crate::locks::SYNC.witness.stats_on(), "sysctl kern.lockstat=1 left statistics off");
+    for _ in 0..5 {
+        drop(LOCKSTAT_PROBE.lock());
+    }
     let out = ok("lockstat 3")?;
     let header = out.lines().next().unwrap_or("");
     kassert!(header.starts_with("lockstat: stats="), "{header}");
@@ -377,12 +394,12 @@ fn lockstat_sorted() -> TestResult {
     let contended: Vec<u64> = all.iter().map(|r| r[3].parse::<u64>().unwrap_or(u64::MAX)).collect();
     kassert!(contended.windows(2).all(|w| w[0] >= w[1]), "not sorted by contention: {contended:?}");
     kassert!(all.iter().all(|r| r.len() == 7), "a row is not 7 words");
-    if crate::locks::SYNC.witness.stats_on() {
-        kassert!(
-            all.iter().any(|r| r[0] == "shell.sysctl" || r[0] == "shell.intrstat") || all.len() > 3,
-            "{out}"
-        );
-    }
+    kassert!(everything.lines().next().unwrap_or("").starts_with("lockstat: stats=on"), "{everything}");
+    let probe = all
+        .iter()
+        .find(|r| r[0] == "test.shell.lockstat")
+        .ok_or(alloc::format!("no test.shell.lockstat row: {everything}"))?;
+    kassert!(probe[2].parse::<u64>().is_ok_and(|n| n >= 5), "5 acquisitions, counted {}", probe[2]);
     Ok(())
 }
 ktest!(T_LOCKSTAT, "shell::lockstat::sorted", lockstat_sorted);
