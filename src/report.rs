@@ -87,6 +87,14 @@ pub fn compare_rows(runs: &[ModelRun]) -> (Vec<String>, Vec<Vec<String>>) {
     row("serial bytes", &|r| r.results.workload.map_or("-".into(), |w| w.serial_bytes.to_string()));
     row("serial bytes/s", &|r| opt_rate(r.results.throughput().serial_bytes_per_s));
     row("storms", &|r| r.results.sources.iter().map(|s| s.storms).sum::<u64>().to_string());
+    let fp = |r: &ModelRun, f: &dyn Fn(&crate::workload::Footprint) -> String| {
+        r.results.footprint.as_ref().map_or("-".into(), f)
+    };
+    row("intr threads at rest / peak", &|r| fp(r, &|f| format!("{} / {}", f.rest_threads, f.peak_threads)));
+    row("intr thread KiB at rest / peak", &|r| {
+        fp(r, &|f| format!("{} / {}", f.rest_thread_kib, f.peak_thread_kib))
+    });
+    row("bytes per source", &|r| fp(r, &|f| (f.source_bytes / f.sources.max(1)).to_string()));
     for name in source_names(runs) {
         let source = |r: &ModelRun| r.results.sources.iter().find(|s| s.name == name).cloned();
         row(&format!("{name} count"), &|r| source(r).map_or("-".into(), |s| s.count.to_string()));

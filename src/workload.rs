@@ -396,6 +396,8 @@ pub struct JobResults {
     pub progress: Vec<Progress>,
     /// `(source, rate)` of every `@@ storm ... state=on`.
     pub storms: Vec<(String, u64)>,
+    /// The `@@ result scope=footprint` record.
+    pub footprint: Option<Footprint>,
     /// Lines that could not be typed (a missing key, a non-number).
     pub errors: Vec<String>,
 }
@@ -426,6 +428,7 @@ impl JobResults {
                     let typed = match scope {
                         Some("workload") => Counters::parse(&f).map(|c| out.workload = Some(c)),
                         Some("source") => source_result(&f).map(|s| out.sources.push(s)),
+                        Some("footprint") => footprint(&f).map(|x| out.footprint = Some(x)),
                         _ => Ok(()),
                     };
                     out.errors.extend(typed.err().map(|e| e.to_string()));
@@ -445,6 +448,44 @@ impl JobResults {
             serial_bytes_per_s: rate(&self.progress, |c| c.serial_bytes, last.serial_bytes),
         }
     }
+}
+
+/// What the interrupt framework held during the main job (`@@ result scope=footprint`):
+/// its threads at rest (every part set up) and at the peak, and its sources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub rest_threads: u64,
+    pub peak_threads: u64,
+    /// Stack and thread structure, per thread.
+    pub thread_bytes: u64,
+    pub rest_thread_kib: u64,
+    pub peak_thread_kib: u64,
+    /// At the peak, by kind.
+    pub pool: u64,
+    pub dedicated: u64,
+    pub pinned: u64,
+    pub soft: u64,
+    pub storm: u64,
+    pub sources: u64,
+    /// Bytes of those sources (the source with its statistics, its `Arc`, an owned name).
+    pub source_bytes: u64,
+}
+
+fn footprint(f: &Fields) -> Result<Footprint, RecordError> {
+    Ok(Footprint {
+        rest_threads: f.num("rest_threads")?,
+        peak_threads: f.num("peak_threads")?,
+        thread_bytes: f.num("thread_bytes")?,
+        rest_thread_kib: f.num("rest_thread_kib")?,
+        peak_thread_kib: f.num("peak_thread_kib")?,
+        pool: f.num("pool")?,
+        dedicated: f.num("dedicated")?,
+        pinned: f.num("pinned")?,
+        soft: f.num("soft")?,
+        storm: f.num("storm")?,
+        sources: f.num("sources")?,
+        source_bytes: f.num("source_bytes")?,
+    })
 }
 
 fn source_result(f: &Fields) -> Result<SourceResult, RecordError> {

@@ -68,6 +68,14 @@ fn canned_run(model: &str, scale: u64) -> Vec<String> {
          serial_bytes=65536 serial_lines=1024 serial_bad=0 serial_lost=0 verified=1"
             .into(),
     );
+    lines.push(format!(
+        "@@ result scope=footprint rest_threads={} peak_threads={} thread_bytes=33000 rest_thread_kib={} \
+         peak_thread_kib={} pool={scale} dedicated=0 pinned=0 soft=8 storm=1 sources=5 source_bytes=40000",
+        9 + scale,
+        10 + scale,
+        (9 + scale) * 33000 / 1024,
+        (10 + scale) * 33000 / 1024
+    ));
     lines.push("@@ scenario-done".into());
     lines
 }
@@ -226,6 +234,11 @@ fn a_clean_run_is_parsed_and_passes() {
     assert_eq!((r.sources[2].count, r.sources[2].p50, r.sources[2].p99), (8800, 1500, 9000));
     assert_eq!(r.hists.len(), 4);
     assert_eq!(r.hists[0].buckets, [(1024, 800), (1536, 1600), (8192, 800)]);
+    let f = r.footprint.expect("the footprint record");
+    assert_eq!(
+        (f.rest_threads, f.peak_threads, f.pool, f.soft, f.sources, f.source_bytes),
+        (10, 11, 1, 8, 5, 40000)
+    );
     assert_eq!(r.hists[0].cumulative(), [(1024, 0.25), (1536, 0.75), (8192, 1.0)]);
     assert_eq!(r.progress.len(), 9);
     let w = r.workload.unwrap();
@@ -390,6 +403,8 @@ fn the_compare_table_puts_models_side_by_side() {
     assert_eq!(row("frames/s")[1..], ["1333", "1333", "1333", "1333"]);
     assert_eq!(row("com1 p99")[1..], ["9000ns", "18.0us", "27.0us", "36.0us"]);
     assert_eq!(row("virtio-net cpu/intr")[1], "900ns");
+    assert_eq!(row("intr threads at rest / peak")[1..], ["10 / 11", "11 / 12", "12 / 13", "13 / 14"]);
+    assert_eq!(row("bytes per source")[1], "8000");
     let table = report::compare_table(&runs);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].trim_start().starts_with("metric") && lines[0].ends_with("pinned"), "{table}");

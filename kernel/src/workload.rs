@@ -22,10 +22,12 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arch::kprintln;
+use intr::footprint::Footprint;
 use sched::Priority;
 
 use crate::drivers::com;
@@ -88,6 +90,10 @@ pub struct Workload {
     net: Option<&'static net::NetDev>,
     blk_threads: usize,
     threads: Vec<sched::JoinHandle<crate::locks::KernelEnv>>,
+    /// The interrupt framework's threads and sources once every part is set up.
+    rest: Footprint,
+    /// The largest of each since (sampled at every live record and at the end).
+    peak: Cell<Footprint>,
 }
 
 /// Starts the parts that are there.
@@ -126,7 +132,8 @@ pub fn start(serial: bool) -> Workload {
         kprintln!("@@ serial-ready");
     }
     let edu = start_edu(&mut threads);
-    Workload { edu, serial, net, blk_threads, threads }
+    let rest = INTR.footprint();
+    Workload { edu, serial, net, blk_threads, threads, rest, peak: Cell::new(rest) }
 }
 
 /// The edu part: a source and its raiser thread (see the module doc); `None` without the
@@ -323,6 +330,7 @@ impl Workload {
 
 /// One `@@ live kind=source` line per established source, and the progress line.
 pub fn print_live(t_ms: u64, w: &Workload) {
+    w.peak.set(w.peak.get().max(&INTR.footprint()));
     for src in INTR.sources() {
         let st = &src.stats;
         kprintln!(
@@ -393,6 +401,23 @@ pub fn print_results(w: &Workload) {
         }
     }
     kprintln!("@@ result scope=workload {} verified={}", w.progress(), u8::from(w.verified()));
+    let (rest, peak) = (w.rest, w.peak.get().max(&INTR.footprint()));
+    kprintln!(
+        "@@ result scope=footprint rest_threads={} peak_threads={} thread_bytes={} rest_thread_kib={} \
+         peak_thread_kib={} pool={} dedicated={} pinned={} soft={} storm={} sources={} source_bytes={}",
+        rest.threads(),
+        peak.threads(),
+        peak.thread_bytes,
+        rest.thread_memory() / 1024,
+        peak.thread_memory() / 1024,
+        peak.pool_threads,
+        peak.dedicated_threads,
+        peak.pinned_threads,
+        peak.soft_threads,
+        peak.storm_threads,
+        peak.sources,
+        peak.source_bytes
+    );
     for src in INTR.sources() {
         let mut buckets = String::new();
         for (lo, n) in src.stats.latency.buckets() {

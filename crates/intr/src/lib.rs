@@ -75,6 +75,7 @@ macro_rules! const_unless_loom {
     };
 }
 
+pub mod footprint;
 pub mod path;
 pub mod pinned;
 pub mod pool;

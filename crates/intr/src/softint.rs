@@ -93,7 +93,7 @@ struct SoftCpu<E: IntrEnv> {
 /// Per-CPU soft-interrupt threads and queues.
 pub struct Soft<E: IntrEnv> {
     cpus: [[SoftCpu<E>; 4]; sched::MAX_CPUS],
-    started: [AtomicBool; 4],
+    pub(crate) started: [AtomicBool; 4],
     start_lock: SpinLock<()>,
 }
 
