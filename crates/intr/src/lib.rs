@@ -322,16 +322,87 @@ pub struct Source<E: IntrEnv> {
     /// Storm detector state.
     pub storm: storm::StormState,
     dedicated: Option<Dedicated<E>>,
+    /// The priority of the thread that runs the handler (dedicated and pool models), as
+    /// `chrt` sets a Linux irq thread's: 0 for the default, the IPL's band.
+    thread_pri: core::sync::atomic::AtomicU8,
 }
 
 struct Dedicated<E: IntrEnv> {
     event: Event<E>,
-    /// Raise times (ns) of interrupts the thread has not handled yet (0: none).
+    /// The raise time (ns) of the interrupt the thread has not handled yet (0: none; taken
+    /// by the thread).
     raised_at: core::sync::atomic::AtomicU64,
     thread: SpinLock<Option<Arc<Thread<E>>>>,
 }
 
+/// [`Source::set_thread_priority`] on a source whose handler has no thread of its own: under
+/// `direct` it runs in interrupt context, under `pinned` on the interrupted thread's CPU
+/// before that thread resumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoHandlerThread {
+    /// The source.
+    pub name: SourceName,
+    /// Its model.
+    pub model: Model,
+}
+
+impl fmt::Display for NoHandlerThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "interrupt source \"{}\": its handler has no thread whose priority could be set (model {})",
+            self.name, self.model
+        )
+    }
+}
+
 impl<E: IntrEnv> Source<E> {
+    /// The priority of the thread that runs the handler, if the model gives it one: the one
+    /// set by [`Source::set_thread_priority`], else its IPL's (`Priority::of_ipl`).
+    pub fn thread_priority(&self) -> Option<Priority> {
+        match self.model {
+            Model::Direct | Model::Pinned => None,
+            Model::Dedicated | Model::Pool => Some(match self.thread_pri.load(Ordering::Relaxed) {
+                0 => self.default_thread_priority(),
+                p => Priority::new(p).unwrap_or(Priority::MAX),
+            }),
+        }
+    }
+
+    fn default_thread_priority(&self) -> Priority {
+        match self.model {
+            Model::Pool => pool::pool_priority(),
+            _ => Priority::of_ipl(self.ipl).unwrap_or(Priority::INTR_BASE),
+        }
+    }
+
+    /// Sets the priority of the thread that runs the handler (`None`: back to the default),
+    /// as `chrt -p` does for a Linux irq thread: a real-time thread can then outrank a
+    /// device's interrupt thread. The thread takes it on before its next handler run (a
+    /// pool ithread for this source's runs only). Refused under `direct` and `pinned`.
+    pub fn set_thread_priority(&self, pri: Option<Priority>) -> Result<(), NoHandlerThread> {
+        if self.thread_priority().is_none() {
+            return Err(NoHandlerThread { name: self.name.clone(), model: self.model });
+        }
+        self.thread_pri.store(pri.map_or(0, |p| p.get()), Ordering::Relaxed);
+        if let Some(d) = &self.dedicated {
+            // Wake it to take the priority on now (it runs no handler for a spurious wakeup).
+            d.event.set();
+        }
+        Ok(())
+    }
+
+    /// Whether [`Source::set_thread_priority`] set a priority (not the default).
+    pub fn thread_priority_is_set(&self) -> bool {
+        self.thread_pri.load(Ordering::Relaxed) != 0
+    }
+
+    /// The explicitly set thread priority, if any (one load: the pool's hot path).
+    #[inline(always)]
+    fn set_priority_word(&self) -> u8 {
+        self.thread_pri.load(Ordering::Relaxed)
+    }
+
     /// The name.
     pub fn name(&self) -> &str {
         &self.name
@@ -578,6 +649,11 @@ impl<E: IntrEnv> IntrHandle<E> {
         self.source.mask();
     }
 
+    /// [`Source::set_thread_priority`].
+    pub fn set_thread_priority(&self, pri: Option<Priority>) -> Result<(), NoHandlerThread> {
+        self.source.set_thread_priority(pri)
+    }
+
     /// Drops a mask reference taken by [`IntrHandle::mask`].
     pub fn unmask(&self) -> Result<(), NotMasked> {
         self.masks
@@ -749,6 +825,7 @@ impl<E: IntrEnv> Intr<E> {
             stats: SourceStats::new(),
             storm: storm::StormState::new(),
             dedicated,
+            thread_pri: core::sync::atomic::AtomicU8::new(0),
         });
         if model == Model::Pinned && src.handler.is_some() {
             // Its CPUs' ithreads exist before the source can take an interrupt.
@@ -1170,8 +1247,20 @@ fn dedicated_loop<E: IntrEnv>(src: &Arc<Source<E>>) {
         if src.gate.is_closed() {
             return;
         }
+        // Holding no lock: take on the priority the source asks for, if it changed.
+        if let Some(p) = src.thread_priority() {
+            if E::sched().current().base_priority() != p {
+                E::sched().set_own_priority(p);
+            }
+        }
+        // Taken, not read: the source stays masked from the dispatch that stored it to the
+        // unmask below, so no other raise time can land meanwhile; 0 is a wakeup that only
+        // brought a new priority.
+        let raised = d.raised_at.swap(0, Ordering::Relaxed);
+        if raised == 0 {
+            continue;
+        }
         loop {
-            let raised = d.raised_at.load(Ordering::Relaxed);
             let again = src.run_handler(raised, E::sched().cpu_index());
             if !again {
                 break;

@@ -103,11 +103,17 @@ impl<E: IntrEnv> Default for Pool<E> {
     }
 }
 
-fn pool_priority() -> Priority {
+pub(crate) fn pool_priority() -> Priority {
     Priority::of_ipl(ipl::Ipl::Vm).unwrap_or(Priority::INTR_BASE)
 }
 
 impl<E: IntrEnv> Pool<E> {
+    /// The priority pool ithreads run at between handlers (and for sources without their
+    /// own thread priority).
+    pub fn default_priority() -> Priority {
+        pool_priority()
+    }
+
     const_unless_loom! {
     /// Empty; threads are spawned when the first pool-model handler is established.
     pub fn new() -> Self {
@@ -308,7 +314,16 @@ impl<E: IntrEnv> Pool<E> {
     /// queue has none now (the handler blocked and its ithread was divorced) — otherwise the
     /// instance's mask reference, if any, is dropped.
     fn run(&'static self, p: Pending<E>, cpu: usize) {
+        // A source with its own thread priority: this ithread takes it on for the run, holding
+        // no lock, and goes back to the pool's afterwards.
+        let own = p.src.set_priority_word();
+        if own != 0 {
+            E::sched().set_own_priority(Priority::new(own).unwrap_or(Priority::MAX));
+        }
         let again = p.src.run_handler(p.raised, cpu);
+        if own != 0 {
+            E::sched().set_own_priority(pool_priority());
+        }
         if again && !p.src.gate.is_closed() {
             let io = E::M::intr_disable();
             match self.core.requeue(cpu, Pending { src: p.src, raised: E::M::now_ns() }) {

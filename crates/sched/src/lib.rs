@@ -652,6 +652,21 @@ impl<E: SchedEnv> Scheduler<E> {
         }
     }
 
+    /// Sets the running thread's base priority, and its effective one unless waiters lend it
+    /// more. The caller holds no lock another thread could wait on: the priority-inheritance
+    /// book records a waiter's view of its owner's base when it blocks, so an owner's base
+    /// must not change under it. An interrupt thread calls this between handler runs, to
+    /// take on the priority of the source it serves next. Lowering it lets a more urgent
+    /// runnable thread preempt at once.
+    pub fn set_own_priority(&'static self, pri: Priority) {
+        let me = self.current();
+        let old_base = me.base_pri.swap(pri.get(), Ordering::Relaxed);
+        if me.pri.load(Ordering::Relaxed) == old_base {
+            self.set_priority(me, pri);
+        }
+        self.preempt_check();
+    }
+
     /// Abandons a prepared sleep (the condition turned out to hold).
     pub fn sleep_cancel(&self, _io: &IntrOff) {
         self.current().state.store(RUNNING, Ordering::SeqCst);

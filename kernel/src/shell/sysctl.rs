@@ -168,7 +168,7 @@ fn storm() -> &'static intr::storm::StormParams {
 /// A built-in tunable: name, description, getter, setter (`None`: read-only).
 type Builtin = (&'static str, &'static str, fn() -> String, Option<fn(&str) -> Result<(), String>>);
 
-const BUILTIN: [Builtin; 14] = [
+const BUILTIN: &[Builtin] = &[
     (
         "intr.pool.size",
         "pooled ithreads: the target size (settable, 2 x NCPU ..= pool-model handlers; see \
@@ -225,6 +225,50 @@ const BUILTIN: [Builtin; 14] = [
         Some(|v| {
             let n = usize::try_from(parse_u64(v)?).map_err(|_| String::from("too large"))?;
             INTR.pinned.set_limit(n).map_err(|e| e.to_string())
+        }),
+    ),
+    (
+        "intr.thread_priority",
+        "the priority of each source's handler thread, as chrt sets a Linux irq thread's: \
+         <source>:<priority> for every source with one (dedicated, pool; '*' marks a priority \
+         set here); set one with <source>:<0..127> or <source>:default",
+        || {
+            let mut out = String::new();
+            for s in INTR.sources() {
+                if let Some(p) = s.thread_priority() {
+                    let set = if s.thread_priority_is_set() { "*" } else { "" };
+                    let _ = write!(
+                        out,
+                        "{}{}:{}{}",
+                        if out.is_empty() { "" } else { "," },
+                        s.name(),
+                        p.get(),
+                        set
+                    );
+                }
+            }
+            if out.is_empty() {
+                out.push('-');
+            }
+            out
+        },
+        Some(|v| {
+            let (name, p) = v.rsplit_once(':').ok_or("expected <source>:<priority> or <source>:default")?;
+            let src = INTR
+                .sources()
+                .into_iter()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| alloc::format!("no interrupt source named '{name}'"))?;
+            let pri = match p {
+                "default" => None,
+                p => Some(
+                    u8::try_from(parse_u64(p)?)
+                        .ok()
+                        .and_then(sched::Priority::new)
+                        .ok_or("a priority is 0..=127")?,
+                ),
+            };
+            src.set_thread_priority(pri).map_err(|e| e.to_string())
         }),
     ),
     (
