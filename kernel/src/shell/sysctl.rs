@@ -168,7 +168,7 @@ fn storm() -> &'static intr::storm::StormParams {
 /// A built-in tunable: name, description, getter, setter (`None`: read-only).
 type Builtin = (&'static str, &'static str, fn() -> String, Option<fn(&str) -> Result<(), String>>);
 
-const BUILTIN: [Builtin; 14] = [
+const BUILTIN: [Builtin; 16] = [
     (
         "intr.pool.size",
         "pooled ithreads: the target size (settable, 2 x NCPU ..= pool-model handlers; see \
@@ -259,10 +259,25 @@ const BUILTIN: [Builtin; 14] = [
         Some(|v| Ok(storm().set_min_arrivals(parse_u64(v)?)?)),
     ),
     (
-        "intr.storm.stall_percent",
-        "storm rule: % of a window's arrivals that must stall their CPU (1..=100)",
-        || storm().stall_percent().to_string(),
-        Some(|v| Ok(storm().set_stall_percent(parse_u64(v)?)?)),
+        "intr.storm.busy_percent",
+        "storm rule: share of one CPU a source's filter and handler must take in a window for \
+         it to be hot, % (1..=1000)",
+        || storm().busy_percent().to_string(),
+        Some(|v| Ok(storm().set_busy_percent(parse_u64(v)?)?)),
+    ),
+    (
+        "intr.storm.idle_percent",
+        "storm rule: % of a window's arrivals that found no work (nobody claimed them, or the \
+         filter or handler said so) for it to be hot (1..=100)",
+        || storm().idle_percent().to_string(),
+        Some(|v| Ok(storm().set_idle_percent(parse_u64(v)?)?)),
+    ),
+    (
+        "intr.storm.quiet_ms",
+        "storm rule: time a re-enabled source must stay out of storm for the storm to be over, \
+         ms (1..=60000)",
+        || (storm().quiet_ns() / 1_000_000).to_string(),
+        Some(|v| Ok(storm().set_quiet_ns(parse_ms(v)?)?)),
     ),
     (
         "intr.storm.backoff_min_ms",
