@@ -241,6 +241,8 @@ pub struct StormState {
     pub arrivals_total: AtomicU64,
     /// No-work arrivals ever counted.
     pub no_work_total: AtomicU64,
+    /// Windows that closed with at least the minimum arrivals: judged by the rule, hot or not.
+    pub windows_judged: AtomicU64,
 }
 
 impl Default for StormState {
@@ -276,6 +278,7 @@ impl StormState {
             last_rate: AtomicU64::new(0),
             arrivals_total: AtomicU64::new(0),
             no_work_total: AtomicU64::new(0),
+            windows_judged: AtomicU64::new(0),
         }
     }
 
@@ -312,6 +315,9 @@ impl StormState {
             return Verdict::Calm; // the first arrival ever opens the first window
         }
         let elapsed = now.saturating_sub(start).max(1);
+        if n >= p.min_arrivals() && elapsed <= 2 * p.window_ns() {
+            self.windows_judged.fetch_add(1, Ordering::Relaxed);
+        }
         let hot = n >= p.min_arrivals()
             && (busy.saturating_mul(100) >= elapsed.saturating_mul(p.busy_percent())
                 || idle * 100 >= n * p.idle_percent());
