@@ -15,13 +15,16 @@
 //!   on one arrival in [`FILTER_SAMPLE`] and charged [`FILTER_SAMPLE`] times (a clock read per
 //!   arrival would cost more than the rest of the rule).
 //!
-//! A window is **hot** when it saw at least `min_arrivals` arrivals (default [`MIN_ARRIVALS`])
-//! and either the busy time is at least `busy_percent` % of the window's length (default
-//! [`BUSY_PERCENT`]: the source took half a CPU) or at least `idle_percent` % of its arrivals
-//! were no-work (default [`IDLE_PERCENT`]). `hot_windows` consecutive hot windows (default
-//! [`HOT_WINDOWS`]) make a **storm**. A window closes at the first arrival after it ended
-//! (each arrival compares the clock with the window's start: a load and a compare), so a
-//! source that stops arriving stops being judged.
+//! A window is **judged** when it saw at least `min_arrivals` arrivals (default
+//! [`MIN_ARRIVALS`]), and **hot** when, in addition, either the busy time is at least
+//! `busy_percent` % of the window's length (default [`BUSY_PERCENT`]: the source took half a
+//! CPU) or at least `idle_percent` % of its arrivals were no-work (default [`IDLE_PERCENT`]).
+//! `hot_windows` hot windows in a row among the judged ones (default [`HOT_WINDOWS`]) make a
+//! **storm**: a judged window that is not hot starts the count over; a window too sparse to
+//! judge leaves it as it is. A window closes at the first arrival after it ended (each arrival
+//! compares the clock with the window's start: a load and a compare), so a source that stops
+//! arriving stops being judged, and a window stretched by a pause is judged on what it holds
+//! (the pause dilutes its busy share, not its no-work share).
 //!
 //! So a legitimate flood — a device with work at every interrupt, whose handlers leave the
 //! CPUs most of their time — is never a storm, whatever its rate (FreeBSD's fixed rate
@@ -68,7 +71,7 @@ pub const BACKOFF_MIN_NS: u64 = 10_000_000;
 /// Longest re-enable delay.
 pub const BACKOFF_MAX_NS: u64 = 640_000_000;
 /// How long a re-enabled source must stay out of storm for the storm to be over.
-pub const QUIET_NS: u64 = 20_000_000;
+pub const QUIET_NS: u64 = 50_000_000;
 /// One arrival in this many has its filter timed (and is charged this many times).
 pub const FILTER_SAMPLE: u64 = 8;
 
@@ -315,15 +318,17 @@ impl StormState {
             return Verdict::Calm; // the first arrival ever opens the first window
         }
         let elapsed = now.saturating_sub(start).max(1);
-        if n >= p.min_arrivals() && elapsed <= 2 * p.window_ns() {
-            self.windows_judged.fetch_add(1, Ordering::Relaxed);
+        if n < p.min_arrivals() {
+            // Too few to judge: neither hot nor calm (a source that stops arriving is not
+            // judged at all; a host that takes its vCPU away for a while breaks no run).
+            return Verdict::Calm;
         }
-        let hot = n >= p.min_arrivals()
-            && (busy.saturating_mul(100) >= elapsed.saturating_mul(p.busy_percent())
-                || idle * 100 >= n * p.idle_percent());
-        // A window much longer than the window length (the source paused) is not hot: the
-        // arrivals were spread over it.
-        if !hot || elapsed > 2 * p.window_ns() {
+        self.windows_judged.fetch_add(1, Ordering::Relaxed);
+        // A window stretched by a pause (it closes only at an arrival) is judged on what it
+        // holds: its busy share is diluted by the pause, its no-work share is not.
+        let hot = busy.saturating_mul(100) >= elapsed.saturating_mul(p.busy_percent())
+            || idle * 100 >= n * p.idle_percent();
+        if !hot {
             self.hot.store(0, Ordering::Relaxed);
             return Verdict::Calm;
         }
@@ -473,6 +478,24 @@ mod tests {
         assert_eq!(f.feed(100, 0, 0, 1), 0, "the last hot window closes, a calm one begins");
         assert_eq!(f.feed(100, 100, 0, hw), 0, "the calm window restarted the count");
         assert_eq!(f.feed(100, 100, 0, 1), 1);
+    }
+
+    #[test]
+    fn a_window_too_sparse_to_judge_neither_breaks_nor_extends_a_run() {
+        let p = StormParams::new();
+        let s = StormState::new();
+        let mut f = Feeder::new(&s, &p);
+        let hw = HOT_WINDOWS as u64;
+        assert_eq!(f.feed(100, 100, 0, hw - 1), 0);
+        // A pause (the vCPU lost its host core): one arrival closes the pending hot window,
+        // the next, a pause later, closes a window that holds only that one.
+        for _ in 0..2 {
+            f.now += 10 * WINDOW_NS;
+            assert_eq!(s.arrive_with(&p, f.now).0, Verdict::Calm);
+            s.no_work();
+        }
+        assert_eq!(s.hot.load(Ordering::Relaxed), hw as u32 - 1, "the sparse window changed the run");
+        assert_eq!(f.feed(100, 100, 0, 1), 1, "the run went on");
     }
 
     #[test]

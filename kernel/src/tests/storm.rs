@@ -168,7 +168,8 @@ fn establish_edu(
 }
 
 /// A source on the same CPU that does real work at every interrupt (IPIs), flooded by a
-/// thread on CPU 0 at the rate its handler keeps up with, one interrupt in flight.
+/// thread on CPU 0 sending IPIs back to back (those that find the last one still pending in
+/// the target's LAPIC merge with it: the rate served is what the target takes).
 struct Innocent {
     handle: Handle,
     count: Arc<AtomicU64>,
@@ -198,14 +199,10 @@ impl Innocent {
             )
             .map_err(|e| format!("{e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, st) = (count.clone(), stop.clone());
+        let st = stop.clone();
         let sender = SCHED.spawn("storm-innocent-tx", pri(5), Some(0), move || {
-            let mut sent = 0u64;
             while !st.load(Ordering::Relaxed) {
-                if c.load(Ordering::Relaxed) + 1 >= sent {
-                    arch::apic::send_ipi(arch::cpu::lapic_id_of(target), vector);
-                    sent += 1;
-                }
+                arch::apic::send_ipi(arch::cpu::lapic_id_of(target), vector);
                 core::hint::spin_loop();
             }
         });
@@ -299,7 +296,7 @@ pub fn stuck_run(stuck: Stuck, model: Model, innocent: bool) -> Result<StuckFigu
             edu.raise(FAULT);
         }
     }
-    if !until(3000, || src.storm.storms.load(Ordering::SeqCst) > storms0) {
+    if !until(5000, || src.storm.storms.load(Ordering::SeqCst) > storms0) {
         return Err(format!(
             "{model} {stuck:?}: the storm was never detected ({} arrivals, {} without work, {} windows \
              judged, status {:#x})",
@@ -325,9 +322,9 @@ pub fn stuck_run(stuck: Stuck, model: Model, innocent: bool) -> Result<StuckFigu
             return Err(format!("{model} {stuck:?}: the innocent source was not served during the storm"));
         }
     }
-    // Held a while: it relapses at each re-enable and is throttled again.
-    SCHED.sleep_ns(40_000_000);
-    let storming = src.storm.storming.load(Ordering::SeqCst);
+    // Held: re-enabled after the backoff, it relapses and is throttled again.
+    let first = src.storm.storms.load(Ordering::SeqCst);
+    let relapsed = until(3000, || src.storm.storms.load(Ordering::SeqCst) > first);
     // The cause removed (the device reset), and a request posted at once.
     let t1 = now_ns();
     match stuck {
@@ -358,7 +355,10 @@ pub fn stuck_run(stuck: Stuck, model: Model, innocent: bool) -> Result<StuckFigu
     if let Some(v) = victim {
         v.join();
     }
-    kassert!(storming, "{model} {stuck:?}: the storm ended while the cause was still there");
+    kassert!(
+        relapsed,
+        "{model} {stuck:?}: re-enabled with the cause still there, it was not throttled again"
+    );
     kassert!(served, "{model} {stuck:?}: no completion served after the cause was removed");
     kassert!(over, "{model} {stuck:?}: the storm was never declared over");
     kassert!(unmasked, "{model} {stuck:?}: the source was left masked after the storm");
@@ -383,7 +383,29 @@ pub fn stuck_run(stuck: Stuck, model: Model, innocent: bool) -> Result<StuckFigu
     Ok(StuckFigures { detect_ns, recover_ns })
 }
 
+/// The rule's parameters for the tests, restored on drop: they run under TCG without
+/// `-icount`, in wall time, on hosts where a vCPU may lose its core for milliseconds, so the
+/// window is 20 ms (a source is judged from 500 arrivals/s instead of 5000/s); the other
+/// parameters are the defaults. (The benchmarks run under `-icount` with the defaults.)
+struct WallParams(u64);
+
+impl WallParams {
+    fn set() -> Result<WallParams, String> {
+        let p = &intr::storm::PARAMS;
+        let old = p.window_ns();
+        p.set_window_ns(20_000_000)?;
+        Ok(WallParams(old))
+    }
+}
+
+impl Drop for WallParams {
+    fn drop(&mut self) {
+        let _ = intr::storm::PARAMS.set_window_ns(self.0);
+    }
+}
+
 fn stuck_every_model(stuck: Stuck) -> TestResult {
+    let _p = WallParams::set()?;
     for model in Model::ALL {
         stuck_run(stuck, model, true)?;
     }
@@ -428,13 +450,11 @@ impl FloodFigures {
 }
 
 /// A legitimate flood in `model` for `ns`: a source whose handler does work at every
-/// interrupt, raised at the highest rate it is served (one interrupt in flight), against a
-/// CPU spinning on a memory flag with `pause`. With two CPUs or more the victim is the last
-/// CPU and CPU 0 sends IPIs; on one CPU the victim spins and raises `edu` MSIs itself (a
-/// device's interrupts) as each one is served.
+/// interrupt (`edu` MSIs), raised at the highest rate it is served, against a CPU spinning
+/// on a memory flag with `pause`: the victim, bound to the last CPU, spins on the served
+/// count and has the device raise the next interrupt as soon as the last one is served.
 pub fn flood_run(model: Model, ns: u64) -> Result<FloodFigures, String> {
-    let n = ncpus();
-    let target = n - 1;
+    let target = ncpus() - 1;
     let count = Arc::new(AtomicU64::new(0));
     let vector = V_FLOOD + model as u8;
     let names = ["direct", "dedicated", "pool", "pinned"];
@@ -445,113 +465,57 @@ pub fn flood_run(model: Model, ns: u64) -> Result<FloodFigures, String> {
         flags: IntrFlags::MPSAFE,
         model: Some(model),
     };
-    let spins = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (h, edu) = if n == 1 {
-        let edu = probe()?;
-        edu.ack(!0);
-        let (c, dev) = (count.clone(), edu.clone());
-        let h = INTR
-            .establish(
-                spec,
-                Some(alloc::boxed::Box::new(move |_| {
-                    let st = dev.status();
-                    if st == 0 {
-                        return FilterResult::Stray;
-                    }
-                    dev.ack(st);
-                    FilterResult::Schedule
-                })),
-                Some(alloc::boxed::Box::new(move |_| {
-                    c.fetch_add(1, Ordering::SeqCst);
-                })),
-            )
-            .map_err(|e| format!("{e}"))?;
-        edu.enable_msi(target, vector)?;
-        (h, Some(edu))
-    } else {
-        let c = count.clone();
-        let h = INTR
-            .establish(
-                spec,
-                None,
-                Some(alloc::boxed::Box::new(move |_| {
-                    c.fetch_add(1, Ordering::SeqCst);
-                })),
-            )
-            .map_err(|e| format!("{e}"))?;
-        (h, None)
-    };
+    let edu = probe()?;
+    edu.ack(!0);
+    let (c, dev) = (count.clone(), edu.clone());
+    let h = INTR
+        .establish(
+            spec,
+            Some(alloc::boxed::Box::new(move |_| {
+                let st = dev.status();
+                if st == 0 {
+                    return FilterResult::Stray;
+                }
+                dev.ack(st);
+                FilterResult::Schedule
+            })),
+            Some(alloc::boxed::Box::new(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| format!("{e}"))?;
+    edu.enable_msi(target, vector)?;
     let src = h.source().clone();
     let (storms0, judged0) =
         (src.storm.storms.load(Ordering::SeqCst), src.storm.windows_judged.load(Ordering::SeqCst));
-    let (c0, t0, t1);
+    // This thread is the victim, on the target CPU: it spins on the served count with
+    // `pause`, and has the device raise the next interrupt when the last one was served.
     let bound = SCHED.current().bound_cpu();
-    if let Some(edu) = &edu {
-        // One CPU: this thread is the victim; it spins on the served count.
-        SCHED.bind_current(Some(target));
-        c0 = count.load(Ordering::SeqCst);
-        t0 = now_ns();
-        let mut sent = c0;
-        let mut spun = 0u64;
-        while now_ns() - t0 < ns {
-            if count.load(Ordering::Relaxed) >= sent {
-                edu.raise(DONE);
-                sent += 1;
-            }
-            spun += 1;
-            core::hint::spin_loop();
+    SCHED.bind_current(Some(target));
+    let c0 = count.load(Ordering::SeqCst);
+    let t0 = now_ns();
+    let (mut sent, mut spins) = (c0, 0u64);
+    while now_ns() - t0 < ns {
+        if count.load(Ordering::Relaxed) >= sent {
+            edu.raise(DONE);
+            sent += 1;
         }
-        while count.load(Ordering::SeqCst) < sent && now_ns() - t0 < ns + 1_000_000_000 {
-            core::hint::spin_loop();
-        }
-        t1 = now_ns();
-        spins.store(spun, Ordering::SeqCst);
-        edu.disable_msi();
-        edu.ack(!0);
-        SCHED.bind_current(bound);
-    } else {
-        let (sp, sc) = (stop.clone(), spins.clone());
-        let victim = SCHED.spawn("storm-spinner", pri(5), Some(target), move || {
-            // A memory flag, with `pause`: the same registers at every interrupt.
-            while !sp.load(Ordering::Relaxed) {
-                core::hint::spin_loop();
-                sc.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        SCHED.bind_current(Some(0));
-        if !until(1000, || spins.load(Ordering::Relaxed) > 0) {
-            stop.store(true, Ordering::SeqCst);
-            victim.join();
-            SCHED.bind_current(bound);
-            return Err(format!("{model}: the spinner never ran"));
-        }
-        let s0 = spins.load(Ordering::Relaxed);
-        c0 = count.load(Ordering::SeqCst);
-        t0 = now_ns();
-        let mut sent = c0;
-        while now_ns() - t0 < ns {
-            if count.load(Ordering::Relaxed) + 1 >= sent {
-                arch::apic::send_ipi(arch::cpu::lapic_id_of(target), vector);
-                sent += 1;
-            }
-            core::hint::spin_loop();
-        }
-        while count.load(Ordering::SeqCst) < sent && now_ns() - t0 < ns + 1_000_000_000 {
-            core::hint::spin_loop();
-        }
-        t1 = now_ns();
-        stop.store(true, Ordering::SeqCst);
-        victim.join();
-        SCHED.bind_current(bound);
-        spins.fetch_sub(s0, Ordering::SeqCst);
+        spins += 1;
+        core::hint::spin_loop();
     }
+    while count.load(Ordering::SeqCst) < sent && now_ns() - t0 < ns + 1_000_000_000 {
+        core::hint::spin_loop();
+    }
+    let t1 = now_ns();
+    edu.disable_msi();
+    edu.ack(!0);
+    SCHED.bind_current(bound);
     let f = FloodFigures {
         served: count.load(Ordering::SeqCst) - c0,
         ns: t1 - t0,
         storms: src.storm.storms.load(Ordering::SeqCst) - storms0,
         judged: src.storm.windows_judged.load(Ordering::SeqCst) - judged0,
-        spins: spins.load(Ordering::SeqCst),
+        spins,
     };
     let throttled = src.storm.throttled.load(Ordering::SeqCst) || src.is_masked();
     drop(h);
@@ -567,6 +531,7 @@ pub fn flood_run(model: Model, ns: u64) -> Result<FloodFigures, String> {
 /// tests run without `-icount`) is high enough for the rule to judge the source in many
 /// windows, and that the victim spun through the flood.
 fn legitimate_flood_against_a_spinner_every_model() -> TestResult {
+    let _p = WallParams::set()?;
     let p = &intr::storm::PARAMS;
     // The rule judges a window with at least `min_arrivals` in it: twice that rate, at least.
     let floor = 2 * p.min_arrivals() * 1_000_000_000 / p.window_ns();
@@ -592,7 +557,7 @@ fn legitimate_flood_against_a_spinner_every_model() -> TestResult {
             "{model}: the flood reached {}/s, below {floor}/s: too slow for the rule to judge it",
             f.rate()
         );
-        kassert!(f.judged >= 20, "{model}: the rule judged the flood in only {} windows", f.judged);
+        kassert!(f.judged >= 5, "{model}: the rule judged the flood in only {} windows", f.judged);
         kassert!(f.spins >= 1_000, "{model}: the victim spun only {} times", f.spins);
     }
     Ok(())
