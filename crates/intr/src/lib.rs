@@ -455,11 +455,12 @@ impl<E: IntrEnv> Source<E> {
         let switches = me.switch_count();
         h(&ctx);
         let spent = E::M::now_ns().saturating_sub(t0);
-        if me.switch_count() == switches {
-            self.storm.busy(spent);
-        }
         if ctx.no_work.load(Ordering::Relaxed) {
+            // Time spent for nothing (storm.rs), if it was all CPU time.
             self.storm.no_work();
+            if me.switch_count() == switches {
+                self.storm.busy(spent);
+            }
         }
         self.stats.handled.fetch_add(1, Ordering::Relaxed);
         self.stats.handler_ns.fetch_add(spent, Ordering::Relaxed);
@@ -893,10 +894,7 @@ impl<E: IntrEnv> Intr<E> {
                     }
                     Arrived::Filter { timed } => timed,
                 };
-                let (claims, schedule) = self.filter(src, cpu);
-                if timed {
-                    src.storm.busy(E::M::now_ns().saturating_sub(now) * storm::FILTER_SAMPLE);
-                }
+                let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
                 if !claims {
                     strays |= 1u64.checked_shl(i as u32).unwrap_or(0);
                 }
@@ -967,7 +965,8 @@ impl<E: IntrEnv> Intr<E> {
     /// Runs a source's filter (primary interrupt context, table lock held): whether the
     /// source claims the interrupt, and whether its handler is to be scheduled.
     #[inline(always)]
-    fn filter(&self, src: &Source<E>, cpu: usize) -> (bool, bool) {
+    /// `timed`: the arrival's time when its filter is one the storm rule times (storm.rs).
+    fn filter(&self, src: &Source<E>, cpu: usize, timed: Option<u64>) -> (bool, bool) {
         let manual = AtomicBool::new(false);
         let r = match &src.filter {
             Some(f) => {
@@ -977,6 +976,9 @@ impl<E: IntrEnv> Intr<E> {
                 self.in_filter[cpu].store(0, Ordering::Relaxed);
                 if no_work.load(Ordering::Relaxed) && r != FilterResult::Stray {
                     src.storm.no_work();
+                    if let Some(t0) = timed {
+                        src.storm.busy(E::M::now_ns().saturating_sub(t0) * storm::FILTER_SAMPLE);
+                    }
                 }
                 r
             }

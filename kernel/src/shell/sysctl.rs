@@ -260,8 +260,8 @@ const BUILTIN: [Builtin; 16] = [
     ),
     (
         "intr.storm.busy_percent",
-        "storm rule: share of one CPU a source's filter and handler must take in a window for \
-         it to be hot, % (1..=1000)",
+        "storm rule: share of one CPU a source's filter and handler must spend on arrivals \
+         that found no work in a window for it to be hot, % (1..=1000)",
         || storm().busy_percent().to_string(),
         Some(|v| Ok(storm().set_busy_percent(parse_u64(v)?)?)),
     ),

@@ -456,6 +456,8 @@ pub struct FloodFigures {
     pub judged: u64,
     /// Loop iterations the victim spun.
     pub spins: u64,
+    /// Arrivals the rule counted as no work.
+    pub no_work: u64,
 }
 
 impl FloodFigures {
@@ -502,8 +504,11 @@ pub fn flood_run(model: Model, ns: u64) -> Result<FloodFigures, String> {
         .map_err(|e| format!("{e}"))?;
     edu.enable_msi(target, vector)?;
     let src = h.source().clone();
-    let (storms0, judged0) =
-        (src.storm.storms.load(Ordering::SeqCst), src.storm.windows_judged.load(Ordering::SeqCst));
+    let (storms0, judged0, idle0) = (
+        src.storm.storms.load(Ordering::SeqCst),
+        src.storm.windows_judged.load(Ordering::SeqCst),
+        src.storm.no_work_total.load(Ordering::SeqCst),
+    );
     // This thread is the victim, on the target CPU: it spins on the served count with
     // `pause`, and has the device raise the next interrupt when the last one was served.
     let bound = SCHED.current().bound_cpu();
@@ -532,6 +537,7 @@ pub fn flood_run(model: Model, ns: u64) -> Result<FloodFigures, String> {
         storms: src.storm.storms.load(Ordering::SeqCst) - storms0,
         judged: src.storm.windows_judged.load(Ordering::SeqCst) - judged0,
         spins,
+        no_work: src.storm.no_work_total.load(Ordering::SeqCst) - idle0,
     };
     let throttled = src.storm.throttled.load(Ordering::SeqCst) || src.is_masked();
     drop(h);
@@ -554,12 +560,14 @@ fn legitimate_flood_against_a_spinner_every_model() -> TestResult {
     for model in Model::ALL {
         let f = flood_run(model, 300_000_000)?;
         arch::kprintln!(
-            "storm: flood {model}: {} served in {} ms ({}/s), {} windows judged, victim spun {} times, {} storms",
+            "storm: flood {model}: {} served in {} ms ({}/s), {} windows judged, victim spun {} times, {} \
+             without work, {} storms",
             f.served,
             f.ns / 1_000_000,
             f.rate(),
             f.judged,
             f.spins,
+            f.no_work,
             f.storms
         );
         kassert!(
