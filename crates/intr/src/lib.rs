@@ -951,7 +951,8 @@ impl<E: IntrEnv> Intr<E> {
     }
 
     /// The storm rule's verdict on `src`: the storm holds one mask reference until the storm
-    /// thread re-enables the source; reported once per storm (relapses included).
+    /// thread re-enables the source; reported when the storm begins (a relapse before the
+    /// storm thread declared it over is not reported again, only counted).
     #[cold]
     #[inline(never)]
     fn throttle(&self, src: &Source<E>) {
