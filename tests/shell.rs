@@ -87,9 +87,9 @@ fn operator_session_with_a_storm() {
         if !wait(&events, |e| raw(e) == Some("@@ shell-ready")) {
             return;
         }
-        // The last three: the fault — COM2 storms on this (only) CPU; the next command is
-        // work for the CPU, which the storm rule sees starved, so it throttles COM2 and the
-        // shell answers — then the cause removed.
+        // The last three: the fault — COM2 storms on this (only) CPU; its filter claims
+        // every interrupt with nothing done, so the storm rule throttles COM2 and the shell
+        // answers — then the cause removed.
         for cmd in &COMMANDS[..COMMANDS.len() - 1] {
             if !command(&mut stdin, &events, cmd) {
                 return;

@@ -1,6 +1,6 @@
 //! The kernel's interrupt wiring: the framework instance, the machine-specific steps the
 //! portable interrupt path (`intr::path`) asks of the environment (EOI, re-raise, the storm
-//! signature of a trap frame, the kernel's own vectors), IOAPIC lines as source lines, and the
+//! report, the kernel's own vectors), IOAPIC lines as source lines, and the
 //! levels of the kernel's own vectors. The path itself — arrive or defer, enter, dispatch,
 //! done, exit, replay, the sleep check — is `intr::path`, the same code the host tests run.
 
@@ -19,14 +19,6 @@ impl intr::IntrEnv for KernelEnv {
     type Frame = TrapFrame;
     fn intr() -> &'static intr::Intr<KernelEnv> {
         &INTR
-    }
-    fn signature(frame: &TrapFrame, idle: bool) -> u64 {
-        // Computed only when the instruction address repeats (cheap otherwise).
-        if INTR.same_rip(frame.rip) && !idle {
-            state_signature(frame)
-        } else {
-            0
-        }
     }
     fn replay_frame(vector: u8) -> TrapFrame {
         trap::replay_frame(vector)
@@ -160,16 +152,6 @@ impl intr::LineControl for MsiLine {
     fn mask_method(&self) -> &'static str {
         "msi per-vector mask"
     }
-}
-
-/// A fold of the interrupted registers: equal signatures at the same address mean the
-/// interrupted thread executed nothing between two interrupts.
-fn state_signature(f: &TrapFrame) -> u64 {
-    let regs = [
-        f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14,
-        f.r15, f.rsp, f.rflags,
-    ];
-    regs.iter().enumerate().fold(f.rip | 1, |h, (i, &r)| h ^ r.rotate_left(i as u32 * 7 + 1))
 }
 
 /// Every interrupt vector ≥ 32 arrives here (interrupts disabled): the portable path.

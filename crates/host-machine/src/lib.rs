@@ -293,8 +293,7 @@ fn take_pending(sys: &System, cpu: usize) -> Option<u8> {
     None
 }
 
-/// The interrupted state on the host: just the vector (there are no registers to save, so
-/// the storm rule's signature of the interrupted state is always 0: "not comparable").
+/// The interrupted state on the host: just the vector (there are no registers to save).
 #[derive(Clone, Copy, Debug)]
 pub struct HostFrame {
     /// The vector.
@@ -785,10 +784,6 @@ impl intr::IntrEnv for HostEnv {
 
     fn storm_report(source: &str, on: bool, rate: u64) {
         lock(&this_system().storms).push((source.to_string(), on, rate));
-    }
-
-    fn signature(_frame: &HostFrame, _idle: bool) -> u64 {
-        0
     }
 
     fn replay_frame(vector: u8) -> HostFrame {

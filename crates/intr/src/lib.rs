@@ -515,11 +515,27 @@ impl<E: IntrEnv> Source<E> {
         let t0 = E::M::now_ns();
         // Per source and per CPU that runs the handler (`intrstat`'s per-CPU p50/p99).
         self.stats.record_latency(E::M::cpu_index(), t0.saturating_sub(raised_ns));
-        let ctx = HandlerCtx { source_name: &self.name, cpu, requeue: AtomicBool::new(false) };
+        let ctx = HandlerCtx {
+            source_name: &self.name,
+            cpu,
+            requeue: AtomicBool::new(false),
+            no_work: AtomicBool::new(false),
+        };
+        // The thread running the handler (the interrupted one in interrupt context): if it
+        // switches away meanwhile (blocked, preempted), the run's time is not all CPU time.
+        let me = E::sched().current();
+        let switches = me.switch_count();
         trace::emit::<E::M>(trace::Kind::HandlerBegin, self.vector as u64);
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let spent = E::M::now_ns().saturating_sub(t0);
+        if ctx.no_work.load(Ordering::Relaxed) {
+            // Time spent for nothing (storm.rs), if it was all CPU time.
+            self.storm.no_work();
+            if me.switch_count() == switches {
+                self.storm.busy(spent);
+            }
+        }
         self.stats.handled.fetch_add(1, Ordering::Relaxed);
         self.stats.handler_ns.fetch_add(spent, Ordering::Relaxed);
         // Charged to the CPU that ran the handler (a pool helper may run it elsewhere than
@@ -542,9 +558,15 @@ pub(crate) struct Pending<E: IntrEnv> {
 pub struct FilterCtx<'a> {
     source_name: &'a str,
     manual: &'a AtomicBool,
+    no_work: &'a AtomicBool,
 }
 
 impl FilterCtx<'_> {
+    /// The filter claims the interrupt (`Handled` or `Schedule`) but found nothing to do for
+    /// it: the storm rule's progress signal (storm.rs). `Stray` says it without this.
+    pub fn no_work(&self) {
+        self.no_work.store(true, Ordering::Relaxed);
+    }
     /// Schedules this source's `MANUAL` handler.
     pub fn schedule_manual(&self) {
         self.manual.store(true, Ordering::Relaxed);
@@ -560,9 +582,16 @@ pub struct HandlerCtx<'a> {
     source_name: &'a str,
     cpu: usize,
     requeue: AtomicBool,
+    no_work: AtomicBool,
 }
 
 impl HandlerCtx<'_> {
+    /// The handler found nothing to do for this interrupt (the device had no completion, no
+    /// frame, no cause it knows): the storm rule's progress signal (storm.rs). A handler that
+    /// returns without calling it made progress.
+    pub fn no_work(&self) {
+        self.no_work.store(true, Ordering::Relaxed);
+    }
     /// Runs this handler again after everything queued behind it (`hwi_sched`).
     pub fn hwi_sched(&self) {
         self.requeue.store(true, Ordering::Relaxed);
@@ -585,10 +614,6 @@ pub trait IntrEnv: Env {
     type Frame;
     /// The framework instance.
     fn intr() -> &'static Intr<Self>;
-    /// The storm rule's signature of the interrupted state: non-zero only if the interrupted
-    /// instruction address is the same as at this CPU's previous interrupt (see
-    /// [`Intr::same_rip`]) and the interrupted thread is not idle (`idle`).
-    fn signature(frame: &Self::Frame, idle: bool) -> u64;
     /// The frame a replayed vector is run with (there is no interrupted state to save).
     fn replay_frame(vector: u8) -> Self::Frame;
     /// Runs the kernel's own handler of a vector that has no source (clock, reschedule IPI,
@@ -615,11 +640,9 @@ pub struct Intr<E: IntrEnv> {
     pub soft: softint::Soft<E>,
     /// The pinned model's per-CPU interrupt threads.
     pub pinned: pinned::Pinned<E>,
-    /// Per CPU: the instruction the last interrupt interrupted (for the storm rule).
-    last_rip: [core::sync::atomic::AtomicU64; sched::MAX_CPUS],
-    /// Per CPU: the register signature at the last interrupt, when its address repeated.
-    last_sig: [core::sync::atomic::AtomicU64; sched::MAX_CPUS],
     storm_thread: AtomicBool,
+    /// Set when a storm begins: wakes the storm thread.
+    storm_event: Event<E>,
 }
 
 impl<E: IntrEnv> Default for Intr<E> {
@@ -700,9 +723,8 @@ impl<E: IntrEnv> Intr<E> {
             pool: pool::Pool::new(),
             soft: softint::Soft::new(),
             pinned: pinned::Pinned::new(),
-            last_rip: [const { core::sync::atomic::AtomicU64::new(0) }; sched::MAX_CPUS],
-            last_sig: [const { core::sync::atomic::AtomicU64::new(0) }; sched::MAX_CPUS],
             storm_thread: AtomicBool::new(false),
+            storm_event: Event::new_unbound(),
         }
     }
     }
@@ -710,12 +732,6 @@ impl<E: IntrEnv> Intr<E> {
     /// Marks a vector as the kernel's own (establish refuses it).
     pub fn reserve(&self, vector: u8) {
         self.reserved[vector as usize].store(true, Ordering::Relaxed);
-    }
-
-    /// Records the interrupted instruction address on this CPU and says whether it is the same
-    /// as at the previous interrupt (only then is the register signature worth computing).
-    pub fn same_rip(&self, rip: u64) -> bool {
-        self.last_rip[E::M::cpu_index()].swap(rip, Ordering::Relaxed) == rip
     }
 
     /// Reserves the software vectors of the soft levels (the kernel calls this at start-up).
@@ -920,21 +936,13 @@ impl<E: IntrEnv> Intr<E> {
 
     /// Primary dispatch of `vector` on this CPU (interrupts disabled, CPU at the vector's IPL).
     /// Returns `None` if no source is established on the vector (the caller falls back to
-    /// the kernel's own handler), else whether any source claimed the interrupt.
-    /// `interrupted`: a signature of the interrupted register state (0 if the instruction
-    /// address differs from the previous interrupt's on this CPU — see [`Intr::same_rip`]) and
-    /// whether it was an idle thread; `None` for a replay from `splx`. For the storm rule.
+    /// the kernel's own handler), else whether any source claimed the interrupt. `replay`:
+    /// run by `splx` for a vector the SPL layer deferred.
     ///
     /// Sends the EOI when there are sources (see the EOI rule in the crate documentation),
     /// except for a replay (acknowledged when it was deferred); with `None` returned, the
     /// caller acknowledges.
-    pub fn dispatch(
-        &'static self,
-        vector: u8,
-        interrupted: Option<(u64, bool)>,
-        io: &IntrOff,
-    ) -> Option<bool> {
-        let replay = interrupted.is_none();
+    pub fn dispatch(&'static self, vector: u8, replay: bool, io: &IntrOff) -> Option<bool> {
         if let Some(l) = softint::soft_level(vector) {
             if !replay {
                 E::eoi();
@@ -944,8 +952,10 @@ impl<E: IntrEnv> Intr<E> {
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
-        let stalled = self.stalled(cpu, interrupted);
         let mut claimed = false;
+        // Sources (by their index, the first 64) whose filter said "not mine": if nobody
+        // claims the interrupt, each of them is charged a no-work arrival (storm.rs).
+        let mut strays = 0u64;
         let mut later = Later::new();
         {
             let list = self.vectors[vector as usize].lock(io);
@@ -956,18 +966,29 @@ impl<E: IntrEnv> Intr<E> {
             if !level && !replay {
                 E::eoi();
             }
-            for src in list.iter() {
-                match self.arrive(src, replay, cpu, now, stalled) {
+            for (i, src) in list.iter().enumerate() {
+                let timed = match self.arrive(src, replay, cpu, now) {
                     Arrived::Absorbed => {
                         claimed = true;
                         continue;
                     }
-                    Arrived::Filter => {}
+                    Arrived::Filter { timed } => timed,
+                };
+                let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
+                if !claims {
+                    strays |= 1u64.checked_shl(i as u32).unwrap_or(0);
                 }
-                let (claims, schedule) = self.filter(src, cpu);
                 claimed |= claims;
                 if schedule && src.handler.is_some() {
                     self.route(src, cpu, now, io, &mut later);
+                }
+            }
+            if !claimed && strays != 0 {
+                // Nobody cared: every source that said "not mine" had no work.
+                for (i, src) in list.iter().enumerate().take(64) {
+                    if strays & (1 << i) != 0 {
+                        src.storm.no_work();
+                    }
                 }
             }
             if level && !replay {
@@ -979,29 +1000,13 @@ impl<E: IntrEnv> Intr<E> {
         Some(claimed)
     }
 
-    /// Storm bookkeeping of an arrival: whether the interrupted thread is stalled — the same
-    /// non-idle thread, same registers, as at the previous interrupt on this CPU: it executed
-    /// nothing in between (storm.rs). A replay (`None`) resets the signature.
-    #[inline(always)]
-    fn stalled(&self, cpu: usize, interrupted: Option<(u64, bool)>) -> bool {
-        match interrupted {
-            Some((sig, idle)) if sig != 0 => {
-                let last = self.last_sig[cpu].swap(sig, Ordering::Relaxed);
-                !idle && last == sig
-            }
-            _ => {
-                self.last_sig[cpu].store(0, Ordering::Relaxed);
-                false
-            }
-        }
-    }
-
     /// Arrival of the vector at one of its sources (table lock held): a replayed level source
     /// unmasks its deferred line (which re-delivers if still asserted); a masked source
-    /// remembers the arrival for its unmask; otherwise it is counted, the storm rule sees it,
-    /// and its filter runs next.
+    /// remembers the arrival for its unmask (and counts it per CPU); otherwise it is counted,
+    /// the storm rule sees it (and may throttle the source: the filter still runs for this
+    /// arrival), and its filter runs next.
     #[inline(always)]
-    fn arrive(&self, src: &Source<E>, replay: bool, cpu: usize, now: u64, stalled: bool) -> Arrived {
+    fn arrive(&self, src: &Source<E>, replay: bool, cpu: usize, now: u64) -> Arrived {
         if replay && src.line.is_some() {
             // Deferred: `defer` masked the line; unmasking re-delivers it if the device
             // still asserts it.
@@ -1018,29 +1023,46 @@ impl<E: IntrEnv> Intr<E> {
             return Arrived::Absorbed;
         }
         src.stats.per_cpu[cpu].fetch_add(1, Ordering::Relaxed);
-        if src.storm.arrive(now, stalled) == storm::Verdict::Storm {
-            // Throttle: the storm holds one mask reference until the storm thread re-enables
-            // the source.
-            trace::emit::<E::M>(trace::Kind::StormThrottle, src.vector as u64);
-            src.mask();
-            if !src.storm.storming.swap(true, Ordering::AcqRel) {
-                E::storm_report(&src.name, true, src.storm.last_rate.load(Ordering::Relaxed));
-            }
+        let (verdict, timed) = src.storm.arrive(now);
+        if verdict == storm::Verdict::Storm {
+            self.throttle(src);
         }
-        Arrived::Filter
+        Arrived::Filter { timed }
+    }
+
+    /// The storm rule's verdict on `src`: the storm holds one mask reference until the storm
+    /// thread re-enables the source; reported when the storm begins (a relapse before the
+    /// storm thread declared it over is not reported again, only counted).
+    #[cold]
+    #[inline(never)]
+    fn throttle(&self, src: &Source<E>) {
+        trace::emit::<E::M>(trace::Kind::StormThrottle, src.vector as u64);
+        src.mask();
+        if !src.storm.storming.swap(true, Ordering::AcqRel) {
+            E::storm_report(&src.name, true, src.storm.last_rate.load(Ordering::Relaxed));
+        }
+        self.storm_event.set();
     }
 
     /// Runs a source's filter (primary interrupt context, table lock held): whether the
     /// source claims the interrupt, and whether its handler is to be scheduled.
     #[inline(always)]
-    fn filter(&self, src: &Source<E>, cpu: usize) -> (bool, bool) {
+    /// `timed`: the arrival's time when its filter is one the storm rule times (storm.rs).
+    fn filter(&self, src: &Source<E>, cpu: usize, timed: Option<u64>) -> (bool, bool) {
         let manual = AtomicBool::new(false);
         let r = match &src.filter {
             Some(f) => {
                 trace::emit::<E::M>(trace::Kind::Filter, src.vector as u64);
                 self.in_filter[cpu].store(&src.name as *const SourceName as usize, Ordering::Relaxed);
-                let r = f(&FilterCtx { source_name: &src.name, manual: &manual });
+                let no_work = AtomicBool::new(false);
+                let r = f(&FilterCtx { source_name: &src.name, manual: &manual, no_work: &no_work });
                 self.in_filter[cpu].store(0, Ordering::Relaxed);
+                if no_work.load(Ordering::Relaxed) && r != FilterResult::Stray {
+                    src.storm.no_work();
+                    if let Some(t0) = timed {
+                        src.storm.busy(E::M::now_ns().saturating_sub(t0) * storm::FILTER_SAMPLE);
+                    }
+                }
                 r
             }
             None => FilterResult::Schedule,
@@ -1124,29 +1146,42 @@ impl<E: IntrEnv> Intr<E> {
         if self.storm_thread.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.storm_event.bind(E::sched());
         let pri = Priority::of_ipl(Ipl::Vm).unwrap_or(Priority::INTR_BASE);
         E::sched().spawn("intr/storm", pri, None, move || self.storm_loop());
     }
 
-    /// Re-enables throttled sources after their backoff; declares storms over.
+    /// Re-enables throttled sources after their backoff; declares storms over once a
+    /// re-enabled source stayed out of storm for the quiet time. Sleeps until a storm begins
+    /// (the arrival path sets the event), then until the next of these is due.
     fn storm_loop(&'static self) {
+        let mut next = u64::MAX;
         loop {
-            E::sched().sleep_ns(storm::WINDOW_NS);
+            self.storm_event.wait_deadline(next);
+            let p = &storm::PARAMS;
             let now = E::M::now_ns();
+            next = u64::MAX;
             for src in self.sources() {
                 let st = &src.storm;
                 if st.throttled.load(Ordering::Acquire) {
-                    if now >= st.unmask_at.load(Ordering::Relaxed) {
+                    let at = st.unmask_at.load(Ordering::Relaxed);
+                    if now >= at {
                         st.reset_window(now);
+                        st.unmask_at.store(now, Ordering::Relaxed);
                         st.throttled.store(false, Ordering::Release);
                         src.unmask();
+                        next = next.min(now.saturating_add(p.quiet_ns()));
+                    } else {
+                        next = next.min(at);
                     }
-                } else if st.storming.load(Ordering::Acquire)
-                    && now.saturating_sub(st.unmask_at.load(Ordering::Relaxed))
-                        > (storm::HOT_WINDOWS as u64 + 2) * storm::WINDOW_NS
-                {
-                    st.calm_down();
-                    E::storm_report(&src.name, false, 0);
+                } else if st.storming.load(Ordering::Acquire) {
+                    let over = st.unmask_at.load(Ordering::Relaxed).saturating_add(p.quiet_ns());
+                    if now >= over {
+                        st.calm_down();
+                        E::storm_report(&src.name, false, 0);
+                    } else {
+                        next = next.min(over);
+                    }
                 }
             }
         }
@@ -1167,8 +1202,9 @@ enum Arrived {
     /// The arrival was absorbed (a masked source remembers it; a replayed level line was
     /// unmasked): claimed, no filter.
     Absorbed,
-    /// Run the source's filter.
-    Filter,
+    /// Run the source's filter; `timed`: charge its time to the storm rule (one in
+    /// [`storm::FILTER_SAMPLE`]).
+    Filter { timed: bool },
 }
 
 /// The handlers [`Intr::dispatch`] runs after releasing the vector table: the first pinned

@@ -32,8 +32,7 @@ use crate::IntrEnv;
 
 /// An interrupt on vector `vector` arrived on this CPU (interrupts disabled): the whole path,
 /// steps 1 to 5 of the module documentation. `frame` is the interrupted state as the machine
-/// saved it (the storm rule reads it through [`IntrEnv::signature`], the kernel's own
-/// handlers through [`IntrEnv::kernel_vector`]).
+/// saved it (the kernel's own handlers read it through [`IntrEnv::kernel_vector`]).
 #[inline]
 pub fn interrupt<E: IntrEnv>(vector: u8, frame: &mut E::Frame, io: &IntrOff) {
     match E::spl().intr_arrive(vector, io) {
@@ -71,14 +70,7 @@ pub fn replay<E: IntrEnv>(vector: u8, io: &IntrOff) {
 /// Step 3: the vector's sources, else the kernel's own handler.
 #[inline(always)]
 fn run_vector<E: IntrEnv>(vector: u8, frame: &mut E::Frame, replay: bool, io: &IntrOff) {
-    // For the storm rule: a signature of the interrupted state, computed only when the
-    // instruction address repeats. `None` tells `dispatch` it is a replay.
-    let interrupted = (!replay).then(|| {
-        let idle = E::sched().current().is_idle();
-        let sig = E::signature(frame, idle);
-        (sig, idle)
-    });
-    if E::intr().dispatch(vector, interrupted, io).is_none() {
+    if E::intr().dispatch(vector, replay, io).is_none() {
         if !replay {
             E::eoi();
         }

@@ -25,6 +25,7 @@ mod locks;
 pub mod probe;
 mod sched;
 mod spl;
+mod storm;
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -63,6 +64,14 @@ pub fn unit() -> &'static str {
 pub fn figure(name: &str, model: &str, samples: &mut [u64]) {
     let Some(summary) = kbench::summarize(samples) else { return };
     let unit = UNITS[UNIT.load(Ordering::Relaxed)];
+    kprintln!("{} model={model}", BenchLine::Result { name, unit, summary });
+    OWN_FIGURES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// [`figure`] in a unit of its own (`ns` of guest time, a count, a rate), for figures that
+/// are not instruction counts of a code path.
+pub fn figure_in(name: &str, model: &str, unit: &str, samples: &mut [u64]) {
+    let Some(summary) = kbench::summarize(samples) else { return };
     kprintln!("{} model={model}", BenchLine::Result { name, unit, summary });
     OWN_FIGURES.fetch_add(1, Ordering::Relaxed);
 }

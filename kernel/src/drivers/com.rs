@@ -430,11 +430,13 @@ impl Com2Fault {
                     model: Some(Model::Direct),
                 },
                 line,
-                Some(alloc::boxed::Box::new(|_| {
+                Some(alloc::boxed::Box::new(|ctx| {
                     COM2_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
                     if COM2_STUCK.load(Ordering::Relaxed) {
                         // The fault: claim the interrupt without reading the interrupt
-                        // identification, so the THRE condition is never acknowledged.
+                        // identification, so the THRE condition is never acknowledged; the
+                        // driver has nothing to send, and says it did no work.
+                        ctx.no_work();
                         return FilterResult::Handled;
                     }
                     if arch::serial::COM2.acknowledge() {

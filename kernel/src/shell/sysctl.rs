@@ -303,10 +303,25 @@ const BUILTIN: &[Builtin] = &[
         Some(|v| Ok(storm().set_min_arrivals(parse_u64(v)?)?)),
     ),
     (
-        "intr.storm.stall_percent",
-        "storm rule: % of a window's arrivals that must stall their CPU (1..=100)",
-        || storm().stall_percent().to_string(),
-        Some(|v| Ok(storm().set_stall_percent(parse_u64(v)?)?)),
+        "intr.storm.busy_percent",
+        "storm rule: share of one CPU a source's filter and handler must spend on arrivals \
+         that found no work in a window for it to be hot, % (1..=1000)",
+        || storm().busy_percent().to_string(),
+        Some(|v| Ok(storm().set_busy_percent(parse_u64(v)?)?)),
+    ),
+    (
+        "intr.storm.idle_percent",
+        "storm rule: % of a window's arrivals that found no work (nobody claimed them, or the \
+         filter or handler said so) for it to be hot (1..=100)",
+        || storm().idle_percent().to_string(),
+        Some(|v| Ok(storm().set_idle_percent(parse_u64(v)?)?)),
+    ),
+    (
+        "intr.storm.quiet_ms",
+        "storm rule: time a re-enabled source must stay out of storm for the storm to be over, \
+         ms (1..=60000)",
+        || (storm().quiet_ns() / 1_000_000).to_string(),
+        Some(|v| Ok(storm().set_quiet_ns(parse_ms(v)?)?)),
     ),
     (
         "intr.storm.backoff_min_ms",

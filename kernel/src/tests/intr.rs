@@ -11,7 +11,6 @@ use arch::apic;
 use intr::{EstablishError, FilterResult, IntrFlags, IntrHandle, Model, SourceSpec};
 use ipl::Ipl;
 use ktest::{kassert, kassert_eq, ktest, TestResult};
-use sched::Priority;
 
 use super::{ncpus, now_ns, until};
 use crate::intr::INTR;
@@ -572,120 +571,6 @@ fn establish_errors_name_the_source() -> TestResult {
     Ok(())
 }
 ktest!(T_ERRORS, "intr::establish::errors_name_the_source", establish_errors_name_the_source);
-
-/// A source that re-raises itself as soon as it is handled (a line stuck asserted) is
-/// caught by the storm rule, masked, reported, and re-enabled once the cause goes away — and
-/// the CPU it storms on keeps running threads meanwhile.
-fn pri(p: u8) -> Priority {
-    Priority::new(p).expect("priority in range")
-}
-
-fn storm_detected_throttled_and_recovered() -> TestResult {
-    let stuck = Arc::new(AtomicBool::new(true));
-    let seen = Arc::new(AtomicU64::new(0));
-    let (st, se) = (stuck.clone(), seen.clone());
-    let target = ncpus() - 1;
-    let h = INTR
-        .establish(
-            spec("test.storm.stuck", 0x6D, Model::Pool, IntrFlags::MPSAFE),
-            Some(alloc::boxed::Box::new(move |_| {
-                se.fetch_add(1, Ordering::Relaxed);
-                if st.load(Ordering::Relaxed) {
-                    // Like a level-triggered line nobody deasserts: fires again at once.
-                    arch::apic::send_ipi(arch::cpu::lapic_id_of(arch::cpu::index()), 0x6D);
-                }
-                FilterResult::Handled
-            })),
-            None,
-        )
-        .map_err(|e| alloc::format!("{e}"))?;
-    let src = h.source().clone();
-    // A thread with work on the target CPU: the storm starves it (on an idle CPU a stuck line
-    // harms nobody until work arrives, and the rule waits until then — storm.rs).
-    let stop = Arc::new(AtomicBool::new(false));
-    // On every exit path (a failed assertion included): no stuck line, no spinning victim.
-    struct Cleanup(Arc<AtomicBool>, Arc<AtomicBool>);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::SeqCst);
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
-    let _cleanup = Cleanup(stuck.clone(), stop.clone());
-    let progress = Arc::new(AtomicU64::new(0));
-    let (sp, pg) = (stop.clone(), progress.clone());
-    let worker = SCHED.spawn("storm-victim", pri(5), Some(target), move || {
-        while !sp.load(Ordering::Relaxed) {
-            pg.fetch_add(1, Ordering::Relaxed);
-            core::hint::spin_loop();
-        }
-    });
-    kassert!(until(1000, || progress.load(Ordering::Relaxed) > 0), "the victim thread never ran");
-    raise(target, 0x6D);
-    kassert!(
-        until(3000, || src.storm.storms.load(Ordering::SeqCst) >= 1),
-        "the storm was never detected ({} interrupts)",
-        seen.load(Ordering::SeqCst)
-    );
-    let p0 = progress.load(Ordering::Relaxed);
-    kassert!(
-        until(1000, || progress.load(Ordering::Relaxed) > p0),
-        "the victim made no progress once the storm was throttled"
-    );
-    kassert!(
-        src.is_masked()
-            || src.storm.storms.load(Ordering::SeqCst) > 1
-            || src.storm.throttled.load(Ordering::SeqCst),
-        "the storm did not throttle the source"
-    );
-    // The storming CPU still runs threads.
-    let alive = Arc::new(AtomicBool::new(false));
-    let a2 = alive.clone();
-    let probe =
-        SCHED.spawn("storm-probe", Priority::KTHREAD, Some(target), move || a2.store(true, Ordering::SeqCst));
-    kassert!(until(3000, || alive.load(Ordering::SeqCst)), "the storming CPU ran no thread");
-    probe.join();
-    // Remove the cause: the source comes back and the storm is declared over.
-    stuck.store(false, Ordering::SeqCst);
-    kassert!(until(5000, || !src.storm.storming.load(Ordering::SeqCst)), "the storm was never declared over");
-    stop.store(true, Ordering::Relaxed);
-    worker.join();
-    kassert!(!src.is_masked(), "source left masked after the storm");
-    let before = seen.load(Ordering::SeqCst);
-    raise(target, 0x6D);
-    kassert!(until(1000, || seen.load(Ordering::SeqCst) > before), "source dead after the storm");
-    drop(h);
-    Ok(())
-}
-ktest!(T_STORM, "intr::storm::stuck_line_throttled_and_recovered", storm_detected_throttled_and_recovered);
-
-/// A high rate that the CPU keeps up with is not a storm (every interrupt handled).
-fn legitimate_flood_is_not_a_storm() -> TestResult {
-    let n = ncpus();
-    let target = n - 1;
-    let (h, count) = counting(Model::Pool, 0x6E, "test.storm.flood").map_err(|e| alloc::format!("{e}"))?;
-    let src = h.source().clone();
-    const N: u64 = 20_000;
-    let t0 = now_ns();
-    for k in 0..N {
-        raise(target, 0x6E);
-        // Each interrupt is handled before the next: the rate is as high as the path allows.
-        let deadline = now_ns() + 1_000_000_000;
-        while count.load(Ordering::SeqCst) <= k && now_ns() < deadline {
-            core::hint::spin_loop();
-        }
-    }
-    let secs_x1000 = (now_ns() - t0) / 1_000_000;
-    kassert_eq!(count.load(Ordering::SeqCst), N, "interrupts lost in the flood");
-    kassert_eq!(
-        src.storm.storms.load(Ordering::SeqCst),
-        0,
-        "a serviceable flood ({N} in {secs_x1000} ms) was called a storm"
-    );
-    drop(h);
-    Ok(())
-}
-ktest!(T_FLOOD, "intr::storm::legitimate_flood_not_a_storm", legitimate_flood_is_not_a_storm);
 
 /// Balancing: with a long handler occupying its CPU's ithread, an unbound source's queued
 /// instance is taken by an idle CPU's ithread; a BOUND one waits for its own CPU.

@@ -16,6 +16,7 @@ pub mod shell;
 pub mod smp;
 pub mod softint;
 pub mod spl;
+pub mod storm;
 
 use arch::kprintln;
 use ktest::{TestLine, TestResult};

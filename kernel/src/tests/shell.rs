@@ -231,7 +231,9 @@ fn sysctl_names_values_and_errors() -> TestResult {
         "intr.storm.window_ms",
         "intr.storm.hot_windows",
         "intr.storm.min_arrivals",
-        "intr.storm.stall_percent",
+        "intr.storm.busy_percent",
+        "intr.storm.idle_percent",
+        "intr.storm.quiet_ms",
         "intr.storm.backoff_min_ms",
         "intr.storm.backoff_max_ms",
         "kern.lockstat",
@@ -249,7 +251,9 @@ fn sysctl_names_values_and_errors() -> TestResult {
     set_and_restore("intr.storm.window_ms", "20")?;
     set_and_restore("intr.storm.hot_windows", "3")?;
     set_and_restore("intr.storm.min_arrivals", "500")?;
-    set_and_restore("intr.storm.stall_percent", "75")?;
+    set_and_restore("intr.storm.busy_percent", "75")?;
+    set_and_restore("intr.storm.idle_percent", "75")?;
+    set_and_restore("intr.storm.quiet_ms", "50")?;
     set_and_restore("intr.storm.backoff_max_ms", "2000")?;
     set_and_restore("intr.storm.backoff_min_ms", "40")?;
     set_and_restore("kern.lockstat", if crate::locks::SYNC.witness.stats_on() { "off" } else { "on" })?;
@@ -260,7 +264,8 @@ fn sysctl_names_values_and_errors() -> TestResult {
         ("sysctl intr.balance=maybe", ["intr.balance", "maybe"]),
         ("sysctl intr.model.default=fast", ["intr.model.default", "fast"]),
         ("sysctl intr.storm.window_ms=0", ["intr.storm.window_ms", "'0'"]),
-        ("sysctl intr.storm.stall_percent=101", ["intr.storm.stall_percent", "101"]),
+        ("sysctl intr.storm.idle_percent=101", ["intr.storm.idle_percent", "101"]),
+        ("sysctl intr.storm.busy_percent=0", ["intr.storm.busy_percent", "'0'"]),
         ("sysctl intr.storm.backoff_min_ms=999999", ["intr.storm.backoff_min_ms", "999999"]),
         ("sysctl intr.pool.bounds=1..=2", ["intr.pool.bounds", "read-only"]),
         ("sysctl intr.balance=", ["intr.balance", "empty"]),
