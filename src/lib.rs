@@ -11,6 +11,7 @@ pub mod live;
 pub mod protocol;
 pub mod qemu;
 pub mod report;
+pub mod rt;
 pub mod setup;
 pub mod timeline;
 pub mod traffic;

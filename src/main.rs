@@ -45,6 +45,42 @@ enum Command {
     Boot(BootArgs),
     /// Run the in-kernel benchmarks (TCG with -icount: figures are guest instructions).
     Bench(BenchArgs),
+    /// Real-time wake-up latency per interrupt model, idle and under an interrupt flood
+    /// (a cyclictest of our own; TCG with -icount: figures are guest instructions).
+    Rt(RtArgs),
+}
+
+/// Which models `rt` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ModelChoice {
+    All,
+    Direct,
+    Dedicated,
+    Pool,
+    Pinned,
+}
+
+#[derive(Args)]
+struct RtArgs {
+    /// The interrupt dispatch model, or all of them (one boot each).
+    #[arg(long, value_enum, default_value = "all")]
+    model: ModelChoice,
+    /// Number of CPUs (a real-time thread on each).
+    #[arg(long, default_value_t = 2, value_parser = setup::parse_smp)]
+    smp: u32,
+    /// Guest seconds of each phase (idle, then flood), 0.01..=60.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// The real-time threads' period in microseconds (50..=100000).
+    #[arg(long, default_value_t = 1000)]
+    period_us: u64,
+    /// Accelerator: tcg counts instructions (-icount), kvm counts TSC cycles
+    /// (default: kvm only with real hardware virtualization).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Seconds before QEMU is killed, per boot.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
 }
 
 #[derive(Args, Clone)]
@@ -179,6 +215,7 @@ fn main() -> ExitCode {
         Command::Test(a) => test(a),
         Command::Boot(a) => boot(a),
         Command::Bench(a) => bench(a),
+        Command::Rt(a) => rt(a),
     };
     // A QEMU killed by the signal thread looks like a failed run here: let that thread exit.
     cleanup::wait_if_interrupted();
@@ -750,6 +787,42 @@ fn boot(a: BootArgs) -> Result<ExitCode, CliError> {
         println!("{hint}");
     }
     Ok(if report.exited_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
+    let (accel, kernel) = prepare(a.accel)?;
+    let models: Vec<Model> = match a.model {
+        ModelChoice::All => Model::ALL.to_vec(),
+        ModelChoice::Direct => vec![Model::Direct],
+        ModelChoice::Dedicated => vec![Model::Dedicated],
+        ModelChoice::Pool => vec![Model::Pool],
+        ModelChoice::Pinned => vec![Model::Pinned],
+    };
+    let unit = ithreads::bench::unit(accel);
+    let mut runs = Vec::new();
+    let mut failed = false;
+    for m in models {
+        let append = ithreads::rt::cmdline(m.as_str(), a.seconds, a.period_us);
+        let cfg = ithreads::rt::config(a.smp, accel, append, Duration::from_secs(a.timeout));
+        println!("rt: {} CPUs, {}, cmdline {:?}", cfg.smp, ithreads::bench::accel_label(accel), cfg.append);
+        let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, _| {
+            if source == Source::Serial && line.starts_with("@@ rt-config") {
+                println!("  {line}");
+            }
+        })?;
+        let run = ithreads::rt::from_report(&report);
+        if let Some(f) = harness::boot_failure(&report, Goal::Exit) {
+            failed = true;
+            println!("rt: {} FAILED\n{f}", m.as_str());
+        } else if !run.problems().is_empty() {
+            failed = true;
+            println!("rt: {} FAILED: {}", m.as_str(), run.problems().join("; "));
+            print!("{}", harness::report_tail(&report, 20));
+        }
+        runs.push(run);
+    }
+    print!("{}", ithreads::rt::table(&runs, unit));
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {

@@ -39,6 +39,10 @@ pub struct Options {
     pub bench_unit: &'static str,
     /// `trace.records=`: records kept per CPU by the event trace (a `trace` build only).
     pub trace_records: usize,
+    /// `rt.period_us=`
+    pub rt_period_us: u64,
+    /// `rt.ms=`
+    pub rt_ms: u64,
 }
 
 impl From<::parse::cmdline::Options> for Options {
@@ -63,6 +67,8 @@ impl From<::parse::cmdline::Options> for Options {
             bench_samples: o.bench_samples,
             bench_unit: o.bench_unit,
             trace_records: o.trace_records,
+            rt_period_us: o.rt_period_us,
+            rt_ms: o.rt_ms,
         }
     }
 }

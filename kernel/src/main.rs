@@ -24,6 +24,7 @@ mod drivers;
 mod intr;
 mod locks;
 mod panic;
+mod rt;
 mod scenario;
 mod shell;
 mod tests;
@@ -170,6 +171,7 @@ fn main_thread(opts: &'static Options) {
         RunMode::Tests => tests::run_all(&opts.test_filter),
         RunMode::Scenario => scenario::run(opts),
         RunMode::Bench => bench::run(opts),
+        RunMode::Rt => rt::run(opts),
         RunMode::Shell => {
             shell::configure(opts);
             drivers::com::set_echo(true);

@@ -17,6 +17,9 @@ pub enum RunMode {
     Bench,
     /// The serial shell on COM1 (`kernel/src/shell/`), until `halt`.
     Shell,
+    /// The real-time latency test (`kernel/src/rt.rs`): a periodic real-time thread per CPU,
+    /// idle and under an interrupt flood.
+    Rt,
 }
 
 /// A deliberate failure, to test the host harness.
@@ -76,6 +79,10 @@ pub struct Options {
     /// `trace.records=16..1048576`: records kept per CPU by the event trace of a kernel
     /// built with it (ignored otherwise).
     pub trace_records: usize,
+    /// `rt.period_us=50..100000`: the real-time threads' period.
+    pub rt_period_us: u64,
+    /// `rt.ms=10..60000`: how long each phase of `run=rt` lasts (guest milliseconds).
+    pub rt_ms: u64,
 }
 
 impl Default for Options {
@@ -94,6 +101,8 @@ impl Default for Options {
             bench_samples: 100_000,
             bench_unit: "tsc",
             trace_records: 16 * 1024,
+            rt_period_us: 1000,
+            rt_ms: 1000,
         }
     }
 }
@@ -132,7 +141,7 @@ fn on_off(key: &str, v: &str) -> Result<bool, CmdlineError> {
 }
 
 /// The keys [`parse`] knows.
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 15] = [
     "run",
     "test.filter",
     "test.harness",
@@ -145,6 +154,9 @@ pub const KEYS: [&str; 12] = [
     "bench.filter",
     "bench.samples",
     "bench.unit",
+    "trace.records",
+    "rt.period_us",
+    "rt.ms",
 ];
 
 /// Parses a command line. The first bad word is the error: no `=` (`expected key=value`),
@@ -166,7 +178,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                     "tests" => RunMode::Tests,
                     "bench" => RunMode::Bench,
                     "shell" => RunMode::Shell,
-                    _ => return Err(err(key, "expected scenario, tests, bench or shell")),
+                    "rt" => RunMode::Rt,
+                    _ => return Err(err(key, "expected scenario, tests, bench, shell or rt")),
                 }
             }
             "test.filter" => o.test_filter = value.to_string(),
@@ -203,6 +216,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                 }
             }
             "trace.records" => o.trace_records = number(key, value, 16usize, 1 << 20)?,
+            "rt.period_us" => o.rt_period_us = number(key, value, 50u64, 100_000)?,
+            "rt.ms" => o.rt_ms = number(key, value, 10u64, 60_000)?,
             _ => return Err(err(key, "unknown option")),
         }
         seen.push(key);

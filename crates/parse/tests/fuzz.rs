@@ -14,7 +14,7 @@ use proptest::prelude::*;
 fn value_for(key: &'static str) -> BoxedStrategy<String> {
     match key {
         "run" => {
-            prop::sample::select(vec!["scenario", "tests", "bench", "shell"]).prop_map(String::from).boxed()
+            prop::sample::select(vec!["scenario", "tests", "bench", "shell", "rt"]).prop_map(String::from).boxed()
         }
         "test.harness" => {
             prop::sample::select(vec!["panic", "hang", "filter-sleep"]).prop_map(String::from).boxed()
@@ -28,6 +28,9 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             prop::sample::select(vec!["on", "off"]).prop_map(String::from).boxed()
         }
         "bench.samples" => (1usize..=1_000_000).prop_map(|n| n.to_string()).boxed(),
+        "trace.records" => (16usize..=1 << 20).prop_map(|n| n.to_string()).boxed(),
+        "rt.period_us" => (50u64..=100_000).prop_map(|n| n.to_string()).boxed(),
+        "rt.ms" => (10u64..=60_000).prop_map(|n| n.to_string()).boxed(),
         "bench.unit" => {
             prop::sample::select(vec!["instructions", "cycles", "tsc"]).prop_map(String::from).boxed()
         }
@@ -112,6 +115,9 @@ proptest! {
                 "bench.filter" => prop_assert_eq!(&o.bench_filter, v),
                 "bench.samples" => prop_assert_eq!(o.bench_samples.to_string(), v.clone()),
                 "bench.unit" => prop_assert_eq!(o.bench_unit, v.as_str()),
+                "trace.records" => prop_assert_eq!(o.trace_records.to_string(), v.clone()),
+                "rt.period_us" => prop_assert_eq!(o.rt_period_us.to_string(), v.clone()),
+                "rt.ms" => prop_assert_eq!(o.rt_ms.to_string(), v.clone()),
                 _ => {}
             }
         }

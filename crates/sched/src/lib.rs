@@ -714,7 +714,12 @@ impl<E: SchedEnv> Scheduler<E> {
     /// this CPU ([`Machine::arm_timer`]; a machine with only a periodic clock ends it at the
     /// first tick after the deadline).
     pub fn sleep_ns(&'static self, ns: u64) {
-        let deadline = E::M::now_ns().saturating_add(ns);
+        self.sleep_until(E::M::now_ns().saturating_add(ns));
+    }
+
+    /// Sleeps until [`Machine::now_ns`] reaches `deadline` (at once if it has): a periodic
+    /// thread's next release, free of the drift that `sleep_ns` from "now" would add.
+    pub fn sleep_until(&'static self, deadline: u64) {
         while E::M::now_ns() < deadline {
             let io = E::M::intr_disable();
             self.sleep_prepare(&io);

@@ -1,0 +1,225 @@
+//! `run=rt`: a cyclictest of our own — what an interrupt flood does to a real-time thread's
+//! wake-up latency under each dispatch model.
+//!
+//! On every CPU a thread in the real-time band ([`RT_PRIORITY`], bound to its CPU) wakes
+//! every `rt.period_us` at an absolute deadline (`Scheduler::sleep_until`: the deadline arms
+//! the CPU's one-shot timer) and records its latency: the time from the deadline (the timer's
+//! expiry) to its first instruction after the sleep. Two phases of `rt.ms` each:
+//!
+//! - `idle`: nothing else runs;
+//! - `flood`: on every CPU a low-priority flooder sends an IPI to the next CPU every
+//!   [`FLOOD_SEND_NS`] while it has the CPU, on the source `rt.flood` (the default model's),
+//!   whose handler spins for [`FLOOD_BODY_NS`]: about half of each CPU goes to the flood. Where the model gives the handler a thread (dedicated, pool), that
+//!   thread runs at [`FLOOD_THREAD_PRIORITY`], below the real-time band, as `chrt` would set
+//!   a Linux irq thread: the real-time thread can preempt it. Under `direct` the handler
+//!   runs in interrupt context, under `pinned` on the borrowed CPU: neither can be preempted.
+//!
+//! Under TCG with `-icount shift=0` (the host's `rt` command) a guest nanosecond is one
+//! instruction, so each latency is also a count of instructions.
+//!
+//! Output (docs/PROTOCOL.md): `@@ rt-config …`, then per phase one
+//! `@@ rt phase=<p> cpu=<n|all> samples=<n> p50=<ns> p99=<ns> max=<ns> overruns=<n>` per CPU
+//! and for all CPUs together, `@@ rt-flood phase=<p> raised=<n> handled=<n>`, and
+//! `@@ rt-done`.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arch::{kprintln, X86_64};
+use intr::{IntrFlags, SourceSpec};
+use ipl::Ipl;
+use machine::Machine;
+use sched::Priority;
+
+use crate::cmdline::Options;
+use crate::intr::INTR;
+use crate::locks::Mutex;
+use crate::SCHED;
+
+/// The measuring threads' priority: in the real-time band (64..=95).
+pub const RT_PRIORITY: u8 = 80;
+/// The flood source's handler thread (dedicated, pool): below the real-time band.
+pub const FLOOD_THREAD_PRIORITY: u8 = 60;
+/// The flooders: below everything else that runs here.
+const FLOODER_PRIORITY: u8 = 8;
+/// What the flood's handler spends per interrupt.
+pub const FLOOD_BODY_NS: u64 = 20_000;
+/// A flooder's time between two sends.
+pub const FLOOD_SEND_NS: u64 = 2 * FLOOD_BODY_NS;
+/// The flood's vector.
+const FLOOD_VECTOR: u8 = 0x5C;
+
+fn now() -> u64 {
+    X86_64::now_ns()
+}
+
+/// The latencies of one phase on one CPU.
+struct Samples {
+    latencies: Vec<u64>,
+    overruns: u64,
+}
+
+fn percentile(sorted: &[u64], p: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) * p) / 100]
+}
+
+fn report(phase: &str, cpu: &str, s: &mut [u64], overruns: u64) {
+    s.sort_unstable();
+    kprintln!(
+        "@@ rt phase={phase} cpu={cpu} samples={} p50={} p99={} max={} overruns={overruns}",
+        s.len(),
+        percentile(s, 50),
+        percentile(s, 99),
+        s.last().copied().unwrap_or(0)
+    );
+}
+
+/// Runs both phases; returns whether every CPU took samples in each.
+pub fn run(opts: &Options) -> bool {
+    let n = X86_64::ncpus();
+    let handled = Arc::new(AtomicU64::new(0));
+    let h2 = handled.clone();
+    let flood = match INTR.establish(
+        SourceSpec {
+            name: "rt.flood".into(),
+            vector: FLOOD_VECTOR,
+            ipl: Ipl::Vm,
+            flags: IntrFlags::MPSAFE,
+            model: None,
+        },
+        None,
+        Some(alloc::boxed::Box::new(move |_| {
+            let until = now() + FLOOD_BODY_NS;
+            while now() < until {
+                core::hint::spin_loop();
+            }
+            h2.fetch_add(1, Ordering::Relaxed);
+        })),
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            kprintln!("rt: cannot establish the flood source: {e}");
+            return false;
+        }
+    };
+    let thread_priority = Priority::new(FLOOD_THREAD_PRIORITY).expect("priority in range");
+    let flood_thread = flood.set_thread_priority(Some(thread_priority)).is_ok();
+    kprintln!(
+        "@@ rt-config model={} cpus={} period_us={} ms={} rt_priority={} flood_body_ns={} flood_send_ns={} \
+         flood_thread_priority={}",
+        flood.source().model(),
+        n,
+        opts.rt_period_us,
+        opts.rt_ms,
+        RT_PRIORITY,
+        FLOOD_BODY_NS,
+        FLOOD_SEND_NS,
+        if flood_thread {
+            alloc::format!("{FLOOD_THREAD_PRIORITY}")
+        } else {
+            alloc::string::String::from("-")
+        }
+    );
+    let mut ok = true;
+    for phase in ["idle", "flood"] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let raised = Arc::new(AtomicU64::new(0));
+        let handled_before = handled.load(Ordering::Relaxed);
+        let flooders: Vec<_> = if phase == "flood" {
+            (0..n)
+                .map(|cpu| {
+                    let (stop, raised) = (stop.clone(), raised.clone());
+                    let to = arch::cpu::lapic_id_of((cpu + 1) % n);
+                    SCHED.spawn(
+                        "rt-flooder",
+                        Priority::new(FLOODER_PRIORITY).expect("priority"),
+                        Some(cpu),
+                        move || {
+                            while !stop.load(Ordering::Relaxed) {
+                                arch::apic::send_ipi(to, FLOOD_VECTOR);
+                                raised.fetch_add(1, Ordering::Relaxed);
+                                // Two handlers' time between sends: the target CPU spends about
+                                // half its time in the flood's handler. (Back to back, a direct
+                                // handler would hold it in interrupt context for good, and the
+                                // real-time thread there would never run again: a livelock,
+                                // not a latency.)
+                                let until = now() + FLOOD_SEND_NS;
+                                while now() < until && !stop.load(Ordering::Relaxed) {
+                                    core::hint::spin_loop();
+                                }
+                            }
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let results: Arc<Vec<Mutex<Samples>>> = Arc::new(
+            (0..n)
+                .map(|_| Mutex::new_adaptive("rt.samples", Samples { latencies: Vec::new(), overruns: 0 }))
+                .collect(),
+        );
+        let period = opts.rt_period_us * 1_000;
+        let start = now() + period;
+        let end = start + opts.rt_ms * 1_000_000;
+        let rts: Vec<_> = (0..n)
+            .map(|cpu| {
+                let results = results.clone();
+                SCHED.spawn("rt", Priority::new(RT_PRIORITY).expect("priority"), Some(cpu), move || {
+                    let mut lat = Vec::with_capacity(((end - start) / period) as usize + 1);
+                    let mut overruns = 0;
+                    let mut deadline = start;
+                    while deadline < end {
+                        SCHED.sleep_until(deadline);
+                        let t = now();
+                        lat.push(t - deadline);
+                        deadline += period;
+                        // Releases missed while it was held off are counted, not taken late.
+                        while deadline <= t {
+                            deadline += period;
+                            overruns += 1;
+                        }
+                    }
+                    *results[cpu].lock() = Samples { latencies: lat, overruns };
+                })
+            })
+            .collect();
+        for h in rts {
+            h.join();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for f in flooders {
+            f.join();
+        }
+        let mut all = Vec::new();
+        let mut all_overruns = 0;
+        for (cpu, r) in results.iter().enumerate() {
+            let mut s = core::mem::replace(&mut *r.lock(), Samples { latencies: Vec::new(), overruns: 0 });
+            ok &= !s.latencies.is_empty();
+            all.extend_from_slice(&s.latencies);
+            all_overruns += s.overruns;
+            report(phase, &alloc::format!("{cpu}"), &mut s.latencies, s.overruns);
+        }
+        report(phase, "all", &mut all, all_overruns);
+        // The flood's interrupts still in flight are let in before counting.
+        let until = now() + 50_000_000;
+        while now() < until
+            && handled.load(Ordering::Relaxed) - handled_before < raised.load(Ordering::Relaxed)
+        {
+            SCHED.sleep_ns(1_000_000);
+        }
+        kprintln!(
+            "@@ rt-flood phase={phase} raised={} handled={}",
+            raised.load(Ordering::Relaxed),
+            handled.load(Ordering::Relaxed) - handled_before
+        );
+    }
+    drop(flood);
+    kprintln!("@@ rt-done");
+    ok
+}

@@ -1,0 +1,216 @@
+//! `ithreads rt`: the kernel's real-time latency test (`run=rt`, `kernel/src/rt.rs`), one boot
+//! per interrupt dispatch model, under TCG with `-icount shift=0` (a guest nanosecond is one
+//! instruction, so every figure is deterministic), and the table of what each model does to
+//! a real-time thread's wake-up latency, idle and under an interrupt flood.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::qemu::{BootConfig, BootReport};
+use crate::setup::Accel;
+
+/// One `@@ rt phase=… cpu=all …` record (all CPUs together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+    /// Releases missed while the thread was held off past its next deadline.
+    pub overruns: u64,
+}
+
+/// What one model's boot measured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RtRun {
+    /// The model the kernel reports (`@@ rt-config model=`).
+    pub model: String,
+    /// The `@@ rt-config` line's fields.
+    pub config: Vec<(String, String)>,
+    pub idle: Option<Latency>,
+    pub flood: Option<Latency>,
+    /// The flood's interrupts raised and handled during the flood phase.
+    pub flood_raised: u64,
+    pub flood_handled: u64,
+    /// Whether `@@ rt-done` came.
+    pub done: bool,
+    /// Lines that could not be read.
+    pub errors: Vec<String>,
+}
+
+fn fields(line: &str) -> Vec<(String, String)> {
+    line.split_ascii_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn num(f: &[(String, String)], key: &str) -> Option<u64> {
+    f.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse().ok())
+}
+
+fn text<'a>(f: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    f.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+impl RtRun {
+    /// Reads a boot's serial lines.
+    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> RtRun {
+        let mut run = RtRun::default();
+        for line in lines {
+            let line = line.trim_end();
+            if let Some(rest) = line.strip_prefix("@@ rt-config ") {
+                run.config = fields(rest);
+                run.model = text(&run.config, "model").unwrap_or("-").to_string();
+            } else if let Some(rest) = line.strip_prefix("@@ rt ") {
+                let f = fields(rest);
+                if text(&f, "cpu") != Some("all") {
+                    continue;
+                }
+                let l = (|| {
+                    Some(Latency {
+                        samples: num(&f, "samples")?,
+                        p50: num(&f, "p50")?,
+                        p99: num(&f, "p99")?,
+                        max: num(&f, "max")?,
+                        overruns: num(&f, "overruns")?,
+                    })
+                })();
+                match (text(&f, "phase"), l) {
+                    (Some("idle"), Some(l)) => run.idle = Some(l),
+                    (Some("flood"), Some(l)) => run.flood = Some(l),
+                    _ => run.errors.push(format!("unreadable: {line}")),
+                }
+            } else if let Some(rest) = line.strip_prefix("@@ rt-flood ") {
+                let f = fields(rest);
+                if text(&f, "phase") == Some("flood") {
+                    match (num(&f, "raised"), num(&f, "handled")) {
+                        (Some(r), Some(h)) => (run.flood_raised, run.flood_handled) = (r, h),
+                        _ => run.errors.push(format!("unreadable: {line}")),
+                    }
+                }
+            } else if line.starts_with("@@ rt-done") {
+                run.done = true;
+            }
+        }
+        run
+    }
+
+    /// What is missing or wrong, if anything.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = self.errors.clone();
+        if !self.done {
+            p.push("no @@ rt-done".into());
+        }
+        for (phase, l) in [("idle", self.idle), ("flood", self.flood)] {
+            match l {
+                None => p.push(format!("no {phase} record")),
+                Some(l) if l.samples == 0 => p.push(format!("{phase}: no samples")),
+                Some(_) => {}
+            }
+        }
+        if self.flood.is_some() && self.flood_handled == 0 {
+            p.push("the flood raised no interrupt that was handled".into());
+        }
+        p
+    }
+}
+
+/// The kernel command line of one model's run: `seconds` of guest time per phase.
+pub fn cmdline(model: &str, seconds: f64, period_us: u64) -> String {
+    let ms = ((seconds * 1000.0).round() as u64).clamp(10, 60_000);
+    format!("run=rt intr.model={model} rt.ms={ms} rt.period_us={period_us}")
+}
+
+/// The boot of one model's run (TCG with icount, as the benchmarks; KVM only if forced).
+pub fn config(smp: u32, accel: Accel, append: String, timeout: Duration) -> BootConfig {
+    let extra_args = match accel {
+        Accel::Tcg => vec!["-icount".to_string(), crate::bench::ICOUNT.to_string()],
+        Accel::Kvm => Vec::new(),
+    };
+    BootConfig { smp, accel: Some(accel), append, extra_args, timeout, input: Default::default() }
+}
+
+/// The run of a finished boot.
+pub fn from_report(report: &BootReport) -> RtRun {
+    RtRun::from_lines(report.serial_log.iter().map(String::as_str))
+}
+
+/// The side-by-side table: per model, idle and flood p50 / p99 / max, and the flood's size.
+/// `unit` is what a guest nanosecond is (instructions under icount).
+pub fn table(runs: &[RtRun], unit: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  {:<10} {:>10} {:>10} {:>10}   {:>10} {:>10} {:>10} {:>9}  {:>8}",
+        "model",
+        "idle p50",
+        "idle p99",
+        "idle max",
+        "flood p50",
+        "flood p99",
+        "flood max",
+        "overruns",
+        "flood n"
+    );
+    for r in runs {
+        let cell = |l: Option<Latency>, f: fn(&Latency) -> u64| l.map_or("-".into(), |l| f(&l).to_string());
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>10} {:>10} {:>10}   {:>10} {:>10} {:>10} {:>9}  {:>8}",
+            r.model,
+            cell(r.idle, |l| l.p50),
+            cell(r.idle, |l| l.p99),
+            cell(r.idle, |l| l.max),
+            cell(r.flood, |l| l.p50),
+            cell(r.flood, |l| l.p99),
+            cell(r.flood, |l| l.max),
+            cell(r.flood, |l| l.overruns),
+            r.flood_handled
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  (wake-up latency from the timer's deadline to the thread's first instruction, guest ns = {unit})"
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_read_and_judged() {
+        let lines = [
+            "@@ rt-config model=pool cpus=2 period_us=1000 ms=50 rt_priority=80 flood_body_ns=20000 flood_send_ns=40000 flood_thread_priority=60",
+            "@@ rt phase=idle cpu=0 samples=50 p50=1979 p99=4255 max=4259 overruns=0",
+            "@@ rt phase=idle cpu=all samples=100 p50=1979 p99=4255 max=4259 overruns=0",
+            "@@ rt-flood phase=idle raised=0 handled=0",
+            "@@ rt phase=flood cpu=all samples=100 p50=2690 p99=4067 max=4082 overruns=1",
+            "@@ rt-flood phase=flood raised=2208 handled=2208",
+            "@@ rt-done",
+        ];
+        let r = RtRun::from_lines(lines);
+        assert_eq!(r.model, "pool");
+        assert_eq!(r.idle, Some(Latency { samples: 100, p50: 1979, p99: 4255, max: 4259, overruns: 0 }));
+        assert_eq!(r.flood.map(|l| (l.max, l.overruns)), Some((4082, 1)));
+        assert_eq!((r.flood_raised, r.flood_handled), (2208, 2208));
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        let t = table(&[r], "instructions");
+        assert!(t.contains("pool") && t.contains("4082"), "{t}");
+
+        let cut = RtRun::from_lines(lines[..3].iter().copied());
+        let p = cut.problems();
+        assert!(
+            p.iter().any(|m| m.contains("rt-done")) && p.iter().any(|m| m.contains("no flood record")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_command_line_clamps_the_phase() {
+        assert_eq!(cmdline("direct", 0.001, 1000), "run=rt intr.model=direct rt.ms=10 rt.period_us=1000");
+        assert_eq!(cmdline("pinned", 2.5, 500), "run=rt intr.model=pinned rt.ms=2500 rt.period_us=500");
+    }
+}
