@@ -103,6 +103,10 @@ pub fn compare_rows(runs: &[ModelRun]) -> (Vec<String>, Vec<Vec<String>>) {
         row(&format!("{name} cpu/intr"), &|r| {
             source(r).filter(|s| s.handled > 0).map_or("-".into(), |s| fmt_ns(s.cpu_ns / s.handled))
         });
+        row(&format!("{name} blocked"), &|r| source(r).map_or("-".into(), |s| fmt_ns(s.off_ns)));
+        row(&format!("{name} waits spl / mask"), &|r| {
+            source(r).map_or("-".into(), |s| format!("{} / {}", s.spl_n, s.masked_n))
+        });
     }
     row("wall time", &|r| format!("{:.1}s", r.elapsed_s));
     (head, rows)

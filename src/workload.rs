@@ -349,6 +349,16 @@ pub struct SourceResult {
     pub p99: u64,
     /// Storms that began on the source.
     pub storms: u64,
+    /// Time its handler runs spent switched away (left out of `cpu_ns`).
+    pub off_ns: u64,
+    /// Deliveries deferred by the SPL, and their time deferred (part of the latency).
+    pub spl_n: u64,
+    pub spl_ns: u64,
+    /// Deliveries that waited for an unmask, and their time masked (part of the latency).
+    pub masked_n: u64,
+    pub masked_ns: u64,
+    /// Arrivals while masked (absorbed).
+    pub masked_arrivals: u64,
 }
 
 /// One `@@ hist` line: a source's latency histogram.
@@ -498,6 +508,12 @@ fn source_result(f: &Fields) -> Result<SourceResult, RecordError> {
         p50: f.num("p50")?,
         p99: f.num("p99")?,
         storms: f.num("storms")?,
+        off_ns: f.num("off_ns")?,
+        spl_n: f.num("spl_n")?,
+        spl_ns: f.num("spl_ns")?,
+        masked_n: f.num("masked_n")?,
+        masked_ns: f.num("masked_ns")?,
+        masked_arrivals: f.num("masked_arrivals")?,
     })
 }
 
@@ -976,22 +992,45 @@ pub fn summary(results: &JobResults, host: &HostTraffic) -> String {
         let _ = writeln!(s, "  interrupt sources:");
         let _ = writeln!(
             s,
-            "    {:<16} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6}",
-            "source", "model", "count", "handled", "p50", "p99", "storms"
+            "    {:<16} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>10} {:>10} {:>14} {:>14} {:>8}",
+            "source",
+            "model",
+            "count",
+            "handled",
+            "p50",
+            "p99",
+            "storms",
+            "cpu/intr",
+            "blocked",
+            "spl-deferred",
+            "masked",
+            "m.arrive"
         );
+        let per =
+            |n: u64, ns: u64| ns.checked_div(n).map_or("-".to_string(), |m| format!("{n} x {}", fmt_ns(m)));
         for r in &results.sources {
             let _ = writeln!(
                 s,
-                "    {:<16} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6}",
+                "    {:<16} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>10} {:>10} {:>14} {:>14} {:>8}",
                 r.name,
                 r.model,
                 r.count,
                 r.handled,
                 latency(r.handled, r.p50),
                 latency(r.handled, r.p99),
-                r.storms
+                r.storms,
+                r.cpu_ns.checked_div(r.handled).map_or("-".to_string(), fmt_ns),
+                fmt_ns(r.off_ns),
+                per(r.spl_n, r.spl_ns),
+                per(r.masked_n, r.masked_ns),
+                r.masked_arrivals
             );
         }
+        let _ = writeln!(
+            s,
+            "    (latency from arrival; cpu/intr leaves out blocked time; spl-deferred and masked: deliveries that \
+             waited, and the mean wait)"
+        );
     }
     let storms: u64 = results.sources.iter().map(|r| r.storms).sum();
     let _ = writeln!(s, "  storms:  {storms} began ({} `@@ storm` lines)", results.storms.len());

@@ -48,7 +48,7 @@ fn canned_run(model: &str, scale: u64) -> Vec<String> {
     for (name, count) in [("virtio-net", 3200), ("virtio-blk", 400), ("com1", 8800), ("edu", 1600)] {
         lines.push(format!(
             "@@ result scope=source name={name} model={model} count={count} handled={count} cpu_ns={} p50={} \
-             p99={} storms=0",
+             p99={} storms=0 off_ns=0 spl_n=2 spl_ns=3000 masked_n=0 masked_ns=0 masked_arrivals=0",
             count * 900,
             1500 * scale,
             9000 * scale

@@ -370,7 +370,8 @@ pub fn print_results(w: &Workload) {
     for src in INTR.sources() {
         let st = &src.stats;
         kprintln!(
-            "@@ result scope=source name={} model={} count={} handled={} cpu_ns={} p50={} p99={} storms={}",
+            "@@ result scope=source name={} model={} count={} handled={} cpu_ns={} p50={} p99={} storms={} \
+             off_ns={} spl_n={} spl_ns={} masked_n={} masked_ns={} masked_arrivals={}",
             src.name(),
             src.model(),
             st.total(),
@@ -378,7 +379,13 @@ pub fn print_results(w: &Workload) {
             st.handler_ns.load(Ordering::Relaxed),
             st.latency.percentile(50),
             st.latency.percentile(99),
-            src.storm.storms.load(Ordering::Relaxed)
+            src.storm.storms.load(Ordering::Relaxed),
+            st.handler_off_ns.load(Ordering::Relaxed),
+            st.spl_deferred.load(Ordering::Relaxed),
+            st.spl_deferred_ns.load(Ordering::Relaxed),
+            st.masked_waits.load(Ordering::Relaxed),
+            st.masked_ns.load(Ordering::Relaxed),
+            st.masked_total()
         );
     }
     // Per CPU that ran a source's handlers: runs, handler time and latency percentiles.

@@ -88,7 +88,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use ipl::Ipl;
 use machine::{IntrOff, Machine};
@@ -325,6 +325,12 @@ pub struct Source<E: IntrEnv> {
     /// The priority of the thread that runs the handler (dedicated and pool models), as
     /// `chrt` sets a Linux irq thread's: 0 for the default, the IPL's band.
     thread_pri: core::sync::atomic::AtomicU8,
+    /// When the SPL first deferred this source's vector (0: not deferred), for the latency
+    /// from arrival; taken by the replay.
+    deferred_at: AtomicU64,
+    /// When an arrival was first absorbed while masked (0: none), for the latency from
+    /// arrival; taken by the dispatch of the re-raise.
+    masked_since: AtomicU64,
 }
 
 struct Dedicated<E: IntrEnv> {
@@ -525,10 +531,17 @@ impl<E: IntrEnv> Source<E> {
         // switches away meanwhile (blocked, preempted), the run's time is not all CPU time.
         let me = E::sched().current();
         let switches = me.switch_count();
+        let off0 = me.off_cpu_ns();
         trace::emit::<E::M>(trace::Kind::HandlerBegin, self.vector as u64);
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
-        let spent = E::M::now_ns().saturating_sub(t0);
+        let wall = E::M::now_ns().saturating_sub(t0);
+        // CPU time: the wall time less what the thread spent switched away meanwhile.
+        let off = me.off_cpu_ns().saturating_sub(off0);
+        let spent = wall.saturating_sub(off);
+        if off != 0 {
+            self.stats.handler_off_ns.fetch_add(off, Ordering::Relaxed);
+        }
         if ctx.no_work.load(Ordering::Relaxed) {
             // Time spent for nothing (storm.rs), if it was all CPU time.
             self.storm.no_work();
@@ -842,6 +855,8 @@ impl<E: IntrEnv> Intr<E> {
             storm: storm::StormState::new(),
             dedicated,
             thread_pri: core::sync::atomic::AtomicU8::new(0),
+            deferred_at: AtomicU64::new(0),
+            masked_since: AtomicU64::new(0),
         });
         if model == Model::Pinned && src.handler.is_some() {
             // Its CPUs' ithreads exist before the source can take an interrupt.
@@ -974,13 +989,14 @@ impl<E: IntrEnv> Intr<E> {
                     }
                     Arrived::Filter { timed } => timed,
                 };
+                let arrival = arrival_of(src, replay, now);
                 let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
                 if !claims {
                     strays |= 1u64.checked_shl(i as u32).unwrap_or(0);
                 }
                 claimed |= claims;
                 if schedule && src.handler.is_some() {
-                    self.route(src, cpu, now, io, &mut later);
+                    self.route(src, cpu, arrival, now, io, &mut later);
                 }
             }
             if !claimed && strays != 0 {
@@ -1020,6 +1036,7 @@ impl<E: IntrEnv> Intr<E> {
         }
         if src.mask_count.absorb() {
             src.stats.masked_arrivals[cpu].fetch_add(1, Ordering::Relaxed);
+            let _ = src.masked_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
             return Arrived::Absorbed;
         }
         src.stats.per_cpu[cpu].fetch_add(1, Ordering::Relaxed);
@@ -1083,31 +1100,39 @@ impl<E: IntrEnv> Intr<E> {
     /// `pool` hand it over now; `direct` and `pinned` run it after the table lock
     /// ([`Later`]). Each instance that needs the source masked takes its mask reference here.
     #[inline(always)]
-    fn route(&'static self, src: &Arc<Source<E>>, cpu: usize, now: u64, io: &IntrOff, later: &mut Later<E>) {
+    fn route(
+        &'static self,
+        src: &Arc<Source<E>>,
+        cpu: usize,
+        arrival: u64,
+        now: u64,
+        io: &IntrOff,
+        later: &mut Later<E>,
+    ) {
         match src.model {
             Model::Direct => {
                 if src.is_level() {
                     src.mask();
                 }
-                later.push_direct(src.clone());
+                later.push_direct(src.clone(), arrival, now);
             }
             Model::Dedicated => {
                 let d = src.dedicated.as_ref().expect("dedicated source without its thread");
                 src.mask();
-                d.raised_at.store(now, Ordering::Relaxed);
+                d.raised_at.store(arrival, Ordering::Relaxed);
                 d.event.set();
             }
             Model::Pool => {
                 if src.needs_mask() {
                     src.mask();
                 }
-                self.pool.enqueue(cpu, src.clone(), now, io);
+                self.pool.enqueue(cpu, src.clone(), arrival, io);
             }
             Model::Pinned => {
                 if src.needs_mask() {
                     src.mask();
                 }
-                later.push_pinned(src.clone());
+                later.push_pinned(src.clone(), arrival, now);
             }
         }
     }
@@ -1127,7 +1152,7 @@ impl<E: IntrEnv> Intr<E> {
             E::intr().pinned.dispatch(src, now, cpu, io);
         }
         if !later.more.is_empty() {
-            self.run_more(core::mem::take(&mut later.more), now, cpu, io);
+            self.run_more(core::mem::take(&mut later.more), cpu, io);
         }
     }
 
@@ -1135,10 +1160,16 @@ impl<E: IntrEnv> Intr<E> {
     /// each of its level sources, so the asserted line does not re-deliver at once; the
     /// replay unmasks them, and the line re-delivers if still asserted.
     pub fn defer(&self, vector: u8, io: &IntrOff) {
+        let now = E::M::now_ns();
         let list = self.vectors[vector as usize].lock(io);
-        for src in list.iter().filter(|s| s.is_level()) {
-            src.deferred.fetch_add(1, Ordering::AcqRel);
-            src.mask();
+        for src in list.iter() {
+            // The first deferral's time is kept (another CPU may defer the vector too; its
+            // replay then counts from its own dispatch).
+            let _ = src.deferred_at.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            if src.is_level() {
+                src.deferred.fetch_add(1, Ordering::AcqRel);
+                src.mask();
+            }
         }
     }
 
@@ -1215,9 +1246,10 @@ struct Later<E: IntrEnv> {
     pin_first: Option<Arc<Source<E>>>,
     direct: [Option<Arc<Source<E>>>; 4],
     ndirect: usize,
-    /// Direct sources past the fourth and pinned ones past the first (rare: allocated only
-    /// then).
-    more: Vec<Arc<Source<E>>>,
+    /// Direct sources past the fourth and pinned ones past the first, and any whose
+    /// delivery arrived before this dispatch (deferred by the SPL, or held by a mask), with
+    /// its arrival time (rare: allocated only then).
+    more: Vec<(Arc<Source<E>>, u64)>,
 }
 
 impl<E: IntrEnv> Later<E> {
@@ -1227,21 +1259,21 @@ impl<E: IntrEnv> Later<E> {
     }
 
     #[inline(always)]
-    fn push_direct(&mut self, src: Arc<Source<E>>) {
-        if self.ndirect < self.direct.len() {
+    fn push_direct(&mut self, src: Arc<Source<E>>, arrival: u64, now: u64) {
+        if self.ndirect < self.direct.len() && arrival == now {
             self.direct[self.ndirect] = Some(src);
             self.ndirect += 1;
         } else {
-            self.more.push(src);
+            self.more.push((src, arrival));
         }
     }
 
     #[inline(always)]
-    fn push_pinned(&mut self, src: Arc<Source<E>>) {
-        if self.pin_first.is_none() {
+    fn push_pinned(&mut self, src: Arc<Source<E>>, arrival: u64, now: u64) {
+        if self.pin_first.is_none() && arrival == now {
             self.pin_first = Some(src);
         } else {
-            self.more.push(src);
+            self.more.push((src, arrival));
         }
     }
 }
@@ -1251,15 +1283,41 @@ impl<E: IntrEnv> Intr<E> {
     /// pinned ones of a widely shared vector.
     #[cold]
     #[inline(never)]
-    fn run_more(&'static self, more: Vec<Arc<Source<E>>>, now: u64, cpu: usize, io: &IntrOff) {
-        for src in more {
+    fn run_more(&'static self, more: Vec<(Arc<Source<E>>, u64)>, cpu: usize, io: &IntrOff) {
+        for (src, arrival) in more {
             if src.model == Model::Pinned {
-                self.pinned.dispatch_outlined(src, now, cpu, io);
+                self.pinned.dispatch_outlined(src, arrival, cpu, io);
             } else {
-                run_direct(&src, now, cpu);
+                run_direct(&src, arrival, cpu);
             }
         }
     }
+}
+
+/// When the delivery `now` dispatches for `src` arrived: earlier than `now` if the SPL
+/// deferred it (a replay) or it waited for the source's unmask (an arrival absorbed while
+/// masked, re-raised at the unmask); each wait is counted in the source's statistics. One
+/// load on the usual path.
+#[inline(always)]
+fn arrival_of<E: IntrEnv>(src: &Source<E>, replay: bool, now: u64) -> u64 {
+    let mut arrival = now;
+    if replay {
+        let d = src.deferred_at.swap(0, Ordering::Relaxed);
+        if d != 0 && d < now {
+            src.stats.spl_deferred.fetch_add(1, Ordering::Relaxed);
+            src.stats.spl_deferred_ns.fetch_add(now - d, Ordering::Relaxed);
+            arrival = d;
+        }
+    }
+    if src.masked_since.load(Ordering::Relaxed) != 0 {
+        let m = src.masked_since.swap(0, Ordering::Relaxed);
+        if m != 0 && m < now {
+            src.stats.masked_waits.fetch_add(1, Ordering::Relaxed);
+            src.stats.masked_ns.fetch_add(now - m, Ordering::Relaxed);
+            arrival = arrival.min(m);
+        }
+    }
+    arrival
 }
 
 /// A direct-model handler in interrupt context: a level source was masked by `route` and is

@@ -250,15 +250,27 @@ pub struct SourceStats {
     pub masked_arrivals: [AtomicU64; sched::MAX_CPUS],
     /// Handler runs.
     pub handled: AtomicU64,
-    /// Nanoseconds spent in the handler.
+    /// CPU time of the handler runs, nanoseconds: their wall time less the time the thread
+    /// running them was switched away (blocked on a lock, preempted).
     pub handler_ns: AtomicU64,
+    /// The time handler runs spent switched away (what `handler_ns` leaves out).
+    pub handler_off_ns: AtomicU64,
+    /// Deliveries deferred by the SPL (arrived at or below the CPU's level, replayed by
+    /// `splx`), and the time from their arrival to the replay.
+    pub spl_deferred: AtomicU64,
+    pub spl_deferred_ns: AtomicU64,
+    /// Deliveries that waited for the source's unmask (an arrival absorbed while masked,
+    /// re-raised at the unmask), and the time from that arrival to the re-raise's dispatch.
+    pub masked_waits: AtomicU64,
+    pub masked_ns: AtomicU64,
     /// Handler runs, per CPU that ran them.
     pub handled_cpu: [AtomicU64; sched::MAX_CPUS],
     /// Handler time, per CPU that ran it.
     pub handler_ns_cpu: [AtomicU64; sched::MAX_CPUS],
-    /// Raise → handler start, nanoseconds.
+    /// Arrival → handler start, nanoseconds: from the first arrival of the delivery,
+    /// including the time it was deferred by the SPL or waited for an unmask.
     pub latency: Histogram,
-    /// Raise → handler start, nanoseconds, per CPU that ran the handler (compact, allocated
+    /// Arrival → handler start, nanoseconds, per CPU that ran the handler (compact, allocated
     /// per CPU on first use; see the module doc).
     pub latency_cpu: CpuHistograms,
 }
@@ -278,6 +290,11 @@ impl SourceStats {
             masked_arrivals: [const { AtomicU64::new(0) }; sched::MAX_CPUS],
             handled: AtomicU64::new(0),
             handler_ns: AtomicU64::new(0),
+            handler_off_ns: AtomicU64::new(0),
+            spl_deferred: AtomicU64::new(0),
+            spl_deferred_ns: AtomicU64::new(0),
+            masked_waits: AtomicU64::new(0),
+            masked_ns: AtomicU64::new(0),
             handled_cpu: [const { AtomicU64::new(0) }; sched::MAX_CPUS],
             handler_ns_cpu: [const { AtomicU64::new(0) }; sched::MAX_CPUS],
             latency: Histogram::new(),

@@ -265,6 +265,8 @@ impl<E: SchedEnv> Scheduler<E> {
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
             last_on_ns: AtomicU64::new(E::M::now_ns()),
+            off_ns: AtomicU64::new(0),
+            last_off_ns: AtomicU64::new(0),
         }
     }
 
@@ -928,7 +930,12 @@ impl<E: SchedEnv> Scheduler<E> {
         }
         let now = E::M::now_ns();
         prev.run_ns.fetch_add(now.saturating_sub(prev.last_on_ns.load(Ordering::Relaxed)), Ordering::Relaxed);
+        prev.last_off_ns.store(now, Ordering::Relaxed);
         next.last_on_ns.store(now, Ordering::Relaxed);
+        let off = next.last_off_ns.swap(0, Ordering::Relaxed);
+        if off != 0 {
+            next.off_ns.fetch_add(now.saturating_sub(off), Ordering::Relaxed);
+        }
         next.on_cpu.store(true, Ordering::Relaxed);
         next.cpu.store(cpu, Ordering::Relaxed);
         next.switches.fetch_add(1, Ordering::Relaxed);

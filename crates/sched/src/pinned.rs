@@ -235,7 +235,9 @@ impl<E: SchedEnv> Scheduler<E> {
         // SAFETY: the innermost active pinned call's descriptor is live (its thread is us).
         unsafe { (*call).state.store(PinCall::BLOCKED, Ordering::Relaxed) };
         c.switches.fetch_add(1, Ordering::Relaxed);
-        it.last_on_ns.store(E::M::now_ns(), Ordering::Relaxed);
+        let now = E::M::now_ns();
+        it.last_on_ns.store(now, Ordering::Relaxed);
+        it.last_off_ns.store(now, Ordering::Relaxed);
         trace::emit::<E::M>(trace::Kind::Block, 0);
         trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();

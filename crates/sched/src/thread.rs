@@ -152,6 +152,10 @@ pub struct Thread<E: SchedEnv> {
     /// Nanoseconds spent on a CPU, summed at each switch away.
     pub(crate) run_ns: AtomicU64,
     pub(crate) last_on_ns: AtomicU64,
+    /// Nanoseconds spent switched away (blocked, preempted, waiting to run), summed at each
+    /// switch back; `last_off_ns` is when it last left its CPU (0: on a CPU).
+    pub(crate) off_ns: AtomicU64,
+    pub(crate) last_off_ns: AtomicU64,
 }
 
 // SAFETY: `ctx` and `start` are touched only by the CPU that switches the thread in or out,
@@ -229,6 +233,14 @@ impl<E: SchedEnv> Thread<E> {
     /// Time spent on a CPU up to its last switch away, in nanoseconds.
     pub fn run_time_ns(&self) -> u64 {
         self.run_ns.load(Ordering::Relaxed)
+    }
+
+    /// Time spent switched away — blocked, preempted or waiting in a run queue — up to its
+    /// last switch back, in nanoseconds. Read by the running thread itself, the difference
+    /// across a stretch of its code is the part of that stretch it did not run (an interrupt
+    /// handler's CPU time is its wall time less this).
+    pub fn off_cpu_ns(&self) -> u64 {
+        self.off_ns.load(Ordering::Relaxed)
     }
 }
 

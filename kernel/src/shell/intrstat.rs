@@ -4,14 +4,17 @@
 //!
 //! ```text
 //! intrstat: since=last|boot interval_ms=<n> cpus=<n> sources=<n>
-//! source vector ipl model cpu count rate handled handler_us p50_ns p99_ns stray storms state
+//! source vector ipl model cpu count rate handled handler_us p50_ns p99_ns stray storms masked_in mask state blocked_us spl_wait_n/us mask_wait_n/us
 //! <one row per (source, CPU) with a non-zero count or handler run, then the source's total row>
 //! ```
 //!
 //! `rate` is interrupts per second over the interval: since the previous `intrstat` (a
 //! snapshot is kept) or, the first time, since boot. A per-CPU `count` is interrupts that
 //! arrived on that CPU; `handled` and `handler_us` are handler runs and time on the CPU that
-//! ran them (not always the arrival CPU under pooling). Latency (raise → handler start) is
+//! ran them (not always the arrival CPU under pooling); `handler_us` is CPU time, and the time
+//! handler runs spent switched away (blocked, preempted) is `blocked_us`. Latency (arrival →
+//! handler start, the time deferred by the SPL and the time waiting for an unmask included;
+//! `spl_wait_n/us` and `mask_wait_n/us` count those waits and their total) is
 //! kept per source and per CPU that ran the handler: a CPU row's `p50_ns`/`p99_ns` are of the
 //! handlers that ran there (`-` if none did), the total row's of the source.
 
@@ -93,7 +96,7 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
     )?;
     writeln!(
         out,
-        "{:<24} {:<6} {:<10} {:<9} {:>5} {:>10} {:>9} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {:>9} {:<20} state",
+        "{:<24} {:<6} {:<10} {:<9} {:>5} {:>10} {:>9} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {:>9} {:<20} {:<22} {:>10} {:>14} {:>14}",
         "source",
         "vector",
         "ipl",
@@ -108,7 +111,11 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
         "stray",
         "storms",
         "masked_in",
-        "mask"
+        "mask",
+        "state",
+        "blocked_us",
+        "spl_wait_n/us",
+        "mask_wait_n/us"
     )?;
     let mut snap = Vec::with_capacity(sources.len());
     for src in &sources {
@@ -130,7 +137,7 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
             }
             writeln!(
                 out,
-                "{name:<24} {vector:<6} {:<10} {:<9} {c:>5} {:>10} {:>9} {handled:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {masked_in:>9} {:<20} -",
+                "{name:<24} {vector:<6} {:<10} {:<9} {c:>5} {:>10} {:>9} {handled:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {masked_in:>9} {:<20} {:<22} {:>10} {:>14} {:>14}",
                 ipl.name(),
                 model.name(),
                 count,
@@ -141,13 +148,17 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
                 "-",
                 "-",
                 "-",
+                "-",
+                "-",
+                "-",
+                "-",
             )?;
         }
         let total: u64 = counts.iter().sum();
         let total_delta: u64 = (0..n).map(delta).sum();
         writeln!(
             out,
-            "{name:<24} {vector:<6} {:<10} {:<9} {:>5} {total:>10} {:>9} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {:>9} {:<20} {}",
+            "{name:<24} {vector:<6} {:<10} {:<9} {:>5} {total:>10} {:>9} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6} {:>9} {:<20} {:<22} {:>10} {:>14} {:>14}",
             ipl.name(),
             model.name(),
             "total",
@@ -161,6 +172,13 @@ pub fn intrstat(out: &mut dyn Write) -> Result<(), ShellError> {
             st.masked_total(),
             mask_word(src),
             state(src),
+            st.handler_off_ns.load(Ordering::Relaxed) / 1000,
+            alloc::format!(
+                "{}/{}",
+                st.spl_deferred.load(Ordering::Relaxed),
+                st.spl_deferred_ns.load(Ordering::Relaxed) / 1000
+            ),
+            alloc::format!("{}/{}", st.masked_waits.load(Ordering::Relaxed), st.masked_ns.load(Ordering::Relaxed) / 1000),
         )?;
         snap.push((Arc::downgrade(src), counts));
     }

@@ -134,7 +134,7 @@ fn intrstat_counts_a_raised_source() -> TestResult {
     let table = rows(&out, "source")?;
     let mine: Vec<&Vec<&str>> = table.iter().filter(|r| r.first() == Some(&"test.shell.intrstat")).collect();
     let total = mine.iter().find(|r| r.get(4) == Some(&"total")).ok_or("no total row")?;
-    kassert_eq!(total.len(), 16, "total row {total:?}");
+    kassert_eq!(total.len(), 19, "total row {total:?}");
     kassert_eq!(total[1], "0x56");
     kassert_eq!(total[2], "IPL_VM");
     kassert_eq!(total[3], "pool");
@@ -144,6 +144,8 @@ fn intrstat_counts_a_raised_source() -> TestResult {
     kassert!(total[9].parse::<u64>().is_ok() && total[10].parse::<u64>().is_ok(), "latency {total:?}");
     kassert_eq!((total[13], total[14]), ("0", "software"), "masked_in, mask");
     kassert_eq!(total[15], "-", "state");
+    kassert!(total[16].parse::<u64>().is_ok(), "blocked_us {total:?}");
+    kassert_eq!((total[17], total[18]), ("0/0", "0/0"), "nothing deferred by the SPL or held by a mask");
     let per_cpu: u64 =
         mine.iter().filter(|r| r[4] != "total").map(|r| r[5].parse::<u64>().unwrap_or(0)).sum();
     kassert_eq!(per_cpu, N, "per-CPU counts add up");
