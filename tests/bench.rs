@@ -44,17 +44,25 @@ fn baselines_are_reported_and_deterministic() {
     let cli = find(&first, "baseline.cli_spinlock.enter_exit");
     assert!(cli.median > pair.median / 2, "{cli:?} vs {pair:?}");
     for r in &first {
+        // The storm figures are the runs of the storm tests, in guest time, with their own
+        // trial counts and units (kernel/src/bench/storm.rs).
+        let storm = r.bench.starts_with("storm.");
         // `mutex.contended.throughput` takes one sample per repetition, whatever the count;
         // `intr.rate` and its kin one per batch of interrupts.
-        if r.bench != bench::PER_SMP && !bench::PER_BATCH.contains(&r.bench.as_str()) {
+        if r.bench != bench::PER_SMP && !bench::PER_BATCH.contains(&r.bench.as_str()) && !storm {
             assert_eq!(r.samples, u64::from(SAMPLES), "{r:?}");
         }
-        // Only the interrupt benchmarks have a dispatch model.
-        let model = if r.bench.starts_with("intr.") { r.model.as_str() } else { "-" };
+        // Only the interrupt and storm benchmarks have a dispatch model.
+        let model = if r.bench.starts_with("intr.") || storm { r.model.as_str() } else { "-" };
+        let unit = if storm { r.unit.as_str() } else { "instructions" };
         assert_eq!(
             (r.unit.as_str(), r.accel.as_str(), r.smp, r.model.as_str()),
-            ("instructions", "tcg-icount", 1, model)
+            (unit, "tcg-icount", 1, model)
         );
+        if storm {
+            assert!(["ns", "storms", "interrupts_per_s"].contains(&r.unit.as_str()), "{r:?}");
+            assert!(r.samples > 0, "{r:?}");
+        }
         assert!(r.min <= r.median && r.median <= r.p99, "{r:?}");
         // Taken in the configuration a default boot runs (lock statistics and checking off).
         assert_eq!(r.config, bench::DEFAULT_CONFIG, "{r:?}");
