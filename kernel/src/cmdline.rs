@@ -36,6 +36,10 @@ pub struct Options {
     pub bench_samples: usize,
     /// `bench.unit=`: what the TSC counts (the host knows, the kernel cannot tell).
     pub bench_unit: &'static str,
+    /// `torture.seed=`
+    pub torture_seed: u64,
+    /// `torture.ms=`: guest milliseconds of torture load.
+    pub torture_ms: u64,
 }
 
 impl From<::parse::cmdline::Options> for Options {
@@ -59,6 +63,8 @@ impl From<::parse::cmdline::Options> for Options {
             bench_filter: o.bench_filter,
             bench_samples: o.bench_samples,
             bench_unit: o.bench_unit,
+            torture_seed: o.torture_seed,
+            torture_ms: o.torture_ms,
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum RunMode {
     Bench,
     /// The serial shell on COM1 (`kernel/src/shell/`), until `halt`.
     Shell,
+    /// The torture run (`kernel/src/torture/`): random concurrent interrupt and lock load
+    /// for `torture.ms` guest milliseconds, invariants checked all along.
+    Torture,
 }
 
 /// A deliberate failure, to test the host harness.
@@ -71,6 +74,10 @@ pub struct Options {
     pub bench_samples: usize,
     /// `bench.unit=`: what the TSC counts (the host knows, the kernel cannot tell).
     pub bench_unit: &'static str,
+    /// `torture.seed=`: the seed of the torture run's random choices.
+    pub torture_seed: u64,
+    /// `torture.ms=`: guest milliseconds of torture load (100..=3600000).
+    pub torture_ms: u64,
 }
 
 impl Default for Options {
@@ -88,6 +95,8 @@ impl Default for Options {
             bench_filter: String::new(),
             bench_samples: 100_000,
             bench_unit: "tsc",
+            torture_seed: 1,
+            torture_ms: 2000,
         }
     }
 }
@@ -126,7 +135,7 @@ fn on_off(key: &str, v: &str) -> Result<bool, CmdlineError> {
 }
 
 /// The keys [`parse`] knows.
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 14] = [
     "run",
     "test.filter",
     "test.harness",
@@ -139,6 +148,8 @@ pub const KEYS: [&str; 12] = [
     "bench.filter",
     "bench.samples",
     "bench.unit",
+    "torture.seed",
+    "torture.ms",
 ];
 
 /// Parses a command line. The first bad word is the error: no `=` (`expected key=value`),
@@ -160,7 +171,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                     "tests" => RunMode::Tests,
                     "bench" => RunMode::Bench,
                     "shell" => RunMode::Shell,
-                    _ => return Err(err(key, "expected scenario, tests, bench or shell")),
+                    "torture" => RunMode::Torture,
+                    _ => return Err(err(key, "expected scenario, tests, bench, shell or torture")),
                 }
             }
             "test.filter" => o.test_filter = value.to_string(),
@@ -196,6 +208,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                     _ => return Err(err(key, "expected instructions, cycles or tsc")),
                 }
             }
+            "torture.seed" => o.torture_seed = number(key, value, 0u64, u64::MAX)?,
+            "torture.ms" => o.torture_ms = number(key, value, 100u64, 3_600_000)?,
             _ => return Err(err(key, "unknown option")),
         }
         seen.push(key);
@@ -222,5 +236,13 @@ mod tests {
         assert_eq!(parse("x=1").unwrap_err(), err("x", "unknown option"));
         assert_eq!(parse("hz=5").unwrap_err().option, "hz");
         assert_eq!(parse("intr.model=fast").unwrap_err().option, "intr.model");
+        assert_eq!(parse("torture.ms=5").unwrap_err().option, "torture.ms");
+        assert_eq!(parse("torture.seed=x").unwrap_err().option, "torture.seed");
+    }
+
+    #[test]
+    fn torture_options() {
+        let o = parse("run=torture torture.seed=4242 torture.ms=2000").unwrap();
+        assert_eq!((o.run, o.torture_seed, o.torture_ms), (RunMode::Torture, 4242, 2000));
     }
 }

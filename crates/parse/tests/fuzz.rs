@@ -14,7 +14,7 @@ use proptest::prelude::*;
 fn value_for(key: &'static str) -> BoxedStrategy<String> {
     match key {
         "run" => {
-            prop::sample::select(vec!["scenario", "tests", "bench", "shell"]).prop_map(String::from).boxed()
+            prop::sample::select(vec!["scenario", "tests", "bench", "shell", "torture"]).prop_map(String::from).boxed()
         }
         "test.harness" => {
             prop::sample::select(vec!["panic", "hang", "filter-sleep"]).prop_map(String::from).boxed()
@@ -28,6 +28,8 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             prop::sample::select(vec!["on", "off"]).prop_map(String::from).boxed()
         }
         "bench.samples" => (1usize..=1_000_000).prop_map(|n| n.to_string()).boxed(),
+        "torture.seed" => any::<u64>().prop_map(|n| n.to_string()).boxed(),
+        "torture.ms" => (100u64..=3_600_000).prop_map(|n| n.to_string()).boxed(),
         "bench.unit" => {
             prop::sample::select(vec!["instructions", "cycles", "tsc"]).prop_map(String::from).boxed()
         }
@@ -112,6 +114,8 @@ proptest! {
                 "bench.filter" => prop_assert_eq!(&o.bench_filter, v),
                 "bench.samples" => prop_assert_eq!(o.bench_samples.to_string(), v.clone()),
                 "bench.unit" => prop_assert_eq!(o.bench_unit, v.as_str()),
+                "torture.seed" => prop_assert_eq!(o.torture_seed.to_string(), v.clone()),
+                "torture.ms" => prop_assert_eq!(o.torture_ms.to_string(), v.clone()),
                 _ => {}
             }
         }
