@@ -27,6 +27,7 @@ mod panic;
 mod scenario;
 mod shell;
 mod tests;
+mod torture;
 mod workload;
 
 use arch::apic;
@@ -156,6 +157,7 @@ fn main_thread(opts: &'static Options) {
         RunMode::Tests => tests::run_all(&opts.test_filter),
         RunMode::Scenario => scenario::run(opts),
         RunMode::Bench => bench::run(opts),
+        RunMode::Torture => torture::run(opts),
         RunMode::Shell => {
             shell::configure(opts);
             drivers::com::set_echo(true);

@@ -13,9 +13,9 @@ use proptest::prelude::*;
 /// A valid value for `key`.
 fn value_for(key: &'static str) -> BoxedStrategy<String> {
     match key {
-        "run" => {
-            prop::sample::select(vec!["scenario", "tests", "bench", "shell", "torture"]).prop_map(String::from).boxed()
-        }
+        "run" => prop::sample::select(vec!["scenario", "tests", "bench", "shell", "torture"])
+            .prop_map(String::from)
+            .boxed(),
         "test.harness" => {
             prop::sample::select(vec!["panic", "hang", "filter-sleep"]).prop_map(String::from).boxed()
         }

@@ -1,0 +1,694 @@
+//! `run=torture`: random concurrent interrupt and lock load for `torture.ms` guest
+//! milliseconds under the boot's dispatch model (`intr.model=`), with invariants checked all
+//! along and again at the end — this kernel's locktorture.
+//!
+//! ## Load
+//! * **Sources**: seven interrupt sources on IPI vectors `0xA0..=0xA6`, established without a
+//!   model (the boot's default), each with its own behaviour:
+//!   `torture.plain` (handler only), `torture.mwq` (handler only, `MASK_WHILE_QUEUED`; blocks
+//!   on an adaptive mutex), `torture.spinf` (its filter takes a spin mutex; the handler takes
+//!   an rwlock as reader or writer), `torture.hwi` (filter, and a handler that calls
+//!   `hwi_sched` at random), `torture.cv` (handler waits on a condition variable with a
+//!   timeout and raises and lowers the SPL), `torture.filter` (filter only, takes the spin
+//!   mutex), `torture.churn` (disestablished and established again all the time).
+//!   Handlers block only outside the `direct` model (a direct handler runs in interrupt
+//!   context), and call `hwi_sched` only outside it (there it re-raises the vector, which
+//!   this accounting cannot tell from a raise). The LAPIC timer (the scheduler's clock, at
+//!   `hz=`) runs underneath on every CPU; it is not a framework source and is not counted.
+//! * **Raisers**: one thread per CPU, at a random priority (real-time ones included), sends
+//!   bursts of IPIs of random sources to its own CPU or another one, and between bursts
+//!   sleeps, yields, spins, takes the adaptive mutex, signals the condition variable, or
+//!   raises the SPL to `IPL_VM` while raising (the interrupt is deferred and replayed).
+//! * **Control**: one thread makes the changes an operator makes: disestablishes and
+//!   establishes `torture.churn`, masks and unmasks sources through their handles, resizes
+//!   the pool (`intr.pool.size`), turns balancing on and off (`intr.balance`) and changes the
+//!   pinned threads' bound (`intr.pinned.threads`), through the sysctl interface.
+//! * **Priority inheritance**: a low-priority thread holds a mutex an RT thread wants.
+//!
+//! ## Accounting and invariants
+//! A source has at most one IPI in flight: a raise while the previous one has not yet
+//! reached the source's first stage (its filter, else its handler) is counted as **merged**
+//! and not sent, so `delivered + merged == raised` is exact, and each first stage checks
+//! that it consumes a raise (a delivery with none in flight is a duplicate). Violations:
+//! `duplicate` (a delivery without a raise), `lost` (a raise still in flight after the
+//! quiesce at the end), `count` (`handled != scheduled + reruns` for a source with a
+//! handler, at the end), `after-disestablish` (a `torture.churn` handler of an earlier
+//! establishment ran after its disestablish returned), `two-instances` (a second instance of
+//! a `MASK_WHILE_QUEUED` source, or of any source under `dedicated`, ran while one ran),
+//! `heartbeat` (a CPU with neither a heartbeat nor a handler for 100 ms of guest time; the
+//! thread on it is named), `pi` (an owner with a blocked RT waiter not lent its priority
+//! within 1 ms), `heap` (heap in use after teardown above the baseline taken after a
+//! warm-up, beyond one stack per thread created meanwhile and still alive). The lock checker
+//! is on with its default policy: a violation panics, which the host reports.
+//!
+//! ## Output
+//! `@@ torture-progress` every guest second, one `@@ torture-violation` per violation (the
+//! first 64), `@@ torture-source` per source and `@@ torture-summary` at the end with the
+//! totals and a hash of the delivery sequence (each CPU folds the source and the running
+//! count of every delivery it takes, in order; the CPUs' hashes are folded in CPU order).
+//! Under TCG `-icount` with no host input the run is deterministic from the seed.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+
+use arch::{apic, kprintln, X86_64};
+use intr::{FilterResult, IntrFlags, IntrHandle, Model, SourceSpec};
+use ipl::Ipl;
+use machine::Machine;
+use sched::Priority;
+
+use crate::cmdline::Options;
+use crate::intr::INTR;
+use crate::locks::{CondVar, KernelEnv, Mutex, RwLock, SYNC};
+use crate::{SCHED, SPL};
+
+/// Sources, on vectors `VEC_BASE..VEC_BASE + NSRC`.
+const NSRC: usize = 7;
+const VEC_BASE: u8 = 0xA0;
+const MAX_CPUS: usize = sched::MAX_CPUS;
+
+const PLAIN: usize = 0;
+const MWQ: usize = 1;
+const SPINF: usize = 2;
+const HWI: usize = 3;
+const CV: usize = 4;
+const FILTER: usize = 5;
+const CHURN: usize = 6;
+
+const NAMES: [&str; NSRC] = [
+    "torture.plain",
+    "torture.mwq",
+    "torture.spinf",
+    "torture.hwi",
+    "torture.cv",
+    "torture.filter",
+    "torture.churn",
+];
+
+/// Guest time without progress on a CPU that is reported.
+const HEARTBEAT_NS: u64 = 100_000_000;
+/// Violations printed (all are counted).
+const MAX_REPORTS: usize = 64;
+
+struct SrcState {
+    raised: AtomicU64,
+    merged: AtomicU64,
+    delivered: AtomicU64,
+    scheduled: AtomicU64,
+    handled: AtomicU64,
+    reruns: AtomicU64,
+    inflight: AtomicBool,
+    closing: AtomicBool,
+    running: AtomicU64,
+    /// The establishment whose handler may run (`torture.churn`).
+    generation: AtomicU64,
+}
+
+impl SrcState {
+    const fn new() -> Self {
+        SrcState {
+            raised: AtomicU64::new(0),
+            merged: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            scheduled: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+            reruns: AtomicU64::new(0),
+            inflight: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            running: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+}
+
+static SRC: [SrcState; NSRC] = [const { SrcState::new() }; NSRC];
+/// Per CPU: the delivery hash, and progress (deliveries, handler runs, heartbeats) with the
+/// time it was last seen moving.
+static HASH: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0xcbf2_9ce4_8422_2325) }; MAX_CPUS];
+static PROGRESS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static STOP: AtomicBool = AtomicBool::new(false);
+static MODEL_BLOCKS: AtomicBool = AtomicBool::new(false);
+static DEDICATED: AtomicBool = AtomicBool::new(false);
+static SEED: AtomicU64 = AtomicU64::new(0);
+
+/// A violation kept for printing by the monitor (interrupt context does not print).
+#[derive(Clone, Copy)]
+struct Report {
+    what: &'static str,
+    source: &'static str,
+    cpu: usize,
+}
+static VIOLATIONS: AtomicUsize = AtomicUsize::new(0);
+static REPORTS: Mutex<Vec<Report>> = Mutex::new_spin("torture.reports", Ipl::High, Vec::new());
+
+static SPIN: Mutex<u64> = Mutex::new_spin("torture.spin", Ipl::Vm, 0);
+static BLOCK: Mutex<u64> = Mutex::new_adaptive("torture.block", 0);
+static RW: RwLock<u64> = RwLock::new("torture.rw", 0);
+static CV_M: Mutex<u64> = Mutex::new_adaptive("torture.cv", 0);
+static CVAR: CondVar = CondVar::new("torture.cv");
+static PI_M: Mutex<u64> = Mutex::new_adaptive("torture.pi", 0);
+static HANDLES: Mutex<Vec<Option<IntrHandle<KernelEnv>>>> =
+    Mutex::new_adaptive("torture.handles", Vec::new());
+
+fn violation(what: &'static str, source: &'static str, cpu: usize) {
+    if VIOLATIONS.fetch_add(1, SeqCst) < MAX_REPORTS {
+        REPORTS.lock().push(Report { what, source, cpu });
+    }
+}
+
+/// xorshift64*: the run's random choices, one generator per thread, from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, stream: u64) -> Self {
+        let mut r = Rng(seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d);
+        if r.0 == 0 {
+            r.0 = 1;
+        }
+        r.next();
+        r
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn now() -> u64 {
+    X86_64::now_ns()
+}
+
+fn cpu() -> usize {
+    X86_64::cpu_index()
+}
+
+fn spin(n: u64) {
+    for _ in 0..n {
+        core::hint::spin_loop();
+    }
+}
+
+/// A cheap per-delivery random number for handlers (no shared generator in interrupt
+/// context): a mix of the source's delivery count.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The first stage of a delivery (the filter if the source has one, else the handler):
+/// consumes the raise in flight, counts and hashes the delivery. Returns the delivery's
+/// number (1-based) for the handlers' random choices.
+fn first_stage(s: usize) -> u64 {
+    let c = cpu();
+    if !SRC[s].inflight.swap(false, SeqCst) {
+        violation("duplicate", NAMES[s], c);
+    }
+    let n = SRC[s].delivered.fetch_add(1, SeqCst) + 1;
+    let h = HASH[c].load(SeqCst);
+    HASH[c].store(mix(h ^ ((s as u64) << 56) ^ n), SeqCst);
+    PROGRESS[c].fetch_add(1, SeqCst);
+    n
+}
+
+/// Handler prologue: the one-instance check and the progress count; the epilogue is
+/// [`leave`].
+fn enter(s: usize) {
+    let one = s == MWQ || DEDICATED.load(SeqCst);
+    if SRC[s].running.fetch_add(1, SeqCst) > 0 && one {
+        violation("two-instances", NAMES[s], cpu());
+    }
+    PROGRESS[cpu()].fetch_add(1, SeqCst);
+}
+
+fn leave(s: usize) {
+    SRC[s].running.fetch_sub(1, SeqCst);
+    SRC[s].handled.fetch_add(1, SeqCst);
+}
+
+fn filter_for(s: usize) -> Option<intr::Filter> {
+    match s {
+        SPINF | HWI | FILTER => Some(Box::new(move |_| {
+            first_stage(s);
+            if s != HWI {
+                *SPIN.lock() += 1;
+            }
+            if s == FILTER {
+                FilterResult::Handled
+            } else {
+                SRC[s].scheduled.fetch_add(1, SeqCst);
+                FilterResult::Schedule
+            }
+        })),
+        _ => None,
+    }
+}
+
+fn handler_for(s: usize, generation: u64) -> Option<intr::Handler> {
+    if s == FILTER {
+        return None;
+    }
+    Some(Box::new(move |ctx| {
+        let r = match s {
+            // Handler-only sources: the handler is the first stage.
+            PLAIN | MWQ | CV | CHURN => {
+                SRC[s].scheduled.fetch_add(1, SeqCst);
+                mix(first_stage(s))
+            }
+            _ => mix(SRC[s].handled.load(SeqCst) ^ ((s as u64) << 40)),
+        };
+        enter(s);
+        let blocks = MODEL_BLOCKS.load(SeqCst);
+        match s {
+            MWQ if blocks && r % 4 == 0 => {
+                *BLOCK.lock() += 1;
+            }
+            SPINF if blocks => {
+                if r % 3 == 0 {
+                    *RW.write() += 1;
+                } else {
+                    let _g = RW.read();
+                }
+            }
+            SPINF => *SPIN.lock() += 1,
+            HWI if blocks && r % 4 == 0 => {
+                SRC[s].reruns.fetch_add(1, SeqCst);
+                ctx.hwi_sched();
+            }
+            CV => {
+                {
+                    let _spl = SPL.raise(Ipl::High);
+                    spin(r % 64);
+                }
+                if blocks && r % 2 == 0 {
+                    let mut g = CV_M.lock();
+                    CVAR.wait_deadline(&mut g, now() + (r >> 8) % 200_000);
+                }
+            }
+            CHURN if SRC[s].generation.load(SeqCst) != generation => {
+                violation("after-disestablish", NAMES[s], cpu());
+            }
+            _ => spin(r % 128),
+        }
+        leave(s);
+    }))
+}
+
+fn flags_for(s: usize) -> IntrFlags {
+    if s == MWQ {
+        IntrFlags::MPSAFE | IntrFlags::MASK_WHILE_QUEUED
+    } else {
+        IntrFlags::MPSAFE
+    }
+}
+
+fn establish(s: usize) -> IntrHandle<KernelEnv> {
+    let spec = SourceSpec {
+        name: NAMES[s].into(),
+        vector: VEC_BASE + s as u8,
+        ipl: Ipl::Vm,
+        flags: flags_for(s),
+        model: None,
+    };
+    let generation = SRC[s].generation.load(SeqCst);
+    INTR.establish(spec, filter_for(s), handler_for(s, generation))
+        .unwrap_or_else(|e| panic!("torture: establish {}: {e}", NAMES[s]))
+}
+
+/// One raise of source `s` at CPU `target`: sent if none is in flight, else merged.
+fn raise(s: usize, target: usize) {
+    if SRC[s].closing.load(SeqCst) {
+        return;
+    }
+    SRC[s].raised.fetch_add(1, SeqCst);
+    if SRC[s].inflight.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+        SRC[s].merged.fetch_add(1, SeqCst);
+        return;
+    }
+    // Checked after taking the flight: the control thread sets `closing`, then waits for no
+    // flight, so either it waits for this IPI or this raise sees `closing`.
+    if SRC[s].closing.load(SeqCst) {
+        SRC[s].inflight.store(false, SeqCst);
+        SRC[s].raised.fetch_sub(1, SeqCst);
+        return;
+    }
+    apic::send_ipi(arch::cpu::lapic_id_of(target), VEC_BASE + s as u8);
+}
+
+fn random_priority(rng: &mut Rng) -> Priority {
+    let lo = Priority::MIN_KTHREAD.get() as u64;
+    let hi = Priority::RT_BASE.get() as u64 + 16;
+    Priority::new((lo + rng.below(hi - lo)) as u8).unwrap_or(Priority::KTHREAD)
+}
+
+fn raiser(seed: u64, me: usize, ncpus: usize) {
+    let mut rng = Rng::new(seed, 100 + me as u64);
+    while !STOP.load(SeqCst) {
+        let burst = 1 + rng.below(24);
+        for _ in 0..burst {
+            let s = rng.below(NSRC as u64) as usize;
+            let target = if rng.below(2) == 0 { me } else { rng.below(ncpus as u64) as usize };
+            raise(s, target);
+        }
+        match rng.below(10) {
+            0 => SCHED.sleep_ns(rng.below(300_000)),
+            1 => SCHED.yield_now(),
+            2 => {
+                let mut g = BLOCK.lock();
+                *g += 1;
+                spin(rng.below(500));
+            }
+            3 => {
+                // Raised at IPL_VM: deferred, replayed at the splx.
+                let _spl = SPL.raise(Ipl::Vm);
+                let s = rng.below(NSRC as u64) as usize;
+                raise(s, me);
+                spin(rng.below(200));
+            }
+            4 => {
+                CVAR.signal();
+            }
+            _ => spin(rng.below(3000)),
+        }
+    }
+}
+
+fn churn(rng: &mut Rng) {
+    let s = CHURN;
+    SRC[s].closing.store(true, SeqCst);
+    let until = now() + HEARTBEAT_NS;
+    while SRC[s].inflight.load(SeqCst) && now() < until {
+        SCHED.yield_now();
+    }
+    if SRC[s].inflight.load(SeqCst) {
+        violation("lost", NAMES[s], cpu());
+        SRC[s].inflight.store(false, SeqCst);
+    }
+    let old = HANDLES.lock()[s].take();
+    drop(old); // disestablish: returns once no instance runs
+    SRC[s].generation.fetch_add(1, SeqCst);
+    SCHED.sleep_ns(rng.below(500_000));
+    let h = establish(s);
+    HANDLES.lock()[s] = Some(h);
+    SRC[s].closing.store(false, SeqCst);
+}
+
+fn set(name: &str, value: &str) {
+    if let Err(e) = crate::shell::sysctl_set(name, value) {
+        panic!("torture: {}", e.msg);
+    }
+}
+
+fn control(seed: u64, model: Model) {
+    let mut rng = Rng::new(seed, 7);
+    let mut masked = [false; NSRC];
+    while !STOP.load(SeqCst) {
+        SCHED.sleep_ns(500_000 + rng.below(3_000_000));
+        match rng.below(6) {
+            0 | 1 => churn(&mut rng),
+            2 => {
+                let s = [PLAIN, SPINF, HWI][rng.below(3) as usize];
+                let hs = HANDLES.lock();
+                if let Some(h) = &hs[s] {
+                    if masked[s] {
+                        let _ = h.unmask();
+                    } else {
+                        h.mask();
+                    }
+                    masked[s] = !masked[s];
+                }
+            }
+            3 if model == Model::Pool => {
+                let (lo, hi) = INTR.pool.size_bounds();
+                let n = lo + rng.below((hi - lo + 1) as u64) as usize;
+                set("intr.pool.size", &format!("{n}"));
+            }
+            4 if model == Model::Pool => set("intr.balance", if rng.below(2) == 0 { "on" } else { "off" }),
+            5 if model == Model::Pinned => set("intr.pinned.threads", &format!("{}", 1 + rng.below(3))),
+            _ => {}
+        }
+    }
+    let hs = HANDLES.lock();
+    for (s, m) in masked.iter().enumerate() {
+        if *m {
+            if let Some(h) = &hs[s] {
+                let _ = h.unmask();
+            }
+        }
+    }
+}
+
+/// A low-priority owner of `PI_M` with a real-time waiter: while the waiter is blocked the
+/// owner's effective priority must reach the waiter's.
+fn pi_owner(rt: Priority) {
+    while !STOP.load(SeqCst) {
+        {
+            let mut g = PI_M.lock();
+            *g += 1;
+            let until = now() + 2_000_000;
+            while now() < until && !PI_M.raw().has_waiters() {
+                spin(100);
+            }
+            if PI_M.raw().has_waiters() {
+                let lent_by = now() + 1_000_000;
+                while SCHED.current().priority() < rt && now() < lent_by {
+                    spin(100);
+                }
+                if SCHED.current().priority() < rt {
+                    violation("pi", "torture.pi", cpu());
+                }
+            }
+        }
+        SCHED.sleep_ns(1_000_000);
+    }
+}
+
+fn pi_waiter() {
+    while !STOP.load(SeqCst) {
+        SCHED.sleep_ns(1_500_000);
+        *PI_M.lock() += 1;
+    }
+}
+
+fn heartbeat(me: usize) {
+    while !STOP.load(SeqCst) {
+        PROGRESS[me].fetch_add(1, SeqCst);
+        SCHED.sleep_ns(5_000_000);
+    }
+}
+
+fn running_on(c: usize) -> String {
+    let mut name = String::from("?");
+    SCHED.for_each_thread(|t| {
+        if t.is_on_cpu() && t.last_cpu() == c {
+            name = String::from(t.name());
+        }
+    });
+    name
+}
+
+fn print_reports(model: Model, seed: u64) {
+    let reports: Vec<Report> = core::mem::take(&mut *REPORTS.lock());
+    for r in reports {
+        kprintln!(
+            "@@ torture-violation model={} what={} source={} cpu={} seed={}",
+            model.name(),
+            r.what,
+            r.source,
+            r.cpu,
+            seed
+        );
+    }
+}
+
+fn delivered_total() -> u64 {
+    SRC.iter().map(|s| s.delivered.load(SeqCst)).sum()
+}
+
+fn pri(p: Priority, plus: u8) -> Priority {
+    Priority::new(p.get() + plus).unwrap_or(Priority::MAX)
+}
+
+/// Runs the torture load; true if no invariant was violated. The monitor (progress lines,
+/// heartbeat, the end) is a thread on CPU 0 above every load thread.
+pub fn run(opts: &'static Options) -> bool {
+    static OK: AtomicBool = AtomicBool::new(false);
+    SCHED
+        .spawn("torture.monitor", pri(Priority::RT_BASE, 30), Some(0), move || {
+            OK.store(monitor(opts), SeqCst)
+        })
+        .join();
+    OK.load(SeqCst)
+}
+
+fn monitor(opts: &Options) -> bool {
+    let seed = opts.torture_seed;
+    SEED.store(seed, SeqCst);
+    let model = INTR.default_model();
+    let ncpus = X86_64::ncpus();
+    MODEL_BLOCKS.store(model != Model::Direct, SeqCst);
+    DEDICATED.store(model == Model::Dedicated, SeqCst);
+    SYNC.witness.set_checking(true);
+    REPORTS.lock().reserve(MAX_REPORTS);
+    kprintln!(
+        "@@ torture-start model={} cpus={} seed={} ms={} sources={}",
+        model.name(),
+        ncpus,
+        seed,
+        opts.torture_ms,
+        NSRC
+    );
+    {
+        let mut hs = HANDLES.lock();
+        for s in 0..NSRC {
+            hs.push(Some(establish(s)));
+        }
+    }
+    let mut rng = Rng::new(seed, 1);
+    let mut threads = Vec::new();
+    for c in 0..ncpus {
+        let p = random_priority(&mut rng);
+        threads.push(SCHED.spawn("torture.raise", p, Some(c), move || raiser(seed, c, ncpus)));
+        threads.push(SCHED.spawn("torture.beat", pri(Priority::RT_BASE, 20), Some(c), move || heartbeat(c)));
+    }
+    threads.push(SCHED.spawn("torture.control", Priority::KTHREAD, None, move || control(seed, model)));
+    let rt = pri(Priority::RT_BASE, 8);
+    threads
+        .push(SCHED.spawn("torture.pi.owner", Priority::MIN_KTHREAD, Some(ncpus - 1), move || pi_owner(rt)));
+    threads.push(SCHED.spawn("torture.pi.waiter", rt, Some(0), pi_waiter));
+
+    let t0 = now();
+    let end = t0 + opts.torture_ms * 1_000_000;
+    let warm = t0 + (opts.torture_ms * 1_000_000 / 10).max(100_000_000).min(opts.torture_ms * 500_000);
+    let mut baseline: Option<(usize, usize)> = None;
+    let mut last_progress = [0u64; MAX_CPUS];
+    let mut last_moved = [t0; MAX_CPUS];
+    let mut reported = [false; MAX_CPUS];
+    let mut next_line = t0 + 1_000_000_000;
+    let mut last_total = 0;
+    while now() < end {
+        SCHED.sleep_ns(10_000_000);
+        let t = now();
+        for c in 0..ncpus {
+            let p = PROGRESS[c].load(SeqCst);
+            if p != last_progress[c] {
+                last_progress[c] = p;
+                last_moved[c] = t;
+                reported[c] = false;
+            } else if t - last_moved[c] > HEARTBEAT_NS && !reported[c] {
+                reported[c] = true;
+                kprintln!("@@ torture-heartbeat model={} cpu={} running={}", model.name(), c, running_on(c));
+                violation("heartbeat", "-", c);
+            }
+        }
+        if baseline.is_none() && t >= warm {
+            baseline = Some((arch::mem::usage().0, SCHED.live_threads()));
+        }
+        print_reports(model, seed);
+        if t >= next_line {
+            let total = delivered_total();
+            kprintln!(
+                "@@ torture-progress model={} ms={} interrupts={} rate={} violations={}",
+                model.name(),
+                (t - t0) / 1_000_000,
+                total,
+                total - last_total,
+                VIOLATIONS.load(SeqCst)
+            );
+            last_total = total;
+            next_line += 1_000_000_000;
+        }
+    }
+    // Quiesce: stop the load, let every raise in flight arrive.
+    STOP.store(true, SeqCst);
+    CVAR.broadcast();
+    for t in threads {
+        t.join();
+    }
+    let until = now() + 2 * HEARTBEAT_NS;
+    while SRC.iter().any(|s| s.inflight.load(SeqCst)) && now() < until {
+        SCHED.sleep_ns(1_000_000);
+    }
+    for (s, st) in SRC.iter().enumerate() {
+        if st.inflight.load(SeqCst) {
+            violation("lost", NAMES[s], 0);
+        }
+    }
+    // Teardown: every source disestablished (each drop waits for its running handler).
+    let handles: Vec<Option<IntrHandle<KernelEnv>>> = core::mem::take(&mut *HANDLES.lock());
+    drop(handles);
+    SCHED.sleep_ns(20_000_000);
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for h in HASH.iter().take(ncpus) {
+        hash = mix(hash ^ h.load(SeqCst));
+    }
+    let (mut raised, mut merged, mut delivered, mut handled) = (0, 0, 0, 0);
+    for (s, st) in SRC.iter().enumerate() {
+        let r = st.raised.load(SeqCst);
+        let m = st.merged.load(SeqCst);
+        let d = st.delivered.load(SeqCst);
+        let sc = st.scheduled.load(SeqCst);
+        let h = st.handled.load(SeqCst);
+        let re = st.reruns.load(SeqCst);
+        if d + m != r {
+            violation("count", NAMES[s], 0);
+        }
+        if s != FILTER && h != sc + re {
+            violation("count", NAMES[s], 0);
+        }
+        kprintln!(
+            "@@ torture-source model={} name={} raised={} merged={} delivered={} scheduled={} handled={} reruns={}",
+            model.name(),
+            NAMES[s],
+            r,
+            m,
+            d,
+            sc,
+            h,
+            re
+        );
+        raised += r;
+        merged += m;
+        delivered += d;
+        handled += h;
+    }
+    // Heap: back at the baseline, but for the stacks of threads created lazily meanwhile
+    // (pool, pinned and soft-interrupt threads) that still exist.
+    let (heap_end, live_end) = (arch::mem::usage().0, SCHED.live_threads());
+    let (heap_base, live_base) = baseline.unwrap_or((heap_end, live_end));
+    let allowed = heap_base + live_end.saturating_sub(live_base) * (sched::STACK_SIZE + 8192);
+    if heap_end > allowed {
+        violation("heap", "-", 0);
+    }
+    print_reports(model, seed);
+    let v = VIOLATIONS.load(SeqCst);
+    kprintln!(
+        "@@ torture-summary model={} cpus={} seed={} ms={} raised={} merged={} delivered={} handled={} hash={:016x} heap_base={} heap_end={} threads_base={} threads_end={} violations={}",
+        model.name(),
+        ncpus,
+        seed,
+        opts.torture_ms,
+        raised,
+        merged,
+        delivered,
+        handled,
+        hash,
+        heap_base,
+        heap_end,
+        live_base,
+        live_end,
+        v
+    );
+    v == 0
+}
