@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod qemu;
 pub mod report;
 pub mod setup;
+pub mod torture;
 pub mod traffic;
 pub mod workload;
 
