@@ -3,14 +3,15 @@
 //! along and again at the end — this kernel's locktorture.
 //!
 //! ## Load
-//! * **Sources**: seven interrupt sources on IPI vectors `0xA0..=0xA6`, established without a
-//!   model (the boot's default), each with its own behaviour:
+//! * **Sources**: 28 interrupt sources on IPI vectors `0xA0..=0xBB`, established without a
+//!   model (the boot's default): four copies (`.0` to `.3`) of seven kinds, each kind with its
+//!   own behaviour:
 //!   `torture.plain` (handler only), `torture.mwq` (handler only, `MASK_WHILE_QUEUED`; blocks
 //!   on an adaptive mutex), `torture.spinf` (its filter takes a spin mutex; the handler takes
 //!   an rwlock as reader or writer), `torture.hwi` (filter, and a handler that calls
 //!   `hwi_sched` at random), `torture.cv` (handler waits on a condition variable with a
 //!   timeout and raises and lowers the SPL), `torture.filter` (filter only, takes the spin
-//!   mutex), `torture.churn` (disestablished and established again all the time).
+//!   mutex), `torture.churn` (one copy at a time disestablished and established again all the time).
 //!   Handlers block only outside the `direct` model (a direct handler runs in interrupt
 //!   context), and call `hwi_sched` only outside it (there it re-raises the vector, which
 //!   this accounting cannot tell from a raise). The LAPIC timer (the scheduler's clock, at
@@ -65,8 +66,12 @@ use crate::intr::INTR;
 use crate::locks::{CondVar, KernelEnv, Mutex, RwLock, SYNC};
 use crate::{SCHED, SPL};
 
-/// Sources, on vectors `VEC_BASE..VEC_BASE + NSRC`.
-const NSRC: usize = 7;
+/// Source kinds, and copies of each: source `s` is kind `s % KINDS`, copy `s / KINDS`, on
+/// vector `VEC_BASE + s`. Each source has at most one raise in flight, so the copies are what
+/// lets many interrupts be in flight at once.
+const KINDS: usize = 7;
+const COPIES: usize = 4;
+const NSRC: usize = KINDS * COPIES;
 const VEC_BASE: u8 = 0xA0;
 const MAX_CPUS: usize = sched::MAX_CPUS;
 
@@ -78,7 +83,7 @@ const CV: usize = 4;
 const FILTER: usize = 5;
 const CHURN: usize = 6;
 
-const NAMES: [&str; NSRC] = [
+const NAMES: [&str; KINDS] = [
     "torture.plain",
     "torture.mwq",
     "torture.spinf",
@@ -87,6 +92,15 @@ const NAMES: [&str; NSRC] = [
     "torture.filter",
     "torture.churn",
 ];
+
+fn kind(s: usize) -> usize {
+    s % KINDS
+}
+
+/// `torture.<kind>.<copy>`.
+fn name(s: usize) -> String {
+    format!("{}.{}", NAMES[kind(s)], s / KINDS)
+}
 
 /// Guest time without progress on a CPU that is reported.
 const HEARTBEAT_NS: u64 = 100_000_000;
@@ -138,7 +152,8 @@ static SEED: AtomicU64 = AtomicU64::new(0);
 #[derive(Clone, Copy)]
 struct Report {
     what: &'static str,
-    source: &'static str,
+    /// The source's index, or `None`.
+    source: Option<usize>,
     cpu: usize,
 }
 static VIOLATIONS: AtomicUsize = AtomicUsize::new(0);
@@ -153,7 +168,7 @@ static PI_M: Mutex<u64> = Mutex::new_adaptive("torture.pi", 0);
 static HANDLES: Mutex<Vec<Option<IntrHandle<KernelEnv>>>> =
     Mutex::new_adaptive("torture.handles", Vec::new());
 
-fn violation(what: &'static str, source: &'static str, cpu: usize) {
+fn violation(what: &'static str, source: Option<usize>, cpu: usize) {
     if VIOLATIONS.fetch_add(1, SeqCst) < MAX_REPORTS {
         REPORTS.lock().push(Report { what, source, cpu });
     }
@@ -192,10 +207,17 @@ fn cpu() -> usize {
     X86_64::cpu_index()
 }
 
+/// Busy work of `n` steps. Not `spin_loop` (PAUSE): under TCG `-icount` QEMU runs the vCPUs
+/// round-robin in one thread, and a PAUSE ends a vCPU's turn, while a CPU that does not pause
+/// keeps its turn until the next timer deadline — a CPU spinning with PAUSE then gets about
+/// one iteration per timer period (seen as a 100 ms heartbeat stall on CPU 1 while CPU 0
+/// waited for its handler in `disestablish`).
 fn spin(n: u64) {
-    for _ in 0..n {
-        core::hint::spin_loop();
+    let mut x = 0u64;
+    for i in 0..n {
+        x = core::hint::black_box(x.wrapping_add(i));
     }
+    core::hint::black_box(x);
 }
 
 /// A cheap per-delivery random number for handlers (no shared generator in interrupt
@@ -213,7 +235,7 @@ fn mix(x: u64) -> u64 {
 fn first_stage(s: usize) -> u64 {
     let c = cpu();
     if !SRC[s].inflight.swap(false, SeqCst) {
-        violation("duplicate", NAMES[s], c);
+        violation("duplicate", Some(s), c);
     }
     let n = SRC[s].delivered.fetch_add(1, SeqCst) + 1;
     let h = HASH[c].load(SeqCst);
@@ -225,9 +247,9 @@ fn first_stage(s: usize) -> u64 {
 /// Handler prologue: the one-instance check and the progress count; the epilogue is
 /// [`leave`].
 fn enter(s: usize) {
-    let one = s == MWQ || DEDICATED.load(SeqCst);
+    let one = kind(s) == MWQ || DEDICATED.load(SeqCst);
     if SRC[s].running.fetch_add(1, SeqCst) > 0 && one {
-        violation("two-instances", NAMES[s], cpu());
+        violation("two-instances", Some(s), cpu());
     }
     PROGRESS[cpu()].fetch_add(1, SeqCst);
 }
@@ -238,13 +260,14 @@ fn leave(s: usize) {
 }
 
 fn filter_for(s: usize) -> Option<intr::Filter> {
-    match s {
+    let k = kind(s);
+    match k {
         SPINF | HWI | FILTER => Some(Box::new(move |_| {
             first_stage(s);
-            if s != HWI {
+            if k != HWI {
                 *SPIN.lock() += 1;
             }
-            if s == FILTER {
+            if k == FILTER {
                 FilterResult::Handled
             } else {
                 SRC[s].scheduled.fetch_add(1, SeqCst);
@@ -256,11 +279,12 @@ fn filter_for(s: usize) -> Option<intr::Filter> {
 }
 
 fn handler_for(s: usize, generation: u64) -> Option<intr::Handler> {
-    if s == FILTER {
+    let k = kind(s);
+    if k == FILTER {
         return None;
     }
     Some(Box::new(move |ctx| {
-        let r = match s {
+        let r = match k {
             // Handler-only sources: the handler is the first stage.
             PLAIN | MWQ | CV | CHURN => {
                 SRC[s].scheduled.fetch_add(1, SeqCst);
@@ -270,7 +294,7 @@ fn handler_for(s: usize, generation: u64) -> Option<intr::Handler> {
         };
         enter(s);
         let blocks = MODEL_BLOCKS.load(SeqCst);
-        match s {
+        match k {
             MWQ if blocks && r % 4 == 0 => {
                 *BLOCK.lock() += 1;
             }
@@ -297,7 +321,7 @@ fn handler_for(s: usize, generation: u64) -> Option<intr::Handler> {
                 }
             }
             CHURN if SRC[s].generation.load(SeqCst) != generation => {
-                violation("after-disestablish", NAMES[s], cpu());
+                violation("after-disestablish", Some(s), cpu());
             }
             _ => spin(r % 128),
         }
@@ -306,7 +330,7 @@ fn handler_for(s: usize, generation: u64) -> Option<intr::Handler> {
 }
 
 fn flags_for(s: usize) -> IntrFlags {
-    if s == MWQ {
+    if kind(s) == MWQ {
         IntrFlags::MPSAFE | IntrFlags::MASK_WHILE_QUEUED
     } else {
         IntrFlags::MPSAFE
@@ -315,7 +339,7 @@ fn flags_for(s: usize) -> IntrFlags {
 
 fn establish(s: usize) -> IntrHandle<KernelEnv> {
     let spec = SourceSpec {
-        name: NAMES[s].into(),
+        name: name(s).into(),
         vector: VEC_BASE + s as u8,
         ipl: Ipl::Vm,
         flags: flags_for(s),
@@ -323,7 +347,7 @@ fn establish(s: usize) -> IntrHandle<KernelEnv> {
     };
     let generation = SRC[s].generation.load(SeqCst);
     INTR.establish(spec, filter_for(s), handler_for(s, generation))
-        .unwrap_or_else(|e| panic!("torture: establish {}: {e}", NAMES[s]))
+        .unwrap_or_else(|e| panic!("torture: establish {}: {e}", name(s)))
 }
 
 /// One raise of source `s` at CPU `target`: sent if none is in flight, else merged.
@@ -385,14 +409,14 @@ fn raiser(seed: u64, me: usize, ncpus: usize) {
 }
 
 fn churn(rng: &mut Rng) {
-    let s = CHURN;
+    let s = CHURN + KINDS * rng.below(COPIES as u64) as usize;
     SRC[s].closing.store(true, SeqCst);
     let until = now() + HEARTBEAT_NS;
     while SRC[s].inflight.load(SeqCst) && now() < until {
         SCHED.yield_now();
     }
     if SRC[s].inflight.load(SeqCst) {
-        violation("lost", NAMES[s], cpu());
+        violation("lost", Some(s), cpu());
         SRC[s].inflight.store(false, SeqCst);
     }
     let old = HANDLES.lock()[s].take();
@@ -418,7 +442,7 @@ fn control(seed: u64, model: Model) {
         match rng.below(6) {
             0 | 1 => churn(&mut rng),
             2 => {
-                let s = [PLAIN, SPINF, HWI][rng.below(3) as usize];
+                let s = [PLAIN, SPINF, HWI][rng.below(3) as usize] + KINDS * rng.below(COPIES as u64) as usize;
                 let hs = HANDLES.lock();
                 if let Some(h) = &hs[s] {
                     if masked[s] {
@@ -466,7 +490,7 @@ fn pi_owner(rt: Priority) {
                     spin(100);
                 }
                 if SCHED.current().priority() < rt {
-                    violation("pi", "torture.pi", cpu());
+                    violation("pi", None, cpu());
                 }
             }
         }
@@ -505,7 +529,7 @@ fn print_reports(model: Model, seed: u64) {
             "@@ torture-violation model={} what={} source={} cpu={} seed={}",
             model.name(),
             r.what,
-            r.source,
+            r.source.map_or(String::from("-"), name),
             r.cpu,
             seed
         );
@@ -589,7 +613,7 @@ fn monitor(opts: &Options) -> bool {
             } else if t - last_moved[c] > HEARTBEAT_NS && !reported[c] {
                 reported[c] = true;
                 kprintln!("@@ torture-heartbeat model={} cpu={} running={}", model.name(), c, running_on(c));
-                violation("heartbeat", "-", c);
+                violation("heartbeat", None, c);
             }
         }
         if baseline.is_none() && t >= warm {
@@ -622,7 +646,7 @@ fn monitor(opts: &Options) -> bool {
     }
     for (s, st) in SRC.iter().enumerate() {
         if st.inflight.load(SeqCst) {
-            violation("lost", NAMES[s], 0);
+            violation("lost", Some(s), 0);
         }
     }
     // Teardown: every source disestablished (each drop waits for its running handler).
@@ -642,15 +666,15 @@ fn monitor(opts: &Options) -> bool {
         let h = st.handled.load(SeqCst);
         let re = st.reruns.load(SeqCst);
         if d + m != r {
-            violation("count", NAMES[s], 0);
+            violation("count", Some(s), 0);
         }
-        if s != FILTER && h != sc + re {
-            violation("count", NAMES[s], 0);
+        if kind(s) != FILTER && h != sc + re {
+            violation("count", Some(s), 0);
         }
         kprintln!(
             "@@ torture-source model={} name={} raised={} merged={} delivered={} scheduled={} handled={} reruns={}",
             model.name(),
-            NAMES[s],
+            name(s),
             r,
             m,
             d,
@@ -669,7 +693,7 @@ fn monitor(opts: &Options) -> bool {
     let (heap_base, live_base) = baseline.unwrap_or((heap_end, live_end));
     let allowed = heap_base + live_end.saturating_sub(live_base) * (sched::STACK_SIZE + 8192);
     if heap_end > allowed {
-        violation("heap", "-", 0);
+        violation("heap", None, 0);
     }
     print_reports(model, seed);
     let v = VIOLATIONS.load(SeqCst);
