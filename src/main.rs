@@ -870,7 +870,9 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                     println!("VIOLATION {}", torture::violation(line).expect("checked"));
                 }
                 (Source::Serial, _)
-                    if line.starts_with("@@ torture-heartbeat") || line.starts_with("@@ torture-summary") =>
+                    if line.starts_with("@@ torture-heartbeat")
+                        || line.starts_with("@@ torture-diag")
+                        || line.starts_with("@@ torture-summary") =>
                 {
                     if tty {
                         println!();

@@ -121,7 +121,9 @@ pub struct ModelResult {
 pub fn judge(model: Model, report: &BootReport) -> ModelResult {
     let summary = report.serial_log.iter().rev().find_map(|l| summary(l));
     let mut violations = summary.as_ref().map_or(0, |s| s.violations);
-    let boot_failure = if summary.is_none() || !report.exited_success() {
+    // A failed exit after a summary with violations is those violations; otherwise the boot
+    // itself is one.
+    let boot_failure = if summary.is_none() || (!report.exited_success() && violations == 0) {
         violations += 1;
         Some(format!(
             "{} ({})",
