@@ -26,7 +26,7 @@ fn run(model: Model) -> Summary {
 
 #[test]
 fn torture_short_run_has_no_violation_and_is_deterministic() {
-    for model in [Model::Dedicated, Model::Pool, Model::Pinned] {
+    for model in Model::ALL {
         let first = run(model);
         let again = run(model);
         assert_eq!(first, again, "{}: seed {SEED} gave two different runs", model.as_str());
