@@ -872,6 +872,7 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                 (Source::Serial, _)
                     if line.starts_with("@@ torture-heartbeat")
                         || line.starts_with("@@ torture-diag")
+                        || line.starts_with("@@ torture-heap")
                         || line.starts_with("@@ torture-summary") =>
                 {
                     if tty {
