@@ -39,7 +39,9 @@
 //! `heartbeat` (a CPU with neither a heartbeat nor a handler for 100 ms of guest time; the
 //! thread on it is named), `pi` (an owner with a blocked RT waiter not lent its priority
 //! within 1 ms), `heap` (heap in use after teardown above the baseline, beyond one stack
-//! per thread created meanwhile and still alive: the run is a warm-up load — a tenth of
+//! per thread created meanwhile and still alive, one thread record per thread spawned
+//! meanwhile (the scheduler's registry keeps them until pruned) and 16 KiB of high-water
+//! capacity of queues and caches: the run is a warm-up load — a tenth of
 //! `torture.ms`, at least 100 ms, at most half — torn down, the baseline, then the main load,
 //! torn down the same way). A raise is reported lost if it is still in flight 1 guest second
 //! after the load stopped or a `torture.churn` disestablish began. The lock checker
@@ -110,6 +112,12 @@ const HEARTBEAT_NS: u64 = 100_000_000;
 /// Guest time a raise may stay in flight before it is reported lost (at a disestablish,
 /// and at the end).
 const LOST_NS: u64 = 1_000_000_000;
+/// Heap growth allowed beyond the thread records: queues and caches keep their high-water
+/// capacity. Measured under `pinned` on 2 CPUs, seed 4242: the heap after teardown rises with
+/// the run's length and then stays (560240 bytes after 4, 8 and 16 guest seconds), up to
+/// 2.3 KB over a baseline taken after a short warm-up; a leaked thread (a 32 KiB stack) or
+/// a leak per interrupt exceeds this.
+const HEAP_SLACK: usize = 16 * 1024;
 /// Violations printed (all are counted).
 const MAX_REPORTS: usize = 64;
 
@@ -808,8 +816,10 @@ fn monitor(opts: &Options) -> bool {
     // thread spawned since the baseline may remain.
     let spawned = (next_thread_id() - id_base) as usize;
     let record = core::mem::size_of::<sched::Thread<KernelEnv>>() + 16 + 2 * 8;
-    let allowed =
-        heap_base + live_end.saturating_sub(live_base) * (sched::STACK_SIZE + 8192) + spawned * record;
+    let allowed = heap_base
+        + live_end.saturating_sub(live_base) * (sched::STACK_SIZE + 8192)
+        + spawned * record
+        + HEAP_SLACK;
     kprintln!(
         "@@ torture-heap model={} base={} end={} threads_spawned={} thread_record={} allowed={}",
         model.name(),
