@@ -403,8 +403,10 @@ fn raiser(seed: u64, me: usize, ncpus: usize) {
             let target = if rng.below(2) == 0 { me } else { rng.below(ncpus as u64) as usize };
             raise(s, target);
         }
-        match rng.below(10) {
-            0 => SCHED.sleep_ns(rng.below(300_000)),
+        // Mostly busy: under `-icount sleep=off` time with every CPU idle is skipped, and a
+        // raiser that sleeps often leaves the CPUs idle.
+        match rng.below(40) {
+            0 => SCHED.sleep_ns(rng.below(50_000)),
             1 => SCHED.yield_now(),
             2 => {
                 let mut g = BLOCK.lock();
@@ -421,7 +423,7 @@ fn raiser(seed: u64, me: usize, ncpus: usize) {
             4 => {
                 CVAR.signal();
             }
-            _ => spin(rng.below(3000)),
+            _ => spin(rng.below(300)),
         }
     }
 }
