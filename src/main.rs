@@ -873,6 +873,7 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                     if line.starts_with("@@ torture-heartbeat")
                         || line.starts_with("@@ torture-diag")
                         || line.starts_with("@@ torture-heap")
+                        || line.starts_with("@@ torture-edu")
                         || line.starts_with("@@ torture-summary") =>
                 {
                     if tty {

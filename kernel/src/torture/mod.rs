@@ -12,6 +12,10 @@
 //!   `hwi_sched` at random), `torture.cv` (handler waits on a condition variable with a
 //!   timeout and raises and lowers the SPL), `torture.filter` (filter only, takes the spin
 //!   mutex), `torture.churn` (one copy at a time disestablished and established again all the time).
+//!   And `torture.edu`: QEMU's `edu` device raised by every raiser through its MMIO
+//!   register, its filter reading and acknowledging the status — by MSI in one of the run's
+//!   two loads and by its INTx line (level-triggered, IOAPIC) in the other (by the seed),
+//!   targeted at a random CPU.
 //!   Handlers block only outside the `direct` model (a direct handler runs in interrupt
 //!   context), and call `hwi_sched` only outside it (there it re-raises the vector, which
 //!   this accounting cannot tell from a raise). The LAPIC timer (the scheduler's clock, at
@@ -31,7 +35,8 @@
 //! reached the source's first stage (its filter, else its handler) is counted as **merged**
 //! and not sent, so `delivered + merged == raised` is exact, and each first stage checks
 //! that it consumes a raise (a delivery with none in flight is a duplicate). Violations:
-//! `duplicate` (a delivery without a raise), `lost` (a raise still in flight after the
+//! `duplicate` (a delivery without a raise), `stray` (an `edu` interrupt with no status
+//! bit set), `lost` (a raise still in flight after the
 //! quiesce at the end), `count` (`handled != scheduled + reruns` for a source with a
 //! handler, at the end), `after-disestablish` (a `torture.churn` handler of an earlier
 //! establishment ran after its disestablish returned), `two-instances` (a second instance of
@@ -67,6 +72,7 @@ use machine::Machine;
 use sched::Priority;
 
 use crate::cmdline::Options;
+use crate::drivers::edu::Edu;
 use crate::intr::INTR;
 use crate::locks::{CondVar, KernelEnv, Mutex, RwLock, SYNC};
 use crate::{SCHED, SPL};
@@ -98,13 +104,35 @@ const NAMES: [&str; KINDS] = [
     "torture.churn",
 ];
 
+/// The `edu` device's source, after the IPI sources: its MSI, or its INTx line
+/// (level-triggered, through the IOAPIC), one or the other per load (see [`edu_msi`]).
+const EDU: usize = NSRC;
+const EDU_KIND: usize = KINDS;
+const EDU_VECTOR: u8 = VEC_BASE + NSRC as u8;
+/// Every source: the IPI ones and `edu`.
+const NALL: usize = NSRC + 1;
+
 fn kind(s: usize) -> usize {
-    s % KINDS
+    if s == EDU {
+        EDU_KIND
+    } else {
+        s % KINDS
+    }
 }
 
-/// `torture.<kind>.<copy>`.
+/// `torture.<kind>.<copy>`, or `torture.edu`.
 fn name(s: usize) -> String {
-    format!("{}.{}", NAMES[kind(s)], s / KINDS)
+    if s == EDU {
+        String::from("torture.edu")
+    } else {
+        format!("{}.{}", NAMES[kind(s)], s / KINDS)
+    }
+}
+
+/// Whether load `phase` of a run from `seed` drives `edu` by MSI (else by INTx): a run's
+/// warm-up and main load use one each.
+fn edu_msi(seed: u64, phase: u64) -> bool {
+    seed.wrapping_add(phase).is_multiple_of(2)
 }
 
 /// Guest time without progress on a CPU that is reported.
@@ -152,7 +180,7 @@ impl SrcState {
     }
 }
 
-static SRC: [SrcState; NSRC] = [const { SrcState::new() }; NSRC];
+static SRC: [SrcState; NALL] = [const { SrcState::new() }; NALL];
 /// Per CPU: the delivery hash, and progress (deliveries, handler runs, heartbeats) with the
 /// time it was last seen moving.
 static HASH: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0xcbf2_9ce4_8422_2325) }; MAX_CPUS];
@@ -368,6 +396,51 @@ fn establish(s: usize) -> IntrHandle<KernelEnv> {
         .unwrap_or_else(|e| panic!("torture: establish {}: {e}", name(s)))
 }
 
+/// Establishes the `edu` source on CPU `target`, by MSI or by its INTx line; its filter reads
+/// and acknowledges the device's status (which deasserts the line).
+fn establish_edu(edu: &Edu, msi: bool, target: usize) -> IntrHandle<KernelEnv> {
+    edu.ack(!0);
+    let spec = SourceSpec {
+        name: name(EDU).into(),
+        vector: EDU_VECTOR,
+        ipl: Ipl::Vm,
+        flags: IntrFlags::MPSAFE,
+        model: None,
+    };
+    let dev = edu.clone();
+    let filter: intr::Filter = Box::new(move |_| {
+        let st = dev.status();
+        if st == 0 {
+            violation("stray", Some(EDU), cpu());
+            return FilterResult::Stray;
+        }
+        dev.ack(st);
+        first_stage(EDU);
+        SRC[EDU].scheduled.fetch_add(1, SeqCst);
+        FilterResult::Schedule
+    });
+    let handler: intr::Handler = Box::new(|_| {
+        enter(EDU);
+        spin(64);
+        leave(EDU);
+    });
+    let h = if msi {
+        let h = INTR.establish(spec, Some(filter), Some(handler));
+        let h = h.unwrap_or_else(|e| panic!("torture: establish torture.edu: {e}"));
+        if let Err(e) = edu.enable_msi(target, EDU_VECTOR) {
+            panic!("torture: edu MSI: {e}");
+        }
+        h
+    } else {
+        let gsi = edu.program_intx(target, EDU_VECTOR).unwrap_or_else(|e| panic!("torture: edu INTx: {e}"));
+        let line =
+            crate::intr::IoApicLine::new(gsi, true).unwrap_or_else(|e| panic!("torture: edu INTx: {e}"));
+        INTR.establish_line(spec, line, Some(filter), Some(handler))
+            .unwrap_or_else(|e| panic!("torture: establish torture.edu: {e}"))
+    };
+    h
+}
+
 /// One raise of source `s` at CPU `target`: sent if none is in flight, else merged.
 fn raise(s: usize, target: usize) {
     if SRC[s].closing.load(SeqCst) {
@@ -394,7 +467,18 @@ fn random_priority(rng: &mut Rng) -> Priority {
     Priority::new((lo + rng.below(hi - lo)) as u8).unwrap_or(Priority::KTHREAD)
 }
 
-fn raiser(seed: u64, me: usize, ncpus: usize) {
+/// One raise of the `edu` source: a write to the device's raise register if none is in
+/// flight, else merged.
+fn raise_edu(edu: &Edu) {
+    SRC[EDU].raised.fetch_add(1, SeqCst);
+    if SRC[EDU].inflight.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+        SRC[EDU].merged.fetch_add(1, SeqCst);
+        return;
+    }
+    edu.raise(1);
+}
+
+fn raiser(seed: u64, me: usize, ncpus: usize, edu: Option<Edu>) {
     let mut rng = Rng::new(seed, 100 + me as u64);
     while !STOP.load(SeqCst) {
         let burst = 1 + rng.below(24);
@@ -402,6 +486,9 @@ fn raiser(seed: u64, me: usize, ncpus: usize) {
             let s = rng.below(NSRC as u64) as usize;
             let target = if rng.below(2) == 0 { me } else { rng.below(ncpus as u64) as usize };
             raise(s, target);
+        }
+        if let Some(e) = &edu {
+            raise_edu(e);
         }
         // Mostly busy: under `-icount sleep=off` time with every CPU idle is skipped, and a
         // raiser that sleeps often leaves the CPUs idle.
@@ -627,6 +714,7 @@ fn delivered_total() -> u64 {
 /// The monitor's state across the warm-up and the main load.
 struct Monitor {
     model: Model,
+    edu: Option<Edu>,
     seed: u64,
     ncpus: usize,
     t0: u64,
@@ -638,10 +726,11 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn new(model: Model, seed: u64, ncpus: usize) -> Self {
+    fn new(model: Model, seed: u64, ncpus: usize, edu: Option<Edu>) -> Self {
         let t0 = now();
         Monitor {
             model,
+            edu,
             seed,
             ncpus,
             t0,
@@ -667,10 +756,23 @@ impl Monitor {
             }
         }
         let mut rng = Rng::new(seed, 1);
+        let msi = edu_msi(self.seed, phase);
+        if let Some(e) = &self.edu {
+            let cpu = rng.below(ncpus as u64) as usize;
+            kprintln!(
+                "@@ torture-edu model={} mode={} cpu={}",
+                model.name(),
+                if msi { "msi" } else { "intx" },
+                cpu
+            );
+            let h = establish_edu(e, msi, cpu);
+            HANDLES.lock().push(Some(h));
+        }
         let mut threads = Vec::new();
         for c in 0..ncpus {
             let p = random_priority(&mut rng);
-            threads.push(SCHED.spawn("torture.raise", p, Some(c), move || raiser(seed, c, ncpus)));
+            let edu = self.edu.clone();
+            threads.push(SCHED.spawn("torture.raise", p, Some(c), move || raiser(seed, c, ncpus, edu)));
             threads
                 .push(SCHED.spawn("torture.beat", pri(Priority::RT_BASE, 20), Some(c), move || heartbeat(c)));
         }
@@ -714,6 +816,12 @@ impl Monitor {
         // Teardown: every source disestablished (each drop waits for its running handler).
         let handles: Vec<Option<IntrHandle<KernelEnv>>> = core::mem::take(&mut *HANDLES.lock());
         drop(handles);
+        if let Some(e) = &self.edu {
+            if msi {
+                e.disable_msi();
+            }
+            e.ack(!0);
+        }
         SCHED.sleep_ns(20_000_000);
         print_reports(model, self.seed);
     }
@@ -802,11 +910,19 @@ fn monitor(opts: &Options) -> bool {
     // load follows and is torn down the same way.
     let total_ns = opts.torture_ms * 1_000_000;
     let warm_ns = (total_ns / 10).max(total_ns.min(100_000_000)).min(total_ns / 2);
-    let mut mon = Monitor::new(model, seed, ncpus);
+    let edu = Edu::probe();
+    if edu.is_none() {
+        kprintln!("@@ torture-edu model={} mode=none (no edu device)", model.name());
+    }
+    let mut mon = Monitor::new(model, seed, ncpus, edu);
     mon.load(1, warm_ns);
     let (heap_base, live_base) = (arch::mem::usage().0, SCHED.live_threads());
     let id_base = next_thread_id();
     mon.load(2, total_ns - warm_ns);
+    // Measured before the per-source lines are printed: the serial transmit queue holds
+    // what is being printed (a 16 KiB buffer was seen in use there).
+    let (heap_end, live_end) = (arch::mem::usage().0, SCHED.live_threads());
+    let spawned = (next_thread_id() - id_base) as usize;
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     for h in HASH.iter().take(ncpus) {
         hash = mix(hash ^ h.load(SeqCst));
@@ -843,12 +959,10 @@ fn monitor(opts: &Options) -> bool {
     }
     // Heap: back at the baseline, but for the stacks of threads created lazily during the
     // main load (pool threads of a resize, pinned threads of a raised bound) that still exist.
-    let (heap_end, live_end) = (arch::mem::usage().0, SCHED.live_threads());
     // The scheduler's registry of threads holds a weak reference to every thread until it is
     // pruned (`Scheduler::register`: at 64, 128, ... entries), which keeps an exited thread's
     // record allocated (not its stack): one record (and one registry slot, doubled) per
     // thread spawned since the baseline may remain.
-    let spawned = (next_thread_id() - id_base) as usize;
     let record = core::mem::size_of::<sched::Thread<KernelEnv>>() + 16 + 2 * 8;
     let allowed = heap_base
         + live_end.saturating_sub(live_base) * (sched::STACK_SIZE + 8192)
