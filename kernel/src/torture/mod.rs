@@ -850,12 +850,14 @@ impl Monitor {
         if t >= self.next_line {
             let total = delivered_total();
             kprintln!(
-                "@@ torture-progress model={} ms={} interrupts={} rate={} violations={}",
+                "@@ torture-progress model={} ms={} interrupts={} rate={} violations={} heap={} threads={}",
                 self.model.name(),
                 (t - self.t0) / 1_000_000,
                 total,
                 total - self.last_total,
-                VIOLATIONS.load(SeqCst)
+                VIOLATIONS.load(SeqCst),
+                arch::mem::usage().0,
+                SCHED.live_threads()
             );
             self.last_total = total;
             self.next_line += 1_000_000_000;
