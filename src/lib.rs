@@ -14,6 +14,7 @@ pub mod report;
 pub mod rt;
 pub mod setup;
 pub mod timeline;
+pub mod torture;
 pub mod traffic;
 pub mod workload;
 

@@ -48,6 +48,9 @@ enum Command {
     /// Real-time wake-up latency per interrupt model, idle and under an interrupt flood
     /// (a cyclictest of our own; TCG with -icount: figures are guest instructions).
     Rt(RtArgs),
+    /// Boot with `run=torture` once per model: random concurrent interrupt and lock load
+    /// under TCG -icount, invariants checked; ends with `torture: N interrupts, V violations`.
+    Torture(TortureArgs),
 }
 
 /// Which models `rt` runs.
@@ -81,6 +84,50 @@ struct RtArgs {
     /// Seconds before QEMU is killed, per boot.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+}
+
+/// Which interrupt sources torture drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TortureSources {
+    /// Only guest-generated sources (IPIs from every CPU; the LAPIC clock underneath):
+    /// deterministic from the seed.
+    Guest,
+}
+
+/// A model, or every model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TortureModel {
+    Direct,
+    Dedicated,
+    Pool,
+    Pinned,
+    All,
+}
+
+#[derive(Args)]
+struct TortureArgs {
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 4, value_parser = setup::parse_smp)]
+    smp: u32,
+    /// Interrupt dispatch model, or `all` (one boot per model, each for --seconds).
+    #[arg(long, value_enum, default_value = "all")]
+    model: TortureModel,
+    /// Guest seconds of load per model (10^9 guest instructions each, shared by every vCPU).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    seconds: u64,
+    /// Seed of the guest's random choices (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Interrupt sources.
+    #[arg(long, value_enum, default_value = "guest")]
+    sources: TortureSources,
+    /// Seconds of wall time per model before QEMU is killed (default: 300 + 300 per guest
+    /// second).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Also show the kernel's other lines and QEMU's stderr.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(Args, Clone)]
@@ -216,6 +263,7 @@ fn main() -> ExitCode {
         Command::Boot(a) => boot(a),
         Command::Bench(a) => bench(a),
         Command::Rt(a) => rt(a),
+        Command::Torture(a) => torture(a),
     };
     // A QEMU killed by the signal thread looks like a failed run here: let that thread exit.
     cleanup::wait_if_interrupted();
@@ -917,4 +965,126 @@ fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
         println!("bench: FAILED");
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
+    use ithreads::torture;
+    setup::ensure_tools()?;
+    let kernel = kbuild::kernel()?;
+    let seed = a.seed.unwrap_or_else(|| {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
+    });
+    let models: Vec<Model> = match a.model {
+        TortureModel::Direct => vec![Model::Direct],
+        TortureModel::Dedicated => vec![Model::Dedicated],
+        TortureModel::Pool => vec![Model::Pool],
+        TortureModel::Pinned => vec![Model::Pinned],
+        TortureModel::All => Model::ALL.to_vec(),
+    };
+    let timeout = Duration::from_secs(a.timeout.unwrap_or(300 + 300 * a.seconds));
+    let sources = match a.sources {
+        TortureSources::Guest => "guest",
+    };
+    println!(
+        "torture: {} CPUs, models {}, {} guest s each, seed {seed}, sources {sources}, TCG -icount {}",
+        a.smp,
+        models.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
+        a.seconds,
+        ithreads::bench::ICOUNT
+    );
+    let tty = std::io::stdout().is_terminal();
+    let total_ms = a.seconds * 1000;
+    let mut results = Vec::new();
+    for model in models {
+        let cfg = torture::config(a.smp, model, a.seconds, seed, timeout);
+        if a.verbose {
+            println!("torture: {}", torture::command(&cfg, &kernel));
+        }
+        let verbose = a.verbose;
+        let name = model.as_str();
+        let report = qemu::boot_elf(&cfg, Accel::Tcg, &kernel, |source, line, event| {
+            match (source, event) {
+                (Source::Serial, _) if torture::progress(line).is_some() => {
+                    let p = torture::progress(line).expect("checked");
+                    let text = format!(
+                    "torture: {name:9} {} {:>5}/{total_ms} guest ms, {} interrupts ({}/guest s), {} violations",
+                    torture::bar(p.ms, total_ms, 20),
+                    p.ms.min(total_ms),
+                    p.interrupts,
+                    p.rate,
+                    p.violations
+                );
+                    if tty {
+                        print!("\r{text}");
+                        let _ = std::io::Write::flush(&mut std::io::stdout());
+                    } else {
+                        println!("{text}");
+                    }
+                }
+                (Source::Serial, _) if torture::violation(line).is_some() => {
+                    if tty {
+                        println!();
+                    }
+                    println!("VIOLATION {}", torture::violation(line).expect("checked"));
+                }
+                (Source::Serial, _)
+                    if line.starts_with("@@ torture-heartbeat")
+                        || line.starts_with("@@ torture-diag")
+                        || line.starts_with("@@ torture-heap")
+                        || line.starts_with("@@ torture-edu")
+                        || line.starts_with("@@ torture-summary") =>
+                {
+                    if tty {
+                        println!();
+                    }
+                    println!("  {line}");
+                }
+                (Source::Serial, _) if line.starts_with("@@ torture-source") && verbose => {
+                    println!("  {line}")
+                }
+                (Source::Serial, Some(Event::Panic { cpu, msg })) => println!("PANIC on cpu {cpu}: {msg}"),
+                (Source::Serial, None) if verbose => println!("  | {line}"),
+                (Source::Stderr, _) if verbose => println!("  qemu: {line}"),
+                _ => {}
+            }
+        })?;
+        let r = torture::judge(model, &report);
+        if let Some(why) = &r.boot_failure {
+            println!("VIOLATION model={name} what=boot source=- cpu=- seed={seed}: {why}");
+            if let Some(addrs) = report.backtrace() {
+                for l in harness::format_backtrace(&report.kernel, addrs) {
+                    println!("  {l}");
+                }
+            }
+            for l in report.serial_log.iter().rev().take(20).collect::<Vec<_>>().into_iter().rev() {
+                println!("  | {l}");
+            }
+        }
+        match &r.summary {
+            Some(s) => println!(
+                "torture: {name}: {} interrupts delivered ({} raised, {} merged, {} handler runs), hash {}, heap {} -> {} bytes, {} violations, {:.1} s",
+                s.delivered,
+                s.raised,
+                s.merged,
+                s.handled,
+                s.hash,
+                s.heap_base,
+                s.heap_end,
+                r.violations,
+                secs(r.elapsed)
+            ),
+            None => println!("torture: {name}: no summary, {} violations, {:.1} s", r.violations, secs(r.elapsed)),
+        }
+        results.push(r);
+    }
+    let line = torture::last_line(&results);
+    let bad = results.iter().any(|r| r.violations > 0);
+    if bad {
+        println!("torture: FAILED; reproduce with: cargo run --release -- torture --smp {} --model {} --seconds {} --seed {seed}",
+            a.smp,
+            match a.model { TortureModel::All => "all", _ => results[0].model.as_str() },
+            a.seconds);
+    }
+    println!("{line}");
+    Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

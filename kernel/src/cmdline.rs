@@ -43,6 +43,10 @@ pub struct Options {
     pub rt_period_us: u64,
     /// `rt.ms=`
     pub rt_ms: u64,
+    /// `torture.seed=`
+    pub torture_seed: u64,
+    /// `torture.ms=`: guest milliseconds of torture load.
+    pub torture_ms: u64,
 }
 
 impl From<::parse::cmdline::Options> for Options {
@@ -69,6 +73,8 @@ impl From<::parse::cmdline::Options> for Options {
             trace_records: o.trace_records,
             rt_period_us: o.rt_period_us,
             rt_ms: o.rt_ms,
+            torture_seed: o.torture_seed,
+            torture_ms: o.torture_ms,
         }
     }
 }

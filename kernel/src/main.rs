@@ -28,6 +28,7 @@ mod rt;
 mod scenario;
 mod shell;
 mod tests;
+mod torture;
 mod tracedump;
 mod workload;
 
@@ -172,6 +173,7 @@ fn main_thread(opts: &'static Options) {
         RunMode::Scenario => scenario::run(opts),
         RunMode::Bench => bench::run(opts),
         RunMode::Rt => rt::run(opts),
+        RunMode::Torture => torture::run(opts),
         RunMode::Shell => {
             shell::configure(opts);
             drivers::com::set_echo(true);

@@ -48,7 +48,8 @@
 //!   ithread may run, and block, inside `dispatch`). A vector with a level source is
 //!   acknowledged only after the filters ran and every scheduled level source is masked:
 //!   **edge: EOI first; level: mask, then EOI** (an EOI with the line still asserted and
-//!   unmasked re-delivers at once). A direct-model level source: mask, EOI, handler, unmask.
+//!   unmasked re-delivers at once). A direct-model level (or `MASK_WHILE_QUEUED`) source:
+//!   mask, EOI, handler, unmask.
 //!   A vector deferred by the SPL layer is acknowledged by the kernel after
 //!   [`Intr::defer`] masked its level sources; its replay sends no EOI.
 //! * Locks: the vector table is one `SpinLock` per vector, taken with interrupts disabled
@@ -1111,7 +1112,10 @@ impl<E: IntrEnv> Intr<E> {
     ) {
         match src.model {
             Model::Direct => {
-                if src.is_level() {
+                // A level line, or a `MASK_WHILE_QUEUED` source: masked while the handler
+                // runs, so another CPU's arrival waits for the unmask instead of running a
+                // second instance alongside.
+                if src.needs_mask() {
                     src.mask();
                 }
                 later.push_direct(src.clone(), arrival, now);
@@ -1320,12 +1324,13 @@ fn arrival_of<E: IntrEnv>(src: &Source<E>, replay: bool, now: u64) -> u64 {
     arrival
 }
 
-/// A direct-model handler in interrupt context: a level source was masked by `route` and is
-/// unmasked after its handler; `hwi_sched` re-raises the vector.
+/// A direct-model handler in interrupt context: a level or `MASK_WHILE_QUEUED` source was
+/// masked by `route` and is unmasked after its handler (an arrival absorbed meanwhile is
+/// re-raised then); `hwi_sched` re-raises the vector.
 #[inline(always)]
 fn run_direct<E: IntrEnv>(src: &Arc<Source<E>>, now: u64, cpu: usize) {
     let again = src.run_handler(now, cpu);
-    if src.is_level() {
+    if src.needs_mask() {
         src.unmask();
     }
     if again {

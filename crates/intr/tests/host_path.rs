@@ -243,6 +243,56 @@ fn dedicated_runs_in_its_thread_with_the_source_masked() {
     });
 }
 
+/// A direct-model `MASK_WHILE_QUEUED` source runs one instance at a time: while its handler
+/// runs on one CPU, an arrival on another CPU is absorbed by the mask and re-raised once at
+/// the unmask, not run alongside (torture found two instances at once under `direct`).
+#[test]
+fn direct_mask_while_queued_runs_one_instance_at_a_time() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(1));
+        let started = counter();
+        let running = counter();
+        let overlap = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(AtomicBool::new(false));
+        let (s2, r2, o2, rel2) = (started.clone(), running.clone(), overlap.clone(), release.clone());
+        let mut sp = spec("t.direct.mwq", 0x46, Ipl::Vm, Model::Direct);
+        sp.flags = IntrFlags::MPSAFE | IntrFlags::MASK_WHILE_QUEUED;
+        let h = intr
+            .establish(
+                sp,
+                None,
+                Some(Box::new(move |_| {
+                    if r2.fetch_add(1, Ordering::SeqCst) > 0 {
+                        o2.store(true, Ordering::SeqCst);
+                    }
+                    // The first instance holds its CPU until released.
+                    if s2.fetch_add(1, Ordering::SeqCst) == 0 {
+                        while !rel2.load(Ordering::SeqCst) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    r2.fetch_sub(1, Ordering::SeqCst);
+                })),
+            )
+            .expect("establish");
+        HostMachine::raise(0, 0x46);
+        wait(|| started.load(Ordering::SeqCst) == 1, "the handler on CPU 0");
+        let masked = h.source().is_masked();
+        // The same vector on this CPU while CPU 0 runs the handler.
+        HostMachine::raise(1, 0x46);
+        HostMachine::poll_interrupts();
+        release.store(true, Ordering::SeqCst);
+        assert!(masked, "direct MASK_WHILE_QUEUED source not masked while its handler runs");
+        // The arrival absorbed while masked is re-raised at the unmask: one more run.
+        wait(|| started.load(Ordering::SeqCst) == 2, "the re-raised interrupt");
+        wait(|| !h.source().is_masked(), "the unmask");
+        assert!(!overlap.load(Ordering::SeqCst), "two instances of a MASK_WHILE_QUEUED source ran at once");
+        assert_eq!(h.source().stats.handled.load(Ordering::SeqCst), 2);
+    });
+}
+
 #[test]
 fn pool_handler_runs_in_a_pool_ithread_and_resizes_within_bounds() {
     let sys = HostSystem::boot(2);

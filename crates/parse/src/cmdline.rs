@@ -20,6 +20,9 @@ pub enum RunMode {
     /// The real-time latency test (`kernel/src/rt.rs`): a periodic real-time thread per CPU,
     /// idle and under an interrupt flood.
     Rt,
+    /// The torture run (`kernel/src/torture/`): random concurrent interrupt and lock load
+    /// for `torture.ms` guest milliseconds, invariants checked all along.
+    Torture,
 }
 
 /// A deliberate failure, to test the host harness.
@@ -83,6 +86,10 @@ pub struct Options {
     pub rt_period_us: u64,
     /// `rt.ms=10..60000`: how long each phase of `run=rt` lasts (guest milliseconds).
     pub rt_ms: u64,
+    /// `torture.seed=`: the seed of the torture run's random choices.
+    pub torture_seed: u64,
+    /// `torture.ms=`: guest milliseconds of torture load (100..=3600000).
+    pub torture_ms: u64,
 }
 
 impl Default for Options {
@@ -103,6 +110,8 @@ impl Default for Options {
             trace_records: 16 * 1024,
             rt_period_us: 1000,
             rt_ms: 1000,
+            torture_seed: 1,
+            torture_ms: 2000,
         }
     }
 }
@@ -141,7 +150,7 @@ fn on_off(key: &str, v: &str) -> Result<bool, CmdlineError> {
 }
 
 /// The keys [`parse`] knows.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 17] = [
     "run",
     "test.filter",
     "test.harness",
@@ -157,6 +166,8 @@ pub const KEYS: [&str; 15] = [
     "trace.records",
     "rt.period_us",
     "rt.ms",
+    "torture.seed",
+    "torture.ms",
 ];
 
 /// Parses a command line. The first bad word is the error: no `=` (`expected key=value`),
@@ -179,7 +190,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                     "bench" => RunMode::Bench,
                     "shell" => RunMode::Shell,
                     "rt" => RunMode::Rt,
-                    _ => return Err(err(key, "expected scenario, tests, bench, shell or rt")),
+                    "torture" => RunMode::Torture,
+                    _ => return Err(err(key, "expected scenario, tests, bench, shell, rt or torture")),
                 }
             }
             "test.filter" => o.test_filter = value.to_string(),
@@ -218,6 +230,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
             "trace.records" => o.trace_records = number(key, value, 16usize, 1 << 20)?,
             "rt.period_us" => o.rt_period_us = number(key, value, 50u64, 100_000)?,
             "rt.ms" => o.rt_ms = number(key, value, 10u64, 60_000)?,
+            "torture.seed" => o.torture_seed = number(key, value, 0u64, u64::MAX)?,
+            "torture.ms" => o.torture_ms = number(key, value, 100u64, 3_600_000)?,
             _ => return Err(err(key, "unknown option")),
         }
         seen.push(key);
@@ -244,5 +258,13 @@ mod tests {
         assert_eq!(parse("x=1").unwrap_err(), err("x", "unknown option"));
         assert_eq!(parse("hz=5").unwrap_err().option, "hz");
         assert_eq!(parse("intr.model=fast").unwrap_err().option, "intr.model");
+        assert_eq!(parse("torture.ms=5").unwrap_err().option, "torture.ms");
+        assert_eq!(parse("torture.seed=x").unwrap_err().option, "torture.seed");
+    }
+
+    #[test]
+    fn torture_options() {
+        let o = parse("run=torture torture.seed=4242 torture.ms=2000").unwrap();
+        assert_eq!((o.run, o.torture_seed, o.torture_ms), (RunMode::Torture, 4242, 2000));
     }
 }

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 /// A valid value for `key`.
 fn value_for(key: &'static str) -> BoxedStrategy<String> {
     match key {
-        "run" => prop::sample::select(vec!["scenario", "tests", "bench", "shell", "rt"])
+        "run" => prop::sample::select(vec!["scenario", "tests", "bench", "shell", "rt", "torture"])
             .prop_map(String::from)
             .boxed(),
         "test.harness" => {
@@ -31,6 +31,8 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
         "trace.records" => (16usize..=1 << 20).prop_map(|n| n.to_string()).boxed(),
         "rt.period_us" => (50u64..=100_000).prop_map(|n| n.to_string()).boxed(),
         "rt.ms" => (10u64..=60_000).prop_map(|n| n.to_string()).boxed(),
+        "torture.seed" => any::<u64>().prop_map(|n| n.to_string()).boxed(),
+        "torture.ms" => (100u64..=3_600_000).prop_map(|n| n.to_string()).boxed(),
         "bench.unit" => {
             prop::sample::select(vec!["instructions", "cycles", "tsc"]).prop_map(String::from).boxed()
         }
@@ -118,6 +120,8 @@ proptest! {
                 "trace.records" => prop_assert_eq!(o.trace_records.to_string(), v.clone()),
                 "rt.period_us" => prop_assert_eq!(o.rt_period_us.to_string(), v.clone()),
                 "rt.ms" => prop_assert_eq!(o.rt_ms.to_string(), v.clone()),
+                "torture.seed" => prop_assert_eq!(o.torture_seed.to_string(), v.clone()),
+                "torture.ms" => prop_assert_eq!(o.torture_ms.to_string(), v.clone()),
                 _ => {}
             }
         }

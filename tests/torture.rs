@@ -1,0 +1,34 @@
+//! A short torture run (`run=torture`, kernel/src/torture/mod.rs) under TCG `-icount`: each
+//! model for one guest second on 2 CPUs with guest-only sources must end with no violation,
+//! and a second boot of the same seed must give the same totals and delivery hash (the run
+//! is a function of its seed). Nothing here depends on wall time: the boots' timeouts are
+//! generous, for a loaded two-core machine.
+
+use std::time::Duration;
+
+use ithreads::qemu;
+use ithreads::torture::{self, Summary};
+use ithreads::workload::Model;
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+const SEED: u64 = 4242;
+
+fn run(model: Model) -> Summary {
+    let cfg = torture::config(2, model, 1, SEED, TIMEOUT);
+    let report = qemu::boot(&cfg).unwrap_or_else(|e| panic!("could not boot: {e}"));
+    let r = torture::judge(model, &report);
+    let tail: Vec<&String> = report.serial_log.iter().rev().take(30).collect();
+    assert_eq!(r.violations, 0, "{}: {:?}; last lines: {tail:#?}", model.as_str(), r.boot_failure);
+    let s = r.summary.expect("judged without a violation: a summary");
+    assert!(s.delivered > 0 && s.delivered + s.merged == s.raised, "{}: {s:?}", model.as_str());
+    s
+}
+
+#[test]
+fn torture_short_run_has_no_violation_and_is_deterministic() {
+    for model in Model::ALL {
+        let first = run(model);
+        let again = run(model);
+        assert_eq!(first, again, "{}: seed {SEED} gave two different runs", model.as_str());
+    }
+}
