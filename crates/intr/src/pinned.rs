@@ -264,7 +264,11 @@ impl<E: IntrEnv> Pinned<E> {
         loop {
             let Some(it) = c.parked(self.limit()) else { return };
             // SAFETY: this CPU, interrupts disabled.
-            let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else { return };
+            let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else {
+                // SAFETY: as above.
+                unsafe { trim_queue(&mut *c.queue.get()) };
+                return;
+            };
             trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
             let r = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
             trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r.0));
@@ -423,6 +427,16 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     }
 }
 
+/// A drained queue that a burst grew gives its memory back (as the pool's do), keeping room
+/// for [`crate::protocol::QUEUE_KEPT`] instances; the interrupt side allocates again, with
+/// interrupts disabled, if a burst comes back.
+#[cold]
+fn trim_queue<T>(q: &mut alloc::collections::VecDeque<T>) {
+    if q.is_empty() && q.capacity() > crate::protocol::QUEUE_KEPT {
+        q.shrink_to(crate::protocol::QUEUE_KEPT);
+    }
+}
+
 /// CPU `cpu`'s state in the framework's (static) pinned model: the address is a constant plus
 /// the index, computed where needed rather than passed along.
 #[inline(always)]
@@ -446,6 +460,8 @@ fn finish_blocked<E: IntrEnv>(c: &PinnedCpu<E>, cpu: usize) -> ! {
                 run_one(src, raised, cpu);
             }
             None => {
+                // SAFETY: as above.
+                unsafe { trim_queue(&mut *c.queue.get()) };
                 // Interrupts stay disabled until the switch away, so nothing can be queued
                 // behind our back and no pinned call can start on our stack before we left.
                 let me = E::M::curthread();

@@ -304,6 +304,9 @@ impl RunGate {
 /// The no-owner value of a CPU's owner word.
 pub const NO_OWNER: usize = 0;
 
+/// Entries a drained pool queue keeps allocated (more is given back when it drains).
+pub const QUEUE_KEPT: usize = 64;
+
 struct PoolCpu<T> {
     queue: Lock<VecDeque<T>>,
     /// The worker serving this CPU ([`NO_OWNER`]: none). Claimed and given up by
@@ -476,7 +479,14 @@ impl<T, W: Worker, const N: usize> PoolCore<T, W, N> {
     pub fn release(&self, cpu: usize, me: &W) -> Option<Next> {
         let c = &self.cpus[cpu];
         if c.owner.compare_exchange(me.id(), NO_OWNER, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-            let more = c.queue.with(|q| !q.is_empty());
+            let more = c.queue.with(|q| {
+                // A burst grew the queue: give its memory back once it is drained (the
+                // interrupt side may allocate again, with interrupts disabled, as it grew).
+                if q.is_empty() && q.capacity() > QUEUE_KEPT {
+                    q.shrink_to(QUEUE_KEPT);
+                }
+                !q.is_empty()
+            });
             if more && c.owner.compare_exchange(NO_OWNER, me.id(), Ordering::SeqCst, Ordering::SeqCst).is_ok()
             {
                 return Some(Next::Again(cpu));

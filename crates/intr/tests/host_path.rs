@@ -747,7 +747,9 @@ fn sleeping_at_a_raised_level_is_refused_naming_the_level() {
         let spl = HostEnv::spl();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _s = spl.raise(Ipl::SoftNet);
-            sched.sleep_ns(1_000);
+            // Long enough that the deadline cannot pass before the sleep is tried (the check
+            // runs as the thread goes to sleep; Miri's clock advances per basic block).
+            sched.sleep_ns(1_000_000_000);
         }));
         host_machine::panic_message(&*r.expect_err("slept at IPL_SOFTNET"))
     });

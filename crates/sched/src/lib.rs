@@ -721,11 +721,7 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Sleeps until [`Machine::now_ns`] reaches `deadline` (at once if it has): a periodic
     /// thread's next release, free of the drift that `sleep_ns` from "now" would add.
-    ///
-    /// The sleep check runs first even if the deadline has passed (as Linux's `might_sleep`):
-    /// a caller that must not sleep is caught every time, not only when it would have slept.
     pub fn sleep_until(&'static self, deadline: u64) {
-        self.run_sleep_check();
         while E::M::now_ns() < deadline {
             let io = E::M::intr_disable();
             self.sleep_prepare(&io);
