@@ -17,11 +17,14 @@
 //! Under TCG with `-icount shift=0` (the host's `rt` command) a guest nanosecond is one
 //! instruction, so each latency is also a count of instructions.
 //!
-//! Output (docs/PROTOCOL.md): `@@ rt-config …`, then per phase one
+//! Output (docs/PROTOCOL.md), all of it after both phases (the serial line's transmit
+//! interrupts, timed by how fast the host reads, stay out of the measurement): `@@ rt-config …`,
+//! then per phase one
 //! `@@ rt phase=<p> cpu=<n|all> samples=<n> p50=<ns> p99=<ns> max=<ns> overruns=<n>` per CPU
 //! and for all CPUs together, `@@ rt-flood phase=<p> raised=<n> handled=<n>`, and
 //! `@@ rt-done`.
 
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,15 +70,15 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
     sorted[((sorted.len() - 1) * p) / 100]
 }
 
-fn report(phase: &str, cpu: &str, s: &mut [u64], overruns: u64) {
+fn report(phase: &str, cpu: &str, s: &mut [u64], overruns: u64) -> String {
     s.sort_unstable();
-    kprintln!(
+    alloc::format!(
         "@@ rt phase={phase} cpu={cpu} samples={} p50={} p99={} max={} overruns={overruns}",
         s.len(),
         percentile(s, 50),
         percentile(s, 99),
         s.last().copied().unwrap_or(0)
-    );
+    )
 }
 
 /// Runs both phases; returns whether every CPU took samples in each.
@@ -108,7 +111,10 @@ pub fn run(opts: &Options) -> bool {
     };
     let thread_priority = Priority::new(FLOOD_THREAD_PRIORITY).expect("priority in range");
     let flood_thread = flood.set_thread_priority(Some(thread_priority)).is_ok();
-    kprintln!(
+    // Every line is printed after both phases: the serial line's transmit interrupts, whose
+    // timing depends on how fast the host reads, stay out of the measurement.
+    let mut out: Vec<String> = Vec::new();
+    out.push(alloc::format!(
         "@@ rt-config model={} cpus={} period_us={} ms={} rt_priority={} flood_body_ns={} flood_send_ns={} \
          flood_thread_priority={}",
         flood.source().model(),
@@ -123,7 +129,7 @@ pub fn run(opts: &Options) -> bool {
         } else {
             alloc::string::String::from("-")
         }
-    );
+    ));
     let mut ok = true;
     for phase in ["idle", "flood"] {
         let stop = Arc::new(AtomicBool::new(false));
@@ -203,9 +209,9 @@ pub fn run(opts: &Options) -> bool {
             ok &= !s.latencies.is_empty();
             all.extend_from_slice(&s.latencies);
             all_overruns += s.overruns;
-            report(phase, &alloc::format!("{cpu}"), &mut s.latencies, s.overruns);
+            out.push(report(phase, &alloc::format!("{cpu}"), &mut s.latencies, s.overruns));
         }
-        report(phase, "all", &mut all, all_overruns);
+        out.push(report(phase, "all", &mut all, all_overruns));
         // The flood's interrupts still in flight are let in before counting.
         let until = now() + 50_000_000;
         while now() < until
@@ -213,13 +219,16 @@ pub fn run(opts: &Options) -> bool {
         {
             SCHED.sleep_ns(1_000_000);
         }
-        kprintln!(
+        out.push(alloc::format!(
             "@@ rt-flood phase={phase} raised={} handled={}",
             raised.load(Ordering::Relaxed),
             handled.load(Ordering::Relaxed) - handled_before
-        );
+        ));
     }
     drop(flood);
+    for line in &out {
+        kprintln!("{line}");
+    }
     kprintln!("@@ rt-done");
     ok
 }
