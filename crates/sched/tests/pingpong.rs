@@ -66,10 +66,15 @@ fn pingpong(ncpus: usize, cpus: (usize, usize)) {
     assert_eq!(lost, NONE, "lost wakeup: the waiter of turn {lost} (round {}) timed out", lost / 2);
     assert_eq!(wrong_cpu, NONE, "a bound pingpong thread ran on another CPU at turn {wrong_cpu}");
     assert_eq!(turn, 2 * ROUNDS, "not every round was played");
-    // The waits really slept (each sleep is a switch away and one back), not only the fast
-    // path. How often the flag is already set when a side comes to wait depends on the host's
-    // own scheduling, so the bound is loose.
-    assert!(switches >= ROUNDS / 10, "only {switches} context switches in {ROUNDS} rounds");
+    // On one CPU the waits really sleep: a side that handed the token over waits for the next
+    // one, and the other side can only run once it has switched away — at least one switch
+    // per round. On several CPUs how often the flag is already set when a side comes to wait
+    // depends on the host's own scheduling (a fresh-clone run saw 181 switches in 10,000
+    // rounds on 2 CPUs, against 1,000 expected by an earlier bound), so nothing is asserted
+    // there about the mix of slow and fast paths.
+    if cpus.0 == cpus.1 {
+        assert!(switches >= ROUNDS, "only {switches} context switches in {ROUNDS} rounds on one CPU");
+    }
 }
 
 #[test]
