@@ -13,7 +13,7 @@ use sched::SchedEnv;
 
 const T: u64 = if cfg!(miri) { 3_600_000_000_000 } else { 20_000_000_000 };
 /// How long each wait under test lasts (Miri's clock runs per basic block: a longer span).
-const HOLD_NS: u64 = if cfg!(miri) { 200_000_000 } else { 3_000_000 };
+const HOLD_NS: u64 = if cfg!(miri) { 200_000_000 } else { 20_000_000 };
 
 fn spec(name: &'static str, vector: u8, model: Model) -> SourceSpec {
     SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) }
@@ -60,7 +60,7 @@ fn spl_deferred_time_is_part_of_the_latency_and_recorded_apart() {
             let st = &h.source().stats;
             assert_eq!(st.spl_deferred.load(Ordering::SeqCst), 1, "{model}");
             let deferred = st.spl_deferred_ns.load(Ordering::SeqCst);
-            assert!(deferred >= HOLD_NS, "{model}: deferred {deferred} ns, held {HOLD_NS}");
+            assert!(deferred >= HOLD_NS * 9 / 10, "{model}: deferred {deferred} ns, held {HOLD_NS}");
             let p50 = st.latency.percentile(50);
             // The histogram's buckets are log-linear, four per power of two: a bucket's lower
             // bound is within a quarter of what it holds.
@@ -92,7 +92,7 @@ fn masked_time_is_part_of_the_latency_and_recorded_apart() {
             let st = &h.source().stats;
             assert_eq!(st.masked_waits.load(Ordering::SeqCst), 1, "{model}");
             let masked = st.masked_ns.load(Ordering::SeqCst);
-            assert!(masked >= HOLD_NS, "{model}: masked {masked} ns, held {HOLD_NS}");
+            assert!(masked >= HOLD_NS * 9 / 10, "{model}: masked {masked} ns, held {HOLD_NS}");
             assert!(st.latency.percentile(50) >= HOLD_NS * 3 / 4, "{model}: latency not from the arrival");
         }
     });
@@ -129,7 +129,9 @@ fn handler_cpu_time_leaves_out_the_time_blocked() {
             // The sleep is recorded as time off the CPU, and the CPU time is what is left of
             // the run's wall time. (Not "CPU time is small": the host may deschedule the OS
             // thread of a simulated CPU, which the kernel sees as time on the CPU.)
-            assert!(off >= HOLD_NS * 9 / 10, "{model}: {off} ns off the CPU recorded, slept {HOLD_NS}");
+            // Half: the host may deschedule the simulated CPU between the deadline and the
+            // switch away, which counts as time on the CPU.
+            assert!(off >= HOLD_NS / 2, "{model}: {off} ns off the CPU recorded, slept {HOLD_NS}");
             assert!(
                 cpu + off <= elapsed,
                 "{model}: CPU {cpu} + off {off} ns exceed the {elapsed} ns it all took"
