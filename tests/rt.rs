@@ -1,5 +1,7 @@
 //! `ithreads rt`: the real-time latency test boots once per model under icount and prints a
-//! row per model; the figures are deterministic (two runs print the same row).
+//! row per model. On one vCPU the figures are deterministic (two runs print the same row); on
+//! several, QEMU's round-robin between vCPUs is kicked by a host-time timer, and two runs on
+//! a loaded host can differ (a fresh-clone CI run: flood p99 3066 against 5848 on 2 vCPUs).
 
 use std::process::Command;
 
@@ -24,7 +26,7 @@ fn row(text: &str, model: &str) -> Vec<u64> {
 }
 
 #[test]
-fn every_model_measures_idle_and_flood_and_a_rerun_agrees() {
+fn every_model_measures_idle_and_flood_and_a_one_cpu_rerun_agrees() {
     let text = rt(&["--model", "all", "--smp", "2", "--seconds", "0.05"]);
     for model in ["direct", "dedicated", "pool", "pinned"] {
         let r = row(&text, model);
@@ -35,7 +37,12 @@ fn every_model_measures_idle_and_flood_and_a_rerun_agrees() {
         }
         assert!(r[7] > 100, "{model}: the flood handled {} interrupts\n{text}", r[7]);
     }
-    let again = rt(&["--model", "pool", "--smp", "2", "--seconds", "0.05"]);
-    assert_eq!(row(&again, "pool"), row(&text, "pool"), "under icount a rerun gives the same figures");
+    let one = rt(&["--model", "pool", "--smp", "1", "--seconds", "0.05"]);
+    let again = rt(&["--model", "pool", "--smp", "1", "--seconds", "0.05"]);
+    assert_eq!(
+        row(&again, "pool"),
+        row(&one, "pool"),
+        "on one vCPU under icount a rerun gives the same figures"
+    );
     assert!(text.contains("guest ns = instructions"), "{text}");
 }

@@ -27,8 +27,9 @@ fn run(model: Model) -> Summary {
 /// compared by hand (`cargo run --release -- torture --smp 2 --model all --seconds 2 --sources
 /// guest --seed 4242`, twice: same totals and hashes on an idle host), not here: on a loaded
 /// host one CI run gave two different `dedicated` runs of the same seed
-/// (docs/logs/torture-two-runs-differ-2026-12-05.txt) — something outside the guest's
-/// instruction count (the serial line's back-pressure is the suspect) reaches the run there.
+/// (docs/logs/torture-two-runs-differ-2026-12-05.txt): with several vCPUs, QEMU's
+/// round-robin between them is kicked by a host-time timer, so host load reaches the run
+/// (`tests/rt.rs` saw the same with no serial output during its measurement).
 #[test]
 fn torture_short_run_has_no_violation() {
     for model in Model::ALL {
