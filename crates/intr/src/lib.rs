@@ -937,7 +937,8 @@ impl<E: IntrEnv> Intr<E> {
         // only while that filter runs on `cpu`, under the vector's table lock and with a
         // reference to the source held: called on `cpu` from inside the filter, the source
         // and its name are alive.
-        Some(alloc::string::String::from(unsafe { &**(p as *const SourceName) }))
+        let name: &SourceName = unsafe { &*(p as *const SourceName) };
+        Some(alloc::string::String::from(&**name))
     }
 
     /// Every established source (for `intrstat`).
