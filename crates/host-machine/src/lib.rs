@@ -756,6 +756,8 @@ impl sched::SchedEnv for HostEnv {
     fn sleep_check() {
         intr::path::sleep_check::<HostEnv>();
     }
+
+    type ThreadExt = sync::pi::TsLinks<sched::Thread<HostEnv>>;
 }
 
 impl sync::Env for HostEnv {

@@ -3,7 +3,7 @@
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use ipl::{Ipl, IplCpu};
 use machine::Machine;
@@ -355,10 +355,8 @@ impl<E: Env> RawMutex<E> {
             // Block on the turnstile.
             E::probe_turnstile();
             let tb = if stats { E::M::now_ns() } else { 0 };
-            let granted = AtomicBool::new(false);
-            let me_arc = sched.current_arc();
             let io = E::M::intr_disable();
-            let mut ts = sync.turnstiles.lock(&io);
+            let mut ts = sync.turnstiles.lock(self.addr(), &io);
             let v = self.owner.load(Ordering::Relaxed);
             if v == 0 {
                 continue;
@@ -372,17 +370,17 @@ impl<E: Env> RawMutex<E> {
             if owner == me {
                 continue;
             }
-            let owner_ptr = owner as *const sched::Thread<E>;
-            if ts.block(sched, self.addr(), &me_arc, true, Some(owner_ptr), &granted).is_err() {
+            let me_t = sched.current();
+            if ts.block(me_t, true, Some(owner as *const sched::Thread<E>)).is_err() {
                 drop(ts);
                 drop(io);
                 sync.witness
-                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_arc.name().into() });
+                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_t.name().into() });
                 return false;
             }
             sched.sleep_prepare(&io);
             drop(ts);
-            while !granted.load(Ordering::Acquire) {
+            while !me_t.ext().granted() {
                 sched.sleep_commit(&io);
                 sched.sleep_prepare(&io);
             }
@@ -410,29 +408,19 @@ impl<E: Env> RawMutex<E> {
         // us preemptible, and a preemption between the grant and the wakeup would leave the
         // new owner asleep behind whatever outranks us now.
         let io = E::M::intr_disable();
-        let woken = {
-            let mut ts = sync.turnstiles.lock(&io);
-            let me_ptr = me as *const sched::Thread<E>;
-            match ts.take_first(self.addr()) {
-                None => {
-                    ts.transfer(sched, self.addr(), Some(me_ptr), None);
-                    self.owner.store(0, Ordering::Release);
-                    None
-                }
-                Some(w) => {
-                    ts.transfer(sched, self.addr(), Some(me_ptr), Some(&w.thread));
-                    let more = if ts.waiters(self.addr()) > 0 { WAITERS } else { 0 };
-                    let tag = if sync.witness.active() { CHECKED } else { 0 };
-                    self.owner
-                        .store(alloc::sync::Arc::as_ptr(&w.thread) as usize | more | tag, Ordering::Release);
-                    w.grant();
-                    Some(w.thread.clone())
-                }
+        let granted = {
+            let mut ts = sync.turnstiles.lock(self.addr(), &io);
+            let g = ts.release(Some(me as *const sched::Thread<E>));
+            if g.count == 0 {
+                self.owner.store(0, Ordering::Release);
+            } else {
+                let more = if g.waiters_left { WAITERS } else { 0 };
+                let tag = if sync.witness.active() { CHECKED } else { 0 };
+                self.owner.store(g.heir as usize | more | tag, Ordering::Release);
             }
+            g
         };
-        if let Some(t) = woken {
-            sched.wakeup(&t);
-        }
+        granted.wake();
         drop(io);
         // Our lent priority may have been withdrawn: let a more urgent thread run.
         sched.preempt_check();

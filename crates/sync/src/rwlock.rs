@@ -16,7 +16,7 @@
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use ipl::Ipl;
 use machine::Machine;
@@ -202,10 +202,8 @@ impl<E: Env> RawRwLock<E> {
                 E::M::relax();
                 continue;
             }
-            let granted = AtomicBool::new(false);
-            let me_arc = sched.current_arc();
             let io = E::M::intr_disable();
-            let mut ts = sync.turnstiles.lock(&io);
+            let mut ts = sync.turnstiles.lock(self.addr(), &io);
             let v = self.word.load(Ordering::Relaxed);
             let free_for_us = if writer { v == 0 } else { v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0 };
             if free_for_us {
@@ -217,16 +215,17 @@ impl<E: Env> RawRwLock<E> {
                 continue;
             }
             let owner = (v & WRITE_LOCKED != 0).then_some((v & !FLAGS) as *const sched::Thread<E>);
-            if ts.block(sched, self.addr(), &me_arc, writer, owner, &granted).is_err() {
+            let me_t = sched.current();
+            if ts.block(me_t, writer, owner).is_err() {
                 drop(ts);
                 drop(io);
                 sync.witness
-                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_arc.name().into() });
+                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_t.name().into() });
                 panic!("rwlock \"{}\": deadlock", self.name);
             }
             sched.sleep_prepare(&io);
             drop(ts);
-            while !granted.load(Ordering::Acquire) {
+            while !me_t.ext().granted() {
                 sched.sleep_commit(&io);
                 sched.sleep_prepare(&io);
             }
@@ -287,11 +286,10 @@ impl<E: Env> RawRwLock<E> {
 
     #[cold]
     fn last_reader_exit(&self) {
-        let sched = E::sched();
         // Interrupts stay disabled until the granted threads are awake (see the mutex).
         let io = E::M::intr_disable();
-        let woken = {
-            let mut ts = E::sync().turnstiles.lock(&io);
+        let granted = {
+            let mut ts = E::sync().turnstiles.lock(self.addr(), &io);
             // Acquire: the other readers' releases (their decrements) must be ordered before
             // the writer we hand the lock to (found by the loom model).
             let v = self.word.load(Ordering::Acquire);
@@ -303,17 +301,11 @@ impl<E: Env> RawRwLock<E> {
             }
             // Waiters behind readers are writers (readers only block when a writer is
             // waiting or holding): hand to the most urgent.
-            match ts.take_first(self.addr()) {
-                None => {
-                    self.word.store(0, Ordering::Release);
-                    None
-                }
-                Some(w) => self.grant(&mut ts, sched, None, w),
-            }
+            let g = ts.release(None);
+            self.set_word_for(&g);
+            g
         };
-        for t in woken.into_iter().flatten() {
-            sched.wakeup(&t);
-        }
+        granted.wake();
         drop(io);
     }
 
@@ -340,63 +332,30 @@ impl<E: Env> RawRwLock<E> {
         );
         let sched = E::sched();
         let io = E::M::intr_disable();
-        let woken = {
-            let mut ts = E::sync().turnstiles.lock(&io);
-            let me_ptr = me as *const sched::Thread<E>;
-            match ts.take_first(self.addr()) {
-                None => {
-                    ts.transfer(sched, self.addr(), Some(me_ptr), None);
-                    self.word.store(0, Ordering::Release);
-                    None
-                }
-                Some(w) => self.grant(&mut ts, sched, Some(me_ptr), w),
-            }
+        let granted = {
+            let mut ts = E::sync().turnstiles.lock(self.addr(), &io);
+            let g = ts.release(Some(me as *const sched::Thread<E>));
+            self.set_word_for(&g);
+            g
         };
-        for t in woken.into_iter().flatten() {
-            sched.wakeup(&t);
-        }
+        granted.wake();
         drop(io);
         sched.preempt_check();
     }
 
-    /// Grants the lock to `first` (and, if it is a reader, to every waiting reader).
-    /// Returns the threads to wake.
-    fn grant(
-        &self,
-        ts: &mut crate::turnstile::TsGuard<'_, E>,
-        sched: &'static sched::Scheduler<E>,
-        old_owner: Option<*const sched::Thread<E>>,
-        first: crate::turnstile::Waiter<E>,
-    ) -> Option<alloc::vec::Vec<alloc::sync::Arc<sched::Thread<E>>>> {
-        let lock = self.addr();
-        let mut wake = alloc::vec::Vec::new();
-        if first.writer {
-            ts.transfer(sched, lock, old_owner, Some(&first.thread));
-            let more = ts.waiters(lock) > 0;
-            let flags =
-                if more { WAITERS } else { 0 } | if ts.writer_waiting(lock) { WRITE_WANTED } else { 0 };
-            self.word.store(
-                alloc::sync::Arc::as_ptr(&first.thread) as usize | WRITE_LOCKED | flags,
-                Ordering::Release,
-            );
-            first.grant();
-            wake.push(first.thread.clone());
+    /// Writes the lock word for what a release granted (under the turnstile locks): free, the
+    /// heir writer, or the readers; with the waiters and writer-wanted bits for who is left.
+    fn set_word_for(&self, g: &crate::turnstile::Granted<E>) {
+        let flags =
+            if g.waiters_left { WAITERS } else { 0 } | if g.writer_waiting { WRITE_WANTED } else { 0 };
+        let word = if g.count == 0 {
+            0
+        } else if g.writer {
+            g.heir as usize | WRITE_LOCKED | flags
         } else {
-            ts.transfer(sched, lock, old_owner, None);
-            let mut readers = ts.take_readers(lock);
-            readers.push(first);
-            for r in &readers {
-                ts.unblock(sched, &r.thread);
-            }
-            let more = ts.waiters(lock) > 0;
-            let flags = if more { WAITERS | WRITE_WANTED } else { 0 };
-            self.word.store((readers.len() * READER) | flags, Ordering::Release);
-            for r in &readers {
-                r.grant();
-                wake.push(r.thread.clone());
-            }
-        }
-        Some(wake)
+            g.count * READER | flags
+        };
+        self.word.store(word, Ordering::Release);
     }
 }
 
