@@ -234,4 +234,24 @@ impl ipl::IplCpu for X86_64 {
     fn pending_and(mask: u32) {
         cpu::ipl_pending_and(mask);
     }
+
+    #[inline(always)]
+    fn mtx_enter(old: u8) {
+        cpu::mtx_enter(old);
+    }
+
+    #[inline(always)]
+    fn mtx_exit() -> Option<u8> {
+        cpu::mtx_exit()
+    }
+
+    #[inline]
+    fn mtx_state() -> (u32, u8) {
+        cpu::mtx_state()
+    }
+
+    #[inline]
+    fn set_mtx_state(count: u32, oldspl: u8) {
+        cpu::set_mtx_state(count, oldspl);
+    }
 }

@@ -26,16 +26,17 @@
 //!   then is recorded as the pseudo-pending bit `PREEMPT`, which only a drop to `NONE`
 //!   replays, through [`SplEnv::preempt`]. So a thread keeps its CPU — and this CPU's level stays
 //!   its own — from `splraise` to `splx`, and a per-CPU level is the thread's level.
-//! * **Spin mutex nesting** (NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`):
-//!   [`SplState::spin_enter`] raises the level and remembers the level from before the
-//!   *outermost* spin mutex; [`SplState::spin_exit`] restores it when the last one is released.
+//! * **Spin mutex nesting** (NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`, per-CPU words of the
+//!   machine's, [`IplCpu::mtx_enter`]): [`SplState::spin_enter`] raises the level and
+//!   remembers the level from before the *outermost* spin mutex; [`SplState::spin_exit`]
+//!   restores it when the last one is released.
 //!   Spin mutexes may be released in any order; the level only drops at the end.
 //! * Per-CPU state is touched only by its own CPU: the level through [`IplCpu`], the pending
 //!   queue with interrupts disabled (entry code, replay) or by atomic loads (the `splx` check).
 #![no_std]
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use machine::{IntrOff, Machine, MAX_CPUS};
 
@@ -115,6 +116,19 @@ pub trait IplCpu: Machine {
     fn pending_or(bits: u32);
     /// Clears the bits of this CPU's pending word that are not in `mask` (x86: `and %gs:..`).
     fn pending_and(mask: u32);
+    /// Counts one more spin mutex held on this CPU; the outermost (count 0 before) saves
+    /// `old`, the level from before it (NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`, per-CPU
+    /// words reached without a migration window: x86 `sub %gs:..` and a conditional store).
+    /// Each update must be one instruction with respect to this CPU's interrupts.
+    fn mtx_enter(old: u8);
+    /// Counts one spin mutex less; returns the saved level when it was the outermost. The
+    /// saved level is read before the count drops (an interrupt's spin mutex may save its own
+    /// level in the slot once the count is 0).
+    fn mtx_exit() -> Option<u8>;
+    /// Spin mutexes held on this CPU, and the saved level.
+    fn mtx_state() -> (u32, u8);
+    /// Sets both (interrupts disabled: the pinned model's borrow).
+    fn set_mtx_state(count: u32, oldspl: u8);
 }
 
 /// A saved level, returned by `splraise` and consumed by `splx`.
@@ -159,10 +173,6 @@ pub const NEVER_DEFER: u8 = 0xFF;
 /// One CPU's deferred interrupts: a bit per vector and a summary bit per level.
 pub struct PendingQueue {
     vectors: [AtomicU64; 4],
-    /// Spin mutexes held on this CPU.
-    spin_count: AtomicU32,
-    /// Level before the outermost spin mutex.
-    spin_oldspl: AtomicU8,
     /// Deferred interrupts recorded (statistics).
     deferred: AtomicU64,
     /// Deferred interrupts replayed (statistics).
@@ -176,8 +186,6 @@ impl PendingQueue {
     const fn new() -> Self {
         PendingQueue {
             vectors: [const { AtomicU64::new(0) }; 4],
-            spin_count: AtomicU32::new(0),
-            spin_oldspl: AtomicU8::new(0),
             deferred: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             merged: AtomicU64::new(0),
@@ -428,44 +436,31 @@ impl<E: SplEnv> SplState<E> {
     }
 
     /// Raises to `ipl` for a spin mutex; remembers the level before the outermost one.
-    #[inline]
+    #[inline(always)]
     pub fn spin_enter(&self, ipl: Ipl) {
         let s = self.splraise(ipl);
-        // At a raised level we cannot migrate: the CPU index is stable from here.
-        let q = &self.cpus[this_cpu::<E::M>()];
-        if q.spin_count.fetch_add(1, Ordering::Relaxed) == 0 {
-            q.spin_oldspl.store(s.0, Ordering::Relaxed);
-        }
+        E::M::mtx_enter(s.0);
     }
 
     /// Releases one spin mutex's hold on the level; the outermost restores it.
-    #[inline]
+    #[inline(always)]
     pub fn spin_exit(&self) {
-        let q = &self.cpus[this_cpu::<E::M>()];
-        // Read the saved level *before* giving up the count, as NetBSD's `mutex_spin_exit`
-        // does: once the count is 0 an interrupt above our level (its filter taking a spin
-        // mutex) saves its own level — the interrupt's, e.g. IPL_HIGH — in the same slot, and
-        // reading it after that would leave this thread at the interrupt's level.
-        let s = Spl(q.spin_oldspl.load(Ordering::Relaxed));
-        // The interrupt is on this CPU, like a signal: only the compiler could reorder.
-        core::sync::atomic::compiler_fence(Ordering::SeqCst);
-        let n = q.spin_count.fetch_sub(1, Ordering::Relaxed);
-        assert!(n > 0, "spin_exit without spin_enter");
-        if n == 1 {
-            self.splx(s);
+        if let Some(s) = E::M::mtx_exit() {
+            self.splx(Spl(s));
         }
     }
 
     /// Spin mutexes held on this CPU.
     pub fn spin_count(&self) -> u32 {
-        self.cpus[this_cpu::<E::M>()].spin_count.load(Ordering::Relaxed)
+        E::M::mtx_state().0
     }
 
-    /// Spin mutexes held on `cpu` (the caller's CPU, interrupts disabled: the pinned model's
-    /// entry, which passes the index it already has).
+    /// Spin mutexes held on `cpu`, which must be the caller's (interrupts disabled: the
+    /// pinned model's entry, which passes the index it already has).
     #[inline(always)]
     pub fn spin_count_of(&self, cpu: usize) -> u32 {
-        self.cpus[cpu & (MAX_CPUS - 1)].spin_count.load(Ordering::Relaxed)
+        debug_assert_eq!(cpu, E::M::cpu_index());
+        E::M::mtx_state().0
     }
 
     /// Takes this CPU's spin-mutex state (count and the level saved by the outermost) and
@@ -473,17 +468,14 @@ impl<E: SplEnv> SplState<E> {
     /// mutexes (the pinned model), so that what the lent thread holds is counted alone.
     /// Interrupts disabled; [`SplState::spin_state_restore`] puts it back.
     pub fn spin_state_take(&self) -> (u32, u8) {
-        let q = &self.cpus[this_cpu::<E::M>()];
-        let s = (q.spin_count.load(Ordering::Relaxed), q.spin_oldspl.load(Ordering::Relaxed));
-        q.spin_count.store(0, Ordering::Relaxed);
+        let s = E::M::mtx_state();
+        E::M::set_mtx_state(0, s.1);
         s
     }
 
     /// Puts back what [`SplState::spin_state_take`] took (interrupts disabled).
     pub fn spin_state_restore(&self, (count, oldspl): (u32, u8)) {
-        let q = &self.cpus[this_cpu::<E::M>()];
-        q.spin_count.store(count, Ordering::Relaxed);
-        q.spin_oldspl.store(oldspl, Ordering::Relaxed);
+        E::M::set_mtx_state(count, oldspl);
     }
 
     /// Counters of `cpu`.

@@ -83,6 +83,16 @@ impl<E: Env> RawRwLock<E> {
         w.release::<E::M>(E::sched().current().held_locks(), self.addr(), class)
     }
 
+    /// Drops the checker's record of a hold it recorded (a guard's `Checked` release),
+    /// whether or not checking is still on.
+    #[cold]
+    #[inline(never)]
+    fn forget(&self) {
+        let w = &E::sync().witness;
+        let class = w.class_of::<E::M>(&self.class, self.name, LockKind::RwLock);
+        w.forget::<E::M>(E::sched().current().held_locks(), self.addr(), class);
+    }
+
     fn note(&self, contended: bool) {
         let w = &E::sync().witness;
         if w.stats_on() {
@@ -92,27 +102,35 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// Acquires for reading. `false` only if the checker refused (recursion, `Record`).
-    ///
-    /// Fast path: one load, one test (which also sees the checker's "active" value, so a
-    /// checked or counted acquisition goes to the slow path), one `cmpxchg`.
     #[inline(always)]
     pub fn read_enter(&self) -> bool {
+        self.read_enter_mode() != Mode::Refused
+    }
+
+    /// The read fast path: one load, one test of the flags, one `cmpxchg` whose expected
+    /// value carries the checker's bit (bit 63 while checking or statistics are on, never set
+    /// in a word: the `cmpxchg` fails into the slow path) — NetBSD's `rw_enter`, with the
+    /// run-time checker costing one `or`.
+    #[inline(always)]
+    fn read_enter_mode(&self) -> Mode {
         let v = self.word.load(Ordering::Relaxed);
-        let busy = (v & (WAITERS | WRITE_LOCKED | WRITE_WANTED)) | E::sync().witness.fast_expect();
-        if busy == 0
-            && self.word.compare_exchange(v, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok()
-        {
-            return true;
+        if v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0 {
+            let expect = v | E::sync().witness.fast_rw_expect();
+            if self.word.compare_exchange(expect, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return Mode::Unchecked;
+            }
         }
         self.read_enter_slow()
     }
 
     #[cold]
     #[inline(never)]
-    fn read_enter_slow(&self) -> bool {
-        let active = E::sync().witness.active();
-        if E::sync().witness.checking() && !self.check_acquire() {
-            return false;
+    fn read_enter_slow(&self) -> Mode {
+        let w = &E::sync().witness;
+        let active = w.active();
+        let checked = w.checking();
+        if checked && !self.check_acquire() {
+            return Mode::Refused;
         }
         let v = self.word.load(Ordering::Relaxed);
         let fast = v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0
@@ -123,17 +141,40 @@ impl<E: Env> RawRwLock<E> {
         if active {
             self.note(!fast);
         }
-        true
+        if checked {
+            Mode::Checked
+        } else {
+            Mode::Unchecked
+        }
     }
 
     /// Acquires for writing. `false` only if the checker refused.
-    #[inline]
+    #[inline(always)]
     pub fn write_enter(&self) -> bool {
-        let active = E::sync().witness.active();
-        if E::sync().witness.checking() && !self.check_acquire() {
-            return false;
+        self.write_enter_mode(me::<E>()) != Mode::Refused
+    }
+
+    /// The write fast path: one `cmpxchg` from the free word (0, with the checker's bit
+    /// while it is on) to `me | WRITE_LOCKED`.
+    #[inline(always)]
+    fn write_enter_mode(&self, me: usize) -> Mode {
+        let expect = E::sync().witness.fast_rw_expect();
+        if self.word.compare_exchange(expect, me | WRITE_LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        {
+            return Mode::Unchecked;
         }
-        let me = me::<E>();
+        self.write_enter_slow(me)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn write_enter_slow(&self, me: usize) -> Mode {
+        let w = &E::sync().witness;
+        let active = w.active();
+        let checked = w.checking();
+        if checked && !self.check_acquire() {
+            return Mode::Refused;
+        }
         let fast =
             self.word.compare_exchange(0, me | WRITE_LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok();
         if !fast {
@@ -142,7 +183,11 @@ impl<E: Env> RawRwLock<E> {
         if active {
             self.note(!fast);
         }
-        true
+        if checked {
+            Mode::Checked
+        } else {
+            Mode::Unchecked
+        }
     }
 
     /// Tries to acquire for reading without waiting.
@@ -234,27 +279,39 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Releases a read hold. Fast path: one load, one test (waiters, a checked hold, or a
-    /// misuse all take the slow path), one `cmpxchg`.
+    /// Releases a read hold taken by [`RawRwLock::read_enter`] (the checker forgets it first
+    /// while checking is on).
     #[inline(always)]
     pub fn read_exit(&self) {
+        if E::sync().witness.checking() && !self.check_release() {
+            return;
+        }
         let v = self.word.load(Ordering::Relaxed);
-        let odd = (v & (WAITERS | WRITE_LOCKED)) | E::sync().witness.fast_expect();
-        if odd == 0
-            && v >= READER
+        assert!(
+            v & WRITE_LOCKED == 0 && v >= READER,
+            "rwlock \"{}\": read_exit without a read hold",
+            self.name
+        );
+        self.read_release();
+    }
+
+    /// The read release of a read hold (the caller holds one: a guard, or `read_exit`,
+    /// which checked), without the checker: one load, one test (waiters), one `cmpxchg`;
+    /// the last reader out with waiters hands the lock over.
+    #[inline(always)]
+    fn read_release(&self) {
+        let v = self.word.load(Ordering::Relaxed);
+        if v & (WAITERS | WRITE_LOCKED) == 0
             && self.word.compare_exchange(v, v - READER, Ordering::Release, Ordering::Relaxed).is_ok()
         {
             return;
         }
-        self.read_exit_slow();
+        self.read_release_slow();
     }
 
     #[cold]
     #[inline(never)]
-    fn read_exit_slow(&self) {
-        if E::sync().witness.checking() && !self.check_release() {
-            return;
-        }
+    fn read_release_slow(&self) {
         let mut v = self.word.load(Ordering::Relaxed);
         loop {
             assert!(
@@ -272,13 +329,18 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Releases the write hold.
+    /// Releases the write hold (the checker forgets it first while checking is on).
     #[inline]
     pub fn write_exit(&self) {
         if E::sync().witness.checking() && !self.check_release() {
             return;
         }
-        let me = me::<E>();
+        self.write_release(me::<E>());
+    }
+
+    /// The write release, without the checker: one `cmpxchg` `me | WRITE_LOCKED` → 0.
+    #[inline(always)]
+    fn write_release(&self, me: usize) {
         if self.word.compare_exchange(me | WRITE_LOCKED, 0, Ordering::Release, Ordering::Relaxed).is_err() {
             self.write_exit_slow(me);
         }
@@ -379,14 +441,16 @@ impl<T, E: Env> RwLock<T, E> {
     /// Shared access.
     #[inline(always)]
     pub fn read(&self) -> RwLockReadGuard<'_, T, E> {
-        let held = self.raw.read_enter();
-        RwLockReadGuard { l: self, held }
+        let mode = self.raw.read_enter_mode();
+        RwLockReadGuard { l: self, mode, _not_send: PhantomData }
     }
 
     /// Exclusive access.
+    #[inline(always)]
     pub fn write(&self) -> RwLockWriteGuard<'_, T, E> {
-        let held = self.raw.write_enter();
-        RwLockWriteGuard { l: self, held }
+        let me = me::<E>();
+        let mode = self.raw.write_enter_mode(me);
+        RwLockWriteGuard { l: self, mode, me, _not_send: PhantomData }
     }
 
     /// The raw lock.
@@ -395,22 +459,44 @@ impl<T, E: Env> RwLock<T, E> {
     }
 }
 
+/// How a guard's lock was taken: its release mirrors it (the checker forgets exactly the
+/// holds it recorded, whatever `kern.lockcheck` says at the release).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// The checker refused (recursion under `Policy::Record`): nothing is held.
+    Refused,
+    /// Held, not recorded by the checker.
+    Unchecked,
+    /// Held and recorded by the checker.
+    Checked,
+}
+
 /// Shared hold; releases on drop.
 pub struct RwLockReadGuard<'a, T, E: Env> {
     l: &'a RwLock<T, E>,
-    held: bool,
+    mode: Mode,
+    /// A hold belongs to the thread that took it.
+    _not_send: PhantomData<*const ()>,
 }
 
 /// Exclusive hold; releases on drop.
 pub struct RwLockWriteGuard<'a, T, E: Env> {
     l: &'a RwLock<T, E>,
-    held: bool,
+    mode: Mode,
+    /// The holder (loaded once, at the enter).
+    me: usize,
+    /// A hold belongs to the thread that took it.
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<T, E: Env> Deref for RwLockReadGuard<'_, T, E> {
     type Target = T;
     fn deref(&self) -> &T {
-        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        assert!(
+            self.mode != Mode::Refused,
+            "rwlock \"{}\": refused acquisition dereferenced",
+            self.l.raw.name
+        );
         // SAFETY: we hold a read lock: no writer exists.
         unsafe { &*self.l.value.get() }
     }
@@ -419,8 +505,13 @@ impl<T, E: Env> Deref for RwLockReadGuard<'_, T, E> {
 impl<T, E: Env> Drop for RwLockReadGuard<'_, T, E> {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.held {
-            self.l.raw.read_exit();
+        match self.mode {
+            Mode::Refused => {}
+            Mode::Unchecked => self.l.raw.read_release(),
+            Mode::Checked => {
+                self.l.raw.forget();
+                self.l.raw.read_release();
+            }
         }
     }
 }
@@ -428,7 +519,11 @@ impl<T, E: Env> Drop for RwLockReadGuard<'_, T, E> {
 impl<T, E: Env> Deref for RwLockWriteGuard<'_, T, E> {
     type Target = T;
     fn deref(&self) -> &T {
-        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        assert!(
+            self.mode != Mode::Refused,
+            "rwlock \"{}\": refused acquisition dereferenced",
+            self.l.raw.name
+        );
         // SAFETY: we hold the write lock.
         unsafe { &*self.l.value.get() }
     }
@@ -436,16 +531,26 @@ impl<T, E: Env> Deref for RwLockWriteGuard<'_, T, E> {
 
 impl<T, E: Env> DerefMut for RwLockWriteGuard<'_, T, E> {
     fn deref_mut(&mut self) -> &mut T {
-        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        assert!(
+            self.mode != Mode::Refused,
+            "rwlock \"{}\": refused acquisition dereferenced",
+            self.l.raw.name
+        );
         // SAFETY: we hold the write lock; `&mut self` is unique.
         unsafe { &mut *self.l.value.get() }
     }
 }
 
 impl<T, E: Env> Drop for RwLockWriteGuard<'_, T, E> {
+    #[inline(always)]
     fn drop(&mut self) {
-        if self.held {
-            self.l.raw.write_exit();
+        match self.mode {
+            Mode::Refused => {}
+            Mode::Unchecked => self.l.raw.write_release(self.me),
+            Mode::Checked => {
+                self.l.raw.forget();
+                self.l.raw.write_release(self.me);
+            }
         }
     }
 }
