@@ -272,6 +272,7 @@ impl<T> Chain<T> {
             if c == ts {
                 // SAFETY: `ts` is in this chain (we just found it), alive under the chain lock.
                 let next = unsafe { (*ts).chain_next.get() };
+                // SAFETY: `link` is null or the `chain_next` of the live turnstile before `ts`.
                 match unsafe { link.as_ref() } {
                     None => self.head = next,
                     Some(l) => l.set(next),
@@ -282,6 +283,7 @@ impl<T> Chain<T> {
             }
             // SAFETY: `c` is a hashed, live turnstile.
             link = unsafe { &(*c).chain_next };
+            // SAFETY: as above.
             c = unsafe { (*c).chain_next.get() };
         }
         panic!("turnstile: unhash of a turnstile not in its chain");
@@ -311,6 +313,8 @@ fn addr<T>(t: &T) -> usize {
 /// the lock's turnstile (lending its own, or donating it to the free list) and lends its
 /// priority along the chain of owners. Refused, with nothing changed, if that would close a
 /// cycle. The caller holds the chain lock of `lock` (this `chain`) and the PI lock.
+// The error carries the cycle in place: nothing may be allocated under the turnstile locks.
+#[allow(clippy::result_large_err)]
 pub fn block<T: PiThread>(
     chain: &mut Chain<T>,
     lock: usize,
@@ -378,8 +382,8 @@ fn find_cycle<T: PiThread>(lock: usize, owner: &T, me: &T) -> Option<Deadlock> {
         if ptr::eq(o, me) {
             return Some(d);
         }
-        let Some(bt) = o.links().blocked_on() else { return None };
-        let Some(next) = bt.owner() else { return None };
+        let bt = o.links().blocked_on()?;
+        let next = bt.owner()?;
         l = bt.lock.get();
         o = next;
     }
@@ -460,6 +464,7 @@ fn dequeue<T: PiThread>(chain: &mut Chain<T>, ts: &Turnstile<T>, t: &T) {
         assert!(!spare.is_null(), "turnstile: free list shorter than the queue");
         // SAFETY: spares on the free list are owned by this turnstile, not shared.
         ts.free.set(unsafe { (*spare).free.get() });
+        // SAFETY: as above.
         unsafe { (*spare).free.set(ptr::null_mut()) };
         links.ts.set(spare);
     }

@@ -415,7 +415,7 @@ impl<E: Env> RawRwLock<E> {
         } else if g.writer {
             g.heir as usize | WRITE_LOCKED | flags
         } else {
-            g.count * READER | flags
+            (g.count * READER) | flags
         };
         self.word.store(word, Ordering::Release);
     }

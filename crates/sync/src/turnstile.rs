@@ -140,6 +140,8 @@ impl<E: Env> TsGuard<'_, E> {
     /// Queues `me` (the running thread) on this lock (owned by `owner`, or by readers if
     /// `None`) and lends its priority along the chain. The caller then calls `sleep_prepare`,
     /// drops the guard, and sleeps until [`TsLinks::granted`].
+    // The error carries the cycle in place (`pi::block`).
+    #[allow(clippy::result_large_err)]
     pub fn block(
         &mut self,
         me: &Thread<E>,

@@ -594,8 +594,8 @@ fn turnstiles_many_waiters_many_locks() {
                             while n < MIN_PASSES || HostMachine::now_ns() < end {
                                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                                 let r = (x >> 33) as usize;
-                                if r % 5 == 0 {
-                                    if r % 2 == 0 {
+                                if r.is_multiple_of(5) {
+                                    if r.is_multiple_of(2) {
                                         let mut g = rwl.write();
                                         let v = *g;
                                         HostMachine::poll_interrupts();

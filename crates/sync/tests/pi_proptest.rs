@@ -48,16 +48,13 @@ impl PiThread for Th {
 /// The threads and two hash chains (locks alternate between them, so a chain holds several
 /// turnstiles and an owner chain crosses chains).
 struct World {
-    th: ManuallyDrop<Vec<Box<Th>>>,
+    th: ManuallyDrop<Vec<Th>>,
     chains: [Chain<Th>; 2],
 }
 
 impl World {
     fn new(base: &[u8]) -> Self {
-        let th = base
-            .iter()
-            .map(|&b| Box::new(Th { base: b, eff: Cell::new(b), links: TsLinks::default() }))
-            .collect();
+        let th = base.iter().map(|&b| Th { base: b, eff: Cell::new(b), links: TsLinks::default() }).collect();
         World { th: ManuallyDrop::new(th), chains: [Chain::new(), Chain::new()] }
     }
     fn t(&self, i: usize) -> &Th {
@@ -70,9 +67,11 @@ impl World {
         &mut self.chains[l % 2]
     }
     /// `t` blocks on lock `l` owned by `o`.
+    #[allow(clippy::result_large_err)]
     fn block(&mut self, t: usize, l: usize, o: usize) -> Result<(), pi::Deadlock> {
         let (me, owner): (*const Th, *const Th) = (self.t(t), self.t(o));
-        // SAFETY: the boxes live as long as the world; the chain is a separate field.
+        // SAFETY: the threads live as long as the world (the vector never grows); the chain
+        // is a separate field.
         pi::block(self.chain(l), lk(l), unsafe { &*me }, true, Some(unsafe { &*owner }))
     }
     /// The owner `o` of lock `l` releases it: to the turnstile's heir, which is returned.
