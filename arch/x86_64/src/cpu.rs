@@ -158,6 +158,22 @@ pub fn set_ipl(level: u8) {
     unsafe { asm!("mov qword ptr gs:[24], {}", in(reg) level as u64, options(nostack, preserves_flags)) };
 }
 
+/// The running CPU's IPL word (the level, zero-extended: `set_ipl` writes all 64 bits).
+#[inline(always)]
+pub fn ipl_word() -> usize {
+    let v: usize;
+    // SAFETY: as in `index`; offset 24 is `ipl`.
+    unsafe { asm!("mov {}, gs:[24]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
+}
+
+/// Sets the running CPU's IPL word (a level below 256, as `ipl_word` returns).
+#[inline(always)]
+pub fn set_ipl_word(level: usize) {
+    // SAFETY: as in `index`; offset 24 is `ipl`, written only by its own CPU.
+    unsafe { asm!("mov qword ptr gs:[24], {}", in(reg) level, options(nostack, preserves_flags)) };
+}
+
 /// The running CPU's SPL pending-levels word.
 #[inline]
 pub fn ipl_pending() -> u32 {

@@ -220,6 +220,16 @@ impl ipl::IplCpu for X86_64 {
         cpu::set_ipl(level);
     }
 
+    #[inline(always)]
+    fn ipl_word() -> usize {
+        cpu::ipl_word()
+    }
+
+    #[inline(always)]
+    fn ipl_set_word(level: usize) {
+        cpu::set_ipl_word(level);
+    }
+
     #[inline]
     fn pending_get() -> u32 {
         cpu::ipl_pending()

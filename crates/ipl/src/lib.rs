@@ -107,6 +107,17 @@ pub trait IplCpu: Machine {
     fn ipl_get() -> u8;
     /// Sets this CPU's level.
     fn ipl_set(level: u8);
+    /// This CPU's level as the machine word it is kept in (below 256). Lets `splraise` hand
+    /// the word to `splx` without narrowing and widening it again (x86: one `%gs` load).
+    #[inline(always)]
+    fn ipl_word() -> usize {
+        Self::ipl_get() as usize
+    }
+    /// Sets this CPU's level from such a word (a level, below 256).
+    #[inline(always)]
+    fn ipl_set_word(level: usize) {
+        Self::ipl_set(level as u8)
+    }
     /// This CPU's pending-levels word (bit `l`: something is pending at level `l`; bit 0: a
     /// deferred preemption). Like the level, it lives in per-CPU memory reached without a
     /// migration window (`%gs`-relative on x86_64), so `splx` tests it with one load.
@@ -134,12 +145,12 @@ pub trait IplCpu: Machine {
 /// A saved level, returned by `splraise` and consumed by `splx`.
 #[must_use = "a raised SPL must be lowered with splx"]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Spl(u8);
+pub struct Spl(usize);
 
 impl Spl {
     /// The saved level.
     pub fn ipl(self) -> Ipl {
-        Ipl::from_u8(self.0).unwrap_or(Ipl::High)
+        Ipl::from_u8(self.0 as u8).unwrap_or(Ipl::High)
     }
 }
 
@@ -159,6 +170,16 @@ static ABOVE: [u32; 256] = {
     t[0] |= PREEMPT_BIT;
     t
 };
+
+/// `ABOVE[l]` for a saved level word `l`.
+#[inline(always)]
+fn above(l: usize) -> u32 {
+    debug_assert!(l < ABOVE.len());
+    // SAFETY: `l` is a saved level: an `Spl` holds only values read from `IplCpu::ipl_word`,
+    // or built here from a `u8`, and a CPU's level word only ever holds a level written from
+    // a `u8` (`ipl_set`) or from such a word (`ipl_set_word`): below 256, the table's length.
+    unsafe { *ABOVE.get_unchecked(l) }
+}
 
 /// This CPU's index, masked to the table size so the compiler drops the bounds check on the
 /// `splx` fast path (`MAX_CPUS` is a power of two; CPU indices are below it).
@@ -275,9 +296,9 @@ impl<E: SplEnv> SplState<E> {
     /// Raises this CPU's level to at least `ipl`; returns the previous level.
     #[inline(always)]
     pub fn splraise(&self, ipl: Ipl) -> Spl {
-        let old = E::M::ipl_get();
-        if (ipl as u8) > old {
-            E::M::ipl_set(ipl as u8);
+        let old = E::M::ipl_word();
+        if (ipl as usize) > old {
+            E::M::ipl_set_word(ipl as usize);
         }
         Spl(old)
     }
@@ -291,9 +312,9 @@ impl<E: SplEnv> SplState<E> {
     /// Sets this CPU's level back to `s`, replaying interrupts left pending above it.
     #[inline(always)]
     pub fn splx(&self, s: Spl) {
-        E::M::ipl_set(s.0);
-        if E::M::pending_get() & ABOVE[s.0 as usize] != 0 {
-            self.replay_pending(s.0);
+        E::M::ipl_set_word(s.0);
+        if E::M::pending_get() & above(s.0) != 0 {
+            self.replay_pending(s.0 as u8);
         }
     }
 
@@ -355,7 +376,7 @@ impl<E: SplEnv> SplState<E> {
         }
         let cur = E::M::ipl_get();
         if level > cur {
-            self.splx(Spl(cur));
+            self.splx(Spl(cur as usize));
         }
     }
 
@@ -439,14 +460,14 @@ impl<E: SplEnv> SplState<E> {
     #[inline(always)]
     pub fn spin_enter(&self, ipl: Ipl) {
         let s = self.splraise(ipl);
-        E::M::mtx_enter(s.0);
+        E::M::mtx_enter(s.0 as u8);
     }
 
     /// Releases one spin mutex's hold on the level; the outermost restores it.
     #[inline(always)]
     pub fn spin_exit(&self) {
         if let Some(s) = E::M::mtx_exit() {
-            self.splx(Spl(s));
+            self.splx(Spl(s as usize));
         }
     }
 
