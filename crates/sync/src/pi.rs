@@ -332,6 +332,10 @@ pub fn block<T: PiThread>(
     assert!(!mine.is_null(), "turnstile: a thread blocks without a turnstile in hand");
     let ts: &Turnstile<T> = match chain.lookup(lock) {
         Some(ts) => {
+            debug_assert!(
+                ptr::eq(ts.owner.get(), owner.map_or(ptr::null(), |o| o as *const T)),
+                "turnstile: the lock word and the turnstile disagree on the owner"
+            );
             // SAFETY: `mine` is this thread's own turnstile (not hashed, not shared).
             unsafe { (*mine).free.set(ts.free.get()) };
             ts.free.set(mine);
