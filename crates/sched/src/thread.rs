@@ -156,6 +156,8 @@ pub struct Thread<E: SchedEnv> {
     /// switch back; `last_off_ns` is when it last left its CPU (0: on a CPU).
     pub(crate) off_ns: AtomicU64,
     pub(crate) last_off_ns: AtomicU64,
+    /// The layer above's per-thread state ([`crate::SchedEnv::ThreadExt`]).
+    pub(crate) ext: E::ThreadExt,
 }
 
 // SAFETY: `ctx` and `start` are touched only by the CPU that switches the thread in or out,
@@ -228,6 +230,13 @@ impl<E: SchedEnv> Thread<E> {
     /// The lock checker's record of the locks this thread holds (take with interrupts off).
     pub fn held_locks(&self) -> &SpinLock<HeldLocks> {
         &self.held
+    }
+
+    /// The layer above's per-thread state ([`crate::SchedEnv::ThreadExt`]: the turnstile
+    /// links).
+    #[inline(always)]
+    pub fn ext(&self) -> &E::ThreadExt {
+        &self.ext
     }
 
     /// Time spent on a CPU up to its last switch away, in nanoseconds.
