@@ -1044,6 +1044,8 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                         || line.starts_with("@@ torture-heap")
                         || line.starts_with("@@ torture-edu")
                         || line.starts_with("@@ torture-host")
+                        || line.starts_with("@@ torture-timer")
+                        || line.starts_with("@@ torture-com2")
                         || line.starts_with("@@ torture-summary") =>
                 {
                     if tty {

@@ -134,6 +134,8 @@ pub struct Summary {
     pub heap_base: u64,
     /// Heap in use after teardown, bytes.
     pub heap_end: u64,
+    /// Clock interrupts (every CPU's LAPIC timer; 0 from a kernel that does not count them).
+    pub timer_delivered: u64,
     /// Interrupts of the host-driven sources (0 without them).
     pub host_interrupts: u64,
     /// Violations the kernel counted.
@@ -151,6 +153,7 @@ pub fn summary(line: &str) -> Option<Summary> {
         hash: field(rest, "hash")?.to_string(),
         heap_base: number(rest, "heap_base")?,
         heap_end: number(rest, "heap_end")?,
+        timer_delivered: number(rest, "timer_delivered").unwrap_or(0),
         host_interrupts: number(rest, "host_interrupts").unwrap_or(0),
         violations: number(rest, "violations")?,
     })
@@ -203,10 +206,13 @@ pub fn judge(model: Model, report: &BootReport) -> ModelResult {
 }
 
 /// The host tool's last line: `torture: N interrupts, V violations` (N: the guest sources'
-/// deliveries and the host sources' interrupts).
+/// deliveries, the clock interrupts and the host sources' interrupts).
 pub fn last_line(results: &[ModelResult]) -> String {
-    let n: u64 =
-        results.iter().filter_map(|r| r.summary.as_ref()).map(|s| s.delivered + s.host_interrupts).sum();
+    let n: u64 = results
+        .iter()
+        .filter_map(|r| r.summary.as_ref())
+        .map(|s| s.delivered + s.timer_delivered + s.host_interrupts)
+        .sum();
     let v: u64 = results.iter().map(|r| r.violations).sum();
     format!("torture: {n} interrupts, {v} violations")
 }

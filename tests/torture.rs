@@ -20,7 +20,25 @@ fn run(model: Model) -> Summary {
     assert_eq!(r.violations, 0, "{}: {:?}; last lines: {tail:#?}", model.as_str(), r.boot_failure);
     let s = r.summary.expect("judged without a violation: a summary");
     assert!(s.delivered > 0 && s.delivered + s.merged == s.raised, "{}: {s:?}", model.as_str());
+    // The LAPIC timer: one expiry outstanding per CPU at the end, and clock interrupts.
+    let timer = line(&report.serial_log, "@@ torture-timer ");
+    assert_eq!(num(timer, "outstanding"), 2, "{timer}");
+    assert!(s.timer_delivered > 0 && s.timer_delivered == num(timer, "delivered"), "{timer}");
+    // COM2's stuck line: injected, each storm caught and recovered, nothing run while throttled.
+    let com2 = line(&report.serial_log, "@@ torture-com2 ");
+    assert!(num(com2, "injections") > 0, "{com2}");
+    assert!(num(com2, "storms") >= num(com2, "injections"), "{com2}");
+    assert_eq!(num(com2, "recovered"), num(com2, "injections"), "{com2}");
+    assert_eq!(num(com2, "runs_throttled"), 0, "{com2}");
     s
+}
+
+fn line<'a>(log: &'a [String], prefix: &str) -> &'a str {
+    log.iter().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line"))
+}
+
+fn num(line: &str, key: &str) -> u64 {
+    torture::field(line, key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key} in {line}"))
 }
 
 /// Each model once: no violation, and the exact accounting (`run`). Two runs of one seed are

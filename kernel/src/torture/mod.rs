@@ -72,11 +72,13 @@ use machine::Machine;
 use sched::Priority;
 
 use crate::cmdline::Options;
+use crate::drivers::com::Com2Fault;
 use crate::drivers::edu::Edu;
 use crate::intr::INTR;
 use crate::locks::{CondVar, KernelEnv, Mutex, RwLock, SYNC};
 use crate::{SCHED, SPL};
 
+mod clock;
 mod host;
 
 /// Source kinds, and copies of each: source `s` is kind `s % KINDS`, copy `s / KINDS`, on
@@ -117,7 +119,10 @@ const NALL: usize = NSRC + 1;
 const HOST_NIC: usize = NALL;
 const HOST_BLK: usize = NALL + 1;
 const HOST_COM1: usize = NALL + 2;
-const EXTRA_NAMES: [&str; 3] = ["virtio-net0.rx", "virtio-blk0", "com1"];
+/// And the guest-generated ones outside the framework's IPI vectors (`clock.rs`).
+const TIMER: usize = NALL + 3;
+const COM2: usize = NALL + 4;
+const EXTRA_NAMES: [&str; 5] = ["virtio-net0.rx", "virtio-blk0", "com1", "lapic-timer", "com2"];
 
 fn kind(s: usize) -> usize {
     if s == EDU {
@@ -700,6 +705,7 @@ fn pi_waiter() {
 fn heartbeat(me: usize) {
     while !STOP.load(SeqCst) {
         PROGRESS[me].fetch_add(1, SeqCst);
+        clock::check_timer();
         SCHED.sleep_ns(5_000_000);
     }
 }
@@ -743,6 +749,7 @@ struct Monitor {
     model: Model,
     edu: Option<Edu>,
     host: Option<host::Host>,
+    com2: Option<&'static Com2Fault>,
     seed: u64,
     ncpus: usize,
     t0: u64,
@@ -754,12 +761,20 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn new(model: Model, seed: u64, ncpus: usize, edu: Option<Edu>, host: Option<host::Host>) -> Self {
+    fn new(
+        model: Model,
+        seed: u64,
+        ncpus: usize,
+        edu: Option<Edu>,
+        host: Option<host::Host>,
+        com2: Option<&'static Com2Fault>,
+    ) -> Self {
         let t0 = now();
         Monitor {
             model,
             edu,
             host,
+            com2,
             seed,
             ncpus,
             t0,
@@ -813,6 +828,9 @@ impl Monitor {
         threads.push(SCHED.spawn("torture.pi.owner", low, Some(ncpus - 1), move || pi_owner(rt)));
         if let Some(h) = &self.host {
             h.spawn(&mut threads);
+        }
+        if let Some(f) = self.com2 {
+            threads.push(SCHED.spawn("torture.com2", Priority::KTHREAD, None, move || clock::com2(seed, f)));
         }
         let waiter = SCHED.spawn("torture.pi.waiter", rt, Some(0), pi_waiter);
         *PI_WAITER.lock() = Some(waiter.thread().clone());
@@ -951,7 +969,15 @@ fn monitor(opts: &Options) -> bool {
     // The host-driven sources' devices come up before the baseline (their drivers keep
     // their rings for good).
     let host = host::start(model);
-    let mut mon = Monitor::new(model, seed, ncpus, edu, host);
+    // COM2's stuck line, on the last CPU (its source is established for good).
+    let com2 = match Com2Fault::establish(ncpus - 1) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            kprintln!("@@ torture-com2 model={} none ({e})", model.name());
+            None
+        }
+    };
+    let mut mon = Monitor::new(model, seed, ncpus, edu, host, com2);
     mon.load(1, warm_ns);
     let (heap_base, live_base) = (arch::mem::usage().0, SCHED.live_threads());
     let id_base = next_thread_id();
@@ -1019,10 +1045,29 @@ fn monitor(opts: &Options) -> bool {
         violation("heap", None, 0);
     }
     let host_interrupts = mon.host.as_ref().map_or(0, |h| h.report(model));
+    let (t_raised, t_merged, t_delivered) = clock::timer_totals(ncpus);
+    kprintln!(
+        "@@ torture-timer model={} raised={} merged={} delivered={} outstanding={}",
+        model.name(),
+        t_raised,
+        t_merged,
+        t_delivered,
+        t_raised - t_merged - t_delivered
+    );
+    let c2 = clock::com2_counts(mon.com2);
+    kprintln!(
+        "@@ torture-com2 model={} injections={} storms={} recovered={} filter_runs={} runs_throttled={}",
+        model.name(),
+        c2.injections,
+        c2.storms,
+        c2.recovered,
+        crate::drivers::com::COM2_INTERRUPTS.load(SeqCst),
+        crate::drivers::com::COM2_RUNS_THROTTLED.load(SeqCst)
+    );
     print_reports(model, seed);
     let v = VIOLATIONS.load(SeqCst);
     kprintln!(
-        "@@ torture-summary model={} cpus={} seed={} ms={} raised={} merged={} delivered={} handled={} hash={:016x} heap_base={} heap_end={} threads_base={} threads_end={} pi_samples={} host_interrupts={} violations={}",
+        "@@ torture-summary model={} cpus={} seed={} ms={} raised={} merged={} delivered={} handled={} hash={:016x} heap_base={} heap_end={} threads_base={} threads_end={} pi_samples={} timer_delivered={} host_interrupts={} violations={}",
         model.name(),
         ncpus,
         seed,
@@ -1037,6 +1082,7 @@ fn monitor(opts: &Options) -> bool {
         live_base,
         live_end,
         PI_SAMPLES.load(SeqCst),
+        t_delivered,
         host_interrupts,
         v
     );
