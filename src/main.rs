@@ -1046,6 +1046,7 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                         || line.starts_with("@@ torture-host")
                         || line.starts_with("@@ torture-timer")
                         || line.starts_with("@@ torture-com2")
+                        || line.starts_with("@@ torture-backlog")
                         || line.starts_with("@@ torture-summary") =>
                 {
                     if tty {
