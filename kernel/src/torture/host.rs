@@ -99,8 +99,9 @@ pub fn start(model: Model) -> Option<Host> {
         u8::from(blk.is_some())
     );
     if com::start().is_ok() {
-        // Reads every line the host types, across both loads; it ends at the end line.
-        core::mem::forget(SCHED.spawn("torture.com1", pri(30), None, serial_sink));
+        // Reads every line the host types, across both loads; it ends at the end line, and is
+        // not joined (detached: a run may end before the host has typed everything).
+        drop(SCHED.spawn("torture.com1", pri(30), None, serial_sink));
         kprintln!("@@ serial-ready");
     }
     Some(Host { net, blk })
