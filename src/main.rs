@@ -48,6 +48,9 @@ enum Command {
     /// Real-time wake-up latency per interrupt model, idle and under an interrupt flood
     /// (a cyclictest of our own; TCG with -icount: figures are guest instructions).
     Rt(RtArgs),
+    /// Guest instructions per NIC frame and per disk operation with the devices saturated,
+    /// idle time left out, and each source's CPU share: one vCPU, TCG with -icount.
+    Cost(CostArgs),
     /// Boot with `run=torture` once per model: random concurrent interrupt and lock load
     /// under TCG -icount, invariants checked; ends with `torture: N interrupts, V violations`.
     Torture(TortureArgs),
@@ -81,6 +84,25 @@ struct RtArgs {
     /// (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
     accel: Option<Accel>,
+    /// Seconds before QEMU is killed, per boot.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+#[derive(Args)]
+struct CostArgs {
+    /// The interrupt dispatch model, or all of them.
+    #[arg(long, value_enum, default_value = "all")]
+    model: ModelChoice,
+    /// NIC frames of the net phase (the disk phase makes a quarter as many operations).
+    #[arg(long, default_value_t = ithreads::cost::FRAMES, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    frames: u64,
+    /// Also show the kernel's `@@ cost` records.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Boots per model (the spread is over them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    runs: u64,
     /// Seconds before QEMU is killed, per boot.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -263,6 +285,7 @@ fn main() -> ExitCode {
         Command::Boot(a) => boot(a),
         Command::Bench(a) => bench(a),
         Command::Rt(a) => rt(a),
+        Command::Cost(a) => cost(a),
         Command::Torture(a) => torture(a),
     };
     // A QEMU killed by the signal thread looks like a failed run here: let that thread exit.
@@ -837,15 +860,90 @@ fn boot(a: BootArgs) -> Result<ExitCode, CliError> {
     Ok(if report.exited_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
-    let (accel, kernel) = prepare(a.accel)?;
-    let models: Vec<Model> = match a.model {
+fn models_of(choice: ModelChoice) -> Vec<Model> {
+    match choice {
         ModelChoice::All => Model::ALL.to_vec(),
         ModelChoice::Direct => vec![Model::Direct],
         ModelChoice::Dedicated => vec![Model::Dedicated],
         ModelChoice::Pool => vec![Model::Pool],
         ModelChoice::Pinned => vec![Model::Pinned],
-    };
+    }
+}
+
+/// `runs` cost boots per model (one vCPU, TCG with icount); per model its runs, and every
+/// problem seen (named by model and run).
+fn cost_boots(
+    kernel: &Path,
+    models: &[Model],
+    frames: u64,
+    runs: u64,
+    timeout: Duration,
+    verbose: bool,
+) -> Result<(Vec<Vec<ithreads::cost::CostRun>>, Vec<String>), CliError> {
+    let mut all = Vec::new();
+    let mut problems = Vec::new();
+    for m in models {
+        let mut mine = Vec::new();
+        for k in 0..runs {
+            let devices = workload::host_devices().map_err(CliError::Devices)?;
+            let counters = Arc::new(HostCounters::default());
+            let append = ithreads::cost::cmdline(m.as_str(), frames);
+            let cfg = ithreads::cost::config(Accel::Tcg, append, &devices, Arc::clone(&counters), timeout);
+            let report = qemu::boot_elf(&cfg, Accel::Tcg, kernel, |source, line, _| {
+                // The kernel's own diagnostics, and with --verbose its records.
+                if source == Source::Serial
+                    && (line.starts_with("cost:") || (verbose && line.starts_with("@@ cost")))
+                {
+                    println!("  {line}");
+                }
+            })?;
+            drop(devices);
+            let run = ithreads::cost::from_report(&report);
+            let mut p: Vec<String> = harness::boot_problem(&report, Goal::Exit).into_iter().collect();
+            p.extend(run.problems());
+            let errors = counters.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            p.extend(errors.into_iter().map(|e| format!("host: {e}")));
+            println!(
+                "cost: {m} run {}/{runs}: {} instructions per frame, {} per disk operation ({:.1} s){}",
+                k + 1,
+                run.per_frame().map_or("-".into(), |x| x.to_string()),
+                run.per_disk_op().map_or("-".into(), |x| x.to_string()),
+                secs(report.elapsed),
+                if p.is_empty() { String::new() } else { format!(" FAILED: {}", p.join("; ")) }
+            );
+            problems.extend(p.into_iter().map(|p| format!("cost {m} run {}: {p}", k + 1)));
+            mine.push(run);
+        }
+        all.push(mine);
+    }
+    Ok((all, problems))
+}
+
+fn cost(a: CostArgs) -> Result<ExitCode, CliError> {
+    setup::ensure_tools()?;
+    let kernel = kbuild::kernel()?;
+    let models = models_of(a.model);
+    println!(
+        "cost: 1 vCPU, TCG -icount {}, {} frames and {} disk operations per boot, {} boot(s) per model",
+        ithreads::bench::ICOUNT,
+        a.frames,
+        (a.frames / 4).max(1),
+        a.runs
+    );
+    let (runs, problems) =
+        cost_boots(&kernel, &models, a.frames, a.runs, Duration::from_secs(a.timeout), a.verbose)?;
+    print!("{}", ithreads::cost::table(&runs));
+    if problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("cost: FAILED");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
+    let (accel, kernel) = prepare(a.accel)?;
+    let models = models_of(a.model);
     let unit = ithreads::bench::unit(accel);
     let mut runs = Vec::new();
     let mut failed = false;

@@ -20,7 +20,9 @@ extern crate alloc;
 
 mod bench;
 mod cmdline;
+mod cost;
 mod drivers;
+mod flood;
 mod intr;
 mod locks;
 mod panic;
@@ -174,6 +176,7 @@ fn main_thread(opts: &'static Options) {
         RunMode::Bench => bench::run(opts),
         RunMode::Rt => rt::run(opts),
         RunMode::Torture => torture::run(opts),
+        RunMode::Cost => cost::run(opts),
         RunMode::Shell => {
             shell::configure(opts);
             drivers::com::set_echo(true);

@@ -131,7 +131,7 @@ pub fn run(opts: &Options) -> bool {
             evs[1 - side].set();
         }));
     }
-    let workload = crate::workload::start(opts.workload_serial);
+    let workload = crate::workload::start(opts.workload_serial, opts.workload_saturate);
     let t0 = now();
     let end = t0 + opts.scenario_ms * 1_000_000;
     let mut next_live = t0;

@@ -16,6 +16,9 @@
 //!   (the next only once the last was handled), a source under the boot's default model
 //!   whose filter acknowledges the device and whose handler counts; it stops with the
 //!   others, and every raised interrupt must have been handled exactly once.
+//! - **Saturated** (`workload.saturate=on`, as `--compare` boots it): the NIC's frames are
+//!   asked for unpaced (`rate=0`: the host sends one as soon as the guest returns a buffer)
+//!   and [`SATURATED_DISK_THREADS`] disk threads per CPU keep the disk's queue full.
 //! - **Disk:** one thread per CPU writes a pattern over its own [`BLK_SECTORS`] sectors and
 //!   reads it back, [`BLK_ROUNDS`] times, each request sleeping until its completion
 //!   interrupt.
@@ -65,6 +68,8 @@ pub const NET_FRAMES: u64 = 8000;
 pub const NET_RATE: u32 = 2000;
 /// A NIC part without any frame for this long (and no end marker) is given up.
 pub const NET_GIVE_UP_MS: u64 = 15_000;
+/// Disk threads per CPU when saturated (each keeps one request in the queue).
+pub const SATURATED_DISK_THREADS: usize = 4;
 /// Sectors each disk thread owns.
 pub const BLK_SECTORS: u64 = 64;
 /// Write-and-verify rounds per disk thread.
@@ -97,12 +102,12 @@ pub struct Workload {
 }
 
 /// Starts the parts that are there.
-pub fn start(serial: bool) -> Workload {
+pub fn start(serial: bool, saturate: bool) -> Workload {
     let mut threads = Vec::new();
     let net = net::start(None).ok();
     if let Some(dev) = net {
         dev.expect(0, NET_FRAMES);
-        dev.announce(0, NET_FRAMES, true, NET_RATE);
+        dev.announce(0, NET_FRAMES, true, if saturate { 0 } else { NET_RATE });
     }
     let mut blk_threads = 0;
     if let Ok(dev) = blk::start(None) {
@@ -110,8 +115,10 @@ pub fn start(serial: bool) -> Workload {
         // Above the scenario's busy classes: the disk threads mostly sleep on I/O, and a
         // completion should get its thread going at once.
         let pri = Priority::new(44).expect("priority in range");
-        for cpu in 0..n {
-            let first = cpu as u64 * BLK_SECTORS;
+        let per_cpu = if saturate { SATURATED_DISK_THREADS } else { 1 };
+        for k in 0..n * per_cpu {
+            let cpu = k % n;
+            let first = k as u64 * BLK_SECTORS;
             if first + BLK_SECTORS > dev.capacity() {
                 break;
             }
