@@ -66,6 +66,13 @@ enum ModelChoice {
     Pinned,
 }
 
+/// What floods the CPUs in `rt`'s flood phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RtFloodChoice {
+    Devices,
+    Ipi,
+}
+
 #[derive(Args)]
 struct RtArgs {
     /// The interrupt dispatch model, or all of them (one boot each).
@@ -80,6 +87,14 @@ struct RtArgs {
     /// The real-time threads' period in microseconds (50..=100000).
     #[arg(long, default_value_t = 1000)]
     period_us: u64,
+    /// The flood: `devices` (NIC frames sent unpaced, the disk's queue kept full, edu
+    /// interrupts, and the IPI flood) or `ipi` (guest-only, deterministic on one vCPU).
+    #[arg(long, value_enum, default_value = "devices")]
+    flood: RtFloodChoice,
+    /// Boot a kernel built with the event trace and write each model's trace to FILE
+    /// (with --model all: FILE with the model's name before its extension).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
     /// Accelerator: tcg counts instructions (-icount), kvm counts TSC cycles
     /// (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
@@ -941,21 +956,67 @@ fn cost(a: CostArgs) -> Result<ExitCode, CliError> {
     }
 }
 
-fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
-    let (accel, kernel) = prepare(a.accel)?;
-    let models = models_of(a.model);
-    let unit = ithreads::bench::unit(accel);
+/// `base` for one model's trace: as is for a single model, else with `-<model>` before the
+/// extension (`t.json` -> `t-pool.json`).
+fn trace_path_for(base: &Path, model: Model, several: bool) -> PathBuf {
+    if !several {
+        return base.to_path_buf();
+    }
+    let stem = base.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match base.extension() {
+        Some(e) => format!("{stem}-{model}.{}", e.to_string_lossy()),
+        None => format!("{stem}-{model}"),
+    };
+    base.with_file_name(name)
+}
+
+/// What `rt` boots: its options, whichever command asks.
+struct RtPlan {
+    smp: u32,
+    seconds: f64,
+    period_us: u64,
+    flood: RtFloodChoice,
+    timeout: Duration,
+}
+
+/// One `run=rt` boot per model; with `trace`, a traced kernel and each model's trace written
+/// (`trace_path_for`). Returns the runs and whether any failed.
+fn rt_boots(
+    accel: Accel,
+    kernel: &Path,
+    models: &[Model],
+    plan: &RtPlan,
+    trace: Option<&Path>,
+) -> Result<(Vec<ithreads::rt::RtRun>, bool), CliError> {
     let mut runs = Vec::new();
     let mut failed = false;
-    for m in models {
-        let append = ithreads::rt::cmdline(m.as_str(), a.seconds, a.period_us);
-        let cfg = ithreads::rt::config(a.smp, accel, append, Duration::from_secs(a.timeout));
+    let flood = match plan.flood {
+        RtFloodChoice::Devices => "devices",
+        RtFloodChoice::Ipi => "ipi",
+    };
+    for &m in models {
+        let devices = match plan.flood {
+            RtFloodChoice::Devices => Some(workload::host_devices().map_err(CliError::Devices)?),
+            RtFloodChoice::Ipi => None,
+        };
+        let append = ithreads::rt::cmdline(m.as_str(), plan.seconds, plan.period_us, flood);
+        let cfg = ithreads::rt::config(plan.smp, accel, append, plan.timeout, devices.as_ref());
         println!("rt: {} CPUs, {}, cmdline {:?}", cfg.smp, ithreads::bench::accel_label(accel), cfg.append);
-        let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, _| {
+        let mut collector = trace.map(|_| ithreads::timeline::Collector::new());
+        let report = qemu::boot_elf(&cfg, accel, kernel, |source, line, _| {
+            if let (Source::Serial, Some(c)) = (source, collector.as_mut()) {
+                if c.feed(line) {
+                    return;
+                }
+            }
             if source == Source::Serial && line.starts_with("@@ rt-config") {
                 println!("  {line}");
             }
         })?;
+        drop(devices);
+        if let (Some(base), Some(c)) = (trace, &collector) {
+            write_trace(&trace_path_for(base, m, models.len() > 1), c)?;
+        }
         let run = ithreads::rt::from_report(&report);
         if let Some(f) = harness::boot_failure(&report, Goal::Exit) {
             failed = true;
@@ -967,6 +1028,21 @@ fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
         }
         runs.push(run);
     }
+    Ok((runs, failed))
+}
+
+fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
+    let (accel, kernel) = prepare_flavour(a.accel, flavour_for(&a.trace))?;
+    let models = models_of(a.model);
+    let unit = ithreads::bench::unit(accel);
+    let plan = RtPlan {
+        smp: a.smp,
+        seconds: a.seconds,
+        period_us: a.period_us,
+        flood: a.flood,
+        timeout: Duration::from_secs(a.timeout),
+    };
+    let (runs, failed) = rt_boots(accel, &kernel, &models, &plan, a.trace.as_deref())?;
     print!("{}", ithreads::rt::table(&runs, unit));
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
