@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cleanup;
+pub mod compare;
 pub mod cost;
 pub mod harness;
 pub mod kbuild;

@@ -165,6 +165,10 @@ struct TortureArgs {
     /// Also show the kernel's other lines and QEMU's stderr.
     #[arg(long, short)]
     verbose: bool,
+    /// Boot a kernel built with the event trace and write each model's trace to FILE
+    /// (with --model all: FILE with the model's name before its extension).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -190,6 +194,27 @@ struct RunArgs {
     /// Run the main job once per model, print them side by side and write a report folder.
     #[arg(long)]
     compare: bool,
+    /// --compare: cost boots per model (1 vCPU; the spread of instructions per frame is over
+    /// them).
+    #[arg(long, default_value_t = 3, requires = "compare", value_parser = clap::value_parser!(u64).range(1..=20))]
+    cost_runs: u64,
+    /// --compare: NIC frames per cost boot.
+    #[arg(long, default_value_t = ithreads::cost::FRAMES, requires = "compare", value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    cost_frames: u64,
+    /// --compare: guest seconds of each rt phase.
+    #[arg(long, default_value_t = 0.5, requires = "compare")]
+    rt_seconds: f64,
+    /// --compare: vCPUs of the rt boots (1: under shared icount another vCPU's time slice
+    /// would count in a wake-up's latency).
+    #[arg(long, default_value_t = 1, requires = "compare", value_parser = setup::parse_smp)]
+    rt_smp: u32,
+    /// --compare: only the benchmarks whose name contains this (default: all).
+    #[arg(long, requires = "compare")]
+    bench_filter: Option<String>,
+    /// Saturate the devices (the host sends frames unpaced, the disk's queue stays full)
+    /// under TCG -icount, so rates are per guest second (always so with --compare).
+    #[arg(long)]
+    saturate: bool,
     /// The report folder of --compare (default: target/report/<UTC time>).
     #[arg(long, value_name = "DIR", requires = "compare")]
     out: Option<PathBuf>,
@@ -502,14 +527,24 @@ fn run_main_job(
     model: Option<Model>,
     title: &str,
 ) -> Result<(BootReport, ModelRun), CliError> {
+    let saturate = a.saturate || a.compare;
     let devices = workload::host_devices().map_err(CliError::Devices)?;
     let counters = Arc::new(HostCounters::default());
     let plan = Plan::default();
+    let mut extra_args = devices.qemu_args.clone();
+    let mut append = a.append.clone();
+    if saturate {
+        // Guest time, deterministic guest work: every rate is per guest second.
+        if accel == Accel::Tcg {
+            extra_args.extend(["-icount".to_string(), ithreads::bench::ICOUNT.to_string()]);
+        }
+        append = qemu::join_cmdline("workload.saturate=on", &append);
+    }
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
-        append: workload::cmdline("scenario", model, &a.append).map_err(CliError::Workload)?,
-        extra_args: devices.qemu_args.clone(),
+        append: workload::cmdline("scenario", model, &append).map_err(CliError::Workload)?,
+        extra_args,
         timeout: Duration::from_secs(a.timeout),
         input: workload::feeder(plan, devices.net.clone(), Arc::clone(&counters)),
     };
@@ -630,42 +665,113 @@ fn print_other_results(report: &BootReport) {
     }
 }
 
-/// `--compare`: the main job once per model, the side-by-side table and the report folder.
+/// `--compare`: per model, the cost boots (1 vCPU), the saturated main job, the rt boot, a
+/// traced main job; one benchmark boot; the side-by-side table and the report folder
+/// organised by the seeds' claims (`src/compare.rs`).
 fn compare(a: &RunArgs, accel: Accel, kernel: &Path) -> Result<ExitCode, CliError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let out = a.out.clone().unwrap_or_else(|| report::default_report_dir(now));
+    std::fs::create_dir_all(&out).map_err(|source| CliError::WriteReport { dir: out.clone(), source })?;
+    let timeout = Duration::from_secs(a.timeout);
+    let mut problems: Vec<String> = Vec::new();
+    if accel != Accel::Tcg {
+        println!("compare: the figures are guest instructions: every boot runs under TCG with -icount");
+    }
+    println!(
+        "
+== cost: 1 vCPU, TCG -icount {}, {} frames, {} boots per model",
+        ithreads::bench::ICOUNT,
+        a.cost_frames,
+        a.cost_runs
+    );
+    let (cost, cost_problems) =
+        cost_boots(kernel, &Model::ALL, a.cost_frames, a.cost_runs, timeout, a.verbose)?;
+    print!("{}", ithreads::cost::table(&cost));
+    problems.extend(cost_problems);
     let mut runs = Vec::new();
     for (i, model) in Model::ALL.into_iter().enumerate() {
         let title = format!("model {model} ({} of {})", i + 1, Model::ALL.len());
-        println!("\n== {title}");
-        let (_, run) = run_main_job(a, accel, kernel, Some(model), &title)?;
+        println!("\n== main job, {title}, saturated, TCG -icount");
+        let untraced = RunArgs { trace: None, ..a.clone() };
+        let (_, run) = run_main_job(&untraced, Accel::Tcg, kernel, Some(model), &title)?;
         if run.ok() {
             println!("{model}: ok ({:.1} s)", run.elapsed_s);
         } else {
             println!("{model}: FAILED");
             for p in &run.problems {
                 println!("  - {p}");
+                problems.push(format!("main job {model}: {p}"));
             }
         }
         runs.push(run);
     }
-    println!("\nmodels compared ({} CPUs, {accel}):", a.smp);
+    println!("\nmodels compared ({} CPUs, TCG -icount, devices saturated):", a.smp);
     print!("{}", report::compare_table(&runs));
+    println!("\n== rt: {} vCPUs, {} guest s per phase, device flood", a.rt_smp, a.rt_seconds);
+    let plan = RtPlan {
+        smp: a.rt_smp,
+        seconds: a.rt_seconds,
+        period_us: 1000,
+        flood: RtFloodChoice::Devices,
+        timeout,
+    };
+    let (rt, rt_failed) = rt_boots(Accel::Tcg, kernel, &Model::ALL, &plan, None)?;
+    print!("{}", ithreads::rt::table(&rt, "instructions"));
+    if rt_failed {
+        problems.push("rt: a model failed (above)".into());
+    }
+    println!("\n== bench: 1 vCPU, TCG -icount");
+    let bcfg = ithreads::bench::config(1, Accel::Tcg, a.bench_filter.as_deref(), None, timeout)?;
+    let breport = qemu::boot_elf(&bcfg, Accel::Tcg, kernel, |_, _, _| {})?;
+    problems.extend(ithreads::bench::failure(&breport).into_iter().map(|f| format!("bench: {f}")));
+    let bench = ithreads::bench::records(&breport);
+    println!("bench: {} figures", bench.len());
+    println!("\n== traces: one traced main job per model");
+    let traced_kernel = kbuild::kernel_of(kbuild::Flavour::Traced)?;
+    let mut traces = Vec::new();
+    for model in Model::ALL {
+        let file = format!("trace-{model}.json");
+        let traced = RunArgs { trace: Some(out.join(&file)), verbose: false, ..a.clone() };
+        let title = format!("traced {model}");
+        let (report, run) = run_main_job(&traced, Accel::Tcg, &traced_kernel, Some(model), &title)?;
+        if !report.exited_success() {
+            problems.push(format!("traced run {model}: {}", report.outcome));
+        }
+        drop(run);
+        let mut c = ithreads::timeline::Collector::new();
+        for line in &report.serial_log {
+            c.feed(line);
+        }
+        let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
+        for r in c.records() {
+            *kinds.entry(r.kind.name().to_string()).or_default() += 1;
+        }
+        traces.push(ithreads::compare::TraceSummary {
+            model: model.to_string(),
+            file,
+            kinds: kinds.into_iter().collect(),
+        });
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let meta = ReportMeta {
         command: format!("cargo run --release -- {}", qemu::shell_words(&args)),
         machine: report::machine_description(),
-        accel: accel.to_string(),
+        accel: format!("tcg, -icount {}", ithreads::bench::ICOUNT),
         smp: a.smp,
         when: report::utc_timestamp(now),
     };
-    let files = report::write_report(&out, &runs, &meta)
+    let all = ithreads::compare::Compare { runs, cost, rt, rt_smp: a.rt_smp, bench, traces };
+    println!("\n{}", ithreads::compare::headline(&all));
+    let files = ithreads::compare::write(&out, &all, &meta)
         .map_err(|source| CliError::WriteReport { dir: out.clone(), source })?;
     println!("\nreport: {} ({} files: {})", out.display(), files.len(), file_names(&files));
-    if runs.iter().all(ModelRun::ok) {
+    if problems.is_empty() {
         println!("compare: ok");
         Ok(ExitCode::SUCCESS)
     } else {
+        for p in &problems {
+            println!("  - {p}");
+        }
         println!("compare: FAILED");
         Ok(ExitCode::FAILURE)
     }
@@ -1144,7 +1250,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
 fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
     use ithreads::torture;
     setup::ensure_tools()?;
-    let kernel = kbuild::kernel()?;
+    let kernel = kbuild::kernel_of(flavour_for(&a.trace))?;
     let seed = a.seed.unwrap_or_else(|| {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
     });
@@ -1169,14 +1275,21 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
     let tty = std::io::stdout().is_terminal();
     let total_ms = a.seconds * 1000;
     let mut results = Vec::new();
+    let several = models.len() > 1;
     for model in models {
         let cfg = torture::config(a.smp, model, a.seconds, seed, timeout);
+        let mut collector = a.trace.as_ref().map(|_| ithreads::timeline::Collector::new());
         if a.verbose {
             println!("torture: {}", torture::command(&cfg, &kernel));
         }
         let verbose = a.verbose;
         let name = model.as_str();
         let report = qemu::boot_elf(&cfg, Accel::Tcg, &kernel, |source, line, event| {
+            if let (Source::Serial, Some(c)) = (source, collector.as_mut()) {
+                if c.feed(line) {
+                    return;
+                }
+            }
             match (source, event) {
                 (Source::Serial, _) if torture::progress(line).is_some() => {
                     let p = torture::progress(line).expect("checked");
@@ -1222,6 +1335,9 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                 _ => {}
             }
         })?;
+        if let (Some(base), Some(c)) = (&a.trace, &collector) {
+            write_trace(&trace_path_for(base, model, several), c)?;
+        }
         let r = torture::judge(model, &report);
         if let Some(why) = &r.boot_failure {
             println!("VIOLATION model={name} what=boot source=- cpu=- seed={seed}: {why}");

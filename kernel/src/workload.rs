@@ -78,6 +78,8 @@ pub const BLK_ROUNDS: u64 = 4;
 /// Disk-part counters.
 static BLK_BAD: AtomicU64 = AtomicU64::new(0);
 static BLK_DONE: AtomicU64 = AtomicU64::new(0);
+/// When the last disk thread finished (guest ns).
+static BLK_LAST_NS: AtomicU64 = AtomicU64::new(0);
 
 /// The edu part's vector.
 pub const EDU_VECTOR: u8 = 0x45;
@@ -95,6 +97,8 @@ pub struct Workload {
     net: Option<&'static net::NetDev>,
     blk_threads: usize,
     threads: Vec<sched::JoinHandle<crate::locks::KernelEnv>>,
+    /// When the parts started (guest ns): the spans of `net_span_ns=` and `blk_span_ns=`.
+    started_ns: u64,
     /// The interrupt framework's threads and sources once every part is set up.
     rest: Footprint,
     /// The largest of each since (sampled at every live record and at the end).
@@ -103,6 +107,7 @@ pub struct Workload {
 
 /// Starts the parts that are there.
 pub fn start(serial: bool, saturate: bool) -> Workload {
+    let started_ns = arch::apic::now_ns();
     let mut threads = Vec::new();
     let net = net::start(None).ok();
     if let Some(dev) = net {
@@ -129,6 +134,7 @@ pub fn start(serial: bool, saturate: bool) -> Workload {
                         BLK_BAD.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                BLK_LAST_NS.fetch_max(arch::apic::now_ns(), Ordering::Relaxed);
                 BLK_DONE.fetch_add(1, Ordering::Release);
             }));
         }
@@ -140,7 +146,7 @@ pub fn start(serial: bool, saturate: bool) -> Workload {
     }
     let edu = start_edu(&mut threads);
     let rest = INTR.footprint();
-    Workload { edu, serial, net, blk_threads, threads, rest, peak: Cell::new(rest) }
+    Workload { edu, serial, net, blk_threads, threads, started_ns, rest, peak: Cell::new(rest) }
 }
 
 /// The edu part: a source and its raiser thread (see the module doc); `None` without the
@@ -244,7 +250,7 @@ impl Workload {
             let _ = write!(
                 s,
                 "net_rx={} net_unique={} net_dup={} net_range={} net_bad={} net_foreign={} net_lost={} \
-                 net_echoed={} net_yields={} net_end={} net_stall_ms={} net_stall_at={} ",
+                 net_echoed={} net_yields={} net_end={} net_stall_ms={} net_stall_at={} net_span_ns={} ",
                 st.received,
                 st.unique,
                 st.duplicate,
@@ -256,18 +262,26 @@ impl Workload {
                 st.yields,
                 u8::from(st.end_seen),
                 st.stall_ms,
-                st.stall_at
+                st.stall_at,
+                // From the start to the last frame, once every frame is in.
+                if st.end_seen { st.last_ns.saturating_sub(self.started_ns) } else { 0 }
             );
         }
         if self.blk_threads > 0 {
             let st = blk::stats();
             let _ = write!(
                 s,
-                "blk_ops={} blk_bad={} blk_bytes={} blk_p99={} ",
+                "blk_ops={} blk_bad={} blk_bytes={} blk_p99={} blk_span_ns={} ",
                 st.ops,
                 st.bad + BLK_BAD.load(Ordering::Relaxed),
                 st.bytes,
-                st.lat_p99_ns
+                st.lat_p99_ns,
+                // From the start to the last disk thread's end, once all are done.
+                if BLK_DONE.load(Ordering::Acquire) as usize == self.blk_threads {
+                    BLK_LAST_NS.load(Ordering::Relaxed).saturating_sub(self.started_ns)
+                } else {
+                    0
+                }
             );
         }
         let _ = write!(
