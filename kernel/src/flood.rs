@@ -147,6 +147,7 @@ impl EduFlood {
                     ipl: ipl::Ipl::Vm,
                     flags: intr::IntrFlags::MPSAFE,
                     model: None,
+                    thread_priority: None,
                 },
                 Some(alloc::boxed::Box::new(move |_| {
                     let st = dev.status();

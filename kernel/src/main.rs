@@ -138,6 +138,7 @@ fn main_thread(opts: &'static Options) {
                     ipl: ipl::Ipl::Vm,
                     flags: intr_api::IntrFlags::MPSAFE,
                     model: None,
+                    thread_priority: None,
                 },
                 Some(alloc::boxed::Box::new(|_| {
                     SCHED.sleep_ns(1_000_000); // not allowed in a filter: diagnosed, naming us

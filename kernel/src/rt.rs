@@ -132,6 +132,9 @@ pub fn run(opts: &Options) -> bool {
             ipl: Ipl::Vm,
             flags: IntrFlags::MPSAFE,
             model: None,
+            // Below the real-time band from the start, as a driver sets it when it
+            // establishes (ignored under direct and pinned: no thread).
+            thread_priority: Priority::new(FLOOD_THREAD_PRIORITY),
         },
         None,
         Some(alloc::boxed::Box::new(move |_| {
@@ -148,8 +151,7 @@ pub fn run(opts: &Options) -> bool {
             return false;
         }
     };
-    let thread_priority = Priority::new(FLOOD_THREAD_PRIORITY).expect("priority in range");
-    let flood_thread = flood.set_thread_priority(Some(thread_priority)).is_ok();
+    let flood_thread = flood.source().thread_priority().is_some();
     // Every line is printed after both phases: the serial line's transmit interrupts, whose
     // timing depends on how fast the host reads, stay out of the measurement.
     let mut out: Vec<String> = Vec::new();

@@ -80,6 +80,7 @@ pub fn run(opts: &Options) -> bool {
                 ipl: ipl::Ipl::Vm,
                 flags: intr::IntrFlags::MPSAFE,
                 model: None,
+                thread_priority: None,
             },
             None,
             Some(alloc::boxed::Box::new(|_| {

@@ -163,6 +163,7 @@ fn start_edu(threads: &mut Vec<sched::JoinHandle<crate::locks::KernelEnv>>) -> O
                 ipl: ipl::Ipl::Vm,
                 flags: intr::IntrFlags::MPSAFE,
                 model: None,
+                thread_priority: None,
             },
             Some(alloc::boxed::Box::new(move |_| {
                 let st = dev.status();

@@ -324,6 +324,7 @@ impl NetDev {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE | IntrFlags::MASK_WHILE_QUEUED,
                     model,
+                    thread_priority: None,
                 },
                 self.line,
                 None,
