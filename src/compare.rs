@@ -102,6 +102,11 @@ fn per_disk_op(c: &Compare, model: &str) -> Option<(u64, f64)> {
     spread(&v)
 }
 
+/// A fraction as a percentage with two decimals (the spread of instructions per frame).
+fn pct2(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
 /// The headline table: a column per model.
 pub fn headline(c: &Compare) -> String {
     let ms = models(c);
@@ -114,7 +119,7 @@ pub fn headline(c: &Compare) -> String {
         rows.push(r);
     };
     row("instructions per frame", &|m| per_frame(c, m).map_or("-".into(), |x| x.0.to_string()));
-    row("spread of instructions per frame", &|m| per_frame(c, m).map_or("-".into(), |x| pct(x.1)));
+    row("spread of instructions per frame", &|m| per_frame(c, m).map_or("-".into(), |x| pct2(x.1)));
     row("instructions per disk operation", &|m| per_disk_op(c, m).map_or("-".into(), |x| x.0.to_string()));
     row("spread of instructions per disk operation", &|m| per_disk_op(c, m).map_or("-".into(), |x| pct(x.1)));
     row("NIC interrupts per 1000 frames (cost run)", &|m| {
@@ -478,6 +483,19 @@ fn readme_text(c: &Compare, meta: &ReportMeta, latency_charts: &[String]) -> Str
         c,
         &["intr.switch_added", "intr.latency", "intr.rate", "intr.pinned_round_trip"],
     ));
+    let _ = writeln!(
+        s,
+        "\n**Answer.** Doran: 29 instructions added per interrupt. Here the pinned model adds {} \
+         (`intr.switch_added`); the thread models that switch for real (dedicated, pool) add {} and {} to the \
+         dispatch latency over direct (`intr.latency`).",
+        cell(bench(c, "intr.switch_added", "pinned")),
+        bench(c, "intr.latency", "dedicated")
+            .zip(bench(c, "intr.latency", "direct"))
+            .map_or("-".into(), |(a, b)| format!("{}", a as i64 - b as i64)),
+        bench(c, "intr.latency", "pool")
+            .zip(bench(c, "intr.latency", "direct"))
+            .map_or("-".into(), |(a, b)| format!("{}", a as i64 - b as i64)),
+    );
     let direct = per_frame(c, "direct").map(|x| x.0);
     let _ = writeln!(
         s,
@@ -550,6 +568,26 @@ fn readme_text(c: &Compare, meta: &ReportMeta, latency_charts: &[String]) -> Str
          show them as events (counts within each CPU ring's kept window; open the files in Perfetto):\n\n",
     );
     s.push_str(&traces_table(c));
+    s.push_str(
+        "\nThe main job's `edu` handler blocks on an adaptive mutex its raiser holds (not under direct), so \
+         every model but direct has blocking handlers. The pool's own counters in the main job (pool model: \
+         times a CPU took an ithread, ithreads that moved to a CPU in need, divorces):\n\n",
+    );
+    let pool_row: Vec<String> = c
+        .runs
+        .iter()
+        .map(|r| {
+            r.results.pool.map_or(format!("{}: -", r.model), |(a, m, d)| {
+                format!("{}: assigned {a}, migrations {m}, divorces {d}", r.model)
+            })
+        })
+        .collect();
+    let _ = writeln!(s, "{}\n", pool_row.join("; "));
+    s.push_str(
+        "What a divorce costs: the pool's `intr.block_switch` (a handler blocking on a turnstile, its ithread \
+         divorced, the switch back) against dedicated's, which has no pool to leave:\n\n",
+    );
+    s.push_str(&bench_table(c, &["intr.block_switch", "intr.block_switch.switch"]));
     s.push_str(
         "\n**Downside 1: interrupts must be spread evenly.** \"two busy devices whose interrupts both go to the \
          same CPU ... compete for CPU time on that CPU\". In the main job, each source's handlers by CPU \

@@ -415,6 +415,8 @@ pub struct JobResults {
     pub storms: Vec<(String, u64)>,
     /// The `@@ result scope=footprint` record.
     pub footprint: Option<Footprint>,
+    /// The `@@ result scope=pool` record: (assigned, migrations, divorces).
+    pub pool: Option<(u64, u64, u64)>,
     /// The `@@ result scope=source_cpu` records: (source, CPU, handler runs, handler ns).
     pub per_cpu: Vec<(String, u64, u64, u64)>,
     /// Lines that could not be typed (a missing key, a non-number).
@@ -448,6 +450,10 @@ impl JobResults {
                         Some("workload") => Counters::parse(&f).map(|c| out.workload = Some(c)),
                         Some("source") => source_result(&f).map(|s| out.sources.push(s)),
                         Some("footprint") => footprint(&f).map(|x| out.footprint = Some(x)),
+                        Some("pool") => (|| {
+                            out.pool = Some((f.num("assigned")?, f.num("migrations")?, f.num("divorces")?));
+                            Ok(())
+                        })(),
                         Some("source_cpu") => (|| {
                             let name = f.text("name")?;
                             out.per_cpu.push((name, f.num("cpu")?, f.num("handled")?, f.num("cpu_ns")?));

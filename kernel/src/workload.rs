@@ -15,7 +15,13 @@
 //! - **edu:** a raiser thread makes QEMU's `edu` device raise an MSI every millisecond
 //!   (the next only once the last was handled), a source under the boot's default model
 //!   whose filter acknowledges the device and whose handler counts; it stops with the
-//!   others, and every raised interrupt must have been handled exactly once.
+//!   others, and every raised interrupt must have been handled exactly once. The raiser runs
+//!   on the CPU the MSI goes to and raises holding the adaptive mutex `workload.edu`, which
+//!   the handler takes too (not under `direct`, whose handler must not block): the
+//!   interrupt comes in at once, the handler's thread preempts the raiser and blocks on the
+//!   mutex's turnstile (a pool ithread is divorced from its CPU, a pinned one gives the CPU
+//!   back), lending the raiser its priority until it lets go — the interrupt handler that
+//!   blocks on a turnstile that Baldwin's and Doran's designs are about, in every boot.
 //! - **Saturated** (`workload.saturate=on`, as `--compare` boots it): the NIC's frames are
 //!   asked for unpaced (`rate=0`: the host sends one as soon as the guest returns a buffer)
 //!   and [`SATURATED_DISK_THREADS`] disk threads per CPU keep the disk's queue full.
@@ -86,6 +92,10 @@ pub const EDU_VECTOR: u8 = 0x45;
 static EDU_RAISED: AtomicU64 = AtomicU64::new(0);
 static EDU_HANDLED: AtomicU64 = AtomicU64::new(0);
 static EDU_STOP: AtomicBool = AtomicBool::new(false);
+/// Whether the edu handler takes [`EDU_LOCK`] (not under `direct`).
+static EDU_BLOCKS: AtomicBool = AtomicBool::new(false);
+/// Held by the raiser while it raises; taken by the handler.
+static EDU_LOCK: crate::locks::Mutex<u64> = crate::locks::Mutex::new_adaptive("workload.edu", 0);
 
 /// The edu part's device and source.
 type EduPart = (crate::drivers::edu::Edu, intr::IntrHandle<crate::locks::KernelEnv>);
@@ -174,22 +184,31 @@ fn start_edu(threads: &mut Vec<sched::JoinHandle<crate::locks::KernelEnv>>) -> O
                 intr::FilterResult::Schedule
             })),
             Some(alloc::boxed::Box::new(|_| {
+                if EDU_BLOCKS.load(Ordering::Relaxed) {
+                    *EDU_LOCK.lock() += 1;
+                }
                 EDU_HANDLED.fetch_add(1, Ordering::Relaxed);
             })),
         )
         .ok()?;
+    EDU_BLOCKS.store(handle.source().model() != intr::Model::Direct, Ordering::Relaxed);
     let n = arch::cpu::ncpus();
     edu.enable_msi(n - 1, EDU_VECTOR).ok()?;
     let raiser = edu.clone();
     let pri = Priority::new(40).expect("priority in range");
     threads.insert(
         0,
-        SCHED.spawn("edu-raiser", pri, Some(0), move || {
+        SCHED.spawn("edu-raiser", pri, Some(n - 1), move || {
             while !EDU_STOP.load(Ordering::Relaxed) {
                 let k = EDU_RAISED.load(Ordering::Relaxed);
                 if EDU_HANDLED.load(Ordering::Relaxed) == k {
                     EDU_RAISED.store(k + 1, Ordering::Relaxed);
+                    let _held = EDU_LOCK.lock();
                     raiser.raise(1);
+                    // The interrupt comes in here, on this CPU.
+                    for _ in 0..64 {
+                        core::hint::spin_loop();
+                    }
                 }
                 SCHED.sleep_ns(1_000_000);
             }
@@ -429,6 +448,16 @@ pub fn print_results(w: &Workload) {
             );
         }
     }
+    let p = INTR.pool.stats();
+    kprintln!(
+        "@@ result scope=pool size={} assigned={} migrations={} divorces={} empty={} stolen={}",
+        p.size,
+        p.assigned,
+        p.migrations,
+        p.divorces,
+        p.empty,
+        p.stolen
+    );
     kprintln!("@@ result scope=workload {} verified={}", w.progress(), u8::from(w.verified()));
     let (rest, peak) = (w.rest, w.peak.get().max(&INTR.footprint()));
     kprintln!(
