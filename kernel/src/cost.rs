@@ -168,7 +168,7 @@ pub fn run(opts: &Options) -> bool {
         let i0 = soak.idle();
         let net = if want_net { NetFlood::start(first, frames) } else { None };
         let disk = if want_disk { DiskFlood::start(n, pri, disk_ops) } else { None };
-        let edu = if want_edu { EduFlood::start("edu.flood", pri) } else { None };
+        let edu = if want_edu { EduFlood::start("edu.flood", pri, None) } else { None };
         let net_ok = net.as_ref().is_none_or(NetFlood::wait);
         let (ops, errors) = disk.map_or((0, 0), DiskFlood::join);
         let frames_in = net.as_ref().map_or(0, NetFlood::unique);

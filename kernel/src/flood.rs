@@ -131,9 +131,10 @@ pub struct EduFlood {
 }
 
 impl EduFlood {
-    /// Establishes `name` on the edu device's MSI (to the last CPU) and starts the raiser on
+    /// Establishes `name` on the edu device's MSI (to the last CPU), its handler thread (if
+    /// the model gives it one) at `thread_pri` (`None`: the default), and starts the raiser on
     /// CPU 0 at `pri`. `None` without the device (or if the source cannot be established).
-    pub fn start(name: &'static str, pri: Priority) -> Option<EduFlood> {
+    pub fn start(name: &'static str, pri: Priority, thread_pri: Option<Priority>) -> Option<EduFlood> {
         let edu = crate::drivers::edu::Edu::probe()?;
         edu.ack(!0);
         let dev = edu.clone();
@@ -147,7 +148,7 @@ impl EduFlood {
                     ipl: ipl::Ipl::Vm,
                     flags: intr::IntrFlags::MPSAFE,
                     model: None,
-                    thread_priority: None,
+                    thread_priority: thread_pri,
                 },
                 Some(alloc::boxed::Box::new(move |_| {
                     let st = dev.status();

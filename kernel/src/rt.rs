@@ -18,8 +18,8 @@
 //! With `rt.flood=devices` the flood phase also drives the devices as fast as the guest takes
 //! them (`flood.rs`): the host sends NIC frames unpaced, [`crate::flood::DISK_THREADS_PER_CPU`]
 //! disk threads per CPU keep the disk's queue full, and the `edu` device raises one interrupt
-//! after another. The NIC's and the disk's handler threads (dedicated, pool) are set to
-//! [`FLOOD_THREAD_PRIORITY`] too, and the disk and edu threads run at [`DEVICE_PRIORITY`]:
+//! after another. The NIC's, the disk's and the edu source's handler threads (dedicated,
+//! pool) are set to [`FLOOD_THREAD_PRIORITY`] too, and the disk and edu threads run at [`DEVICE_PRIORITY`]:
 //! the real-time threads sit above all of it. The devices are brought up before the idle
 //! phase; what they did in the flood is printed as
 //! `@@ rt-devices phase=flood frames=<n> disk_ops=<n> edu_raised=<n> edu_handled=<n>`.
@@ -217,7 +217,11 @@ pub fn run(opts: &Options) -> bool {
         let flood_devices = devices && phase == "flood";
         let net = if flood_devices { crate::flood::NetFlood::start(0, DEVICE_FRAMES) } else { None };
         let disk = if flood_devices { crate::flood::DiskFlood::start(n, dev_pri, u64::MAX) } else { None };
-        let edu = if flood_devices { crate::flood::EduFlood::start("rt.edu", dev_pri) } else { None };
+        let edu = if flood_devices {
+            crate::flood::EduFlood::start("rt.edu", dev_pri, Priority::new(FLOOD_THREAD_PRIORITY))
+        } else {
+            None
+        };
         let results: Arc<Vec<Mutex<Samples>>> = Arc::new(
             (0..n)
                 .map(|_| Mutex::new_adaptive("rt.samples", Samples { latencies: Vec::new(), overruns: 0 }))
