@@ -5,6 +5,8 @@
 
 pub mod bench;
 pub mod cleanup;
+pub mod compare;
+pub mod cost;
 pub mod harness;
 pub mod kbuild;
 pub mod live;

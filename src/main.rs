@@ -48,6 +48,9 @@ enum Command {
     /// Real-time wake-up latency per interrupt model, idle and under an interrupt flood
     /// (a cyclictest of our own; TCG with -icount: figures are guest instructions).
     Rt(RtArgs),
+    /// Guest instructions per NIC frame and per disk operation with the devices saturated,
+    /// idle time left out, and each source's CPU share: one vCPU, TCG with -icount.
+    Cost(CostArgs),
     /// Boot with `run=torture` once per model: random concurrent interrupt and lock load
     /// under TCG -icount, invariants checked; ends with `torture: N interrupts, V violations`.
     Torture(TortureArgs),
@@ -61,6 +64,13 @@ enum ModelChoice {
     Dedicated,
     Pool,
     Pinned,
+}
+
+/// What floods the CPUs in `rt`'s flood phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RtFloodChoice {
+    Devices,
+    Ipi,
 }
 
 #[derive(Args)]
@@ -77,10 +87,37 @@ struct RtArgs {
     /// The real-time threads' period in microseconds (50..=100000).
     #[arg(long, default_value_t = 1000)]
     period_us: u64,
+    /// The flood: `devices` (NIC frames sent unpaced, the disk's queue kept full, edu
+    /// interrupts, and the IPI flood) or `ipi` (guest-only, deterministic on one vCPU).
+    #[arg(long, value_enum, default_value = "devices")]
+    flood: RtFloodChoice,
+    /// Boot a kernel built with the event trace and write each model's trace to FILE
+    /// (with --model all: FILE with the model's name before its extension).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
     /// Accelerator: tcg counts instructions (-icount), kvm counts TSC cycles
     /// (default: kvm only with real hardware virtualization).
     #[arg(long, value_enum)]
     accel: Option<Accel>,
+    /// Seconds before QEMU is killed, per boot.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+#[derive(Args)]
+struct CostArgs {
+    /// The interrupt dispatch model, or all of them.
+    #[arg(long, value_enum, default_value = "all")]
+    model: ModelChoice,
+    /// NIC frames of the net phase (the disk phase makes a quarter as many operations).
+    #[arg(long, default_value_t = ithreads::cost::FRAMES, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    frames: u64,
+    /// Also show the kernel's `@@ cost` records.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Boots per model (the spread is over them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    runs: u64,
     /// Seconds before QEMU is killed, per boot.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -131,6 +168,10 @@ struct TortureArgs {
     /// Also show the kernel's other lines and QEMU's stderr.
     #[arg(long, short)]
     verbose: bool,
+    /// Boot a kernel built with the event trace and write each model's trace to FILE
+    /// (with --model all: FILE with the model's name before its extension).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -156,6 +197,27 @@ struct RunArgs {
     /// Run the main job once per model, print them side by side and write a report folder.
     #[arg(long)]
     compare: bool,
+    /// --compare: cost boots per model (1 vCPU; the spread of instructions per frame is over
+    /// them).
+    #[arg(long, default_value_t = 3, requires = "compare", value_parser = clap::value_parser!(u64).range(1..=20))]
+    cost_runs: u64,
+    /// --compare: NIC frames per cost boot.
+    #[arg(long, default_value_t = ithreads::cost::FRAMES, requires = "compare", value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    cost_frames: u64,
+    /// --compare: guest seconds of each rt phase.
+    #[arg(long, default_value_t = 0.5, requires = "compare")]
+    rt_seconds: f64,
+    /// --compare: vCPUs of the rt boots (1: under shared icount another vCPU's time slice
+    /// would count in a wake-up's latency).
+    #[arg(long, default_value_t = 1, requires = "compare", value_parser = setup::parse_smp)]
+    rt_smp: u32,
+    /// --compare: only the benchmarks whose name contains this (default: all).
+    #[arg(long, requires = "compare")]
+    bench_filter: Option<String>,
+    /// Saturate the devices (the host sends frames unpaced, the disk's queue stays full)
+    /// under TCG -icount, so rates are per guest second (always so with --compare).
+    #[arg(long)]
+    saturate: bool,
     /// The report folder of --compare (default: target/report/<UTC time>).
     #[arg(long, value_name = "DIR", requires = "compare")]
     out: Option<PathBuf>,
@@ -266,6 +328,7 @@ fn main() -> ExitCode {
         Command::Boot(a) => boot(a),
         Command::Bench(a) => bench(a),
         Command::Rt(a) => rt(a),
+        Command::Cost(a) => cost(a),
         Command::Torture(a) => torture(a),
     };
     // A QEMU killed by the signal thread looks like a failed run here: let that thread exit.
@@ -467,14 +530,24 @@ fn run_main_job(
     model: Option<Model>,
     title: &str,
 ) -> Result<(BootReport, ModelRun), CliError> {
+    let saturate = a.saturate || a.compare;
     let devices = workload::host_devices().map_err(CliError::Devices)?;
     let counters = Arc::new(HostCounters::default());
     let plan = Plan::default();
+    let mut extra_args = devices.qemu_args.clone();
+    let mut append = a.append.clone();
+    if saturate {
+        // Guest time, deterministic guest work: every rate is per guest second.
+        if accel == Accel::Tcg {
+            extra_args.extend(["-icount".to_string(), ithreads::bench::ICOUNT.to_string()]);
+        }
+        append = qemu::join_cmdline("workload.saturate=on", &append);
+    }
     let cfg = BootConfig {
         smp: a.smp,
         accel: Some(accel),
-        append: workload::cmdline("scenario", model, &a.append).map_err(CliError::Workload)?,
-        extra_args: devices.qemu_args.clone(),
+        append: workload::cmdline("scenario", model, &append).map_err(CliError::Workload)?,
+        extra_args,
         timeout: Duration::from_secs(a.timeout),
         input: workload::feeder(plan, devices.net.clone(), Arc::clone(&counters)),
     };
@@ -595,42 +668,113 @@ fn print_other_results(report: &BootReport) {
     }
 }
 
-/// `--compare`: the main job once per model, the side-by-side table and the report folder.
+/// `--compare`: per model, the cost boots (1 vCPU), the saturated main job, the rt boot, a
+/// traced main job; one benchmark boot; the side-by-side table and the report folder
+/// organised by the seeds' claims (`src/compare.rs`).
 fn compare(a: &RunArgs, accel: Accel, kernel: &Path) -> Result<ExitCode, CliError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let out = a.out.clone().unwrap_or_else(|| report::default_report_dir(now));
+    std::fs::create_dir_all(&out).map_err(|source| CliError::WriteReport { dir: out.clone(), source })?;
+    let timeout = Duration::from_secs(a.timeout);
+    let mut problems: Vec<String> = Vec::new();
+    if accel != Accel::Tcg {
+        println!("compare: the figures are guest instructions: every boot runs under TCG with -icount");
+    }
+    println!(
+        "
+== cost: 1 vCPU, TCG -icount {}, {} frames, {} boots per model",
+        ithreads::bench::ICOUNT,
+        a.cost_frames,
+        a.cost_runs
+    );
+    let (cost, cost_problems) =
+        cost_boots(kernel, &Model::ALL, a.cost_frames, a.cost_runs, timeout, a.verbose)?;
+    print!("{}", ithreads::cost::table(&cost));
+    problems.extend(cost_problems);
     let mut runs = Vec::new();
     for (i, model) in Model::ALL.into_iter().enumerate() {
         let title = format!("model {model} ({} of {})", i + 1, Model::ALL.len());
-        println!("\n== {title}");
-        let (_, run) = run_main_job(a, accel, kernel, Some(model), &title)?;
+        println!("\n== main job, {title}, saturated, TCG -icount");
+        let untraced = RunArgs { trace: None, ..a.clone() };
+        let (_, run) = run_main_job(&untraced, Accel::Tcg, kernel, Some(model), &title)?;
         if run.ok() {
             println!("{model}: ok ({:.1} s)", run.elapsed_s);
         } else {
             println!("{model}: FAILED");
             for p in &run.problems {
                 println!("  - {p}");
+                problems.push(format!("main job {model}: {p}"));
             }
         }
         runs.push(run);
     }
-    println!("\nmodels compared ({} CPUs, {accel}):", a.smp);
+    println!("\nmodels compared ({} CPUs, TCG -icount, devices saturated):", a.smp);
     print!("{}", report::compare_table(&runs));
+    println!("\n== rt: {} vCPUs, {} guest s per phase, device flood", a.rt_smp, a.rt_seconds);
+    let plan = RtPlan {
+        smp: a.rt_smp,
+        seconds: a.rt_seconds,
+        period_us: 1000,
+        flood: RtFloodChoice::Devices,
+        timeout,
+    };
+    let (rt, rt_failed) = rt_boots(Accel::Tcg, kernel, &Model::ALL, &plan, None)?;
+    print!("{}", ithreads::rt::table(&rt, "instructions"));
+    if rt_failed {
+        problems.push("rt: a model failed (above)".into());
+    }
+    println!("\n== bench: 1 vCPU, TCG -icount");
+    let bcfg = ithreads::bench::config(1, Accel::Tcg, a.bench_filter.as_deref(), None, timeout)?;
+    let breport = qemu::boot_elf(&bcfg, Accel::Tcg, kernel, |_, _, _| {})?;
+    problems.extend(ithreads::bench::failure(&breport).into_iter().map(|f| format!("bench: {f}")));
+    let bench = ithreads::bench::records(&breport);
+    println!("bench: {} figures", bench.len());
+    println!("\n== traces: one traced main job per model");
+    let traced_kernel = kbuild::kernel_of(kbuild::Flavour::Traced)?;
+    let mut traces = Vec::new();
+    for model in Model::ALL {
+        let file = format!("trace-{model}.json");
+        let traced = RunArgs { trace: Some(out.join(&file)), verbose: false, ..a.clone() };
+        let title = format!("traced {model}");
+        let (report, run) = run_main_job(&traced, Accel::Tcg, &traced_kernel, Some(model), &title)?;
+        if !report.exited_success() {
+            problems.push(format!("traced run {model}: {}", report.outcome));
+        }
+        drop(run);
+        let mut c = ithreads::timeline::Collector::new();
+        for line in &report.serial_log {
+            c.feed(line);
+        }
+        let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
+        for r in c.records() {
+            *kinds.entry(r.kind.name().to_string()).or_default() += 1;
+        }
+        traces.push(ithreads::compare::TraceSummary {
+            model: model.to_string(),
+            file,
+            kinds: kinds.into_iter().collect(),
+        });
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let meta = ReportMeta {
         command: format!("cargo run --release -- {}", qemu::shell_words(&args)),
         machine: report::machine_description(),
-        accel: accel.to_string(),
+        accel: format!("tcg, -icount {}", ithreads::bench::ICOUNT),
         smp: a.smp,
         when: report::utc_timestamp(now),
     };
-    let files = report::write_report(&out, &runs, &meta)
+    let all = ithreads::compare::Compare { runs, cost, rt, rt_smp: a.rt_smp, bench, traces };
+    println!("\n{}", ithreads::compare::headline(&all));
+    let files = ithreads::compare::write(&out, &all, &meta)
         .map_err(|source| CliError::WriteReport { dir: out.clone(), source })?;
     println!("\nreport: {} ({} files: {})", out.display(), files.len(), file_names(&files));
-    if runs.iter().all(ModelRun::ok) {
+    if problems.is_empty() {
         println!("compare: ok");
         Ok(ExitCode::SUCCESS)
     } else {
+        for p in &problems {
+            println!("  - {p}");
+        }
         println!("compare: FAILED");
         Ok(ExitCode::FAILURE)
     }
@@ -840,27 +984,148 @@ fn boot(a: BootArgs) -> Result<ExitCode, CliError> {
     Ok(if report.exited_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
-    let (accel, kernel) = prepare(a.accel)?;
-    let models: Vec<Model> = match a.model {
+fn models_of(choice: ModelChoice) -> Vec<Model> {
+    match choice {
         ModelChoice::All => Model::ALL.to_vec(),
         ModelChoice::Direct => vec![Model::Direct],
         ModelChoice::Dedicated => vec![Model::Dedicated],
         ModelChoice::Pool => vec![Model::Pool],
         ModelChoice::Pinned => vec![Model::Pinned],
+    }
+}
+
+/// `runs` cost boots per model (one vCPU, TCG with icount); per model its runs, and every
+/// problem seen (named by model and run).
+fn cost_boots(
+    kernel: &Path,
+    models: &[Model],
+    frames: u64,
+    runs: u64,
+    timeout: Duration,
+    verbose: bool,
+) -> Result<(Vec<Vec<ithreads::cost::CostRun>>, Vec<String>), CliError> {
+    let mut all = Vec::new();
+    let mut problems = Vec::new();
+    for m in models {
+        let mut mine = Vec::new();
+        for k in 0..runs {
+            let devices = workload::host_devices().map_err(CliError::Devices)?;
+            let counters = Arc::new(HostCounters::default());
+            let append = ithreads::cost::cmdline(m.as_str(), frames);
+            let cfg = ithreads::cost::config(Accel::Tcg, append, &devices, Arc::clone(&counters), timeout);
+            let report = qemu::boot_elf(&cfg, Accel::Tcg, kernel, |source, line, _| {
+                // The kernel's own diagnostics, and with --verbose its records.
+                if source == Source::Serial
+                    && (line.starts_with("cost:") || (verbose && line.starts_with("@@ cost")))
+                {
+                    println!("  {line}");
+                }
+            })?;
+            drop(devices);
+            let run = ithreads::cost::from_report(&report);
+            let mut p: Vec<String> = harness::boot_problem(&report, Goal::Exit).into_iter().collect();
+            p.extend(run.problems());
+            let errors = counters.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            p.extend(errors.into_iter().map(|e| format!("host: {e}")));
+            println!(
+                "cost: {m} run {}/{runs}: {} instructions per frame, {} per disk operation ({:.1} s){}",
+                k + 1,
+                run.per_frame().map_or("-".into(), |x| x.to_string()),
+                run.per_disk_op().map_or("-".into(), |x| x.to_string()),
+                secs(report.elapsed),
+                if p.is_empty() { String::new() } else { format!(" FAILED: {}", p.join("; ")) }
+            );
+            problems.extend(p.into_iter().map(|p| format!("cost {m} run {}: {p}", k + 1)));
+            mine.push(run);
+        }
+        all.push(mine);
+    }
+    Ok((all, problems))
+}
+
+fn cost(a: CostArgs) -> Result<ExitCode, CliError> {
+    setup::ensure_tools()?;
+    let kernel = kbuild::kernel()?;
+    let models = models_of(a.model);
+    println!(
+        "cost: 1 vCPU, TCG -icount {}, {} frames and {} disk operations per boot, {} boot(s) per model",
+        ithreads::bench::ICOUNT,
+        a.frames,
+        (a.frames / 4).max(1),
+        a.runs
+    );
+    let (runs, problems) =
+        cost_boots(&kernel, &models, a.frames, a.runs, Duration::from_secs(a.timeout), a.verbose)?;
+    print!("{}", ithreads::cost::table(&runs));
+    if problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("cost: FAILED");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `base` for one model's trace: as is for a single model, else with `-<model>` before the
+/// extension (`t.json` -> `t-pool.json`).
+fn trace_path_for(base: &Path, model: Model, several: bool) -> PathBuf {
+    if !several {
+        return base.to_path_buf();
+    }
+    let stem = base.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match base.extension() {
+        Some(e) => format!("{stem}-{model}.{}", e.to_string_lossy()),
+        None => format!("{stem}-{model}"),
     };
-    let unit = ithreads::bench::unit(accel);
+    base.with_file_name(name)
+}
+
+/// What `rt` boots: its options, whichever command asks.
+struct RtPlan {
+    smp: u32,
+    seconds: f64,
+    period_us: u64,
+    flood: RtFloodChoice,
+    timeout: Duration,
+}
+
+/// One `run=rt` boot per model; with `trace`, a traced kernel and each model's trace written
+/// (`trace_path_for`). Returns the runs and whether any failed.
+fn rt_boots(
+    accel: Accel,
+    kernel: &Path,
+    models: &[Model],
+    plan: &RtPlan,
+    trace: Option<&Path>,
+) -> Result<(Vec<ithreads::rt::RtRun>, bool), CliError> {
     let mut runs = Vec::new();
     let mut failed = false;
-    for m in models {
-        let append = ithreads::rt::cmdline(m.as_str(), a.seconds, a.period_us);
-        let cfg = ithreads::rt::config(a.smp, accel, append, Duration::from_secs(a.timeout));
+    let flood = match plan.flood {
+        RtFloodChoice::Devices => "devices",
+        RtFloodChoice::Ipi => "ipi",
+    };
+    for &m in models {
+        let devices = match plan.flood {
+            RtFloodChoice::Devices => Some(workload::host_devices().map_err(CliError::Devices)?),
+            RtFloodChoice::Ipi => None,
+        };
+        let append = ithreads::rt::cmdline(m.as_str(), plan.seconds, plan.period_us, flood);
+        let cfg = ithreads::rt::config(plan.smp, accel, append, plan.timeout, devices.as_ref());
         println!("rt: {} CPUs, {}, cmdline {:?}", cfg.smp, ithreads::bench::accel_label(accel), cfg.append);
-        let report = qemu::boot_elf(&cfg, accel, &kernel, |source, line, _| {
+        let mut collector = trace.map(|_| ithreads::timeline::Collector::new());
+        let report = qemu::boot_elf(&cfg, accel, kernel, |source, line, _| {
+            if let (Source::Serial, Some(c)) = (source, collector.as_mut()) {
+                if c.feed(line) {
+                    return;
+                }
+            }
             if source == Source::Serial && line.starts_with("@@ rt-config") {
                 println!("  {line}");
             }
         })?;
+        drop(devices);
+        if let (Some(base), Some(c)) = (trace, &collector) {
+            write_trace(&trace_path_for(base, m, models.len() > 1), c)?;
+        }
         let run = ithreads::rt::from_report(&report);
         if let Some(f) = harness::boot_failure(&report, Goal::Exit) {
             failed = true;
@@ -872,6 +1137,21 @@ fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
         }
         runs.push(run);
     }
+    Ok((runs, failed))
+}
+
+fn rt(a: RtArgs) -> Result<ExitCode, CliError> {
+    let (accel, kernel) = prepare_flavour(a.accel, flavour_for(&a.trace))?;
+    let models = models_of(a.model);
+    let unit = ithreads::bench::unit(accel);
+    let plan = RtPlan {
+        smp: a.smp,
+        seconds: a.seconds,
+        period_us: a.period_us,
+        flood: a.flood,
+        timeout: Duration::from_secs(a.timeout),
+    };
+    let (runs, failed) = rt_boots(accel, &kernel, &models, &plan, a.trace.as_deref())?;
     print!("{}", ithreads::rt::table(&runs, unit));
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -973,7 +1253,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
 fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
     use ithreads::torture;
     setup::ensure_tools()?;
-    let kernel = kbuild::kernel()?;
+    let kernel = kbuild::kernel_of(flavour_for(&a.trace))?;
     let seed = a.seed.unwrap_or_else(|| {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
     });
@@ -999,6 +1279,7 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
     let tty = std::io::stdout().is_terminal();
     let total_ms = a.seconds * 1000;
     let mut results = Vec::new();
+    let several = models.len() > 1;
     for model in models {
         let (cfg, host) = match a.sources {
             TortureSources::Guest => (torture::config(a.smp, model, a.seconds, seed, timeout), None),
@@ -1008,12 +1289,18 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                 (cfg, Some(host))
             }
         };
+        let mut collector = a.trace.as_ref().map(|_| ithreads::timeline::Collector::new());
         if a.verbose {
             println!("torture: {}", torture::command(&cfg, &kernel));
         }
         let verbose = a.verbose;
         let name = model.as_str();
         let report = qemu::boot_elf(&cfg, Accel::Tcg, &kernel, |source, line, event| {
+            if let (Source::Serial, Some(c)) = (source, collector.as_mut()) {
+                if c.feed(line) {
+                    return;
+                }
+            }
             match (source, event) {
                 (Source::Serial, _) if torture::progress(line).is_some() => {
                     let p = torture::progress(line).expect("checked");
@@ -1063,6 +1350,9 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                 _ => {}
             }
         })?;
+        if let (Some(base), Some(c)) = (&a.trace, &collector) {
+            write_trace(&trace_path_for(base, model, several), c)?;
+        }
         let r = torture::judge(model, &report);
         if let Some(h) = &host {
             let t = h.sent();

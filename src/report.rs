@@ -152,7 +152,7 @@ pub fn compare_markdown(runs: &[ModelRun]) -> String {
 }
 
 /// A model's colour, the same in every chart.
-fn model_color(model: &str, fallback: usize) -> RGBColor {
+pub fn model_color(model: &str, fallback: usize) -> RGBColor {
     let i = Model::ALL.iter().position(|m| m.as_str() == model).unwrap_or(fallback);
     match i {
         0 => RGBColor(0x1f, 0x77, 0xb4),

@@ -2,6 +2,11 @@
 //! per interrupt dispatch model, under TCG with `-icount shift=0` (a guest nanosecond is one
 //! instruction, so every figure is deterministic), and the table of what each model does to
 //! a real-time thread's wake-up latency, idle and under an interrupt flood.
+//!
+//! The flood is `ipi` (guest-only: deterministic on one vCPU) or `devices` (the default of
+//! `ithreads rt`: the IPI flood plus the NIC, with the host sending frames unpaced, the disk
+//! with its queue kept full, and the `edu` device; the host's frames land on host time, so
+//! such a run is not deterministic). See `kernel/src/rt.rs`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -32,6 +37,12 @@ pub struct RtRun {
     /// The flood's interrupts raised and handled during the flood phase.
     pub flood_raised: u64,
     pub flood_handled: u64,
+    /// The 0th..=100th percentiles of the idle and the flood phase (`@@ rt-cdf`).
+    pub cdf_idle: Vec<u64>,
+    pub cdf_flood: Vec<u64>,
+    /// The device flood's work (`@@ rt-devices`): frames, disk operations, edu raised and
+    /// handled.
+    pub devices: Option<[u64; 4]>,
     /// Whether `@@ rt-done` came.
     pub done: bool,
     /// Lines that could not be read.
@@ -89,6 +100,28 @@ impl RtRun {
                         _ => run.errors.push(format!("unreadable: {line}")),
                     }
                 }
+            } else if let Some(rest) = line.strip_prefix("@@ rt-cdf ") {
+                let f = fields(rest);
+                let q: Option<Vec<u64>> =
+                    text(&f, "q").map(|q| q.split(',').map(|x| x.parse().ok()).collect()).unwrap_or(None);
+                match (text(&f, "phase"), q) {
+                    (Some("idle"), Some(q)) => run.cdf_idle = q,
+                    (Some("flood"), Some(q)) => run.cdf_flood = q,
+                    _ => run.errors.push(format!("unreadable: {line}")),
+                }
+            } else if let Some(rest) = line.strip_prefix("@@ rt-devices ") {
+                let f = fields(rest);
+                run.devices = (|| {
+                    Some([
+                        num(&f, "frames")?,
+                        num(&f, "disk_ops")?,
+                        num(&f, "edu_raised")?,
+                        num(&f, "edu_handled")?,
+                    ])
+                })();
+                if run.devices.is_none() {
+                    run.errors.push(format!("unreadable: {line}"));
+                }
             } else if line.starts_with("@@ rt-done") {
                 run.done = true;
             }
@@ -116,19 +149,34 @@ impl RtRun {
     }
 }
 
-/// The kernel command line of one model's run: `seconds` of guest time per phase.
-pub fn cmdline(model: &str, seconds: f64, period_us: u64) -> String {
+/// The kernel command line of one model's run: `seconds` of guest time per phase, the flood
+/// (`ipi` or `devices`).
+pub fn cmdline(model: &str, seconds: f64, period_us: u64, flood: &str) -> String {
     let ms = ((seconds * 1000.0).round() as u64).clamp(10, 60_000);
-    format!("run=rt intr.model={model} rt.ms={ms} rt.period_us={period_us}")
+    format!("run=rt intr.model={model} rt.ms={ms} rt.period_us={period_us} rt.flood={flood}")
 }
 
 /// The boot of one model's run (TCG with icount, as the benchmarks; KVM only if forced).
-pub fn config(smp: u32, accel: Accel, append: String, timeout: Duration) -> BootConfig {
-    let extra_args = match accel {
+/// With `devices` (the host's NIC peer and disk image) the host serves the guest's frame
+/// requests.
+pub fn config(
+    smp: u32,
+    accel: Accel,
+    append: String,
+    timeout: Duration,
+    devices: Option<&crate::workload::Devices>,
+) -> BootConfig {
+    let mut extra_args = match accel {
         Accel::Tcg => vec!["-icount".to_string(), crate::bench::ICOUNT.to_string()],
         Accel::Kvm => Vec::new(),
     };
-    BootConfig { smp, accel: Some(accel), append, extra_args, timeout, input: Default::default() }
+    let mut input = Default::default();
+    if let Some(d) = devices {
+        extra_args.extend(d.qemu_args.iter().cloned());
+        let counters = std::sync::Arc::new(crate::workload::HostCounters::default());
+        input = crate::workload::feeder(crate::workload::Plan { serial_lines: 0 }, d.net.clone(), counters);
+    }
+    BootConfig { smp, accel: Some(accel), append, extra_args, timeout, input }
 }
 
 /// The run of a finished boot.
@@ -169,6 +217,15 @@ pub fn table(runs: &[RtRun], unit: &str) -> String {
             r.flood_handled
         );
     }
+    for r in runs {
+        if let Some([frames, disk, raised, handled]) = r.devices {
+            let _ = writeln!(
+                s,
+                "  {:<10} device flood: {frames} NIC frames, {disk} disk operations, edu {handled} of {raised} handled",
+                r.model
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "  (wake-up latency from the timer's deadline to the thread's first instruction, guest ns = {unit})"
@@ -189,6 +246,8 @@ mod tests {
             "@@ rt-flood phase=idle raised=0 handled=0",
             "@@ rt phase=flood cpu=all samples=100 p50=2690 p99=4067 max=4082 overruns=1",
             "@@ rt-flood phase=flood raised=2208 handled=2208",
+            "@@ rt-cdf phase=flood q=1,2,3",
+            "@@ rt-devices phase=flood frames=10 disk_ops=20 edu_raised=3 edu_handled=3",
             "@@ rt-done",
         ];
         let r = RtRun::from_lines(lines);
@@ -196,6 +255,8 @@ mod tests {
         assert_eq!(r.idle, Some(Latency { samples: 100, p50: 1979, p99: 4255, max: 4259, overruns: 0 }));
         assert_eq!(r.flood.map(|l| (l.max, l.overruns)), Some((4082, 1)));
         assert_eq!((r.flood_raised, r.flood_handled), (2208, 2208));
+        assert_eq!(r.cdf_flood, [1, 2, 3]);
+        assert_eq!(r.devices, Some([10, 20, 3, 3]));
         assert!(r.problems().is_empty(), "{:?}", r.problems());
         let t = table(&[r], "instructions");
         assert!(t.contains("pool") && t.contains("4082"), "{t}");
@@ -210,7 +271,13 @@ mod tests {
 
     #[test]
     fn the_command_line_clamps_the_phase() {
-        assert_eq!(cmdline("direct", 0.001, 1000), "run=rt intr.model=direct rt.ms=10 rt.period_us=1000");
-        assert_eq!(cmdline("pinned", 2.5, 500), "run=rt intr.model=pinned rt.ms=2500 rt.period_us=500");
+        assert_eq!(
+            cmdline("direct", 0.001, 1000, "ipi"),
+            "run=rt intr.model=direct rt.ms=10 rt.period_us=1000 rt.flood=ipi"
+        );
+        assert_eq!(
+            cmdline("pinned", 2.5, 500, "devices"),
+            "run=rt intr.model=pinned rt.ms=2500 rt.period_us=500 rt.flood=devices"
+        );
     }
 }

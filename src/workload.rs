@@ -236,6 +236,11 @@ pub struct Counters {
     pub serial_lost: u64,
     /// The kernel's own verdict on the workload (`verified=0|1`, optional).
     pub verified: Option<bool>,
+    /// Guest ns from the job's start to the last frame, once all are in (`net_span_ns=`,
+    /// optional; 0 before).
+    pub net_span_ns: u64,
+    /// Guest ns from the job's start to the last disk thread's end (`blk_span_ns=`).
+    pub blk_span_ns: u64,
 }
 
 impl Counters {
@@ -273,6 +278,8 @@ impl Counters {
             serial_bad: num("serial_bad")?,
             serial_lost: num("serial_lost")?,
             verified: if f.has("verified") { Some(f.choice("verified", "1", "0")?) } else { None },
+            net_span_ns: num("net_span_ns")?,
+            blk_span_ns: num("blk_span_ns")?,
         })
     }
 }
@@ -408,6 +415,10 @@ pub struct JobResults {
     pub storms: Vec<(String, u64)>,
     /// The `@@ result scope=footprint` record.
     pub footprint: Option<Footprint>,
+    /// The `@@ result scope=pool` record: (assigned, migrations, divorces).
+    pub pool: Option<(u64, u64, u64)>,
+    /// The `@@ result scope=source_cpu` records: (source, CPU, handler runs, handler ns).
+    pub per_cpu: Vec<(String, u64, u64, u64)>,
     /// Lines that could not be typed (a missing key, a non-number).
     pub errors: Vec<String>,
 }
@@ -439,6 +450,15 @@ impl JobResults {
                         Some("workload") => Counters::parse(&f).map(|c| out.workload = Some(c)),
                         Some("source") => source_result(&f).map(|s| out.sources.push(s)),
                         Some("footprint") => footprint(&f).map(|x| out.footprint = Some(x)),
+                        Some("pool") => (|| {
+                            out.pool = Some((f.num("assigned")?, f.num("migrations")?, f.num("divorces")?));
+                            Ok(())
+                        })(),
+                        Some("source_cpu") => (|| {
+                            let name = f.text("name")?;
+                            out.per_cpu.push((name, f.num("cpu")?, f.num("handled")?, f.num("cpu_ns")?));
+                            Ok(())
+                        })(),
                         _ => Ok(()),
                     };
                     out.errors.extend(typed.err().map(|e| e.to_string()));
@@ -452,9 +472,14 @@ impl JobResults {
     /// The final counters' throughput, each over the span in which its counter moved.
     pub fn throughput(&self) -> Throughput {
         let Some(last) = self.workload else { return Throughput::default() };
+        // The kernel's own span where it gave one (exact), else the live records' (their
+        // period's resolution).
+        let over = |n: u64, ns: u64| (n > 0 && ns > 0).then(|| n as f64 * 1e9 / ns as f64);
         Throughput {
-            frames_per_s: rate(&self.progress, |c| c.net_rx, last.net_rx),
-            blk_ops_per_s: rate(&self.progress, |c| c.blk_ops, last.blk_ops),
+            frames_per_s: over(last.net_rx, last.net_span_ns)
+                .or_else(|| rate(&self.progress, |c| c.net_rx, last.net_rx)),
+            blk_ops_per_s: over(last.blk_ops, last.blk_span_ns)
+                .or_else(|| rate(&self.progress, |c| c.blk_ops, last.blk_ops)),
             serial_bytes_per_s: rate(&self.progress, |c| c.serial_bytes, last.serial_bytes),
         }
     }

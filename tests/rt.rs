@@ -27,7 +27,7 @@ fn row(text: &str, model: &str) -> Vec<u64> {
 
 #[test]
 fn every_model_measures_idle_and_flood_and_a_one_cpu_rerun_agrees() {
-    let text = rt(&["--model", "all", "--smp", "2", "--seconds", "0.05"]);
+    let text = rt(&["--model", "all", "--smp", "2", "--seconds", "0.05", "--flood", "ipi"]);
     for model in ["direct", "dedicated", "pool", "pinned"] {
         let r = row(&text, model);
         assert_eq!(r.len(), 8, "{text}");
@@ -37,8 +37,8 @@ fn every_model_measures_idle_and_flood_and_a_one_cpu_rerun_agrees() {
         }
         assert!(r[7] > 100, "{model}: the flood handled {} interrupts\n{text}", r[7]);
     }
-    let one = rt(&["--model", "pool", "--smp", "1", "--seconds", "0.05"]);
-    let again = rt(&["--model", "pool", "--smp", "1", "--seconds", "0.05"]);
+    let one = rt(&["--model", "pool", "--smp", "1", "--seconds", "0.05", "--flood", "ipi"]);
+    let again = rt(&["--model", "pool", "--smp", "1", "--seconds", "0.05", "--flood", "ipi"]);
     assert_eq!(
         row(&again, "pool"),
         row(&one, "pool"),

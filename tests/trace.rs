@@ -116,6 +116,33 @@ fn a_traced_boot_gives_well_nested_tracks_for_every_cpu_count() {
     }
 }
 
+/// `rt --trace FILE` (and `torture`, through the same plumbing): each model's trace is
+/// written, `FILE-<model>.json` when several models run, well nested.
+#[test]
+fn rt_writes_a_trace_per_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("rt.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ithreads"))
+        .args(["rt", "--model", "all", "--smp", "1", "--seconds", "0.02", "--flood", "ipi", "--trace"])
+        .arg(&base)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "rt --trace failed:\n{log}");
+    for model in ["direct", "dedicated", "pool", "pinned"] {
+        let file = dir.path().join(format!("rt-{model}.json"));
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}\n{log}", file.display()));
+        let doc: Value = serde_json::from_str(&text).expect("JSON");
+        let count = check_well_formed(&doc, 1, &log);
+        assert!(count.get("interruptB").copied().unwrap_or(0) > 0, "{model}: no interrupt in the trace");
+    }
+}
+
 #[test]
 fn a_long_run_wraps_its_rings_and_stays_well_nested() {
     // Thousands of interrupts in rings of 256 records: the trace starts where the latest

@@ -6,7 +6,7 @@
 
 use alloc::string::String;
 
-pub use ::parse::cmdline::{CmdlineError, HarnessCheck, RunMode};
+pub use ::parse::cmdline::{CmdlineError, HarnessCheck, RtFlood, RunMode};
 
 /// Typed kernel options (`parse::cmdline::Options` with the interrupt model as
 /// `intr::Model`).
@@ -47,6 +47,12 @@ pub struct Options {
     pub torture_seed: u64,
     /// `torture.ms=`: guest milliseconds of torture load.
     pub torture_ms: u64,
+    /// `rt.flood=`
+    pub rt_flood: RtFlood,
+    /// `cost.frames=`
+    pub cost_frames: u64,
+    /// `workload.saturate=`
+    pub workload_saturate: bool,
 }
 
 impl From<::parse::cmdline::Options> for Options {
@@ -75,6 +81,9 @@ impl From<::parse::cmdline::Options> for Options {
             rt_ms: o.rt_ms,
             torture_seed: o.torture_seed,
             torture_ms: o.torture_ms,
+            rt_flood: o.rt_flood,
+            cost_frames: o.cost_frames,
+            workload_saturate: o.workload_saturate,
         }
     }
 }

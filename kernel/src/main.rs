@@ -20,7 +20,9 @@ extern crate alloc;
 
 mod bench;
 mod cmdline;
+mod cost;
 mod drivers;
+mod flood;
 mod intr;
 mod locks;
 mod panic;
@@ -136,6 +138,7 @@ fn main_thread(opts: &'static Options) {
                     ipl: ipl::Ipl::Vm,
                     flags: intr_api::IntrFlags::MPSAFE,
                     model: None,
+                    thread_priority: None,
                 },
                 Some(alloc::boxed::Box::new(|_| {
                     SCHED.sleep_ns(1_000_000); // not allowed in a filter: diagnosed, naming us
@@ -174,6 +177,7 @@ fn main_thread(opts: &'static Options) {
         RunMode::Bench => bench::run(opts),
         RunMode::Rt => rt::run(opts),
         RunMode::Torture => torture::run(opts),
+        RunMode::Cost => cost::run(opts),
         RunMode::Shell => {
             shell::configure(opts);
             drivers::com::set_echo(true);

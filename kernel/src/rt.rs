@@ -14,6 +14,17 @@
 //!   a Linux irq thread: the real-time thread can preempt it. Under `direct` the handler
 //!   runs in interrupt context, under `pinned` on the borrowed CPU: neither can be preempted.
 //!
+//!
+//! With `rt.flood=devices` the flood phase also drives the devices as fast as the guest takes
+//! them (`flood.rs`): the host sends NIC frames unpaced, [`crate::flood::DISK_THREADS_PER_CPU`]
+//! disk threads per CPU keep the disk's queue full, and the `edu` device raises one interrupt
+//! after another. The NIC's, the disk's and the edu source's handler threads (dedicated,
+//! pool) are set to [`FLOOD_THREAD_PRIORITY`] too, and the disk and edu threads run at [`DEVICE_PRIORITY`]:
+//! the real-time threads sit above all of it. The devices are brought up before the idle
+//! phase; what they did in the flood is printed as
+//! `@@ rt-devices phase=flood frames=<n> disk_ops=<n> edu_raised=<n> edu_handled=<n>`.
+//! The host's NIC traffic runs on host time: such a run is not deterministic.
+//!
 //! Under TCG with `-icount shift=0` (the host's `rt` command) a guest nanosecond is one
 //! instruction, so each latency is also a count of instructions.
 //!
@@ -21,7 +32,8 @@
 //! interrupts, timed by how fast the host reads, stay out of the measurement): `@@ rt-config …`,
 //! then per phase one
 //! `@@ rt phase=<p> cpu=<n|all> samples=<n> p50=<ns> p99=<ns> max=<ns> overruns=<n>` per CPU
-//! and for all CPUs together, `@@ rt-flood phase=<p> raised=<n> handled=<n>`, and
+//! and for all CPUs together, then `@@ rt-cdf phase=<p> q=<v0>,<v1>,…,<v100>` (the 0th to
+//! 100th percentile of all CPUs' latencies, for the host's CDF chart), `@@ rt-flood phase=<p> raised=<n> handled=<n>`, and
 //! `@@ rt-done`.
 
 use alloc::string::String;
@@ -50,6 +62,11 @@ const FLOODER_PRIORITY: u8 = 8;
 pub const FLOOD_BODY_NS: u64 = 20_000;
 /// A flooder's time between two sends.
 pub const FLOOD_SEND_NS: u64 = 2 * FLOOD_BODY_NS;
+/// The disk and edu flood threads (`rt.flood=devices`): below the real-time band and the
+/// flood's handler threads.
+pub const DEVICE_PRIORITY: u8 = 40;
+/// NIC frames asked for in a device flood (more than a phase of 60 guest s takes in).
+const DEVICE_FRAMES: u64 = 4_000_000;
 /// The flood's vector.
 const FLOOD_VECTOR: u8 = 0x5C;
 
@@ -68,6 +85,25 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
         return 0;
     }
     sorted[((sorted.len() - 1) * p) / 100]
+}
+
+/// The 0th..=100th percentiles of `sorted`, comma-separated.
+fn cdf(sorted: &[u64]) -> String {
+    let q: Vec<String> = (0..=100).map(|p| alloc::format!("{}", percentile(sorted, p))).collect();
+    q.join(",")
+}
+
+/// The NIC's and the disk's handler threads go to [`FLOOD_THREAD_PRIORITY`] (a model without
+/// handler threads refuses: nothing to set).
+fn devices_below_rt() {
+    let pri = Priority::new(FLOOD_THREAD_PRIORITY).expect("priority in range");
+    for src in INTR.sources() {
+        if src.name() == crate::drivers::virtio::net::NAME_RX
+            || src.name() == crate::drivers::virtio::blk::NAME
+        {
+            let _ = src.set_thread_priority(Some(pri));
+        }
+    }
 }
 
 fn report(phase: &str, cpu: &str, s: &mut [u64], overruns: u64) -> String {
@@ -96,6 +132,9 @@ pub fn run(opts: &Options) -> bool {
             ipl: Ipl::Vm,
             flags: IntrFlags::MPSAFE,
             model: None,
+            // Below the real-time band from the start, as a driver sets it when it
+            // establishes (ignored under direct and pinned: no thread).
+            thread_priority: Priority::new(FLOOD_THREAD_PRIORITY),
         },
         None,
         Some(alloc::boxed::Box::new(move |_| {
@@ -112,8 +151,7 @@ pub fn run(opts: &Options) -> bool {
             return false;
         }
     };
-    let thread_priority = Priority::new(FLOOD_THREAD_PRIORITY).expect("priority in range");
-    let flood_thread = flood.set_thread_priority(Some(thread_priority)).is_ok();
+    let flood_thread = flood.source().thread_priority().is_some();
     // Every line is printed after both phases: the serial line's transmit interrupts, whose
     // timing depends on how fast the host reads, stay out of the measurement.
     let mut out: Vec<String> = Vec::new();
@@ -133,6 +171,13 @@ pub fn run(opts: &Options) -> bool {
             alloc::string::String::from("-")
         }
     ));
+    let devices = opts.rt_flood == crate::cmdline::RtFlood::Devices;
+    if devices {
+        let net = crate::drivers::virtio::net::start(None).is_ok();
+        let blk = crate::drivers::virtio::blk::start(None).is_ok();
+        devices_below_rt();
+        out.push(alloc::format!("@@ rt-devices-config net={} blk={}", u8::from(net), u8::from(blk)));
+    }
     let mut ok = true;
     for phase in ["idle", "flood"] {
         let stop = Arc::new(AtomicBool::new(false));
@@ -167,6 +212,15 @@ pub fn run(opts: &Options) -> bool {
                 .collect()
         } else {
             Vec::new()
+        };
+        let dev_pri = Priority::new(DEVICE_PRIORITY).expect("priority in range");
+        let flood_devices = devices && phase == "flood";
+        let net = if flood_devices { crate::flood::NetFlood::start(0, DEVICE_FRAMES) } else { None };
+        let disk = if flood_devices { crate::flood::DiskFlood::start(n, dev_pri, u64::MAX) } else { None };
+        let edu = if flood_devices {
+            crate::flood::EduFlood::start("rt.edu", dev_pri, Priority::new(FLOOD_THREAD_PRIORITY))
+        } else {
+            None
         };
         let results: Arc<Vec<Mutex<Samples>>> = Arc::new(
             (0..n)
@@ -205,6 +259,15 @@ pub fn run(opts: &Options) -> bool {
         for f in flooders {
             f.join();
         }
+        if flood_devices {
+            let frames = net.as_ref().map_or(0, crate::flood::NetFlood::unique);
+            let (disk_ops, _) = disk.map_or((0, 0), crate::flood::DiskFlood::stop);
+            let (edu_raised, edu_handled) = edu.map_or((0, 0), crate::flood::EduFlood::stop);
+            out.push(alloc::format!(
+                "@@ rt-devices phase={phase} frames={frames} disk_ops={disk_ops} edu_raised={edu_raised} \
+                 edu_handled={edu_handled}"
+            ));
+        }
         let mut all = Vec::new();
         let mut all_overruns = 0;
         for (cpu, r) in results.iter().enumerate() {
@@ -215,6 +278,7 @@ pub fn run(opts: &Options) -> bool {
             out.push(report(phase, &alloc::format!("{cpu}"), &mut s.latencies, s.overruns));
         }
         out.push(report(phase, "all", &mut all, all_overruns));
+        out.push(alloc::format!("@@ rt-cdf phase={phase} q={}", cdf(&all)));
         // The flood's interrupts still in flight are let in before counting.
         let until = now() + 50_000_000;
         while now() < until

@@ -80,6 +80,7 @@ pub fn run(opts: &Options) -> bool {
                 ipl: ipl::Ipl::Vm,
                 flags: intr::IntrFlags::MPSAFE,
                 model: None,
+                thread_priority: None,
             },
             None,
             Some(alloc::boxed::Box::new(|_| {
@@ -131,7 +132,7 @@ pub fn run(opts: &Options) -> bool {
             evs[1 - side].set();
         }));
     }
-    let workload = crate::workload::start(opts.workload_serial);
+    let workload = crate::workload::start(opts.workload_serial, opts.workload_saturate);
     let t0 = now();
     let end = t0 + opts.scenario_ms * 1_000_000;
     let mut next_live = t0;

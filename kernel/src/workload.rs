@@ -15,7 +15,16 @@
 //! - **edu:** a raiser thread makes QEMU's `edu` device raise an MSI every millisecond
 //!   (the next only once the last was handled), a source under the boot's default model
 //!   whose filter acknowledges the device and whose handler counts; it stops with the
-//!   others, and every raised interrupt must have been handled exactly once.
+//!   others, and every raised interrupt must have been handled exactly once. The raiser runs
+//!   on the CPU the MSI goes to and raises holding the adaptive mutex `workload.edu`, which
+//!   the handler takes too (not under `direct`, whose handler must not block): the
+//!   interrupt comes in at once, the handler's thread preempts the raiser and blocks on the
+//!   mutex's turnstile (a pool ithread is divorced from its CPU, a pinned one gives the CPU
+//!   back), lending the raiser its priority until it lets go — the interrupt handler that
+//!   blocks on a turnstile that Baldwin's and Doran's designs are about, in every boot.
+//! - **Saturated** (`workload.saturate=on`, as `--compare` boots it): the NIC's frames are
+//!   asked for unpaced (`rate=0`: the host sends one as soon as the guest returns a buffer)
+//!   and [`SATURATED_DISK_THREADS`] disk threads per CPU keep the disk's queue full.
 //! - **Disk:** one thread per CPU writes a pattern over its own [`BLK_SECTORS`] sectors and
 //!   reads it back, [`BLK_ROUNDS`] times, each request sleeping until its completion
 //!   interrupt.
@@ -65,6 +74,8 @@ pub const NET_FRAMES: u64 = 8000;
 pub const NET_RATE: u32 = 2000;
 /// A NIC part without any frame for this long (and no end marker) is given up.
 pub const NET_GIVE_UP_MS: u64 = 15_000;
+/// Disk threads per CPU when saturated (each keeps one request in the queue).
+pub const SATURATED_DISK_THREADS: usize = 4;
 /// Sectors each disk thread owns.
 pub const BLK_SECTORS: u64 = 64;
 /// Write-and-verify rounds per disk thread.
@@ -73,12 +84,18 @@ pub const BLK_ROUNDS: u64 = 4;
 /// Disk-part counters.
 static BLK_BAD: AtomicU64 = AtomicU64::new(0);
 static BLK_DONE: AtomicU64 = AtomicU64::new(0);
+/// When the last disk thread finished (guest ns).
+static BLK_LAST_NS: AtomicU64 = AtomicU64::new(0);
 
 /// The edu part's vector.
 pub const EDU_VECTOR: u8 = 0x45;
 static EDU_RAISED: AtomicU64 = AtomicU64::new(0);
 static EDU_HANDLED: AtomicU64 = AtomicU64::new(0);
 static EDU_STOP: AtomicBool = AtomicBool::new(false);
+/// Whether the edu handler takes [`EDU_LOCK`] (not under `direct`).
+static EDU_BLOCKS: AtomicBool = AtomicBool::new(false);
+/// Held by the raiser while it raises; taken by the handler.
+static EDU_LOCK: crate::locks::Mutex<u64> = crate::locks::Mutex::new_adaptive("workload.edu", 0);
 
 /// The edu part's device and source.
 type EduPart = (crate::drivers::edu::Edu, intr::IntrHandle<crate::locks::KernelEnv>);
@@ -90,6 +107,8 @@ pub struct Workload {
     net: Option<&'static net::NetDev>,
     blk_threads: usize,
     threads: Vec<sched::JoinHandle<crate::locks::KernelEnv>>,
+    /// When the parts started (guest ns): the spans of `net_span_ns=` and `blk_span_ns=`.
+    started_ns: u64,
     /// The interrupt framework's threads and sources once every part is set up.
     rest: Footprint,
     /// The largest of each since (sampled at every live record and at the end).
@@ -97,12 +116,13 @@ pub struct Workload {
 }
 
 /// Starts the parts that are there.
-pub fn start(serial: bool) -> Workload {
+pub fn start(serial: bool, saturate: bool) -> Workload {
+    let started_ns = arch::apic::now_ns();
     let mut threads = Vec::new();
     let net = net::start(None).ok();
     if let Some(dev) = net {
         dev.expect(0, NET_FRAMES);
-        dev.announce(0, NET_FRAMES, true, NET_RATE);
+        dev.announce(0, NET_FRAMES, true, if saturate { 0 } else { NET_RATE });
     }
     let mut blk_threads = 0;
     if let Ok(dev) = blk::start(None) {
@@ -110,8 +130,10 @@ pub fn start(serial: bool) -> Workload {
         // Above the scenario's busy classes: the disk threads mostly sleep on I/O, and a
         // completion should get its thread going at once.
         let pri = Priority::new(44).expect("priority in range");
-        for cpu in 0..n {
-            let first = cpu as u64 * BLK_SECTORS;
+        let per_cpu = if saturate { SATURATED_DISK_THREADS } else { 1 };
+        for k in 0..n * per_cpu {
+            let cpu = k % n;
+            let first = k as u64 * BLK_SECTORS;
             if first + BLK_SECTORS > dev.capacity() {
                 break;
             }
@@ -122,6 +144,7 @@ pub fn start(serial: bool) -> Workload {
                         BLK_BAD.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                BLK_LAST_NS.fetch_max(arch::apic::now_ns(), Ordering::Relaxed);
                 BLK_DONE.fetch_add(1, Ordering::Release);
             }));
         }
@@ -133,7 +156,7 @@ pub fn start(serial: bool) -> Workload {
     }
     let edu = start_edu(&mut threads);
     let rest = INTR.footprint();
-    Workload { edu, serial, net, blk_threads, threads, rest, peak: Cell::new(rest) }
+    Workload { edu, serial, net, blk_threads, threads, started_ns, rest, peak: Cell::new(rest) }
 }
 
 /// The edu part: a source and its raiser thread (see the module doc); `None` without the
@@ -150,6 +173,7 @@ fn start_edu(threads: &mut Vec<sched::JoinHandle<crate::locks::KernelEnv>>) -> O
                 ipl: ipl::Ipl::Vm,
                 flags: intr::IntrFlags::MPSAFE,
                 model: None,
+                thread_priority: None,
             },
             Some(alloc::boxed::Box::new(move |_| {
                 let st = dev.status();
@@ -160,22 +184,31 @@ fn start_edu(threads: &mut Vec<sched::JoinHandle<crate::locks::KernelEnv>>) -> O
                 intr::FilterResult::Schedule
             })),
             Some(alloc::boxed::Box::new(|_| {
+                if EDU_BLOCKS.load(Ordering::Relaxed) {
+                    *EDU_LOCK.lock() += 1;
+                }
                 EDU_HANDLED.fetch_add(1, Ordering::Relaxed);
             })),
         )
         .ok()?;
+    EDU_BLOCKS.store(handle.source().model() != intr::Model::Direct, Ordering::Relaxed);
     let n = arch::cpu::ncpus();
     edu.enable_msi(n - 1, EDU_VECTOR).ok()?;
     let raiser = edu.clone();
     let pri = Priority::new(40).expect("priority in range");
     threads.insert(
         0,
-        SCHED.spawn("edu-raiser", pri, Some(0), move || {
+        SCHED.spawn("edu-raiser", pri, Some(n - 1), move || {
             while !EDU_STOP.load(Ordering::Relaxed) {
                 let k = EDU_RAISED.load(Ordering::Relaxed);
                 if EDU_HANDLED.load(Ordering::Relaxed) == k {
                     EDU_RAISED.store(k + 1, Ordering::Relaxed);
+                    let _held = EDU_LOCK.lock();
                     raiser.raise(1);
+                    // The interrupt comes in here, on this CPU.
+                    for _ in 0..64 {
+                        core::hint::spin_loop();
+                    }
                 }
                 SCHED.sleep_ns(1_000_000);
             }
@@ -237,7 +270,7 @@ impl Workload {
             let _ = write!(
                 s,
                 "net_rx={} net_unique={} net_dup={} net_range={} net_bad={} net_foreign={} net_lost={} \
-                 net_echoed={} net_yields={} net_end={} net_stall_ms={} net_stall_at={} ",
+                 net_echoed={} net_yields={} net_end={} net_stall_ms={} net_stall_at={} net_span_ns={} ",
                 st.received,
                 st.unique,
                 st.duplicate,
@@ -249,18 +282,26 @@ impl Workload {
                 st.yields,
                 u8::from(st.end_seen),
                 st.stall_ms,
-                st.stall_at
+                st.stall_at,
+                // From the start to the last frame, once every frame is in.
+                if st.end_seen { st.last_ns.saturating_sub(self.started_ns) } else { 0 }
             );
         }
         if self.blk_threads > 0 {
             let st = blk::stats();
             let _ = write!(
                 s,
-                "blk_ops={} blk_bad={} blk_bytes={} blk_p99={} ",
+                "blk_ops={} blk_bad={} blk_bytes={} blk_p99={} blk_span_ns={} ",
                 st.ops,
                 st.bad + BLK_BAD.load(Ordering::Relaxed),
                 st.bytes,
-                st.lat_p99_ns
+                st.lat_p99_ns,
+                // From the start to the last disk thread's end, once all are done.
+                if BLK_DONE.load(Ordering::Acquire) as usize == self.blk_threads {
+                    BLK_LAST_NS.load(Ordering::Relaxed).saturating_sub(self.started_ns)
+                } else {
+                    0
+                }
             );
         }
         let _ = write!(
@@ -407,6 +448,16 @@ pub fn print_results(w: &Workload) {
             );
         }
     }
+    let p = INTR.pool.stats();
+    kprintln!(
+        "@@ result scope=pool size={} assigned={} migrations={} divorces={} empty={} stolen={}",
+        p.size,
+        p.assigned,
+        p.migrations,
+        p.divorces,
+        p.empty,
+        p.stolen
+    );
     kprintln!("@@ result scope=workload {} verified={}", w.progress(), u8::from(w.verified()));
     let (rest, peak) = (w.rest, w.peak.get().max(&INTR.footprint()));
     kprintln!(

@@ -293,6 +293,12 @@ pub struct SourceSpec {
     pub flags: IntrFlags,
     /// Model, or `None` for the framework's default.
     pub model: Option<Model>,
+    /// The priority of the thread that runs the handler, set at establish time as a driver
+    /// would (`None`: its IPL's, or the pool's); the same as [`Source::set_thread_priority`]
+    /// and `sysctl intr.thread_priority` afterwards, which can change it. A driver does not
+    /// choose the boot's model: under `direct` and `pinned`, which give the handler no thread
+    /// of its own, it is ignored ([`Source::thread_priority`] stays `None`).
+    pub thread_priority: Option<Priority>,
 }
 
 /// An established source.
@@ -855,7 +861,10 @@ impl<E: IntrEnv> Intr<E> {
             stats: SourceStats::new(),
             storm: storm::StormState::new(),
             dedicated,
-            thread_pri: core::sync::atomic::AtomicU8::new(0),
+            thread_pri: core::sync::atomic::AtomicU8::new(match model {
+                Model::Dedicated | Model::Pool => spec.thread_priority.map_or(0, Priority::get),
+                Model::Direct | Model::Pinned => 0,
+            }),
             deferred_at: AtomicU64::new(0),
             masked_since: AtomicU64::new(0),
         });

@@ -16,7 +16,14 @@ const T: u64 = if cfg!(miri) { 3_600_000_000_000 } else { 20_000_000_000 };
 const HOLD_NS: u64 = if cfg!(miri) { 200_000_000 } else { 20_000_000 };
 
 fn spec(name: &'static str, vector: u8, model: Model) -> SourceSpec {
-    SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) }
+    SourceSpec {
+        name: name.into(),
+        vector,
+        ipl: Ipl::Vm,
+        flags: IntrFlags::MPSAFE,
+        model: Some(model),
+        thread_priority: None,
+    }
 }
 
 fn counting(n: &Arc<AtomicU64>) -> intr::Handler {

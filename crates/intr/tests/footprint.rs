@@ -9,7 +9,14 @@ use intr::{IntrFlags, Model, SourceSpec};
 use ipl::Ipl;
 
 fn spec(name: String, vector: u8, model: Model) -> SourceSpec {
-    SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) }
+    SourceSpec {
+        name: name.into(),
+        vector,
+        ipl: Ipl::Vm,
+        flags: IntrFlags::MPSAFE,
+        model: Some(model),
+        thread_priority: None,
+    }
 }
 
 fn handler() -> intr::Handler {

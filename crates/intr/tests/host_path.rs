@@ -21,7 +21,14 @@ use sched::SchedEnv;
 const T: u64 = if cfg!(miri) { 3_600_000_000_000 } else { 20_000_000_000 };
 
 fn spec(name: &'static str, vector: u8, ipl: Ipl, model: Model) -> SourceSpec {
-    SourceSpec { name: name.into(), vector, ipl, flags: IntrFlags::MPSAFE, model: Some(model) }
+    SourceSpec {
+        name: name.into(),
+        vector,
+        ipl,
+        flags: IntrFlags::MPSAFE,
+        model: Some(model),
+        thread_priority: None,
+    }
 }
 
 fn counter() -> Arc<AtomicU64> {
@@ -130,6 +137,7 @@ fn manual_handler_runs_only_when_its_filter_asks() {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MANUAL,
                     model: Some(Model::Pool),
+                    thread_priority: None,
                 },
                 Some(Box::new(move |ctx| {
                     f2.fetch_add(1, Ordering::SeqCst);
@@ -1014,6 +1022,7 @@ fn owned_source_names() {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE,
                     model: Some(Model::Direct),
+                    thread_priority: None,
                 };
                 intr.establish(spec, None, Some(counting(&n))).expect("establish")
             })

@@ -100,6 +100,7 @@ fn run_sequence(ops: Vec<Op>) {
                                 ipl: Ipl::Vm,
                                 flags: IntrFlags::MPSAFE,
                                 model: Some(model),
+                                thread_priority: None,
                             },
                             None,
                             Some(Box::new(move |ctx| {

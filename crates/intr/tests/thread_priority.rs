@@ -13,7 +13,14 @@ use sched::{Priority, SchedEnv};
 const T: u64 = if cfg!(miri) { 3_600_000_000_000 } else { 20_000_000_000 };
 
 fn spec(name: &'static str, vector: u8, model: Model) -> SourceSpec {
-    SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) }
+    SourceSpec {
+        name: name.into(),
+        vector,
+        ipl: Ipl::Vm,
+        flags: IntrFlags::MPSAFE,
+        model: Some(model),
+        thread_priority: None,
+    }
 }
 
 fn pri(p: u8) -> Priority {
@@ -141,5 +148,42 @@ fn pool_ithreads_take_each_sources_priority_for_its_runs() {
         assert_eq!(plain.wrong.load(Ordering::SeqCst), 0, "a run of the plain source at another priority");
         assert!(low.runs.load(Ordering::SeqCst) > 0 && plain.runs.load(Ordering::SeqCst) > 0);
         drop((a, b));
+    });
+}
+
+/// The priority given at establish time (`SourceSpec::thread_priority`, as a driver sets it):
+/// the dedicated thread and the pool ithreads run the first handler at it, the sysctl's
+/// setter changes it afterwards, and under direct and pinned, which give the handler no
+/// thread of its own, it is ignored rather than refused (a driver does not pick the model).
+#[test]
+fn a_priority_given_at_establish_is_the_threads_from_the_first_run() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |_| {
+        for (name, v, m) in [("t.tp.est.ded", 0x55, Model::Dedicated), ("t.tp.est.pool", 0x56, Model::Pool)] {
+            let (seen, h) = recording(Some(55));
+            let spec = SourceSpec { thread_priority: Some(pri(55)), ..spec(name, v, m) };
+            let handle = intr.establish(spec, None, Some(h)).expect("establish");
+            assert_eq!(handle.source().thread_priority(), Some(pri(55)), "{name}");
+            assert!(handle.source().thread_priority_is_set(), "{name}");
+            for (k, cpu) in [0usize, 1, 0].into_iter().enumerate() {
+                HostMachine::raise(cpu, v);
+                wait(|| seen.runs.load(Ordering::SeqCst) == k as u64 + 1, "a run");
+            }
+            assert_eq!(seen.wrong.load(Ordering::SeqCst), 0, "{name}: a run at another priority than 55");
+            handle.set_thread_priority(Some(pri(61))).unwrap();
+            assert_eq!(handle.source().thread_priority(), Some(pri(61)), "{name}: changed afterwards");
+        }
+        for (name, v, m) in
+            [("t.tp.est.direct", 0x57, Model::Direct), ("t.tp.est.pinned", 0x58, Model::Pinned)]
+        {
+            let (seen, h) = recording(None);
+            let spec = SourceSpec { thread_priority: Some(pri(55)), ..spec(name, v, m) };
+            let handle = intr.establish(spec, None, Some(h)).expect("establish: the priority is ignored");
+            assert_eq!(handle.source().thread_priority(), None, "{name}");
+            assert!(!handle.source().thread_priority_is_set(), "{name}");
+            HostMachine::raise(0, v);
+            wait(|| seen.runs.load(Ordering::SeqCst) == 1, "the handler runs");
+        }
     });
 }

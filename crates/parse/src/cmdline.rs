@@ -23,6 +23,19 @@ pub enum RunMode {
     /// The torture run (`kernel/src/torture/`): random concurrent interrupt and lock load
     /// for `torture.ms` guest milliseconds, invariants checked all along.
     Torture,
+    /// The cost run (`kernel/src/cost.rs`): guest instructions per NIC frame and per disk
+    /// operation with the devices saturated, idle time left out.
+    Cost,
+}
+
+/// What floods the CPUs in `run=rt`'s flood phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RtFlood {
+    /// IPIs between the CPUs to a source whose handler spins (guest-only: deterministic).
+    Ipi,
+    /// The NIC (the host sending unpaced), the disk and the `edu` device, as fast as the
+    /// guest takes them, with the IPI flood.
+    Devices,
 }
 
 /// A deliberate failure, to test the host harness.
@@ -90,6 +103,14 @@ pub struct Options {
     pub torture_seed: u64,
     /// `torture.ms=`: guest milliseconds of torture load (100..=3600000).
     pub torture_ms: u64,
+    /// `rt.flood=ipi|devices`: what floods the CPUs in `run=rt`'s flood phase.
+    pub rt_flood: RtFlood,
+    /// `cost.frames=100..10000000`: NIC frames of `run=cost`'s `net` phase (the disk phase
+    /// makes a quarter as many operations).
+    pub cost_frames: u64,
+    /// `workload.saturate=on|off`: the main job's NIC is sent unpaced and its disk threads
+    /// keep the queue full.
+    pub workload_saturate: bool,
 }
 
 impl Default for Options {
@@ -112,6 +133,9 @@ impl Default for Options {
             rt_ms: 1000,
             torture_seed: 1,
             torture_ms: 2000,
+            rt_flood: RtFlood::Ipi,
+            cost_frames: 20_000,
+            workload_saturate: false,
         }
     }
 }
@@ -150,7 +174,7 @@ fn on_off(key: &str, v: &str) -> Result<bool, CmdlineError> {
 }
 
 /// The keys [`parse`] knows.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 20] = [
     "run",
     "test.filter",
     "test.harness",
@@ -168,6 +192,9 @@ pub const KEYS: [&str; 17] = [
     "rt.ms",
     "torture.seed",
     "torture.ms",
+    "rt.flood",
+    "cost.frames",
+    "workload.saturate",
 ];
 
 /// Parses a command line. The first bad word is the error: no `=` (`expected key=value`),
@@ -191,7 +218,8 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
                     "shell" => RunMode::Shell,
                     "rt" => RunMode::Rt,
                     "torture" => RunMode::Torture,
-                    _ => return Err(err(key, "expected scenario, tests, bench, shell, rt or torture")),
+                    "cost" => RunMode::Cost,
+                    _ => return Err(err(key, "expected scenario, tests, bench, shell, rt, torture or cost")),
                 }
             }
             "test.filter" => o.test_filter = value.to_string(),
@@ -232,6 +260,15 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
             "rt.ms" => o.rt_ms = number(key, value, 10u64, 60_000)?,
             "torture.seed" => o.torture_seed = number(key, value, 0u64, u64::MAX)?,
             "torture.ms" => o.torture_ms = number(key, value, 100u64, 3_600_000)?,
+            "rt.flood" => {
+                o.rt_flood = match value {
+                    "ipi" => RtFlood::Ipi,
+                    "devices" => RtFlood::Devices,
+                    _ => return Err(err(key, "expected ipi or devices")),
+                }
+            }
+            "cost.frames" => o.cost_frames = number(key, value, 100u64, 10_000_000)?,
+            "workload.saturate" => o.workload_saturate = on_off(key, value)?,
             _ => return Err(err(key, "unknown option")),
         }
         seen.push(key);

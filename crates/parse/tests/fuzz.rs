@@ -13,7 +13,7 @@ use proptest::prelude::*;
 /// A valid value for `key`.
 fn value_for(key: &'static str) -> BoxedStrategy<String> {
     match key {
-        "run" => prop::sample::select(vec!["scenario", "tests", "bench", "shell", "rt", "torture"])
+        "run" => prop::sample::select(vec!["scenario", "tests", "bench", "shell", "rt", "torture", "cost"])
             .prop_map(String::from)
             .boxed(),
         "test.harness" => {
@@ -24,7 +24,9 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
         "intr.model" => {
             prop::sample::select(vec!["direct", "dedicated", "pool", "pinned"]).prop_map(String::from).boxed()
         }
-        "lockcheck" | "lockstat" | "workload.serial" => {
+        "rt.flood" => prop::sample::select(vec!["ipi", "devices"]).prop_map(String::from).boxed(),
+        "cost.frames" => (100u64..=10_000_000).prop_map(|n| n.to_string()).boxed(),
+        "lockcheck" | "lockstat" | "workload.serial" | "workload.saturate" => {
             prop::sample::select(vec!["on", "off"]).prop_map(String::from).boxed()
         }
         "bench.samples" => (1usize..=1_000_000).prop_map(|n| n.to_string()).boxed(),

@@ -139,8 +139,14 @@ fn source_name(model: Model, body: Body) -> &'static str {
 /// Establishes a source on `vector` under `model` at `IPL_VM` whose handler does `body`.
 fn establish(model: Model, vector: u8, body: Body) -> Src {
     let name = source_name(model, body);
-    let spec =
-        SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags: IntrFlags::MPSAFE, model: Some(model) };
+    let spec = SourceSpec {
+        name: name.into(),
+        vector,
+        ipl: Ipl::Vm,
+        flags: IntrFlags::MPSAFE,
+        model: Some(model),
+        thread_priority: None,
+    };
     let handler: intr::Handler = match body {
         Body::Blocking => Box::new(|_| {
             T_START.store(now(), Ordering::Relaxed);

@@ -146,6 +146,7 @@ fn wakeup_switch(b: &mut Bencher) {
         ipl: Ipl::Vm,
         flags: IntrFlags::MPSAFE,
         model: Some(Model::Direct),
+        thread_priority: None,
     };
     let h = INTR
         .establish(
@@ -192,6 +193,7 @@ fn softint_latency(b: &mut Bencher) {
         ipl: Ipl::Vm,
         flags: IntrFlags::MPSAFE,
         model: Some(Model::Direct),
+        thread_priority: None,
     };
     let filter: intr::Filter = Box::new(move |_| {
         T_CAUSE.store(now(), Ordering::Relaxed);

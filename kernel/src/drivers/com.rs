@@ -318,6 +318,7 @@ pub fn start() -> Result<(), DriverError> {
                 ipl: Ipl::High,
                 flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE,
                 model: Some(Model::Direct),
+                thread_priority: None,
             },
             line,
             Some(alloc::boxed::Box::new(|_| com1_filter())),
@@ -434,6 +435,7 @@ impl Com2Fault {
                     ipl: Ipl::High,
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE,
                     model: Some(Model::Direct),
+                    thread_priority: None,
                 },
                 line,
                 Some(alloc::boxed::Box::new(|ctx| {

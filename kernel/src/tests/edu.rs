@@ -77,6 +77,7 @@ fn msi_exactly_once_every_model() -> TestResult {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,
                     model: Some(model),
+                    thread_priority: None,
                 },
                 Some(alloc::boxed::Box::new(move |_| {
                     let st = dev.status();
@@ -152,6 +153,7 @@ fn intx_exactly_once_every_model() -> TestResult {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,
                     model: Some(model),
+                    thread_priority: None,
                 },
                 line,
                 Some(alloc::boxed::Box::new(move |_| {
@@ -225,6 +227,7 @@ fn intx_deferred_by_spl_runs_once_after_splx() -> TestResult {
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,
                 model: Some(Model::Direct),
+                thread_priority: None,
             },
             line,
             Some(alloc::boxed::Box::new(move |_| {
@@ -296,6 +299,7 @@ fn msi_masked_in_software_counts_arrivals() -> TestResult {
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,
                 model: Some(Model::Direct),
+                thread_priority: None,
             },
             Some(alloc::boxed::Box::new(move |_| {
                 let st = dev.status();

@@ -59,6 +59,7 @@ fn flight(model: Model) -> TestResult {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,
                     model: Some(model),
+                    thread_priority: None,
                 },
                 None,
                 Some(alloc::boxed::Box::new(move |_| {

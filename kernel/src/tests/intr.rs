@@ -24,7 +24,7 @@ fn raise(cpu: usize, vector: u8) {
 }
 
 fn spec(name: impl Into<intr::SourceName>, vector: u8, model: Model, flags: IntrFlags) -> SourceSpec {
-    SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags, model: Some(model) }
+    SourceSpec { name: name.into(), vector, ipl: Ipl::Vm, flags, model: Some(model), thread_priority: None }
 }
 
 fn counting(
@@ -554,6 +554,7 @@ fn establish_errors_name_the_source() -> TestResult {
         ipl: Ipl::SoftNet,
         flags: IntrFlags::MPSAFE,
         model: None,
+        thread_priority: None,
     };
     let e = INTR.establish(soft, Some(alloc::boxed::Box::new(f)), None);
     kassert_eq!(

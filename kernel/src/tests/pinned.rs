@@ -146,6 +146,7 @@ fn blocked_handler_does_not_hold_up_the_cpu() -> TestResult {
         ipl: Ipl::Vm,
         flags: IntrFlags::MPSAFE,
         model: Some(Model::Pinned),
+        thread_priority: None,
     };
     let (started, done, counted) =
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

@@ -80,6 +80,7 @@ fn counting(
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,
                 model: Some(model),
+                thread_priority: None,
             },
             None,
             Some(alloc::boxed::Box::new(move |_| {
@@ -484,6 +485,7 @@ fn pinned_probe() -> TestResult {
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,
                 model: Some(Model::Pinned),
+                thread_priority: None,
             },
             None,
             Some(alloc::boxed::Box::new(|_| {
@@ -563,6 +565,7 @@ fn sysctl_thread_priority() -> TestResult {
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,
                 model: Some(Model::Pool),
+                thread_priority: None,
             },
             None,
             Some(alloc::boxed::Box::new(move |_| {
@@ -579,6 +582,7 @@ fn sysctl_thread_priority() -> TestResult {
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,
                 model: Some(Model::Direct),
+                thread_priority: None,
             },
             None,
             Some(alloc::boxed::Box::new(|_| {})),

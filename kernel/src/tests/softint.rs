@@ -39,6 +39,7 @@ fn softint_from_filter_runs_once_at_its_level() -> TestResult {
                 ipl: Ipl::Vm,
                 flags: IntrFlags::MPSAFE,
                 model: Some(Model::Pool),
+                thread_priority: None,
             },
             Some(alloc::boxed::Box::new(move |_| {
                 si.schedule();

@@ -138,6 +138,7 @@ fn establish_edu(
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,
                     model: Some(model),
+                    thread_priority: None,
                 },
                 line,
                 Some(filter),
@@ -159,6 +160,7 @@ fn establish_edu(
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,
                     model: Some(model),
+                    thread_priority: None,
                 },
                 Some(filter),
                 Some(alloc::boxed::Box::new(move |ctx| {
@@ -223,6 +225,7 @@ impl Innocent {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE,
                     model: Some(model),
+                    thread_priority: None,
                 },
                 None,
                 Some(alloc::boxed::Box::new(move |_| {
@@ -531,6 +534,7 @@ pub fn flood_run(model: Model, ns: u64) -> Result<FloodFigures, String> {
         ipl: Ipl::Vm,
         flags: IntrFlags::MPSAFE,
         model: Some(model),
+        thread_priority: None,
     };
     let edu = probe()?;
     edu.ack(!0);

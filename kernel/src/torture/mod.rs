@@ -418,6 +418,7 @@ fn establish(s: usize) -> IntrHandle<KernelEnv> {
         ipl: Ipl::Vm,
         flags: flags_for(s),
         model: None,
+        thread_priority: None,
     };
     let generation = SRC[s].generation.load(SeqCst);
     INTR.establish(spec, filter_for(s), handler_for(s, generation))
@@ -434,6 +435,7 @@ fn establish_edu(edu: &Edu, msi: bool, target: usize) -> IntrHandle<KernelEnv> {
         ipl: Ipl::Vm,
         flags: IntrFlags::MPSAFE,
         model: None,
+        thread_priority: None,
     };
     let dev = edu.clone();
     let filter: intr::Filter = Box::new(move |_| {

@@ -268,6 +268,7 @@ impl BlkDev {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE | IntrFlags::MASK_WHILE_QUEUED,
                     model,
+                    thread_priority: None,
                 },
                 self.line,
                 None,

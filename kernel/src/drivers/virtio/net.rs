@@ -137,6 +137,8 @@ pub struct NetStats {
     pub end_seen: bool,
     /// The total it carried.
     pub end_total: u64,
+    /// When the last frame came (or the phase started), guest ns.
+    pub last_ns: u64,
     /// Receive handler runs.
     pub runs: u64,
     /// Runs that used their whole budget and requeued themselves (`hwi_sched`).
@@ -322,6 +324,7 @@ impl NetDev {
                     ipl: Ipl::Vm,
                     flags: IntrFlags::MPSAFE | IntrFlags::EXCLUSIVE | IntrFlags::MASK_WHILE_QUEUED,
                     model,
+                    thread_priority: None,
                 },
                 self.line,
                 None,
@@ -609,6 +612,7 @@ impl NetDev {
             }
         }
         NetStats {
+            last_ns: self.last_ns.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             unique,
             duplicate: self.duplicate.load(Ordering::Relaxed),
