@@ -53,7 +53,6 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use intrusive_collections::LinkedListAtomicLink;
 use machine::{IntrOff, Machine, PinSwitch};
 
 pub use event::Event;
@@ -140,8 +139,11 @@ struct CpuLocal<E: SchedEnv> {
     /// The running thread (the reference the CPU holds).
     current: Option<Arc<Thread<E>>>,
     idle: Option<Arc<Thread<E>>>,
-    /// Thread switched away from, for `finish_switch` to release.
-    prev: Option<Arc<Thread<E>>>,
+    /// Thread switched away from, for `finish_switch` to release (null: none).
+    prev: *const Thread<E>,
+    /// The CPU's reference to `prev` when no run queue took it (it left, migrates, or is
+    /// the idle thread), dropped (or queued elsewhere) by `finish_switch`.
+    prev_ref: Option<Arc<Thread<E>>>,
     /// `prev` must be queued on this other CPU once off ours (binding).
     prev_migrate_to: Option<usize>,
 }
@@ -169,7 +171,13 @@ impl<E: SchedEnv> CpuSched<E> {
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
             pin_switches: AtomicU64::new(0),
-            local: UnsafeCell::new(CpuLocal { current: None, idle: None, prev: None, prev_migrate_to: None }),
+            local: UnsafeCell::new(CpuLocal {
+                current: None,
+                idle: None,
+                prev: core::ptr::null(),
+                prev_ref: None,
+                prev_migrate_to: None,
+            }),
         }
     }
 
@@ -244,6 +252,7 @@ impl<E: SchedEnv> Scheduler<E> {
         stack: Option<Box<[u64]>>,
         ctx: <E::M as Machine>::Context,
     ) -> Thread<E> {
+        let now = E::M::now_ns();
         Thread {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name,
@@ -259,14 +268,13 @@ impl<E: SchedEnv> Scheduler<E> {
             ctx: UnsafeCell::new(ctx),
             _stack: stack,
             start: UnsafeCell::new(None),
-            rq_link: LinkedListAtomicLink::new(),
+            rq_next: UnsafeCell::new(thread::RQ_UNLINKED.cast()),
             join: SpinLock::new(JoinState { exited: false, joiner: None }),
             held: SpinLock::new(thread::HeldLocks::new()),
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
-            last_on_ns: AtomicU64::new(E::M::now_ns()),
-            off_ns: AtomicU64::new(0),
-            last_off_ns: AtomicU64::new(0),
+            last_on_ns: AtomicU64::new(now),
+            born_ns: now,
         }
     }
 
@@ -881,7 +889,10 @@ impl<E: SchedEnv> Scheduler<E> {
         let rq = unsafe { c.rq.get_locked() };
         // SAFETY: this CPU, interrupts disabled.
         let local = unsafe { c.local() };
-        let prev = local.current.as_ref().expect("schedule before init_cpu").clone();
+        // The CPU's reference to the running thread moves (no count changes): to the run
+        // queue (preempted or yielding), to `local.prev` (leaving, migrating, or idle), or
+        // back to `local.current` (no switch).
+        let prev = local.current.take().expect("schedule before init_cpu");
         c.need_resched.store(false, Ordering::Relaxed);
         let kicked = c.kicked.swap(false, Ordering::AcqRel);
 
@@ -893,10 +904,11 @@ impl<E: SchedEnv> Scheduler<E> {
             Reason::Preempt | Reason::Yield => false,
         };
         let mut migrate_to = None;
-        if !leaving && !prev.is_idle {
+        let next = if !leaving && !prev.is_idle {
             let bound = prev.bound.load(Ordering::Relaxed);
             if bound != UNBOUND && bound != cpu {
                 migrate_to = Some(bound);
+                self.pick_next(rq, local)
             } else {
                 let mine = prev.pri.load(Ordering::Relaxed);
                 let equal_may_run = reason == Reason::Yield || c.slice_expired.load(Ordering::Relaxed);
@@ -905,41 +917,86 @@ impl<E: SchedEnv> Scheduler<E> {
                     Some(p) => p.get() > mine || (p.get() == mine && equal_may_run),
                 };
                 if !switch {
+                    local.current = Some(prev);
                     c.rq.raw_unlock();
                     return;
                 }
-                rq.push_back(prev.clone());
+                // Taking the most urgent first, then queueing `prev` behind its equals, is
+                // the order queueing first would give: `prev` is never the one taken.
+                let next = rq.pop_highest().expect("a queued thread");
+                let p: *const Thread<E> = Arc::as_ptr(&prev);
+                rq.push_back(prev);
+                self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);
+                return;
             }
-        }
-        let next = match rq.pop_highest() {
-            Some(t) => t,
-            None => local.idle.as_ref().expect("no idle thread").clone(),
+        } else {
+            self.pick_next(rq, local)
         };
-        c.nqueued.store(rq.len(), Ordering::Relaxed);
         if Arc::ptr_eq(&next, &prev) {
+            // The idle thread with nothing queued: it goes on running.
+            drop(next);
+            local.current = Some(prev);
             c.rq.raw_unlock();
             return;
         }
+        let p: *const Thread<E> = Arc::as_ptr(&prev);
+        self.switch_to(c, cpu, p, Some(prev), next, migrate_to, reason, leaving, kicked, io);
+    }
+
+    /// The most urgent queued thread, else this CPU's idle thread (run-queue lock held).
+    #[inline(always)]
+    fn pick_next(&self, rq: &mut RunQueue<E>, local: &CpuLocal<E>) -> Arc<Thread<E>> {
+        match rq.pop_highest() {
+            Some(t) => t,
+            None => local.idle.as_ref().expect("no idle thread").clone(),
+        }
+    }
+
+    /// The second half of `schedule`: switch from `prev` (the running thread; `keep` holds
+    /// the CPU's reference to it unless the run queue took it) to `next`, carrying our
+    /// run-queue lock to `finish_switch`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn switch_to(
+        &'static self,
+        c: &CpuSched<E>,
+        cpu: usize,
+        prev: *const Thread<E>,
+        keep: Option<Arc<Thread<E>>>,
+        next: Arc<Thread<E>>,
+        migrate_to: Option<usize>,
+        reason: Reason,
+        leaving: bool,
+        kicked: bool,
+        io: &IntrOff,
+    ) {
+        // SAFETY: this CPU, interrupts disabled.
+        let local = unsafe { c.local() };
+        // SAFETY: `prev` is the running thread: alive at least until `finish_switch` clears
+        // its `on_cpu` (a run queue or `keep` holds a reference, and no CPU takes it from a
+        // queue before `on_cpu` is clear).
+        let pv = unsafe { &*prev };
+        c.nqueued.store(unsafe { c.rq.get_locked() }.len(), Ordering::Relaxed);
         // The next thread may still be saving its registers on the CPU it left.
         while next.on_cpu.load(Ordering::Acquire) {
             E::M::relax();
         }
+        // Accounting: the run time of `prev`, the switch-on time of `next` (the off-CPU time
+        // is derived from these, `Thread::off_cpu_ns`). Only this CPU writes them now.
         let now = E::M::now_ns();
-        prev.run_ns.fetch_add(now.saturating_sub(prev.last_on_ns.load(Ordering::Relaxed)), Ordering::Relaxed);
-        prev.last_off_ns.store(now, Ordering::Relaxed);
+        pv.run_ns.store(
+            pv.run_ns.load(Ordering::Relaxed) + now.saturating_sub(pv.last_on_ns.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         next.last_on_ns.store(now, Ordering::Relaxed);
-        let off = next.last_off_ns.swap(0, Ordering::Relaxed);
-        if off != 0 {
-            next.off_ns.fetch_add(now.saturating_sub(off), Ordering::Relaxed);
-        }
         next.on_cpu.store(true, Ordering::Relaxed);
         next.cpu.store(cpu, Ordering::Relaxed);
-        next.switches.fetch_add(1, Ordering::Relaxed);
+        next.switches.store(next.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         c.cur_pri.store(next.pri.load(Ordering::Relaxed), Ordering::Relaxed);
         c.cur_idle.store(next.is_idle, Ordering::Relaxed);
         c.slice_left.store(TIMESLICE_TICKS, Ordering::Relaxed);
         c.slice_expired.store(false, Ordering::Relaxed);
-        c.switches.fetch_add(1, Ordering::Relaxed);
+        c.switches.store(c.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if reason == Reason::Preempt && kicked {
             c.kick_preempts.fetch_add(1, Ordering::Relaxed);
         }
@@ -948,14 +1005,16 @@ impl<E: SchedEnv> Scheduler<E> {
             trace::emit::<E::M>(trace::Kind::Block, 0);
         }
         trace::emit::<E::M>(trace::Kind::Switch, Arc::as_ptr(&next) as u64);
-        let from = prev.ctx.get();
+        let from = pv.ctx.get();
         let to = next.ctx.get() as *const <E::M as Machine>::Context;
         E::M::set_curthread(Arc::as_ptr(&next) as *const (), io);
         c.running.store(Arc::as_ptr(&next) as usize, Ordering::Relaxed);
         local.current = Some(next);
-        local.prev = Some(prev);
+        local.prev = prev;
+        local.prev_ref = keep;
         local.prev_migrate_to = migrate_to;
-        // `from` lives on in `local.prev` until `finish_switch`; `to` had `on_cpu` false.
+        // `from` lives on (a queue or `prev_ref` holds it) until `finish_switch`; `to` had
+        // `on_cpu` false.
         // SAFETY: interrupts are disabled; no other CPU runs `to` (on_cpu was false) or can
         // pick it (we hold our run-queue lock); `from` is the running thread's context.
         unsafe { E::M::switch(from, to) };
@@ -965,23 +1024,29 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Runs on the newly switched-to thread: releases the run-queue lock carried over the
     /// switch and lets go of the previous thread.
+    #[inline(always)]
     fn finish_switch(&'static self) {
         let c = self.this_cpu();
         // SAFETY: this CPU, interrupts disabled (we are right after a switch).
         let local = unsafe { c.local() };
-        let Some(prev) = local.prev.take() else {
+        let prev = core::mem::replace(&mut local.prev, core::ptr::null());
+        if prev.is_null() {
             return;
-        };
+        }
+        let held = local.prev_ref.take();
         let migrate_to = local.prev_migrate_to.take();
         c.rq.raw_unlock();
-        prev.on_cpu.store(false, Ordering::Release);
+        // SAFETY: `prev` is alive until this store (see `switch_to`); not touched after it.
+        unsafe { (*prev).on_cpu.store(false, Ordering::Release) };
         if let Some(target) = migrate_to {
             // SAFETY: interrupts are disabled here (right after a switch) and stay so until
             // our caller returns; this token is dropped before then without enabling them.
             let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
-            self.enqueue(prev, target, &io);
+            self.enqueue(held.expect("a migrating thread's reference"), target, &io);
+        } else {
+            // A dead `prev` is freed here when this was its last reference.
+            drop(held);
         }
-        // A dead `prev` is freed here when this was its last reference.
     }
 }
 
