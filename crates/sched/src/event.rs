@@ -8,6 +8,10 @@
 //! to sleep, registers under the waiter lock, and re-checks the flag under that lock before
 //! committing; so a `set` either happens before the re-check (the waiter sees the flag) or
 //! finds the waiter registered (and wakes it). One waiter consumes each `set`.
+//!
+//! The usual event has one waiter (an interrupt thread, a driver's sleeper): it is kept in
+//! a slot of its own, so neither `wait` nor `set` allocates or frees; further waiters go to
+//! a list.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -27,7 +31,23 @@ pub struct Event<E: SchedEnv> {
     /// `const` context before the scheduler can be named).
     sched: core::sync::atomic::AtomicPtr<Scheduler<E>>,
     flag: AtomicBool,
-    waiters: SpinLock<Vec<Arc<Thread<E>>>>,
+    waiters: SpinLock<Waiters<E>>,
+}
+
+/// The registered waiters: the first in its slot, the others in a list.
+struct Waiters<E: SchedEnv> {
+    first: Option<Arc<Thread<E>>>,
+    more: Vec<Arc<Thread<E>>>,
+}
+
+impl<E: SchedEnv> Waiters<E> {
+    const fn new() -> Self {
+        Waiters { first: None, more: Vec::new() }
+    }
+
+    fn has(&self, t: &Thread<E>) -> bool {
+        self.first.as_ref().is_some_and(|f| core::ptr::eq(&**f, t)) || self.more.iter().any(|w| core::ptr::eq(&**w, t))
+    }
 }
 
 impl<E: SchedEnv> Event<E> {
@@ -36,7 +56,7 @@ impl<E: SchedEnv> Event<E> {
         Event {
             sched: core::sync::atomic::AtomicPtr::new(sched as *const Scheduler<E> as *mut Scheduler<E>),
             flag: AtomicBool::new(false),
-            waiters: SpinLock::new(Vec::new()),
+            waiters: SpinLock::new(Waiters::new()),
         }
     }
 
@@ -45,7 +65,7 @@ impl<E: SchedEnv> Event<E> {
         Event {
             sched: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
             flag: AtomicBool::new(false),
-            waiters: SpinLock::new(Vec::new()),
+            waiters: SpinLock::new(Waiters::new()),
         }
     }
 
@@ -64,12 +84,16 @@ impl<E: SchedEnv> Event<E> {
     /// Sets the event and wakes the waiters (callable from interrupt handlers).
     pub fn set(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        let woken = {
+        let (first, more) = {
             let io = E::M::intr_disable();
             let mut w = self.waiters.lock(&io);
-            core::mem::take(&mut *w)
+            let more = if w.more.is_empty() { Vec::new() } else { core::mem::take(&mut w.more) };
+            (w.first.take(), more)
         };
-        for t in &woken {
+        if let Some(t) = first {
+            self.sched().wakeup(&t);
+        }
+        for t in &more {
             self.sched().wakeup(t);
         }
     }
@@ -82,14 +106,18 @@ impl<E: SchedEnv> Event<E> {
     /// Like [`Event::wait`] but gives up at `deadline_ns` ([`Machine::now_ns`] time).
     /// Returns whether the event was consumed.
     pub fn wait_deadline(&self, deadline_ns: u64) -> bool {
-        let me = self.sched().current_arc();
+        let me = self.sched().current();
         loop {
             if self.flag.swap(false, Ordering::SeqCst) {
                 return true;
             }
-            if E::M::now_ns() >= deadline_ns {
+            if deadline_ns != u64::MAX && E::M::now_ns() >= deadline_ns {
                 let io = E::M::intr_disable();
-                self.waiters.lock(&io).retain(|t| !Arc::ptr_eq(t, &me));
+                let mut w = self.waiters.lock(&io);
+                if w.first.as_ref().is_some_and(|f| core::ptr::eq(&**f, me)) {
+                    w.first = None;
+                }
+                w.more.retain(|t| !core::ptr::eq(&**t, me));
                 return false;
             }
             let io = E::M::intr_disable();
@@ -101,8 +129,11 @@ impl<E: SchedEnv> Event<E> {
                     self.sched().sleep_cancel(&io);
                     continue;
                 }
-                if !w.iter().any(|t| Arc::ptr_eq(t, &me)) {
-                    w.push(me.clone());
+                if !w.has(me) {
+                    match w.first {
+                        None => w.first = Some(self.sched().current_arc()),
+                        Some(_) => w.more.push(self.sched().current_arc()),
+                    }
                 }
             }
             self.sched().sleep_commit_deadline(deadline_ns, &io);
