@@ -93,7 +93,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize
 
 use ipl::Ipl;
 use machine::{IntrOff, Machine};
-use sched::{Event, Priority, SpinLock, Thread};
+use sched::{Event, Priority, SpinLock};
 use sync::Env;
 
 pub use stats::{Histogram, SourceStats};
@@ -335,11 +335,13 @@ pub struct Source<E: IntrEnv> {
 }
 
 struct Dedicated<E: IntrEnv> {
-    event: Event<E>,
+    /// The thread's wake-up word, which holds the thread's reference (from its start until
+    /// the source is freed, so no `post` can outlive it): the interrupt sets it and wakes
+    /// the thread directly (`sched::Need`: no waiter list, no lock).
+    need: sched::Need<E>,
     /// The raise time (ns) of the interrupt the thread has not handled yet (0: none; taken
     /// by the thread).
     raised_at: core::sync::atomic::AtomicU64,
-    thread: SpinLock<Option<Arc<Thread<E>>>>,
 }
 
 /// [`Source::set_thread_priority`] on a source whose handler has no thread of its own: under
@@ -394,7 +396,7 @@ impl<E: IntrEnv> Source<E> {
         self.thread_pri.store(pri.map_or(0, |p| p.get()), Ordering::Relaxed);
         if let Some(d) = &self.dedicated {
             // Wake it to take the priority on now (it runs no handler for a spurious wakeup).
-            d.event.set();
+            d.need.post_any(E::sched());
         }
         Ok(())
     }
@@ -831,11 +833,8 @@ impl<E: IntrEnv> Intr<E> {
             // Above IPL_VM there are no interrupt threads: handlers run directly (part 2).
             model = Model::Direct;
         }
-        let dedicated = (model == Model::Dedicated && handler.is_some()).then(|| Dedicated {
-            event: Event::new(E::sched()),
-            raised_at: core::sync::atomic::AtomicU64::new(0),
-            thread: SpinLock::new(None),
-        });
+        let dedicated = (model == Model::Dedicated && handler.is_some())
+            .then(|| Dedicated { need: sched::Need::new(), raised_at: core::sync::atomic::AtomicU64::new(0) });
         let src = Arc::new(Source {
             name: name.clone(),
             vector: spec.vector,
@@ -903,13 +902,10 @@ impl<E: IntrEnv> Intr<E> {
             line.mask();
         }
         if let Some(d) = &src.dedicated {
-            d.event.set(); // the thread sees the gate closed and exits
-            let t = {
-                let io = E::M::intr_disable();
-                let mut t = d.thread.lock(&io);
-                t.take()
-            };
-            drop(t);
+            // The thread sees the gate closed and exits; `need` keeps its reference until the
+            // source is freed (a `post` from a dispatch that still held the source must not
+            // find it gone).
+            d.need.post_any(E::sched());
         }
         if src.model == Model::Pool && src.handler.is_some() {
             self.pool.handler_removed();
@@ -1014,7 +1010,10 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
         }
-        self.run_later(later, now, cpu, io);
+        self.run_later(&mut later, now, cpu, io);
+        // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on
+        // the path.
+        core::mem::forget(later);
         Some(claimed)
     }
 
@@ -1125,7 +1124,9 @@ impl<E: IntrEnv> Intr<E> {
                 let d = src.dedicated.as_ref().expect("dedicated source without its thread");
                 src.mask();
                 d.raised_at.store(arrival, Ordering::Relaxed);
-                d.event.set();
+                // Straight to the thread: set its word and make it runnable here; the
+                // interrupt's exit switches to it if it outranks the interrupted thread.
+                d.need.post(E::sched(), io);
             }
             Model::Pool => {
                 if src.needs_mask() {
@@ -1146,7 +1147,7 @@ impl<E: IntrEnv> Intr<E> {
     /// ones borrow the CPU (the ithread runs with interrupts enabled and may take this vector
     /// again).
     #[inline(always)]
-    fn run_later(&'static self, mut later: Later<E>, now: u64, cpu: usize, io: &IntrOff) {
+    fn run_later(&'static self, later: &mut Later<E>, now: u64, cpu: usize, io: &IntrOff) {
         for src in later.direct.iter_mut().take(later.ndirect) {
             let src = src.take().expect("counted");
             run_direct(&src, now, cpu);
@@ -1228,8 +1229,7 @@ impl<E: IntrEnv> Intr<E> {
         let pri = Priority::of_ipl(src.ipl).unwrap_or(Priority::INTR_BASE);
         let h = E::sched().spawn(&src.name, pri, None, move || dedicated_loop(&s));
         let d = src.dedicated.as_ref().expect("dedicated");
-        let io = E::M::intr_disable();
-        *d.thread.lock(&io) = Some(h.thread().clone());
+        d.need.register(h.thread().clone());
     }
 }
 
@@ -1343,7 +1343,7 @@ fn run_direct<E: IntrEnv>(src: &Arc<Source<E>>, now: u64, cpu: usize) {
 fn dedicated_loop<E: IntrEnv>(src: &Arc<Source<E>>) {
     let d = src.dedicated.as_ref().expect("dedicated");
     loop {
-        d.event.wait();
+        d.need.wait(E::sched());
         if src.gate.is_closed() {
             return;
         }

@@ -140,3 +140,94 @@ impl<E: SchedEnv> Event<E> {
         }
     }
 }
+
+/// An interrupt thread's wake-up word (FreeBSD's `it_need`): the interrupt sets it and wakes
+/// the one thread that waits on it — no waiter list, no lock, no allocation — and the thread
+/// clears it before each round of work. [`Need::post`] runs in interrupt context with
+/// interrupts disabled and does not preempt: the interrupt's exit is the preemption point,
+/// where the woken thread, if it outranks the interrupted one, is switched to.
+///
+/// Protocol: the waiter registers itself once ([`Need::register`]) and then loops on
+/// [`Need::wait`]; a `post` before the registration is not lost (the flag stays set). The
+/// owner unregisters the thread ([`Need::unregister`]) only when no `post` can run any more.
+pub struct Need<E: SchedEnv> {
+    need: AtomicBool,
+    /// The waiting thread, an `Arc::into_raw` owned here (null: none registered).
+    thread: core::sync::atomic::AtomicPtr<Thread<E>>,
+}
+
+impl<E: SchedEnv> Default for Need<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E: SchedEnv> Need<E> {
+    /// Clear, no thread.
+    pub const fn new() -> Self {
+        Need { need: AtomicBool::new(false), thread: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }
+    }
+
+    /// Makes `t` the thread that [`Need::post`] wakes (once).
+    pub fn register(&self, t: Arc<Thread<E>>) {
+        let old = self.thread.swap(Arc::into_raw(t) as *mut Thread<E>, Ordering::AcqRel);
+        assert!(old.is_null(), "Need::register: a thread is registered already");
+    }
+
+    /// Drops the registered thread's reference. The caller guarantees that no `post` runs
+    /// now or later (the interrupt source is gone from its vector).
+    pub fn unregister(&self) {
+        let p = self.thread.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            // SAFETY: `p` came from `Arc::into_raw` in `register`; swapped out, so ours.
+            drop(unsafe { Arc::from_raw(p) });
+        }
+    }
+
+    /// Sets the word and wakes the thread if it sleeps (interrupts disabled: the token).
+    #[inline]
+    pub fn post(&self, sched: &'static Scheduler<E>, io: &machine::IntrOff) {
+        self.need.store(true, Ordering::Release);
+        let p = self.thread.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: a registered thread's reference is held here until `unregister`, which
+            // no `post` overlaps (the protocol above).
+            let t = core::mem::ManuallyDrop::new(unsafe { Arc::from_raw(p) });
+            sched.wakeup_locked(&t, io);
+        }
+    }
+
+    /// [`Need::post`] from any context (thread context preempts at once for a more urgent
+    /// woken thread).
+    pub fn post_any(&self, sched: &'static Scheduler<E>) {
+        {
+            let io = E::M::intr_disable();
+            self.post(sched, &io);
+        }
+        sched.preempt_check();
+    }
+
+    /// Sleeps until the word is set, then clears it (the registered thread only).
+    pub fn wait(&self, sched: &'static Scheduler<E>) {
+        loop {
+            if self.need.swap(false, Ordering::Acquire) {
+                return;
+            }
+            let io = E::M::intr_disable();
+            sched.sleep_prepare(&io);
+            // `sleep_prepare`'s fence pairs with the one in `wakeup_locked`: either we see the
+            // word set here or the poster sees us SLEEPING and wakes us.
+            if self.need.load(Ordering::Relaxed) {
+                sched.sleep_cancel(&io);
+                continue;
+            }
+            sched.sleep_commit(&io);
+        }
+    }
+}
+
+impl<E: SchedEnv> Drop for Need<E> {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}

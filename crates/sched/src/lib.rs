@@ -55,7 +55,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize
 
 use machine::{IntrOff, Machine, PinSwitch};
 
-pub use event::Event;
+pub use event::{Event, Need};
 pub use machine::PinOutcome;
 pub use pinned::PinThread;
 pub use pri::{Priority, NPRI};
@@ -695,7 +695,7 @@ impl<E: SchedEnv> Scheduler<E> {
         woke
     }
 
-    fn wakeup_locked(&'static self, t: &Arc<Thread<E>>, io: &IntrOff) -> bool {
+    pub(crate) fn wakeup_locked(&'static self, t: &Arc<Thread<E>>, io: &IntrOff) -> bool {
         // See `sleep_prepare`: the waker's condition store is ordered before this state load.
         core::sync::atomic::fence(Ordering::SeqCst);
         loop {
