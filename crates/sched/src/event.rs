@@ -184,6 +184,13 @@ impl<E: SchedEnv> Need<E> {
         }
     }
 
+    /// The registered thread, if any.
+    pub fn thread(&self) -> Option<&Thread<E>> {
+        // SAFETY: a registered thread's reference is held here until `unregister` (which
+        // needs `&self` exclusively in spirit: see the protocol) or our drop.
+        unsafe { self.thread.load(Ordering::Acquire).as_ref() }
+    }
+
     /// Sets the word and wakes the thread if it sleeps (interrupts disabled: the token).
     #[inline]
     pub fn post(&self, sched: &'static Scheduler<E>, io: &machine::IntrOff) {
