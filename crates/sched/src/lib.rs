@@ -146,6 +146,8 @@ struct CpuLocal<E: SchedEnv> {
     prev_ref: Option<Arc<Thread<E>>>,
     /// `prev` must be queued on this other CPU once off ours (binding).
     prev_migrate_to: Option<usize>,
+    /// A thread an interrupt handler woke to run next here (`hand_off`).
+    handoff: Option<Arc<Thread<E>>>,
 }
 
 // SAFETY: `local` is accessed only by its own CPU with interrupts disabled; everything else
@@ -177,6 +179,7 @@ impl<E: SchedEnv> CpuSched<E> {
                 prev: core::ptr::null(),
                 prev_ref: None,
                 prev_migrate_to: None,
+                handoff: None,
             }),
         }
     }
@@ -468,6 +471,49 @@ impl<E: SchedEnv> Scheduler<E> {
         }
     }
 
+    /// **The direct hand-off** (FreeBSD's `sched_add` with preemption from `ithread_schedule`;
+    /// NetBSD's interrupt-to-LWP switch): an interrupt handler on this CPU wakes a thread
+    /// that is to run here and outranks the interrupted one — an interrupt thread, usually.
+    /// It goes into this CPU's hand-off slot, not the run queue, and the interrupt's exit
+    /// (`intr_exit`, the preemption point) switches to it straight from the slot: no queue
+    /// insertion and removal, no other CPU told. If the exit cannot preempt (the interrupted
+    /// thread holds preemption off or a raised level), or a borrowed CPU's pinned thread is
+    /// underneath, the exit moves it to the run queue like any woken thread (so the slot
+    /// never outlives the interrupt); `schedule` for any other reason queues it first.
+    /// Interrupts disabled (the caller's token); false if the rule does not apply.
+    #[inline]
+    fn hand_off(&self, t: &Arc<Thread<E>>, target: usize) -> bool {
+        let cpu = E::M::cpu_index();
+        let c = &self.cpus[cpu];
+        // SAFETY: this CPU, interrupts disabled (the caller holds the token).
+        let local = unsafe { c.local() };
+        if target != cpu
+            || c.intr_depth.load(Ordering::Relaxed) == 0
+            || E::M::pin_borrowed() != 0
+            || local.handoff.is_some()
+            || t.pri.load(Ordering::Relaxed) <= c.cur_pri.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        t.cpu.store(cpu, Ordering::Relaxed);
+        local.handoff = Some(t.clone());
+        c.kicked.store(true, Ordering::Relaxed);
+        c.need_resched.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Moves a thread left in this CPU's hand-off slot to its run queue (run-queue lock not
+    /// held; interrupts disabled).
+    #[cold]
+    fn spill_handoff(&self, c: &CpuSched<E>, io: &IntrOff) {
+        // SAFETY: this CPU, interrupts disabled.
+        if let Some(t) = unsafe { c.local() }.handoff.take() {
+            let mut rq = c.rq.lock(io);
+            rq.push_back(t);
+            c.nqueued.store(rq.len(), Ordering::Relaxed);
+        }
+    }
+
     /// Asks `cpu` to reschedule: a flag for ourselves, a flag and an IPI for another CPU.
     fn kick(&self, cpu: usize) {
         let c = &self.cpus[cpu];
@@ -711,7 +757,9 @@ impl<E: SchedEnv> Scheduler<E> {
                     {
                         trace::emit::<E::M>(trace::Kind::Wakeup, Arc::as_ptr(t) as u64);
                         let target = self.select_cpu(t);
-                        self.enqueue(t.clone(), target, io);
+                        if !self.hand_off(t, target) {
+                            self.enqueue(t.clone(), target, io);
+                        }
                         return true;
                     }
                 }
@@ -793,6 +841,11 @@ impl<E: SchedEnv> Scheduler<E> {
             && self.gate_open(io)
         {
             self.schedule(Reason::Preempt, io);
+        }
+        // SAFETY: this CPU, interrupts disabled.
+        if depth == 0 && unsafe { c.local() }.handoff.is_some() {
+            // Not switched to (the exit could not preempt, or the CPU is borrowed): queued.
+            self.spill_handoff(c, io);
         }
     }
 
@@ -895,6 +948,30 @@ impl<E: SchedEnv> Scheduler<E> {
         let prev = local.current.take().expect("schedule before init_cpu");
         c.need_resched.store(false, Ordering::Relaxed);
         let kicked = c.kicked.swap(false, Ordering::AcqRel);
+        // A thread handed off by an interrupt (`hand_off`) runs next if it is still the
+        // most urgent and `prev` is preempted (or idle); otherwise it is queued first.
+        let mut handoff = local.handoff.take();
+        if let Some(h) = handoff.take_if(|h| {
+            let p = h.pri.load(Ordering::Relaxed);
+            !(reason == Reason::Preempt
+                && (prev.is_idle
+                    || (p > prev.pri.load(Ordering::Relaxed)
+                        && matches!(prev.bound.load(Ordering::Relaxed), b if b == UNBOUND || b == cpu))))
+                || rq.highest().is_some_and(|q| q.get() > p)
+        }) {
+            rq.push_back(h);
+            c.nqueued.store(rq.len(), Ordering::Relaxed);
+        }
+        if let Some(next) = handoff {
+            let p: *const Thread<E> = Arc::as_ptr(&prev);
+            if prev.is_idle {
+                self.switch_to(c, cpu, p, Some(prev), next, None, reason, false, kicked, io);
+            } else {
+                rq.push_back(prev);
+                self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);
+            }
+            return;
+        }
 
         let leaving = match reason {
             Reason::Exit | Reason::Park => true,
