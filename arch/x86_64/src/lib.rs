@@ -54,6 +54,7 @@ extern "C" {
 /// The x86_64 machine.
 pub struct X86_64;
 
+#[inline]
 fn restore_intr(was_enabled: bool) {
     if was_enabled {
         x86_64::instructions::interrupts::enable();

@@ -989,18 +989,17 @@ impl<E: SchedEnv> Scheduler<E> {
             } else {
                 let mine = prev.pri.load(Ordering::Relaxed);
                 let equal_may_run = reason == Reason::Yield || c.slice_expired.load(Ordering::Relaxed);
-                let switch = match rq.highest() {
-                    None => false,
-                    Some(p) => p.get() > mine || (p.get() == mine && equal_may_run),
+                let top = match rq.highest() {
+                    Some(p) if p.get() > mine || (p.get() == mine && equal_may_run) => p,
+                    _ => {
+                        local.current = Some(prev);
+                        c.rq.raw_unlock();
+                        return;
+                    }
                 };
-                if !switch {
-                    local.current = Some(prev);
-                    c.rq.raw_unlock();
-                    return;
-                }
                 // Taking the most urgent first, then queueing `prev` behind its equals, is
                 // the order queueing first would give: `prev` is never the one taken.
-                let next = rq.pop_highest().expect("a queued thread");
+                let next = rq.pop_at(top);
                 let p: *const Thread<E> = Arc::as_ptr(&prev);
                 rq.push_back(prev);
                 self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);

@@ -100,6 +100,16 @@ impl<E: SchedEnv> RunQueue<E> {
         Some(unsafe { self.unlink(p, ptr::null(), self.heads[p]) })
     }
 
+    /// Takes the first thread of FIFO `p`, which [`RunQueue::highest`] just named (so it is
+    /// not empty).
+    #[inline]
+    pub fn pop_at(&mut self, p: Priority) -> Arc<Thread<E>> {
+        let p = p.index();
+        assert!(!self.heads[p].is_null(), "pop_at: priority {p} has no queued thread");
+        // SAFETY: non-empty (checked): its head is a queued thread.
+        unsafe { self.unlink(p, ptr::null(), self.heads[p]) }
+    }
+
     /// Takes the first thread, most urgent first, that `eligible` accepts.
     pub fn pop_highest_where(
         &mut self,
