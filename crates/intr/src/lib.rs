@@ -833,8 +833,10 @@ impl<E: IntrEnv> Intr<E> {
             // Above IPL_VM there are no interrupt threads: handlers run directly (part 2).
             model = Model::Direct;
         }
-        let dedicated = (model == Model::Dedicated && handler.is_some())
-            .then(|| Dedicated { need: sched::Need::new(), raised_at: core::sync::atomic::AtomicU64::new(0) });
+        let dedicated = (model == Model::Dedicated && handler.is_some()).then(|| Dedicated {
+            need: sched::Need::new(),
+            raised_at: core::sync::atomic::AtomicU64::new(0),
+        });
         let src = Arc::new(Source {
             name: name.clone(),
             vector: spec.vector,

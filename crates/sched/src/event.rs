@@ -46,7 +46,8 @@ impl<E: SchedEnv> Waiters<E> {
     }
 
     fn has(&self, t: &Thread<E>) -> bool {
-        self.first.as_ref().is_some_and(|f| core::ptr::eq(&**f, t)) || self.more.iter().any(|w| core::ptr::eq(&**w, t))
+        self.first.as_ref().is_some_and(|f| core::ptr::eq(&**f, t))
+            || self.more.iter().any(|w| core::ptr::eq(&**w, t))
     }
 }
 
@@ -165,7 +166,10 @@ impl<E: SchedEnv> Default for Need<E> {
 impl<E: SchedEnv> Need<E> {
     /// Clear, no thread.
     pub const fn new() -> Self {
-        Need { need: AtomicBool::new(false), thread: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }
+        Need {
+            need: AtomicBool::new(false),
+            thread: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+        }
     }
 
     /// Makes `t` the thread that [`Need::post`] wakes (once).

@@ -1052,7 +1052,10 @@ impl<E: SchedEnv> Scheduler<E> {
         // its `on_cpu` (a run queue or `keep` holds a reference, and no CPU takes it from a
         // queue before `on_cpu` is clear).
         let pv = unsafe { &*prev };
-        c.nqueued.store(unsafe { c.rq.get_locked() }.len(), Ordering::Relaxed);
+        // SAFETY: our caller `schedule` holds this CPU's run-queue lock (raw) and carries it
+        // across the switch; no guard exists meanwhile.
+        let queued = unsafe { c.rq.get_locked() }.len();
+        c.nqueued.store(queued, Ordering::Relaxed);
         // The next thread may still be saving its registers on the CPU it left.
         while next.on_cpu.load(Ordering::Acquire) {
             E::M::relax();

@@ -54,7 +54,7 @@ pub const DEAD: u8 = 3;
 pub const PARKED: u8 = 4;
 
 /// `rq_next` of a thread on no run queue (null ends a FIFO).
-pub(crate) const RQ_UNLINKED: *const () = 1 as *const ();
+pub(crate) const RQ_UNLINKED: *const () = core::ptr::dangling::<()>();
 
 /// `bound` value of a thread that may run on any CPU.
 pub(crate) const UNBOUND: usize = usize::MAX;
