@@ -27,6 +27,10 @@
 //!   its condition, and calls [`Scheduler::sleep_commit`] (or [`Scheduler::sleep_cancel`]).
 //!   A waker calls [`Scheduler::wakeup`]. A wakeup between prepare and commit is never lost.
 //!   Wakeups may be spurious: sleepers loop on their condition.
+//! * **Interrupt wake-ups.** A thread an interrupt handler wakes (`wakeup`, or an interrupt
+//!   thread's [`Need`] word) that is placed on the interrupted CPU and outranks the interrupted
+//!   thread is *handed off*: it waits in the CPU's hand-off slot, not the run queue, and
+//!   `intr_exit` switches to it directly; an exit that cannot preempt queues it (`hand_off`).
 //! * **Preemption control** is per thread (`preempt_disable` / `preempt_enable`), so the count
 //!   migrates with the thread; the scheduler never preempts a thread whose count is non-zero.
 //! * **Pinned interrupt threads** ([`Scheduler::pin_call`]): an interrupt may lend its CPU to
