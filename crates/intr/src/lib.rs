@@ -515,6 +515,14 @@ impl<E: IntrEnv> Source<E> {
     /// each model's path: it is the part of every interrupt that the benchmarks compare.
     #[inline(always)]
     fn run_handler(&self, raised_ns: u64, cpu: usize) -> bool {
+        self.run_handler_in::<true>(raised_ns, cpu)
+    }
+
+    /// [`Source::run_handler`]; `MAY_SWITCH` false where the running thread cannot switch away
+    /// during the handler (interrupt context: the direct model), which needs no off-CPU
+    /// accounting around it.
+    #[inline(always)]
+    fn run_handler_in<const MAY_SWITCH: bool>(&self, raised_ns: u64, cpu: usize) -> bool {
         let Some(h) = self.handler.as_ref() else { return false };
         // Checking "dead" and counting this run in are one step: a handler never starts
         // after its disestablish returned.
@@ -533,14 +541,13 @@ impl<E: IntrEnv> Source<E> {
         // The thread running the handler (the interrupted one in interrupt context): if it
         // switches away meanwhile (blocked, preempted), the run's time is not all CPU time.
         let me = E::sched().current();
-        let switches = me.switch_count();
-        let off0 = me.off_cpu_ns();
+        let (switches, off0) = if MAY_SWITCH { (me.switch_count(), me.off_cpu_ns()) } else { (0, 0) };
         trace::emit::<E::M>(trace::Kind::HandlerBegin, self.vector as u64);
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let wall = E::M::now_ns().saturating_sub(t0);
         // CPU time: the wall time less what the thread spent switched away meanwhile.
-        let off = me.off_cpu_ns().saturating_sub(off0);
+        let off = if MAY_SWITCH { me.off_cpu_ns().saturating_sub(off0) } else { 0 };
         let spent = wall.saturating_sub(off);
         if off != 0 {
             self.stats.handler_off_ns.fetch_add(off, Ordering::Relaxed);
@@ -548,7 +555,7 @@ impl<E: IntrEnv> Source<E> {
         if ctx.no_work.load(Ordering::Relaxed) {
             // Time spent for nothing (storm.rs), if it was all CPU time.
             self.storm.no_work();
-            if me.switch_count() == switches {
+            if !MAY_SWITCH || me.switch_count() == switches {
                 self.storm.busy(spent);
             }
         }
@@ -977,6 +984,37 @@ impl<E: IntrEnv> Intr<E> {
             if list.is_empty() {
                 return None;
             }
+            if let [src] = &list[..] {
+                // One source on the vector (the usual case): the same steps as the loop below
+                // for a list of one, without its bookkeeping (the level scan, the stray set).
+                let level = src.is_level();
+                if !level && !replay {
+                    E::eoi();
+                }
+                match self.arrive(src, replay, cpu, now) {
+                    Arrived::Absorbed => claimed = true,
+                    Arrived::Filter { timed } => {
+                        let arrival = arrival_of(src, replay, now);
+                        let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
+                        claimed = claims;
+                        if !claims {
+                            // Nobody cared: the one source that said "not mine" had no work.
+                            src.storm.no_work();
+                        }
+                        if schedule && src.handler.is_some() {
+                            self.route(src, cpu, arrival, now, io, &mut later);
+                        }
+                    }
+                }
+                if level && !replay {
+                    // Level: the scheduled source is masked now.
+                    E::eoi();
+                }
+                drop(list);
+                self.run_later(&mut later, now, cpu, io);
+                core::mem::forget(later);
+                return Some(claimed);
+            }
             let level = list.iter().any(|s| s.is_level());
             if !level && !replay {
                 E::eoi();
@@ -1332,7 +1370,8 @@ fn arrival_of<E: IntrEnv>(src: &Source<E>, replay: bool, now: u64) -> u64 {
 /// re-raised then); `hwi_sched` re-raises the vector.
 #[inline(always)]
 fn run_direct<E: IntrEnv>(src: &Arc<Source<E>>, now: u64, cpu: usize) {
-    let again = src.run_handler(now, cpu);
+    // Interrupt context: the interrupted thread cannot switch away under the handler.
+    let again = src.run_handler_in::<false>(now, cpu);
     if src.needs_mask() {
         src.unmask();
     }
