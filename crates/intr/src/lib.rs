@@ -1269,7 +1269,7 @@ impl<E: IntrEnv> Intr<E> {
         let pri = Priority::of_ipl(src.ipl).unwrap_or(Priority::INTR_BASE);
         let h = E::sched().spawn(&src.name, pri, None, move || dedicated_loop(&s));
         let d = src.dedicated.as_ref().expect("dedicated");
-        d.need.register(h.thread().clone());
+        d.need.register(h.thread().clone(), E::sched());
     }
 }
 

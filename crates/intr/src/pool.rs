@@ -232,7 +232,7 @@ impl<E: IntrEnv> Pool<E> {
         self.size.fetch_add(1, Ordering::Relaxed);
         let p2 = pt.clone();
         let h = E::sched().spawn("ithread/pool", pool_priority(), None, move || E::intr().pool.serve(p2));
-        pt.need.register(h.thread().clone());
+        pt.need.register(h.thread().clone(), E::sched());
     }
 
     /// Wakes `t`, made the owner of `cpu` by the protocol, bound to that CPU.

@@ -148,8 +148,9 @@ impl<E: SchedEnv> Event<E> {
 /// interrupts disabled and does not preempt: the interrupt's exit is the preemption point,
 /// where the woken thread, if it outranks the interrupted one, is switched to.
 ///
-/// Protocol: the waiter registers itself once ([`Need::register`]) and then loops on
-/// [`Need::wait`]; a `post` before the registration is not lost (the flag stays set). The
+/// Protocol: the waiter's owner registers it once ([`Need::register`]) and the waiter loops on
+/// [`Need::wait`]; a `post` before the registration is not lost (the word stays set, and the
+/// registration wakes the thread if it already sleeps). The
 /// owner unregisters the thread ([`Need::unregister`]) only when no `post` can run any more.
 pub struct Need<E: SchedEnv> {
     need: AtomicBool,
@@ -172,10 +173,17 @@ impl<E: SchedEnv> Need<E> {
         }
     }
 
-    /// Makes `t` the thread that [`Need::post`] wakes (once).
-    pub fn register(&self, t: Arc<Thread<E>>) {
-        let old = self.thread.swap(Arc::into_raw(t) as *mut Thread<E>, Ordering::AcqRel);
+    /// Makes `t` the thread that [`Need::post`] wakes (once), and wakes it: a `post` that
+    /// came before found no thread to wake, and `t` may already be asleep in [`Need::wait`].
+    /// (Sequentially consistent on both sides: either that `post` saw the thread, or this
+    /// wake-up comes after its word was set.)
+    pub fn register(&self, t: Arc<Thread<E>>, sched: &'static Scheduler<E>) {
+        let raw = Arc::into_raw(t);
+        let old = self.thread.swap(raw as *mut Thread<E>, Ordering::SeqCst);
         assert!(old.is_null(), "Need::register: a thread is registered already");
+        // SAFETY: `raw` is the reference just stored; it stays there until `unregister`.
+        let t = core::mem::ManuallyDrop::new(unsafe { Arc::from_raw(raw) });
+        sched.wakeup(&t);
     }
 
     /// Drops the registered thread's reference. The caller guarantees that no `post` runs
@@ -198,8 +206,8 @@ impl<E: SchedEnv> Need<E> {
     /// Sets the word and wakes the thread if it sleeps (interrupts disabled: the token).
     #[inline]
     pub fn post(&self, sched: &'static Scheduler<E>, io: &machine::IntrOff) {
-        self.need.store(true, Ordering::Release);
-        let p = self.thread.load(Ordering::Acquire);
+        self.need.store(true, Ordering::SeqCst);
+        let p = self.thread.load(Ordering::SeqCst);
         if !p.is_null() {
             // SAFETY: a registered thread's reference is held here until `unregister`, which
             // no `post` overlaps (the protocol above).
