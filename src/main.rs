@@ -89,9 +89,12 @@ struct RtArgs {
 /// Which interrupt sources torture drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum TortureSources {
-    /// Only guest-generated sources (IPIs from every CPU; the LAPIC clock underneath):
+    /// Only guest-generated sources (IPIs from every CPU, edu, the LAPIC timer, COM2):
     /// deterministic from the seed.
     Guest,
+    /// The guest's, and the host-driven ones: NIC frames, disk I/O, COM1 input (arrival times
+    /// depend on the host; the seed fixes the guest's own choices only).
+    All,
 }
 
 /// A model, or every model.
@@ -119,7 +122,7 @@ struct TortureArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Interrupt sources.
-    #[arg(long, value_enum, default_value = "guest")]
+    #[arg(long, value_enum, default_value = "all")]
     sources: TortureSources,
     /// Seconds of wall time per model before QEMU is killed (default: 300 + 300 per guest
     /// second).
@@ -984,19 +987,27 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
     let timeout = Duration::from_secs(a.timeout.unwrap_or(300 + 300 * a.seconds));
     let sources = match a.sources {
         TortureSources::Guest => "guest",
+        TortureSources::All => "all",
     };
     println!(
         "torture: {} CPUs, models {}, {} guest s each, seed {seed}, sources {sources}, TCG -icount {}",
         a.smp,
         models.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
         a.seconds,
-        ithreads::bench::ICOUNT
+        if a.sources == TortureSources::All { torture::ICOUNT_HOST } else { ithreads::bench::ICOUNT }
     );
     let tty = std::io::stdout().is_terminal();
     let total_ms = a.seconds * 1000;
     let mut results = Vec::new();
     for model in models {
-        let cfg = torture::config(a.smp, model, a.seconds, seed, timeout);
+        let (cfg, host) = match a.sources {
+            TortureSources::Guest => (torture::config(a.smp, model, a.seconds, seed, timeout), None),
+            TortureSources::All => {
+                let (cfg, host) = torture::config_with_host(a.smp, model, a.seconds, seed, timeout)
+                    .map_err(CliError::Devices)?;
+                (cfg, Some(host))
+            }
+        };
         if a.verbose {
             println!("torture: {}", torture::command(&cfg, &kernel));
         }
@@ -1032,6 +1043,10 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                         || line.starts_with("@@ torture-diag")
                         || line.starts_with("@@ torture-heap")
                         || line.starts_with("@@ torture-edu")
+                        || line.starts_with("@@ torture-host")
+                        || line.starts_with("@@ torture-timer")
+                        || line.starts_with("@@ torture-com2")
+                        || line.starts_with("@@ torture-backlog")
                         || line.starts_with("@@ torture-summary") =>
                 {
                     if tty {
@@ -1049,6 +1064,20 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
             }
         })?;
         let r = torture::judge(model, &report);
+        if let Some(h) = &host {
+            let t = h.sent();
+            println!(
+                "torture: {name}: host sent {} frames ({} asked for), typed {} lines{}",
+                t.frames_sent,
+                t.frames_requested,
+                t.serial_lines_sent,
+                if t.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (after QEMU ended: {})", t.errors.join("; "))
+                }
+            );
+        }
         if let Some(why) = &r.boot_failure {
             println!("VIOLATION model={name} what=boot source=- cpu=- seed={seed}: {why}");
             if let Some(addrs) = report.backtrace() {
@@ -1080,7 +1109,7 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
     let line = torture::last_line(&results);
     let bad = results.iter().any(|r| r.violations > 0);
     if bad {
-        println!("torture: FAILED; reproduce with: cargo run --release -- torture --smp {} --model {} --seconds {} --seed {seed}",
+        println!("torture: FAILED; reproduce with: cargo run --release -- torture --smp {} --model {} --seconds {} --seed {seed} --sources {sources}",
             a.smp,
             match a.model { TortureModel::All => "all", _ => results[0].model.as_str() },
             a.seconds);

@@ -2,12 +2,70 @@
 //! TCG `-icount shift=0` (one guest second is 10^9 guest instructions, shared by every vCPU;
 //! with no host input the run is deterministic from the seed), the kernel's `@@ torture-…`
 //! lines (kernel/src/torture/mod.rs, docs/PROTOCOL.md) and the verdict.
+//!
+//! With [`Sources::All`] the boot also gets the main job's host devices
+//! ([`workload::host_devices`]: the NIC's stream peer and a disk image) and its serial feeder
+//! ([`workload::feeder`]: frames for every `@@ net-ready`, the paste lines after
+//! `@@ serial-ready`); the kernel finds the devices and drives them too
+//! (kernel/src/torture/host.rs). Those boots run under [`ICOUNT_HOST`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bench::ICOUNT;
 use crate::qemu::{self, Accel, BootConfig, BootReport};
-use crate::workload::Model;
+use crate::workload::{self, Devices, HostCounters, Model, Plan};
+
+/// Which interrupt sources a torture boot drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sources {
+    /// Only guest-generated ones: deterministic from the seed.
+    Guest,
+    /// The guest's, and the host-driven NIC, disk and COM1 input.
+    All,
+}
+
+/// `-icount` of a boot with host sources: `sleep=on`, so that while every vCPU waits for the
+/// host (a disk completion, frames, typed lines) the guest clock follows the host's instead of
+/// jumping to the next timer — the kernel's waits for host traffic are in guest time.
+pub const ICOUNT_HOST: &str = "shift=0,align=off,sleep=on";
+
+/// Lines the host types into COM1 in a `--sources all` boot (the kernel reads the count from
+/// the end line).
+pub const SERIAL_LINES: u64 = 4_000;
+
+/// The host's side of a [`Sources::All`] boot, alive as long as the boot.
+pub struct HostSide {
+    /// The NIC peer, the disk image and their QEMU arguments.
+    pub devices: Devices,
+    /// What the host sent.
+    pub counters: Arc<HostCounters>,
+}
+
+impl HostSide {
+    /// What the host sent, for the report.
+    pub fn sent(&self) -> workload::HostTraffic {
+        self.counters.snapshot(&Plan { serial_lines: SERIAL_LINES }, self.devices.net.as_deref())
+    }
+}
+
+/// A torture boot with host sources: [`config`] plus the host's devices and serial feeder.
+pub fn config_with_host(
+    smp: u32,
+    model: Model,
+    seconds: u64,
+    seed: u64,
+    timeout: Duration,
+) -> std::io::Result<(BootConfig, HostSide)> {
+    let mut cfg = config(smp, model, seconds, seed, timeout);
+    let devices = workload::host_devices()?;
+    let counters = Arc::new(HostCounters::default());
+    cfg.extra_args = vec!["-icount".to_string(), ICOUNT_HOST.to_string()];
+    cfg.extra_args.extend(devices.qemu_args.iter().cloned());
+    cfg.input =
+        workload::feeder(Plan { serial_lines: SERIAL_LINES }, devices.net.clone(), Arc::clone(&counters));
+    Ok((cfg, HostSide { devices, counters }))
+}
 
 /// A torture boot of `model` on `smp` CPUs for `seconds` guest seconds from `seed`.
 pub fn config(smp: u32, model: Model, seconds: u64, seed: u64, timeout: Duration) -> BootConfig {
@@ -76,6 +134,10 @@ pub struct Summary {
     pub heap_base: u64,
     /// Heap in use after teardown, bytes.
     pub heap_end: u64,
+    /// Clock interrupts (every CPU's LAPIC timer; 0 from a kernel that does not count them).
+    pub timer_delivered: u64,
+    /// Interrupts of the host-driven sources (0 without them).
+    pub host_interrupts: u64,
     /// Violations the kernel counted.
     pub violations: u64,
 }
@@ -91,8 +153,15 @@ pub fn summary(line: &str) -> Option<Summary> {
         hash: field(rest, "hash")?.to_string(),
         heap_base: number(rest, "heap_base")?,
         heap_end: number(rest, "heap_end")?,
+        timer_delivered: number(rest, "timer_delivered").unwrap_or(0),
+        host_interrupts: number(rest, "host_interrupts").unwrap_or(0),
         violations: number(rest, "violations")?,
     })
+}
+
+/// `@@ torture-host-source ...`: a host-driven source's counts (shown as they are).
+pub fn host_source(line: &str) -> Option<&str> {
+    line.strip_prefix("@@ torture-host-source ")
 }
 
 /// A violation line, as the host prints it: `what=… source=… cpu=… seed=…` (the model too).
@@ -136,9 +205,14 @@ pub fn judge(model: Model, report: &BootReport) -> ModelResult {
     ModelResult { model, summary, violations, boot_failure, elapsed: report.elapsed }
 }
 
-/// The host tool's last line: `torture: N interrupts, V violations`.
+/// The host tool's last line: `torture: N interrupts, V violations` (N: the guest sources'
+/// deliveries, the clock interrupts and the host sources' interrupts).
 pub fn last_line(results: &[ModelResult]) -> String {
-    let n: u64 = results.iter().filter_map(|r| r.summary.as_ref()).map(|s| s.delivered).sum();
+    let n: u64 = results
+        .iter()
+        .filter_map(|r| r.summary.as_ref())
+        .map(|s| s.delivered + s.timer_delivered + s.host_interrupts)
+        .sum();
     let v: u64 = results.iter().map(|r| r.violations).sum();
     format!("torture: {n} interrupts, {v} violations")
 }

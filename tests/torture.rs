@@ -1,7 +1,8 @@
 //! A short torture run (`run=torture`, kernel/src/torture/mod.rs) under TCG `-icount`: each
 //! model for one guest second on 2 CPUs with guest-only sources must end with no violation
-//! and exact counts. Nothing here depends on wall time: the boots' timeouts are generous,
-//! for a loaded two-core machine.
+//! and exact counts, and one of them booted again must print the same totals and hash; one
+//! model with the host-driven sources too (NIC, disk, COM1 input). Nothing here depends on
+//! wall time: the boots' timeouts are generous, for a loaded two-core machine.
 
 use std::time::Duration;
 
@@ -20,19 +21,81 @@ fn run(model: Model) -> Summary {
     assert_eq!(r.violations, 0, "{}: {:?}; last lines: {tail:#?}", model.as_str(), r.boot_failure);
     let s = r.summary.expect("judged without a violation: a summary");
     assert!(s.delivered > 0 && s.delivered + s.merged == s.raised, "{}: {s:?}", model.as_str());
+    // The LAPIC timer: one expiry outstanding per CPU at the end, and clock interrupts.
+    let timer = line(&report.serial_log, "@@ torture-timer ");
+    assert_eq!(num(timer, "outstanding"), 2, "{timer}");
+    assert!(s.timer_delivered > 0 && s.timer_delivered == num(timer, "delivered"), "{timer}");
+    // COM2's stuck line: injected, each storm caught and recovered, nothing run while throttled.
+    let com2 = line(&report.serial_log, "@@ torture-com2 ");
+    assert!(num(com2, "injections") > 0, "{com2}");
+    assert!(num(com2, "storms") >= num(com2, "injections"), "{com2}");
+    assert_eq!(num(com2, "recovered"), num(com2, "injections"), "{com2}");
+    assert_eq!(num(com2, "runs_throttled"), 0, "{com2}");
     s
 }
 
-/// Each model once: no violation, and the exact accounting (`run`). Two runs of one seed are
-/// compared by hand (`cargo run --release -- torture --smp 2 --model all --seconds 2 --sources
-/// guest --seed 4242`, twice: same totals and hashes on an idle host), not here: on a loaded
-/// host one CI run gave two different `dedicated` runs of the same seed
-/// (docs/logs/torture-two-runs-differ-2026-12-05.txt): with several vCPUs, QEMU's
-/// round-robin between them is kicked by a host-time timer, so host load reaches the run
-/// (`tests/rt.rs` saw the same with no serial output during its measurement).
+fn line<'a>(log: &'a [String], prefix: &str) -> &'a str {
+    log.iter().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line"))
+}
+
+fn num(line: &str, key: &str) -> u64 {
+    torture::field(line, key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+/// `direct` and `pool`: no violation, and the exact accounting (`run`). The models are split
+/// over the tests so that the harness runs their boots side by side.
 #[test]
-fn torture_short_run_has_no_violation() {
-    for model in Model::ALL {
-        run(model);
+fn torture_direct_and_pool_have_no_violation() {
+    run(Model::Direct);
+    run(Model::Pool);
+}
+
+/// `pinned`: as above.
+#[test]
+fn torture_pinned_has_no_violation() {
+    run(Model::Pinned);
+}
+
+/// `dedicated` (the model whose two runs once differed in CI,
+/// docs/logs/torture-two-runs-differ-2026-12-05.txt) twice on 2 vCPUs, while the other tests'
+/// boots load the host: no violation, and the same totals and delivery hash. README
+/// ("Torture", determinism) says what was tried to make two runs differ; if this fails, keep
+/// the log.
+#[test]
+fn torture_dedicated_twice_gives_the_same_run() {
+    let first = run(Model::Dedicated);
+    let again = run(Model::Dedicated);
+    assert_eq!(first, again, "dedicated: seed {SEED} on 2 vCPUs gave two different runs");
+}
+
+/// The host-driven sources (`--sources all`, kernel/src/torture/host.rs) under `pool` for one
+/// guest second on 2 CPUs: no violation, every NIC frame the host sent in a finished batch
+/// received once, disk requests completed and verified, COM1 lines verified in order, and
+/// each source interrupted.
+#[test]
+fn torture_with_host_sources_has_no_violation() {
+    let model = Model::Pool;
+    let (cfg, host) = torture::config_with_host(2, model, 1, SEED, TIMEOUT).expect("host devices");
+    let report = qemu::boot(&cfg).unwrap_or_else(|e| panic!("could not boot: {e}"));
+    let r = torture::judge(model, &report);
+    let tail: Vec<&String> = report.serial_log.iter().rev().take(30).collect();
+    assert_eq!(r.violations, 0, "{:?}; last lines: {tail:#?}", r.boot_failure);
+    let sent = host.sent();
+    for name in ["nic", "disk", "com1"] {
+        let line = report
+            .serial_log
+            .iter()
+            .filter_map(|l| torture::host_source(l))
+            .find(|l| torture::field(l, "name") == Some(name))
+            .unwrap_or_else(|| panic!("no torture-host-source line for {name}: {tail:#?}"));
+        let num = |k: &str| torture::field(line, k).and_then(|v| v.parse::<u64>().ok()).expect(k);
+        assert!(num("delivered") > 0 && num("interrupts") > 0, "{name}: {line}");
+        if name != "com1" {
+            assert_eq!(num("delivered"), num("raised"), "{name}: {line}");
+        }
+        if name == "nic" {
+            assert!(num("raised") <= sent.frames_sent, "{line}; host sent {}", sent.frames_sent);
+        }
     }
+    assert!(r.summary.expect("a summary").host_interrupts > 0);
 }

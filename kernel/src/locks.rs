@@ -38,6 +38,8 @@ impl sched::SchedEnv for KernelEnv {
         crate::bench::probe::sleep();
         intr::path::sleep_check::<KernelEnv>();
     }
+
+    type ThreadExt = sync::pi::TsLinks<sched::Thread<KernelEnv>>;
 }
 
 impl sync::Env for KernelEnv {

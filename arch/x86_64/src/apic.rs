@@ -204,12 +204,28 @@ fn ns_to_tsc(ns: u64) -> u64 {
     (((ns as u128) << 32).div_ceil(f)).min(u64::MAX as u128) as u64
 }
 
+/// Per CPU, the one-shot timer's accounting (torture's delivery rule for the clock,
+/// kernel/src/torture/clock.rs): expiries armed; arms made while the previous one had not
+/// interrupted yet (`ARMED` set), which supersede it — its countdown restarts, or, if it ran
+/// out already, its pending interrupt is the one delivery of both (an edge merge); and clock
+/// interrupts ([`timer_fired`]). Every clock interrupt re-arms, so with interrupts disabled
+/// on the CPU, outside the clock interrupt, `armed == replaced + fired + 1` exactly; a clock
+/// interrupt with nothing armed (a duplicate) breaks it.
+pub static TIMER_ARMED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// See [`TIMER_ARMED`].
+pub static TIMER_REPLACED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// See [`TIMER_ARMED`].
+pub static TIMER_FIRED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
 /// Programs this CPU's one-shot timer to expire at TSC value `at`.
 fn program(cpu: usize, at: u64) {
     let delta = at.saturating_sub(rdtsc()) as u128;
     let count = (delta * LAPIC_HZ.load(Ordering::Relaxed) as u128 / tsc_hz().max(1) as u128)
         .clamp(1, u32::MAX as u128);
-    ARMED[cpu].store(at, Ordering::Relaxed);
+    if ARMED[cpu].swap(at, Ordering::Relaxed) != u64::MAX {
+        TIMER_REPLACED[cpu].fetch_add(1, Ordering::Relaxed);
+    }
+    TIMER_ARMED[cpu].fetch_add(1, Ordering::Relaxed);
     write(REG_TIMER_INIT, count as u32);
 }
 
@@ -228,7 +244,12 @@ pub fn start_timer(hz: u32) {
 /// (and sets the next one). Interrupts disabled.
 pub fn timer_fired() -> bool {
     let cpu = crate::cpu::index();
-    ARMED[cpu].store(u64::MAX, Ordering::Relaxed);
+    TIMER_FIRED[cpu].fetch_add(1, Ordering::Relaxed);
+    if ARMED[cpu].swap(u64::MAX, Ordering::Relaxed) == u64::MAX {
+        // Nothing was armed (a duplicate): counted twice, so that
+        // `armed == replaced + fired + 1` breaks.
+        TIMER_FIRED[cpu].fetch_add(1, Ordering::Relaxed);
+    }
     let now = rdtsc();
     let next = NEXT_TICK[cpu].load(Ordering::Relaxed);
     if now < next {

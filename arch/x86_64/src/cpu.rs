@@ -3,7 +3,8 @@
 //! `PerCpu` starts with words that assembly-like accessors read with one `%gs`-relative
 //! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24), `pending` (32),
 //! `pin_ctx` (40) and the pinned switch's borrower word ([`machine::PinSlots`], 48), all
-//! used by entry.s's `intr_pin_call`. A CPU's
+//! used by entry.s's `intr_pin_call`; then the spin-mutex nesting count (56) and the level saved
+//! by the outermost spin mutex (60), NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`. A CPU's
 //! `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP reads
 //! during start-up.
 
@@ -44,6 +45,12 @@ pub struct PerCpu {
     pin_ctx: usize,
     /// The pinned switch's borrower word (offset 48; see [`machine::PinSlots`]).
     pin: machine::PinSlots,
+    /// Spin mutexes held on this CPU, counted *down* from 0 (offset 56; NetBSD's
+    /// `ci_mtx_count`): the enter's `sub` borrows exactly when it is the outermost, the exit's
+    /// `add` reaches zero exactly when it is.
+    mtx_count: u32,
+    /// The level from before the outermost spin mutex (offset 60; `ci_mtx_oldspl`).
+    mtx_oldspl: u32,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
 }
@@ -55,6 +62,8 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, pending) == 32);
     assert!(core::mem::offset_of!(PerCpu, pin_ctx) == 40);
     assert!(core::mem::offset_of!(PerCpu, pin) == 48);
+    assert!(core::mem::offset_of!(PerCpu, mtx_count) == 56);
+    assert!(core::mem::offset_of!(PerCpu, mtx_oldspl) == 60);
     assert!(core::mem::offset_of!(machine::PinSlots, borrowed) == 0);
 };
 
@@ -97,6 +106,8 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         pending: 0,
         pin_ctx: 0,
         pin: machine::PinSlots::new(),
+        mtx_count: 0,
+        mtx_oldspl: 0,
         lapic_id: AtomicU32::new(lapic_id),
     }));
     pc.self_ptr = pc as *mut PerCpu as usize;
@@ -147,6 +158,22 @@ pub fn set_ipl(level: u8) {
     unsafe { asm!("mov qword ptr gs:[24], {}", in(reg) level as u64, options(nostack, preserves_flags)) };
 }
 
+/// The running CPU's IPL word (the level, zero-extended: `set_ipl` writes all 64 bits).
+#[inline(always)]
+pub fn ipl_word() -> usize {
+    let v: usize;
+    // SAFETY: as in `index`; offset 24 is `ipl`.
+    unsafe { asm!("mov {}, gs:[24]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
+}
+
+/// Sets the running CPU's IPL word (a level below 256, as `ipl_word` returns).
+#[inline(always)]
+pub fn set_ipl_word(level: usize) {
+    // SAFETY: as in `index`; offset 24 is `ipl`, written only by its own CPU.
+    unsafe { asm!("mov qword ptr gs:[24], {}", in(reg) level, options(nostack, preserves_flags)) };
+}
+
 /// The running CPU's SPL pending-levels word.
 #[inline]
 pub fn ipl_pending() -> u32 {
@@ -169,6 +196,64 @@ pub fn ipl_pending_or(bits: u32) {
 pub fn ipl_pending_and(mask: u32) {
     // SAFETY: as in `ipl_pending_or`.
     unsafe { asm!("and dword ptr gs:[32], {:e}", in(reg) mask, options(nostack)) };
+}
+
+/// One more spin mutex held on the running CPU; the outermost saves `old` (offsets 56, 60).
+/// One instruction each with respect to this CPU's interrupts (an interrupt that takes and
+/// releases spin mutexes in between leaves both as it found them).
+#[inline(always)]
+pub fn mtx_enter(old: u8) {
+    // SAFETY: as in `index`; offsets 56 and 60 are `mtx_count` and `mtx_oldspl`, written only
+    // by their own CPU. The store is skipped unless the `sub` borrowed (the count was 0).
+    unsafe {
+        asm!(
+            "sub dword ptr gs:[56], 1",
+            "jnc 2f",
+            "mov byte ptr gs:[60], {old}",
+            "2:",
+            old = in(reg_byte) old,
+            options(nostack)
+        )
+    };
+}
+
+/// One spin mutex less on the running CPU: the saved level if it was the outermost. The
+/// saved level is read *before* the count goes back to 0 (NetBSD's `mutex_spin_exit`): after
+/// that, an interrupt's own spin mutex may save its level in the same slot.
+#[inline(always)]
+pub fn mtx_exit() -> Option<u8> {
+    let old: u8;
+    // SAFETY: as in `mtx_enter`.
+    unsafe {
+        asm!("mov {}, byte ptr gs:[60]", out(reg_byte) old, options(nostack, preserves_flags, readonly))
+    };
+    // SAFETY: as in `mtx_enter`; the label block runs when the count reached 0.
+    unsafe {
+        asm!("add dword ptr gs:[56], 1", "jz {outer}", outer = label { return Some(old) }, options(nostack))
+    };
+    None
+}
+
+/// The running CPU's spin-mutex count (held) and saved level.
+#[inline]
+pub fn mtx_state() -> (u32, u8) {
+    let (c, o): (u32, u32);
+    // SAFETY: as in `mtx_enter`.
+    unsafe {
+        asm!("mov {:e}, dword ptr gs:[56]", "mov {:e}, dword ptr gs:[60]", out(reg) c, out(reg) o,
+             options(nostack, preserves_flags, readonly))
+    };
+    (c.wrapping_neg(), o as u8)
+}
+
+/// Sets the running CPU's spin-mutex count (held) and saved level (interrupts disabled).
+#[inline]
+pub fn set_mtx_state(count: u32, oldspl: u8) {
+    // SAFETY: as in `mtx_enter`.
+    unsafe {
+        asm!("mov dword ptr gs:[56], {:e}", "mov dword ptr gs:[60], {:e}", in(reg) count.wrapping_neg(),
+             in(reg) oldspl as u32, options(nostack, preserves_flags))
+    };
 }
 
 /// Address of the running CPU's pinned-context slot (offset 40 of its `PerCpu`).

@@ -223,6 +223,16 @@ impl ipl::IplCpu for X86_64 {
         cpu::set_ipl(level);
     }
 
+    #[inline(always)]
+    fn ipl_word() -> usize {
+        cpu::ipl_word()
+    }
+
+    #[inline(always)]
+    fn ipl_set_word(level: usize) {
+        cpu::set_ipl_word(level);
+    }
+
     #[inline]
     fn pending_get() -> u32 {
         cpu::ipl_pending()
@@ -236,5 +246,25 @@ impl ipl::IplCpu for X86_64 {
     #[inline]
     fn pending_and(mask: u32) {
         cpu::ipl_pending_and(mask);
+    }
+
+    #[inline(always)]
+    fn mtx_enter(old: u8) {
+        cpu::mtx_enter(old);
+    }
+
+    #[inline(always)]
+    fn mtx_exit() -> Option<u8> {
+        cpu::mtx_exit()
+    }
+
+    #[inline]
+    fn mtx_state() -> (u32, u8) {
+        cpu::mtx_state()
+    }
+
+    #[inline]
+    fn set_mtx_state(count: u32, oldspl: u8) {
+        cpu::set_mtx_state(count, oldspl);
     }
 }

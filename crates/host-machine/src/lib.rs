@@ -167,6 +167,9 @@ struct HostCpu {
     ipl: AtomicU8,
     /// The SPL pending-levels word ([`IplCpu`]): read and written only by the CPU's holder.
     ipl_pending: AtomicU32,
+    /// Spin mutexes held on this CPU and the level saved by the outermost (`IplCpu::mtx_*`).
+    mtx_count: AtomicU32,
+    mtx_oldspl: AtomicU8,
     lock: StdMutex<()>,
     wake: StdCondvar,
 }
@@ -723,6 +726,32 @@ impl IplCpu for HostMachine {
     fn pending_and(mask: u32) {
         this_cpu().ipl_pending.fetch_and(mask, Ordering::Relaxed);
     }
+
+    fn mtx_enter(old: u8) {
+        let c = this_cpu();
+        if c.mtx_count.fetch_add(1, Ordering::Relaxed) == 0 {
+            c.mtx_oldspl.store(old, Ordering::Relaxed);
+        }
+    }
+
+    fn mtx_exit() -> Option<u8> {
+        let c = this_cpu();
+        let old = c.mtx_oldspl.load(Ordering::Relaxed);
+        let n = c.mtx_count.fetch_sub(1, Ordering::Relaxed);
+        assert!(n > 0, "spin_exit without spin_enter");
+        (n == 1).then_some(old)
+    }
+
+    fn mtx_state() -> (u32, u8) {
+        let c = this_cpu();
+        (c.mtx_count.load(Ordering::Relaxed), c.mtx_oldspl.load(Ordering::Relaxed))
+    }
+
+    fn set_mtx_state(count: u32, oldspl: u8) {
+        let c = this_cpu();
+        c.mtx_count.store(count, Ordering::Relaxed);
+        c.mtx_oldspl.store(oldspl, Ordering::Relaxed);
+    }
 }
 
 /// The lock layer's environment on the host: the scheduler, SPL state and lock state of the
@@ -756,6 +785,8 @@ impl sched::SchedEnv for HostEnv {
     fn sleep_check() {
         intr::path::sleep_check::<HostEnv>();
     }
+
+    type ThreadExt = sync::pi::TsLinks<sched::Thread<HostEnv>>;
 }
 
 impl sync::Env for HostEnv {
@@ -886,6 +917,8 @@ impl HostSystem {
                 ipis_taken: AtomicU64::new(0),
                 ipl: AtomicU8::new(Ipl::None as u8),
                 ipl_pending: AtomicU32::new(0),
+                mtx_count: AtomicU32::new(0),
+                mtx_oldspl: AtomicU8::new(0),
                 lock: StdMutex::new(()),
                 wake: StdCondvar::new(),
             })

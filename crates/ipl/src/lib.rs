@@ -26,16 +26,17 @@
 //!   then is recorded as the pseudo-pending bit `PREEMPT`, which only a drop to `NONE`
 //!   replays, through [`SplEnv::preempt`]. So a thread keeps its CPU — and this CPU's level stays
 //!   its own — from `splraise` to `splx`, and a per-CPU level is the thread's level.
-//! * **Spin mutex nesting** (NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`):
-//!   [`SplState::spin_enter`] raises the level and remembers the level from before the
-//!   *outermost* spin mutex; [`SplState::spin_exit`] restores it when the last one is released.
+//! * **Spin mutex nesting** (NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`, per-CPU words of the
+//!   machine's, [`IplCpu::mtx_enter`]): [`SplState::spin_enter`] raises the level and
+//!   remembers the level from before the *outermost* spin mutex; [`SplState::spin_exit`]
+//!   restores it when the last one is released.
 //!   Spin mutexes may be released in any order; the level only drops at the end.
 //! * Per-CPU state is touched only by its own CPU: the level through [`IplCpu`], the pending
 //!   queue with interrupts disabled (entry code, replay) or by atomic loads (the `splx` check).
 #![no_std]
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use machine::{IntrOff, Machine, MAX_CPUS};
 
@@ -106,6 +107,17 @@ pub trait IplCpu: Machine {
     fn ipl_get() -> u8;
     /// Sets this CPU's level.
     fn ipl_set(level: u8);
+    /// This CPU's level as the machine word it is kept in (below 256). Lets `splraise` hand
+    /// the word to `splx` without narrowing and widening it again (x86: one `%gs` load).
+    #[inline(always)]
+    fn ipl_word() -> usize {
+        Self::ipl_get() as usize
+    }
+    /// Sets this CPU's level from such a word (a level, below 256).
+    #[inline(always)]
+    fn ipl_set_word(level: usize) {
+        Self::ipl_set(level as u8)
+    }
     /// This CPU's pending-levels word (bit `l`: something is pending at level `l`; bit 0: a
     /// deferred preemption). Like the level, it lives in per-CPU memory reached without a
     /// migration window (`%gs`-relative on x86_64), so `splx` tests it with one load.
@@ -115,17 +127,30 @@ pub trait IplCpu: Machine {
     fn pending_or(bits: u32);
     /// Clears the bits of this CPU's pending word that are not in `mask` (x86: `and %gs:..`).
     fn pending_and(mask: u32);
+    /// Counts one more spin mutex held on this CPU; the outermost (count 0 before) saves
+    /// `old`, the level from before it (NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`, per-CPU
+    /// words reached without a migration window: x86 `sub %gs:..` and a conditional store).
+    /// Each update must be one instruction with respect to this CPU's interrupts.
+    fn mtx_enter(old: u8);
+    /// Counts one spin mutex less; returns the saved level when it was the outermost. The
+    /// saved level is read before the count drops (an interrupt's spin mutex may save its own
+    /// level in the slot once the count is 0).
+    fn mtx_exit() -> Option<u8>;
+    /// Spin mutexes held on this CPU, and the saved level.
+    fn mtx_state() -> (u32, u8);
+    /// Sets both (interrupts disabled: the pinned model's borrow).
+    fn set_mtx_state(count: u32, oldspl: u8);
 }
 
 /// A saved level, returned by `splraise` and consumed by `splx`.
 #[must_use = "a raised SPL must be lowered with splx"]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Spl(u8);
+pub struct Spl(usize);
 
 impl Spl {
     /// The saved level.
     pub fn ipl(self) -> Ipl {
-        Ipl::from_u8(self.0).unwrap_or(Ipl::High)
+        Ipl::from_u8(self.0 as u8).unwrap_or(Ipl::High)
     }
 }
 
@@ -146,6 +171,16 @@ static ABOVE: [u32; 256] = {
     t
 };
 
+/// `ABOVE[l]` for a saved level word `l`.
+#[inline(always)]
+fn above(l: usize) -> u32 {
+    debug_assert!(l < ABOVE.len());
+    // SAFETY: `l` is a saved level: an `Spl` holds only values read from `IplCpu::ipl_word`,
+    // or built here from a `u8`, and a CPU's level word only ever holds a level written from
+    // a `u8` (`ipl_set`) or from such a word (`ipl_set_word`): below 256, the table's length.
+    unsafe { *ABOVE.get_unchecked(l) }
+}
+
 /// This CPU's index, masked to the table size so the compiler drops the bounds check on the
 /// `splx` fast path (`MAX_CPUS` is a power of two; CPU indices are below it).
 #[inline(always)]
@@ -159,10 +194,6 @@ pub const NEVER_DEFER: u8 = 0xFF;
 /// One CPU's deferred interrupts: a bit per vector and a summary bit per level.
 pub struct PendingQueue {
     vectors: [AtomicU64; 4],
-    /// Spin mutexes held on this CPU.
-    spin_count: AtomicU32,
-    /// Level before the outermost spin mutex.
-    spin_oldspl: AtomicU8,
     /// Deferred interrupts recorded (statistics).
     deferred: AtomicU64,
     /// Deferred interrupts replayed (statistics).
@@ -176,8 +207,6 @@ impl PendingQueue {
     const fn new() -> Self {
         PendingQueue {
             vectors: [const { AtomicU64::new(0) }; 4],
-            spin_count: AtomicU32::new(0),
-            spin_oldspl: AtomicU8::new(0),
             deferred: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             merged: AtomicU64::new(0),
@@ -267,9 +296,9 @@ impl<E: SplEnv> SplState<E> {
     /// Raises this CPU's level to at least `ipl`; returns the previous level.
     #[inline(always)]
     pub fn splraise(&self, ipl: Ipl) -> Spl {
-        let old = E::M::ipl_get();
-        if (ipl as u8) > old {
-            E::M::ipl_set(ipl as u8);
+        let old = E::M::ipl_word();
+        if (ipl as usize) > old {
+            E::M::ipl_set_word(ipl as usize);
         }
         Spl(old)
     }
@@ -283,9 +312,9 @@ impl<E: SplEnv> SplState<E> {
     /// Sets this CPU's level back to `s`, replaying interrupts left pending above it.
     #[inline(always)]
     pub fn splx(&self, s: Spl) {
-        E::M::ipl_set(s.0);
-        if E::M::pending_get() & ABOVE[s.0 as usize] != 0 {
-            self.replay_pending(s.0);
+        E::M::ipl_set_word(s.0);
+        if E::M::pending_get() & above(s.0) != 0 {
+            self.replay_pending(s.0 as u8);
         }
     }
 
@@ -347,7 +376,7 @@ impl<E: SplEnv> SplState<E> {
         }
         let cur = E::M::ipl_get();
         if level > cur {
-            self.splx(Spl(cur));
+            self.splx(Spl(cur as usize));
         }
     }
 
@@ -428,44 +457,31 @@ impl<E: SplEnv> SplState<E> {
     }
 
     /// Raises to `ipl` for a spin mutex; remembers the level before the outermost one.
-    #[inline]
+    #[inline(always)]
     pub fn spin_enter(&self, ipl: Ipl) {
         let s = self.splraise(ipl);
-        // At a raised level we cannot migrate: the CPU index is stable from here.
-        let q = &self.cpus[this_cpu::<E::M>()];
-        if q.spin_count.fetch_add(1, Ordering::Relaxed) == 0 {
-            q.spin_oldspl.store(s.0, Ordering::Relaxed);
-        }
+        E::M::mtx_enter(s.0 as u8);
     }
 
     /// Releases one spin mutex's hold on the level; the outermost restores it.
-    #[inline]
+    #[inline(always)]
     pub fn spin_exit(&self) {
-        let q = &self.cpus[this_cpu::<E::M>()];
-        // Read the saved level *before* giving up the count, as NetBSD's `mutex_spin_exit`
-        // does: once the count is 0 an interrupt above our level (its filter taking a spin
-        // mutex) saves its own level — the interrupt's, e.g. IPL_HIGH — in the same slot, and
-        // reading it after that would leave this thread at the interrupt's level.
-        let s = Spl(q.spin_oldspl.load(Ordering::Relaxed));
-        // The interrupt is on this CPU, like a signal: only the compiler could reorder.
-        core::sync::atomic::compiler_fence(Ordering::SeqCst);
-        let n = q.spin_count.fetch_sub(1, Ordering::Relaxed);
-        assert!(n > 0, "spin_exit without spin_enter");
-        if n == 1 {
-            self.splx(s);
+        if let Some(s) = E::M::mtx_exit() {
+            self.splx(Spl(s as usize));
         }
     }
 
     /// Spin mutexes held on this CPU.
     pub fn spin_count(&self) -> u32 {
-        self.cpus[this_cpu::<E::M>()].spin_count.load(Ordering::Relaxed)
+        E::M::mtx_state().0
     }
 
-    /// Spin mutexes held on `cpu` (the caller's CPU, interrupts disabled: the pinned model's
-    /// entry, which passes the index it already has).
+    /// Spin mutexes held on `cpu`, which must be the caller's (interrupts disabled: the
+    /// pinned model's entry, which passes the index it already has).
     #[inline(always)]
     pub fn spin_count_of(&self, cpu: usize) -> u32 {
-        self.cpus[cpu & (MAX_CPUS - 1)].spin_count.load(Ordering::Relaxed)
+        debug_assert_eq!(cpu, E::M::cpu_index());
+        E::M::mtx_state().0
     }
 
     /// Takes this CPU's spin-mutex state (count and the level saved by the outermost) and
@@ -473,17 +489,14 @@ impl<E: SplEnv> SplState<E> {
     /// mutexes (the pinned model), so that what the lent thread holds is counted alone.
     /// Interrupts disabled; [`SplState::spin_state_restore`] puts it back.
     pub fn spin_state_take(&self) -> (u32, u8) {
-        let q = &self.cpus[this_cpu::<E::M>()];
-        let s = (q.spin_count.load(Ordering::Relaxed), q.spin_oldspl.load(Ordering::Relaxed));
-        q.spin_count.store(0, Ordering::Relaxed);
+        let s = E::M::mtx_state();
+        E::M::set_mtx_state(0, s.1);
         s
     }
 
     /// Puts back what [`SplState::spin_state_take`] took (interrupts disabled).
     pub fn spin_state_restore(&self, (count, oldspl): (u32, u8)) {
-        let q = &self.cpus[this_cpu::<E::M>()];
-        q.spin_count.store(count, Ordering::Relaxed);
-        q.spin_oldspl.store(oldspl, Ordering::Relaxed);
+        E::M::set_mtx_state(count, oldspl);
     }
 
     /// Counters of `cpu`.

@@ -11,6 +11,7 @@ use super::*;
 std::thread_local! {
     static LEVEL: Cell<u8> = const { Cell::new(0) };
     static PENDING: Cell<u32> = const { Cell::new(0) };
+    static MTX: Cell<(u32, u8)> = const { Cell::new((0, 0)) };
     static INTR_ON: Cell<bool> = const { Cell::new(true) };
     static LOG: RefCell<Vec<(u8, u8)>> = const { RefCell::new(Vec::new()) };
     static PREEMPTS: Cell<u32> = const { Cell::new(0) };
@@ -74,6 +75,26 @@ impl IplCpu for OneCpu {
     }
     fn pending_and(mask: u32) {
         PENDING.with(|p| p.set(p.get() & mask));
+    }
+    fn mtx_enter(old: u8) {
+        MTX.with(|m| {
+            let (n, o) = m.get();
+            m.set((n + 1, if n == 0 { old } else { o }));
+        });
+    }
+    fn mtx_exit() -> Option<u8> {
+        MTX.with(|m| {
+            let (n, o) = m.get();
+            assert!(n > 0, "spin_exit without spin_enter");
+            m.set((n - 1, o));
+            (n == 1).then_some(o)
+        })
+    }
+    fn mtx_state() -> (u32, u8) {
+        MTX.with(|m| m.get())
+    }
+    fn set_mtx_state(count: u32, oldspl: u8) {
+        MTX.with(|m| m.set((count, oldspl)));
     }
 }
 

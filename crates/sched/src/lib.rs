@@ -90,6 +90,11 @@ pub trait SchedEnv: ipl::SplEnv<M: PinSwitch> {
     /// raised level; `intr::path::sleep_check` is the portable implementation), and lets the
     /// interrupt models react to a blocking handler (pool divorce).
     fn sleep_check();
+    /// Per-thread state a layer above keeps in every thread, allocated with the thread and
+    /// dropped with it; the scheduler never looks inside. The `sync` crate's turnstile links
+    /// (`sync::turnstile::TsLinks`: the turnstile each thread brings, as Solaris' `t_ts` and
+    /// FreeBSD's `td_turnstile`, and the thread's place in the priority-inheritance graph).
+    type ThreadExt: Default + Send + Sync + 'static;
 }
 
 /// Stack size of a kernel thread.
@@ -282,6 +287,7 @@ impl<E: SchedEnv> Scheduler<E> {
             run_ns: AtomicU64::new(0),
             last_on_ns: AtomicU64::new(now),
             born_ns: now,
+            ext: E::ThreadExt::default(),
         }
     }
 

@@ -159,6 +159,8 @@ pub struct Thread<E: SchedEnv> {
     /// When it was made: the time since, less `run_ns` up to `last_on_ns`, is the time it
     /// spent switched away ([`Thread::off_cpu_ns`]), so a switch writes no off-CPU sum.
     pub(crate) born_ns: u64,
+    /// The layer above's per-thread state ([`crate::SchedEnv::ThreadExt`]).
+    pub(crate) ext: E::ThreadExt,
 }
 
 // SAFETY: `ctx` and `start` are touched only by the CPU that switches the thread in or out,
@@ -229,6 +231,13 @@ impl<E: SchedEnv> Thread<E> {
     /// The lock checker's record of the locks this thread holds (take with interrupts off).
     pub fn held_locks(&self) -> &SpinLock<HeldLocks> {
         &self.held
+    }
+
+    /// The layer above's per-thread state ([`crate::SchedEnv::ThreadExt`]: the turnstile
+    /// links).
+    #[inline(always)]
+    pub fn ext(&self) -> &E::ThreadExt {
+        &self.ext
     }
 
     /// Time spent on a CPU up to its last switch away, in nanoseconds.

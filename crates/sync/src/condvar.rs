@@ -133,13 +133,17 @@ impl<E: Env> CondVar<E> {
     }
 
     /// Releases the mutex, sleeps until signalled, reacquires. May wake spuriously.
-    pub fn wait<T>(&self, guard: &mut MutexGuard<'_, T, E>) {
+    pub fn wait<T, const SPIN_KIND: bool>(&self, guard: &mut MutexGuard<'_, T, E, SPIN_KIND>) {
         self.wait_deadline(guard, u64::MAX);
     }
 
     /// Like [`CondVar::wait`] with a deadline (`Machine::now_ns` time). Returns `false` if the
     /// deadline passed without a signal.
-    pub fn wait_deadline<T>(&self, guard: &mut MutexGuard<'_, T, E>, deadline_ns: u64) -> bool {
+    pub fn wait_deadline<T, const SPIN_KIND: bool>(
+        &self,
+        guard: &mut MutexGuard<'_, T, E, SPIN_KIND>,
+        deadline_ns: u64,
+    ) -> bool {
         let sched = E::sched();
         let sync = E::sync();
         if sync.witness.active() && !sync.witness.check_sleep::<E::M>(sched.current().held_locks()) {

@@ -22,8 +22,9 @@
 //!   a waiting writer stops new readers (no writer starvation) and a writer's release admits
 //!   every waiting reader at once (no reader starvation). Priority is lent to a writer owner,
 //!   not to readers (a reader-held lock has no single owner to boost).
-//! * **Turnstiles** ([`turnstile`]) carry priority inheritance through chains of owners, with
-//!   per-owner lender lists ([`pi`]).
+//! * **Turnstiles** ([`turnstile`]): hashed chains with a lock each; every thread brings its
+//!   own turnstile, and priority inheritance runs through intrusive per-thread and
+//!   per-turnstile links ([`pi`]) along chains of owners, with no allocation.
 //! * **Sleep queues and condition variables** ([`condvar`]): waits on an address, hashed into
 //!   a fixed table of queues; timed waits use the scheduler's clock.
 //! * Everything is generic over an [`Env`] — the kernel's scheduler, SPL state and this
@@ -76,7 +77,7 @@ impl<E: SchedEnv> SyncState<E> {
 
 /// What the locks need from the kernel they run in: the scheduler's environment (which
 /// brings the machine, the SPL state and the scheduler) and this crate's state.
-pub trait Env: SchedEnv {
+pub trait Env: SchedEnv<ThreadExt = pi::TsLinks<sched::Thread<Self>>> {
     /// This crate's state.
     fn sync() -> &'static SyncState<Self>;
 

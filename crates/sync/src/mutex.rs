@@ -3,7 +3,7 @@
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use ipl::{Ipl, IplCpu};
 use machine::Machine;
@@ -110,25 +110,99 @@ impl<E: Env> RawMutex<E> {
     ///
     /// The fast path is one `cmpxchg` of the word from the checker's *expected free value*
     /// (0, or 1 while checking or statistics are on — a value a free adaptive mutex never
-    /// has, so the `cmpxchg` fails into the slow path) to the current thread.
+    /// has, so the `cmpxchg` fails into the slow path) to the current thread. A spin mutex
+    /// fails it with its free word, `SPIN`, and goes on inline to [`RawMutex::spin_enter`].
     #[inline(always)]
     pub fn enter(&self) -> bool {
-        let me = curthread::<E>();
-        let free = E::sync().witness.fast_expect();
-        if self.owner.compare_exchange(free, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            return true;
-        }
-        self.enter_slow(me)
+        self.enter_as(curthread::<E>())
     }
 
-    /// Releases. The fast path is one `cmpxchg` self → 0; waiters, the spin kind and checked
-    /// holds all make it fail into the slow path.
+    #[inline(always)]
+    fn enter_as(&self, me: usize) -> bool {
+        let free = E::sync().witness.fast_expect();
+        match self.owner.compare_exchange(free, me, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => true,
+            Err(SPIN) => self.spin_enter_as(me),
+            Err(_) => self.enter_slow(me),
+        }
+    }
+
+    /// Releases. The fast path is one `cmpxchg` self → 0; a spin mutex fails it with
+    /// `SPIN | self` and releases inline as [`RawMutex::spin_exit`] does; waiters and checked
+    /// holds go to the slow path.
     #[inline(always)]
     pub fn exit(&self) {
-        let me = curthread::<E>();
-        if self.owner.compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed).is_err() {
-            self.exit_slow(me);
+        self.exit_as(curthread::<E>());
+    }
+
+    /// [`RawMutex::exit`] by the thread `me` (the caller; a guard keeps it from its enter, so
+    /// the exit does not load it again).
+    #[inline(always)]
+    fn exit_as(&self, me: usize) {
+        match self.owner.compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => {}
+            Err(v) if v == me | SPIN => {
+                self.owner.store(SPIN, Ordering::Release);
+                E::spl().spin_exit();
+            }
+            Err(_) => self.exit_slow(me),
         }
+    }
+
+    /// NetBSD's `mutex_spin_enter`, for callers that know the mutex is a spin mutex: raise
+    /// the SPL to the mutex's level (a per-CPU load, compare and store; the outermost spin
+    /// mutex saves the old level in per-CPU memory), then one `cmpxchg` of the word from
+    /// the checker's expected free spin value (`SPIN`, or `SPIN | 1` while checking or
+    /// statistics are on, which fails into the slow path) to `SPIN | curthread`. No `cli`,
+    /// no call. Anything else (contention, the checker, an adaptive mutex) undoes the raise
+    /// and takes the general path. `false` only if the checker refused.
+    #[inline(always)]
+    pub fn spin_enter(&self) -> bool {
+        self.spin_enter_as(curthread::<E>())
+    }
+
+    #[inline(always)]
+    fn spin_enter_as(&self, me: usize) -> bool {
+        E::spl().spin_enter(self.ipl);
+        let word = me | SPIN;
+        let free = E::sync().witness.fast_spin_expect();
+        if self.owner.compare_exchange(free, word, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return true;
+        }
+        self.spin_enter_slow(word)
+    }
+
+    /// NetBSD's `mutex_spin_exit`: if the word says the caller holds it unchecked, release it
+    /// with a store and drop the nesting count, lowering the SPL at the outermost (`splx`:
+    /// store, and the pending word against the level's mask); anything else (a checked hold,
+    /// not the owner, an adaptive mutex) takes the general path.
+    #[inline(always)]
+    pub fn spin_exit(&self) {
+        self.spin_exit_as(curthread::<E>());
+    }
+
+    #[inline(always)]
+    fn spin_exit_as(&self, me: usize) {
+        let word = me | SPIN;
+        if self.owner.load(Ordering::Relaxed) == word {
+            self.owner.store(SPIN, Ordering::Release);
+            E::spl().spin_exit();
+            return;
+        }
+        self.spin_exit_slow(word);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spin_exit_slow(&self, word: usize) {
+        self.exit_slower(word & !SPIN);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spin_enter_slow(&self, word: usize) -> bool {
+        E::spl().spin_exit();
+        self.enter_slower(word & !SPIN)
     }
 
     /// Tries to acquire without waiting.
@@ -176,17 +250,9 @@ impl<E: Env> RawMutex<E> {
         E::sync().witness.class_of::<E::M>(&self.class, self.name, self.lock_kind())
     }
 
-    /// The spin kind's fast path (kept small so it has no big prologue), else the rest.
+    /// Everything but the fast paths.
     #[inline(never)]
     fn enter_slow(&self, me: usize) -> bool {
-        if self.owner.load(Ordering::Relaxed) & SPIN != 0 && !E::sync().witness.active() {
-            // Raise the SPL, then one `cmpxchg`.
-            E::spl().spin_enter(self.ipl);
-            if self.owner.compare_exchange(SPIN, SPIN | me, Ordering::Acquire, Ordering::Relaxed).is_err() {
-                self.spin_contended(me, 0);
-            }
-            return true;
-        }
         self.enter_slower(me)
     }
 
@@ -242,15 +308,10 @@ impl<E: Env> RawMutex<E> {
         }
     }
 
-    /// The spin kind's release (small), else the rest.
+    /// Everything but the fast paths.
+    #[cold]
     #[inline(never)]
     fn exit_slow(&self, me: usize) {
-        if self.owner.load(Ordering::Relaxed) == SPIN | me {
-            // Spin mutex, unchecked hold: release, then lower the SPL.
-            self.owner.store(SPIN, Ordering::Release);
-            E::spl().spin_exit();
-            return;
-        }
         self.exit_slower(me);
     }
 
@@ -355,10 +416,8 @@ impl<E: Env> RawMutex<E> {
             // Block on the turnstile.
             E::probe_turnstile();
             let tb = if stats { E::M::now_ns() } else { 0 };
-            let granted = AtomicBool::new(false);
-            let me_arc = sched.current_arc();
             let io = E::M::intr_disable();
-            let mut ts = sync.turnstiles.lock(&io);
+            let mut ts = sync.turnstiles.lock(self.addr(), &io);
             let v = self.owner.load(Ordering::Relaxed);
             if v == 0 {
                 continue;
@@ -372,17 +431,17 @@ impl<E: Env> RawMutex<E> {
             if owner == me {
                 continue;
             }
-            let owner_ptr = owner as *const sched::Thread<E>;
-            if ts.block(sched, self.addr(), &me_arc, true, Some(owner_ptr), &granted).is_err() {
+            let me_t = sched.current();
+            if ts.block(me_t, true, Some(owner as *const sched::Thread<E>)).is_err() {
                 drop(ts);
                 drop(io);
                 sync.witness
-                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_arc.name().into() });
+                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_t.name().into() });
                 return false;
             }
             sched.sleep_prepare(&io);
             drop(ts);
-            while !granted.load(Ordering::Acquire) {
+            while !me_t.ext().granted() {
                 sched.sleep_commit(&io);
                 sched.sleep_prepare(&io);
             }
@@ -410,29 +469,19 @@ impl<E: Env> RawMutex<E> {
         // us preemptible, and a preemption between the grant and the wakeup would leave the
         // new owner asleep behind whatever outranks us now.
         let io = E::M::intr_disable();
-        let woken = {
-            let mut ts = sync.turnstiles.lock(&io);
-            let me_ptr = me as *const sched::Thread<E>;
-            match ts.take_first(self.addr()) {
-                None => {
-                    ts.transfer(sched, self.addr(), Some(me_ptr), None);
-                    self.owner.store(0, Ordering::Release);
-                    None
-                }
-                Some(w) => {
-                    ts.transfer(sched, self.addr(), Some(me_ptr), Some(&w.thread));
-                    let more = if ts.waiters(self.addr()) > 0 { WAITERS } else { 0 };
-                    let tag = if sync.witness.active() { CHECKED } else { 0 };
-                    self.owner
-                        .store(alloc::sync::Arc::as_ptr(&w.thread) as usize | more | tag, Ordering::Release);
-                    w.grant();
-                    Some(w.thread.clone())
-                }
+        let granted = {
+            let mut ts = sync.turnstiles.lock(self.addr(), &io);
+            let g = ts.release(Some(me as *const sched::Thread<E>));
+            if g.count == 0 {
+                self.owner.store(0, Ordering::Release);
+            } else {
+                let more = if g.waiters_left { WAITERS } else { 0 };
+                let tag = if sync.witness.active() { CHECKED } else { 0 };
+                self.owner.store(g.heir as usize | more | tag, Ordering::Release);
             }
+            g
         };
-        if let Some(t) = woken {
-            sched.wakeup(&t);
-        }
+        granted.wake();
         drop(io);
         // Our lent priority may have been withdrawn: let a more urgent thread run.
         sched.preempt_check();
@@ -464,13 +513,37 @@ impl<T, E: Env> Mutex<T, E> {
     /// Acquires the mutex.
     #[inline(always)]
     pub fn lock(&self) -> MutexGuard<'_, T, E> {
-        let held = self.raw.enter();
-        MutexGuard { m: self, held }
+        let me = curthread::<E>();
+        let held = self.raw.enter_as(me);
+        MutexGuard { m: self, held, fast: false, me, _not_send: PhantomData }
+    }
+
+    /// Acquires a mutex the caller knows to be a spin mutex, by NetBSD's `mutex_spin_enter`
+    /// path ([`RawMutex::spin_enter`]); the guard releases by `mutex_spin_exit`'s. On an
+    /// adaptive mutex it still works, by the general path.
+    #[inline(always)]
+    pub fn spin_lock(&self) -> MutexGuard<'_, T, E, true> {
+        let me = curthread::<E>();
+        let r = &self.raw;
+        E::spl().spin_enter(r.ipl);
+        let free = E::sync().witness.fast_spin_expect();
+        if r.owner.compare_exchange(free, me | SPIN, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            // Taken unchecked by this thread: the guard's release needs no test of the word.
+            return MutexGuard { m: self, held: true, fast: true, me, _not_send: PhantomData };
+        }
+        let held = r.spin_enter_slow(me | SPIN);
+        MutexGuard { m: self, held, fast: false, me, _not_send: PhantomData }
     }
 
     /// Acquires the mutex if it is free.
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T, E>> {
-        self.raw.try_enter().then_some(MutexGuard { m: self, held: true })
+        self.raw.try_enter().then_some(MutexGuard {
+            m: self,
+            held: true,
+            fast: false,
+            me: curthread::<E>(),
+            _not_send: PhantomData,
+        })
     }
 
     /// The raw lock (for condition variables and `lock_api`).
@@ -495,14 +568,25 @@ impl<T, E: Env> Mutex<T, E> {
 }
 
 /// Holds a [`Mutex`]; releases on drop.
-pub struct MutexGuard<'a, T, E: Env> {
+///
+/// `SPIN_KIND`: taken by [`Mutex::spin_lock`], released by [`RawMutex::spin_exit`] (a type
+/// parameter, so the guard's drop has no run-time test).
+pub struct MutexGuard<'a, T, E: Env, const SPIN_KIND: bool = false> {
     m: &'a Mutex<T, E>,
     /// False only when the checker refused the acquisition (`Policy::Record`): the guard then
     /// releases nothing (and must not be dereferenced; it panics if it is).
     held: bool,
+    /// Taken by `spin_lock`'s fast path (unchecked, by this thread): released by a store of
+    /// the free word and the SPL's nesting count alone — NetBSD's `mutex_spin_exit`, which
+    /// does not test the word either. The guard is the proof of ownership (it is not `Send`).
+    fast: bool,
+    /// The holder (the current thread, loaded once at the enter).
+    me: usize,
+    /// A guard stays on the thread (and, for a spin mutex, the CPU) that took the lock.
+    _not_send: PhantomData<*const ()>,
 }
 
-impl<'a, T, E: Env> MutexGuard<'a, T, E> {
+impl<'a, T, E: Env, const SPIN_KIND: bool> MutexGuard<'a, T, E, SPIN_KIND> {
     /// Whether the lock was really acquired (false only under the checker's `Record`
     /// policy, after a refused recursion).
     pub fn is_held(&self) -> bool {
@@ -517,17 +601,25 @@ impl<'a, T, E: Env> MutexGuard<'a, T, E> {
     #[inline(always)]
     pub(crate) fn raw_release(&mut self) {
         if self.held {
-            self.m.raw.exit();
+            if SPIN_KIND && self.fast {
+                self.m.raw.owner.store(SPIN, Ordering::Release);
+                E::spl().spin_exit();
+            } else if SPIN_KIND {
+                self.m.raw.spin_exit_as(self.me);
+            } else {
+                self.m.raw.exit_as(self.me);
+            }
             self.held = false;
+            self.fast = false;
         }
     }
 
     pub(crate) fn raw_reacquire(&mut self) {
-        self.held = self.m.raw.enter();
+        self.held = if SPIN_KIND { self.m.raw.spin_enter_as(self.me) } else { self.m.raw.enter_as(self.me) };
     }
 }
 
-impl<T, E: Env> Deref for MutexGuard<'_, T, E> {
+impl<T, E: Env, const SPIN_KIND: bool> Deref for MutexGuard<'_, T, E, SPIN_KIND> {
     type Target = T;
     fn deref(&self) -> &T {
         assert!(self.held, "mutex \"{}\": guard of a refused acquisition dereferenced", self.m.name());
@@ -536,7 +628,7 @@ impl<T, E: Env> Deref for MutexGuard<'_, T, E> {
     }
 }
 
-impl<T, E: Env> DerefMut for MutexGuard<'_, T, E> {
+impl<T, E: Env, const SPIN_KIND: bool> DerefMut for MutexGuard<'_, T, E, SPIN_KIND> {
     fn deref_mut(&mut self) -> &mut T {
         assert!(self.held, "mutex \"{}\": guard of a refused acquisition dereferenced", self.m.name());
         // SAFETY: we hold the mutex; `&mut self` is unique.
@@ -544,7 +636,7 @@ impl<T, E: Env> DerefMut for MutexGuard<'_, T, E> {
     }
 }
 
-impl<T, E: Env> Drop for MutexGuard<'_, T, E> {
+impl<T, E: Env, const SPIN_KIND: bool> Drop for MutexGuard<'_, T, E, SPIN_KIND> {
     #[inline(always)]
     fn drop(&mut self) {
         self.raw_release();

@@ -1,307 +1,594 @@
-//! Priority-inheritance bookkeeping, kept apart from the locks so it can be property-tested.
+//! Turnstile objects and priority inheritance, intrusive and allocation-free.
 //!
-//! Every owner of a lock with blocked waiters has a list of *lenders*: one entry per blocked
-//! waiter, naming the lock it waits on and the priority it lends (its own effective priority).
-//! A thread's effective priority is the maximum of its base priority and its lenders'. When a
-//! lender's own effective priority changes (it inherited something, or lost it), the change is
-//! carried to the owner of the lock it waits on, and so on along the chain — bounded by
-//! [`MAX_CHAIN`], and stopped with [`Deadlock`] when it comes back to where it started.
+//! This is the core of [`crate::turnstile`], kept apart from the scheduler so that it can be
+//! property-tested with plain test threads (`tests/pi_proptest.rs`): it knows threads only
+//! through [`PiThread`] (base and effective priority, and the [`TsLinks`] each thread carries).
 //!
-//! A release removes exactly the entries of the released lock from the old owner (the loan is
-//! withdrawn when the lock is released, whatever else the owner still holds — no "saved
-//! priority per lock", the classic bug that restores a priority still owed to another lock).
-//! If the lock is handed to one of its waiters, the remaining waiters become the new owner's
-//! lenders.
+//! ## Objects (Solaris / FreeBSD)
+//! * Every thread brings one [`Turnstile`], allocated with the thread ([`TsLinks::default`])
+//!   and held in its hand (`TsLinks::ts`). The first thread to block on a lock lends its
+//!   turnstile to the lock: it is hashed into the lock's chain and records the lock, its
+//!   owner and the queue of waiters. Every later blocker puts its own turnstile on that
+//!   turnstile's free list. A waiter that leaves the queue (granted the lock, or giving up)
+//!   takes one back: from the free list, or the active turnstile itself when it was the last
+//!   waiter (the turnstile is then unhashed). So a lock with `n` waiters holds `n` turnstiles,
+//!   and every running thread holds exactly one: nothing is allocated or freed here.
+//! * Priority inheritance is carried by intrusive lists, not a book: a thread's *contested*
+//!   list holds the turnstiles of the locks it owns that have waiters (FreeBSD's
+//!   `td_contested`); a blocked thread points at the turnstile it waits on (`td_blocked`); a
+//!   turnstile points at its lock's owner (null while readers hold it). A thread's effective
+//!   priority is the maximum of its base priority and the effective priorities of the waiters
+//!   of every turnstile on its contested list ([`recompute`]). A change is carried to the
+//!   owner of the lock the thread waits on, and so on along the chain, bounded by
+//!   [`MAX_CHAIN`]; [`block`] refuses, with the cycle ([`Deadlock`]), a wait that would close
+//!   a cycle of owners.
+//! * A release withdraws exactly the loans that came through the released lock: the
+//!   turnstile leaves the old owner's contested list and the old owner's priority is
+//!   recomputed from what remains (no "saved priority per lock", the classic bug that restores
+//!   a priority still owed through another lock). If the lock is handed to a waiter and other
+//!   waiters remain, the turnstile joins the heir's contested list: they lend to the heir.
 //!
-//! The book knows threads and locks only as numbers (addresses); the turnstile applies the
-//! priority changes the operations return. All of it runs under the turnstile lock.
+//! ## Locking (the caller's, see `turnstile.rs`)
+//! Every function here runs with the chain lock of the turnstile's lock *and* the PI lock
+//! held (FreeBSD's `td_contested_lock`): queues, `blocked_on`, owners and contested lists
+//! change only under both, so they may be read under either; hash-chain membership and the
+//! free lists change under the chain lock. Effective priorities are set through
+//! [`PiThread::set_eff_pri`] (the scheduler's `set_priority`, which takes run-queue locks:
+//! chain lock → PI lock → run-queue lock).
 
-use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-/// A thread, by address.
-pub type ThreadKey = usize;
-/// A lock, by address.
-pub type LockKey = usize;
+use alloc::boxed::Box;
 
-/// Longest owner chain followed when lending.
-pub const MAX_CHAIN: usize = 64;
+/// Longest owner chain followed when lending, and when looking for a deadlock.
+pub const MAX_CHAIN: usize = 32;
 
-/// A waiting thread's loan to the owner of the lock it waits on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lender {
-    /// The lock the lender waits on.
-    pub lock: LockKey,
-    /// The waiting thread.
-    pub thread: ThreadKey,
-    /// The priority lent (the lender's effective priority).
-    pub pri: u8,
+/// A thread as priority inheritance sees it.
+pub trait PiThread: Sized + 'static {
+    /// Its turnstile links.
+    fn links(&self) -> &TsLinks<Self>;
+    /// Its base priority.
+    fn base_pri(&self) -> u8;
+    /// Its effective priority.
+    fn eff_pri(&self) -> u8;
+    /// Sets its effective priority (requeues it, asks its CPU to reschedule: the scheduler's
+    /// `set_priority`).
+    fn set_eff_pri(&self, pri: u8);
 }
 
-/// Blocking would close a cycle of owners: the locks and threads involved, starting with the
-/// lock the new waiter wanted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Deadlock {
-    /// (lock, its owner) pairs along the chain; the last owner is the would-be waiter.
-    pub chain: Vec<(LockKey, ThreadKey)>,
+/// One turnstile: while lent to a lock, the lock's waiters and its owner.
+pub struct Turnstile<T> {
+    /// The lock it serves; 0 while in a thread's hand or on a free list.
+    lock: Cell<usize>,
+    /// The owner (the writer), null while readers hold the lock.
+    owner: Cell<*const T>,
+    /// Waiters, first come first (linked through `TsLinks::next`).
+    head: Cell<*const T>,
+    tail: Cell<*const T>,
+    waiters: Cell<u32>,
+    writers: Cell<u32>,
+    /// Next turnstile in the hash chain.
+    chain_next: Cell<*mut Turnstile<T>>,
+    /// Spare turnstiles brought by the second and later waiters.
+    free: Cell<*mut Turnstile<T>>,
+    /// Next turnstile in the owner's contested list.
+    contested_next: Cell<*mut Turnstile<T>>,
 }
 
-/// Priority changes to apply: (thread, new effective priority).
-pub type Changes = Vec<(ThreadKey, u8)>;
+impl<T> Turnstile<T> {
+    const fn new() -> Self {
+        Turnstile {
+            lock: Cell::new(0),
+            owner: Cell::new(ptr::null()),
+            head: Cell::new(ptr::null()),
+            tail: Cell::new(ptr::null()),
+            waiters: Cell::new(0),
+            writers: Cell::new(0),
+            chain_next: Cell::new(ptr::null_mut()),
+            free: Cell::new(ptr::null_mut()),
+            contested_next: Cell::new(ptr::null_mut()),
+        }
+    }
 
-#[derive(Default, Debug)]
-struct Entry {
-    base: u8,
-    eff: u8,
-    lenders: Vec<Lender>,
-    blocked_on: Option<LockKey>,
+    /// The lock it serves.
+    pub fn lock(&self) -> usize {
+        self.lock.get()
+    }
+
+    /// The owner, if a writer owns the lock.
+    pub fn owner(&self) -> Option<&T> {
+        // SAFETY: an owner recorded in an active turnstile cannot exit before it releases the
+        // lock, which removes it from here under the locks the caller holds (module doc).
+        unsafe { self.owner.get().as_ref() }
+    }
+
+    /// Number of waiters.
+    pub fn waiters(&self) -> usize {
+        self.waiters.get() as usize
+    }
+
+    /// Whether a writer (or a mutex waiter) waits.
+    pub fn writer_waiting(&self) -> bool {
+        self.writers.get() != 0
+    }
+
+    /// The waiters, first come first.
+    pub fn for_each_waiter(&self, mut f: impl FnMut(&T))
+    where
+        T: PiThread,
+    {
+        let mut w = self.head.get();
+        // SAFETY: queued threads are alive (blocked) and linked under the caller's locks.
+        while let Some(t) = unsafe { w.as_ref() } {
+            f(t);
+            w = t.links().next.get();
+        }
+    }
+
+    /// The highest effective priority among the waiters (0 if none).
+    fn top_pri(&self) -> u8
+    where
+        T: PiThread,
+    {
+        let mut p = 0;
+        self.for_each_waiter(|t| p = p.max(t.eff_pri()));
+        p
+    }
 }
 
-/// The book.
-#[derive(Default, Debug)]
-pub struct PiBook {
-    threads: BTreeMap<ThreadKey, Entry>,
-    /// Owner of every lock that has blocked waiters (`None`: owned by readers, no loans).
-    owners: BTreeMap<LockKey, Option<ThreadKey>>,
+/// What every thread carries for the turnstiles ([`sched::SchedEnv::ThreadExt`]).
+pub struct TsLinks<T> {
+    /// The turnstile in this thread's hand (owned; null while it waits: lent or donated).
+    ts: Cell<*mut Turnstile<T>>,
+    /// The turnstile it waits on.
+    blocked_on: Cell<*mut Turnstile<T>>,
+    /// Next waiter in the queue (or in a releaser's list of threads to wake).
+    next: Cell<*const T>,
+    /// Waits as a writer (or on a mutex) rather than as a reader.
+    writer: Cell<bool>,
+    /// Head of the contested list: turnstiles of the locks it owns that have waiters.
+    contested: Cell<*mut Turnstile<T>>,
+    /// Set by the releaser that grants the lock, before it wakes the thread.
+    granted: AtomicBool,
 }
 
-impl PiBook {
-    /// An empty book.
+// SAFETY: every `Cell` above is written only under the locks the module doc names (the chain
+// lock and the PI lock), or by the thread itself while no other thread can reach it (its
+// turnstile in hand), with `granted` (Release/Acquire) ordering a releaser's writes before the
+// woken thread's reads.
+unsafe impl<T> Sync for TsLinks<T> {}
+// SAFETY: as above; the turnstile in hand is owned and freed with the links.
+unsafe impl<T> Send for TsLinks<T> {}
+
+impl<T> Default for TsLinks<T> {
+    /// A thread's links, with its own turnstile (the one allocation, at thread creation).
+    fn default() -> Self {
+        TsLinks {
+            ts: Cell::new(Box::into_raw(Box::new(Turnstile::new()))),
+            blocked_on: Cell::new(ptr::null_mut()),
+            next: Cell::new(ptr::null()),
+            writer: Cell::new(false),
+            contested: Cell::new(ptr::null_mut()),
+            granted: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<T> Drop for TsLinks<T> {
+    fn drop(&mut self) {
+        let ts = self.ts.get();
+        assert!(!ts.is_null(), "a thread exits without a turnstile in hand (it still waits on a lock)");
+        assert!(self.contested.get().is_null(), "a thread exits owning a lock with waiters");
+        // SAFETY: a thread not waiting holds exactly one turnstile, which nobody else
+        // references (it is not hashed: `lock` is 0), allocated by `Box` in `default`.
+        drop(unsafe { Box::from_raw(ts) });
+    }
+}
+
+impl<T> TsLinks<T> {
+    /// The turnstile this thread waits on, if any.
+    pub fn blocked_on(&self) -> Option<&Turnstile<T>> {
+        // SAFETY: an active turnstile stays allocated while a thread waits on it (it holds at
+        // least that thread's turnstile's worth: module doc).
+        unsafe { self.blocked_on.get().as_ref() }
+    }
+
+    /// Whether the lock was granted (the waiter's loop; Acquire pairs with the grant).
+    pub fn granted(&self) -> bool {
+        self.granted.load(Ordering::Acquire)
+    }
+
+    /// Grants: the thread may run on (Release: the lock word and the links written before
+    /// are visible to it).
+    pub fn grant(&self) {
+        self.granted.store(true, Ordering::Release);
+    }
+
+    /// Whether it waits as a writer (or on a mutex).
+    pub fn writer_flag(&self) -> bool {
+        self.writer.get()
+    }
+
+    /// The next thread of a releaser's wake list.
+    pub fn wake_next(&self) -> *const T {
+        self.next.get()
+    }
+
+    /// Whether the thread holds its turnstile (it does whenever it does not wait).
+    pub fn has_turnstile(&self) -> bool {
+        !self.ts.get().is_null()
+    }
+
+    /// The turnstiles of the locks it owns that have waiters.
+    pub fn for_each_contested(&self, mut f: impl FnMut(&Turnstile<T>)) {
+        let mut c = self.contested.get();
+        // SAFETY: contested turnstiles are active (hashed) under the caller's locks.
+        while let Some(ts) = unsafe { c.as_ref() } {
+            f(ts);
+            c = ts.contested_next.get();
+        }
+    }
+}
+
+/// A hash chain of active turnstiles (one per lock with waiters hashed here).
+pub struct Chain<T> {
+    head: *mut Turnstile<T>,
+}
+
+// SAFETY: the chain is reached only under its lock (the turnstile table's `SpinLock`).
+unsafe impl<T> Send for Chain<T> {}
+
+impl<T> Default for Chain<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Chain<T> {
+    /// An empty chain.
     pub const fn new() -> Self {
-        PiBook { threads: BTreeMap::new(), owners: BTreeMap::new() }
+        Chain { head: ptr::null_mut() }
     }
 
-    fn entry(&mut self, t: ThreadKey, base: u8) -> &mut Entry {
-        self.threads.entry(t).or_insert_with(|| Entry { base, eff: base, ..Entry::default() })
-    }
-
-    /// Effective priority of `t`, if the book knows it.
-    pub fn effective(&self, t: ThreadKey) -> Option<u8> {
-        self.threads.get(&t).map(|e| e.eff)
-    }
-
-    /// The lenders of `t`.
-    pub fn lenders(&self, t: ThreadKey) -> &[Lender] {
-        self.threads.get(&t).map_or(&[], |e| &e.lenders)
-    }
-
-    /// The lock `t` is blocked on.
-    pub fn blocked_on(&self, t: ThreadKey) -> Option<LockKey> {
-        self.threads.get(&t).and_then(|e| e.blocked_on)
-    }
-
-    /// The owner recorded for `lock`.
-    pub fn owner(&self, lock: LockKey) -> Option<ThreadKey> {
-        self.owners.get(&lock).copied().flatten()
-    }
-
-    /// `waiter` (base priority `waiter_base`) blocks on `lock`, owned by `owner` (base
-    /// `owner_base`), or by readers when `owner` is `None`. Returns the priority changes along
-    /// the chain, or the cycle that blocking would close (then nothing is recorded).
-    pub fn block(
-        &mut self,
-        waiter: ThreadKey,
-        waiter_base: u8,
-        lock: LockKey,
-        owner: Option<(ThreadKey, u8)>,
-    ) -> Result<Changes, Deadlock> {
-        if let Some((o, _)) = owner {
-            // Walk the chain of owners first: refuse to record a cycle.
-            let mut chain = Vec::new();
-            let (mut l, mut t) = (lock, o);
-            for _ in 0..MAX_CHAIN {
-                chain.push((l, t));
-                if t == waiter {
-                    return Err(Deadlock { chain });
-                }
-                match self.blocked_on(t) {
-                    Some(next) => match self.owner(next) {
-                        Some(n) => {
-                            l = next;
-                            t = n;
-                        }
-                        None => break,
-                    },
-                    None => break,
-                }
+    /// The active turnstile of `lock`, if it has waiters.
+    pub fn lookup(&self, lock: usize) -> Option<&Turnstile<T>> {
+        let mut c = self.head;
+        // SAFETY: hashed turnstiles are alive (owned by the lock's waiters) under the chain lock.
+        while let Some(ts) = unsafe { c.as_ref() } {
+            if ts.lock.get() == lock {
+                return Some(ts);
             }
+            c = ts.chain_next.get();
         }
-        let pri = {
-            let w = self.entry(waiter, waiter_base);
-            w.blocked_on = Some(lock);
-            w.eff
-        };
-        match owner {
-            Some((o, base)) => {
-                self.owners.insert(lock, Some(o));
-                self.entry(o, base).lenders.push(Lender { lock, thread: waiter, pri });
-                let mut changes = Vec::new();
-                self.propagate(o, &mut changes);
-                Ok(changes)
-            }
-            None => {
-                self.owners.entry(lock).or_insert(None);
-                Ok(Vec::new())
-            }
-        }
+        None
     }
 
-    /// `waiter` stops waiting on its lock without getting it (timeout, or granted together
-    /// with other readers): its loan is withdrawn.
-    pub fn unblock(&mut self, waiter: ThreadKey) -> Changes {
-        let mut changes = Vec::new();
-        let Some(lock) = self.threads.get_mut(&waiter).and_then(|e| e.blocked_on.take()) else {
-            return changes;
-        };
-        if let Some(o) = self.owner(lock) {
-            if let Some(e) = self.threads.get_mut(&o) {
-                e.lenders.retain(|l| !(l.lock == lock && l.thread == waiter));
-            }
-            self.propagate(o, &mut changes);
-        }
-        if !self.threads.values().any(|e| e.blocked_on == Some(lock)) {
-            self.owners.remove(&lock);
-        }
-        self.forget_if_idle(waiter);
-        changes
-    }
-
-    /// `old_owner` releases `lock`. If `new_owner` is given (a waiter the lock is handed to),
-    /// it stops waiting and the remaining waiters of `lock` lend to it instead.
-    pub fn release(&mut self, lock: LockKey, old_owner: ThreadKey, new_owner: Option<ThreadKey>) -> Changes {
-        let mut changes = Vec::new();
-        let mut moved = Vec::new();
-        if let Some(e) = self.threads.get_mut(&old_owner) {
-            e.lenders.retain(|l| {
-                if l.lock == lock {
-                    moved.push(*l);
-                    false
-                } else {
-                    true
+    fn unhash(&mut self, ts: *mut Turnstile<T>) {
+        let mut link: *const Cell<*mut Turnstile<T>> = ptr::null();
+        let mut c = self.head;
+        while !c.is_null() {
+            if c == ts {
+                // SAFETY: `ts` is in this chain (we just found it), alive under the chain lock.
+                let next = unsafe { (*ts).chain_next.get() };
+                // SAFETY: `link` is null or the `chain_next` of the live turnstile before `ts`.
+                match unsafe { link.as_ref() } {
+                    None => self.head = next,
+                    Some(l) => l.set(next),
                 }
-            });
-        }
-        self.propagate(old_owner, &mut changes);
-        self.forget_if_idle(old_owner);
-        match new_owner {
-            Some(n) => {
-                if let Some(e) = self.threads.get_mut(&n) {
-                    e.blocked_on = None;
-                }
-                let heirs: Vec<Lender> = moved.into_iter().filter(|l| l.thread != n).collect();
-                if heirs.is_empty() {
-                    self.owners.remove(&lock);
-                } else {
-                    self.owners.insert(lock, Some(n));
-                    if let Some(e) = self.threads.get_mut(&n) {
-                        e.lenders.extend(heirs);
-                    }
-                }
-                self.propagate(n, &mut changes);
-                self.forget_if_idle(n);
-            }
-            None => {
-                // Nobody handed the lock: waiters (if any) compete again; their loans lapse
-                // until they block anew.
-                if !self.threads.values().any(|e| e.blocked_on == Some(lock)) {
-                    self.owners.remove(&lock);
-                } else {
-                    self.owners.insert(lock, None);
-                }
-            }
-        }
-        changes
-    }
-
-    /// Recomputes `t`'s effective priority and carries a change along the chain.
-    fn propagate(&mut self, mut t: ThreadKey, changes: &mut Changes) {
-        for _ in 0..MAX_CHAIN {
-            let Some(e) = self.threads.get_mut(&t) else { return };
-            let new = e.lenders.iter().map(|l| l.pri).fold(e.base, u8::max);
-            if new == e.eff {
+                // SAFETY: as above.
+                unsafe { (*ts).chain_next.set(ptr::null_mut()) };
                 return;
             }
-            e.eff = new;
-            changes.retain(|&(x, _)| x != t);
-            changes.push((t, new));
-            let Some(lock) = e.blocked_on else { return };
-            let Some(o) = self.owner(lock) else { return };
-            if let Some(oe) = self.threads.get_mut(&o) {
-                for l in oe.lenders.iter_mut().filter(|l| l.thread == t && l.lock == lock) {
-                    l.pri = new;
-                }
-            }
-            t = o;
+            // SAFETY: `c` is a hashed, live turnstile.
+            link = unsafe { &(*c).chain_next };
+            // SAFETY: as above.
+            c = unsafe { (*c).chain_next.get() };
         }
-    }
-
-    fn forget_if_idle(&mut self, t: ThreadKey) {
-        if let Some(e) = self.threads.get(&t) {
-            if e.lenders.is_empty() && e.blocked_on.is_none() && e.eff == e.base {
-                self.threads.remove(&t);
-            }
-        }
-    }
-
-    /// Checks the book's invariant (tests): every known thread's effective priority is the
-    /// maximum of its base and its lenders' priorities, and every lender's priority is the
-    /// lender's current effective priority.
-    pub fn check(&self) -> Result<(), PiViolation> {
-        for (&t, e) in &self.threads {
-            let want = e.lenders.iter().map(|l| l.pri).fold(e.base, u8::max);
-            if e.eff != want {
-                return Err(PiViolation::Effective { thread: t, eff: e.eff, want });
-            }
-            for l in &e.lenders {
-                let lender_eff = self.threads.get(&l.thread).map(|x| x.eff);
-                if lender_eff != Some(l.pri) {
-                    return Err(PiViolation::StaleLoan {
-                        thread: t,
-                        lender: l.thread,
-                        lends: l.pri,
-                        lender_eff,
-                    });
-                }
-            }
-        }
-        Ok(())
+        panic!("turnstile: unhash of a turnstile not in its chain");
     }
 }
 
-/// A broken invariant of the [`PiBook`] ([`PiBook::check`]).
+/// Blocking would close a cycle of owners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PiViolation {
-    /// A thread's effective priority is not the maximum of its base and its lenders'.
-    Effective {
-        /// The thread.
-        thread: ThreadKey,
-        /// Its effective priority.
-        eff: u8,
-        /// max(base, lenders).
-        want: u8,
-    },
-    /// A lender's recorded loan differs from the lender's effective priority now.
-    StaleLoan {
-        /// The borrower.
-        thread: ThreadKey,
-        /// The lender.
-        lender: ThreadKey,
-        /// The priority recorded as lent.
-        lends: u8,
-        /// The lender's effective priority (None: not in the book).
-        lender_eff: Option<u8>,
-    },
+pub struct Deadlock {
+    len: usize,
+    chain: [(usize, usize); MAX_CHAIN],
+}
+
+impl Deadlock {
+    /// (lock, its owner) pairs along the cycle, starting with the lock the waiter wanted;
+    /// the last owner is the would-be waiter.
+    pub fn chain(&self) -> &[(usize, usize)] {
+        &self.chain[..self.len]
+    }
+}
+
+fn addr<T>(t: &T) -> usize {
+    t as *const T as usize
+}
+
+/// `me` blocks on `lock`, owned by `owner` (a writer; `None`: readers hold it): queues it on
+/// the lock's turnstile (lending its own, or donating it to the free list) and lends its
+/// priority along the chain of owners. Refused, with nothing changed, if that would close a
+/// cycle. The caller holds the chain lock of `lock` (this `chain`) and the PI lock.
+// The error carries the cycle in place: nothing may be allocated under the turnstile locks.
+#[allow(clippy::result_large_err)]
+pub fn block<T: PiThread>(
+    chain: &mut Chain<T>,
+    lock: usize,
+    me: &T,
+    writer: bool,
+    owner: Option<&T>,
+) -> Result<(), Deadlock> {
+    if let Some(o) = owner {
+        if let Some(d) = find_cycle(lock, o, me) {
+            return Err(d);
+        }
+    }
+    let links = me.links();
+    let mine = links.ts.replace(ptr::null_mut());
+    assert!(!mine.is_null(), "turnstile: a thread blocks without a turnstile in hand");
+    let ts: &Turnstile<T> = match chain.lookup(lock) {
+        Some(ts) => {
+            debug_assert!(
+                ptr::eq(ts.owner.get(), owner.map_or(ptr::null(), |o| o as *const T)),
+                "turnstile: the lock word and the turnstile disagree on the owner"
+            );
+            // SAFETY: `mine` is this thread's own turnstile (not hashed, not shared).
+            unsafe { (*mine).free.set(ts.free.get()) };
+            ts.free.set(mine);
+            ts
+        }
+        None => {
+            // SAFETY: as above; it becomes the lock's turnstile, reachable under the locks.
+            let ts = unsafe { &*mine };
+            ts.lock.set(lock);
+            ts.owner.set(owner.map_or(ptr::null(), |o| o as *const T));
+            ts.free.set(ptr::null_mut());
+            ts.chain_next.set(chain.head);
+            chain.head = mine;
+            if let Some(o) = owner {
+                ts.contested_next.set(o.links().contested.get());
+                o.links().contested.set(mine);
+            }
+            ts
+        }
+    };
+    links.next.set(ptr::null());
+    links.writer.set(writer);
+    links.granted.store(false, Ordering::Relaxed);
+    // SAFETY: a queued thread is alive (it waits); the tail is one.
+    match unsafe { ts.tail.get().as_ref() } {
+        None => ts.head.set(me),
+        Some(t) => t.links().next.set(me),
+    }
+    ts.tail.set(me);
+    ts.waiters.set(ts.waiters.get() + 1);
+    ts.writers.set(ts.writers.get() + writer as u32);
+    links.blocked_on.set(ts as *const Turnstile<T> as *mut Turnstile<T>);
+    if let Some(o) = ts.owner() {
+        if me.eff_pri() > o.eff_pri() {
+            recompute(o);
+        }
+    }
+    Ok(())
+}
+
+/// Walks the owners from `lock` (owned by `owner`): the cycle if it reaches `me`.
+fn find_cycle<T: PiThread>(lock: usize, owner: &T, me: &T) -> Option<Deadlock> {
+    let mut d = Deadlock { len: 0, chain: [(0, 0); MAX_CHAIN] };
+    let (mut l, mut o) = (lock, owner);
+    while d.len < MAX_CHAIN {
+        d.chain[d.len] = (l, addr(o));
+        d.len += 1;
+        if ptr::eq(o, me) {
+            return Some(d);
+        }
+        let bt = o.links().blocked_on()?;
+        let next = bt.owner()?;
+        l = bt.lock.get();
+        o = next;
+    }
+    None
+}
+
+/// Recomputes `t`'s effective priority (max of its base and the waiters of its contested
+/// turnstiles) and carries a change along the chain of owners.
+pub fn recompute<T: PiThread>(t: &T) {
+    let mut t = t;
+    for _ in 0..MAX_CHAIN {
+        let mut p = t.base_pri();
+        t.links().for_each_contested(|ts| p = p.max(ts.top_pri()));
+        if p == t.eff_pri() {
+            return;
+        }
+        t.set_eff_pri(p);
+        let Some(bt) = t.links().blocked_on() else { return };
+        let Some(o) = bt.owner() else { return };
+        t = o;
+    }
+}
+
+/// The waiter a release hands the lock to: the most urgent, first come among equals.
+pub fn most_urgent<T: PiThread>(ts: &Turnstile<T>) -> Option<&T> {
+    let mut best: Option<&T> = None;
+    ts.for_each_waiter(|t| {
+        if best.is_none_or(|b| t.eff_pri() > b.eff_pri()) {
+            // SAFETY: queued threads stay alive while queued; the borrow ends with the locks.
+            best = Some(unsafe { &*(t as *const T) });
+        }
+    });
+    best
+}
+
+/// Removes `t` from `ts`'s queue and gives it a turnstile back (from the free list, or `ts`
+/// itself if `t` was the last waiter: then `ts` is unhashed and leaves its owner's contested
+/// list). Its loan is *not* withdrawn here (the callers recompute).
+fn dequeue<T: PiThread>(chain: &mut Chain<T>, ts: &Turnstile<T>, t: &T) {
+    let links = t.links();
+    // Unlink from the queue.
+    let mut prev: Option<&T> = None;
+    let mut w = ts.head.get();
+    loop {
+        // SAFETY: queued threads are alive under the caller's locks.
+        let cur = unsafe { w.as_ref() }.expect("turnstile: dequeue of a thread not queued here");
+        if ptr::eq(cur, t) {
+            break;
+        }
+        prev = Some(cur);
+        w = cur.links().next.get();
+    }
+    let next = links.next.get();
+    match prev {
+        None => ts.head.set(next),
+        Some(p) => p.links().next.set(next),
+    }
+    if ptr::eq(ts.tail.get(), t) {
+        ts.tail.set(prev.map_or(ptr::null(), |p| p as *const T));
+    }
+    links.next.set(ptr::null());
+    ts.waiters.set(ts.waiters.get() - 1);
+    ts.writers.set(ts.writers.get() - links.writer.get() as u32);
+    links.blocked_on.set(ptr::null_mut());
+    let tsp = ts as *const Turnstile<T> as *mut Turnstile<T>;
+    if ts.waiters.get() == 0 {
+        // The last waiter takes the lock's turnstile itself.
+        debug_assert!(ts.free.get().is_null());
+        chain.unhash(tsp);
+        if let Some(o) = ts.owner() {
+            remove_contested(o, tsp);
+        }
+        ts.owner.set(ptr::null());
+        ts.lock.set(0);
+        links.ts.set(tsp);
+    } else {
+        let spare = ts.free.get();
+        assert!(!spare.is_null(), "turnstile: free list shorter than the queue");
+        // SAFETY: spares on the free list are owned by this turnstile, not shared.
+        ts.free.set(unsafe { (*spare).free.get() });
+        // SAFETY: as above.
+        unsafe { (*spare).free.set(ptr::null_mut()) };
+        links.ts.set(spare);
+    }
+}
+
+fn remove_contested<T: PiThread>(owner: &T, ts: *mut Turnstile<T>) {
+    let head = &owner.links().contested;
+    let mut link: &Cell<*mut Turnstile<T>> = head;
+    loop {
+        let c = link.get();
+        assert!(!c.is_null(), "turnstile: not on its owner's contested list");
+        // SAFETY: contested turnstiles are active, alive under the caller's locks.
+        let cts = unsafe { &*c };
+        if c == ts {
+            link.set(cts.contested_next.get());
+            cts.contested_next.set(ptr::null_mut());
+            return;
+        }
+        link = &cts.contested_next;
+    }
+}
+
+fn set_owner<T: PiThread>(ts: &Turnstile<T>, owner: Option<&T>) {
+    let tsp = ts as *const Turnstile<T> as *mut Turnstile<T>;
+    if let Some(o) = ts.owner() {
+        remove_contested(o, tsp);
+    }
+    ts.owner.set(owner.map_or(ptr::null(), |o| o as *const T));
+    if let Some(o) = owner {
+        ts.contested_next.set(o.links().contested.get());
+        o.links().contested.set(tsp);
+    }
+}
+
+/// The lock's owner (`old`, or readers when `None`) hands it to `heir`, a waiter (the most
+/// urgent, [`most_urgent`]): `heir` leaves the queue with a turnstile back; the remaining
+/// waiters, if any, lend to it; the loans through this lock are withdrawn from `old`.
+pub fn hand_to<T: PiThread>(chain: &mut Chain<T>, ts: &Turnstile<T>, old: Option<&T>, heir: &T) {
+    dequeue(chain, ts, heir);
+    if ts.lock.get() != 0 {
+        set_owner(ts, Some(heir));
+    }
+    if let Some(o) = old {
+        recompute(o);
+    }
+    recompute(heir);
+}
+
+/// The lock's writer `old` releases it to every waiting reader: they leave the queue, each
+/// with a turnstile back, linked into a list for the caller to wake ([`TsLinks::wake_next`]);
+/// the remaining waiters (writers) lend to nobody while readers hold it. Returns the list's
+/// head and its length.
+pub fn hand_to_readers<T: PiThread>(
+    chain: &mut Chain<T>,
+    ts: &Turnstile<T>,
+    old: Option<&T>,
+) -> (*const T, usize) {
+    let (mut head, mut n): (*const T, usize) = (ptr::null(), 0);
+    if ts.owner.get().is_null() {
+        // Already reader-owned: nothing to move.
+    } else {
+        set_owner(ts, None);
+    }
+    let mut w = ts.head.get();
+    // SAFETY: queued threads are alive under the caller's locks; `next` is read before the
+    // thread leaves the queue.
+    while let Some(t) = unsafe { w.as_ref() } {
+        w = t.links().next.get();
+        if !t.links().writer.get() {
+            dequeue(chain, ts, t);
+            t.links().next.set(head);
+            head = t;
+            n += 1;
+        }
+    }
+    if let Some(o) = old {
+        recompute(o);
+    }
+    // The readers' loans to `old` are gone with it; readers may still be lent to (they may
+    // own other locks): their own priority is theirs to keep.
+    (head, n)
+}
+
+/// `t` stops waiting without the lock (a timeout): it leaves the queue with a turnstile back
+/// and its loan is withdrawn along the chain.
+pub fn unblock<T: PiThread>(chain: &mut Chain<T>, t: &T) {
+    let Some(ts) = t.links().blocked_on() else { return };
+    let owner = ts.owner.get();
+    dequeue(chain, ts, t);
+    // SAFETY: the owner of a lock with waiters is alive (module doc); `dequeue` did not
+    // release it.
+    if let Some(o) = unsafe { owner.as_ref() } {
+        recompute(o);
+    }
+}
+
+/// A broken invariant of priority inheritance ([`check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PiViolation {
+    /// The thread.
+    pub thread: usize,
+    /// Its effective priority.
+    pub eff: u8,
+    /// max(base, lenders).
+    pub want: u8,
 }
 
 impl core::fmt::Display for PiViolation {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match *self {
-            PiViolation::Effective { thread, eff, want } => {
-                write!(f, "thread {thread:#x}: eff {eff} != max(base, lenders) {want}")
-            }
-            PiViolation::StaleLoan { thread, lender, lends, lender_eff } => {
-                write!(f, "thread {thread:#x}: lender {lender:#x} lends {lends} but has eff {lender_eff:?}")
-            }
-        }
+        write!(f, "thread {:#x}: eff {} != max(base, lenders) {}", self.thread, self.eff, self.want)
     }
+}
+
+/// Checks `t`'s invariant (tests): its effective priority is the maximum of its base and its
+/// lenders' effective priorities.
+pub fn check<T: PiThread>(t: &T) -> Result<(), PiViolation> {
+    let mut want = t.base_pri();
+    t.links().for_each_contested(|ts| want = want.max(ts.top_pri()));
+    if t.eff_pri() != want {
+        return Err(PiViolation { thread: addr(t), eff: t.eff_pri(), want });
+    }
+    Ok(())
 }

@@ -16,7 +16,7 @@
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use ipl::Ipl;
 use machine::Machine;
@@ -83,6 +83,16 @@ impl<E: Env> RawRwLock<E> {
         w.release::<E::M>(E::sched().current().held_locks(), self.addr(), class)
     }
 
+    /// Drops the checker's record of a hold it recorded (a guard's `Checked` release),
+    /// whether or not checking is still on.
+    #[cold]
+    #[inline(never)]
+    fn forget(&self) {
+        let w = &E::sync().witness;
+        let class = w.class_of::<E::M>(&self.class, self.name, LockKind::RwLock);
+        w.forget::<E::M>(E::sched().current().held_locks(), self.addr(), class);
+    }
+
     fn note(&self, contended: bool) {
         let w = &E::sync().witness;
         if w.stats_on() {
@@ -92,27 +102,35 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// Acquires for reading. `false` only if the checker refused (recursion, `Record`).
-    ///
-    /// Fast path: one load, one test (which also sees the checker's "active" value, so a
-    /// checked or counted acquisition goes to the slow path), one `cmpxchg`.
     #[inline(always)]
     pub fn read_enter(&self) -> bool {
+        self.read_enter_mode() != Mode::Refused
+    }
+
+    /// The read fast path: one load, one test of the flags, one `cmpxchg` whose expected
+    /// value carries the checker's bit (bit 63 while checking or statistics are on, never set
+    /// in a word: the `cmpxchg` fails into the slow path) — NetBSD's `rw_enter`, with the
+    /// run-time checker costing one `or`.
+    #[inline(always)]
+    fn read_enter_mode(&self) -> Mode {
         let v = self.word.load(Ordering::Relaxed);
-        let busy = (v & (WAITERS | WRITE_LOCKED | WRITE_WANTED)) | E::sync().witness.fast_expect();
-        if busy == 0
-            && self.word.compare_exchange(v, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok()
-        {
-            return true;
+        if v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0 {
+            let expect = v | E::sync().witness.fast_rw_expect();
+            if self.word.compare_exchange(expect, v + READER, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return Mode::Unchecked;
+            }
         }
         self.read_enter_slow()
     }
 
     #[cold]
     #[inline(never)]
-    fn read_enter_slow(&self) -> bool {
-        let active = E::sync().witness.active();
-        if E::sync().witness.checking() && !self.check_acquire() {
-            return false;
+    fn read_enter_slow(&self) -> Mode {
+        let w = &E::sync().witness;
+        let active = w.active();
+        let checked = w.checking();
+        if checked && !self.check_acquire() {
+            return Mode::Refused;
         }
         let v = self.word.load(Ordering::Relaxed);
         let fast = v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0
@@ -123,17 +141,40 @@ impl<E: Env> RawRwLock<E> {
         if active {
             self.note(!fast);
         }
-        true
+        if checked {
+            Mode::Checked
+        } else {
+            Mode::Unchecked
+        }
     }
 
     /// Acquires for writing. `false` only if the checker refused.
-    #[inline]
+    #[inline(always)]
     pub fn write_enter(&self) -> bool {
-        let active = E::sync().witness.active();
-        if E::sync().witness.checking() && !self.check_acquire() {
-            return false;
+        self.write_enter_mode(me::<E>()) != Mode::Refused
+    }
+
+    /// The write fast path: one `cmpxchg` from the free word (0, with the checker's bit
+    /// while it is on) to `me | WRITE_LOCKED`.
+    #[inline(always)]
+    fn write_enter_mode(&self, me: usize) -> Mode {
+        let expect = E::sync().witness.fast_rw_expect();
+        if self.word.compare_exchange(expect, me | WRITE_LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        {
+            return Mode::Unchecked;
         }
-        let me = me::<E>();
+        self.write_enter_slow(me)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn write_enter_slow(&self, me: usize) -> Mode {
+        let w = &E::sync().witness;
+        let active = w.active();
+        let checked = w.checking();
+        if checked && !self.check_acquire() {
+            return Mode::Refused;
+        }
         let fast =
             self.word.compare_exchange(0, me | WRITE_LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok();
         if !fast {
@@ -142,7 +183,11 @@ impl<E: Env> RawRwLock<E> {
         if active {
             self.note(!fast);
         }
-        true
+        if checked {
+            Mode::Checked
+        } else {
+            Mode::Unchecked
+        }
     }
 
     /// Tries to acquire for reading without waiting.
@@ -202,10 +247,8 @@ impl<E: Env> RawRwLock<E> {
                 E::M::relax();
                 continue;
             }
-            let granted = AtomicBool::new(false);
-            let me_arc = sched.current_arc();
             let io = E::M::intr_disable();
-            let mut ts = sync.turnstiles.lock(&io);
+            let mut ts = sync.turnstiles.lock(self.addr(), &io);
             let v = self.word.load(Ordering::Relaxed);
             let free_for_us = if writer { v == 0 } else { v & (WAITERS | WRITE_LOCKED | WRITE_WANTED) == 0 };
             if free_for_us {
@@ -217,16 +260,17 @@ impl<E: Env> RawRwLock<E> {
                 continue;
             }
             let owner = (v & WRITE_LOCKED != 0).then_some((v & !FLAGS) as *const sched::Thread<E>);
-            if ts.block(sched, self.addr(), &me_arc, writer, owner, &granted).is_err() {
+            let me_t = sched.current();
+            if ts.block(me_t, writer, owner).is_err() {
                 drop(ts);
                 drop(io);
                 sync.witness
-                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_arc.name().into() });
+                    .report::<E::M>(Violation::Deadlock { lock: self.name, thread: me_t.name().into() });
                 panic!("rwlock \"{}\": deadlock", self.name);
             }
             sched.sleep_prepare(&io);
             drop(ts);
-            while !granted.load(Ordering::Acquire) {
+            while !me_t.ext().granted() {
                 sched.sleep_commit(&io);
                 sched.sleep_prepare(&io);
             }
@@ -235,27 +279,39 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Releases a read hold. Fast path: one load, one test (waiters, a checked hold, or a
-    /// misuse all take the slow path), one `cmpxchg`.
+    /// Releases a read hold taken by [`RawRwLock::read_enter`] (the checker forgets it first
+    /// while checking is on).
     #[inline(always)]
     pub fn read_exit(&self) {
+        if E::sync().witness.checking() && !self.check_release() {
+            return;
+        }
         let v = self.word.load(Ordering::Relaxed);
-        let odd = (v & (WAITERS | WRITE_LOCKED)) | E::sync().witness.fast_expect();
-        if odd == 0
-            && v >= READER
+        assert!(
+            v & WRITE_LOCKED == 0 && v >= READER,
+            "rwlock \"{}\": read_exit without a read hold",
+            self.name
+        );
+        self.read_release();
+    }
+
+    /// The read release of a read hold (the caller holds one: a guard, or `read_exit`,
+    /// which checked), without the checker: one load, one test (waiters), one `cmpxchg`;
+    /// the last reader out with waiters hands the lock over.
+    #[inline(always)]
+    fn read_release(&self) {
+        let v = self.word.load(Ordering::Relaxed);
+        if v & (WAITERS | WRITE_LOCKED) == 0
             && self.word.compare_exchange(v, v - READER, Ordering::Release, Ordering::Relaxed).is_ok()
         {
             return;
         }
-        self.read_exit_slow();
+        self.read_release_slow();
     }
 
     #[cold]
     #[inline(never)]
-    fn read_exit_slow(&self) {
-        if E::sync().witness.checking() && !self.check_release() {
-            return;
-        }
+    fn read_release_slow(&self) {
         let mut v = self.word.load(Ordering::Relaxed);
         loop {
             assert!(
@@ -273,13 +329,18 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Releases the write hold.
+    /// Releases the write hold (the checker forgets it first while checking is on).
     #[inline]
     pub fn write_exit(&self) {
         if E::sync().witness.checking() && !self.check_release() {
             return;
         }
-        let me = me::<E>();
+        self.write_release(me::<E>());
+    }
+
+    /// The write release, without the checker: one `cmpxchg` `me | WRITE_LOCKED` → 0.
+    #[inline(always)]
+    fn write_release(&self, me: usize) {
         if self.word.compare_exchange(me | WRITE_LOCKED, 0, Ordering::Release, Ordering::Relaxed).is_err() {
             self.write_exit_slow(me);
         }
@@ -287,11 +348,10 @@ impl<E: Env> RawRwLock<E> {
 
     #[cold]
     fn last_reader_exit(&self) {
-        let sched = E::sched();
         // Interrupts stay disabled until the granted threads are awake (see the mutex).
         let io = E::M::intr_disable();
-        let woken = {
-            let mut ts = E::sync().turnstiles.lock(&io);
+        let granted = {
+            let mut ts = E::sync().turnstiles.lock(self.addr(), &io);
             // Acquire: the other readers' releases (their decrements) must be ordered before
             // the writer we hand the lock to (found by the loom model).
             let v = self.word.load(Ordering::Acquire);
@@ -303,17 +363,11 @@ impl<E: Env> RawRwLock<E> {
             }
             // Waiters behind readers are writers (readers only block when a writer is
             // waiting or holding): hand to the most urgent.
-            match ts.take_first(self.addr()) {
-                None => {
-                    self.word.store(0, Ordering::Release);
-                    None
-                }
-                Some(w) => self.grant(&mut ts, sched, None, w),
-            }
+            let g = ts.release(None);
+            self.set_word_for(&g);
+            g
         };
-        for t in woken.into_iter().flatten() {
-            sched.wakeup(&t);
-        }
+        granted.wake();
         drop(io);
     }
 
@@ -340,63 +394,30 @@ impl<E: Env> RawRwLock<E> {
         );
         let sched = E::sched();
         let io = E::M::intr_disable();
-        let woken = {
-            let mut ts = E::sync().turnstiles.lock(&io);
-            let me_ptr = me as *const sched::Thread<E>;
-            match ts.take_first(self.addr()) {
-                None => {
-                    ts.transfer(sched, self.addr(), Some(me_ptr), None);
-                    self.word.store(0, Ordering::Release);
-                    None
-                }
-                Some(w) => self.grant(&mut ts, sched, Some(me_ptr), w),
-            }
+        let granted = {
+            let mut ts = E::sync().turnstiles.lock(self.addr(), &io);
+            let g = ts.release(Some(me as *const sched::Thread<E>));
+            self.set_word_for(&g);
+            g
         };
-        for t in woken.into_iter().flatten() {
-            sched.wakeup(&t);
-        }
+        granted.wake();
         drop(io);
         sched.preempt_check();
     }
 
-    /// Grants the lock to `first` (and, if it is a reader, to every waiting reader).
-    /// Returns the threads to wake.
-    fn grant(
-        &self,
-        ts: &mut crate::turnstile::TsGuard<'_, E>,
-        sched: &'static sched::Scheduler<E>,
-        old_owner: Option<*const sched::Thread<E>>,
-        first: crate::turnstile::Waiter<E>,
-    ) -> Option<alloc::vec::Vec<alloc::sync::Arc<sched::Thread<E>>>> {
-        let lock = self.addr();
-        let mut wake = alloc::vec::Vec::new();
-        if first.writer {
-            ts.transfer(sched, lock, old_owner, Some(&first.thread));
-            let more = ts.waiters(lock) > 0;
-            let flags =
-                if more { WAITERS } else { 0 } | if ts.writer_waiting(lock) { WRITE_WANTED } else { 0 };
-            self.word.store(
-                alloc::sync::Arc::as_ptr(&first.thread) as usize | WRITE_LOCKED | flags,
-                Ordering::Release,
-            );
-            first.grant();
-            wake.push(first.thread.clone());
+    /// Writes the lock word for what a release granted (under the turnstile locks): free, the
+    /// heir writer, or the readers; with the waiters and writer-wanted bits for who is left.
+    fn set_word_for(&self, g: &crate::turnstile::Granted<E>) {
+        let flags =
+            if g.waiters_left { WAITERS } else { 0 } | if g.writer_waiting { WRITE_WANTED } else { 0 };
+        let word = if g.count == 0 {
+            0
+        } else if g.writer {
+            g.heir as usize | WRITE_LOCKED | flags
         } else {
-            ts.transfer(sched, lock, old_owner, None);
-            let mut readers = ts.take_readers(lock);
-            readers.push(first);
-            for r in &readers {
-                ts.unblock(sched, &r.thread);
-            }
-            let more = ts.waiters(lock) > 0;
-            let flags = if more { WAITERS | WRITE_WANTED } else { 0 };
-            self.word.store((readers.len() * READER) | flags, Ordering::Release);
-            for r in &readers {
-                r.grant();
-                wake.push(r.thread.clone());
-            }
-        }
-        Some(wake)
+            (g.count * READER) | flags
+        };
+        self.word.store(word, Ordering::Release);
     }
 }
 
@@ -420,14 +441,16 @@ impl<T, E: Env> RwLock<T, E> {
     /// Shared access.
     #[inline(always)]
     pub fn read(&self) -> RwLockReadGuard<'_, T, E> {
-        let held = self.raw.read_enter();
-        RwLockReadGuard { l: self, held }
+        let mode = self.raw.read_enter_mode();
+        RwLockReadGuard { l: self, mode, _not_send: PhantomData }
     }
 
     /// Exclusive access.
+    #[inline(always)]
     pub fn write(&self) -> RwLockWriteGuard<'_, T, E> {
-        let held = self.raw.write_enter();
-        RwLockWriteGuard { l: self, held }
+        let me = me::<E>();
+        let mode = self.raw.write_enter_mode(me);
+        RwLockWriteGuard { l: self, mode, me, _not_send: PhantomData }
     }
 
     /// The raw lock.
@@ -436,22 +459,44 @@ impl<T, E: Env> RwLock<T, E> {
     }
 }
 
+/// How a guard's lock was taken: its release mirrors it (the checker forgets exactly the
+/// holds it recorded, whatever `kern.lockcheck` says at the release).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// The checker refused (recursion under `Policy::Record`): nothing is held.
+    Refused,
+    /// Held, not recorded by the checker.
+    Unchecked,
+    /// Held and recorded by the checker.
+    Checked,
+}
+
 /// Shared hold; releases on drop.
 pub struct RwLockReadGuard<'a, T, E: Env> {
     l: &'a RwLock<T, E>,
-    held: bool,
+    mode: Mode,
+    /// A hold belongs to the thread that took it.
+    _not_send: PhantomData<*const ()>,
 }
 
 /// Exclusive hold; releases on drop.
 pub struct RwLockWriteGuard<'a, T, E: Env> {
     l: &'a RwLock<T, E>,
-    held: bool,
+    mode: Mode,
+    /// The holder (loaded once, at the enter).
+    me: usize,
+    /// A hold belongs to the thread that took it.
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<T, E: Env> Deref for RwLockReadGuard<'_, T, E> {
     type Target = T;
     fn deref(&self) -> &T {
-        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        assert!(
+            self.mode != Mode::Refused,
+            "rwlock \"{}\": refused acquisition dereferenced",
+            self.l.raw.name
+        );
         // SAFETY: we hold a read lock: no writer exists.
         unsafe { &*self.l.value.get() }
     }
@@ -460,8 +505,13 @@ impl<T, E: Env> Deref for RwLockReadGuard<'_, T, E> {
 impl<T, E: Env> Drop for RwLockReadGuard<'_, T, E> {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.held {
-            self.l.raw.read_exit();
+        match self.mode {
+            Mode::Refused => {}
+            Mode::Unchecked => self.l.raw.read_release(),
+            Mode::Checked => {
+                self.l.raw.forget();
+                self.l.raw.read_release();
+            }
         }
     }
 }
@@ -469,7 +519,11 @@ impl<T, E: Env> Drop for RwLockReadGuard<'_, T, E> {
 impl<T, E: Env> Deref for RwLockWriteGuard<'_, T, E> {
     type Target = T;
     fn deref(&self) -> &T {
-        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        assert!(
+            self.mode != Mode::Refused,
+            "rwlock \"{}\": refused acquisition dereferenced",
+            self.l.raw.name
+        );
         // SAFETY: we hold the write lock.
         unsafe { &*self.l.value.get() }
     }
@@ -477,16 +531,26 @@ impl<T, E: Env> Deref for RwLockWriteGuard<'_, T, E> {
 
 impl<T, E: Env> DerefMut for RwLockWriteGuard<'_, T, E> {
     fn deref_mut(&mut self) -> &mut T {
-        assert!(self.held, "rwlock \"{}\": refused acquisition dereferenced", self.l.raw.name);
+        assert!(
+            self.mode != Mode::Refused,
+            "rwlock \"{}\": refused acquisition dereferenced",
+            self.l.raw.name
+        );
         // SAFETY: we hold the write lock; `&mut self` is unique.
         unsafe { &mut *self.l.value.get() }
     }
 }
 
 impl<T, E: Env> Drop for RwLockWriteGuard<'_, T, E> {
+    #[inline(always)]
     fn drop(&mut self) {
-        if self.held {
-            self.l.raw.write_exit();
+        match self.mode {
+            Mode::Refused => {}
+            Mode::Unchecked => self.l.raw.write_release(self.me),
+            Mode::Checked => {
+                self.l.raw.forget();
+                self.l.raw.write_release(self.me);
+            }
         }
     }
 }

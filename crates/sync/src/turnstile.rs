@@ -1,62 +1,70 @@
 //! Turnstiles: where threads block on mutexes and rwlocks, with priority inheritance.
 //!
-//! One turnstile table for the system, behind one spin lock (taken with interrupts
-//! disabled). It holds, per lock address with blocked threads, the queue of waiters, and the
-//! [`PiBook`] of loans. A single lock keeps the priority-inheritance walk along chains of
-//! owners (A waits on B's lock while B waits on C's) simple and obviously race-free; NetBSD
-//! hashes turnstile chains and locks two at a time for the walk, which we can adopt if
-//! `lockstat` ever shows this lock contended. Lock order: turnstile lock → run-queue locks
-//! (through `Scheduler::set_priority` and `wakeup`); the scheduler never takes it.
+//! ## Protocol (NetBSD's `turnstile_lookup` / `turnstile_block` / `turnstile_wakeup`)
+//! * **Hashed chains.** Active turnstiles (one per lock with blocked threads) hang off
+//!   [`NCHAINS`] hash chains keyed by the lock's address, each behind its own spin lock
+//!   (taken with interrupts disabled). A blocker or a releaser takes the chain lock of *its*
+//!   lock ([`Turnstiles::lock`]), re-reads the lock word under it (the word's waiters bit is
+//!   set and cleared only under that chain lock), and queues itself or grants.
+//! * **Each thread brings its own turnstile** ([`crate::pi`]: Solaris, FreeBSD): the first
+//!   blocker lends its turnstile to the lock, later ones donate theirs to its free list, a
+//!   thread leaving the queue takes one back. Nothing is allocated under these locks.
+//! * **Priority inheritance** crosses chains (A waits on B's lock while B waits on C's), so
+//!   the lending graph — queues, owners, the threads' blocked-on and contested lists — also
+//!   changes under one PI lock, taken after the chain lock (FreeBSD's `td_contested_lock`);
+//!   the walk along a chain of owners reads it under the PI lock alone. Lock order: chain
+//!   lock → PI lock → run-queue locks (through `Scheduler::set_priority`); the scheduler takes
+//!   neither of the first two.
+//! * **Hand-off.** The releaser, under the locks, chooses the heir (the most urgent waiter,
+//!   first come among equals; a reader heir brings every waiting reader), writes the lock
+//!   word for it, and links the granted threads into a wake list. After dropping the locks,
+//!   still with interrupts disabled, it sets each one's `granted` flag (Release) and wakes it.
+//!   A waiter queued itself and called `sleep_prepare` under the locks, and sleeps until it
+//!   sees its flag (Acquire); the `fence(SeqCst)` pair in the scheduler keeps a stray wakeup
+//!   from losing the grant (`tests/loom_turnstile.rs`).
 //!
-//! ## Why dereferencing an owner is safe here
-//! Locks do not hold references to their owners, only addresses. The turnstile dereferences
-//! an owner only while holding the turnstile lock, after it saw (in the lock word) that the
-//! owner still owns the lock *with the waiters bit set*: such an owner cannot release without
-//! taking the turnstile lock, so it cannot have released and exited.
+//! ## Why dereferencing an owner or a waiter is safe here
+//! Locks hold owners' addresses, not references. The turnstile dereferences an owner only
+//! under the locks, after it saw (in the lock word) that the owner still owns the lock *with
+//! the waiters bit set*: such an owner cannot release without taking these locks, so it cannot
+//! have released and exited. A queued waiter holds a strong count on itself, taken when it
+//! blocks and given up by the releaser's wakeup.
 
-use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
-use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::ptr;
 
 use machine::IntrOff;
-use sched::{Priority, SchedEnv, Scheduler, SpinGuard, SpinLock, Thread};
+use sched::{Priority, SchedEnv, SpinGuard, SpinLock, Thread};
 
-use crate::pi::{Changes, Deadlock, PiBook};
+use crate::pi::{self, Chain, Deadlock, PiThread, TsLinks};
+use crate::Env;
 
-/// A thread blocked on a lock.
-pub struct Waiter<E: SchedEnv> {
-    /// The thread.
-    pub thread: Arc<Thread<E>>,
-    /// Writer (or mutex) rather than reader.
-    pub writer: bool,
-    /// Set by the releaser that grants the lock, before it wakes the thread. Points into the
-    /// waiter's stack frame, which lives until it sees the flag set.
-    granted: *const AtomicBool,
-}
+/// Number of hash chains (NetBSD has 128 for many more CPUs; a power of two).
+pub const NCHAINS: usize = 64;
 
-// SAFETY: `granted` points at an `AtomicBool` that stays valid while the waiter is queued
-// (see the field doc); everything else is `Send`.
-unsafe impl<E: SchedEnv> Send for Waiter<E> {}
-
-impl<E: SchedEnv> Waiter<E> {
-    /// Grants the lock: sets the waiter's flag. Wake the thread afterwards.
-    pub fn grant(&self) {
-        // SAFETY: the flag outlives the waiter's presence in the queue (field doc), and the
-        // waiter was just taken out of the queue by the caller, under the turnstile lock.
-        unsafe { (*self.granted).store(true, Ordering::Release) };
+impl<E: Env> PiThread for Thread<E> {
+    #[inline(always)]
+    fn links(&self) -> &TsLinks<Self> {
+        self.ext()
     }
-}
 
-/// Turnstile state behind the lock.
-pub struct TsState<E: SchedEnv> {
-    book: PiBook,
-    queues: BTreeMap<usize, VecDeque<Waiter<E>>>,
+    fn base_pri(&self) -> u8 {
+        self.base_priority().get()
+    }
+
+    fn eff_pri(&self) -> u8 {
+        self.priority().get()
+    }
+
+    fn set_eff_pri(&self, pri: u8) {
+        E::sched().set_priority(self, Priority::new(pri).unwrap_or(Priority::MAX));
+    }
 }
 
 /// The turnstile table.
 pub struct Turnstiles<E: SchedEnv> {
-    state: SpinLock<TsState<E>>,
+    chains: [SpinLock<Chain<Thread<E>>>; NCHAINS],
+    pi: SpinLock<()>,
 }
 
 impl<E: SchedEnv> Default for Turnstiles<E> {
@@ -65,150 +73,139 @@ impl<E: SchedEnv> Default for Turnstiles<E> {
     }
 }
 
+/// The chain a lock hashes to (NetBSD's `TS_HASH`: drop the alignment bits, fold).
+#[inline]
+fn chain_of(lock: usize) -> usize {
+    ((lock >> 3) ^ (lock >> 9)) & (NCHAINS - 1)
+}
+
 impl<E: SchedEnv> Turnstiles<E> {
     /// Empty table.
     pub const fn new() -> Self {
-        Turnstiles { state: SpinLock::new(TsState { book: PiBook::new(), queues: BTreeMap::new() }) }
-    }
-
-    /// Takes the turnstile lock.
-    pub fn lock<'a>(&'a self, io: &'a IntrOff) -> TsGuard<'a, E> {
-        TsGuard { st: self.state.lock(io) }
+        Turnstiles { chains: [const { SpinLock::new(Chain::new()) }; NCHAINS], pi: SpinLock::new(()) }
     }
 }
 
-/// The turnstile lock, held.
-pub struct TsGuard<'a, E: SchedEnv> {
-    st: SpinGuard<'a, TsState<E>>,
-}
-
-fn apply<E: SchedEnv>(sched: &'static Scheduler<E>, changes: &Changes) {
-    for &(key, pri) in changes {
-        // SAFETY: every thread in a change list is a queued waiter (kept alive by its `Arc`
-        // in a queue), the releasing thread itself, or an owner of a lock with waiters, which
-        // cannot exit before releasing through this lock (module doc).
-        let t = unsafe { &*(key as *const Thread<E>) };
-        sched.set_priority(t, Priority::new(pri).unwrap_or(Priority::MAX));
+impl<E: Env> Turnstiles<E> {
+    /// Takes the chain lock of `lock` and the PI lock.
+    pub fn lock<'a>(&'a self, lock: usize, io: &'a IntrOff) -> TsGuard<'a, E> {
+        let chain = self.chains[chain_of(lock)].lock(io);
+        let pi = self.pi.lock(io);
+        TsGuard { chain, _pi: pi, lock }
     }
 }
 
-impl<E: SchedEnv> TsGuard<'_, E> {
-    /// Queues `me` on `lock` (owned by `owner`, or by readers if `None`) and lends its
-    /// priority along the chain. The caller then prepares to sleep, drops the guard, and
-    /// sleeps until `granted` is set.
+/// The locks of one lock's turnstile, held.
+pub struct TsGuard<'a, E: Env> {
+    chain: SpinGuard<'a, Chain<Thread<E>>>,
+    _pi: SpinGuard<'a, ()>,
+    lock: usize,
+}
+
+/// The threads a release granted the lock to (a writer, or every waiting reader), to wake
+/// with [`Granted::wake`] once the turnstile locks are dropped.
+#[must_use = "granted threads must be woken"]
+pub struct Granted<E: Env> {
+    head: *const Thread<E>,
+    /// How many.
+    pub count: usize,
+    /// The heir is a writer (or a mutex waiter); otherwise they are readers.
+    pub writer: bool,
+    /// The heir, if a writer.
+    pub heir: *const Thread<E>,
+    /// Threads still wait after the grant.
+    pub waiters_left: bool,
+    /// A writer still waits after the grant.
+    pub writer_waiting: bool,
+}
+
+impl<E: Env> Granted<E> {
+    /// Sets each granted thread's flag and wakes it, giving up the strong count it took when
+    /// it blocked. Call with the turnstile locks dropped (interrupts may still be disabled).
+    pub fn wake(self) {
+        let mut t = self.head;
+        while !t.is_null() {
+            // SAFETY: `t` was queued, so it holds a strong count on itself, taken in
+            // `TsGuard::block` with `Arc::increment_strong_count`; we consume it here.
+            let arc = unsafe { Arc::from_raw(t) };
+            // Read the link before the grant: the thread may run and block again after it.
+            t = arc.links().wake_next();
+            arc.links().grant();
+            E::sched().wakeup(&arc);
+        }
+    }
+}
+
+impl<E: Env> TsGuard<'_, E> {
+    /// Queues `me` (the running thread) on this lock (owned by `owner`, or by readers if
+    /// `None`) and lends its priority along the chain. The caller then calls `sleep_prepare`,
+    /// drops the guard, and sleeps until [`TsLinks::granted`].
+    // The error carries the cycle in place (`pi::block`).
+    #[allow(clippy::result_large_err)]
     pub fn block(
         &mut self,
-        sched: &'static Scheduler<E>,
-        lock: usize,
-        me: &Arc<Thread<E>>,
+        me: &Thread<E>,
         writer: bool,
         owner: Option<*const Thread<E>>,
-        granted: &AtomicBool,
     ) -> Result<(), Deadlock> {
-        let owner = owner.map(|o| {
-            // SAFETY: the caller saw `o` owning `lock` with the waiters bit set (module doc).
-            let base = unsafe { (*o).base_priority().get() };
-            (o as usize, base)
-        });
-        let changes = self.st.book.block(Arc::as_ptr(me) as usize, me.base_priority().get(), lock, owner)?;
-        apply(sched, &changes);
-        self.st.queues.entry(lock).or_default().push_back(Waiter {
-            thread: me.clone(),
-            writer,
-            granted: granted as *const AtomicBool,
-        });
+        // SAFETY: the caller saw `o` owning the lock with the waiters bit set (module doc).
+        let owner = owner.map(|o| unsafe { &*o });
+        pi::block(&mut self.chain, self.lock, me, writer, owner)?;
+        // SAFETY: `me` is the running thread, which its CPU holds a strong count on; the
+        // count taken here is the queue's, given up by `Granted::wake`.
+        unsafe { Arc::increment_strong_count(me as *const Thread<E>) };
         Ok(())
     }
 
-    /// Number of threads blocked on `lock`.
-    pub fn waiters(&self, lock: usize) -> usize {
-        self.st.queues.get(&lock).map_or(0, |q| q.len())
+    /// Number of threads blocked on the lock.
+    pub fn waiters(&self) -> usize {
+        self.chain.lookup(self.lock).map_or(0, |ts| ts.waiters())
     }
 
-    /// Whether a writer waits on `lock`.
-    pub fn writer_waiting(&self, lock: usize) -> bool {
-        self.st.queues.get(&lock).is_some_and(|q| q.iter().any(|w| w.writer))
+    /// Whether a writer waits on the lock.
+    pub fn writer_waiting(&self) -> bool {
+        self.chain.lookup(self.lock).is_some_and(|ts| ts.writer_waiting())
     }
 
-    /// Takes the waiter to grant `lock` to: the most urgent, first come among equals.
-    pub fn take_first(&mut self, lock: usize) -> Option<Waiter<E>> {
-        let q = self.st.queues.get_mut(&lock)?;
-        let best = q.iter().map(|w| w.thread.priority()).max()?;
-        let i = q.iter().position(|w| w.thread.priority() == best)?;
-        let w = q.remove(i);
-        if q.is_empty() {
-            self.st.queues.remove(&lock);
-        }
-        w
-    }
-
-    /// Takes every waiting reader of `lock`.
-    pub fn take_readers(&mut self, lock: usize) -> Vec<Waiter<E>> {
-        let Some(q) = self.st.queues.get_mut(&lock) else { return Vec::new() };
-        let mut readers = Vec::new();
-        let mut i = 0;
-        while i < q.len() {
-            if !q[i].writer {
-                readers.extend(q.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        if q.is_empty() {
-            self.st.queues.remove(&lock);
-        }
-        readers
-    }
-
-    /// `old_owner` releases `lock`, handing it to `new_owner` (a waiter just taken) or to
-    /// nobody; loans on `lock` are withdrawn from the old owner and the remaining waiters lend
-    /// to the new one.
-    pub fn transfer(
-        &mut self,
-        sched: &'static Scheduler<E>,
-        lock: usize,
-        old_owner: Option<*const Thread<E>>,
-        new_owner: Option<&Arc<Thread<E>>>,
-    ) {
-        let new_key = new_owner.map(|t| Arc::as_ptr(t) as usize);
-        let changes = match old_owner {
-            Some(o) => self.st.book.release(lock, o as usize, new_key),
-            None => match new_key {
-                // Granted by readers leaving: the new owner stops waiting; the others lend to it.
-                Some(n) => {
-                    let mut c = self.st.book.unblock(n);
-                    let rest: Vec<Arc<Thread<E>>> = self
-                        .st
-                        .queues
-                        .get(&lock)
-                        .map(|q| q.iter().map(|w| w.thread.clone()).collect())
-                        .unwrap_or_default();
-                    let nb = new_owner.map_or(0, |t| t.base_priority().get());
-                    for w in rest {
-                        let key = Arc::as_ptr(&w) as usize;
-                        c.extend(self.st.book.unblock(key));
-                        if let Ok(more) =
-                            self.st.book.block(key, w.base_priority().get(), lock, Some((n, nb)))
-                        {
-                            c.extend(more);
-                        }
-                    }
-                    c
-                }
-                None => Changes::new(),
-            },
+    /// The lock's owner `old` (`None`: its last reader) releases it: hands it to the most
+    /// urgent waiter — a writer alone, a reader together with every waiting reader — moving
+    /// the remaining waiters' loans to the heir and withdrawing `old`'s. The caller writes the
+    /// lock word from the result, drops the guard, then calls [`Granted::wake`].
+    pub fn release(&mut self, old: Option<*const Thread<E>>) -> Granted<E> {
+        // SAFETY: `old` is the calling thread, or null.
+        let old = old.map(|o| unsafe { &*o });
+        let none = Granted {
+            head: ptr::null(),
+            count: 0,
+            writer: false,
+            heir: ptr::null(),
+            waiters_left: false,
+            writer_waiting: false,
         };
-        apply(sched, &changes);
-    }
-
-    /// A reader granted the lock stops waiting (its loan, if any, is withdrawn).
-    pub fn unblock(&mut self, sched: &'static Scheduler<E>, t: &Arc<Thread<E>>) {
-        let changes = self.st.book.unblock(Arc::as_ptr(t) as usize);
-        apply(sched, &changes);
-    }
-
-    /// The effective priority the book gives `t` (tests and `ps`).
-    pub fn lent_priority(&self, t: &Thread<E>) -> Option<u8> {
-        self.st.book.effective(t as *const Thread<E> as usize)
+        let Some(ts) = self.chain.lookup(self.lock) else { return none };
+        // SAFETY: the turnstile stays allocated: it is owned by the waiters, one of which at
+        // least remains until `hand_to*` below gives it back to one of them.
+        let ts: &pi::Turnstile<Thread<E>> = unsafe { &*(ts as *const pi::Turnstile<Thread<E>>) };
+        let Some(heir) = pi::most_urgent(ts) else { return none };
+        let heir: *const Thread<E> = heir;
+        // SAFETY: queued, hence alive.
+        let heir = unsafe { &*heir };
+        let writer = heir.links().writer_flag();
+        let (head, count) = if writer {
+            pi::hand_to(&mut self.chain, ts, old, heir);
+            (heir as *const Thread<E>, 1)
+        } else {
+            pi::hand_to_readers(&mut self.chain, ts, old)
+        };
+        let (waiters_left, writer_waiting) =
+            self.chain.lookup(self.lock).map_or((false, false), |t| (t.waiters() > 0, t.writer_waiting()));
+        Granted {
+            head,
+            count,
+            writer,
+            heir: if writer { heir } else { ptr::null() },
+            waiters_left,
+            writer_waiting,
+        }
     }
 }

@@ -221,9 +221,18 @@ pub struct Witness {
     /// What a free adaptive mutex word must equal for the fast path to take it: 0 when the
     /// checker and statistics are off, 1 (never a free word) when either is on.
     expect: AtomicUsize,
+    /// The same for a free spin mutex word: `SPIN` when off, `SPIN | 1` (never a free word)
+    /// when on.
+    spin_expect: AtomicUsize,
+    /// What the rwlock fast paths OR into the expected word: 0 when off, bit 63 (never set
+    /// in a lock word: reader counts and thread addresses stay below it) when on.
+    rw_expect: AtomicUsize,
     policy: AtomicU8,
     recorded: SpinLock<Option<Violation>>,
 }
+
+/// `rw_expect` while checking or statistics are on.
+const RW_ACTIVE: usize = 1 << (usize::BITS - 1);
 
 impl Default for Witness {
     fn default() -> Self {
@@ -241,6 +250,8 @@ impl Witness {
             order: SpinLock::new(BTreeSet::new()),
             flags: AtomicU8::new(0),
             expect: AtomicUsize::new(0),
+            spin_expect: AtomicUsize::new(crate::mutex::SPIN),
+            rw_expect: AtomicUsize::new(0),
             policy: AtomicU8::new(0),
             recorded: SpinLock::new(None),
         }
@@ -259,6 +270,20 @@ impl Witness {
     fn update_expect(&self) {
         let active = self.flags.load(Ordering::Relaxed) != 0;
         self.expect.store(usize::from(active), Ordering::Relaxed);
+        self.spin_expect.store(crate::mutex::SPIN | usize::from(active), Ordering::Relaxed);
+        self.rw_expect.store(if active { RW_ACTIVE } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// What the rwlock fast paths OR into the expected word (see `rw_expect`).
+    #[inline(always)]
+    pub fn fast_rw_expect(&self) -> usize {
+        self.rw_expect.load(Ordering::Relaxed)
+    }
+
+    /// The free value the spin mutex fast path compares against (see `spin_expect`).
+    #[inline(always)]
+    pub fn fast_spin_expect(&self) -> usize {
+        self.spin_expect.load(Ordering::Relaxed)
     }
 
     /// The free value the lock fast paths compare against (see `expect`).

@@ -34,15 +34,25 @@ fn adaptive_enter_exit(b: &mut Bencher) {
 }
 kbench!(B_MUTEX_ADAPTIVE, "mutex.adaptive.enter_exit", adaptive_enter_exit);
 
-/// Uncontended `lock()` + guard drop of a static spin `Mutex<u64>` at `IPL_VM`, from
-/// `IPL_NONE`: the SPL raise and spin-count bookkeeping, the owner-word `cmpxchg`, the release
-/// store, then the spin-count drop and `splx` back to `IPL_NONE`.
+/// Uncontended `spin_lock()` + guard drop of a static spin `Mutex<u64>` at `IPL_VM`, from
+/// `IPL_NONE` — NetBSD's `mutex_spin_enter` + `mutex_spin_exit`: the SPL raise and the
+/// per-CPU nesting count, the owner-word `cmpxchg`, the release store, then the count and
+/// `splx` back to `IPL_NONE`.
 fn spin_enter_exit(b: &mut Bencher) {
-    b.iter(|| drop(SPIN.lock()));
+    b.iter(|| drop(SPIN.spin_lock()));
     assert!(!SPIN.owned(), "spin mutex left held");
     assert_eq!(crate::SPL.current(), Ipl::None, "spin mutex left the level raised");
 }
 kbench!(B_MUTEX_SPIN, "mutex.spin.enter_exit", spin_enter_exit);
+
+/// The same through the kind-blind `lock()` (NetBSD's `mutex_enter` on a spin mutex): the
+/// adaptive `cmpxchg` fails on the spin bit each way before the spin path runs, inline.
+fn spin_enter_exit_generic(b: &mut Bencher) {
+    b.iter(|| drop(SPIN.lock()));
+    assert!(!SPIN.owned(), "spin mutex left held");
+    assert_eq!(crate::SPL.current(), Ipl::None, "spin mutex left the level raised");
+}
+kbench!(B_MUTEX_SPIN_GENERIC, "mutex.spin.enter_exit.generic", spin_enter_exit_generic);
 
 /// Uncontended `read()` + guard drop of a static `RwLock<u64>`: load, `cmpxchg` adding a
 /// reader, load, `cmpxchg` removing it.

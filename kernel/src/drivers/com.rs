@@ -408,6 +408,12 @@ pub struct Com2Fault {
 static COM2_STUCK: AtomicBool = AtomicBool::new(false);
 /// Interrupts COM2's filter saw.
 pub static COM2_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// COM2 filter runs while the storm rule held the source throttled, beyond the arrival that
+/// throttled it (whose filter still runs, `intr::Intr::arrive`): must stay 0 — nothing runs
+/// for a throttled source before the storm thread lifts the throttle (torture checks it).
+pub static COM2_RUNS_THROTTLED: AtomicU64 = AtomicU64::new(0);
+/// The throttle (its `throttled_at`) whose first filter run has been seen.
+static COM2_THROTTLE_SEEN: AtomicU64 = AtomicU64::new(0);
 static COM2: spin_once::Once<Com2Fault> = spin_once::Once::new();
 
 impl Com2Fault {
@@ -432,6 +438,15 @@ impl Com2Fault {
                 line,
                 Some(alloc::boxed::Box::new(|ctx| {
                     COM2_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+                    if let Some(c) = COM2.get() {
+                        let st = c.storm();
+                        if st.throttled.load(Ordering::Acquire) {
+                            let at = st.throttled_at.load(Ordering::Relaxed);
+                            if COM2_THROTTLE_SEEN.swap(at, Ordering::Relaxed) == at {
+                                COM2_RUNS_THROTTLED.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
                     if COM2_STUCK.load(Ordering::Relaxed) {
                         // The fault: claim the interrupt without reading the interrupt
                         // identification, so the THRE condition is never acknowledged; the
@@ -449,6 +464,11 @@ impl Com2Fault {
             )
             .map_err(|error| DriverError::Establish { device: "com2", error })?;
         Ok(COM2.set(Com2Fault { _source: source }))
+    }
+
+    /// The source's storm state (throttled, storming, storms counted).
+    pub fn storm(&self) -> &intr::storm::StormState {
+        &self._source.source().storm
     }
 
     /// Turns the fault on (transmit-empty interrupt enabled, never acknowledged) or off

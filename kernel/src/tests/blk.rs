@@ -33,7 +33,7 @@ pub fn pattern(sector: u64, round: u64, i: usize) -> u8 {
 }
 
 /// Request length in sectors (1..=8) of the request starting at `sector`.
-fn sectors_at(sector: u64) -> u64 {
+pub(crate) fn sectors_at(sector: u64) -> u64 {
     1 + (sector.wrapping_mul(7) >> 2) % (MAX_BYTES / SECTOR) as u64
 }
 

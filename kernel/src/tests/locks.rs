@@ -345,3 +345,130 @@ fn lock_api_interop() -> TestResult {
     Ok(())
 }
 ktest!(T_LOCKAPI, "locks::interop::lock_api", lock_api_interop);
+
+static SPIN_FAST: Mutex<Shared> = Mutex::new_spin("test.hammer.spin_lock", Ipl::Vm, Shared { count: 0 });
+static SPIN_HIGH: Mutex<()> = Mutex::new_spin("test.spin_lock.high", Ipl::High, ());
+
+/// `spin_lock()` (NetBSD's `mutex_spin_enter` path) from every CPU: the counter is exact, the
+/// levels nest (the outermost's saved level comes back at the last release, in any release
+/// order) and the per-CPU nesting count returns to zero.
+fn spin_lock_path() -> TestResult {
+    let n = ncpus();
+    let before = SPIN_FAST.spin_lock().count;
+    let per = 3000u64;
+    let threads = 2 * n + 2;
+    let hs: Vec<_> = (0..threads)
+        .map(|i| {
+            SCHED.spawn("spin-lock", Priority::KTHREAD, Some(i % n), move || {
+                for k in 0..per {
+                    let mut g = SPIN_FAST.spin_lock();
+                    let c = g.count;
+                    if k % 64 == 0 {
+                        // Nested, released out of order: the level stays at IPL_HIGH
+                        // until the outermost goes.
+                        let h = SPIN_HIGH.spin_lock();
+                        g.count = c + 1;
+                        drop(g);
+                        drop(h);
+                        continue;
+                    }
+                    g.count = c + 1;
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join();
+    }
+    kassert_eq!(SPIN_FAST.spin_lock().count - before, threads as u64 * per, "lost updates under spin_lock");
+    kassert_eq!(crate::SPL.current(), Ipl::None, "spin_lock left the SPL raised");
+    kassert_eq!(crate::SPL.spin_count(), 0, "spin_lock left the nesting count");
+    let x = crate::SPL.splraise(Ipl::SoftNet);
+    {
+        let _a = SPIN_FAST.spin_lock();
+        kassert_eq!(crate::SPL.current(), Ipl::Vm);
+        {
+            let _b = SPIN_HIGH.spin_lock();
+            kassert_eq!(crate::SPL.current(), Ipl::High);
+            kassert_eq!(crate::SPL.spin_count(), 2);
+        }
+        kassert_eq!(crate::SPL.current(), Ipl::High, "the level dropped before the outermost release");
+    }
+    kassert_eq!(crate::SPL.current(), Ipl::SoftNet, "the outermost release did not restore the saved level");
+    crate::SPL.splx(x);
+    Ok(())
+}
+ktest!(T_SPIN_LOCK, "locks::mutex::spin_lock_path", spin_lock_path);
+
+static TOGGLE_SPIN: Mutex<()> = Mutex::new_spin("test.toggle.spin", Ipl::Vm, ());
+static TOGGLE_ADAPTIVE: Mutex<()> = Mutex::new_adaptive("test.toggle.adaptive", ());
+static TOGGLE_RW: RwLock<()> = RwLock::new("test.toggle.rw", ());
+
+/// Locks the checker recorded for the current thread.
+fn recorded_holds() -> usize {
+    let io = <arch::X86_64 as machine::Machine>::intr_disable();
+    let n = SCHED.current().held_locks().lock(&io).len();
+    n
+}
+
+/// `kern.lockcheck` switched at run time while locks are held: a hold taken unchecked is
+/// released without the checker (no "release of a lock not held", no stale record), a hold the
+/// checker recorded is forgotten at its release even with checking off by then — so a later
+/// acquisition is not taken for a recursion. For every fast path: `spin_lock`, `lock` on both
+/// kinds, rwlock read and write guards.
+fn checker_switched_under_holds() -> TestResult {
+    use sync::Policy;
+    let w = &crate::locks::SYNC.witness;
+    let was = w.checking();
+    w.set_policy(Policy::Record);
+    let _ = w.take_violation::<arch::X86_64>();
+    let base = recorded_holds();
+    let mut out = Ok(());
+    for round in 0..2 {
+        let on_at_enter = round == 1;
+        w.set_checking(on_at_enter);
+        // Sleeping locks first: none may be taken under a spin mutex.
+        let a = TOGGLE_ADAPTIVE.lock();
+        let r = TOGGLE_RW.read();
+        let s = TOGGLE_SPIN.spin_lock();
+        let l = TOGGLE_SPIN.raw().is_locked();
+        drop(s);
+        let s2 = TOGGLE_SPIN.lock();
+        let held_now = recorded_holds() - base;
+        w.set_checking(!on_at_enter);
+        drop(s2);
+        drop(r);
+        drop(a);
+        {
+            let _wg = TOGGLE_RW.write();
+        }
+        w.set_checking(on_at_enter);
+        let again_rw = TOGGLE_RW.write();
+        let again = TOGGLE_SPIN.spin_lock();
+        drop(again);
+        drop(again_rw);
+        let v = w.take_violation::<arch::X86_64>();
+        let left = recorded_holds() - base;
+        let check = (|| -> TestResult {
+            kassert!(l, "spin_lock did not take the mutex");
+            kassert_eq!(
+                held_now,
+                if on_at_enter { 3 } else { 0 },
+                "holds recorded (checker on at enter: {on_at_enter})"
+            );
+            kassert_eq!(v, None, "a report after switching the checker (on at enter: {on_at_enter})");
+            kassert_eq!(left, 0, "records left behind (on at enter: {on_at_enter})");
+            kassert!(!TOGGLE_SPIN.raw().is_locked() && TOGGLE_RW.raw().readers() == 0, "a lock left held");
+            kassert_eq!(crate::SPL.current(), Ipl::None);
+            Ok(())
+        })();
+        if check.is_err() {
+            out = check;
+            break;
+        }
+    }
+    w.set_policy(Policy::Panic);
+    w.set_checking(was);
+    out
+}
+ktest!(T_TOGGLE, "locks::checker::switched_under_holds", checker_switched_under_holds);

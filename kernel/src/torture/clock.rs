@@ -1,0 +1,129 @@
+//! Two more guest-generated sources of a torture run: each CPU's LAPIC timer, counted, and
+//! COM2's stuck line, injected from time to time.
+//!
+//! ## The LAPIC timer
+//! Each CPU's one-shot timer is the scheduler's clock (`arch::apic`, "The clock"): armed for
+//! the next tick or the earliest timed sleep, re-armed by every clock interrupt and by a
+//! sleep due before what is armed. `arch::apic` counts per CPU the expiries armed (raised),
+//! the arms made before the previous one interrupted, which supersede it (merged: its
+//! countdown restarts, or its pending interrupt is the one delivery of both), and the clock
+//! interrupts (delivered). Since every clock interrupt re-arms, a CPU with interrupts
+//! disabled, outside its clock interrupt, has exactly one expiry outstanding. Each CPU's
+//! heartbeat thread checks `raised - merged - delivered == 1` on its own CPU with interrupts
+//! disabled ([`check_timer`]): less is a clock interrupt with nothing armed
+//! (`timer-duplicate`), more an arm the clock interrupt did not take (`timer-lost`). A CPU
+//! whose timer stopped interrupting stops its own heartbeat thread's sleeps too: the
+//! heartbeat check reports it. The end prints the totals (`@@ torture-timer`), and the
+//! deliveries count in the run's interrupts.
+//!
+//! ## COM2's stuck line
+//! A thread ([`com2`]) turns COM2's fault on (`drivers::com::Com2Fault`: the transmit-empty
+//! interrupt enabled and never acknowledged, the level-triggered line held asserted) for 10
+//! to 40 guest ms at random times, then off, and checks the storm rule (crates/intr/src/
+//! storm.rs) on it: the storm is detected while the line is stuck (`storm-undetected`: the
+//! source's storm count did not grow), the source is re-enabled and the storm declared over
+//! within [`RECOVER_NS`] of the release (`storm-stuck`), the line is then quiet
+//! (`storm-line`: its filter still runs), and no filter runs for the throttled source before
+//! the storm thread lifts the throttle (`storm-throttled`: `drivers::com::COM2_RUNS_THROTTLED`,
+//! counted by COM2's filter, beyond the arrival that throttled it). Guest-generated: the
+//! injection is deterministic from the seed.
+
+use core::sync::atomic::Ordering::SeqCst;
+
+use arch::{apic, kprintln, X86_64};
+use machine::Machine;
+
+use crate::drivers::com::{self, Com2Fault};
+use crate::SCHED;
+
+use super::{now, violation, Rng, COM2, STOP, TIMER};
+
+/// Guest time after COM2's release by which the storm must be over: the longest backoff,
+/// the quiet time, and a margin.
+const RECOVER_NS: u64 = 2_000_000_000;
+
+/// This CPU's timer accounting: a violation unless exactly one expiry is outstanding. Call
+/// on the CPU (a thread pinned there).
+pub fn check_timer() {
+    let c = X86_64::cpu_index();
+    let (armed, replaced, fired) = {
+        let _io = X86_64::intr_disable();
+        (
+            apic::TIMER_ARMED[c].load(SeqCst),
+            apic::TIMER_REPLACED[c].load(SeqCst),
+            apic::TIMER_FIRED[c].load(SeqCst),
+        )
+    };
+    let outstanding = armed as i128 - replaced as i128 - fired as i128;
+    if outstanding < 1 {
+        violation("timer-duplicate", Some(TIMER), c);
+    } else if outstanding > 1 {
+        violation("timer-lost", Some(TIMER), c);
+    }
+}
+
+/// The timer totals over every CPU: (raised, merged, delivered).
+pub fn timer_totals(ncpus: usize) -> (u64, u64, u64) {
+    let sum = |a: &[core::sync::atomic::AtomicU64]| a.iter().take(ncpus).map(|x| x.load(SeqCst)).sum::<u64>();
+    (sum(&apic::TIMER_ARMED), sum(&apic::TIMER_REPLACED), sum(&apic::TIMER_FIRED))
+}
+
+/// Stuck-line injections, storms seen and releases recovered, over the boot.
+pub struct Com2Counts {
+    pub injections: u64,
+    pub storms: u64,
+    pub recovered: u64,
+}
+
+static INJECTIONS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static RECOVERED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The COM2 thread of one load (see the module doc); returns when the load stops, with the
+/// line released and recovered.
+pub fn com2(seed: u64, fault: &'static Com2Fault) {
+    let mut rng = Rng::new(seed, 11);
+    while !STOP.load(SeqCst) {
+        SCHED.sleep_ns(20_000_000 + rng.below(200_000_000));
+        if STOP.load(SeqCst) {
+            break;
+        }
+        let storms = fault.storm().storms.load(SeqCst);
+        INJECTIONS.fetch_add(1, SeqCst);
+        fault.set_stuck(true);
+        SCHED.sleep_ns(10_000_000 + rng.below(30_000_000));
+        fault.set_stuck(false);
+        let cpu = X86_64::cpu_index();
+        if fault.storm().storms.load(SeqCst) == storms {
+            violation("storm-undetected", Some(COM2), cpu);
+        }
+        let until = now() + RECOVER_NS;
+        let st = fault.storm();
+        while (st.throttled.load(SeqCst) || st.storming.load(SeqCst)) && now() < until {
+            SCHED.sleep_ns(5_000_000);
+        }
+        if st.throttled.load(SeqCst) || st.storming.load(SeqCst) {
+            violation("storm-stuck", Some(COM2), cpu);
+            continue;
+        }
+        let n = com::COM2_INTERRUPTS.load(SeqCst);
+        SCHED.sleep_ns(10_000_000);
+        if com::COM2_INTERRUPTS.load(SeqCst) != n {
+            violation("storm-line", Some(COM2), cpu);
+        }
+        RECOVERED.fetch_add(1, SeqCst);
+    }
+    if com::COM2_RUNS_THROTTLED.load(SeqCst) != 0 {
+        kprintln!("@@ torture-diag com2 runs_throttled={}", com::COM2_RUNS_THROTTLED.load(SeqCst));
+        violation("storm-throttled", Some(COM2), X86_64::cpu_index());
+        com::COM2_RUNS_THROTTLED.store(0, SeqCst);
+    }
+}
+
+/// What [`com2`] did over the boot.
+pub fn com2_counts(fault: Option<&'static Com2Fault>) -> Com2Counts {
+    Com2Counts {
+        injections: INJECTIONS.load(SeqCst),
+        storms: fault.map_or(0, |f| f.storm().storms.load(SeqCst)),
+        recovered: RECOVERED.load(SeqCst),
+    }
+}

@@ -1,0 +1,396 @@
+//! The torture run's monitor (`mod.rs` describes the run): a thread on CPU 0 above every load
+//! thread that runs the warm-up load and the main load ([`Monitor::load`]: sources established,
+//! load threads started, checked every 10 ms, then quiesced and torn down), prints the
+//! progress lines and the violations, checks the heartbeat, and at the end the per-source
+//! accounting, the heap against its baseline, and the summary.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering::SeqCst;
+
+use arch::{kprintln, X86_64};
+use intr::{IntrHandle, Model};
+use machine::Machine;
+use sched::Priority;
+
+use crate::cmdline::Options;
+use crate::drivers::com::Com2Fault;
+use crate::drivers::edu::Edu;
+use crate::intr::INTR;
+use crate::locks::{KernelEnv, SYNC};
+use crate::SCHED;
+
+use super::*;
+
+fn running_on(c: usize) -> String {
+    let mut name = String::from("?");
+    SCHED.for_each_thread(|t| {
+        if t.is_on_cpu() && t.last_cpu() == c {
+            name = String::from(t.name());
+        }
+    });
+    name
+}
+
+fn print_reports(model: Model, seed: u64) {
+    let reports: Vec<Report> = core::mem::take(&mut *REPORTS.lock());
+    for r in reports {
+        kprintln!(
+            "@@ torture-violation model={} what={} source={} cpu={} seed={}",
+            model.name(),
+            r.what,
+            r.source.map_or(String::from("-"), name),
+            r.cpu,
+            seed
+        );
+    }
+}
+
+/// Every handler run owed has happened: `handled == scheduled + reruns` (a filter-only
+/// source owes none).
+fn settled(s: usize, st: &SrcState) -> bool {
+    kind(s) == FILTER || st.handled.load(SeqCst) == st.scheduled.load(SeqCst) + st.reruns.load(SeqCst)
+}
+
+fn delivered_total() -> u64 {
+    SRC.iter().map(|s| s.delivered.load(SeqCst)).sum()
+}
+
+/// The monitor's state across the warm-up and the main load.
+struct Monitor {
+    model: Model,
+    edu: Option<Edu>,
+    host: Option<host::Host>,
+    com2: Option<&'static Com2Fault>,
+    seed: u64,
+    ncpus: usize,
+    t0: u64,
+    next_line: u64,
+    last_total: u64,
+    last_progress: [u64; MAX_CPUS],
+    last_moved: [u64; MAX_CPUS],
+    reported: [bool; MAX_CPUS],
+}
+
+impl Monitor {
+    fn new(
+        model: Model,
+        seed: u64,
+        ncpus: usize,
+        edu: Option<Edu>,
+        host: Option<host::Host>,
+        com2: Option<&'static Com2Fault>,
+    ) -> Self {
+        let t0 = now();
+        Monitor {
+            model,
+            edu,
+            host,
+            com2,
+            seed,
+            ncpus,
+            t0,
+            next_line: t0 + 1_000_000_000,
+            last_total: 0,
+            last_progress: [0; MAX_CPUS],
+            last_moved: [t0; MAX_CPUS],
+            reported: [false; MAX_CPUS],
+        }
+    }
+
+    /// One load of `ns` guest nanoseconds (`phase` varies the random streams): sources
+    /// established, the load threads started, checked every 10 ms; then stopped, every raise
+    /// in flight awaited, the sources disestablished.
+    fn load(&mut self, phase: u64, ns: u64) {
+        let (model, seed, ncpus) =
+            (self.model, self.seed ^ phase.wrapping_mul(0x5851_f42d_4c95_7f2d), self.ncpus);
+        STOP.store(false, SeqCst);
+        {
+            let mut hs = HANDLES.lock();
+            for s in 0..NSRC {
+                hs.push(Some(establish(s)));
+            }
+        }
+        let mut rng = Rng::new(seed, 1);
+        let msi = edu_msi(self.seed, phase);
+        if let Some(e) = &self.edu {
+            let cpu = rng.below(ncpus as u64) as usize;
+            kprintln!(
+                "@@ torture-edu model={} mode={} cpu={}",
+                model.name(),
+                if msi { "msi" } else { "intx" },
+                cpu
+            );
+            let h = establish_edu(e, msi, cpu);
+            HANDLES.lock().push(Some(h));
+        }
+        let mut threads = Vec::new();
+        for c in 0..ncpus {
+            let p = random_priority(&mut rng);
+            let edu = self.edu.clone();
+            threads.push(SCHED.spawn("torture.raise", p, Some(c), move || raiser(seed, c, ncpus, edu)));
+            threads
+                .push(SCHED.spawn("torture.beat", pri(Priority::RT_BASE, 20), Some(c), move || heartbeat(c)));
+        }
+        threads.push(SCHED.spawn("torture.control", Priority::KTHREAD, None, move || control(seed, model)));
+        // The owner just below the real-time range (most raisers are below it, so it gets to
+        // hold the mutex), the waiter well inside it.
+        let rt = pri(Priority::RT_BASE, 12);
+        let low = Priority::new(Priority::RT_BASE.get() - 1).unwrap_or(Priority::KTHREAD);
+        threads.push(SCHED.spawn("torture.pi.owner", low, Some(ncpus - 1), move || pi_owner(rt)));
+        if let Some(h) = &self.host {
+            h.spawn(&mut threads);
+        }
+        if let Some(f) = self.com2 {
+            threads.push(SCHED.spawn("torture.com2", Priority::KTHREAD, None, move || clock::com2(seed, f)));
+        }
+        let waiter = SCHED.spawn("torture.pi.waiter", rt, Some(0), pi_waiter);
+        *PI_WAITER.lock() = Some(waiter.thread().clone());
+        threads.push(waiter);
+        let end = now() + ns;
+        while now() < end {
+            SCHED.sleep_ns(10_000_000);
+            self.check();
+        }
+        // Quiesce: stop the load, let every raise in flight arrive.
+        STOP.store(true, SeqCst);
+        CVAR.broadcast();
+        for t in threads {
+            t.join();
+        }
+        *PI_WAITER.lock() = None;
+        let until = now() + LOST_NS;
+        while SRC.iter().any(|s| s.inflight.load(SeqCst)) && now() < until {
+            SCHED.sleep_ns(1_000_000);
+        }
+        for (s, st) in SRC.iter().enumerate() {
+            if st.inflight.load(SeqCst) {
+                violation("lost", Some(s), 0);
+                st.inflight.store(false, SeqCst);
+            }
+        }
+        // And every handler run scheduled (by a filter, or by `hwi_sched`) has run: a
+        // disestablish discards a queued instance, so the teardown waits for them.
+        let until = now() + LOST_NS;
+        while !SRC.iter().enumerate().all(|(s, st)| settled(s, st)) && now() < until {
+            SCHED.sleep_ns(1_000_000);
+        }
+        // Teardown: every source disestablished (each drop waits for its running handler).
+        let handles: Vec<Option<IntrHandle<KernelEnv>>> = core::mem::take(&mut *HANDLES.lock());
+        drop(handles);
+        if let Some(e) = &self.edu {
+            if msi {
+                e.disable_msi();
+            }
+            e.ack(!0);
+        }
+        SCHED.sleep_ns(20_000_000);
+        print_reports(model, self.seed);
+    }
+
+    /// The heartbeat, reports, and the progress line each guest second.
+    fn check(&mut self) {
+        let t = now();
+        if self.model == Model::Pool {
+            let q = (0..self.ncpus).map(|c| INTR.pool.queued(c)).max().unwrap_or(0);
+            POOL_QUEUE_MAX.fetch_max(q, SeqCst);
+        }
+        for (c, progress) in PROGRESS.iter().enumerate().take(self.ncpus) {
+            let p = progress.load(SeqCst);
+            if p != self.last_progress[c] {
+                self.last_progress[c] = p;
+                self.last_moved[c] = t;
+                self.reported[c] = false;
+            } else if t - self.last_moved[c] > HEARTBEAT_NS && !self.reported[c] {
+                self.reported[c] = true;
+                kprintln!(
+                    "@@ torture-heartbeat model={} cpu={} running={}",
+                    self.model.name(),
+                    c,
+                    running_on(c)
+                );
+                violation("heartbeat", None, c);
+            }
+        }
+        print_reports(self.model, self.seed);
+        if t >= self.next_line {
+            let total = delivered_total();
+            kprintln!(
+                "@@ torture-progress model={} ms={} interrupts={} rate={} violations={} heap={} threads={}",
+                self.model.name(),
+                (t - self.t0) / 1_000_000,
+                total,
+                total - self.last_total,
+                VIOLATIONS.load(SeqCst),
+                arch::mem::usage().0,
+                SCHED.live_threads()
+            );
+            self.last_total = total;
+            self.next_line += 1_000_000_000;
+        }
+    }
+}
+
+/// The id the next spawned thread gets (ids are never reused): spawns a thread that exits
+/// at once and joins it.
+fn next_thread_id() -> u64 {
+    let t = SCHED.spawn("torture.probe", Priority::KTHREAD, None, || {});
+    let id = t.thread().id();
+    t.join();
+    id + 1
+}
+
+pub(super) fn monitor(opts: &Options) -> bool {
+    let seed = opts.torture_seed;
+    SEED.store(seed, SeqCst);
+    let model = INTR.default_model();
+    let ncpus = X86_64::ncpus();
+    MODEL_BLOCKS.store(model != Model::Direct, SeqCst);
+    DEDICATED.store(model == Model::Dedicated, SeqCst);
+    SYNC.witness.set_checking(true);
+    REPORTS.lock().reserve(MAX_REPORTS);
+    kprintln!(
+        "@@ torture-start model={} cpus={} seed={} ms={} sources={}",
+        model.name(),
+        ncpus,
+        seed,
+        opts.torture_ms,
+        NSRC
+    );
+    // A warm-up load first (pool, pinned and soft-interrupt threads are created lazily),
+    // torn down; the heap baseline is taken then, with nothing of the load alive; the main
+    // load follows and is torn down the same way.
+    let total_ns = opts.torture_ms * 1_000_000;
+    let warm_ns = (total_ns / 10).max(total_ns.min(100_000_000)).min(total_ns / 2);
+    let edu = Edu::probe();
+    if edu.is_none() {
+        kprintln!("@@ torture-edu model={} mode=none (no edu device)", model.name());
+    }
+    // The host-driven sources' devices come up before the baseline (their drivers keep
+    // their rings for good).
+    let host = host::start(model);
+    // COM2's stuck line, on the last CPU (its source is established for good).
+    let com2 = match Com2Fault::establish(ncpus - 1) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            kprintln!("@@ torture-com2 model={} none ({e})", model.name());
+            None
+        }
+    };
+    let mut mon = Monitor::new(model, seed, ncpus, edu, host, com2);
+    mon.load(1, warm_ns);
+    let (heap_base, live_base) = (arch::mem::usage().0, SCHED.live_threads());
+    let id_base = next_thread_id();
+    mon.load(2, total_ns - warm_ns);
+    // Measured before the per-source lines are printed: the serial transmit queue holds
+    // what is being printed (a 16 KiB buffer was seen in use there).
+    let (heap_end, live_end) = (arch::mem::usage().0, SCHED.live_threads());
+    let spawned = (next_thread_id() - id_base) as usize;
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for h in HASH.iter().take(ncpus) {
+        hash = mix(hash ^ h.load(SeqCst));
+    }
+    let (mut raised, mut merged, mut delivered, mut handled) = (0, 0, 0, 0);
+    for (s, st) in SRC.iter().enumerate() {
+        let r = st.raised.load(SeqCst);
+        let m = st.merged.load(SeqCst);
+        let d = st.delivered.load(SeqCst);
+        let sc = st.scheduled.load(SeqCst);
+        let h = st.handled.load(SeqCst);
+        let re = st.reruns.load(SeqCst);
+        if d + m != r {
+            violation("count", Some(s), 0);
+        }
+        if !settled(s, st) {
+            violation("count", Some(s), 0);
+        }
+        kprintln!(
+            "@@ torture-source model={} name={} raised={} merged={} delivered={} scheduled={} handled={} reruns={}",
+            model.name(),
+            name(s),
+            r,
+            m,
+            d,
+            sc,
+            h,
+            re
+        );
+        raised += r;
+        merged += m;
+        delivered += d;
+        handled += h;
+    }
+    // Heap: back at the baseline, but for the stacks of threads created lazily during the
+    // main load (pool threads of a resize, pinned threads of a raised bound) that still exist.
+    // The scheduler's registry of threads holds a weak reference to every thread until it is
+    // pruned (`Scheduler::register`: at 64, 128, ... entries), which keeps an exited thread's
+    // record allocated (not its stack): one record (and one registry slot, doubled) per
+    // thread spawned since the baseline may remain.
+    let record = core::mem::size_of::<sched::Thread<KernelEnv>>() + 16 + 2 * 8;
+    let allowed = heap_base
+        + live_end.saturating_sub(live_base) * (sched::STACK_SIZE + 8192)
+        + spawned * record
+        + HEAP_SLACK
+        + if mon.host.is_some() { HOST_HEAP_SLACK } else { 0 };
+    kprintln!(
+        "@@ torture-heap model={} base={} end={} threads_spawned={} thread_record={} allowed={}",
+        model.name(),
+        heap_base,
+        heap_end,
+        spawned,
+        record,
+        allowed
+    );
+    if heap_end > allowed {
+        violation("heap", None, 0);
+    }
+    let host_interrupts = mon.host.as_ref().map_or(0, |h| h.report(model));
+    let (t_raised, t_merged, t_delivered) = clock::timer_totals(ncpus);
+    kprintln!(
+        "@@ torture-timer model={} raised={} merged={} delivered={} outstanding={}",
+        model.name(),
+        t_raised,
+        t_merged,
+        t_delivered,
+        t_raised - t_merged - t_delivered
+    );
+    kprintln!(
+        "@@ torture-backlog model={} held_back={} pool_queue_max={}",
+        model.name(),
+        HELD_BACK.load(SeqCst),
+        POOL_QUEUE_MAX.load(SeqCst)
+    );
+    let c2 = clock::com2_counts(mon.com2);
+    kprintln!(
+        "@@ torture-com2 model={} injections={} storms={} recovered={} filter_runs={} runs_throttled={}",
+        model.name(),
+        c2.injections,
+        c2.storms,
+        c2.recovered,
+        crate::drivers::com::COM2_INTERRUPTS.load(SeqCst),
+        crate::drivers::com::COM2_RUNS_THROTTLED.load(SeqCst)
+    );
+    print_reports(model, seed);
+    let v = VIOLATIONS.load(SeqCst);
+    kprintln!(
+        "@@ torture-summary model={} cpus={} seed={} ms={} raised={} merged={} delivered={} handled={} hash={:016x} heap_base={} heap_end={} threads_base={} threads_end={} pi_samples={} timer_delivered={} host_interrupts={} violations={}",
+        model.name(),
+        ncpus,
+        seed,
+        opts.torture_ms,
+        raised,
+        merged,
+        delivered,
+        handled,
+        hash,
+        heap_base,
+        heap_end,
+        live_base,
+        live_end,
+        PI_SAMPLES.load(SeqCst),
+        t_delivered,
+        host_interrupts,
+        v
+    );
+    v == 0
+}
