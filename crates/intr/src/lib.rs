@@ -1053,6 +1053,11 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
         }
+        // The table lock is released before any handler runs, as in the one-source case:
+        // direct handlers take spin mutexes, and a pinned ithread runs with interrupts enabled
+        // and may block, while this vector's arrivals on other CPUs and establish /
+        // disestablish spin on the lock.
+        drop(list);
         self.run_later(&mut later, now, cpu, io);
         // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on
         // the path.
