@@ -969,7 +969,7 @@ impl<E: IntrEnv> Intr<E> {
             if !replay {
                 E::eoi();
             }
-            self.soft.fire(l, io);
+            self.soft.fire(l);
             return Some(true);
         }
         let cpu = E::M::cpu_index();
