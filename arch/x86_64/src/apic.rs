@@ -127,7 +127,8 @@ pub fn now_ns() -> u64 {
 fn set_tsc_hz(hz: u64) {
     let hz = hz.max(1);
     TSC_HZ.store(hz, Ordering::Relaxed);
-    NS_PER_TSC_32.store(((1_000_000_000u128 << 32) / hz as u128).min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    NS_PER_TSC_32
+        .store(((1_000_000_000u128 << 32) / hz as u128).min(u64::MAX as u128) as u64, Ordering::Relaxed);
 }
 
 /// Busy-waits for at least `us` microseconds.

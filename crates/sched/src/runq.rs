@@ -63,7 +63,11 @@ impl<E: SchedEnv> RunQueue<E> {
         // SAFETY: `raw` is a live thread (we own a reference); its link is ours to write
         // while it is on no queue, and the assert checks that it is on none.
         unsafe {
-            assert!((*(*raw).rq_next.get()).cast::<()>() == RQ_UNLINKED, "thread {} queued twice", (*raw).name);
+            assert!(
+                (*(*raw).rq_next.get()).cast::<()>() == RQ_UNLINKED,
+                "thread {} queued twice",
+                (*raw).name
+            );
             *(*raw).rq_next.get() = ptr::null();
             match self.tails[p].is_null() {
                 true => self.heads[p] = raw,
@@ -122,7 +126,11 @@ impl<E: SchedEnv> RunQueue<E> {
         None
     }
 
-    fn take_from(&mut self, p: usize, mut eligible: impl FnMut(&Thread<E>) -> bool) -> Option<Arc<Thread<E>>> {
+    fn take_from(
+        &mut self,
+        p: usize,
+        mut eligible: impl FnMut(&Thread<E>) -> bool,
+    ) -> Option<Arc<Thread<E>>> {
         let mut before: *const Thread<E> = ptr::null();
         let mut t = self.heads[p];
         while !t.is_null() {

@@ -170,7 +170,6 @@ unsafe impl<E: SchedEnv> Sync for Thread<E> {}
 // SAFETY: as above; a thread object may be dropped on any CPU.
 unsafe impl<E: SchedEnv> Send for Thread<E> {}
 
-
 impl<E: SchedEnv> Thread<E> {
     /// Unique id (never reused).
     pub fn id(&self) -> u64 {
