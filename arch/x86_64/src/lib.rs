@@ -54,6 +54,7 @@ extern "C" {
 /// The x86_64 machine.
 pub struct X86_64;
 
+#[inline]
 fn restore_intr(was_enabled: bool) {
     if was_enabled {
         x86_64::instructions::interrupts::enable();
@@ -110,6 +111,7 @@ impl Machine for X86_64 {
         apic::send_ipi(cpu::lapic_id_of(cpu), apic::RESCHED_VECTOR);
     }
 
+    #[inline]
     fn now_ns() -> u64 {
         apic::now_ns()
     }
@@ -136,6 +138,7 @@ impl Machine for X86_64 {
         0
     }
 
+    #[inline]
     unsafe fn switch(from: *mut usize, to: *const usize) {
         // SAFETY: per the trait contract (interrupts off, valid contexts, exclusive).
         unsafe { context_switch(from, to) }

@@ -93,7 +93,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize
 
 use ipl::Ipl;
 use machine::{IntrOff, Machine};
-use sched::{Event, Priority, SpinLock, Thread};
+use sched::{Event, Priority, SpinLock};
 use sync::Env;
 
 pub use stats::{Histogram, SourceStats};
@@ -341,11 +341,13 @@ pub struct Source<E: IntrEnv> {
 }
 
 struct Dedicated<E: IntrEnv> {
-    event: Event<E>,
+    /// The thread's wake-up word, which holds the thread's reference (from its start until
+    /// the source is freed, so no `post` can outlive it): the interrupt sets it and wakes
+    /// the thread directly (`sched::Need`: no waiter list, no lock).
+    need: sched::Need<E>,
     /// The raise time (ns) of the interrupt the thread has not handled yet (0: none; taken
     /// by the thread).
     raised_at: core::sync::atomic::AtomicU64,
-    thread: SpinLock<Option<Arc<Thread<E>>>>,
 }
 
 /// [`Source::set_thread_priority`] on a source whose handler has no thread of its own: under
@@ -400,7 +402,7 @@ impl<E: IntrEnv> Source<E> {
         self.thread_pri.store(pri.map_or(0, |p| p.get()), Ordering::Relaxed);
         if let Some(d) = &self.dedicated {
             // Wake it to take the priority on now (it runs no handler for a spurious wakeup).
-            d.event.set();
+            d.need.post_any(E::sched());
         }
         Ok(())
     }
@@ -519,6 +521,14 @@ impl<E: IntrEnv> Source<E> {
     /// each model's path: it is the part of every interrupt that the benchmarks compare.
     #[inline(always)]
     fn run_handler(&self, raised_ns: u64, cpu: usize) -> bool {
+        self.run_handler_in::<true>(raised_ns, cpu)
+    }
+
+    /// [`Source::run_handler`]; `MAY_SWITCH` false where the running thread cannot switch away
+    /// during the handler (interrupt context: the direct model), which needs no off-CPU
+    /// accounting around it.
+    #[inline(always)]
+    fn run_handler_in<const MAY_SWITCH: bool>(&self, raised_ns: u64, cpu: usize) -> bool {
         let Some(h) = self.handler.as_ref() else { return false };
         // Checking "dead" and counting this run in are one step: a handler never starts
         // after its disestablish returned.
@@ -537,14 +547,13 @@ impl<E: IntrEnv> Source<E> {
         // The thread running the handler (the interrupted one in interrupt context): if it
         // switches away meanwhile (blocked, preempted), the run's time is not all CPU time.
         let me = E::sched().current();
-        let switches = me.switch_count();
-        let off0 = me.off_cpu_ns();
+        let (switches, off0) = if MAY_SWITCH { (me.switch_count(), me.off_cpu_ns()) } else { (0, 0) };
         trace::emit::<E::M>(trace::Kind::HandlerBegin, self.vector as u64);
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let wall = E::M::now_ns().saturating_sub(t0);
         // CPU time: the wall time less what the thread spent switched away meanwhile.
-        let off = me.off_cpu_ns().saturating_sub(off0);
+        let off = if MAY_SWITCH { me.off_cpu_ns().saturating_sub(off0) } else { 0 };
         let spent = wall.saturating_sub(off);
         if off != 0 {
             self.stats.handler_off_ns.fetch_add(off, Ordering::Relaxed);
@@ -552,7 +561,7 @@ impl<E: IntrEnv> Source<E> {
         if ctx.no_work.load(Ordering::Relaxed) {
             // Time spent for nothing (storm.rs), if it was all CPU time.
             self.storm.no_work();
-            if me.switch_count() == switches {
+            if !MAY_SWITCH || me.switch_count() == switches {
                 self.storm.busy(spent);
             }
         }
@@ -838,9 +847,8 @@ impl<E: IntrEnv> Intr<E> {
             model = Model::Direct;
         }
         let dedicated = (model == Model::Dedicated && handler.is_some()).then(|| Dedicated {
-            event: Event::new(E::sched()),
+            need: sched::Need::new(),
             raised_at: core::sync::atomic::AtomicU64::new(0),
-            thread: SpinLock::new(None),
         });
         let src = Arc::new(Source {
             name: name.clone(),
@@ -912,13 +920,10 @@ impl<E: IntrEnv> Intr<E> {
             line.mask();
         }
         if let Some(d) = &src.dedicated {
-            d.event.set(); // the thread sees the gate closed and exits
-            let t = {
-                let io = E::M::intr_disable();
-                let mut t = d.thread.lock(&io);
-                t.take()
-            };
-            drop(t);
+            // The thread sees the gate closed and exits; `need` keeps its reference until the
+            // source is freed (a `post` from a dispatch that still held the source must not
+            // find it gone).
+            d.need.post_any(E::sched());
         }
         if src.model == Model::Pool && src.handler.is_some() {
             self.pool.handler_removed();
@@ -988,6 +993,37 @@ impl<E: IntrEnv> Intr<E> {
             if list.is_empty() {
                 return None;
             }
+            if let [src] = &list[..] {
+                // One source on the vector (the usual case): the same steps as the loop below
+                // for a list of one, without its bookkeeping (the level scan, the stray set).
+                let level = src.is_level();
+                if !level && !replay {
+                    E::eoi();
+                }
+                match self.arrive(src, replay, cpu, now) {
+                    Arrived::Absorbed => claimed = true,
+                    Arrived::Filter { timed } => {
+                        let arrival = arrival_of(src, replay, now);
+                        let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
+                        claimed = claims;
+                        if !claims {
+                            // Nobody cared: the one source that said "not mine" had no work.
+                            src.storm.no_work();
+                        }
+                        if schedule && src.handler.is_some() {
+                            self.route(src, cpu, arrival, now, io, &mut later);
+                        }
+                    }
+                }
+                if level && !replay {
+                    // Level: the scheduled source is masked now.
+                    E::eoi();
+                }
+                drop(list);
+                self.run_later(&mut later, now, cpu, io);
+                core::mem::forget(later);
+                return Some(claimed);
+            }
             let level = list.iter().any(|s| s.is_level());
             if !level && !replay {
                 E::eoi();
@@ -1023,7 +1059,10 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
         }
-        self.run_later(later, now, cpu, io);
+        self.run_later(&mut later, now, cpu, io);
+        // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on
+        // the path.
+        core::mem::forget(later);
         Some(claimed)
     }
 
@@ -1134,7 +1173,9 @@ impl<E: IntrEnv> Intr<E> {
                 let d = src.dedicated.as_ref().expect("dedicated source without its thread");
                 src.mask();
                 d.raised_at.store(arrival, Ordering::Relaxed);
-                d.event.set();
+                // Straight to the thread: set its word and make it runnable here; the
+                // interrupt's exit switches to it if it outranks the interrupted thread.
+                d.need.post(E::sched(), io);
             }
             Model::Pool => {
                 if src.needs_mask() {
@@ -1155,7 +1196,7 @@ impl<E: IntrEnv> Intr<E> {
     /// ones borrow the CPU (the ithread runs with interrupts enabled and may take this vector
     /// again).
     #[inline(always)]
-    fn run_later(&'static self, mut later: Later<E>, now: u64, cpu: usize, io: &IntrOff) {
+    fn run_later(&'static self, later: &mut Later<E>, now: u64, cpu: usize, io: &IntrOff) {
         for src in later.direct.iter_mut().take(later.ndirect) {
             let src = src.take().expect("counted");
             run_direct(&src, now, cpu);
@@ -1237,8 +1278,7 @@ impl<E: IntrEnv> Intr<E> {
         let pri = Priority::of_ipl(src.ipl).unwrap_or(Priority::INTR_BASE);
         let h = E::sched().spawn(&src.name, pri, None, move || dedicated_loop(&s));
         let d = src.dedicated.as_ref().expect("dedicated");
-        let io = E::M::intr_disable();
-        *d.thread.lock(&io) = Some(h.thread().clone());
+        d.need.register(h.thread().clone(), E::sched());
     }
 }
 
@@ -1339,7 +1379,8 @@ fn arrival_of<E: IntrEnv>(src: &Source<E>, replay: bool, now: u64) -> u64 {
 /// re-raised then); `hwi_sched` re-raises the vector.
 #[inline(always)]
 fn run_direct<E: IntrEnv>(src: &Arc<Source<E>>, now: u64, cpu: usize) {
-    let again = src.run_handler(now, cpu);
+    // Interrupt context: the interrupted thread cannot switch away under the handler.
+    let again = src.run_handler_in::<false>(now, cpu);
     if src.needs_mask() {
         src.unmask();
     }
@@ -1352,7 +1393,7 @@ fn run_direct<E: IntrEnv>(src: &Arc<Source<E>>, now: u64, cpu: usize) {
 fn dedicated_loop<E: IntrEnv>(src: &Arc<Source<E>>) {
     let d = src.dedicated.as_ref().expect("dedicated");
     loop {
-        d.event.wait();
+        d.need.wait(E::sched());
         if src.gate.is_closed() {
             return;
         }

@@ -28,14 +28,17 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use machine::{IntrOff, Machine};
-use sched::{Event, Priority, SpinLock, Thread};
+use sched::{Need, Priority, Thread};
 
 use crate::protocol::{Next, PoolCore, Worker};
 use crate::{IntrEnv, Pending};
 
 /// One pooled ithread.
 pub struct PoolThread<E: IntrEnv> {
-    event: Event<E>,
+    /// Its wake-up word, holding its thread's reference for as long as the pool thread
+    /// object lives (registered by `spawn_one`): set and the thread made runnable straight
+    /// from the interrupt (`sched::Need`).
+    need: Need<E>,
     /// Its kernel thread's address: its identity in the owner words (set by the thread
     /// itself before it is first seen by the pool).
     tid: AtomicUsize,
@@ -44,7 +47,6 @@ pub struct PoolThread<E: IntrEnv> {
     /// Sent to help this CPU (`usize::MAX`: not helping).
     help: AtomicUsize,
     retire: AtomicBool,
-    thread: SpinLock<Option<Arc<Thread<E>>>>,
 }
 
 /// A pool ithread as the protocol sees it.
@@ -198,7 +200,7 @@ impl<E: IntrEnv> Pool<E> {
                 Some(t) => {
                     t.0.retire.store(true, Ordering::Release);
                     self.size.fetch_sub(1, Ordering::Relaxed);
-                    t.0.event.set();
+                    t.0.need.post_any(E::sched());
                 }
                 None => break,
             }
@@ -221,28 +223,28 @@ impl<E: IntrEnv> Pool<E> {
 
     fn spawn_one(&'static self) {
         let pt = Arc::new(PoolThread {
-            event: Event::new(E::sched()),
+            need: Need::new(),
             tid: AtomicUsize::new(0),
             cpu: AtomicUsize::new(0),
             help: AtomicUsize::new(usize::MAX),
             retire: AtomicBool::new(false),
-            thread: SpinLock::new(None),
         });
         self.size.fetch_add(1, Ordering::Relaxed);
         let p2 = pt.clone();
         let h = E::sched().spawn("ithread/pool", pool_priority(), None, move || E::intr().pool.serve(p2));
-        let io = E::M::intr_disable();
-        *pt.thread.lock(&io) = Some(h.thread().clone());
+        pt.need.register(h.thread().clone(), E::sched());
     }
 
     /// Wakes `t`, made the owner of `cpu` by the protocol, bound to that CPU.
     fn wake(&self, cpu: usize, t: Ithread<E>, io: &IntrOff) {
         self.assigned.fetch_add(1, Ordering::Relaxed);
         t.0.cpu.store(cpu, Ordering::Release);
-        if let Some(th) = t.0.thread.lock(io).as_ref() {
+        if let Some(th) = t.0.need.thread() {
             E::sched().bind_thread(th, Some(cpu));
         }
-        t.0.event.set();
+        // Straight to the thread: the interrupt's exit switches to it if it outranks the
+        // interrupted thread.
+        t.0.need.post(E::sched(), io);
     }
 
     /// Queues a handler instance on `cpu` and makes sure an ithread serves it (interrupt
@@ -286,10 +288,10 @@ impl<E: IntrEnv> Pool<E> {
         let Some(t) = self.core.take_idle() else { return };
         self.helpers[cpu].fetch_add(1, Ordering::AcqRel);
         t.0.help.store(cpu, Ordering::Release);
-        if let Some(th) = t.0.thread.lock(io).as_ref() {
+        if let Some(th) = t.0.need.thread() {
             E::sched().bind_thread(th, None);
         }
-        t.0.event.set();
+        t.0.need.post(E::sched(), io);
     }
 
     /// A helper's work: run `from`'s stealable queued instances here, then go back.
@@ -371,7 +373,7 @@ impl<E: IntrEnv> Pool<E> {
                     cpu
                 }
                 Next::Idle => {
-                    t.event.wait();
+                    t.need.wait(sched);
                     if t.retire.load(Ordering::Acquire) {
                         return;
                     }

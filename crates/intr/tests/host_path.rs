@@ -1050,3 +1050,68 @@ fn owned_source_names() {
         assert!(e.to_string().contains("eth1-rx-0") && e.to_string().contains("eth0-rx-1"), "{e}");
     });
 }
+
+/// A shared vector's handlers run after its table lock is released (as a single source's
+/// do): a handler still running on CPU 1 does not hold up an establish on the same vector
+/// from CPU 0, nor another CPU's dispatch of it. Regression: the multi-source dispatch kept
+/// the table lock across `run_later`, so direct handlers and pinned ithreads (interrupts
+/// enabled, possibly blocking) ran under a spin lock that the same vector's arrivals on
+/// other CPUs, and establish/disestablish, spin on.
+#[test]
+fn a_shared_vectors_handlers_run_without_its_table_lock() {
+    let sys = HostSystem::boot(2);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        sched.bind_current(Some(0));
+        for (mi, model) in [Model::Direct, Model::Pinned].into_iter().enumerate() {
+            let vector = 0x98 + mi as u8;
+            let running = Arc::new(AtomicBool::new(false));
+            let established = Arc::new(AtomicBool::new(false));
+            let saw = Arc::new(AtomicBool::new(false));
+            let (r2, e2, s2) = (running.clone(), established.clone(), saw.clone());
+            let first = Arc::new(AtomicBool::new(true));
+            let h0 = intr
+                .establish(
+                    spec("t.shared.0", vector, Ipl::Vm, model),
+                    None,
+                    Some(Box::new(move |_| {
+                        if !first.swap(false, Ordering::SeqCst) {
+                            return;
+                        }
+                        r2.store(true, Ordering::SeqCst);
+                        // Waits (bounded) for CPU 0's establish on this vector to return.
+                        s2.store(spin_until(2_000_000_000, || e2.load(Ordering::SeqCst)), Ordering::SeqCst);
+                        r2.store(false, Ordering::SeqCst);
+                    })),
+                )
+                .expect("establish");
+            let n1 = counter();
+            let h1 = intr
+                .establish(spec("t.shared.1", vector, Ipl::Vm, model), None, Some(counting(&n1)))
+                .expect("establish");
+            let t = sched.spawn(
+                "raiser",
+                sched::Priority::KTHREAD,
+                Some(1),
+                checked(move || {
+                    HostMachine::raise(1, vector);
+                    for _ in 0..1000 {
+                        HostMachine::poll_interrupts();
+                    }
+                }),
+            );
+            wait(|| running.load(Ordering::SeqCst), "the first handler to start");
+            let n2 = counter();
+            let h2 = intr
+                .establish(spec("t.shared.2", vector, Ipl::Vm, model), None, Some(counting(&n2)))
+                .expect("establish");
+            established.store(true, Ordering::SeqCst);
+            t.join();
+            assert!(
+                saw.load(Ordering::SeqCst),
+                "{model}: an establish on a shared vector waited for a handler of that vector (its table lock held)"
+            );
+            drop((h0, h1, h2));
+        }
+    });
+}

@@ -59,6 +59,7 @@ impl IntrOff {
 }
 
 impl Drop for IntrOff {
+    #[inline(always)]
     fn drop(&mut self) {
         (self.restore)(self.was_enabled);
     }

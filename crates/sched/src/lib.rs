@@ -27,6 +27,10 @@
 //!   its condition, and calls [`Scheduler::sleep_commit`] (or [`Scheduler::sleep_cancel`]).
 //!   A waker calls [`Scheduler::wakeup`]. A wakeup between prepare and commit is never lost.
 //!   Wakeups may be spurious: sleepers loop on their condition.
+//! * **Interrupt wake-ups.** A thread an interrupt handler wakes (`wakeup`, or an interrupt
+//!   thread's [`Need`] word) that is placed on the interrupted CPU and outranks the interrupted
+//!   thread is *handed off*: it waits in the CPU's hand-off slot, not the run queue, and
+//!   `intr_exit` switches to it directly; an exit that cannot preempt queues it (`hand_off`).
 //! * **Preemption control** is per thread (`preempt_disable` / `preempt_enable`), so the count
 //!   migrates with the thread; the scheduler never preempts a thread whose count is non-zero.
 //! * **Pinned interrupt threads** ([`Scheduler::pin_call`]): an interrupt may lend its CPU to
@@ -53,10 +57,9 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use intrusive_collections::LinkedListAtomicLink;
 use machine::{IntrOff, Machine, PinSwitch};
 
-pub use event::Event;
+pub use event::{Event, Need};
 pub use machine::PinOutcome;
 pub use pinned::PinThread;
 pub use pri::{Priority, NPRI};
@@ -145,10 +148,15 @@ struct CpuLocal<E: SchedEnv> {
     /// The running thread (the reference the CPU holds).
     current: Option<Arc<Thread<E>>>,
     idle: Option<Arc<Thread<E>>>,
-    /// Thread switched away from, for `finish_switch` to release.
-    prev: Option<Arc<Thread<E>>>,
+    /// Thread switched away from, for `finish_switch` to release (null: none).
+    prev: *const Thread<E>,
+    /// The CPU's reference to `prev` when no run queue took it (it left, migrates, or is
+    /// the idle thread), dropped (or queued elsewhere) by `finish_switch`.
+    prev_ref: Option<Arc<Thread<E>>>,
     /// `prev` must be queued on this other CPU once off ours (binding).
     prev_migrate_to: Option<usize>,
+    /// A thread an interrupt handler woke to run next here (`hand_off`).
+    handoff: Option<Arc<Thread<E>>>,
 }
 
 // SAFETY: `local` is accessed only by its own CPU with interrupts disabled; everything else
@@ -174,7 +182,14 @@ impl<E: SchedEnv> CpuSched<E> {
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
             pin_switches: AtomicU64::new(0),
-            local: UnsafeCell::new(CpuLocal { current: None, idle: None, prev: None, prev_migrate_to: None }),
+            local: UnsafeCell::new(CpuLocal {
+                current: None,
+                idle: None,
+                prev: core::ptr::null(),
+                prev_ref: None,
+                prev_migrate_to: None,
+                handoff: None,
+            }),
         }
     }
 
@@ -249,6 +264,7 @@ impl<E: SchedEnv> Scheduler<E> {
         stack: Option<Box<[u64]>>,
         ctx: <E::M as Machine>::Context,
     ) -> Thread<E> {
+        let now = E::M::now_ns();
         Thread {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name,
@@ -264,14 +280,13 @@ impl<E: SchedEnv> Scheduler<E> {
             ctx: UnsafeCell::new(ctx),
             _stack: stack,
             start: UnsafeCell::new(None),
-            rq_link: LinkedListAtomicLink::new(),
+            rq_next: UnsafeCell::new(thread::RQ_UNLINKED.cast()),
             join: SpinLock::new(JoinState { exited: false, joiner: None }),
             held: SpinLock::new(thread::HeldLocks::new()),
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
-            last_on_ns: AtomicU64::new(E::M::now_ns()),
-            off_ns: AtomicU64::new(0),
-            last_off_ns: AtomicU64::new(0),
+            last_on_ns: AtomicU64::new(now),
+            born_ns: now,
             ext: E::ThreadExt::default(),
         }
     }
@@ -463,6 +478,49 @@ impl<E: SchedEnv> Scheduler<E> {
         }
         if pri > c.cur_pri.load(Ordering::Relaxed) || c.cur_idle.load(Ordering::Relaxed) {
             self.kick(cpu);
+        }
+    }
+
+    /// **The direct hand-off** (FreeBSD's `sched_add` with preemption from `ithread_schedule`;
+    /// NetBSD's interrupt-to-LWP switch): an interrupt handler on this CPU wakes a thread
+    /// that is to run here and outranks the interrupted one — an interrupt thread, usually.
+    /// It goes into this CPU's hand-off slot, not the run queue, and the interrupt's exit
+    /// (`intr_exit`, the preemption point) switches to it straight from the slot: no queue
+    /// insertion and removal, no other CPU told. If the exit cannot preempt (the interrupted
+    /// thread holds preemption off or a raised level), or a borrowed CPU's pinned thread is
+    /// underneath, the exit moves it to the run queue like any woken thread (so the slot
+    /// never outlives the interrupt); `schedule` for any other reason queues it first.
+    /// Interrupts disabled (the caller's token); false if the rule does not apply.
+    #[inline]
+    fn hand_off(&self, t: &Arc<Thread<E>>, target: usize) -> bool {
+        let cpu = E::M::cpu_index();
+        let c = &self.cpus[cpu];
+        // SAFETY: this CPU, interrupts disabled (the caller holds the token).
+        let local = unsafe { c.local() };
+        if target != cpu
+            || c.intr_depth.load(Ordering::Relaxed) == 0
+            || E::M::pin_borrowed() != 0
+            || local.handoff.is_some()
+            || t.pri.load(Ordering::Relaxed) <= c.cur_pri.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        t.cpu.store(cpu, Ordering::Relaxed);
+        local.handoff = Some(t.clone());
+        c.kicked.store(true, Ordering::Relaxed);
+        c.need_resched.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Moves a thread left in this CPU's hand-off slot to its run queue (run-queue lock not
+    /// held; interrupts disabled).
+    #[cold]
+    fn spill_handoff(&self, c: &CpuSched<E>, io: &IntrOff) {
+        // SAFETY: this CPU, interrupts disabled.
+        if let Some(t) = unsafe { c.local() }.handoff.take() {
+            let mut rq = c.rq.lock(io);
+            rq.push_back(t);
+            c.nqueued.store(rq.len(), Ordering::Relaxed);
         }
     }
 
@@ -693,7 +751,7 @@ impl<E: SchedEnv> Scheduler<E> {
         woke
     }
 
-    fn wakeup_locked(&'static self, t: &Arc<Thread<E>>, io: &IntrOff) -> bool {
+    pub(crate) fn wakeup_locked(&'static self, t: &Arc<Thread<E>>, io: &IntrOff) -> bool {
         // See `sleep_prepare`: the waker's condition store is ordered before this state load.
         core::sync::atomic::fence(Ordering::SeqCst);
         loop {
@@ -709,7 +767,9 @@ impl<E: SchedEnv> Scheduler<E> {
                     {
                         trace::emit::<E::M>(trace::Kind::Wakeup, Arc::as_ptr(t) as u64);
                         let target = self.select_cpu(t);
-                        self.enqueue(t.clone(), target, io);
+                        if !self.hand_off(t, target) {
+                            self.enqueue(t.clone(), target, io);
+                        }
                         return true;
                     }
                 }
@@ -791,6 +851,11 @@ impl<E: SchedEnv> Scheduler<E> {
             && self.gate_open(io)
         {
             self.schedule(Reason::Preempt, io);
+        }
+        // SAFETY: this CPU, interrupts disabled.
+        if depth == 0 && unsafe { c.local() }.handoff.is_some() {
+            // Not switched to (the exit could not preempt, or the CPU is borrowed): queued.
+            self.spill_handoff(c, io);
         }
     }
 
@@ -887,9 +952,36 @@ impl<E: SchedEnv> Scheduler<E> {
         let rq = unsafe { c.rq.get_locked() };
         // SAFETY: this CPU, interrupts disabled.
         let local = unsafe { c.local() };
-        let prev = local.current.as_ref().expect("schedule before init_cpu").clone();
+        // The CPU's reference to the running thread moves (no count changes): to the run
+        // queue (preempted or yielding), to `local.prev` (leaving, migrating, or idle), or
+        // back to `local.current` (no switch).
+        let prev = local.current.take().expect("schedule before init_cpu");
         c.need_resched.store(false, Ordering::Relaxed);
         let kicked = c.kicked.swap(false, Ordering::AcqRel);
+        // A thread handed off by an interrupt (`hand_off`) runs next if it is still the
+        // most urgent and `prev` is preempted (or idle); otherwise it is queued first.
+        let mut handoff = local.handoff.take();
+        if let Some(h) = handoff.take_if(|h| {
+            let p = h.pri.load(Ordering::Relaxed);
+            !(reason == Reason::Preempt
+                && (prev.is_idle
+                    || (p > prev.pri.load(Ordering::Relaxed)
+                        && matches!(prev.bound.load(Ordering::Relaxed), b if b == UNBOUND || b == cpu))))
+                || rq.highest().is_some_and(|q| q.get() > p)
+        }) {
+            rq.push_back(h);
+            c.nqueued.store(rq.len(), Ordering::Relaxed);
+        }
+        if let Some(next) = handoff {
+            let p: *const Thread<E> = Arc::as_ptr(&prev);
+            if prev.is_idle {
+                self.switch_to(c, cpu, p, Some(prev), next, None, reason, false, kicked, io);
+            } else {
+                rq.push_back(prev);
+                self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);
+            }
+            return;
+        }
 
         let leaving = match reason {
             Reason::Exit | Reason::Park => true,
@@ -899,53 +991,101 @@ impl<E: SchedEnv> Scheduler<E> {
             Reason::Preempt | Reason::Yield => false,
         };
         let mut migrate_to = None;
-        if !leaving && !prev.is_idle {
+        let next = if !leaving && !prev.is_idle {
             let bound = prev.bound.load(Ordering::Relaxed);
             if bound != UNBOUND && bound != cpu {
                 migrate_to = Some(bound);
+                self.pick_next(rq, local)
             } else {
                 let mine = prev.pri.load(Ordering::Relaxed);
                 let equal_may_run = reason == Reason::Yield || c.slice_expired.load(Ordering::Relaxed);
-                let switch = match rq.highest() {
-                    None => false,
-                    Some(p) => p.get() > mine || (p.get() == mine && equal_may_run),
+                let top = match rq.highest() {
+                    Some(p) if p.get() > mine || (p.get() == mine && equal_may_run) => p,
+                    _ => {
+                        local.current = Some(prev);
+                        c.rq.raw_unlock();
+                        return;
+                    }
                 };
-                if !switch {
-                    c.rq.raw_unlock();
-                    return;
-                }
-                rq.push_back(prev.clone());
+                // Taking the most urgent first, then queueing `prev` behind its equals, is
+                // the order queueing first would give: `prev` is never the one taken.
+                let next = rq.pop_at(top);
+                let p: *const Thread<E> = Arc::as_ptr(&prev);
+                rq.push_back(prev);
+                self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);
+                return;
             }
-        }
-        let next = match rq.pop_highest() {
-            Some(t) => t,
-            None => local.idle.as_ref().expect("no idle thread").clone(),
+        } else {
+            self.pick_next(rq, local)
         };
-        c.nqueued.store(rq.len(), Ordering::Relaxed);
         if Arc::ptr_eq(&next, &prev) {
+            // The idle thread with nothing queued: it goes on running.
+            drop(next);
+            local.current = Some(prev);
             c.rq.raw_unlock();
             return;
         }
+        let p: *const Thread<E> = Arc::as_ptr(&prev);
+        self.switch_to(c, cpu, p, Some(prev), next, migrate_to, reason, leaving, kicked, io);
+    }
+
+    /// The most urgent queued thread, else this CPU's idle thread (run-queue lock held).
+    #[inline(always)]
+    fn pick_next(&self, rq: &mut RunQueue<E>, local: &CpuLocal<E>) -> Arc<Thread<E>> {
+        match rq.pop_highest() {
+            Some(t) => t,
+            None => local.idle.as_ref().expect("no idle thread").clone(),
+        }
+    }
+
+    /// The second half of `schedule`: switch from `prev` (the running thread; `keep` holds
+    /// the CPU's reference to it unless the run queue took it) to `next`, carrying our
+    /// run-queue lock to `finish_switch`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn switch_to(
+        &'static self,
+        c: &CpuSched<E>,
+        cpu: usize,
+        prev: *const Thread<E>,
+        keep: Option<Arc<Thread<E>>>,
+        next: Arc<Thread<E>>,
+        migrate_to: Option<usize>,
+        reason: Reason,
+        leaving: bool,
+        kicked: bool,
+        io: &IntrOff,
+    ) {
+        // SAFETY: this CPU, interrupts disabled.
+        let local = unsafe { c.local() };
+        // SAFETY: `prev` is the running thread: alive at least until `finish_switch` clears
+        // its `on_cpu` (a run queue or `keep` holds a reference, and no CPU takes it from a
+        // queue before `on_cpu` is clear).
+        let pv = unsafe { &*prev };
+        // SAFETY: our caller `schedule` holds this CPU's run-queue lock (raw) and carries it
+        // across the switch; no guard exists meanwhile.
+        let queued = unsafe { c.rq.get_locked() }.len();
+        c.nqueued.store(queued, Ordering::Relaxed);
         // The next thread may still be saving its registers on the CPU it left.
         while next.on_cpu.load(Ordering::Acquire) {
             E::M::relax();
         }
+        // Accounting: the run time of `prev`, the switch-on time of `next` (the off-CPU time
+        // is derived from these, `Thread::off_cpu_ns`). Only this CPU writes them now.
         let now = E::M::now_ns();
-        prev.run_ns.fetch_add(now.saturating_sub(prev.last_on_ns.load(Ordering::Relaxed)), Ordering::Relaxed);
-        prev.last_off_ns.store(now, Ordering::Relaxed);
+        pv.run_ns.store(
+            pv.run_ns.load(Ordering::Relaxed) + now.saturating_sub(pv.last_on_ns.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         next.last_on_ns.store(now, Ordering::Relaxed);
-        let off = next.last_off_ns.swap(0, Ordering::Relaxed);
-        if off != 0 {
-            next.off_ns.fetch_add(now.saturating_sub(off), Ordering::Relaxed);
-        }
         next.on_cpu.store(true, Ordering::Relaxed);
         next.cpu.store(cpu, Ordering::Relaxed);
-        next.switches.fetch_add(1, Ordering::Relaxed);
+        next.switches.store(next.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         c.cur_pri.store(next.pri.load(Ordering::Relaxed), Ordering::Relaxed);
         c.cur_idle.store(next.is_idle, Ordering::Relaxed);
         c.slice_left.store(TIMESLICE_TICKS, Ordering::Relaxed);
         c.slice_expired.store(false, Ordering::Relaxed);
-        c.switches.fetch_add(1, Ordering::Relaxed);
+        c.switches.store(c.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if reason == Reason::Preempt && kicked {
             c.kick_preempts.fetch_add(1, Ordering::Relaxed);
         }
@@ -954,14 +1094,16 @@ impl<E: SchedEnv> Scheduler<E> {
             trace::emit::<E::M>(trace::Kind::Block, 0);
         }
         trace::emit::<E::M>(trace::Kind::Switch, Arc::as_ptr(&next) as u64);
-        let from = prev.ctx.get();
+        let from = pv.ctx.get();
         let to = next.ctx.get() as *const <E::M as Machine>::Context;
         E::M::set_curthread(Arc::as_ptr(&next) as *const (), io);
         c.running.store(Arc::as_ptr(&next) as usize, Ordering::Relaxed);
         local.current = Some(next);
-        local.prev = Some(prev);
+        local.prev = prev;
+        local.prev_ref = keep;
         local.prev_migrate_to = migrate_to;
-        // `from` lives on in `local.prev` until `finish_switch`; `to` had `on_cpu` false.
+        // `from` lives on (a queue or `prev_ref` holds it) until `finish_switch`; `to` had
+        // `on_cpu` false.
         // SAFETY: interrupts are disabled; no other CPU runs `to` (on_cpu was false) or can
         // pick it (we hold our run-queue lock); `from` is the running thread's context.
         unsafe { E::M::switch(from, to) };
@@ -971,23 +1113,29 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Runs on the newly switched-to thread: releases the run-queue lock carried over the
     /// switch and lets go of the previous thread.
+    #[inline(always)]
     fn finish_switch(&'static self) {
         let c = self.this_cpu();
         // SAFETY: this CPU, interrupts disabled (we are right after a switch).
         let local = unsafe { c.local() };
-        let Some(prev) = local.prev.take() else {
+        let prev = core::mem::replace(&mut local.prev, core::ptr::null());
+        if prev.is_null() {
             return;
-        };
+        }
+        let held = local.prev_ref.take();
         let migrate_to = local.prev_migrate_to.take();
         c.rq.raw_unlock();
-        prev.on_cpu.store(false, Ordering::Release);
+        // SAFETY: `prev` is alive until this store (see `switch_to`); not touched after it.
+        unsafe { (*prev).on_cpu.store(false, Ordering::Release) };
         if let Some(target) = migrate_to {
             // SAFETY: interrupts are disabled here (right after a switch) and stay so until
             // our caller returns; this token is dropped before then without enabling them.
             let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
-            self.enqueue(prev, target, &io);
+            self.enqueue(held.expect("a migrating thread's reference"), target, &io);
+        } else {
+            // A dead `prev` is freed here when this was its last reference.
+            drop(held);
         }
-        // A dead `prev` is freed here when this was its last reference.
     }
 }
 

@@ -235,9 +235,10 @@ impl<E: SchedEnv> Scheduler<E> {
         // SAFETY: the innermost active pinned call's descriptor is live (its thread is us).
         unsafe { (*call).state.store(PinCall::BLOCKED, Ordering::Relaxed) };
         c.switches.fetch_add(1, Ordering::Relaxed);
+        // Its run time up to here (`off_cpu_ns` differences stay right across the block).
         let now = E::M::now_ns();
-        it.last_on_ns.store(now, Ordering::Relaxed);
-        it.last_off_ns.store(now, Ordering::Relaxed);
+        let ran = now.saturating_sub(it.last_on_ns.load(Ordering::Relaxed));
+        it.run_ns.store(it.run_ns.load(Ordering::Relaxed) + ran, Ordering::Relaxed);
         trace::emit::<E::M>(trace::Kind::Block, 0);
         trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();
@@ -246,9 +247,10 @@ impl<E: SchedEnv> Scheduler<E> {
         // nested borrows — an interrupt thread that borrows the CPU itself (the machine puts
         // the borrower word back to it). The scheduler's current thread does not change.
         E::M::set_curthread(E::M::pinned_thread(), io);
-        local.prev = Some(it);
+        local.prev = Arc::as_ptr(&it);
+        local.prev_ref = Some(it);
         local.prev_migrate_to = None;
-        // `from` stays alive in `local.prev` until the pinned thread's `finish_switch`; we hold
+        // `from` stays alive in `local.prev_ref` until the pinned thread's `finish_switch`; we hold
         // our run-queue lock, so no CPU picks the interrupt thread before its registers are
         // saved (`on_cpu` guards that too).
         // SAFETY: interrupts are disabled; `from` is the running (interrupt) thread's context;

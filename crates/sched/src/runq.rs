@@ -1,23 +1,31 @@
 //! A per-CPU run queue: one FIFO per priority and a bitmap of the non-empty ones, so both
 //! "enqueue" and "take the most urgent" are O(1) (a find-first-set over two words).
+//! The FIFOs are linked through the threads themselves (no allocation, no atomic link):
+//! a push is five stores, a pop of the head five loads and stores.
 
 use alloc::sync::Arc;
-
-use intrusive_collections::LinkedList;
+use core::ptr;
 
 use crate::SchedEnv;
 
 use crate::pri::{Priority, NPRI};
-use crate::thread::{RqAdapter, Thread};
+use crate::thread::{Thread, RQ_UNLINKED};
 
 const WORDS: usize = NPRI.div_ceil(64);
 
-/// Runnable threads of one CPU, not counting the one on the CPU.
+/// Threads by priority: per priority a FIFO singly linked through each thread's `rq_next`
+/// (the queue owns one `Arc` reference per queued thread, kept as its raw pointer), and a
+/// bitmap of the non-empty FIFOs. Touched only under the owning CPU's run-queue lock.
 pub struct RunQueue<E: SchedEnv> {
-    lists: [LinkedList<RqAdapter<E>>; NPRI],
+    heads: [*const Thread<E>; NPRI],
+    tails: [*const Thread<E>; NPRI],
     bitmap: [u64; WORDS],
     len: usize,
 }
+
+// SAFETY: the raw pointers are `Arc` references the queue owns (`Thread` is `Send + Sync`);
+// the queue is used behind its CPU's `SpinLock`.
+unsafe impl<E: SchedEnv> Send for RunQueue<E> {}
 
 impl<E: SchedEnv> Default for RunQueue<E> {
     fn default() -> Self {
@@ -25,13 +33,19 @@ impl<E: SchedEnv> Default for RunQueue<E> {
     }
 }
 
+impl<E: SchedEnv> Drop for RunQueue<E> {
+    fn drop(&mut self) {
+        while self.pop_highest().is_some() {}
+    }
+}
+
 impl<E: SchedEnv> RunQueue<E> {
     /// An empty queue.
     pub const fn new() -> Self {
-        RunQueue { lists: [const { LinkedList::new(RqAdapter::NEW) }; NPRI], bitmap: [0; WORDS], len: 0 }
+        RunQueue { heads: [ptr::null(); NPRI], tails: [ptr::null(); NPRI], bitmap: [0; WORDS], len: 0 }
     }
 
-    /// Number of queued threads.
+    /// Threads queued.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -41,15 +55,32 @@ impl<E: SchedEnv> RunQueue<E> {
         self.len == 0
     }
 
-    /// Appends `t` at the tail of its priority's list (round-robin order).
+    /// Queues `t` at the back of its priority's FIFO. Panics if it is already on a queue.
+    #[inline]
     pub fn push_back(&mut self, t: Arc<Thread<E>>) {
         let p = t.priority().index();
-        self.lists[p].push_back(t);
+        let raw = Arc::into_raw(t);
+        // SAFETY: `raw` is a live thread (we own a reference); its link is ours to write
+        // while it is on no queue, and the assert checks that it is on none.
+        unsafe {
+            assert!(
+                (*(*raw).rq_next.get()).cast::<()>() == RQ_UNLINKED,
+                "thread {} queued twice",
+                (*raw).name
+            );
+            *(*raw).rq_next.get() = ptr::null();
+            match self.tails[p].is_null() {
+                true => self.heads[p] = raw,
+                false => *(*self.tails[p]).rq_next.get() = raw,
+            }
+        }
+        self.tails[p] = raw;
         self.bitmap[p / 64] |= 1 << (p % 64);
         self.len += 1;
     }
 
-    /// The highest priority with a queued thread.
+    /// The most urgent priority with a queued thread.
+    #[inline]
     pub fn highest(&self) -> Option<Priority> {
         for w in (0..WORDS).rev() {
             let bits = self.bitmap[w];
@@ -61,14 +92,25 @@ impl<E: SchedEnv> RunQueue<E> {
         None
     }
 
-    /// Removes and returns the first thread of the highest priority.
+    /// Takes the first thread of the most urgent non-empty FIFO.
+    #[inline]
     pub fn pop_highest(&mut self) -> Option<Arc<Thread<E>>> {
         let p = self.highest()?.index();
-        self.take_from(p, |_| true)
+        // SAFETY: a set bit means a non-empty FIFO: its head is a queued thread.
+        Some(unsafe { self.unlink(p, ptr::null(), self.heads[p]) })
     }
 
-    /// Removes the most urgent thread that `eligible` accepts (work stealing: unbound threads
-    /// only). Scans from the highest priority down.
+    /// Takes the first thread of FIFO `p`, which [`RunQueue::highest`] just named (so it is
+    /// not empty).
+    #[inline]
+    pub fn pop_at(&mut self, p: Priority) -> Arc<Thread<E>> {
+        let p = p.index();
+        assert!(!self.heads[p].is_null(), "pop_at: priority {p} has no queued thread");
+        // SAFETY: non-empty (checked): its head is a queued thread.
+        unsafe { self.unlink(p, ptr::null(), self.heads[p]) }
+    }
+
+    /// Takes the first thread, most urgent first, that `eligible` accepts.
     pub fn pop_highest_where(
         &mut self,
         mut eligible: impl FnMut(&Thread<E>) -> bool,
@@ -89,22 +131,48 @@ impl<E: SchedEnv> RunQueue<E> {
         p: usize,
         mut eligible: impl FnMut(&Thread<E>) -> bool,
     ) -> Option<Arc<Thread<E>>> {
-        let mut cursor = self.lists[p].front_mut();
-        while let Some(t) = cursor.get() {
-            if eligible(t) {
-                let t = cursor.remove();
-                if self.lists[p].is_empty() {
-                    self.bitmap[p / 64] &= !(1 << (p % 64));
-                }
-                self.len -= 1;
-                return t;
+        let mut before: *const Thread<E> = ptr::null();
+        let mut t = self.heads[p];
+        while !t.is_null() {
+            // SAFETY: every thread on the FIFO is live (the queue owns a reference).
+            if eligible(unsafe { &*t }) {
+                // SAFETY: `t` is on FIFO `p`, right after `before` (null: the head).
+                return Some(unsafe { self.unlink(p, before, t) });
             }
-            cursor.move_next();
+            before = t;
+            // SAFETY: as above; its link is the queue's.
+            t = unsafe { *(*t).rq_next.get() };
         }
         None
     }
 
-    /// Removes `t` if it is queued here (priority change); returns whether it was.
+    /// Unlinks `t`, which follows `before` (null: `t` is the head) on FIFO `p`, and hands
+    /// back the queue's reference.
+    ///
+    /// # Safety
+    /// `t` is on FIFO `p`, directly after `before`.
+    #[inline]
+    unsafe fn unlink(&mut self, p: usize, before: *const Thread<E>, t: *const Thread<E>) -> Arc<Thread<E>> {
+        // SAFETY: per the contract, `t` and `before` are queued here and their links ours.
+        unsafe {
+            let next = *(*t).rq_next.get();
+            match before.is_null() {
+                true => self.heads[p] = next,
+                false => *(*before).rq_next.get() = next,
+            }
+            if next.is_null() {
+                self.tails[p] = before;
+                if before.is_null() {
+                    self.bitmap[p / 64] &= !(1 << (p % 64));
+                }
+            }
+            *(*t).rq_next.get() = RQ_UNLINKED.cast();
+            self.len -= 1;
+            Arc::from_raw(t)
+        }
+    }
+
+    /// Takes `t` off the queue if it is on it (under its current priority).
     pub fn remove(&mut self, t: &Thread<E>) -> Option<Arc<Thread<E>>> {
         let p = t.priority().index();
         self.take_from(p, |x| core::ptr::eq(x, t))

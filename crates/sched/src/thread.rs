@@ -33,7 +33,6 @@ use alloc::sync::Arc;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use intrusive_collections::{intrusive_adapter, LinkedListAtomicLink};
 use machine::Machine;
 
 use crate::SchedEnv;
@@ -53,6 +52,9 @@ pub const DEAD: u8 = 3;
 /// An interrupt thread waiting for an interrupt to lend it a CPU ([`crate::Scheduler::pin_call`]):
 /// off every CPU and run queue; no wakeup moves it (the next pinned call starts it afresh).
 pub const PARKED: u8 = 4;
+
+/// `rq_next` of a thread on no run queue (null ends a FIFO).
+pub(crate) const RQ_UNLINKED: *const () = core::ptr::dangling::<()>();
 
 /// `bound` value of a thread that may run on any CPU.
 pub(crate) const UNBOUND: usize = usize::MAX;
@@ -143,7 +145,9 @@ pub struct Thread<E: SchedEnv> {
     pub(crate) _stack: Option<Box<[u64]>>,
     #[allow(clippy::type_complexity)]
     pub(crate) start: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
-    pub(crate) rq_link: LinkedListAtomicLink,
+    /// The next thread on its run-queue FIFO ([`crate::RunQueue`], under that queue's lock):
+    /// [`RQ_UNLINKED`] while on no queue.
+    pub(crate) rq_next: UnsafeCell<*const Thread<E>>,
     pub(crate) join: SpinLock<JoinState<E>>,
     /// Locks held, for the lock checker.
     pub(crate) held: SpinLock<HeldLocks>,
@@ -152,10 +156,9 @@ pub struct Thread<E: SchedEnv> {
     /// Nanoseconds spent on a CPU, summed at each switch away.
     pub(crate) run_ns: AtomicU64,
     pub(crate) last_on_ns: AtomicU64,
-    /// Nanoseconds spent switched away (blocked, preempted, waiting to run), summed at each
-    /// switch back; `last_off_ns` is when it last left its CPU (0: on a CPU).
-    pub(crate) off_ns: AtomicU64,
-    pub(crate) last_off_ns: AtomicU64,
+    /// When it was made: the time since, less `run_ns` up to `last_on_ns`, is the time it
+    /// spent switched away ([`Thread::off_cpu_ns`]), so a switch writes no off-CPU sum.
+    pub(crate) born_ns: u64,
     /// The layer above's per-thread state ([`crate::SchedEnv::ThreadExt`]).
     pub(crate) ext: E::ThreadExt,
 }
@@ -166,8 +169,6 @@ pub struct Thread<E: SchedEnv> {
 unsafe impl<E: SchedEnv> Sync for Thread<E> {}
 // SAFETY: as above; a thread object may be dropped on any CPU.
 unsafe impl<E: SchedEnv> Send for Thread<E> {}
-
-intrusive_adapter!(pub(crate) RqAdapter<E> = Arc<Thread<E>>: Thread<E> { rq_link => LinkedListAtomicLink } where E: SchedEnv);
 
 impl<E: SchedEnv> Thread<E> {
     /// Unique id (never reused).
@@ -249,7 +250,8 @@ impl<E: SchedEnv> Thread<E> {
     /// across a stretch of its code is the part of that stretch it did not run (an interrupt
     /// handler's CPU time is its wall time less this).
     pub fn off_cpu_ns(&self) -> u64 {
-        self.off_ns.load(Ordering::Relaxed)
+        let on = self.last_on_ns.load(Ordering::Relaxed);
+        on.saturating_sub(self.born_ns).saturating_sub(self.run_ns.load(Ordering::Relaxed))
     }
 }
 
