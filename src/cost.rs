@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::bench::ICOUNT;
 use crate::qemu::{Accel, BootConfig, BootReport};
+use crate::rt::{fields, num, text};
 use crate::workload::{self, HostCounters, Plan};
 
 /// The NIC frames of a cost boot's `net` phase by default (the disk phase makes a quarter as
@@ -62,21 +63,6 @@ pub struct CostRun {
     pub ok: bool,
     pub done: bool,
     pub errors: Vec<String>,
-}
-
-fn fields(line: &str) -> Vec<(String, String)> {
-    line.split_ascii_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn num(f: &[(String, String)], key: &str) -> Option<u64> {
-    f.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse().ok())
-}
-
-fn text<'a>(f: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    f.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 impl CostRun {

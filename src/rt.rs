@@ -49,18 +49,19 @@ pub struct RtRun {
     pub errors: Vec<String>,
 }
 
-fn fields(line: &str) -> Vec<(String, String)> {
+/// A serial line's `key=value` words, in order (shared by the `rt` and `cost` readers).
+pub(crate) fn fields(line: &str) -> Vec<(String, String)> {
     line.split_ascii_whitespace()
         .filter_map(|w| w.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn num(f: &[(String, String)], key: &str) -> Option<u64> {
+pub(crate) fn num(f: &[(String, String)], key: &str) -> Option<u64> {
     f.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse().ok())
 }
 
-fn text<'a>(f: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub(crate) fn text<'a>(f: &'a [(String, String)], key: &str) -> Option<&'a str> {
     f.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 

@@ -151,11 +151,9 @@ impl EduFlood {
                     thread_priority: thread_pri,
                 },
                 Some(alloc::boxed::Box::new(move |_| {
-                    let st = dev.status();
-                    if st == 0 {
+                    if !dev.claim() {
                         return intr::FilterResult::Stray;
                     }
-                    dev.ack(st);
                     intr::FilterResult::Schedule
                 })),
                 Some(alloc::boxed::Box::new(move |_| {

@@ -176,11 +176,9 @@ fn start_edu(threads: &mut Vec<sched::JoinHandle<crate::locks::KernelEnv>>) -> O
                 thread_priority: None,
             },
             Some(alloc::boxed::Box::new(move |_| {
-                let st = dev.status();
-                if st == 0 {
+                if !dev.claim() {
                     return intr::FilterResult::Stray;
                 }
-                dev.ack(st);
                 intr::FilterResult::Schedule
             })),
             Some(alloc::boxed::Box::new(|_| {

@@ -78,6 +78,16 @@ impl Edu {
         self.regs.write32(REG_INTR_ACK, bits);
     }
 
+    /// A filter's claim: reads the interrupt status and acknowledges what is set (which also
+    /// deasserts the INTx line). False when nothing was set: the interrupt was not this device's.
+    pub fn claim(&self) -> bool {
+        let st = self.status();
+        if st != 0 {
+            self.ack(st);
+        }
+        st != 0
+    }
+
     /// Sends the device's interrupts as MSI to CPU `cpu` (an index), on `vector`.
     pub fn enable_msi(&self, cpu: usize, vector: u8) -> Result<(), &'static str> {
         if cpu >= arch::cpu::ncpus() {

@@ -80,12 +80,10 @@ fn msi_exactly_once_every_model() -> TestResult {
                     thread_priority: None,
                 },
                 Some(alloc::boxed::Box::new(move |_| {
-                    let st = dev.status();
-                    if st == 0 {
+                    if !dev.claim() {
                         s.fetch_add(1, Ordering::SeqCst);
                         return FilterResult::Stray;
                     }
-                    dev.ack(st);
                     c.fetch_add(1, Ordering::SeqCst);
                     FilterResult::Schedule
                 })),
@@ -157,12 +155,10 @@ fn intx_exactly_once_every_model() -> TestResult {
                 },
                 line,
                 Some(alloc::boxed::Box::new(move |_| {
-                    let st = dev.status();
-                    if st == 0 {
+                    if !dev.claim() {
                         s.fetch_add(1, Ordering::SeqCst);
                         return FilterResult::Stray;
                     }
-                    dev.ack(st); // deasserts the line
                     c.fetch_add(1, Ordering::SeqCst);
                     FilterResult::Schedule
                 })),
@@ -231,11 +227,9 @@ fn intx_deferred_by_spl_runs_once_after_splx() -> TestResult {
             },
             line,
             Some(alloc::boxed::Box::new(move |_| {
-                let st = dev.status();
-                if st == 0 {
+                if !dev.claim() {
                     return FilterResult::Stray;
                 }
-                dev.ack(st);
                 h.fetch_add(1, Ordering::SeqCst);
                 FilterResult::Handled
             })),
@@ -302,11 +296,9 @@ fn msi_masked_in_software_counts_arrivals() -> TestResult {
                 thread_priority: None,
             },
             Some(alloc::boxed::Box::new(move |_| {
-                let st = dev.status();
-                if st == 0 {
+                if !dev.claim() {
                     return FilterResult::Stray;
                 }
-                dev.ack(st);
                 c.fetch_add(1, Ordering::SeqCst);
                 FilterResult::Schedule
             })),

@@ -543,11 +543,9 @@ pub fn flood_run(model: Model, ns: u64) -> Result<FloodFigures, String> {
         .establish(
             spec,
             Some(alloc::boxed::Box::new(move |_| {
-                let st = dev.status();
-                if st == 0 {
+                if !dev.claim() {
                     return FilterResult::Stray;
                 }
-                dev.ack(st);
                 FilterResult::Schedule
             })),
             Some(alloc::boxed::Box::new(move |_| {

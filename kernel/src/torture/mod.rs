@@ -439,12 +439,10 @@ fn establish_edu(edu: &Edu, msi: bool, target: usize) -> IntrHandle<KernelEnv> {
     };
     let dev = edu.clone();
     let filter: intr::Filter = Box::new(move |_| {
-        let st = dev.status();
-        if st == 0 {
+        if !dev.claim() {
             violation("stray", Some(EDU), cpu());
             return FilterResult::Stray;
         }
-        dev.ack(st);
         first_stage(EDU);
         SRC[EDU].scheduled.fetch_add(1, SeqCst);
         FilterResult::Schedule
