@@ -151,7 +151,15 @@ fn a_long_run_wraps_its_rings_and_stays_well_nested() {
     check_well_formed(&doc, 2, &log);
     let rings = doc["otherData"]["rings"].as_array().unwrap();
     assert!(rings.iter().any(|r| r["overwritten"].as_u64().unwrap() > 0), "no ring wrapped:\n{log}");
-    assert!(rings.iter().all(|r| r["torn"] == 0), "torn records in a dump after the run:\n{log}");
+    // Every CPU still records while the dump runs (its clock ticks, the serial line's own
+    // interrupts), so in a ring that has wrapped a new record may overwrite the oldest ones
+    // while they are read: the reader skips those and counts them as torn (`trace::Trace::records`).
+    // That is a few records at the old end of a ring, not a share of it (a CI run saw torn
+    // records with rings of 256 and failed an assertion of none).
+    for r in rings {
+        let torn = r["torn"].as_u64().unwrap();
+        assert!(torn <= 32, "{torn} torn records in one ring of 256 in a dump after the run:\n{log}");
+    }
 }
 
 #[test]
