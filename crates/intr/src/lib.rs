@@ -947,10 +947,9 @@ impl<E: IntrEnv> Intr<E> {
         if p == 0 {
             return None;
         }
-        // SAFETY: `in_filter[cpu]` holds the address of the running filter's source's name
-        // only while that filter runs on `cpu`, under the vector's table lock and with a
-        // reference to the source held: called on `cpu` from inside the filter, the source
-        // and its name are alive.
+        // SAFETY: `in_filter[cpu]` holds the running filter's source name only while that
+        // filter runs on `cpu` (table lock and a source reference held); called on `cpu` from
+        // inside the filter, the source and its name are alive.
         let name: &SourceName = unsafe { &*(p as *const SourceName) };
         Some(alloc::string::String::from(&**name))
     }
