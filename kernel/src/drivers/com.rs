@@ -404,6 +404,7 @@ pub fn check_paste_line(line: &str, seq: u64) -> bool {
 /// COM2's storm fault (see the module doc).
 pub struct Com2Fault {
     _source: IntrHandle<KernelEnv>,
+    cpu: usize,
 }
 
 static COM2_STUCK: AtomicBool = AtomicBool::new(false);
@@ -465,7 +466,12 @@ impl Com2Fault {
                 None,
             )
             .map_err(|error| DriverError::Establish { device: "com2", error })?;
-        Ok(COM2.set(Com2Fault { _source: source }))
+        Ok(COM2.set(Com2Fault { _source: source, cpu }))
+    }
+
+    /// The CPU the line is routed to.
+    pub fn cpu(&self) -> usize {
+        self.cpu
     }
 
     /// The source's storm state (throttled, storming, storms counted).

@@ -87,17 +87,55 @@ pub fn com2(seed: u64, fault: &'static Com2Fault) {
         if STOP.load(SeqCst) {
             break;
         }
-        let storms = fault.storm().storms.load(SeqCst);
+        let st = fault.storm();
+        let storms = st.storms.load(SeqCst);
+        let before = WindowCounts::now(fault);
         INJECTIONS.fetch_add(1, SeqCst);
         fault.set_stuck(true);
         SCHED.sleep_ns(10_000_000 + rng.below(30_000_000));
+        // What each CPU runs at the end of the window, for the diagnostic below.
+        let late = WindowCounts::now(fault);
+        let stalled: alloc::vec::Vec<(usize, alloc::string::String)> = (0..arch::cpu::ncpus())
+            .filter(|&c| late.ticks[c] == before.ticks[c])
+            .map(|c| (c, super::monitor::running_on(c)))
+            .collect();
         fault.set_stuck(false);
         let cpu = X86_64::cpu_index();
-        if fault.storm().storms.load(SeqCst) == storms {
+        if st.storms.load(SeqCst) == storms {
             violation("storm-undetected", Some(COM2), cpu);
+            let after = WindowCounts::now(fault);
+            kprintln!(
+                "@@ torture-diag com2 undetected stuck_ns={} interrupts={} arrivals={} no_work={} \
+                 windows_judged={} line_cpu={} line_cpu_clock_interrupts={} throttled={} storming={}",
+                after.at - before.at,
+                after.interrupts - before.interrupts,
+                after.arrivals - before.arrivals,
+                after.no_work - before.no_work,
+                after.judged - before.judged,
+                fault.cpu(),
+                after.line_cpu_ticks - before.line_cpu_ticks,
+                st.throttled.load(SeqCst),
+                st.storming.load(SeqCst),
+            );
+            for c in 0..arch::cpu::ncpus() {
+                kprintln!(
+                    "@@ torture-diag com2 undetected cpu={c} clock_interrupts={}",
+                    after.ticks[c] - before.ticks[c]
+                );
+            }
+            for (c, name) in &stalled {
+                kprintln!("@@ torture-diag com2 undetected no_clock cpu={c} running={name}");
+            }
+            let (b, a) = (before.console, arch::serial::counters());
+            kprintln!(
+                "@@ torture-diag com2 undetected console tx_ring_full={} tx_polled_bytes={} tx_irq_bytes={} tx_tick_kicks={}",
+                a.tx_ring_full - b.tx_ring_full,
+                a.tx_polled_bytes - b.tx_polled_bytes,
+                a.tx_irq_bytes - b.tx_irq_bytes,
+                a.tx_tick_kicks - b.tx_tick_kicks,
+            );
         }
         let until = now() + RECOVER_NS;
-        let st = fault.storm();
         while (st.throttled.load(SeqCst) || st.storming.load(SeqCst)) && now() < until {
             SCHED.sleep_ns(5_000_000);
         }
@@ -116,6 +154,36 @@ pub fn com2(seed: u64, fault: &'static Com2Fault) {
         kprintln!("@@ torture-diag com2 runs_throttled={}", com::COM2_RUNS_THROTTLED.load(SeqCst));
         violation("storm-throttled", Some(COM2), X86_64::cpu_index());
         com::COM2_RUNS_THROTTLED.store(0, SeqCst);
+    }
+}
+
+/// What one injection is judged on, read before and after it (for the diagnostic of an
+/// undetected storm: did the line interrupt at all, did the rule see it, did the line's CPU
+/// take its clock interrupts meanwhile).
+struct WindowCounts {
+    at: u64,
+    interrupts: u64,
+    arrivals: u64,
+    no_work: u64,
+    judged: u64,
+    line_cpu_ticks: u64,
+    ticks: [u64; machine::MAX_CPUS],
+    console: arch::serial::ConsoleCounters,
+}
+
+impl WindowCounts {
+    fn now(fault: &Com2Fault) -> Self {
+        let st = fault.storm();
+        WindowCounts {
+            at: now(),
+            interrupts: com::COM2_INTERRUPTS.load(SeqCst),
+            arrivals: st.arrivals_total.load(SeqCst),
+            no_work: st.no_work_total.load(SeqCst),
+            judged: st.windows_judged.load(SeqCst),
+            line_cpu_ticks: apic::TIMER_FIRED[fault.cpu()].load(SeqCst),
+            ticks: core::array::from_fn(|c| apic::TIMER_FIRED[c].load(SeqCst)),
+            console: arch::serial::counters(),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use crate::SCHED;
 
 use super::*;
 
-fn running_on(c: usize) -> String {
+pub(super) fn running_on(c: usize) -> String {
     let mut name = String::from("?");
     SCHED.for_each_thread(|t| {
         if t.is_on_cpu() && t.last_cpu() == c {
