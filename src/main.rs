@@ -1326,6 +1326,19 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                     println!("VIOLATION {}", torture::violation(line).expect("checked"));
                 }
                 (Source::Serial, _)
+                    if line.starts_with("@@ torture-stall") =>
+                {
+                    if tty {
+                        println!();
+                    }
+                    println!("  {line}");
+                    if let Some(addrs) = torture::stall_frames(line) {
+                        for l in harness::format_backtrace(&kernel, &addrs) {
+                            println!("    {l}");
+                        }
+                    }
+                }
+                (Source::Serial, _)
                     if line.starts_with("@@ torture-heartbeat")
                         || line.starts_with("@@ torture-diag")
                         || line.starts_with("@@ torture-heap")

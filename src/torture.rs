@@ -159,6 +159,14 @@ pub fn summary(line: &str) -> Option<Summary> {
     })
 }
 
+/// `@@ torture-stall ... frames=<hex>,<hex>,...`: a stalled CPU's return addresses
+/// (innermost first, the interrupted instruction first of all), to symbolize.
+pub fn stall_frames(line: &str) -> Option<Vec<u64>> {
+    let rest = line.strip_prefix("@@ torture-stall ")?;
+    let frames = rest.split_whitespace().find_map(|kv| kv.strip_prefix("frames="))?;
+    frames.split(',').map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()).collect()
+}
+
 /// `@@ torture-host-source ...`: a host-driven source's counts (shown as they are).
 pub fn host_source(line: &str) -> Option<&str> {
     line.strip_prefix("@@ torture-host-source ")
@@ -248,6 +256,12 @@ mod tests {
         assert_eq!(s.hash, "67e2b7d4970a4300");
         assert_eq!(s.violations, 0);
         assert!(summary("@@ torture-summary model=pool").is_none());
+        assert_eq!(
+            stall_frames("@@ torture-stall model=direct cpu=3 why=heartbeat rip=0x2000 if=0 frames=0x2000,0x1f00"),
+            Some(vec![0x2000, 0x1f00])
+        );
+        assert_eq!(stall_frames("@@ torture-stall model=direct cpu=3 why=heartbeat snapshot=none"), None);
+        assert_eq!(stall_frames("@@ torture-stall model=direct cpu=3 frames=0x20,zz"), None);
         assert_eq!(
             violation("@@ torture-violation model=direct what=lost source=torture.mwq cpu=1 seed=3"),
             Some("model=direct what=lost source=torture.mwq cpu=1 seed=3")

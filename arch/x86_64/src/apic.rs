@@ -289,6 +289,15 @@ fn wait_icr_idle() {
     }
 }
 
+/// Sends a non-maskable interrupt to the CPU whose LAPIC id is `apic_id` (`nmi::snapshot`).
+pub fn send_nmi(apic_id: u32) {
+    // As in `send_ipi`: the ICR pair is written with interrupts disabled.
+    let _io = <crate::X86_64 as machine::Machine>::intr_disable();
+    wait_icr_idle();
+    write(REG_ICR_HIGH, apic_id << 24);
+    write(REG_ICR_LOW, 0x0000_0400); // NMI delivery mode, physical, edge, assert
+}
+
 /// Sends a fixed IPI with `vector` to the CPU whose LAPIC id is `apic_id`.
 pub fn send_ipi(apic_id: u32, vector: u8) {
     // The ICR is two registers: keep the pair atomic with respect to interrupts on this CPU

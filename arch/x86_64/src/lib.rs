@@ -29,6 +29,7 @@ pub mod dma;
 pub mod exit;
 pub mod ioapic;
 pub mod mem;
+pub mod nmi;
 pub mod pci;
 pub mod serial;
 pub mod smp;

@@ -8,7 +8,8 @@
 //! 2. `trap_common` (entry.s) pushes the general registers and calls [`trap_dispatch`] with
 //!    the resulting [`TrapFrame`]. All gates are interrupt gates: IF stays clear until
 //!    `iretq`, so handlers do not nest.
-//! 3. Exceptions (vectors 0..32) go to the fault path: a description and a panic.
+//! 3. Exceptions (vectors 0..32) go to the fault path: a description and a panic; an NMI a
+//!    CPU asked for (`nmi::snapshot`) records where this CPU was and returns instead.
 //!    Interrupts (32..256) go to the kernel's interrupt hook: the SPL layer decides whether
 //!    the vector runs now or is recorded as pending (replayed by `splx`); if it runs, the
 //!    kernel calls [`run_handler`], sends the LAPIC EOI and reaches the scheduler's
@@ -106,6 +107,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
     let vector = frame.vector as usize;
     if vector < FIRST_INTERRUPT_VECTOR as usize {
+        if vector == 2 && crate::nmi::on_nmi(frame) {
+            return; // a requested snapshot (`nmi.rs`); `iretq` unblocks NMIs
+        }
         fault(frame);
     }
     if vector == apic::SPURIOUS_VECTOR as usize {

@@ -88,3 +88,85 @@ fn ipi_every_pair() -> TestResult {
     Ok(())
 }
 ktest!(T_IPI, "smp::ipi::every_pair", ipi_every_pair);
+
+/// Per CPU: arrived at the NMI ring's barrier / finished its snapshot.
+static NMI_ARRIVED: AtomicU64 = AtomicU64::new(0);
+static NMI_DONE: AtomicU64 = AtomicU64::new(0);
+/// What each ring member returned, by CPU.
+#[allow(clippy::type_complexity)]
+static NMI_RESULTS: crate::locks::Mutex<Vec<(usize, Result<arch::nmi::CpuSnapshot, alloc::string::String>)>> =
+    crate::locks::Mutex::new_spin("test.nmi.results", ipl::Ipl::High, Vec::new());
+
+/// One CPU's part of the NMI ring (see `nmi_snapshot_ring`): interrupts disabled and the
+/// level at `IPL_HIGH`, waits for every CPU, snapshots the next one (itself stopped the same
+/// way), and waits until every CPU has done so. Returns the snapshot or what went wrong.
+#[inline(never)]
+fn nmi_ring_member(me: usize, n: usize) -> Result<arch::nmi::CpuSnapshot, alloc::string::String> {
+    let all = (1u64 << n) - 1;
+    let _io = <arch::X86_64 as machine::Machine>::intr_disable();
+    let _spl = crate::SPL.raise(ipl::Ipl::High);
+    let deadline = now_ns() + 2_000_000_000;
+    NMI_ARRIVED.fetch_or(1 << me, Ordering::AcqRel);
+    while NMI_ARRIVED.load(Ordering::Acquire) != all {
+        if now_ns() > deadline {
+            return Err(alloc::format!("CPU {me}: not every CPU reached the barrier"));
+        }
+        core::hint::spin_loop();
+    }
+    let next = (me + 1) % n;
+    let snap = arch::nmi::snapshot(next).ok_or_else(|| alloc::format!("CPU {me}: no answer from CPU {next}"));
+    NMI_DONE.fetch_or(1 << me, Ordering::AcqRel);
+    while NMI_DONE.load(Ordering::Acquire) != all {
+        if now_ns() > deadline {
+            return Err(alloc::format!("CPU {me}: not every CPU finished its snapshot"));
+        }
+        core::hint::spin_loop();
+    }
+    snap
+}
+
+/// Every CPU at once, interrupts disabled and at `IPL_HIGH`, stops the next one with an NMI:
+/// each snapshot shows interrupts off, `IPL_HIGH`, and a frame in `nmi_ring_member` (where
+/// the stopped CPU spun). With one CPU there is no other to stop: the snapshot of itself and
+/// of a CPU that is not online are refused.
+fn nmi_snapshot_ring() -> TestResult {
+    let n = ncpus();
+    kassert!(n <= 64, "the ring's masks hold 64 CPUs, not {n}");
+    kassert!(arch::nmi::snapshot(arch::cpu::index()).is_none(), "a CPU snapshot of itself was not refused");
+    kassert!(arch::nmi::snapshot(n).is_none(), "a snapshot of CPU {n} (not online) was not refused");
+    if n < 2 {
+        return Ok(());
+    }
+    NMI_ARRIVED.store(0, Ordering::Release);
+    NMI_DONE.store(0, Ordering::Release);
+    NMI_RESULTS.lock().clear();
+    let threads: Vec<_> = (0..n)
+        .map(|c| {
+            SCHED.spawn("nmi-ring", Priority::KTHREAD, Some(c), move || {
+                let r = nmi_ring_member(c, n);
+                NMI_RESULTS.lock().push((c, r));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join();
+    }
+    let mut results = core::mem::take(&mut *NMI_RESULTS.lock());
+    results.sort_by_key(|r| r.0);
+    kassert_eq!(results.len(), n, "ring members that reported");
+    let body = nmi_ring_member as *const () as usize as u64;
+    for (c, r) in results {
+        let next = (c + 1) % n;
+        let s = r?;
+        kassert!(!s.interrupts_enabled(), "CPU {next} had interrupts enabled: rflags {:#x}", s.rflags);
+        kassert_eq!(s.ipl, ipl::Ipl::High as u8, "CPU {next}'s IPL");
+        kassert!(s.nframes >= 1, "CPU {next}: no frames");
+        kassert!(
+            s.frames[..s.nframes].iter().any(|&f| f >= body && f < body + 0x1000),
+            "CPU {next}: no frame in nmi_ring_member ({body:#x}): {:x?}",
+            &s.frames[..s.nframes]
+        );
+    }
+    Ok(())
+}
+ktest!(T_NMI, "smp::nmi::snapshot_ring", nmi_snapshot_ring);

@@ -80,7 +80,7 @@ static RECOVERED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64:
 
 /// The COM2 thread of one load (see the module doc); returns when the load stops, with the
 /// line released and recovered.
-pub fn com2(seed: u64, fault: &'static Com2Fault) {
+pub fn com2(model: intr::Model, seed: u64, fault: &'static Com2Fault) {
     let mut rng = Rng::new(seed, 11);
     while !STOP.load(SeqCst) {
         SCHED.sleep_ns(20_000_000 + rng.below(200_000_000));
@@ -95,10 +95,14 @@ pub fn com2(seed: u64, fault: &'static Com2Fault) {
         SCHED.sleep_ns(10_000_000 + rng.below(30_000_000));
         // What each CPU runs at the end of the window, for the diagnostic below.
         let late = WindowCounts::now(fault);
-        let stalled: alloc::vec::Vec<(usize, alloc::string::String)> = (0..arch::cpu::ncpus())
-            .filter(|&c| late.ticks[c] == before.ticks[c])
-            .map(|c| (c, super::monitor::running_on(c)))
-            .collect();
+        let stalled: alloc::vec::Vec<usize> =
+            (0..arch::cpu::ncpus()).filter(|&c| late.ticks[c] == before.ticks[c]).collect();
+        if st.storms.load(SeqCst) == storms {
+            // About to be reported: where are the CPUs that took no clock interrupt?
+            for &c in &stalled {
+                super::monitor::print_stall(model, c, "com2-window");
+            }
+        }
         fault.set_stuck(false);
         let cpu = X86_64::cpu_index();
         if st.storms.load(SeqCst) == storms {
@@ -122,9 +126,6 @@ pub fn com2(seed: u64, fault: &'static Com2Fault) {
                     "@@ torture-diag com2 undetected cpu={c} clock_interrupts={}",
                     after.ticks[c] - before.ticks[c]
                 );
-            }
-            for (c, name) in &stalled {
-                kprintln!("@@ torture-diag com2 undetected no_clock cpu={c} running={name}");
             }
             let (b, a) = (before.console, arch::serial::counters());
             kprintln!(

@@ -22,6 +22,35 @@ use crate::SCHED;
 
 use super::*;
 
+/// Prints where CPU `c` is now (`@@ torture-stall`, from an NMI snapshot, `arch::nmi`): the
+/// interrupted instruction, whether interrupts were enabled, its IPL and spin mutexes, and
+/// the return addresses the host tool symbolizes. `why` says what made the caller look.
+pub(super) fn print_stall(model: Model, c: usize, why: &str) {
+    let running = running_on(c);
+    match arch::nmi::snapshot(c) {
+        Some(s) => {
+            let mut frames = String::new();
+            for (i, f) in s.frames[..s.nframes].iter().enumerate() {
+                if i > 0 {
+                    frames.push(',');
+                }
+                frames.push_str(&alloc::format!("{f:#x}"));
+            }
+            kprintln!(
+                "@@ torture-stall model={} cpu={c} why={why} running={running} rip={:#x} if={} ipl={} pending={:#x} \
+                 spin_mutexes={} frames={frames}",
+                model.name(),
+                s.rip,
+                u8::from(s.interrupts_enabled()),
+                s.ipl,
+                s.pending,
+                s.spin_mutexes,
+            );
+        }
+        None => kprintln!("@@ torture-stall model={} cpu={c} why={why} running={running} snapshot=none", model.name()),
+    }
+}
+
 pub(super) fn running_on(c: usize) -> String {
     let mut name = String::from("?");
     SCHED.for_each_thread(|t| {
@@ -142,7 +171,7 @@ impl Monitor {
             h.spawn(&mut threads);
         }
         if let Some(f) = self.com2 {
-            threads.push(SCHED.spawn("torture.com2", Priority::KTHREAD, None, move || clock::com2(seed, f)));
+            threads.push(SCHED.spawn("torture.com2", Priority::KTHREAD, None, move || clock::com2(model, seed, f)));
         }
         let waiter = SCHED.spawn("torture.pi.waiter", rt, Some(0), pi_waiter);
         *PI_WAITER.lock() = Some(waiter.thread().clone());
@@ -209,6 +238,7 @@ impl Monitor {
                     c,
                     running_on(c)
                 );
+                print_stall(self.model, c, "heartbeat");
                 violation("heartbeat", None, c);
             }
         }
