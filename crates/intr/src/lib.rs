@@ -521,14 +521,18 @@ impl<E: IntrEnv> Source<E> {
     /// each model's path: it is the part of every interrupt that the benchmarks compare.
     #[inline(always)]
     fn run_handler(&self, raised_ns: u64, cpu: usize) -> bool {
-        self.run_handler_in::<true>(raised_ns, cpu)
+        self.run_handler_in::<RUN_THREAD>(raised_ns, cpu)
     }
 
-    /// [`Source::run_handler`]; `MAY_SWITCH` false where the running thread cannot switch away
-    /// during the handler (interrupt context: the direct model), which needs no off-CPU
-    /// accounting around it.
+    /// [`Source::run_handler`] in one of three contexts, which differ in how the time the
+    /// running thread spends switched away during the handler (blocked, preempted) is taken
+    /// out of the handler's CPU time: [`RUN_INTERRUPT`], where it cannot switch away (the
+    /// direct model: no off-CPU accounting); [`RUN_THREAD`], an ordinary thread (the mark
+    /// taken before, compared after); [`RUN_BORROWED`], a pinned call's body, lazily: it
+    /// switches away only by blocking, which ends its borrowing and records the mark then
+    /// (`sched::Thread::borrow_off_mark_ns`), so the fast path takes none.
     #[inline(always)]
-    fn run_handler_in<const MAY_SWITCH: bool>(&self, raised_ns: u64, cpu: usize) -> bool {
+    fn run_handler_in<const CTX: u8>(&self, raised_ns: u64, cpu: usize) -> bool {
         let Some(h) = self.handler.as_ref() else { return false };
         // Checking "dead" and counting this run in are one step: a handler never starts
         // after its disestablish returned.
@@ -547,13 +551,23 @@ impl<E: IntrEnv> Source<E> {
         // The thread running the handler (the interrupted one in interrupt context): if it
         // switches away meanwhile (blocked, preempted), the run's time is not all CPU time.
         let me = E::sched().current();
-        let (switches, off0) = if MAY_SWITCH { (me.switch_count(), me.off_cpu_ns()) } else { (0, 0) };
+        let (switches, off0) = if CTX == RUN_THREAD { (me.switch_count(), me.off_cpu_ns()) } else { (0, 0) };
         trace::emit::<E::M>(trace::Kind::HandlerBegin, self.vector as u64);
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let wall = E::M::now_ns().saturating_sub(t0);
+        // Whether the thread switched away meanwhile.
+        let switched = match CTX {
+            RUN_THREAD => me.switch_count() != switches,
+            RUN_BORROWED => !E::sched().borrowing(),
+            _ => false,
+        };
         // CPU time: the wall time less what the thread spent switched away meanwhile.
-        let off = if MAY_SWITCH { me.off_cpu_ns().saturating_sub(off0) } else { 0 };
+        let off = match CTX {
+            RUN_THREAD => me.off_cpu_ns().saturating_sub(off0),
+            RUN_BORROWED if switched => me.off_cpu_ns().saturating_sub(me.borrow_off_mark_ns()),
+            _ => 0,
+        };
         let spent = wall.saturating_sub(off);
         if off != 0 {
             self.stats.handler_off_ns.fetch_add(off, Ordering::Relaxed);
@@ -561,7 +575,7 @@ impl<E: IntrEnv> Source<E> {
         if ctx.no_work.load(Ordering::Relaxed) {
             // Time spent for nothing (storm.rs), if it was all CPU time.
             self.storm.no_work();
-            if !MAY_SWITCH || me.switch_count() == switches {
+            if !switched {
                 self.storm.busy(spent);
             }
         }
@@ -576,6 +590,14 @@ impl<E: IntrEnv> Source<E> {
         ctx.requeue.load(Ordering::Relaxed)
     }
 }
+
+/// [`Source::run_handler_in`] in interrupt context (the direct model).
+pub(crate) const RUN_INTERRUPT: u8 = 0;
+/// [`Source::run_handler_in`] in an ordinary thread (dedicated, pool, a pinned thread that
+/// blocked).
+pub(crate) const RUN_THREAD: u8 = 1;
+/// [`Source::run_handler_in`] in a pinned call's body, on a borrowed CPU.
+pub(crate) const RUN_BORROWED: u8 = 2;
 
 /// A queued handler instance (pool and pinned models).
 pub(crate) struct Pending<E: IntrEnv> {
@@ -1379,7 +1401,7 @@ fn arrival_of<E: IntrEnv>(src: &Source<E>, replay: bool, now: u64) -> u64 {
 #[inline(always)]
 fn run_direct<E: IntrEnv>(src: &Arc<Source<E>>, now: u64, cpu: usize) {
     // Interrupt context: the interrupted thread cannot switch away under the handler.
-    let again = src.run_handler_in::<false>(now, cpu);
+    let again = src.run_handler_in::<RUN_INTERRUPT>(now, cpu);
     if src.needs_mask() {
         src.unmask();
     }

@@ -287,6 +287,7 @@ impl<E: SchedEnv> Scheduler<E> {
             run_ns: AtomicU64::new(0),
             last_on_ns: AtomicU64::new(now),
             born_ns: now,
+            borrow_off_ns: AtomicU64::new(0),
             ext: E::ThreadExt::default(),
         }
     }
