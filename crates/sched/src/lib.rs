@@ -1127,7 +1127,8 @@ impl<E: SchedEnv> Scheduler<E> {
             return;
         }
         let held = local.prev_ref.take();
-        let migrate_to = local.prev_migrate_to.take();
+        // Read, not taken: every switch writes it before the next `finish_switch`.
+        let migrate_to = local.prev_migrate_to;
         c.rq.raw_unlock();
         // SAFETY: `prev` is alive until this store (see `switch_to`); not touched after it.
         unsafe { (*prev).on_cpu.store(false, Ordering::Release) };

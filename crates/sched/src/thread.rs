@@ -190,6 +190,14 @@ impl<E: SchedEnv> Thread<E> {
         Priority::new(self.pri.load(Ordering::Relaxed)).unwrap_or(Priority::MAX)
     }
 
+    /// The run-queue index of its effective priority: the word is only ever written from a
+    /// [`Priority`] (below `NPRI`, a power of two), so the mask changes nothing and stands
+    /// for the range test.
+    #[inline(always)]
+    pub(crate) fn rq_index(&self) -> usize {
+        self.pri.load(Ordering::Relaxed) as usize & (crate::pri::NPRI - 1)
+    }
+
     /// Base priority.
     pub fn base_priority(&self) -> Priority {
         Priority::new(self.base_pri.load(Ordering::Relaxed)).unwrap_or(Priority::MAX)
