@@ -93,7 +93,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize
 
 use ipl::Ipl;
 use machine::{IntrOff, Machine};
-use sched::{Event, Priority, SpinLock};
+use sched::{Event, Priority, SpinGuard, SpinLock};
 use sync::Env;
 
 pub use stats::{Histogram, SourceStats};
@@ -1004,47 +1004,70 @@ impl<E: IntrEnv> Intr<E> {
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
-        let mut claimed = false;
-        // Sources (by their index, the first 64) whose filter said "not mine": if nobody
-        // claims the interrupt, each of them is charged a no-work arrival (storm.rs).
-        let mut strays = 0u64;
-        let mut later = Later::new();
         {
             let list = self.vectors[vector as usize].lock(io);
             if list.is_empty() {
                 return None;
             }
             if let [src] = &list[..] {
+                // At most one handler to run after the lock: a slot, not a `Later`.
+                let mut one = LaterOne::None;
                 // One source on the vector (the usual case): the same steps as the loop below
                 // for a list of one, without its bookkeeping (the level scan, the stray set).
                 let level = src.is_level();
                 if !level && !replay {
                     E::eoi();
                 }
-                match self.arrive(src, replay, cpu, now) {
-                    Arrived::Absorbed => claimed = true,
+                let claimed = match self.arrive(src, replay, cpu, now) {
+                    Arrived::Absorbed => true,
                     Arrived::Filter { timed } => {
                         let arrival = arrival_of(src, replay, now);
                         let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
-                        claimed = claims;
                         if !claims {
                             // Nobody cared: the one source that said "not mine" had no work.
                             src.storm.no_work();
                         }
                         if schedule && src.handler.is_some() {
-                            self.route(src, cpu, arrival, now, io, &mut later);
+                            self.route(src, cpu, arrival, now, io, &mut one);
                         }
+                        claims
                     }
-                }
+                };
                 if level && !replay {
                     // Level: the scheduled source is masked now.
                     E::eoi();
                 }
                 drop(list);
-                self.run_later(&mut later, now, cpu, io);
-                core::mem::forget(later);
+                match one {
+                    LaterOne::None => {}
+                    LaterOne::Direct(src, arrival) => run_direct(&src, arrival, cpu),
+                    // The static framework itself (`self` is it), so the per-CPU state's
+                    // address is a constant plus the index.
+                    LaterOne::Pinned(src, arrival) => E::intr().pinned.dispatch(src, arrival, cpu, io),
+                }
                 return Some(claimed);
             }
+            self.dispatch_shared(list, replay, cpu, now, io)
+        }
+    }
+
+    /// [`Intr::dispatch`] of a vector with more than one source (table lock held, released
+    /// here before the handlers run).
+    #[inline(never)]
+    fn dispatch_shared(
+        &'static self,
+        list: SpinGuard<'_, Vec<Arc<Source<E>>>>,
+        replay: bool,
+        cpu: usize,
+        now: u64,
+        io: &IntrOff,
+    ) -> Option<bool> {
+        let mut claimed = false;
+        // Sources (by their index, the first 64) whose filter said "not mine": if nobody
+        // claims the interrupt, each of them is charged a no-work arrival (storm.rs).
+        let mut strays = 0u64;
+        let mut later = Later::new();
+        {
             let level = list.iter().any(|s| s.is_level());
             if !level && !replay {
                 E::eoi();
@@ -1080,6 +1103,7 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
         }
+        drop(list);
         self.run_later(&mut later, now, cpu, io);
         // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on
         // the path.
@@ -1178,7 +1202,7 @@ impl<E: IntrEnv> Intr<E> {
         arrival: u64,
         now: u64,
         io: &IntrOff,
-        later: &mut Later<E>,
+        later: &mut impl RunAfter<E>,
     ) {
         match src.model {
             Model::Direct => {
@@ -1327,12 +1351,44 @@ struct Later<E: IntrEnv> {
     more: Vec<(Arc<Source<E>>, u64)>,
 }
 
+/// Where [`Intr::route`] puts the direct and pinned handlers it schedules, to run after the
+/// vector table's lock: a [`Later`] for a shared vector, a [`LaterOne`] for a vector with one
+/// source.
+trait RunAfter<E: IntrEnv> {
+    fn push_direct(&mut self, src: Arc<Source<E>>, arrival: u64, now: u64);
+    fn push_pinned(&mut self, src: Arc<Source<E>>, arrival: u64, now: u64);
+}
+
+/// The handler to run after the lock for a vector with one source (none, or its one
+/// source's), with the delivery's arrival time.
+enum LaterOne<E: IntrEnv> {
+    None,
+    Direct(Arc<Source<E>>, u64),
+    Pinned(Arc<Source<E>>, u64),
+}
+
+impl<E: IntrEnv> RunAfter<E> for LaterOne<E> {
+    #[inline(always)]
+    fn push_direct(&mut self, src: Arc<Source<E>>, arrival: u64, _now: u64) {
+        debug_assert!(matches!(self, LaterOne::None), "one source scheduled twice");
+        *self = LaterOne::Direct(src, arrival);
+    }
+
+    #[inline(always)]
+    fn push_pinned(&mut self, src: Arc<Source<E>>, arrival: u64, _now: u64) {
+        debug_assert!(matches!(self, LaterOne::None), "one source scheduled twice");
+        *self = LaterOne::Pinned(src, arrival);
+    }
+}
+
 impl<E: IntrEnv> Later<E> {
     #[inline(always)]
     fn new() -> Self {
         Later { pin_first: None, direct: [const { None }; 4], ndirect: 0, more: Vec::new() }
     }
+}
 
+impl<E: IntrEnv> RunAfter<E> for Later<E> {
     #[inline(always)]
     fn push_direct(&mut self, src: Arc<Source<E>>, arrival: u64, now: u64) {
         if self.ndirect < self.direct.len() && arrival == now {
