@@ -93,7 +93,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize
 
 use ipl::Ipl;
 use machine::{IntrOff, Machine};
-use sched::{Event, Priority, SpinLock};
+use sched::{Event, Priority, SpinGuard, SpinLock};
 use sync::Env;
 
 pub use stats::{Histogram, SourceStats};
@@ -521,14 +521,18 @@ impl<E: IntrEnv> Source<E> {
     /// each model's path: it is the part of every interrupt that the benchmarks compare.
     #[inline(always)]
     fn run_handler(&self, raised_ns: u64, cpu: usize) -> bool {
-        self.run_handler_in::<true>(raised_ns, cpu)
+        self.run_handler_in::<RUN_THREAD>(raised_ns, cpu)
     }
 
-    /// [`Source::run_handler`]; `MAY_SWITCH` false where the running thread cannot switch away
-    /// during the handler (interrupt context: the direct model), which needs no off-CPU
-    /// accounting around it.
+    /// [`Source::run_handler`] in one of three contexts, which differ in how the time the
+    /// running thread spends switched away during the handler (blocked, preempted) is taken
+    /// out of the handler's CPU time: [`RUN_INTERRUPT`], where it cannot switch away (the
+    /// direct model: no off-CPU accounting); [`RUN_THREAD`], an ordinary thread (the mark
+    /// taken before, compared after); [`RUN_BORROWED`], a pinned call's body, lazily: it
+    /// switches away only by blocking, which ends its borrowing and records the mark then
+    /// (`sched::Thread::borrow_off_mark_ns`), so the fast path takes none.
     #[inline(always)]
-    fn run_handler_in<const MAY_SWITCH: bool>(&self, raised_ns: u64, cpu: usize) -> bool {
+    fn run_handler_in<const CTX: u8>(&self, raised_ns: u64, cpu: usize) -> bool {
         let Some(h) = self.handler.as_ref() else { return false };
         // Checking "dead" and counting this run in are one step: a handler never starts
         // after its disestablish returned.
@@ -547,13 +551,23 @@ impl<E: IntrEnv> Source<E> {
         // The thread running the handler (the interrupted one in interrupt context): if it
         // switches away meanwhile (blocked, preempted), the run's time is not all CPU time.
         let me = E::sched().current();
-        let (switches, off0) = if MAY_SWITCH { (me.switch_count(), me.off_cpu_ns()) } else { (0, 0) };
+        let (switches, off0) = if CTX == RUN_THREAD { (me.switch_count(), me.off_cpu_ns()) } else { (0, 0) };
         trace::emit::<E::M>(trace::Kind::HandlerBegin, self.vector as u64);
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let wall = E::M::now_ns().saturating_sub(t0);
+        // Whether the thread switched away meanwhile.
+        let switched = match CTX {
+            RUN_THREAD => me.switch_count() != switches,
+            RUN_BORROWED => !E::sched().borrowing(),
+            _ => false,
+        };
         // CPU time: the wall time less what the thread spent switched away meanwhile.
-        let off = if MAY_SWITCH { me.off_cpu_ns().saturating_sub(off0) } else { 0 };
+        let off = match CTX {
+            RUN_THREAD => me.off_cpu_ns().saturating_sub(off0),
+            RUN_BORROWED if switched => me.off_cpu_ns().saturating_sub(me.borrow_off_mark_ns()),
+            _ => 0,
+        };
         let spent = wall.saturating_sub(off);
         if off != 0 {
             self.stats.handler_off_ns.fetch_add(off, Ordering::Relaxed);
@@ -561,7 +575,7 @@ impl<E: IntrEnv> Source<E> {
         if ctx.no_work.load(Ordering::Relaxed) {
             // Time spent for nothing (storm.rs), if it was all CPU time.
             self.storm.no_work();
-            if !MAY_SWITCH || me.switch_count() == switches {
+            if !switched {
                 self.storm.busy(spent);
             }
         }
@@ -576,6 +590,14 @@ impl<E: IntrEnv> Source<E> {
         ctx.requeue.load(Ordering::Relaxed)
     }
 }
+
+/// [`Source::run_handler_in`] in interrupt context (the direct model).
+pub(crate) const RUN_INTERRUPT: u8 = 0;
+/// [`Source::run_handler_in`] in an ordinary thread (dedicated, pool, a pinned thread that
+/// blocked).
+pub(crate) const RUN_THREAD: u8 = 1;
+/// [`Source::run_handler_in`] in a pinned call's body, on a borrowed CPU.
+pub(crate) const RUN_BORROWED: u8 = 2;
 
 /// A queued handler instance (pool and pinned models).
 pub(crate) struct Pending<E: IntrEnv> {
@@ -982,47 +1004,70 @@ impl<E: IntrEnv> Intr<E> {
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
-        let mut claimed = false;
-        // Sources (by their index, the first 64) whose filter said "not mine": if nobody
-        // claims the interrupt, each of them is charged a no-work arrival (storm.rs).
-        let mut strays = 0u64;
-        let mut later = Later::new();
         {
             let list = self.vectors[vector as usize].lock(io);
             if list.is_empty() {
                 return None;
             }
             if let [src] = &list[..] {
+                // At most one handler to run after the lock: a slot, not a `Later`.
+                let mut one = LaterOne::None;
                 // One source on the vector (the usual case): the same steps as the loop below
                 // for a list of one, without its bookkeeping (the level scan, the stray set).
                 let level = src.is_level();
                 if !level && !replay {
                     E::eoi();
                 }
-                match self.arrive(src, replay, cpu, now) {
-                    Arrived::Absorbed => claimed = true,
+                let claimed = match self.arrive(src, replay, cpu, now) {
+                    Arrived::Absorbed => true,
                     Arrived::Filter { timed } => {
                         let arrival = arrival_of(src, replay, now);
                         let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
-                        claimed = claims;
                         if !claims {
                             // Nobody cared: the one source that said "not mine" had no work.
                             src.storm.no_work();
                         }
                         if schedule && src.handler.is_some() {
-                            self.route(src, cpu, arrival, now, io, &mut later);
+                            self.route(src, cpu, arrival, now, io, &mut one);
                         }
+                        claims
                     }
-                }
+                };
                 if level && !replay {
                     // Level: the scheduled source is masked now.
                     E::eoi();
                 }
                 drop(list);
-                self.run_later(&mut later, now, cpu, io);
-                core::mem::forget(later);
+                match one {
+                    LaterOne::None => {}
+                    LaterOne::Direct(src, arrival) => run_direct(&src, arrival, cpu),
+                    // The static framework itself (`self` is it), so the per-CPU state's
+                    // address is a constant plus the index.
+                    LaterOne::Pinned(src, arrival) => E::intr().pinned.dispatch(src, arrival, cpu, io),
+                }
                 return Some(claimed);
             }
+            self.dispatch_shared(list, replay, cpu, now, io)
+        }
+    }
+
+    /// [`Intr::dispatch`] of a vector with more than one source (table lock held, released
+    /// here before the handlers run).
+    #[inline(never)]
+    fn dispatch_shared(
+        &'static self,
+        list: SpinGuard<'_, Vec<Arc<Source<E>>>>,
+        replay: bool,
+        cpu: usize,
+        now: u64,
+        io: &IntrOff,
+    ) -> Option<bool> {
+        let mut claimed = false;
+        // Sources (by their index, the first 64) whose filter said "not mine": if nobody
+        // claims the interrupt, each of them is charged a no-work arrival (storm.rs).
+        let mut strays = 0u64;
+        let mut later = Later::new();
+        {
             let level = list.iter().any(|s| s.is_level());
             if !level && !replay {
                 E::eoi();
@@ -1058,6 +1103,7 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
         }
+        drop(list);
         self.run_later(&mut later, now, cpu, io);
         // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on
         // the path.
@@ -1156,7 +1202,7 @@ impl<E: IntrEnv> Intr<E> {
         arrival: u64,
         now: u64,
         io: &IntrOff,
-        later: &mut Later<E>,
+        later: &mut impl RunAfter<E>,
     ) {
         match src.model {
             Model::Direct => {
@@ -1305,12 +1351,44 @@ struct Later<E: IntrEnv> {
     more: Vec<(Arc<Source<E>>, u64)>,
 }
 
+/// Where [`Intr::route`] puts the direct and pinned handlers it schedules, to run after the
+/// vector table's lock: a [`Later`] for a shared vector, a [`LaterOne`] for a vector with one
+/// source.
+trait RunAfter<E: IntrEnv> {
+    fn push_direct(&mut self, src: Arc<Source<E>>, arrival: u64, now: u64);
+    fn push_pinned(&mut self, src: Arc<Source<E>>, arrival: u64, now: u64);
+}
+
+/// The handler to run after the lock for a vector with one source (none, or its one
+/// source's), with the delivery's arrival time.
+enum LaterOne<E: IntrEnv> {
+    None,
+    Direct(Arc<Source<E>>, u64),
+    Pinned(Arc<Source<E>>, u64),
+}
+
+impl<E: IntrEnv> RunAfter<E> for LaterOne<E> {
+    #[inline(always)]
+    fn push_direct(&mut self, src: Arc<Source<E>>, arrival: u64, _now: u64) {
+        debug_assert!(matches!(self, LaterOne::None), "one source scheduled twice");
+        *self = LaterOne::Direct(src, arrival);
+    }
+
+    #[inline(always)]
+    fn push_pinned(&mut self, src: Arc<Source<E>>, arrival: u64, _now: u64) {
+        debug_assert!(matches!(self, LaterOne::None), "one source scheduled twice");
+        *self = LaterOne::Pinned(src, arrival);
+    }
+}
+
 impl<E: IntrEnv> Later<E> {
     #[inline(always)]
     fn new() -> Self {
         Later { pin_first: None, direct: [const { None }; 4], ndirect: 0, more: Vec::new() }
     }
+}
 
+impl<E: IntrEnv> RunAfter<E> for Later<E> {
     #[inline(always)]
     fn push_direct(&mut self, src: Arc<Source<E>>, arrival: u64, now: u64) {
         if self.ndirect < self.direct.len() && arrival == now {
@@ -1379,7 +1457,7 @@ fn arrival_of<E: IntrEnv>(src: &Source<E>, replay: bool, now: u64) -> u64 {
 #[inline(always)]
 fn run_direct<E: IntrEnv>(src: &Arc<Source<E>>, now: u64, cpu: usize) {
     // Interrupt context: the interrupted thread cannot switch away under the handler.
-    let again = src.run_handler_in::<false>(now, cpu);
+    let again = src.run_handler_in::<RUN_INTERRUPT>(now, cpu);
     if src.needs_mask() {
         src.unmask();
     }

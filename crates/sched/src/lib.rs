@@ -252,7 +252,8 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     fn this_cpu(&self) -> &CpuSched<E> {
-        &self.cpus[E::M::cpu_index()]
+        // A CPU index is below MAX_CPUS (a power of two): the mask is the bounds test.
+        &self.cpus[E::M::cpu_index() & (MAX_CPUS - 1)]
     }
 
     fn new_thread(
@@ -287,6 +288,7 @@ impl<E: SchedEnv> Scheduler<E> {
             run_ns: AtomicU64::new(0),
             last_on_ns: AtomicU64::new(now),
             born_ns: now,
+            borrow_off_ns: AtomicU64::new(0),
             ext: E::ThreadExt::default(),
         }
     }
@@ -942,7 +944,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// The core: pick the next thread for this CPU and switch to it.
     fn schedule(&'static self, reason: Reason, io: &IntrOff) {
         let cpu = E::M::cpu_index();
-        let c = &self.cpus[cpu];
+        let c = &self.cpus[cpu & (MAX_CPUS - 1)];
         if E::M::pin_borrowed() != 0 {
             self.schedule_borrowed(reason, io);
             return;
@@ -1098,9 +1100,11 @@ impl<E: SchedEnv> Scheduler<E> {
         let to = next.ctx.get() as *const <E::M as Machine>::Context;
         E::M::set_curthread(Arc::as_ptr(&next) as *const (), io);
         c.running.store(Arc::as_ptr(&next) as usize, Ordering::Relaxed);
-        local.current = Some(next);
+        // `current` was taken by `schedule` and `prev_ref` by the last `finish_switch`: both
+        // are empty, so there is nothing to drop (no drop glue on the path).
+        put_empty(&mut local.current, Some(next));
         local.prev = prev;
-        local.prev_ref = keep;
+        put_empty(&mut local.prev_ref, keep);
         local.prev_migrate_to = migrate_to;
         // `from` lives on (a queue or `prev_ref` holds it) until `finish_switch`; `to` had
         // `on_cpu` false.
@@ -1123,7 +1127,8 @@ impl<E: SchedEnv> Scheduler<E> {
             return;
         }
         let held = local.prev_ref.take();
-        let migrate_to = local.prev_migrate_to.take();
+        // Read, not taken: every switch writes it before the next `finish_switch`.
+        let migrate_to = local.prev_migrate_to;
         c.rq.raw_unlock();
         // SAFETY: `prev` is alive until this store (see `switch_to`); not touched after it.
         unsafe { (*prev).on_cpu.store(false, Ordering::Release) };
@@ -1137,6 +1142,15 @@ impl<E: SchedEnv> Scheduler<E> {
             drop(held);
         }
     }
+}
+
+/// Stores `v` into `slot`, which is empty (checked in debug builds): no drop glue for the
+/// old value. Were it not empty, its reference would be leaked, never freed early.
+#[inline(always)]
+fn put_empty<T>(slot: &mut Option<T>, v: Option<T>) {
+    let old = core::mem::replace(slot, v);
+    debug_assert!(old.is_none(), "put_empty: the slot was not empty");
+    core::mem::forget(old);
 }
 
 /// First code of every new thread (its context was built by `E::M::new_context`).

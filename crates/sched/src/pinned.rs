@@ -235,7 +235,9 @@ impl<E: SchedEnv> Scheduler<E> {
         // SAFETY: the innermost active pinned call's descriptor is live (its thread is us).
         unsafe { (*call).state.store(PinCall::BLOCKED, Ordering::Relaxed) };
         c.switches.fetch_add(1, Ordering::Relaxed);
-        // Its run time up to here (`off_cpu_ns` differences stay right across the block).
+        // The pinned call's off-CPU mark, taken lazily (`Thread::borrow_off_mark_ns`); then
+        // its run time up to here (`off_cpu_ns` differences stay right across the block).
+        it.borrow_off_ns.store(it.off_cpu_ns(), Ordering::Relaxed);
         let now = E::M::now_ns();
         let ran = now.saturating_sub(it.last_on_ns.load(Ordering::Relaxed));
         it.run_ns.store(it.run_ns.load(Ordering::Relaxed) + ran, Ordering::Relaxed);

@@ -18,6 +18,7 @@ use core::fmt;
 
 /// Number of distinct priorities.
 pub const NPRI: usize = 128;
+const _: () = assert!(NPRI.is_power_of_two()); // `Thread::rq_index` masks with NPRI - 1
 
 /// A scheduling priority; larger runs first.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]

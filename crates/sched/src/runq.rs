@@ -58,7 +58,7 @@ impl<E: SchedEnv> RunQueue<E> {
     /// Queues `t` at the back of its priority's FIFO. Panics if it is already on a queue.
     #[inline]
     pub fn push_back(&mut self, t: Arc<Thread<E>>) {
-        let p = t.priority().index();
+        let p = t.rq_index();
         let raw = Arc::into_raw(t);
         // SAFETY: `raw` is a live thread (we own a reference); its link is ours to write
         // while it is on no queue, and the assert checks that it is on none.
@@ -174,7 +174,7 @@ impl<E: SchedEnv> RunQueue<E> {
 
     /// Takes `t` off the queue if it is on it (under its current priority).
     pub fn remove(&mut self, t: &Thread<E>) -> Option<Arc<Thread<E>>> {
-        let p = t.priority().index();
+        let p = t.rq_index();
         self.take_from(p, |x| core::ptr::eq(x, t))
     }
 }

@@ -159,6 +159,10 @@ pub struct Thread<E: SchedEnv> {
     /// When it was made: the time since, less `run_ns` up to `last_on_ns`, is the time it
     /// spent switched away ([`Thread::off_cpu_ns`]), so a switch writes no off-CPU sum.
     pub(crate) born_ns: u64,
+    /// [`Thread::off_cpu_ns`] when it last blocked while borrowing a CPU (written by the
+    /// block path, `schedule_borrowed`): the pinned call's off-CPU mark, taken only if the
+    /// borrowed handler blocks ([`Thread::borrow_off_mark_ns`]).
+    pub(crate) borrow_off_ns: AtomicU64,
     /// The layer above's per-thread state ([`crate::SchedEnv::ThreadExt`]).
     pub(crate) ext: E::ThreadExt,
 }
@@ -184,6 +188,14 @@ impl<E: SchedEnv> Thread<E> {
     /// Effective priority (base, or higher while lent by waiters).
     pub fn priority(&self) -> Priority {
         Priority::new(self.pri.load(Ordering::Relaxed)).unwrap_or(Priority::MAX)
+    }
+
+    /// The run-queue index of its effective priority: the word is only ever written from a
+    /// [`Priority`] (below `NPRI`, a power of two), so the mask changes nothing and stands
+    /// for the range test.
+    #[inline(always)]
+    pub(crate) fn rq_index(&self) -> usize {
+        self.pri.load(Ordering::Relaxed) as usize & (crate::pri::NPRI - 1)
     }
 
     /// Base priority.
@@ -252,6 +264,15 @@ impl<E: SchedEnv> Thread<E> {
     pub fn off_cpu_ns(&self) -> u64 {
         let on = self.last_on_ns.load(Ordering::Relaxed);
         on.saturating_sub(self.born_ns).saturating_sub(self.run_ns.load(Ordering::Relaxed))
+    }
+
+    /// [`Thread::off_cpu_ns`] as it was when this thread last blocked while borrowing a CPU
+    /// ([`crate::Scheduler::pin_call`]). A borrowing thread's off-CPU time does not change
+    /// while it borrows (only a switch back in adds to it), so for a pinned call whose body
+    /// blocked this is the value at the call's start: the off-CPU mark the fast path does
+    /// not take (`off_cpu_ns()` afterwards, less this, is the time it spent switched away).
+    pub fn borrow_off_mark_ns(&self) -> u64 {
+        self.borrow_off_ns.load(Ordering::Relaxed)
     }
 }
 

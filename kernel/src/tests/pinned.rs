@@ -213,3 +213,58 @@ ktest!(
     "intr::pinned::blocked_handler_does_not_hold_up_the_cpu",
     blocked_handler_does_not_hold_up_the_cpu
 );
+
+/// A pinned handler that blocks: the time it spent switched away is recorded apart and left
+/// out of its CPU time — twice on one CPU, so that the second run's thread has been off its
+/// CPU before (the off-CPU mark of a pinned call is taken only when its handler blocks: a
+/// stale mark would count the earlier sleeps again).
+fn blocking_handler_time_is_accounted() -> TestResult {
+    use core::sync::atomic::AtomicU64;
+    use intr::{IntrFlags, Model, SourceSpec};
+    use ipl::Ipl;
+
+    const HOLD_NS: u64 = 2_000_000;
+    let spec = SourceSpec {
+        name: "test.pinned.acct".into(),
+        vector: 0x5E,
+        ipl: Ipl::Vm,
+        flags: IntrFlags::MPSAFE,
+        model: Some(Model::Pinned),
+        thread_priority: None,
+    };
+    let n = Arc::new(AtomicU64::new(0));
+    let n2 = n.clone();
+    let h = crate::intr::INTR
+        .establish(
+            spec,
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                SCHED.sleep_ns(HOLD_NS);
+                n2.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+        .map_err(|e| format!("{e}"))?;
+    let st = &h.source().stats;
+    let (mut cpu0, mut off0) = (0, 0);
+    for round in 1..=3 {
+        let t0 = arch::apic::now_ns();
+        arch::apic::send_ipi(arch::cpu::lapic_id_of(SCHED.cpu_index()), 0x5E);
+        kassert!(
+            until(2000, || st.handled.load(Ordering::SeqCst) == round),
+            "run {round}: the blocking handler did not finish"
+        );
+        let elapsed = arch::apic::now_ns() - t0;
+        let cpu = st.handler_ns.load(Ordering::SeqCst) - cpu0;
+        let off = st.handler_off_ns.load(Ordering::SeqCst) - off0;
+        (cpu0, off0) = (cpu0 + cpu, off0 + off);
+        kassert!(off >= HOLD_NS / 2, "run {round}: {off} ns off the CPU recorded, slept {HOLD_NS}");
+        kassert!(
+            cpu + off <= elapsed,
+            "run {round}: CPU {cpu} + off {off} ns exceed the {elapsed} ns it all took"
+        );
+    }
+    kassert_eq!(n.load(Ordering::SeqCst), 3);
+    drop(h);
+    Ok(())
+}
+ktest!(T_PIN_ACCT, "intr::pinned::blocking_handler_time_is_accounted", blocking_handler_time_is_accounted);
