@@ -239,6 +239,11 @@ impl Monitor {
                     running_on(c)
                 );
                 print_stall(self.model, c, "heartbeat");
+                // And every other CPU (but this one, the monitor's): a stall is usually
+                // another CPU's doing (the lock's holder, the interrupt flood).
+                for other in (0..self.ncpus).filter(|&o| o != c && o != arch::cpu::index()) {
+                    print_stall(self.model, other, "heartbeat-peer");
+                }
                 violation("heartbeat", None, c);
             }
         }
