@@ -66,7 +66,7 @@ fn clock_interrupt(_f: &mut TrapFrame, io: &IntrOff) {
     } else {
         SCHED.expire_timeouts(io);
     }
-    apic::arm_at_ns(SCHED.next_timeout_ns());
+    apic::arm_at_ns(SCHED.next_timeout_here_ns());
 }
 
 fn resched_ipi(_f: &mut TrapFrame, _io: &IntrOff) {

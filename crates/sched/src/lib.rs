@@ -140,6 +140,12 @@ pub struct CpuSched<E: SchedEnv> {
     kick_preempts: AtomicU64,
     /// Pinned calls: this CPU lent to an interrupt thread ([`Scheduler::pin_call`]).
     pin_switches: AtomicU64,
+    /// Threads that went into a timed sleep on this CPU, with their deadline (ns). Unsorted:
+    /// few sleep with a timeout. Per CPU, as FreeBSD's per-CPU callout wheels: this CPU's
+    /// clock interrupt comes for these deadlines only, and takes only this lock.
+    sleepers: SpinLock<Vec<(u64, Arc<Thread<E>>)>>,
+    /// Earliest deadline in `sleepers` (u64::MAX when empty), read without the lock.
+    next_deadline: AtomicU64,
     /// Touched only by this CPU with interrupts disabled.
     local: UnsafeCell<CpuLocal<E>>,
 }
@@ -182,6 +188,8 @@ impl<E: SchedEnv> CpuSched<E> {
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
             pin_switches: AtomicU64::new(0),
+            sleepers: SpinLock::new(Vec::new()),
+            next_deadline: AtomicU64::new(u64::MAX),
             local: UnsafeCell::new(CpuLocal {
                 current: None,
                 idle: None,
@@ -219,14 +227,10 @@ pub struct CpuStats {
     pub queued: usize,
 }
 
-/// The scheduler: all CPUs' run queues and the timed-sleep list.
+/// The scheduler: all CPUs' run queues and timed-sleep lists.
 pub struct Scheduler<E: SchedEnv> {
     cpus: [CpuSched<E>; MAX_CPUS],
     next_id: AtomicU64,
-    /// Threads in a timed sleep, with their deadline (ns). Unsorted: few sleep with a timeout.
-    sleepers: SpinLock<Vec<(u64, Arc<Thread<E>>)>>,
-    /// Earliest deadline in `sleepers` (u64::MAX when empty), read without the lock by `tick`.
-    next_deadline: AtomicU64,
     live_threads: AtomicUsize,
     /// Every thread not yet freed, for `ps` (weak: the list keeps nobody alive).
     all: SpinLock<Vec<Weak<Thread<E>>>>,
@@ -244,8 +248,6 @@ impl<E: SchedEnv> Scheduler<E> {
         Scheduler {
             cpus: [const { CpuSched::new() }; MAX_CPUS],
             next_id: AtomicU64::new(1),
-            sleepers: SpinLock::new(Vec::new()),
-            next_deadline: AtomicU64::new(u64::MAX),
             live_threads: AtomicUsize::new(0),
             all: SpinLock::new(Vec::new()),
         }
@@ -650,20 +652,24 @@ impl<E: SchedEnv> Scheduler<E> {
     /// (`u64::MAX`: no timeout). Returns early on any wakeup; callers re-check.
     pub fn sleep_commit_deadline(&'static self, deadline_ns: u64, io: &IntrOff) {
         self.run_sleep_check();
+        // The CPU whose list holds the timeout (the thread may wake up on another).
+        let cpu = E::M::cpu_index() & (MAX_CPUS - 1);
         if deadline_ns != u64::MAX {
-            let mut s = self.sleepers.lock(io);
+            let c = &self.cpus[cpu];
+            let mut s = c.sleepers.lock(io);
             s.push((deadline_ns, self.current_arc()));
-            self.next_deadline.fetch_min(deadline_ns, Ordering::Relaxed);
+            c.next_deadline.fetch_min(deadline_ns, Ordering::Relaxed);
             drop(s);
             // This CPU's clock interrupt comes at the deadline (or earlier), not only at the
-            // next periodic tick; it wakes every sleeper that is due (`expire_timeouts`).
+            // next periodic tick; it wakes every sleeper of this CPU that is due
+            // (`expire_timeouts`).
             E::M::arm_timer(deadline_ns, io);
         }
         self.schedule(Reason::Block, io);
         if deadline_ns != u64::MAX {
             // Woken (or timed out): drop our timeout entry so the list stays short.
             let me = E::M::curthread() as *const Thread<E>;
-            self.sleepers.lock(io).retain(|(_, t)| !core::ptr::eq(Arc::as_ptr(t), me));
+            self.cpus[cpu].sleepers.lock(io).retain(|(_, t)| !core::ptr::eq(Arc::as_ptr(t), me));
         }
     }
 
@@ -890,15 +896,16 @@ impl<E: SchedEnv> Scheduler<E> {
         self.expire_timeouts(io);
     }
 
-    /// Wakes every thread whose timed sleep is due. Called by [`Scheduler::tick`], and by a
-    /// clock interrupt that a sleep's deadline asked for ([`Machine::arm_timer`]) between
-    /// ticks.
+    /// Wakes every thread whose timed sleep on this CPU is due. Called by
+    /// [`Scheduler::tick`], and by a clock interrupt that a sleep's deadline asked for
+    /// ([`Machine::arm_timer`]) between ticks.
     pub fn expire_timeouts(&'static self, io: &IntrOff) {
         let now = E::M::now_ns();
-        if now >= self.next_deadline.load(Ordering::Relaxed) {
+        let c = self.this_cpu();
+        if now >= c.next_deadline.load(Ordering::Relaxed) {
             let mut due: Vec<Arc<Thread<E>>> = Vec::new();
             {
-                let mut s = self.sleepers.lock(io);
+                let mut s = c.sleepers.lock(io);
                 let mut next = u64::MAX;
                 s.retain(|(d, t)| {
                     if *d <= now {
@@ -909,7 +916,7 @@ impl<E: SchedEnv> Scheduler<E> {
                         true
                     }
                 });
-                self.next_deadline.store(next, Ordering::Relaxed);
+                c.next_deadline.store(next, Ordering::Relaxed);
             }
             for t in &due {
                 self.wakeup_locked(t, io);
@@ -917,12 +924,21 @@ impl<E: SchedEnv> Scheduler<E> {
         }
     }
 
-    /// The earliest deadline of a timed sleep (`now_ns` time), if any thread sleeps with a
-    /// timeout: a CPU that stops its clock while idle must take a tick by then. (Read
-    /// without the lock: a sleep committed concurrently on another CPU may be missed, but
-    /// that CPU is running and takes its own ticks.)
+    /// The earliest deadline of a timed sleep on any CPU (`now_ns` time), if any thread
+    /// sleeps with a timeout. (Read without the locks: a sleep committed concurrently on
+    /// another CPU may be missed, but that CPU is running and arms its own clock for it.)
     pub fn next_timeout_ns(&self) -> Option<u64> {
-        match self.next_deadline.load(Ordering::Relaxed) {
+        match self.cpus.iter().map(|c| c.next_deadline.load(Ordering::Relaxed)).min() {
+            Some(u64::MAX) | None => None,
+            d => d,
+        }
+    }
+
+    /// The earliest deadline of a timed sleep that went to sleep on this CPU, if any: what
+    /// this CPU's clock must interrupt for besides its periodic tick (its clock interrupt
+    /// wakes this CPU's sleepers only, [`Scheduler::expire_timeouts`]).
+    pub fn next_timeout_here_ns(&self) -> Option<u64> {
+        match self.this_cpu().next_deadline.load(Ordering::Relaxed) {
             u64::MAX => None,
             d => Some(d),
         }
