@@ -16,8 +16,8 @@
 //!   [`MAX_BYTES`] of data and the status byte, and its own [`Event`]. Under the queue lock
 //!   (a spin mutex at `IPL_VM`: the handler may run in interrupt context under `direct`) it
 //!   pushes the three-descriptor chain header (device reads) → data (device reads for OUT,
-//!   writes for IN) → status (device writes), records head → slot, and rings the doorbell;
-//!   then it sleeps on the slot's event (a deadline of [`TIMEOUT_NS`]: a request the device
+//!   writes for IN) → status (device writes) and records head → slot; it rings the doorbell
+//!   after dropping the lock (`Virtqueue::doorbell`); then it sleeps on the slot's event (a deadline of [`TIMEOUT_NS`]: a request the device
 //!   never completes is reported, and its slot is retired, never reused).
 //! * The completion handler ([`BlkDev::complete`]) runs per the source's model — in interrupt
 //!   context (`direct`) or in an interrupt thread: under the queue lock it pops every used
@@ -393,7 +393,7 @@ impl BlkDev {
         self.max_outstanding.fetch_max(out, Ordering::Relaxed);
         let t0 = arch::X86_64::now_ns();
         slot.submitted.store(t0, Ordering::Relaxed);
-        {
+        let doorbell = {
             let mut q = self.queue.lock();
             let chain = [
                 (b.phys() + OFF_HDR as u64, 16, false),
@@ -403,8 +403,10 @@ impl BlkDev {
             // A slot is a third of the queue: there is always room for its chain.
             let head = q.vq.push(&chain).expect("virtio-blk: no descriptors for a free slot");
             q.head_slot[head as usize] = Some(s);
-            q.vq.notify();
-        }
+            q.vq.doorbell()
+        };
+        // Rung after the queue lock is dropped (see `Virtqueue::doorbell`).
+        doorbell.ring();
         let finished = slot.done.wait_deadline(t0 + TIMEOUT_NS);
         self.outstanding.fetch_sub(1, Ordering::Relaxed);
         if !finished && !slot.completed.load(Ordering::Acquire) {

@@ -240,6 +240,23 @@ impl Transport {
     }
 }
 
+/// A queue's doorbell apart from the queue ([`Virtqueue::doorbell`]): rung without the
+/// queue's lock. Ringing it when the device has already seen the chains is harmless (the
+/// device finds nothing new).
+pub struct Doorbell {
+    mmio: Mmio,
+    index: u16,
+}
+
+impl Doorbell {
+    /// Tells the device that buffers are available: the chains published before (under the
+    /// queue's lock, whose release orders them before this) are visible to it.
+    pub fn ring(&self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        self.mmio.write16(0, self.index);
+    }
+}
+
 /// One split virtqueue (see the module doc for the layout and ownership rules).
 pub struct Virtqueue {
     index: u16,
@@ -321,6 +338,16 @@ impl Virtqueue {
     pub fn notify(&self) {
         self.mem.publish();
         self.doorbell.write16(0, self.index);
+    }
+
+    /// This queue's doorbell, to ring once the lock that guards the queue is dropped (Linux:
+    /// `virtqueue_kick_prepare` under the lock, `virtqueue_notify` after it). The doorbell
+    /// write traps to the device's emulation, where the hypervisor may run other vCPUs or
+    /// deschedule this one; holding the queue's spin mutex across it makes every CPU that
+    /// wants the queue spin until this vCPU comes back (seen as 100 ms heartbeat stalls of
+    /// disk threads under torture on 8 vCPUs: docs/logs/torture-blk-doorbell-under-lock-2026-12-06.txt).
+    pub fn doorbell(&self) -> Doorbell {
+        Doorbell { mmio: self.doorbell.clone(), index: self.index }
     }
 
     /// Whether the device has returned chains not yet popped.

@@ -449,10 +449,15 @@ impl NetDev {
             self.post_rx(&mut rx, b);
             done += 1;
         }
-        if done > 0 {
-            rx.vq.notify();
+        let doorbell = (done > 0).then(|| rx.vq.doorbell());
+        let more = rx.vq.has_used();
+        drop(rx);
+        // The refilled buffers are announced after the receive lock is dropped
+        // (`Virtqueue::doorbell`).
+        if let Some(d) = doorbell {
+            d.ring();
         }
-        rx.vq.has_used()
+        more
     }
 
     /// A frame arrived (the receive lock held): the gap since the last one, while the phase
@@ -564,7 +569,9 @@ impl NetDev {
             return false;
         };
         tx.head_buf[head as usize] = b;
-        tx.vq.notify();
+        let doorbell = tx.vq.doorbell();
+        drop(tx);
+        doorbell.ring(); // after the transmit lock (`Virtqueue::doorbell`)
         true
     }
 
