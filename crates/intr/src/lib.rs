@@ -977,7 +977,7 @@ impl<E: IntrEnv> Intr<E> {
             if !replay {
                 E::eoi();
             }
-            self.soft.fire(l);
+            self.soft.fire(l, io);
             return Some(true);
         }
         let cpu = E::M::cpu_index();

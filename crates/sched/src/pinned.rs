@@ -181,6 +181,21 @@ impl<E: SchedEnv> Scheduler<E> {
         E::M::pin_borrowed() == E::M::curthread() as usize
     }
 
+    /// The level ([`PinCall::level`]) of the pinned call the running thread borrows its CPU
+    /// through, or `None` if it does not borrow it: the sleep check lets a borrowing thread
+    /// block at that level only (an interrupt thread at `IPL_VM`, a soft interrupt's at its
+    /// soft level).
+    #[inline]
+    pub fn borrow_level(&self) -> Option<usize> {
+        if !self.borrowing() {
+            return None;
+        }
+        // SAFETY: the running thread borrows the CPU, so a pinned call is active and the
+        // innermost one is its own (borrows nest innermost first); its descriptor lives as
+        // long as the thread.
+        Some(unsafe { (*E::M::pinned_call()).level })
+    }
+
     /// Whether `cpu` is lent to an interrupt thread right now (for `ps`).
     pub fn cpu_borrowed(&self, cpu: usize) -> bool {
         E::M::pin_slots(cpu).is_some_and(|p| p.borrowed() != 0)
