@@ -150,7 +150,12 @@ impl<E: IntrEnv> Soft<E> {
     pub const fn new() -> Self {
         Soft {
             cpus: [const {
-                [const { SoftCpu { queue: SpinLock::new(VecDeque::new()), thread: AtomicPtr::new(core::ptr::null_mut()) } }; 4]
+                [const {
+                    SoftCpu {
+                        queue: SpinLock::new(VecDeque::new()),
+                        thread: AtomicPtr::new(core::ptr::null_mut()),
+                    }
+                }; 4]
             }; sched::MAX_CPUS],
             started: [const { AtomicBool::new(false) }; 4],
             start_lock: SpinLock::new(()),
