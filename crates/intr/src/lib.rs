@@ -973,12 +973,19 @@ impl<E: IntrEnv> Intr<E> {
     /// except for a replay (acknowledged when it was deferred); with `None` returned, the
     /// caller acknowledges.
     pub fn dispatch(&'static self, vector: u8, replay: bool, io: &IntrOff) -> Option<bool> {
-        if let Some(l) = softint::soft_level(vector) {
-            if !replay {
-                E::eoi();
+        let list = self.vectors[vector as usize].lock(io);
+        if list.is_empty() {
+            drop(list);
+            // A software vector (no source is ever established on one): its soft level's
+            // thread borrows the CPU. Tested here, off the sources' path.
+            if let Some(l) = softint::soft_level(vector) {
+                if !replay {
+                    E::eoi();
+                }
+                self.soft.fire(l, io);
+                return Some(true);
             }
-            self.soft.fire(l, io);
-            return Some(true);
+            return None;
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
@@ -988,10 +995,6 @@ impl<E: IntrEnv> Intr<E> {
         let mut strays = 0u64;
         let mut later = Later::new();
         {
-            let list = self.vectors[vector as usize].lock(io);
-            if list.is_empty() {
-                return None;
-            }
             if let [src] = &list[..] {
                 // One source on the vector (the usual case): the same steps as the loop below
                 // for a list of one, without its bookkeeping (the level scan, the stray set).
@@ -1058,6 +1061,11 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
         }
+        // The table lock is released before any handler runs, as in the one-source case:
+        // direct handlers take spin mutexes, and a pinned ithread runs with interrupts enabled
+        // and may block, while this vector's arrivals on other CPUs and establish /
+        // disestablish spin on the lock.
+        drop(list);
         self.run_later(&mut later, now, cpu, io);
         // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on
         // the path.

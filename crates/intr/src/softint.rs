@@ -35,6 +35,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use core::cell::UnsafeCell;
 use core::sync::atomic::AtomicPtr;
 
 use ipl::Ipl;
@@ -95,7 +96,7 @@ impl<E: IntrEnv> SoftIntr<E> {
             if self.queued.fetch_or(1 << cpu, Ordering::AcqRel) & (1 << cpu) != 0 {
                 return;
             }
-            soft.cpus[cpu][self.level].queue.lock(&io).push_back(self.clone());
+            soft.cpus[cpu][self.level].queue(&io).push_back(self.clone());
         }
         E::spl().post(vector);
     }
@@ -104,10 +105,27 @@ impl<E: IntrEnv> SoftIntr<E> {
 struct SoftCpu<E: IntrEnv> {
     /// Handlers scheduled on this CPU at this level and not yet run. Touched by this CPU
     /// only (`schedule` queues on its own CPU; the thread is bound here), interrupts disabled.
-    queue: SpinLock<VecDeque<Arc<SoftIntr<E>>>>,
+    queue: UnsafeCell<VecDeque<Arc<SoftIntr<E>>>>,
     /// The level's interrupt thread on this CPU: null until the level's first establish, then
     /// written once and never freed (its descriptor must outlive every pinned call).
     thread: AtomicPtr<PinThread<E>>,
+}
+
+// SAFETY: `queue` is touched only through `SoftCpu::queue`, by the CPU it belongs to with
+// interrupts disabled (see there); `thread` is atomic.
+unsafe impl<E: IntrEnv> Sync for SoftCpu<E> {}
+
+impl<E: IntrEnv> SoftCpu<E> {
+    /// The queue, for its own CPU with interrupts disabled (the token): `schedule` queues on
+    /// the CPU it runs on, and the level's thread, bound to this CPU, takes from it; an
+    /// interrupt on this CPU cannot come in between. No lock is needed.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    fn queue(&self, _io: &IntrOff) -> &mut VecDeque<Arc<SoftIntr<E>>> {
+        // SAFETY: per the doc: only this CPU, only with interrupts disabled, and no caller
+        // keeps the reference past its interrupt-disabled section.
+        unsafe { &mut *self.queue.get() }
+    }
 }
 
 /// Per-CPU soft-interrupt threads and queues.
@@ -152,7 +170,7 @@ impl<E: IntrEnv> Soft<E> {
             cpus: [const {
                 [const {
                     SoftCpu {
-                        queue: SpinLock::new(VecDeque::new()),
+                        queue: UnsafeCell::new(VecDeque::new()),
                         thread: AtomicPtr::new(core::ptr::null_mut()),
                     }
                 }; 4]
@@ -261,8 +279,7 @@ fn run_queue<E: IntrEnv>(c: &SoftCpu<E>, cpu: usize, l: usize) {
     loop {
         let next = {
             let io = E::M::intr_disable();
-            let mut q = c.queue.lock(&io);
-            q.pop_front()
+            c.queue(&io).pop_front()
         };
         let Some(si) = next else { break };
         si.queued.fetch_and(!(1 << cpu), Ordering::AcqRel);
@@ -288,7 +305,7 @@ fn finish_blocked<E: IntrEnv>(c: &SoftCpu<E>, cpu: usize, l: usize) -> ! {
         let io = E::M::intr_disable();
         // Interrupts stay disabled until the switch away: nothing is queued behind our back
         // (the queue is this CPU's) and no pinned call starts on our stack before we left.
-        if c.queue.lock(&io).is_empty() {
+        if c.queue(&io).is_empty() {
             // SAFETY: the slot was filled before any vector could lend us the CPU.
             let it = unsafe { &*c.thread.load(Ordering::Acquire) };
             E::sched().pin_park(it.call(), &io);
