@@ -574,10 +574,25 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// May the current thread be preempted now? Only at `IPL_NONE` (the SPL layer records
-    /// a refused preemption and replays it at the drop to `IPL_NONE`).
+    /// a refused preemption and replays it at the drop to `IPL_NONE`) — or, for a thread
+    /// borrowing its CPU ([`Scheduler::pin_call`]), at its call's level with no spin mutex
+    /// held (the state in which it may block: `schedule_borrowed` then makes it an ordinary
+    /// runnable thread if something more urgent waits). A borrower above that is asked again
+    /// at the next interrupt's exit.
     #[inline]
     fn gate_open(&self, io: &IntrOff) -> bool {
+        if E::M::pin_borrowed() != 0 {
+            return self.borrower_preemptible();
+        }
         E::spl().may_preempt(io)
+    }
+
+    /// [`Scheduler::gate_open`] for a borrowing thread.
+    #[cold]
+    #[inline(never)]
+    fn borrower_preemptible(&self) -> bool {
+        let spl = E::spl();
+        spl.spin_count() == 0 && self.borrow_level() == Some(spl.current() as usize)
     }
 
     /// Switches away now if this CPU was asked to reschedule and we may be preempted.
@@ -874,6 +889,14 @@ impl<E: SchedEnv> Scheduler<E> {
     pub fn tick(&'static self, io: &IntrOff) {
         let c = self.this_cpu();
         c.ticks.fetch_add(1, Ordering::Relaxed);
+        if E::M::pin_borrowed() != 0
+            && self.current().pri.load(Ordering::Relaxed) < c.cur_pri.load(Ordering::Relaxed)
+        {
+            // A borrower less urgent than the thread it pinned (a soft interrupt on top of an
+            // interrupt thread that runs as an ordinary thread): it gives the CPU back at this
+            // tick's exit (`schedule_borrowed`), as it does for a more urgent queued thread.
+            c.need_resched.store(true, Ordering::Relaxed);
+        }
         if !c.cur_idle.load(Ordering::Relaxed) {
             let left = c.slice_left.load(Ordering::Relaxed);
             if left <= 1 {

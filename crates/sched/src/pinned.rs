@@ -52,7 +52,7 @@ use core::sync::atomic::Ordering;
 #[allow(unused_imports)] // PinSlots: named in the docs
 use machine::{IntrOff, Machine, PinCall, PinOutcome, PinSlots, PinSwitch};
 
-use crate::thread::{BLOCKED, PARKED, SLEEPING};
+use crate::thread::{BLOCKED, PARKED, RUNNING, SLEEPING};
 use crate::{Priority, Reason, SchedEnv, Scheduler, Thread, STACK_SIZE};
 
 /// An interrupt thread that borrows CPUs through [`Scheduler::pin_call`] (made by
@@ -146,7 +146,12 @@ impl<E: SchedEnv> Scheduler<E> {
         a1: usize,
         _io: &IntrOff,
     ) -> (PinOutcome, usize, usize) {
-        // The interrupt depth is left as it is: `in_interrupt` consults the borrower instead.
+        // The borrower runs in thread context: the interrupt depth of the context it pins is
+        // set aside for the call (0 for the borrower, so that the exit of an interrupt nested
+        // in it and `preempt_check` are preemption points for it), and put back after.
+        let c = self.this_cpu();
+        let depth = c.intr_depth.load(Ordering::Relaxed);
+        c.intr_depth.store(0, Ordering::Relaxed);
         // A thread whose state word is clear is PARKED: its stack is unused and no CPU runs it
         // (a thread that parks leaves its CPU before interrupts are enabled there again, and
         // it is bound to its CPU).
@@ -154,6 +159,7 @@ impl<E: SchedEnv> Scheduler<E> {
         // `it`, which the caller keeps for the thread's life; its state is checked parked by
         // the machine; its body keeps the contract documented above.
         let r = unsafe { E::M::pin_call(&it.call, a0, a1) };
+        c.intr_depth.store(depth, Ordering::Relaxed);
         if matches!(r.0, PinOutcome::Returned | PinOutcome::Blocked) {
             self.pin_done(r.0);
         }
@@ -225,20 +231,40 @@ impl<E: SchedEnv> Scheduler<E> {
     #[cold]
     pub(crate) fn schedule_borrowed(&'static self, reason: Reason, io: &IntrOff) {
         match reason {
-            Reason::Preempt | Reason::Yield => return,
+            Reason::Yield => return,
             Reason::Exit | Reason::Park => {
                 panic!("thread {} left its CPU with a thread pinned under it", self.current().name)
             }
-            Reason::Block => {}
+            Reason::Block | Reason::Preempt => {}
         }
         let cpu = E::M::cpu_index();
         let c = &self.cpus[cpu];
         let it = self.current_arc();
         // Carried across the switch; the pinned thread's `finish_switch` releases it.
         c.rq.raw_lock();
+        if reason == Reason::Preempt {
+            // Preempted only by something more urgent than itself: a thread queued here, or
+            // the scheduler's current thread, pinned at the bottom (a soft interrupt lent the
+            // CPU of an interrupt thread). The flag stays set for the context underneath.
+            // SAFETY: we hold our run-queue lock (raw) and create no guard while using it.
+            let top = unsafe { c.rq.get_locked() }.highest().map_or(0, |p| p.get());
+            let mine = it.pri.load(Ordering::Relaxed);
+            if top <= mine && c.cur_pri.load(Ordering::Relaxed) <= mine {
+                c.rq.raw_unlock();
+                return;
+            }
+        }
         it.on_cpu.store(true, Ordering::Relaxed);
         it.cpu.store(cpu, Ordering::Relaxed);
-        if it.state.compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        if reason == Reason::Preempt {
+            // Runnable, queued behind the more urgent one: the thread underneath resumes now
+            // and its interrupt's exit (the flag is still set) lets the scheduler choose.
+            it.state.store(RUNNING, Ordering::SeqCst);
+            // SAFETY: as above (our run-queue lock, no guard).
+            let rq = unsafe { c.rq.get_locked() };
+            rq.push_back(it.clone());
+            c.nqueued.store(rq.len(), Ordering::Relaxed);
+        } else if it.state.compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
             // Woken before it slept: go on borrowing.
             it.on_cpu.store(false, Ordering::Relaxed);
             c.rq.raw_unlock();
@@ -254,7 +280,9 @@ impl<E: SchedEnv> Scheduler<E> {
         let now = E::M::now_ns();
         let ran = now.saturating_sub(it.last_on_ns.load(Ordering::Relaxed));
         it.run_ns.store(it.run_ns.load(Ordering::Relaxed) + ran, Ordering::Relaxed);
-        trace::emit::<E::M>(trace::Kind::Block, 0);
+        if reason == Reason::Block {
+            trace::emit::<E::M>(trace::Kind::Block, 0);
+        }
         trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();
         let to = E::M::pinned_context();

@@ -201,6 +201,69 @@ fn softint_borrows_and_may_block() -> TestResult {
 }
 ktest!(T_SOFT_BORROW, "intr::softint::borrows_and_may_block", softint_borrows_and_may_block);
 
+/// A borrowing soft interrupt's thread is preempted by a more urgent thread woken on its CPU
+/// (torture's lost interrupts and stalled CPU, docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt):
+/// the handler runs long (it spins until the urgent thread has run, a second at most) and a
+/// thread above the soft level, bound to that CPU, wakes from a timed sleep meanwhile; it must
+/// run before the handler ends (the handler turns into an ordinary thread, queued behind it),
+/// and the level's thread borrows again afterwards. On the last CPU (CPU 0 alone: its own
+/// tick wakes the thread).
+fn softint_borrower_is_preempted() -> TestResult {
+    let cpu = ncpus() - 1;
+    let urgent_ran = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0)); // 1: the handler saw it run; 2: it did not
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (ur, sn, rn) = (urgent_ran.clone(), seen.clone(), runs.clone());
+    let long = INTR
+        .softint_establish("test.soft.long", Ipl::SoftNet, move || {
+            rn.fetch_add(1, Ordering::SeqCst);
+            if sn.load(Ordering::SeqCst) != 0 {
+                return; // a later run (the borrow-again check)
+            }
+            let deadline = super::now_ns() + 1_000_000_000;
+            while !ur.load(Ordering::SeqCst) && super::now_ns() < deadline {
+                core::hint::spin_loop();
+            }
+            sn.store(if ur.load(Ordering::SeqCst) { 1 } else { 2 }, Ordering::SeqCst);
+        })
+        .ok_or("softint_establish refused a soft level")?;
+    let above =
+        Priority::new(Priority::of_ipl(Ipl::SoftNet).map_or(100, |p| p.get()) + 2).ok_or("priority")?;
+    let asleep = Arc::new(AtomicBool::new(false));
+    let (ur2, as2) = (urgent_ran.clone(), asleep.clone());
+    let urgent = SCHED.spawn("soft-urgent", above, Some(cpu), move || {
+        as2.store(true, Ordering::SeqCst);
+        SCHED.sleep_ns(20_000_000);
+        ur2.store(true, Ordering::SeqCst);
+    });
+    let si = long.softint().clone();
+    let (sn2, rn2) = (seen.clone(), runs.clone());
+    let lender = SCHED.spawn("soft-lender", Priority::KTHREAD, Some(cpu), move || {
+        while !asleep.load(Ordering::SeqCst) {
+            SCHED.sleep_ns(100_000);
+        }
+        si.schedule(); // borrowed at once; handed back when the urgent thread wakes
+        until(5000, || sn2.load(Ordering::SeqCst) != 0);
+        // Parked again: the next one borrows at once.
+        SCHED.sleep_ns(1_000_000);
+        let before = rn2.load(Ordering::SeqCst);
+        si.schedule();
+        if rn2.load(Ordering::SeqCst) != before + 1 {
+            sn2.store(3, Ordering::SeqCst);
+        }
+    });
+    urgent.join();
+    lender.join();
+    drop(long);
+    kassert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "1: preempted by the urgent thread; 2: the handler kept the CPU until its end; 3: no borrow after"
+    );
+    Ok(())
+}
+ktest!(T_SOFT_PREEMPT, "intr::softint::borrower_is_preempted", softint_borrower_is_preempted);
+
 /// A per-CPU workqueue runs each CPU's items on that CPU, in order; items may sleep.
 fn workqueue_runs_items_in_order_and_may_sleep() -> TestResult {
     let n = ncpus();
