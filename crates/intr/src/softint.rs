@@ -17,9 +17,13 @@
 //! scheduler switch. The thread runs the queued handlers on its own stack, in thread context
 //! ([`sched::Scheduler::in_interrupt`] is false for it), at the soft level with interrupts
 //! enabled, and returns; the interrupted thread, pinned underneath, goes on. A handler may
-//! block: then (and only then) the thread becomes an ordinary thread (the scheduler's lazy
-//! block path), the interrupted thread resumes at once, and the soft thread, once woken, runs
-//! the rest of the queue at `IPL_NONE` as any thread and parks. While it is not parked, the
+//! block, or the thread may be preempted by a more urgent thread woken on its CPU (the run is
+//! unbounded: `com1.soft` drains its input for as long as it keeps coming, and a borrower that
+//! nothing could preempt stalled its CPU — the torture failure of
+//! docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt): then (and only then) the thread
+//! becomes an ordinary thread (the scheduler's lazy path), the interrupted thread resumes at
+//! once, and the soft thread, once woken or picked, runs the rest of the queue at `IPL_NONE`
+//! as any thread and parks. While it is not parked, the
 //! level's vector on this CPU lends nothing (`Busy`): the queue it drains before parking holds
 //! what was scheduled meanwhile. The sleep check lets a borrowing soft thread block at its
 //! level with no spin mutex of its own; a context underneath holding spin mutexes (below the

@@ -876,13 +876,12 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Whether this CPU is running an interrupt handler in interrupt context. An interrupt
     /// thread borrowing the CPU ([`Scheduler::pin_call`]) runs in thread context although the
-    /// interrupt that lent it the CPU is still underneath (its depth is not saved and zeroed:
-    /// the CPU's pinned-switch `busy` word, [`machine::PinSlots`], says it): this answers `false` for it. It answers `false` as well
-    /// for an interrupt nested inside a borrowing thread; such an interrupt runs above the
-    /// thread's level (`IPL_VM` in the pinned model), which the SPL's sleep check catches.
+    /// interrupt that lent it the CPU is still underneath: `pin_call` sets that interrupt's
+    /// depth aside for the call, so this answers `false` for the borrower and `true` for an
+    /// interrupt nested inside it.
     #[inline]
     pub fn in_interrupt(&self) -> bool {
-        self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0 && !self.borrowing()
+        self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0
     }
 
     /// The clock interrupt's share: time slices and timed sleeps. Interrupts disabled.

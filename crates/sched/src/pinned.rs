@@ -35,12 +35,25 @@
 //!   thread is woken and scheduled like any thread, finishes its work at its waker's level
 //!   and parks ([`Scheduler::pin_park`]: its state word back to 0); the next pinned call
 //!   starts it afresh at its stack top.
+//! * **Preempt** (the same lazy path): a borrower is not preempted by what it merely pinned
+//!   or by its equals, but it does not keep the CPU from a more urgent thread either (a soft
+//!   interrupt's thread draining a stream of input would otherwise hold its CPU for as long
+//!   as the input lasts: docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt). It runs
+//!   at interrupt depth 0 (`pin_call` sets the lending interrupt's depth aside), so the exit
+//!   of an interrupt nested in it and `preempt_check` are its preemption points, and the gate
+//!   opens at its call's level with no spin mutex held. There, if a thread queued on the CPU
+//!   — or the scheduler's current thread, pinned at the bottom — outranks it
+//!   (`schedule_borrowed`), it becomes an ordinary *runnable* thread, queued, its state word
+//!   BLOCKED, and the thread under it resumes as for a block (`pin_call` answers
+//!   [`PinOutcome::Blocked`]); the reschedule request stays set, so that context's own exit
+//!   lets the scheduler choose. A tick sets the request when the pinned thread outranks the
+//!   borrower. The borrower then finishes as after a block.
 //! * **What the scheduler must know** is only the per-CPU borrower word:
 //!   [`Scheduler::is_running`] reports the borrower, not the threads under it (an interrupt
 //!   thread must block on, not spin for, a lock a thread under it holds); `schedule` on a
-//!   borrowed CPU never preempts; [`Scheduler::in_interrupt`] is false for the borrower (it
-//!   runs in thread context), and the sleep check allows it to block at its level with no
-//!   spin mutex of its own.
+//!   borrowed CPU takes the lazy path above or returns; [`Scheduler::in_interrupt`] is false
+//!   for the borrower (it runs in thread context), and the sleep check allows it to block at
+//!   its level with no spin mutex of its own.
 //! * **Busy / Level**: if the thread is not parked, or the CPU is not at its level,
 //!   `pin_call` does nothing and hands its two arguments back; the caller queues the work
 //!   (`intr::pinned`), picks another thread, or takes its cold path.
@@ -132,7 +145,8 @@ impl<E: SchedEnv> Scheduler<E> {
     /// [`PinOutcome::Returned`] when `body` returned: the fast path. [`PinOutcome::Busy`]:
     /// `it` was not parked; [`PinOutcome::Level`]: the CPU was not at its level — nothing
     /// done, `a0` and `a1` handed back (the second and third values). [`PinOutcome::Blocked`]:
-    /// the thread blocked in `body`; the bookkeeping skipped here happened then, lazily
+    /// the thread blocked in `body`, or a more urgent thread preempted it (it is then queued,
+    /// runnable, not asleep); the bookkeeping skipped here happened then, lazily
     /// (`schedule_borrowed`): the thread became an ordinary thread, the thread under it was
     /// resumed at once, and the thread finishes later and ends with [`Scheduler::pin_park`]
     /// (its body must check [`Scheduler::borrowing`] before returning).
@@ -221,13 +235,15 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// `schedule` on a CPU lent to an interrupt thread (the running thread is that thread;
-    /// the scheduler's current thread is the one at the bottom of the borrows). The interrupt
-    /// thread is not preempted: it gives the CPU back soon. If it blocks, the bookkeeping
-    /// `pin_call` skipped happens here, as NetBSD's `mi_switch` does for a blocking
-    /// soft-interrupt LWP: it becomes an ordinary thread (`on_cpu`, BLOCKED, its state word
-    /// BLOCKED), the thread under it is resumed at once through the context
-    /// `PinSwitch::pin_call` saved (it never left the CPU: no run queue), and the interrupt
-    /// thread sleeps like any thread; a wakeup queues it on its CPU.
+    /// the scheduler's current thread is the one at the bottom of the borrows). A yield
+    /// returns. If it blocks, the bookkeeping `pin_call` skipped happens here, as NetBSD's
+    /// `mi_switch` does for a blocking soft-interrupt LWP: it becomes an ordinary thread
+    /// (`on_cpu`, BLOCKED, its state word BLOCKED), the thread under it is resumed at once
+    /// through the context `PinSwitch::pin_call` saved (it never left the CPU: no run queue),
+    /// and the interrupt thread sleeps like any thread; a wakeup queues it on its CPU. A
+    /// preemption takes the same path only if a queued thread, or the pinned thread at the
+    /// bottom, outranks it, and leaves it runnable in this CPU's run queue instead of asleep
+    /// (the module doc's "Preempt").
     #[cold]
     pub(crate) fn schedule_borrowed(&'static self, reason: Reason, io: &IntrOff) {
         match reason {
