@@ -581,18 +581,19 @@ impl<E: SchedEnv> Scheduler<E> {
     /// at the next interrupt's exit.
     #[inline]
     fn gate_open(&self, io: &IntrOff) -> bool {
-        if E::M::pin_borrowed() != 0 {
-            return self.borrower_preemptible();
-        }
-        E::spl().may_preempt(io)
+        // A borrower is never at `IPL_NONE`: the usual case stays one test.
+        E::spl().may_preempt(io) || self.borrower_preemptible()
     }
 
-    /// [`Scheduler::gate_open`] for a borrowing thread.
+    /// [`Scheduler::gate_open`] above `IPL_NONE`: whether the running thread borrows its CPU
+    /// and is at its call's level with no spin mutex.
     #[cold]
     #[inline(never)]
     fn borrower_preemptible(&self) -> bool {
         let spl = E::spl();
-        spl.spin_count() == 0 && self.borrow_level() == Some(spl.current() as usize)
+        E::M::pin_borrowed() != 0
+            && spl.spin_count() == 0
+            && self.borrow_level() == Some(spl.current() as usize)
     }
 
     /// Switches away now if this CPU was asked to reschedule and we may be preempted.

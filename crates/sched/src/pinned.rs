@@ -163,7 +163,9 @@ impl<E: SchedEnv> Scheduler<E> {
         // The borrower runs in thread context: the interrupt depth of the context it pins is
         // set aside for the call (0 for the borrower, so that the exit of an interrupt nested
         // in it and `preempt_check` are preemption points for it), and put back after.
-        let c = self.this_cpu();
+        // (The index masked to the table: no bounds check on this path; CPU indices are below
+        // `MAX_CPUS`, a power of two.)
+        let c = &self.cpus[E::M::cpu_index() & (crate::MAX_CPUS - 1)];
         let depth = c.intr_depth.load(Ordering::Relaxed);
         c.intr_depth.store(0, Ordering::Relaxed);
         // A thread whose state word is clear is PARKED: its stack is unused and no CPU runs it
@@ -175,7 +177,8 @@ impl<E: SchedEnv> Scheduler<E> {
         let r = unsafe { E::M::pin_call(&it.call, a0, a1) };
         c.intr_depth.store(depth, Ordering::Relaxed);
         if matches!(r.0, PinOutcome::Returned | PinOutcome::Blocked) {
-            self.pin_done(r.0);
+            // This CPU still: the thread under the borrower never leaves it.
+            self.pin_done(c, r.0);
         }
         r
     }
@@ -184,8 +187,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// no locked add; counted here, not on the way in, where it would add to the latency) and,
     /// if the thread blocked, finish that switch.
     #[inline(always)]
-    pub(crate) fn pin_done(&'static self, r: PinOutcome) {
-        let c = self.this_cpu();
+    pub(crate) fn pin_done(&'static self, c: &crate::CpuSched<E>, r: PinOutcome) {
         c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if r == PinOutcome::Blocked {
             self.finish_switch();
