@@ -1325,9 +1325,7 @@ fn torture(a: TortureArgs) -> Result<ExitCode, CliError> {
                     }
                     println!("VIOLATION {}", torture::violation(line).expect("checked"));
                 }
-                (Source::Serial, _)
-                    if line.starts_with("@@ torture-stall") =>
-                {
+                (Source::Serial, _) if line.starts_with("@@ torture-stall") => {
                     if tty {
                         println!();
                     }

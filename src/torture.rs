@@ -257,7 +257,9 @@ mod tests {
         assert_eq!(s.violations, 0);
         assert!(summary("@@ torture-summary model=pool").is_none());
         assert_eq!(
-            stall_frames("@@ torture-stall model=direct cpu=3 why=heartbeat rip=0x2000 if=0 frames=0x2000,0x1f00"),
+            stall_frames(
+                "@@ torture-stall model=direct cpu=3 why=heartbeat rip=0x2000 if=0 frames=0x2000,0x1f00"
+            ),
             Some(vec![0x2000, 0x1f00])
         );
         assert_eq!(stall_frames("@@ torture-stall model=direct cpu=3 why=heartbeat snapshot=none"), None);

@@ -47,7 +47,10 @@ pub(super) fn print_stall(model: Model, c: usize, why: &str) {
                 s.spin_mutexes,
             );
         }
-        None => kprintln!("@@ torture-stall model={} cpu={c} why={why} running={running} snapshot=none", model.name()),
+        None => kprintln!(
+            "@@ torture-stall model={} cpu={c} why={why} running={running} snapshot=none",
+            model.name()
+        ),
     }
 }
 
@@ -171,7 +174,9 @@ impl Monitor {
             h.spawn(&mut threads);
         }
         if let Some(f) = self.com2 {
-            threads.push(SCHED.spawn("torture.com2", Priority::KTHREAD, None, move || clock::com2(model, seed, f)));
+            threads.push(
+                SCHED.spawn("torture.com2", Priority::KTHREAD, None, move || clock::com2(model, seed, f)),
+            );
         }
         let waiter = SCHED.spawn("torture.pi.waiter", rt, Some(0), pi_waiter);
         *PI_WAITER.lock() = Some(waiter.thread().clone());

@@ -345,7 +345,7 @@ impl Virtqueue {
     /// write traps to the device's emulation, where the hypervisor may run other vCPUs or
     /// deschedule this one; holding the queue's spin mutex across it makes every CPU that
     /// wants the queue spin until this vCPU comes back (seen as 100 ms heartbeat stalls of
-    /// disk threads under torture on 8 vCPUs: docs/logs/torture-blk-doorbell-under-lock-2026-12-06.txt).
+    /// disk threads under torture on 8 vCPUs: docs/logs/torture-stalls-smp8-2026-12-06.txt).
     pub fn doorbell(&self) -> Doorbell {
         Doorbell { mmio: self.doorbell.clone(), index: self.index }
     }
