@@ -420,8 +420,8 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     let cpu = E::M::cpu_index();
     // SAFETY: `dispatch` passed an `Arc::into_raw` of a source: the reference is ours (taken
     // over below), so the source lives at least until then.
-    let again =
-        unsafe { &*(src as *const Source<E>) }.run_handler_in::<{ crate::RUN_BORROWED }>(raised as u64, cpu);
+    let source = unsafe { &*(src as *const Source<E>) };
+    let again = source.run_handler_in::<{ crate::RUN_BORROWED }>(raised as u64, cpu);
     // SAFETY: as above; we take that reference over.
     finish_one(unsafe { arc_back::<E>(src) }, again, cpu);
     if !E::sched().borrowing() {
