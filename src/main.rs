@@ -696,10 +696,16 @@ fn compare(a: &RunArgs, accel: Accel, kernel: &Path) -> Result<ExitCode, CliErro
         let title = format!("model {model} ({} of {})", i + 1, Model::ALL.len());
         println!("\n== main job, {title}, saturated, TCG -icount");
         let untraced = RunArgs { trace: None, ..a.clone() };
-        let (_, run) = run_main_job(&untraced, Accel::Tcg, kernel, Some(model), &title)?;
+        let (report, run) = run_main_job(&untraced, Accel::Tcg, kernel, Some(model), &title)?;
         if run.ok() {
             println!("{model}: ok ({:.1} s)", run.elapsed_s);
         } else {
+            // What the kernel judged (its per-CPU and total result lines) and the boot's
+            // failure, so that a failed compare says why.
+            print_other_results(&report);
+            if let Some(f) = harness::boot_failure(&report, Goal::Scenario) {
+                print!("{f}");
+            }
             println!("{model}: FAILED");
             for p in &run.problems {
                 println!("  - {p}");
