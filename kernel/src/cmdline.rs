@@ -6,7 +6,7 @@
 
 use alloc::string::String;
 
-pub use ::parse::cmdline::{CmdlineError, HarnessCheck, RtFlood, RunMode};
+pub use ::parse::cmdline::{CmdlineError, HarnessCheck, IdleMode, RtFlood, RunMode};
 
 /// Typed kernel options (`parse::cmdline::Options` with the interrupt model as
 /// `intr::Model`).
@@ -53,6 +53,8 @@ pub struct Options {
     pub cost_frames: u64,
     /// `workload.saturate=`
     pub workload_saturate: bool,
+    /// `idle=halt|poll`: what an idle CPU does.
+    pub idle: IdleMode,
 }
 
 impl From<::parse::cmdline::Options> for Options {
@@ -84,6 +86,7 @@ impl From<::parse::cmdline::Options> for Options {
             rt_flood: o.rt_flood,
             cost_frames: o.cost_frames,
             workload_saturate: o.workload_saturate,
+            idle: o.idle,
         }
     }
 }

@@ -81,6 +81,7 @@ fn kmain(info: &'static BootInfo) -> ! {
             arch::exit::exit_qemu(false);
         }
     };
+    arch::set_idle_poll(opts.idle == cmdline::IdleMode::Poll);
     intr::init();
     trap::set_fault_hook(panic::fault);
     let vectors: [(u8, trap::Handler); 4] = [

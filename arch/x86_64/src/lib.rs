@@ -55,6 +55,26 @@ extern "C" {
 /// The x86_64 machine.
 pub struct X86_64;
 
+/// Whether an idle CPU polls instead of halting (`idle=poll`; [`set_idle_poll`]).
+static IDLE_POLL: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`Machine::wait_for_interrupt`] poll (`true`: interrupts on for one `pause`, then
+/// off again, never `hlt`) or halt (`false`, the default). Set once at boot from the command
+/// line (`idle=`), before the CPUs reach their idle loops; read by every CPU after.
+///
+/// Why polling exists: under QEMU's TCG with `-icount`, when every vCPU has halted, QEMU's
+/// main-loop thread warps the virtual clock to the next timer deadline. It can do that in the
+/// moment after one vCPU's `hlt` and before that vCPU's executed instructions are added to the
+/// clock (the vCPU thread adds them only after leaving the guest, without holding the lock
+/// the main loop holds), so the warp overshoots by those instructions, by a host-timing
+/// accident. A vCPU that never halts is never idle, so the clock never warps and advances
+/// only by executed instructions: a guest-only run on several vCPUs is then a function of its
+/// input. `pause` ends a vCPU's turn in QEMU's round robin, so a polling CPU gives its turn to
+/// the others at once.
+pub fn set_idle_poll(poll: bool) {
+    IDLE_POLL.store(poll, core::sync::atomic::Ordering::Relaxed);
+}
+
 #[inline]
 fn restore_intr(was_enabled: bool) {
     if was_enabled {
@@ -102,6 +122,13 @@ impl Machine for X86_64 {
     }
 
     fn wait_for_interrupt(_io: &IntrOff) {
+        if IDLE_POLL.load(core::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: interrupts are enabled for the `nop` after `sti`'s shadow and the `pause`
+            // (an interrupt pending then is taken there and returns here), then disabled
+            // again before returning, as the token promises; the caller looks for work again.
+            unsafe { asm!("sti", "nop", "pause", "cli", options(nomem, nostack)) };
+            return;
+        }
         // SAFETY: `sti; hlt` is atomic with respect to interrupts (the STI shadow), so a
         // wakeup IPI cannot slip in between and be missed; we disable them again before
         // returning, as the token promises.

@@ -38,6 +38,20 @@ pub enum RtFlood {
     Devices,
 }
 
+/// What an idle CPU does (`idle=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleMode {
+    /// `sti; hlt`: the CPU sleeps until an interrupt (the default).
+    Halt,
+    /// Interrupts on, `pause`, interrupts off, look for work again: the CPU never halts
+    /// (Linux's `idle=poll`). Under QEMU's TCG with `-icount` no vCPU is then ever idle, so
+    /// the virtual clock advances only by executed instructions, never by a warp to the next
+    /// timer computed by QEMU's main loop — a warp that the main loop can compute while a
+    /// vCPU has just halted and before its instructions are counted, which makes two runs of
+    /// one seed differ (`torture --sources guest` uses it; docs/logs/torture-determinism-*).
+    Poll,
+}
+
 /// A deliberate failure, to test the host harness.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HarnessCheck {
@@ -111,6 +125,8 @@ pub struct Options {
     /// `workload.saturate=on|off`: the main job's NIC is sent unpaced and its disk threads
     /// keep the queue full.
     pub workload_saturate: bool,
+    /// `idle=halt|poll`: what an idle CPU does.
+    pub idle: IdleMode,
 }
 
 impl Default for Options {
@@ -136,6 +152,7 @@ impl Default for Options {
             rt_flood: RtFlood::Ipi,
             cost_frames: 20_000,
             workload_saturate: false,
+            idle: IdleMode::Halt,
         }
     }
 }
@@ -174,7 +191,7 @@ fn on_off(key: &str, v: &str) -> Result<bool, CmdlineError> {
 }
 
 /// The keys [`parse`] knows.
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 21] = [
     "run",
     "test.filter",
     "test.harness",
@@ -195,6 +212,7 @@ pub const KEYS: [&str; 20] = [
     "rt.flood",
     "cost.frames",
     "workload.saturate",
+    "idle",
 ];
 
 /// Parses a command line. The first bad word is the error: no `=` (`expected key=value`),
@@ -269,6 +287,13 @@ pub fn parse(line: &str) -> Result<Options, CmdlineError> {
             }
             "cost.frames" => o.cost_frames = number(key, value, 100u64, 10_000_000)?,
             "workload.saturate" => o.workload_saturate = on_off(key, value)?,
+            "idle" => {
+                o.idle = match value {
+                    "halt" => IdleMode::Halt,
+                    "poll" => IdleMode::Poll,
+                    _ => return Err(err(key, "expected halt or poll")),
+                }
+            }
             _ => return Err(err(key, "unknown option")),
         }
         seen.push(key);
@@ -297,6 +322,14 @@ mod tests {
         assert_eq!(parse("intr.model=fast").unwrap_err().option, "intr.model");
         assert_eq!(parse("torture.ms=5").unwrap_err().option, "torture.ms");
         assert_eq!(parse("torture.seed=x").unwrap_err().option, "torture.seed");
+    }
+
+    #[test]
+    fn idle_mode() {
+        assert_eq!(parse("").unwrap().idle, IdleMode::Halt);
+        assert_eq!(parse("idle=poll").unwrap().idle, IdleMode::Poll);
+        assert_eq!(parse("idle=halt").unwrap().idle, IdleMode::Halt);
+        assert_eq!(parse("idle=mwait").unwrap_err(), err("idle", "expected halt or poll"));
     }
 
     #[test]

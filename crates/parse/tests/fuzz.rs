@@ -25,6 +25,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             prop::sample::select(vec!["direct", "dedicated", "pool", "pinned"]).prop_map(String::from).boxed()
         }
         "rt.flood" => prop::sample::select(vec!["ipi", "devices"]).prop_map(String::from).boxed(),
+        "idle" => prop::sample::select(vec!["halt", "poll"]).prop_map(String::from).boxed(),
         "cost.frames" => (100u64..=10_000_000).prop_map(|n| n.to_string()).boxed(),
         "lockcheck" | "lockstat" | "workload.serial" | "workload.saturate" => {
             prop::sample::select(vec!["on", "off"]).prop_map(String::from).boxed()
@@ -124,6 +125,7 @@ proptest! {
                 "rt.ms" => prop_assert_eq!(o.rt_ms.to_string(), v.clone()),
                 "torture.seed" => prop_assert_eq!(o.torture_seed.to_string(), v.clone()),
                 "torture.ms" => prop_assert_eq!(o.torture_ms.to_string(), v.clone()),
+                "idle" => prop_assert_eq!(format!("{:?}", o.idle).to_lowercase(), v.clone()),
                 _ => {}
             }
         }
