@@ -667,9 +667,14 @@ impl<E: SchedEnv> Scheduler<E> {
         }
         self.schedule(Reason::Block, io);
         if deadline_ns != u64::MAX {
-            // Woken (or timed out): drop our timeout entry so the list stays short.
+            // Woken (or timed out): drop our timeout entry so the list stays short, and the
+            // CPU's next deadline with it (woken early, from anywhere, the deadline would
+            // otherwise still bring that CPU a clock interrupt for a sleep that is over).
             let me = E::M::curthread() as *const Thread<E>;
-            self.cpus[cpu].sleepers.lock(io).retain(|(_, t)| !core::ptr::eq(Arc::as_ptr(t), me));
+            let c = &self.cpus[cpu];
+            let mut s = c.sleepers.lock(io);
+            s.retain(|(_, t)| !core::ptr::eq(Arc::as_ptr(t), me));
+            c.next_deadline.store(s.iter().map(|(d, _)| *d).min().unwrap_or(u64::MAX), Ordering::Relaxed);
         }
     }
 
