@@ -229,6 +229,9 @@ impl machine::PinSwitch for X86_64 {
     fn pinned_call() -> *const machine::PinCall {
         cpu::pinned_frame_word(0) as *const machine::PinCall
     }
+
+    #[inline(always)]
+    fn pin_parking() {}
 }
 
 // The `PinCall` offsets entry.s uses.

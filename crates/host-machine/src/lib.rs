@@ -58,7 +58,9 @@
 //!   into `extern "C"` frames), which also fails the test, loudly.
 //! * Exited kernel threads leave their OS thread blocked on a baton nobody will hand over
 //!   (an `extern "C" fn(usize) -> !` entry cannot be unwound out of); these are reclaimed
-//!   when the test process exits. After a test, dropping its `HostSystem` stops the clock of
+//!   when the test process exits. So do the OS threads of pinned calls whose interrupt thread
+//!   blocked and then parked (`PinSwitch::pin_parking`): parked, it never resumes there, and
+//!   its next block must be the only waiter on its context's baton. After a test, dropping its `HostSystem` stops the clock of
 //!   its idle CPUs so they sleep for good.
 //!
 //! ## Under Miri
@@ -195,6 +197,9 @@ struct System {
 thread_local! {
     /// The system and CPU the calling OS thread holds (`NO_CPU` while it waits on a baton).
     static HERE: Cell<(Option<&'static System>, usize)> = const { Cell::new((None, NO_CPU)) };
+    /// This OS thread runs an interrupt thread that is parking ([`PinSwitch::pin_parking`]):
+    /// its next switch away hands the CPU over and retires the OS thread.
+    static PARKING: Cell<bool> = const { Cell::new(false) };
 }
 
 fn here() -> (&'static System, usize) {
@@ -515,6 +520,16 @@ impl Machine for HostMachine {
         let (from, to) = unsafe { ((*from).baton.clone(), (*to).baton.clone()) };
         HERE.set((Some(sys), NO_CPU));
         to.give(cpu);
+        if PARKING.get() {
+            // A parked interrupt thread is never switched back in: its next pinned call runs
+            // its body on another OS thread, whose blocks wait on `from`. Waiting there too
+            // would let a wakeup meant for that block resume this one. Retired, as exited
+            // threads' OS threads are (module doc).
+            drop((from, to));
+            loop {
+                std::thread::park();
+            }
+        }
         let cpu = from.take();
         HERE.set((Some(sys), cpu));
     }
@@ -698,6 +713,10 @@ impl PinSwitch for HostMachine {
 
     fn pinned_call() -> *const PinCall {
         top_frame().call
+    }
+
+    fn pin_parking() {
+        PARKING.set(true);
     }
 }
 

@@ -272,4 +272,13 @@ pub trait PinSwitch: Machine {
 
     /// The [`PinCall`] of the innermost active pinned call on this CPU.
     fn pinned_call() -> *const PinCall;
+
+    /// The running interrupt thread, which blocked in a pinned call and has finished as an
+    /// ordinary thread, is about to park (`Scheduler::pin_park`): the next
+    /// [`Machine::switch`] away from it never returns, and its next pinned call starts it
+    /// afresh. x86_64: nothing (the next call starts at the stack top and nothing waits on
+    /// the saved context). The host machine, where the body ran on an OS thread of its own
+    /// that would otherwise wait on the thread's context, retires that OS thread instead, so
+    /// that the next block of the same thread is the only waiter there.
+    fn pin_parking();
 }

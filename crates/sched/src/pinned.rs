@@ -195,6 +195,7 @@ impl<E: SchedEnv> Scheduler<E> {
         assert!(core::ptr::eq(call.thread, E::M::curthread()), "pin_park with another thread's descriptor");
         self.current().state.store(PARKED, Ordering::SeqCst);
         call.state.store(0, Ordering::Release);
+        E::M::pin_parking();
         self.schedule(Reason::Park, io);
         unreachable!("a parked interrupt thread was switched back in");
     }
