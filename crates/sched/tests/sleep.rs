@@ -51,6 +51,11 @@ fn event_wait_deadline_times_out_unless_set() {
 /// docs/logs/torture-stalls-smp8-2026-12-06.txt). A sleeper woken early from another CPU
 /// takes its entry out of its CPU's list, and that CPU's next deadline goes with it (no
 /// clock interrupt left armed for a sleep that is over).
+/// What a CPU's clock is armed for, per CPU (read on that CPU).
+type Seen = Arc<std::sync::Mutex<Vec<(usize, Option<u64>)>>>;
+/// Per woken sleeper: its CPU, whether it was woken (not timed out), its CPU's deadline after.
+type After = Arc<std::sync::Mutex<Vec<(usize, bool, Option<u64>)>>>;
+
 fn timed_sleeps_are_per_cpu(ncpus: usize) {
     let sys = HostSystem::boot(ncpus);
     let report = sys.run(move |sched| {
@@ -58,7 +63,7 @@ fn timed_sleeps_are_per_cpu(ncpus: usize) {
         let base = HostMachine::now_ns() + 2_000_000_000;
         let deadline = move |cpu: usize| base + cpu as u64 * 1_000_000;
         let evs: Arc<Vec<Event>> = Arc::new((0..ncpus).map(|_| Event::new(sched)).collect());
-        let after: Arc<std::sync::Mutex<Vec<(usize, bool, Option<u64>)>>> = Arc::default();
+        let after: After = Arc::default();
         let sleepers: Vec<_> = (1..ncpus)
             .map(|cpu| {
                 let (evs, after) = (evs.clone(), after.clone());
@@ -83,7 +88,7 @@ fn timed_sleeps_are_per_cpu(ncpus: usize) {
             sched.next_timeout_ns()
         );
         // What each CPU's clock is armed for, read on that CPU.
-        let seen: Arc<std::sync::Mutex<Vec<(usize, Option<u64>)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let probes: Vec<_> = (0..ncpus)
             .map(|cpu| {
                 let seen = seen.clone();
