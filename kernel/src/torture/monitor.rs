@@ -111,8 +111,34 @@ fn watch(model: Model, mc: usize, ncpus: usize) {
                 running_on(mc)
             );
             print_stall(model, mc, "monitor-cpu");
+            print_cpu_threads(model, mc);
         }
     }
+}
+
+/// CPU `c`'s threads (`@@ torture-diag cpu-threads`: name, state, on CPU, priority, switches
+/// each) and its pinned interrupt threads (made, parked, the bound), for a stall report.
+fn print_cpu_threads(model: Model, c: usize) {
+    let mut list = String::new();
+    SCHED.for_each_thread(|t| {
+        if t.last_cpu() == c && t.state() != sched::ThreadState::Dead && !t.is_idle() {
+            list.push_str(&alloc::format!(
+                " {}:{:?}:{}:{}:{}",
+                t.name(),
+                t.state(),
+                u8::from(t.is_on_cpu()),
+                t.priority().get(),
+                t.switch_count()
+            ));
+        }
+    });
+    let (made, parked) = INTR.pinned.threads_on(c);
+    kprintln!(
+        "@@ torture-diag cpu-threads model={} cpu={c} pinned_made={made} pinned_parked={parked} pinned_limit={} threads={}",
+        model.name(),
+        INTR.pinned.limit(),
+        list
+    );
 }
 
 fn print_reports(model: Model, seed: u64) {
