@@ -117,7 +117,8 @@ fn watch(model: Model, mc: usize, ncpus: usize) {
 }
 
 /// CPU `c`'s threads (`@@ torture-diag cpu-threads`: name, state, on CPU, priority, switches
-/// each) and its pinned interrupt threads (made, parked, the bound), for a stall report.
+/// each) and its pinned interrupt threads (made, parked, the bound; and every CPU's busy
+/// ones), for a stall report.
 fn print_cpu_threads(model: Model, c: usize) {
     let mut list = String::new();
     SCHED.for_each_thread(|t| {
@@ -133,8 +134,14 @@ fn print_cpu_threads(model: Model, c: usize) {
         }
     });
     let (made, parked) = INTR.pinned.threads_on(c);
+    let mut busy = String::new();
+    for o in 0..X86_64::ncpus() {
+        let (m, p) = INTR.pinned.threads_on(o);
+        busy.push_str(&alloc::format!("{}{}", if o > 0 { "," } else { "" }, m - p));
+    }
     kprintln!(
-        "@@ torture-diag cpu-threads model={} cpu={c} pinned_made={made} pinned_parked={parked} pinned_limit={} threads={}",
+        "@@ torture-diag cpu-threads model={} cpu={c} pinned_made={made} pinned_parked={parked} pinned_limit={} \
+         pinned_busy_per_cpu={busy} threads={}",
         model.name(),
         INTR.pinned.limit(),
         list
