@@ -116,20 +116,21 @@ fn watch(model: Model, mc: usize, ncpus: usize) {
     }
 }
 
-/// CPU `c`'s threads (`@@ torture-diag cpu-threads`: name, state, on CPU, priority, switches
-/// each) and its pinned interrupt threads (made, parked, the bound; and every CPU's busy
+/// CPU `c`'s threads (`@@ torture-diag cpu-threads`: name, state, on CPU, priority, switches,
+/// run time in ms each) and its pinned interrupt threads (made, parked, the bound; and every CPU's busy
 /// ones), for a stall report.
 fn print_cpu_threads(model: Model, c: usize) {
     let mut list = String::new();
     SCHED.for_each_thread(|t| {
         if t.last_cpu() == c && t.state() != sched::ThreadState::Dead && !t.is_idle() {
             list.push_str(&alloc::format!(
-                " {}:{:?}:{}:{}:{}",
+                " {}:{:?}:{}:{}:{}:{}",
                 t.name(),
                 t.state(),
                 u8::from(t.is_on_cpu()),
                 t.priority().get(),
-                t.switch_count()
+                t.switch_count(),
+                t.run_time_ns() / 1_000_000
             ));
         }
     });
