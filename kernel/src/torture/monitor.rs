@@ -118,7 +118,8 @@ fn watch(model: Model, mc: usize, ncpus: usize) {
 
 /// CPU `c`'s threads (`@@ torture-diag cpu-threads`: name, state, on CPU, priority, switches,
 /// run time in ms each) and its pinned interrupt threads (made, parked, the bound; and every CPU's busy
-/// ones), for a stall report.
+/// ones), the IPI sources' raises in flight by target CPU and the handler runs owed, for a
+/// stall report.
 fn print_cpu_threads(model: Model, c: usize) {
     let mut list = String::new();
     SCHED.for_each_thread(|t| {
@@ -136,13 +137,25 @@ fn print_cpu_threads(model: Model, c: usize) {
     });
     let (made, parked) = INTR.pinned.threads_on(c);
     let mut busy = String::new();
+    let mut inflight = String::new();
     for o in 0..X86_64::ncpus() {
         let (m, p) = INTR.pinned.threads_on(o);
-        busy.push_str(&alloc::format!("{}{}", if o > 0 { "," } else { "" }, m - p));
+        let sep = if o > 0 { "," } else { "" };
+        busy.push_str(&alloc::format!("{sep}{}", m - p));
+        let to =
+            SRC[..NSRC].iter().filter(|st| st.inflight.load(SeqCst) && st.target.load(SeqCst) == o).count();
+        inflight.push_str(&alloc::format!("{sep}{to}"));
     }
+    // Handler runs owed (scheduled, not yet handled), all sources, all CPUs.
+    let owed: u64 = SRC[..NSRC]
+        .iter()
+        .map(|st| {
+            (st.scheduled.load(SeqCst) + st.reruns.load(SeqCst)).saturating_sub(st.handled.load(SeqCst))
+        })
+        .sum();
     kprintln!(
         "@@ torture-diag cpu-threads model={} cpu={c} pinned_made={made} pinned_parked={parked} pinned_limit={} \
-         pinned_busy_per_cpu={busy} threads={}",
+         pinned_busy_per_cpu={busy} inflight_to_cpu={inflight} runs_owed={owed} threads={}",
         model.name(),
         INTR.pinned.limit(),
         list
