@@ -181,6 +181,8 @@ struct SrcState {
     handled: AtomicU64,
     reruns: AtomicU64,
     inflight: AtomicBool,
+    /// The CPU the raise in flight was sent to (IPI sources; for the stall diagnostics).
+    target: AtomicUsize,
     closing: AtomicBool,
     running: AtomicU64,
     /// The establishment whose handler may run (`torture.churn`).
@@ -197,6 +199,7 @@ impl SrcState {
             handled: AtomicU64::new(0),
             reruns: AtomicU64::new(0),
             inflight: AtomicBool::new(false),
+            target: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             running: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -506,6 +509,7 @@ fn raise(s: usize, target: usize) {
         SRC[s].raised.fetch_sub(1, SeqCst);
         return;
     }
+    SRC[s].target.store(target, SeqCst);
     apic::send_ipi(arch::cpu::lapic_id_of(target), VEC_BASE + s as u8);
 }
 

@@ -2,11 +2,16 @@
 //! thread that runs the warm-up load and the main load ([`Monitor::load`]: sources established,
 //! load threads started, checked every 10 ms, then quiesced and torn down), prints the
 //! progress lines and the violations, checks the heartbeat, and at the end the per-source
-//! accounting, the heap against its baseline, and the summary.
+//! accounting, the heap against its baseline, and the summary. With two CPUs or more, the
+//! monitor's own CPU is checked from CPU 1 by [`watch`] (a thread at the monitor's priority):
+//! its heartbeat, with the same rule as the other CPUs', and the monitor itself — a monitor
+//! that has not run for 100 ms is reported (`@@ torture-stall why=monitor-cpu`, not a
+//! violation: its CPU may be busy with interrupt work) with an NMI snapshot of its CPU, every
+//! 100 ms while it lasts, at most [`WATCH_REPORTS`] times per load.
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering::SeqCst;
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use arch::{kprintln, X86_64};
 use intr::{IntrHandle, Model};
@@ -62,6 +67,99 @@ pub(super) fn running_on(c: usize) -> String {
         }
     });
     name
+}
+
+/// When the monitor last checked (guest ns), for [`watch`].
+static MONITOR_SEEN: AtomicU64 = AtomicU64::new(0);
+/// At most this many `why=monitor-cpu` reports per load.
+const WATCH_REPORTS: usize = 16;
+
+/// The watch over the monitor's CPU `mc`, from another CPU, every 10 ms until the load stops:
+/// `mc`'s heartbeat (a violation, as [`Monitor::check`] does for the others), and the
+/// monitor's own last check (a report with snapshots). Prints no snapshot of its own CPU.
+fn watch(model: Model, mc: usize, ncpus: usize) {
+    let me = cpu();
+    let mut last = PROGRESS[mc].load(SeqCst);
+    let mut moved = now();
+    let mut reported = false;
+    let mut next_report = 0;
+    let mut reports = 0;
+    while !STOP.load(SeqCst) {
+        SCHED.sleep_ns(10_000_000);
+        let t = now();
+        let p = PROGRESS[mc].load(SeqCst);
+        if p != last {
+            (last, moved, reported) = (p, t, false);
+        } else if t - moved > HEARTBEAT_NS && !reported {
+            reported = true;
+            kprintln!("@@ torture-heartbeat model={} cpu={} running={}", model.name(), mc, running_on(mc));
+            print_stall(model, mc, "heartbeat");
+            for other in (0..ncpus).filter(|&o| o != mc && o != me) {
+                print_stall(model, other, "heartbeat-peer");
+            }
+            violation("heartbeat", None, mc);
+        }
+        let seen = MONITOR_SEEN.load(SeqCst);
+        if t.saturating_sub(seen) > HEARTBEAT_NS && t >= next_report && reports < WATCH_REPORTS {
+            reports += 1;
+            next_report = t + HEARTBEAT_NS;
+            kprintln!(
+                "@@ torture-heartbeat model={} cpu={} monitor_idle_ms={} running={}",
+                model.name(),
+                mc,
+                (t - seen) / 1_000_000,
+                running_on(mc)
+            );
+            print_stall(model, mc, "monitor-cpu");
+            print_cpu_threads(model, mc);
+        }
+    }
+}
+
+/// CPU `c`'s threads (`@@ torture-diag cpu-threads`: name, state, on CPU, priority, switches,
+/// run time in ms each) and its pinned interrupt threads (made, parked, the bound; and every CPU's busy
+/// ones), the IPI sources' raises in flight by target CPU and the handler runs owed, for a
+/// stall report.
+fn print_cpu_threads(model: Model, c: usize) {
+    let mut list = String::new();
+    SCHED.for_each_thread(|t| {
+        if t.last_cpu() == c && t.state() != sched::ThreadState::Dead && !t.is_idle() {
+            list.push_str(&alloc::format!(
+                " {}:{:?}:{}:{}:{}:{}",
+                t.name(),
+                t.state(),
+                u8::from(t.is_on_cpu()),
+                t.priority().get(),
+                t.switch_count(),
+                t.run_time_ns() / 1_000_000
+            ));
+        }
+    });
+    let (made, parked) = INTR.pinned.threads_on(c);
+    let mut busy = String::new();
+    let mut inflight = String::new();
+    for o in 0..X86_64::ncpus() {
+        let (m, p) = INTR.pinned.threads_on(o);
+        let sep = if o > 0 { "," } else { "" };
+        busy.push_str(&alloc::format!("{sep}{}", m - p));
+        let to =
+            SRC[..NSRC].iter().filter(|st| st.inflight.load(SeqCst) && st.target.load(SeqCst) == o).count();
+        inflight.push_str(&alloc::format!("{sep}{to}"));
+    }
+    // Handler runs owed (scheduled, not yet handled), all sources, all CPUs.
+    let owed: u64 = SRC[..NSRC]
+        .iter()
+        .map(|st| {
+            (st.scheduled.load(SeqCst) + st.reruns.load(SeqCst)).saturating_sub(st.handled.load(SeqCst))
+        })
+        .sum();
+    kprintln!(
+        "@@ torture-diag cpu-threads model={} cpu={c} pinned_made={made} pinned_parked={parked} pinned_limit={} \
+         pinned_busy_per_cpu={busy} inflight_to_cpu={inflight} runs_owed={owed} threads={}",
+        model.name(),
+        INTR.pinned.limit(),
+        list
+    );
 }
 
 fn print_reports(model: Model, seed: u64) {
@@ -165,6 +263,14 @@ impl Monitor {
                 .push(SCHED.spawn("torture.beat", pri(Priority::RT_BASE, 20), Some(c), move || heartbeat(c)));
         }
         threads.push(SCHED.spawn("torture.control", Priority::KTHREAD, None, move || control(seed, model)));
+        let mc = cpu();
+        MONITOR_SEEN.store(now(), SeqCst);
+        if ncpus >= 2 {
+            let other = if mc == 0 { 1 } else { 0 };
+            threads.push(SCHED.spawn("torture.watch", pri(Priority::RT_BASE, 30), Some(other), move || {
+                watch(model, mc, ncpus)
+            }));
+        }
         // The owner just below the real-time range (most raisers are below it, so it gets to
         // hold the mutex), the waiter well inside it.
         let rt = pri(Priority::RT_BASE, 12);
@@ -225,11 +331,17 @@ impl Monitor {
     /// The heartbeat, reports, and the progress line each guest second.
     fn check(&mut self) {
         let t = now();
+        MONITOR_SEEN.store(t, SeqCst);
+        // The monitor's own CPU is [`watch`]'s when there is another CPU.
+        let mine = if self.ncpus >= 2 { Some(cpu()) } else { None };
         if self.model == Model::Pool {
             let q = (0..self.ncpus).map(|c| INTR.pool.queued(c)).max().unwrap_or(0);
             POOL_QUEUE_MAX.fetch_max(q, SeqCst);
         }
         for (c, progress) in PROGRESS.iter().enumerate().take(self.ncpus) {
+            if Some(c) == mine {
+                continue;
+            }
             let p = progress.load(SeqCst);
             if p != self.last_progress[c] {
                 self.last_progress[c] = p;
