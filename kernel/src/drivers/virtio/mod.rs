@@ -251,19 +251,7 @@ pub struct Doorbell {
 impl Doorbell {
     /// Tells the device that buffers are available: the chains published before (under the
     /// queue's lock, whose release orders them before this) are visible to it.
-    ///
-    /// Panics if this CPU holds a spin mutex: a doorbell traps to the device's emulation, and
-    /// a vCPU held there with a spin mutex makes every CPU that wants the mutex spin (the
-    /// queue's lock: the 8-CPU torture stalls of docs/logs/torture-stalls-smp8-2026-12-06.txt).
-    /// Every device test and run rings doorbells, so a doorbell moved back under a lock fails
-    /// them with this message.
     pub fn ring(&self) {
-        let held = crate::SPL.spin_count();
-        assert!(
-            held == 0,
-            "virtio queue {}: doorbell rung holding {held} spin mutex(es); ring it after the lock (Virtqueue::doorbell)",
-            self.index
-        );
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         self.mmio.write16(0, self.index);
     }
