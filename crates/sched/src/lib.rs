@@ -159,7 +159,8 @@ struct CpuLocal<E: SchedEnv> {
     /// The CPU's reference to `prev` when no run queue took it (it left, migrates, or is
     /// the idle thread), dropped (or queued elsewhere) by `finish_switch`.
     prev_ref: Option<Arc<Thread<E>>>,
-    /// `prev` must be queued on this other CPU once off ours (binding).
+    /// `prev` must be queued on this other CPU once off ours (binding). Set only with
+    /// `prev_ref`, and taken with it by `finish_switch` (`None` between switches).
     prev_migrate_to: Option<usize>,
     /// A thread an interrupt handler woke to run next here (`hand_off`).
     handoff: Option<Arc<Thread<E>>>,
@@ -1120,8 +1121,10 @@ impl<E: SchedEnv> Scheduler<E> {
         // are empty, so there is nothing to drop (no drop glue on the path).
         put_empty(&mut local.current, Some(next));
         local.prev = prev;
-        put_empty(&mut local.prev_ref, keep);
-        local.prev_migrate_to = migrate_to;
+        // Both slots are empty (taken by the last `finish_switch`): written only when they
+        // get something, so a yield or preemption (statically `None`) stores nothing.
+        put_some(&mut local.prev_ref, keep);
+        put_some(&mut local.prev_migrate_to, migrate_to);
         // `from` lives on (a queue or `prev_ref` holds it) until `finish_switch`; `to` had
         // `on_cpu` false.
         // SAFETY: interrupts are disabled; no other CPU runs `to` (on_cpu was false) or can
@@ -1142,20 +1145,25 @@ impl<E: SchedEnv> Scheduler<E> {
         if prev.is_null() {
             return;
         }
-        let held = local.prev_ref.take();
-        // Read, not taken: every switch writes it before the next `finish_switch`.
-        let migrate_to = local.prev_migrate_to;
+        // Tested before it is taken: the usual switch (the run queue took `prev`) leaves the
+        // slot empty, and then neither it nor the migration target is written.
+        let held = local.prev_ref.is_some();
         c.rq.raw_unlock();
         // SAFETY: `prev` is alive until this store (see `switch_to`); not touched after it.
         unsafe { (*prev).on_cpu.store(false, Ordering::Release) };
-        if let Some(target) = migrate_to {
-            // SAFETY: interrupts are disabled here (right after a switch) and stay so until
-            // our caller returns; this token is dropped before then without enabling them.
-            let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
-            self.enqueue(held.expect("a migrating thread's reference"), target, &io);
-        } else {
-            // A dead `prev` is freed here when this was its last reference.
-            drop(held);
+        if held {
+            // A thread that migrates is one the CPU kept a reference to (`keep`).
+            let held = local.prev_ref.take();
+            if let Some(target) = local.prev_migrate_to.take() {
+                // SAFETY: interrupts are disabled here (right after a switch) and stay so
+                // until our caller returns; this token is dropped before then without
+                // enabling them.
+                let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
+                self.enqueue(held.expect("a migrating thread's reference"), target, &io);
+            } else {
+                // A dead `prev` is freed here when this was its last reference.
+                drop(held);
+            }
         }
     }
 }
@@ -1167,6 +1175,15 @@ fn put_empty<T>(slot: &mut Option<T>, v: Option<T>) {
     let old = core::mem::replace(slot, v);
     debug_assert!(old.is_none(), "put_empty: the slot was not empty");
     core::mem::forget(old);
+}
+
+/// Stores `v` into `slot`, which is empty, if it is `Some`; stores nothing for `None` (the
+/// slot already says so). Inlined where `v` is a constant `None`, it is no code at all.
+#[inline(always)]
+fn put_some<T>(slot: &mut Option<T>, v: Option<T>) {
+    if let Some(v) = v {
+        put_empty(slot, Some(v));
+    }
 }
 
 /// First code of every new thread (its context was built by `E::M::new_context`).
