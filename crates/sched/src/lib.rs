@@ -1027,10 +1027,16 @@ impl<E: SchedEnv> Scheduler<E> {
                     }
                 };
                 // Taking the most urgent first, then queueing `prev` behind its equals, is
-                // the order queueing first would give: `prev` is never the one taken.
-                let next = rq.pop_at(top);
+                // the order queueing first would give: `prev` is never the one taken. Among
+                // equals (a yield, a slice's end) that is one rotation of their FIFO.
                 let p: *const Thread<E> = Arc::as_ptr(&prev);
-                rq.push_back(prev);
+                let next = if top.get() == mine {
+                    rq.rotate(top, prev)
+                } else {
+                    let next = rq.pop_at(top);
+                    rq.push_back(prev);
+                    next
+                };
                 self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);
                 return;
             }
