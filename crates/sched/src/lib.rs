@@ -127,7 +127,8 @@ pub struct CpuSched<E: SchedEnv> {
     /// Address of the thread on this CPU (for `is_running`: never dereferenced).
     running: AtomicUsize,
     need_resched: AtomicBool,
-    slice_expired: AtomicBool,
+    /// Clock ticks left in the running thread's time slice; 0: it ran out (an equal-priority
+    /// thread may take the CPU at the next preemption point).
     slice_left: AtomicU32,
     intr_depth: AtomicU32,
     online: AtomicBool,
@@ -179,7 +180,6 @@ impl<E: SchedEnv> CpuSched<E> {
             cur_idle: AtomicBool::new(true),
             running: AtomicUsize::new(0),
             need_resched: AtomicBool::new(false),
-            slice_expired: AtomicBool::new(false),
             slice_left: AtomicU32::new(TIMESLICE_TICKS),
             intr_depth: AtomicU32::new(0),
             online: AtomicBool::new(false),
@@ -886,7 +886,7 @@ impl<E: SchedEnv> Scheduler<E> {
         if !c.cur_idle.load(Ordering::Relaxed) {
             let left = c.slice_left.load(Ordering::Relaxed);
             if left <= 1 {
-                c.slice_expired.store(true, Ordering::Relaxed);
+                c.slice_left.store(0, Ordering::Relaxed);
                 if c.nqueued.load(Ordering::Relaxed) > 0 {
                     c.need_resched.store(true, Ordering::Relaxed);
                 }
@@ -1017,7 +1017,7 @@ impl<E: SchedEnv> Scheduler<E> {
                 self.pick_next(rq, local)
             } else {
                 let mine = prev.pri.load(Ordering::Relaxed);
-                let equal_may_run = reason == Reason::Yield || c.slice_expired.load(Ordering::Relaxed);
+                let equal_may_run = reason == Reason::Yield || c.slice_left.load(Ordering::Relaxed) == 0;
                 let top = match rq.highest() {
                     Some(p) if p.get() > mine || (p.get() == mine && equal_may_run) => p,
                     _ => {
@@ -1109,7 +1109,6 @@ impl<E: SchedEnv> Scheduler<E> {
         c.cur_pri.store(next.pri.load(Ordering::Relaxed), Ordering::Relaxed);
         c.cur_idle.store(next.is_idle, Ordering::Relaxed);
         c.slice_left.store(TIMESLICE_TICKS, Ordering::Relaxed);
-        c.slice_expired.store(false, Ordering::Relaxed);
         c.switches.store(c.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if reason == Reason::Preempt && kicked {
             c.kick_preempts.fetch_add(1, Ordering::Relaxed);
