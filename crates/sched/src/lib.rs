@@ -997,6 +997,7 @@ impl<E: SchedEnv> Scheduler<E> {
                 self.switch_to(c, cpu, p, Some(prev), next, None, reason, false, kicked, io);
             } else {
                 rq.push_back(prev);
+                c.nqueued.store(rq.len(), Ordering::Relaxed);
                 self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);
             }
             return;
@@ -1050,6 +1051,7 @@ impl<E: SchedEnv> Scheduler<E> {
             c.rq.raw_unlock();
             return;
         }
+        c.nqueued.store(rq.len(), Ordering::Relaxed);
         let p: *const Thread<E> = Arc::as_ptr(&prev);
         self.switch_to(c, cpu, p, Some(prev), next, migrate_to, reason, leaving, kicked, io);
     }
@@ -1065,7 +1067,8 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// The second half of `schedule`: switch from `prev` (the running thread; `keep` holds
     /// the CPU's reference to it unless the run queue took it) to `next`, carrying our
-    /// run-queue lock to `finish_switch`.
+    /// run-queue lock to `finish_switch`. The caller has updated `nqueued` if the queue's
+    /// length changed (a rotation, or a pop and a push, leave it as it was).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn switch_to(
@@ -1087,10 +1090,6 @@ impl<E: SchedEnv> Scheduler<E> {
         // its `on_cpu` (a run queue or `keep` holds a reference, and no CPU takes it from a
         // queue before `on_cpu` is clear).
         let pv = unsafe { &*prev };
-        // SAFETY: our caller `schedule` holds this CPU's run-queue lock (raw) and carries it
-        // across the switch; no guard exists meanwhile.
-        let queued = unsafe { c.rq.get_locked() }.len();
-        c.nqueued.store(queued, Ordering::Relaxed);
         // The next thread may still be saving its registers on the CPU it left.
         while next.on_cpu.load(Ordering::Acquire) {
             E::M::relax();
