@@ -1013,7 +1013,7 @@ impl<E: SchedEnv> Scheduler<E> {
         let mut migrate_to = None;
         let next = if !leaving && !prev.is_idle {
             let bound = prev.bound.load(Ordering::Relaxed);
-            if bound != UNBOUND && bound != cpu {
+            if bound != cpu && bound != UNBOUND {
                 migrate_to = Some(bound);
                 self.pick_next(rq, local)
             } else {
