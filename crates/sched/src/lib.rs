@@ -958,8 +958,42 @@ impl<E: SchedEnv> Scheduler<E> {
         }
     }
 
-    /// The core: pick the next thread for this CPU and switch to it.
+    /// The core: pick the next thread for this CPU and switch to it. One copy of the body per
+    /// frequent reason (a yield, a preemption, a block), so that none of them tests the
+    /// reason at run time; exit and park share one.
+    #[inline(always)]
     fn schedule(&'static self, reason: Reason, io: &IntrOff) {
+        match reason {
+            Reason::Yield => self.schedule_yield(io),
+            Reason::Preempt => self.schedule_preempt(io),
+            Reason::Block => self.schedule_block(io),
+            Reason::Exit | Reason::Park => self.schedule_leave(reason, io),
+        }
+    }
+
+    #[inline(never)]
+    fn schedule_yield(&'static self, io: &IntrOff) {
+        self.schedule_body(Reason::Yield, io);
+    }
+
+    #[inline(never)]
+    fn schedule_preempt(&'static self, io: &IntrOff) {
+        self.schedule_body(Reason::Preempt, io);
+    }
+
+    #[inline(never)]
+    fn schedule_block(&'static self, io: &IntrOff) {
+        self.schedule_body(Reason::Block, io);
+    }
+
+    #[inline(never)]
+    fn schedule_leave(&'static self, reason: Reason, io: &IntrOff) {
+        self.schedule_body(reason, io);
+    }
+
+    /// `schedule`'s body, inlined into each of its copies.
+    #[inline(always)]
+    fn schedule_body(&'static self, reason: Reason, io: &IntrOff) {
         let cpu = E::M::cpu_index();
         let c = &self.cpus[cpu & (MAX_CPUS - 1)];
         if E::M::pin_borrowed() != 0 {
