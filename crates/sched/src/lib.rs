@@ -259,6 +259,17 @@ impl<E: SchedEnv> Scheduler<E> {
         &self.cpus[E::M::cpu_index() & (MAX_CPUS - 1)]
     }
 
+    /// This CPU's state through the machine's scheduler word (one load), for a CPU that has
+    /// run `init_cpu` (`None` before).
+    #[inline(always)]
+    fn this_cpu_word(&self) -> Option<&CpuSched<E>> {
+        let p = E::M::sched_word() as *const CpuSched<E>;
+        debug_assert!(p.is_null() || core::ptr::eq(p, self.this_cpu()), "sched_word: another CPU's state");
+        // SAFETY: non-null, it is what `init_cpu` stored on this CPU: the address of this
+        // CPU's element of `self.cpus` (there is one scheduler: `E::sched()`, static).
+        unsafe { p.as_ref() }
+    }
+
     fn new_thread(
         &'static self,
         name: String,
@@ -309,6 +320,7 @@ impl<E: SchedEnv> Scheduler<E> {
         idle.on_cpu.store(true, Ordering::Relaxed);
         let c = &self.cpus[cpu];
         E::M::set_curthread(Arc::as_ptr(&idle) as *const (), io);
+        E::M::set_sched_word(c as *const CpuSched<E> as usize, io);
         // SAFETY: we are on `cpu` with interrupts disabled.
         let local = unsafe { c.local() };
         self.register(&idle, io);
@@ -995,11 +1007,11 @@ impl<E: SchedEnv> Scheduler<E> {
     #[inline(always)]
     fn schedule_body(&'static self, reason: Reason, io: &IntrOff) {
         let cpu = E::M::cpu_index();
-        let c = &self.cpus[cpu & (MAX_CPUS - 1)];
         if E::M::pin_borrowed() != 0 {
             self.schedule_borrowed(reason, io);
             return;
         }
+        let c = self.this_cpu_word().expect("schedule before init_cpu");
         c.rq.raw_lock();
         // SAFETY: we hold our run-queue lock (raw) and create no guard while using it.
         let rq = unsafe { c.rq.get_locked() };
@@ -1176,7 +1188,8 @@ impl<E: SchedEnv> Scheduler<E> {
     /// switch and lets go of the previous thread.
     #[inline(always)]
     fn finish_switch(&'static self) {
-        let c = self.this_cpu();
+        // Right after a switch on this CPU: it has run `init_cpu`.
+        let c = self.this_cpu_word().expect("finish_switch before init_cpu");
         // SAFETY: this CPU, interrupts disabled (we are right after a switch).
         let local = unsafe { c.local() };
         let prev = core::mem::replace(&mut local.prev, core::ptr::null());
