@@ -14,6 +14,20 @@ use crate::thread::{Thread, RQ_UNLINKED};
 
 const WORDS: usize = NPRI.div_ceil(64);
 
+/// The queue assertions' panics, out of line: their arguments go in registers, so the
+/// callers (the switch among them) need no stack for the message.
+#[cold]
+#[inline(never)]
+fn queued_twice(name: &str) -> ! {
+    panic!("thread {name} queued twice")
+}
+
+#[cold]
+#[inline(never)]
+fn no_queued_thread(p: usize) -> ! {
+    panic!("priority {p} has no queued thread")
+}
+
 /// Threads by priority: per priority a FIFO singly linked through each thread's `rq_next`
 /// (the queue owns one `Arc` reference per queued thread, kept as its raw pointer), and a
 /// bitmap of the non-empty FIFOs. Touched only under the owning CPU's run-queue lock.
@@ -64,11 +78,9 @@ impl<E: SchedEnv> RunQueue<E> {
         // SAFETY: `raw` is a live thread (we own a reference); its link is ours to write
         // while it is on no queue, and the assert checks that it is on none.
         unsafe {
-            assert!(
-                (*(*raw).rq_next.get()).cast::<()>() == RQ_UNLINKED,
-                "thread {} queued twice",
-                (*raw).name
-            );
+            if (*(*raw).rq_next.get()).cast::<()>() != RQ_UNLINKED {
+                queued_twice(&(*raw).name);
+            }
             *(*raw).rq_next.get() = ptr::null();
             match self.tails[p].is_null() {
                 true => self.heads[p] = raw,
@@ -106,7 +118,9 @@ impl<E: SchedEnv> RunQueue<E> {
     #[inline]
     pub fn pop_at(&mut self, p: Priority) -> Arc<Thread<E>> {
         let p = p.index();
-        assert!(!self.heads[p].is_null(), "pop_at: priority {p} has no queued thread");
+        if self.heads[p].is_null() {
+            no_queued_thread(p);
+        }
         // SAFETY: non-empty (checked): its head is a queued thread.
         unsafe { self.unlink(p, ptr::null(), self.heads[p]) }
     }
@@ -120,16 +134,16 @@ impl<E: SchedEnv> RunQueue<E> {
         let p = p.index();
         debug_assert_eq!(t.rq_index(), p, "rotate: the thread's priority is not the FIFO's");
         let head = self.heads[p];
-        assert!(!head.is_null(), "rotate: priority {p} has no queued thread");
+        if head.is_null() {
+            no_queued_thread(p);
+        }
         let raw = Arc::into_raw(t);
         // SAFETY: `head` is queued on FIFO `p` (non-empty, checked) and `raw` is a live thread
         // (we own a reference) on no queue (checked), so both links are ours to write.
         unsafe {
-            assert!(
-                (*(*raw).rq_next.get()).cast::<()>() == RQ_UNLINKED,
-                "thread {} queued twice",
-                (*raw).name
-            );
+            if (*(*raw).rq_next.get()).cast::<()>() != RQ_UNLINKED {
+                queued_twice(&(*raw).name);
+            }
             *(*raw).rq_next.get() = ptr::null();
             let after = *(*head).rq_next.get();
             match after.is_null() {
