@@ -1068,7 +1068,7 @@ impl<E: SchedEnv> Scheduler<E> {
                 let top = match rq.highest() {
                     Some(p) if p.get() > mine || (p.get() == mine && equal_may_run) => p,
                     _ => {
-                        local.current = Some(prev);
+                        put_empty(&mut local.current, Some(prev));
                         c.rq.raw_unlock();
                         return;
                     }
@@ -1093,7 +1093,7 @@ impl<E: SchedEnv> Scheduler<E> {
         if Arc::ptr_eq(&next, &prev) {
             // The idle thread with nothing queued: it goes on running.
             drop(next);
-            local.current = Some(prev);
+            put_empty(&mut local.current, Some(prev));
             c.rq.raw_unlock();
             return;
         }
