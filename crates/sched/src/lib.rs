@@ -123,7 +123,9 @@ pub struct CpuSched<E: SchedEnv> {
     nqueued: AtomicUsize,
     /// The priority of the thread on this CPU, read by other CPUs for placement.
     cur_pri: AtomicU8,
-    cur_idle: AtomicBool,
+    /// Address of this CPU's idle thread (0 before `init_cpu`): the CPU is idle when it is
+    /// `running` ([`CpuSched::idle_now`]), so the switch writes no idle flag.
+    idle_addr: AtomicUsize,
     /// Address of the thread on this CPU (for `is_running`: never dereferenced).
     running: AtomicUsize,
     need_resched: AtomicBool,
@@ -177,7 +179,7 @@ impl<E: SchedEnv> CpuSched<E> {
             rq: SpinLock::new(RunQueue::new()),
             nqueued: AtomicUsize::new(0),
             cur_pri: AtomicU8::new(0),
-            cur_idle: AtomicBool::new(true),
+            idle_addr: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             need_resched: AtomicBool::new(false),
             slice_left: AtomicU32::new(TIMESLICE_TICKS),
@@ -200,6 +202,13 @@ impl<E: SchedEnv> CpuSched<E> {
                 handoff: None,
             }),
         }
+    }
+
+    /// Whether this CPU runs its idle thread (true before `init_cpu`). Read by other CPUs
+    /// for placement, as the flag it replaces was.
+    #[inline]
+    fn idle_now(&self) -> bool {
+        self.running.load(Ordering::Relaxed) == self.idle_addr.load(Ordering::Relaxed)
     }
 
     /// # Safety
@@ -327,7 +336,7 @@ impl<E: SchedEnv> Scheduler<E> {
         local.idle = Some(idle.clone());
         local.current = Some(idle);
         c.cur_pri.store(Priority::IDLE.get(), Ordering::Relaxed);
-        c.cur_idle.store(true, Ordering::Relaxed);
+        c.idle_addr.store(E::M::curthread() as usize, Ordering::Relaxed);
         c.running.store(E::M::curthread() as usize, Ordering::Relaxed);
         c.online.store(true, Ordering::Release);
     }
@@ -453,9 +462,7 @@ impl<E: SchedEnv> Scheduler<E> {
         let pri = t.pri.load(Ordering::Relaxed);
         let idle = |c: usize| {
             let cs = &self.cpus[c];
-            cs.online.load(Ordering::Relaxed)
-                && cs.cur_idle.load(Ordering::Relaxed)
-                && cs.nqueued.load(Ordering::Relaxed) == 0
+            cs.online.load(Ordering::Relaxed) && cs.idle_now() && cs.nqueued.load(Ordering::Relaxed) == 0
         };
         if idle(last) {
             return last;
@@ -493,7 +500,7 @@ impl<E: SchedEnv> Scheduler<E> {
             rq.push_back(t);
             c.nqueued.store(rq.len(), Ordering::Relaxed);
         }
-        if pri > c.cur_pri.load(Ordering::Relaxed) || c.cur_idle.load(Ordering::Relaxed) {
+        if pri > c.cur_pri.load(Ordering::Relaxed) || c.idle_now() {
             self.kick(cpu);
         }
     }
@@ -549,7 +556,7 @@ impl<E: SchedEnv> Scheduler<E> {
         if cpu != E::M::cpu_index() && !was {
             c.resched_ipis.fetch_add(1, Ordering::Relaxed);
             E::M::send_resched(cpu);
-        } else if cpu != E::M::cpu_index() && c.cur_idle.load(Ordering::Relaxed) {
+        } else if cpu != E::M::cpu_index() && c.idle_now() {
             // An idle CPU may be halted with the flag already set by an earlier kick whose
             // IPI it consumed before halting; IPIs are cheap compared to a lost wakeup.
             E::M::send_resched(cpu);
@@ -895,7 +902,7 @@ impl<E: SchedEnv> Scheduler<E> {
     pub fn tick(&'static self, io: &IntrOff) {
         let c = self.this_cpu();
         c.ticks.fetch_add(1, Ordering::Relaxed);
-        if !c.cur_idle.load(Ordering::Relaxed) {
+        if !c.idle_now() {
             let left = c.slice_left.load(Ordering::Relaxed);
             if left <= 1 {
                 c.slice_left.store(0, Ordering::Relaxed);
@@ -1152,7 +1159,6 @@ impl<E: SchedEnv> Scheduler<E> {
         next.cpu.store(cpu, Ordering::Relaxed);
         next.switches.store(next.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         c.cur_pri.store(next.pri.load(Ordering::Relaxed), Ordering::Relaxed);
-        c.cur_idle.store(next.is_idle, Ordering::Relaxed);
         c.slice_left.store(TIMESLICE_TICKS, Ordering::Relaxed);
         c.switches.store(c.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if reason == Reason::Preempt && kicked {
