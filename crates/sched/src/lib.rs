@@ -628,6 +628,13 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Binds the calling thread to `cpu` (or unbinds with `None`) and moves it there.
     pub fn bind_current(&'static self, cpu: Option<usize>) {
+        // Bound so already (an interrupt thread serving the same CPU again): nothing changes,
+        // and a CPU it was bound to passed the online test then.
+        if self.current().bound.load(Ordering::Relaxed) == cpu.unwrap_or(UNBOUND)
+            && cpu.is_none_or(|c| c == E::M::cpu_index())
+        {
+            return;
+        }
         if let Some(c) = cpu {
             assert!(self.cpu_online(c), "bind_current: CPU {c} is not online");
         }
@@ -639,7 +646,12 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Binds (or unbinds) another thread: takes effect when it is next placed (a sleeping
     /// thread: at its wakeup). The interrupt pool uses it to send an idle ithread to a CPU.
+    #[inline]
     pub fn bind_thread(&self, t: &Thread<E>, cpu: Option<usize>) {
+        // Bound so already: nothing changes (the CPU passed the online test then).
+        if t.bound.load(Ordering::Relaxed) == cpu.unwrap_or(UNBOUND) {
+            return;
+        }
         if let Some(c) = cpu {
             assert!(self.cpu_online(c), "bind_thread: CPU {c} is not online");
         }
