@@ -114,9 +114,17 @@ impl<T> Lock<T> {
 
     /// Runs `f` with the value, the lock held.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        while self.held.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            while self.held.load(Ordering::Relaxed) {
-                spin_hint();
+        // The first attempt is outside the wait loop, which is marked cold: the uncontended
+        // acquisition falls straight through (no jump over the loop, no alignment padding).
+        if self.held.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::cold_path();
+            loop {
+                while self.held.load(Ordering::Relaxed) {
+                    spin_hint();
+                }
+                if self.held.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    break;
+                }
             }
         }
         // SAFETY: we hold the lock.
