@@ -270,6 +270,15 @@ impl RunGate {
     #[inline]
     pub fn enter(&self) -> bool {
         let mut w = self.word.load(Ordering::Acquire);
+        // The first attempt is outside the retry loop, which is marked cold: an open gate's
+        // entry falls straight through (no alignment padding before the loop).
+        if w & CLOSED == 0 {
+            match self.word.compare_exchange_weak(w, w + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(x) => w = x,
+            }
+        }
+        core::hint::cold_path();
         loop {
             if w & CLOSED != 0 {
                 return false;
