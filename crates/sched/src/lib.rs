@@ -1206,8 +1206,12 @@ impl<E: SchedEnv> Scheduler<E> {
     /// switch and lets go of the previous thread.
     #[inline(always)]
     fn finish_switch(&'static self) {
-        // Right after a switch on this CPU: it has run `init_cpu`.
-        let c = self.this_cpu_word().expect("finish_switch before init_cpu");
+        let p = E::M::sched_word() as *const CpuSched<E>;
+        debug_assert!(core::ptr::eq(p, self.this_cpu()), "finish_switch: sched_word not this CPU's state");
+        // SAFETY: right after a switch on this CPU, which only a CPU past `init_cpu` makes
+        // (`schedule` found the word set; a borrower's switch back runs on a CPU whose
+        // scheduler lent it): the word is this CPU's element of `self.cpus`, static.
+        let c = unsafe { &*p };
         // SAFETY: this CPU, interrupts disabled (we are right after a switch).
         let local = unsafe { c.local() };
         let prev = core::mem::replace(&mut local.prev, core::ptr::null());
