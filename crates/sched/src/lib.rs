@@ -124,7 +124,7 @@ pub struct CpuSched<E: SchedEnv> {
     /// The priority of the thread on this CPU, read by other CPUs for placement.
     cur_pri: AtomicU8,
     /// Address of this CPU's idle thread (0 before `init_cpu`): the CPU is idle when it is
-    /// `running` ([`CpuSched::idle_now`]), so the switch writes no idle flag.
+    /// `running` (`CpuSched::idle_now`), so the switch writes no idle flag.
     idle_addr: AtomicUsize,
     /// Address of the thread on this CPU (for `is_running`: never dereferenced).
     running: AtomicUsize,
