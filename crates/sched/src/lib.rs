@@ -518,7 +518,7 @@ impl<E: SchedEnv> Scheduler<E> {
     #[inline]
     fn hand_off(&self, t: &Arc<Thread<E>>, target: usize) -> bool {
         let cpu = E::M::cpu_index();
-        let c = &self.cpus[cpu];
+        let c = self.this_cpu();
         // SAFETY: this CPU, interrupts disabled (the caller holds the token).
         let local = unsafe { c.local() };
         if target != cpu
@@ -530,7 +530,8 @@ impl<E: SchedEnv> Scheduler<E> {
             return false;
         }
         t.cpu.store(cpu, Ordering::Relaxed);
-        local.handoff = Some(t.clone());
+        // Empty: tested above.
+        put_empty(&mut local.handoff, Some(t.clone()));
         c.kicked.store(true, Ordering::Relaxed);
         c.need_resched.store(true, Ordering::Relaxed);
         true
