@@ -807,7 +807,12 @@ impl<E: SchedEnv> Scheduler<E> {
                     if t.state.compare_exchange(BLOCKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
                     {
                         trace::emit::<E::M>(trace::Kind::Wakeup, Arc::as_ptr(t) as u64);
-                        let target = self.select_cpu(t);
+                        // A bound thread (an interrupt thread, usually) goes to its CPU
+                        // without the call into the placement search.
+                        let target = match t.bound_cpu() {
+                            Some(b) => b,
+                            None => self.select_cpu(t),
+                        };
                         if !self.hand_off(t, target) {
                             self.enqueue(t.clone(), target, io);
                         }
