@@ -51,6 +51,9 @@ pub struct PerCpu {
     mtx_count: u32,
     /// The level from before the outermost spin mutex (offset 60; `ci_mtx_oldspl`).
     mtx_oldspl: u32,
+    /// The scheduler's word (offset 64; `Machine::sched_word`: the address of its per-CPU
+    /// state, 0 until its `init_cpu` on this CPU).
+    sched_word: usize,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
 }
@@ -64,6 +67,7 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, pin) == 48);
     assert!(core::mem::offset_of!(PerCpu, mtx_count) == 56);
     assert!(core::mem::offset_of!(PerCpu, mtx_oldspl) == 60);
+    assert!(core::mem::offset_of!(PerCpu, sched_word) == 64);
     assert!(core::mem::offset_of!(machine::PinSlots, borrowed) == 0);
 };
 
@@ -108,6 +112,7 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         pin: machine::PinSlots::new(),
         mtx_count: 0,
         mtx_oldspl: 0,
+        sched_word: 0,
         lapic_id: AtomicU32::new(lapic_id),
     }));
     pc.self_ptr = pc as *mut PerCpu as usize;
@@ -124,6 +129,22 @@ pub fn index() -> usize {
     // runs); offset 8 is `index`. The load has no side effects.
     unsafe { asm!("mov {}, gs:[8]", out(reg) v, options(nostack, preserves_flags, readonly)) };
     v
+}
+
+/// The scheduler's word of the running CPU (`Machine::sched_word`).
+#[inline]
+pub fn sched_word() -> usize {
+    let v: usize;
+    // SAFETY: as in `index`; offset 64 is `sched_word`.
+    unsafe { asm!("mov {}, gs:[64]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
+}
+
+/// Sets the scheduler's word of the running CPU.
+#[inline]
+pub fn set_sched_word(v: usize) {
+    // SAFETY: as in `index`; offset 64 is `sched_word`, written only by its own CPU.
+    unsafe { asm!("mov gs:[64], {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
 /// The current thread pointer of the running CPU.

@@ -106,6 +106,15 @@ impl Machine for X86_64 {
     }
 
     #[inline]
+    fn sched_word() -> usize {
+        cpu::sched_word()
+    }
+
+    fn set_sched_word(v: usize, _io: &IntrOff) {
+        cpu::set_sched_word(v);
+    }
+
+    #[inline]
     fn intr_disable() -> IntrOff {
         let was = x86_64::instructions::interrupts::are_enabled();
         x86_64::instructions::interrupts::disable();

@@ -82,7 +82,7 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{
     mpsc, Arc, Condvar as StdCondvar, Mutex as StdMutex, MutexGuard as StdMutexGuard, OnceLock, PoisonError,
 };
@@ -149,6 +149,8 @@ fn fatal(msg: &str) -> ! {
 
 struct HostCpu {
     curthread: AtomicPtr<()>,
+    /// `Machine::sched_word`.
+    sched_word: AtomicUsize,
     intr_enabled: AtomicBool,
     /// Posted vectors, one bit each (the LAPIC's IRR): a raise of a vector already posted
     /// merges into it. Posted under `lock` (with a notify), consumed by clearing the bit.
@@ -407,6 +409,14 @@ impl Machine for HostMachine {
 
     fn set_curthread(thread: *const (), _io: &IntrOff) {
         this_cpu().curthread.store(thread as *mut (), Ordering::Relaxed);
+    }
+
+    fn sched_word() -> usize {
+        this_cpu().sched_word.load(Ordering::Relaxed)
+    }
+
+    fn set_sched_word(v: usize, _io: &IntrOff) {
+        this_cpu().sched_word.store(v, Ordering::Relaxed);
     }
 
     fn intr_disable() -> IntrOff {
@@ -926,6 +936,7 @@ impl HostSystem {
         let cpus = (0..ncpus)
             .map(|_| HostCpu {
                 curthread: AtomicPtr::new(std::ptr::null_mut()),
+                sched_word: AtomicUsize::new(0),
                 intr_enabled: AtomicBool::new(false),
                 posted: [const { AtomicU64::new(0) }; 4],
                 eois: AtomicU64::new(0),

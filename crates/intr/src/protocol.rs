@@ -114,9 +114,17 @@ impl<T> Lock<T> {
 
     /// Runs `f` with the value, the lock held.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        while self.held.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            while self.held.load(Ordering::Relaxed) {
-                spin_hint();
+        // The first attempt is outside the wait loop, which is marked cold: the uncontended
+        // acquisition falls straight through (no jump over the loop, no alignment padding).
+        if self.held.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::cold_path();
+            loop {
+                while self.held.load(Ordering::Relaxed) {
+                    spin_hint();
+                }
+                if self.held.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    break;
+                }
             }
         }
         // SAFETY: we hold the lock.
@@ -262,6 +270,15 @@ impl RunGate {
     #[inline]
     pub fn enter(&self) -> bool {
         let mut w = self.word.load(Ordering::Acquire);
+        // The first attempt is outside the retry loop, which is marked cold: an open gate's
+        // entry falls straight through (no alignment padding before the loop).
+        if w & CLOSED == 0 {
+            match self.word.compare_exchange_weak(w, w + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(x) => w = x,
+            }
+        }
+        core::hint::cold_path();
         loop {
             if w & CLOSED != 0 {
                 return false;

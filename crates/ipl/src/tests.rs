@@ -35,6 +35,10 @@ impl Machine for OneCpu {
         core::ptr::null()
     }
     fn set_curthread(_t: *const (), _io: &IntrOff) {}
+    fn sched_word() -> usize {
+        0
+    }
+    fn set_sched_word(_v: usize, _io: &IntrOff) {}
     fn intr_disable() -> IntrOff {
         let was = INTR_ON.with(|f| f.replace(false));
         // SAFETY: the thread-local flag is this host CPU's interrupt flag, now cleared;

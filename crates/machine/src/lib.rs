@@ -168,6 +168,14 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// Records the current thread of this CPU.
     fn set_curthread(thread: *const (), io: &IntrOff);
 
+    /// A word this CPU keeps for the scheduler (the address of its per-CPU state, so that the
+    /// switch finds it with one load instead of computing it from [`Machine::cpu_index`]);
+    /// 0 until [`Machine::set_sched_word`] on this CPU.
+    fn sched_word() -> usize;
+
+    /// Sets this CPU's scheduler word.
+    fn set_sched_word(v: usize, io: &IntrOff);
+
     /// Disables interrupts on this CPU; the token restores the previous state on drop.
     fn intr_disable() -> IntrOff;
 

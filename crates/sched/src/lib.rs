@@ -123,11 +123,14 @@ pub struct CpuSched<E: SchedEnv> {
     nqueued: AtomicUsize,
     /// The priority of the thread on this CPU, read by other CPUs for placement.
     cur_pri: AtomicU8,
-    cur_idle: AtomicBool,
+    /// Address of this CPU's idle thread (0 before `init_cpu`): the CPU is idle when it is
+    /// `running` (`CpuSched::idle_now`), so the switch writes no idle flag.
+    idle_addr: AtomicUsize,
     /// Address of the thread on this CPU (for `is_running`: never dereferenced).
     running: AtomicUsize,
     need_resched: AtomicBool,
-    slice_expired: AtomicBool,
+    /// Clock ticks left in the running thread's time slice; 0: it ran out (an equal-priority
+    /// thread may take the CPU at the next preemption point).
     slice_left: AtomicU32,
     intr_depth: AtomicU32,
     online: AtomicBool,
@@ -159,7 +162,8 @@ struct CpuLocal<E: SchedEnv> {
     /// The CPU's reference to `prev` when no run queue took it (it left, migrates, or is
     /// the idle thread), dropped (or queued elsewhere) by `finish_switch`.
     prev_ref: Option<Arc<Thread<E>>>,
-    /// `prev` must be queued on this other CPU once off ours (binding).
+    /// `prev` must be queued on this other CPU once off ours (binding). Set only with
+    /// `prev_ref`, and taken with it by `finish_switch` (`None` between switches).
     prev_migrate_to: Option<usize>,
     /// A thread an interrupt handler woke to run next here (`hand_off`).
     handoff: Option<Arc<Thread<E>>>,
@@ -175,10 +179,9 @@ impl<E: SchedEnv> CpuSched<E> {
             rq: SpinLock::new(RunQueue::new()),
             nqueued: AtomicUsize::new(0),
             cur_pri: AtomicU8::new(0),
-            cur_idle: AtomicBool::new(true),
+            idle_addr: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             need_resched: AtomicBool::new(false),
-            slice_expired: AtomicBool::new(false),
             slice_left: AtomicU32::new(TIMESLICE_TICKS),
             intr_depth: AtomicU32::new(0),
             online: AtomicBool::new(false),
@@ -199,6 +202,13 @@ impl<E: SchedEnv> CpuSched<E> {
                 handoff: None,
             }),
         }
+    }
+
+    /// Whether this CPU runs its idle thread (true before `init_cpu`). Read by other CPUs
+    /// for placement, as the flag it replaces was.
+    #[inline]
+    fn idle_now(&self) -> bool {
+        self.running.load(Ordering::Relaxed) == self.idle_addr.load(Ordering::Relaxed)
     }
 
     /// # Safety
@@ -258,6 +268,17 @@ impl<E: SchedEnv> Scheduler<E> {
         &self.cpus[E::M::cpu_index() & (MAX_CPUS - 1)]
     }
 
+    /// This CPU's state through the machine's scheduler word (one load), for a CPU that has
+    /// run `init_cpu` (`None` before).
+    #[inline(always)]
+    fn this_cpu_word(&self) -> Option<&CpuSched<E>> {
+        let p = E::M::sched_word() as *const CpuSched<E>;
+        debug_assert!(p.is_null() || core::ptr::eq(p, self.this_cpu()), "sched_word: another CPU's state");
+        // SAFETY: non-null, it is what `init_cpu` stored on this CPU: the address of this
+        // CPU's element of `self.cpus` (there is one scheduler: `E::sched()`, static).
+        unsafe { p.as_ref() }
+    }
+
     fn new_thread(
         &'static self,
         name: String,
@@ -308,13 +329,14 @@ impl<E: SchedEnv> Scheduler<E> {
         idle.on_cpu.store(true, Ordering::Relaxed);
         let c = &self.cpus[cpu];
         E::M::set_curthread(Arc::as_ptr(&idle) as *const (), io);
+        E::M::set_sched_word(c as *const CpuSched<E> as usize, io);
         // SAFETY: we are on `cpu` with interrupts disabled.
         let local = unsafe { c.local() };
         self.register(&idle, io);
         local.idle = Some(idle.clone());
         local.current = Some(idle);
         c.cur_pri.store(Priority::IDLE.get(), Ordering::Relaxed);
-        c.cur_idle.store(true, Ordering::Relaxed);
+        c.idle_addr.store(E::M::curthread() as usize, Ordering::Relaxed);
         c.running.store(E::M::curthread() as usize, Ordering::Relaxed);
         c.online.store(true, Ordering::Release);
     }
@@ -440,9 +462,7 @@ impl<E: SchedEnv> Scheduler<E> {
         let pri = t.pri.load(Ordering::Relaxed);
         let idle = |c: usize| {
             let cs = &self.cpus[c];
-            cs.online.load(Ordering::Relaxed)
-                && cs.cur_idle.load(Ordering::Relaxed)
-                && cs.nqueued.load(Ordering::Relaxed) == 0
+            cs.online.load(Ordering::Relaxed) && cs.idle_now() && cs.nqueued.load(Ordering::Relaxed) == 0
         };
         if idle(last) {
             return last;
@@ -480,7 +500,7 @@ impl<E: SchedEnv> Scheduler<E> {
             rq.push_back(t);
             c.nqueued.store(rq.len(), Ordering::Relaxed);
         }
-        if pri > c.cur_pri.load(Ordering::Relaxed) || c.cur_idle.load(Ordering::Relaxed) {
+        if pri > c.cur_pri.load(Ordering::Relaxed) || c.idle_now() {
             self.kick(cpu);
         }
     }
@@ -498,7 +518,7 @@ impl<E: SchedEnv> Scheduler<E> {
     #[inline]
     fn hand_off(&self, t: &Arc<Thread<E>>, target: usize) -> bool {
         let cpu = E::M::cpu_index();
-        let c = &self.cpus[cpu];
+        let c = self.this_cpu();
         // SAFETY: this CPU, interrupts disabled (the caller holds the token).
         let local = unsafe { c.local() };
         if target != cpu
@@ -510,7 +530,8 @@ impl<E: SchedEnv> Scheduler<E> {
             return false;
         }
         t.cpu.store(cpu, Ordering::Relaxed);
-        local.handoff = Some(t.clone());
+        // Empty: tested above.
+        put_empty(&mut local.handoff, Some(t.clone()));
         c.kicked.store(true, Ordering::Relaxed);
         c.need_resched.store(true, Ordering::Relaxed);
         true
@@ -536,7 +557,7 @@ impl<E: SchedEnv> Scheduler<E> {
         if cpu != E::M::cpu_index() && !was {
             c.resched_ipis.fetch_add(1, Ordering::Relaxed);
             E::M::send_resched(cpu);
-        } else if cpu != E::M::cpu_index() && c.cur_idle.load(Ordering::Relaxed) {
+        } else if cpu != E::M::cpu_index() && c.idle_now() {
             // An idle CPU may be halted with the flag already set by an earlier kick whose
             // IPI it consumed before halting; IPIs are cheap compared to a lost wakeup.
             E::M::send_resched(cpu);
@@ -624,6 +645,13 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Binds the calling thread to `cpu` (or unbinds with `None`) and moves it there.
     pub fn bind_current(&'static self, cpu: Option<usize>) {
+        // Bound so already (an interrupt thread serving the same CPU again): nothing changes,
+        // and a CPU it was bound to passed the online test then.
+        if self.current().bound.load(Ordering::Relaxed) == cpu.unwrap_or(UNBOUND)
+            && cpu.is_none_or(|c| c == E::M::cpu_index())
+        {
+            return;
+        }
         if let Some(c) = cpu {
             assert!(self.cpu_online(c), "bind_current: CPU {c} is not online");
         }
@@ -635,7 +663,12 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Binds (or unbinds) another thread: takes effect when it is next placed (a sleeping
     /// thread: at its wakeup). The interrupt pool uses it to send an idle ithread to a CPU.
+    #[inline]
     pub fn bind_thread(&self, t: &Thread<E>, cpu: Option<usize>) {
+        // Bound so already: nothing changes (the CPU passed the online test then).
+        if t.bound.load(Ordering::Relaxed) == cpu.unwrap_or(UNBOUND) {
+            return;
+        }
         if let Some(c) = cpu {
             assert!(self.cpu_online(c), "bind_thread: CPU {c} is not online");
         }
@@ -795,7 +828,12 @@ impl<E: SchedEnv> Scheduler<E> {
                     if t.state.compare_exchange(BLOCKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
                     {
                         trace::emit::<E::M>(trace::Kind::Wakeup, Arc::as_ptr(t) as u64);
-                        let target = self.select_cpu(t);
+                        // A bound thread (an interrupt thread, usually) goes to its CPU
+                        // without the call into the placement search.
+                        let target = match t.bound_cpu() {
+                            Some(b) => b,
+                            None => self.select_cpu(t),
+                        };
                         if !self.hand_off(t, target) {
                             self.enqueue(t.clone(), target, io);
                         }
@@ -910,10 +948,10 @@ impl<E: SchedEnv> Scheduler<E> {
             // tick's exit (`schedule_borrowed`), as it does for a more urgent queued thread.
             c.need_resched.store(true, Ordering::Relaxed);
         }
-        if !c.cur_idle.load(Ordering::Relaxed) {
+        if !c.idle_now() {
             let left = c.slice_left.load(Ordering::Relaxed);
             if left <= 1 {
-                c.slice_expired.store(true, Ordering::Relaxed);
+                c.slice_left.store(0, Ordering::Relaxed);
                 if c.nqueued.load(Ordering::Relaxed) > 0 {
                     c.need_resched.store(true, Ordering::Relaxed);
                 }
@@ -985,14 +1023,48 @@ impl<E: SchedEnv> Scheduler<E> {
         }
     }
 
-    /// The core: pick the next thread for this CPU and switch to it.
+    /// The core: pick the next thread for this CPU and switch to it. One copy of the body per
+    /// frequent reason (a yield, a preemption, a block), so that none of them tests the
+    /// reason at run time; exit and park share one.
+    #[inline(always)]
     fn schedule(&'static self, reason: Reason, io: &IntrOff) {
+        match reason {
+            Reason::Yield => self.schedule_yield(io),
+            Reason::Preempt => self.schedule_preempt(io),
+            Reason::Block => self.schedule_block(io),
+            Reason::Exit | Reason::Park => self.schedule_leave(reason, io),
+        }
+    }
+
+    #[inline(never)]
+    fn schedule_yield(&'static self, io: &IntrOff) {
+        self.schedule_body(Reason::Yield, io);
+    }
+
+    #[inline(never)]
+    fn schedule_preempt(&'static self, io: &IntrOff) {
+        self.schedule_body(Reason::Preempt, io);
+    }
+
+    #[inline(never)]
+    fn schedule_block(&'static self, io: &IntrOff) {
+        self.schedule_body(Reason::Block, io);
+    }
+
+    #[inline(never)]
+    fn schedule_leave(&'static self, reason: Reason, io: &IntrOff) {
+        self.schedule_body(reason, io);
+    }
+
+    /// `schedule`'s body, inlined into each of its copies.
+    #[inline(always)]
+    fn schedule_body(&'static self, reason: Reason, io: &IntrOff) {
         let cpu = E::M::cpu_index();
-        let c = &self.cpus[cpu & (MAX_CPUS - 1)];
         if E::M::pin_borrowed() != 0 {
             self.schedule_borrowed(reason, io);
             return;
         }
+        let c = self.this_cpu_word().expect("schedule before init_cpu");
         c.rq.raw_lock();
         // SAFETY: we hold our run-queue lock (raw) and create no guard while using it.
         let rq = unsafe { c.rq.get_locked() };
@@ -1024,6 +1096,7 @@ impl<E: SchedEnv> Scheduler<E> {
                 self.switch_to(c, cpu, p, Some(prev), next, None, reason, false, kicked, io);
             } else {
                 rq.push_back(prev);
+                c.nqueued.store(rq.len(), Ordering::Relaxed);
                 self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);
             }
             return;
@@ -1039,25 +1112,31 @@ impl<E: SchedEnv> Scheduler<E> {
         let mut migrate_to = None;
         let next = if !leaving && !prev.is_idle {
             let bound = prev.bound.load(Ordering::Relaxed);
-            if bound != UNBOUND && bound != cpu {
+            if bound != cpu && bound != UNBOUND {
                 migrate_to = Some(bound);
                 self.pick_next(rq, local)
             } else {
                 let mine = prev.pri.load(Ordering::Relaxed);
-                let equal_may_run = reason == Reason::Yield || c.slice_expired.load(Ordering::Relaxed);
+                let equal_may_run = reason == Reason::Yield || c.slice_left.load(Ordering::Relaxed) == 0;
                 let top = match rq.highest() {
                     Some(p) if p.get() > mine || (p.get() == mine && equal_may_run) => p,
                     _ => {
-                        local.current = Some(prev);
+                        put_empty(&mut local.current, Some(prev));
                         c.rq.raw_unlock();
                         return;
                     }
                 };
                 // Taking the most urgent first, then queueing `prev` behind its equals, is
-                // the order queueing first would give: `prev` is never the one taken.
-                let next = rq.pop_at(top);
+                // the order queueing first would give: `prev` is never the one taken. Among
+                // equals (a yield, a slice's end) that is one rotation of their FIFO.
                 let p: *const Thread<E> = Arc::as_ptr(&prev);
-                rq.push_back(prev);
+                let next = if top.get() == mine {
+                    rq.rotate(top, prev)
+                } else {
+                    let next = rq.pop_at(top);
+                    rq.push_back(prev);
+                    next
+                };
                 self.switch_to(c, cpu, p, None, next, None, reason, false, kicked, io);
                 return;
             }
@@ -1067,10 +1146,11 @@ impl<E: SchedEnv> Scheduler<E> {
         if Arc::ptr_eq(&next, &prev) {
             // The idle thread with nothing queued: it goes on running.
             drop(next);
-            local.current = Some(prev);
+            put_empty(&mut local.current, Some(prev));
             c.rq.raw_unlock();
             return;
         }
+        c.nqueued.store(rq.len(), Ordering::Relaxed);
         let p: *const Thread<E> = Arc::as_ptr(&prev);
         self.switch_to(c, cpu, p, Some(prev), next, migrate_to, reason, leaving, kicked, io);
     }
@@ -1086,7 +1166,8 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// The second half of `schedule`: switch from `prev` (the running thread; `keep` holds
     /// the CPU's reference to it unless the run queue took it) to `next`, carrying our
-    /// run-queue lock to `finish_switch`.
+    /// run-queue lock to `finish_switch`. The caller has updated `nqueued` if the queue's
+    /// length changed (a rotation, or a pop and a push, leave it as it was).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn switch_to(
@@ -1108,10 +1189,6 @@ impl<E: SchedEnv> Scheduler<E> {
         // its `on_cpu` (a run queue or `keep` holds a reference, and no CPU takes it from a
         // queue before `on_cpu` is clear).
         let pv = unsafe { &*prev };
-        // SAFETY: our caller `schedule` holds this CPU's run-queue lock (raw) and carries it
-        // across the switch; no guard exists meanwhile.
-        let queued = unsafe { c.rq.get_locked() }.len();
-        c.nqueued.store(queued, Ordering::Relaxed);
         // The next thread may still be saving its registers on the CPU it left.
         while next.on_cpu.load(Ordering::Acquire) {
             E::M::relax();
@@ -1128,9 +1205,7 @@ impl<E: SchedEnv> Scheduler<E> {
         next.cpu.store(cpu, Ordering::Relaxed);
         next.switches.store(next.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         c.cur_pri.store(next.pri.load(Ordering::Relaxed), Ordering::Relaxed);
-        c.cur_idle.store(next.is_idle, Ordering::Relaxed);
         c.slice_left.store(TIMESLICE_TICKS, Ordering::Relaxed);
-        c.slice_expired.store(false, Ordering::Relaxed);
         c.switches.store(c.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if reason == Reason::Preempt && kicked {
             c.kick_preempts.fetch_add(1, Ordering::Relaxed);
@@ -1148,8 +1223,10 @@ impl<E: SchedEnv> Scheduler<E> {
         // are empty, so there is nothing to drop (no drop glue on the path).
         put_empty(&mut local.current, Some(next));
         local.prev = prev;
-        put_empty(&mut local.prev_ref, keep);
-        local.prev_migrate_to = migrate_to;
+        // Both slots are empty (taken by the last `finish_switch`): written only when they
+        // get something, so a yield or preemption (statically `None`) stores nothing.
+        put_some(&mut local.prev_ref, keep);
+        put_some(&mut local.prev_migrate_to, migrate_to);
         // `from` lives on (a queue or `prev_ref` holds it) until `finish_switch`; `to` had
         // `on_cpu` false.
         // SAFETY: interrupts are disabled; no other CPU runs `to` (on_cpu was false) or can
@@ -1163,27 +1240,37 @@ impl<E: SchedEnv> Scheduler<E> {
     /// switch and lets go of the previous thread.
     #[inline(always)]
     fn finish_switch(&'static self) {
-        let c = self.this_cpu();
+        let p = E::M::sched_word() as *const CpuSched<E>;
+        debug_assert!(core::ptr::eq(p, self.this_cpu()), "finish_switch: sched_word not this CPU's state");
+        // SAFETY: right after a switch on this CPU, which only a CPU past `init_cpu` makes
+        // (`schedule` found the word set; a borrower's switch back runs on a CPU whose
+        // scheduler lent it): the word is this CPU's element of `self.cpus`, static.
+        let c = unsafe { &*p };
         // SAFETY: this CPU, interrupts disabled (we are right after a switch).
         let local = unsafe { c.local() };
         let prev = core::mem::replace(&mut local.prev, core::ptr::null());
         if prev.is_null() {
             return;
         }
-        let held = local.prev_ref.take();
-        // Read, not taken: every switch writes it before the next `finish_switch`.
-        let migrate_to = local.prev_migrate_to;
+        // Tested before it is taken: the usual switch (the run queue took `prev`) leaves the
+        // slot empty, and then neither it nor the migration target is written.
+        let held = local.prev_ref.is_some();
         c.rq.raw_unlock();
         // SAFETY: `prev` is alive until this store (see `switch_to`); not touched after it.
         unsafe { (*prev).on_cpu.store(false, Ordering::Release) };
-        if let Some(target) = migrate_to {
-            // SAFETY: interrupts are disabled here (right after a switch) and stay so until
-            // our caller returns; this token is dropped before then without enabling them.
-            let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
-            self.enqueue(held.expect("a migrating thread's reference"), target, &io);
-        } else {
-            // A dead `prev` is freed here when this was its last reference.
-            drop(held);
+        if held {
+            // A thread that migrates is one the CPU kept a reference to (`keep`).
+            let held = local.prev_ref.take();
+            if let Some(target) = local.prev_migrate_to.take() {
+                // SAFETY: interrupts are disabled here (right after a switch) and stay so
+                // until our caller returns; this token is dropped before then without
+                // enabling them.
+                let io = unsafe { IntrOff::new_unchecked(false, |_| {}) };
+                self.enqueue(held.expect("a migrating thread's reference"), target, &io);
+            } else {
+                // A dead `prev` is freed here when this was its last reference.
+                drop(held);
+            }
         }
     }
 }
@@ -1195,6 +1282,15 @@ fn put_empty<T>(slot: &mut Option<T>, v: Option<T>) {
     let old = core::mem::replace(slot, v);
     debug_assert!(old.is_none(), "put_empty: the slot was not empty");
     core::mem::forget(old);
+}
+
+/// Stores `v` into `slot`, which is empty, if it is `Some`; stores nothing for `None` (the
+/// slot already says so). Inlined where `v` is a constant `None`, it is no code at all.
+#[inline(always)]
+fn put_some<T>(slot: &mut Option<T>, v: Option<T>) {
+    if let Some(v) = v {
+        put_empty(slot, Some(v));
+    }
 }
 
 /// First code of every new thread (its context was built by `E::M::new_context`).

@@ -1,7 +1,8 @@
 //! A per-CPU run queue: one FIFO per priority and a bitmap of the non-empty ones, so both
 //! "enqueue" and "take the most urgent" are O(1) (a find-first-set over two words).
 //! The FIFOs are linked through the threads themselves (no allocation, no atomic link):
-//! a push is five stores, a pop of the head five loads and stores.
+//! a push is five stores, a pop of the head five loads and stores, and a yield to an equal
+//! thread one rotation of its FIFO.
 
 use alloc::sync::Arc;
 use core::ptr;
@@ -12,6 +13,20 @@ use crate::pri::{Priority, NPRI};
 use crate::thread::{Thread, RQ_UNLINKED};
 
 const WORDS: usize = NPRI.div_ceil(64);
+
+/// The queue assertions' panics, out of line: their arguments go in registers, so the
+/// callers (the switch among them) need no stack for the message.
+#[cold]
+#[inline(never)]
+fn queued_twice(name: &str) -> ! {
+    panic!("thread {name} queued twice")
+}
+
+#[cold]
+#[inline(never)]
+fn no_queued_thread(p: usize) -> ! {
+    panic!("priority {p} has no queued thread")
+}
 
 /// Threads by priority: per priority a FIFO singly linked through each thread's `rq_next`
 /// (the queue owns one `Arc` reference per queued thread, kept as its raw pointer), and a
@@ -63,11 +78,9 @@ impl<E: SchedEnv> RunQueue<E> {
         // SAFETY: `raw` is a live thread (we own a reference); its link is ours to write
         // while it is on no queue, and the assert checks that it is on none.
         unsafe {
-            assert!(
-                (*(*raw).rq_next.get()).cast::<()>() == RQ_UNLINKED,
-                "thread {} queued twice",
-                (*raw).name
-            );
+            if (*(*raw).rq_next.get()).cast::<()>() != RQ_UNLINKED {
+                queued_twice(&(*raw).name);
+            }
             *(*raw).rq_next.get() = ptr::null();
             match self.tails[p].is_null() {
                 true => self.heads[p] = raw,
@@ -105,9 +118,46 @@ impl<E: SchedEnv> RunQueue<E> {
     #[inline]
     pub fn pop_at(&mut self, p: Priority) -> Arc<Thread<E>> {
         let p = p.index();
-        assert!(!self.heads[p].is_null(), "pop_at: priority {p} has no queued thread");
+        if self.heads[p].is_null() {
+            no_queued_thread(p);
+        }
         // SAFETY: non-empty (checked): its head is a queued thread.
         unsafe { self.unlink(p, ptr::null(), self.heads[p]) }
+    }
+
+    /// Rotates FIFO `p`, which [`RunQueue::highest`] just named (so it is not empty): takes
+    /// its first thread and queues `t`, whose priority is `p`, at its back — a yield to an
+    /// equal-priority thread. The pop and the push without their bitmap and length updates
+    /// (the FIFO stays non-empty, the count the same). Panics if `t` is already on a queue.
+    #[inline]
+    pub fn rotate(&mut self, p: Priority, t: Arc<Thread<E>>) -> Arc<Thread<E>> {
+        let p = p.index();
+        debug_assert_eq!(t.rq_index(), p, "rotate: the thread's priority is not the FIFO's");
+        let head = self.heads[p];
+        if head.is_null() {
+            no_queued_thread(p);
+        }
+        let raw = Arc::into_raw(t);
+        // SAFETY: `head` is queued on FIFO `p` (non-empty, checked) and `raw` is a live thread
+        // (we own a reference) on no queue (checked), so both links are ours to write.
+        unsafe {
+            if (*(*raw).rq_next.get()).cast::<()>() != RQ_UNLINKED {
+                queued_twice(&(*raw).name);
+            }
+            *(*raw).rq_next.get() = ptr::null();
+            let after = *(*head).rq_next.get();
+            match after.is_null() {
+                // `head` was alone: `t` is alone now.
+                true => self.heads[p] = raw,
+                false => {
+                    self.heads[p] = after;
+                    *(*self.tails[p]).rq_next.get() = raw;
+                }
+            }
+            self.tails[p] = raw;
+            *(*head).rq_next.get() = RQ_UNLINKED.cast();
+            Arc::from_raw(head)
+        }
     }
 
     /// Takes the first thread, most urgent first, that `eligible` accepts.

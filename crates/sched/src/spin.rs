@@ -38,12 +38,22 @@ impl<T> SpinLock<T> {
     /// Acquires without a guard; pair with [`SpinLock::raw_unlock`]. The scheduler uses this
     /// for the one lock that is held across a context switch.
     pub(crate) fn raw_lock(&self) {
-        loop {
-            if self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                return;
-            }
-            while self.locked.load(Ordering::Relaxed) {
-                core::hint::spin_loop();
+        // The first attempt is outside the wait loop, which is marked cold: the uncontended
+        // acquisition falls straight through (no jump over the loop, no alignment padding
+        // before it).
+        if self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::cold_path();
+            loop {
+                while self.locked.load(Ordering::Relaxed) {
+                    core::hint::spin_loop();
+                }
+                if self
+                    .locked
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
             }
         }
     }

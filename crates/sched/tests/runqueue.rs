@@ -159,3 +159,42 @@ fn bitmap_consistent_after_removals() {
         assert_eq!(drain(&mut rq), vec![ts[0].id(), ts[4].id()]);
     });
 }
+
+#[test]
+fn rotate_is_pop_then_push() {
+    on_system(|sched| {
+        let ts = threads(sched, &[(32, None), (32, None), (32, None), (40, None), (32, None)]);
+        let p32 = Priority::new(32).unwrap();
+        // A FIFO of one: the yielding thread takes the taken one's place.
+        let mut rq = RunQueue::new();
+        rq.push_back(ts[0].clone());
+        let got = rq.rotate(p32, ts[1].clone());
+        assert_eq!(got.id(), ts[0].id());
+        assert_eq!(rq.len(), 1);
+        assert_eq!(rq.highest(), Some(p32));
+        // The taken thread is unlinked: it can be queued again.
+        rq.push_back(got);
+        assert_eq!(drain(&mut rq), vec![ts[1].id(), ts[0].id()]);
+        // A longer FIFO beside another priority: head out, the thread behind the last.
+        for t in &ts[..3] {
+            rq.push_back(t.clone());
+        }
+        rq.push_back(ts[3].clone());
+        let got = rq.rotate(p32, ts[4].clone());
+        assert_eq!(got.id(), ts[0].id());
+        assert_eq!(rq.len(), 4);
+        assert_eq!(drain(&mut rq), vec![ts[3].id(), ts[1].id(), ts[2].id(), ts[4].id()]);
+    });
+}
+
+#[test]
+#[should_panic(expected = "queued twice")]
+fn rotate_refuses_a_queued_thread() {
+    on_system(|sched| {
+        let ts = threads(sched, &[(32, None), (32, None)]);
+        let mut rq = RunQueue::new();
+        rq.push_back(ts[0].clone());
+        rq.push_back(ts[1].clone());
+        let _ = rq.rotate(Priority::new(32).unwrap(), ts[1].clone());
+    });
+}
