@@ -9,7 +9,8 @@
 //!   `IPL_HIGH` (serial hardware sits above `IPL_VM`, as NetBSD's `IPL_SERIAL`), so it runs
 //!   its filter directly in every model and has no thread handler.
 //! - **Filter (primary context, interrupts off):** `arch::serial::service` empties the UART's
-//!   receive FIFO into the receive ring (at most the ring's free space) and refills the
+//!   receive FIFO into the receive ring (at most the ring's free space, and at most
+//!   [`RX_BUDGET`] bytes a call, after which it stops receiving as for a full ring) and refills the
 //!   transmit FIFO from the console's transmit ring. If it received anything it schedules the
 //!   `com1.soft` soft interrupt (`IPL_SOFTSERIAL`). If the ring is full it turns the UART's
 //!   received-data interrupt off: the UART's own FIFO then fills and QEMU stops feeding it,
@@ -53,6 +54,16 @@ pub const COM2_VECTOR: u8 = 0x44;
 pub const MAX_LINE: usize = ::parse::line::MAX_LINE;
 /// Receive ring size.
 const RX_RING: usize = 4096;
+/// Bytes one filter call takes from the UART at most (Linux's 8250 driver takes 256 per
+/// interrupt). Past it the filter turns the receive interrupt off, as for a full ring, and the
+/// soft interrupt turns it back on once it has drained the ring (NAPI's shape: the interrupt
+/// hands a busy receiver to a lower level that threads above it can preempt). Without the
+/// bound, a host typing as fast as the filter read (QEMU refills the FIFO at once) kept the
+/// filter in its loop, interrupts off, until the ring was full — up to 278 ms of CPU 0 under
+/// 8-CPU torture; with the bound alone, the level-triggered line brought the filter back at
+/// once after every EOI and CPU 0 ran no thread for over 100 ms
+/// (docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt).
+const RX_BUDGET: usize = 256;
 /// Lines kept unread before the oldest is dropped (and counted).
 const MAX_QUEUED_LINES: usize = 16 * 1024;
 
@@ -102,6 +113,8 @@ pub struct ComStats {
     pub lines_dropped: AtomicU64,
     /// Times the receive interrupt was turned off because the ring was full.
     pub flow_stops: AtomicU64,
+    /// Times the receive interrupt was turned off after [`RX_BUDGET`] bytes in one filter call.
+    pub budget_stops: AtomicU64,
 }
 
 /// COM1's counters.
@@ -112,6 +125,7 @@ pub static STATS: ComStats = ComStats {
     long_lines: AtomicU64::new(0),
     lines_dropped: AtomicU64::new(0),
     flow_stops: AtomicU64::new(0),
+    budget_stops: AtomicU64::new(0),
 };
 
 /// What is kept alive while COM1 runs interrupt-driven.
@@ -199,7 +213,7 @@ fn com1_filter() -> FilterResult {
     {
         let mut ring = RX.lock();
         loop {
-            let free = ring.free();
+            let free = ring.free().min(RX_BUDGET - got);
             let mut chunk = [0u8; 64];
             let mut n = 0;
             let s = arch::serial::service(free.min(chunk.len()), &mut |b| {
@@ -217,13 +231,17 @@ fn com1_filter() -> FilterResult {
                 full = true;
                 break;
             }
-            if n < chunk.len() {
+            if n < chunk.len() || got >= RX_BUDGET {
                 break;
             }
         }
     }
-    if full && !RX_STOPPED.swap(true, Ordering::AcqRel) {
-        STATS.flow_stops.fetch_add(1, Ordering::Relaxed);
+    if (full || got >= RX_BUDGET) && !RX_STOPPED.swap(true, Ordering::AcqRel) {
+        if full {
+            STATS.flow_stops.fetch_add(1, Ordering::Relaxed);
+        } else {
+            STATS.budget_stops.fetch_add(1, Ordering::Relaxed);
+        }
         arch::serial::set_rx_interrupts(false);
     }
     if got > 0 {
@@ -514,6 +532,7 @@ pub fn register_sysctls() {
         ("dev.com1.rx_bytes", "bytes COM1 received", &STATS.rx_bytes),
         ("dev.com1.lines", "lines COM1's discipline completed", &STATS.lines),
         ("dev.com1.flow_stops", "receive stops on a full ring", &STATS.flow_stops),
+        ("dev.com1.budget_stops", "receive stops after a filter call's budget", &STATS.budget_stops),
         ("dev.com1.lines_dropped", "lines dropped unread", &STATS.lines_dropped),
     ];
     for (name, desc, c) in counters {
