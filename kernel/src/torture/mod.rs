@@ -735,15 +735,13 @@ fn pri(p: Priority, plus: u8) -> Priority {
 }
 
 /// Runs the torture load; true if no invariant was violated. The monitor (progress lines,
-/// heartbeat, the end) is a thread on CPU 0 at the top priority, with each CPU's heartbeat
-/// thread and the monitor's watch: as Linux's soft-lockup watchdog runs at the top of
-/// SCHED_FIFO, a heartbeat that stops means a CPU that does not schedule (interrupts off,
-/// spinning, a borrower nobody can preempt), not a CPU busy with interrupt threads, which
-/// outrank every other thread by design (a COM1 paste under host load kept CPU 0's soft and
-/// interrupt threads busy for over 100 ms at a time, and a heartbeat at 84 reported that as a
-/// stall: docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt).
+/// heartbeat, the end) is a thread on CPU 0 above every load thread.
 pub fn run(opts: &'static Options) -> bool {
     static OK: AtomicBool = AtomicBool::new(false);
-    SCHED.spawn("torture.monitor", Priority::MAX, Some(0), move || OK.store(monitor(opts), SeqCst)).join();
+    SCHED
+        .spawn("torture.monitor", pri(Priority::RT_BASE, 30), Some(0), move || {
+            OK.store(monitor(opts), SeqCst)
+        })
+        .join();
     OK.load(SeqCst)
 }

@@ -259,16 +259,17 @@ impl Monitor {
             let p = random_priority(&mut rng);
             let edu = self.edu.clone();
             threads.push(SCHED.spawn("torture.raise", p, Some(c), move || raiser(seed, c, ncpus, edu)));
-            threads.push(SCHED.spawn("torture.beat", Priority::MAX, Some(c), move || heartbeat(c)));
+            threads
+                .push(SCHED.spawn("torture.beat", pri(Priority::RT_BASE, 20), Some(c), move || heartbeat(c)));
         }
         threads.push(SCHED.spawn("torture.control", Priority::KTHREAD, None, move || control(seed, model)));
         let mc = cpu();
         MONITOR_SEEN.store(now(), SeqCst);
         if ncpus >= 2 {
             let other = if mc == 0 { 1 } else { 0 };
-            threads.push(
-                SCHED.spawn("torture.watch", Priority::MAX, Some(other), move || watch(model, mc, ncpus)),
-            );
+            threads.push(SCHED.spawn("torture.watch", pri(Priority::RT_BASE, 30), Some(other), move || {
+                watch(model, mc, ncpus)
+            }));
         }
         // The owner just below the real-time range (most raisers are below it, so it gets to
         // hold the mutex), the waiter well inside it.
