@@ -63,7 +63,7 @@ const RX_RING: usize = 4096;
 /// 8-CPU torture; with the bound alone, the level-triggered line brought the filter back at
 /// once after every EOI and CPU 0 ran no thread for over 100 ms
 /// (docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt).
-const RX_BUDGET: usize = 256;
+pub const RX_BUDGET: usize = 256;
 /// Lines kept unread before the oldest is dropped (and counted).
 const MAX_QUEUED_LINES: usize = 16 * 1024;
 
@@ -115,6 +115,8 @@ pub struct ComStats {
     pub flow_stops: AtomicU64,
     /// Times the receive interrupt was turned off after [`RX_BUDGET`] bytes in one filter call.
     pub budget_stops: AtomicU64,
+    /// The most bytes one filter call took (never above [`RX_BUDGET`]).
+    pub max_rx_per_call: AtomicU64,
 }
 
 /// COM1's counters.
@@ -126,6 +128,7 @@ pub static STATS: ComStats = ComStats {
     lines_dropped: AtomicU64::new(0),
     flow_stops: AtomicU64::new(0),
     budget_stops: AtomicU64::new(0),
+    max_rx_per_call: AtomicU64::new(0),
 };
 
 /// What is kept alive while COM1 runs interrupt-driven.
@@ -246,6 +249,7 @@ fn com1_filter() -> FilterResult {
     }
     if got > 0 {
         STATS.rx_bytes.fetch_add(got as u64, Ordering::Relaxed);
+        STATS.max_rx_per_call.fetch_max(got as u64, Ordering::Relaxed);
         if let Some(c) = COM1.get() {
             c.soft.softint().schedule();
         }

@@ -135,9 +135,19 @@ fn paste_64k_no_loss() -> TestResult {
     };
     let c1 = arch::serial::counters();
     arch::kprintln!(
-        "@@ result scope=serial lines={seq} bytes={bytes} bad={bad} overruns={} flow_stops={}",
+        "@@ result scope=serial lines={seq} bytes={bytes} bad={bad} overruns={} flow_stops={} budget_stops={} max_rx_per_call={}",
         c1.rx_overruns - c0.rx_overruns,
-        com::STATS.flow_stops.load(Ordering::SeqCst)
+        com::STATS.flow_stops.load(Ordering::SeqCst),
+        com::STATS.budget_stops.load(Ordering::SeqCst),
+        com::STATS.max_rx_per_call.load(Ordering::SeqCst)
+    );
+    // The filter's receive budget (the 8-CPU torture's CPU 0 stall: a host typing as fast as the
+    // filter read kept it in its loop, interrupts off, for up to 278 ms).
+    let most = com::STATS.max_rx_per_call.load(Ordering::SeqCst);
+    kassert!(
+        most as usize <= com::RX_BUDGET,
+        "a filter call took {most} bytes, over the budget of {}",
+        com::RX_BUDGET
     );
     kassert_eq!(seq, end, "lines received vs lines the host sent");
     kassert_eq!(bad, 0, "corrupted lines");
