@@ -62,6 +62,11 @@ fn paste(smp: u32) {
     assert_eq!(get("bytes"), (LINES * 64).to_string(), "{why}");
     assert_eq!(get("bad"), "0", "{why}");
     assert_eq!(get("overruns"), "0", "{why}");
+    // COM1's filter takes at most 256 bytes a call (kernel/src/drivers/com.rs `RX_BUDGET`; the
+    // kernel test asserts it too).
+    let most: u64 = get("max_rx_per_call").parse().unwrap_or_else(|_| panic!("no max_rx_per_call\n{why}"));
+    assert!(most <= 256, "a filter call took {most} bytes\n{why}");
+    eprintln!("paste smp {smp}: max_rx_per_call {most}, budget_stops {}", get("budget_stops"));
 }
 
 #[test]
