@@ -995,20 +995,23 @@ impl<E: IntrEnv> Intr<E> {
     /// except for a replay (acknowledged when it was deferred); with `None` returned, the
     /// caller acknowledges.
     pub fn dispatch(&'static self, vector: u8, replay: bool, io: &IntrOff) -> Option<bool> {
-        if let Some(l) = softint::soft_level(vector) {
-            if !replay {
-                E::eoi();
+        let list = self.vectors[vector as usize].lock(io);
+        if list.is_empty() {
+            drop(list);
+            // A software vector (no source is ever established on one): its soft level's
+            // thread borrows the CPU. Tested here, off the sources' path.
+            if let Some(l) = softint::soft_level(vector) {
+                if !replay {
+                    E::eoi();
+                }
+                self.soft.fire(l, io);
+                return Some(true);
             }
-            self.soft.fire(l);
-            return Some(true);
+            return None;
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
         {
-            let list = self.vectors[vector as usize].lock(io);
-            if list.is_empty() {
-                return None;
-            }
             if let [src] = &list[..] {
                 // At most one handler to run after the lock: a slot, not a `Later`.
                 let mut one = LaterOne::None;
@@ -1103,6 +1106,10 @@ impl<E: IntrEnv> Intr<E> {
                 E::eoi();
             }
         }
+        // The table lock is released before any handler runs, as in the one-source case:
+        // direct handlers take spin mutexes, and a pinned ithread runs with interrupts enabled
+        // and may block, while this vector's arrivals on other CPUs and establish /
+        // disestablish spin on the lock.
         drop(list);
         self.run_later(&mut later, now, cpu, io);
         // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on

@@ -21,7 +21,8 @@
 //!
 //! [`sleep_check`] is the rule every environment's [`sched::SchedEnv::sleep_check`] applies
 //! before a thread blocks: not in a filter, not in interrupt context, not above `IPL_NONE`
-//! (the exception: an interrupt thread borrowing its CPU at `IPL_VM` with no spin mutex), no
+//! (the exception: a thread borrowing its CPU, at its pinned call's level — `IPL_VM` for an
+//! interrupt thread, the soft level for a soft interrupt's — with no spin mutex), no
 //! spin mutex held (the lock checker names it); and a pool ithread that blocks is divorced
 //! from its CPU here.
 
@@ -97,10 +98,11 @@ pub fn sleep_check<E: IntrEnv>() {
     }
     let spl = E::spl();
     let l = spl.current();
-    // A pinned interrupt thread runs at IPL_VM and may block there (the block path releases
-    // the thread pinned under it, at that level); a spin mutex held, or a level raised
-    // above IPL_VM (any interrupt nested in it runs above), is still caught.
-    let lent = l == Ipl::Vm && spl.spin_count() == 0 && E::sched().borrowing();
+    // A thread borrowing its CPU (a pinned interrupt thread at IPL_VM, a soft interrupt's
+    // thread at its soft level) may block at its call's level (the block path releases the
+    // thread pinned under it, at that level); a spin mutex held, or a level raised above the
+    // call's (any interrupt nested in it runs above), is still caught.
+    let lent = spl.spin_count() == 0 && E::sched().borrow_level() == Some(l as usize);
     if l != Ipl::None && !lent {
         panic!(
             "thread '{}' tried to sleep at {l} (holding a spin mutex or raised SPL; spin mutexes held on \

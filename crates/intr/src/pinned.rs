@@ -287,7 +287,8 @@ impl<E: IntrEnv> Pinned<E> {
 
     /// Sleep hook: the CPU's ithread is about to block in a handler (a real switch follows).
     pub fn on_block(&self) {
-        if E::sched().borrowing() {
+        // A soft interrupt's thread borrows its CPU too, below IPL_VM (`softint`).
+        if E::sched().borrow_level() == Some(ipl::Ipl::Vm as usize) {
             self.blocked.fetch_add(1, Ordering::Relaxed);
         }
     }

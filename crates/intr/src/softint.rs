@@ -8,8 +8,26 @@
 //! and *posts* the level's software vector through the SPL layer, so the dispatch is cheap and
 //! exactly as deferred as the IPL says: if the CPU is below the level, the vector runs at
 //! once; otherwise when `splx` or the end of the hardware interrupt lowers the level below it.
-//! Running the vector only wakes the level's thread; the handler runs in that thread, in
-//! thread context, and may block.
+//!
+//! **The CPU is borrowed** (NetBSD's "fast" soft interrupts, `kern_softint.c`; the same switch
+//! as the pinned model, whose protocol is `crates/sched/src/pinned.rs`): the level's thread is
+//! an interrupt thread ([`sched::Scheduler::new_ithread`], parked between runs) and the vector,
+//! which runs in interrupt context on this CPU at the soft level with interrupts disabled,
+//! lends it the CPU with [`sched::Scheduler::pin_call`]: no wake-up, no run queue, no
+//! scheduler switch. The thread runs the queued handlers on its own stack, in thread context
+//! ([`sched::Scheduler::in_interrupt`] is false for it), at the soft level with interrupts
+//! enabled, and returns; the interrupted thread, pinned underneath, goes on. A handler may
+//! block, or the thread may be preempted by a more urgent thread woken on its CPU (the run is
+//! unbounded: `com1.soft` drains its input for as long as it keeps coming, and a borrower that
+//! nothing could preempt stalled its CPU — the torture failure of
+//! docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt): then (and only then) the thread
+//! becomes an ordinary thread (the scheduler's lazy path), the interrupted thread resumes at
+//! once, and the soft thread, once woken or picked, runs the rest of the queue at `IPL_NONE`
+//! as any thread and parks. While it is not parked, the
+//! level's vector on this CPU lends nothing (`Busy`): the queue it drains before parking holds
+//! what was scheduled meanwhile. The sleep check lets a borrowing soft thread block at its
+//! level with no spin mutex of its own; a context underneath holding spin mutexes (below the
+//! soft level) has that state set aside for the call, as the pinned model's `lend_slow` does.
 //!
 //! ## Workqueues
 //! The "continuation" alternative from the posts: kernel threads (one per CPU, or one shared)
@@ -21,9 +39,12 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use core::cell::UnsafeCell;
+use core::sync::atomic::AtomicPtr;
+
 use ipl::Ipl;
-use machine::Machine;
-use sched::{Event, Priority, SpinLock};
+use machine::{IntrOff, Machine};
+use sched::{Event, PinOutcome, PinThread, Priority, SpinLock};
 
 use crate::IntrEnv;
 
@@ -79,15 +100,36 @@ impl<E: IntrEnv> SoftIntr<E> {
             if self.queued.fetch_or(1 << cpu, Ordering::AcqRel) & (1 << cpu) != 0 {
                 return;
             }
-            soft.cpus[cpu][self.level].queue.lock(&io).push_back(self.clone());
+            soft.cpus[cpu][self.level].queue(&io).push_back(self.clone());
         }
         E::spl().post(vector);
     }
 }
 
 struct SoftCpu<E: IntrEnv> {
-    queue: SpinLock<VecDeque<Arc<SoftIntr<E>>>>,
-    event: Event<E>,
+    /// Handlers scheduled on this CPU at this level and not yet run. Touched by this CPU
+    /// only (`schedule` queues on its own CPU; the thread is bound here), interrupts disabled.
+    queue: UnsafeCell<VecDeque<Arc<SoftIntr<E>>>>,
+    /// The level's interrupt thread on this CPU: null until the level's first establish, then
+    /// written once and never freed (its descriptor must outlive every pinned call).
+    thread: AtomicPtr<PinThread<E>>,
+}
+
+// SAFETY: `queue` is touched only through `SoftCpu::queue`, by the CPU it belongs to with
+// interrupts disabled (see there); `thread` is atomic.
+unsafe impl<E: IntrEnv> Sync for SoftCpu<E> {}
+
+impl<E: IntrEnv> SoftCpu<E> {
+    /// The queue, for its own CPU with interrupts disabled (the token): `schedule` queues on
+    /// the CPU it runs on, and the level's thread, bound to this CPU, takes from it; an
+    /// interrupt on this CPU cannot come in between. No lock is needed.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    fn queue(&self, _io: &IntrOff) -> &mut VecDeque<Arc<SoftIntr<E>>> {
+        // SAFETY: per the doc: only this CPU, only with interrupts disabled, and no caller
+        // keeps the reference past its interrupt-disabled section.
+        unsafe { &mut *self.queue.get() }
+    }
 }
 
 /// Per-CPU soft-interrupt threads and queues.
@@ -130,7 +172,12 @@ impl<E: IntrEnv> Soft<E> {
     pub const fn new() -> Self {
         Soft {
             cpus: [const {
-                [const { SoftCpu { queue: SpinLock::new(VecDeque::new()), event: Event::new_unbound() } }; 4]
+                [const {
+                    SoftCpu {
+                        queue: UnsafeCell::new(VecDeque::new()),
+                        thread: AtomicPtr::new(core::ptr::null_mut()),
+                    }
+                }; 4]
             }; sched::MAX_CPUS],
             started: [const { AtomicBool::new(false) }; 4],
             start_lock: SpinLock::new(()),
@@ -173,36 +220,99 @@ impl<E: IntrEnv> Soft<E> {
         let pri = Priority::of_ipl(level).unwrap_or(Priority::SOFTINT_BASE);
         let names = ["softclk", "softbio", "softnet", "softser"];
         for cpu in 0..E::M::ncpus() {
-            self.cpus[cpu][l].event.bind(E::sched());
-            E::sched().spawn(names[l], pri, Some(cpu), move || E::intr().soft.serve(cpu, l));
+            let t = E::sched().new_ithread(names[l], pri, cpu, level as u8, soft_body::<E>);
+            self.cpus[cpu][l].thread.store(Box::into_raw(Box::new(t)), Ordering::Release);
         }
     }
 
-    /// The software vector ran on this CPU (interrupt context): wake the level's thread.
-    pub(crate) fn fire(&self, l: usize) {
-        self.cpus[E::M::cpu_index()][l].event.set();
-    }
-
-    fn serve(&'static self, cpu: usize, l: usize) {
-        let c = &self.cpus[cpu][l];
-        loop {
-            c.event.wait();
-            loop {
-                let next = {
-                    let io = E::M::intr_disable();
-                    let mut q = c.queue.lock(&io);
-                    q.pop_front()
-                };
-                let Some(si) = next else { break };
-                si.queued.fetch_and(!(1 << cpu), Ordering::AcqRel);
-                if si.gate.enter() {
-                    trace::emit::<E::M>(trace::Kind::SoftBegin, l as u64);
-                    (si.handler)();
-                    trace::emit::<E::M>(trace::Kind::SoftEnd, l as u64);
-                    si.runs.fetch_add(1, Ordering::Relaxed);
-                    si.gate.exit();
-                }
+    /// The software vector of level `l` ran on this CPU (interrupt context, at that level,
+    /// interrupts disabled): lend the CPU to the level's thread, which runs the queue.
+    #[inline]
+    pub(crate) fn fire(&'static self, l: usize, io: &IntrOff) {
+        let cpu = E::M::cpu_index();
+        let t = self.cpus[cpu][l].thread.load(Ordering::Acquire);
+        if t.is_null() {
+            return; // not established yet at this level: nothing can be queued
+        }
+        // SAFETY: a non-null slot is a leaked `PinThread` (never freed).
+        let it = unsafe { &*t };
+        if E::spl().spin_count_of(cpu) == 0 {
+            trace::emit::<E::M>(trace::Kind::PinBorrow, (SOFT_VECTOR_BASE as usize + l) as u64);
+            match E::sched().pin_call(it, cpu, l, io).0 {
+                PinOutcome::Returned | PinOutcome::Blocked => {}
+                // Not parked: its handler blocked and it finishes the queue (ours included)
+                // as an ordinary thread before it parks.
+                PinOutcome::Busy => {}
+                PinOutcome::Level => lend_slow(it, cpu, l, io),
             }
+        } else {
+            lend_slow(it, cpu, l, io);
+        }
+    }
+}
+
+/// [`Soft::fire`] on top of a context holding spin mutexes (below the soft level), or — not
+/// expected: software vectors run only through the SPL's replay, at their level — at another
+/// level: the thread runs at its level with no spin mutex counted, and both come back after.
+#[cold]
+#[inline(never)]
+fn lend_slow<E: IntrEnv>(it: &PinThread<E>, cpu: usize, l: usize, io: &IntrOff) {
+    let spl = E::spl();
+    let old = <E::M as ipl::IplCpu>::ipl_get();
+    let spin = spl.spin_state_take();
+    <E::M as ipl::IplCpu>::ipl_set(SOFT_LEVELS[l] as u8);
+    let _ = E::sched().pin_call(it, cpu, l, io);
+    spl.spin_state_restore(spin);
+    <E::M as ipl::IplCpu>::ipl_set(old);
+}
+
+/// The soft thread's body for one pinned call (its stack from the top, interrupts enabled,
+/// the CPU at the soft level): runs the queue. If a handler blocked, we are an ordinary thread
+/// from then on: finish the queue and park.
+extern "C" fn soft_body<E: IntrEnv>(cpu: usize, l: usize) {
+    let c = &E::intr().soft.cpus[cpu][l];
+    run_queue(c, cpu, l);
+    if !E::sched().borrowing() {
+        finish_blocked(c, cpu, l);
+    }
+}
+
+/// Runs the handlers queued on this CPU at level `l` until the queue is empty.
+#[inline(always)]
+fn run_queue<E: IntrEnv>(c: &SoftCpu<E>, cpu: usize, l: usize) {
+    loop {
+        let next = {
+            let io = E::M::intr_disable();
+            c.queue(&io).pop_front()
+        };
+        let Some(si) = next else { break };
+        si.queued.fetch_and(!(1 << cpu), Ordering::AcqRel);
+        if si.gate.enter() {
+            trace::emit::<E::M>(trace::Kind::SoftBegin, l as u64);
+            (si.handler)();
+            trace::emit::<E::M>(trace::Kind::SoftEnd, l as u64);
+            si.runs.fetch_add(1, Ordering::Relaxed);
+            si.gate.exit();
+        }
+    }
+}
+
+/// The rest of a run whose handler blocked: an ordinary thread now, at `IPL_NONE` like one
+/// (switched back in at its waker's level; this also undoes a level a handler left behind),
+/// it runs what is queued, then leaves the CPU for good, parked; the next vector starts it
+/// afresh.
+#[cold]
+fn finish_blocked<E: IntrEnv>(c: &SoftCpu<E>, cpu: usize, l: usize) -> ! {
+    <E::M as ipl::IplCpu>::ipl_set(Ipl::None as u8);
+    loop {
+        run_queue(c, cpu, l);
+        let io = E::M::intr_disable();
+        // Interrupts stay disabled until the switch away: nothing is queued behind our back
+        // (the queue is this CPU's) and no pinned call starts on our stack before we left.
+        if c.queue(&io).is_empty() {
+            // SAFETY: the slot was filled before any vector could lend us the CPU.
+            let it = unsafe { &*c.thread.load(Ordering::Acquire) };
+            E::sched().pin_park(it.call(), &io);
         }
     }
 }

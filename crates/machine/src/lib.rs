@@ -136,8 +136,8 @@ impl PinSlots {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PinOutcome {
-    /// The thread blocked in its body; the pinned thread was resumed by [`Machine::switch`]
-    /// (which returns 0 into the pinned call's frame).
+    /// The thread blocked (or was preempted) in its body; the pinned thread was resumed by
+    /// [`Machine::switch`] (which returns 0 into the pinned call's frame).
     Blocked = 0,
     /// The body returned.
     Returned = 1,

@@ -599,10 +599,26 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// May the current thread be preempted now? Only at `IPL_NONE` (the SPL layer records
-    /// a refused preemption and replays it at the drop to `IPL_NONE`).
+    /// a refused preemption and replays it at the drop to `IPL_NONE`) — or, for a thread
+    /// borrowing its CPU ([`Scheduler::pin_call`]), at its call's level with no spin mutex
+    /// held (the state in which it may block: `schedule_borrowed` then makes it an ordinary
+    /// runnable thread if something more urgent waits). A borrower above that is asked again
+    /// at the next interrupt's exit.
     #[inline]
     fn gate_open(&self, io: &IntrOff) -> bool {
-        E::spl().may_preempt(io)
+        // A borrower is never at `IPL_NONE`: the usual case stays one test.
+        E::spl().may_preempt(io) || self.borrower_preemptible()
+    }
+
+    /// [`Scheduler::gate_open`] above `IPL_NONE`: whether the running thread borrows its CPU
+    /// and is at its call's level with no spin mutex.
+    #[cold]
+    #[inline(never)]
+    fn borrower_preemptible(&self) -> bool {
+        let spl = E::spl();
+        E::M::pin_borrowed() != 0
+            && spl.spin_count() == 0
+            && self.borrow_level() == Some(spl.current() as usize)
     }
 
     /// Switches away now if this CPU was asked to reschedule and we may be preempted.
@@ -912,19 +928,26 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Whether this CPU is running an interrupt handler in interrupt context. An interrupt
     /// thread borrowing the CPU ([`Scheduler::pin_call`]) runs in thread context although the
-    /// interrupt that lent it the CPU is still underneath (its depth is not saved and zeroed:
-    /// the CPU's pinned-switch `busy` word, [`machine::PinSlots`], says it): this answers `false` for it. It answers `false` as well
-    /// for an interrupt nested inside a borrowing thread; such an interrupt runs above the
-    /// thread's level (`IPL_VM` in the pinned model), which the SPL's sleep check catches.
+    /// interrupt that lent it the CPU is still underneath: `pin_call` sets that interrupt's
+    /// depth aside for the call, so this answers `false` for the borrower and `true` for an
+    /// interrupt nested inside it.
     #[inline]
     pub fn in_interrupt(&self) -> bool {
-        self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0 && !self.borrowing()
+        self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0
     }
 
     /// The clock interrupt's share: time slices and timed sleeps. Interrupts disabled.
     pub fn tick(&'static self, io: &IntrOff) {
         let c = self.this_cpu();
         c.ticks.fetch_add(1, Ordering::Relaxed);
+        if E::M::pin_borrowed() != 0
+            && self.current().pri.load(Ordering::Relaxed) < c.cur_pri.load(Ordering::Relaxed)
+        {
+            // A borrower less urgent than the thread it pinned (a soft interrupt on top of an
+            // interrupt thread that runs as an ordinary thread): it gives the CPU back at this
+            // tick's exit (`schedule_borrowed`), as it does for a more urgent queued thread.
+            c.need_resched.store(true, Ordering::Relaxed);
+        }
         if !c.idle_now() {
             let left = c.slice_left.load(Ordering::Relaxed);
             if left <= 1 {

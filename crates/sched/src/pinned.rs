@@ -35,12 +35,25 @@
 //!   thread is woken and scheduled like any thread, finishes its work at its waker's level
 //!   and parks ([`Scheduler::pin_park`]: its state word back to 0); the next pinned call
 //!   starts it afresh at its stack top.
+//! * **Preempt** (the same lazy path): a borrower is not preempted by what it merely pinned
+//!   or by its equals, but it does not keep the CPU from a more urgent thread either (a soft
+//!   interrupt's thread draining a stream of input would otherwise hold its CPU for as long
+//!   as the input lasts: docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt). It runs
+//!   at interrupt depth 0 (`pin_call` sets the lending interrupt's depth aside), so the exit
+//!   of an interrupt nested in it and `preempt_check` are its preemption points, and the gate
+//!   opens at its call's level with no spin mutex held. There, if a thread queued on the CPU
+//!   — or the scheduler's current thread, pinned at the bottom — outranks it
+//!   (`schedule_borrowed`), it becomes an ordinary *runnable* thread, queued, its state word
+//!   BLOCKED, and the thread under it resumes as for a block (`pin_call` answers
+//!   [`PinOutcome::Blocked`]); the reschedule request stays set, so that context's own exit
+//!   lets the scheduler choose. A tick sets the request when the pinned thread outranks the
+//!   borrower. The borrower then finishes as after a block.
 //! * **What the scheduler must know** is only the per-CPU borrower word:
 //!   [`Scheduler::is_running`] reports the borrower, not the threads under it (an interrupt
 //!   thread must block on, not spin for, a lock a thread under it holds); `schedule` on a
-//!   borrowed CPU never preempts; [`Scheduler::in_interrupt`] is false for the borrower (it
-//!   runs in thread context), and the sleep check allows it to block at its level with no
-//!   spin mutex of its own.
+//!   borrowed CPU takes the lazy path above or returns; [`Scheduler::in_interrupt`] is false
+//!   for the borrower (it runs in thread context), and the sleep check allows it to block at
+//!   its level with no spin mutex of its own.
 //! * **Busy / Level**: if the thread is not parked, or the CPU is not at its level,
 //!   `pin_call` does nothing and hands its two arguments back; the caller queues the work
 //!   (`intr::pinned`), picks another thread, or takes its cold path.
@@ -52,7 +65,7 @@ use core::sync::atomic::Ordering;
 #[allow(unused_imports)] // PinSlots: named in the docs
 use machine::{IntrOff, Machine, PinCall, PinOutcome, PinSlots, PinSwitch};
 
-use crate::thread::{BLOCKED, PARKED, SLEEPING};
+use crate::thread::{BLOCKED, PARKED, RUNNING, SLEEPING};
 use crate::{Priority, Reason, SchedEnv, Scheduler, Thread, STACK_SIZE};
 
 /// An interrupt thread that borrows CPUs through [`Scheduler::pin_call`] (made by
@@ -132,7 +145,8 @@ impl<E: SchedEnv> Scheduler<E> {
     /// [`PinOutcome::Returned`] when `body` returned: the fast path. [`PinOutcome::Busy`]:
     /// `it` was not parked; [`PinOutcome::Level`]: the CPU was not at its level — nothing
     /// done, `a0` and `a1` handed back (the second and third values). [`PinOutcome::Blocked`]:
-    /// the thread blocked in `body`; the bookkeeping skipped here happened then, lazily
+    /// the thread blocked in `body`, or a more urgent thread preempted it (it is then queued,
+    /// runnable, not asleep); the bookkeeping skipped here happened then, lazily
     /// (`schedule_borrowed`): the thread became an ordinary thread, the thread under it was
     /// resumed at once, and the thread finishes later and ends with [`Scheduler::pin_park`]
     /// (its body must check [`Scheduler::borrowing`] before returning).
@@ -146,7 +160,14 @@ impl<E: SchedEnv> Scheduler<E> {
         a1: usize,
         _io: &IntrOff,
     ) -> (PinOutcome, usize, usize) {
-        // The interrupt depth is left as it is: `in_interrupt` consults the borrower instead.
+        // The borrower runs in thread context: the interrupt depth of the context it pins is
+        // set aside for the call (0 for the borrower, so that the exit of an interrupt nested
+        // in it and `preempt_check` are preemption points for it), and put back after.
+        // (The index masked to the table: no bounds check on this path; CPU indices are below
+        // `MAX_CPUS`, a power of two.)
+        let c = &self.cpus[E::M::cpu_index() & (crate::MAX_CPUS - 1)];
+        let depth = c.intr_depth.load(Ordering::Relaxed);
+        c.intr_depth.store(0, Ordering::Relaxed);
         // A thread whose state word is clear is PARKED: its stack is unused and no CPU runs it
         // (a thread that parks leaves its CPU before interrupts are enabled there again, and
         // it is bound to its CPU).
@@ -154,8 +175,10 @@ impl<E: SchedEnv> Scheduler<E> {
         // `it`, which the caller keeps for the thread's life; its state is checked parked by
         // the machine; its body keeps the contract documented above.
         let r = unsafe { E::M::pin_call(&it.call, a0, a1) };
+        c.intr_depth.store(depth, Ordering::Relaxed);
         if matches!(r.0, PinOutcome::Returned | PinOutcome::Blocked) {
-            self.pin_done(r.0);
+            // This CPU still: the thread under the borrower never leaves it.
+            self.pin_done(c, r.0);
         }
         r
     }
@@ -164,8 +187,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// no locked add; counted here, not on the way in, where it would add to the latency) and,
     /// if the thread blocked, finish that switch.
     #[inline(always)]
-    pub(crate) fn pin_done(&'static self, r: PinOutcome) {
-        let c = self.this_cpu();
+    pub(crate) fn pin_done(&'static self, c: &crate::CpuSched<E>, r: PinOutcome) {
         c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if r == PinOutcome::Blocked {
             self.finish_switch();
@@ -179,6 +201,21 @@ impl<E: SchedEnv> Scheduler<E> {
     #[inline]
     pub fn borrowing(&self) -> bool {
         E::M::pin_borrowed() == E::M::curthread() as usize
+    }
+
+    /// The level ([`PinCall::level`]) of the pinned call the running thread borrows its CPU
+    /// through, or `None` if it does not borrow it: the sleep check lets a borrowing thread
+    /// block at that level only (an interrupt thread at `IPL_VM`, a soft interrupt's at its
+    /// soft level).
+    #[inline]
+    pub fn borrow_level(&self) -> Option<usize> {
+        if !self.borrowing() {
+            return None;
+        }
+        // SAFETY: the running thread borrows the CPU, so a pinned call is active and the
+        // innermost one is its own (borrows nest innermost first); its descriptor lives as
+        // long as the thread.
+        Some(unsafe { (*E::M::pinned_call()).level })
     }
 
     /// Whether `cpu` is lent to an interrupt thread right now (for `ps`).
@@ -201,30 +238,52 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// `schedule` on a CPU lent to an interrupt thread (the running thread is that thread;
-    /// the scheduler's current thread is the one at the bottom of the borrows). The interrupt
-    /// thread is not preempted: it gives the CPU back soon. If it blocks, the bookkeeping
-    /// `pin_call` skipped happens here, as NetBSD's `mi_switch` does for a blocking
-    /// soft-interrupt LWP: it becomes an ordinary thread (`on_cpu`, BLOCKED, its state word
-    /// BLOCKED), the thread under it is resumed at once through the context
-    /// `PinSwitch::pin_call` saved (it never left the CPU: no run queue), and the interrupt
-    /// thread sleeps like any thread; a wakeup queues it on its CPU.
+    /// the scheduler's current thread is the one at the bottom of the borrows). A yield
+    /// returns. If it blocks, the bookkeeping `pin_call` skipped happens here, as NetBSD's
+    /// `mi_switch` does for a blocking soft-interrupt LWP: it becomes an ordinary thread
+    /// (`on_cpu`, BLOCKED, its state word BLOCKED), the thread under it is resumed at once
+    /// through the context `PinSwitch::pin_call` saved (it never left the CPU: no run queue),
+    /// and the interrupt thread sleeps like any thread; a wakeup queues it on its CPU. A
+    /// preemption takes the same path only if a queued thread, or the pinned thread at the
+    /// bottom, outranks it, and leaves it runnable in this CPU's run queue instead of asleep
+    /// (the module doc's "Preempt").
     #[cold]
     pub(crate) fn schedule_borrowed(&'static self, reason: Reason, io: &IntrOff) {
         match reason {
-            Reason::Preempt | Reason::Yield => return,
+            Reason::Yield => return,
             Reason::Exit | Reason::Park => {
                 panic!("thread {} left its CPU with a thread pinned under it", self.current().name)
             }
-            Reason::Block => {}
+            Reason::Block | Reason::Preempt => {}
         }
         let cpu = E::M::cpu_index();
         let c = &self.cpus[cpu];
         let it = self.current_arc();
         // Carried across the switch; the pinned thread's `finish_switch` releases it.
         c.rq.raw_lock();
+        if reason == Reason::Preempt {
+            // Preempted only by something more urgent than itself: a thread queued here, or
+            // the scheduler's current thread, pinned at the bottom (a soft interrupt lent the
+            // CPU of an interrupt thread). The flag stays set for the context underneath.
+            // SAFETY: we hold our run-queue lock (raw) and create no guard while using it.
+            let top = unsafe { c.rq.get_locked() }.highest().map_or(0, |p| p.get());
+            let mine = it.pri.load(Ordering::Relaxed);
+            if top <= mine && c.cur_pri.load(Ordering::Relaxed) <= mine {
+                c.rq.raw_unlock();
+                return;
+            }
+        }
         it.on_cpu.store(true, Ordering::Relaxed);
         it.cpu.store(cpu, Ordering::Relaxed);
-        if it.state.compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        if reason == Reason::Preempt {
+            // Runnable, queued behind the more urgent one: the thread underneath resumes now
+            // and its interrupt's exit (the flag is still set) lets the scheduler choose.
+            it.state.store(RUNNING, Ordering::SeqCst);
+            // SAFETY: as above (our run-queue lock, no guard).
+            let rq = unsafe { c.rq.get_locked() };
+            rq.push_back(it.clone());
+            c.nqueued.store(rq.len(), Ordering::Relaxed);
+        } else if it.state.compare_exchange(SLEEPING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
             // Woken before it slept: go on borrowing.
             it.on_cpu.store(false, Ordering::Relaxed);
             c.rq.raw_unlock();
@@ -242,7 +301,9 @@ impl<E: SchedEnv> Scheduler<E> {
         let now = E::M::now_ns();
         let ran = now.saturating_sub(it.last_on_ns.load(Ordering::Relaxed));
         it.run_ns.store(it.run_ns.load(Ordering::Relaxed) + ran, Ordering::Relaxed);
-        trace::emit::<E::M>(trace::Kind::Block, 0);
+        if reason == Reason::Block {
+            trace::emit::<E::M>(trace::Kind::Block, 0);
+        }
         trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();
         let to = E::M::pinned_context();

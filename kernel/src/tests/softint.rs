@@ -86,13 +86,183 @@ fn softint_waits_for_splx() -> TestResult {
     SPL.splx(s);
     kassert!(!early, "soft interrupt ran while the CPU was above its level");
     kassert!(until(2000, || ran.load(Ordering::SeqCst)), "soft interrupt did not run after splx");
-    // At IPL_NONE it runs right away: its thread outranks ours.
+    // At IPL_NONE it runs right away: its thread borrows our CPU.
     ran.store(false, Ordering::SeqCst);
     soft.softint().schedule();
     kassert!(ran.load(Ordering::SeqCst), "soft interrupt scheduled at IPL_NONE did not preempt us");
     Ok(())
 }
 ktest!(T_SOFT_SPLX, "intr::softint::waits_for_splx", softint_waits_for_splx);
+
+/// What each CPU's thread of `softint_borrows_and_may_block` found wrong (bits).
+const B_NOT_AT_ONCE: u64 = 1;
+const B_SAME_THREAD: u64 = 2;
+const B_SWITCHED: u64 = 4;
+const B_NOT_BORROWED: u64 = 8;
+const B_BLOCK_HELD_US: u64 = 16;
+const B_RAN_WHILE_BUSY: u64 = 32;
+const B_NEVER_FINISHED: u64 = 64;
+const B_NOT_AGAIN: u64 = 128;
+const B_CONTEXT: u64 = 256;
+
+/// A soft interrupt scheduled at `IPL_NONE` borrows the scheduling thread's CPU: its handler
+/// runs before `schedule()` returns, in the level's thread, in thread context, and the
+/// scheduling thread makes no scheduler switch. A handler that blocks gives the CPU back at
+/// once; what is scheduled at that level meanwhile waits for the level's thread, which runs
+/// it as an ordinary thread once woken and parks; the next `schedule()` borrows again. On
+/// every CPU at once.
+fn softint_borrows_and_may_block() -> TestResult {
+    let n = ncpus();
+    let per_cpu = || -> Arc<Vec<AtomicU64>> { Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()) };
+    let (plain_runs, ran_in, sleepy_done, release, fail) =
+        (per_cpu(), per_cpu(), per_cpu(), per_cpu(), per_cpu());
+    let (pr, ri, f1) = (plain_runs.clone(), ran_in.clone(), fail.clone());
+    let plain = INTR
+        .softint_establish("test.soft.borrow", Ipl::SoftNet, move || {
+            let cpu = SCHED.cpu_index();
+            if SCHED.in_interrupt() || Some(SCHED.current().priority()) != Priority::of_ipl(Ipl::SoftNet) {
+                f1[cpu].fetch_or(B_CONTEXT, Ordering::SeqCst);
+            }
+            ri[cpu].store(SCHED.current() as *const _ as u64, Ordering::SeqCst);
+            pr[cpu].fetch_add(1, Ordering::SeqCst);
+        })
+        .ok_or("softint_establish refused a soft level")?;
+    let (sd, rl) = (sleepy_done.clone(), release.clone());
+    let sleepy = INTR
+        .softint_establish("test.soft.block", Ipl::SoftNet, move || {
+            let cpu = SCHED.cpu_index();
+            while rl[cpu].load(Ordering::SeqCst) == 0 {
+                SCHED.sleep_ns(100_000); // blocks: the level's thread leaves the CPU
+            }
+            sd[cpu].fetch_add(1, Ordering::SeqCst);
+        })
+        .ok_or("softint_establish refused a soft level")?;
+    let (plain_si, sleepy_si) = (plain.softint().clone(), sleepy.softint().clone());
+    let hs: Vec<_> = (0..n)
+        .map(|cpu| {
+            let (plain_si, sleepy_si) = (plain_si.clone(), sleepy_si.clone());
+            let (plain_runs, ran_in, sleepy_done, release, fail) =
+                (plain_runs.clone(), ran_in.clone(), sleepy_done.clone(), release.clone(), fail.clone());
+            SCHED.spawn("soft-borrower", Priority::KTHREAD, Some(cpu), move || {
+                let bad = |b: u64| fail[cpu].fetch_or(b, Ordering::SeqCst);
+                let me = SCHED.current_arc();
+                // 1. Borrowed: at once, in another thread, no switch of ours.
+                SCHED.preempt_disable();
+                let (sw, pins) = (me.switch_count(), SCHED.cpu_stats(cpu).pin_switches);
+                plain_si.schedule();
+                if plain_runs[cpu].load(Ordering::SeqCst) != 1 {
+                    bad(B_NOT_AT_ONCE);
+                }
+                if ran_in[cpu].load(Ordering::SeqCst) == Arc::as_ptr(&me) as u64 {
+                    bad(B_SAME_THREAD);
+                }
+                if me.switch_count() != sw {
+                    bad(B_SWITCHED);
+                }
+                if SCHED.cpu_stats(cpu).pin_switches <= pins {
+                    bad(B_NOT_BORROWED);
+                }
+                SCHED.preempt_enable();
+                // 2. A handler that blocks hands the CPU back at once.
+                sleepy_si.schedule();
+                if sleepy_done[cpu].load(Ordering::SeqCst) != 0 {
+                    bad(B_BLOCK_HELD_US);
+                }
+                // Its thread is busy: this one waits in the queue behind it.
+                plain_si.schedule();
+                if plain_runs[cpu].load(Ordering::SeqCst) != 1 {
+                    bad(B_RAN_WHILE_BUSY);
+                }
+                release[cpu].store(1, Ordering::SeqCst);
+                if !until(5000, || {
+                    sleepy_done[cpu].load(Ordering::SeqCst) == 1
+                        && plain_runs[cpu].load(Ordering::SeqCst) == 2
+                }) {
+                    bad(B_NEVER_FINISHED);
+                }
+                // 3. Parked again (it parks before it lets the CPU go): borrowed again.
+                SCHED.sleep_ns(1_000_000);
+                plain_si.schedule();
+                if plain_runs[cpu].load(Ordering::SeqCst) != 3 {
+                    bad(B_NOT_AGAIN);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join();
+    }
+    drop(plain);
+    drop(sleepy);
+    for cpu in 0..n {
+        kassert_eq!(fail[cpu].load(Ordering::SeqCst), 0, "CPU {cpu}: failed checks (bits of B_*)");
+    }
+    Ok(())
+}
+ktest!(T_SOFT_BORROW, "intr::softint::borrows_and_may_block", softint_borrows_and_may_block);
+
+/// A borrowing soft interrupt's thread is preempted by a more urgent thread woken on its CPU
+/// (torture's lost interrupts and stalled CPU, docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt):
+/// the handler runs long (it spins until the urgent thread has run, a second at most) and a
+/// thread above the soft level, bound to that CPU, wakes from a timed sleep meanwhile; it must
+/// run before the handler ends (the handler turns into an ordinary thread, queued behind it),
+/// and the level's thread borrows again afterwards. On the last CPU (CPU 0 alone: its own
+/// tick wakes the thread).
+fn softint_borrower_is_preempted() -> TestResult {
+    let cpu = ncpus() - 1;
+    let urgent_ran = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0)); // 1: the handler saw it run; 2: it did not
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (ur, sn, rn) = (urgent_ran.clone(), seen.clone(), runs.clone());
+    let long = INTR
+        .softint_establish("test.soft.long", Ipl::SoftNet, move || {
+            rn.fetch_add(1, Ordering::SeqCst);
+            if sn.load(Ordering::SeqCst) != 0 {
+                return; // a later run (the borrow-again check)
+            }
+            let deadline = super::now_ns() + 1_000_000_000;
+            while !ur.load(Ordering::SeqCst) && super::now_ns() < deadline {
+                core::hint::spin_loop();
+            }
+            sn.store(if ur.load(Ordering::SeqCst) { 1 } else { 2 }, Ordering::SeqCst);
+        })
+        .ok_or("softint_establish refused a soft level")?;
+    let above =
+        Priority::new(Priority::of_ipl(Ipl::SoftNet).map_or(100, |p| p.get()) + 2).ok_or("priority")?;
+    let asleep = Arc::new(AtomicBool::new(false));
+    let (ur2, as2) = (urgent_ran.clone(), asleep.clone());
+    let urgent = SCHED.spawn("soft-urgent", above, Some(cpu), move || {
+        as2.store(true, Ordering::SeqCst);
+        SCHED.sleep_ns(20_000_000);
+        ur2.store(true, Ordering::SeqCst);
+    });
+    let si = long.softint().clone();
+    let (sn2, rn2) = (seen.clone(), runs.clone());
+    let lender = SCHED.spawn("soft-lender", Priority::KTHREAD, Some(cpu), move || {
+        while !asleep.load(Ordering::SeqCst) {
+            SCHED.sleep_ns(100_000);
+        }
+        si.schedule(); // borrowed at once; handed back when the urgent thread wakes
+        until(5000, || sn2.load(Ordering::SeqCst) != 0);
+        // Parked again: the next one borrows at once.
+        SCHED.sleep_ns(1_000_000);
+        let before = rn2.load(Ordering::SeqCst);
+        si.schedule();
+        if rn2.load(Ordering::SeqCst) != before + 1 {
+            sn2.store(3, Ordering::SeqCst);
+        }
+    });
+    urgent.join();
+    lender.join();
+    drop(long);
+    kassert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "1: preempted by the urgent thread; 2: the handler kept the CPU until its end; 3: no borrow after"
+    );
+    Ok(())
+}
+ktest!(T_SOFT_PREEMPT, "intr::softint::borrower_is_preempted", softint_borrower_is_preempted);
 
 /// A per-CPU workqueue runs each CPU's items on that CPU, in order; items may sleep.
 fn workqueue_runs_items_in_order_and_may_sleep() -> TestResult {
