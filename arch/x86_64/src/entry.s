@@ -300,7 +300,10 @@ thread_trampoline:
 #        the borrower and the call's state become the thread; %rsp its stack top (nothing
 #        on it); interrupts are enabled and body(a0, a1) runs (%rbx keeps the call: the
 #        body preserves it).
-#      - body returns: interrupts off, the state parked, the frame's stack, curthread,
+#      - body returns (with interrupts disabled, having found the thread still the borrower:
+#        `Scheduler::pin_return`; if the borrower word is not the thread, the body stopped
+#        borrowing — blocked or preempted — and returned all the same: its frame is gone, and
+#        `intr_pin_bad_return` panics naming the thread): interrupts off, the state parked, the frame's stack, curthread,
 #        borrower and pinned context back; return 1 (Returned) with r13/r14 = the restored
 #        pinned context and borrower.
 #      - body blocks: the scheduler finds the CPU borrowed, sets the call's state to 1, makes
@@ -335,6 +338,9 @@ intr_pin_call:
     sti
     call *24(%rbx)                      # body(a0, a1)
     cli
+    movq 8(%rbx), %rax
+    cmpq %rax, %gs:48                   # does the thread still borrow the CPU?
+    jne 7f
     movq $0, (%rbx)                     # state = parked
     movq %gs:40, %rsp                   # back on the pinned stack
     movq 24(%rsp), %rax
@@ -348,6 +354,8 @@ intr_pin_call:
     popq %rbx
     popq %rbp
     ret
+7:  movq %rbx, %rdi                     # a body returned after its thread stopped borrowing
+    call intr_pin_bad_return            # (blocked or preempted): the frame is gone; panics
 8:  movl $3, %eax                       # PinOutcome::Level
     ret
 9:  movl $2, %eax                       # PinOutcome::Busy

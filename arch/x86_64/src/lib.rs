@@ -182,6 +182,22 @@ impl Machine for X86_64 {
     }
 }
 
+/// `intr_pin_call`'s diagnostic (entry.s): a pinned body returned although its thread no longer
+/// borrows the CPU — it blocked or was preempted during the call, so the thread underneath has
+/// resumed from the frame the return would pop. Continuing would load a stale stack pointer;
+/// the body should have ended through `Scheduler::pin_return` (which keeps interrupts disabled
+/// from the check to the return) and parked. Interrupts disabled, on the thread's own stack.
+#[no_mangle]
+extern "C" fn intr_pin_bad_return(call: &machine::PinCall) -> ! {
+    panic!(
+        "pinned call: the body of interrupt thread {:#x} returned after the thread stopped borrowing \
+         CPU {} (it blocked or was preempted: the frame it returns into is gone; borrower now {:#x})",
+        call.thread as usize,
+        cpu::index(),
+        cpu::pin_borrowed(),
+    )
+}
+
 /// The pinned switch: `intr_pin_call` in entry.s (protocol: `machine::PinSwitch::pin_call`).
 impl machine::PinSwitch for X86_64 {
     #[inline(always)]

@@ -573,6 +573,8 @@ struct PinJob {
     a1: usize,
     cpu: usize,
     frame: *mut PinFrame,
+    /// The interrupt thread (`PinCall::thread`), for the check on the way back.
+    thread: usize,
 }
 
 // SAFETY: `frame` lives on the pinned OS thread's stack until the runner hands the CPU back
@@ -626,6 +628,18 @@ impl Runner {
             let (sys, cpu) = here();
             let c = &sys.cpus[cpu];
             c.intr_enabled.store(false, Ordering::Relaxed);
+            // A body returns only while its thread still borrows the CPU
+            // (`Scheduler::pin_return`); one that blocked or was preempted has had its frame
+            // resumed from by the thread underneath: the frame is gone (x86_64's
+            // `intr_pin_bad_return` says the same).
+            let borrower = c.pin.borrowed.load(Ordering::Relaxed);
+            assert!(
+                borrower == job.thread,
+                "pinned call: the body of interrupt thread {:#x} returned after the thread stopped \
+                 borrowing CPU {cpu} (it blocked or was preempted: the frame it returns into is \
+                 gone; borrower now {borrower:#x})",
+                job.thread
+            );
             // SAFETY: the frame lives until its pinned thread has its baton back (below); `f`
             // is not used after the `returned` store, and the baton is given through our own
             // `Arc`, not through the frame.
@@ -687,7 +701,7 @@ impl PinSwitch for HostMachine {
         c.curthread.store(thread as *mut (), Ordering::Relaxed);
         let runner = lock(&sys.runners).pop().unwrap_or_else(|| Runner::spawn(sys));
         HERE.set((Some(sys), NO_CPU));
-        runner.give(PinJob { body: call.body, a0, a1, cpu, frame: fp });
+        runner.give(PinJob { body: call.body, a0, a1, cpu, frame: fp, thread: thread.addr() });
         // Until the body returns, or its thread blocks and the scheduler resumes us through
         // `pinned_context` (then `returned` is false and the outer words are ours to restore).
         // SAFETY: `fp` is `frame`, on this stack; the runner and the scheduler use it only

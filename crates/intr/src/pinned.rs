@@ -424,7 +424,12 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     let again = source.run_handler_in::<{ crate::RUN_BORROWED }>(raised as u64, cpu);
     // SAFETY: as above; we take that reference over.
     finish_one(unsafe { arc_back::<E>(src) }, again, cpu);
-    if !E::sched().borrowing() {
+    // Whether we still borrow the CPU, decided with interrupts disabled and kept so until
+    // the return (`Scheduler::pin_return`: a preemption in between would leave us returning
+    // into a frame the thread underneath has already resumed from).
+    let io = E::M::intr_disable();
+    if let Err(io) = E::sched().pin_return(io) {
+        drop(io);
         finish_blocked(cpu_of::<E>(cpu), cpu);
     }
 }

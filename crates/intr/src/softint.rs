@@ -272,8 +272,22 @@ fn lend_slow<E: IntrEnv>(it: &PinThread<E>, cpu: usize, l: usize, io: &IntrOff) 
 extern "C" fn soft_body<E: IntrEnv>(cpu: usize, l: usize) {
     let c = &E::intr().soft.cpus[cpu][l];
     run_queue(c, cpu, l);
-    if !E::sched().borrowing() {
-        finish_blocked(c, cpu, l);
+    // The queue was found empty with interrupts disabled, but they were enabled again
+    // since: look once more, and decide whether we still borrow, with them disabled.
+    loop {
+        let io = E::M::intr_disable();
+        if let Some(si) = c.queue(&io).pop_front() {
+            drop(io);
+            run_one(si, cpu, l);
+            continue;
+        }
+        match E::sched().pin_return(io) {
+            Ok(()) => return, // interrupts disabled: straight back into the pinned call
+            Err(io) => {
+                drop(io);
+                finish_blocked(c, cpu, l);
+            }
+        }
     }
 }
 
@@ -286,14 +300,20 @@ fn run_queue<E: IntrEnv>(c: &SoftCpu<E>, cpu: usize, l: usize) {
             c.queue(&io).pop_front()
         };
         let Some(si) = next else { break };
-        si.queued.fetch_and(!(1 << cpu), Ordering::AcqRel);
-        if si.gate.enter() {
-            trace::emit::<E::M>(trace::Kind::SoftBegin, l as u64);
-            (si.handler)();
-            trace::emit::<E::M>(trace::Kind::SoftEnd, l as u64);
-            si.runs.fetch_add(1, Ordering::Relaxed);
-            si.gate.exit();
-        }
+        run_one(si, cpu, l);
+    }
+}
+
+/// Runs one scheduled handler (interrupts enabled), unless it was disestablished.
+#[inline(always)]
+fn run_one<E: IntrEnv>(si: Arc<SoftIntr<E>>, cpu: usize, l: usize) {
+    si.queued.fetch_and(!(1 << cpu), Ordering::AcqRel);
+    if si.gate.enter() {
+        trace::emit::<E::M>(trace::Kind::SoftBegin, l as u64);
+        (si.handler)();
+        trace::emit::<E::M>(trace::Kind::SoftEnd, l as u64);
+        si.runs.fetch_add(1, Ordering::Relaxed);
+        si.gate.exit();
     }
 }
 

@@ -246,8 +246,9 @@ pub trait PinSwitch: Machine {
     /// makes that frame this CPU's pinned context ([`PinSwitch::pinned_context`]), the
     /// thread the current thread ([`Machine::curthread`]) and the CPU's borrower
     /// ([`PinSlots::borrowed`]) and its state the thread; switches to its stack top, enables
-    /// interrupts and calls `body`. When `body` returns: interrupts disabled, the state
-    /// parked, the previous stack, current thread, borrower and pinned context back, and this
+    /// interrupts and calls `body`. `body` returns only with interrupts disabled and its
+    /// thread still the borrower (`Scheduler::pin_return`); the machine checks the borrower
+    /// word and panics, naming the thread, if not. When `body` returns: the state parked, the previous stack, current thread, borrower and pinned context back, and this
     /// answers [`PinOutcome::Returned`]. If instead the thread blocks inside `body`, the
     /// scheduler sets its state to [`PinCall::BLOCKED`] and resumes the thread under it by
     /// `switch(.., pinned_context())`: this call then answers [`PinOutcome::Blocked`]

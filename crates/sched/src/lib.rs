@@ -143,6 +143,8 @@ pub struct CpuSched<E: SchedEnv> {
     kick_preempts: AtomicU64,
     /// Pinned calls: this CPU lent to an interrupt thread ([`Scheduler::pin_call`]).
     pin_switches: AtomicU64,
+    /// Borrowers preempted (`schedule_borrowed(Preempt)`).
+    borrow_preempts: AtomicU64,
     /// Threads that went into a timed sleep on this CPU, with their deadline (ns). Unsorted:
     /// few sleep with a timeout. Per CPU, as FreeBSD's per-CPU callout wheels: this CPU's
     /// clock interrupt comes for these deadlines only, and takes only this lock.
@@ -191,6 +193,7 @@ impl<E: SchedEnv> CpuSched<E> {
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
             pin_switches: AtomicU64::new(0),
+            borrow_preempts: AtomicU64::new(0),
             sleepers: SpinLock::new(Vec::new()),
             next_deadline: AtomicU64::new(u64::MAX),
             local: UnsafeCell::new(CpuLocal {
@@ -233,6 +236,9 @@ pub struct CpuStats {
     pub kick_preempts: u64,
     /// Pinned switches to interrupt threads.
     pub pin_switches: u64,
+    /// Borrowing interrupt threads preempted by a more urgent thread (each then finished as
+    /// an ordinary thread).
+    pub borrow_preempts: u64,
     /// Threads waiting in its run queue.
     pub queued: usize,
 }
@@ -1019,6 +1025,7 @@ impl<E: SchedEnv> Scheduler<E> {
             resched_ipis: c.resched_ipis.load(Ordering::Relaxed),
             kick_preempts: c.kick_preempts.load(Ordering::Relaxed),
             pin_switches: c.pin_switches.load(Ordering::Relaxed),
+            borrow_preempts: c.borrow_preempts.load(Ordering::Relaxed),
             queued: c.nqueued.load(Ordering::Relaxed),
         }
     }

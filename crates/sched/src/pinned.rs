@@ -23,9 +23,18 @@
 //!   interrupt's thread interrupted by a hardware interrupt whose thread then borrows the
 //!   CPU): the frame keeps the outer borrow's words, and every return or block puts them
 //!   back, innermost first.
-//! * **Return** (the fast path): the body returns; the machine disables interrupts, parks the
-//!   state, and restores the stack, the current thread, the borrower and the pinned context;
-//!   `pin_call` answers [`PinOutcome::Returned`] and counts the switch.
+//! * **Return** (the fast path): the body disables interrupts, finds that its thread still
+//!   borrows the CPU ([`Scheduler::pin_return`]) and returns with interrupts still disabled;
+//!   the machine checks the borrower word (a body that returns after it stopped borrowing is
+//!   a panic naming the thread, not a jump through a frame that is gone), parks the state,
+//!   and restores the stack, the current thread, the borrower and the pinned context;
+//!   `pin_call` answers [`PinOutcome::Returned`] and counts the switch. The decision and the
+//!   return must be one interrupt-disabled section because the borrower can be preempted
+//!   ("Preempt" below) anywhere interrupts are enabled: decided with them enabled, a
+//!   preemption in between resumed the thread underneath from the frame, and the body then
+//!   returned into it a second time (the double fault of
+//!   docs/logs/softint-borrow-preempt-double-fault-2026-12-06.txt; tests
+//!   `intr::softint::borrower_preempted_anywhere`, `intr::pinned::borrower_preempted_anywhere`).
 //! * **Block** (lazy, as NetBSD's `mi_switch` for a soft-interrupt LWP): only when the body
 //!   blocks does the scheduler do the bookkeeping the fast path skipped
 //!   (`schedule_borrowed`): the interrupt thread becomes an ordinary thread, `on_cpu` and
@@ -47,7 +56,8 @@
 //!   BLOCKED, and the thread under it resumes as for a block (`pin_call` answers
 //!   [`PinOutcome::Blocked`]); the reschedule request stays set, so that context's own exit
 //!   lets the scheduler choose. A tick sets the request when the pinned thread outranks the
-//!   borrower. The borrower then finishes as after a block.
+//!   borrower. The borrower then finishes as after a block ([`crate::CpuStats::borrow_preempts`]
+//!   counts these).
 //! * **What the scheduler must know** is only the per-CPU borrower word:
 //!   [`Scheduler::is_running`] reports the borrower, not the threads under it (an interrupt
 //!   thread must block on, not spin for, a lock a thread under it holds); `schedule` on a
@@ -195,12 +205,39 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// Whether the running thread runs on a CPU lent to it by [`Scheduler::pin_call`] (a
-    /// thread is pinned under it). Needs no interrupt-disabled section: a borrowing thread
-    /// is neither preempted nor migrated, and a running thread that does not borrow never
-    /// starts to (only a parked one is lent a CPU).
+    /// thread is pinned under it). A running thread that does not borrow never starts to
+    /// (only a parked one is lent a CPU), so `false` is stable; `true` is stable only while
+    /// interrupts or preemption are disabled: a borrower stops borrowing when it blocks or
+    /// is preempted (the module doc's "Preempt"). A body decides whether it may return with
+    /// [`Scheduler::pin_return`], not with this.
     #[inline]
     pub fn borrowing(&self) -> bool {
         E::M::pin_borrowed() == E::M::curthread() as usize
+    }
+
+    /// The end of a pinned body: whether it may return into its pinned call. `Ok` if the
+    /// running thread still borrows its CPU: the token is forgotten, so interrupts stay
+    /// disabled and the body must return at once — the machine's return path resumes the
+    /// frame underneath, and nothing may preempt the thread in between. `Err` with the token
+    /// back if it blocked or was preempted during the call: it is an ordinary thread now,
+    /// its frame consumed by the thread underneath; it finishes its work and parks
+    /// ([`Scheduler::pin_park`]) and must never return.
+    ///
+    /// Why a token and not [`Scheduler::borrowing`]: with interrupts enabled, an interrupt
+    /// between a `borrowing()` that answered `true` and the return could preempt the
+    /// borrower, and the body would then return into a frame that is gone (a stack pointer
+    /// of 0: a double fault, under torture, before this was the only way out;
+    /// docs/logs/softint-borrow-preempt-double-fault-2026-12-06.txt). The machine checks the
+    /// borrower word on the way back and panics, naming the thread, if a body returns
+    /// without it.
+    #[inline(always)]
+    pub fn pin_return(&self, io: IntrOff) -> Result<(), IntrOff> {
+        if self.borrowing() {
+            core::mem::forget(io);
+            Ok(())
+        } else {
+            Err(io)
+        }
     }
 
     /// The level ([`PinCall::level`]) of the pinned call the running thread borrows its CPU
@@ -279,6 +316,7 @@ impl<E: SchedEnv> Scheduler<E> {
             // Runnable, queued behind the more urgent one: the thread underneath resumes now
             // and its interrupt's exit (the flag is still set) lets the scheduler choose.
             it.state.store(RUNNING, Ordering::SeqCst);
+            c.borrow_preempts.fetch_add(1, Ordering::Relaxed);
             // SAFETY: as above (our run-queue lock, no guard).
             let rq = unsafe { c.rq.get_locked() };
             rq.push_back(it.clone());

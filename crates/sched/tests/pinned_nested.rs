@@ -54,10 +54,9 @@ extern "C" fn body_b(ctx: usize, _: usize) {
         ctx.log.lock().unwrap().push(format!("b woken: borrowing={}", s.borrowing()));
     }
     ctx.b_done.store(true, Ordering::SeqCst);
-    if !s.borrowing() {
+    let b = ctx.b.lock().unwrap().clone().expect("B");
+    if let Err(io) = s.pin_return(HostMachine::intr_disable()) {
         // It blocked: an ordinary thread now, it parks for good.
-        let io = HostMachine::intr_disable();
-        let b = ctx.b.lock().unwrap().clone().expect("B");
         s.pin_park(b.call(), &io);
     }
 }

@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arch::X86_64;
 use ktest::{kassert, kassert_eq, ktest, TestResult};
@@ -56,10 +56,9 @@ extern "C" fn body_b(_: usize, _: usize) {
         log(format!("b woken: borrowing={}", SCHED.borrowing()));
     }
     B_DONE.store(true, Ordering::SeqCst);
-    if !SCHED.borrowing() {
+    let b = B.lock().clone().expect("B");
+    if let Err(io) = SCHED.pin_return(X86_64::intr_disable()) {
         // It blocked: an ordinary thread now, it parks for good.
-        let b = B.lock().clone().expect("B");
-        let io = X86_64::intr_disable();
         SCHED.pin_park(b.call(), &io);
     }
 }
@@ -268,3 +267,100 @@ fn blocking_handler_time_is_accounted() -> TestResult {
     Ok(())
 }
 ktest!(T_PIN_ACCT, "intr::pinned::blocking_handler_time_is_accounted", blocking_handler_time_is_accounted);
+
+/// A pinned interrupt thread is preempted by a more urgent thread (one above interrupt
+/// priority, as a watchdog's) at any instruction where interrupts are enabled in it, its
+/// last ones included: between the handler's end and its return into the pinned call. On
+/// every CPU at once, a lender raises a pinned source on its own CPU over and over, one at a
+/// time, while a thread at `Priority::MAX` bound to that CPU wakes from timed sleeps of varied
+/// length. A thread preempted after deciding to return, and returning all the same, would
+/// resume a frame the lender had already left (the soft-interrupt twin of this test,
+/// `intr::softint::borrower_preempted_anywhere`, has the history). Checked: every raise is
+/// handled exactly once, and each CPU's ithread was preempted at least once (the test reached
+/// its path).
+fn pinned_borrower_preempted_anywhere() -> TestResult {
+    const VEC: u8 = 0x5E;
+    let n = super::ncpus();
+    let per_cpu = || -> Arc<Vec<AtomicU64>> { Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()) };
+    let (raised, handled, wakes) = (per_cpu(), per_cpu(), per_cpu());
+    let hd = handled.clone();
+    let h = crate::intr::INTR
+        .establish(
+            intr::SourceSpec {
+                name: "test.pinned.anywhere".into(),
+                vector: VEC,
+                ipl: ipl::Ipl::Vm,
+                flags: intr::IntrFlags::MPSAFE,
+                model: Some(intr::Model::Pinned),
+                thread_priority: None,
+            },
+            None,
+            Some(alloc::boxed::Box::new(move |_| {
+                let k = hd[SCHED.cpu_index()].fetch_add(1, Ordering::SeqCst);
+                // A body of varied length: preemptions land at varied points of the borrow.
+                for _ in 0..(k % 7) * 8 {
+                    core::hint::spin_loop();
+                }
+            })),
+        )
+        .map_err(|e| format!("{e}"))?;
+    let preempts0: Vec<u64> = (0..n).map(|c| SCHED.cpu_stats(c).borrow_preempts).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let preempters: Vec<_> = (0..n)
+        .map(|cpu| {
+            let (stop, wakes) = (stop.clone(), wakes.clone());
+            SCHED.spawn("pin-preempter", Priority::MAX, Some(cpu), move || {
+                let mut x = 0x9E37_79B9u64 ^ cpu as u64;
+                while !stop.load(Ordering::SeqCst) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    SCHED.sleep_ns(5_000 + (x >> 33) % 35_000);
+                    wakes[cpu].fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let stuck = Arc::new(AtomicU64::new(u64::MAX));
+    let lenders: Vec<_> = (0..n)
+        .map(|cpu| {
+            let (raised, handled, stuck) = (raised.clone(), handled.clone(), stuck.clone());
+            SCHED.spawn("pin-lender", Priority::KTHREAD, Some(cpu), move || {
+                let end = arch::apic::now_ns() + 600_000_000;
+                while arch::apic::now_ns() < end {
+                    let want = raised[cpu].fetch_add(1, Ordering::SeqCst) + 1;
+                    arch::apic::send_ipi(arch::cpu::lapic_id_of(cpu), VEC);
+                    // One at a time (no merge in the LAPIC): the ithread, above us, has run
+                    // by the time we run again, unless it was preempted and is queued.
+                    if !until(2000, || handled[cpu].load(Ordering::SeqCst) >= want) {
+                        stuck.store(cpu as u64, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for l in lenders {
+        l.join();
+    }
+    stop.store(true, Ordering::SeqCst);
+    for p in preempters {
+        p.join();
+    }
+    drop(h);
+    kassert_eq!(stuck.load(Ordering::SeqCst), u64::MAX, "a raise on this CPU was never handled");
+    for cpu in 0..n {
+        let (r, d) = (raised[cpu].load(Ordering::SeqCst), handled[cpu].load(Ordering::SeqCst));
+        let preempts = SCHED.cpu_stats(cpu).borrow_preempts - preempts0[cpu];
+        arch::kprintln!(
+            "pinned-preempt: cpu={cpu} raised={r} handled={d} wakes={} borrow_preempts={preempts}",
+            wakes[cpu].load(Ordering::SeqCst)
+        );
+        kassert_eq!(d, r, "CPU {cpu}: raises handled");
+        kassert!(preempts > 0, "CPU {cpu}: no ithread was preempted ({r} raises): the test missed its path");
+    }
+    Ok(())
+}
+ktest!(
+    T_PIN_PREEMPT_ANYWHERE,
+    "intr::pinned::borrower_preempted_anywhere",
+    pinned_borrower_preempted_anywhere
+);

@@ -264,6 +264,100 @@ fn softint_borrower_is_preempted() -> TestResult {
 }
 ktest!(T_SOFT_PREEMPT, "intr::softint::borrower_is_preempted", softint_borrower_is_preempted);
 
+/// A borrowing soft interrupt's thread may be preempted at any instruction where interrupts
+/// are enabled, its last ones included: between the handlers' end and its return into the
+/// pinned call. On every CPU at once, a lender schedules a short handler over and over
+/// (each a borrow) while a thread above the soft level, bound to the same CPU, wakes from
+/// timed sleeps of varied length, so that clock interrupts preempt the borrower at varied
+/// points. A borrower preempted after it decided to return, and returning all the same, would
+/// resume a frame the lender had already left (the double fault torture found,
+/// docs/logs/softint-borrow-preempt-double-fault-2026-12-06.txt); `Scheduler::pin_return`
+/// makes that decision with interrupts disabled. Checked: no schedule is lost (the last
+/// one's work ran), and each CPU's borrower was preempted at least once (the test reached
+/// the path it is about).
+fn softint_borrower_preempted_anywhere() -> TestResult {
+    let n = ncpus();
+    let per_cpu = || -> Arc<Vec<AtomicU64>> { Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()) };
+    let (wanted, seen, runs) = (per_cpu(), per_cpu(), per_cpu());
+    let (w, sn, rn) = (wanted.clone(), seen.clone(), runs.clone());
+    let h = INTR
+        .softint_establish("test.soft.anywhere", Ipl::SoftNet, move || {
+            let cpu = SCHED.cpu_index();
+            let want = w[cpu].load(Ordering::SeqCst);
+            // A body of varied length: preemptions land at varied points of the borrow.
+            for _ in 0..(want % 7) * 8 {
+                core::hint::spin_loop();
+            }
+            sn[cpu].store(want, Ordering::SeqCst);
+            rn[cpu].fetch_add(1, Ordering::SeqCst);
+        })
+        .ok_or("softint_establish refused a soft level")?;
+    let si = h.softint().clone();
+    let above =
+        Priority::new(Priority::of_ipl(Ipl::SoftNet).map_or(100, |p| p.get()) + 2).ok_or("priority")?;
+    let preempts0: Vec<u64> = (0..n).map(|c| SCHED.cpu_stats(c).borrow_preempts).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let wakes = per_cpu();
+    let mut threads = Vec::new();
+    for cpu in 0..n {
+        let (stop, wakes) = (stop.clone(), wakes.clone());
+        threads.push(SCHED.spawn("soft-preempter", above, Some(cpu), move || {
+            let mut x = 0x9E37_79B9u64 ^ cpu as u64;
+            while !stop.load(Ordering::SeqCst) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                SCHED.sleep_ns(5_000 + (x >> 33) % 35_000);
+                wakes[cpu].fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let lenders: Vec<_> = (0..n)
+        .map(|cpu| {
+            let (si, wanted) = (si.clone(), wanted.clone());
+            SCHED.spawn("soft-lender", Priority::KTHREAD, Some(cpu), move || {
+                let end = super::now_ns() + 600_000_000;
+                let mut i = 0;
+                while super::now_ns() < end {
+                    i += 1;
+                    wanted[cpu].store(i, Ordering::SeqCst);
+                    si.schedule();
+                }
+            })
+        })
+        .collect();
+    for l in lenders {
+        l.join();
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join();
+    }
+    // The last schedule's work has run (at once if it borrowed; else its thread, preempted or
+    // blocked, finishes the queue as an ordinary thread).
+    let done =
+        until(5000, || (0..n).all(|c| seen[c].load(Ordering::SeqCst) == wanted[c].load(Ordering::SeqCst)));
+    drop(h);
+    for cpu in 0..n {
+        let (want, got) = (wanted[cpu].load(Ordering::SeqCst), seen[cpu].load(Ordering::SeqCst));
+        let preempts = SCHED.cpu_stats(cpu).borrow_preempts - preempts0[cpu];
+        arch::kprintln!(
+            "softint-preempt: cpu={cpu} schedules={want} runs={} wakes={} borrow_preempts={preempts}",
+            runs[cpu].load(Ordering::SeqCst),
+            wakes[cpu].load(Ordering::SeqCst)
+        );
+        kassert!(done || got == want, "CPU {cpu}: the last schedule ({want}) never ran (last run: {got})");
+        kassert!(
+            preempts > 0,
+            "CPU {cpu}: no borrower was preempted ({want} schedules): the test missed its path"
+        );
+    }
+    Ok(())
+}
+ktest!(
+    T_SOFT_PREEMPT_ANYWHERE,
+    "intr::softint::borrower_preempted_anywhere",
+    softint_borrower_preempted_anywhere
+);
+
 /// A per-CPU workqueue runs each CPU's items on that CPU, in order; items may sleep.
 fn workqueue_runs_items_in_order_and_may_sleep() -> TestResult {
     let n = ncpus();
