@@ -71,7 +71,7 @@ impl<E: SchedEnv> RunQueue<E> {
     }
 
     /// Queues `t` at the back of its priority's FIFO. Panics if it is already on a queue.
-    #[inline]
+    #[inline(always)]
     pub fn push_back(&mut self, t: Arc<Thread<E>>) {
         let p = t.rq_index();
         let raw = Arc::into_raw(t);
@@ -93,7 +93,7 @@ impl<E: SchedEnv> RunQueue<E> {
     }
 
     /// The most urgent priority with a queued thread.
-    #[inline]
+    #[inline(always)]
     pub fn highest(&self) -> Option<Priority> {
         for w in (0..WORDS).rev() {
             let bits = self.bitmap[w];
@@ -106,7 +106,7 @@ impl<E: SchedEnv> RunQueue<E> {
     }
 
     /// Takes the first thread of the most urgent non-empty FIFO.
-    #[inline]
+    #[inline(always)]
     pub fn pop_highest(&mut self) -> Option<Arc<Thread<E>>> {
         let p = self.highest()?.index();
         // SAFETY: a set bit means a non-empty FIFO: its head is a queued thread.
@@ -115,7 +115,7 @@ impl<E: SchedEnv> RunQueue<E> {
 
     /// Takes the first thread of FIFO `p`, which [`RunQueue::highest`] just named (so it is
     /// not empty).
-    #[inline]
+    #[inline(always)]
     pub fn pop_at(&mut self, p: Priority) -> Arc<Thread<E>> {
         let p = p.index();
         if self.heads[p].is_null() {
@@ -129,7 +129,7 @@ impl<E: SchedEnv> RunQueue<E> {
     /// its first thread and queues `t`, whose priority is `p`, at its back — a yield to an
     /// equal-priority thread. The pop and the push without their bitmap and length updates
     /// (the FIFO stays non-empty, the count the same). Panics if `t` is already on a queue.
-    #[inline]
+    #[inline(always)]
     pub fn rotate(&mut self, p: Priority, t: Arc<Thread<E>>) -> Arc<Thread<E>> {
         let p = p.index();
         debug_assert_eq!(t.rq_index(), p, "rotate: the thread's priority is not the FIFO's");

@@ -376,22 +376,36 @@ pub fn block<T: PiThread>(
     Ok(())
 }
 
-/// Walks the owners from `lock` (owned by `owner`): the cycle if it reaches `me`.
+/// Walks the owners from `lock` (owned by `owner`): the cycle if it reaches `me`. The walk
+/// records nothing; the cycle (a 512-byte [`Deadlock`], whose zeroing is a 64-step
+/// `rep stosq`) is built only when there is one, not on every block.
 fn find_cycle<T: PiThread>(lock: usize, owner: &T, me: &T) -> Option<Deadlock> {
-    let mut d = Deadlock { len: 0, chain: [(0, 0); MAX_CHAIN] };
-    let (mut l, mut o) = (lock, owner);
-    while d.len < MAX_CHAIN {
-        d.chain[d.len] = (l, addr(o));
-        d.len += 1;
+    let mut o = owner;
+    for len in 1..=MAX_CHAIN {
         if ptr::eq(o, me) {
-            return Some(d);
+            return Some(record_cycle(lock, owner, len));
         }
-        let bt = o.links().blocked_on()?;
-        let next = bt.owner()?;
-        l = bt.lock.get();
-        o = next;
+        o = o.links().blocked_on()?.owner()?;
     }
     None
+}
+
+/// The first `len` (lock, owner) pairs from `lock` (owned by `owner`): the cycle
+/// [`find_cycle`] found (the caller's locks keep the chain as it was).
+#[cold]
+#[inline(never)]
+fn record_cycle<T: PiThread>(lock: usize, owner: &T, len: usize) -> Deadlock {
+    let mut d = Deadlock { len, chain: [(0, 0); MAX_CHAIN] };
+    let (mut l, mut o) = (lock, owner);
+    for (i, pair) in d.chain[..len].iter_mut().enumerate() {
+        *pair = (l, addr(o));
+        if i + 1 < len {
+            let bt = o.links().blocked_on().expect("pi: the cycle changed under the locks");
+            l = bt.lock.get();
+            o = bt.owner().expect("pi: the cycle changed under the locks");
+        }
+    }
+    d
 }
 
 /// Recomputes `t`'s effective priority (max of its base and the waiters of its contested
