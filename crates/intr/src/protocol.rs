@@ -435,6 +435,7 @@ impl<T, W: Worker, const N: usize> PoolCore<T, W, N> {
     /// an owner, or no worker is idle (its need bit is set: the next worker to go idle serves
     /// it). Rarely the worker taken ends up owning another CPU, one in need: the answer names
     /// that CPU.
+    #[inline(always)]
     pub fn assign(&self, cpu: usize) -> Option<(usize, W)> {
         let c = &self.cpus[cpu];
         if c.owner.load(Ordering::SeqCst) != NO_OWNER {
