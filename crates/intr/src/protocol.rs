@@ -419,6 +419,7 @@ impl<T, W, const N: usize> PoolCore<T, W, N> {
 impl<T, W: Worker, const N: usize> PoolCore<T, W, N> {
     /// Interrupt side: queues `item` on `cpu` and makes sure the CPU has an owner
     /// ([`PoolCore::assign`]).
+    #[inline(always)]
     pub fn enqueue(&self, cpu: usize, item: T) -> Option<(usize, W)> {
         self.cpus[cpu].queue.with(|q| q.push_back(item));
         self.assign(cpu)
