@@ -259,10 +259,12 @@ pub fn mtx_exit() -> Option<u8> {
 #[inline]
 pub fn mtx_state() -> (u32, u8) {
     let (c, o): (u32, u32);
+    // Two reads, each `pure`: a caller that wants only the count (the pinned dispatch's test)
+    // does not pay for the level's load.
     // SAFETY: as in `mtx_enter`.
     unsafe {
-        asm!("mov {:e}, dword ptr gs:[56]", "mov {:e}, dword ptr gs:[60]", out(reg) c, out(reg) o,
-             options(nostack, preserves_flags, readonly))
+        asm!("mov {:e}, dword ptr gs:[56]", out(reg) c, options(nostack, preserves_flags, pure, readonly));
+        asm!("mov {:e}, dword ptr gs:[60]", out(reg) o, options(nostack, preserves_flags, pure, readonly));
     };
     (c.wrapping_neg(), o as u8)
 }

@@ -122,6 +122,15 @@ impl Machine for X86_64 {
         unsafe { IntrOff::new_unchecked(was, restore_intr) }
     }
 
+    #[inline(always)]
+    unsafe fn intr_disable_enabled() -> IntrOff {
+        debug_assert!(x86_64::instructions::interrupts::are_enabled());
+        x86_64::instructions::interrupts::disable();
+        // SAFETY: interrupts are now disabled; they were enabled (the caller's contract),
+        // which `restore_intr(true)` puts back.
+        unsafe { IntrOff::new_unchecked(true, restore_intr) }
+    }
+
     unsafe fn intr_enable() {
         x86_64::instructions::interrupts::enable();
     }

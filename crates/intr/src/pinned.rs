@@ -427,7 +427,9 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     // Whether we still borrow the CPU, decided with interrupts disabled and kept so until
     // the return (`Scheduler::pin_return`: a preemption in between would leave us returning
     // into a frame the thread underneath has already resumed from).
-    let io = E::M::intr_disable();
+    // SAFETY: the body runs with interrupts enabled (`pin_call` enables them before the
+    // call; a handler gives back the state it was called with).
+    let io = unsafe { E::M::intr_disable_enabled() };
     if let Err(io) = E::sched().pin_return(io) {
         drop(io);
         finish_blocked(cpu_of::<E>(cpu), cpu);

@@ -314,7 +314,9 @@ impl<E: IntrEnv> Pool<E> {
     /// Runs one instance on behalf of `cpu`; a handler that asked for `hwi_sched` goes to the
     /// back of `cpu`'s queue (keeping its mask reference) — with an ithread for it if the
     /// queue has none now (the handler blocked and its ithread was divorced) — otherwise the
-    /// instance's mask reference, if any, is dropped.
+    /// instance's mask reference, if any, is dropped. Inlined into `serve` (and `help`): out
+    /// of line, its call and frame were on every pool interrupt's path to its handler.
+    #[inline(always)]
     fn run(&'static self, p: Pending<E>, cpu: usize) {
         // A source with its own thread priority: this ithread takes it on for the run, holding
         // no lock, and goes back to the pool's afterwards.

@@ -419,6 +419,7 @@ impl<T, W, const N: usize> PoolCore<T, W, N> {
 impl<T, W: Worker, const N: usize> PoolCore<T, W, N> {
     /// Interrupt side: queues `item` on `cpu` and makes sure the CPU has an owner
     /// ([`PoolCore::assign`]).
+    #[inline(always)]
     pub fn enqueue(&self, cpu: usize, item: T) -> Option<(usize, W)> {
         self.cpus[cpu].queue.with(|q| q.push_back(item));
         self.assign(cpu)
@@ -435,6 +436,7 @@ impl<T, W: Worker, const N: usize> PoolCore<T, W, N> {
     /// an owner, or no worker is idle (its need bit is set: the next worker to go idle serves
     /// it). Rarely the worker taken ends up owning another CPU, one in need: the answer names
     /// that CPU.
+    #[inline(always)]
     pub fn assign(&self, cpu: usize) -> Option<(usize, W)> {
         let c = &self.cpus[cpu];
         if c.owner.load(Ordering::SeqCst) != NO_OWNER {

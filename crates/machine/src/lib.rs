@@ -179,6 +179,17 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// Disables interrupts on this CPU; the token restores the previous state on drop.
     fn intr_disable() -> IntrOff;
 
+    /// [`Machine::intr_disable`] where interrupts are known to be enabled (the token
+    /// enables them again on drop): a machine may skip reading the old state. The default
+    /// reads it.
+    ///
+    /// # Safety
+    /// Interrupts are enabled on this CPU.
+    #[inline(always)]
+    unsafe fn intr_disable_enabled() -> IntrOff {
+        Self::intr_disable()
+    }
+
     /// Enables interrupts on this CPU.
     ///
     /// # Safety

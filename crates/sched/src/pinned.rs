@@ -81,12 +81,16 @@ use crate::{Priority, Reason, SchedEnv, Scheduler, Thread, STACK_SIZE};
 /// An interrupt thread that borrows CPUs through [`Scheduler::pin_call`] (made by
 /// [`Scheduler::new_ithread`]): the thread and its [`PinCall`] (state, stack top, body,
 /// level), boxed so that its address stays put for the machine.
-pub struct PinThread<E: SchedEnv> {
+pub struct PinThread<E: SchedEnv + 'static> {
     thread: Arc<Thread<E>>,
     call: alloc::boxed::Box<PinCall>,
+    /// The scheduler's state of the CPU it is bound to, the only CPU it is lent: what
+    /// [`Scheduler::pin_call`] touches there (the interrupt depth, the switch count), found
+    /// without computing the running CPU's index on every call.
+    cpu: &'static crate::CpuSched<E>,
 }
 
-impl<E: SchedEnv> PinThread<E> {
+impl<E: SchedEnv + 'static> PinThread<E> {
     /// The thread.
     pub fn thread(&self) -> &Arc<Thread<E>> {
         &self.thread
@@ -139,7 +143,7 @@ impl<E: SchedEnv> Scheduler<E> {
             body,
             level as usize,
         ));
-        PinThread { call, thread: t }
+        PinThread { call, thread: t, cpu: &self.cpus[cpu] }
     }
 
     /// **The pinned call** (NetBSD's fast soft interrupts, illumos' interrupt threads): if
@@ -161,7 +165,8 @@ impl<E: SchedEnv> Scheduler<E> {
     /// resumed at once, and the thread finishes later and ends with [`Scheduler::pin_park`]
     /// (its body must check [`Scheduler::borrowing`] before returning).
     ///
-    /// Called on this CPU with interrupts disabled. The caller handles the SPL.
+    /// Called with interrupts disabled on `it`'s CPU (the one [`Scheduler::new_ithread`]
+    /// bound it to). The caller handles the SPL.
     #[inline(always)]
     pub fn pin_call(
         &'static self,
@@ -173,9 +178,9 @@ impl<E: SchedEnv> Scheduler<E> {
         // The borrower runs in thread context: the interrupt depth of the context it pins is
         // set aside for the call (0 for the borrower, so that the exit of an interrupt nested
         // in it and `preempt_check` are preemption points for it), and put back after.
-        // (The index masked to the table: no bounds check on this path; CPU indices are below
-        // `MAX_CPUS`, a power of two.)
-        let c = &self.cpus[E::M::cpu_index() & (crate::MAX_CPUS - 1)];
+        // `it` is lent only on its own CPU, this one: its CPU's state is ours.
+        let c = it.cpu;
+        debug_assert!(core::ptr::eq(c, &self.cpus[E::M::cpu_index()]), "pin_call: another CPU's thread");
         let depth = c.intr_depth.load(Ordering::Relaxed);
         c.intr_depth.store(0, Ordering::Relaxed);
         // A thread whose state word is clear is PARKED: its stack is unused and no CPU runs it
