@@ -16,9 +16,7 @@
 //!   received-data interrupt off: the UART's own FIFO then fills and QEMU stops feeding it,
 //!   so no byte is ever dropped (flow control); the soft interrupt turns it back on once it
 //!   has drained the ring.
-//! - **Soft interrupt (thread context, may block):** drains the ring — at most
-//!   [`SOFT_BUDGET`] bytes a run, the rest then by `com1.rx` at ordinary priority (see
-//!   [`com1_soft`]) — through the line
+//! - **Soft interrupt (thread context, may block):** drains the ring through the line
 //!   discipline (`parse::line::LineDiscipline`, portable and fuzzed on the host): `\r` or
 //!   `\n` ends a line (a `\n` right after `\r` is one end), backspace and DEL erase, other
 //!   control characters are kept, bytes that are not UTF-8 become `\xNN`; a line longer
@@ -117,8 +115,6 @@ pub struct ComStats {
     pub flow_stops: AtomicU64,
     /// Times the receive interrupt was turned off after [`RX_BUDGET`] bytes in one filter call.
     pub budget_stops: AtomicU64,
-    /// Times the soft interrupt spent its budget and handed the ring to `com1.rx`.
-    pub soft_deferrals: AtomicU64,
     /// The most bytes one filter call took (never above [`RX_BUDGET`]).
     pub max_rx_per_call: AtomicU64,
 }
@@ -132,7 +128,6 @@ pub static STATS: ComStats = ComStats {
     lines_dropped: AtomicU64::new(0),
     flow_stops: AtomicU64::new(0),
     budget_stops: AtomicU64::new(0),
-    soft_deferrals: AtomicU64::new(0),
     max_rx_per_call: AtomicU64::new(0),
 };
 
@@ -140,18 +135,7 @@ pub static STATS: ComStats = ComStats {
 struct Com1 {
     _source: IntrHandle<KernelEnv>,
     soft: intr::softint::SoftHandle<KernelEnv>,
-    /// `com1.rx`: drains the ring when the soft interrupt spent its budget ([`com1_soft`]).
-    rx_thread: alloc::sync::Arc<intr::softint::Workqueue<KernelEnv>>,
 }
-
-/// Bytes the soft interrupt moves through the line discipline in one run (one ring's worth).
-pub const SOFT_BUDGET: usize = RX_RING;
-
-/// The priority of `com1.rx`: an ordinary kernel thread's, as Linux's `ksoftirqd` (nice 0).
-pub const RX_THREAD_PRIORITY: sched::Priority = sched::Priority::KTHREAD;
-
-/// The ring is `com1.rx`'s to drain (set by the soft interrupt that spent its budget).
-static RX_DEFERRED: AtomicBool = AtomicBool::new(false);
 
 static COM1: spin_once::Once<Com1> = spin_once::Once::new();
 
@@ -277,62 +261,11 @@ fn com1_filter() -> FilterResult {
     }
 }
 
-/// The soft interrupt: ring → line discipline → line queue, at most [`SOFT_BUDGET`] bytes a
-/// run. A run that spends its budget with input still in the ring (the host typing as fast as
-/// the filter reads) hands the rest to `com1.rx`, a thread at ordinary kernel priority
-/// ([`RX_THREAD_PRIORITY`]), and the soft interrupt does nothing until that thread has emptied
-/// the ring: Linux's `ksoftirqd`, which takes over softirq work that keeps coming back. Without
-/// it the soft interrupt — above every thread, and borrowing COM1's CPU — drained the paste
-/// for as long as it lasted: 4 of 5 guest seconds of CPU 0 in one 8-CPU torture run, the
-/// monitor not run for 4.6 s (docs/logs/torture-smp8-host-load-2026-12-06.txt).
+/// The soft interrupt: ring → line discipline → line queue.
 fn com1_soft() {
-    if RX_DEFERRED.load(Ordering::Acquire) {
-        return; // `com1.rx` drains
-    }
-    if drain(SOFT_BUDGET) {
-        if RX_STOPPED.swap(false, Ordering::AcqRel) {
-            arch::serial::set_rx_interrupts(true);
-        }
-        return;
-    }
-    if !RX_DEFERRED.swap(true, Ordering::AcqRel) {
-        match COM1.get() {
-            Some(c) => {
-                STATS.soft_deferrals.fetch_add(1, Ordering::Relaxed);
-                c.rx_thread.enqueue(rx_thread_drain);
-            }
-            None => RX_DEFERRED.store(false, Ordering::Release),
-        }
-    }
-}
-
-/// `com1.rx`'s work item: drain the ring to empty at ordinary priority, turn the receiver
-/// back on if it was stopped, and give the ring back to the soft interrupt. Bytes that came
-/// after its last look (their soft interrupt saw the hand-over and did nothing) are looked
-/// for once more after the hand-back.
-fn rx_thread_drain() {
-    loop {
-        while !drain(RX_RING) {}
-        if RX_STOPPED.swap(false, Ordering::AcqRel) {
-            arch::serial::set_rx_interrupts(true);
-        }
-        RX_DEFERRED.store(false, Ordering::Release);
-        if RX.lock().len == 0 || RX_DEFERRED.swap(true, Ordering::AcqRel) {
-            return; // empty, or the soft interrupt deferred again and queued its own item
-        }
-    }
-}
-
-/// Moves up to `max` bytes (in chunks of 256) from the ring through the line discipline;
-/// whether the ring was found empty. The line queue's lock is held across each chunk's
-/// removal from the ring and its feeding, so two drainers (the soft interrupt and `com1.rx`
-/// at the hand-back) keep the bytes in order.
-fn drain(max: usize) -> bool {
-    let mut done = 0;
     loop {
         let mut chunk = [0u8; 256];
-        let mut ld = LINES.lock();
-        let (n, empty) = {
+        let n = {
             let mut ring = RX.lock();
             let n = ring.len.min(chunk.len());
             for slot in chunk.iter_mut().take(n) {
@@ -340,28 +273,22 @@ fn drain(max: usize) -> bool {
                 ring.head = (ring.head + 1) % RX_RING;
                 ring.len -= 1;
             }
-            (n, ring.len == 0)
+            n
         };
-        let woke = feed(&mut ld, &chunk[..n]);
-        drop(ld);
-        if woke {
-            LINE_READY.broadcast();
+        if n == 0 {
+            break;
         }
-        done += n;
-        if empty {
-            return true;
-        }
-        if done >= max {
-            return false;
-        }
+        discipline(&chunk[..n]);
+    }
+    if RX_STOPPED.swap(false, Ordering::AcqRel) {
+        arch::serial::set_rx_interrupts(true);
     }
 }
 
-/// Feeds `bytes` to the line discipline (its lock held by the caller); whether a line was
-/// completed (the caller wakes the readers after dropping the lock).
-fn feed(ld: &mut LineDisc, bytes: &[u8]) -> bool {
+fn discipline(bytes: &[u8]) {
     let echo = ECHO.load(Ordering::Relaxed);
     let mut woke = false;
+    let mut ld = LINES.lock();
     for &b in bytes {
         let (shown, input) = ld.disc.feed(b);
         if echo {
@@ -384,7 +311,10 @@ fn feed(ld: &mut LineDisc, bytes: &[u8]) -> bool {
         STATS.lines.fetch_add(1, Ordering::Relaxed);
         woke = true;
     }
-    woke
+    drop(ld);
+    if woke {
+        LINE_READY.broadcast();
+    }
 }
 
 /// Makes COM1 interrupt-driven (receive and transmit). Idempotent. Call from a thread.
@@ -417,8 +347,7 @@ pub fn start() -> Result<(), DriverError> {
             None,
         )
         .map_err(|error| DriverError::Establish { device: "com1", error })?;
-    let rx_thread = intr::softint::Workqueue::new("com1.rx", RX_THREAD_PRIORITY, false);
-    let com1 = COM1.set(Com1 { _source: source, soft, rx_thread });
+    let com1 = COM1.set(Com1 { _source: source, soft });
     // What the UART held before `arch::serial::init` (the first bytes typed, delivered by
     // QEMU as the machine started) goes first, ahead of anything the filter reads.
     let mut early = [0u8; 64];
@@ -608,11 +537,6 @@ pub fn register_sysctls() {
         ("dev.com1.lines", "lines COM1's discipline completed", &STATS.lines),
         ("dev.com1.flow_stops", "receive stops on a full ring", &STATS.flow_stops),
         ("dev.com1.budget_stops", "receive stops after a filter call's budget", &STATS.budget_stops),
-        (
-            "dev.com1.soft_deferrals",
-            "soft interrupt runs that handed the ring to com1.rx",
-            &STATS.soft_deferrals,
-        ),
         ("dev.com1.lines_dropped", "lines dropped unread", &STATS.lines_dropped),
     ];
     for (name, desc, c) in counters {
