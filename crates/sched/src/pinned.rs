@@ -163,7 +163,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// runnable, not asleep); the bookkeeping skipped here happened then, lazily
     /// (`schedule_borrowed`): the thread became an ordinary thread, the thread under it was
     /// resumed at once, and the thread finishes later and ends with [`Scheduler::pin_park`]
-    /// (its body must check [`Scheduler::borrowing`] before returning).
+    /// (its body ends with [`Scheduler::pin_return`], which tells it whether it may return).
     ///
     /// Called with interrupts disabled on `it`'s CPU (the one [`Scheduler::new_ithread`]
     /// bound it to). The caller handles the SPL.

@@ -155,6 +155,12 @@ fn nmi_snapshot_ring() -> TestResult {
     results.sort_by_key(|r| r.0);
     kassert_eq!(results.len(), n, "ring members that reported");
     let body = nmi_ring_member as *const () as usize as u64;
+    // The stopped CPU may also be inside the ring member's own call to `arch::nmi::snapshot`
+    // (waiting for its neighbour), and an NMI at that function's first instruction, before
+    // its prologue has pushed the frame pointer, walks past the ring member's frame: the
+    // interrupted instruction is then the callee's entry (seen once on 8 CPUs, rip =
+    // `arch::nmi::snapshot`, its return address skipped).
+    let callee = arch::nmi::snapshot as *const () as usize as u64;
     for (c, r) in results {
         let next = (c + 1) % n;
         let s = r?;
@@ -162,8 +168,8 @@ fn nmi_snapshot_ring() -> TestResult {
         kassert_eq!(s.ipl, ipl::Ipl::High as u8, "CPU {next}'s IPL");
         kassert!(s.nframes >= 1, "CPU {next}: no frames");
         kassert!(
-            s.frames[..s.nframes].iter().any(|&f| f >= body && f < body + 0x1000),
-            "CPU {next}: no frame in nmi_ring_member ({body:#x}): {:x?}",
+            s.frames[..s.nframes].iter().any(|&f| f >= body && f < body + 0x1000) || s.frames[0] == callee,
+            "CPU {next}: no frame in nmi_ring_member ({body:#x}), nor stopped at arch::nmi::snapshot's entry: {:x?}",
             &s.frames[..s.nframes]
         );
     }
