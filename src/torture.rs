@@ -5,8 +5,8 @@
 //!
 //! With [`Sources::All`] the boot also gets the main job's host devices
 //! ([`workload::host_devices`]: the NIC's stream peer and a disk image) and its serial feeder
-//! ([`workload::feeder`]: frames for every `@@ net-ready`, the paste lines after
-//! `@@ serial-ready`); the kernel finds the devices and drives them too
+//! ([`workload::feeder`]: frames for every `@@ net-ready`, the next paste lines for every
+//! `@@ serial-ready lines=<k>`); the kernel finds the devices and drives them too
 //! (kernel/src/torture/host.rs). Those boots run under [`ICOUNT_HOST`].
 
 use std::sync::Arc;
@@ -30,9 +30,9 @@ pub enum Sources {
 /// jumping to the next timer — the kernel's waits for host traffic are in guest time.
 pub const ICOUNT_HOST: &str = "shift=0,align=off,sleep=on";
 
-/// Lines the host types into COM1 in a `--sources all` boot (the kernel reads the count from
-/// the end line).
-pub const SERIAL_LINES: u64 = 4_000;
+/// No whole paste: in a `--sources all` boot the host types COM1's lines in the bursts the
+/// kernel asks for (`@@ serial-ready lines=<k>`).
+const PLAN: Plan = Plan { serial_lines: 0 };
 
 /// The host's side of a [`Sources::All`] boot, alive as long as the boot.
 pub struct HostSide {
@@ -45,7 +45,7 @@ pub struct HostSide {
 impl HostSide {
     /// What the host sent, for the report.
     pub fn sent(&self) -> workload::HostTraffic {
-        self.counters.snapshot(&Plan { serial_lines: SERIAL_LINES }, self.devices.net.as_deref())
+        self.counters.snapshot(&PLAN, self.devices.net.as_deref())
     }
 }
 
@@ -64,8 +64,7 @@ pub fn config_with_host(
     let counters = Arc::new(HostCounters::default());
     cfg.extra_args = vec!["-icount".to_string(), ICOUNT_HOST.to_string()];
     cfg.extra_args.extend(devices.qemu_args.iter().cloned());
-    cfg.input =
-        workload::feeder(Plan { serial_lines: SERIAL_LINES }, devices.net.clone(), Arc::clone(&counters));
+    cfg.input = workload::feeder(PLAN, devices.net.clone(), Arc::clone(&counters));
     Ok((cfg, HostSide { devices, counters }))
 }
 

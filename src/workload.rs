@@ -575,9 +575,24 @@ impl Default for Plan {
 }
 
 /// Whether `event` is the guest's `@@ serial-ready` (the protocol parser leaves it as
-/// [`Event::Unknown`]: the tests' feeders wait for it there).
+/// [`Event::Unknown`]: the tests' feeders wait for it there): type the whole [`Plan`].
 pub fn is_serial_ready(event: &Event) -> bool {
     matches!(event, Event::Unknown(l) if l.trim() == "@@ serial-ready")
+}
+
+/// The lines a `@@ serial-ready lines=<k>` request asks for: the next `k` lines of the
+/// paste, numbered on from the last line typed, and no end line (torture's COM1 source asks
+/// in bursts, at times of its choosing). `None` for another event (the bare
+/// `@@ serial-ready` included), an error for a malformed count.
+pub fn serial_request(event: &Event) -> Option<Result<u64, RecordError>> {
+    let Event::Unknown(line) = event else { return None };
+    let args = line.trim_end().strip_prefix("@@ serial-ready ")?;
+    let fields: Vec<(String, String)> = args
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let f = Fields { line: "`@@ serial-ready`", fields: &fields };
+    Some(f.num("lines"))
 }
 
 /// The traffic a `@@ net-ready first=<seq> count=<n> echo=<0|1> rate=<frames/s>` line asks
@@ -734,6 +749,7 @@ pub fn feeder(plan: Plan, net: Option<Arc<dyn TrafficSource>>, counters: Arc<Hos
     SerialInput::feeder(move |stdin: ChildStdin, events: mpsc::Receiver<Event>| {
         let mut stdin = Some(stdin);
         let mut serial_writer = None;
+        let mut serial_bursts: Option<mpsc::Sender<u64>> = None;
         let mut net_worker: Option<(mpsc::Sender<NetRequest>, thread::JoinHandle<()>)> = None;
         for event in events {
             if let Some(request) = net_request(&event) {
@@ -760,6 +776,37 @@ pub fn feeder(plan: Plan, net: Option<Arc<dyn TrafficSource>>, counters: Arc<Hos
                         input
                     }));
                 }
+            } else if let Some(request) = serial_request(&event) {
+                let Ok(lines) = request else {
+                    counters.error(format!("a malformed serial request: {event:?}"));
+                    continue;
+                };
+                // Bursts: one writer thread owns the input and types each request in turn,
+                // numbering on from the last line.
+                if serial_bursts.is_none() {
+                    if let Some(mut input) = stdin.take() {
+                        let (tx, rx) = mpsc::channel::<u64>();
+                        let counters = Arc::clone(&counters);
+                        serial_writer = Some(thread::spawn(move || {
+                            let mut next = 0;
+                            for k in rx {
+                                if let Err(e) = type_serial_lines(&mut input, next..next + k, &counters) {
+                                    counters.error(format!("writing the serial input: {e}"));
+                                    break;
+                                }
+                                next += k;
+                            }
+                            input
+                        }));
+                        serial_bursts = Some(tx);
+                    }
+                }
+                match &serial_bursts {
+                    Some(tx) => {
+                        let _ = tx.send(lines);
+                    }
+                    None => counters.error("serial bursts asked for after the whole paste was typed".into()),
+                }
             }
         }
         // QEMU has ended: now its stdin may close.
@@ -767,6 +814,7 @@ pub fn feeder(plan: Plan, net: Option<Arc<dyn TrafficSource>>, counters: Arc<Hos
             drop(tx);
             let _ = worker.join();
         }
+        drop(serial_bursts);
         if let Some(w) = serial_writer {
             drop(w.join());
         }
@@ -791,15 +839,21 @@ pub fn serve(net: &dyn TrafficSource, request: &NetRequest, counters: &HostCount
 
 /// Writes `lines` `S` lines and the end line to `out`, counting what was written.
 pub fn type_serial_input(out: &mut impl Write, lines: u64, counters: &HostCounters) -> io::Result<()> {
-    for seq in 0..lines {
+    type_serial_lines(out, 0..lines, counters)?;
+    out.write_all(serial_end(lines).as_bytes())?;
+    out.flush()
+}
+
+/// Writes the `S` lines numbered `seqs` to `out`, counting what was written.
+pub fn type_serial_lines(out: &mut impl Write, seqs: Range<u64>, counters: &HostCounters) -> io::Result<()> {
+    for seq in seqs {
         let line = serial_line(seq);
         out.write_all(line.as_bytes())?;
         out.flush()?;
         counters.serial_lines_sent.fetch_add(1, Ordering::Relaxed);
         counters.serial_bytes_sent.fetch_add(line.len() as u64, Ordering::Relaxed);
     }
-    out.write_all(serial_end(lines).as_bytes())?;
-    out.flush()
+    Ok(())
 }
 
 /// Frames verified by the guest: the unique valid ones (an older kernel without

@@ -185,6 +185,28 @@ fn a_net_request_is_served_in_one_run_then_the_end_marker() {
 }
 
 #[test]
+fn a_serial_burst_request_names_its_lines_and_bursts_number_on() {
+    let e = parse_line("@@ serial-ready lines=3").unwrap();
+    assert_eq!(serial_request(&e).unwrap().unwrap(), 3);
+    assert!(!is_serial_ready(&e), "a burst is not the whole paste");
+    assert!(serial_request(&parse_line("@@ serial-ready").unwrap()).is_none());
+    let err = serial_request(&parse_line("@@ serial-ready lines=x").unwrap()).unwrap().unwrap_err();
+    assert!(err.to_string().contains("lines=x"), "{err}");
+    assert!(serial_request(&parse_line("@@ serial-ready count=2").unwrap()).unwrap().is_err());
+
+    // Two bursts typed one after the other are the paste's lines 0..5, with no end line.
+    let counters = HostCounters::default();
+    let mut out = Vec::new();
+    type_serial_lines(&mut out, 0..2, &counters).unwrap();
+    type_serial_lines(&mut out, 2..5, &counters).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let want: String = (0..5).map(serial_line).collect();
+    assert_eq!(text, want);
+    assert!(!text.contains("E "), "{text}");
+    assert_eq!(counters.serial_lines_sent.load(Ordering::Relaxed), 5);
+}
+
+#[test]
 fn live_lines_are_typed_tolerantly_and_name_a_missing_key() {
     let e = parse_line(
         "@@ live kind=source t_ms=500 name=com1 model=pool count=10 handled=9 cpu_ns=100 p50=5 p99=7 \

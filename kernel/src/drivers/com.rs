@@ -10,7 +10,8 @@
 //!   its filter directly in every model and has no thread handler.
 //! - **Filter (primary context, interrupts off):** `arch::serial::service` empties the UART's
 //!   receive FIFO into the receive ring (at most the ring's free space, and at most
-//!   [`RX_BUDGET`] bytes a call, after which it stops receiving as for a full ring) and refills the
+//!   [`RX_BUDGET`] bytes or [`RX_TIME_BUDGET_NS`] of guest time a call, after which it stops
+//!   receiving as for a full ring) and refills the
 //!   transmit FIFO from the console's transmit ring. If it received anything it schedules the
 //!   `com1.soft` soft interrupt (`IPL_SOFTSERIAL`). If the ring is full it turns the UART's
 //!   received-data interrupt off: the UART's own FIFO then fills and QEMU stops feeding it,
@@ -64,6 +65,15 @@ const RX_RING: usize = 4096;
 /// once after every EOI and CPU 0 ran no thread for over 100 ms
 /// (docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt).
 pub const RX_BUDGET: usize = 256;
+/// Guest time one filter call spends receiving at most (checked after each FIFO's worth,
+/// [`RX_CHUNK`]); past it, as past [`RX_BUDGET`], the receive interrupt goes off until the
+/// soft interrupt has drained the ring. On real hardware 256 bytes take about half a
+/// millisecond of port reads; under TCG each byte read costs the CPU a round of QEMU's vCPU
+/// loop (about 150 µs of guest time with 8 vCPUs), and without a time bound one filter call
+/// kept interrupts off for milliseconds (docs/logs/torture-com1-paste-cpu0-2026-12-06.txt).
+pub const RX_TIME_BUDGET_NS: u64 = 200_000;
+/// Bytes taken from the UART per `service` call: one FIFO.
+const RX_CHUNK: usize = 16;
 /// Lines kept unread before the oldest is dropped (and counted).
 const MAX_QUEUED_LINES: usize = 16 * 1024;
 
@@ -113,7 +123,8 @@ pub struct ComStats {
     pub lines_dropped: AtomicU64,
     /// Times the receive interrupt was turned off because the ring was full.
     pub flow_stops: AtomicU64,
-    /// Times the receive interrupt was turned off after [`RX_BUDGET`] bytes in one filter call.
+    /// Times the receive interrupt was turned off after [`RX_BUDGET`] bytes or
+    /// [`RX_TIME_BUDGET_NS`] in one filter call.
     pub budget_stops: AtomicU64,
     /// The most bytes one filter call took (never above [`RX_BUDGET`]).
     pub max_rx_per_call: AtomicU64,
@@ -213,11 +224,13 @@ fn com1_filter() -> FilterResult {
     let mut got = 0usize;
     let mut ours = false;
     let mut full = false;
+    let mut over_time = false;
+    let t0 = arch::apic::now_ns();
     {
         let mut ring = RX.lock();
         loop {
             let free = ring.free().min(RX_BUDGET - got);
-            let mut chunk = [0u8; 64];
+            let mut chunk = [0u8; RX_CHUNK];
             let mut n = 0;
             let s = arch::serial::service(free.min(chunk.len()), &mut |b| {
                 chunk[n] = b;
@@ -237,9 +250,13 @@ fn com1_filter() -> FilterResult {
             if n < chunk.len() || got >= RX_BUDGET {
                 break;
             }
+            if arch::apic::now_ns() - t0 >= RX_TIME_BUDGET_NS {
+                over_time = true;
+                break;
+            }
         }
     }
-    if (full || got >= RX_BUDGET) && !RX_STOPPED.swap(true, Ordering::AcqRel) {
+    if (full || over_time || got >= RX_BUDGET) && !RX_STOPPED.swap(true, Ordering::AcqRel) {
         if full {
             STATS.flow_stops.fetch_add(1, Ordering::Relaxed);
         } else {

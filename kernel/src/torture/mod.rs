@@ -85,6 +85,7 @@ use crate::{SCHED, SPL};
 mod clock;
 mod host;
 mod monitor;
+mod window;
 
 use monitor::monitor;
 

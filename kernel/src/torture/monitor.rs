@@ -25,6 +25,7 @@ use crate::intr::INTR;
 use crate::locks::{KernelEnv, SYNC};
 use crate::SCHED;
 
+use super::window::CpuWindow;
 use super::*;
 
 /// Prints where CPU `c` is now (`@@ torture-stall`, from an NMI snapshot, `arch::nmi`): the
@@ -32,7 +33,12 @@ use super::*;
 /// the return addresses the host tool symbolizes. `why` says what made the caller look.
 pub(super) fn print_stall(model: Model, c: usize, why: &str) {
     let running = running_on(c);
-    match arch::nmi::snapshot(c) {
+    let asked = now();
+    let snap = arch::nmi::snapshot(c);
+    // Guest time from the NMI to the answer: how soon the CPU ran an instruction (under TCG
+    // round-robin, a vCPU runs only in its turn).
+    let answer_us = (now() - asked) / 1000;
+    match snap {
         Some(s) => {
             let mut frames = String::new();
             for (i, f) in s.frames[..s.nframes].iter().enumerate() {
@@ -42,8 +48,8 @@ pub(super) fn print_stall(model: Model, c: usize, why: &str) {
                 frames.push_str(&alloc::format!("{f:#x}"));
             }
             kprintln!(
-                "@@ torture-stall model={} cpu={c} why={why} running={running} rip={:#x} if={} ipl={} pending={:#x} \
-                 spin_mutexes={} frames={frames}",
+                "@@ torture-stall model={} cpu={c} why={why} running={running} answer_us={answer_us} rip={:#x} if={} \
+                 ipl={} pending={:#x} spin_mutexes={} frames={frames}",
                 model.name(),
                 s.rip,
                 u8::from(s.interrupts_enabled()),
@@ -84,16 +90,20 @@ fn watch(model: Model, mc: usize, ncpus: usize) {
     let mut reported = false;
     let mut next_report = 0;
     let mut reports = 0;
+    let mut window = CpuWindow::new();
+    window.take(mc);
     while !STOP.load(SeqCst) {
         SCHED.sleep_ns(10_000_000);
         let t = now();
         let p = PROGRESS[mc].load(SeqCst);
         if p != last {
             (last, moved, reported) = (p, t, false);
+            window.take(mc);
         } else if t - moved > HEARTBEAT_NS && !reported {
             reported = true;
             kprintln!("@@ torture-heartbeat model={} cpu={} running={}", model.name(), mc, running_on(mc));
             print_stall(model, mc, "heartbeat");
+            window.print_since(model, mc);
             for other in (0..ncpus).filter(|&o| o != mc && o != me) {
                 print_stall(model, other, "heartbeat-peer");
             }
@@ -200,6 +210,8 @@ struct Monitor {
     last_progress: [u64; MAX_CPUS],
     last_moved: [u64; MAX_CPUS],
     reported: [bool; MAX_CPUS],
+    /// Each CPU's counters when its progress was last seen moving.
+    windows: Vec<CpuWindow>,
 }
 
 impl Monitor {
@@ -225,6 +237,7 @@ impl Monitor {
             last_progress: [0; MAX_CPUS],
             last_moved: [t0; MAX_CPUS],
             reported: [false; MAX_CPUS],
+            windows: (0..ncpus).map(|_| CpuWindow::new()).collect(),
         }
     }
 
@@ -277,7 +290,7 @@ impl Monitor {
         let low = Priority::new(Priority::RT_BASE.get() - 1).unwrap_or(Priority::KTHREAD);
         threads.push(SCHED.spawn("torture.pi.owner", low, Some(ncpus - 1), move || pi_owner(rt)));
         if let Some(h) = &self.host {
-            h.spawn(&mut threads);
+            h.spawn(&mut threads, seed);
         }
         if let Some(f) = self.com2 {
             threads.push(
@@ -347,6 +360,7 @@ impl Monitor {
                 self.last_progress[c] = p;
                 self.last_moved[c] = t;
                 self.reported[c] = false;
+                self.windows[c].take(c);
             } else if t - self.last_moved[c] > HEARTBEAT_NS && !self.reported[c] {
                 self.reported[c] = true;
                 kprintln!(
@@ -356,6 +370,7 @@ impl Monitor {
                     running_on(c)
                 );
                 print_stall(self.model, c, "heartbeat");
+                self.windows[c].print_since(self.model, c);
                 // And every other CPU (but this one, the monitor's): a stall is usually
                 // another CPU's doing (the lock's holder, the interrupt flood).
                 for other in (0..self.ncpus).filter(|&o| o != c && o != arch::cpu::index()) {
