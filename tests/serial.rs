@@ -66,7 +66,11 @@ fn paste(smp: u32) {
     // kernel test asserts it too).
     let most: u64 = get("max_rx_per_call").parse().unwrap_or_else(|_| panic!("no max_rx_per_call\n{why}"));
     assert!(most <= 256, "a filter call took {most} bytes\n{why}");
-    eprintln!("paste smp {smp}: max_rx_per_call {most}, budget_stops {}", get("budget_stops"));
+    let ns: u64 = get("max_rx_ns").parse().unwrap_or_else(|_| panic!("no max_rx_ns\n{why}"));
+    eprintln!(
+        "paste smp {smp}: max_rx_per_call {most}, max_rx_ns {ns}, budget_stops {}",
+        get("budget_stops")
+    );
 }
 
 #[test]

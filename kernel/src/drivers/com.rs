@@ -65,15 +65,14 @@ const RX_RING: usize = 4096;
 /// once after every EOI and CPU 0 ran no thread for over 100 ms
 /// (docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt).
 pub const RX_BUDGET: usize = 256;
-/// Guest time one filter call spends receiving at most (checked after each FIFO's worth,
-/// [`RX_CHUNK`]); past it, as past [`RX_BUDGET`], the receive interrupt goes off until the
+/// Guest time one filter call spends receiving at most (checked every [`RX_CHUNK`] bytes); past it, as past [`RX_BUDGET`], the receive interrupt goes off until the
 /// soft interrupt has drained the ring. On real hardware 256 bytes take about half a
 /// millisecond of port reads; under TCG each byte read costs the CPU a round of QEMU's vCPU
 /// loop (about 150 µs of guest time with 8 vCPUs), and without a time bound one filter call
 /// kept interrupts off for milliseconds (docs/logs/torture-com1-paste-cpu0-2026-12-06.txt).
 pub const RX_TIME_BUDGET_NS: u64 = 200_000;
-/// Bytes taken from the UART per `service` call: one FIFO.
-const RX_CHUNK: usize = 16;
+/// Bytes taken from the UART per `service` call, between two looks at the clock.
+const RX_CHUNK: usize = 4;
 /// Lines kept unread before the oldest is dropped (and counted).
 const MAX_QUEUED_LINES: usize = 16 * 1024;
 
@@ -128,6 +127,9 @@ pub struct ComStats {
     pub budget_stops: AtomicU64,
     /// The most bytes one filter call took (never above [`RX_BUDGET`]).
     pub max_rx_per_call: AtomicU64,
+    /// The longest time one filter call spent receiving, guest ns ([`RX_TIME_BUDGET_NS`]
+    /// plus at most [`RX_CHUNK`] bytes' reads).
+    pub max_rx_ns: AtomicU64,
 }
 
 /// COM1's counters.
@@ -140,6 +142,7 @@ pub static STATS: ComStats = ComStats {
     flow_stops: AtomicU64::new(0),
     budget_stops: AtomicU64::new(0),
     max_rx_per_call: AtomicU64::new(0),
+    max_rx_ns: AtomicU64::new(0),
 };
 
 /// What is kept alive while COM1 runs interrupt-driven.
@@ -256,6 +259,7 @@ fn com1_filter() -> FilterResult {
             }
         }
     }
+    STATS.max_rx_ns.fetch_max(arch::apic::now_ns() - t0, Ordering::Relaxed);
     if (full || over_time || got >= RX_BUDGET) && !RX_STOPPED.swap(true, Ordering::AcqRel) {
         if full {
             STATS.flow_stops.fetch_add(1, Ordering::Relaxed);
@@ -555,6 +559,7 @@ pub fn register_sysctls() {
         ("dev.com1.flow_stops", "receive stops on a full ring", &STATS.flow_stops),
         ("dev.com1.budget_stops", "receive stops after a filter call's budget", &STATS.budget_stops),
         ("dev.com1.lines_dropped", "lines dropped unread", &STATS.lines_dropped),
+        ("dev.com1.max_rx_ns", "longest receive in one filter call, ns", &STATS.max_rx_ns),
     ];
     for (name, desc, c) in counters {
         let r = crate::shell::register_sysctl(

@@ -135,11 +135,13 @@ fn paste_64k_no_loss() -> TestResult {
     };
     let c1 = arch::serial::counters();
     arch::kprintln!(
-        "@@ result scope=serial lines={seq} bytes={bytes} bad={bad} overruns={} flow_stops={} budget_stops={} max_rx_per_call={}",
+        "@@ result scope=serial lines={seq} bytes={bytes} bad={bad} overruns={} flow_stops={} budget_stops={} max_rx_per_call={} \
+         max_rx_ns={}",
         c1.rx_overruns - c0.rx_overruns,
         com::STATS.flow_stops.load(Ordering::SeqCst),
         com::STATS.budget_stops.load(Ordering::SeqCst),
-        com::STATS.max_rx_per_call.load(Ordering::SeqCst)
+        com::STATS.max_rx_per_call.load(Ordering::SeqCst),
+        com::STATS.max_rx_ns.load(Ordering::SeqCst)
     );
     // The filter's receive budget (the 8-CPU torture's CPU 0 stall: a host typing as fast as the
     // filter read kept it in its loop, interrupts off, for up to 278 ms).
