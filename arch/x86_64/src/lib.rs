@@ -194,14 +194,15 @@ impl Machine for X86_64 {
 /// `intr_pin_call`'s diagnostic (entry.s): a pinned body returned although its thread no longer
 /// borrows the CPU — it blocked or was preempted during the call, so the thread underneath has
 /// resumed from the frame the return would pop. Continuing would load a stale stack pointer;
-/// the body should have ended through `Scheduler::pin_return` (which keeps interrupts disabled
-/// from the check to the return) and parked. Interrupts disabled, on the thread's own stack.
+/// the body should have ended through `Scheduler::pin_return` (`intr_pin_end`, which tests and
+/// switches back in one interrupt-disabled sequence) and parked. Interrupts disabled, on the
+/// thread's own stack; `thread` is the running thread (`curthread`).
 #[no_mangle]
-extern "C" fn intr_pin_bad_return(call: &machine::PinCall) -> ! {
+extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
     panic!(
         "pinned call: the body of interrupt thread {:#x} returned after the thread stopped borrowing \
          CPU {} (it blocked or was preempted: the frame it returns into is gone; borrower now {:#x})",
-        call.thread as usize,
+        thread,
         cpu::index(),
         cpu::pin_borrowed(),
     )
@@ -240,6 +241,18 @@ impl machine::PinSwitch for X86_64 {
         // SAFETY: `intr_pin_call` answers 0 (through `context_switch`), 1, 2 or 3: the values
         // of `PinOutcome` (`#[repr(u32)]`).
         (unsafe { core::mem::transmute::<u32, machine::PinOutcome>(r) }, b0, b1)
+    }
+
+    #[inline(always)]
+    unsafe fn pin_end() -> bool {
+        // `intr_pin_end` (entry.s, section 5): if the running thread is this CPU's borrower, it
+        // parks the call's state, restores the words of the frame at %gs:40 and returns from
+        // that frame's `intr_pin_call` (Returned), leaving this stack for good; otherwise it
+        // returns here, having changed only %rax and the flags.
+        // SAFETY: per the trait contract (interrupts disabled; the caller keeps nothing on this
+        // stack that must be dropped); the stack is aligned for a call here.
+        unsafe { asm!("call intr_pin_end", out("rax") _) };
+        false
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static machine::PinSlots> {

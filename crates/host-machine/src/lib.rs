@@ -718,6 +718,13 @@ impl PinSwitch for HostMachine {
         }
     }
 
+    unsafe fn pin_end() -> bool {
+        // The runner ends the call when the body returns (`Runner::serve`, which checks the
+        // borrower word again).
+        let c = this_cpu();
+        c.pin.borrowed.load(Ordering::Relaxed) == c.curthread.load(Ordering::Relaxed) as usize
+    }
+
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
         let sys = this_system();
         (cpu < sys.ncpus).then(|| &sys.cpus[cpu].pin)

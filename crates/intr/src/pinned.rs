@@ -425,12 +425,15 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     // SAFETY: as above; we take that reference over.
     finish_one(unsafe { arc_back::<E>(src) }, again, cpu);
     // Whether we still borrow the CPU, decided with interrupts disabled and kept so until
-    // the return (`Scheduler::pin_return`: a preemption in between would leave us returning
-    // into a frame the thread underneath has already resumed from).
+    // the switch back (a preemption in between would leave us returning into a frame the
+    // thread underneath has already resumed from): `Scheduler::pin_end`, which on x86_64 does
+    // both in one assembly sequence and does not come back if we still borrow the CPU.
     // SAFETY: the body runs with interrupts enabled (`pin_call` enables them before the
     // call; a handler gives back the state it was called with).
     let io = unsafe { E::M::intr_disable_enabled() };
-    if let Err(io) = E::sched().pin_return(io) {
+    // SAFETY: nothing on this stack needs dropping: the source's reference went to
+    // `finish_one`, and `io` is handed over.
+    if let Err(io) = unsafe { E::sched().pin_end(io) } {
         drop(io);
         finish_blocked(cpu_of::<E>(cpu), cpu);
     }

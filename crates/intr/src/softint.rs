@@ -281,7 +281,9 @@ extern "C" fn soft_body<E: IntrEnv>(cpu: usize, l: usize) {
             run_one(si, cpu, l);
             continue;
         }
-        match E::sched().pin_return(io) {
+        // SAFETY: nothing on this stack needs dropping (`io` is handed over; `c` is a
+        // reference to a static).
+        match unsafe { E::sched().pin_end(io) } {
             Ok(()) => return, // interrupts disabled: straight back into the pinned call
             Err(io) => {
                 drop(io);

@@ -257,10 +257,11 @@ pub trait PinSwitch: Machine {
     /// makes that frame this CPU's pinned context ([`PinSwitch::pinned_context`]), the
     /// thread the current thread ([`Machine::curthread`]) and the CPU's borrower
     /// ([`PinSlots::borrowed`]) and its state the thread; switches to its stack top, enables
-    /// interrupts and calls `body`. `body` returns only with interrupts disabled and its
-    /// thread still the borrower (`Scheduler::pin_return`); the machine checks the borrower
-    /// word and panics, naming the thread, if not. When `body` returns: the state parked, the previous stack, current thread, borrower and pinned context back, and this
-    /// answers [`PinOutcome::Returned`]. If instead the thread blocks inside `body`, the
+    /// interrupts and calls `body`. `body` ends with interrupts disabled and its thread still
+    /// the borrower: through [`PinSwitch::pin_end`] (`Scheduler::pin_return`), or by
+    /// returning — the machine then checks the borrower word and panics, naming the thread,
+    /// if not. When it ends: the state parked, the previous stack, current thread, borrower
+    /// and pinned context back, and this answers [`PinOutcome::Returned`]. If instead the thread blocks inside `body`, the
     /// scheduler sets its state to [`PinCall::BLOCKED`] and resumes the thread under it by
     /// `switch(.., pinned_context())`: this call then answers [`PinOutcome::Blocked`]
     /// (interrupts disabled) with the previous borrower and pinned context restored, and the
@@ -275,6 +276,21 @@ pub trait PinSwitch: Machine {
     /// state is parked, its stack is unused and the thread on no CPU; its `body` keeps the
     /// contract above.
     unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize);
+
+    /// The end of a pinned body, decided and done with interrupts disabled: if the running
+    /// thread still borrows this CPU ([`PinSlots::borrowed`] is [`Machine::curthread`]), its
+    /// pinned call ends — the state parked, the words of [`PinSwitch::pin_call`]'s frame
+    /// back, and that call answers [`PinOutcome::Returned`] — either here, without returning
+    /// (x86_64: the test and the switch back are one assembly sequence, and the body's stack
+    /// is left as it is), or by answering `true`, after which the body must return at once,
+    /// interrupts still disabled (the host machine: its runner then ends the call). `false`:
+    /// the thread no longer borrows the CPU (it blocked or was preempted during the call, or
+    /// never borrowed it); nothing changed.
+    ///
+    /// # Safety
+    /// Interrupts are disabled. The caller is prepared for this not to return: nothing on
+    /// its stack, in the pinned body's frames, needs dropping (it is left, not unwound).
+    unsafe fn pin_end() -> bool;
 
     /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;

@@ -23,12 +23,15 @@
 //!   interrupt's thread interrupted by a hardware interrupt whose thread then borrows the
 //!   CPU): the frame keeps the outer borrow's words, and every return or block puts them
 //!   back, innermost first.
-//! * **Return** (the fast path): the body disables interrupts, finds that its thread still
-//!   borrows the CPU ([`Scheduler::pin_return`]) and returns with interrupts still disabled;
-//!   the machine checks the borrower word (a body that returns after it stopped borrowing is
-//!   a panic naming the thread, not a jump through a frame that is gone), parks the state,
-//!   and restores the stack, the current thread, the borrower and the pinned context;
-//!   `pin_call` answers [`PinOutcome::Returned`] and counts the switch. The decision and the
+//! * **Return** (the fast path): the body disables interrupts and ends through
+//!   [`Scheduler::pin_end`]: the machine finds that its thread still borrows the CPU, parks
+//!   the state and restores the stack, the current thread, the borrower and the pinned
+//!   context — on x86_64 in one assembly sequence that never comes back to the body (its
+//!   stack is left as it is) — and `pin_call` answers [`PinOutcome::Returned`] and counts the
+//!   switch. A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
+//!   still disabled; the machine then checks the borrower word again (a body that returns
+//!   after it stopped borrowing is a panic naming the thread, not a jump through a frame that
+//!   is gone) and does the same. The decision and the
 //!   return must be one interrupt-disabled section because the borrower can be preempted
 //!   ("Preempt" below) anywhere interrupts are enabled: decided with them enabled, a
 //!   preemption in between resumed the thread underneath from the frame, and the body then
@@ -234,10 +237,34 @@ impl<E: SchedEnv> Scheduler<E> {
     /// of 0: a double fault, under torture, before this was the only way out;
     /// docs/logs/softint-borrow-preempt-double-fault-2026-12-06.txt). The machine checks the
     /// borrower word on the way back and panics, naming the thread, if a body returns
-    /// without it.
+    /// without it. [`Scheduler::pin_end`] is the same decision with the return done by the
+    /// machine (the framework's bodies use it).
     #[inline(always)]
     pub fn pin_return(&self, io: IntrOff) -> Result<(), IntrOff> {
         if self.borrowing() {
+            core::mem::forget(io);
+            Ok(())
+        } else {
+            Err(io)
+        }
+    }
+
+    /// [`Scheduler::pin_return`] with the return done by the machine ([`PinSwitch::pin_end`]):
+    /// on x86_64 the borrower test and the switch back into the pinned call's frame are one
+    /// interrupt-disabled assembly sequence, and `Ok` never comes back — the call ends there
+    /// and the body's stack is left as it is (no epilogue, no second test). On the host `Ok`
+    /// comes back and the body must return at once, as after `pin_return`. `Err` as there.
+    ///
+    /// # Safety
+    /// This may not return: the caller's frames, up to the pinned body, are left without being
+    /// unwound, and the stack is reused by the thread's next pinned call. Nothing in them may
+    /// need dropping (no guard, no `Arc`, no pinned value, nothing registered elsewhere by
+    /// address).
+    #[inline(always)]
+    pub unsafe fn pin_end(&self, io: IntrOff) -> Result<(), IntrOff> {
+        // SAFETY: interrupts are disabled (the token); the caller holds nothing to drop (this
+        // function's contract, above).
+        if unsafe { E::M::pin_end() } {
             core::mem::forget(io);
             Ok(())
         } else {
