@@ -279,13 +279,14 @@ pub fn set_mtx_state(count: u32, oldspl: u8) {
     };
 }
 
-/// Address of the running CPU's pinned-context slot (offset 40 of its `PerCpu`).
+/// The running CPU's pinned-context slot (offset 40 of its `PerCpu`): the innermost active
+/// pinned call's frame, or what the slot held before the first.
 #[inline]
-pub fn pinned_context_slot() -> *const usize {
+pub fn pin_ctx() -> usize {
     let v: usize;
-    // SAFETY: as in `index`; offset 0 is `self_ptr`.
-    unsafe { asm!("mov {}, gs:[0]", out(reg) v, options(nostack, preserves_flags, readonly)) };
-    (v + 40) as *const usize
+    // SAFETY: as in `index`; offset 40 is `pin_ctx`.
+    unsafe { asm!("mov {}, gs:[40]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
 }
 
 /// Sets the running CPU's pinned-context slot (offset 40): the pinned switch's Blocked path

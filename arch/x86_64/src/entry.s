@@ -289,8 +289,8 @@ thread_trampoline:
 #    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL, %gs:40 the pinned
 #    context (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
 #    `PinSwitch::pin_call` only, through an `asm!` call that declares everything but %rbx,
-#    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too, with
-#    r13/r14 read back; interrupts disabled, on the running thread's stack.
+#    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too;
+#    interrupts disabled, on the running thread's stack.
 #      - IPL (%gs:24) not the call's level: return 3 (Level), nothing done.
 #      - state non-zero (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
 #        done. Both leave %rdi and %rsi as they came.
@@ -305,9 +305,9 @@ thread_trampoline:
 #        the running thread is still the borrower (%gs:16 == %gs:48). If so it leaves the
 #        body's stack as it is (the next call starts at the top again), takes the frame at
 #        %gs:40 — the innermost call's, the running thread's own — parks the call's state
-#        (the frame's r15 slot), puts curthread, the borrower and the pinned context back
-#        from the frame, and returns from `intr_pin_call` with 1 (Returned) and r13/r14 = the
-#        restored pinned context and borrower. If not (the thread blocked or was preempted
+#        (the frame's r15 slot), pops the borrower, the pinned context and curthread back
+#        from the frame (then rbx and rbp), and returns from `intr_pin_call` with 1
+#        (Returned). If not (the thread blocked or was preempted
 #        during the call: its frame is gone, resumed by the thread underneath), it returns to
 #        the body with only %rax and the flags changed, and the body finishes as an ordinary
 #        thread and parks.
@@ -316,9 +316,10 @@ thread_trampoline:
 #        if the thread no longer borrows the CPU, `intr_pin_bad_return` panics naming it
 #        rather than jump through a frame that is gone.
 #      - body blocks: the scheduler finds the CPU borrowed, sets the call's state to 1, makes
-#        the thread an ordinary thread and `context_switch`es to the context in %gs:40: the
-#        frame pops (r13/r14 = the previous pinned context and borrower, which the Rust
-#        caller stores back) and `ret` returns from this call with %eax = 0 (Blocked),
+#        the thread an ordinary thread, puts the previous borrower and pinned context back
+#        from the frame (`PinSwitch::pin_switch_under`) and `context_switch`es to the frame
+#        (the context %gs:40 held): it pops (r12..r15 get the frame's words, which the caller
+#        treats as clobbered) and `ret` returns from this call with %eax = 0 (Blocked),
 #        interrupts disabled. body's stack is the thread's own from then on; it must never
 #        return into this frame (the thread parks its state when it is done).
 #    Stack alignment: entered with %rsp = 8 mod 16; body is entered with %rsp = stack_top - 8,
@@ -363,17 +364,13 @@ intr_pin_end:
     jne 1f
 .Lpin_end_return:
     movq %gs:40, %rsp                   # back on the pinned stack: the body's is abandoned
-    movq (%rsp), %rax                   # r15's slot: the call
+    popq %rax                           # r15's slot: the call
     movq $0, (%rax)                     # state = parked
-    movq 24(%rsp), %rax
-    movq %rax, %gs:16                   # curthread = the pinned thread
-    movq 8(%rsp), %r14
-    movq %r14, %gs:48                   # the previous borrower
-    movq 16(%rsp), %r13
-    movq %r13, %gs:40                   # the previous pinned context
-    movl $1, %eax                       # PinOutcome::Returned
-    addq $32, %rsp                      # r15..r12's slots
+    popq %gs:48                         # r14's slot: the previous borrower
+    popq %gs:40                         # r13's slot: the previous pinned context
+    popq %gs:16                         # r12's slot: curthread = the pinned thread
     popq %rbx
     popq %rbp
+    movl $1, %eax                       # PinOutcome::Returned
     ret                                 # from intr_pin_call
 1:  ret                                 # not the borrower: back to the body

@@ -212,11 +212,12 @@ extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
 impl machine::PinSwitch for X86_64 {
     #[inline(always)]
     unsafe fn pin_call(call: &machine::PinCall, a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
-        let (r, b0, b1, prev_ctx, prev_borrowed): (u32, usize, usize, usize, usize);
+        let (r, b0, b1): (u32, usize, usize);
         // `intr_pin_call`'s own convention: it keeps %rbx, %rbp and %rsp (as the C ABI) but not
         // r12..r15 (a body that blocks resumes us through a frame holding the saved words
         // there), hence the clobbers; %rdi and %rsi come back unchanged on the Busy and Level
-        // answers; r13 and r14 come back as the restored pinned context and borrower.
+        // answers. The outer borrow's words are back on every answer (Blocked: put back by
+        // `pin_switch_under` before the switch).
         // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it,
         // and the stack is aligned for a call here (asm! without `nostack`).
         unsafe {
@@ -227,17 +228,12 @@ impl machine::PinSwitch for X86_64 {
                 in("rdx") call as *const machine::PinCall,
                 lateout("eax") r,
                 out("r12") _,
-                lateout("r13") prev_ctx,
-                lateout("r14") prev_borrowed,
+                out("r13") _,
+                out("r14") _,
                 out("r15") _,
                 clobber_abi("C"),
             )
         };
-        if r == 0 {
-            // Blocked: the frame popped into r13/r14 what the Returned path stores itself.
-            cpu::set_pin_ctx(prev_ctx);
-            cpu::set_pin_borrowed(prev_borrowed);
-        }
         // SAFETY: `intr_pin_call` answers 0 (through `context_switch`), 1, 2 or 3: the values
         // of `PinOutcome` (`#[repr(u32)]`).
         (unsafe { core::mem::transmute::<u32, machine::PinOutcome>(r) }, b0, b1)
@@ -265,8 +261,16 @@ impl machine::PinSwitch for X86_64 {
     }
 
     #[inline]
-    fn pinned_context() -> *const usize {
-        cpu::pinned_context_slot()
+    #[inline]
+    unsafe fn pin_switch_under(from: *mut usize) {
+        // The frame's words 1 and 2: the previous borrower and pinned context (entry.s).
+        let frame = cpu::pin_ctx();
+        cpu::set_pin_borrowed(cpu::pinned_frame_word(1));
+        cpu::set_pin_ctx(cpu::pinned_frame_word(2));
+        // SAFETY: per the trait contract; `frame` is the context `intr_pin_call` saved for the
+        // thread under us (a switch frame of section 4), read before the slot was changed;
+        // `context_switch` reads it from this stack before it leaves it.
+        unsafe { context_switch(from, &frame) }
     }
 
     fn pinned_thread() -> *const () {

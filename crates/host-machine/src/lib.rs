@@ -703,17 +703,15 @@ impl PinSwitch for HostMachine {
         HERE.set((Some(sys), NO_CPU));
         runner.give(PinJob { body: call.body, a0, a1, cpu, frame: fp, thread: thread.addr() });
         // Until the body returns, or its thread blocks and the scheduler resumes us through
-        // `pinned_context` (then `returned` is false and the outer words are ours to restore).
+        // `pin_switch_under` (then `returned` is false).
         // SAFETY: `fp` is `frame`, on this stack; the runner and the scheduler use it only
         // while we wait here.
         let cpu = unsafe { (*fp).ctx.baton.take() };
         HERE.set((Some(sys), cpu));
-        let c = &sys.cpus[cpu];
+        // Blocked: `pin_switch_under` put the outer borrow's words back before it resumed us.
         if frame.returned.load(Ordering::Relaxed) {
             (PinOutcome::Returned, 0, 0)
         } else {
-            c.pin.borrowed.store(frame.prev_borrowed, Ordering::Relaxed);
-            c.pin_frame.store(frame.prev_frame, Ordering::Relaxed);
             (PinOutcome::Blocked, 0, 0)
         }
     }
@@ -734,8 +732,14 @@ impl PinSwitch for HostMachine {
         this_cpu().pin.borrowed()
     }
 
-    fn pinned_context() -> *const HostContext {
-        &top_frame().ctx
+    unsafe fn pin_switch_under(from: *mut HostContext) {
+        let f = top_frame();
+        let c = this_cpu();
+        c.pin.borrowed.store(f.prev_borrowed, Ordering::Relaxed);
+        c.pin_frame.store(f.prev_frame, Ordering::Relaxed);
+        // SAFETY: per the trait contract; the frame stays alive until its pinned thread has
+        // its baton (it waits for it in `pin_call`).
+        unsafe { Self::switch(from, &f.ctx) };
     }
 
     fn pinned_thread() -> *const () {

@@ -254,17 +254,18 @@ pub trait PinSwitch: Machine {
     /// Saves the running thread's callee-saved registers in a frame that [`Machine::switch`]
     /// can resume, together with this CPU's previous pinned context and previous borrower
     /// (so borrows nest: the running thread may itself be a borrowing interrupt thread);
-    /// makes that frame this CPU's pinned context ([`PinSwitch::pinned_context`]), the
+    /// makes that frame this CPU's pinned context ([`PinSwitch::pin_switch_under`]), the
     /// thread the current thread ([`Machine::curthread`]) and the CPU's borrower
     /// ([`PinSlots::borrowed`]) and its state the thread; switches to its stack top, enables
     /// interrupts and calls `body`. `body` ends with interrupts disabled and its thread still
-    /// the borrower: through [`PinSwitch::pin_end`] (`Scheduler::pin_return`), or by
-    /// returning — the machine then checks the borrower word and panics, naming the thread,
-    /// if not. When it ends: the state parked, the previous stack, current thread, borrower
-    /// and pinned context back, and this answers [`PinOutcome::Returned`]. If instead the thread blocks inside `body`, the
-    /// scheduler sets its state to [`PinCall::BLOCKED`] and resumes the thread under it by
-    /// `switch(.., pinned_context())`: this call then answers [`PinOutcome::Blocked`]
-    /// (interrupts disabled) with the previous borrower and pinned context restored, and the
+    /// the borrower: through [`PinSwitch::pin_end`] (`Scheduler::pin_end`), or by returning
+    /// (`Scheduler::pin_return`) — the machine then checks the borrower word and panics,
+    /// naming the thread, if not. When it ends: the state parked, the previous stack, current
+    /// thread, borrower and pinned context back, and this answers [`PinOutcome::Returned`].
+    /// If instead the thread blocks inside `body`, the scheduler sets its state to
+    /// [`PinCall::BLOCKED`] and resumes the thread under it by
+    /// [`PinSwitch::pin_switch_under`] (which puts the previous borrower and pinned context
+    /// back): this call then answers [`PinOutcome::Blocked`] (interrupts disabled) and the
     /// thread goes on later as an ordinary thread (its `body` must then never return into
     /// this frame; it parks its state when it is done).
     ///
@@ -298,9 +299,16 @@ pub trait PinSwitch: Machine {
     /// This CPU's [`PinSlots::borrowed`] (one per-CPU load).
     fn pin_borrowed() -> usize;
 
-    /// The context [`PinSwitch::pin_call`] saved for the thread directly under this CPU's
-    /// borrower (valid while that call is active).
-    fn pinned_context() -> *const Self::Context;
+    /// The borrower leaves the CPU (it blocks or is preempted; the scheduler's block path):
+    /// puts back this CPU's previous borrower and pinned context from the innermost active
+    /// pinned call's frame, then saves the running thread into `*from` and resumes the thread
+    /// directly under it from that frame, as [`Machine::switch`] does — its
+    /// [`PinSwitch::pin_call`] answers [`PinOutcome::Blocked`].
+    ///
+    /// # Safety
+    /// As [`Machine::switch`]'s; the running thread is this CPU's borrower (a pinned call is
+    /// active), and the caller has made the thread under it the current thread.
+    unsafe fn pin_switch_under(from: *mut Self::Context);
 
     /// The thread directly under this CPU's borrower (the current thread before the
     /// innermost active pinned call).

@@ -194,22 +194,30 @@ impl<E: SchedEnv> Scheduler<E> {
         // the machine; its body keeps the contract documented above.
         let r = unsafe { E::M::pin_call(&it.call, a0, a1) };
         c.intr_depth.store(depth, Ordering::Relaxed);
-        if matches!(r.0, PinOutcome::Returned | PinOutcome::Blocked) {
-            // This CPU still: the thread under the borrower never leaves it.
-            self.pin_done(c, r.0);
+        // This CPU still: the thread under the borrower never leaves it. The switch is
+        // counted here (this CPU, interrupts disabled: no locked add), not on the way in,
+        // where it would add to the latency; the fast path (Returned) is tested first.
+        if r.0 == PinOutcome::Returned {
+            Self::count_pin_switch(c);
+        } else if r.0 == PinOutcome::Blocked {
+            self.pin_blocked(c);
         }
         r
     }
 
-    /// [`Scheduler::pin_call`]'s return side: count the switch (this CPU, interrupts disabled:
-    /// no locked add; counted here, not on the way in, where it would add to the latency) and,
-    /// if the thread blocked, finish that switch.
+    /// One more pinned switch on `c`'s CPU (the running one, interrupts disabled).
     #[inline(always)]
-    pub(crate) fn pin_done(&'static self, c: &crate::CpuSched<E>, r: PinOutcome) {
+    fn count_pin_switch(c: &crate::CpuSched<E>) {
         c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        if r == PinOutcome::Blocked {
-            self.finish_switch();
-        }
+    }
+
+    /// [`Scheduler::pin_call`]'s return side when the thread blocked (or was preempted):
+    /// count the switch and finish it.
+    #[cold]
+    #[inline(never)]
+    fn pin_blocked(&'static self, c: &crate::CpuSched<E>) {
+        Self::count_pin_switch(c);
+        self.finish_switch();
     }
 
     /// Whether the running thread runs on a CPU lent to it by [`Scheduler::pin_call`] (a
@@ -376,7 +384,6 @@ impl<E: SchedEnv> Scheduler<E> {
         }
         trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();
-        let to = E::M::pinned_context();
         // The thread directly under us runs next: the scheduler's current thread, or — with
         // nested borrows — an interrupt thread that borrows the CPU itself (the machine puts
         // the borrower word back to it). The scheduler's current thread does not change.
@@ -388,9 +395,9 @@ impl<E: SchedEnv> Scheduler<E> {
         // our run-queue lock, so no CPU picks the interrupt thread before its registers are
         // saved (`on_cpu` guards that too).
         // SAFETY: interrupts are disabled; `from` is the running (interrupt) thread's context;
-        // `to` is the context of the thread under it, saved by `PinSwitch::pin_call` here and
-        // never queued.
-        unsafe { E::M::switch(from, to) };
+        // we borrow the CPU, and the thread under us — saved by `PinSwitch::pin_call` here,
+        // never queued — is the current thread already.
+        unsafe { E::M::pin_switch_under(from) };
         // Woken and picked by `schedule` on this CPU: an ordinary thread from here on.
         self.finish_switch();
     }
