@@ -260,6 +260,23 @@ impl machine::PinSwitch for X86_64 {
         cpu::pin_borrowed()
     }
 
+    #[inline(always)]
+    fn is_borrower() -> bool {
+        // SAFETY: %gs:16 is this CPU's `curthread`, %gs:48 its borrower word (cpu.rs); two
+        // reads of the running CPU's own words.
+        unsafe {
+            asm!(
+                "mov {t}, gs:[16]",
+                "cmp gs:[48], {t}",
+                "jne {no}",
+                t = out(reg) _,
+                no = label { return false },
+                options(nostack, readonly),
+            )
+        };
+        true
+    }
+
     #[inline]
     #[inline]
     unsafe fn pin_switch_under(from: *mut usize) {

@@ -719,8 +719,7 @@ impl PinSwitch for HostMachine {
     unsafe fn pin_end() -> bool {
         // The runner ends the call when the body returns (`Runner::serve`, which checks the
         // borrower word again).
-        let c = this_cpu();
-        c.pin.borrowed.load(Ordering::Relaxed) == c.curthread.load(Ordering::Relaxed) as usize
+        Self::is_borrower()
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
@@ -730,6 +729,11 @@ impl PinSwitch for HostMachine {
 
     fn pin_borrowed() -> usize {
         this_cpu().pin.borrowed()
+    }
+
+    fn is_borrower() -> bool {
+        let c = this_cpu();
+        c.pin.borrowed.load(Ordering::Relaxed) == c.curthread.load(Ordering::Relaxed) as usize
     }
 
     unsafe fn pin_switch_under(from: *mut HostContext) {

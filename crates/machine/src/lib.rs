@@ -299,6 +299,10 @@ pub trait PinSwitch: Machine {
     /// This CPU's [`PinSlots::borrowed`] (one per-CPU load).
     fn pin_borrowed() -> usize;
 
+    /// Whether the running thread borrows this CPU: [`PinSwitch::pin_borrowed`] is
+    /// [`Machine::curthread`] (x86_64: one load, one compare with the other word, a branch).
+    fn is_borrower() -> bool;
+
     /// The borrower leaves the CPU (it blocks or is preempted; the scheduler's block path):
     /// puts back this CPU's previous borrower and pinned context from the innermost active
     /// pinned call's frame, then saves the running thread into `*from` and resumes the thread

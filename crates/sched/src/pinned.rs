@@ -228,7 +228,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// [`Scheduler::pin_return`], not with this.
     #[inline]
     pub fn borrowing(&self) -> bool {
-        E::M::pin_borrowed() == E::M::curthread() as usize
+        E::M::is_borrower()
     }
 
     /// The end of a pinned body: whether it may return into its pinned call. `Ok` if the
