@@ -109,6 +109,10 @@ impl core::fmt::Display for BadLimit {
 /// Per-CPU pinned ithreads.
 pub struct Pinned<E: IntrEnv> {
     cpus: [PinnedCpu<E>; sched::MAX_CPUS],
+    /// Each CPU's first thread (its slot 0, the dispatch fast path's), by CPU index: one
+    /// scaled load, where the slot inside `cpus` needs the index multiplied by its size.
+    /// Written once, with the slot, under `grow`.
+    first: [AtomicPtr<PinThread<E>>; sched::MAX_CPUS],
     started: AtomicBool,
     /// Threads per CPU that dispatch may lend (`set_limit`).
     limit: AtomicUsize,
@@ -135,6 +139,7 @@ impl<E: IntrEnv> Pinned<E> {
                     queue: UnsafeCell::new(VecDeque::new()),
                 }
             }; sched::MAX_CPUS],
+            first: [const { AtomicPtr::new(core::ptr::null_mut()) }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
             limit: AtomicUsize::new(DEFAULT_THREADS_PER_CPU),
             grow: sync::Mutex::new_adaptive("intr.pinned.grow", ()),
@@ -181,11 +186,15 @@ impl<E: IntrEnv> Pinned<E> {
         let pri = Priority::of_ipl(ipl::Ipl::Vm).unwrap_or(Priority::INTR_BASE);
         let limit = self.limit();
         for cpu in 0..E::M::ncpus() {
-            for slot in &self.cpus[cpu].threads[..limit] {
+            for (i, slot) in self.cpus[cpu].threads[..limit].iter().enumerate() {
                 if slot.load(Ordering::Acquire).is_null() {
                     let t =
                         E::sched().new_ithread("ithread/vm", pri, cpu, ipl::Ipl::Vm as u8, ithread_body::<E>);
-                    slot.store(Box::into_raw(Box::new(t)), Ordering::Release);
+                    let t = Box::into_raw(Box::new(t));
+                    slot.store(t, Ordering::Release);
+                    if i == 0 {
+                        self.first[cpu].store(t, Ordering::Release);
+                    }
                 }
             }
         }
@@ -206,7 +215,7 @@ impl<E: IntrEnv> Pinned<E> {
         // that state aside.
         // The level test (IPL_VM), the busy test, the switch and the call are the machine's
         // (`pin_call`); it hands the arguments back if it did nothing.
-        let t = cpu_of::<E>(cpu).threads[0].load(Ordering::Acquire);
+        let t = self.first[cpu & (sched::MAX_CPUS - 1)].load(Ordering::Acquire);
         if t.is_null() {
             // No ithread on this CPU: `start` makes one for every CPU online before the first
             // pinned source is published, so only a CPU started after that gets here; its
