@@ -8,9 +8,9 @@
 #
 # Protocol common to 4 and 5: called from Rust in ring 0, interrupts disabled — section 4 with
 # the System V ABI, section 5 through an `asm!` call with its own register convention (see
-# there) — GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:24 the IPL, %gs:40 the
-# pinned context, %gs:48..80 the pinned switch's `PinSlots`: busy, thread, stack top, body;
-# cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
+# there) — GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:24 the IPL and %gs:28 the
+# spin-mutex count, %gs:40 the pinned context, %gs:48 the pinned switch's `PinSlots`, the
+# borrower word; cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
 # pointer up, r15, r14, r13, r12, rbx, rbp and a return address (the "switch frame"):
 # `context_switch` pops it and returns 0 in %eax (which only section 5's frame looks at: 0 is
 # "blocked"). Section 5 saves the interrupted thread in that frame's format (writing only the
@@ -286,12 +286,15 @@ thread_trampoline:
 #    intr_pin_end()                               the body's end (`PinSwitch::pin_end`)
 #
 #    `PinCall` (repr C): 0 state (0 parked, 1 blocked, else borrowing), 8 thread, 16 stack
-#    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL, %gs:40 the pinned
-#    context (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
+#    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL (32 bits) and %gs:28
+#    the spin-mutex count (counted down from 0; cpu.rs), %gs:40 the pinned context
+#    (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
 #    `PinSwitch::pin_call` only, through an `asm!` call that declares everything but %rbx,
 #    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too;
 #    interrupts disabled, on the running thread's stack.
-#      - IPL (%gs:24) not the call's level: return 3 (Level), nothing done.
+#      - the 64-bit word at %gs:24 not the call's level: the IPL (its low half) is another
+#        level, or spin mutexes are held (its high half, the count): return 3 (Level),
+#        nothing done.
 #      - state non-zero (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
 #        done. Both leave %rdi and %rsi as they came.
 #      - else build a switch frame of section 4 on the running stack — rbp and rbx in their
@@ -328,7 +331,7 @@ thread_trampoline:
 .global intr_pin_call
 intr_pin_call:
     movq 32(%rdx), %rax
-    cmpq %rax, %gs:24                   # at the call's level?
+    cmpq %rax, %gs:24                   # at the call's level, no spin mutex held?
     jne 8f
     cmpq $0, (%rdx)                     # parked?
     jne 9f

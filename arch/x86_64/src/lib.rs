@@ -42,8 +42,9 @@ use machine::{IntrOff, Machine};
 
 global_asm!(include_str!("entry.s"), options(att_syntax));
 
-// entry.s's `intr_pin_call` compares the 64-bit IPL word (%gs:24) with a `PinCall`'s level, the
-// level's number (`intr::pinned` passes IPL_VM's).
+// entry.s's `intr_pin_call` compares the 64-bit word at %gs:24 (the IPL, and above it the
+// spin-mutex count: cpu.rs) with a `PinCall`'s level, the level's number (`intr::pinned` passes
+// IPL_VM's): equal only at that level with no spin mutex held.
 const _: () = assert!(ipl::Ipl::Vm as u8 == 5);
 global_asm!(include_str!(concat!(env!("OUT_DIR"), "/trap_stubs.s")), options(att_syntax));
 

@@ -679,7 +679,9 @@ impl PinSwitch for HostMachine {
     unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
         let (sys, cpu) = here();
         let c = &sys.cpus[cpu];
-        if c.ipl.load(Ordering::Relaxed) as usize != call.level {
+        // As x86_64's one compare of the IPL and spin-count word: Level also when spin mutexes
+        // are held.
+        if c.ipl.load(Ordering::Relaxed) as usize != call.level || c.mtx_count.load(Ordering::Relaxed) != 0 {
             return (PinOutcome::Level, a0, a1);
         }
         if call.state.load(Ordering::Acquire) != 0 {

@@ -213,15 +213,16 @@ impl<E: IntrEnv> Pinned<E> {
         // The sleep check counts the spin mutexes held on the CPU as the ithread's own:
         // a context underneath holding one (below IPL_VM) takes the slow path, which sets
         // that state aside.
-        // The level test (IPL_VM), the busy test, the switch and the call are the machine's
-        // (`pin_call`); it hands the arguments back if it did nothing.
+        // The level test (IPL_VM, and no spin mutex held: `PinOutcome::Level` otherwise), the
+        // busy test, the switch and the call are the machine's (`pin_call`); it hands the
+        // arguments back if it did nothing.
         let t = self.first[cpu & (sched::MAX_CPUS - 1)].load(Ordering::Acquire);
         if t.is_null() {
             // No ithread on this CPU: `start` makes one for every CPU online before the first
             // pinned source is published, so only a CPU started after that gets here; its
             // instances wait in its queue (CPUs do not come online after start-up).
             queue_busy(cpu_of::<E>(cpu), src, raised);
-        } else if E::spl().spin_count_of(cpu) == 0 {
+        } else {
             // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
             let it = unsafe { &*t };
             trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
@@ -235,8 +236,6 @@ impl<E: IntrEnv> Pinned<E> {
                 // SAFETY: as above.
                 PinOutcome::Level => lend_slow(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
             }
-        } else {
-            lend_slow(self, src, raised, cpu, io);
         }
     }
 

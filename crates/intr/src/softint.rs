@@ -236,17 +236,14 @@ impl<E: IntrEnv> Soft<E> {
         }
         // SAFETY: a non-null slot is a leaked `PinThread` (never freed).
         let it = unsafe { &*t };
-        if E::spl().spin_count_of(cpu) == 0 {
-            trace::emit::<E::M>(trace::Kind::PinBorrow, (SOFT_VECTOR_BASE as usize + l) as u64);
-            match E::sched().pin_call(it, cpu, l, io).0 {
-                PinOutcome::Returned | PinOutcome::Blocked => {}
-                // Not parked: its handler blocked and it finishes the queue (ours included)
-                // as an ordinary thread before it parks.
-                PinOutcome::Busy => {}
-                PinOutcome::Level => lend_slow(it, cpu, l, io),
-            }
-        } else {
-            lend_slow(it, cpu, l, io);
+        trace::emit::<E::M>(trace::Kind::PinBorrow, (SOFT_VECTOR_BASE as usize + l) as u64);
+        match E::sched().pin_call(it, cpu, l, io).0 {
+            PinOutcome::Returned | PinOutcome::Blocked => {}
+            // Not parked: its handler blocked and it finishes the queue (ours included)
+            // as an ordinary thread before it parks.
+            PinOutcome::Busy => {}
+            // Another level, or spin mutexes held underneath (the machine's test).
+            PinOutcome::Level => lend_slow(it, cpu, l, io),
         }
     }
 }

@@ -143,7 +143,7 @@ pub enum PinOutcome {
     Returned = 1,
     /// The interrupt thread was not parked ([`PinCall::state`]): nothing was done.
     Busy = 2,
-    /// The CPU was not at the pinned level (`IPL_VM`): nothing was done.
+    /// The CPU was not at the call's level, or held spin mutexes: nothing was done.
     Level = 3,
 }
 
@@ -248,7 +248,9 @@ pub trait Machine: Sized + Send + Sync + 'static {
 /// the portable scheduler runs on implements it: there are no defaults.
 pub trait PinSwitch: Machine {
     /// **Pinned call**, the machine's contract (protocol: `crates/sched/src/pinned.rs`): if this
-    /// CPU is at `call.level` (its `ipl::IplCpu` word; else [`PinOutcome::Level`]) and `call`'s
+    /// CPU is at `call.level` (its `ipl::IplCpu` word) and holds no spin mutex (its
+    /// `ipl::IplCpu::mtx_state` count; else [`PinOutcome::Level`]: the caller sets the level
+    /// and the spin-mutex state aside and calls again, or queues) and `call`'s
     /// thread is parked ([`PinCall::state`] 0; else [`PinOutcome::Busy`]), lends the CPU to
     /// that thread for one call of `body(a0, a1)` on its stack, without a scheduler switch.
     /// Saves the running thread's callee-saved registers in a frame that [`Machine::switch`]
