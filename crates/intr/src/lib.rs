@@ -556,18 +556,40 @@ impl<E: IntrEnv> Source<E> {
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let wall = E::M::now_ns().saturating_sub(t0);
+        if CTX == RUN_BORROWED && !E::sched().borrowing() {
+            // A borrower that switched away meanwhile (blocked, preempted): out of line, so
+            // that the borrowed fast path's accounting is the direct model's.
+            return self.run_accounted_switched(&ctx, wall);
+        }
         // Whether the thread switched away meanwhile.
         let switched = match CTX {
             RUN_THREAD => me.switch_count() != switches,
-            RUN_BORROWED => !E::sched().borrowing(),
             _ => false,
         };
         // CPU time: the wall time less what the thread spent switched away meanwhile.
         let off = match CTX {
             RUN_THREAD => me.off_cpu_ns().saturating_sub(off0),
-            RUN_BORROWED if switched => me.off_cpu_ns().saturating_sub(me.borrow_off_mark_ns()),
             _ => 0,
         };
+        self.run_accounted(&ctx, wall, off, switched)
+    }
+
+    /// [`Source::run_handler_in`]'s accounting for a pinned call's body whose thread switched
+    /// away during the handler (it blocked, or was preempted): the off-CPU time since the
+    /// lazy mark its block took (`sched::Thread::borrow_off_mark_ns`) is not CPU time.
+    #[cold]
+    #[inline(never)]
+    fn run_accounted_switched(&self, ctx: &HandlerCtx<'_>, wall: u64) -> bool {
+        let me = E::sched().current();
+        let off = me.off_cpu_ns().saturating_sub(me.borrow_off_mark_ns());
+        self.run_accounted(ctx, wall, off, true)
+    }
+
+    /// The end of [`Source::run_handler_in`]: the handler's run counted, `wall` less `off`
+    /// (the time its thread spent switched away, `switched`) as its CPU time; the gate left;
+    /// whether it asked to be requeued.
+    #[inline(always)]
+    fn run_accounted(&self, ctx: &HandlerCtx<'_>, wall: u64, off: u64, switched: bool) -> bool {
         let spent = wall.saturating_sub(off);
         if off != 0 {
             self.stats.handler_off_ns.fetch_add(off, Ordering::Relaxed);
