@@ -1009,14 +1009,16 @@ impl<E: IntrEnv> Intr<E> {
     }
 
     /// Primary dispatch of `vector` on this CPU (interrupts disabled, CPU at the vector's IPL).
-    /// Returns `None` if no source is established on the vector (the caller falls back to
-    /// the kernel's own handler), else whether any source claimed the interrupt. `replay`:
-    /// run by `splx` for a vector the SPL layer deferred.
+    /// Returns `false` if no source is established on the vector (the caller falls back to
+    /// the kernel's own handler), `true` if the vector was dispatched here (its sources, or a
+    /// software vector's thread; whether a source claimed it is for the storm rule, counted
+    /// here, not returned: nothing has to be kept across the handlers). `replay`: run by
+    /// `splx` for a vector the SPL layer deferred.
     ///
     /// Sends the EOI when there are sources (see the EOI rule in the crate documentation),
-    /// except for a replay (acknowledged when it was deferred); with `None` returned, the
+    /// except for a replay (acknowledged when it was deferred); with `false` returned, the
     /// caller acknowledges.
-    pub fn dispatch(&'static self, vector: u8, replay: bool, io: &IntrOff) -> Option<bool> {
+    pub fn dispatch(&'static self, vector: u8, replay: bool, io: &IntrOff) -> bool {
         let list = self.vectors[vector as usize].lock(io);
         if list.is_empty() {
             drop(list);
@@ -1027,9 +1029,9 @@ impl<E: IntrEnv> Intr<E> {
                     E::eoi();
                 }
                 self.soft.fire(l, io);
-                return Some(true);
+                return true;
             }
-            return None;
+            return false;
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
@@ -1043,8 +1045,8 @@ impl<E: IntrEnv> Intr<E> {
                 if !level && !replay {
                     E::eoi();
                 }
-                let claimed = match self.arrive(src, replay, cpu, now) {
-                    Arrived::Absorbed => true,
+                match self.arrive(src, replay, cpu, now) {
+                    Arrived::Absorbed => {}
                     Arrived::Filter { timed } => {
                         let arrival = arrival_of(src, replay, now);
                         let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
@@ -1055,9 +1057,8 @@ impl<E: IntrEnv> Intr<E> {
                         if schedule && src.handler.is_some() {
                             self.route(src, cpu, arrival, now, io, &mut one);
                         }
-                        claims
                     }
-                };
+                }
                 if level && !replay {
                     // Level: the scheduled source is masked now.
                     E::eoi();
@@ -1070,9 +1071,10 @@ impl<E: IntrEnv> Intr<E> {
                     // address is a constant plus the index.
                     LaterOne::Pinned(src, arrival) => E::intr().pinned.dispatch(src, arrival, cpu, io),
                 }
-                return Some(claimed);
+                return true;
             }
-            self.dispatch_shared(list, replay, cpu, now, io)
+            self.dispatch_shared(list, replay, cpu, now, io);
+            true
         }
     }
 
@@ -1086,7 +1088,7 @@ impl<E: IntrEnv> Intr<E> {
         cpu: usize,
         now: u64,
         io: &IntrOff,
-    ) -> Option<bool> {
+    ) {
         let mut claimed = false;
         // Sources (by their index, the first 64) whose filter said "not mine": if nobody
         // claims the interrupt, each of them is charged a no-work arrival (storm.rs).
@@ -1137,7 +1139,6 @@ impl<E: IntrEnv> Intr<E> {
         // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on
         // the path.
         core::mem::forget(later);
-        Some(claimed)
     }
 
     /// Arrival of the vector at one of its sources (table lock held): a replayed level source
