@@ -189,10 +189,12 @@ pub fn set_ipl(level: u8) {
 /// The running CPU's IPL word (the level, zero-extended: `set_ipl` writes all 32 bits).
 #[inline(always)]
 pub fn ipl_word() -> usize {
-    let v: u32;
+    let v: usize;
+    // A 32-bit load into the register's low half zero-extends it: the whole register is
+    // the word, with no extension of our own.
     // SAFETY: as in `index`; offset 24 is `ipl`.
     unsafe { asm!("mov {:e}, dword ptr gs:[24]", out(reg) v, options(nostack, preserves_flags, readonly)) };
-    v as usize
+    v
 }
 
 /// Sets the running CPU's IPL word (a level below 256, as `ipl_word` returns).

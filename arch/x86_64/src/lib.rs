@@ -279,12 +279,15 @@ impl machine::PinSwitch for X86_64 {
     }
 
     #[inline]
-    #[inline]
     unsafe fn pin_switch_under(from: *mut usize) {
-        // The frame's words 1 and 2: the previous borrower and pinned context (entry.s).
         let frame = cpu::pin_ctx();
-        cpu::set_pin_borrowed(cpu::pinned_frame_word(1));
-        cpu::set_pin_ctx(cpu::pinned_frame_word(2));
+        let w = frame as *const usize;
+        // SAFETY: we borrow the CPU (the trait contract), so %gs:40 is the innermost active
+        // pinned call's frame (entry.s), live on the thread under us: words 1 and 2 are the
+        // previous borrower and pinned context.
+        let (prev_borrowed, prev_ctx) = unsafe { (*w.add(1), *w.add(2)) };
+        cpu::set_pin_borrowed(prev_borrowed);
+        cpu::set_pin_ctx(prev_ctx);
         // SAFETY: per the trait contract; `frame` is the context `intr_pin_call` saved for the
         // thread under us (a switch frame of section 4), read before the slot was changed;
         // `context_switch` reads it from this stack before it leaves it.

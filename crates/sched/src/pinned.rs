@@ -213,8 +213,7 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// [`Scheduler::pin_call`]'s return side when the thread blocked (or was preempted):
     /// count the switch and finish it.
-    #[cold]
-    #[inline(never)]
+    #[inline(always)]
     fn pin_blocked(&'static self, c: &crate::CpuSched<E>) {
         Self::count_pin_switch(c);
         self.finish_switch();
