@@ -409,15 +409,23 @@ fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
 #[inline(always)]
 fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool, cpu: usize) {
     if again && !src.gate.is_closed() {
-        let c = cpu_of::<E>(cpu);
-        let io = E::M::intr_disable();
-        let now = E::M::now_ns();
-        // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
-        unsafe { (*c.queue.get()).push_back((src, now)) };
-        drop(io);
+        requeue(src, cpu);
     } else if src.needs_mask() {
         src.unmask();
     }
+}
+
+/// [`finish_one`] for a handler that asked for `hwi_sched`: to the back of the CPU's queue.
+/// Out of line: the ithread's body keeps fewer registers across its handler without it.
+#[cold]
+#[inline(never)]
+fn requeue<E: IntrEnv>(src: Arc<Source<E>>, cpu: usize) {
+    let c = cpu_of::<E>(cpu);
+    let io = E::M::intr_disable();
+    let now = E::M::now_ns();
+    // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
+    unsafe { (*c.queue.get()).push_back((src, now)) };
+    drop(io);
 }
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
