@@ -195,9 +195,10 @@ impl Machine for X86_64 {
 /// `intr_pin_call`'s diagnostic (entry.s): a pinned body returned although its thread no longer
 /// borrows the CPU — it blocked or was preempted during the call, so the thread underneath has
 /// resumed from the frame the return would pop. Continuing would load a stale stack pointer;
-/// the body should have ended through `Scheduler::pin_return` (`intr_pin_end`, which tests and
-/// switches back in one interrupt-disabled sequence) and parked. Interrupts disabled, on the
-/// thread's own stack; `thread` is the running thread (`curthread`).
+/// the body should have ended through `Scheduler::pin_end` (`intr_pin_end`, which tests and
+/// switches back in one interrupt-disabled sequence) or decided with `Scheduler::pin_return`
+/// (interrupts kept disabled from the test to the return), and parked. Interrupts disabled, on
+/// the thread's own stack; `thread` is the running thread (`curthread`).
 #[no_mangle]
 extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
     panic!(
