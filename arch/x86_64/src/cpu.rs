@@ -1,10 +1,12 @@
 //! Per-CPU data, reached through the GS base in O(1), and each CPU's GDT and TSS.
 //!
 //! `PerCpu` starts with words that assembly-like accessors read with one `%gs`-relative
-//! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24), `pending` (32),
-//! `pin_ctx` (40) and the pinned switch's borrower word ([`machine::PinSlots`], 48), all
-//! used by entry.s's `intr_pin_call`; then the spin-mutex nesting count (56) and the level saved
-//! by the outermost spin mutex (60), NetBSD's `ci_mtx_count` / `ci_mtx_oldspl`. A CPU's
+//! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24, 32 bits) and the
+//! spin-mutex nesting count (28, NetBSD's `ci_mtx_count`) — one 64-bit word that is zero-
+//! extended level exactly when no spin mutex is held —, `pending` (32), `pin_ctx` (40) and
+//! the pinned switch's borrower word ([`machine::PinSlots`], 48), all used by entry.s's
+//! `intr_pin_call`; then the level saved by the outermost spin mutex (56, `ci_mtx_oldspl`).
+//! A CPU's
 //! `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP reads
 //! during start-up.
 
@@ -36,8 +38,15 @@ pub struct PerCpu {
     self_ptr: usize,
     index: usize,
     curthread: usize,
-    /// The CPU's interrupt priority level (offset 24; read and written with one `%gs` op).
-    ipl: u64,
+    /// The CPU's interrupt priority level (offset 24; read and written with one `%gs` op,
+    /// 32 bits wide).
+    ipl: u32,
+    /// Spin mutexes held on this CPU, counted *down* from 0 (offset 28; NetBSD's
+    /// `ci_mtx_count`): the enter's `sub` borrows exactly when it is the outermost, the exit's
+    /// `add` reaches zero exactly when it is. It is the upper half of the 64-bit word at 24,
+    /// so `intr_pin_call`'s one compare of that word with a level (zero-extended) tests both
+    /// "at this level" and "no spin mutex held".
+    mtx_count: u32,
     /// The SPL pending-levels word (offset 32; one `%gs` op to read, set or clear bits).
     pending: u64,
     /// The context of the thread pinned under an interrupt thread (offset 40; written by
@@ -45,12 +54,9 @@ pub struct PerCpu {
     pin_ctx: usize,
     /// The pinned switch's borrower word (offset 48; see [`machine::PinSlots`]).
     pin: machine::PinSlots,
-    /// Spin mutexes held on this CPU, counted *down* from 0 (offset 56; NetBSD's
-    /// `ci_mtx_count`): the enter's `sub` borrows exactly when it is the outermost, the exit's
-    /// `add` reaches zero exactly when it is.
-    mtx_count: u32,
-    /// The level from before the outermost spin mutex (offset 60; `ci_mtx_oldspl`).
+    /// The level from before the outermost spin mutex (offset 56; `ci_mtx_oldspl`).
     mtx_oldspl: u32,
+    _unused: u32,
     /// The scheduler's word (offset 64; `Machine::sched_word`: the address of its per-CPU
     /// state, 0 until its `init_cpu` on this CPU).
     sched_word: usize,
@@ -65,8 +71,8 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, pending) == 32);
     assert!(core::mem::offset_of!(PerCpu, pin_ctx) == 40);
     assert!(core::mem::offset_of!(PerCpu, pin) == 48);
-    assert!(core::mem::offset_of!(PerCpu, mtx_count) == 56);
-    assert!(core::mem::offset_of!(PerCpu, mtx_oldspl) == 60);
+    assert!(core::mem::offset_of!(PerCpu, mtx_count) == 28);
+    assert!(core::mem::offset_of!(PerCpu, mtx_oldspl) == 56);
     assert!(core::mem::offset_of!(PerCpu, sched_word) == 64);
     assert!(core::mem::offset_of!(machine::PinSlots, borrowed) == 0);
 };
@@ -112,6 +118,7 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         pin: machine::PinSlots::new(),
         mtx_count: 0,
         mtx_oldspl: 0,
+        _unused: 0,
         sched_word: 0,
         lapic_id: AtomicU32::new(lapic_id),
     }));
@@ -166,9 +173,9 @@ pub fn set_curthread(v: usize) {
 /// The running CPU's interrupt priority level.
 #[inline]
 pub fn ipl() -> u8 {
-    let v: u64;
+    let v: u32;
     // SAFETY: as in `index`; offset 24 is `ipl`.
-    unsafe { asm!("mov {}, gs:[24]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    unsafe { asm!("mov {:e}, dword ptr gs:[24]", out(reg) v, options(nostack, preserves_flags, readonly)) };
     v as u8
 }
 
@@ -176,15 +183,17 @@ pub fn ipl() -> u8 {
 #[inline]
 pub fn set_ipl(level: u8) {
     // SAFETY: as in `index`; offset 24 is `ipl`, written only by its own CPU.
-    unsafe { asm!("mov qword ptr gs:[24], {}", in(reg) level as u64, options(nostack, preserves_flags)) };
+    unsafe { asm!("mov dword ptr gs:[24], {:e}", in(reg) level as u32, options(nostack, preserves_flags)) };
 }
 
-/// The running CPU's IPL word (the level, zero-extended: `set_ipl` writes all 64 bits).
+/// The running CPU's IPL word (the level, zero-extended: `set_ipl` writes all 32 bits).
 #[inline(always)]
 pub fn ipl_word() -> usize {
     let v: usize;
+    // A 32-bit load into the register's low half zero-extends it: the whole register is
+    // the word, with no extension of our own.
     // SAFETY: as in `index`; offset 24 is `ipl`.
-    unsafe { asm!("mov {}, gs:[24]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    unsafe { asm!("mov {:e}, dword ptr gs:[24]", out(reg) v, options(nostack, preserves_flags, readonly)) };
     v
 }
 
@@ -192,7 +201,7 @@ pub fn ipl_word() -> usize {
 #[inline(always)]
 pub fn set_ipl_word(level: usize) {
     // SAFETY: as in `index`; offset 24 is `ipl`, written only by its own CPU.
-    unsafe { asm!("mov qword ptr gs:[24], {}", in(reg) level, options(nostack, preserves_flags)) };
+    unsafe { asm!("mov dword ptr gs:[24], {:e}", in(reg) level as u32, options(nostack, preserves_flags)) };
 }
 
 /// The running CPU's SPL pending-levels word.
@@ -219,18 +228,18 @@ pub fn ipl_pending_and(mask: u32) {
     unsafe { asm!("and dword ptr gs:[32], {:e}", in(reg) mask, options(nostack)) };
 }
 
-/// One more spin mutex held on the running CPU; the outermost saves `old` (offsets 56, 60).
+/// One more spin mutex held on the running CPU; the outermost saves `old` (offsets 28, 56).
 /// One instruction each with respect to this CPU's interrupts (an interrupt that takes and
 /// releases spin mutexes in between leaves both as it found them).
 #[inline(always)]
 pub fn mtx_enter(old: u8) {
-    // SAFETY: as in `index`; offsets 56 and 60 are `mtx_count` and `mtx_oldspl`, written only
+    // SAFETY: as in `index`; offsets 28 and 56 are `mtx_count` and `mtx_oldspl`, written only
     // by their own CPU. The store is skipped unless the `sub` borrowed (the count was 0).
     unsafe {
         asm!(
-            "sub dword ptr gs:[56], 1",
+            "sub dword ptr gs:[28], 1",
             "jnc 2f",
-            "mov byte ptr gs:[60], {old}",
+            "mov byte ptr gs:[56], {old}",
             "2:",
             old = in(reg_byte) old,
             options(nostack)
@@ -246,11 +255,11 @@ pub fn mtx_exit() -> Option<u8> {
     let old: u8;
     // SAFETY: as in `mtx_enter`.
     unsafe {
-        asm!("mov {}, byte ptr gs:[60]", out(reg_byte) old, options(nostack, preserves_flags, readonly))
+        asm!("mov {}, byte ptr gs:[56]", out(reg_byte) old, options(nostack, preserves_flags, readonly))
     };
     // SAFETY: as in `mtx_enter`; the label block runs when the count reached 0.
     unsafe {
-        asm!("add dword ptr gs:[56], 1", "jz {outer}", outer = label { return Some(old) }, options(nostack))
+        asm!("add dword ptr gs:[28], 1", "jz {outer}", outer = label { return Some(old) }, options(nostack))
     };
     None
 }
@@ -259,12 +268,12 @@ pub fn mtx_exit() -> Option<u8> {
 #[inline]
 pub fn mtx_state() -> (u32, u8) {
     let (c, o): (u32, u32);
-    // Two reads, each `pure`: a caller that wants only the count (the pinned dispatch's test)
-    // does not pay for the level's load.
+    // Two reads, each `pure`: a caller that wants only the count does not pay for the
+    // level's load.
     // SAFETY: as in `mtx_enter`.
     unsafe {
-        asm!("mov {:e}, dword ptr gs:[56]", out(reg) c, options(nostack, preserves_flags, pure, readonly));
-        asm!("mov {:e}, dword ptr gs:[60]", out(reg) o, options(nostack, preserves_flags, pure, readonly));
+        asm!("mov {:e}, dword ptr gs:[28]", out(reg) c, options(nostack, preserves_flags, pure, readonly));
+        asm!("mov {:e}, dword ptr gs:[56]", out(reg) o, options(nostack, preserves_flags, pure, readonly));
     };
     (c.wrapping_neg(), o as u8)
 }
@@ -274,18 +283,19 @@ pub fn mtx_state() -> (u32, u8) {
 pub fn set_mtx_state(count: u32, oldspl: u8) {
     // SAFETY: as in `mtx_enter`.
     unsafe {
-        asm!("mov dword ptr gs:[56], {:e}", "mov dword ptr gs:[60], {:e}", in(reg) count.wrapping_neg(),
+        asm!("mov dword ptr gs:[28], {:e}", "mov dword ptr gs:[56], {:e}", in(reg) count.wrapping_neg(),
              in(reg) oldspl as u32, options(nostack, preserves_flags))
     };
 }
 
-/// Address of the running CPU's pinned-context slot (offset 40 of its `PerCpu`).
+/// The running CPU's pinned-context slot (offset 40 of its `PerCpu`): the innermost active
+/// pinned call's frame, or what the slot held before the first.
 #[inline]
-pub fn pinned_context_slot() -> *const usize {
+pub fn pin_ctx() -> usize {
     let v: usize;
-    // SAFETY: as in `index`; offset 0 is `self_ptr`.
-    unsafe { asm!("mov {}, gs:[0]", out(reg) v, options(nostack, preserves_flags, readonly)) };
-    (v + 40) as *const usize
+    // SAFETY: as in `index`; offset 40 is `pin_ctx`.
+    unsafe { asm!("mov {}, gs:[40]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
 }
 
 /// Sets the running CPU's pinned-context slot (offset 40): the pinned switch's Blocked path

@@ -8,9 +8,9 @@
 #
 # Protocol common to 4 and 5: called from Rust in ring 0, interrupts disabled — section 4 with
 # the System V ABI, section 5 through an `asm!` call with its own register convention (see
-# there) — GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:24 the IPL, %gs:40 the
-# pinned context, %gs:48..80 the pinned switch's `PinSlots`: busy, thread, stack top, body;
-# cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
+# there) — GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:24 the IPL and %gs:28 the
+# spin-mutex count, %gs:40 the pinned context, %gs:48 the pinned switch's `PinSlots`, the
+# borrower word; cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
 # pointer up, r15, r14, r13, r12, rbx, rbp and a return address (the "switch frame"):
 # `context_switch` pops it and returns 0 in %eax (which only section 5's frame looks at: 0 is
 # "blocked"). Section 5 saves the interrupted thread in that frame's format (writing only the
@@ -283,14 +283,18 @@ thread_trampoline:
 #
 #    intr_pin_call(a0, a1, call) -> PinOutcome   %rdi, %rsi: body's arguments, in place;
 #                                                 %rdx: the thread's `machine::PinCall`
+#    intr_pin_end()                               the body's end (`PinSwitch::pin_end`)
 #
 #    `PinCall` (repr C): 0 state (0 parked, 1 blocked, else borrowing), 8 thread, 16 stack
-#    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL, %gs:40 the pinned
-#    context (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
+#    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL (32 bits) and %gs:28
+#    the spin-mutex count (counted down from 0; cpu.rs), %gs:40 the pinned context
+#    (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
 #    `PinSwitch::pin_call` only, through an `asm!` call that declares everything but %rbx,
-#    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too, with
-#    r13/r14 read back; interrupts disabled, on the running thread's stack.
-#      - IPL (%gs:24) not the call's level: return 3 (Level), nothing done.
+#    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too;
+#    interrupts disabled, on the running thread's stack.
+#      - the 64-bit word at %gs:24 not the call's level: the IPL (its low half) is another
+#        level, or spin mutexes are held (its high half, the count): return 3 (Level),
+#        nothing done.
 #      - state non-zero (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
 #        done. Both leave %rdi and %rsi as they came.
 #      - else build a switch frame of section 4 on the running stack — rbp and rbx in their
@@ -298,18 +302,27 @@ thread_trampoline:
 #        previous borrower in r14's, the call in r15's — so borrows nest: the running thread
 #        may itself be a borrowing interrupt thread. Its address becomes %gs:40; curthread,
 #        the borrower and the call's state become the thread; %rsp its stack top (nothing
-#        on it); interrupts are enabled and body(a0, a1) runs (%rbx keeps the call: the
-#        body preserves it).
-#      - body returns (with interrupts disabled, having found the thread still the borrower:
-#        `Scheduler::pin_return`; if the borrower word is not the thread, the body stopped
-#        borrowing — blocked or preempted — and returned all the same: its frame is gone, and
-#        `intr_pin_bad_return` panics naming the thread): interrupts off, the state parked, the frame's stack, curthread,
-#        borrower and pinned context back; return 1 (Returned) with r13/r14 = the restored
-#        pinned context and borrower.
+#        on it); interrupts are enabled and body(a0, a1) runs.
+#      - body ends (the fast path): with interrupts disabled it calls `intr_pin_end`
+#        (`Scheduler::pin_end`), which tests in the same interrupt-disabled sequence that
+#        the running thread is still the borrower (%gs:16 == %gs:48). If so it leaves the
+#        body's stack as it is (the next call starts at the top again), takes the frame at
+#        %gs:40 — the innermost call's, the running thread's own — parks the call's state
+#        (the frame's r15 slot), pops the borrower, the pinned context and curthread back
+#        from the frame (then rbx and rbp), and returns from `intr_pin_call` with 1
+#        (Returned). If not (the thread blocked or was preempted
+#        during the call: its frame is gone, resumed by the thread underneath), it returns to
+#        the body with only %rax and the flags changed, and the body finishes as an ordinary
+#        thread and parks.
+#      - body returns instead (bodies that end with `Scheduler::pin_return`, or none):
+#        interrupts off, the same borrower test, then the same return as `intr_pin_end`'s;
+#        if the thread no longer borrows the CPU, `intr_pin_bad_return` panics naming it
+#        rather than jump through a frame that is gone.
 #      - body blocks: the scheduler finds the CPU borrowed, sets the call's state to 1, makes
-#        the thread an ordinary thread and `context_switch`es to the context in %gs:40: the
-#        frame pops (r13/r14 = the previous pinned context and borrower, which the Rust
-#        caller stores back) and `ret` returns from this call with %eax = 0 (Blocked),
+#        the thread an ordinary thread, puts the previous borrower and pinned context back
+#        from the frame (`PinSwitch::pin_switch_under`) and `context_switch`es to the frame
+#        (the context %gs:40 held): it pops (r12..r15 get the frame's words, which the caller
+#        treats as clobbered) and `ret` returns from this call with %eax = 0 (Blocked),
 #        interrupts disabled. body's stack is the thread's own from then on; it must never
 #        return into this frame (the thread parks its state when it is done).
 #    Stack alignment: entered with %rsp = 8 mod 16; body is entered with %rsp = stack_top - 8,
@@ -318,7 +331,7 @@ thread_trampoline:
 .global intr_pin_call
 intr_pin_call:
     movq 32(%rdx), %rax
-    cmpq %rax, %gs:24                   # at the call's level?
+    cmpq %rax, %gs:24                   # at the call's level, no spin mutex held?
     jne 8f
     cmpq $0, (%rdx)                     # parked?
     jne 9f
@@ -329,34 +342,38 @@ intr_pin_call:
     pushq %gs:48                        # r14's slot: the previous borrower
     pushq %rdx                          # r15's slot: the call
     movq %rsp, %gs:40                   # the pinned thread's context
-    movq %rdx, %rbx                     # the call, kept across the body
     movq 8(%rdx), %rax
     movq %rax, %gs:16                   # curthread = the interrupt thread
     movq %rax, %gs:48                   # borrower = the interrupt thread
     movq %rax, (%rdx)                   # state = borrowing
     movq 16(%rdx), %rsp                 # its stack
     sti
-    call *24(%rbx)                      # body(a0, a1)
-    cli
-    movq 8(%rbx), %rax
-    cmpq %rax, %gs:48                   # does the thread still borrow the CPU?
-    jne 7f
-    movq $0, (%rbx)                     # state = parked
-    movq %gs:40, %rsp                   # back on the pinned stack
-    movq 24(%rsp), %rax
-    movq %rax, %gs:16                   # curthread = the pinned thread
-    movq 8(%rsp), %r14
-    movq %r14, %gs:48                   # the previous borrower
-    movq 16(%rsp), %r13
-    movq %r13, %gs:40                   # the previous pinned context
-    movl $1, %eax                       # PinOutcome::Returned
-    addq $32, %rsp                      # r15..r12's slots
-    popq %rbx
-    popq %rbp
-    ret
-7:  movq %rbx, %rdi                     # a body returned after its thread stopped borrowing
+    call *24(%rdx)                      # body(a0, a1)
+    cli                                 # a body that returned instead of ending through
+    movq %gs:16, %rax                   # intr_pin_end: the same check, but a panic if the
+    cmpq %rax, %gs:48                   # thread no longer borrows the CPU
+    je .Lpin_end_return
+    movq %rax, %rdi                     # a body returned after its thread stopped borrowing
     call intr_pin_bad_return            # (blocked or preempted): the frame is gone; panics
 8:  movl $3, %eax                       # PinOutcome::Level
     ret
 9:  movl $2, %eax                       # PinOutcome::Busy
     ret
+
+.global intr_pin_end
+intr_pin_end:
+    movq %gs:16, %rax
+    cmpq %rax, %gs:48                   # does the running thread still borrow the CPU?
+    jne 1f
+.Lpin_end_return:
+    movq %gs:40, %rsp                   # back on the pinned stack: the body's is abandoned
+    popq %rax                           # r15's slot: the call
+    movq $0, (%rax)                     # state = parked
+    popq %gs:48                         # r14's slot: the previous borrower
+    popq %gs:40                         # r13's slot: the previous pinned context
+    popq %gs:16                         # r12's slot: curthread = the pinned thread
+    popq %rbx
+    popq %rbp
+    movl $1, %eax                       # PinOutcome::Returned
+    ret                                 # from intr_pin_call
+1:  ret                                 # not the borrower: back to the body

@@ -42,8 +42,9 @@ use machine::{IntrOff, Machine};
 
 global_asm!(include_str!("entry.s"), options(att_syntax));
 
-// entry.s's `intr_pin_call` compares the 64-bit IPL word (%gs:24) with a `PinCall`'s level, the
-// level's number (`intr::pinned` passes IPL_VM's).
+// entry.s's `intr_pin_call` compares the 64-bit word at %gs:24 (the IPL, and above it the
+// spin-mutex count: cpu.rs) with a `PinCall`'s level, the level's number (`intr::pinned` passes
+// IPL_VM's): equal only at that level with no spin mutex held.
 const _: () = assert!(ipl::Ipl::Vm as u8 == 5);
 global_asm!(include_str!(concat!(env!("OUT_DIR"), "/trap_stubs.s")), options(att_syntax));
 
@@ -194,14 +195,16 @@ impl Machine for X86_64 {
 /// `intr_pin_call`'s diagnostic (entry.s): a pinned body returned although its thread no longer
 /// borrows the CPU — it blocked or was preempted during the call, so the thread underneath has
 /// resumed from the frame the return would pop. Continuing would load a stale stack pointer;
-/// the body should have ended through `Scheduler::pin_return` (which keeps interrupts disabled
-/// from the check to the return) and parked. Interrupts disabled, on the thread's own stack.
+/// the body should have ended through `Scheduler::pin_end` (`intr_pin_end`, which tests and
+/// switches back in one interrupt-disabled sequence) or decided with `Scheduler::pin_return`
+/// (interrupts kept disabled from the test to the return), and parked. Interrupts disabled, on
+/// the thread's own stack; `thread` is the running thread (`curthread`).
 #[no_mangle]
-extern "C" fn intr_pin_bad_return(call: &machine::PinCall) -> ! {
+extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
     panic!(
         "pinned call: the body of interrupt thread {:#x} returned after the thread stopped borrowing \
          CPU {} (it blocked or was preempted: the frame it returns into is gone; borrower now {:#x})",
-        call.thread as usize,
+        thread,
         cpu::index(),
         cpu::pin_borrowed(),
     )
@@ -211,11 +214,12 @@ extern "C" fn intr_pin_bad_return(call: &machine::PinCall) -> ! {
 impl machine::PinSwitch for X86_64 {
     #[inline(always)]
     unsafe fn pin_call(call: &machine::PinCall, a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
-        let (r, b0, b1, prev_ctx, prev_borrowed): (u32, usize, usize, usize, usize);
+        let (r, b0, b1): (u32, usize, usize);
         // `intr_pin_call`'s own convention: it keeps %rbx, %rbp and %rsp (as the C ABI) but not
         // r12..r15 (a body that blocks resumes us through a frame holding the saved words
         // there), hence the clobbers; %rdi and %rsi come back unchanged on the Busy and Level
-        // answers; r13 and r14 come back as the restored pinned context and borrower.
+        // answers. The outer borrow's words are back on every answer (Blocked: put back by
+        // `pin_switch_under` before the switch).
         // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it,
         // and the stack is aligned for a call here (asm! without `nostack`).
         unsafe {
@@ -226,20 +230,27 @@ impl machine::PinSwitch for X86_64 {
                 in("rdx") call as *const machine::PinCall,
                 lateout("eax") r,
                 out("r12") _,
-                lateout("r13") prev_ctx,
-                lateout("r14") prev_borrowed,
+                out("r13") _,
+                out("r14") _,
                 out("r15") _,
                 clobber_abi("C"),
             )
         };
-        if r == 0 {
-            // Blocked: the frame popped into r13/r14 what the Returned path stores itself.
-            cpu::set_pin_ctx(prev_ctx);
-            cpu::set_pin_borrowed(prev_borrowed);
-        }
         // SAFETY: `intr_pin_call` answers 0 (through `context_switch`), 1, 2 or 3: the values
         // of `PinOutcome` (`#[repr(u32)]`).
         (unsafe { core::mem::transmute::<u32, machine::PinOutcome>(r) }, b0, b1)
+    }
+
+    #[inline(always)]
+    unsafe fn pin_end() -> bool {
+        // `intr_pin_end` (entry.s, section 5): if the running thread is this CPU's borrower, it
+        // parks the call's state, restores the words of the frame at %gs:40 and returns from
+        // that frame's `intr_pin_call` (Returned), leaving this stack for good; otherwise it
+        // returns here, having changed only %rax and the flags.
+        // SAFETY: per the trait contract (interrupts disabled; the caller keeps nothing on this
+        // stack that must be dropped); the stack is aligned for a call here.
+        unsafe { asm!("call intr_pin_end", out("rax") _) };
+        false
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static machine::PinSlots> {
@@ -251,9 +262,37 @@ impl machine::PinSwitch for X86_64 {
         cpu::pin_borrowed()
     }
 
+    #[inline(always)]
+    fn is_borrower() -> bool {
+        // SAFETY: %gs:16 is this CPU's `curthread`, %gs:48 its borrower word (cpu.rs); two
+        // reads of the running CPU's own words.
+        unsafe {
+            asm!(
+                "mov {t}, gs:[16]",
+                "cmp gs:[48], {t}",
+                "jne {no}",
+                t = out(reg) _,
+                no = label { return false },
+                options(nostack, readonly),
+            )
+        };
+        true
+    }
+
     #[inline]
-    fn pinned_context() -> *const usize {
-        cpu::pinned_context_slot()
+    unsafe fn pin_switch_under(from: *mut usize) {
+        let frame = cpu::pin_ctx();
+        let w = frame as *const usize;
+        // SAFETY: we borrow the CPU (the trait contract), so %gs:40 is the innermost active
+        // pinned call's frame (entry.s), live on the thread under us: words 1 and 2 are the
+        // previous borrower and pinned context.
+        let (prev_borrowed, prev_ctx) = unsafe { (*w.add(1), *w.add(2)) };
+        cpu::set_pin_borrowed(prev_borrowed);
+        cpu::set_pin_ctx(prev_ctx);
+        // SAFETY: per the trait contract; `frame` is the context `intr_pin_call` saved for the
+        // thread under us (a switch frame of section 4), read before the slot was changed;
+        // `context_switch` reads it from this stack before it leaves it.
+        unsafe { context_switch(from, &frame) }
     }
 
     fn pinned_thread() -> *const () {

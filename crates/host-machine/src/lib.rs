@@ -679,7 +679,9 @@ impl PinSwitch for HostMachine {
     unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
         let (sys, cpu) = here();
         let c = &sys.cpus[cpu];
-        if c.ipl.load(Ordering::Relaxed) as usize != call.level {
+        // As x86_64's one compare of the IPL and spin-count word: Level also when spin mutexes
+        // are held.
+        if c.ipl.load(Ordering::Relaxed) as usize != call.level || c.mtx_count.load(Ordering::Relaxed) != 0 {
             return (PinOutcome::Level, a0, a1);
         }
         if call.state.load(Ordering::Acquire) != 0 {
@@ -703,19 +705,23 @@ impl PinSwitch for HostMachine {
         HERE.set((Some(sys), NO_CPU));
         runner.give(PinJob { body: call.body, a0, a1, cpu, frame: fp, thread: thread.addr() });
         // Until the body returns, or its thread blocks and the scheduler resumes us through
-        // `pinned_context` (then `returned` is false and the outer words are ours to restore).
+        // `pin_switch_under` (then `returned` is false).
         // SAFETY: `fp` is `frame`, on this stack; the runner and the scheduler use it only
         // while we wait here.
         let cpu = unsafe { (*fp).ctx.baton.take() };
         HERE.set((Some(sys), cpu));
-        let c = &sys.cpus[cpu];
+        // Blocked: `pin_switch_under` put the outer borrow's words back before it resumed us.
         if frame.returned.load(Ordering::Relaxed) {
             (PinOutcome::Returned, 0, 0)
         } else {
-            c.pin.borrowed.store(frame.prev_borrowed, Ordering::Relaxed);
-            c.pin_frame.store(frame.prev_frame, Ordering::Relaxed);
             (PinOutcome::Blocked, 0, 0)
         }
+    }
+
+    unsafe fn pin_end() -> bool {
+        // The runner ends the call when the body returns (`Runner::serve`, which checks the
+        // borrower word again).
+        Self::is_borrower()
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
@@ -727,8 +733,19 @@ impl PinSwitch for HostMachine {
         this_cpu().pin.borrowed()
     }
 
-    fn pinned_context() -> *const HostContext {
-        &top_frame().ctx
+    fn is_borrower() -> bool {
+        let c = this_cpu();
+        c.pin.borrowed.load(Ordering::Relaxed) == c.curthread.load(Ordering::Relaxed) as usize
+    }
+
+    unsafe fn pin_switch_under(from: *mut HostContext) {
+        let f = top_frame();
+        let c = this_cpu();
+        c.pin.borrowed.store(f.prev_borrowed, Ordering::Relaxed);
+        c.pin_frame.store(f.prev_frame, Ordering::Relaxed);
+        // SAFETY: per the trait contract; the frame stays alive until its pinned thread has
+        // its baton (it waits for it in `pin_call`).
+        unsafe { Self::switch(from, &f.ctx) };
     }
 
     fn pinned_thread() -> *const () {

@@ -556,18 +556,40 @@ impl<E: IntrEnv> Source<E> {
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let wall = E::M::now_ns().saturating_sub(t0);
+        if CTX == RUN_BORROWED && !E::sched().borrowing() {
+            // A borrower that switched away meanwhile (blocked, preempted): out of line, so
+            // that the borrowed fast path's accounting is the direct model's.
+            return self.run_accounted_switched(&ctx, wall);
+        }
         // Whether the thread switched away meanwhile.
         let switched = match CTX {
             RUN_THREAD => me.switch_count() != switches,
-            RUN_BORROWED => !E::sched().borrowing(),
             _ => false,
         };
         // CPU time: the wall time less what the thread spent switched away meanwhile.
         let off = match CTX {
             RUN_THREAD => me.off_cpu_ns().saturating_sub(off0),
-            RUN_BORROWED if switched => me.off_cpu_ns().saturating_sub(me.borrow_off_mark_ns()),
             _ => 0,
         };
+        self.run_accounted(&ctx, wall, off, switched)
+    }
+
+    /// [`Source::run_handler_in`]'s accounting for a pinned call's body whose thread switched
+    /// away during the handler (it blocked, or was preempted): the off-CPU time since the
+    /// lazy mark its block took (`sched::Thread::borrow_off_mark_ns`) is not CPU time.
+    #[cold]
+    #[inline(never)]
+    fn run_accounted_switched(&self, ctx: &HandlerCtx<'_>, wall: u64) -> bool {
+        let me = E::sched().current();
+        let off = me.off_cpu_ns().saturating_sub(me.borrow_off_mark_ns());
+        self.run_accounted(ctx, wall, off, true)
+    }
+
+    /// The end of [`Source::run_handler_in`]: the handler's run counted, `wall` less `off`
+    /// (the time its thread spent switched away, `switched`) as its CPU time; the gate left;
+    /// whether it asked to be requeued.
+    #[inline(always)]
+    fn run_accounted(&self, ctx: &HandlerCtx<'_>, wall: u64, off: u64, switched: bool) -> bool {
         let spent = wall.saturating_sub(off);
         if off != 0 {
             self.stats.handler_off_ns.fetch_add(off, Ordering::Relaxed);
@@ -987,14 +1009,16 @@ impl<E: IntrEnv> Intr<E> {
     }
 
     /// Primary dispatch of `vector` on this CPU (interrupts disabled, CPU at the vector's IPL).
-    /// Returns `None` if no source is established on the vector (the caller falls back to
-    /// the kernel's own handler), else whether any source claimed the interrupt. `replay`:
-    /// run by `splx` for a vector the SPL layer deferred.
+    /// Returns `false` if no source is established on the vector (the caller falls back to
+    /// the kernel's own handler), `true` if the vector was dispatched here (its sources, or a
+    /// software vector's thread; whether a source claimed it is for the storm rule, counted
+    /// here, not returned: nothing has to be kept across the handlers). `replay`: run by
+    /// `splx` for a vector the SPL layer deferred.
     ///
     /// Sends the EOI when there are sources (see the EOI rule in the crate documentation),
-    /// except for a replay (acknowledged when it was deferred); with `None` returned, the
+    /// except for a replay (acknowledged when it was deferred); with `false` returned, the
     /// caller acknowledges.
-    pub fn dispatch(&'static self, vector: u8, replay: bool, io: &IntrOff) -> Option<bool> {
+    pub fn dispatch(&'static self, vector: u8, replay: bool, io: &IntrOff) -> bool {
         let list = self.vectors[vector as usize].lock(io);
         if list.is_empty() {
             drop(list);
@@ -1005,9 +1029,9 @@ impl<E: IntrEnv> Intr<E> {
                     E::eoi();
                 }
                 self.soft.fire(l, io);
-                return Some(true);
+                return true;
             }
-            return None;
+            return false;
         }
         let cpu = E::M::cpu_index();
         let now = E::M::now_ns();
@@ -1021,8 +1045,8 @@ impl<E: IntrEnv> Intr<E> {
                 if !level && !replay {
                     E::eoi();
                 }
-                let claimed = match self.arrive(src, replay, cpu, now) {
-                    Arrived::Absorbed => true,
+                match self.arrive(src, replay, cpu, now) {
+                    Arrived::Absorbed => {}
                     Arrived::Filter { timed } => {
                         let arrival = arrival_of(src, replay, now);
                         let (claims, schedule) = self.filter(src, cpu, timed.then_some(now));
@@ -1033,9 +1057,8 @@ impl<E: IntrEnv> Intr<E> {
                         if schedule && src.handler.is_some() {
                             self.route(src, cpu, arrival, now, io, &mut one);
                         }
-                        claims
                     }
-                };
+                }
                 if level && !replay {
                     // Level: the scheduled source is masked now.
                     E::eoi();
@@ -1048,9 +1071,10 @@ impl<E: IntrEnv> Intr<E> {
                     // address is a constant plus the index.
                     LaterOne::Pinned(src, arrival) => E::intr().pinned.dispatch(src, arrival, cpu, io),
                 }
-                return Some(claimed);
+                return true;
             }
-            self.dispatch_shared(list, replay, cpu, now, io)
+            self.dispatch_shared(list, replay, cpu, now, io);
+            true
         }
     }
 
@@ -1064,7 +1088,7 @@ impl<E: IntrEnv> Intr<E> {
         cpu: usize,
         now: u64,
         io: &IntrOff,
-    ) -> Option<bool> {
+    ) {
         let mut claimed = false;
         // Sources (by their index, the first 64) whose filter said "not mine": if nobody
         // claims the interrupt, each of them is charged a no-work arrival (storm.rs).
@@ -1115,7 +1139,6 @@ impl<E: IntrEnv> Intr<E> {
         // Emptied by `run_later` (its Vec moved out): nothing to drop, and no drop glue on
         // the path.
         core::mem::forget(later);
-        Some(claimed)
     }
 
     /// Arrival of the vector at one of its sources (table lock held): a replayed level source

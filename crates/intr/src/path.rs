@@ -71,7 +71,7 @@ pub fn replay<E: IntrEnv>(vector: u8, io: &IntrOff) {
 /// Step 3: the vector's sources, else the kernel's own handler.
 #[inline(always)]
 fn run_vector<E: IntrEnv>(vector: u8, frame: &mut E::Frame, replay: bool, io: &IntrOff) {
-    if E::intr().dispatch(vector, replay, io).is_none() {
+    if !E::intr().dispatch(vector, replay, io) {
         if !replay {
             E::eoi();
         }

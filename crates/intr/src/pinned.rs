@@ -109,6 +109,10 @@ impl core::fmt::Display for BadLimit {
 /// Per-CPU pinned ithreads.
 pub struct Pinned<E: IntrEnv> {
     cpus: [PinnedCpu<E>; sched::MAX_CPUS],
+    /// Each CPU's first thread (its slot 0, the dispatch fast path's), by CPU index: one
+    /// scaled load, where the slot inside `cpus` needs the index multiplied by its size.
+    /// Written once, with the slot, under `grow`.
+    first: [AtomicPtr<PinThread<E>>; sched::MAX_CPUS],
     started: AtomicBool,
     /// Threads per CPU that dispatch may lend (`set_limit`).
     limit: AtomicUsize,
@@ -135,6 +139,7 @@ impl<E: IntrEnv> Pinned<E> {
                     queue: UnsafeCell::new(VecDeque::new()),
                 }
             }; sched::MAX_CPUS],
+            first: [const { AtomicPtr::new(core::ptr::null_mut()) }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
             limit: AtomicUsize::new(DEFAULT_THREADS_PER_CPU),
             grow: sync::Mutex::new_adaptive("intr.pinned.grow", ()),
@@ -181,11 +186,15 @@ impl<E: IntrEnv> Pinned<E> {
         let pri = Priority::of_ipl(ipl::Ipl::Vm).unwrap_or(Priority::INTR_BASE);
         let limit = self.limit();
         for cpu in 0..E::M::ncpus() {
-            for slot in &self.cpus[cpu].threads[..limit] {
+            for (i, slot) in self.cpus[cpu].threads[..limit].iter().enumerate() {
                 if slot.load(Ordering::Acquire).is_null() {
                     let t =
                         E::sched().new_ithread("ithread/vm", pri, cpu, ipl::Ipl::Vm as u8, ithread_body::<E>);
-                    slot.store(Box::into_raw(Box::new(t)), Ordering::Release);
+                    let t = Box::into_raw(Box::new(t));
+                    slot.store(t, Ordering::Release);
+                    if i == 0 {
+                        self.first[cpu].store(t, Ordering::Release);
+                    }
                 }
             }
         }
@@ -204,15 +213,16 @@ impl<E: IntrEnv> Pinned<E> {
         // The sleep check counts the spin mutexes held on the CPU as the ithread's own:
         // a context underneath holding one (below IPL_VM) takes the slow path, which sets
         // that state aside.
-        // The level test (IPL_VM), the busy test, the switch and the call are the machine's
-        // (`pin_call`); it hands the arguments back if it did nothing.
-        let t = cpu_of::<E>(cpu).threads[0].load(Ordering::Acquire);
+        // The level test (IPL_VM, and no spin mutex held: `PinOutcome::Level` otherwise), the
+        // busy test, the switch and the call are the machine's (`pin_call`); it hands the
+        // arguments back if it did nothing.
+        let t = self.first[cpu & (sched::MAX_CPUS - 1)].load(Ordering::Acquire);
         if t.is_null() {
             // No ithread on this CPU: `start` makes one for every CPU online before the first
             // pinned source is published, so only a CPU started after that gets here; its
             // instances wait in its queue (CPUs do not come online after start-up).
             queue_busy(cpu_of::<E>(cpu), src, raised);
-        } else if E::spl().spin_count_of(cpu) == 0 {
+        } else {
             // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
             let it = unsafe { &*t };
             trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
@@ -226,8 +236,6 @@ impl<E: IntrEnv> Pinned<E> {
                 // SAFETY: as above.
                 PinOutcome::Level => lend_slow(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
             }
-        } else {
-            lend_slow(self, src, raised, cpu, io);
         }
     }
 
@@ -401,15 +409,23 @@ fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
 #[inline(always)]
 fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool, cpu: usize) {
     if again && !src.gate.is_closed() {
-        let c = cpu_of::<E>(cpu);
-        let io = E::M::intr_disable();
-        let now = E::M::now_ns();
-        // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
-        unsafe { (*c.queue.get()).push_back((src, now)) };
-        drop(io);
+        requeue(src, cpu);
     } else if src.needs_mask() {
         src.unmask();
     }
+}
+
+/// [`finish_one`] for a handler that asked for `hwi_sched`: to the back of the CPU's queue.
+/// Out of line: the ithread's body keeps fewer registers across its handler without it.
+#[cold]
+#[inline(never)]
+fn requeue<E: IntrEnv>(src: Arc<Source<E>>, cpu: usize) {
+    let c = cpu_of::<E>(cpu);
+    let io = E::M::intr_disable();
+    let now = E::M::now_ns();
+    // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
+    unsafe { (*c.queue.get()).push_back((src, now)) };
+    drop(io);
 }
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
@@ -425,12 +441,15 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     // SAFETY: as above; we take that reference over.
     finish_one(unsafe { arc_back::<E>(src) }, again, cpu);
     // Whether we still borrow the CPU, decided with interrupts disabled and kept so until
-    // the return (`Scheduler::pin_return`: a preemption in between would leave us returning
-    // into a frame the thread underneath has already resumed from).
+    // the switch back (a preemption in between would leave us returning into a frame the
+    // thread underneath has already resumed from): `Scheduler::pin_end`, which on x86_64 does
+    // both in one assembly sequence and does not come back if we still borrow the CPU.
     // SAFETY: the body runs with interrupts enabled (`pin_call` enables them before the
     // call; a handler gives back the state it was called with).
     let io = unsafe { E::M::intr_disable_enabled() };
-    if let Err(io) = E::sched().pin_return(io) {
+    // SAFETY: nothing on this stack needs dropping: the source's reference went to
+    // `finish_one`, and `io` is handed over.
+    if let Err(io) = unsafe { E::sched().pin_end(io) } {
         drop(io);
         finish_blocked(cpu_of::<E>(cpu), cpu);
     }

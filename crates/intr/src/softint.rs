@@ -236,17 +236,14 @@ impl<E: IntrEnv> Soft<E> {
         }
         // SAFETY: a non-null slot is a leaked `PinThread` (never freed).
         let it = unsafe { &*t };
-        if E::spl().spin_count_of(cpu) == 0 {
-            trace::emit::<E::M>(trace::Kind::PinBorrow, (SOFT_VECTOR_BASE as usize + l) as u64);
-            match E::sched().pin_call(it, cpu, l, io).0 {
-                PinOutcome::Returned | PinOutcome::Blocked => {}
-                // Not parked: its handler blocked and it finishes the queue (ours included)
-                // as an ordinary thread before it parks.
-                PinOutcome::Busy => {}
-                PinOutcome::Level => lend_slow(it, cpu, l, io),
-            }
-        } else {
-            lend_slow(it, cpu, l, io);
+        trace::emit::<E::M>(trace::Kind::PinBorrow, (SOFT_VECTOR_BASE as usize + l) as u64);
+        match E::sched().pin_call(it, cpu, l, io).0 {
+            PinOutcome::Returned | PinOutcome::Blocked => {}
+            // Not parked: its handler blocked and it finishes the queue (ours included)
+            // as an ordinary thread before it parks.
+            PinOutcome::Busy => {}
+            // Another level, or spin mutexes held underneath (the machine's test).
+            PinOutcome::Level => lend_slow(it, cpu, l, io),
         }
     }
 }
@@ -281,7 +278,9 @@ extern "C" fn soft_body<E: IntrEnv>(cpu: usize, l: usize) {
             run_one(si, cpu, l);
             continue;
         }
-        match E::sched().pin_return(io) {
+        // SAFETY: nothing on this stack needs dropping (`io` is handed over; `c` is a
+        // reference to a static).
+        match unsafe { E::sched().pin_end(io) } {
             Ok(()) => return, // interrupts disabled: straight back into the pinned call
             Err(io) => {
                 drop(io);

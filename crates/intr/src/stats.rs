@@ -173,16 +173,28 @@ impl CpuHistograms {
     #[inline]
     pub fn record_bucket(&self, cpu: usize, b: usize) {
         let slot = &self.cpus[cpu & (sched::MAX_CPUS - 1)];
-        let mut h = slot.load(Ordering::Acquire);
+        let h = slot.load(Ordering::Acquire);
         if h.is_null() {
-            h = Self::install(slot);
+            // Out of line with its record: nothing is kept across the call (the callers
+            // inline this ahead of a handler call, and would keep `b` in a saved register).
+            Self::install_and_record(slot, b);
+            return;
         }
         // SAFETY: a non-null slot holds a leaked `Box<CpuHistogram>`, freed only by `drop`,
         // which has `&mut self`.
         unsafe { (*h).buckets[b.min(CPU_NBUCKETS - 1)].fetch_add(1, Ordering::Relaxed) };
     }
 
+    /// [`CpuHistograms::record_bucket`] for a CPU's first value: its histogram made, then
+    /// the value counted.
     #[cold]
+    #[inline(never)]
+    fn install_and_record(slot: &AtomicPtr<CpuHistogram>, b: usize) {
+        let h = Self::install(slot);
+        // SAFETY: as in `record_bucket` (`install` answers the slot's histogram).
+        unsafe { (*h).buckets[b.min(CPU_NBUCKETS - 1)].fetch_add(1, Ordering::Relaxed) };
+    }
+
     fn install(slot: &AtomicPtr<CpuHistogram>) -> *mut CpuHistogram {
         let new = Box::into_raw(Box::new(CpuHistogram::new()));
         match slot.compare_exchange(core::ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire) {

@@ -476,14 +476,6 @@ impl<E: SplEnv> SplState<E> {
         E::M::mtx_state().0
     }
 
-    /// Spin mutexes held on `cpu`, which must be the caller's (interrupts disabled: the
-    /// pinned model's entry, which passes the index it already has).
-    #[inline(always)]
-    pub fn spin_count_of(&self, cpu: usize) -> u32 {
-        debug_assert_eq!(cpu, E::M::cpu_index());
-        E::M::mtx_state().0
-    }
-
     /// Takes this CPU's spin-mutex state (count and the level saved by the outermost) and
     /// starts a fresh one: for a thread lent this CPU on top of a context that holds spin
     /// mutexes (the pinned model), so that what the lent thread holds is counted alone.

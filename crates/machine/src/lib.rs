@@ -143,7 +143,7 @@ pub enum PinOutcome {
     Returned = 1,
     /// The interrupt thread was not parked ([`PinCall::state`]): nothing was done.
     Busy = 2,
-    /// The CPU was not at the pinned level (`IPL_VM`): nothing was done.
+    /// The CPU was not at the call's level, or held spin mutexes: nothing was done.
     Level = 3,
 }
 
@@ -248,22 +248,26 @@ pub trait Machine: Sized + Send + Sync + 'static {
 /// the portable scheduler runs on implements it: there are no defaults.
 pub trait PinSwitch: Machine {
     /// **Pinned call**, the machine's contract (protocol: `crates/sched/src/pinned.rs`): if this
-    /// CPU is at `call.level` (its `ipl::IplCpu` word; else [`PinOutcome::Level`]) and `call`'s
+    /// CPU is at `call.level` (its `ipl::IplCpu` word) and holds no spin mutex (its
+    /// `ipl::IplCpu::mtx_state` count; else [`PinOutcome::Level`]: the caller sets the level
+    /// and the spin-mutex state aside and calls again, or queues) and `call`'s
     /// thread is parked ([`PinCall::state`] 0; else [`PinOutcome::Busy`]), lends the CPU to
     /// that thread for one call of `body(a0, a1)` on its stack, without a scheduler switch.
     /// Saves the running thread's callee-saved registers in a frame that [`Machine::switch`]
     /// can resume, together with this CPU's previous pinned context and previous borrower
     /// (so borrows nest: the running thread may itself be a borrowing interrupt thread);
-    /// makes that frame this CPU's pinned context ([`PinSwitch::pinned_context`]), the
+    /// makes that frame this CPU's pinned context ([`PinSwitch::pin_switch_under`]), the
     /// thread the current thread ([`Machine::curthread`]) and the CPU's borrower
     /// ([`PinSlots::borrowed`]) and its state the thread; switches to its stack top, enables
-    /// interrupts and calls `body`. `body` returns only with interrupts disabled and its
-    /// thread still the borrower (`Scheduler::pin_return`); the machine checks the borrower
-    /// word and panics, naming the thread, if not. When `body` returns: the state parked, the previous stack, current thread, borrower and pinned context back, and this
-    /// answers [`PinOutcome::Returned`]. If instead the thread blocks inside `body`, the
-    /// scheduler sets its state to [`PinCall::BLOCKED`] and resumes the thread under it by
-    /// `switch(.., pinned_context())`: this call then answers [`PinOutcome::Blocked`]
-    /// (interrupts disabled) with the previous borrower and pinned context restored, and the
+    /// interrupts and calls `body`. `body` ends with interrupts disabled and its thread still
+    /// the borrower: through [`PinSwitch::pin_end`] (`Scheduler::pin_end`), or by returning
+    /// (`Scheduler::pin_return`) — the machine then checks the borrower word and panics,
+    /// naming the thread, if not. When it ends: the state parked, the previous stack, current
+    /// thread, borrower and pinned context back, and this answers [`PinOutcome::Returned`].
+    /// If instead the thread blocks inside `body`, the scheduler sets its state to
+    /// [`PinCall::BLOCKED`] and resumes the thread under it by
+    /// [`PinSwitch::pin_switch_under`] (which puts the previous borrower and pinned context
+    /// back): this call then answers [`PinOutcome::Blocked`] (interrupts disabled) and the
     /// thread goes on later as an ordinary thread (its `body` must then never return into
     /// this frame; it parks its state when it is done).
     ///
@@ -276,15 +280,41 @@ pub trait PinSwitch: Machine {
     /// contract above.
     unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize);
 
+    /// The end of a pinned body, decided and done with interrupts disabled: if the running
+    /// thread still borrows this CPU ([`PinSlots::borrowed`] is [`Machine::curthread`]), its
+    /// pinned call ends — the state parked, the words of [`PinSwitch::pin_call`]'s frame
+    /// back, and that call answers [`PinOutcome::Returned`] — either here, without returning
+    /// (x86_64: the test and the switch back are one assembly sequence, and the body's stack
+    /// is left as it is), or by answering `true`, after which the body must return at once,
+    /// interrupts still disabled (the host machine: its runner then ends the call). `false`:
+    /// the thread no longer borrows the CPU (it blocked or was preempted during the call, or
+    /// never borrowed it); nothing changed.
+    ///
+    /// # Safety
+    /// Interrupts are disabled. The caller is prepared for this not to return: nothing on
+    /// its stack, in the pinned body's frames, needs dropping (it is left, not unwound).
+    unsafe fn pin_end() -> bool;
+
     /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;
 
     /// This CPU's [`PinSlots::borrowed`] (one per-CPU load).
     fn pin_borrowed() -> usize;
 
-    /// The context [`PinSwitch::pin_call`] saved for the thread directly under this CPU's
-    /// borrower (valid while that call is active).
-    fn pinned_context() -> *const Self::Context;
+    /// Whether the running thread borrows this CPU: [`PinSwitch::pin_borrowed`] is
+    /// [`Machine::curthread`] (x86_64: one load, one compare with the other word, a branch).
+    fn is_borrower() -> bool;
+
+    /// The borrower leaves the CPU (it blocks or is preempted; the scheduler's block path):
+    /// puts back this CPU's previous borrower and pinned context from the innermost active
+    /// pinned call's frame, then saves the running thread into `*from` and resumes the thread
+    /// directly under it from that frame, as [`Machine::switch`] does — its
+    /// [`PinSwitch::pin_call`] answers [`PinOutcome::Blocked`].
+    ///
+    /// # Safety
+    /// As [`Machine::switch`]'s; the running thread is this CPU's borrower (a pinned call is
+    /// active), and the caller has made the thread under it the current thread.
+    unsafe fn pin_switch_under(from: *mut Self::Context);
 
     /// The thread directly under this CPU's borrower (the current thread before the
     /// innermost active pinned call).

@@ -23,12 +23,15 @@
 //!   interrupt's thread interrupted by a hardware interrupt whose thread then borrows the
 //!   CPU): the frame keeps the outer borrow's words, and every return or block puts them
 //!   back, innermost first.
-//! * **Return** (the fast path): the body disables interrupts, finds that its thread still
-//!   borrows the CPU ([`Scheduler::pin_return`]) and returns with interrupts still disabled;
-//!   the machine checks the borrower word (a body that returns after it stopped borrowing is
-//!   a panic naming the thread, not a jump through a frame that is gone), parks the state,
-//!   and restores the stack, the current thread, the borrower and the pinned context;
-//!   `pin_call` answers [`PinOutcome::Returned`] and counts the switch. The decision and the
+//! * **Return** (the fast path): the body disables interrupts and ends through
+//!   [`Scheduler::pin_end`]: the machine finds that its thread still borrows the CPU, parks
+//!   the state and restores the stack, the current thread, the borrower and the pinned
+//!   context — on x86_64 in one assembly sequence that never comes back to the body (its
+//!   stack is left as it is) — and `pin_call` answers [`PinOutcome::Returned`] and counts the
+//!   switch. A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
+//!   still disabled; the machine then checks the borrower word again (a body that returns
+//!   after it stopped borrowing is a panic naming the thread, not a jump through a frame that
+//!   is gone) and does the same. The decision and the
 //!   return must be one interrupt-disabled section because the borrower can be preempted
 //!   ("Preempt" below) anywhere interrupts are enabled: decided with them enabled, a
 //!   preemption in between resumed the thread underneath from the frame, and the body then
@@ -191,22 +194,29 @@ impl<E: SchedEnv> Scheduler<E> {
         // the machine; its body keeps the contract documented above.
         let r = unsafe { E::M::pin_call(&it.call, a0, a1) };
         c.intr_depth.store(depth, Ordering::Relaxed);
-        if matches!(r.0, PinOutcome::Returned | PinOutcome::Blocked) {
-            // This CPU still: the thread under the borrower never leaves it.
-            self.pin_done(c, r.0);
+        // This CPU still: the thread under the borrower never leaves it. The switch is
+        // counted here (this CPU, interrupts disabled: no locked add), not on the way in,
+        // where it would add to the latency; the fast path (Returned) is tested first.
+        if r.0 == PinOutcome::Returned {
+            Self::count_pin_switch(c);
+        } else if r.0 == PinOutcome::Blocked {
+            self.pin_blocked(c);
         }
         r
     }
 
-    /// [`Scheduler::pin_call`]'s return side: count the switch (this CPU, interrupts disabled:
-    /// no locked add; counted here, not on the way in, where it would add to the latency) and,
-    /// if the thread blocked, finish that switch.
+    /// One more pinned switch on `c`'s CPU (the running one, interrupts disabled).
     #[inline(always)]
-    pub(crate) fn pin_done(&'static self, c: &crate::CpuSched<E>, r: PinOutcome) {
+    fn count_pin_switch(c: &crate::CpuSched<E>) {
         c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        if r == PinOutcome::Blocked {
-            self.finish_switch();
-        }
+    }
+
+    /// [`Scheduler::pin_call`]'s return side when the thread blocked (or was preempted):
+    /// count the switch and finish it.
+    #[inline(always)]
+    fn pin_blocked(&'static self, c: &crate::CpuSched<E>) {
+        Self::count_pin_switch(c);
+        self.finish_switch();
     }
 
     /// Whether the running thread runs on a CPU lent to it by [`Scheduler::pin_call`] (a
@@ -217,7 +227,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// [`Scheduler::pin_return`], not with this.
     #[inline]
     pub fn borrowing(&self) -> bool {
-        E::M::pin_borrowed() == E::M::curthread() as usize
+        E::M::is_borrower()
     }
 
     /// The end of a pinned body: whether it may return into its pinned call. `Ok` if the
@@ -234,10 +244,34 @@ impl<E: SchedEnv> Scheduler<E> {
     /// of 0: a double fault, under torture, before this was the only way out;
     /// docs/logs/softint-borrow-preempt-double-fault-2026-12-06.txt). The machine checks the
     /// borrower word on the way back and panics, naming the thread, if a body returns
-    /// without it.
+    /// without it. [`Scheduler::pin_end`] is the same decision with the return done by the
+    /// machine (the framework's bodies use it).
     #[inline(always)]
     pub fn pin_return(&self, io: IntrOff) -> Result<(), IntrOff> {
         if self.borrowing() {
+            core::mem::forget(io);
+            Ok(())
+        } else {
+            Err(io)
+        }
+    }
+
+    /// [`Scheduler::pin_return`] with the return done by the machine ([`PinSwitch::pin_end`]):
+    /// on x86_64 the borrower test and the switch back into the pinned call's frame are one
+    /// interrupt-disabled assembly sequence, and `Ok` never comes back — the call ends there
+    /// and the body's stack is left as it is (no epilogue, no second test). On the host `Ok`
+    /// comes back and the body must return at once, as after `pin_return`. `Err` as there.
+    ///
+    /// # Safety
+    /// This may not return: the caller's frames, up to the pinned body, are left without being
+    /// unwound, and the stack is reused by the thread's next pinned call. Nothing in them may
+    /// need dropping (no guard, no `Arc`, no pinned value, nothing registered elsewhere by
+    /// address).
+    #[inline(always)]
+    pub unsafe fn pin_end(&self, io: IntrOff) -> Result<(), IntrOff> {
+        // SAFETY: interrupts are disabled (the token); the caller holds nothing to drop (this
+        // function's contract, above).
+        if unsafe { E::M::pin_end() } {
             core::mem::forget(io);
             Ok(())
         } else {
@@ -349,7 +383,6 @@ impl<E: SchedEnv> Scheduler<E> {
         }
         trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();
-        let to = E::M::pinned_context();
         // The thread directly under us runs next: the scheduler's current thread, or — with
         // nested borrows — an interrupt thread that borrows the CPU itself (the machine puts
         // the borrower word back to it). The scheduler's current thread does not change.
@@ -361,9 +394,9 @@ impl<E: SchedEnv> Scheduler<E> {
         // our run-queue lock, so no CPU picks the interrupt thread before its registers are
         // saved (`on_cpu` guards that too).
         // SAFETY: interrupts are disabled; `from` is the running (interrupt) thread's context;
-        // `to` is the context of the thread under it, saved by `PinSwitch::pin_call` here and
-        // never queued.
-        unsafe { E::M::switch(from, to) };
+        // we borrow the CPU, and the thread under us — saved by `PinSwitch::pin_call` here,
+        // never queued — is the current thread already.
+        unsafe { E::M::pin_switch_under(from) };
         // Woken and picked by `schedule` on this CPU: an ordinary thread from here on.
         self.finish_switch();
     }

@@ -15,7 +15,7 @@
 //! * `intr.latency` (one figure per model): from the raise to the handler's first statement,
 //!   `t1 = now()`: interrupt entry, SPL arrival, EOI, `INTR.dispatch` (vector table, stats,
 //!   storm accounting) and then, per model, nothing more (`direct`); the short pinned switch to
-//!   the CPU's interrupt thread — the spin-count test, `intr_pin_call`'s level and busy tests,
+//!   the CPU's interrupt thread — `intr_pin_call`'s level (and spin count) and busy tests,
 //!   stack and curthread swap, the ithread body's prologue (`pinned`); the event wake-up, interrupt exit,
 //!   preemption and context switch to the source's thread (`dedicated`) or to a pool ithread
 //!   (`pool`); and the framework's `run_handler` prologue (latency accounting). One sample per
