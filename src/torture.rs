@@ -142,6 +142,9 @@ pub struct Summary {
     pub timer_delivered: u64,
     /// Interrupts of the host-driven sources (0 without them).
     pub host_interrupts: u64,
+    /// Times the monitor was kept from its CPU for 100 ms (`why=monitor-cpu` reports; not a
+    /// violation; 0 from a kernel that does not count them).
+    pub monitor_idle: u64,
     /// Violations the kernel counted.
     pub violations: u64,
 }
@@ -159,6 +162,7 @@ pub fn summary(line: &str) -> Option<Summary> {
         heap_end: number(rest, "heap_end")?,
         timer_delivered: number(rest, "timer_delivered").unwrap_or(0),
         host_interrupts: number(rest, "host_interrupts").unwrap_or(0),
+        monitor_idle: number(rest, "monitor_idle").unwrap_or(0),
         violations: number(rest, "violations")?,
     })
 }
