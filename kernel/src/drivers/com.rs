@@ -522,6 +522,11 @@ impl Com2Fault {
         &self._source.source().storm
     }
 
+    /// Whether the fault is on.
+    pub fn stuck(&self) -> bool {
+        COM2_STUCK.load(Ordering::SeqCst)
+    }
+
     /// Turns the fault on (transmit-empty interrupt enabled, never acknowledged) or off
     /// (interrupt disabled: the cause is gone).
     pub fn set_stuck(&self, on: bool) {

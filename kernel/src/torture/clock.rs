@@ -144,10 +144,27 @@ pub fn com2(model: intr::Model, seed: u64, fault: &'static Com2Fault) {
             violation("storm-stuck", Some(COM2), cpu);
             continue;
         }
-        let n = com::COM2_INTERRUPTS.load(SeqCst);
+        let quiet = WindowCounts::now(fault);
         SCHED.sleep_ns(10_000_000);
-        if com::COM2_INTERRUPTS.load(SeqCst) != n {
+        if com::COM2_INTERRUPTS.load(SeqCst) != quiet.interrupts {
             violation("storm-line", Some(COM2), cpu);
+            // What ran on the quiet line: the filter's runs, the rule's arrivals and no-work
+            // verdicts, and whether the line is throttled or storming again.
+            let late = WindowCounts::now(fault);
+            kprintln!(
+                "@@ torture-diag com2 storm-line window_ns={} interrupts={} arrivals={} no_work={} windows_judged={} \
+                 line_cpu={} line_cpu_clock_interrupts={} throttled={} storming={} stuck={}",
+                late.at - quiet.at,
+                late.interrupts - quiet.interrupts,
+                late.arrivals - quiet.arrivals,
+                late.no_work - quiet.no_work,
+                late.judged - quiet.judged,
+                fault.cpu(),
+                late.line_cpu_ticks - quiet.line_cpu_ticks,
+                u8::from(st.throttled.load(SeqCst)),
+                u8::from(st.storming.load(SeqCst)),
+                u8::from(fault.stuck()),
+            );
         }
         RECOVERED.fetch_add(1, SeqCst);
     }
