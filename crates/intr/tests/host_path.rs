@@ -657,7 +657,8 @@ fn disestablish_waits_for_a_running_handler_and_nothing_runs_after() {
     let sys = HostSystem::boot(2);
     let intr: &'static Intr = sys.intr;
     sys.run(move |sched| {
-        // The handler runs on CPU 1 (direct: in the raiser's interrupt, interrupts off).
+        // The handler runs on CPU 1 (direct: in the raiser's interrupt, interrupts off; pool
+        // with BOUND and pinned: there too), or, under dedicated, wherever its thread is woken.
         sched.bind_current(Some(0));
         for (mi, model) in Model::ALL.into_iter().enumerate() {
             let vector = 0x78 + mi as u8;
@@ -676,14 +677,27 @@ fn disestablish_waits_for_a_running_handler_and_nothing_runs_after() {
                         }
                         r2.store(true, Ordering::SeqCst);
                         // Still running when the disestablish starts, and a little after.
+                        // The dedicated thread is not bound: woken from CPU 1, it may run on
+                        // CPU 0, above the test's thread. There it sleeps instead of spinning,
+                        // or the test's thread could not see it start (it once spun out its
+                        // whole time limit there, and the test timed out with the handler
+                        // run once).
+                        let on_main_cpu = HostMachine::cpu_index() == 0;
+                        let pause = |ns: u64| {
+                            if on_main_cpu {
+                                sched.sleep_ns(ns);
+                            } else {
+                                let until = HostMachine::now_ns() + ns;
+                                while HostMachine::now_ns() < until {
+                                    std::hint::spin_loop();
+                                }
+                            }
+                        };
                         let limit = HostMachine::now_ns() + T;
                         while !g2.load(Ordering::SeqCst) && HostMachine::now_ns() < limit {
-                            std::hint::spin_loop();
+                            pause(10_000);
                         }
-                        let until = HostMachine::now_ns() + 2_000_000;
-                        while HostMachine::now_ns() < until {
-                            std::hint::spin_loop();
-                        }
+                        pause(2_000_000);
                         r2.store(false, Ordering::SeqCst);
                     })),
                 )
@@ -699,7 +713,18 @@ fn disestablish_waits_for_a_running_handler_and_nothing_runs_after() {
                     }
                 }),
             );
-            wait(|| running.load(Ordering::SeqCst), "the handler to start");
+            if !spin_until(T, || running.load(Ordering::SeqCst)) {
+                let st = &h.source().stats;
+                panic!(
+                    "{model}: timed out waiting for the handler to start: arrivals {} (per CPU {:?}), masked \
+                     arrivals {}, handled {}, raiser dead {}",
+                    st.total(),
+                    st.per_cpu.iter().take(2).map(|c| c.load(Ordering::SeqCst)).collect::<Vec<_>>(),
+                    st.masked_total(),
+                    st.handled.load(Ordering::SeqCst),
+                    t.thread().state() == sched::ThreadState::Dead,
+                );
+            }
             dropping.store(true, Ordering::SeqCst);
             drop(h);
             assert!(!running.load(Ordering::SeqCst), "{model}: disestablish returned while the handler ran");
