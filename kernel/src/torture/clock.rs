@@ -108,19 +108,7 @@ pub fn com2(model: intr::Model, seed: u64, fault: &'static Com2Fault) {
         if st.storms.load(SeqCst) == storms {
             violation("storm-undetected", Some(COM2), cpu);
             let after = WindowCounts::now(fault);
-            kprintln!(
-                "@@ torture-diag com2 undetected stuck_ns={} interrupts={} arrivals={} no_work={} \
-                 windows_judged={} line_cpu={} line_cpu_clock_interrupts={} throttled={} storming={}",
-                after.at - before.at,
-                after.interrupts - before.interrupts,
-                after.arrivals - before.arrivals,
-                after.no_work - before.no_work,
-                after.judged - before.judged,
-                fault.cpu(),
-                after.line_cpu_ticks - before.line_cpu_ticks,
-                st.throttled.load(SeqCst),
-                st.storming.load(SeqCst),
-            );
+            after.print_since(&before, fault, "undetected");
             for c in 0..arch::cpu::ncpus() {
                 kprintln!(
                     "@@ torture-diag com2 undetected cpu={c} clock_interrupts={}",
@@ -150,21 +138,7 @@ pub fn com2(model: intr::Model, seed: u64, fault: &'static Com2Fault) {
             violation("storm-line", Some(COM2), cpu);
             // What ran on the quiet line: the filter's runs, the rule's arrivals and no-work
             // verdicts, and whether the line is throttled or storming again.
-            let late = WindowCounts::now(fault);
-            kprintln!(
-                "@@ torture-diag com2 storm-line window_ns={} interrupts={} arrivals={} no_work={} windows_judged={} \
-                 line_cpu={} line_cpu_clock_interrupts={} throttled={} storming={} stuck={}",
-                late.at - quiet.at,
-                late.interrupts - quiet.interrupts,
-                late.arrivals - quiet.arrivals,
-                late.no_work - quiet.no_work,
-                late.judged - quiet.judged,
-                fault.cpu(),
-                late.line_cpu_ticks - quiet.line_cpu_ticks,
-                u8::from(st.throttled.load(SeqCst)),
-                u8::from(st.storming.load(SeqCst)),
-                u8::from(fault.stuck()),
-            );
+            WindowCounts::now(fault).print_since(&quiet, fault, "storm-line");
         }
         RECOVERED.fetch_add(1, SeqCst);
     }
@@ -202,6 +176,29 @@ impl WindowCounts {
             ticks: core::array::from_fn(|c| apic::TIMER_FIRED[c].load(SeqCst)),
             console: arch::serial::counters(),
         }
+    }
+}
+
+impl WindowCounts {
+    /// `@@ torture-diag com2 <what>`: what changed on COM2's line since `before` — the
+    /// window's length, the filter's runs, the storm rule's arrivals, no-work verdicts and
+    /// judged windows, the line CPU's clock interrupts — and the line's state now.
+    fn print_since(&self, before: &WindowCounts, fault: &Com2Fault, what: &str) {
+        let st = fault.storm();
+        kprintln!(
+            "@@ torture-diag com2 {what} window_ns={} interrupts={} arrivals={} no_work={} windows_judged={} \
+             line_cpu={} line_cpu_clock_interrupts={} throttled={} storming={} stuck={}",
+            self.at - before.at,
+            self.interrupts - before.interrupts,
+            self.arrivals - before.arrivals,
+            self.no_work - before.no_work,
+            self.judged - before.judged,
+            fault.cpu(),
+            self.line_cpu_ticks - before.line_cpu_ticks,
+            u8::from(st.throttled.load(SeqCst)),
+            u8::from(st.storming.load(SeqCst)),
+            u8::from(fault.stuck()),
+        );
     }
 }
 
