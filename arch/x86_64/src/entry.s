@@ -284,6 +284,8 @@ thread_trampoline:
 #    intr_pin_call(a0, a1, call) -> PinOutcome   %rdi, %rsi: body's arguments, in place;
 #                                                 %rdx: the thread's `machine::PinCall`
 #    intr_pin_end()                               the body's end (`PinSwitch::pin_end`)
+#    intr_pin_end_borrowing                       the same after the body's own test
+#                                                 (`PinSwitch::pin_end_borrowing`; jumped to)
 #
 #    `PinCall` (repr C): 0 state (0 parked, 1 blocked, else borrowing), 8 thread, 16 stack
 #    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL (32 bits) and %gs:28
@@ -313,7 +315,10 @@ thread_trampoline:
 #        (Returned). If not (the thread blocked or was preempted
 #        during the call: its frame is gone, resumed by the thread underneath), it returns to
 #        the body with only %rax and the flags changed, and the body finishes as an ordinary
-#        thread and parks.
+#        thread and parks. A body may make that test itself, in Rust, with interrupts
+#        disabled and kept so (the framework's ithread body does: the same answer also
+#        decides its handler accounting), and then jump to `intr_pin_end_borrowing`, the
+#        return without the test.
 #      - body returns instead (bodies that end with `Scheduler::pin_return`, or none):
 #        interrupts off, the same borrower test, then the same return as `intr_pin_end`'s;
 #        if the thread no longer borrows the CPU, `intr_pin_bad_return` panics naming it
@@ -366,6 +371,8 @@ intr_pin_end:
     cmpq %rax, %gs:48                   # does the running thread still borrow the CPU?
     jne 1f
 .Lpin_end_return:
+.global intr_pin_end_borrowing
+intr_pin_end_borrowing:                 # the body tested the borrower itself, interrupts off
     movq %gs:40, %rsp                   # back on the pinned stack: the body's is abandoned
     popq %rax                           # r15's slot: the call
     movq $0, (%rax)                     # state = parked

@@ -253,6 +253,16 @@ impl machine::PinSwitch for X86_64 {
         false
     }
 
+    #[inline(always)]
+    unsafe fn pin_end_borrowing() {
+        // `intr_pin_end_borrowing` (entry.s, section 5) is `intr_pin_end` after its test: it
+        // parks the call's state, restores the words of the frame at %gs:40 and returns from
+        // that frame's `intr_pin_call` (Returned), leaving this stack for good.
+        // SAFETY: per the trait contract (interrupts disabled since the caller found the
+        // running thread the borrower; nothing on this stack needs dropping).
+        unsafe { asm!("jmp intr_pin_end_borrowing", options(noreturn)) }
+    }
+
     fn pin_slots(cpu: usize) -> Option<&'static machine::PinSlots> {
         cpu::pin_slots(cpu)
     }

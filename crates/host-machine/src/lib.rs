@@ -724,6 +724,12 @@ impl PinSwitch for HostMachine {
         Self::is_borrower()
     }
 
+    unsafe fn pin_end_borrowing() {
+        // The body returns at once, and the runner ends the call (`Runner::serve`, which
+        // checks the borrower word again).
+        debug_assert!(Self::is_borrower(), "pin_end_borrowing: the running thread does not borrow the CPU");
+    }
+
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
         let sys = this_system();
         (cpu < sys.ncpus).then(|| &sys.cpus[cpu].pin)

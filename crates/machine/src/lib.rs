@@ -295,6 +295,17 @@ pub trait PinSwitch: Machine {
     /// its stack, in the pinned body's frames, needs dropping (it is left, not unwound).
     unsafe fn pin_end() -> bool;
 
+    /// [`PinSwitch::pin_end`] for a caller that has found the running thread still this
+    /// CPU's borrower ([`PinSwitch::is_borrower`]) with interrupts disabled, and kept them
+    /// disabled since: the call ends without a second test — on x86_64 here, never returning
+    /// (the body's stack is left as it is); on the host by the body's return, which must
+    /// follow at once, interrupts still disabled.
+    ///
+    /// # Safety
+    /// As [`PinSwitch::pin_end`]'s, and the running thread is this CPU's borrower: tested
+    /// with interrupts disabled, and they have not been enabled since.
+    unsafe fn pin_end_borrowing();
+
     /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;
 

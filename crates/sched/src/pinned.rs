@@ -28,7 +28,10 @@
 //!   the state and restores the stack, the current thread, the borrower and the pinned
 //!   context — on x86_64 in one assembly sequence that never comes back to the body (its
 //!   stack is left as it is) — and `pin_call` answers [`PinOutcome::Returned`] and counts the
-//!   switch. A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
+//!   switch. A body that has tested [`Scheduler::borrowing`] itself, with interrupts disabled
+//!   and kept so, ends through [`Scheduler::pin_end_borrowing`], the same return without the
+//!   second test (the framework's interrupt-thread body: one test decides both its handler
+//!   accounting and the end). A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
 //!   still disabled; the machine then checks the borrower word again (a body that returns
 //!   after it stopped borrowing is a panic naming the thread, not a jump through a frame that
 //!   is gone) and does the same. The decision and the
@@ -277,6 +280,23 @@ impl<E: SchedEnv> Scheduler<E> {
         } else {
             Err(io)
         }
+    }
+
+    /// [`Scheduler::pin_end`] for a body that has decided itself: `io` was taken before it
+    /// found [`Scheduler::borrowing`] true, so the running thread still borrows the CPU and
+    /// the call ends without a second test ([`PinSwitch::pin_end_borrowing`]): on x86_64
+    /// this does not return; on the host the body must return at once, interrupts still
+    /// disabled (the token is forgotten).
+    ///
+    /// # Safety
+    /// As [`Scheduler::pin_end`]'s, and `borrowing()` answered `true` while `io` was held
+    /// (interrupts have stayed disabled since the test).
+    #[inline(always)]
+    pub unsafe fn pin_end_borrowing(&self, io: IntrOff) {
+        core::mem::forget(io);
+        // SAFETY: interrupts are disabled (the token, forgotten: they stay so) and the thread
+        // was found the borrower under it; the caller holds nothing to drop (the contract).
+        unsafe { E::M::pin_end_borrowing() };
     }
 
     /// The level ([`PinCall::level`]) of the pinned call the running thread borrows its CPU
