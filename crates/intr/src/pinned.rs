@@ -400,16 +400,17 @@ fn lend_slow<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64
 #[inline(always)]
 fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
     let again = src.run_handler(raised, cpu);
-    finish_one(src, again, cpu);
+    finish_one(src, again);
 }
 
 /// After an instance's handler (interrupts enabled): a handler that asked for `hwi_sched`
 /// (`again`) goes to the back of the CPU's queue (keeping its mask reference), otherwise the
-/// instance's mask reference, if any, is dropped.
+/// instance's mask reference, if any, is dropped. The running CPU's (an ithread is bound to
+/// its CPU): no CPU index is kept across the handler for it.
 #[inline(always)]
-fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool, cpu: usize) {
+fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool) {
     if again && !src.gate.is_closed() {
-        requeue(src, cpu);
+        requeue(src);
     } else if src.needs_mask() {
         src.unmask();
     }
@@ -419,8 +420,8 @@ fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool, cpu: usize) {
 /// Out of line: the ithread's body keeps fewer registers across its handler without it.
 #[cold]
 #[inline(never)]
-fn requeue<E: IntrEnv>(src: Arc<Source<E>>, cpu: usize) {
-    let c = cpu_of::<E>(cpu);
+fn requeue<E: IntrEnv>(src: Arc<Source<E>>) {
+    let c = cpu_of::<E>(E::M::cpu_index());
     let io = E::M::intr_disable();
     let now = E::M::now_ns();
     // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
@@ -443,7 +444,6 @@ fn requeue<E: IntrEnv>(src: Arc<Source<E>>, cpu: usize) {
 /// accounting, the `hwi_sched` requeue and the unmask run with interrupts disabled, as the
 /// direct model runs them.
 extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
-    let cpu = E::M::cpu_index();
     // SAFETY: `dispatch` passed an `Arc::into_raw` of a source: the reference is ours (taken
     // over below), so the source lives at least until then.
     let source = unsafe { &*(src as *const Source<E>) };
@@ -451,14 +451,16 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     // its disestablish returned.
     let h = match source.handler.as_ref() {
         Some(h) if source.gate.enter() => h,
-        _ => return end_unrun::<E>(src, cpu),
+        _ => return end_unrun::<E>(src),
     };
     let t0 = E::M::now_ns();
     // Per source and per CPU that runs the handler (`intrstat`'s per-CPU p50/p99).
     source.stats.record_latency(E::M::cpu_index(), t0.saturating_sub(raised as u64));
+    // The CPU index is read again where needed after the handler (rare paths), rather than
+    // kept in a callee-saved register across it.
     let ctx = HandlerCtx {
         source_name: &source.name,
-        cpu,
+        cpu: E::M::cpu_index(),
         requeue: AtomicBool::new(false),
         no_work: AtomicBool::new(false),
     };
@@ -471,13 +473,13 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     let wall = E::M::now_ns().saturating_sub(t0);
     if !E::sched().borrowing() {
         drop(io);
-        end_switched::<E>(src, &ctx, wall, cpu);
+        end_switched::<E>(src, &ctx, wall);
     }
     // Still the borrower, interrupts disabled until the switch back: the direct model's
     // accounting (nothing switched away during the handler).
     let again = source.run_accounted(&ctx, wall, 0, false);
     // SAFETY: as above; we take that reference over.
-    finish_one(unsafe { arc_back::<E>(src) }, again, cpu);
+    finish_one(unsafe { arc_back::<E>(src) }, again);
     // SAFETY: `io` was taken before `borrowing()` answered true and is handed over (interrupts
     // stay disabled); nothing on this stack needs dropping: the source's reference went to
     // `finish_one`, and `ctx` has no destructor.
@@ -490,9 +492,10 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
 /// machine, the body returns at once after this).
 #[cold]
 #[inline(never)]
-fn end_unrun<E: IntrEnv>(src: usize, cpu: usize) {
+fn end_unrun<E: IntrEnv>(src: usize) {
+    let cpu = E::M::cpu_index();
     // SAFETY: `src` is the body's `Arc::into_raw`, not taken over yet.
-    finish_one(unsafe { arc_back::<E>(src) }, false, cpu);
+    finish_one(unsafe { arc_back::<E>(src) }, false);
     // SAFETY: the body runs with interrupts enabled.
     let io = unsafe { E::M::intr_disable_enabled() };
     // SAFETY: nothing on this stack or the body's needs dropping (the reference went to
@@ -509,11 +512,12 @@ fn end_unrun<E: IntrEnv>(src: usize, cpu: usize) {
 /// and the thread parked.
 #[cold]
 #[inline(never)]
-fn end_switched<E: IntrEnv>(src: usize, ctx: &HandlerCtx<'_>, wall: u64, cpu: usize) -> ! {
+fn end_switched<E: IntrEnv>(src: usize, ctx: &HandlerCtx<'_>, wall: u64) -> ! {
+    let cpu = E::M::cpu_index();
     // SAFETY: `src` is the body's `Arc::into_raw`, not taken over yet.
     let src = unsafe { arc_back::<E>(src) };
     let again = src.run_accounted_switched(ctx, wall);
-    finish_one(src, again, cpu);
+    finish_one(src, again);
     finish_blocked(cpu_of::<E>(cpu), cpu)
 }
 
