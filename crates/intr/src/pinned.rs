@@ -478,8 +478,19 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     // Still the borrower, interrupts disabled until the switch back: the direct model's
     // accounting (nothing switched away during the handler).
     let again = source.run_accounted(&ctx, wall, 0, false);
-    // SAFETY: as above; we take that reference over.
-    finish_one(unsafe { arc_back::<E>(src) }, again);
+    // `finish_one`, with the reference taken over in each arm: the source's address is not
+    // kept in memory for the last reference's out-of-line drop before it is known to be
+    // needed.
+    if again && !source.gate.is_closed() {
+        // SAFETY: as above; we take that reference over.
+        requeue(unsafe { arc_back::<E>(src) });
+    } else {
+        if source.needs_mask() {
+            source.unmask();
+        }
+        // SAFETY: as above.
+        drop(unsafe { arc_back::<E>(src) });
+    }
     // SAFETY: `io` was taken before `borrowing()` answered true and is handed over (interrupts
     // stay disabled); nothing on this stack needs dropping: the source's reference went to
     // `finish_one`, and `ctx` has no destructor.
