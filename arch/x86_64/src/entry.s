@@ -283,6 +283,8 @@ thread_trampoline:
 #
 #    intr_pin_call(a0, a1, call) -> PinOutcome   %rdi, %rsi: body's arguments, in place;
 #                                                 %rdx: the thread's `machine::PinCall`
+#    intr_pin_call_leveled(a0, a1, call)          the same after the caller's level test
+#                                                 (`PinSwitch::pin_call_leveled`)
 #    intr_pin_end()                               the body's end (`PinSwitch::pin_end`)
 #    intr_pin_end_borrowing                       the same after the body's own test
 #                                                 (`PinSwitch::pin_end_borrowing`; jumped to)
@@ -338,6 +340,8 @@ intr_pin_call:
     movq 32(%rdx), %rax
     cmpq %rax, %gs:24                   # at the call's level, no spin mutex held?
     jne 8f
+.global intr_pin_call_leveled
+intr_pin_call_leveled:                  # the caller made the level test
     cmpq $0, (%rdx)                     # parked?
     jne 9f
     pushq %rbp

@@ -718,6 +718,21 @@ impl PinSwitch for HostMachine {
         }
     }
 
+    fn at_pin_level<const LEVEL: usize>() -> bool {
+        let c = this_cpu();
+        c.ipl.load(Ordering::Relaxed) as usize == LEVEL && c.mtx_count.load(Ordering::Relaxed) == 0
+    }
+
+    unsafe fn pin_call_leveled(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
+        let c = this_cpu();
+        assert!(
+            c.ipl.load(Ordering::Relaxed) as usize == call.level && c.mtx_count.load(Ordering::Relaxed) == 0,
+            "pin_call_leveled: the CPU is not at the call's level"
+        );
+        // SAFETY: per the trait contract.
+        unsafe { Self::pin_call(call, a0, a1) }
+    }
+
     unsafe fn pin_end() -> bool {
         // The runner ends the call when the body returns (`Runner::serve`, which checks the
         // borrower word again).

@@ -226,13 +226,23 @@ impl<E: IntrEnv> Pinned<E> {
             // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
             let it = unsafe { &*t };
             trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
-            let (r, a, raised) = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
+            // The level test here, against a constant (one compare with an immediate), not by
+            // the machine through the descriptor.
+            if !E::sched().at_pin_level::<{ ipl::Ipl::Vm as usize }>(io) {
+                trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(PinOutcome::Level));
+                return lend_slow(self, src, raised, cpu, io);
+            }
+            // SAFETY: this CPU is at IPL_VM, `it`'s level, with no spin mutex held (tested just
+            // above, interrupts disabled since: the token).
+            let (r, a, raised) =
+                unsafe { E::sched().pin_call_leveled(it, Arc::into_raw(src) as usize, raised as usize, io) };
             trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
             match r {
                 PinOutcome::Returned => self.drain(cpu, io),
                 PinOutcome::Blocked => self.drain(cpu, io),
                 // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
                 PinOutcome::Busy => lend_spare(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
+                // Not answered after the level test above; handled as `pin_call`'s would be.
                 // SAFETY: as above.
                 PinOutcome::Level => lend_slow(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
             }

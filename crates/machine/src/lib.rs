@@ -280,6 +280,19 @@ pub trait PinSwitch: Machine {
     /// contract above.
     unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize);
 
+    /// Whether this CPU is at `LEVEL` and holds no spin mutex: [`PinSwitch::pin_call`]'s level
+    /// test, for a caller whose threads' level is a constant (x86_64: one compare of the IPL
+    /// and spin-count word with an immediate, a branch).
+    fn at_pin_level<const LEVEL: usize>() -> bool;
+
+    /// [`PinSwitch::pin_call`] without its level test, which the caller made
+    /// ([`PinSwitch::at_pin_level`] with `call.level`, interrupts disabled since): never
+    /// [`PinOutcome::Level`]; otherwise the same.
+    ///
+    /// # Safety
+    /// As [`PinSwitch::pin_call`]'s, and this CPU is at `call.level` with no spin mutex held.
+    unsafe fn pin_call_leveled(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize);
+
     /// The end of a pinned body, decided and done with interrupts disabled: if the running
     /// thread still borrows this CPU ([`PinSlots::borrowed`] is [`Machine::curthread`]), its
     /// pinned call ends — the state parked, the words of [`PinSwitch::pin_call`]'s frame

@@ -179,6 +179,44 @@ impl<E: SchedEnv> Scheduler<E> {
         it: &PinThread<E>,
         a0: usize,
         a1: usize,
+        io: &IntrOff,
+    ) -> (PinOutcome, usize, usize) {
+        self.pin_call_in::<false>(it, a0, a1, io)
+    }
+
+    /// Whether this CPU is at `LEVEL` with no spin mutex held ([`PinSwitch::at_pin_level`]):
+    /// the level test of [`Scheduler::pin_call`], for a caller whose threads' level is a
+    /// constant. Interrupts disabled: the answer holds until they are enabled.
+    #[inline(always)]
+    pub fn at_pin_level<const LEVEL: usize>(&self, _io: &IntrOff) -> bool {
+        E::M::at_pin_level::<LEVEL>()
+    }
+
+    /// [`Scheduler::pin_call`] after the caller's own level test
+    /// ([`Scheduler::at_pin_level`] with `it`'s level, under the same interrupt-disabled
+    /// section as this call): the machine does not test again, and the answer is never
+    /// [`PinOutcome::Level`].
+    ///
+    /// # Safety
+    /// This CPU is at `it`'s level with no spin mutex held (tested, interrupts disabled since).
+    #[inline(always)]
+    pub unsafe fn pin_call_leveled(
+        &'static self,
+        it: &PinThread<E>,
+        a0: usize,
+        a1: usize,
+        io: &IntrOff,
+    ) -> (PinOutcome, usize, usize) {
+        self.pin_call_in::<true>(it, a0, a1, io)
+    }
+
+    /// [`Scheduler::pin_call`] (`LEVELED` false) and [`Scheduler::pin_call_leveled`].
+    #[inline(always)]
+    fn pin_call_in<const LEVELED: bool>(
+        &'static self,
+        it: &PinThread<E>,
+        a0: usize,
+        a1: usize,
         _io: &IntrOff,
     ) -> (PinOutcome, usize, usize) {
         // The borrower runs in thread context: the interrupt depth of the context it pins is
@@ -195,7 +233,13 @@ impl<E: SchedEnv> Scheduler<E> {
         // SAFETY: interrupts are disabled (the token); `it.call` is boxed and lives as long as
         // `it`, which the caller keeps for the thread's life; its state is checked parked by
         // the machine; its body keeps the contract documented above.
-        let r = unsafe { E::M::pin_call(&it.call, a0, a1) };
+        let r = if LEVELED {
+            // SAFETY: as above, and the caller made the level test (`pin_call_leveled`).
+            unsafe { E::M::pin_call_leveled(&it.call, a0, a1) }
+        } else {
+            // SAFETY: as above.
+            unsafe { E::M::pin_call(&it.call, a0, a1) }
+        };
         c.intr_depth.store(depth, Ordering::Relaxed);
         // This CPU still: the thread under the borrower never leaves it. The switch is
         // counted here (this CPU, interrupts disabled: no locked add), not on the way in,
