@@ -293,12 +293,13 @@ thread_trampoline:
 #    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL (32 bits) and %gs:28
 #    the spin-mutex count (counted down from 0; cpu.rs), %gs:40 the pinned context
 #    (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
-#    `PinSwitch::pin_call` only, through an `asm!` call that declares everything but %rbx,
+#    `PinSwitch::pin_call` and `pin_call_leveled` only, through an `asm!` call that declares everything but %rbx,
 #    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too;
 #    interrupts disabled, on the running thread's stack.
 #      - the 64-bit word at %gs:24 not the call's level: the IPL (its low half) is another
 #        level, or spin mutexes are held (its high half, the count): return 3 (Level),
-#        nothing done.
+#        nothing done. (`intr_pin_call_leveled` starts after this test: its caller made it,
+#        interrupts disabled since.)
 #      - state non-zero (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
 #        done. Both leave %rdi and %rsi as they came.
 #      - else build a switch frame of section 4 on the running stack — rbp and rbx in their

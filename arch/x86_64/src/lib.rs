@@ -215,8 +215,9 @@ extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
 /// blocks resumes us through a frame holding the saved words there), hence the clobbers;
 /// %rdi and %rsi come back unchanged on the Busy and Level answers. The outer borrow's words
 /// are back on every answer (Blocked: put back by `pin_switch_under` before the switch). To be
-/// used in an `unsafe` block whose caller keeps `PinSwitch::pin_call`'s contract; the stack
-/// is aligned for a call there (asm! without `nostack`).
+/// used in an `unsafe` block whose caller keeps `PinSwitch::pin_call`'s contract (it covers
+/// the asm and the transmute of the answer); the stack is aligned for a call there (asm!
+/// without `nostack`).
 macro_rules! pin_call_asm {
     ($entry:literal, $call:expr, $a0:expr, $a1:expr) => {{
         let (r, b0, b1): (u32, usize, usize);
@@ -232,9 +233,9 @@ macro_rules! pin_call_asm {
             out("r15") _,
             clobber_abi("C"),
         );
-        // SAFETY: the entries answer 0 (through `context_switch`), 1, 2 or 3: the values of
-        // `PinOutcome` (`#[repr(u32)]`).
-        (unsafe { core::mem::transmute::<u32, machine::PinOutcome>(r) }, b0, b1)
+        // The entries answer 0 (through `context_switch`), 1, 2 or 3: the values of
+        // `PinOutcome` (`#[repr(u32)]`); the caller's `unsafe` block covers the transmute.
+        (core::mem::transmute::<u32, machine::PinOutcome>(r), b0, b1)
     }};
 }
 
@@ -242,7 +243,8 @@ macro_rules! pin_call_asm {
 impl machine::PinSwitch for X86_64 {
     #[inline(always)]
     unsafe fn pin_call(call: &machine::PinCall, a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
-        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it.
+        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it
+        // and answers one of `PinOutcome`'s values (see `pin_call_asm!`).
         unsafe { pin_call_asm!("intr_pin_call", call, a0, a1) }
     }
 
@@ -253,7 +255,7 @@ impl machine::PinSwitch for X86_64 {
         a1: usize,
     ) -> (machine::PinOutcome, usize, usize) {
         // SAFETY: per the trait contract (the caller made the level test);
-        // `intr_pin_call_leveled` is `intr_pin_call` after that test.
+        // `intr_pin_call_leveled` is `intr_pin_call` after that test (the same answers).
         unsafe { pin_call_asm!("intr_pin_call_leveled", call, a0, a1) }
     }
 
