@@ -30,7 +30,6 @@
 //! Cost: `cargo run --release -- bench --filter intr` reports the instructions this path adds
 //! over `direct` (`intr.switch_added`); see docs/ARCHITECTURE.md for the list.
 
-use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
@@ -190,7 +189,7 @@ impl<E: IntrEnv> Pinned<E> {
                 if slot.load(Ordering::Acquire).is_null() {
                     let t =
                         E::sched().new_ithread("ithread/vm", pri, cpu, ipl::Ipl::Vm as u8, ithread_body::<E>);
-                    let t = Box::into_raw(Box::new(t));
+                    let t = core::ptr::from_ref(t).cast_mut();
                     slot.store(t, Ordering::Release);
                     if i == 0 {
                         self.first[cpu].store(t, Ordering::Release);

@@ -86,10 +86,16 @@ use crate::{Priority, Reason, SchedEnv, Scheduler, Thread, STACK_SIZE};
 
 /// An interrupt thread that borrows CPUs through [`Scheduler::pin_call`] (made by
 /// [`Scheduler::new_ithread`]): the thread and its [`PinCall`] (state, stack top, body,
-/// level), boxed so that its address stays put for the machine.
+/// level). [`Scheduler::new_ithread`] leaks it: its address stays put for the machine, which
+/// keeps the descriptor's address while a call is active, and its thread may outlive any
+/// owner's borrow (it finishes a blocked call as an ordinary thread). The descriptor is its
+/// first field (`#[repr(C)]`), so the thread's address is the descriptor's: the pinned
+/// dispatch hands the machine the address it loaded, with no load of a field.
+#[repr(C)]
 pub struct PinThread<E: SchedEnv + 'static> {
+    /// First: see above.
+    call: PinCall,
     thread: Arc<Thread<E>>,
-    call: alloc::boxed::Box<PinCall>,
     /// The scheduler's state of the CPU it is bound to, the only CPU it is lent: what
     /// [`Scheduler::pin_call`] touches there (the interrupt depth, the switch count), found
     /// without computing the running CPU's index on every call.
@@ -117,7 +123,9 @@ impl<E: SchedEnv> Scheduler<E> {
     /// Creates an interrupt thread that [`Scheduler::pin_call`] lends CPUs to, bound to `cpu`
     /// and parked: never on a run queue unless a body blocks in it. Each pinned call runs
     /// `body(a0, a1)` on it, from the top of its stack, on a CPU at `level` (the `IplCpu`
-    /// word's value of the level its work runs at).
+    /// word's value of the level its work runs at). Leaked (never freed, never moved): a
+    /// descriptor must outlive every pinned call, and its thread may go on after a call that
+    /// blocked.
     pub fn new_ithread(
         &'static self,
         name: &str,
@@ -125,7 +133,7 @@ impl<E: SchedEnv> Scheduler<E> {
         cpu: usize,
         level: u8,
         body: extern "C" fn(usize, usize),
-    ) -> PinThread<E> {
+    ) -> &'static PinThread<E> {
         assert!(self.cpu_online(cpu), "new_ithread({name}): CPU {cpu} is not online");
         let words = STACK_SIZE / 8;
         let mut stack = alloc::vec![0u64; words].into_boxed_slice();
@@ -143,13 +151,8 @@ impl<E: SchedEnv> Scheduler<E> {
         let io = E::M::intr_disable();
         self.register(&t, &io);
         drop(io);
-        let call = alloc::boxed::Box::new(PinCall::new(
-            Arc::as_ptr(&t) as *const (),
-            stack_top,
-            body,
-            level as usize,
-        ));
-        PinThread { call, thread: t, cpu: &self.cpus[cpu] }
+        let call = PinCall::new(Arc::as_ptr(&t) as *const (), stack_top, body, level as usize);
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(PinThread { call, thread: t, cpu: &self.cpus[cpu] }))
     }
 
     /// **The pinned call** (NetBSD's fast soft interrupts, illumos' interrupt threads): if
@@ -230,8 +233,8 @@ impl<E: SchedEnv> Scheduler<E> {
         // A thread whose state word is clear is PARKED: its stack is unused and no CPU runs it
         // (a thread that parks leaves its CPU before interrupts are enabled there again, and
         // it is bound to its CPU).
-        // SAFETY: interrupts are disabled (the token); `it.call` is boxed and lives as long as
-        // `it`, which the caller keeps for the thread's life; its state is checked parked by
+        // SAFETY: interrupts are disabled (the token); `it.call` is in the leaked `it`, never
+        // moved or freed; its state is checked parked by
         // the machine; its body keeps the contract documented above.
         let r = if LEVELED {
             // SAFETY: as above, and the caller made the level test (`pin_call_leveled`).
