@@ -283,18 +283,23 @@ thread_trampoline:
 #
 #    intr_pin_call(a0, a1, call) -> PinOutcome   %rdi, %rsi: body's arguments, in place;
 #                                                 %rdx: the thread's `machine::PinCall`
+#    intr_pin_call_leveled(a0, a1, call)          the same after the caller's level test
+#                                                 (`PinSwitch::pin_call_leveled`)
 #    intr_pin_end()                               the body's end (`PinSwitch::pin_end`)
+#    intr_pin_end_borrowing                       the same after the body's own test
+#                                                 (`PinSwitch::pin_end_borrowing`; jumped to)
 #
 #    `PinCall` (repr C): 0 state (0 parked, 1 blocked, else borrowing), 8 thread, 16 stack
 #    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL (32 bits) and %gs:28
 #    the spin-mutex count (counted down from 0; cpu.rs), %gs:40 the pinned context
 #    (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
-#    `PinSwitch::pin_call` only, through an `asm!` call that declares everything but %rbx,
+#    `PinSwitch::pin_call` and `pin_call_leveled` only, through an `asm!` call that declares everything but %rbx,
 #    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too;
 #    interrupts disabled, on the running thread's stack.
 #      - the 64-bit word at %gs:24 not the call's level: the IPL (its low half) is another
 #        level, or spin mutexes are held (its high half, the count): return 3 (Level),
-#        nothing done.
+#        nothing done. (`intr_pin_call_leveled` starts after this test: its caller made it,
+#        interrupts disabled since.)
 #      - state non-zero (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
 #        done. Both leave %rdi and %rsi as they came.
 #      - else build a switch frame of section 4 on the running stack — rbp and rbx in their
@@ -313,7 +318,10 @@ thread_trampoline:
 #        (Returned). If not (the thread blocked or was preempted
 #        during the call: its frame is gone, resumed by the thread underneath), it returns to
 #        the body with only %rax and the flags changed, and the body finishes as an ordinary
-#        thread and parks.
+#        thread and parks. A body may make that test itself, in Rust, with interrupts
+#        disabled and kept so (the framework's ithread body does: the same answer also
+#        decides its handler accounting), and then jump to `intr_pin_end_borrowing`, the
+#        return without the test.
 #      - body returns instead (bodies that end with `Scheduler::pin_return`, or none):
 #        interrupts off, the same borrower test, then the same return as `intr_pin_end`'s;
 #        if the thread no longer borrows the CPU, `intr_pin_bad_return` panics naming it
@@ -333,6 +341,8 @@ intr_pin_call:
     movq 32(%rdx), %rax
     cmpq %rax, %gs:24                   # at the call's level, no spin mutex held?
     jne 8f
+.global intr_pin_call_leveled
+intr_pin_call_leveled:                  # the caller made the level test
     cmpq $0, (%rdx)                     # parked?
     jne 9f
     pushq %rbp
@@ -366,6 +376,8 @@ intr_pin_end:
     cmpq %rax, %gs:48                   # does the running thread still borrow the CPU?
     jne 1f
 .Lpin_end_return:
+.global intr_pin_end_borrowing
+intr_pin_end_borrowing:                 # the body tested the borrower itself, interrupts off
     movq %gs:40, %rsp                   # back on the pinned stack: the body's is abandoned
     popq %rax                           # r15's slot: the call
     movq $0, (%rax)                     # state = parked

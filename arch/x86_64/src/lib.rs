@@ -210,35 +210,69 @@ extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
     )
 }
 
+/// The call of `intr_pin_call` or `intr_pin_call_leveled` (entry.s, section 5) with their own
+/// convention: they keep %rbx, %rbp and %rsp (as the C ABI) but not r12..r15 (a body that
+/// blocks resumes us through a frame holding the saved words there), hence the clobbers;
+/// %rdi and %rsi come back unchanged on the Busy and Level answers. The outer borrow's words
+/// are back on every answer (Blocked: put back by `pin_switch_under` before the switch). To be
+/// used in an `unsafe` block whose caller keeps `PinSwitch::pin_call`'s contract (it covers
+/// the asm and the transmute of the answer); the stack is aligned for a call there (asm!
+/// without `nostack`).
+macro_rules! pin_call_asm {
+    ($entry:literal, $call:expr, $a0:expr, $a1:expr) => {{
+        let (r, b0, b1): (u32, usize, usize);
+        asm!(
+            concat!("call ", $entry),
+            inlateout("rdi") $a0 => b0,
+            inlateout("rsi") $a1 => b1,
+            in("rdx") $call as *const machine::PinCall,
+            lateout("eax") r,
+            out("r12") _,
+            out("r13") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        );
+        // The entries answer 0 (through `context_switch`), 1, 2 or 3: the values of
+        // `PinOutcome` (`#[repr(u32)]`); the caller's `unsafe` block covers the transmute.
+        (core::mem::transmute::<u32, machine::PinOutcome>(r), b0, b1)
+    }};
+}
+
 /// The pinned switch: `intr_pin_call` in entry.s (protocol: `machine::PinSwitch::pin_call`).
 impl machine::PinSwitch for X86_64 {
     #[inline(always)]
     unsafe fn pin_call(call: &machine::PinCall, a0: usize, a1: usize) -> (machine::PinOutcome, usize, usize) {
-        let (r, b0, b1): (u32, usize, usize);
-        // `intr_pin_call`'s own convention: it keeps %rbx, %rbp and %rsp (as the C ABI) but not
-        // r12..r15 (a body that blocks resumes us through a frame holding the saved words
-        // there), hence the clobbers; %rdi and %rsi come back unchanged on the Busy and Level
-        // answers. The outer borrow's words are back on every answer (Blocked: put back by
-        // `pin_switch_under` before the switch).
-        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it,
-        // and the stack is aligned for a call here (asm! without `nostack`).
+        // SAFETY: per the trait contract; `intr_pin_call` (entry.s, section 5) implements it
+        // and answers one of `PinOutcome`'s values (see `pin_call_asm!`).
+        unsafe { pin_call_asm!("intr_pin_call", call, a0, a1) }
+    }
+
+    #[inline(always)]
+    unsafe fn pin_call_leveled(
+        call: &machine::PinCall,
+        a0: usize,
+        a1: usize,
+    ) -> (machine::PinOutcome, usize, usize) {
+        // SAFETY: per the trait contract (the caller made the level test);
+        // `intr_pin_call_leveled` is `intr_pin_call` after that test (the same answers).
+        unsafe { pin_call_asm!("intr_pin_call_leveled", call, a0, a1) }
+    }
+
+    #[inline(always)]
+    fn at_pin_level<const LEVEL: usize>() -> bool {
+        // SAFETY: %gs:24 is this CPU's IPL word with the spin-mutex count above it (cpu.rs):
+        // one read of the running CPU's own word, the compare `intr_pin_call` makes.
         unsafe {
             asm!(
-                "call intr_pin_call",
-                inlateout("rdi") a0 => b0,
-                inlateout("rsi") a1 => b1,
-                in("rdx") call as *const machine::PinCall,
-                lateout("eax") r,
-                out("r12") _,
-                out("r13") _,
-                out("r14") _,
-                out("r15") _,
-                clobber_abi("C"),
+                "cmp qword ptr gs:[24], {l}",
+                "jne {no}",
+                l = const LEVEL,
+                no = label { return false },
+                options(nostack, readonly),
             )
         };
-        // SAFETY: `intr_pin_call` answers 0 (through `context_switch`), 1, 2 or 3: the values
-        // of `PinOutcome` (`#[repr(u32)]`).
-        (unsafe { core::mem::transmute::<u32, machine::PinOutcome>(r) }, b0, b1)
+        true
     }
 
     #[inline(always)]
@@ -251,6 +285,16 @@ impl machine::PinSwitch for X86_64 {
         // stack that must be dropped); the stack is aligned for a call here.
         unsafe { asm!("call intr_pin_end", out("rax") _) };
         false
+    }
+
+    #[inline(always)]
+    unsafe fn pin_end_borrowing() {
+        // `intr_pin_end_borrowing` (entry.s, section 5) is `intr_pin_end` after its test: it
+        // parks the call's state, restores the words of the frame at %gs:40 and returns from
+        // that frame's `intr_pin_call` (Returned), leaving this stack for good.
+        // SAFETY: per the trait contract (interrupts disabled since the caller found the
+        // running thread the borrower; nothing on this stack needs dropping).
+        unsafe { asm!("jmp intr_pin_end_borrowing", options(noreturn)) }
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static machine::PinSlots> {

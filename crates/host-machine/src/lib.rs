@@ -718,10 +718,31 @@ impl PinSwitch for HostMachine {
         }
     }
 
+    fn at_pin_level<const LEVEL: usize>() -> bool {
+        let c = this_cpu();
+        c.ipl.load(Ordering::Relaxed) as usize == LEVEL && c.mtx_count.load(Ordering::Relaxed) == 0
+    }
+
+    unsafe fn pin_call_leveled(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize) {
+        let c = this_cpu();
+        assert!(
+            c.ipl.load(Ordering::Relaxed) as usize == call.level && c.mtx_count.load(Ordering::Relaxed) == 0,
+            "pin_call_leveled: the CPU is not at the call's level"
+        );
+        // SAFETY: per the trait contract.
+        unsafe { Self::pin_call(call, a0, a1) }
+    }
+
     unsafe fn pin_end() -> bool {
         // The runner ends the call when the body returns (`Runner::serve`, which checks the
         // borrower word again).
         Self::is_borrower()
+    }
+
+    unsafe fn pin_end_borrowing() {
+        // The body returns at once, and the runner ends the call (`Runner::serve`, which
+        // checks the borrower word again).
+        debug_assert!(Self::is_borrower(), "pin_end_borrowing: the running thread does not borrow the CPU");
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {

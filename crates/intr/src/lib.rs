@@ -524,13 +524,14 @@ impl<E: IntrEnv> Source<E> {
         self.run_handler_in::<RUN_THREAD>(raised_ns, cpu)
     }
 
-    /// [`Source::run_handler`] in one of three contexts, which differ in how the time the
+    /// [`Source::run_handler`] in one of two contexts, which differ in how the time the
     /// running thread spends switched away during the handler (blocked, preempted) is taken
     /// out of the handler's CPU time: [`RUN_INTERRUPT`], where it cannot switch away (the
     /// direct model: no off-CPU accounting); [`RUN_THREAD`], an ordinary thread (the mark
-    /// taken before, compared after); [`RUN_BORROWED`], a pinned call's body, lazily: it
-    /// switches away only by blocking, which ends its borrowing and records the mark then
-    /// (`sched::Thread::borrow_off_mark_ns`), so the fast path takes none.
+    /// taken before, compared after). A pinned call's body has its own copy of these steps
+    /// (`pinned::ithread_body`): it switches away only by blocking or being preempted, which
+    /// ends its borrowing and records the mark then (`sched::Thread::borrow_off_mark_ns`,
+    /// [`Source::run_accounted_switched`]), so its fast path takes none.
     #[inline(always)]
     fn run_handler_in<const CTX: u8>(&self, raised_ns: u64, cpu: usize) -> bool {
         let Some(h) = self.handler.as_ref() else { return false };
@@ -556,11 +557,6 @@ impl<E: IntrEnv> Source<E> {
         h(&ctx);
         trace::emit::<E::M>(trace::Kind::HandlerEnd, self.vector as u64);
         let wall = E::M::now_ns().saturating_sub(t0);
-        if CTX == RUN_BORROWED && !E::sched().borrowing() {
-            // A borrower that switched away meanwhile (blocked, preempted): out of line, so
-            // that the borrowed fast path's accounting is the direct model's.
-            return self.run_accounted_switched(&ctx, wall);
-        }
         // Whether the thread switched away meanwhile.
         let switched = match CTX {
             RUN_THREAD => me.switch_count() != switches,
@@ -574,9 +570,9 @@ impl<E: IntrEnv> Source<E> {
         self.run_accounted(&ctx, wall, off, switched)
     }
 
-    /// [`Source::run_handler_in`]'s accounting for a pinned call's body whose thread switched
-    /// away during the handler (it blocked, or was preempted): the off-CPU time since the
-    /// lazy mark its block took (`sched::Thread::borrow_off_mark_ns`) is not CPU time.
+    /// The accounting of a pinned call's handler whose thread switched away during the
+    /// handler (it blocked, or was preempted): the off-CPU time since the lazy mark its block
+    /// took (`sched::Thread::borrow_off_mark_ns`) is not CPU time.
     #[cold]
     #[inline(never)]
     fn run_accounted_switched(&self, ctx: &HandlerCtx<'_>, wall: u64) -> bool {
@@ -618,8 +614,6 @@ pub(crate) const RUN_INTERRUPT: u8 = 0;
 /// [`Source::run_handler_in`] in an ordinary thread (dedicated, pool, a pinned thread that
 /// blocked).
 pub(crate) const RUN_THREAD: u8 = 1;
-/// [`Source::run_handler_in`] in a pinned call's body, on a borrowed CPU.
-pub(crate) const RUN_BORROWED: u8 = 2;
 
 /// A queued handler instance (pool and pinned models).
 pub(crate) struct Pending<E: IntrEnv> {

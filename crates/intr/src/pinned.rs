@@ -30,7 +30,6 @@
 //! Cost: `cargo run --release -- bench --filter intr` reports the instructions this path adds
 //! over `direct` (`intr.switch_added`); see docs/ARCHITECTURE.md for the list.
 
-use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
@@ -39,7 +38,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering
 use machine::{IntrOff, Machine};
 use sched::{PinOutcome, PinThread, Priority};
 
-use crate::{IntrEnv, Source};
+use crate::{HandlerCtx, IntrEnv, Source};
 
 /// The most interrupt threads one CPU may have for the pinned model (the upper end of
 /// [`Pinned::set_limit`]).
@@ -190,7 +189,7 @@ impl<E: IntrEnv> Pinned<E> {
                 if slot.load(Ordering::Acquire).is_null() {
                     let t =
                         E::sched().new_ithread("ithread/vm", pri, cpu, ipl::Ipl::Vm as u8, ithread_body::<E>);
-                    let t = Box::into_raw(Box::new(t));
+                    let t = core::ptr::from_ref(t).cast_mut();
                     slot.store(t, Ordering::Release);
                     if i == 0 {
                         self.first[cpu].store(t, Ordering::Release);
@@ -226,13 +225,23 @@ impl<E: IntrEnv> Pinned<E> {
             // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
             let it = unsafe { &*t };
             trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
-            let (r, a, raised) = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
+            // The level test here, against a constant (one compare with an immediate), not by
+            // the machine through the descriptor.
+            if !E::sched().at_pin_level::<{ ipl::Ipl::Vm as usize }>(io) {
+                trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(PinOutcome::Level));
+                return lend_slow(self, src, raised, cpu, io);
+            }
+            // SAFETY: this CPU is at IPL_VM, `it`'s level, with no spin mutex held (tested just
+            // above, interrupts disabled since: the token).
+            let (r, a, raised) =
+                unsafe { E::sched().pin_call_leveled(it, Arc::into_raw(src) as usize, raised as usize, io) };
             trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
             match r {
                 PinOutcome::Returned => self.drain(cpu, io),
                 PinOutcome::Blocked => self.drain(cpu, io),
                 // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
                 PinOutcome::Busy => lend_spare(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
+                // Not answered after the level test above; handled as `pin_call`'s would be.
                 // SAFETY: as above.
                 PinOutcome::Level => lend_slow(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
             }
@@ -400,16 +409,17 @@ fn lend_slow<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64
 #[inline(always)]
 fn run_one<E: IntrEnv>(src: Arc<Source<E>>, raised: u64, cpu: usize) {
     let again = src.run_handler(raised, cpu);
-    finish_one(src, again, cpu);
+    finish_one(src, again);
 }
 
 /// After an instance's handler (interrupts enabled): a handler that asked for `hwi_sched`
 /// (`again`) goes to the back of the CPU's queue (keeping its mask reference), otherwise the
-/// instance's mask reference, if any, is dropped.
+/// instance's mask reference, if any, is dropped. The running CPU's (an ithread is bound to
+/// its CPU): no CPU index is kept across the handler for it.
 #[inline(always)]
-fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool, cpu: usize) {
+fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool) {
     if again && !src.gate.is_closed() {
-        requeue(src, cpu);
+        requeue(src);
     } else if src.needs_mask() {
         src.unmask();
     }
@@ -419,8 +429,8 @@ fn finish_one<E: IntrEnv>(src: Arc<Source<E>>, again: bool, cpu: usize) {
 /// Out of line: the ithread's body keeps fewer registers across its handler without it.
 #[cold]
 #[inline(never)]
-fn requeue<E: IntrEnv>(src: Arc<Source<E>>, cpu: usize) {
-    let c = cpu_of::<E>(cpu);
+fn requeue<E: IntrEnv>(src: Arc<Source<E>>) {
+    let c = cpu_of::<E>(E::M::cpu_index());
     let io = E::M::intr_disable();
     let now = E::M::now_ns();
     // SAFETY: this CPU (the ithread is bound to it), interrupts disabled.
@@ -430,29 +440,105 @@ fn requeue<E: IntrEnv>(src: Arc<Source<E>>, cpu: usize) {
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
 /// enabled, CPU at `IPL_VM`: runs one instance (`src`: an `Arc::into_raw`, `raised`: its raise
-/// time) and returns — while it still borrows the CPU. If the handler blocked, the pinned
-/// thread went on without us: we drain the queue as an ordinary thread and park for good.
+/// time) and ends the call — while it still borrows the CPU. If the handler blocked or was
+/// preempted, the pinned thread went on without us: we finish the instance, drain the queue
+/// as an ordinary thread and park for good.
+///
+/// After the handler, interrupts are disabled *before* the one borrower test, and stay so
+/// until the switch back: the test decides both the accounting (the handler's time was all
+/// CPU time) and the end of the call ([`sched::Scheduler::pin_end_borrowing`], which does not
+/// test again), and a preemption between a test and the switch back would leave us returning
+/// into a frame the thread underneath has already resumed from (the double fault of
+/// docs/logs/softint-borrow-preempt-double-fault-2026-12-06.txt). The fast path's
+/// accounting, the `hwi_sched` requeue and the unmask run with interrupts disabled, as the
+/// direct model runs them.
 extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
-    let cpu = E::M::cpu_index();
     // SAFETY: `dispatch` passed an `Arc::into_raw` of a source: the reference is ours (taken
     // over below), so the source lives at least until then.
     let source = unsafe { &*(src as *const Source<E>) };
-    let again = source.run_handler_in::<{ crate::RUN_BORROWED }>(raised as u64, cpu);
-    // SAFETY: as above; we take that reference over.
-    finish_one(unsafe { arc_back::<E>(src) }, again, cpu);
-    // Whether we still borrow the CPU, decided with interrupts disabled and kept so until
-    // the switch back (a preemption in between would leave us returning into a frame the
-    // thread underneath has already resumed from): `Scheduler::pin_end`, which on x86_64 does
-    // both in one assembly sequence and does not come back if we still borrow the CPU.
+    // Checking "dead" and counting this run in are one step: a handler never starts after
+    // its disestablish returned.
+    let h = match source.handler.as_ref() {
+        Some(h) if source.gate.enter() => h,
+        _ => return end_unrun::<E>(src),
+    };
+    let t0 = E::M::now_ns();
+    // Per source and per CPU that runs the handler (`intrstat`'s per-CPU p50/p99).
+    source.stats.record_latency(E::M::cpu_index(), t0.saturating_sub(raised as u64));
+    // The CPU index is read again where needed after the handler (rare paths), rather than
+    // kept in a callee-saved register across it.
+    let ctx = HandlerCtx {
+        source_name: &source.name,
+        cpu: E::M::cpu_index(),
+        requeue: AtomicBool::new(false),
+        no_work: AtomicBool::new(false),
+    };
+    trace::emit::<E::M>(trace::Kind::HandlerBegin, source.vector as u64);
+    h(&ctx);
+    trace::emit::<E::M>(trace::Kind::HandlerEnd, source.vector as u64);
     // SAFETY: the body runs with interrupts enabled (`pin_call` enables them before the
     // call; a handler gives back the state it was called with).
     let io = unsafe { E::M::intr_disable_enabled() };
-    // SAFETY: nothing on this stack needs dropping: the source's reference went to
-    // `finish_one`, and `io` is handed over.
+    let wall = E::M::now_ns().saturating_sub(t0);
+    if !E::sched().borrowing() {
+        drop(io);
+        end_switched::<E>(src, &ctx, wall);
+    }
+    // Still the borrower, interrupts disabled until the switch back: the direct model's
+    // accounting (nothing switched away during the handler).
+    let again = source.run_accounted(&ctx, wall, 0, false);
+    // `finish_one`, with the reference taken over in each arm: the source's address is not
+    // kept in memory for the last reference's out-of-line drop before it is known to be
+    // needed.
+    if again && !source.gate.is_closed() {
+        // SAFETY: as above; we take that reference over.
+        requeue(unsafe { arc_back::<E>(src) });
+    } else {
+        if source.needs_mask() {
+            source.unmask();
+        }
+        // SAFETY: as above.
+        drop(unsafe { arc_back::<E>(src) });
+    }
+    // SAFETY: `io` was taken before `borrowing()` answered true and is handed over (interrupts
+    // stay disabled); nothing on this stack needs dropping: the source's reference went to
+    // `finish_one`, and `ctx` has no destructor.
+    unsafe { E::sched().pin_end_borrowing(io) };
+}
+
+/// [`ithread_body`] when its handler did not run (no handler, or the source is being
+/// disestablished): the instance's mask reference dropped, and the call ended through
+/// `Scheduler::pin_end` (on x86_64 that does not return; where it answers `Ok`, the host
+/// machine, the body returns at once after this).
+#[cold]
+#[inline(never)]
+fn end_unrun<E: IntrEnv>(src: usize) {
+    let cpu = E::M::cpu_index();
+    // SAFETY: `src` is the body's `Arc::into_raw`, not taken over yet.
+    finish_one(unsafe { arc_back::<E>(src) }, false);
+    // SAFETY: the body runs with interrupts enabled.
+    let io = unsafe { E::M::intr_disable_enabled() };
+    // SAFETY: nothing on this stack or the body's needs dropping (the reference went to
+    // `finish_one`).
     if let Err(io) = unsafe { E::sched().pin_end(io) } {
         drop(io);
         finish_blocked(cpu_of::<E>(cpu), cpu);
     }
+}
+
+/// [`ithread_body`] when its handler blocked or was preempted (the thread is an ordinary
+/// thread now, interrupts enabled): the off-CPU time since the lazy mark its block took is
+/// not CPU time (`Source::run_accounted_switched`); then the instance's end, the queue drained
+/// and the thread parked.
+#[cold]
+#[inline(never)]
+fn end_switched<E: IntrEnv>(src: usize, ctx: &HandlerCtx<'_>, wall: u64) -> ! {
+    let cpu = E::M::cpu_index();
+    // SAFETY: `src` is the body's `Arc::into_raw`, not taken over yet.
+    let src = unsafe { arc_back::<E>(src) };
+    let again = src.run_accounted_switched(ctx, wall);
+    finish_one(src, again);
+    finish_blocked(cpu_of::<E>(cpu), cpu)
 }
 
 /// A drained queue that a burst grew gives its memory back (as the pool's do), keeping room

@@ -221,7 +221,7 @@ impl<E: IntrEnv> Soft<E> {
         let names = ["softclk", "softbio", "softnet", "softser"];
         for cpu in 0..E::M::ncpus() {
             let t = E::sched().new_ithread(names[l], pri, cpu, level as u8, soft_body::<E>);
-            self.cpus[cpu][l].thread.store(Box::into_raw(Box::new(t)), Ordering::Release);
+            self.cpus[cpu][l].thread.store(core::ptr::from_ref(t).cast_mut(), Ordering::Release);
         }
     }
 

@@ -280,6 +280,19 @@ pub trait PinSwitch: Machine {
     /// contract above.
     unsafe fn pin_call(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize);
 
+    /// Whether this CPU is at `LEVEL` and holds no spin mutex: [`PinSwitch::pin_call`]'s level
+    /// test, for a caller whose threads' level is a constant (x86_64: one compare of the IPL
+    /// and spin-count word with an immediate, a branch).
+    fn at_pin_level<const LEVEL: usize>() -> bool;
+
+    /// [`PinSwitch::pin_call`] without its level test, which the caller made
+    /// ([`PinSwitch::at_pin_level`] with `call.level`, interrupts disabled since): never
+    /// [`PinOutcome::Level`]; otherwise the same.
+    ///
+    /// # Safety
+    /// As [`PinSwitch::pin_call`]'s, and this CPU is at `call.level` with no spin mutex held.
+    unsafe fn pin_call_leveled(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize);
+
     /// The end of a pinned body, decided and done with interrupts disabled: if the running
     /// thread still borrows this CPU ([`PinSlots::borrowed`] is [`Machine::curthread`]), its
     /// pinned call ends — the state parked, the words of [`PinSwitch::pin_call`]'s frame
@@ -294,6 +307,17 @@ pub trait PinSwitch: Machine {
     /// Interrupts are disabled. The caller is prepared for this not to return: nothing on
     /// its stack, in the pinned body's frames, needs dropping (it is left, not unwound).
     unsafe fn pin_end() -> bool;
+
+    /// [`PinSwitch::pin_end`] for a caller that has found the running thread still this
+    /// CPU's borrower ([`PinSwitch::is_borrower`]) with interrupts disabled, and kept them
+    /// disabled since: the call ends without a second test — on x86_64 here, never returning
+    /// (the body's stack is left as it is); on the host by the body's return, which must
+    /// follow at once, interrupts still disabled.
+    ///
+    /// # Safety
+    /// As [`PinSwitch::pin_end`]'s, and the running thread is this CPU's borrower: tested
+    /// with interrupts disabled, and they have not been enabled since.
+    unsafe fn pin_end_borrowing();
 
     /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;

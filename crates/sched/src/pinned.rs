@@ -28,7 +28,10 @@
 //!   the state and restores the stack, the current thread, the borrower and the pinned
 //!   context — on x86_64 in one assembly sequence that never comes back to the body (its
 //!   stack is left as it is) — and `pin_call` answers [`PinOutcome::Returned`] and counts the
-//!   switch. A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
+//!   switch. A body that has tested [`Scheduler::borrowing`] itself, with interrupts disabled
+//!   and kept so, ends through [`Scheduler::pin_end_borrowing`], the same return without the
+//!   second test (the framework's interrupt-thread body: one test decides both its handler
+//!   accounting and the end). A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
 //!   still disabled; the machine then checks the borrower word again (a body that returns
 //!   after it stopped borrowing is a panic naming the thread, not a jump through a frame that
 //!   is gone) and does the same. The decision and the
@@ -83,10 +86,16 @@ use crate::{Priority, Reason, SchedEnv, Scheduler, Thread, STACK_SIZE};
 
 /// An interrupt thread that borrows CPUs through [`Scheduler::pin_call`] (made by
 /// [`Scheduler::new_ithread`]): the thread and its [`PinCall`] (state, stack top, body,
-/// level), boxed so that its address stays put for the machine.
+/// level). [`Scheduler::new_ithread`] leaks it: its address stays put for the machine, which
+/// keeps the descriptor's address while a call is active, and its thread may outlive any
+/// owner's borrow (it finishes a blocked call as an ordinary thread). The descriptor is its
+/// first field (`#[repr(C)]`), so the thread's address is the descriptor's: the pinned
+/// dispatch hands the machine the address it loaded, with no load of a field.
+#[repr(C)]
 pub struct PinThread<E: SchedEnv + 'static> {
+    /// First: see above.
+    call: PinCall,
     thread: Arc<Thread<E>>,
-    call: alloc::boxed::Box<PinCall>,
     /// The scheduler's state of the CPU it is bound to, the only CPU it is lent: what
     /// [`Scheduler::pin_call`] touches there (the interrupt depth, the switch count), found
     /// without computing the running CPU's index on every call.
@@ -114,7 +123,9 @@ impl<E: SchedEnv> Scheduler<E> {
     /// Creates an interrupt thread that [`Scheduler::pin_call`] lends CPUs to, bound to `cpu`
     /// and parked: never on a run queue unless a body blocks in it. Each pinned call runs
     /// `body(a0, a1)` on it, from the top of its stack, on a CPU at `level` (the `IplCpu`
-    /// word's value of the level its work runs at).
+    /// word's value of the level its work runs at). Leaked (never freed, never moved): a
+    /// descriptor must outlive every pinned call, and its thread may go on after a call that
+    /// blocked.
     pub fn new_ithread(
         &'static self,
         name: &str,
@@ -122,7 +133,7 @@ impl<E: SchedEnv> Scheduler<E> {
         cpu: usize,
         level: u8,
         body: extern "C" fn(usize, usize),
-    ) -> PinThread<E> {
+    ) -> &'static PinThread<E> {
         assert!(self.cpu_online(cpu), "new_ithread({name}): CPU {cpu} is not online");
         let words = STACK_SIZE / 8;
         let mut stack = alloc::vec![0u64; words].into_boxed_slice();
@@ -140,13 +151,8 @@ impl<E: SchedEnv> Scheduler<E> {
         let io = E::M::intr_disable();
         self.register(&t, &io);
         drop(io);
-        let call = alloc::boxed::Box::new(PinCall::new(
-            Arc::as_ptr(&t) as *const (),
-            stack_top,
-            body,
-            level as usize,
-        ));
-        PinThread { call, thread: t, cpu: &self.cpus[cpu] }
+        let call = PinCall::new(Arc::as_ptr(&t) as *const (), stack_top, body, level as usize);
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(PinThread { call, thread: t, cpu: &self.cpus[cpu] }))
     }
 
     /// **The pinned call** (NetBSD's fast soft interrupts, illumos' interrupt threads): if
@@ -176,6 +182,44 @@ impl<E: SchedEnv> Scheduler<E> {
         it: &PinThread<E>,
         a0: usize,
         a1: usize,
+        io: &IntrOff,
+    ) -> (PinOutcome, usize, usize) {
+        self.pin_call_in::<false>(it, a0, a1, io)
+    }
+
+    /// Whether this CPU is at `LEVEL` with no spin mutex held ([`PinSwitch::at_pin_level`]):
+    /// the level test of [`Scheduler::pin_call`], for a caller whose threads' level is a
+    /// constant. Interrupts disabled: the answer holds until they are enabled.
+    #[inline(always)]
+    pub fn at_pin_level<const LEVEL: usize>(&self, _io: &IntrOff) -> bool {
+        E::M::at_pin_level::<LEVEL>()
+    }
+
+    /// [`Scheduler::pin_call`] after the caller's own level test
+    /// ([`Scheduler::at_pin_level`] with `it`'s level, under the same interrupt-disabled
+    /// section as this call): the machine does not test again, and the answer is never
+    /// [`PinOutcome::Level`].
+    ///
+    /// # Safety
+    /// This CPU is at `it`'s level with no spin mutex held (tested, interrupts disabled since).
+    #[inline(always)]
+    pub unsafe fn pin_call_leveled(
+        &'static self,
+        it: &PinThread<E>,
+        a0: usize,
+        a1: usize,
+        io: &IntrOff,
+    ) -> (PinOutcome, usize, usize) {
+        self.pin_call_in::<true>(it, a0, a1, io)
+    }
+
+    /// [`Scheduler::pin_call`] (`LEVELED` false) and [`Scheduler::pin_call_leveled`].
+    #[inline(always)]
+    fn pin_call_in<const LEVELED: bool>(
+        &'static self,
+        it: &PinThread<E>,
+        a0: usize,
+        a1: usize,
         _io: &IntrOff,
     ) -> (PinOutcome, usize, usize) {
         // The borrower runs in thread context: the interrupt depth of the context it pins is
@@ -189,10 +233,16 @@ impl<E: SchedEnv> Scheduler<E> {
         // A thread whose state word is clear is PARKED: its stack is unused and no CPU runs it
         // (a thread that parks leaves its CPU before interrupts are enabled there again, and
         // it is bound to its CPU).
-        // SAFETY: interrupts are disabled (the token); `it.call` is boxed and lives as long as
-        // `it`, which the caller keeps for the thread's life; its state is checked parked by
+        // SAFETY: interrupts are disabled (the token); `it.call` is in the leaked `it`, never
+        // moved or freed; its state is checked parked by
         // the machine; its body keeps the contract documented above.
-        let r = unsafe { E::M::pin_call(&it.call, a0, a1) };
+        let r = if LEVELED {
+            // SAFETY: as above, and the caller made the level test (`pin_call_leveled`).
+            unsafe { E::M::pin_call_leveled(&it.call, a0, a1) }
+        } else {
+            // SAFETY: as above.
+            unsafe { E::M::pin_call(&it.call, a0, a1) }
+        };
         c.intr_depth.store(depth, Ordering::Relaxed);
         // This CPU still: the thread under the borrower never leaves it. The switch is
         // counted here (this CPU, interrupts disabled: no locked add), not on the way in,
@@ -277,6 +327,23 @@ impl<E: SchedEnv> Scheduler<E> {
         } else {
             Err(io)
         }
+    }
+
+    /// [`Scheduler::pin_end`] for a body that has decided itself: `io` was taken before it
+    /// found [`Scheduler::borrowing`] true, so the running thread still borrows the CPU and
+    /// the call ends without a second test ([`PinSwitch::pin_end_borrowing`]): on x86_64
+    /// this does not return; on the host the body must return at once, interrupts still
+    /// disabled (the token is forgotten).
+    ///
+    /// # Safety
+    /// As [`Scheduler::pin_end`]'s, and `borrowing()` answered `true` while `io` was held
+    /// (interrupts have stayed disabled since the test).
+    #[inline(always)]
+    pub unsafe fn pin_end_borrowing(&self, io: IntrOff) {
+        core::mem::forget(io);
+        // SAFETY: interrupts are disabled (the token, forgotten: they stay so) and the thread
+        // was found the borrower under it; the caller holds nothing to drop (the contract).
+        unsafe { E::M::pin_end_borrowing() };
     }
 
     /// The level ([`PinCall::level`]) of the pinned call the running thread borrows its CPU

@@ -4,7 +4,7 @@
 //! innermost first; a block of the inner thread resumes the outer one, still borrowing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use host_machine::{spin_until, Event, HostEnv, HostMachine, HostSystem, Sched};
 use machine::{Machine, PinOutcome};
@@ -14,7 +14,7 @@ use sched::{PinThread, Priority};
 struct Ctx {
     sched: &'static Sched,
     /// B's thread, for A's body to lend the CPU to.
-    b: Mutex<Option<Arc<PinThread<HostEnv>>>>,
+    b: Mutex<Option<&'static PinThread<HostEnv>>>,
     /// B blocks on this when set.
     gate: Option<Event>,
     log: Mutex<Vec<String>>,
@@ -31,10 +31,10 @@ extern "C" fn body_a(ctx: usize, _: usize) {
     let s = ctx.sched;
     let a = me();
     ctx.log.lock().unwrap().push(format!("a in: borrowing={}", s.borrowing()));
-    let b = ctx.b.lock().unwrap().clone().expect("B");
+    let b = (*ctx.b.lock().unwrap()).expect("B");
     let r = {
         let io = HostMachine::intr_disable();
-        s.pin_call(&b, ctx as *const Ctx as usize, 0, &io).0
+        s.pin_call(b, ctx as *const Ctx as usize, 0, &io).0
     };
     ctx.log.lock().unwrap().push(format!(
         "a after b: {r:?} borrowing={} me_again={} b_state_parked={}",
@@ -54,7 +54,7 @@ extern "C" fn body_b(ctx: usize, _: usize) {
         ctx.log.lock().unwrap().push(format!("b woken: borrowing={}", s.borrowing()));
     }
     ctx.b_done.store(true, Ordering::SeqCst);
-    let b = ctx.b.lock().unwrap().clone().expect("B");
+    let b = (*ctx.b.lock().unwrap()).expect("B");
     if let Err(io) = s.pin_return(HostMachine::intr_disable()) {
         // It blocked: an ordinary thread now, it parks for good.
         s.pin_park(b.call(), &io);
@@ -65,11 +65,11 @@ fn nested(block: bool) -> Vec<String> {
     let sys = HostSystem::boot(2);
     sys.run(move |sched| {
         sched.bind_current(Some(0));
-        let a = Arc::new(sched.new_ithread("ithread/a", Priority::INTR_BASE, 0, 0, body_a));
-        let b = Arc::new(sched.new_ithread("ithread/b", Priority::INTR_BASE, 0, 0, body_b));
+        let a = sched.new_ithread("ithread/a", Priority::INTR_BASE, 0, 0, body_a);
+        let b = sched.new_ithread("ithread/b", Priority::INTR_BASE, 0, 0, body_b);
         let ctx: &'static Ctx = Box::leak(Box::new(Ctx {
             sched,
-            b: Mutex::new(Some(b.clone())),
+            b: Mutex::new(Some(b)),
             gate: block.then(|| Event::new(sched)),
             log: Mutex::new(Vec::new()),
             b_done: AtomicBool::new(false),
@@ -77,7 +77,7 @@ fn nested(block: bool) -> Vec<String> {
         let main = me();
         let r = {
             let io = HostMachine::intr_disable();
-            sched.pin_call(&a, ctx as *const Ctx as usize, 0, &io).0
+            sched.pin_call(a, ctx as *const Ctx as usize, 0, &io).0
         };
         assert_eq!(r, PinOutcome::Returned, "A's body returned");
         assert_eq!(me(), main, "the pinned thread is current again");

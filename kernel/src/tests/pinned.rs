@@ -19,7 +19,7 @@ use super::until;
 use crate::locks::{KernelEnv, Mutex};
 use crate::{Event, SCHED};
 
-static B: Mutex<Option<Arc<PinThread<KernelEnv>>>> = Mutex::new_adaptive("test.pinned.b", None);
+static B: Mutex<Option<&'static PinThread<KernelEnv>>> = Mutex::new_adaptive("test.pinned.b", None);
 static LOG: Mutex<Vec<String>> = Mutex::new_adaptive("test.pinned.log", Vec::new());
 static GATE: Event = Event::new(&SCHED);
 static BLOCK: AtomicBool = AtomicBool::new(false);
@@ -36,10 +36,10 @@ fn me() -> usize {
 extern "C" fn body_a(_: usize, _: usize) {
     let a = me();
     log(format!("a in: borrowing={}", SCHED.borrowing()));
-    let b = B.lock().clone().expect("B");
+    let b = (*B.lock()).expect("B");
     let r = {
         let io = X86_64::intr_disable();
-        SCHED.pin_call(&b, 0, 0, &io).0
+        SCHED.pin_call(b, 0, 0, &io).0
     };
     log(format!(
         "a after b: {r:?} borrowing={} me_again={} b_parked={}",
@@ -56,7 +56,7 @@ extern "C" fn body_b(_: usize, _: usize) {
         log(format!("b woken: borrowing={}", SCHED.borrowing()));
     }
     B_DONE.store(true, Ordering::SeqCst);
-    let b = B.lock().clone().expect("B");
+    let b = (*B.lock()).expect("B");
     if let Err(io) = SCHED.pin_return(X86_64::intr_disable()) {
         // It blocked: an ordinary thread now, it parks for good.
         SCHED.pin_park(b.call(), &io);
@@ -69,13 +69,13 @@ fn nested(block: bool) -> Result<Vec<String>, String> {
     B_DONE.store(false, Ordering::SeqCst);
     LOG.lock().clear();
     let a = SCHED.new_ithread("ithread/test-a", Priority::INTR_BASE, 0, 0, body_a);
-    let b = Arc::new(SCHED.new_ithread("ithread/test-b", Priority::INTR_BASE, 0, 0, body_b));
-    *B.lock() = Some(b.clone());
+    let b = SCHED.new_ithread("ithread/test-b", Priority::INTR_BASE, 0, 0, body_b);
+    *B.lock() = Some(b);
     let main = me();
     let pins = SCHED.cpu_stats(0).pin_switches;
     let r = {
         let io = X86_64::intr_disable();
-        SCHED.pin_call(&a, 0, 0, &io).0
+        SCHED.pin_call(a, 0, 0, &io).0
     };
     kassert_eq!(r, PinOutcome::Returned, "A's body returned");
     kassert_eq!(me(), main, "the pinned thread is current again");
@@ -91,10 +91,9 @@ fn nested(block: bool) -> Result<Vec<String>, String> {
     kassert!(SCHED.cpu_stats(0).pin_switches >= pins + 2, "two pinned calls counted");
     *B.lock() = None;
     SCHED.bind_current(None);
-    // The two threads stay parked (an interrupt thread is never freed: its descriptor must
-    // outlive every pinned call); they are small and this test runs once per boot.
-    core::mem::forget(a);
-    core::mem::forget(b);
+    // The two threads stay parked (an interrupt thread is never freed: `new_ithread` leaks
+    // it, its descriptor must outlive every pinned call); they are small and this test runs
+    // once per boot.
     let out = LOG.lock().clone();
     Ok(out)
 }
