@@ -58,8 +58,9 @@
 //! ## Output
 //! `@@ torture-progress` every guest second, one `@@ torture-violation` per violation (the
 //! first 64), `@@ torture-source` per source, `@@ torture-timer`, `@@ torture-com2`,
-//! `@@ torture-host-source` per host source, and `@@ torture-summary` at the end with the
-//! totals and a hash of the delivery sequence (each CPU folds the source and the running
+//! `@@ torture-host-source` per host source, `@@ torture-heartbeat` / `@@ torture-stall` /
+//! `@@ torture-diag window` with a stalled CPU (`monitor.rs`, `window.rs`), and
+//! `@@ torture-summary` at the end with the totals (`monitor_idle=` among them) and a hash of the delivery sequence (each CPU folds the source and the running
 //! count of every delivery it takes, in order; the CPUs' hashes are folded in CPU order).
 //! Under TCG `-icount` with no host input (no NIC or disk) the run is deterministic from
 //! the seed, on any number of CPUs.

@@ -7,7 +7,9 @@
 //! its heartbeat, with the same rule as the other CPUs', and the monitor itself — a monitor
 //! that has not run for 100 ms is reported (`@@ torture-stall why=monitor-cpu`, not a
 //! violation: its CPU may be busy with interrupt work) with an NMI snapshot of its CPU, every
-//! 100 ms while it lasts, at most [`WATCH_REPORTS`] times per load.
+//! 100 ms while it lasts, at most [`WATCH_REPORTS`] times per load; the summary counts these
+//! (`monitor_idle=`). A heartbeat report (a violation) prints NMI snapshots of the CPU and its
+//! peers, then what the CPU did since its progress last moved (`window.rs`).
 
 use alloc::string::String;
 use alloc::vec::Vec;
