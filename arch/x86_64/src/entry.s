@@ -288,6 +288,8 @@ thread_trampoline:
 #    intr_pin_end()                               the body's end (`PinSwitch::pin_end`)
 #    intr_pin_end_borrowing                       the same after the body's own test
 #                                                 (`PinSwitch::pin_end_borrowing`; jumped to)
+#    intr_pin_end_borrowing_more                  the same, answering 4 (ReturnedMore:
+#                                                 `PinSwitch::pin_end_borrowing_more`)
 #
 #    `PinCall` (repr C): 0 state (0 parked, 1 blocked, else borrowing), 8 thread, 16 stack
 #    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL (32 bits) and %gs:28
@@ -321,7 +323,9 @@ thread_trampoline:
 #        thread and parks. A body may make that test itself, in Rust, with interrupts
 #        disabled and kept so (the framework's ithread body does: the same answer also
 #        decides its handler accounting), and then jump to `intr_pin_end_borrowing`, the
-#        return without the test.
+#        return without the test, or to `intr_pin_end_borrowing_more`, the same return
+#        answering 4 (ReturnedMore: the body queued work, so its caller drains; a caller
+#        then need not test its queue after every Returned).
 #      - body returns instead (bodies that end with `Scheduler::pin_return`, or none):
 #        interrupts off, the same borrower test, then the same return as `intr_pin_end`'s;
 #        if the thread no longer borrows the CPU, `intr_pin_bad_return` panics naming it
@@ -378,14 +382,20 @@ intr_pin_end:
 .Lpin_end_return:
 .global intr_pin_end_borrowing
 intr_pin_end_borrowing:                 # the body tested the borrower itself, interrupts off
+    movl $1, %eax                       # PinOutcome::Returned
+.Lpin_end_answer:                       # %eax: the answer
     movq %gs:40, %rsp                   # back on the pinned stack: the body's is abandoned
-    popq %rax                           # r15's slot: the call
-    movq $0, (%rax)                     # state = parked
+    popq %rcx                           # r15's slot: the call
+    movq $0, (%rcx)                     # state = parked
     popq %gs:48                         # r14's slot: the previous borrower
     popq %gs:40                         # r13's slot: the previous pinned context
     popq %gs:16                         # r12's slot: curthread = the pinned thread
     popq %rbx
     popq %rbp
-    movl $1, %eax                       # PinOutcome::Returned
     ret                                 # from intr_pin_call
 1:  ret                                 # not the borrower: back to the body
+
+.global intr_pin_end_borrowing_more
+intr_pin_end_borrowing_more:            # the same, answering PinOutcome::ReturnedMore (the
+    movl $4, %eax                       # body queued work: the dispatcher drains)
+    jmp .Lpin_end_answer

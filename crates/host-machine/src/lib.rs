@@ -564,6 +564,9 @@ struct PinFrame {
     prev_borrowed: usize,
     /// The body returned (as opposed to its thread blocking).
     returned: AtomicBool,
+    /// The body ended through `pin_end_borrowing_more`: the call answers
+    /// [`PinOutcome::ReturnedMore`].
+    more: AtomicBool,
 }
 
 /// A pinned call's work for a runner: the body, its arguments, the CPU lent and the frame.
@@ -695,6 +698,7 @@ impl PinSwitch for HostMachine {
             prev_frame: c.pin_frame.load(Ordering::Relaxed),
             prev_borrowed: c.pin.borrowed.load(Ordering::Relaxed),
             returned: AtomicBool::new(false),
+            more: AtomicBool::new(false),
         };
         let fp: *mut PinFrame = &mut frame;
         c.pin_frame.store(fp, Ordering::Relaxed);
@@ -712,7 +716,11 @@ impl PinSwitch for HostMachine {
         HERE.set((Some(sys), cpu));
         // Blocked: `pin_switch_under` put the outer borrow's words back before it resumed us.
         if frame.returned.load(Ordering::Relaxed) {
-            (PinOutcome::Returned, 0, 0)
+            if frame.more.load(Ordering::Relaxed) {
+                (PinOutcome::ReturnedMore, 0, 0)
+            } else {
+                (PinOutcome::Returned, 0, 0)
+            }
         } else {
             (PinOutcome::Blocked, 0, 0)
         }
@@ -743,6 +751,13 @@ impl PinSwitch for HostMachine {
         // The body returns at once, and the runner ends the call (`Runner::serve`, which
         // checks the borrower word again).
         debug_assert!(Self::is_borrower(), "pin_end_borrowing: the running thread does not borrow the CPU");
+    }
+
+    unsafe fn pin_end_borrowing_more() {
+        // As `pin_end_borrowing`; the innermost frame (the running thread's own call) answers
+        // `ReturnedMore` when the runner ends it.
+        debug_assert!(Self::is_borrower(), "pin_end_borrowing_more: the running thread does not borrow the CPU");
+        top_frame().more.store(true, Ordering::Relaxed);
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {

@@ -237,8 +237,15 @@ impl<E: IntrEnv> Pinned<E> {
                 unsafe { E::sched().pin_call_leveled(it, Arc::into_raw(src) as usize, raised as usize, io) };
             trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
             match r {
-                PinOutcome::Returned => self.drain(cpu, io),
-                PinOutcome::Blocked => self.drain(cpu, io),
+                // Nothing was queued: while the thread borrowed the CPU at IPL_VM, pinned
+                // sources were deferred, not dispatched here, and a thread parks only with
+                // the queue empty; the body's own requeue answers `ReturnedMore`.
+                PinOutcome::Returned => debug_assert!(
+                    // SAFETY: this CPU, interrupts disabled.
+                    unsafe { (*cpu_of::<E>(cpu).queue.get()).is_empty() },
+                    "pinned dispatch on CPU {cpu}: instances queued during a call that answered Returned"
+                ),
+                PinOutcome::ReturnedMore | PinOutcome::Blocked => self.drain(cpu, io),
                 // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
                 PinOutcome::Busy => lend_spare(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
                 // Not answered after the level test above; handled as `pin_call`'s would be.
@@ -290,7 +297,7 @@ impl<E: IntrEnv> Pinned<E> {
             let r = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
             trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r.0));
             match r {
-                (PinOutcome::Returned | PinOutcome::Blocked, _, _) => {}
+                (PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked, _, _) => {}
                 (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
                     // Not at IPL_VM (a drain under `lend_slow` is at IPL_VM, and the others
                     // follow a call at it): put it back first in line.
@@ -368,7 +375,7 @@ fn lend_spare<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u6
     };
     p.spares.fetch_add(1, Ordering::Relaxed);
     match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
-        (PinOutcome::Returned | PinOutcome::Blocked, _, _) => p.drain(cpu, io),
+        (PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked, _, _) => p.drain(cpu, io),
         (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
             // Parked and at IPL_VM were checked: not reached; queue rather than lose it.
             // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
@@ -394,7 +401,7 @@ fn lend_slow<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64
     let spin = spl.spin_state_take();
     <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::Vm as u8);
     match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
-        (PinOutcome::Returned | PinOutcome::Blocked, _, _) => p.drain(cpu, io),
+        (PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked, _, _) => p.drain(cpu, io),
         // At IPL_VM now, so not `Level`; `Busy` was ruled out above.
         (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
             // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
@@ -490,7 +497,8 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     // `finish_one`, with the reference taken over in each arm: the source's address is not
     // kept in memory for the last reference's out-of-line drop before it is known to be
     // needed.
-    if again && !source.gate.is_closed() {
+    let more = again && !source.gate.is_closed();
+    if more {
         // SAFETY: as above; we take that reference over.
         requeue(unsafe { arc_back::<E>(src) });
     } else {
@@ -500,10 +508,18 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
         // SAFETY: as above.
         drop(unsafe { arc_back::<E>(src) });
     }
-    // SAFETY: `io` was taken before `borrowing()` answered true and is handed over (interrupts
-    // stay disabled); nothing on this stack needs dropping: the source's reference went to
-    // `finish_one`, and `ctx` has no destructor.
-    unsafe { E::sched().pin_end_borrowing(io) };
+    // `io` was taken before `borrowing()` answered true and is handed over (interrupts stay
+    // disabled); nothing on this stack needs dropping: the source's reference was taken over
+    // above, and `ctx` has no destructor.
+    if more {
+        // The call answers `ReturnedMore`: the dispatcher drains the queue (it does not test
+        // it after a plain `Returned`).
+        // SAFETY: as said above.
+        unsafe { E::sched().pin_end_borrowing_more(io) };
+    } else {
+        // SAFETY: as said above.
+        unsafe { E::sched().pin_end_borrowing(io) };
+    }
 }
 
 /// [`ithread_body`] when its handler did not run (no handler, or the source is being
@@ -597,5 +613,6 @@ fn outcome_code(r: PinOutcome) -> u64 {
         PinOutcome::Blocked => 1,
         PinOutcome::Busy => 2,
         PinOutcome::Level => 3,
+        PinOutcome::ReturnedMore => 4,
     }
 }

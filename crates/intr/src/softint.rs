@@ -238,7 +238,7 @@ impl<E: IntrEnv> Soft<E> {
         let it = unsafe { &*t };
         trace::emit::<E::M>(trace::Kind::PinBorrow, (SOFT_VECTOR_BASE as usize + l) as u64);
         match E::sched().pin_call(it, cpu, l, io).0 {
-            PinOutcome::Returned | PinOutcome::Blocked => {}
+            PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked => {}
             // Not parked: its handler blocked and it finishes the queue (ours included)
             // as an ordinary thread before it parks.
             PinOutcome::Busy => {}

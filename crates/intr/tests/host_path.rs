@@ -912,6 +912,94 @@ fn many_in_flight_pinned() {
     many_in_flight(3, Model::Pinned);
 }
 
+/// The pinned dispatcher drains its CPU's queue only after a call that answered `Blocked` or
+/// `ReturnedMore` (a body that requeued for `hwi_sched`), not after every `Returned`: instances
+/// from every CPU at once, on three sources whose handlers ask for `hwi_sched` every fifth
+/// run and block (a timed sleep) every seventh, with one spare thread per CPU so that
+/// instances also queue behind busy threads. Nothing is lost or run twice: runs = delivered
+/// + requeues (and, in this debug build, the dispatcher asserts its queue is empty after each
+/// `Returned`).
+#[test]
+fn pinned_requeues_and_blocks_from_every_cpu_lose_nothing() {
+    const NCPUS: usize = 3;
+    const PER: u64 = if cfg!(miri) { 20 } else { 200 };
+    let sys = HostSystem::boot(NCPUS);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |sched| {
+        intr.pinned.set_limit(2).unwrap();
+        let (runs, requeues) = (counter(), counter());
+        let vectors = [0xA0u8, 0xA1, 0xA2];
+        let hs: Vec<_> = vectors
+            .iter()
+            .map(|&v| {
+                let (runs, requeues) = (runs.clone(), requeues.clone());
+                intr.establish(
+                    spec("t.requeue", v, Ipl::Vm, Model::Pinned),
+                    None,
+                    Some(Box::new(move |ctx| {
+                        let k = runs.fetch_add(1, Ordering::SeqCst);
+                        if k % 7 == 3 {
+                            HostEnv::sched().sleep_ns(50_000); // blocks: Blocked, a spare goes on
+                        }
+                        if k % 5 == 1 {
+                            requeues.fetch_add(1, Ordering::SeqCst);
+                            ctx.hwi_sched(); // ReturnedMore (or queued by the blocked thread)
+                        }
+                    })),
+                )
+                .unwrap()
+            })
+            .collect();
+        let (raised, merged) = (counter(), counter());
+        let ts: Vec<_> = (0..NCPUS)
+            .map(|c| {
+                let (raised, merged) = (raised.clone(), merged.clone());
+                sched.spawn(
+                    "raiser",
+                    sched::Priority::KTHREAD,
+                    Some(c),
+                    checked(move || {
+                        for i in 0..PER {
+                            let target = (c + i as usize) % NCPUS;
+                            raised.fetch_add(1, Ordering::SeqCst);
+                            if !HostMachine::raise(target, vectors[i as usize % vectors.len()]) {
+                                merged.fetch_add(1, Ordering::SeqCst);
+                            }
+                            HostMachine::poll_interrupts();
+                        }
+                    }),
+                )
+            })
+            .collect();
+        for t in ts {
+            t.join();
+        }
+        let spl_merged = || (0..NCPUS).map(|c| HostEnv::spl().stats(c).merged).sum::<u64>();
+        let want = || {
+            raised.load(Ordering::SeqCst) - merged.load(Ordering::SeqCst) - spl_merged()
+                + requeues.load(Ordering::SeqCst)
+        };
+        let all = spin_until(T, || runs.load(Ordering::SeqCst) >= want());
+        let st = intr.pinned.stats();
+        assert!(
+            all,
+            "runs {} of {} (requeues {}); pinned stats {st:?}",
+            runs.load(Ordering::SeqCst),
+            want(),
+            requeues.load(Ordering::SeqCst)
+        );
+        // Settle: nothing more may run.
+        let quiet_until = HostMachine::now_ns() + 20_000_000;
+        while HostMachine::now_ns() < quiet_until {
+            HostMachine::poll_interrupts();
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), want(), "a run too many; pinned stats {st:?}");
+        assert!(st.blocked > 0, "no handler blocked: {st:?}");
+        assert!(requeues.load(Ordering::SeqCst) > 0);
+        drop(hs);
+    });
+}
+
 /// Dropping a soft interrupt's handle waits for a handler that is running: the handler's end
 /// comes before the drop's return, in one sequence.
 #[test]

@@ -145,6 +145,10 @@ pub enum PinOutcome {
     Busy = 2,
     /// The CPU was not at the call's level, or held spin mutexes: nothing was done.
     Level = 3,
+    /// The body returned as for [`PinOutcome::Returned`], and asked its caller to look for
+    /// more work ([`PinSwitch::pin_end_borrowing_more`]: it queued some, which the caller
+    /// would otherwise have to test for after every call).
+    ReturnedMore = 4,
 }
 
 /// The operations a CPU provides to the portable crates.
@@ -318,6 +322,14 @@ pub trait PinSwitch: Machine {
     /// As [`PinSwitch::pin_end`]'s, and the running thread is this CPU's borrower: tested
     /// with interrupts disabled, and they have not been enabled since.
     unsafe fn pin_end_borrowing();
+
+    /// [`PinSwitch::pin_end_borrowing`], and the call answers [`PinOutcome::ReturnedMore`]
+    /// instead of [`PinOutcome::Returned`]: the body tells its caller that there is more to
+    /// do (on x86_64 one more entry point into the same return sequence).
+    ///
+    /// # Safety
+    /// As [`PinSwitch::pin_end_borrowing`]'s.
+    unsafe fn pin_end_borrowing_more();
 
     /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;

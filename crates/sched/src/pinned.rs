@@ -251,6 +251,8 @@ impl<E: SchedEnv> Scheduler<E> {
             Self::count_pin_switch(c);
         } else if r.0 == PinOutcome::Blocked {
             self.pin_blocked(c);
+        } else if r.0 == PinOutcome::ReturnedMore {
+            Self::count_pin_switch(c);
         }
         r
     }
@@ -344,6 +346,19 @@ impl<E: SchedEnv> Scheduler<E> {
         // SAFETY: interrupts are disabled (the token, forgotten: they stay so) and the thread
         // was found the borrower under it; the caller holds nothing to drop (the contract).
         unsafe { E::M::pin_end_borrowing() };
+    }
+
+    /// [`Scheduler::pin_end_borrowing`], and the call answers [`PinOutcome::ReturnedMore`]:
+    /// the body has queued work its caller is to look for (the pinned model's `hwi_sched`
+    /// requeue), so that a caller need not test for it after every [`PinOutcome::Returned`].
+    ///
+    /// # Safety
+    /// As [`Scheduler::pin_end_borrowing`]'s.
+    #[inline(always)]
+    pub unsafe fn pin_end_borrowing_more(&self, io: IntrOff) {
+        core::mem::forget(io);
+        // SAFETY: as in `pin_end_borrowing` (this function's contract is the same).
+        unsafe { E::M::pin_end_borrowing_more() };
     }
 
     /// The level ([`PinCall::level`]) of the pinned call the running thread borrows its CPU
