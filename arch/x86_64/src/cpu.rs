@@ -12,7 +12,7 @@
 
 use alloc::boxed::Box;
 use core::arch::asm;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
 use x86_64::instructions::tables::load_tss;
@@ -60,6 +60,13 @@ pub struct PerCpu {
     /// The scheduler's word (offset 64; `Machine::sched_word`: the address of its per-CPU
     /// state, 0 until its `init_cpu` on this CPU).
     sched_word: usize,
+    /// The interrupt depth (offset 72; `Machine::intr_depth`): one `%gs` op to count an
+    /// interrupt in or out, and the pinned call's `asm!` pushes it, zeroes it and pops it back
+    /// around `intr_pin_call`.
+    intr_depth: usize,
+    /// Pinned calls lent on this CPU (offset 80; `PinSwitch::pin_calls`): counted by
+    /// `intr_pin_call` on the way in. Read by other CPUs for statistics only.
+    pin_calls: AtomicU64,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
 }
@@ -74,6 +81,8 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, mtx_count) == 28);
     assert!(core::mem::offset_of!(PerCpu, mtx_oldspl) == 56);
     assert!(core::mem::offset_of!(PerCpu, sched_word) == 64);
+    assert!(core::mem::offset_of!(PerCpu, intr_depth) == 72);
+    assert!(core::mem::offset_of!(PerCpu, pin_calls) == 80);
     assert!(core::mem::offset_of!(machine::PinSlots, borrowed) == 0);
 };
 
@@ -120,6 +129,8 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         mtx_oldspl: 0,
         _unused: 0,
         sched_word: 0,
+        intr_depth: 0,
+        pin_calls: AtomicU64::new(0),
         lapic_id: AtomicU32::new(lapic_id),
     }));
     pc.self_ptr = pc as *mut PerCpu as usize;
@@ -334,6 +345,41 @@ pub fn pin_slots(index: usize) -> Option<&'static machine::PinSlots> {
     // SAFETY: a non-zero entry is the address of a `PerCpu` leaked by `init_this_cpu` (it
     // lives forever), published by the release store there.
     (p != 0).then(|| unsafe { &(*(p as *const PerCpu)).pin })
+}
+
+/// CPU `index`'s count of pinned calls lent (0 if it is not set up).
+pub fn pin_calls(index: usize) -> u64 {
+    let Some(p) = PERCPU.get(index).map(|p| p.load(Ordering::Acquire)).filter(|&p| p != 0) else {
+        return 0;
+    };
+    // SAFETY: a non-zero entry is the address of a `PerCpu` leaked by `init_this_cpu` (it
+    // lives forever), published by the release store there; the count is atomic.
+    unsafe { (*(p as *const PerCpu)).pin_calls.load(Ordering::Relaxed) }
+}
+
+/// The running CPU's interrupt depth (offset 72).
+#[inline(always)]
+pub fn intr_depth() -> usize {
+    let v: usize;
+    // SAFETY: as in `index`; offset 72 is `intr_depth`.
+    unsafe { asm!("mov {}, gs:[72]", out(reg) v, options(nostack, preserves_flags, readonly)) };
+    v
+}
+
+/// One more interrupt handler on the running CPU (its own word; interrupts disabled).
+#[inline(always)]
+pub fn intr_depth_enter() {
+    // SAFETY: as in `index`; offset 72 is `intr_depth`, written only by its own CPU.
+    unsafe { asm!("inc qword ptr gs:[72]", options(nostack)) };
+}
+
+/// One interrupt handler fewer on the running CPU: the depth after it.
+#[inline(always)]
+pub fn intr_depth_exit() -> usize {
+    let v: usize;
+    // SAFETY: as in `intr_depth_enter`.
+    unsafe { asm!("dec qword ptr gs:[72]", "mov {}, gs:[72]", out(reg) v, options(nostack)) };
+    v
 }
 
 /// The running CPU's `PinSlots::borrowed` (offset 48 of its `PerCpu`).

@@ -337,8 +337,11 @@ thread_trampoline:
 #        treats as clobbered) and `ret` returns from this call with %eax = 0 (Blocked),
 #        interrupts disabled. body's stack is the thread's own from then on; it must never
 #        return into this frame (the thread parks its state when it is done).
-#    Stack alignment: entered with %rsp = 8 mod 16; body is entered with %rsp = stack_top - 8,
-#    as the ABI wants.
+#    Stack alignment: nothing here depends on the caller's (its `asm!` pushes the interrupt
+#    depth, %gs:72, before the call and pops it after: the borrower runs at depth 0, and the
+#    word is back on every answer, Blocked included, since `context_switch` returns from the
+#    frame into that `asm!`); body is entered with %rsp = stack_top - 8, as the ABI wants.
+#    A call that lends the CPU is counted: %gs:80 (`PinSwitch::pin_calls`).
 
 .global intr_pin_call
 intr_pin_call:
@@ -349,6 +352,7 @@ intr_pin_call:
 intr_pin_call_leveled:                  # the caller made the level test
     cmpq $0, (%rdx)                     # parked?
     jne 9f
+    incq %gs:80                         # one more pinned call lent (PinSwitch::pin_calls)
     pushq %rbp
     pushq %rbx
     pushq %gs:16                        # r12's slot: the running thread

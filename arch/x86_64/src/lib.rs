@@ -115,6 +115,21 @@ impl Machine for X86_64 {
         cpu::set_sched_word(v);
     }
 
+    #[inline(always)]
+    fn intr_depth() -> usize {
+        cpu::intr_depth()
+    }
+
+    #[inline(always)]
+    fn intr_depth_enter() {
+        cpu::intr_depth_enter();
+    }
+
+    #[inline(always)]
+    fn intr_depth_exit() -> usize {
+        cpu::intr_depth_exit()
+    }
+
     #[inline]
     fn intr_disable() -> IntrOff {
         let was = x86_64::instructions::interrupts::are_enabled();
@@ -216,13 +231,20 @@ extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
 /// %rdi and %rsi come back unchanged on the Busy and Level answers. The outer borrow's words
 /// are back on every answer (Blocked: put back by `pin_switch_under` before the switch). To be
 /// used in an `unsafe` block whose caller keeps `PinSwitch::pin_call`'s contract (it covers
-/// the asm and the transmute of the answer); the stack is aligned for a call there (asm!
-/// without `nostack`).
+/// the asm and the transmute of the answer). Around the call, the interrupt depth (`%gs:72`)
+/// is pushed, zeroed for the borrower and popped back: a call that blocks returns here too
+/// (`context_switch` returns from the frame into this block), so both answers put it back,
+/// and the word sits above the return address, outside the switch frame. Nothing in
+/// `intr_pin_call` depends on the stack's alignment (it calls nothing on this stack; the body
+/// runs on its own, aligned from its top).
 macro_rules! pin_call_asm {
     ($entry:literal, $call:expr, $a0:expr, $a1:expr) => {{
         let (r, b0, b1): (u32, usize, usize);
         asm!(
+            "push qword ptr gs:[72]",
+            "mov qword ptr gs:[72], 0",
             concat!("call ", $entry),
+            "pop qword ptr gs:[72]",
             inlateout("rdi") $a0 => b0,
             inlateout("rsi") $a1 => b1,
             in("rdx") $call as *const machine::PinCall,
@@ -299,16 +321,16 @@ impl machine::PinSwitch for X86_64 {
         // `movl $1, %eax`, which `intr_pin_end` and a returning body use.
         unsafe {
             asm!(
-                "mov eax, 1",                  // PinOutcome::Returned
-                "mov rsp, qword ptr gs:[40]",  // back on the pinned stack: this one is left
-                "pop rcx",                     // r15's slot: the call
-                "mov qword ptr [rcx], 0",      // state = parked
-                "pop qword ptr gs:[48]",       // r14's slot: the previous borrower
-                "pop qword ptr gs:[40]",       // r13's slot: the previous pinned context
-                "pop qword ptr gs:[16]",       // r12's slot: curthread = the pinned thread
+                "mov eax, 1",                 // PinOutcome::Returned
+                "mov rsp, qword ptr gs:[40]", // back on the pinned stack: this one is left
+                "pop rcx",                    // r15's slot: the call
+                "mov qword ptr [rcx], 0",     // state = parked
+                "pop qword ptr gs:[48]",      // r14's slot: the previous borrower
+                "pop qword ptr gs:[40]",      // r13's slot: the previous pinned context
+                "pop qword ptr gs:[16]",      // r12's slot: curthread = the pinned thread
                 "pop rbx",
                 "pop rbp",
-                "ret",                         // from intr_pin_call
+                "ret", // from intr_pin_call
                 options(noreturn)
             )
         }
@@ -320,6 +342,10 @@ impl machine::PinSwitch for X86_64 {
         // `PinOutcome::ReturnedMore` as the answer.
         // SAFETY: as `pin_end_borrowing`'s (the same trait contract).
         unsafe { asm!("jmp intr_pin_end_borrowing_more", options(noreturn)) }
+    }
+
+    fn pin_calls(cpu: usize) -> u64 {
+        cpu::pin_calls(cpu)
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static machine::PinSlots> {

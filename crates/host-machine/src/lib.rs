@@ -161,6 +161,10 @@ struct HostCpu {
     pin: PinSlots,
     /// The innermost active pinned call's frame (null: none).
     pin_frame: AtomicPtr<PinFrame>,
+    /// `Machine::intr_depth`: read and written only by the CPU's holder.
+    intr_depth: AtomicUsize,
+    /// `PinSwitch::pin_calls`.
+    pin_calls: AtomicU64,
     /// When the next clock tick is due (`now_ns` time). Touched only by the CPU's holder.
     next_tick_ns: AtomicU64,
     /// Interrupts taken, for diagnostics.
@@ -417,6 +421,18 @@ impl Machine for HostMachine {
 
     fn set_sched_word(v: usize, _io: &IntrOff) {
         this_cpu().sched_word.store(v, Ordering::Relaxed);
+    }
+
+    fn intr_depth() -> usize {
+        this_cpu().intr_depth.load(Ordering::Relaxed)
+    }
+
+    fn intr_depth_enter() {
+        this_cpu().intr_depth.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn intr_depth_exit() -> usize {
+        this_cpu().intr_depth.fetch_sub(1, Ordering::Relaxed) - 1
     }
 
     fn intr_disable() -> IntrOff {
@@ -691,6 +707,10 @@ impl PinSwitch for HostMachine {
             return (PinOutcome::Busy, a0, a1);
         }
         let thread = call.thread;
+        // As x86_64's `asm!` around `intr_pin_call`: the borrower runs at interrupt depth 0,
+        // and the lending context's depth is back on every answer (below).
+        let depth = c.intr_depth.swap(0, Ordering::Relaxed);
+        c.pin_calls.fetch_add(1, Ordering::Relaxed);
         let mut frame = PinFrame {
             ctx: HostContext::new(),
             under: c.curthread.load(Ordering::Relaxed),
@@ -714,6 +734,7 @@ impl PinSwitch for HostMachine {
         // while we wait here.
         let cpu = unsafe { (*fp).ctx.baton.take() };
         HERE.set((Some(sys), cpu));
+        sys.cpus[cpu].intr_depth.store(depth, Ordering::Relaxed);
         // Blocked: `pin_switch_under` put the outer borrow's words back before it resumed us.
         if frame.returned.load(Ordering::Relaxed) {
             if frame.more.load(Ordering::Relaxed) {
@@ -756,8 +777,16 @@ impl PinSwitch for HostMachine {
     unsafe fn pin_end_borrowing_more() {
         // As `pin_end_borrowing`; the innermost frame (the running thread's own call) answers
         // `ReturnedMore` when the runner ends it.
-        debug_assert!(Self::is_borrower(), "pin_end_borrowing_more: the running thread does not borrow the CPU");
+        debug_assert!(
+            Self::is_borrower(),
+            "pin_end_borrowing_more: the running thread does not borrow the CPU"
+        );
         top_frame().more.store(true, Ordering::Relaxed);
+    }
+
+    fn pin_calls(cpu: usize) -> u64 {
+        let sys = this_system();
+        sys.cpus.get(cpu).map_or(0, |c| c.pin_calls.load(Ordering::Relaxed))
     }
 
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
@@ -1009,6 +1038,8 @@ impl HostSystem {
                 eois: AtomicU64::new(0),
                 pin: PinSlots::new(),
                 pin_frame: AtomicPtr::new(std::ptr::null_mut()),
+                intr_depth: AtomicUsize::new(0),
+                pin_calls: AtomicU64::new(0),
                 next_tick_ns: AtomicU64::new(now + TICK_NS),
                 interrupts: AtomicU64::new(0),
                 ipis_taken: AtomicU64::new(0),

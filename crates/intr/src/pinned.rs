@@ -236,21 +236,17 @@ impl<E: IntrEnv> Pinned<E> {
             let (r, a, raised) =
                 unsafe { E::sched().pin_call_leveled(it, Arc::into_raw(src) as usize, raised as usize, io) };
             trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
-            match r {
+            if r == PinOutcome::Returned {
                 // Nothing was queued: while the thread borrowed the CPU at IPL_VM, pinned
-                // sources were deferred, not dispatched here, and a thread parks only with
-                // the queue empty; the body's own requeue answers `ReturnedMore`.
-                PinOutcome::Returned => debug_assert!(
+                // sources were deferred, not dispatched here, and a thread parks only with the
+                // queue empty; the body's own requeue answers `ReturnedMore`.
+                debug_assert!(
                     // SAFETY: this CPU, interrupts disabled.
                     unsafe { (*cpu_of::<E>(cpu).queue.get()).is_empty() },
                     "pinned dispatch on CPU {cpu}: instances queued during a call that answered Returned"
-                ),
-                PinOutcome::ReturnedMore | PinOutcome::Blocked => self.drain(cpu, io),
-                // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
-                PinOutcome::Busy => lend_spare(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
-                // Not answered after the level test above; handled as `pin_call`'s would be.
-                // SAFETY: as above.
-                PinOutcome::Level => lend_slow(self, unsafe { arc_back(a) }, raised as u64, cpu, io),
+                );
+            } else {
+                after_call(self, r, a, raised as u64, cpu, io);
             }
         }
     }
@@ -350,6 +346,28 @@ impl<E: IntrEnv> Pinned<E> {
 unsafe fn arc_back<E: IntrEnv>(a: usize) -> Arc<Source<E>> {
     // SAFETY: per the contract.
     unsafe { Arc::from_raw(a as *const Source<E>) }
+}
+
+/// [`Pinned::dispatch`] after a call that did not answer `Returned` (out of line: the fast
+/// path tests for `Returned` alone): `ReturnedMore` and `Blocked` drain the queue, `Busy` lends
+/// a spare thread, `Level` (not answered after `dispatch`'s level test) takes the slow path.
+#[cold]
+#[inline(never)]
+fn after_call<E: IntrEnv>(
+    p: &'static Pinned<E>,
+    r: PinOutcome,
+    a: usize,
+    raised: u64,
+    cpu: usize,
+    io: &IntrOff,
+) {
+    match r {
+        PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked => p.drain(cpu, io),
+        // SAFETY: `a` is `dispatch`'s `Arc::into_raw`, handed back, not taken over.
+        PinOutcome::Busy => lend_spare(p, unsafe { arc_back(a) }, raised, cpu, io),
+        // SAFETY: as above.
+        PinOutcome::Level => lend_slow(p, unsafe { arc_back(a) }, raised, cpu, io),
+    }
 }
 
 /// Queues an instance behind the CPU's busy ithreads (interrupt context on that CPU,

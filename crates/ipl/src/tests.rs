@@ -39,6 +39,13 @@ impl Machine for OneCpu {
         0
     }
     fn set_sched_word(_v: usize, _io: &IntrOff) {}
+    fn intr_depth() -> usize {
+        0
+    }
+    fn intr_depth_enter() {}
+    fn intr_depth_exit() -> usize {
+        0
+    }
     fn intr_disable() -> IntrOff {
         let was = INTR_ON.with(|f| f.replace(false));
         // SAFETY: the thread-local flag is this host CPU's interrupt flag, now cleared;

@@ -180,6 +180,21 @@ pub trait Machine: Sized + Send + Sync + 'static {
     /// Sets this CPU's scheduler word.
     fn set_sched_word(v: usize, io: &IntrOff);
 
+    /// This CPU's interrupt depth: the scheduler's count of interrupt handlers active on it,
+    /// nested ([`Machine::intr_depth_enter`], [`Machine::intr_depth_exit`]). Kept by the
+    /// machine, in its per-CPU area, because the pinned switch ([`PinSwitch::pin_call`]) sets
+    /// it aside for the borrowing thread and puts it back in the same instructions as the rest
+    /// of the switch's state (x86_64: `%gs:72`). Read and written only by its own CPU with
+    /// interrupts disabled.
+    fn intr_depth() -> usize;
+
+    /// One more interrupt handler active on this CPU (interrupt entry, interrupts disabled).
+    fn intr_depth_enter();
+
+    /// One interrupt handler fewer on this CPU (interrupt exit, interrupts disabled): the depth
+    /// after it.
+    fn intr_depth_exit() -> usize;
+
     /// Disables interrupts on this CPU; the token restores the previous state on drop.
     fn intr_disable() -> IntrOff;
 
@@ -275,6 +290,12 @@ pub trait PinSwitch: Machine {
     /// thread goes on later as an ordinary thread (its `body` must then never return into
     /// this frame; it parks its state when it is done).
     ///
+    /// The borrower runs in thread context: for the call, this CPU's interrupt depth
+    /// ([`Machine::intr_depth`]) is 0 — the exit of an interrupt nested in the borrower and
+    /// `preempt_check` are its preemption points — and the lending context's depth is back
+    /// when the call answers, whatever the answer. A call that lends the CPU (every answer
+    /// but `Busy` and `Level`) is counted ([`PinSwitch::pin_calls`]).
+    ///
     /// Answers `(outcome, a0, a1)`: for `Busy` and `Level` the arguments are handed back
     /// (the caller need not keep them across the call); otherwise those two are meaningless.
     ///
@@ -330,6 +351,11 @@ pub trait PinSwitch: Machine {
     /// # Safety
     /// As [`PinSwitch::pin_end_borrowing`]'s.
     unsafe fn pin_end_borrowing_more();
+
+    /// How many pinned calls CPU `cpu` has lent (answered `Returned`, `ReturnedMore` or
+    /// `Blocked`): the machine counts each on the way in (x86_64: one `inc` of `%gs:80`); 0
+    /// for a CPU not set up.
+    fn pin_calls(cpu: usize) -> u64;
 
     /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
     fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;

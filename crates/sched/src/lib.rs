@@ -132,7 +132,6 @@ pub struct CpuSched<E: SchedEnv> {
     /// Clock ticks left in the running thread's time slice; 0: it ran out (an equal-priority
     /// thread may take the CPU at the next preemption point).
     slice_left: AtomicU32,
-    intr_depth: AtomicU32,
     online: AtomicBool,
     ticks: AtomicU64,
     switches: AtomicU64,
@@ -141,8 +140,6 @@ pub struct CpuSched<E: SchedEnv> {
     kicked: AtomicBool,
     /// Preemptions that a kick asked for (as opposed to a time slice running out).
     kick_preempts: AtomicU64,
-    /// Pinned calls: this CPU lent to an interrupt thread ([`Scheduler::pin_call`]).
-    pin_switches: AtomicU64,
     /// Borrowers preempted (`schedule_borrowed(Preempt)`).
     borrow_preempts: AtomicU64,
     /// Threads that went into a timed sleep on this CPU, with their deadline (ns). Unsorted:
@@ -185,14 +182,12 @@ impl<E: SchedEnv> CpuSched<E> {
             running: AtomicUsize::new(0),
             need_resched: AtomicBool::new(false),
             slice_left: AtomicU32::new(TIMESLICE_TICKS),
-            intr_depth: AtomicU32::new(0),
             online: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
             switches: AtomicU64::new(0),
             resched_ipis: AtomicU64::new(0),
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
-            pin_switches: AtomicU64::new(0),
             borrow_preempts: AtomicU64::new(0),
             sleepers: SpinLock::new(Vec::new()),
             next_deadline: AtomicU64::new(u64::MAX),
@@ -234,7 +229,8 @@ pub struct CpuStats {
     pub resched_ipis: u64,
     /// Preemptions made because a more urgent thread became runnable here (not slice ends).
     pub kick_preempts: u64,
-    /// Pinned switches to interrupt threads.
+    /// Pinned switches to interrupt threads (calls that lent the CPU; the machine counts
+    /// them, [`machine::PinSwitch::pin_calls`]).
     pub pin_switches: u64,
     /// Borrowing interrupt threads preempted by a more urgent thread (each then finished as
     /// an ordinary thread).
@@ -528,7 +524,7 @@ impl<E: SchedEnv> Scheduler<E> {
         // SAFETY: this CPU, interrupts disabled (the caller holds the token).
         let local = unsafe { c.local() };
         if target != cpu
-            || c.intr_depth.load(Ordering::Relaxed) == 0
+            || E::M::intr_depth() == 0
             || E::M::pin_borrowed() != 0
             || local.handoff.is_some()
             || t.pri.load(Ordering::Relaxed) <= c.cur_pri.load(Ordering::Relaxed)
@@ -635,7 +631,7 @@ impl<E: SchedEnv> Scheduler<E> {
         let io = E::M::intr_disable();
         let c = self.this_cpu();
         if c.need_resched.load(Ordering::Relaxed)
-            && c.intr_depth.load(Ordering::Relaxed) == 0
+            && E::M::intr_depth() == 0
             && self.current().preempt_count.load(Ordering::Relaxed) == 0
             && self.gate_open(&io)
         {
@@ -910,14 +906,14 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Called by the arch code on entry to every interrupt handler (interrupts disabled).
     pub fn intr_enter(&self, _io: &IntrOff) {
-        self.this_cpu().intr_depth.fetch_add(1, Ordering::Relaxed);
+        E::M::intr_depth_enter();
     }
 
     /// Called by the arch code when an interrupt handler is done, before the return to the
     /// interrupted code (interrupts disabled): the interrupt preemption point.
     pub fn intr_exit(&'static self, io: &IntrOff) {
         let c = self.this_cpu();
-        let depth = c.intr_depth.fetch_sub(1, Ordering::Relaxed) - 1;
+        let depth = E::M::intr_depth_exit();
         if depth == 0
             && c.need_resched.load(Ordering::Relaxed)
             && self.current().preempt_count.load(Ordering::Relaxed) == 0
@@ -939,7 +935,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// interrupt nested inside it.
     #[inline]
     pub fn in_interrupt(&self) -> bool {
-        self.this_cpu().intr_depth.load(Ordering::Relaxed) > 0
+        E::M::intr_depth() > 0
     }
 
     /// The clock interrupt's share: time slices and timed sleeps. Interrupts disabled.
@@ -1024,7 +1020,7 @@ impl<E: SchedEnv> Scheduler<E> {
             switches: c.switches.load(Ordering::Relaxed),
             resched_ipis: c.resched_ipis.load(Ordering::Relaxed),
             kick_preempts: c.kick_preempts.load(Ordering::Relaxed),
-            pin_switches: c.pin_switches.load(Ordering::Relaxed),
+            pin_switches: E::M::pin_calls(cpu),
             borrow_preempts: c.borrow_preempts.load(Ordering::Relaxed),
             queued: c.nqueued.load(Ordering::Relaxed),
         }

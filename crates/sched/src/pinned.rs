@@ -222,14 +222,12 @@ impl<E: SchedEnv> Scheduler<E> {
         a1: usize,
         _io: &IntrOff,
     ) -> (PinOutcome, usize, usize) {
-        // The borrower runs in thread context: the interrupt depth of the context it pins is
-        // set aside for the call (0 for the borrower, so that the exit of an interrupt nested
-        // in it and `preempt_check` are preemption points for it), and put back after.
-        // `it` is lent only on its own CPU, this one: its CPU's state is ours.
-        let c = it.cpu;
-        debug_assert!(core::ptr::eq(c, &self.cpus[E::M::cpu_index()]), "pin_call: another CPU's thread");
-        let depth = c.intr_depth.load(Ordering::Relaxed);
-        c.intr_depth.store(0, Ordering::Relaxed);
+        // The borrower runs in thread context: the machine sets the interrupt depth of the
+        // context it pins aside for the call (0 for the borrower, so that the exit of an
+        // interrupt nested in it and `preempt_check` are preemption points for it), puts it
+        // back, and counts the call.
+        // `it` is lent only on its own CPU, this one.
+        debug_assert!(core::ptr::eq(it.cpu, &self.cpus[E::M::cpu_index()]), "pin_call: another CPU's thread");
         // A thread whose state word is clear is PARKED: its stack is unused and no CPU runs it
         // (a thread that parks leaves its CPU before interrupts are enabled there again, and
         // it is bound to its CPU).
@@ -243,32 +241,11 @@ impl<E: SchedEnv> Scheduler<E> {
             // SAFETY: as above.
             unsafe { E::M::pin_call(&it.call, a0, a1) }
         };
-        c.intr_depth.store(depth, Ordering::Relaxed);
-        // This CPU still: the thread under the borrower never leaves it. The switch is
-        // counted here (this CPU, interrupts disabled: no locked add), not on the way in,
-        // where it would add to the latency; the fast path (Returned) is tested first.
-        if r.0 == PinOutcome::Returned {
-            Self::count_pin_switch(c);
-        } else if r.0 == PinOutcome::Blocked {
-            self.pin_blocked(c);
-        } else if r.0 == PinOutcome::ReturnedMore {
-            Self::count_pin_switch(c);
+        // This CPU still: the thread under the borrower never leaves it.
+        if r.0 == PinOutcome::Blocked {
+            self.finish_switch();
         }
         r
-    }
-
-    /// One more pinned switch on `c`'s CPU (the running one, interrupts disabled).
-    #[inline(always)]
-    fn count_pin_switch(c: &crate::CpuSched<E>) {
-        c.pin_switches.store(c.pin_switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
-    /// [`Scheduler::pin_call`]'s return side when the thread blocked (or was preempted):
-    /// count the switch and finish it.
-    #[inline(always)]
-    fn pin_blocked(&'static self, c: &crate::CpuSched<E>) {
-        Self::count_pin_switch(c);
-        self.finish_switch();
     }
 
     /// Whether the running thread runs on a CPU lent to it by [`Scheduler::pin_call`] (a
