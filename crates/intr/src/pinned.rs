@@ -231,10 +231,12 @@ impl<E: IntrEnv> Pinned<E> {
                 trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(PinOutcome::Level));
                 return lend_slow(self, src, raised, cpu, io);
             }
+            // The body gets the source by address: the reference stays ours unless the call
+            // answers Blocked (see `ithread_body`).
             // SAFETY: this CPU is at IPL_VM, `it`'s level, with no spin mutex held (tested just
             // above, interrupts disabled since: the token).
-            let (r, a, raised) =
-                unsafe { E::sched().pin_call_leveled(it, Arc::into_raw(src) as usize, raised as usize, io) };
+            let (r, _, raised) =
+                unsafe { E::sched().pin_call_leveled(it, Arc::as_ptr(&src) as usize, raised as usize, io) };
             trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
             if r == PinOutcome::Returned {
                 // Nothing was queued: while the thread borrowed the CPU at IPL_VM, pinned
@@ -245,8 +247,9 @@ impl<E: IntrEnv> Pinned<E> {
                     unsafe { (*cpu_of::<E>(cpu).queue.get()).is_empty() },
                     "pinned dispatch on CPU {cpu}: instances queued during a call that answered Returned"
                 );
+                drop(src);
             } else {
-                after_call(self, r, a, raised as u64, cpu, io);
+                after_call(self, r, src, raised as u64, cpu, io);
             }
         }
     }
@@ -290,17 +293,12 @@ impl<E: IntrEnv> Pinned<E> {
                 return;
             };
             trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
-            let r = E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io);
-            trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r.0));
-            match r {
-                (PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked, _, _) => {}
-                (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
-                    // Not at IPL_VM (a drain under `lend_slow` is at IPL_VM, and the others
-                    // follow a call at it): put it back first in line.
-                    // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
-                    unsafe { (*c.queue.get()).push_front((arc_back(a), raised as u64)) };
-                    return;
-                }
+            if let Err((src, raised)) = lend_one(it, src, raised, io) {
+                // Not at IPL_VM (a drain under `lend_slow` is at IPL_VM, and the others
+                // follow a call at it): put it back first in line.
+                // SAFETY: this CPU, interrupts disabled.
+                unsafe { (*c.queue.get()).push_front((src, raised)) };
+                return;
             }
         }
     }
@@ -338,10 +336,11 @@ impl<E: IntrEnv> Pinned<E> {
     }
 }
 
-/// The source an `Arc::into_raw` handed to `pin_call` and handed back by it.
+/// A reference to the source at `a` (the address `Arc::as_ptr` gave), taken over.
 ///
 /// # Safety
-/// `a` is an `Arc::into_raw` of a `Source<E>` whose reference nobody has taken over.
+/// `a` is the data address of an `Arc<Source<E>>` whose reference is the caller's to take
+/// (one that was forgotten for it, or counted for it with `Arc::increment_strong_count`).
 #[inline(always)]
 unsafe fn arc_back<E: IntrEnv>(a: usize) -> Arc<Source<E>> {
     // SAFETY: per the contract.
@@ -356,20 +355,52 @@ unsafe fn arc_back<E: IntrEnv>(a: usize) -> Arc<Source<E>> {
 fn after_call<E: IntrEnv>(
     p: &'static Pinned<E>,
     r: PinOutcome,
-    a: usize,
+    src: Arc<Source<E>>,
     raised: u64,
     cpu: usize,
     io: &IntrOff,
 ) {
     match r {
-        PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked => p.drain(cpu, io),
-        // SAFETY: `a` is `dispatch`'s `Arc::into_raw`, handed back, not taken over.
-        PinOutcome::Busy => lend_spare(p, unsafe { arc_back(a) }, raised, cpu, io),
-        // SAFETY: as above.
-        PinOutcome::Level => lend_slow(p, unsafe { arc_back(a) }, raised, cpu, io),
+        PinOutcome::Returned | PinOutcome::ReturnedMore => {
+            drop(src);
+            p.drain(cpu, io)
+        }
+        PinOutcome::Blocked => {
+            // The body, an ordinary thread now, took the reference over (`end_switched`).
+            core::mem::forget(src);
+            p.drain(cpu, io)
+        }
+        PinOutcome::Busy => lend_spare(p, src, raised, cpu, io),
+        PinOutcome::Level => lend_slow(p, src, raised, cpu, io),
     }
 }
 
+/// One pinned call of `it` for an instance of `src` (the slow paths'; `Pinned::dispatch`
+/// makes its own). The body gets the source by address and the reference stays ours — dropped
+/// here after the call, or handed back with `raised` if nothing was done (Busy, Level) —
+/// except when the call answers Blocked: the handler blocked or was preempted, and the body,
+/// an ordinary thread from then on, took the reference over (`ithread_body`).
+#[inline(always)]
+fn lend_one<E: IntrEnv>(
+    it: &PinThread<E>,
+    src: Arc<Source<E>>,
+    raised: u64,
+    io: &IntrOff,
+) -> Result<PinOutcome, (Arc<Source<E>>, u64)> {
+    let (r, _, _) = E::sched().pin_call(it, Arc::as_ptr(&src) as usize, raised as usize, io);
+    trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
+    match r {
+        PinOutcome::Returned | PinOutcome::ReturnedMore => {
+            drop(src);
+            Ok(r)
+        }
+        PinOutcome::Blocked => {
+            core::mem::forget(src);
+            Ok(r)
+        }
+        PinOutcome::Busy | PinOutcome::Level => Err((src, raised)),
+    }
+}
 /// Queues an instance behind the CPU's busy ithreads (interrupt context on that CPU,
 /// interrupts disabled).
 #[cold]
@@ -392,13 +423,10 @@ fn lend_spare<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u6
         return;
     };
     p.spares.fetch_add(1, Ordering::Relaxed);
-    match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
-        (PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked, _, _) => p.drain(cpu, io),
-        (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
-            // Parked and at IPL_VM were checked: not reached; queue rather than lose it.
-            // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
-            queue_busy(c, unsafe { arc_back(a) }, raised as u64)
-        }
+    match lend_one(it, src, raised, io) {
+        Ok(_) => p.drain(cpu, io),
+        // Parked and at IPL_VM were checked: not reached; queue rather than lose it.
+        Err((src, raised)) => queue_busy(c, src, raised),
     }
 }
 
@@ -418,13 +446,10 @@ fn lend_slow<E: IntrEnv>(p: &'static Pinned<E>, src: Arc<Source<E>>, raised: u64
     let old = <E::M as ipl::IplCpu>::ipl_get();
     let spin = spl.spin_state_take();
     <E::M as ipl::IplCpu>::ipl_set(ipl::Ipl::Vm as u8);
-    match E::sched().pin_call(it, Arc::into_raw(src) as usize, raised as usize, io) {
-        (PinOutcome::Returned | PinOutcome::ReturnedMore | PinOutcome::Blocked, _, _) => p.drain(cpu, io),
+    match lend_one(it, src, raised, io) {
+        Ok(_) => p.drain(cpu, io),
         // At IPL_VM now, so not `Level`; `Busy` was ruled out above.
-        (PinOutcome::Busy | PinOutcome::Level, a, raised) => {
-            // SAFETY: `a` is the `Arc::into_raw` above, handed back, not taken over.
-            queue_busy(cpu_of::<E>(cpu), unsafe { arc_back(a) }, raised as u64)
-        }
+        Err((src, raised)) => queue_busy(cpu_of::<E>(cpu), src, raised),
     }
     spl.spin_state_restore(spin);
     <E::M as ipl::IplCpu>::ipl_set(old);
@@ -464,10 +489,16 @@ fn requeue<E: IntrEnv>(src: Arc<Source<E>>) {
 }
 
 /// The ithread's body for one pinned call, on its own stack from the top, interrupts
-/// enabled, CPU at `IPL_VM`: runs one instance (`src`: an `Arc::into_raw`, `raised`: its raise
-/// time) and ends the call — while it still borrows the CPU. If the handler blocked or was
-/// preempted, the pinned thread went on without us: we finish the instance, drain the queue
-/// as an ordinary thread and park for good.
+/// enabled, CPU at `IPL_VM`: runs one instance (`src`: the source's address, `raised`: its
+/// raise time) and ends the call — while it still borrows the CPU. If the handler blocked or
+/// was preempted, the pinned thread went on without us: we finish the instance, drain the
+/// queue as an ordinary thread and park for good.
+///
+/// The reference to the source is the dispatcher's, held across the call and dropped after
+/// it, so the body's fast path neither takes nor drops one; a `hwi_sched` requeue takes a
+/// reference of its own. If the handler blocked or was preempted, the call answered Blocked
+/// and the dispatcher forgot its reference: the body, an ordinary thread now, owns it
+/// (`end_switched`, `end_unrun`).
 ///
 /// After the handler, interrupts are disabled *before* the one borrower test, and stay so
 /// until the switch back: the test decides both the accounting (the handler's time was all
@@ -478,8 +509,8 @@ fn requeue<E: IntrEnv>(src: Arc<Source<E>>) {
 /// accounting, the `hwi_sched` requeue and the unmask run with interrupts disabled, as the
 /// direct model runs them.
 extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
-    // SAFETY: `dispatch` passed an `Arc::into_raw` of a source: the reference is ours (taken
-    // over below), so the source lives at least until then.
+    // SAFETY: `dispatch` passed the address of a source whose reference it holds for the call
+    // (or hands over to us if we stop borrowing the CPU): it lives at least as long as we run.
     let source = unsafe { &*(src as *const Source<E>) };
     // Checking "dead" and counting this run in are one step: a handler never starts after
     // its disestablish returned.
@@ -512,23 +543,21 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
     // Still the borrower, interrupts disabled until the switch back: the direct model's
     // accounting (nothing switched away during the handler).
     let again = source.run_accounted(&ctx, wall, 0, false);
-    // `finish_one`, with the reference taken over in each arm: the source's address is not
-    // kept in memory for the last reference's out-of-line drop before it is known to be
-    // needed.
+    // `finish_one`, with the source borrowed: the requeue takes a reference of its own.
     let more = again && !source.gate.is_closed();
     if more {
-        // SAFETY: as above; we take that reference over.
-        requeue(unsafe { arc_back::<E>(src) });
-    } else {
-        if source.needs_mask() {
-            source.unmask();
-        }
-        // SAFETY: as above.
-        drop(unsafe { arc_back::<E>(src) });
+        // SAFETY: `src` is the address of a live `Arc<Source<E>>`'s data (above): one more
+        // reference, for the queue.
+        requeue(unsafe {
+            Arc::increment_strong_count(src as *const Source<E>);
+            arc_back::<E>(src)
+        });
+    } else if source.needs_mask() {
+        source.unmask();
     }
     // `io` was taken before `borrowing()` answered true and is handed over (interrupts stay
-    // disabled); nothing on this stack needs dropping: the source's reference was taken over
-    // above, and `ctx` has no destructor.
+    // disabled); nothing on this stack needs dropping: the source's reference is the
+    // dispatcher's, and `ctx` has no destructor.
     if more {
         // The call answers `ReturnedMore`: the dispatcher drains the queue (it does not test
         // it after a plain `Returned`).
@@ -548,14 +577,21 @@ extern "C" fn ithread_body<E: IntrEnv>(src: usize, raised: usize) {
 #[inline(never)]
 fn end_unrun<E: IntrEnv>(src: usize) {
     let cpu = E::M::cpu_index();
-    // SAFETY: `src` is the body's `Arc::into_raw`, not taken over yet.
-    finish_one(unsafe { arc_back::<E>(src) }, false);
+    // SAFETY: as in `ithread_body`: the source lives while we run.
+    let source = unsafe { &*(src as *const Source<E>) };
+    if source.needs_mask() {
+        source.unmask();
+    }
     // SAFETY: the body runs with interrupts enabled.
     let io = unsafe { E::M::intr_disable_enabled() };
-    // SAFETY: nothing on this stack or the body's needs dropping (the reference went to
-    // `finish_one`).
+    // SAFETY: nothing on this stack or the body's needs dropping (the reference is the
+    // dispatcher's while we borrow the CPU).
     if let Err(io) = unsafe { E::sched().pin_end(io) } {
         drop(io);
+        // Preempted before the end: the call answered Blocked and the dispatcher handed the
+        // reference over to us.
+        // SAFETY: that reference, ours now.
+        drop(unsafe { arc_back::<E>(src) });
         finish_blocked(cpu_of::<E>(cpu), cpu);
     }
 }
@@ -568,7 +604,8 @@ fn end_unrun<E: IntrEnv>(src: usize) {
 #[inline(never)]
 fn end_switched<E: IntrEnv>(src: usize, ctx: &HandlerCtx<'_>, wall: u64) -> ! {
     let cpu = E::M::cpu_index();
-    // SAFETY: `src` is the body's `Arc::into_raw`, not taken over yet.
+    // SAFETY: the call answered Blocked, and the dispatcher handed its reference over to us
+    // (`after_call`, `lend_one`): ours to take.
     let src = unsafe { arc_back::<E>(src) };
     let again = src.run_accounted_switched(ctx, wall);
     finish_one(src, again);
