@@ -35,7 +35,7 @@ use alloc::sync::Arc;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use machine::{IntrOff, Machine};
+use machine::{IntrOff, Machine, PinCall};
 use sched::{PinOutcome, PinThread, Priority};
 
 use crate::{HandlerCtx, IntrEnv, Source};
@@ -78,6 +78,9 @@ impl<E: IntrEnv> PinnedCpu<E> {
     }
 }
 
+/// `Pinned::first`'s placeholder for a CPU whose first thread is not made yet.
+static NO_THREAD: PinCall = PinCall::never_parked();
+
 /// Counters of the pinned model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PinnedStats {
@@ -108,10 +111,11 @@ impl core::fmt::Display for BadLimit {
 /// Per-CPU pinned ithreads.
 pub struct Pinned<E: IntrEnv> {
     cpus: [PinnedCpu<E>; sched::MAX_CPUS],
-    /// Each CPU's first thread (its slot 0, the dispatch fast path's), by CPU index: one
-    /// scaled load, where the slot inside `cpus` needs the index multiplied by its size.
-    /// Written once, with the slot, under `grow`.
-    first: [AtomicPtr<PinThread<E>>; sched::MAX_CPUS],
+    /// Each CPU's first thread's descriptor (its slot 0, the dispatch fast path's), by CPU
+    /// index: one scaled load, where the slot inside `cpus` needs the index multiplied by its
+    /// size. Never null: [`NO_THREAD`] until the thread is made (a call on it answers Busy,
+    /// and the instance is queued), then written once, with the slot, under `grow`.
+    first: [AtomicPtr<PinCall>; sched::MAX_CPUS],
     started: AtomicBool,
     /// Threads per CPU that dispatch may lend (`set_limit`).
     limit: AtomicUsize,
@@ -138,7 +142,7 @@ impl<E: IntrEnv> Pinned<E> {
                     queue: UnsafeCell::new(VecDeque::new()),
                 }
             }; sched::MAX_CPUS],
-            first: [const { AtomicPtr::new(core::ptr::null_mut()) }; sched::MAX_CPUS],
+            first: [const { AtomicPtr::new(core::ptr::from_ref(&NO_THREAD).cast_mut()) }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
             limit: AtomicUsize::new(DEFAULT_THREADS_PER_CPU),
             grow: sync::Mutex::new_adaptive("intr.pinned.grow", ()),
@@ -192,7 +196,9 @@ impl<E: IntrEnv> Pinned<E> {
                     let t = core::ptr::from_ref(t).cast_mut();
                     slot.store(t, Ordering::Release);
                     if i == 0 {
-                        self.first[cpu].store(t, Ordering::Release);
+                        // SAFETY: `t` was just leaked above: never freed.
+                        let call = unsafe { (*t).call() };
+                        self.first[cpu].store(core::ptr::from_ref(call).cast_mut(), Ordering::Release);
                     }
                 }
             }
@@ -215,42 +221,37 @@ impl<E: IntrEnv> Pinned<E> {
         // The level test (IPL_VM, and no spin mutex held: `PinOutcome::Level` otherwise), the
         // busy test, the switch and the call are the machine's (`pin_call`); it hands the
         // arguments back if it did nothing.
-        let t = self.first[cpu & (sched::MAX_CPUS - 1)].load(Ordering::Acquire);
-        if t.is_null() {
-            // No ithread on this CPU: `start` makes one for every CPU online before the first
-            // pinned source is published, so only a CPU started after that gets here; its
-            // instances wait in its queue (CPUs do not come online after start-up).
-            queue_busy(cpu_of::<E>(cpu), src, raised);
+        // SAFETY: `first` holds the descriptor of a leaked (never freed) `PinThread` bound to
+        // this CPU, or `NO_THREAD` (a static) until that thread is made — on a CPU that came
+        // online after `start`, which CPUs do not: the call then answers Busy, `lend_spare`
+        // finds no parked thread and the instance waits in the CPU's queue.
+        let call = unsafe { &*self.first[cpu & (sched::MAX_CPUS - 1)].load(Ordering::Acquire) };
+        trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
+        // The level test here, against a constant (one compare with an immediate), not by the
+        // machine through the descriptor.
+        if !E::sched().at_pin_level::<{ ipl::Ipl::Vm as usize }>(io) {
+            trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(PinOutcome::Level));
+            return lend_slow(self, src, raised, cpu, io);
+        }
+        // The body gets the source by address: the reference stays ours unless the call
+        // answers Blocked (see `ithread_body`).
+        // SAFETY: this CPU is at IPL_VM, the thread's level, with no spin mutex held (tested
+        // just above, interrupts disabled since: the token); `call` is as said above.
+        let (r, _, raised) =
+            unsafe { E::sched().pin_call_leveled(call, Arc::as_ptr(&src) as usize, raised as usize, io) };
+        trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
+        if r == PinOutcome::Returned {
+            // Nothing was queued: while the thread borrowed the CPU at IPL_VM, pinned sources
+            // were deferred, not dispatched here, and a thread parks only with the queue
+            // empty; the body's own requeue answers `ReturnedMore`.
+            debug_assert!(
+                // SAFETY: this CPU, interrupts disabled.
+                unsafe { (*cpu_of::<E>(cpu).queue.get()).is_empty() },
+                "pinned dispatch on CPU {cpu}: instances queued during a call that answered Returned"
+            );
+            drop(src);
         } else {
-            // SAFETY: a non-null `thread` is a leaked `PinThread` (never freed).
-            let it = unsafe { &*t };
-            trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
-            // The level test here, against a constant (one compare with an immediate), not by
-            // the machine through the descriptor.
-            if !E::sched().at_pin_level::<{ ipl::Ipl::Vm as usize }>(io) {
-                trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(PinOutcome::Level));
-                return lend_slow(self, src, raised, cpu, io);
-            }
-            // The body gets the source by address: the reference stays ours unless the call
-            // answers Blocked (see `ithread_body`).
-            // SAFETY: this CPU is at IPL_VM, `it`'s level, with no spin mutex held (tested just
-            // above, interrupts disabled since: the token).
-            let (r, _, raised) =
-                unsafe { E::sched().pin_call_leveled(it, Arc::as_ptr(&src) as usize, raised as usize, io) };
-            trace::emit::<E::M>(trace::Kind::PinReturn, outcome_code(r));
-            if r == PinOutcome::Returned {
-                // Nothing was queued: while the thread borrowed the CPU at IPL_VM, pinned
-                // sources were deferred, not dispatched here, and a thread parks only with the
-                // queue empty; the body's own requeue answers `ReturnedMore`.
-                debug_assert!(
-                    // SAFETY: this CPU, interrupts disabled.
-                    unsafe { (*cpu_of::<E>(cpu).queue.get()).is_empty() },
-                    "pinned dispatch on CPU {cpu}: instances queued during a call that answered Returned"
-                );
-                drop(src);
-            } else {
-                after_call(self, r, src, raised as u64, cpu, io);
-            }
+            after_call(self, r, src, raised as u64, cpu, io);
         }
     }
 

@@ -107,6 +107,25 @@ impl PinCall {
     pub fn is_parked(&self) -> bool {
         self.state.load(Ordering::Acquire) == 0
     }
+
+    /// A descriptor no pinned call ever starts on: its state is never parked (a pinned call
+    /// answers [`PinOutcome::Busy`], or [`PinOutcome::Level`] — its level is no CPU's). A
+    /// placeholder where a thread's descriptor is looked up but the thread is not made yet,
+    /// so that the lookup needs no null test.
+    pub const fn never_parked() -> Self {
+        PinCall {
+            state: AtomicUsize::new(Self::BLOCKED),
+            thread: core::ptr::null(),
+            stack_top: 0,
+            body: never_called,
+            level: usize::MAX,
+        }
+    }
+}
+
+/// [`PinCall::never_parked`]'s body: no call starts on that descriptor.
+extern "C" fn never_called(_: usize, _: usize) {
+    unreachable!("a pinned call started on a never-parked descriptor");
 }
 
 /// One CPU's word of the pinned switch ([`PinSwitch::pin_call`]), kept where the machine's

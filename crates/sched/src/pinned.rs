@@ -184,7 +184,9 @@ impl<E: SchedEnv> Scheduler<E> {
         a1: usize,
         io: &IntrOff,
     ) -> (PinOutcome, usize, usize) {
-        self.pin_call_in::<false>(it, a0, a1, io)
+        // `it` is lent only on its own CPU, this one.
+        debug_assert!(core::ptr::eq(it.cpu, &self.cpus[E::M::cpu_index()]), "pin_call: another CPU's thread");
+        self.pin_call_in::<false>(&it.call, a0, a1, io)
     }
 
     /// Whether this CPU is at `LEVEL` with no spin mutex held ([`PinSwitch::at_pin_level`]):
@@ -196,28 +198,32 @@ impl<E: SchedEnv> Scheduler<E> {
     }
 
     /// [`Scheduler::pin_call`] after the caller's own level test
-    /// ([`Scheduler::at_pin_level`] with `it`'s level, under the same interrupt-disabled
-    /// section as this call): the machine does not test again, and the answer is never
-    /// [`PinOutcome::Level`].
+    /// ([`Scheduler::at_pin_level`] with the thread's level, under the same interrupt-disabled
+    /// section as this call), given the thread's descriptor ([`PinThread::call`]): the machine
+    /// does not test again, and the answer is never [`PinOutcome::Level`]. `call` may also be
+    /// a [`PinCall::never_parked`] placeholder (the answer is then [`PinOutcome::Busy`]).
     ///
     /// # Safety
-    /// This CPU is at `it`'s level with no spin mutex held (tested, interrupts disabled since).
+    /// This CPU is at the thread's level with no spin mutex held (tested, interrupts disabled
+    /// since); `call` is the descriptor of a [`PinThread`] bound to this CPU, or a
+    /// never-parked placeholder.
     #[inline(always)]
     pub unsafe fn pin_call_leveled(
         &'static self,
-        it: &PinThread<E>,
+        call: &PinCall,
         a0: usize,
         a1: usize,
         io: &IntrOff,
     ) -> (PinOutcome, usize, usize) {
-        self.pin_call_in::<true>(it, a0, a1, io)
+        self.pin_call_in::<true>(call, a0, a1, io)
     }
 
-    /// [`Scheduler::pin_call`] (`LEVELED` false) and [`Scheduler::pin_call_leveled`].
+    /// [`Scheduler::pin_call`] (`LEVELED` false) and [`Scheduler::pin_call_leveled`], given
+    /// the thread's descriptor.
     #[inline(always)]
     fn pin_call_in<const LEVELED: bool>(
         &'static self,
-        it: &PinThread<E>,
+        call: &PinCall,
         a0: usize,
         a1: usize,
         _io: &IntrOff,
@@ -226,20 +232,18 @@ impl<E: SchedEnv> Scheduler<E> {
         // context it pins aside for the call (0 for the borrower, so that the exit of an
         // interrupt nested in it and `preempt_check` are preemption points for it), puts it
         // back, and counts the call.
-        // `it` is lent only on its own CPU, this one.
-        debug_assert!(core::ptr::eq(it.cpu, &self.cpus[E::M::cpu_index()]), "pin_call: another CPU's thread");
         // A thread whose state word is clear is PARKED: its stack is unused and no CPU runs it
         // (a thread that parks leaves its CPU before interrupts are enabled there again, and
         // it is bound to its CPU).
-        // SAFETY: interrupts are disabled (the token); `it.call` is in the leaked `it`, never
-        // moved or freed; its state is checked parked by
+        // SAFETY: interrupts are disabled (the token); `call` is in a leaked `PinThread` (or
+        // a never-parked placeholder), never moved or freed; its state is checked parked by
         // the machine; its body keeps the contract documented above.
         let r = if LEVELED {
             // SAFETY: as above, and the caller made the level test (`pin_call_leveled`).
-            unsafe { E::M::pin_call_leveled(&it.call, a0, a1) }
+            unsafe { E::M::pin_call_leveled(call, a0, a1) }
         } else {
             // SAFETY: as above.
-            unsafe { E::M::pin_call(&it.call, a0, a1) }
+            unsafe { E::M::pin_call(call, a0, a1) }
         };
         // This CPU still: the thread under the borrower never leaves it.
         if r.0 == PinOutcome::Blocked {
