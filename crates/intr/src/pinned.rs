@@ -19,9 +19,17 @@
 //!   thread within the bound is lent instead: one blocked handler does not hold up the CPU's
 //!   other pinned sources. Only when every thread within the bound is busy is the instance
 //!   queued, in a per-CPU queue touched only by that CPU with interrupts disabled (no lock).
-//! * **Draining.** After a pinned call returns or blocks, the dispatcher lends a parked thread
-//!   again for each queued instance, until the queue is empty or every thread is busy; a
-//!   thread whose handler blocked drains the queue as an ordinary thread before it parks.
+//! * **Draining.** After a pinned call that blocked, or that returned having queued work (the
+//!   body's `hwi_sched` requeue ends the call answering `ReturnedMore`), the dispatcher lends
+//!   a parked thread again for each queued instance, until the queue is empty or every thread
+//!   is busy; a thread whose handler blocked drains the queue as an ordinary thread before it
+//!   parks. After a plain `Returned` nothing can be queued (pinned sources were deferred
+//!   while the thread borrowed the CPU at IPL_VM, and a thread parks only with the queue
+//!   empty), so the fast path does not look (debug builds assert it).
+//! * **The source's reference** is the dispatcher's for the call: the body gets the source's
+//!   address and neither takes nor drops a reference on its fast path; if the handler blocks
+//!   or is preempted (the call answers `Blocked`), the dispatcher hands its reference over to
+//!   the body, which goes on as an ordinary thread.
 //! * **Order and concurrency.** Instances of one source may run concurrently on one CPU when
 //!   the first blocked (as they may on two CPUs in every model): handlers are MP-safe. A
 //!   level-triggered or `MASK_WHILE_QUEUED` source stays masked while an instance is queued or
@@ -268,8 +276,9 @@ impl<E: IntrEnv> Pinned<E> {
         self.dispatch(src, raised, cpu, io);
     }
 
-    /// After a pinned call returned or blocked: lend a parked thread again for each instance
-    /// queued meanwhile (`hwi_sched` requeues, arrivals while every thread was busy), until
+    /// After a pinned call blocked or answered `ReturnedMore`: lend a parked thread again for
+    /// each instance queued meanwhile (`hwi_sched` requeues, arrivals while every thread was
+    /// busy), until
     /// the queue is empty or every thread within the bound is busy (then the first one to
     /// finish drains the rest: a returning call here, a blocked thread as an ordinary one).
     #[inline(always)]

@@ -930,9 +930,9 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Whether this CPU is running an interrupt handler in interrupt context. An interrupt
     /// thread borrowing the CPU ([`Scheduler::pin_call`]) runs in thread context although the
-    /// interrupt that lent it the CPU is still underneath: `pin_call` sets that interrupt's
-    /// depth aside for the call, so this answers `false` for the borrower and `true` for an
-    /// interrupt nested inside it.
+    /// interrupt that lent it the CPU is still underneath: the machine's pinned call sets that
+    /// interrupt's depth ([`machine::Machine::intr_depth`]) aside for the call, so this answers
+    /// `false` for the borrower and `true` for an interrupt nested inside it.
     #[inline]
     pub fn in_interrupt(&self) -> bool {
         E::M::intr_depth() > 0

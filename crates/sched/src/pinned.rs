@@ -27,11 +27,13 @@
 //!   [`Scheduler::pin_end`]: the machine finds that its thread still borrows the CPU, parks
 //!   the state and restores the stack, the current thread, the borrower and the pinned
 //!   context — on x86_64 in one assembly sequence that never comes back to the body (its
-//!   stack is left as it is) — and `pin_call` answers [`PinOutcome::Returned`] and counts the
-//!   switch. A body that has tested [`Scheduler::borrowing`] itself, with interrupts disabled
-//!   and kept so, ends through [`Scheduler::pin_end_borrowing`], the same return without the
-//!   second test (the framework's interrupt-thread body: one test decides both its handler
-//!   accounting and the end). A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
+//!   stack is left as it is) — and `pin_call` answers [`PinOutcome::Returned`] (the machine
+//!   counted the call on the way in, [`PinSwitch::pin_calls`]). A body that has tested
+//!   [`Scheduler::borrowing`] itself, with interrupts disabled and kept so, ends through
+//!   [`Scheduler::pin_end_borrowing`], the same return without the second test (the
+//!   framework's interrupt-thread body: one test decides both its handler accounting and the
+//!   end), or through [`Scheduler::pin_end_borrowing_more`], the same answering
+//!   [`PinOutcome::ReturnedMore`] (it queued work its caller is to look for). A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
 //!   still disabled; the machine then checks the borrower word again (a body that returns
 //!   after it stopped borrowing is a panic naming the thread, not a jump through a frame that
 //!   is gone) and does the same. The decision and the
@@ -54,7 +56,8 @@
 //!   or by its equals, but it does not keep the CPU from a more urgent thread either (a soft
 //!   interrupt's thread draining a stream of input would otherwise hold its CPU for as long
 //!   as the input lasts: docs/logs/torture-pinned-churn-lost-paths-2026-12-06.txt). It runs
-//!   at interrupt depth 0 (`pin_call` sets the lending interrupt's depth aside), so the exit
+//!   at interrupt depth 0 (the machine sets the lending interrupt's depth aside for the call,
+//!   [`machine::Machine::intr_depth`]), so the exit
 //!   of an interrupt nested in it and `preempt_check` are its preemption points, and the gate
 //!   opens at its call's level with no spin mutex held. There, if a thread queued on the CPU
 //!   — or the scheduler's current thread, pinned at the bottom — outranks it
@@ -96,9 +99,8 @@ pub struct PinThread<E: SchedEnv + 'static> {
     /// First: see above.
     call: PinCall,
     thread: Arc<Thread<E>>,
-    /// The scheduler's state of the CPU it is bound to, the only CPU it is lent: what
-    /// [`Scheduler::pin_call`] touches there (the interrupt depth, the switch count), found
-    /// without computing the running CPU's index on every call.
+    /// The scheduler's state of the CPU it is bound to, the only CPU it is lent
+    /// ([`Scheduler::pin_call`] checks that it is the running one, in debug builds).
     cpu: &'static crate::CpuSched<E>,
 }
 
