@@ -26,6 +26,11 @@
 //!   parks. After a plain `Returned` nothing can be queued (pinned sources were deferred
 //!   while the thread borrowed the CPU at IPL_VM, and a thread parks only with the queue
 //!   empty), so the fast path does not look (debug builds assert it).
+//! * **`hwi_sched` is not fair here** against same-level arrivals: a requeued instance goes to
+//!   the back of the CPU's pinned queue, which the dispatcher drains before it returns, while
+//!   other `IPL_VM` interrupts that arrived meanwhile wait in the SPL layer until it does. A
+//!   source that always asks to run again holds its CPU's pinned dispatch until it stops
+//!   (docs/logs/pinned-hwi-sched-starves-same-level-2026-12-07.txt; the pool model is fair).
 //! * **The source's reference** is the dispatcher's for the call: the body gets the source's
 //!   address and neither takes nor drops a reference on its fast path; if the handler blocks
 //!   or is preempted (the call answers `Blocked`), the dispatcher hands its reference over to
