@@ -263,6 +263,11 @@ impl<E: IntrEnv> Pinned<E> {
                 "pinned dispatch on CPU {cpu}: instances queued during a call that answered Returned"
             );
             drop(src);
+        } else if r == PinOutcome::Blocked {
+            core::hint::cold_path();
+            // The body, an ordinary thread now, took the reference over (`end_switched`).
+            core::mem::forget(src);
+            self.drain(cpu, io);
         } else {
             after_call(self, r, src, raised as u64, cpu, io);
         }
