@@ -26,11 +26,12 @@
 //!   parks. After a plain `Returned` nothing can be queued (pinned sources were deferred
 //!   while the thread borrowed the CPU at IPL_VM, and a thread parks only with the queue
 //!   empty), so the fast path does not look (debug builds assert it).
-//! * **`hwi_sched` is not fair here** against same-level arrivals: a requeued instance goes to
-//!   the back of the CPU's pinned queue, which the dispatcher drains before it returns, while
-//!   other `IPL_VM` interrupts that arrived meanwhile wait in the SPL layer until it does. A
-//!   source that always asks to run again holds its CPU's pinned dispatch until it stops
-//!   (docs/logs/pinned-hwi-sched-starves-same-level-2026-12-07.txt; the pool model is fair).
+//! * **`hwi_sched` shares the CPU** with same-level sources: a requeued instance goes to the
+//!   back of the CPU's pinned queue, and the drain replays the interrupts the SPL layer
+//!   deferred at `IPL_VM` meanwhile before each queued instance (`SplState::replay_level`);
+//!   a pinned dispatch among them leaves its queued work to the running drain. Without the
+//!   replay a source that always asked to run again held its CPU's pinned dispatch until it
+//!   stopped (docs/logs/pinned-hwi-sched-starves-same-level-2026-12-07.txt).
 //! * **The source's reference** is the dispatcher's for the call: the body gets the source's
 //!   address and neither takes nor drops a reference on its fast path; if the handler blocks
 //!   or is preempted (the call answers `Blocked`), the dispatcher hands its reference over to
@@ -129,6 +130,11 @@ pub struct Pinned<E: IntrEnv> {
     /// size. Never null: [`NO_THREAD`] until the thread is made (a call on it answers Busy,
     /// and the instance is queued), then written once, with the slot, under `grow`.
     first: [AtomicPtr<PinCall>; sched::MAX_CPUS],
+    /// By CPU index: a drain of that CPU's queue is running (`Pinned::drain_queue`), so a
+    /// dispatch nested in it (the level's deferred arrivals, replayed between its instances)
+    /// leaves the queue to it. Touched by its own CPU only, interrupts disabled. (Not in
+    /// `PinnedCpu`, whose size sets the stride of the fast path's address arithmetic.)
+    draining: [AtomicBool; sched::MAX_CPUS],
     started: AtomicBool,
     /// Threads per CPU that dispatch may lend (`set_limit`).
     limit: AtomicUsize,
@@ -156,6 +162,7 @@ impl<E: IntrEnv> Pinned<E> {
                 }
             }; sched::MAX_CPUS],
             first: [const { AtomicPtr::new(core::ptr::from_ref(&NO_THREAD).cast_mut()) }; sched::MAX_CPUS],
+            draining: [const { AtomicBool::new(false) }; sched::MAX_CPUS],
             started: AtomicBool::new(false),
             limit: AtomicUsize::new(DEFAULT_THREADS_PER_CPU),
             grow: sync::Mutex::new_adaptive("intr.pinned.grow", ()),
@@ -256,10 +263,12 @@ impl<E: IntrEnv> Pinned<E> {
         if r == PinOutcome::Returned {
             // Nothing was queued: while the thread borrowed the CPU at IPL_VM, pinned sources
             // were deferred, not dispatched here, and a thread parks only with the queue
-            // empty; the body's own requeue answers `ReturnedMore`.
+            // empty; the body's own requeue answers `ReturnedMore`. (A dispatch replayed
+            // inside this CPU's drain finds that drain's queue, which the drain goes on with.)
             debug_assert!(
                 // SAFETY: this CPU, interrupts disabled.
-                unsafe { (*cpu_of::<E>(cpu).queue.get()).is_empty() },
+                unsafe { (*cpu_of::<E>(cpu).queue.get()).is_empty() }
+                    || self.draining[cpu & (sched::MAX_CPUS - 1)].load(Ordering::Relaxed),
                 "pinned dispatch on CPU {cpu}: instances queued during a call that answered Returned"
             );
             drop(src);
@@ -301,16 +310,34 @@ impl<E: IntrEnv> Pinned<E> {
         self.drain_queue(c, io);
     }
 
+    /// The drain proper. Before each instance, the interrupts the SPL layer deferred at this
+    /// level meanwhile are replayed (`SplState::replay_level`): they were raised before the
+    /// instances a handler requeued for `hwi_sched` during this drain, and would otherwise wait
+    /// until the queue is empty — for as long as a handler asks to run again
+    /// (docs/logs/pinned-hwi-sched-starves-same-level-2026-12-07.txt). A pinned dispatch among
+    /// them lends a parked thread directly, and leaves what its call queued to this drain.
     #[cold]
     #[inline(never)]
     fn drain_queue(&'static self, c: &'static PinnedCpu<E>, io: &IntrOff) {
+        let draining = &self.draining[E::M::cpu_index() & (sched::MAX_CPUS - 1)];
+        if draining.swap(true, Ordering::Relaxed) {
+            return; // nested in this CPU's running drain, which goes on with the queue
+        }
         loop {
-            let Some(it) = c.parked(self.limit()) else { return };
+            {
+                // A token of its own for the replay (interrupts are already disabled): passing
+                // `io` down made the dispatcher's token a live argument of `Intr::dispatch`
+                // (its pointer reaches the replayed handlers), which cost every model's
+                // dispatch 3 instructions (`intr.rate`); this path is cold.
+                let io = E::M::intr_disable();
+                E::spl().replay_level(&io);
+            }
+            let Some(it) = c.parked(self.limit()) else { break };
             // SAFETY: this CPU, interrupts disabled.
             let Some((src, raised)) = (unsafe { (*c.queue.get()).pop_front() }) else {
                 // SAFETY: as above.
                 unsafe { trim_queue(&mut *c.queue.get()) };
-                return;
+                break;
             };
             trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
             if let Err((src, raised)) = lend_one(it, src, raised, io) {
@@ -318,9 +345,10 @@ impl<E: IntrEnv> Pinned<E> {
                 // follow a call at it): put it back first in line.
                 // SAFETY: this CPU, interrupts disabled.
                 unsafe { (*c.queue.get()).push_front((src, raised)) };
-                return;
+                break;
             }
         }
+        draining.store(false, Ordering::Relaxed);
     }
 
     /// Sleep hook: the CPU's ithread is about to block in a handler (a real switch follows).

@@ -912,6 +912,72 @@ fn many_in_flight_pinned() {
     many_in_flight(3, Model::Pinned);
 }
 
+/// `hwi_sched` shares the CPU between same-level sources in the pinned model too: two sources
+/// raised together while the CPU is at IPL_VM, each processing 8 units per run and then asking
+/// to run again. The pinned drain replays the level's deferred arrivals before each queued
+/// instance, so neither runs all its units before the other has run (without that, the one
+/// replayed first ran its 800 units before the other ran one:
+/// docs/logs/pinned-hwi-sched-starves-same-level-2026-12-07.txt). The order of the runs is
+/// checked: they alternate.
+#[test]
+fn pinned_hwi_sched_alternates_with_a_same_level_source() {
+    const UNITS: u64 = if cfg!(miri) { 80 } else { 800 };
+    let sys = HostSystem::boot(1);
+    let intr: &'static Intr = sys.intr;
+    sys.run(move |_| {
+        let left = Arc::new([AtomicU64::new(UNITS), AtomicU64::new(UNITS)]);
+        let order = Arc::new(StdMutex::new(Vec::new()));
+        let hs: Vec<_> = [0xA8u8, 0xA9]
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| {
+                let (left, order) = (left.clone(), order.clone());
+                intr.establish(
+                    spec("t.share", v, Ipl::Vm, Model::Pinned),
+                    None,
+                    Some(Box::new(move |ctx| {
+                        order.lock().unwrap().push(k);
+                        for _ in 0..8 {
+                            if left[k].load(Ordering::SeqCst) > 0 {
+                                left[k].fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                        if left[k].load(Ordering::SeqCst) > 0 {
+                            ctx.hwi_sched();
+                        }
+                    })),
+                )
+                .unwrap()
+            })
+            .collect();
+        let spl = HostEnv::spl();
+        let s = spl.splraise(Ipl::Vm);
+        HostMachine::raise(0, 0xA8);
+        HostMachine::raise(0, 0xA9);
+        wait(
+            || {
+                HostMachine::poll_interrupts();
+                spl.is_pending(0xA8) && spl.is_pending(0xA9)
+            },
+            "both raises to be held pending",
+        );
+        spl.splx(s);
+        wait(|| left.iter().all(|l| l.load(Ordering::SeqCst) == 0), "both backlogs to drain");
+        let order = order.lock().unwrap().clone();
+        let runs = (UNITS / 8) as usize;
+        assert_eq!(order.len(), 2 * runs, "runs: {order:?}");
+        // After the first run of each, every run alternates with the other source's.
+        let flips = order.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(
+            flips >= 2 * runs - 3,
+            "the sources did not alternate: {flips} changes in {} runs; first 40: {:?}",
+            order.len(),
+            &order[..order.len().min(40)]
+        );
+        drop(hs);
+    });
+}
+
 /// The pinned dispatcher drains its CPU's queue only after a call that answered `Blocked` or
 /// `ReturnedMore` (a body that requeued for `hwi_sched`), not after every `Returned`: instances
 /// from every CPU at once, on three sources whose handlers ask for `hwi_sched` every fifth

@@ -362,6 +362,29 @@ impl<E: SplEnv> SplState<E> {
         preempt
     }
 
+    /// Replays the vectors pending at this CPU's current level, keeping the level (interrupts
+    /// disabled, own CPU, in interrupt context at that level): for a dispatcher that runs a
+    /// queue of work at its level and lets the arrivals the SPL layer deferred meanwhile go
+    /// first — the pinned model's drain, whose queue would otherwise run ahead of them for as
+    /// long as its handlers ask to run again. Highest-numbered first, as [`SplState::splx`]
+    /// replays a level; vectors deferred while these run are replayed too. Returns how many
+    /// ran.
+    pub fn replay_level(&self, io: &IntrOff) -> u32 {
+        let level = E::M::ipl_get();
+        if level == 0 || E::M::pending_get() & (1 << level) == 0 {
+            return 0;
+        }
+        let q = &self.cpus[this_cpu::<E::M>()];
+        let before = q.replayed.load(Ordering::Relaxed);
+        // As if the level came down by one and back: only this level's vectors are above
+        // `level - 1` and pending (nothing above it can be pending while the CPU is at it).
+        E::M::ipl_set(level - 1);
+        let preempt = self.replay_locked(level - 1, io);
+        E::M::ipl_set(level);
+        debug_assert!(!preempt, "no deferred preemption above level 0");
+        (q.replayed.load(Ordering::Relaxed) - before) as u32
+    }
+
     /// Posts a software-raised vector (a soft interrupt) on this CPU: it is recorded as
     /// pending at its level and runs when the CPU's level is below it — at once if it already
     /// is (thread context), else at the `splx` or interrupt exit that lowers the level.

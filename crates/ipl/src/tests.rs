@@ -234,6 +234,24 @@ fn replay_order_is_by_level_not_arrival() {
 }
 
 #[test]
+fn replay_level_runs_only_the_current_levels_vectors_and_keeps_the_level() {
+    let s = &*state();
+    s.set_vector_ipl(0x51, Some(Ipl::Vm));
+    let x = s.splraise(Ipl::Vm);
+    for v in [0x40, 0x50, 0x51] {
+        assert!(!interrupt(s, v));
+    }
+    let io = OneCpu::intr_disable();
+    assert_eq!(s.replay_level(&io), 2);
+    assert_eq!(OneCpu::ipl_get(), Ipl::Vm as u8, "the level is kept");
+    assert_eq!(log(), [(0x51, Ipl::Vm as u8), (0x50, Ipl::Vm as u8)], "highest first, at their level");
+    assert_eq!(s.replay_level(&io), 0, "nothing left at this level");
+    drop(io);
+    s.splx(x);
+    assert_eq!(log(), [(0x40, Ipl::SoftNet as u8)], "the lower level waits for the splx");
+}
+
+#[test]
 fn a_vector_pending_twice_is_replayed_once() {
     let s = &*state();
     let x = s.splraise(Ipl::Vm);

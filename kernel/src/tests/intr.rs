@@ -304,8 +304,11 @@ ktest!(
 );
 
 /// Two saturating sources on one CPU, each processing 8 units per run and then `hwi_sched`:
-/// they share the CPU within 10 %.
-fn hwi_sched_fair_shares() -> TestResult {
+/// they share the CPU within 10 %. Pool: the requeue goes to the back of the pool's queue.
+/// Pinned: to the back of the CPU's pinned queue, and the drain replays the level's deferred
+/// arrivals before each queued instance (without that, the first source ran all its units
+/// before the second ran one: docs/logs/pinned-hwi-sched-starves-same-level-2026-12-07.txt).
+fn hwi_sched_fair_shares(model: Model) -> TestResult {
     const BACKLOG: u64 = 800;
     let target = ncpus() - 1;
     SCHED.bind_current(Some(target));
@@ -317,7 +320,7 @@ fn hwi_sched_fair_shares() -> TestResult {
         handles.push(
             INTR.establish(
                 // BOUND: both stay on their arrival CPU (no balancing), to measure sharing it.
-                spec(name, 0x66 + k as u8, Model::Pool, IntrFlags::MPSAFE | IntrFlags::BOUND),
+                spec(name, 0x66 + k as u8, model, IntrFlags::MPSAFE | IntrFlags::BOUND),
                 None,
                 Some(alloc::boxed::Box::new(move |ctx| {
                     for _ in 0..8 {
@@ -366,7 +369,15 @@ fn hwi_sched_fair_shares() -> TestResult {
     drop(handles);
     Ok(())
 }
-ktest!(T_HWI, "intr::pool::hwi_sched_fair_shares", hwi_sched_fair_shares);
+fn hwi_sched_fair_shares_pool() -> TestResult {
+    hwi_sched_fair_shares(Model::Pool)
+}
+ktest!(T_HWI, "intr::pool::hwi_sched_fair_shares", hwi_sched_fair_shares_pool);
+
+fn hwi_sched_fair_shares_pinned() -> TestResult {
+    hwi_sched_fair_shares(Model::Pinned)
+}
+ktest!(T_HWI_PIN, "intr::pinned::hwi_sched_fair_shares", hwi_sched_fair_shares_pinned);
 
 /// A MANUAL handler runs only when its filter schedules it.
 fn manual_handler_only_by_filter() -> TestResult {
