@@ -982,9 +982,9 @@ fn pinned_hwi_sched_alternates_with_a_same_level_source() {
 /// `ReturnedMore` (a body that requeued for `hwi_sched`), not after every `Returned`: instances
 /// from every CPU at once, on three sources whose handlers ask for `hwi_sched` every fifth
 /// run and block (a timed sleep) every seventh, with one spare thread per CPU so that
-/// instances also queue behind busy threads. Nothing is lost or run twice: runs = delivered
-/// + requeues (and, in this debug build, the dispatcher asserts its queue is empty after each
-/// `Returned`).
+/// instances also queue behind busy threads. Nothing is lost or run twice: the runs are the
+/// deliveries plus the requeues (and, in this debug build, the dispatcher asserts its queue is
+/// empty after each `Returned` outside a drain).
 #[test]
 fn pinned_requeues_and_blocks_from_every_cpu_lose_nothing() {
     const NCPUS: usize = 3;
