@@ -791,6 +791,45 @@ fn sleeping_at_a_raised_level_is_refused_naming_the_level() {
 
 /// Many interrupts in flight from several CPUs at once, in every model: every delivery is
 /// handled exactly once.
+/// One raiser thread per CPU, each raising `per` interrupts round-robin over `vectors` and
+/// the CPUs (a device's MSI or an IPI), all at once; joined. Answers (raised, raises merged
+/// into a vector already posted at the target). Arrivals the SPL layer merges are counted
+/// there (`SplStats::merged`), possibly after this returns: the callers add them when they
+/// count.
+fn raise_from_every_cpu(
+    sched: &'static host_machine::Sched,
+    ncpus: usize,
+    per: u64,
+    vectors: &[u8],
+) -> (u64, u64) {
+    let vectors: Arc<[u8]> = vectors.into();
+    let (raised, merged) = (counter(), counter());
+    let ts: Vec<_> = (0..ncpus)
+        .map(|c| {
+            let (raised, merged, vectors) = (raised.clone(), merged.clone(), vectors.clone());
+            sched.spawn(
+                "raiser",
+                sched::Priority::KTHREAD,
+                Some(c),
+                checked(move || {
+                    for i in 0..per {
+                        let target = (c + i as usize) % ncpus;
+                        raised.fetch_add(1, Ordering::SeqCst);
+                        if !HostMachine::raise(target, vectors[i as usize % vectors.len()]) {
+                            merged.fetch_add(1, Ordering::SeqCst);
+                        }
+                        HostMachine::poll_interrupts();
+                    }
+                }),
+            )
+        })
+        .collect();
+    for t in ts {
+        t.join();
+    }
+    (raised.load(Ordering::SeqCst), merged.load(Ordering::SeqCst))
+}
+
 fn many_in_flight(ncpus: usize, model: Model) {
     let sys = HostSystem::boot(ncpus);
     let intr: &'static Intr = sys.intr;
@@ -804,34 +843,9 @@ fn many_in_flight(ncpus: usize, model: Model) {
                 intr.establish(spec("t.flight", v, Ipl::Vm, model), None, Some(counting(&handled))).unwrap()
             })
             .collect();
-        let raised = counter();
-        let merged = counter();
-        let ts: Vec<_> = (0..ncpus)
-            .map(|c| {
-                let (raised, merged) = (raised.clone(), merged.clone());
-                sched.spawn(
-                    "raiser",
-                    sched::Priority::KTHREAD,
-                    Some(c),
-                    checked(move || {
-                        for i in 0..PER {
-                            let target = (c + i as usize) % ncpus;
-                            let v = vectors[i as usize % vectors.len()];
-                            raised.fetch_add(1, Ordering::SeqCst);
-                            if !HostMachine::raise(target, v) {
-                                merged.fetch_add(1, Ordering::SeqCst);
-                            }
-                            HostMachine::poll_interrupts();
-                        }
-                    }),
-                )
-            })
-            .collect();
-        for t in ts {
-            t.join();
-        }
+        let (raised, merged) = raise_from_every_cpu(sched, ncpus, PER, &vectors);
         let spl_merged = || (0..ncpus).map(|c| HostEnv::spl().stats(c).merged).sum::<u64>();
-        let delivered = || raised.load(Ordering::SeqCst) - merged.load(Ordering::SeqCst) - spl_merged();
+        let delivered = || raised - merged - spl_merged();
         let all = spin_until(T, || handled.load(Ordering::SeqCst) >= delivered());
         assert!(
             all,
@@ -849,11 +863,7 @@ fn many_in_flight(ncpus: usize, model: Model) {
             HostMachine::poll_interrupts();
         }
         drop(hs);
-        (
-            raised.load(Ordering::SeqCst),
-            merged.load(Ordering::SeqCst) + spl_merged(),
-            handled.load(Ordering::SeqCst),
-        )
+        (raised, merged + spl_merged(), handled.load(Ordering::SeqCst))
     });
     let delivered = raised - merged;
     assert_eq!(raised, PER * ncpus as u64);
@@ -1016,35 +1026,9 @@ fn pinned_requeues_and_blocks_from_every_cpu_lose_nothing() {
                 .unwrap()
             })
             .collect();
-        let (raised, merged) = (counter(), counter());
-        let ts: Vec<_> = (0..NCPUS)
-            .map(|c| {
-                let (raised, merged) = (raised.clone(), merged.clone());
-                sched.spawn(
-                    "raiser",
-                    sched::Priority::KTHREAD,
-                    Some(c),
-                    checked(move || {
-                        for i in 0..PER {
-                            let target = (c + i as usize) % NCPUS;
-                            raised.fetch_add(1, Ordering::SeqCst);
-                            if !HostMachine::raise(target, vectors[i as usize % vectors.len()]) {
-                                merged.fetch_add(1, Ordering::SeqCst);
-                            }
-                            HostMachine::poll_interrupts();
-                        }
-                    }),
-                )
-            })
-            .collect();
-        for t in ts {
-            t.join();
-        }
+        let (raised, merged) = raise_from_every_cpu(sched, NCPUS, PER, &vectors);
         let spl_merged = || (0..NCPUS).map(|c| HostEnv::spl().stats(c).merged).sum::<u64>();
-        let want = || {
-            raised.load(Ordering::SeqCst) - merged.load(Ordering::SeqCst) - spl_merged()
-                + requeues.load(Ordering::SeqCst)
-        };
+        let want = || raised - merged - spl_merged() + requeues.load(Ordering::SeqCst);
         let all = spin_until(T, || runs.load(Ordering::SeqCst) >= want());
         let st = intr.pinned.stats();
         assert!(
