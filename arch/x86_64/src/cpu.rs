@@ -4,11 +4,12 @@
 //! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24, 32 bits) and the
 //! spin-mutex nesting count (28, NetBSD's `ci_mtx_count`) — one 64-bit word that is zero-
 //! extended level exactly when no spin mutex is held —, `pending` (32), `pin_ctx` (40) and
-//! the pinned switch's borrower word ([`machine::PinSlots`], 48), all used by entry.s's
-//! `intr_pin_call`; then the level saved by the outermost spin mutex (56, `ci_mtx_oldspl`).
-//! A CPU's
-//! `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP reads
-//! during start-up.
+//! the pinned switch's borrows word ([`machine::PinSlots`], 48), all used by entry.s's
+//! `intr_pin_call`; then the level saved by the outermost spin mutex (56, `ci_mtx_oldspl`),
+//! the scheduler's word (64), the interrupt depth (72) and the pinned calls lent (80).
+//! A CPU's `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP
+//! reads during start-up; other CPUs read `curthread`, `pin` and `pin_calls` for statistics
+//! and `Scheduler::is_running` (snapshots).
 
 use alloc::boxed::Box;
 use core::arch::asm;
@@ -37,7 +38,7 @@ pub const DOUBLE_FAULT_IST: u16 = 0;
 pub struct PerCpu {
     self_ptr: usize,
     index: usize,
-    curthread: usize,
+    curthread: AtomicUsize,
     /// The CPU's interrupt priority level (offset 24; read and written with one `%gs` op,
     /// 32 bits wide).
     ipl: u32,
@@ -52,7 +53,7 @@ pub struct PerCpu {
     /// The context of the thread pinned under an interrupt thread (offset 40; written by
     /// `intr_pin_call` in entry.s, read by the scheduler's switch back when that thread blocks).
     pin_ctx: usize,
-    /// The pinned switch's borrower word (offset 48; see [`machine::PinSlots`]).
+    /// The pinned switch's borrows word (offset 48; see [`machine::PinSlots`]).
     pin: machine::PinSlots,
     /// The level from before the outermost spin mutex (offset 56; `ci_mtx_oldspl`).
     mtx_oldspl: u32,
@@ -83,7 +84,7 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, sched_word) == 64);
     assert!(core::mem::offset_of!(PerCpu, intr_depth) == 72);
     assert!(core::mem::offset_of!(PerCpu, pin_calls) == 80);
-    assert!(core::mem::offset_of!(machine::PinSlots, borrowed) == 0);
+    assert!(core::mem::offset_of!(machine::PinSlots, borrows) == 0);
 };
 
 /// Number of CPUs brought up so far (the BSP counts from the start).
@@ -120,7 +121,7 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
     let pc: &'static mut PerCpu = Box::leak(Box::new(PerCpu {
         self_ptr: 0,
         index,
-        curthread: 0,
+        curthread: AtomicUsize::new(0),
         ipl: 0,
         pending: 0,
         pin_ctx: 0,
@@ -318,16 +319,25 @@ pub fn set_pin_ctx(v: usize) {
     unsafe { asm!("mov gs:[40], {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
-/// Sets the running CPU's borrower word (offset 48): as [`set_pin_ctx`].
+/// One borrow fewer on the running CPU (offset 48; the scheduler's block path, interrupts
+/// disabled).
 #[inline]
-pub fn set_pin_borrowed(v: usize) {
-    // SAFETY: as in `index`; offset 48 is `pin.borrowed`, written only by its own CPU with
+pub fn pin_borrow_out() {
+    // SAFETY: as in `index`; offset 48 is `pin.borrows`, written only by its own CPU with
     // interrupts disabled (other CPUs only read it).
-    unsafe { asm!("mov gs:[48], {}", in(reg) v, options(nostack, preserves_flags)) };
+    unsafe { asm!("dec qword ptr gs:[48]", options(nostack)) };
+}
+
+/// Sets the running CPU's interrupt depth (offset 72): the block path puts the depth the
+/// pinned call set aside back.
+#[inline]
+pub fn set_intr_depth(v: usize) {
+    // SAFETY: as in `index`; offset 72 is `intr_depth`, written only by its own CPU.
+    unsafe { asm!("mov gs:[72], {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
 /// Word `i` of the running CPU's innermost pinned frame (`intr_pin_call`'s: 0 the call,
-/// 1 the previous borrower, 2 the previous pinned context, 3 the thread under it).
+/// 1 the interrupt depth set aside, 2 the previous pinned context, 3 the thread under it).
 #[inline]
 pub fn pinned_frame_word(i: usize) -> usize {
     let frame: usize;
@@ -339,22 +349,28 @@ pub fn pinned_frame_word(i: usize) -> usize {
     unsafe { *((frame + 8 * i) as *const usize) }
 }
 
-/// CPU `index`'s pinned-switch words, once that CPU has set up its `PerCpu`.
-pub fn pin_slots(index: usize) -> Option<&'static machine::PinSlots> {
+/// CPU `index`'s `PerCpu` (`None` until it is set up).
+#[inline]
+fn percpu_of(index: usize) -> Option<&'static PerCpu> {
     let p = PERCPU.get(index)?.load(Ordering::Acquire);
     // SAFETY: a non-zero entry is the address of a `PerCpu` leaked by `init_this_cpu` (it
     // lives forever), published by the release store there.
-    (p != 0).then(|| unsafe { &(*(p as *const PerCpu)).pin })
+    (p != 0).then(|| unsafe { &*(p as *const PerCpu) })
+}
+
+/// The thread CPU `index` is lent to (its running thread while its borrows are not 0), or 0:
+/// a snapshot of another CPU's two words.
+#[inline]
+pub fn borrower_of(index: usize) -> usize {
+    match percpu_of(index) {
+        Some(c) if c.pin.borrows() != 0 => c.curthread.load(Ordering::Relaxed),
+        _ => 0,
+    }
 }
 
 /// CPU `index`'s count of pinned calls lent (0 if it is not set up).
 pub fn pin_calls(index: usize) -> u64 {
-    let Some(p) = PERCPU.get(index).map(|p| p.load(Ordering::Acquire)).filter(|&p| p != 0) else {
-        return 0;
-    };
-    // SAFETY: a non-zero entry is the address of a `PerCpu` leaked by `init_this_cpu` (it
-    // lives forever), published by the release store there; the count is atomic.
-    unsafe { (*(p as *const PerCpu)).pin_calls.load(Ordering::Relaxed) }
+    percpu_of(index).map_or(0, |c| c.pin_calls.load(Ordering::Relaxed))
 }
 
 /// The running CPU's interrupt depth (offset 72).
@@ -382,11 +398,11 @@ pub fn intr_depth_exit() -> usize {
     v
 }
 
-/// The running CPU's `PinSlots::borrowed` (offset 48 of its `PerCpu`).
+/// The running CPU's `PinSlots::borrows` (offset 48 of its `PerCpu`).
 #[inline]
-pub fn pin_borrowed() -> usize {
+pub fn pin_borrows() -> usize {
     let v: usize;
-    // SAFETY: as in `index`; offset 48 is `pin.borrowed`.
+    // SAFETY: as in `index`; offset 48 is `pin.borrows`.
     unsafe { asm!("mov {}, gs:[48]", out(reg) v, options(nostack, preserves_flags, readonly)) };
     v
 }

@@ -294,7 +294,10 @@ thread_trampoline:
 #    `PinCall` (repr C): 0 state (0 parked, 1 blocked, else borrowing), 8 thread, 16 stack
 #    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL (32 bits) and %gs:28
 #    the spin-mutex count (counted down from 0; cpu.rs), %gs:40 the pinned context
-#    (`PerCpu::pin_ctx`), %gs:48 the borrower (`PinSlots::borrowed`). Caller:
+#    (`PerCpu::pin_ctx`), %gs:48 the borrows (`PinSlots::borrows`: how many pinned calls
+#    are active on this CPU, nested; the running thread borrows the CPU exactly when it is
+#    not 0), %gs:72 the interrupt depth (`Machine::intr_depth`), %gs:80 the calls lent
+#    (`PinSwitch::pin_calls`). Caller:
 #    `PinSwitch::pin_call` and `pin_call_leveled` only, through an `asm!` call that declares everything but %rbx,
 #    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too;
 #    interrupts disabled, on the running thread's stack.
@@ -304,19 +307,24 @@ thread_trampoline:
 #        interrupts disabled since.)
 #      - state non-zero (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
 #        done. Both leave %rdi and %rsi as they came.
-#      - else build a switch frame of section 4 on the running stack — rbp and rbx in their
-#        slots, the running thread in r12's, the previous pinned context in r13's, the
-#        previous borrower in r14's, the call in r15's — so borrows nest: the running thread
-#        may itself be a borrowing interrupt thread. Its address becomes %gs:40; curthread,
-#        the borrower and the call's state become the thread; %rsp its stack top (nothing
-#        on it); interrupts are enabled and body(a0, a1) runs.
+#      - else count the call and build a switch frame of section 4 on the running stack —
+#        rbp and rbx in their slots, the running thread in r12's, the previous pinned context
+#        in r13's, the interrupt depth in r14's, the call in r15's — so borrows nest: the
+#        running thread may itself be a borrowing interrupt thread. Its address becomes
+#        %gs:40; the depth 0 (the borrower runs in thread context: the exit of an interrupt
+#        nested in it is its preemption point); the borrows one more; curthread and the
+#        call's state become the thread; %rsp its stack top (nothing on it); interrupts are
+#        enabled and body(a0, a1) runs.
 #      - body ends (the fast path): with interrupts disabled it calls `intr_pin_end`
 #        (`Scheduler::pin_end`), which tests in the same interrupt-disabled sequence that
-#        the running thread is still the borrower (%gs:16 == %gs:48). If so it leaves the
-#        body's stack as it is (the next call starts at the top again), takes the frame at
-#        %gs:40 — the innermost call's, the running thread's own — parks the call's state
-#        (the frame's r15 slot), pops the borrower, the pinned context and curthread back
-#        from the frame (then rbx and rbp), and returns from `intr_pin_call` with 1
+#        the running thread is still the borrower (the borrows not 0: a thread that stopped
+#        borrowing — it blocked or was preempted — runs again only once every borrow on its
+#        CPU has ended, and an ordinary thread never runs while one is active). If so it
+#        leaves the body's stack as it is (the next call starts at the top again), takes the
+#        frame at %gs:40 — the innermost call's, the running thread's own — parks the call's
+#        state (the frame's r15 slot), pops the depth back, counts the borrow out, pops the
+#        pinned context and curthread back from the frame (then rbx and rbp), and returns
+#        from `intr_pin_call` with 1
 #        (Returned). If not (the thread blocked or was preempted
 #        during the call: its frame is gone, resumed by the thread underneath), it returns to
 #        the body with only %rax and the flags changed, and the body finishes as an ordinary
@@ -331,17 +339,15 @@ thread_trampoline:
 #        if the thread no longer borrows the CPU, `intr_pin_bad_return` panics naming it
 #        rather than jump through a frame that is gone.
 #      - body blocks: the scheduler finds the CPU borrowed, sets the call's state to 1, makes
-#        the thread an ordinary thread, puts the previous borrower and pinned context back
-#        from the frame (`PinSwitch::pin_switch_under`) and `context_switch`es to the frame
+#        the thread an ordinary thread, puts the depth and the pinned context back from the
+#        frame and counts the borrow out (`PinSwitch::pin_switch_under`) and
+#        `context_switch`es to the frame
 #        (the context %gs:40 held): it pops (r12..r15 get the frame's words, which the caller
 #        treats as clobbered) and `ret` returns from this call with %eax = 0 (Blocked),
 #        interrupts disabled. body's stack is the thread's own from then on; it must never
 #        return into this frame (the thread parks its state when it is done).
-#    Stack alignment: nothing here depends on the caller's (its `asm!` pushes the interrupt
-#    depth, %gs:72, before the call and pops it after: the borrower runs at depth 0, and the
-#    word is back on every answer, Blocked included, since `context_switch` returns from the
-#    frame into that `asm!`); body is entered with %rsp = stack_top - 8, as the ABI wants.
-#    A call that lends the CPU is counted: %gs:80 (`PinSwitch::pin_calls`).
+#    Stack alignment: entered with %rsp = 8 mod 16; body is entered with %rsp = stack_top - 8,
+#    as the ABI wants.
 
 .global intr_pin_call
 intr_pin_call:
@@ -357,21 +363,21 @@ intr_pin_call_leveled:                  # the caller made the level test
     pushq %rbx
     pushq %gs:16                        # r12's slot: the running thread
     pushq %gs:40                        # r13's slot: the previous pinned context
-    pushq %gs:48                        # r14's slot: the previous borrower
+    pushq %gs:72                        # r14's slot: the interrupt depth
     pushq %rdx                          # r15's slot: the call
     movq %rsp, %gs:40                   # the pinned thread's context
+    movq $0, %gs:72                     # the borrower runs at interrupt depth 0
+    incq %gs:48                         # one more borrow on this CPU
     movq 8(%rdx), %rax
     movq %rax, %gs:16                   # curthread = the interrupt thread
-    movq %rax, %gs:48                   # borrower = the interrupt thread
     movq %rax, (%rdx)                   # state = borrowing
     movq 16(%rdx), %rsp                 # its stack
     sti
     call *24(%rdx)                      # body(a0, a1)
     cli                                 # a body that returned instead of ending through
-    movq %gs:16, %rax                   # intr_pin_end: the same check, but a panic if the
-    cmpq %rax, %gs:48                   # thread no longer borrows the CPU
-    je .Lpin_end_return
-    movq %rax, %rdi                     # a body returned after its thread stopped borrowing
+    cmpq $0, %gs:48                     # intr_pin_end: the same check, but a panic if the
+    jne .Lpin_end_return                # thread no longer borrows the CPU
+    movq %gs:16, %rdi                   # a body returned after its thread stopped borrowing
     call intr_pin_bad_return            # (blocked or preempted): the frame is gone; panics
 8:  movl $3, %eax                       # PinOutcome::Level
     ret
@@ -380,9 +386,8 @@ intr_pin_call_leveled:                  # the caller made the level test
 
 .global intr_pin_end
 intr_pin_end:
-    movq %gs:16, %rax
-    cmpq %rax, %gs:48                   # does the running thread still borrow the CPU?
-    jne 1f
+    cmpq $0, %gs:48                     # does the running thread still borrow the CPU?
+    je 1f
 .Lpin_end_return:
 .global intr_pin_end_borrowing
 intr_pin_end_borrowing:                 # the body tested the borrower itself, interrupts off
@@ -391,7 +396,8 @@ intr_pin_end_borrowing:                 # the body tested the borrower itself, i
     movq %gs:40, %rsp                   # back on the pinned stack: the body's is abandoned
     popq %rcx                           # r15's slot: the call
     movq $0, (%rcx)                     # state = parked
-    popq %gs:48                         # r14's slot: the previous borrower
+    popq %gs:72                         # r14's slot: the interrupt depth
+    decq %gs:48                         # one borrow fewer
     popq %gs:40                         # r13's slot: the previous pinned context
     popq %gs:16                         # r12's slot: curthread = the pinned thread
     popq %rbx

@@ -218,10 +218,10 @@ impl Machine for X86_64 {
 extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
     panic!(
         "pinned call: the body of interrupt thread {:#x} returned after the thread stopped borrowing \
-         CPU {} (it blocked or was preempted: the frame it returns into is gone; borrower now {:#x})",
+         CPU {} (it blocked or was preempted: the frame it returns into is gone; borrows now {})",
         thread,
         cpu::index(),
-        cpu::pin_borrowed(),
+        cpu::pin_borrows(),
     )
 }
 
@@ -229,22 +229,15 @@ extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
 /// convention: they keep %rbx, %rbp and %rsp (as the C ABI) but not r12..r15 (a body that
 /// blocks resumes us through a frame holding the saved words there), hence the clobbers;
 /// %rdi and %rsi come back unchanged on the Busy and Level answers. The outer borrow's words
-/// are back on every answer (Blocked: put back by `pin_switch_under` before the switch). To be
-/// used in an `unsafe` block whose caller keeps `PinSwitch::pin_call`'s contract (it covers
-/// the asm and the transmute of the answer). Around the call, the interrupt depth (`%gs:72`)
-/// is pushed, zeroed for the borrower and popped back: a call that blocks returns here too
-/// (`context_switch` returns from the frame into this block), so both answers put it back,
-/// and the word sits above the return address, outside the switch frame. Nothing in
-/// `intr_pin_call` depends on the stack's alignment (it calls nothing on this stack; the body
-/// runs on its own, aligned from its top).
+/// and the interrupt depth are back on every answer (Blocked: put back by `pin_switch_under`
+/// before the switch). To be used in an `unsafe` block whose caller keeps
+/// `PinSwitch::pin_call`'s contract (it covers the asm and the transmute of the answer); the
+/// stack is aligned for a call there (asm! without `nostack`).
 macro_rules! pin_call_asm {
     ($entry:literal, $call:expr, $a0:expr, $a1:expr) => {{
         let (r, b0, b1): (u32, usize, usize);
         asm!(
-            "push qword ptr gs:[72]",
-            "mov qword ptr gs:[72], 0",
             concat!("call ", $entry),
-            "pop qword ptr gs:[72]",
             inlateout("rdi") $a0 => b0,
             inlateout("rsi") $a1 => b1,
             in("rdx") $call as *const machine::PinCall,
@@ -325,7 +318,8 @@ impl machine::PinSwitch for X86_64 {
                 "mov rsp, qword ptr gs:[40]", // back on the pinned stack: this one is left
                 "pop rcx",                    // r15's slot: the call
                 "mov qword ptr [rcx], 0",     // state = parked
-                "pop qword ptr gs:[48]",      // r14's slot: the previous borrower
+                "pop qword ptr gs:[72]",      // r14's slot: the interrupt depth
+                "dec qword ptr gs:[48]",      // one borrow fewer
                 "pop qword ptr gs:[40]",      // r13's slot: the previous pinned context
                 "pop qword ptr gs:[16]",      // r12's slot: curthread = the pinned thread
                 "pop rbx",
@@ -348,25 +342,24 @@ impl machine::PinSwitch for X86_64 {
         cpu::pin_calls(cpu)
     }
 
-    fn pin_slots(cpu: usize) -> Option<&'static machine::PinSlots> {
-        cpu::pin_slots(cpu)
+    #[inline]
+    fn borrower_of(cpu: usize) -> usize {
+        cpu::borrower_of(cpu)
     }
 
     #[inline]
-    fn pin_borrowed() -> usize {
-        cpu::pin_borrowed()
+    fn pin_borrows() -> usize {
+        cpu::pin_borrows()
     }
 
     #[inline(always)]
     fn is_borrower() -> bool {
-        // SAFETY: %gs:16 is this CPU's `curthread`, %gs:48 its borrower word (cpu.rs); two
-        // reads of the running CPU's own words.
+        // SAFETY: %gs:48 is this CPU's borrows word (cpu.rs); one read of the running CPU's
+        // own word.
         unsafe {
             asm!(
-                "mov {t}, gs:[16]",
-                "cmp gs:[48], {t}",
-                "jne {no}",
-                t = out(reg) _,
+                "cmp qword ptr gs:[48], 0",
+                "je {no}",
                 no = label { return false },
                 options(nostack, readonly),
             )
@@ -380,9 +373,10 @@ impl machine::PinSwitch for X86_64 {
         let w = frame as *const usize;
         // SAFETY: we borrow the CPU (the trait contract), so %gs:40 is the innermost active
         // pinned call's frame (entry.s), live on the thread under us: words 1 and 2 are the
-        // previous borrower and pinned context.
-        let (prev_borrowed, prev_ctx) = unsafe { (*w.add(1), *w.add(2)) };
-        cpu::set_pin_borrowed(prev_borrowed);
+        // interrupt depth it set aside and the previous pinned context.
+        let (depth, prev_ctx) = unsafe { (*w.add(1), *w.add(2)) };
+        cpu::set_intr_depth(depth);
+        cpu::pin_borrow_out();
         cpu::set_pin_ctx(prev_ctx);
         // SAFETY: per the trait contract; `frame` is the context `intr_pin_call` saved for the
         // thread under us (a switch frame of section 4), read before the slot was changed;

@@ -577,7 +577,6 @@ struct PinFrame {
     under: *const (),
     call: *const PinCall,
     prev_frame: *mut PinFrame,
-    prev_borrowed: usize,
     /// The body returned (as opposed to its thread blocking).
     returned: AtomicBool,
     /// The body ended through `pin_end_borrowing_more`: the call answers
@@ -651,12 +650,13 @@ impl Runner {
             // (`Scheduler::pin_return`); one that blocked or was preempted has had its frame
             // resumed from by the thread underneath: the frame is gone (x86_64's
             // `intr_pin_bad_return` says the same).
-            let borrower = c.pin.borrowed.load(Ordering::Relaxed);
+            let borrows = c.pin.borrows();
+            let running = c.curthread.load(Ordering::Relaxed) as usize;
             assert!(
-                borrower == job.thread,
+                borrows != 0 && running == job.thread,
                 "pinned call: the body of interrupt thread {:#x} returned after the thread stopped \
                  borrowing CPU {cpu} (it blocked or was preempted: the frame it returns into is \
-                 gone; borrower now {borrower:#x})",
+                 gone; borrows now {borrows}, running {running:#x})",
                 job.thread
             );
             // SAFETY: the frame lives until its pinned thread has its baton back (below); `f`
@@ -666,7 +666,7 @@ impl Runner {
             // SAFETY: the descriptor outlives its thread's calls (pin_call's contract).
             unsafe { (*f.call).state.store(0, Ordering::Release) };
             c.curthread.store(f.under as *mut (), Ordering::Relaxed);
-            c.pin.borrowed.store(f.prev_borrowed, Ordering::Relaxed);
+            c.pin.borrows.fetch_sub(1, Ordering::Relaxed);
             c.pin_frame.store(f.prev_frame, Ordering::Relaxed);
             // Our own reference to the baton: once `give` wakes the pinned thread, `pin_call`
             // returns and drops the frame (and, with it, the frame's reference) while `give`
@@ -716,13 +716,12 @@ impl PinSwitch for HostMachine {
             under: c.curthread.load(Ordering::Relaxed),
             call,
             prev_frame: c.pin_frame.load(Ordering::Relaxed),
-            prev_borrowed: c.pin.borrowed.load(Ordering::Relaxed),
             returned: AtomicBool::new(false),
             more: AtomicBool::new(false),
         };
         let fp: *mut PinFrame = &mut frame;
         c.pin_frame.store(fp, Ordering::Relaxed);
-        c.pin.borrowed.store(thread.addr(), Ordering::Relaxed);
+        c.pin.borrows.fetch_add(1, Ordering::Relaxed);
         call.state.store(thread.addr(), Ordering::Relaxed);
         c.curthread.store(thread as *mut (), Ordering::Relaxed);
         let runner = lock(&sys.runners).pop().unwrap_or_else(|| Runner::spawn(sys));
@@ -789,24 +788,28 @@ impl PinSwitch for HostMachine {
         sys.cpus.get(cpu).map_or(0, |c| c.pin_calls.load(Ordering::Relaxed))
     }
 
-    fn pin_slots(cpu: usize) -> Option<&'static PinSlots> {
+    fn borrower_of(cpu: usize) -> usize {
         let sys = this_system();
-        (cpu < sys.ncpus).then(|| &sys.cpus[cpu].pin)
+        match sys.cpus.get(cpu) {
+            Some(c) if cpu < sys.ncpus && c.pin.borrows() != 0 => {
+                c.curthread.load(Ordering::Relaxed) as usize
+            }
+            _ => 0,
+        }
     }
 
-    fn pin_borrowed() -> usize {
-        this_cpu().pin.borrowed()
+    fn pin_borrows() -> usize {
+        this_cpu().pin.borrows()
     }
 
     fn is_borrower() -> bool {
-        let c = this_cpu();
-        c.pin.borrowed.load(Ordering::Relaxed) == c.curthread.load(Ordering::Relaxed) as usize
+        this_cpu().pin.borrows() != 0
     }
 
     unsafe fn pin_switch_under(from: *mut HostContext) {
         let f = top_frame();
         let c = this_cpu();
-        c.pin.borrowed.store(f.prev_borrowed, Ordering::Relaxed);
+        c.pin.borrows.fetch_sub(1, Ordering::Relaxed);
         c.pin_frame.store(f.prev_frame, Ordering::Relaxed);
         // SAFETY: per the trait contract; the frame stays alive until its pinned thread has
         // its baton (it waits for it in `pin_call`).

@@ -133,21 +133,25 @@ extern "C" fn never_called(_: usize, _: usize) {
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct PinSlots {
-    /// The thread the CPU is lent to now — the topmost of nested borrows — or 0. Written
-    /// only by its own CPU with interrupts disabled (`pin_call` on the way in and out, the
-    /// scheduler's block path); read by other CPUs (`is_running`).
-    pub borrowed: AtomicUsize,
+    /// How many pinned calls are active on the CPU, nested (0: it is not lent). While it is
+    /// not 0 the CPU's running thread ([`Machine::curthread`]) is the innermost borrower: a
+    /// thread that stopped borrowing (it blocked or was preempted) runs again only once every
+    /// borrow on its CPU has ended, and no other thread runs while one is active. So "does
+    /// the running thread borrow its CPU" is one compare of this word with 0. Written only by
+    /// its own CPU with interrupts disabled (`pin_call` on the way in and out, the scheduler's
+    /// block path); read by other CPUs ([`PinSwitch::borrower_of`]).
+    pub borrows: AtomicUsize,
 }
 
 impl PinSlots {
     /// Not borrowed.
     pub const fn new() -> Self {
-        PinSlots { borrowed: AtomicUsize::new(0) }
+        PinSlots { borrows: AtomicUsize::new(0) }
     }
 
-    /// The thread the CPU is lent to (a pinned call is active), 0 if none.
-    pub fn borrowed(&self) -> usize {
-        self.borrowed.load(Ordering::Relaxed)
+    /// How many pinned calls are active on the CPU (0: not lent).
+    pub fn borrows(&self) -> usize {
+        self.borrows.load(Ordering::Relaxed)
     }
 }
 
@@ -292,20 +296,21 @@ pub trait PinSwitch: Machine {
     /// thread is parked ([`PinCall::state`] 0; else [`PinOutcome::Busy`]), lends the CPU to
     /// that thread for one call of `body(a0, a1)` on its stack, without a scheduler switch.
     /// Saves the running thread's callee-saved registers in a frame that [`Machine::switch`]
-    /// can resume, together with this CPU's previous pinned context and previous borrower
+    /// can resume, together with this CPU's previous pinned context and its interrupt depth
     /// (so borrows nest: the running thread may itself be a borrowing interrupt thread);
-    /// makes that frame this CPU's pinned context ([`PinSwitch::pin_switch_under`]), the
-    /// thread the current thread ([`Machine::curthread`]) and the CPU's borrower
-    /// ([`PinSlots::borrowed`]) and its state the thread; switches to its stack top, enables
+    /// makes that frame this CPU's pinned context ([`PinSwitch::pin_switch_under`]), counts
+    /// one more borrow ([`PinSlots::borrows`]), makes the thread the current thread
+    /// ([`Machine::curthread`]) and its state the thread; switches to its stack top, enables
     /// interrupts and calls `body`. `body` ends with interrupts disabled and its thread still
     /// the borrower: through [`PinSwitch::pin_end`] (`Scheduler::pin_end`), or by returning
-    /// (`Scheduler::pin_return`) — the machine then checks the borrower word and panics,
+    /// (`Scheduler::pin_return`) — the machine then checks the borrows word and panics,
     /// naming the thread, if not. When it ends: the state parked, the previous stack, current
-    /// thread, borrower and pinned context back, and this answers [`PinOutcome::Returned`].
+    /// thread, depth and pinned context back, one borrow fewer, and this answers
+    /// [`PinOutcome::Returned`].
     /// If instead the thread blocks inside `body`, the scheduler sets its state to
     /// [`PinCall::BLOCKED`] and resumes the thread under it by
-    /// [`PinSwitch::pin_switch_under`] (which puts the previous borrower and pinned context
-    /// back): this call then answers [`PinOutcome::Blocked`] (interrupts disabled) and the
+    /// [`PinSwitch::pin_switch_under`] (which puts the interrupt depth and pinned context
+    /// back and counts the borrow out): this call then answers [`PinOutcome::Blocked`] (interrupts disabled) and the
     /// thread goes on later as an ordinary thread (its `body` must then never return into
     /// this frame; it parks its state when it is done).
     ///
@@ -338,7 +343,7 @@ pub trait PinSwitch: Machine {
     unsafe fn pin_call_leveled(call: &PinCall, a0: usize, a1: usize) -> (PinOutcome, usize, usize);
 
     /// The end of a pinned body, decided and done with interrupts disabled: if the running
-    /// thread still borrows this CPU ([`PinSlots::borrowed`] is [`Machine::curthread`]), its
+    /// thread still borrows this CPU ([`PinSwitch::is_borrower`]), its
     /// pinned call ends — the state parked, the words of [`PinSwitch::pin_call`]'s frame
     /// back, and that call answers [`PinOutcome::Returned`] — either here, without returning
     /// (x86_64: the test and the switch back are one assembly sequence, and the body's stack
@@ -376,19 +381,23 @@ pub trait PinSwitch: Machine {
     /// for a CPU not set up.
     fn pin_calls(cpu: usize) -> u64;
 
-    /// CPU `cpu`'s [`PinSlots`] (`None`: the CPU is not set up).
-    fn pin_slots(cpu: usize) -> Option<&'static PinSlots>;
+    /// The thread CPU `cpu` is lent to now — its running thread, if its
+    /// [`PinSlots::borrows`] is not 0 — or 0 (not lent, or not set up). A snapshot, for
+    /// other CPUs (`Scheduler::is_running`, `ps`).
+    fn borrower_of(cpu: usize) -> usize;
 
-    /// This CPU's [`PinSlots::borrowed`] (one per-CPU load).
-    fn pin_borrowed() -> usize;
+    /// This CPU's [`PinSlots::borrows`] (one per-CPU load).
+    fn pin_borrows() -> usize;
 
-    /// Whether the running thread borrows this CPU: [`PinSwitch::pin_borrowed`] is
-    /// [`Machine::curthread`] (x86_64: one load, one compare with the other word, a branch).
+    /// Whether the running thread borrows this CPU: [`PinSwitch::pin_borrows`] is not 0
+    /// (x86_64: one compare of `%gs:48` with 0, a branch). From thread context, or from an
+    /// interrupt nested in the borrower (whose CPU it still is).
     fn is_borrower() -> bool;
 
     /// The borrower leaves the CPU (it blocks or is preempted; the scheduler's block path):
-    /// puts back this CPU's previous borrower and pinned context from the innermost active
-    /// pinned call's frame, then saves the running thread into `*from` and resumes the thread
+    /// puts back this CPU's interrupt depth and pinned context from the innermost active
+    /// pinned call's frame and counts the borrow out, then saves the running thread into
+    /// `*from` and resumes the thread
     /// directly under it from that frame, as [`Machine::switch`] does — its
     /// [`PinSwitch::pin_call`] answers [`PinOutcome::Blocked`].
     ///

@@ -35,7 +35,7 @@
 //!   migrates with the thread; the scheduler never preempts a thread whose count is non-zero.
 //! * **Pinned interrupt threads** ([`Scheduler::pin_call`]): an interrupt may lend its CPU to
 //!   an interrupt thread for one handler run. The scheduler records only that the CPU is
-//!   borrowed (a per-CPU word, the machine's [`machine::PinSlots`]); the thread underneath stays its current thread. Everything
+//!   borrowed (a per-CPU count, the machine's [`machine::PinSlots`]); the thread underneath stays its current thread. Everything
 //!   else happens only if the interrupt thread blocks (`schedule_borrowed`).
 //! * The global allocator must be callable with interrupts disabled (spawning and some wait
 //!   lists allocate).
@@ -525,7 +525,7 @@ impl<E: SchedEnv> Scheduler<E> {
         let local = unsafe { c.local() };
         if target != cpu
             || E::M::intr_depth() == 0
-            || E::M::pin_borrowed() != 0
+            || E::M::pin_borrows() != 0
             || local.handoff.is_some()
             || t.pri.load(Ordering::Relaxed) <= c.cur_pri.load(Ordering::Relaxed)
         {
@@ -618,7 +618,7 @@ impl<E: SchedEnv> Scheduler<E> {
     #[inline(never)]
     fn borrower_preemptible(&self) -> bool {
         let spl = E::spl();
-        E::M::pin_borrowed() != 0
+        E::M::pin_borrows() != 0
             && spl.spin_count() == 0
             && self.borrow_level() == Some(spl.current() as usize)
     }
@@ -742,7 +742,7 @@ impl<E: SchedEnv> Scheduler<E> {
             let cs = &self.cpus[c];
             // A CPU lent to an interrupt thread runs that thread, not the one pinned under it
             // (an ithread must block on, not spin for, a lock its pinned thread holds).
-            match E::M::pin_slots(c).map_or(0, |p| p.borrowed()) {
+            match E::M::borrower_of(c) {
                 0 => cs.running.load(Ordering::Relaxed) == t,
                 b => b == t,
             }
@@ -942,7 +942,7 @@ impl<E: SchedEnv> Scheduler<E> {
     pub fn tick(&'static self, io: &IntrOff) {
         let c = self.this_cpu();
         c.ticks.fetch_add(1, Ordering::Relaxed);
-        if E::M::pin_borrowed() != 0
+        if E::M::pin_borrows() != 0
             && self.current().pri.load(Ordering::Relaxed) < c.cur_pri.load(Ordering::Relaxed)
         {
             // A borrower less urgent than the thread it pinned (a soft interrupt on top of an
@@ -1063,7 +1063,7 @@ impl<E: SchedEnv> Scheduler<E> {
     #[inline(always)]
     fn schedule_body(&'static self, reason: Reason, io: &IntrOff) {
         let cpu = E::M::cpu_index();
-        if E::M::pin_borrowed() != 0 {
+        if E::M::pin_borrows() != 0 {
             self.schedule_borrowed(reason, io);
             return;
         }

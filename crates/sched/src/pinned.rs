@@ -8,13 +8,15 @@
 //! * **Who.** An interrupt thread ([`Scheduler::new_ithread`]) is bound to a CPU and described
 //!   by its [`PinCall`]: its state word (0 parked, [`PinCall::BLOCKED`], or its own address
 //!   while it borrows a CPU), its stack top, its body and the level the CPU must be at. A CPU
-//!   has one borrower word ([`PinSlots::borrowed`]: the innermost borrowing thread, or 0) and
-//!   one pinned-context slot (the frame of the innermost active pinned call).
+//!   has one borrows word ([`PinSlots::borrows`]: how many pinned calls are active on it,
+//!   nested — the running thread borrows the CPU exactly when it is not 0) and one
+//!   pinned-context slot (the frame of the innermost active pinned call).
 //! * **Lend** ([`Scheduler::pin_call`], interrupts disabled, the CPU at the thread's level):
 //!   the machine saves the running thread's callee-saved registers in a frame that
 //!   [`Machine::switch`] can resume, together with the previous pinned context and the
-//!   previous borrower, and makes that frame the CPU's pinned context; the interrupt thread
-//!   becomes the current thread, the borrower and its own state; the machine switches to the
+//!   interrupt depth (the borrower runs at depth 0), makes that frame the CPU's pinned
+//!   context and counts one more borrow; the interrupt thread becomes the current thread and
+//!   its own state; the machine switches to the
 //!   top of its stack, enables interrupts and calls its body. No run queue, no thread state,
 //!   no scheduler `current` changes: the interrupted thread stays pinned underneath. Interrupts
 //!   at or below the level that arrive meanwhile are deferred by the SPL layer and replayed
@@ -34,7 +36,7 @@
 //!   framework's interrupt-thread body: one test decides both its handler accounting and the
 //!   end), or through [`Scheduler::pin_end_borrowing_more`], the same answering
 //!   [`PinOutcome::ReturnedMore`] (it queued work its caller is to look for). A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
-//!   still disabled; the machine then checks the borrower word again (a body that returns
+//!   still disabled; the machine then checks the borrows word again (a body that returns
 //!   after it stopped borrowing is a panic naming the thread, not a jump through a frame that
 //!   is gone) and does the same. The decision and the
 //!   return must be one interrupt-disabled section because the borrower can be preempted
@@ -67,7 +69,10 @@
 //!   lets the scheduler choose. A tick sets the request when the pinned thread outranks the
 //!   borrower. The borrower then finishes as after a block ([`crate::CpuStats::borrow_preempts`]
 //!   counts these).
-//! * **What the scheduler must know** is only the per-CPU borrower word:
+//! * **What the scheduler must know** is only the per-CPU borrows word (why "not 0" means the
+//!   running thread borrows: a thread that stopped borrowing runs again only once every
+//!   borrow on its CPU has ended, since the borrower runs until it returns, blocks or is
+//!   preempted, and each of those ends its borrow):
 //!   [`Scheduler::is_running`] reports the borrower, not the threads under it (an interrupt
 //!   thread must block on, not spin for, a lock a thread under it holds); `schedule` on a
 //!   borrowed CPU takes the lazy path above or returns; [`Scheduler::in_interrupt`] is false
@@ -161,11 +166,11 @@ impl<E: SchedEnv> Scheduler<E> {
     /// `it` is parked and this CPU at its level, lends it the CPU for one call of its body,
     /// `body(a0, a1)`, on its stack, with interrupts enabled, in thread context
     /// ([`Scheduler::in_interrupt`] is false for it). Only the stack, the current-thread
-    /// pointer, the CPU's borrower and pinned context and `it`'s state word change
+    /// pointer, the CPU's borrows, depth and pinned context and `it`'s state word change
     /// ([`PinSwitch::pin_call`]); the running thread — which may itself be a borrowing
     /// interrupt thread: borrows nest — stays underneath, not queued, not migratable, its run
     /// state untouched. The scheduler learns only that the CPU is borrowed
-    /// ([`PinSlots::borrowed`], for [`Scheduler::is_running`] and the block path).
+    /// ([`PinSlots::borrows`], for [`Scheduler::is_running`] and the block path).
     ///
     /// [`PinOutcome::Returned`] when `body` returned: the fast path. [`PinOutcome::Busy`]:
     /// `it` was not parked; [`PinOutcome::Level`]: the CPU was not at its level — nothing
@@ -278,7 +283,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// borrower, and the body would then return into a frame that is gone (a stack pointer
     /// of 0: a double fault, under torture, before this was the only way out;
     /// docs/logs/softint-borrow-preempt-double-fault-2026-12-06.txt). The machine checks the
-    /// borrower word on the way back and panics, naming the thread, if a body returns
+    /// borrows word on the way back and panics, naming the thread, if a body returns
     /// without it. [`Scheduler::pin_end`] is the same decision with the return done by the
     /// machine (the framework's bodies use it).
     #[inline(always)]
@@ -361,7 +366,7 @@ impl<E: SchedEnv> Scheduler<E> {
 
     /// Whether `cpu` is lent to an interrupt thread right now (for `ps`).
     pub fn cpu_borrowed(&self, cpu: usize) -> bool {
-        E::M::pin_slots(cpu).is_some_and(|p| p.borrowed() != 0)
+        E::M::borrower_of(cpu) != 0
     }
 
     /// Ends the work of an interrupt thread that blocked during its pinned call (and so is an
@@ -449,8 +454,8 @@ impl<E: SchedEnv> Scheduler<E> {
         trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();
         // The thread directly under us runs next: the scheduler's current thread, or — with
-        // nested borrows — an interrupt thread that borrows the CPU itself (the machine puts
-        // the borrower word back to it). The scheduler's current thread does not change.
+        // nested borrows — an interrupt thread that borrows the CPU itself (the machine counts
+        // our borrow out). The scheduler's current thread does not change.
         E::M::set_curthread(E::M::pinned_thread(), io);
         local.prev = Arc::as_ptr(&it);
         local.prev_ref = Some(it);
