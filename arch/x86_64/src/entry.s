@@ -10,7 +10,7 @@
 # the System V ABI, section 5 through an `asm!` call with its own register convention (see
 # there) — GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:24 the IPL and %gs:28 the
 # spin-mutex count, %gs:40 the pinned context, %gs:48 the pinned switch's `PinSlots`, the
-# borrower word; cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
+# borrows count, %gs:72 the interrupt depth, %gs:80 the pinned calls lent; cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
 # pointer up, r15, r14, r13, r12, rbx, rbp and a return address (the "switch frame"):
 # `context_switch` pops it and returns 0 in %eax (which only section 5's frame looks at: 0 is
 # "blocked"). Section 5 saves the interrupted thread in that frame's format (writing only the
