@@ -3,17 +3,17 @@
 //! `PerCpu` starts with words that assembly-like accessors read with one `%gs`-relative
 //! load: `self_ptr` (offset 0), `index` (8), `curthread` (16), `ipl` (24, 32 bits) and the
 //! spin-mutex nesting count (28, NetBSD's `ci_mtx_count`) — one 64-bit word that is zero-
-//! extended level exactly when no spin mutex is held —, `pending` (32), `pin_ctx` (40) and
-//! the pinned switch's borrows word ([`machine::PinSlots`], 48), all used by entry.s's
-//! `intr_pin_call`; then the level saved by the outermost spin mutex (56, `ci_mtx_oldspl`),
-//! the scheduler's word (64), the interrupt depth (72) and the pinned calls lent (80).
+//! extended level exactly when no spin mutex is held —, `pending` (32) and `pin_ctx` (40),
+//! used by entry.s's `intr_pin_call`; a free word (48); the level saved by the outermost spin
+//! mutex (56, `ci_mtx_oldspl`), the scheduler's word (64) and the interrupt depth (72,
+//! `intr_pin_call`'s too).
 //! A CPU's `PerCpu` is written by that CPU only, except `lapic_id`/`online`, which the BSP
-//! reads during start-up; other CPUs read `curthread`, `pin` and `pin_calls` for statistics
+//! reads during start-up; other CPUs read `curthread` and `pin_ctx` for statistics
 //! and `Scheduler::is_running` (snapshots).
 
 use alloc::boxed::Box;
 use core::arch::asm;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
 use x86_64::instructions::tables::load_tss;
@@ -51,10 +51,13 @@ pub struct PerCpu {
     /// The SPL pending-levels word (offset 32; one `%gs` op to read, set or clear bits).
     pending: u64,
     /// The context of the thread pinned under an interrupt thread (offset 40; written by
-    /// `intr_pin_call` in entry.s, read by the scheduler's switch back when that thread blocks).
-    pin_ctx: usize,
-    /// The pinned switch's borrows word (offset 48; see [`machine::PinSlots`]).
-    pin: machine::PinSlots,
+    /// `intr_pin_call` in entry.s, read by the scheduler's switch back when that thread
+    /// blocks): the innermost active pinned call's frame, 0 when none is active — so the
+    /// running thread borrows the CPU exactly when it is not 0 (`PinSwitch::is_borrower`;
+    /// other CPUs read it for `PinSwitch::borrower_of`).
+    pin_ctx: AtomicUsize,
+    /// Free (offset 48).
+    _free: usize,
     /// The level from before the outermost spin mutex (offset 56; `ci_mtx_oldspl`).
     mtx_oldspl: u32,
     _unused: u32,
@@ -65,9 +68,6 @@ pub struct PerCpu {
     /// interrupt in or out, and the pinned call's `asm!` pushes it, zeroes it and pops it back
     /// around `intr_pin_call`.
     intr_depth: usize,
-    /// Pinned calls lent on this CPU (offset 80; `PinSwitch::pin_calls`): counted by
-    /// `intr_pin_call` on the way in. Read by other CPUs for statistics only.
-    pin_calls: AtomicU64,
     /// This CPU's local APIC id.
     pub lapic_id: AtomicU32,
 }
@@ -78,13 +78,11 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, ipl) == 24);
     assert!(core::mem::offset_of!(PerCpu, pending) == 32);
     assert!(core::mem::offset_of!(PerCpu, pin_ctx) == 40);
-    assert!(core::mem::offset_of!(PerCpu, pin) == 48);
+    assert!(core::mem::offset_of!(PerCpu, _free) == 48);
     assert!(core::mem::offset_of!(PerCpu, mtx_count) == 28);
     assert!(core::mem::offset_of!(PerCpu, mtx_oldspl) == 56);
     assert!(core::mem::offset_of!(PerCpu, sched_word) == 64);
     assert!(core::mem::offset_of!(PerCpu, intr_depth) == 72);
-    assert!(core::mem::offset_of!(PerCpu, pin_calls) == 80);
-    assert!(core::mem::offset_of!(machine::PinSlots, borrows) == 0);
 };
 
 /// Number of CPUs brought up so far (the BSP counts from the start).
@@ -124,14 +122,13 @@ pub fn init_this_cpu(index: usize, lapic_id: u32) {
         curthread: AtomicUsize::new(0),
         ipl: 0,
         pending: 0,
-        pin_ctx: 0,
-        pin: machine::PinSlots::new(),
+        pin_ctx: AtomicUsize::new(0),
+        _free: 0,
         mtx_count: 0,
         mtx_oldspl: 0,
         _unused: 0,
         sched_word: 0,
         intr_depth: 0,
-        pin_calls: AtomicU64::new(0),
         lapic_id: AtomicU32::new(lapic_id),
     }));
     pc.self_ptr = pc as *mut PerCpu as usize;
@@ -319,15 +316,6 @@ pub fn set_pin_ctx(v: usize) {
     unsafe { asm!("mov gs:[40], {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
-/// One borrow fewer on the running CPU (offset 48; the scheduler's block path, interrupts
-/// disabled).
-#[inline]
-pub fn pin_borrow_out() {
-    // SAFETY: as in `index`; offset 48 is `pin.borrows`, written only by its own CPU with
-    // interrupts disabled (other CPUs only read it).
-    unsafe { asm!("dec qword ptr gs:[48]", options(nostack)) };
-}
-
 /// Sets the running CPU's interrupt depth (offset 72): the block path puts the depth the
 /// pinned call set aside back.
 #[inline]
@@ -363,14 +351,9 @@ fn percpu_of(index: usize) -> Option<&'static PerCpu> {
 #[inline]
 pub fn borrower_of(index: usize) -> usize {
     match percpu_of(index) {
-        Some(c) if c.pin.borrows() != 0 => c.curthread.load(Ordering::Relaxed),
+        Some(c) if c.pin_ctx.load(Ordering::Relaxed) != 0 => c.curthread.load(Ordering::Relaxed),
         _ => 0,
     }
-}
-
-/// CPU `index`'s count of pinned calls lent (0 if it is not set up).
-pub fn pin_calls(index: usize) -> u64 {
-    percpu_of(index).map_or(0, |c| c.pin_calls.load(Ordering::Relaxed))
 }
 
 /// The running CPU's interrupt depth (offset 72).
@@ -395,15 +378,6 @@ pub fn intr_depth_exit() -> usize {
     let v: usize;
     // SAFETY: as in `intr_depth_enter`.
     unsafe { asm!("dec qword ptr gs:[72]", "mov {}, gs:[72]", out(reg) v, options(nostack)) };
-    v
-}
-
-/// The running CPU's `PinSlots::borrows` (offset 48 of its `PerCpu`).
-#[inline]
-pub fn pin_borrows() -> usize {
-    let v: usize;
-    // SAFETY: as in `index`; offset 48 is `pin.borrows`.
-    unsafe { asm!("mov {}, gs:[48]", out(reg) v, options(nostack, preserves_flags, readonly)) };
     v
 }
 

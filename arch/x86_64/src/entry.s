@@ -9,8 +9,8 @@
 # Protocol common to 4 and 5: called from Rust in ring 0, interrupts disabled — section 4 with
 # the System V ABI, section 5 through an `asm!` call with its own register convention (see
 # there) — GS base = this CPU's `PerCpu` (%gs:16 is `curthread`, %gs:24 the IPL and %gs:28 the
-# spin-mutex count, %gs:40 the pinned context, %gs:48 the pinned switch's `PinSlots`, the
-# borrows count, %gs:72 the interrupt depth, %gs:80 the pinned calls lent; cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
+# spin-mutex count, %gs:40 the pinned context (non-zero exactly while a pinned call is
+# active), %gs:72 the interrupt depth; cpu.rs). A switched-out thread's context is its stack pointer; its stack holds, from that
 # pointer up, r15, r14, r13, r12, rbx, rbp and a return address (the "switch frame"):
 # `context_switch` pops it and returns 0 in %eax (which only section 5's frame looks at: 0 is
 # "blocked"). Section 5 saves the interrupted thread in that frame's format (writing only the
@@ -291,13 +291,13 @@ thread_trampoline:
 #    intr_pin_end_borrowing_more                  the same, answering 4 (ReturnedMore:
 #                                                 `PinSwitch::pin_end_borrowing_more`)
 #
-#    `PinCall` (repr C): 0 state (0 parked, 1 blocked, else borrowing), 8 thread, 16 stack
+#    `PinCall` (repr C): 0 state (even parked, odd a call under way; counted up by one at
+#    each change, so it also counts the calls: `PinCall::calls`), 8 thread, 16 stack
 #    top, 24 body, 32 level. Per CPU: %gs:16 curthread, %gs:24 the IPL (32 bits) and %gs:28
 #    the spin-mutex count (counted down from 0; cpu.rs), %gs:40 the pinned context
-#    (`PerCpu::pin_ctx`), %gs:48 the borrows (`PinSlots::borrows`: how many pinned calls
-#    are active on this CPU, nested; the running thread borrows the CPU exactly when it is
-#    not 0), %gs:72 the interrupt depth (`Machine::intr_depth`), %gs:80 the calls lent
-#    (`PinSwitch::pin_calls`). Caller:
+#    (`PerCpu::pin_ctx`: the innermost active pinned call's frame, 0 when none is active —
+#    the running thread borrows the CPU exactly when it is not 0), %gs:72 the interrupt
+#    depth (`Machine::intr_depth`). Caller:
 #    `PinSwitch::pin_call` and `pin_call_leveled` only, through an `asm!` call that declares everything but %rbx,
 #    %rbp and %rsp clobbered — the C ABI's caller-saved registers and r12..r15 too;
 #    interrupts disabled, on the running thread's stack.
@@ -305,25 +305,25 @@ thread_trampoline:
 #        level, or spin mutexes are held (its high half, the count): return 3 (Level),
 #        nothing done. (`intr_pin_call_leveled` starts after this test: its caller made it,
 #        interrupts disabled since.)
-#      - state non-zero (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
+#      - state odd (the thread borrows a CPU or is blocked): return 2 (Busy), nothing
 #        done. Both leave %rdi and %rsi as they came.
-#      - else count the call and build a switch frame of section 4 on the running stack —
+#      - else build a switch frame of section 4 on the running stack —
 #        rbp and rbx in their slots, the running thread in r12's, the previous pinned context
 #        in r13's, the interrupt depth in r14's, the call in r15's — so borrows nest: the
 #        running thread may itself be a borrowing interrupt thread. Its address becomes
-#        %gs:40; the depth 0 (the borrower runs in thread context: the exit of an interrupt
-#        nested in it is its preemption point); the borrows one more; curthread and the
-#        call's state become the thread; %rsp its stack top (nothing on it); interrupts are
+#        %gs:40 (so it is not 0 while the call is active); the depth 0 (the borrower runs in
+#        thread context: the exit of an interrupt nested in it is its preemption point);
+#        curthread becomes the thread and the call's state odd; %rsp its stack top (nothing on it); interrupts are
 #        enabled and body(a0, a1) runs.
 #      - body ends (the fast path): with interrupts disabled it calls `intr_pin_end`
 #        (`Scheduler::pin_end`), which tests in the same interrupt-disabled sequence that
-#        the running thread is still the borrower (the borrows not 0: a thread that stopped
-#        borrowing — it blocked or was preempted — runs again only once every borrow on its
-#        CPU has ended, and an ordinary thread never runs while one is active). If so it
+#        the running thread is still the borrower (%gs:40 not 0: a thread that stopped
+#        borrowing — it blocked or was preempted — runs again only once every pinned call on
+#        its CPU has ended, and an ordinary thread never runs while one is active). If so it
 #        leaves the body's stack as it is (the next call starts at the top again), takes the
 #        frame at %gs:40 — the innermost call's, the running thread's own — parks the call's
-#        state (the frame's r15 slot), pops the depth back, counts the borrow out, pops the
-#        pinned context and curthread back from the frame (then rbx and rbp), and returns
+#        state (the frame's r15 slot), pops the depth, the pinned context (0 again unless
+#        an outer call is active) and curthread back from the frame (then rbx and rbp), and returns
 #        from `intr_pin_call` with 1
 #        (Returned). If not (the thread blocked or was preempted
 #        during the call: its frame is gone, resumed by the thread underneath), it returns to
@@ -338,9 +338,9 @@ thread_trampoline:
 #        interrupts off, the same borrower test, then the same return as `intr_pin_end`'s;
 #        if the thread no longer borrows the CPU, `intr_pin_bad_return` panics naming it
 #        rather than jump through a frame that is gone.
-#      - body blocks: the scheduler finds the CPU borrowed, sets the call's state to 1, makes
+#      - body blocks: the scheduler finds the CPU borrowed (the call's state stays odd), makes
 #        the thread an ordinary thread, puts the depth and the pinned context back from the
-#        frame and counts the borrow out (`PinSwitch::pin_switch_under`) and
+#        frame (`PinSwitch::pin_switch_under`) and
 #        `context_switch`es to the frame
 #        (the context %gs:40 held): it pops (r12..r15 get the frame's words, which the caller
 #        treats as clobbered) and `ret` returns from this call with %eax = 0 (Blocked),
@@ -356,9 +356,8 @@ intr_pin_call:
     jne 8f
 .global intr_pin_call_leveled
 intr_pin_call_leveled:                  # the caller made the level test
-    cmpq $0, (%rdx)                     # parked?
+    testq $1, (%rdx)                    # parked (state even)?
     jne 9f
-    incq %gs:80                         # one more pinned call lent (PinSwitch::pin_calls)
     pushq %rbp
     pushq %rbx
     pushq %gs:16                        # r12's slot: the running thread
@@ -367,15 +366,14 @@ intr_pin_call_leveled:                  # the caller made the level test
     pushq %rdx                          # r15's slot: the call
     movq %rsp, %gs:40                   # the pinned thread's context
     movq $0, %gs:72                     # the borrower runs at interrupt depth 0
-    incq %gs:48                         # one more borrow on this CPU
     movq 8(%rdx), %rax
     movq %rax, %gs:16                   # curthread = the interrupt thread
-    movq %rax, (%rdx)                   # state = borrowing
+    incq (%rdx)                         # state odd: a call under way (and one more counted)
     movq 16(%rdx), %rsp                 # its stack
     sti
     call *24(%rdx)                      # body(a0, a1)
     cli                                 # a body that returned instead of ending through
-    cmpq $0, %gs:48                     # intr_pin_end: the same check, but a panic if the
+    cmpq $0, %gs:40                     # intr_pin_end: the same check, but a panic if the
     jne .Lpin_end_return                # thread no longer borrows the CPU
     movq %gs:16, %rdi                   # a body returned after its thread stopped borrowing
     call intr_pin_bad_return            # (blocked or preempted): the frame is gone; panics
@@ -386,7 +384,7 @@ intr_pin_call_leveled:                  # the caller made the level test
 
 .global intr_pin_end
 intr_pin_end:
-    cmpq $0, %gs:48                     # does the running thread still borrow the CPU?
+    cmpq $0, %gs:40                     # does the running thread still borrow the CPU?
     je 1f
 .Lpin_end_return:
 .global intr_pin_end_borrowing
@@ -395,9 +393,8 @@ intr_pin_end_borrowing:                 # the body tested the borrower itself, i
 .Lpin_end_answer:                       # %eax: the answer
     movq %gs:40, %rsp                   # back on the pinned stack: the body's is abandoned
     popq %rcx                           # r15's slot: the call
-    movq $0, (%rcx)                     # state = parked
+    incq (%rcx)                         # state even: parked
     popq %gs:72                         # r14's slot: the interrupt depth
-    decq %gs:48                         # one borrow fewer
     popq %gs:40                         # r13's slot: the previous pinned context
     popq %gs:16                         # r12's slot: curthread = the pinned thread
     popq %rbx

@@ -218,10 +218,10 @@ impl Machine for X86_64 {
 extern "C" fn intr_pin_bad_return(thread: usize) -> ! {
     panic!(
         "pinned call: the body of interrupt thread {:#x} returned after the thread stopped borrowing \
-         CPU {} (it blocked or was preempted: the frame it returns into is gone; borrows now {})",
+         CPU {} (it blocked or was preempted: the frame it returns into is gone; pinned context now {:#x})",
         thread,
         cpu::index(),
-        cpu::pin_borrows(),
+        cpu::pin_ctx(),
     )
 }
 
@@ -317,9 +317,8 @@ impl machine::PinSwitch for X86_64 {
                 "mov eax, 1",                 // PinOutcome::Returned
                 "mov rsp, qword ptr gs:[40]", // back on the pinned stack: this one is left
                 "pop rcx",                    // r15's slot: the call
-                "mov qword ptr [rcx], 0",     // state = parked
+                "inc qword ptr [rcx]",        // state even: parked
                 "pop qword ptr gs:[72]",      // r14's slot: the interrupt depth
-                "dec qword ptr gs:[48]",      // one borrow fewer
                 "pop qword ptr gs:[40]",      // r13's slot: the previous pinned context
                 "pop qword ptr gs:[16]",      // r12's slot: curthread = the pinned thread
                 "pop rbx",
@@ -338,27 +337,18 @@ impl machine::PinSwitch for X86_64 {
         unsafe { asm!("jmp intr_pin_end_borrowing_more", options(noreturn)) }
     }
 
-    fn pin_calls(cpu: usize) -> u64 {
-        cpu::pin_calls(cpu)
-    }
-
     #[inline]
     fn borrower_of(cpu: usize) -> usize {
         cpu::borrower_of(cpu)
     }
 
-    #[inline]
-    fn pin_borrows() -> usize {
-        cpu::pin_borrows()
-    }
-
     #[inline(always)]
     fn is_borrower() -> bool {
-        // SAFETY: %gs:48 is this CPU's borrows word (cpu.rs); one read of the running CPU's
-        // own word.
+        // SAFETY: %gs:40 is this CPU's pinned context word, 0 exactly when no pinned call is
+        // active (cpu.rs); one read of the running CPU's own word.
         unsafe {
             asm!(
-                "cmp qword ptr gs:[48], 0",
+                "cmp qword ptr gs:[40], 0",
                 "je {no}",
                 no = label { return false },
                 options(nostack, readonly),
@@ -376,7 +366,6 @@ impl machine::PinSwitch for X86_64 {
         // interrupt depth it set aside and the previous pinned context.
         let (depth, prev_ctx) = unsafe { (*w.add(1), *w.add(2)) };
         cpu::set_intr_depth(depth);
-        cpu::pin_borrow_out();
         cpu::set_pin_ctx(prev_ctx);
         // SAFETY: per the trait contract; `frame` is the context `intr_pin_call` saved for the
         // thread under us (a switch frame of section 4), read before the slot was changed;

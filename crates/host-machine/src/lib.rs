@@ -89,7 +89,7 @@ use std::sync::{
 use std::time::{Duration, Instant};
 
 use ipl::{Ipl, IplCpu, SplState};
-use machine::{IntrOff, Machine, PinCall, PinOutcome, PinSlots, PinSwitch, MAX_CPUS};
+use machine::{IntrOff, Machine, PinCall, PinOutcome, PinSwitch, MAX_CPUS};
 use sched::{Priority, Scheduler};
 use sync::SyncState;
 
@@ -157,14 +157,11 @@ struct HostCpu {
     posted: [AtomicU64; 4],
     /// EOIs sent by the interrupt path on this CPU.
     eois: AtomicU64,
-    /// The pinned switch's words ([`PinSwitch`]).
-    pin: PinSlots,
-    /// The innermost active pinned call's frame (null: none).
+    /// The innermost active pinned call's frame (null: none; so not null exactly while the
+    /// running thread borrows the CPU, `PinSwitch::is_borrower`).
     pin_frame: AtomicPtr<PinFrame>,
     /// `Machine::intr_depth`: read and written only by the CPU's holder.
     intr_depth: AtomicUsize,
-    /// `PinSwitch::pin_calls`.
-    pin_calls: AtomicU64,
     /// When the next clock tick is due (`now_ns` time). Touched only by the CPU's holder.
     next_tick_ns: AtomicU64,
     /// Interrupts taken, for diagnostics.
@@ -650,13 +647,13 @@ impl Runner {
             // (`Scheduler::pin_return`); one that blocked or was preempted has had its frame
             // resumed from by the thread underneath: the frame is gone (x86_64's
             // `intr_pin_bad_return` says the same).
-            let borrows = c.pin.borrows();
+            let frame = c.pin_frame.load(Ordering::Relaxed);
             let running = c.curthread.load(Ordering::Relaxed) as usize;
             assert!(
-                borrows != 0 && running == job.thread,
+                core::ptr::eq(frame, job.frame) && running == job.thread,
                 "pinned call: the body of interrupt thread {:#x} returned after the thread stopped \
                  borrowing CPU {cpu} (it blocked or was preempted: the frame it returns into is \
-                 gone; borrows now {borrows}, running {running:#x})",
+                 gone; pinned frame now {frame:p}, running {running:#x})",
                 job.thread
             );
             // SAFETY: the frame lives until its pinned thread has its baton back (below); `f`
@@ -664,9 +661,9 @@ impl Runner {
             // `Arc`, not through the frame.
             let f = unsafe { &*job.frame };
             // SAFETY: the descriptor outlives its thread's calls (pin_call's contract).
-            unsafe { (*f.call).state.store(0, Ordering::Release) };
+            // (Odd since the call began: even again, parked.)
+            unsafe { (*f.call).state.fetch_add(1, Ordering::Release) };
             c.curthread.store(f.under as *mut (), Ordering::Relaxed);
-            c.pin.borrows.fetch_sub(1, Ordering::Relaxed);
             c.pin_frame.store(f.prev_frame, Ordering::Relaxed);
             // Our own reference to the baton: once `give` wakes the pinned thread, `pin_call`
             // returns and drops the frame (and, with it, the frame's reference) while `give`
@@ -703,14 +700,13 @@ impl PinSwitch for HostMachine {
         if c.ipl.load(Ordering::Relaxed) as usize != call.level || c.mtx_count.load(Ordering::Relaxed) != 0 {
             return (PinOutcome::Level, a0, a1);
         }
-        if call.state.load(Ordering::Acquire) != 0 {
+        if call.state.load(Ordering::Acquire) & 1 != 0 {
             return (PinOutcome::Busy, a0, a1);
         }
         let thread = call.thread;
         // As x86_64's `asm!` around `intr_pin_call`: the borrower runs at interrupt depth 0,
         // and the lending context's depth is back on every answer (below).
         let depth = c.intr_depth.swap(0, Ordering::Relaxed);
-        c.pin_calls.fetch_add(1, Ordering::Relaxed);
         let mut frame = PinFrame {
             ctx: HostContext::new(),
             under: c.curthread.load(Ordering::Relaxed),
@@ -721,8 +717,7 @@ impl PinSwitch for HostMachine {
         };
         let fp: *mut PinFrame = &mut frame;
         c.pin_frame.store(fp, Ordering::Relaxed);
-        c.pin.borrows.fetch_add(1, Ordering::Relaxed);
-        call.state.store(thread.addr(), Ordering::Relaxed);
+        call.state.fetch_add(1, Ordering::Relaxed); // odd: a call under way (and counted)
         c.curthread.store(thread as *mut (), Ordering::Relaxed);
         let runner = lock(&sys.runners).pop().unwrap_or_else(|| Runner::spawn(sys));
         HERE.set((Some(sys), NO_CPU));
@@ -783,33 +778,23 @@ impl PinSwitch for HostMachine {
         top_frame().more.store(true, Ordering::Relaxed);
     }
 
-    fn pin_calls(cpu: usize) -> u64 {
-        let sys = this_system();
-        sys.cpus.get(cpu).map_or(0, |c| c.pin_calls.load(Ordering::Relaxed))
-    }
-
     fn borrower_of(cpu: usize) -> usize {
         let sys = this_system();
         match sys.cpus.get(cpu) {
-            Some(c) if cpu < sys.ncpus && c.pin.borrows() != 0 => {
+            Some(c) if cpu < sys.ncpus && !c.pin_frame.load(Ordering::Relaxed).is_null() => {
                 c.curthread.load(Ordering::Relaxed) as usize
             }
             _ => 0,
         }
     }
 
-    fn pin_borrows() -> usize {
-        this_cpu().pin.borrows()
-    }
-
     fn is_borrower() -> bool {
-        this_cpu().pin.borrows() != 0
+        !this_cpu().pin_frame.load(Ordering::Relaxed).is_null()
     }
 
     unsafe fn pin_switch_under(from: *mut HostContext) {
         let f = top_frame();
         let c = this_cpu();
-        c.pin.borrows.fetch_sub(1, Ordering::Relaxed);
         c.pin_frame.store(f.prev_frame, Ordering::Relaxed);
         // SAFETY: per the trait contract; the frame stays alive until its pinned thread has
         // its baton (it waits for it in `pin_call`).
@@ -1039,10 +1024,8 @@ impl HostSystem {
                 intr_enabled: AtomicBool::new(false),
                 posted: [const { AtomicU64::new(0) }; 4],
                 eois: AtomicU64::new(0),
-                pin: PinSlots::new(),
                 pin_frame: AtomicPtr::new(std::ptr::null_mut()),
                 intr_depth: AtomicUsize::new(0),
-                pin_calls: AtomicU64::new(0),
                 next_tick_ns: AtomicU64::new(now + TICK_NS),
                 interrupts: AtomicU64::new(0),
                 ipis_taken: AtomicU64::new(0),

@@ -72,10 +72,12 @@ impl Drop for IntrOff {
 #[repr(C)]
 #[derive(Debug)]
 pub struct PinCall {
-    /// 0: parked (a pinned call may start); [`PinCall::BLOCKED`]: it blocked in a pinned
-    /// call and is an ordinary thread until it parks; otherwise the thread's address: it
-    /// borrows a CPU. Set by `pin_call` (to the thread, and back to 0 when the body returns),
-    /// by the scheduler's block path (to `BLOCKED`) and by the thread when it parks (to 0).
+    /// Even: parked (a pinned call may start); odd: a call is under way — the thread borrows
+    /// a CPU, or it blocked (or was preempted) in its call and goes on as an ordinary thread
+    /// until it parks. Counted up by one at each change: `pin_call` makes it odd as the call
+    /// starts and even again when the body ends, and a thread that blocked makes it even when
+    /// it parks. So it is also the thread's count of calls ([`PinCall::calls`]), with no
+    /// counter of its own on the pinned path.
     pub state: AtomicUsize,
     /// The thread (what [`Machine::curthread`] returns while it runs).
     pub thread: *const (),
@@ -95,9 +97,6 @@ unsafe impl Send for PinCall {}
 unsafe impl Sync for PinCall {}
 
 impl PinCall {
-    /// [`PinCall::state`]: blocked in a pinned call.
-    pub const BLOCKED: usize = 1;
-
     /// A parked interrupt thread.
     pub fn new(thread: *const (), stack_top: usize, body: extern "C" fn(usize, usize), level: usize) -> Self {
         PinCall { state: AtomicUsize::new(0), thread, stack_top, body, level }
@@ -105,7 +104,12 @@ impl PinCall {
 
     /// Whether a pinned call may start on it now.
     pub fn is_parked(&self) -> bool {
-        self.state.load(Ordering::Acquire) == 0
+        self.state.load(Ordering::Acquire) & 1 == 0
+    }
+
+    /// How many pinned calls it has been lent (the one under way included).
+    pub fn calls(&self) -> u64 {
+        (self.state.load(Ordering::Relaxed) as u64).div_ceil(2)
     }
 
     /// A descriptor no pinned call ever starts on: its state is never parked (a pinned call
@@ -114,7 +118,7 @@ impl PinCall {
     /// so that the lookup needs no null test.
     pub const fn never_parked() -> Self {
         PinCall {
-            state: AtomicUsize::new(Self::BLOCKED),
+            state: AtomicUsize::new(1),
             thread: core::ptr::null(),
             stack_top: 0,
             body: never_called,
@@ -126,33 +130,6 @@ impl PinCall {
 /// [`PinCall::never_parked`]'s body: no call starts on that descriptor.
 extern "C" fn never_called(_: usize, _: usize) {
     unreachable!("a pinned call started on a never-parked descriptor");
-}
-
-/// One CPU's word of the pinned switch ([`PinSwitch::pin_call`]), kept where the machine's
-/// entry code reaches it in one instruction (x86_64: `%gs:48`, entry.s). `#[repr(C)]`.
-#[repr(C)]
-#[derive(Debug, Default)]
-pub struct PinSlots {
-    /// How many pinned calls are active on the CPU, nested (0: it is not lent). While it is
-    /// not 0 the CPU's running thread ([`Machine::curthread`]) is the innermost borrower: a
-    /// thread that stopped borrowing (it blocked or was preempted) runs again only once every
-    /// borrow on its CPU has ended, and no other thread runs while one is active. So "does
-    /// the running thread borrow its CPU" is one compare of this word with 0. Written only by
-    /// its own CPU with interrupts disabled (`pin_call` on the way in and out, the scheduler's
-    /// block path); read by other CPUs ([`PinSwitch::borrower_of`]).
-    pub borrows: AtomicUsize,
-}
-
-impl PinSlots {
-    /// Not borrowed.
-    pub const fn new() -> Self {
-        PinSlots { borrows: AtomicUsize::new(0) }
-    }
-
-    /// How many pinned calls are active on the CPU (0: not lent).
-    pub fn borrows(&self) -> usize {
-        self.borrows.load(Ordering::Relaxed)
-    }
 }
 
 /// What [`PinSwitch::pin_call`] did. `#[repr(u32)]`: assembly returns it in `%eax`.
@@ -293,24 +270,23 @@ pub trait PinSwitch: Machine {
     /// CPU is at `call.level` (its `ipl::IplCpu` word) and holds no spin mutex (its
     /// `ipl::IplCpu::mtx_state` count; else [`PinOutcome::Level`]: the caller sets the level
     /// and the spin-mutex state aside and calls again, or queues) and `call`'s
-    /// thread is parked ([`PinCall::state`] 0; else [`PinOutcome::Busy`]), lends the CPU to
+    /// thread is parked ([`PinCall::state`] even; else [`PinOutcome::Busy`]), lends the CPU to
     /// that thread for one call of `body(a0, a1)` on its stack, without a scheduler switch.
     /// Saves the running thread's callee-saved registers in a frame that [`Machine::switch`]
     /// can resume, together with this CPU's previous pinned context and its interrupt depth
     /// (so borrows nest: the running thread may itself be a borrowing interrupt thread);
-    /// makes that frame this CPU's pinned context ([`PinSwitch::pin_switch_under`]), counts
-    /// one more borrow ([`PinSlots::borrows`]), makes the thread the current thread
-    /// ([`Machine::curthread`]) and its state the thread; switches to its stack top, enables
-    /// interrupts and calls `body`. `body` ends with interrupts disabled and its thread still
+    /// makes that frame this CPU's pinned context ([`PinSwitch::pin_switch_under`]; not null
+    /// exactly while a pinned call is active, which is what [`PinSwitch::is_borrower`]
+    /// tests), makes the thread the current thread ([`Machine::curthread`]) and its state odd;
+    /// switches to its stack top, enables interrupts and calls `body`. `body` ends with interrupts disabled and its thread still
     /// the borrower: through [`PinSwitch::pin_end`] (`Scheduler::pin_end`), or by returning
-    /// (`Scheduler::pin_return`) — the machine then checks the borrows word and panics,
-    /// naming the thread, if not. When it ends: the state parked, the previous stack, current
-    /// thread, depth and pinned context back, one borrow fewer, and this answers
-    /// [`PinOutcome::Returned`].
-    /// If instead the thread blocks inside `body`, the scheduler sets its state to
-    /// [`PinCall::BLOCKED`] and resumes the thread under it by
+    /// (`Scheduler::pin_return`) — the machine then checks that again and panics, naming the
+    /// thread, if not. When it ends: the state parked, the previous stack, current thread,
+    /// depth and pinned context back, and this answers [`PinOutcome::Returned`].
+    /// If instead the thread blocks inside `body`, its state stays odd (not parked) and the
+    /// scheduler resumes the thread under it by
     /// [`PinSwitch::pin_switch_under`] (which puts the interrupt depth and pinned context
-    /// back and counts the borrow out): this call then answers [`PinOutcome::Blocked`] (interrupts disabled) and the
+    /// back): this call then answers [`PinOutcome::Blocked`] (interrupts disabled) and the
     /// thread goes on later as an ordinary thread (its `body` must then never return into
     /// this frame; it parks its state when it is done).
     ///
@@ -318,7 +294,7 @@ pub trait PinSwitch: Machine {
     /// ([`Machine::intr_depth`]) is 0 — the exit of an interrupt nested in the borrower and
     /// `preempt_check` are its preemption points — and the lending context's depth is back
     /// when the call answers, whatever the answer. A call that lends the CPU (every answer
-    /// but `Busy` and `Level`) is counted ([`PinSwitch::pin_calls`]).
+    /// but `Busy` and `Level`) is counted by the state word ([`PinCall::calls`]).
     ///
     /// Answers `(outcome, a0, a1)`: for `Busy` and `Level` the arguments are handed back
     /// (the caller need not keep them across the call); otherwise those two are meaningless.
@@ -376,28 +352,23 @@ pub trait PinSwitch: Machine {
     /// As [`PinSwitch::pin_end_borrowing`]'s.
     unsafe fn pin_end_borrowing_more();
 
-    /// How many pinned calls CPU `cpu` has lent (answered `Returned`, `ReturnedMore` or
-    /// `Blocked`): the machine counts each on the way in (x86_64: one `inc` of `%gs:80`); 0
-    /// for a CPU not set up.
-    fn pin_calls(cpu: usize) -> u64;
-
-    /// The thread CPU `cpu` is lent to now — its running thread, if its
-    /// [`PinSlots::borrows`] is not 0 — or 0 (not lent, or not set up). A snapshot, for
-    /// other CPUs (`Scheduler::is_running`, `ps`).
+    /// The thread CPU `cpu` is lent to now — its running thread, if a pinned call is active
+    /// there — or 0 (not lent, or not set up). A snapshot, for other CPUs
+    /// (`Scheduler::is_running`, `ps`).
     fn borrower_of(cpu: usize) -> usize;
 
-    /// This CPU's [`PinSlots::borrows`] (one per-CPU load).
-    fn pin_borrows() -> usize;
-
-    /// Whether the running thread borrows this CPU: [`PinSwitch::pin_borrows`] is not 0
-    /// (x86_64: one compare of `%gs:48` with 0, a branch). From thread context, or from an
-    /// interrupt nested in the borrower (whose CPU it still is).
+    /// Whether the running thread borrows this CPU: a pinned call is active on it (x86_64:
+    /// the pinned context word, `%gs:40`, compared with 0, a branch). From thread context, or
+    /// from an interrupt nested in the borrower (whose CPU it still is). Why an active call
+    /// means the running thread is its borrower: a thread that stopped borrowing (it blocked
+    /// or was preempted, which ends its call) runs again only once every pinned call on its
+    /// CPU has ended, and no other thread runs while one is active.
     fn is_borrower() -> bool;
 
     /// The borrower leaves the CPU (it blocks or is preempted; the scheduler's block path):
     /// puts back this CPU's interrupt depth and pinned context from the innermost active
-    /// pinned call's frame and counts the borrow out, then saves the running thread into
-    /// `*from` and resumes the thread
+    /// pinned call's frame, then saves the running thread into `*from` and resumes the
+    /// thread
     /// directly under it from that frame, as [`Machine::switch`] does — its
     /// [`PinSwitch::pin_call`] answers [`PinOutcome::Blocked`].
     ///

@@ -35,7 +35,7 @@
 //!   migrates with the thread; the scheduler never preempts a thread whose count is non-zero.
 //! * **Pinned interrupt threads** ([`Scheduler::pin_call`]): an interrupt may lend its CPU to
 //!   an interrupt thread for one handler run. The scheduler records only that the CPU is
-//!   borrowed (a per-CPU count, the machine's [`machine::PinSlots`]); the thread underneath stays its current thread. Everything
+//!   borrowed (the machine's per-CPU pinned context, not null while a pinned call is active); the thread underneath stays its current thread. Everything
 //!   else happens only if the interrupt thread blocks (`schedule_borrowed`).
 //! * The global allocator must be callable with interrupts disabled (spawning and some wait
 //!   lists allocate).
@@ -142,6 +142,9 @@ pub struct CpuSched<E: SchedEnv> {
     kick_preempts: AtomicU64,
     /// Borrowers preempted (`schedule_borrowed(Preempt)`).
     borrow_preempts: AtomicU64,
+    /// The interrupt threads bound to this CPU (`new_ithread`'s leaked descriptors, linked
+    /// through `PinThread::next`; push only): `cpu_stats` sums their calls.
+    pin_threads: core::sync::atomic::AtomicPtr<pinned::PinThread<E>>,
     /// Threads that went into a timed sleep on this CPU, with their deadline (ns). Unsorted:
     /// few sleep with a timeout. Per CPU, as FreeBSD's per-CPU callout wheels: this CPU's
     /// clock interrupt comes for these deadlines only, and takes only this lock.
@@ -189,6 +192,7 @@ impl<E: SchedEnv> CpuSched<E> {
             kicked: AtomicBool::new(false),
             kick_preempts: AtomicU64::new(0),
             borrow_preempts: AtomicU64::new(0),
+            pin_threads: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
             sleepers: SpinLock::new(Vec::new()),
             next_deadline: AtomicU64::new(u64::MAX),
             local: UnsafeCell::new(CpuLocal {
@@ -525,7 +529,7 @@ impl<E: SchedEnv> Scheduler<E> {
         let local = unsafe { c.local() };
         if target != cpu
             || E::M::intr_depth() == 0
-            || E::M::pin_borrows() != 0
+            || E::M::is_borrower()
             || local.handoff.is_some()
             || t.pri.load(Ordering::Relaxed) <= c.cur_pri.load(Ordering::Relaxed)
         {
@@ -618,9 +622,7 @@ impl<E: SchedEnv> Scheduler<E> {
     #[inline(never)]
     fn borrower_preemptible(&self) -> bool {
         let spl = E::spl();
-        E::M::pin_borrows() != 0
-            && spl.spin_count() == 0
-            && self.borrow_level() == Some(spl.current() as usize)
+        E::M::is_borrower() && spl.spin_count() == 0 && self.borrow_level() == Some(spl.current() as usize)
     }
 
     /// Switches away now if this CPU was asked to reschedule and we may be preempted.
@@ -942,7 +944,7 @@ impl<E: SchedEnv> Scheduler<E> {
     pub fn tick(&'static self, io: &IntrOff) {
         let c = self.this_cpu();
         c.ticks.fetch_add(1, Ordering::Relaxed);
-        if E::M::pin_borrows() != 0
+        if E::M::is_borrower()
             && self.current().pri.load(Ordering::Relaxed) < c.cur_pri.load(Ordering::Relaxed)
         {
             // A borrower less urgent than the thread it pinned (a soft interrupt on top of an
@@ -1020,7 +1022,7 @@ impl<E: SchedEnv> Scheduler<E> {
             switches: c.switches.load(Ordering::Relaxed),
             resched_ipis: c.resched_ipis.load(Ordering::Relaxed),
             kick_preempts: c.kick_preempts.load(Ordering::Relaxed),
-            pin_switches: E::M::pin_calls(cpu),
+            pin_switches: self.pin_calls_on(c),
             borrow_preempts: c.borrow_preempts.load(Ordering::Relaxed),
             queued: c.nqueued.load(Ordering::Relaxed),
         }
@@ -1063,7 +1065,7 @@ impl<E: SchedEnv> Scheduler<E> {
     #[inline(always)]
     fn schedule_body(&'static self, reason: Reason, io: &IntrOff) {
         let cpu = E::M::cpu_index();
-        if E::M::pin_borrows() != 0 {
+        if E::M::is_borrower() {
             self.schedule_borrowed(reason, io);
             return;
         }

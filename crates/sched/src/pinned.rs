@@ -8,15 +8,14 @@
 //! * **Who.** An interrupt thread ([`Scheduler::new_ithread`]) is bound to a CPU and described
 //!   by its [`PinCall`]: its state word (0 parked, [`PinCall::BLOCKED`], or its own address
 //!   while it borrows a CPU), its stack top, its body and the level the CPU must be at. A CPU
-//!   has one borrows word ([`PinSlots::borrows`]: how many pinned calls are active on it,
-//!   nested — the running thread borrows the CPU exactly when it is not 0) and one
-//!   pinned-context slot (the frame of the innermost active pinned call).
+//!   has one pinned-context slot (the frame of the innermost active pinned call, null when
+//!   none is: the running thread borrows the CPU exactly when it is not null,
+//!   [`PinSwitch::is_borrower`]).
 //! * **Lend** ([`Scheduler::pin_call`], interrupts disabled, the CPU at the thread's level):
 //!   the machine saves the running thread's callee-saved registers in a frame that
 //!   [`Machine::switch`] can resume, together with the previous pinned context and the
-//!   interrupt depth (the borrower runs at depth 0), makes that frame the CPU's pinned
-//!   context and counts one more borrow; the interrupt thread becomes the current thread and
-//!   its own state; the machine switches to the
+//!   interrupt depth (the borrower runs at depth 0) and makes that frame the CPU's pinned
+//!   context; the interrupt thread becomes the current thread and its own state; the machine switches to the
 //!   top of its stack, enables interrupts and calls its body. No run queue, no thread state,
 //!   no scheduler `current` changes: the interrupted thread stays pinned underneath. Interrupts
 //!   at or below the level that arrive meanwhile are deferred by the SPL layer and replayed
@@ -36,7 +35,7 @@
 //!   framework's interrupt-thread body: one test decides both its handler accounting and the
 //!   end), or through [`Scheduler::pin_end_borrowing_more`], the same answering
 //!   [`PinOutcome::ReturnedMore`] (it queued work its caller is to look for). A body may instead decide with [`Scheduler::pin_return`] and return, interrupts
-//!   still disabled; the machine then checks the borrows word again (a body that returns
+//!   still disabled; the machine then checks that again (a body that returns
 //!   after it stopped borrowing is a panic naming the thread, not a jump through a frame that
 //!   is gone) and does the same. The decision and the
 //!   return must be one interrupt-disabled section because the borrower can be preempted
@@ -69,10 +68,10 @@
 //!   lets the scheduler choose. A tick sets the request when the pinned thread outranks the
 //!   borrower. The borrower then finishes as after a block ([`crate::CpuStats::borrow_preempts`]
 //!   counts these).
-//! * **What the scheduler must know** is only the per-CPU borrows word (why "not 0" means the
-//!   running thread borrows: a thread that stopped borrowing runs again only once every
-//!   borrow on its CPU has ended, since the borrower runs until it returns, blocks or is
-//!   preempted, and each of those ends its borrow):
+//! * **What the scheduler must know** is only whether a pinned call is active on the CPU (why
+//!   that means the running thread borrows: a thread that stopped borrowing runs again only
+//!   once every pinned call on its CPU has ended, since the borrower runs until it returns,
+//!   blocks or is preempted, and each of those ends its call):
 //!   [`Scheduler::is_running`] reports the borrower, not the threads under it (an interrupt
 //!   thread must block on, not spin for, a lock a thread under it holds); `schedule` on a
 //!   borrowed CPU takes the lazy path above or returns; [`Scheduler::in_interrupt`] is false
@@ -86,8 +85,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
-#[allow(unused_imports)] // PinSlots: named in the docs
-use machine::{IntrOff, Machine, PinCall, PinOutcome, PinSlots, PinSwitch};
+use machine::{IntrOff, Machine, PinCall, PinOutcome, PinSwitch};
 
 use crate::thread::{BLOCKED, PARKED, RUNNING, SLEEPING};
 use crate::{Priority, Reason, SchedEnv, Scheduler, Thread, STACK_SIZE};
@@ -107,7 +105,16 @@ pub struct PinThread<E: SchedEnv + 'static> {
     /// The scheduler's state of the CPU it is bound to, the only CPU it is lent
     /// ([`Scheduler::pin_call`] checks that it is the running one, in debug builds).
     cpu: &'static crate::CpuSched<E>,
+    /// The next interrupt thread bound to the same CPU (its list, `CpuSched::pin_threads`,
+    /// which `cpu_stats` sums the calls of): set once, before the thread is published.
+    next: *const PinThread<E>,
 }
+
+// SAFETY: `next` is written once before the descriptor is published (a release store of the
+// list head) and only read after; the other fields are `Sync` themselves or the machine's.
+unsafe impl<E: SchedEnv + 'static> Sync for PinThread<E> {}
+// SAFETY: as above; a `PinThread` is leaked and never moved.
+unsafe impl<E: SchedEnv + 'static> Send for PinThread<E> {}
 
 impl<E: SchedEnv + 'static> PinThread<E> {
     /// The thread.
@@ -159,18 +166,37 @@ impl<E: SchedEnv> Scheduler<E> {
         self.register(&t, &io);
         drop(io);
         let call = PinCall::new(Arc::as_ptr(&t) as *const (), stack_top, body, level as usize);
-        alloc::boxed::Box::leak(alloc::boxed::Box::new(PinThread { call, thread: t, cpu: &self.cpus[cpu] }))
+        let c = &self.cpus[cpu];
+        let it = alloc::boxed::Box::leak(alloc::boxed::Box::new(PinThread {
+            call,
+            thread: t,
+            cpu: c,
+            next: core::ptr::null(),
+        }));
+        // Onto its CPU's list (push only: the descriptor is never freed).
+        let it: *mut PinThread<E> = it;
+        let mut head = c.pin_threads.load(Ordering::Acquire);
+        loop {
+            // SAFETY: `it` is the descriptor leaked above, not yet published: ours to write.
+            unsafe { (*it).next = head };
+            match c.pin_threads.compare_exchange(head, it, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(h) => head = h,
+            }
+        }
+        // SAFETY: leaked: lives forever; shared from here on.
+        unsafe { &*it }
     }
 
     /// **The pinned call** (NetBSD's fast soft interrupts, illumos' interrupt threads): if
     /// `it` is parked and this CPU at its level, lends it the CPU for one call of its body,
     /// `body(a0, a1)`, on its stack, with interrupts enabled, in thread context
     /// ([`Scheduler::in_interrupt`] is false for it). Only the stack, the current-thread
-    /// pointer, the CPU's borrows, depth and pinned context and `it`'s state word change
+    /// pointer, the CPU's depth and pinned context and `it`'s state word change
     /// ([`PinSwitch::pin_call`]); the running thread — which may itself be a borrowing
     /// interrupt thread: borrows nest — stays underneath, not queued, not migratable, its run
     /// state untouched. The scheduler learns only that the CPU is borrowed
-    /// ([`PinSlots::borrows`], for [`Scheduler::is_running`] and the block path).
+    /// (its pinned context, for [`Scheduler::is_running`] and the block path).
     ///
     /// [`PinOutcome::Returned`] when `body` returned: the fast path. [`PinOutcome::Busy`]:
     /// `it` was not parked; [`PinOutcome::Level`]: the CPU was not at its level — nothing
@@ -259,6 +285,21 @@ impl<E: SchedEnv> Scheduler<E> {
         r
     }
 
+    /// The pinned calls lent on CPU `c`: the sum of its interrupt threads' call counts (each
+    /// thread's state word counts them, `PinCall::calls`; a snapshot).
+    pub(crate) fn pin_calls_on(&self, c: &crate::CpuSched<E>) -> u64 {
+        let mut n = 0;
+        let mut p = c.pin_threads.load(Ordering::Acquire);
+        while !p.is_null() {
+            // SAFETY: the list holds leaked, never-freed descriptors, each linked before it
+            // was published (the release half of `new_ithread`'s exchange).
+            let it = unsafe { &*p };
+            n += it.call.calls();
+            p = it.next.cast_mut();
+        }
+        n
+    }
+
     /// Whether the running thread runs on a CPU lent to it by [`Scheduler::pin_call`] (a
     /// thread is pinned under it). A running thread that does not borrow never starts to
     /// (only a parked one is lent a CPU), so `false` is stable; `true` is stable only while
@@ -283,7 +324,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// borrower, and the body would then return into a frame that is gone (a stack pointer
     /// of 0: a double fault, under torture, before this was the only way out;
     /// docs/logs/softint-borrow-preempt-double-fault-2026-12-06.txt). The machine checks the
-    /// borrows word on the way back and panics, naming the thread, if a body returns
+    /// borrow on the way back and panics, naming the thread, if a body returns
     /// without it. [`Scheduler::pin_end`] is the same decision with the return done by the
     /// machine (the framework's bodies use it).
     #[inline(always)]
@@ -377,7 +418,8 @@ impl<E: SchedEnv> Scheduler<E> {
     pub fn pin_park(&'static self, call: &PinCall, io: &IntrOff) -> ! {
         assert!(core::ptr::eq(call.thread, E::M::curthread()), "pin_park with another thread's descriptor");
         self.current().state.store(PARKED, Ordering::SeqCst);
-        call.state.store(0, Ordering::Release);
+        // Odd (a call under way) since its call began: even again, parked.
+        call.state.fetch_add(1, Ordering::Release);
         E::M::pin_parking();
         self.schedule(Reason::Park, io);
         unreachable!("a parked interrupt thread was switched back in");
@@ -438,9 +480,7 @@ impl<E: SchedEnv> Scheduler<E> {
         }
         // SAFETY: this CPU, interrupts disabled (the token).
         let local = unsafe { c.local() };
-        let call = E::M::pinned_call();
-        // SAFETY: the innermost active pinned call's descriptor is live (its thread is us).
-        unsafe { (*call).state.store(PinCall::BLOCKED, Ordering::Relaxed) };
+        // The call's state word stays odd (a call under way) until the thread parks.
         c.switches.fetch_add(1, Ordering::Relaxed);
         // The pinned call's off-CPU mark, taken lazily (`Thread::borrow_off_mark_ns`); then
         // its run time up to here (`off_cpu_ns` differences stay right across the block).
@@ -454,8 +494,9 @@ impl<E: SchedEnv> Scheduler<E> {
         trace::emit::<E::M>(trace::Kind::Switch, E::M::pinned_thread() as u64);
         let from = it.ctx.get();
         // The thread directly under us runs next: the scheduler's current thread, or — with
-        // nested borrows — an interrupt thread that borrows the CPU itself (the machine counts
-        // our borrow out). The scheduler's current thread does not change.
+        // nested borrows — an interrupt thread that borrows the CPU itself (the machine puts
+        // the outer call's pinned context back). The scheduler's current thread does not
+        // change.
         E::M::set_curthread(E::M::pinned_thread(), io);
         local.prev = Arc::as_ptr(&it);
         local.prev_ref = Some(it);
