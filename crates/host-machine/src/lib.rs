@@ -757,14 +757,14 @@ impl PinSwitch for HostMachine {
     }
 
     unsafe fn pin_end() -> bool {
-        // The runner ends the call when the body returns (`Runner::serve`, which checks the
-        // borrower word again).
+        // The runner ends the call when the body returns (`Runner::serve`, which checks
+        // again that the thread borrows the CPU).
         Self::is_borrower()
     }
 
     unsafe fn pin_end_borrowing() {
         // The body returns at once, and the runner ends the call (`Runner::serve`, which
-        // checks the borrower word again).
+        // checks again that the thread borrows the CPU).
         debug_assert!(Self::is_borrower(), "pin_end_borrowing: the running thread does not borrow the CPU");
     }
 

@@ -233,8 +233,8 @@ pub struct CpuStats {
     pub resched_ipis: u64,
     /// Preemptions made because a more urgent thread became runnable here (not slice ends).
     pub kick_preempts: u64,
-    /// Pinned switches to interrupt threads (calls that lent the CPU; the machine counts
-    /// them, [`machine::PinSwitch::pin_calls`]).
+    /// Pinned switches to interrupt threads (calls that lent the CPU): the sum of the CPU's
+    /// interrupt threads' call counts ([`machine::PinCall::calls`]).
     pub pin_switches: u64,
     /// Borrowing interrupt threads preempted by a more urgent thread (each then finished as
     /// an ordinary thread).

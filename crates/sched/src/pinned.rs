@@ -6,8 +6,9 @@
 //! `crates/host-machine`); the interrupt framework's half is `intr::pinned`. Both link here.
 //!
 //! * **Who.** An interrupt thread ([`Scheduler::new_ithread`]) is bound to a CPU and described
-//!   by its [`PinCall`]: its state word (0 parked, [`PinCall::BLOCKED`], or its own address
-//!   while it borrows a CPU), its stack top, its body and the level the CPU must be at. A CPU
+//!   by its [`PinCall`]: its state word (even parked, odd while a call is under way — it
+//!   borrows a CPU, or blocked in its call and not parked yet; counted up at each change, so
+//!   it counts the calls too), its stack top, its body and the level the CPU must be at. A CPU
 //!   has one pinned-context slot (the frame of the innermost active pinned call, null when
 //!   none is: the running thread borrows the CPU exactly when it is not null,
 //!   [`PinSwitch::is_borrower`]).
@@ -28,8 +29,8 @@
 //!   [`Scheduler::pin_end`]: the machine finds that its thread still borrows the CPU, parks
 //!   the state and restores the stack, the current thread, the borrower and the pinned
 //!   context — on x86_64 in one assembly sequence that never comes back to the body (its
-//!   stack is left as it is) — and `pin_call` answers [`PinOutcome::Returned`] (the machine
-//!   counted the call on the way in, [`PinSwitch::pin_calls`]). A body that has tested
+//!   stack is left as it is) — and `pin_call` answers [`PinOutcome::Returned`] (the state
+//!   word counted the call, [`PinCall::calls`]). A body that has tested
 //!   [`Scheduler::borrowing`] itself, with interrupts disabled and kept so, ends through
 //!   [`Scheduler::pin_end_borrowing`], the same return without the second test (the
 //!   framework's interrupt-thread body: one test decides both its handler accounting and the
@@ -47,11 +48,11 @@
 //! * **Block** (lazy, as NetBSD's `mi_switch` for a soft-interrupt LWP): only when the body
 //!   blocks does the scheduler do the bookkeeping the fast path skipped
 //!   (`schedule_borrowed`): the interrupt thread becomes an ordinary thread, `on_cpu` and
-//!   BLOCKED, its state word BLOCKED; the thread directly under it is resumed at once through
-//!   the saved frame (`pin_call` answers [`PinOutcome::Blocked`], the machine puts the outer
-//!   borrower and pinned context back, and the scheduler finishes the switch). The interrupt
-//!   thread is woken and scheduled like any thread, finishes its work at its waker's level
-//!   and parks ([`Scheduler::pin_park`]: its state word back to 0); the next pinned call
+//!   BLOCKED, its state word left odd; the thread directly under it is resumed at once through
+//!   the saved frame (`pin_call` answers [`PinOutcome::Blocked`], the machine puts the
+//!   interrupt depth and pinned context back, and the scheduler finishes the switch). The
+//!   interrupt thread is woken and scheduled like any thread, finishes its work at its
+//!   waker's level and parks ([`Scheduler::pin_park`]: its state word even again); the next pinned call
 //!   starts it afresh at its stack top.
 //! * **Preempt** (the same lazy path): a borrower is not preempted by what it merely pinned
 //!   or by its equals, but it does not keep the CPU from a more urgent thread either (a soft
@@ -63,7 +64,7 @@
 //!   opens at its call's level with no spin mutex held. There, if a thread queued on the CPU
 //!   — or the scheduler's current thread, pinned at the bottom — outranks it
 //!   (`schedule_borrowed`), it becomes an ordinary *runnable* thread, queued, its state word
-//!   BLOCKED, and the thread under it resumes as for a block (`pin_call` answers
+//!   left odd, and the thread under it resumes as for a block (`pin_call` answers
 //!   [`PinOutcome::Blocked`]); the reschedule request stays set, so that context's own exit
 //!   lets the scheduler choose. A tick sets the request when the pinned thread outranks the
 //!   borrower. The borrower then finishes as after a block ([`crate::CpuStats::borrow_preempts`]
@@ -429,7 +430,7 @@ impl<E: SchedEnv> Scheduler<E> {
     /// the scheduler's current thread is the one at the bottom of the borrows). A yield
     /// returns. If it blocks, the bookkeeping `pin_call` skipped happens here, as NetBSD's
     /// `mi_switch` does for a blocking soft-interrupt LWP: it becomes an ordinary thread
-    /// (`on_cpu`, BLOCKED, its state word BLOCKED), the thread under it is resumed at once
+    /// (`on_cpu`, BLOCKED, its state word left odd), the thread under it is resumed at once
     /// through the context `PinSwitch::pin_call` saved (it never left the CPU: no run queue),
     /// and the interrupt thread sleeps like any thread; a wakeup queues it on its CPU. A
     /// preemption takes the same path only if a queued thread, or the pinned thread at the
