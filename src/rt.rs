@@ -43,6 +43,11 @@ pub struct RtRun {
     /// The device flood's work (`@@ rt-devices`): frames, disk operations, edu raised and
     /// handled.
     pub devices: Option<[u64; 4]>,
+    /// The boot's serial flush before the measurement, guest ns: its start and end
+    /// (`@@ rt-flush`). Its length is the host's (how fast QEMU's output is read); where it
+    /// ends sets where the measurement starts against the clock tick
+    /// (docs/logs/rt-one-cpu-rerun-differs-2026-12-07.txt).
+    pub flush: Option<(u64, u64)>,
     /// Whether `@@ rt-done` came.
     pub done: bool,
     /// Lines that could not be read.
@@ -123,6 +128,9 @@ impl RtRun {
                 if run.devices.is_none() {
                     run.errors.push(format!("unreadable: {line}"));
                 }
+            } else if let Some(rest) = line.strip_prefix("@@ rt-flush ") {
+                let f = fields(rest);
+                run.flush = num(&f, "start_ns").zip(num(&f, "end_ns"));
             } else if line.starts_with("@@ rt-done") {
                 run.done = true;
             }
@@ -224,6 +232,16 @@ pub fn table(runs: &[RtRun], unit: &str) -> String {
                 s,
                 "  {:<10} device flood: {frames} NIC frames, {disk} disk operations, edu {handled} of {raised} handled",
                 r.model
+            );
+        }
+    }
+    for r in runs {
+        if let Some((start, end)) = r.flush {
+            let _ = writeln!(
+                s,
+                "  {:<10} serial flush before measuring: {} guest ns, ending at {end}",
+                r.model,
+                end.saturating_sub(start)
             );
         }
     }

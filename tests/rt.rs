@@ -42,7 +42,9 @@ fn every_model_measures_idle_and_flood_and_a_one_cpu_rerun_agrees() {
     assert_eq!(
         row(&again, "pool"),
         row(&one, "pool"),
-        "on one vCPU under icount a rerun gives the same figures"
+        "on one vCPU under icount a rerun gives the same figures (each run's \"serial flush\" line says \
+         where its measurement started: docs/logs/rt-one-cpu-rerun-differs-2026-12-07.txt)\nfirst:\n{one}\nsecond:\n{again}"
     );
+    assert!(one.contains("serial flush before measuring"), "{one}");
     assert!(text.contains("guest ns = instructions"), "{text}");
 }

@@ -120,8 +120,12 @@ fn report(phase: &str, cpu: &str, s: &mut [u64], overruns: u64) -> String {
 /// Runs both phases; returns whether every CPU took samples in each.
 pub fn run(opts: &Options) -> bool {
     // The boot's lines go out first, by polling: no transmit interrupt, timed by the host's
-    // reading, falls into the measurement.
+    // reading, falls into the measurement. How long that took, in guest time, is reported
+    // (`@@ rt-flush`): the polling's length is the host's, and it sets where the measurement
+    // starts against the clock tick (docs/logs/rt-one-cpu-rerun-differs-2026-12-07.txt).
+    let flush_start = now();
     arch::serial::flush();
+    let flush_end = now();
     let n = X86_64::ncpus();
     let handled = Arc::new(AtomicU64::new(0));
     let h2 = handled.clone();
@@ -171,6 +175,7 @@ pub fn run(opts: &Options) -> bool {
             alloc::string::String::from("-")
         }
     ));
+    out.push(alloc::format!("@@ rt-flush start_ns={flush_start} end_ns={flush_end}"));
     let devices = opts.rt_flood == crate::cmdline::RtFlood::Devices;
     if devices {
         let net = crate::drivers::virtio::net::start(None).is_ok();
