@@ -307,11 +307,11 @@ impl machine::PinSwitch for X86_64 {
         // `intr_pin_end_borrowing` (entry.s, section 5) is `intr_pin_end` after its test: it
         // parks the call's state, restores the words of the frame at %gs:40 and returns from
         // that frame's `intr_pin_call` (Returned), leaving this stack for good.
-        // SAFETY: per the trait contract (interrupts disabled since the caller found the
-        // running thread the borrower; nothing on this stack needs dropping).
         // The sequence is inlined here rather than jumped to (one instruction less on every
         // pinned interrupt): keep it the same as entry.s's `intr_pin_end_borrowing` after its
         // `movl $1, %eax`, which `intr_pin_end` and a returning body use.
+        // SAFETY: per the trait contract (interrupts disabled since the caller found the
+        // running thread the borrower; nothing on this stack needs dropping).
         unsafe {
             asm!(
                 "mov eax, 1",                 // PinOutcome::Returned

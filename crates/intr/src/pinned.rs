@@ -241,10 +241,10 @@ impl<E: IntrEnv> Pinned<E> {
         // The level test (IPL_VM, and no spin mutex held: `PinOutcome::Level` otherwise), the
         // busy test, the switch and the call are the machine's (`pin_call`); it hands the
         // arguments back if it did nothing.
-        // SAFETY: `first` holds the descriptor of a leaked (never freed) `PinThread` bound to
-        // this CPU, or `NO_THREAD` (a static) until that thread is made — on a CPU that came
-        // online after `start`, which CPUs do not: the call then answers Busy, `lend_spare`
-        // finds no parked thread and the instance waits in the CPU's queue.
+        // `first` holds a thread's descriptor, or `NO_THREAD` until that thread is made — on a
+        // CPU that came online after `start`, which CPUs do not: the call then answers Busy,
+        // `lend_spare` finds no parked thread and the instance waits in the CPU's queue.
+        // SAFETY: either is never freed (a leaked `PinThread`'s field, or a static).
         let call = unsafe { &*self.first[cpu & (sched::MAX_CPUS - 1)].load(Ordering::Acquire) };
         trace::emit::<E::M>(trace::Kind::PinBorrow, src.vector as u64);
         // The level test here, against a constant (one compare with an immediate), not by the
